@@ -1,0 +1,58 @@
+# Harness: every install step lives here (a venv under the repo, pinned versions in pyproject.toml).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto')
+GEN_STAMP := gen/.stamp
+
+.PHONY: install proto run test test-fast lint bench certs clean help
+
+help:
+	@echo "make run    - install, generate, make certs, start the local stack (Ctrl-C stops it)"
+	@echo "make test   - the full test suite (PostgreSQL and Redis on their default ports)"
+	@echo "make lint   - ruff"
+	@echo "make bench  - benchmarks in bench/"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24,<27"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@# Generated stubs live in gen/ (not committed); put it on the venv's path.
+	echo "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/harness_gen.pth
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(GEN_STAMP): $(STAMP) $(PROTOS)
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	find gen -type d -exec touch {}/__init__.py \;
+	rm -f gen/__init__.py
+	touch $(GEN_STAMP)
+
+proto: $(GEN_STAMP)
+
+certs: proto
+	$(PY) -m services.devtools.certs --out .harness/certs
+
+run: proto
+	$(VENV)/bin/harness up
+
+test: proto
+	$(PY) -m pytest -q
+
+test-fast: proto
+	$(PY) -m pytest -q -m "not e2e"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check services tests bench
+
+bench: proto
+	$(PY) bench/run.py
+
+clean:
+	rm -rf gen .harness .pytest_cache

@@ -1,0 +1,106 @@
+"""Per-request context (request id, trace, identity) carried in contextvars.
+
+The server interceptor fills these from metadata before a handler runs, so core code reads
+`current()` instead of threading a context object through every call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import secrets
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+REQUEST_ID_KEY = "x-request-id"
+TRACEPARENT_KEY = "traceparent"
+SESSION_KEY = "x-harness-session-id"
+STEP_KEY = "x-harness-step-id"
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling, as established from the connection and credentials (never from the body)."""
+
+    agent: str = ""  # agent name from the SPIFFE URI forwarded by Envoy
+    agent_spiffe_id: str = ""
+    service: str = ""  # a Harness service calling directly with its own cert
+    user: str = ""  # JWT subject or API-key owner
+    auth_method: str = ""  # "jwt", "api_key" or ""
+    roles: tuple[str, ...] = ()
+    project: str = ""  # API keys are scoped to one project
+    claims: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    request_id: str
+    trace_id: str
+    span_id: str
+    session_id: str = ""
+    step_id: str = ""
+    identity: Identity = field(default_factory=Identity)
+
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id}-{self.span_id}-01"
+
+
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "harness_request_context", default=None
+)
+
+
+def new_context(identity: Identity | None = None) -> RequestContext:
+    return RequestContext(
+        request_id=str(uuid.uuid4()),
+        trace_id=secrets.token_hex(16),
+        span_id=secrets.token_hex(8),
+        identity=identity or Identity(),
+    )
+
+
+def context_from_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> RequestContext:
+    """Builds the context from incoming metadata; missing or malformed ids are generated."""
+    md = {k: v for k, v in metadata if isinstance(v, str)}
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    match = _TRACEPARENT.match(md.get(TRACEPARENT_KEY, ""))
+    if match:
+        trace_id = match.group(1)  # keep the caller's trace; this hop gets a new span
+    request_id = md.get(REQUEST_ID_KEY, "")[:128] or str(uuid.uuid4())
+    return RequestContext(
+        request_id=request_id,
+        trace_id=trace_id,
+        span_id=span_id,
+        session_id=md.get(SESSION_KEY, "")[:256],
+        step_id=md.get(STEP_KEY, "")[:256],
+    )
+
+
+def current() -> RequestContext:
+    ctx = _current.get()
+    return ctx if ctx is not None else new_context()
+
+
+def current_identity() -> Identity:
+    return current().identity
+
+
+def set_current(ctx: RequestContext) -> contextvars.Token:
+    return _current.set(ctx)
+
+
+def reset_current(token: contextvars.Token) -> None:
+    _current.reset(token)
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...]:
+    """Metadata to send on calls made while serving a request, so ids follow the request."""
+    ctx = current()
+    return ((REQUEST_ID_KEY, ctx.request_id), (TRACEPARENT_KEY, ctx.traceparent()))

@@ -1,0 +1,236 @@
+"""Authentication: who the agent is (client certificate) and who the end user is (JWT or API key).
+
+Agents: Envoy terminates mTLS and forwards the client certificate's URI SAN in
+`x-forwarded-client-cert` (XFCC) with SANITIZE_SET, so the header can be trusted only on
+connections whose own peer certificate is Envoy's. Services calling each other directly are
+identified by their own certificate. Users: an RS256 JWT in `authorization: Bearer ...`, or an
+`x-api-key` resolved by an `ApiKeyResolver` (the registry).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import jwt
+from cryptography import x509
+
+from services.common.context import Identity
+from services.common.errors import Unauthenticated
+
+XFCC_KEY = "x-forwarded-client-cert"
+API_KEY_KEY = "x-api-key"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """How a service authenticates callers."""
+
+    trust_domain: str = "harness.local"
+    # SPIFFE ids of proxies whose XFCC header is trusted (Envoy's own certificate).
+    trusted_proxies: tuple[str, ...] = ("spiffe://harness.local/envoy",)
+    # Trust XFCC on plaintext connections. Only for tests and single-host dev without TLS.
+    trust_xfcc_without_tls: bool = False
+    jwt_public_key_path: str = ""
+    jwt_issuer: str = "harness"
+    jwt_audience: str = "harness"
+    jwt_leeway_s: int = 30
+
+    def agent_prefix(self) -> str:
+        return f"spiffe://{self.trust_domain}/agent/"
+
+    def service_prefix(self) -> str:
+        return f"spiffe://{self.trust_domain}/service/"
+
+
+# Resolves an API key secret to an Identity (user, roles, project) or raises Unauthenticated.
+ApiKeyResolver = Callable[[str], Awaitable[Identity]]
+
+
+def parse_xfcc(header: str) -> list[dict[str, str]]:
+    """Parses an XFCC header into one dict per element (proxy hop).
+
+    Format (Envoy): elements separated by ',', pairs by ';', values optionally double-quoted
+    with '\\"' escapes. Commas and semicolons inside quotes do not split.
+    """
+    elements: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    key, buf, in_quotes, escaped, reading_key = "", [], False, False, True
+
+    def flush_pair() -> None:
+        nonlocal key, buf, reading_key
+        if key or buf:
+            name = (key if not reading_key else "".join(buf)).strip()
+            value = "".join(buf) if not reading_key else ""
+            if name:
+                current.setdefault(name, value)
+        key, buf, reading_key = "", [], True
+
+    for ch in header:
+        if escaped:
+            buf.append(ch)
+            escaped = False
+        elif ch == "\\" and in_quotes:
+            escaped = True
+        elif ch == '"':
+            in_quotes = not in_quotes
+        elif in_quotes:
+            buf.append(ch)
+        elif ch == "=" and reading_key:
+            key, buf, reading_key = "".join(buf), [], False
+        elif ch == ";":
+            flush_pair()
+        elif ch == ",":
+            flush_pair()
+            if current:
+                elements.append(current)
+            current = {}
+        else:
+            buf.append(ch)
+    flush_pair()
+    if current:
+        elements.append(current)
+    return elements
+
+
+def peer_spiffe_ids(context: grpc.aio.ServicerContext) -> list[str]:
+    """URI SANs of the direct peer's TLS certificate (empty on plaintext connections)."""
+    auth = context.auth_context() or {}
+    pems = auth.get("x509_pem_cert") or []
+    if not pems:
+        return []
+    cert = x509.load_pem_x509_certificate(pems[0])
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [uri for uri in san.get_values_for_type(x509.UniformResourceIdentifier)]
+
+
+class JwtVerifier:
+    """Verifies RS256 user tokens against one public key, issuer and audience."""
+
+    def __init__(self, public_key_pem: bytes, issuer: str, audience: str, leeway_s: int = 30) -> None:
+        self._key = public_key_pem
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway_s
+
+    @classmethod
+    def from_config(cls, cfg: AuthConfig) -> JwtVerifier | None:
+        if not cfg.jwt_public_key_path:
+            return None
+        key = Path(cfg.jwt_public_key_path).read_bytes()
+        return cls(key, cfg.jwt_issuer, cfg.jwt_audience, cfg.jwt_leeway_s)
+
+    def verify(self, token: str) -> Identity:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=["RS256"],
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                options={"require": ["sub", "exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("bearer token has expired; obtain a new one") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"bearer token rejected: {exc}") from exc
+        roles = claims.get("roles") or []
+        if not isinstance(roles, list):
+            roles = [str(roles)]
+        return Identity(
+            user=str(claims["sub"]), auth_method="jwt", roles=tuple(map(str, roles)), claims=claims
+        )
+
+
+def mint_jwt(
+    private_key_pem: bytes,
+    subject: str,
+    *,
+    issuer: str = "harness",
+    audience: str = "harness",
+    roles: tuple[str, ...] = (),
+    ttl_s: int = 12 * 3600,
+) -> str:
+    """Signs a user token (used by the local stack for demo users, and by tests)."""
+    now = int(time.time())
+    claims = {"sub": subject, "iss": issuer, "aud": audience, "iat": now, "exp": now + ttl_s}
+    if roles:
+        claims["roles"] = list(roles)
+    return jwt.encode(claims, private_key_pem, algorithm="RS256")
+
+
+class Authenticator:
+    """Turns a call's connection and metadata into an Identity.
+
+    A credential that is present but wrong is an error (UNAUTHENTICATED); absent credentials give
+    an identity without a user, and each RPC decides what it requires.
+    """
+
+    def __init__(
+        self,
+        cfg: AuthConfig,
+        jwt_verifier: JwtVerifier | None = None,
+        api_key_resolver: ApiKeyResolver | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._jwt = jwt_verifier
+        self._api_keys = api_key_resolver
+
+    async def authenticate(self, context: grpc.aio.ServicerContext, md: Mapping[str, str]) -> Identity:
+        agent, agent_id, service = self._caller(context, md)
+        user = Identity()
+        auth = md.get("authorization", "")
+        if auth:
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("authorization metadata must be 'Bearer <jwt>'")
+            if self._jwt is None:
+                raise Unauthenticated("this service does not accept bearer tokens (no JWT key configured)")
+            user = self._jwt.verify(token.strip())
+        elif md.get(API_KEY_KEY):
+            if self._api_keys is None:
+                raise Unauthenticated("this service does not accept API keys")
+            user = await self._api_keys(md[API_KEY_KEY])
+        return Identity(
+            agent=agent,
+            agent_spiffe_id=agent_id,
+            service=service,
+            user=user.user,
+            auth_method=user.auth_method,
+            roles=user.roles,
+            project=user.project,
+            claims=user.claims,
+        )
+
+    def _caller(self, context: grpc.aio.ServicerContext, md: Mapping[str, str]) -> tuple[str, str, str]:
+        """(agent, agent SPIFFE id, service) from the peer certificate and, behind Envoy, XFCC."""
+        peer_ids = peer_spiffe_ids(context)
+        from_proxy = any(pid in self._cfg.trusted_proxies for pid in peer_ids)
+        plaintext = not peer_ids and not (context.auth_context() or {}).get("x509_pem_cert")
+        if from_proxy or (plaintext and self._cfg.trust_xfcc_without_tls):
+            agent_id = self._agent_from_xfcc(md.get(XFCC_KEY, ""))
+            prefix = self._cfg.agent_prefix()
+            return (agent_id[len(prefix) :], agent_id, "") if agent_id else ("", "", "")
+        service_prefix = self._cfg.service_prefix()
+        for pid in peer_ids:
+            if pid.startswith(service_prefix):
+                return "", "", pid[len(service_prefix) :]
+        for pid in peer_ids:  # an agent connecting directly with its own cert (no proxy)
+            if pid.startswith(self._cfg.agent_prefix()):
+                return pid[len(self._cfg.agent_prefix()) :], pid, ""
+        return "", "", ""
+
+    def _agent_from_xfcc(self, header: str) -> str:
+        if not header:
+            return ""
+        # SANITIZE_SET leaves exactly one element: the client Envoy saw. Use the last hop anyway.
+        element = parse_xfcc(header)[-1]
+        uri = element.get("URI", "")
+        return uri if uri.startswith(self._cfg.agent_prefix()) else ""

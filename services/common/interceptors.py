@@ -1,0 +1,171 @@
+"""The one server interceptor every Harness service installs.
+
+For each call it: builds the request context (request id, trace, session/step) from metadata,
+authenticates the caller, runs the handler with the context in a contextvar, maps domain
+errors to gRPC statuses (unexpected errors become INTERNAL with a generic message and a full
+server-side log), and observes Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.common import context as reqctx
+from services.common.errors import HarnessError
+from services.common.identity import Authenticator
+
+log = logging.getLogger("harness.rpc")
+
+# Infrastructure RPCs that must work without credentials (Envoy health checks, grpcurl list).
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class RpcMetrics:
+    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+        self.requests = Counter(
+            "harness_rpc_requests", "RPCs handled", ["service", "method", "code"], registry=registry
+        )
+        self.duration = Histogram(
+            "harness_rpc_duration_seconds",
+            "RPC handling time (streams: until the last message)",
+            ["service", "method"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.service = service
+
+    def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.requests.labels(self.service, method, code.name).inc()
+        self.duration.labels(self.service, method).observe(seconds)
+
+
+class HarnessServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: Authenticator, metrics: RpcMetrics) -> None:
+        self._auth = authenticator
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(PUBLIC_PREFIXES):
+            return handler
+        return _wrap(handler, details, self._auth, self._metrics)
+
+
+async def _enter(
+    details: grpc.HandlerCallDetails, context: grpc.aio.ServicerContext, auth: Authenticator
+) -> Any:
+    md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+    ctx = reqctx.context_from_metadata(details.invocation_metadata or ())
+    token = reqctx.set_current(ctx)
+    identity = await auth.authenticate(context, md)
+    reqctx.set_current(dataclasses.replace(ctx, identity=identity))
+    context.set_trailing_metadata(((reqctx.REQUEST_ID_KEY, ctx.request_id),))
+    return token
+
+
+async def _fail(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> grpc.StatusCode:
+    """Aborts the call with the status for `exc`; returns the code used."""
+    if isinstance(exc, HarnessError):
+        trailers = [(reqctx.REQUEST_ID_KEY, reqctx.current().request_id), *exc.trailers.items()]
+        context.set_trailing_metadata(tuple(trailers))
+        await context.abort(exc.code, exc.message)
+    log.exception("unexpected error in %s (request %s)", method, reqctx.current().request_id)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error; quote request id {reqctx.current().request_id}"
+    )
+    raise AssertionError("unreachable")  # abort always raises
+
+
+def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    if isinstance(exc, HarnessError):
+        return exc.code
+    code = context.code() if hasattr(context, "code") else None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler,
+    details: grpc.HandlerCallDetails,
+    auth: Authenticator,
+    metrics: RpcMetrics,
+) -> grpc.RpcMethodHandler:
+    method = details.method
+
+    async def unary(behavior, request_or_iterator, context):
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        token = None
+        try:
+            token = await _enter(details, context, auth)
+            return await behavior(request_or_iterator, context)
+        except HarnessError as exc:
+            code = exc.code
+            await _fail(context, exc, method)
+        except (grpc.aio.AbortError, grpc.RpcError) as exc:  # handler aborted on its own
+            code = _code_of(exc, context)
+            raise
+        except asyncio.CancelledError:  # client cancelled or deadline passed
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code = grpc.StatusCode.INTERNAL
+            await _fail(context, exc, method)
+        finally:
+            metrics.observe(method, code, time.perf_counter() - start)
+            if token is not None:
+                reqctx.reset_current(token)
+
+    async def streaming(behavior, request_or_iterator, context) -> AsyncIterator[Any]:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        token = None
+        try:
+            token = await _enter(details, context, auth)
+            async for item in behavior(request_or_iterator, context):
+                yield item
+        except HarnessError as exc:
+            code = exc.code
+            await _fail(context, exc, method)
+        except (grpc.aio.AbortError, grpc.RpcError) as exc:
+            code = _code_of(exc, context)
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code = grpc.StatusCode.INTERNAL
+            await _fail(context, exc, method)
+        finally:
+            metrics.observe(method, code, time.perf_counter() - start)
+            if token is not None:
+                reqctx.reset_current(token)
+
+    def bind_unary(behavior):
+        return lambda req, ctx: unary(behavior, req, ctx)
+
+    def bind_stream(behavior):
+        return lambda req, ctx: streaming(behavior, req, ctx)
+
+    common = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(bind_unary(handler.unary_unary), **common)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(bind_unary(handler.stream_unary), **common)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(bind_stream(handler.unary_stream), **common)
+    return grpc.stream_stream_rpc_method_handler(bind_stream(handler.stream_stream), **common)

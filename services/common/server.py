@@ -1,0 +1,157 @@
+"""grpc.aio server factory shared by every Harness service.
+
+`start_server` gives a running server with the Harness interceptor, health checking,
+reflection, an optional Prometheus /metrics port and TLS; `run_until_signal` serves until
+SIGTERM/SIGINT and then stops with a grace period (health goes NOT_SERVING first so Envoy
+stops sending new calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from services.common.config import ServerConfig, TlsFiles
+from services.common.identity import ApiKeyResolver, Authenticator, JwtVerifier
+from services.common.interceptors import HarnessServerInterceptor, RpcMetrics
+
+log = logging.getLogger("harness.server")
+
+# Registers servicers on the server; returns the full names of the services it added.
+Registrar = Callable[[grpc.aio.Server], Sequence[str]]
+
+
+def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())],
+        root_certificates=Path(tls.ca).read_bytes(),
+        require_client_auth=True,
+    )
+
+
+def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(tls.ca).read_bytes(),
+        private_key=Path(tls.key).read_bytes(),
+        certificate_chain=Path(tls.cert).read_bytes(),
+    )
+
+
+def open_channel(target: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+    """Channel from one Harness service to another, with this service's cert when TLS is on."""
+    options = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_permit_without_calls", 1)]
+    if tls is not None and tls.enabled:
+        return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
+    return grpc.aio.insecure_channel(target, options=options)
+
+
+@dataclass
+class RunningServer:
+    config: ServerConfig
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    services: tuple[str, ...]
+    metrics_registry: CollectorRegistry
+    metrics_port: int | None = None
+    _metrics_httpd: object | None = None
+    _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    def on_stop(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Runs `callback` after the server has stopped taking calls (close stores, flush)."""
+        self._on_stop.append(callback)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.services):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.set_serving(False)
+        await self.server.stop(self.config.grace_s if grace is None else grace)
+        for callback in reversed(self._on_stop):
+            try:
+                await callback()
+            except Exception:
+                log.exception("%s: shutdown hook failed", self.config.name)
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()  # type: ignore[attr-defined]
+            self._metrics_httpd.server_close()  # type: ignore[attr-defined]
+            self._metrics_httpd = None
+
+
+async def start_server(
+    config: ServerConfig,
+    register: Registrar,
+    *,
+    api_key_resolver: ApiKeyResolver | None = None,
+    metrics_registry: CollectorRegistry | None = None,
+) -> RunningServer:
+    """Builds, binds and starts a server; health is SERVING when this returns."""
+    registry = metrics_registry or CollectorRegistry()
+    auth = Authenticator(config.auth, JwtVerifier.from_config(config.auth), api_key_resolver)
+    server = grpc.aio.server(
+        interceptors=[HarnessServerInterceptor(auth, RpcMetrics(registry, config.name))],
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+    )
+    services = tuple(register(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*services, *config.reflection_extra, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{config.host}:{config.port}"
+    if config.tls.enabled:
+        port = server.add_secure_port(address, server_credentials(config.tls))
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"{config.name}: cannot listen on {address} (port in use?)")
+    await server.start()
+    running = RunningServer(config, server, port, health_servicer, services, registry)
+    if config.metrics_port is not None:
+        httpd, _thread = start_http_server(config.metrics_port, addr=config.host, registry=registry)
+        running._metrics_httpd = httpd
+        running.metrics_port = httpd.server_port
+    await running.set_serving(True)
+    log.info(
+        "%s serving on %s (%s), metrics on %s",
+        config.name,
+        running.address,
+        "mTLS" if config.tls.enabled else "plaintext",
+        running.metrics_port,
+    )
+    return running
+
+
+async def run_until_signal(running: RunningServer) -> None:
+    """Serves until SIGTERM or SIGINT, then stops with the configured grace period."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("%s: stopping (grace %.1fs)", running.config.name, running.config.grace_s)
+    await running.stop()
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,422 @@
+"""Development PKI for the Harness mesh: a CA, Envoy's cert, service and agent certs, JWT keys.
+
+Identities are SPIFFE-style URI SANs: ``spiffe://<td>/envoy``, ``spiffe://<td>/service/<name>``,
+``spiffe://<td>/agent/<name>``. Envoy admits a client only if its cert chains to the CA *and*
+carries an agent URI, so the helpers at the bottom make the two kinds of bad client certs
+that ops drills and tests need (foreign CA, right CA but wrong SAN).
+
+CLI: ``python -m services.devtools.certs --out .harness/certs --agent demo-agent --service router``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+DEFAULT_TRUST_DOMAIN = "harness.local"
+DEFAULT_HOSTS = ("localhost", "127.0.0.1")
+DEFAULT_SERVICES = ("router", "registry", "pool", "audit", "cost", "enginesim")
+DEFAULT_AGENTS = ("demo-agent", "risk-agent")
+CA_DAYS = 3650
+LEAF_DAYS = 365
+# Remake a cert this close to expiry rather than hand out one that dies mid-run.
+_RENEW_MARGIN = dt.timedelta(days=7)
+# Backdate so a peer with a slightly slow clock still accepts a fresh cert.
+_BACKDATE = dt.timedelta(minutes=5)
+
+_SERVER_CLIENT = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+_CLIENT_ONLY = (ExtendedKeyUsageOID.CLIENT_AUTH,)
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+@dataclass(frozen=True)
+class LeafPaths:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class CertBundle:
+    root: Path
+    trust_domain: str
+    ca_cert: Path
+    ca_key: Path
+    envoy: LeafPaths
+    services: dict[str, LeafPaths] = field(default_factory=dict)
+    agents: dict[str, LeafPaths] = field(default_factory=dict)
+    jwt_private_key: Path | None = None
+    jwt_public_key: Path | None = None
+
+    def service(self, name: str) -> LeafPaths:
+        return self.services[name]
+
+    def agent(self, name: str) -> LeafPaths:
+        return self.agents[name]
+
+
+def spiffe_uri(trust_domain: str, kind: str, name: str | None = None) -> str:
+    """``spiffe://<td>/<kind>[/<name>]``; kind is envoy, service, agent (or anything for drills)."""
+    return f"spiffe://{trust_domain}/{kind}" + (f"/{name}" if name else "")
+
+
+# ---------------------------------------------------------------- file writing
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write via a temp file created with ``mode`` from the start, then rename.
+
+    Keys never exist on disk with wider permissions, even briefly, and readers never see a
+    half-written file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates 0600
+    try:
+        if mode != 0o600:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_key(path: Path, key: PrivateKey) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    _write_atomic(path, pem, 0o600)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    _write_atomic(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+# ---------------------------------------------------------------- building certs
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _name(cn: str, ou: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Harness"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _new_ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _build_ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _new_ec_key()
+    subject = _name(cn, "ca")
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _build_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    *,
+    cn: str,
+    ou: str,
+    uris: Sequence[str],
+    dns: Sequence[str] = (),
+    ips: Sequence[str] = (),
+    usages: Sequence[x509.ObjectIdentifier],
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _new_ec_key()
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+    sans += [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn, ou))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
+        # Non-critical: the subject is not empty (RFC 5280 4.2.1.6); the URI SAN is the identity.
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+# ---------------------------------------------------------------- validity checks
+
+def _load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, PrivateKey] | None:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        return None
+    if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
+        return None
+    now = _now()
+    if not (cert.not_valid_before_utc <= now and now + _RENEW_MARGIN < cert.not_valid_after_utc):
+        return None
+    return cert, key
+
+
+def _signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, x509.InvalidSignature):
+        return False
+    return True
+
+
+def _sans(cert: x509.Certificate) -> set[str]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(v.value) for v in ext}
+
+
+def _ensure_leaf(
+    cert_path: Path, key_path: Path, ca_cert: x509.Certificate, ca_key: PrivateKey, force: bool, **spec
+) -> LeafPaths:
+    """Keep a leaf that is valid, issued by this CA and has the wanted SANs; else remake it."""
+    if not force:
+        loaded = _load_pair(cert_path, key_path)
+        want = set(spec["uris"]) | set(spec.get("dns", ())) | set(spec.get("ips", ()))
+        if loaded and _signed_by(loaded[0], ca_cert) and _sans(loaded[0]) == want:
+            return LeafPaths(cert_path, key_path)
+    cert, key = _build_leaf(ca_cert, ca_key, **spec)
+    _write_key(key_path, key)
+    _write_cert(cert_path, cert)
+    return LeafPaths(cert_path, key_path)
+
+
+def _ensure_ca(out_dir: Path, force: bool) -> tuple[x509.Certificate, PrivateKey, bool]:
+    """Return (cert, key, remade)."""
+    ca_pem, ca_key_path = out_dir / "ca.pem", out_dir / "ca.key"
+    if not force:
+        loaded = _load_pair(ca_pem, ca_key_path)
+        if loaded:
+            cert, key = loaded
+            try:
+                is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+            except x509.ExtensionNotFound:
+                is_ca = False
+            if is_ca and _signed_by(cert, cert):
+                return cert, key, False
+    cert, key = _build_ca("Harness Dev CA")
+    _write_key(ca_key_path, key)
+    _write_cert(ca_pem, cert)
+    return cert, key, True
+
+
+def _ensure_jwt_keys(out_dir: Path, force: bool) -> tuple[Path, Path]:
+    priv, pub = out_dir / "jwt-signing.key", out_dir / "jwt-signing.pub"
+    if not force and priv.exists() and pub.exists():
+        try:
+            key = serialization.load_pem_private_key(priv.read_bytes(), password=None)
+            pub_key = serialization.load_pem_public_key(pub.read_bytes())
+            if isinstance(key, rsa.RSAPrivateKey) and key.public_key().public_numbers() == (
+                pub_key.public_numbers()  # type: ignore[union-attr]
+            ):
+                return priv, pub
+        except ValueError:
+            pass
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _write_key(priv, key)
+    pub_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    _write_atomic(pub, pub_pem, 0o644)
+    return priv, pub
+
+
+def _split_hosts(hosts: Sequence[str]) -> tuple[list[str], list[str]]:
+    dns, ips = [], []
+    for h in hosts:
+        try:
+            ipaddress.ip_address(h)
+            ips.append(h)
+        except ValueError:
+            dns.append(h)
+    return dns, ips
+
+
+# ---------------------------------------------------------------- public API
+
+def make_certs(
+    out_dir: Path,
+    *,
+    agents: Sequence[str] = DEFAULT_AGENTS,
+    services: Sequence[str] = DEFAULT_SERVICES,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    force: bool = False,
+) -> CertBundle:
+    """Create (or reuse) the dev PKI under ``out_dir``; see the module docstring for identities.
+
+    A valid CA is reused; if the CA is (re)made every leaf is remade too, since the old ones no
+    longer chain. ``force=True`` remakes everything, JWT keys included.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key, remade = _ensure_ca(out_dir, force)
+    force_leaves = force or remade
+
+    dns, ips = _split_hosts(hosts)
+    if "127.0.0.1" not in ips:
+        ips.append("127.0.0.1")
+    envoy = _ensure_leaf(
+        out_dir / "envoy.pem", out_dir / "envoy.key", ca_cert, ca_key, force_leaves,
+        cn="envoy", ou="envoy", uris=[spiffe_uri(trust_domain, "envoy")],
+        dns=[*dict.fromkeys([*dns, "envoy"])], ips=ips, usages=_SERVER_CLIENT,
+    )
+    svc_paths = {
+        name: _ensure_leaf(
+            out_dir / "services" / f"{name}.pem", out_dir / "services" / f"{name}.key",
+            ca_cert, ca_key, force_leaves,
+            cn=name, ou="service", uris=[spiffe_uri(trust_domain, "service", name)],
+            dns=[*dict.fromkeys(["localhost", name])], ips=["127.0.0.1"], usages=_SERVER_CLIENT,
+        )
+        for name in services
+    }
+    agent_paths = {
+        name: _ensure_leaf(
+            out_dir / "agents" / f"{name}.pem", out_dir / "agents" / f"{name}.key",
+            ca_cert, ca_key, force_leaves,
+            cn=name, ou="agent", uris=[spiffe_uri(trust_domain, "agent", name)], usages=_CLIENT_ONLY,
+        )
+        for name in agents
+    }
+    jwt_priv, jwt_pub = _ensure_jwt_keys(out_dir, force)
+    return CertBundle(
+        root=out_dir, trust_domain=trust_domain,
+        ca_cert=out_dir / "ca.pem", ca_key=out_dir / "ca.key", envoy=envoy,
+        services=svc_paths, agents=agent_paths, jwt_private_key=jwt_priv, jwt_public_key=jwt_pub,
+    )
+
+
+def make_foreign_ca_client(
+    out_dir: Path, name: str = "intruder", *, trust_domain: str = DEFAULT_TRUST_DOMAIN
+) -> LeafPaths:
+    """A client cert with a perfectly plausible agent URI SAN, issued by a *different* CA.
+
+    Written under ``out_dir/foreign/`` (its own ``ca.pem`` too). Envoy must refuse it.
+    """
+    root = Path(out_dir) / "foreign"
+    ca_cert, ca_key = _build_ca("Not The Harness CA")
+    _write_key(root / "ca.key", ca_key)
+    _write_cert(root / "ca.pem", ca_cert)
+    return _ensure_leaf(
+        root / f"{name}.pem", root / f"{name}.key", ca_cert, ca_key, True,
+        cn=name, ou="agent", uris=[spiffe_uri(trust_domain, "agent", name)], usages=_CLIENT_ONLY,
+    )
+
+
+def make_wrong_san_client(
+    certs_dir: Path, name: str = "x", *, uri: str | None = None,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+) -> LeafPaths:
+    """A client cert from the Harness CA (in ``certs_dir``) whose URI SAN is not an agent's.
+
+    Default URI ``spiffe://<td>/user/<name>``. Envoy must refuse it at the SAN check.
+    """
+    certs_dir = Path(certs_dir)
+    ca_cert = x509.load_pem_x509_certificate((certs_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((certs_dir / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+    root = certs_dir / "drills"
+    return _ensure_leaf(
+        root / f"{name}.pem", root / f"{name}.key", ca_cert, ca_key, True,
+        cn=name, ou="drill", uris=[uri or spiffe_uri(trust_domain, "user", name)], usages=_CLIENT_ONLY,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m services.devtools.certs", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path(".harness/certs"))
+    p.add_argument("--agent", action="append", dest="agents", help=f"repeatable; default {DEFAULT_AGENTS}")
+    p.add_argument("--service", action="append", dest="services", help=f"repeatable; default {DEFAULT_SERVICES}")
+    p.add_argument("--host", action="append", dest="hosts", help=f"Envoy DNS/IP SANs; default {DEFAULT_HOSTS}")
+    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    p.add_argument("--force", action="store_true", help="remake everything, including the CA")
+    p.add_argument("--foreign-client", metavar="NAME", help="also make a drill cert from another CA")
+    p.add_argument("--wrong-san-client", metavar="NAME", help="also make a drill cert with a non-agent SAN")
+    args = p.parse_args(argv)
+
+    bundle = make_certs(
+        args.out,
+        agents=args.agents or DEFAULT_AGENTS,
+        services=args.services or DEFAULT_SERVICES,
+        trust_domain=args.trust_domain,
+        hosts=args.hosts or DEFAULT_HOSTS,
+        force=args.force,
+    )
+    print(f"CA:     {bundle.ca_cert}")
+    print(f"envoy:  {bundle.envoy.cert}")
+    for name, leaf in {**bundle.services, **bundle.agents}.items():
+        print(f"{name}: {leaf.cert}")
+    print(f"jwt:    {bundle.jwt_private_key} / {bundle.jwt_public_key}")
+    if args.foreign_client:
+        print(f"foreign-CA drill: {make_foreign_ca_client(args.out, args.foreign_client, trust_domain=args.trust_domain).cert}")
+    if args.wrong_san_client:
+        print(f"wrong-SAN drill:  {make_wrong_san_client(args.out, args.wrong_san_client, trust_domain=args.trust_domain).cert}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

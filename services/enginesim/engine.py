@@ -1,0 +1,346 @@
+"""Core engine model: one continuous-batching step loop per loaded model (no gRPC here).
+
+Model of one iteration (TensorRT-LLM's in-flight batching, simplified):
+  1. admit waiting requests, first come first served, while there is a free slot
+     (``max_running_sequences``) and the KV pool can reserve the whole sequence
+     (prompt + max_tokens blocks, like TRT-LLM's default GUARANTEED_NO_EVICT policy);
+  2. run one step over the batch: newly admitted sequences are prefilled (and yield their
+     first token), the others decode one token each;
+     ``step_ms = step_overhead_ms + decode_ms_per_token * batch + prefill_ms_per_token * prompt tokens``;
+  3. hand each sequence its token; finished ones leave and release their KV blocks.
+
+Time: steps sleep ``step_ms / time_scale`` real seconds (deadline-based, so the average rate is
+right even though asyncio oversleeps). All durations in the stats are in *simulated* time
+(``sim_now_ms`` advances by each step's ``step_ms``), so they are deterministic and do not
+depend on ``time_scale``. Requests that arrive mid-step are stamped with the step's start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from .catalog import ModelSpec
+from .text import TextGenerator, count_tokens
+
+QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"  # Triton's wording, clients match on it
+
+
+class EngineError(Exception):
+    """Base class of errors a request can fail with inside the engine."""
+
+
+class QueueFullError(EngineError):
+    def __init__(self) -> None:
+        super().__init__(QUEUE_FULL_MESSAGE)
+
+
+class InvalidRequestError(EngineError):
+    """The request can never be served (bad max_tokens, larger than the KV pool...)."""
+
+
+class RequestCancelledError(EngineError):
+    pass
+
+
+class EngineStoppedError(EngineError):
+    """The model was unloaded or the server stopped before the request finished."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_tokens: int
+    seed: int = 0
+    temperature: float = 0.0
+    end_id: int | None = None
+    stop_words: tuple[str, ...] = ()
+    min_tokens: int = 0
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """One step's output for one sequence: a text delta, or an empty final marker."""
+
+    text: str
+    token_id: int  # -1 when the chunk carries no token (stopped on end_id)
+    index: int  # output tokens so far, including this one
+    final: bool
+    finish_reason: str | None = None  # "length" | "stop" | "end_id" on the final chunk
+
+
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")  # Triton's failure reasons
+
+
+@dataclass
+class EngineStats:
+    """Counters for ModelStatistics and /metrics; durations in simulated nanoseconds."""
+
+    success: int = 0
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
+    execution_count: int = 0  # engine iterations
+    request_ns: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    last_inference_ms: int = 0  # wall clock, ms since the epoch, like Triton
+    busy_real_s: float = 0.0  # real time spent inside steps (GPU utilization)
+    last_step_batch: int = 0
+    last_step_context: int = 0
+
+
+WAITING, PREFILL, RUNNING, DONE, CANCELLED = "waiting", "prefill", "running", "done", "cancelled"
+
+
+class Sequence:
+    """Handle of one submitted request. Iterate :meth:`stream` for its chunks."""
+
+    def __init__(self, engine: ModelEngine, request: GenerationRequest, input_tokens: int) -> None:
+        self.request = request
+        self.input_tokens = input_tokens
+        self.output_tokens = 0
+        self.state = WAITING
+        self.arrival_ms = engine.sim_now_ms
+        self.admitted_ms = 0.0
+        self.reserved_blocks = engine.spec.kv_blocks_for(input_tokens + request.max_tokens)
+        self._engine = engine
+        self._pieces: list[str] = []
+        self._tail = ""  # last characters, for stop-word matching without re-joining the text
+        self._tail_len = max((len(w) for w in request.stop_words), default=0)
+        self._gen = TextGenerator(request.prompt, request.seed, request.temperature)
+        self._events: asyncio.Queue[TokenChunk | EngineError] = asyncio.Queue()
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    @property
+    def done(self) -> bool:
+        return self.state in (DONE, CANCELLED)
+
+    async def stream(self) -> AsyncIterator[TokenChunk]:
+        """Chunks until the final one; raises the EngineError the request failed with."""
+        while True:
+            item = await self._events.get()
+            if isinstance(item, EngineError):
+                raise item
+            yield item
+            if item.final:
+                return
+
+    async def collect(self) -> str:
+        async for _ in self.stream():
+            pass
+        return self.text
+
+    def cancel(self) -> None:
+        """Drop the sequence wherever it is; a no-op once it finished."""
+        self._engine._cancel(self)
+
+    # --- called by the engine -------------------------------------------------------------
+    def _next_chunk(self) -> TokenChunk:
+        token_id, piece = self._gen.next_token()
+        req = self.request
+        may_stop = self.output_tokens >= req.min_tokens
+        if may_stop and req.end_id is not None and token_id == req.end_id:
+            return TokenChunk("", -1, self.output_tokens, final=True, finish_reason="end_id")
+        self.output_tokens += 1
+        self._pieces.append(piece)
+        reason = None
+        if self._tail_len:
+            self._tail = (self._tail + piece)[-self._tail_len :]
+            if may_stop and any(self._tail.endswith(w) for w in req.stop_words if w):
+                reason = "stop"
+        if reason is None and self.output_tokens >= req.max_tokens:
+            reason = "length"
+        return TokenChunk(piece, token_id, self.output_tokens, final=reason is not None, finish_reason=reason)
+
+    def _fail(self, error: EngineError) -> None:
+        self._events.put_nowait(error)
+
+
+class ModelEngine:
+    """The step loop of one loaded model. Create, :meth:`start`, :meth:`submit`, :meth:`stop`."""
+
+    def __init__(self, spec: ModelSpec, time_scale: float = 1.0) -> None:
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        self.spec = spec
+        self.time_scale = time_scale
+        self.stats = EngineStats()
+        self.sim_now_ms = 0.0
+        self._waiting: deque[Sequence] = deque()
+        self._prefill: list[Sequence] = []  # admitted, prefilled in the next step
+        self._running: list[Sequence] = []
+        self._reserved_blocks = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._deadline = 0.0
+
+    # --- observable state (read by metrics, possibly from another thread) ----------------
+    @property
+    def running(self) -> int:
+        return len(self._running) + len(self._prefill)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def kv_blocks_used(self) -> int:
+        spec = self.spec
+        return sum(spec.kv_blocks_for(s.input_tokens + s.output_tokens) for s in list(self._running))
+
+    @property
+    def kv_blocks_reserved(self) -> int:
+        return self._reserved_blocks
+
+    def step_time_ms(self, batch: int, prefill_tokens: int) -> float:
+        """Simulated duration of one iteration over ``batch`` sequences."""
+        lat = self.spec.latency
+        return lat.step_overhead_ms + lat.decode_ms_per_token * batch + lat.prefill_ms_per_token * prefill_tokens
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"enginesim-step-{self.spec.name}")
+
+    async def drain(self) -> None:
+        """Refuse new requests and wait until the admitted and waiting ones finish."""
+        self._closing = True
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Stop now: unfinished requests fail with EngineStoppedError."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for seq in [*self._waiting, *self._prefill, *self._running]:
+            seq.state = CANCELLED
+            self.stats.failures["OTHER"] += 1
+            seq._fail(EngineStoppedError(f"model '{self.spec.name}' was unloaded"))
+        self._waiting.clear()
+        self._prefill.clear()
+        self._running.clear()
+        self._reserved_blocks = 0
+        self._idle.set()
+
+    # --- requests --------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> Sequence:
+        """Queue a request. Raises QueueFullError, InvalidRequestError or EngineStoppedError."""
+        if self._closing:
+            raise EngineStoppedError(f"model '{self.spec.name}' is unloading")
+        if request.max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be >= 1, got {request.max_tokens}")
+        seq = Sequence(self, request, count_tokens(request.prompt))
+        if seq.reserved_blocks > self.spec.kv_capacity_blocks:
+            raise InvalidRequestError(
+                f"request needs {seq.reserved_blocks} KV cache blocks (prompt {seq.input_tokens} + "
+                f"max_tokens {request.max_tokens} tokens) but the pool holds {self.spec.kv_capacity_blocks}"
+            )
+        if not self._waiting and self._can_admit(seq):
+            self._admit(seq)
+        elif len(self._waiting) >= self.spec.max_queue_size:
+            self.stats.failures["REJECTED"] += 1
+            raise QueueFullError()
+        else:
+            self._waiting.append(seq)
+        self._idle.clear()
+        self._wake.set()
+        return seq
+
+    def _can_admit(self, seq: Sequence) -> bool:
+        return (
+            self.running < self.spec.max_running_sequences
+            and self._reserved_blocks + seq.reserved_blocks <= self.spec.kv_capacity_blocks
+        )
+
+    def _admit(self, seq: Sequence) -> None:
+        seq.state = PREFILL
+        self._reserved_blocks += seq.reserved_blocks
+        self._prefill.append(seq)
+
+    def _release(self, seq: Sequence, state: str) -> None:
+        if seq.state in (PREFILL, RUNNING):
+            self._reserved_blocks -= seq.reserved_blocks
+        if seq.state == RUNNING:
+            self._running.remove(seq)
+        elif seq.state == PREFILL:
+            self._prefill.remove(seq)
+        elif seq.state == WAITING:
+            self._waiting.remove(seq)
+        seq.state = state
+        self._admit_waiting()
+        if not (self._waiting or self._prefill or self._running):
+            self._idle.set()
+
+    def _cancel(self, seq: Sequence) -> None:
+        if seq.done:
+            return
+        self._release(seq, CANCELLED)
+        self.stats.failures["CANCELED"] += 1
+        seq._fail(RequestCancelledError("request was cancelled"))
+        self._wake.set()
+
+    def _admit_waiting(self) -> None:
+        # FCFS with head-of-line blocking, as TRT-LLM's FCFS capacity scheduler does.
+        while self._waiting and self._can_admit(self._waiting[0]):
+            self._admit(self._waiting.popleft())
+
+    # --- the step loop ---------------------------------------------------------------------
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._admit_waiting()
+            if not self._prefill and not self._running:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            new, self._prefill = self._prefill, []
+            for seq in new:
+                seq.state = RUNNING
+                seq.admitted_ms = self.sim_now_ms
+                self.stats.queue_ns += int((seq.admitted_ms - seq.arrival_ms) * 1e6)
+            self._running.extend(new)
+            batch = list(self._running)
+            prefill_tokens = sum(seq.input_tokens for seq in new)
+            step_ms = self.step_time_ms(len(batch), prefill_tokens)
+            self.stats.last_step_batch, self.stats.last_step_context = len(batch), len(new)
+
+            now = loop.time()
+            self._deadline = max(self._deadline, now) + step_ms / 1000.0 / self.time_scale
+            await asyncio.sleep(self._deadline - now)
+            self.stats.busy_real_s += loop.time() - now
+            self.sim_now_ms += step_ms
+            self.stats.execution_count += 1
+
+            for seq in batch:
+                if seq.state != RUNNING:  # cancelled while the step ran
+                    continue
+                chunk = seq._next_chunk()
+                seq._events.put_nowait(chunk)
+                if chunk.final:
+                    self._finish(seq)
+
+    def _finish(self, seq: Sequence) -> None:
+        stats = self.stats
+        stats.success += 1
+        stats.input_tokens += seq.input_tokens
+        stats.output_tokens += seq.output_tokens
+        stats.compute_ns += int((self.sim_now_ms - seq.admitted_ms) * 1e6)
+        stats.request_ns += int((self.sim_now_ms - seq.arrival_ms) * 1e6)
+        stats.last_inference_ms = int(time.time() * 1000)
+        self._release(seq, DONE)

@@ -1,0 +1,432 @@
+"""Render the Envoy front-proxy bootstrap for the Harness mesh (see notes/envoy-mesh.md).
+
+One mTLS listener admits agents only (client cert from the Harness CA with a
+``spiffe://<td>/agent/`` URI SAN) and forwards their identity in XFCC (SANITIZE_SET, so it
+cannot be forged). Routes go by gRPC service; only idempotent unary methods get retries.
+Clusters speak HTTP/2 + mTLS to the services, with gRPC health checks, outlier detection,
+least-request balancing and a retry budget. The local rate limit is wired to runtime keys
+and off by default; ops flip it with ``POST /runtime_modify`` on the loopback admin port.
+
+CLI: ``python -m services.envoy.render --compose --out compose/envoy.yaml``
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.envoy.methods import idempotent_unary_methods
+
+RUNTIME_RL_ENABLED = "local_rate_limit_enabled"
+RUNTIME_RL_ENFORCED = "local_rate_limit_enforced"
+
+# gRPC service prefix -> cluster. The router serves reflection and health for the whole mesh.
+DEFAULT_ROUTES: tuple[tuple[str, str], ...] = (
+    ("/harness.router.v1.Router/", "router"),
+    ("/harness.registry.v1.Registry/", "registry"),
+    ("/harness.pool.v1.Pool/", "pool"),
+    ("/harness.audit.v1.Audit/", "audit"),
+    ("/harness.cost.v1.Cost/", "cost"),
+    ("/inference.GRPCInferenceService/", "router"),
+    ("/grpc.reflection.v1.ServerReflection/", "router"),
+    ("/grpc.reflection.v1alpha.ServerReflection/", "router"),
+    ("/grpc.health.v1.Health/", "router"),
+)
+# Retry on what a different (or recovered) host can fix; never on app errors like INVALID_ARGUMENT.
+RETRY_ON = "unavailable,resource-exhausted,cancelled,connect-failure,refused-stream,reset"
+
+COMPOSE_CERTS_DIR = "/etc/harness/certs"
+COMPOSE_LISTEN_PORT = 8443
+COMPOSE_ADMIN_PORT = 9901
+# Ports the services listen on inside the compose network (the compose file must agree).
+COMPOSE_SERVICE_PORTS: dict[str, int] = {
+    "router": 50051, "registry": 50052, "pool": 50053, "audit": 50054, "cost": 50055,
+}
+
+_T = "type.googleapis.com/envoy."
+_HCM = _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_DOWNSTREAM_TLS = _T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+_UPSTREAM_TLS = _T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_HTTP_OPTS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_LOCAL_RL = _T + "extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+_ROUTER = _T + "extensions.filters.http.router.v3.Router"
+_PREVIOUS_HOSTS = _T + "extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+
+
+@dataclass(frozen=True)
+class EnvoyCerts:
+    """Paths as Envoy will see them (may be container paths that do not exist here)."""
+
+    ca: str | Path
+    cert: str | Path
+    key: str | Path
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Token bucket shared by all routes; only acts once the runtime keys are raised above 0."""
+
+    max_tokens: int = 2000
+    tokens_per_fill: int = 1000
+    fill_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class EnvoySpec:
+    listen_host: str
+    listen_port: int  # 0 = any free port (tests read the bound port from admin /listeners)
+    admin_port: int  # admin always binds 127.0.0.1
+    certs: EnvoyCerts
+    upstreams: Mapping[str, Sequence[tuple[str, int]]]  # cluster -> [(host, port)]
+    trust_domain: str = "harness.local"
+    routes: Sequence[tuple[str, str]] = DEFAULT_ROUTES  # (path prefix, cluster), first match wins
+    idempotent_methods: Sequence[str] = ()  # "/pkg.Service/Method": get an exact route with retries
+    upstream_sni: Mapping[str, str] = field(default_factory=dict)  # default: the cluster name
+    unary_timeout_s: float = 15.0
+    per_try_timeout_s: float = 5.0
+    num_retries: int = 2
+    stream_idle_timeout_s: float = 300.0
+    health_check_interval_s: float = 1.0
+    rate_limit: RateLimit = RateLimit()
+
+    def __post_init__(self) -> None:
+        missing = sorted({c for _, c in self.routes} - set(self.upstreams))
+        if missing:
+            raise ValueError(f"routes name clusters without upstreams: {missing}")
+        empty = sorted(c for c, hosts in self.upstreams.items() if not hosts)
+        if empty:
+            raise ValueError(f"clusters without hosts: {empty}")
+        for m in self.idempotent_methods:
+            if not (m.startswith("/") and m.count("/") == 2 and not m.endswith("/")):
+                raise ValueError(f"not a gRPC method path: {m!r}")
+            self.cluster_for(m)  # raises if no route covers it
+
+    def cluster_for(self, path: str) -> str:
+        for prefix, cluster in self.routes:
+            if path.startswith(prefix):
+                return cluster
+        raise ValueError(f"no route covers {path!r}")
+
+
+def _dur(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _addr(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _tls_certificates(certs: EnvoyCerts) -> list[dict[str, Any]]:
+    return [{"certificate_chain": {"filename": str(certs.cert)}, "private_key": {"filename": str(certs.key)}}]
+
+
+def _uri_san(match: str, value: str) -> list[dict[str, Any]]:
+    return [{"san_type": "URI", "matcher": {match: value}}]
+
+
+def _downstream_tls(spec: EnvoySpec) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _DOWNSTREAM_TLS,
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "tls_certificates": _tls_certificates(spec.certs),
+                "validation_context": {
+                    "trusted_ca": {"filename": str(spec.certs.ca)},
+                    "match_typed_subject_alt_names": _uri_san(
+                        "prefix", f"spiffe://{spec.trust_domain}/agent/"
+                    ),
+                },
+                "alpn_protocols": ["h2"],
+            },
+        },
+    }
+
+
+def _upstream_tls(spec: EnvoySpec, cluster: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _UPSTREAM_TLS,
+            "sni": spec.upstream_sni.get(cluster, cluster),
+            "common_tls_context": {
+                "tls_certificates": _tls_certificates(spec.certs),
+                "validation_context": {
+                    "trusted_ca": {"filename": str(spec.certs.ca)},
+                    # Only the real service may answer for its cluster, not any cert from our CA.
+                    "match_typed_subject_alt_names": _uri_san(
+                        "exact", f"spiffe://{spec.trust_domain}/service/{cluster}"
+                    ),
+                },
+                "alpn_protocols": ["h2"],
+            },
+        },
+    }
+
+
+def _retry_route(spec: EnvoySpec, method: str) -> dict[str, Any]:
+    return {
+        "name": f"retry{method}",
+        "match": {"path": method, "grpc": {}},
+        "route": {
+            "cluster": spec.cluster_for(method),
+            "timeout": _dur(spec.unary_timeout_s),
+            # Honour the client's deadline (grpc-timeout), capped at the route timeout.
+            "max_stream_duration": {"grpc_timeout_header_max": _dur(spec.unary_timeout_s)},
+            "retry_policy": {
+                "retry_on": RETRY_ON,
+                "num_retries": spec.num_retries,
+                "per_try_timeout": _dur(spec.per_try_timeout_s),
+                "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+                "retry_host_predicate": [
+                    {
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {"@type": _PREVIOUS_HOSTS},
+                    }
+                ],
+                "host_selection_retry_max_attempts": 3,
+            },
+        },
+    }
+
+
+def _prefix_route(spec: EnvoySpec, prefix: str, cluster: str) -> dict[str, Any]:
+    # Streams and non-idempotent RPCs: no route timeout, no retries, only an idle timeout.
+    return {
+        "name": f"service{prefix}",
+        "match": {"prefix": prefix, "grpc": {}},
+        "route": {
+            "cluster": cluster,
+            "timeout": "0s",
+            "idle_timeout": _dur(spec.stream_idle_timeout_s),
+            "max_stream_duration": {"grpc_timeout_header_max": "0s"},  # client deadline, uncapped
+        },
+    }
+
+
+def _routes(spec: EnvoySpec) -> list[dict[str, Any]]:
+    exact = [_retry_route(spec, m) for m in dict.fromkeys(spec.idempotent_methods)]
+    return exact + [_prefix_route(spec, p, c) for p, c in spec.routes]
+
+
+def _fraction(runtime_key: str) -> dict[str, Any]:
+    return {"runtime_key": runtime_key, "default_value": {"numerator": 0, "denominator": "HUNDRED"}}
+
+
+def _http_filters(spec: EnvoySpec) -> list[dict[str, Any]]:
+    rl = spec.rate_limit
+    return [
+        {
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": _LOCAL_RL,
+                "stat_prefix": "harness_local_rate_limit",
+                "token_bucket": {
+                    "max_tokens": rl.max_tokens,
+                    "tokens_per_fill": rl.tokens_per_fill,
+                    "fill_interval": _dur(rl.fill_interval_s),
+                },
+                "filter_enabled": _fraction(RUNTIME_RL_ENABLED),
+                "filter_enforced": _fraction(RUNTIME_RL_ENFORCED),
+                "rate_limited_as_resource_exhausted": True,
+            },
+        },
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
+    ]
+
+
+def _listener(spec: EnvoySpec) -> dict[str, Any]:
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": "harness_ingress",
+        "codec_type": "AUTO",
+        # Every caller is external: x-envoy-* control headers (e.g. x-envoy-retry-on) from
+        # agents are stripped, so a client cannot turn retries on for a write.
+        "use_remote_address": True,
+        "internal_address_config": {"cidr_ranges": []},
+        "forward_client_cert_details": "SANITIZE_SET",
+        "set_current_client_cert_details": {"uri": True, "subject": True},
+        "stream_idle_timeout": _dur(spec.stream_idle_timeout_s),
+        "route_config": {
+            "name": "harness",
+            "virtual_hosts": [{"name": "harness", "domains": ["*"], "routes": _routes(spec)}],
+        },
+        "http_filters": _http_filters(spec),
+    }
+    return {
+        "name": "harness_ingress",
+        "address": _addr(spec.listen_host, spec.listen_port),
+        "filter_chains": [
+            {
+                "transport_socket": _downstream_tls(spec),
+                "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}],
+            }
+        ],
+    }
+
+
+def _cluster(spec: EnvoySpec, name: str, hosts: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    static = all(_is_ip(h) for h, _ in hosts)
+    interval = spec.health_check_interval_s
+    cluster: dict[str, Any] = {
+        "name": name,
+        # STRICT_DNS keeps every A record (e.g. compose's 2 router replicas) as its own host.
+        "type": "STATIC" if static else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "lb_policy": "LEAST_REQUEST",
+        "least_request_lb_config": {"choice_count": 2},
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _addr(h, p)}} for h, p in hosts]}
+            ],
+        },
+        "typed_extension_protocol_options": {
+            _HTTP_OPTS_KEY: {
+                "@type": "type.googleapis.com/" + _HTTP_OPTS_KEY,
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        # PINGs find a dead peer on an idle pooled connection before a request does.
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    }
+                },
+            }
+        },
+        "transport_socket": _upstream_tls(spec, name),
+        "health_checks": [
+            {
+                "timeout": _dur(max(interval, 1.0)),
+                "interval": _dur(interval),
+                # Default is 60s while a cluster is idle; ops want an idle service's state fresh.
+                "no_traffic_interval": _dur(max(5 * interval, 5.0)),
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ],
+        "outlier_detection": {
+            # gRPC statuses count via their HTTP mapping (UNAVAILABLE=503, DEADLINE_EXCEEDED=504).
+            "consecutive_gateway_failure": 3,
+            "enforcing_consecutive_gateway_failure": 100,  # default 0 = detect but never eject
+            "consecutive_5xx": 10,  # app errors (INTERNAL, UNIMPLEMENTED) eject only when persistent
+            "interval": "5s",
+            "base_ejection_time": "15s",
+            "max_ejection_time": "120s",
+            # With 1-2 hosts the default 10% ejects nothing. If all are out, the 50% panic
+            # threshold routes to every host again rather than failing everything.
+            "max_ejection_percent": 100,
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": 4096,
+                    "max_pending_requests": 4096,
+                    "max_requests": 8192,
+                    # Retries may add at most 20% load on top of live requests (retry storms).
+                    "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 4},
+                    "track_remaining": True,
+                }
+            ]
+        },
+    }
+    if not static:
+        cluster["dns_lookup_family"] = "V4_ONLY"
+    return cluster
+
+
+def render_envoy_config(spec: EnvoySpec) -> dict[str, Any]:
+    """The full bootstrap as plain dicts (YAML/JSON-ready)."""
+    return {
+        "admin": {"address": _addr("127.0.0.1", spec.admin_port)},
+        "layered_runtime": {
+            "layers": [
+                # Listed so GET /runtime shows the switches; 0 = off (a percentage).
+                {"name": "static", "static_layer": {RUNTIME_RL_ENABLED: 0, RUNTIME_RL_ENFORCED: 0}},
+                # Without an admin layer POST /runtime_modify is refused.
+                {"name": "admin", "admin_layer": {}},
+            ]
+        },
+        "static_resources": {
+            "listeners": [_listener(spec)],
+            "clusters": [_cluster(spec, name, hosts) for name, hosts in spec.upstreams.items()],
+        },
+    }
+
+
+HEADER = (
+    "# Envoy front proxy for the Harness mesh. GENERATED, do not edit:\n"
+    "#   python -m services.envoy.render --compose --out compose/envoy.yaml\n"
+)
+
+
+def dump_envoy_config(spec: EnvoySpec, header: str = "") -> str:
+    return header + yaml.safe_dump(render_envoy_config(spec), sort_keys=False, width=120)
+
+
+def write_envoy_config(spec: EnvoySpec, path: Path, header: str = "") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_envoy_config(spec, header))
+    return path
+
+
+def compose_spec(idempotent_methods: Sequence[str] | None = None) -> EnvoySpec:
+    """The docker-compose stack: services by compose name, certs mounted at /etc/harness/certs."""
+    if idempotent_methods is None:
+        idempotent_methods = idempotent_unary_methods()
+    certs = EnvoyCerts(
+        ca=f"{COMPOSE_CERTS_DIR}/ca.pem",
+        cert=f"{COMPOSE_CERTS_DIR}/envoy.pem",
+        key=f"{COMPOSE_CERTS_DIR}/envoy.key",
+    )
+    return EnvoySpec(
+        listen_host="0.0.0.0",
+        listen_port=COMPOSE_LISTEN_PORT,
+        admin_port=COMPOSE_ADMIN_PORT,
+        certs=certs,
+        # One DNS name per service; "router" resolves to every replica.
+        upstreams={name: [(name, port)] for name, port in COMPOSE_SERVICE_PORTS.items()},
+        idempotent_methods=tuple(idempotent_methods),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m services.envoy.render", description=__doc__.split("\n")[0])
+    p.add_argument("--compose", action="store_true", required=True, help="render the compose stack config")
+    p.add_argument("--out", type=Path, help="write here instead of stdout")
+    p.add_argument("--check", type=Path, metavar="FILE", help="exit 1 if FILE differs from the rendering")
+    args = p.parse_args(argv)
+
+    text = dump_envoy_config(compose_spec(), HEADER)
+    if args.check:
+        if not args.check.exists() or args.check.read_text() != text:
+            print(f"{args.check} is stale; regenerate with --out {args.check}", file=sys.stderr)
+            return 1
+        return 0
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Shared fixtures: JWT keys and tokens, PostgreSQL and Redis.
+
+PostgreSQL/Redis tests skip when the server is missing on a developer machine, but FAIL when
+CI=true: CI must run them for real.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from services.common.identity import AuthConfig, mint_jwt
+
+PG_HOST = os.environ.get("HARNESS_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("HARNESS_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("HARNESS_TEST_PG_USER", "postgres")
+REDIS_URL = os.environ.get("HARNESS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is required in CI (CI=true) but is not reachable")
+    pytest.skip(f"{what} not reachable")
+
+
+@pytest.fixture(scope="session")
+def jwt_keypair(tmp_path_factory) -> tuple[Path, bytes]:
+    """(public key path, private key PEM) for signing test user tokens."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    d = tmp_path_factory.mktemp("jwt")
+    pub = d / "jwt.pub"
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return pub, private
+
+
+@pytest.fixture(scope="session")
+def test_auth(jwt_keypair) -> AuthConfig:
+    """Auth config for in-process servers on plaintext loopback: XFCC trusted (no Envoy in front)."""
+    return AuthConfig(trust_xfcc_without_tls=True, jwt_public_key_path=str(jwt_keypair[0]))
+
+
+@pytest.fixture(scope="session")
+def mint_token(jwt_keypair) -> Callable[..., str]:
+    def mint(sub: str, *roles: str, ttl_s: int = 3600) -> str:
+        return mint_jwt(jwt_keypair[1], sub, roles=roles, ttl_s=ttl_s)
+
+    return mint
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (dropped afterwards)."""
+    if not _reachable(PG_HOST, PG_PORT):
+        _missing(f"PostgreSQL at {PG_HOST}:{PG_PORT}")
+    import psycopg
+
+    name = f"harness_test_{uuid.uuid4().hex[:12]}"
+    admin = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=test"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """Redis URL with a key prefix unique to the test is up to the caller; DB 0 is shared."""
+    from urllib.parse import urlparse
+
+    u = urlparse(REDIS_URL)
+    if not _reachable(u.hostname or "127.0.0.1", u.port or 6379):
+        _missing(f"Redis at {REDIS_URL}")
+    return REDIS_URL
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path) -> str:
+    """Runs a store test on both SQLite (file) and PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_url")
