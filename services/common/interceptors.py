@@ -152,11 +152,20 @@ def _wrap(
             if token is not None:
                 reqctx.reset_current(token)
 
+    # grpc.aio picks sync vs async handling by inspecting the function, so these must be real
+    # coroutine / async-generator functions, not lambdas returning one.
     def bind_unary(behavior):
-        return lambda req, ctx: unary(behavior, req, ctx)
+        async def handle(req, ctx):
+            return await unary(behavior, req, ctx)
+
+        return handle
 
     def bind_stream(behavior):
-        return lambda req, ctx: streaming(behavior, req, ctx)
+        async def handle(req, ctx):
+            async for item in streaming(behavior, req, ctx):
+                yield item
+
+        return handle
 
     common = {
         "request_deserializer": handler.request_deserializer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from services.common.errors import Unimplemented
 
 
-def planned(service_descriptor, features: dict[str, str]):
+def planned(service_descriptor, features: dict[str, str], default: str = "planned for a later issue"):
     """Class decorator: every RPC of `service_descriptor` the class does not define raises
     Unimplemented with the feature named in `features` (or a generic note)."""
 
@@ -13,7 +13,7 @@ def planned(service_descriptor, features: dict[str, str]):
         for method in service_descriptor.methods:
             if method.name in cls.__dict__:
                 continue
-            feature = features.get(method.name, "this RPC")
+            feature = features.get(method.name, default)
             message = f"{service_descriptor.name}.{method.name} is not implemented yet: {feature}"
             if method.server_streaming:
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -119,6 +120,15 @@ def _name(cn: str, ou: str) -> x509.Name:
     )
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    # ECDSA leaves only sign (TLS 1.2/1.3 ECDHE); the CA also signs certs and CRLs.
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+        encipher_only=False, decipher_only=False,
+    )
+
+
 def _new_ec_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
@@ -136,14 +146,7 @@ def _build_ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(now + dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -175,20 +178,15 @@ def _build_leaf(
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         # Non-critical: the subject is not empty (RFC 5280 4.2.1.6); the URI SAN is the identity.
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            ),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
@@ -217,7 +215,7 @@ def _load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, Priva
 def _signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, x509.InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 
@@ -390,31 +388,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m services.devtools.certs", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path(".harness/certs"))
     p.add_argument("--agent", action="append", dest="agents", help=f"repeatable; default {DEFAULT_AGENTS}")
-    p.add_argument("--service", action="append", dest="services", help=f"repeatable; default {DEFAULT_SERVICES}")
-    p.add_argument("--host", action="append", dest="hosts", help=f"Envoy DNS/IP SANs; default {DEFAULT_HOSTS}")
+    p.add_argument("--service", action="append", dest="services", help=f"default {DEFAULT_SERVICES}")
+    p.add_argument("--host", action="append", dest="hosts", help=f"Envoy SANs; default {DEFAULT_HOSTS}")
     p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     p.add_argument("--force", action="store_true", help="remake everything, including the CA")
     p.add_argument("--foreign-client", metavar="NAME", help="also make a drill cert from another CA")
     p.add_argument("--wrong-san-client", metavar="NAME", help="also make a drill cert with a non-agent SAN")
     args = p.parse_args(argv)
 
+    td = args.trust_domain
     bundle = make_certs(
         args.out,
         agents=args.agents or DEFAULT_AGENTS,
         services=args.services or DEFAULT_SERVICES,
-        trust_domain=args.trust_domain,
+        trust_domain=td,
         hosts=args.hosts or DEFAULT_HOSTS,
         force=args.force,
     )
-    print(f"CA:     {bundle.ca_cert}")
-    print(f"envoy:  {bundle.envoy.cert}")
+    print(f"CA: {bundle.ca_cert}\nenvoy: {bundle.envoy.cert}")
     for name, leaf in {**bundle.services, **bundle.agents}.items():
         print(f"{name}: {leaf.cert}")
-    print(f"jwt:    {bundle.jwt_private_key} / {bundle.jwt_public_key}")
+    print(f"jwt: {bundle.jwt_private_key} / {bundle.jwt_public_key}")
     if args.foreign_client:
-        print(f"foreign-CA drill: {make_foreign_ca_client(args.out, args.foreign_client, trust_domain=args.trust_domain).cert}")
+        drill = make_foreign_ca_client(args.out, args.foreign_client, trust_domain=td)
+        print(f"foreign-CA drill: {drill.cert}")
     if args.wrong_san_client:
-        print(f"wrong-SAN drill:  {make_wrong_san_client(args.out, args.wrong_san_client, trust_domain=args.trust_domain).cert}")
+        drill = make_wrong_san_client(args.out, args.wrong_san_client, trust_domain=td)
+        print(f"wrong-SAN drill: {drill.cert}")
     return 0
 
 

@@ -102,8 +102,18 @@ def parse_catalog(data: Any, source: str = "<memory>") -> Catalog:
 
 
 _MODEL_KEYS = {
-    "name", "decoupled", "layout", "memory_gb", "load_time_s", "latency", "max_running_sequences",
-    "max_queue_size", "kv_block_size", "kv_capacity_blocks", "max_batch_size", "preload",
+    "name",
+    "decoupled",
+    "layout",
+    "memory_gb",
+    "load_time_s",
+    "latency",
+    "max_running_sequences",
+    "max_queue_size",
+    "kv_block_size",
+    "kv_capacity_blocks",
+    "max_batch_size",
+    "preload",
 }
 _LATENCY_KEYS = {"prefill_ms_per_token", "decode_ms_per_token", "step_overhead_ms"}
 

@@ -206,7 +206,9 @@ class ModelEngine:
     def step_time_ms(self, batch: int, prefill_tokens: int) -> float:
         """Simulated duration of one iteration over ``batch`` sequences."""
         lat = self.spec.latency
-        return lat.step_overhead_ms + lat.decode_ms_per_token * batch + lat.prefill_ms_per_token * prefill_tokens
+        return (
+            lat.step_overhead_ms + lat.decode_ms_per_token * batch + lat.prefill_ms_per_token * prefill_tokens
+        )
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:

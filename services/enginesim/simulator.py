@@ -99,9 +99,7 @@ class Simulator:
 
     def is_ready(self, name: str, version: str = "") -> bool:
         slot = self._slots.get(name)
-        return (
-            slot is not None and slot.state == ModelState.READY and version in ("", slot.spec.version)
-        )
+        return slot is not None and slot.state == ModelState.READY and version in ("", slot.spec.version)
 
     def spec(self, name: str, version: str = "") -> ModelSpec:
         """Spec of a READY model, else the error Triton would give (NOT_FOUND / not ready)."""

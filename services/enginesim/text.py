@@ -21,6 +21,7 @@ import re
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 # Index = token id. Punctuation tokens attach to the previous word (no leading space).
+# fmt: off
 VOCAB: tuple[str, ...] = (
     ".", ",", "the", "a", "model", "agent", "token", "request", "server", "engine", "batch",
     "queue", "cache", "block", "prompt", "answer", "system", "user", "tool", "call", "result",
@@ -30,6 +31,7 @@ VOCAB: tuple[str, ...] = (
     "fast", "slow", "small", "large", "new", "old", "good", "simple", "clear", "safe", "ready",
     "loaded", "running", "waiting", "sent", "received", "kept", "used", "free", "full",
 )
+# fmt: on
 _PUNCTUATION = frozenset({".", ","})
 
 
@@ -51,7 +53,6 @@ class TextGenerator:
 
     def __init__(self, prompt: str, seed: int = 0, temperature: float = 0.0) -> None:
         self._rng = _rng(prompt, seed, temperature)
-        self._count = 0
         self._prev_punct = True  # no punctuation at the very start
 
     def next_token(self) -> tuple[int, str]:
@@ -63,6 +64,7 @@ class TextGenerator:
                 continue
             break
         self._prev_punct = word in _PUNCTUATION
-        piece = word if word in _PUNCTUATION or self._count == 0 else " " + word
-        self._count += 1
+        # Words carry their leading space (like SentencePiece's "▁"), so prompt + completion
+        # and the concatenated stream deltas read as text.
+        piece = word if word in _PUNCTUATION else " " + word
         return token_id, piece

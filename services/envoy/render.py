@@ -116,7 +116,8 @@ class EnvoySpec:
 
 
 def _dur(seconds: float) -> str:
-    return f"{seconds:g}s"
+    """Protobuf Duration JSON ("0.025s", "300s"); never exponent notation."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 def _addr(host: str, port: int) -> dict[str, Any]:
@@ -256,10 +257,12 @@ def _listener(spec: EnvoySpec) -> dict[str, Any]:
         "@type": _HCM,
         "stat_prefix": "harness_ingress",
         "codec_type": "AUTO",
-        # Every caller is external: x-envoy-* control headers (e.g. x-envoy-retry-on) from
-        # agents are stripped, so a client cannot turn retries on for a write.
+        # Every caller is external, so Envoy strips x-envoy-* control headers (x-envoy-retry-on,
+        # x-envoy-max-retries...) and a client cannot turn retries on for a write. An empty
+        # cidr_ranges falls back to trusting RFC1918 + loopback (i.e. every compose peer), so
+        # list one range no TCP peer can come from: nothing is internal.
         "use_remote_address": True,
-        "internal_address_config": {"cidr_ranges": []},
+        "internal_address_config": {"cidr_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 32}]},
         "forward_client_cert_details": "SANITIZE_SET",
         "set_current_client_cert_details": {"uri": True, "subject": True},
         "stream_idle_timeout": _dur(spec.stream_idle_timeout_s),

@@ -1,0 +1,125 @@
+"""gRPC face of the audit service: access checks, stream handling, metrics. Logic is in store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.common.v1 import common_pb2
+from prometheus_client import CollectorRegistry, Counter
+
+from services.audit.config import AuditConfig
+from services.audit.store import AuditStore
+from services.common.context import Identity, current_identity
+from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.planned import planned
+from services.common.server import Registrar, RunningServer, start_server
+
+SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name
+READER_ROLES = frozenset({"admin", "auditor"})
+_ISSUE7 = "audit issue #7"
+
+
+def _authenticated(identity: Identity) -> None:
+    if not (identity.user or identity.service or identity.agent):
+        raise Unauthenticated("the audit service needs a caller identity (service certificate or bearer token)")
+
+
+def require_writer(identity: Identity) -> None:
+    """Only Harness services (their own certificate) or admins append to the log."""
+    _authenticated(identity)
+    if not (identity.service or identity.is_admin):
+        who = identity.user or f"agent {identity.agent}"
+        raise PermissionDenied(f"{who} may not write audit events: only Harness services and admins may")
+
+
+def require_reader(identity: Identity) -> None:
+    """Reading the log (it names users and what they did) needs the admin or auditor role."""
+    _authenticated(identity)
+    if not READER_ROLES.intersection(identity.roles):
+        who = identity.user or identity.service or f"agent {identity.agent}"
+        raise PermissionDenied(f"{who} may not read the audit log: it needs the admin or auditor role")
+
+
+class AuditMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records = Counter("harness_audit_records", "Audit records newly stored", registry=registry)
+        self.duplicates = Counter(
+            "harness_audit_duplicates", "Audit events received again and not stored", registry=registry
+        )
+
+
+@planned(
+    audit_pb2.DESCRIPTOR.services_by_name["Audit"],
+    {
+        "Lineage": f"lineage tree ({_ISSUE7})",
+        "Export": f"JSONL/CSV export ({_ISSUE7})",
+        "RequestApproval": f"human approvals ({_ISSUE7})",
+        "GetApproval": f"human approvals ({_ISSUE7})",
+        "ListApprovals": f"human approvals ({_ISSUE7})",
+        "DecideApproval": f"human approvals ({_ISSUE7})",
+    },
+)
+class AuditServicer(audit_pb2_grpc.AuditServicer):
+    def __init__(self, store: AuditStore, metrics: AuditMetrics) -> None:
+        self._store = store
+        self._metrics = metrics
+
+    async def Ingest(self, request_iterator, context) -> audit_pb2.IngestResponse:
+        """Appends batches as they arrive, each batch in one transaction.
+
+        A bad event fails the call with INVALID_ARGUMENT naming its index in the stream; batches
+        before it stay stored, and a resend of the stream counts them as duplicates.
+        """
+        require_writer(current_identity())
+        accepted = duplicates = index = 0
+        async for batch in request_iterator:
+            result = await self._store.ingest(batch.events, first_index=index)
+            index += len(batch.events)
+            accepted += result.accepted
+            duplicates += result.duplicates
+            self._metrics.records.inc(result.accepted)
+            self._metrics.duplicates.inc(result.duplicates)
+        return audit_pb2.IngestResponse(accepted=accepted, duplicates=duplicates)
+
+    async def Query(self, request: audit_pb2.QueryRequest, context) -> audit_pb2.QueryResponse:
+        """Records matching every set filter field, oldest first; page token = last sequence."""
+        require_reader(current_identity())
+        records, token = await self._store.query(request.filter, request.page)
+        return audit_pb2.QueryResponse(records=records, page=common_pb2.PageResponse(next_page_token=token))
+
+    async def Verify(self, request: audit_pb2.VerifyRequest, context) -> audit_pb2.VerifyResponse:
+        """Recomputes the chain from `from_sequence` and names the first broken record."""
+        require_reader(current_identity())
+        result = await self._store.verify(request.from_sequence)
+        return audit_pb2.VerifyResponse(
+            ok=result.ok,
+            checked=result.checked,
+            first_broken_sequence=result.first_broken_sequence,
+            reason=result.reason,
+        )
+
+
+def register(servicer: AuditServicer) -> Registrar:
+    """Registrar for start_server: adds the Audit service and returns its name."""
+
+    def add(server: grpc.aio.Server) -> Sequence[str]:
+        audit_pb2_grpc.add_AuditServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    return add
+
+
+async def start_audit(config: AuditConfig, *, metrics_registry: CollectorRegistry | None = None) -> RunningServer:
+    """Opens the store and starts the server; the store closes when the server stops."""
+    registry = metrics_registry or CollectorRegistry()
+    store = await AuditStore.open(config.db_url)
+    servicer = AuditServicer(store, AuditMetrics(registry))
+    try:
+        running = await start_server(config.server, register(servicer), metrics_registry=registry)
+    except BaseException:
+        await store.close()
+        raise
+    running.on_stop(store.close)
+    return running

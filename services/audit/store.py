@@ -1,0 +1,255 @@
+"""The audit log store: idempotent, serialized appends to one hash chain; queries; verification.
+
+Core code: no gRPC here. Methods are async and run their (blocking) SQLAlchemy work in a worker
+thread so the server's event loop never waits on the database.
+
+Why appends are safe under concurrency (several streams, several replicas):
+- every append transaction first takes the chain lock (PostgreSQL: a transaction-level
+  advisory lock; SQLite: BEGIN IMMEDIATE, i.e. the database's single write lock), and only then
+  reads the head, so two writers can never extend the same head (no fork);
+- `event_id` is UNIQUE and `sequence` is the primary key, so even a writer that bypassed the
+  lock could neither store an event twice nor create two records with one sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from harness.audit.v1 import audit_pb2
+from harness.common.v1 import common_pb2
+from sqlalchemy import insert, select, text
+
+from services.audit import chain
+from services.audit.db import IMMEDIATE, is_sqlite, make_engine
+from services.audit.models import audit_records, metadata
+from services.common.errors import InvalidArgument
+
+T = audit_records.c
+# pg_advisory_xact_lock key of the chain ("HARNESSA" as a big-endian int64).
+CHAIN_LOCK_KEY = int.from_bytes(b"HARNESSA", "big")
+MAX_EVENT_ID = 128
+DEFAULT_PAGE, MAX_PAGE = 50, 1000
+# AuditFilter fields that compare equal to a column of the same name.
+STRING_FILTERS = (
+    "user",
+    "agent",
+    "agent_version",
+    "session_id",
+    "step_id",
+    "trace_id",
+    "request_id",
+    "tool",
+    "action",
+)
+_ID_CHUNK = 500  # stay well under SQLite's bound-parameter limit
+_VERIFY_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    first_broken_sequence: int = 0
+    reason: str = ""
+
+
+def validate_events(events: Sequence[common_pb2.AuditEvent], first_index: int = 0) -> None:
+    """Raises InvalidArgument naming the first bad event by its index in the stream."""
+    for i, event in enumerate(events, start=first_index):
+        if not event.event_id:
+            raise InvalidArgument(f"event {i}: event_id is required")
+        if len(event.event_id) > MAX_EVENT_ID:
+            raise InvalidArgument(f"event {i}: event_id is longer than {MAX_EVENT_ID} characters")
+        if event.kind == common_pb2.AUDIT_EVENT_KIND_UNSPECIFIED:
+            raise InvalidArgument(f"event {i} ({event.event_id}): kind is required")
+
+
+def parse_page(page: common_pb2.PageRequest) -> tuple[int, int]:
+    """(page size, last sequence already returned) from a PageRequest."""
+    if page.page_size < 0:
+        raise InvalidArgument("page.page_size must be >= 0")
+    size = min(page.page_size or DEFAULT_PAGE, MAX_PAGE)
+    if not page.page_token:
+        return size, 0
+    try:
+        after = int(page.page_token)
+    except ValueError:
+        raise InvalidArgument(f"page.page_token {page.page_token!r} is not a token from this service") from None
+    if after < 0:
+        raise InvalidArgument("page.page_token must not be negative")
+    return size, after
+
+
+class AuditStore:
+    def __init__(self, url: str, *, now_us: Callable[[], int] | None = None) -> None:
+        self._engine = make_engine(url)
+        self._sqlite = is_sqlite(self._engine)
+        # In-process writers queue here instead of spinning on the database lock.
+        self._write_lock = threading.Lock()
+        self._now_us = now_us or (lambda: time.time_ns() // 1000)
+        # Thin slice: create tables on open. Alembic migrations take over with schema changes.
+        metadata.create_all(self._engine)
+
+    @classmethod
+    async def open(cls, url: str) -> AuditStore:
+        """Creates the store off the event loop (connecting and creating tables block)."""
+        return await asyncio.to_thread(cls, url)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._engine.dispose)
+
+    # ---- append ----
+
+    async def ingest(self, events: Sequence[common_pb2.AuditEvent], first_index: int = 0) -> IngestResult:
+        """Appends one batch in one transaction; events already stored count as duplicates."""
+        validate_events(events, first_index)
+        if not events:
+            return IngestResult(0, 0)
+        return await asyncio.to_thread(self._ingest_sync, list(events))
+
+    def _ingest_sync(self, events: list[common_pb2.AuditEvent]) -> IngestResult:
+        now = self._now_us()
+        rows, seen = [], set()
+        for event in events:
+            if event.event_id in seen:  # the same event twice in one batch
+                continue
+            seen.add(event.event_id)
+            time_us = chain.ts_to_us(event.time) if event.HasField("time") else now
+            rows.append(chain.row_from_event(event, time_us))
+        with self._write_lock, self._engine.connect() as conn:
+            conn.execution_options(**{IMMEDIATE: True})
+            with conn.begin():
+                if not self._sqlite:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
+                ids = [r["event_id"] for r in rows]
+                stored: set[str] = set()
+                for i in range(0, len(ids), _ID_CHUNK):
+                    chunk = ids[i : i + _ID_CHUNK]
+                    stored.update(conn.scalars(select(T.event_id).where(T.event_id.in_(chunk))))
+                new = [r for r in rows if r["event_id"] not in stored]
+                head = conn.execute(select(T.sequence, T.hash).order_by(T.sequence.desc()).limit(1)).first()
+                sequence, prev = (head.sequence, head.hash) if head else (0, "")
+                for row in new:
+                    sequence += 1
+                    row.update(sequence=sequence, prev_hash=prev, ingest_time_us=now)
+                    row["hash"] = prev = chain.record_hash(row, sequence, row["prev_hash"])
+                if new:
+                    conn.execute(insert(audit_records), new)
+        return IngestResult(accepted=len(new), duplicates=len(events) - len(new))
+
+    # ---- read ----
+
+    async def query(
+        self, flt: audit_pb2.AuditFilter, page: common_pb2.PageRequest | None = None
+    ) -> tuple[list[audit_pb2.AuditRecord], str]:
+        """Matching records oldest first, and the next page token ("" on the last page)."""
+        size, after = parse_page(page or common_pb2.PageRequest())
+        conds = [T.sequence > after]
+        for name in STRING_FILTERS:
+            value = getattr(flt, name)
+            if value:
+                conds.append(T[name] == value)
+        if flt.kind:
+            conds.append(T.kind == flt.kind)
+        if flt.decision:
+            conds.append(T.decision == flt.decision)
+        if flt.HasField("start_time"):
+            conds.append(T.time_us >= chain.ts_to_us(flt.start_time))
+        if flt.HasField("end_time"):
+            conds.append(T.time_us < chain.ts_to_us(flt.end_time))
+        stmt = select(audit_records).where(*conds).order_by(T.sequence).limit(size + 1)
+
+        def run():
+            with self._engine.connect() as conn:
+                return conn.execute(stmt).all()
+
+        rows = await asyncio.to_thread(run)
+        more = len(rows) > size
+        records = [to_record(r) for r in rows[:size]]
+        return records, (str(records[-1].sequence) if more else "")
+
+    async def head(self) -> tuple[int, str]:
+        """(last sequence, its hash); (0, "") for an empty log."""
+
+        def run():
+            with self._engine.connect() as conn:
+                return conn.execute(select(T.sequence, T.hash).order_by(T.sequence.desc()).limit(1)).first()
+
+        row = await asyncio.to_thread(run)
+        return (row.sequence, row.hash) if row else (0, "")
+
+    # ---- verify ----
+
+    async def verify(self, from_sequence: int = 0) -> VerifyResult:
+        """Recomputes every hash from `from_sequence` on and checks each link to its predecessor."""
+        if from_sequence < 0:
+            raise InvalidArgument("from_sequence must be >= 0")
+        return await asyncio.to_thread(self._verify_sync, max(from_sequence, 1))
+
+    def _verify_sync(self, start: int) -> VerifyResult:
+        checked = 0
+        expected_seq = start
+        with self._engine.connect() as conn, conn.begin():  # one snapshot for the whole walk
+            if start == 1:
+                expected_prev: str | None = ""
+            else:  # trust the record before the range; its own check is a wider Verify's job
+                expected_prev = conn.scalar(select(T.hash).where(T.sequence == start - 1))
+            while True:
+                rows = conn.execute(
+                    select(audit_records)
+                    .where(T.sequence >= expected_seq)
+                    .order_by(T.sequence)
+                    .limit(_VERIFY_CHUNK)
+                ).all()
+                if not rows:
+                    return VerifyResult(ok=True, checked=checked)
+                for row in rows:
+                    seq = row.sequence
+                    if seq != expected_seq:
+                        return VerifyResult(
+                            False,
+                            checked,
+                            expected_seq,
+                            f"record {expected_seq} is missing (the next stored record is {seq}): "
+                            "records were deleted",
+                        )
+                    if expected_prev is not None and row.prev_hash != expected_prev:
+                        return VerifyResult(
+                            False,
+                            checked,
+                            seq,
+                            f"prev_hash link broken: record {seq} has prev_hash {row.prev_hash!r} "
+                            f"but record {seq - 1} has hash {expected_prev!r}",
+                        )
+                    computed = chain.record_hash(row, seq, row.prev_hash)
+                    if computed != row.hash:
+                        return VerifyResult(
+                            False,
+                            checked,
+                            seq,
+                            f"hash mismatch: record {seq} stores {row.hash} but its contents hash to "
+                            f"{computed} (the record was changed after it was written)",
+                        )
+                    expected_prev = row.hash
+                    expected_seq += 1
+                    checked += 1
+
+
+def to_record(row) -> audit_pb2.AuditRecord:
+    return audit_pb2.AuditRecord(
+        sequence=row.sequence,
+        event=chain.event_from_row(row),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+        ingest_time=chain.us_to_ts(row.ingest_time_us),
+    )

@@ -1,0 +1,31 @@
+"""The simulator's one frozen configuration object, built once in ``main()`` or by a test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 8001  # gRPC; 0 picks a free port (see RunningServer.port)
+    metrics_port: int = 8002  # HTTP /metrics; 0 picks a free port, -1 disables it
+    catalog_path: Path | None = None  # None: the packaged services/enginesim/models.yaml
+    gpu_memory_gb: float = 80.0  # simulated GPU memory that loads must fit in
+    time_scale: float = 1.0  # >1 runs simulated time faster (load times and steps shrink)
+    load: tuple[str, ...] = ()  # models to load at startup besides the catalog's preload ones
+    shutdown_grace_s: float = 5.0  # on SIGTERM/SIGINT: time for in-flight requests to finish
+    server_version: str = "2.59.0"  # reported by ServerMetadata, as a Triton release
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in -1..65535, got {self.metrics_port}")
+        if self.gpu_memory_gb <= 0:
+            raise ValueError(f"gpu_memory_gb must be > 0, got {self.gpu_memory_gb}")
+        if self.time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
+        if self.shutdown_grace_s < 0:
+            raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")

@@ -1,0 +1,202 @@
+"""Prometheus metrics with Triton's and TensorRT-LLM's names, computed from live state.
+
+A custom collector on its own CollectorRegistry reads the simulator at scrape time, so the
+values always follow the simulated state and nothing has to be updated on the hot path.
+
+Triton's counters (``nv_inference_request_success`` ...) have no ``_total`` suffix. The
+Python client would add one to the HELP/TYPE lines of any ``counter``, leaving the samples
+under a family of another name, which strict parsers (Go's expfmt, used by llm-d's endpoint
+picker) reject; so those families are exposed as ``untyped`` under the exact Triton names.
+PromQL's rate()/increase() work the same on them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from socket import AF_INET6
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
+
+from .engine import FAILURE_REASONS
+from .simulator import GIB, Simulator
+
+GPU_UUID = "GPU-enginesim-0"  # one simulated GPU; Triton labels GPU metrics by gpu_uuid
+
+
+class SimulatorCollector:
+    def __init__(self, sim: Simulator) -> None:
+        self._sim = sim
+        self._lock = threading.Lock()  # scrapes may run concurrently in the HTTP threads
+        self._last_util_sample = (time.monotonic(), 0.0)
+
+    def collect(self) -> Iterator[Metric]:
+        sim = self._sim
+        engines = sorted(sim.engines().items())
+        model_labels = ["model", "version"]
+
+        def untyped(name: str, doc: str, labels: list[str] | None = None) -> UnknownMetricFamily:
+            return UnknownMetricFamily(name, doc, labels=labels or model_labels)
+
+        def gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=labels or model_labels)
+
+        success = untyped(
+            "nv_inference_request_success", "Number of successful inference requests, all batch sizes"
+        )
+        failure = untyped(
+            "nv_inference_request_failure",
+            "Number of failed inference requests, all batch sizes",
+            ["model", "version", "reason"],
+        )
+        count = untyped(
+            "nv_inference_count", "Number of inferences performed (does not include cached requests)"
+        )
+        execs = untyped("nv_inference_exec_count", "Number of model executions performed")
+        pending = gauge(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model.",
+        )
+        req_us = untyped(
+            "nv_inference_request_duration_us", "Cumulative inference request duration in microseconds"
+        )
+        queue_us = untyped(
+            "nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds"
+        )
+        infer_us = untyped(
+            "nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds"
+        )
+        requests = gauge(
+            "nv_trt_llm_request_metrics", "TRT LLM request metrics", ["model", "version", "request_type"]
+        )
+        kv = gauge(
+            "nv_trt_llm_kv_cache_block_metrics",
+            "TRT LLM KV cache block metrics",
+            ["model", "version", "kv_cache_block_type"],
+        )
+        general = gauge(
+            "nv_trt_llm_general_metrics", "General TRT LLM metrics", ["model", "version", "general_type"]
+        )
+        now_us = int(time.time() * 1e6)
+        busy_total = 0.0
+        for name, engine in engines:
+            spec, st = engine.spec, engine.stats
+            mv = [name, spec.version]
+            success.add_metric(mv, st.success)
+            for reason in FAILURE_REASONS:
+                failure.add_metric([*mv, reason], st.failures[reason])
+            count.add_metric(mv, st.success)
+            execs.add_metric(mv, st.execution_count)
+            pending.add_metric(mv, engine.waiting)
+            req_us.add_metric(mv, st.request_ns // 1000)
+            queue_us.add_metric(mv, st.queue_ns // 1000)
+            infer_us.add_metric(mv, st.compute_ns // 1000)
+            for kind, value in (
+                ("active", engine.running),
+                ("max", spec.max_running_sequences),
+                ("scheduled", st.last_step_batch if engine.running else 0),
+                ("context", st.last_step_context if engine.running else 0),
+                ("waiting", engine.waiting),
+            ):
+                requests.add_metric([*mv, kind], value)
+            used, cap = engine.kv_blocks_used, spec.kv_capacity_blocks
+            for kind, value in (
+                ("max", cap),
+                ("free", cap - engine.kv_blocks_reserved),
+                ("used", used),
+                ("tokens_per", spec.kv_block_size),
+                ("reused", 0),
+                ("fraction", used / cap),
+            ):
+                kv.add_metric([*mv, kind], value)
+            general.add_metric([*mv, "timestamp"], now_us)
+            general.add_metric([*mv, "iteration_counter"], st.execution_count)
+            busy_total += st.busy_real_s
+        yield from (
+            success,
+            failure,
+            count,
+            execs,
+            pending,
+            req_us,
+            queue_us,
+            infer_us,
+            requests,
+            kv,
+            general,
+        )
+
+        gpu = ["gpu_uuid"]
+        total = gauge("nv_gpu_memory_total_bytes", "GPU total memory, in bytes", gpu)
+        total.add_metric([GPU_UUID], sim.gpu_memory_total_bytes)
+        used_mem = gauge("nv_gpu_memory_used_bytes", "GPU used memory, in bytes", gpu)
+        used_mem.add_metric([GPU_UUID], int(sim.gpu_memory_used_gb * GIB))
+        util = gauge("nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0)", gpu)
+        util.add_metric([GPU_UUID], self._utilization(busy_total))
+        yield from (total, used_mem, util)
+
+    def _utilization(self, busy_total: float) -> float:
+        """Share of real time since the previous scrape that engines spent in steps.
+
+        Models share one GPU, so their busy times add up; the sum is capped at 1. Unloaded
+        models drop out of ``busy_total``, which then may shrink: report 0 for that scrape.
+        """
+        with self._lock:
+            last_t, last_busy = self._last_util_sample
+            now = time.monotonic()
+            self._last_util_sample = (now, busy_total)
+        elapsed = now - last_t
+        if elapsed <= 0 or busy_total < last_busy:
+            return 0.0
+        return min(1.0, (busy_total - last_busy) / elapsed)
+
+
+def build_registry(sim: Simulator) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SimulatorCollector(sim))
+    return registry
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a hung scrape must not keep the process alive
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # no access log per scrape
+        pass
+
+
+class MetricsServer:
+    """``GET /metrics`` served from a thread.
+
+    Built by hand rather than with ``prometheus_client.start_http_server`` because that one
+    polls for shutdown every 0.5 s, which every stop (and every test) would wait for.
+    """
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        server_class = _ThreadingWSGIServer
+        if ":" in host:  # IPv6 literal
+            server_class = type(
+                "_ThreadingWSGIServer6", (_ThreadingWSGIServer,), {"address_family": AF_INET6}
+            )
+        self._server = make_server(host, port, make_wsgi_app(registry), server_class, _QuietHandler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="enginesim-metrics",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_port
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

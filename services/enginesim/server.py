@@ -1,0 +1,419 @@
+"""Triton's ``inference.GRPCInferenceService`` over the simulator (grpc.aio), plus startup.
+
+Behaviour copied from Triton (see notes/triton-protocol.md): error codes and wording, the
+decoupled rules, ``triton_final_response`` on streamed responses, the empty final response
+on request, raw (4-byte length prefixed) BYTES contents, health and reflection services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from . import tensors
+from .catalog import Catalog, ModelSpec, load_catalog
+from .config import SimulatorConfig
+from .engine import (
+    EngineStoppedError,
+    GenerationRequest,
+    InvalidRequestError,
+    ModelEngine,
+    QueueFullError,
+    RequestCancelledError,
+    Sequence,
+)
+from .metrics import MetricsServer, build_registry
+from .simulator import (
+    InsufficientMemoryError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    Simulator,
+    UnknownRepositoryModelError,
+)
+
+log = logging.getLogger("enginesim")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+DECOUPLED_INFER_MESSAGE = "ModelInfer RPC doesn't support models with decoupled transaction policy"
+STREAMING_NEEDS_DECOUPLED = "Streaming is only supported if model is deployed using decoupled mode."
+EXTENSIONS = (
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+)
+
+# Exception type -> gRPC status, for the errors the simulator and engine raise.
+_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ModelNotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (tensors.TensorError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (QueueFullError, grpc.StatusCode.UNAVAILABLE),
+    (EngineStoppedError, grpc.StatusCode.UNAVAILABLE),
+    (RequestCancelledError, grpc.StatusCode.CANCELLED),
+    (InsufficientMemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnknownRepositoryModelError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+_HANDLED = tuple(exc for exc, _ in _STATUS)
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    code = next(code for kind, code in _STATUS if isinstance(exc, kind))
+    await context.abort(code, str(exc))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    spec: ModelSpec
+    engine: ModelEngine
+    gen: GenerationRequest
+    outputs: set[str]
+    stream: bool
+    exclude_input: bool
+    empty_final: bool
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, sim: Simulator, config: SimulatorConfig) -> None:
+        self._sim = sim
+        self._config = config
+
+    # --- server and model state ----------------------------------------------------------
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._sim.ready)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="triton", version=self._config.server_version, extensions=list(EXTENSIONS)
+        )
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._sim.is_ready(request.name, request.version))
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        try:
+            return tensors.model_metadata(self._sim.spec(request.name, request.version))
+        except _HANDLED as exc:
+            await _abort(context, exc)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        try:
+            return pb.ModelConfigResponse(
+                config=tensors.model_config(self._sim.spec(request.name, request.version))
+            )
+        except _HANDLED as exc:
+            await _abort(context, exc)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        try:
+            if request.name:
+                engines = [self._sim.engine(request.name, request.version)]
+            else:
+                engines = [e for n, e in sorted(self._sim.engines().items()) if self._sim.is_ready(n)]
+        except _HANDLED as exc:
+            await _abort(context, exc)
+        resp = pb.ModelStatisticsResponse()
+        for engine in engines:
+            st = engine.stats
+            ms = resp.model_stats.add(
+                name=engine.spec.name,
+                version=engine.spec.version,
+                last_inference=st.last_inference_ms,
+                inference_count=st.success,
+                execution_count=st.execution_count,
+            )
+            stats = ms.inference_stats
+            stats.success.count, stats.success.ns = st.success, st.request_ns
+            stats.fail.count = sum(st.failures.values())
+            stats.queue.count, stats.queue.ns = st.success, st.queue_ns
+            stats.compute_infer.count, stats.compute_infer.ns = st.success, st.compute_ns
+            stats.compute_input.count = stats.compute_output.count = st.success
+        return resp
+
+    # --- repository ------------------------------------------------------------------------
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        resp = pb.RepositoryIndexResponse()
+        for entry in self._sim.index(ready_only=request.ready):
+            resp.models.add(name=entry.name, version=entry.version, state=entry.state, reason=entry.reason)
+        return resp
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        # A "config" parameter (JSON ModelConfig override) is accepted and ignored for now.
+        try:
+            await self._sim.load(request.model_name)
+        except _HANDLED as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        try:
+            await self._sim.unload(request.model_name)
+        except _HANDLED as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
+    # --- inference -------------------------------------------------------------------------
+    def _prepare(self, request: pb.ModelInferRequest) -> _Prepared:
+        engine = self._sim.engine(request.model_name, request.model_version)
+        spec = engine.spec
+        values = tensors.decode_inputs(request, spec)
+        for name in ("num_return_sequences", "beam_width"):
+            if tensors.scalar(values, name, 1) > 1:
+                raise tensors.TensorError(f"'{name}' > 1 is not supported by the engine simulator")
+        max_tokens = int(tensors.scalar(values, "max_tokens"))
+        end_id = tensors.scalar(values, "end_id")
+        gen = GenerationRequest(
+            prompt=tensors.scalar(values, "text_input", ""),
+            max_tokens=max_tokens,
+            seed=int(tensors.scalar(values, "seed", 0)),
+            temperature=float(tensors.scalar(values, "temperature", 0.0)),
+            end_id=int(end_id) if end_id is not None else None,
+            stop_words=tensors.strings(values, "stop_words"),
+            min_tokens=int(tensors.scalar(values, "min_tokens", 0)),
+            request_id=request.id,
+        )
+        param = request.parameters.get("triton_enable_empty_final_response")
+        return _Prepared(
+            spec=spec,
+            engine=engine,
+            gen=gen,
+            outputs=tensors.select_outputs(request, spec, values),
+            stream=bool(tensors.scalar(values, "stream", False)),
+            exclude_input=bool(tensors.scalar(values, "exclude_input_in_output", False)),
+            empty_final=bool(param is not None and param.bool_param),
+        )
+
+    @staticmethod
+    def _outputs(p: _Prepared, seq: Sequence, text: str, output_tokens: int) -> dict[str, str | int]:
+        values: dict[str, str | int] = {
+            "text_output": text,
+            "num_input_tokens": seq.input_tokens,
+            "num_output_tokens": output_tokens,
+        }
+        return {k: v for k, v in values.items() if k in p.outputs}
+
+    def _full_text(self, p: _Prepared, seq: Sequence) -> str:
+        # TRT-LLM returns prompt + completion unless exclude_input_in_output is set (or streaming).
+        return seq.text if p.exclude_input else p.gen.prompt + seq.text
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        try:
+            if self._sim.spec(request.model_name, request.model_version).decoupled:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, DECOUPLED_INFER_MESSAGE)
+            p = self._prepare(request)
+            if p.stream:
+                raise tensors.TensorError(STREAMING_NEEDS_DECOUPLED)
+            seq = p.engine.submit(p.gen)
+        except _HANDLED as exc:
+            await _abort(context, exc)
+        try:
+            await seq.collect()
+        except _HANDLED as exc:
+            await _abort(context, exc)
+        finally:
+            seq.cancel()  # no-op when finished; frees the slot if the client went away
+        return tensors.build_response(
+            p.spec, request.id, self._outputs(p, seq, self._full_text(p, seq), seq.output_tokens)
+        )
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        # Requests on one stream run concurrently; responses interleave, told apart by `id`.
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def read_requests() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(self._stream_one(request, out.put_nowait))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                # Client half-closed: finish what it asked for, then end the stream.
+                while tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+            await reader  # surfaces a failure of the request stream itself
+        finally:
+            # Client cancelled or the call ended: drop whatever is still generating.
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _stream_one(
+        self, request: pb.ModelInferRequest, emit: Callable[[pb.ModelStreamInferResponse], None]
+    ) -> None:
+        def error(message: str) -> None:
+            emit(
+                pb.ModelStreamInferResponse(
+                    error_message=message,
+                    infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
+                )
+            )
+
+        def respond(outputs: dict[str, str | int], final: bool) -> None:
+            emit(
+                pb.ModelStreamInferResponse(
+                    infer_response=tensors.build_response(p.spec, request.id, outputs, final=final)
+                )
+            )
+
+        try:
+            p = self._prepare(request)
+            if p.stream and not p.spec.decoupled:
+                raise tensors.TensorError(STREAMING_NEEDS_DECOUPLED)
+            seq = p.engine.submit(p.gen)
+        except _HANDLED as exc:
+            error(str(exc))
+            return
+        # Only decoupled models send a separate empty final response.
+        empty_final = p.empty_final and p.spec.decoupled
+        try:
+            if p.stream:
+                async for chunk in seq.stream():
+                    if chunk.token_id >= 0 or not empty_final:
+                        respond(
+                            self._outputs(p, seq, chunk.text, chunk.index), chunk.final and not empty_final
+                        )
+            else:
+                await seq.collect()
+                respond(self._outputs(p, seq, self._full_text(p, seq), seq.output_tokens), not empty_final)
+            if empty_final:
+                respond({}, True)
+        except _HANDLED as exc:
+            error(str(exc))
+        finally:
+            seq.cancel()
+
+    # --- features this server does not have (answer like a Triton built without them) -----
+    async def _unsupported(self, context: Any, feature: str) -> NoReturn:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{feature} is not supported by the engine simulator"
+        )
+        raise AssertionError("unreachable")
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        await self._unsupported(context, "system shared memory")
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        await self._unsupported(context, "system shared memory")
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        await self._unsupported(context, "system shared memory")
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        await self._unsupported(context, "CUDA shared memory")
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        await self._unsupported(context, "CUDA shared memory")
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        await self._unsupported(context, "CUDA shared memory")
+
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        await self._unsupported(context, "trace")
+
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        await self._unsupported(context, "logging")
+
+
+@dataclass
+class RunningServer:
+    """A started simulator. ``port``/``metrics_port`` are the bound ones (useful with port 0)."""
+
+    config: SimulatorConfig
+    sim: Simulator
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    metrics: MetricsServer | None
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port if self.metrics else None
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Not ready at once; in-flight requests get ``grace_s`` to finish; then close."""
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        await self.sim.stop(grace)
+        await self.server.stop(min(grace, 1.0))  # engines are stopped; let last replies flush
+        if self.metrics:
+            await asyncio.to_thread(self.metrics.close)
+            self.metrics = None
+
+
+async def start_server(config: SimulatorConfig, catalog: Catalog | None = None) -> RunningServer:
+    """Bind, serve, then load the startup models; returns once the server is ready.
+
+    The gRPC port answers during startup (live, not ready) so a caller can watch loading.
+    Raises (after closing what it opened) if a startup model is unknown or does not fit.
+    """
+    catalog = catalog if catalog is not None else load_catalog(config.catalog_path)
+    unknown = [n for n in config.load if catalog.get(n) is None]
+    if unknown:
+        raise ValueError(f"--load names model(s) not in the catalog {catalog.source}: {unknown}")
+    sim = Simulator(catalog, config.gpu_memory_gb, config.time_scale)
+    # Triton puts no limit on message sizes; long prompts must not trip grpc's 4 MB default.
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(sim, config), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    running = RunningServer(config, sim, server, health_servicer, port, None)
+    try:
+        if config.metrics_port >= 0:
+            running.metrics = await asyncio.to_thread(
+                MetricsServer, build_registry(sim), config.host, config.metrics_port
+            )
+        await sim.start(config.load)
+    except BaseException:
+        await running.stop(0)
+        raise
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return running

@@ -1,0 +1,135 @@
+"""The pool's frozen configuration, from a YAML file and/or flags (HARNESS_POOL_* env fallbacks).
+
+Endpoints known at start come from the file's `endpoints:` list and from repeated
+`--endpoint name=sim-0,address=127.0.0.1:8001,metrics=http://127.0.0.1:8002/metrics,
+gpu_type=H100-80GB,gpus=1,memory_gb=80,label.zone=a` flags (a flag wins over a file entry
+of the same name). More can be added at run time with RegisterEndpoint.
+
+YAML:
+    probe_interval_s: 0.5
+    unhealthy_after: 2
+    endpoints:
+      - {name: sim-0, address: "127.0.0.1:8001", metrics: "http://127.0.0.1:8002/metrics",
+         gpu_type: H100-80GB, gpus: 1, memory_gb: 80, labels: {zone: a}}
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from services.common.config import env
+from services.common.errors import InvalidArgument
+from services.pool.state import GIB, EndpointSpec, validate_spec
+
+_ENDPOINT_KEYS = {"name", "address", "metrics", "metrics_url", "gpu_type", "gpus", "memory_gb", "labels"}
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    endpoints: tuple[EndpointSpec, ...] = ()
+    probe_interval_s: float = 0.5
+    probe_timeout_s: float = 0.5  # deadline of each gRPC probe call
+    metrics_timeout_s: float = 1.0  # HTTP timeout of a metrics scrape
+    unhealthy_after: int = 2  # consecutive failed gRPC probes before UNHEALTHY
+    nvml: bool = True  # try NVML (a host without it is fine either way)
+    nvml_endpoint: str = ""  # the endpoint whose GPUs NVML sees ("" = list them under the pool host)
+
+    def __post_init__(self) -> None:
+        if self.probe_interval_s <= 0 or self.probe_timeout_s <= 0 or self.metrics_timeout_s <= 0:
+            raise ValueError("probe interval and timeouts must be > 0")
+        if self.unhealthy_after < 1:
+            raise ValueError("unhealthy_after must be >= 1")
+        names = [e.name for e in self.endpoints]
+        if len(names) != len(set(names)):
+            raise ValueError(f"duplicate endpoint names in {names}")
+
+
+def endpoint_from_mapping(raw: Mapping[str, object]) -> EndpointSpec:
+    """One endpoint from a YAML mapping or a parsed --endpoint flag; ValueError when bad."""
+    unknown = set(raw) - _ENDPOINT_KEYS
+    if unknown:
+        raise ValueError(f"unknown endpoint keys {sorted(unknown)} (known: {sorted(_ENDPOINT_KEYS)})")
+    try:
+        labels = raw.get("labels") or {}
+        if not isinstance(labels, Mapping):
+            raise ValueError("labels must be a mapping")
+        spec = EndpointSpec.make(
+            str(raw.get("name", "")),
+            str(raw.get("address", "")),
+            labels={str(k): str(v) for k, v in labels.items()},
+            metrics_url=str(raw.get("metrics", raw.get("metrics_url", "")) or ""),
+            gpu_type=str(raw.get("gpu_type", "") or ""),
+            gpu_count=int(raw.get("gpus", 0) or 0),  # type: ignore[arg-type]
+            gpu_memory_bytes=int(float(raw.get("memory_gb", 0) or 0) * GIB),  # type: ignore[arg-type]
+        )
+        return validate_spec(spec)
+    except InvalidArgument as exc:
+        raise ValueError(exc.message) from exc
+
+
+def parse_endpoint_flag(text: str) -> EndpointSpec:
+    """`name=sim-0,address=host:port,metrics=URL,gpu_type=T,gpus=1,memory_gb=80,label.k=v`."""
+    raw: dict[str, object] = {}
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"--endpoint: expected key=value, got {part!r}")
+        if key.startswith("label."):
+            labels[key[len("label.") :]] = value
+        else:
+            raw[key] = value
+    if labels:
+        raw["labels"] = labels
+    return endpoint_from_mapping(raw)
+
+
+def load_file(path: str | Path) -> dict:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def add_pool_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("pool")
+    g.add_argument("--config", default=env("POOL_CONFIG"), help="YAML file (endpoints, probe settings)")
+    g.add_argument("--endpoint", action="append", default=[], metavar="K=V,...",
+                   help="an endpoint to probe from the start (repeatable); see services/pool/config.py")
+    g.add_argument("--probe-interval", type=float, default=None, help="seconds between probes (0.5)")
+    g.add_argument("--probe-timeout", type=float, default=None, help="gRPC probe deadline, s (0.5)")
+    g.add_argument("--unhealthy-after", type=int, default=None, help="failed probes in a row (2)")
+    g.add_argument("--no-nvml", action="store_true", help="do not try NVML")
+    g.add_argument("--nvml-endpoint", default=None, help="endpoint whose GPUs NVML sees")
+
+
+def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
+    """File values, then flags on top. Raises ValueError with a readable message."""
+    data = load_file(args.config) if args.config else {}
+    endpoints: dict[str, EndpointSpec] = {}
+    for raw in data.get("endpoints") or []:
+        if not isinstance(raw, Mapping):
+            raise ValueError("each entry of endpoints: must be a mapping")
+        spec = endpoint_from_mapping(raw)
+        endpoints[spec.name] = spec
+    for flag in args.endpoint:
+        spec = parse_endpoint_flag(flag)
+        endpoints[spec.name] = spec
+
+    def pick(flag_value, key: str, default, cast):
+        return cast(flag_value if flag_value is not None else data.get(key, default))
+
+    return PoolConfig(
+        endpoints=tuple(endpoints.values()),
+        probe_interval_s=pick(args.probe_interval, "probe_interval_s", 0.5, float),
+        probe_timeout_s=pick(args.probe_timeout, "probe_timeout_s", 0.5, float),
+        metrics_timeout_s=float(data.get("metrics_timeout_s", 1.0)),
+        unhealthy_after=pick(args.unhealthy_after, "unhealthy_after", 2, int),
+        nvml=not args.no_nvml and bool(data.get("nvml", True)),
+        nvml_endpoint=pick(args.nvml_endpoint, "nvml_endpoint", "", str),
+    )

@@ -1,0 +1,173 @@
+"""Background probes: one task per endpoint, folding what it sees into the endpoint table.
+
+Each round runs, concurrently and with short deadlines:
+- gRPC: `grpc.health.v1.Health/Check`, `ServerReady` and `RepositoryIndex` on Triton's
+  GRPCInferenceService. These alone decide health (endpoints that do not serve the health
+  service at all, UNIMPLEMENTED, are judged by ServerReady).
+- HTTP: a GET of the metrics URL (in a worker thread, so the loop never blocks). A failed
+  scrape only means "no fresh load figures": it never marks an endpoint down by itself.
+After a failed gRPC round the channel is dropped and the next round dials afresh, so a
+restarted server is seen on the next probe instead of after gRPC's reconnect backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from services.pool.endpoints import EndpointTable
+from services.pool.scrape import http_get_text, parse_triton_metrics
+from services.pool.state import HEALTHY, UNHEALTHY, EndpointSpec, GpuSample, IndexEntry, ProbeResult
+
+log = logging.getLogger("harness.pool.probe")
+
+# Returns NVML figures for an endpoint name, or None when NVML does not cover it.
+GpuOverride = Callable[[str], tuple[GpuSample, ...] | None]
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    interval_s: float = 0.5
+    timeout_s: float = 0.5  # deadline of each gRPC probe call
+    metrics_timeout_s: float = 1.0
+
+
+class Prober:
+    """Probes one endpoint until cancelled."""
+
+    def __init__(
+        self, spec: EndpointSpec, table: EndpointTable, settings: ProbeSettings,
+        gpu_override: GpuOverride | None = None,
+    ) -> None:
+        self.spec = spec
+        self._table = table
+        self._settings = settings
+        self._gpu_override = gpu_override
+        self._channel: grpc.aio.Channel | None = None
+
+    async def run(self) -> None:
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    self._round(await self.probe_once())
+                except Exception:  # a bug in one round must not stop probing for good
+                    log.exception("probe round for %s failed", self.spec.name)
+                elapsed = time.monotonic() - started
+                await asyncio.sleep(max(0.0, self._settings.interval_s - elapsed))
+        finally:
+            await self._drop_channel()
+
+    def _round(self, result: ProbeResult) -> None:
+        before = self._table.get(self.spec.name)
+        state, _ = self._table.apply_probe(self.spec.name, self.spec.address, result)
+        if state is not None and before is not None and state.health != before.health:
+            if state.health == UNHEALTHY:
+                log.warning("endpoint %s is UNHEALTHY: %s", self.spec.name, result.error)
+            elif state.health == HEALTHY:
+                log.info("endpoint %s is HEALTHY", self.spec.name)
+
+    async def probe_once(self) -> ProbeResult:
+        (ok, models, error), metrics = await asyncio.gather(self._probe_grpc(), self._scrape())
+        gpus = self._gpu_override(self.spec.name) if self._gpu_override else None
+        if gpus is None and metrics is not None:
+            gpus = metrics.gpus
+        return ProbeResult(ok=ok, models=models, metrics=metrics, gpus=gpus, error=error)
+
+    async def _probe_grpc(self) -> tuple[bool, tuple[IndexEntry, ...], str]:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.spec.address)
+        timeout = self._settings.timeout_s
+        health = health_pb2_grpc.HealthStub(self._channel)
+        triton = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        try:
+            check, ready, index = await asyncio.gather(
+                self._health_check(health, timeout),
+                triton.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout),
+                triton.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=False), timeout=timeout),
+            )
+        except grpc.aio.AioRpcError as exc:
+            await self._drop_channel()
+            return False, (), f"{exc.code().name}: {exc.details()}"
+        if not check:
+            return False, (), "health check: NOT_SERVING"
+        if not ready.ready:
+            return False, (), "ServerReady: not ready"
+        models = tuple(IndexEntry(m.name, m.version, m.state) for m in index.models)
+        return True, models, ""
+
+    @staticmethod
+    async def _health_check(stub: health_pb2_grpc.HealthStub, timeout: float) -> bool:
+        try:
+            resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return True  # no health service: ServerReady decides
+            raise
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def _scrape(self):
+        if not self.spec.metrics_url:
+            return None
+        try:
+            text = await asyncio.to_thread(http_get_text, self.spec.metrics_url, self._settings.metrics_timeout_s)
+            return parse_triton_metrics(text, gpu_name=self.spec.gpu_type)
+        except Exception as exc:  # refused, timeout, HTTP error, malformed text: all "no figures"
+            log.debug("metrics scrape of %s failed: %s", self.spec.name, exc)
+            return None
+
+    async def _drop_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close(grace=None)
+
+
+class ProbeSupervisor:
+    """Keeps exactly one probe task per registered endpoint."""
+
+    def __init__(
+        self, table: EndpointTable, settings: ProbeSettings, gpu_override: GpuOverride | None = None
+    ) -> None:
+        self._table = table
+        self._settings = settings
+        self._gpu_override = gpu_override
+        self._tasks: dict[str, tuple[Prober, asyncio.Task]] = {}
+
+    def ensure(self, spec: EndpointSpec) -> None:
+        """Starts probing `spec`, restarting the task only when where it probes has changed."""
+        current = self._tasks.get(spec.name)
+        if current is not None:
+            prober, task = current
+            if (prober.spec.address, prober.spec.metrics_url) == (spec.address, spec.metrics_url):
+                prober.spec = spec  # labels/GPU type only: the running task picks them up
+                return
+            task.cancel()
+        prober = Prober(spec, self._table, self._settings, self._gpu_override)
+        task = asyncio.get_running_loop().create_task(prober.run(), name=f"pool-probe-{spec.name}")
+        task.add_done_callback(_log_crash)
+        self._tasks[spec.name] = (prober, task)
+
+    async def stop(self, name: str) -> None:
+        current = self._tasks.pop(name, None)
+        if current is not None:
+            current[1].cancel()
+            await asyncio.gather(current[1], return_exceptions=True)
+
+    async def close(self) -> None:
+        tasks = [t for _, t in self._tasks.values()]
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("probe task %s died", task.get_name(), exc_info=task.exception())

@@ -1,0 +1,82 @@
+"""Reads Triton's / TensorRT-LLM's Prometheus metrics into per-model load and per-GPU figures.
+
+Names (see notes/triton-protocol.md): `nv_trt_llm_request_metrics{request_type=active|waiting}`,
+`nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction|used|max}`,
+`nv_inference_pending_request_count` (queue depth for models without TRT-LLM metrics) and
+`nv_gpu_utilization` / `nv_gpu_memory_used_bytes` / `nv_gpu_memory_total_bytes` per `gpu_uuid`.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections import defaultdict
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.pool.state import GpuSample, MetricsSample, ModelLoad
+
+MAX_METRICS_BYTES = 8 * 1024 * 1024  # a runaway exporter must not eat the pool's memory
+
+
+def _clamp01(value: float) -> float:
+    return min(1.0, max(0.0, value))
+
+
+def parse_triton_metrics(text: str, gpu_name: str = "") -> MetricsSample:
+    """Parses the text exposition format; raises ValueError on malformed input."""
+    requests: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    kv: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    pending: dict[tuple[str, str], float] = {}
+    gpu: dict[str, dict[str, float]] = {}  # insertion order = Triton's device order
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = s.labels
+            key = (labels.get("model", ""), labels.get("version", ""))
+            if s.name == "nv_trt_llm_request_metrics" and "request_type" in labels:
+                requests[key][labels["request_type"]] = s.value
+            elif s.name == "nv_trt_llm_kv_cache_block_metrics" and "kv_cache_block_type" in labels:
+                kv[key][labels["kv_cache_block_type"]] = s.value
+            elif s.name == "nv_inference_pending_request_count":
+                pending[key] = s.value
+            elif s.name in ("nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"):
+                gpu.setdefault(labels.get("gpu_uuid", ""), {})[s.name] = s.value
+
+    loads: dict[tuple[str, str], ModelLoad] = {}
+    for key in set(requests) | set(kv) | set(pending):
+        req, blocks = requests.get(key, {}), kv.get(key, {})
+        if "fraction" in blocks:
+            fraction = blocks["fraction"]
+        elif blocks.get("max", 0) > 0:
+            fraction = blocks.get("used", 0.0) / blocks["max"]
+        else:
+            fraction = 0.0
+        # TRT-LLM's own waiting count when present; Triton's pending count otherwise.
+        waiting = req.get("waiting", pending.get(key, 0.0))
+        loads[key] = ModelLoad(
+            waiting=max(0, int(waiting)), active=max(0, int(req.get("active", 0))),
+            kv_cache_fraction=_clamp01(fraction),
+        )
+
+    gpus = tuple(
+        GpuSample(
+            index=i,
+            uuid=uuid,
+            name=gpu_name,
+            memory_total_bytes=int(v.get("nv_gpu_memory_total_bytes", 0)),
+            memory_used_bytes=int(v.get("nv_gpu_memory_used_bytes", 0)),
+            utilization=_clamp01(v.get("nv_gpu_utilization", 0.0)),
+            source="triton_metrics",
+        )
+        for i, (uuid, v) in enumerate(gpu.items())
+    )
+    return MetricsSample(loads=loads, gpus=gpus)
+
+
+def http_get_text(url: str, timeout_s: float) -> str:
+    """Blocking GET (run it in a thread). Raises OSError/ValueError on any failure."""
+    req = urllib.request.Request(url, headers={"Accept": "text/plain"})
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (operator-given URL)
+        body = resp.read(MAX_METRICS_BYTES + 1)
+    if len(body) > MAX_METRICS_BYTES:
+        raise ValueError(f"metrics body over {MAX_METRICS_BYTES} bytes")
+    return body.decode("utf-8", errors="replace")

@@ -1,0 +1,288 @@
+"""The registry store: domain objects in and out, SQLite or PostgreSQL chosen by URL.
+
+Synchronous SQLAlchemy on purpose: the servicer runs each call in a worker thread
+(`asyncio.to_thread`), which keeps one code path for both databases and for the casbin
+adapter (which is synchronous too). Errors are the shared domain exceptions, so the same
+messages reach gRPC callers, the CLI and the seeder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from services.registry import convert_rows as rows
+from services.registry import domain as d
+from services.registry.agents import AgentStore
+from services.registry.domain import now
+from services.registry.models import (
+    ApiKeyRow,
+    Base,
+    ChangeRow,
+    ModelRow,
+    ProjectRow,
+    TeamRow,
+    ToolRow,
+    UserRow,
+)
+
+T = TypeVar("T")
+KEY_PREFIX = "hk"
+
+
+def make_engine(url: str) -> Engine:
+    """Engine for `url`; SQLite gets its parent dir, WAL, a busy timeout and enforced FKs."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # SQLite leaves FKs off unless asked per connection
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def hash_secret(secret: str) -> str:
+    # Secrets carry 256 random bits, so a plain sha256 cannot be brute-forced; no KDF needed.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Store(AgentStore):
+    """Tenancy, API keys and catalogs here; agents, versions and traffic in AgentStore."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        # Later issue: Alembic migrations replace create_all.
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self, conflict: str = "") -> Iterator[Session]:
+        """One transaction; a unique-key race at commit becomes AlreadyExists(`conflict`)."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except IntegrityError as exc:
+                session.rollback()
+                raise AlreadyExists(conflict or f"conflicting registry change: {exc.orig}") from exc
+
+    def _record(self, session: Session, kind: str, key: str, deleted: bool = False) -> int:
+        change = ChangeRow(kind=kind, key=key, deleted=deleted, time=now())
+        session.add(change)
+        session.flush()
+        return change.revision
+
+    def record_change(self, kind: str, key: str, deleted: bool = False) -> int:
+        """Appends a change made outside this store's tables (casbin policy rules)."""
+        with self._tx() as s:
+            return self._record(s, kind, key, deleted)
+
+    def last_revision(self, kind: str | None = None) -> int:
+        with self._sessions() as s:
+            stmt = select(func.max(ChangeRow.revision))
+            if kind:
+                stmt = stmt.where(ChangeRow.kind == kind)
+            return s.scalar(stmt) or 0
+
+    @staticmethod
+    def _page(s: Session, stmt, page: d.Page, conv: Callable[[object], T]) -> tuple[list[T], int | None]:
+        found = list(s.scalars(stmt.offset(page.offset).limit(page.size + 1)))
+        more = len(found) > page.size
+        return [conv(r) for r in found[: page.size]], (page.offset + page.size if more else None)
+
+    @staticmethod
+    def _need(s: Session, row_type: type, key, what: str, hint: str):
+        row = s.get(row_type, key)
+        if row is None:
+            raise NotFound(f"{what} {key!r} does not exist; {hint}")
+        return row
+
+    # --- tenancy -------------------------------------------------------------------------
+
+    def create_team(self, team: d.Team) -> d.Team:
+        d.check_label("team", team.name)
+        with self._tx(f"team {team.name!r} already exists") as s:
+            if s.get(TeamRow, team.name):
+                raise AlreadyExists(f"team {team.name!r} already exists; pick another name")
+            row = TeamRow(name=team.name, display_name=team.display_name, create_time=now())
+            s.add(row)
+            self._record(s, "team", team.name)
+            return rows.team(row)
+
+    def list_teams(self, page: d.Page) -> tuple[list[d.Team], int | None]:
+        with self._sessions() as s:
+            return self._page(s, select(TeamRow).order_by(TeamRow.name), page, rows.team)
+
+    def create_project(self, project: d.Project) -> d.Project:
+        d.check_label("project", project.name)
+        with self._tx(f"project {project.name!r} already exists") as s:
+            self._need(s, TeamRow, project.team, "team", "create the team first (CreateTeam)")
+            if s.get(ProjectRow, project.name):
+                raise AlreadyExists(f"project {project.name!r} already exists; pick another name")
+            row = ProjectRow(
+                name=project.name, team=project.team, display_name=project.display_name, create_time=now()
+            )
+            s.add(row)
+            self._record(s, "project", project.name)
+            return rows.project(row)
+
+    def list_projects(self, team: str, page: d.Page) -> tuple[list[d.Project], int | None]:
+        with self._sessions() as s:
+            stmt = select(ProjectRow).order_by(ProjectRow.name)
+            if team:
+                stmt = stmt.where(ProjectRow.team == team)
+            return self._page(s, stmt, page, rows.project)
+
+    def create_user(self, user: d.User) -> d.User:
+        d.check_user_name(user.name)
+        with self._tx(f"user {user.name!r} already exists") as s:
+            if user.team:
+                self._need(s, TeamRow, user.team, "team", "create the team first or leave team empty")
+            if s.get(UserRow, user.name):
+                raise AlreadyExists(f"user {user.name!r} already exists; pick another name")
+            row = UserRow(
+                name=user.name,
+                display_name=user.display_name,
+                email=user.email,
+                team=user.team or None,
+                roles=list(user.roles),
+                create_time=now(),
+            )
+            s.add(row)
+            self._record(s, "user", user.name)
+            return rows.user(row)
+
+    def get_user(self, name: str) -> d.User:
+        with self._sessions() as s:
+            return rows.user(self._need(s, UserRow, name, "user", "check the name or create it (CreateUser)"))
+
+    def list_users(self, team: str, page: d.Page) -> tuple[list[d.User], int | None]:
+        with self._sessions() as s:
+            stmt = select(UserRow).order_by(UserRow.name)
+            if team:
+                stmt = stmt.where(UserRow.team == team)
+            return self._page(s, stmt, page, rows.user)
+
+    # --- API keys ------------------------------------------------------------------------
+
+    def create_api_key(
+        self, user: str, project: str, description: str = "", expire_time: datetime | None = None
+    ) -> tuple[d.ApiKey, str]:
+        """Returns the key and its secret `hk_<id>_<random>`; only the secret's hash is kept."""
+        if expire_time is not None and rows.utc(expire_time) <= now():
+            raise InvalidArgument("expire_time is in the past; give a future time or leave it unset")
+        key_id = secrets.token_hex(8)
+        secret = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        with self._tx() as s:
+            self._need(s, UserRow, user, "user", "create the user first (CreateUser)")
+            self._need(s, ProjectRow, project, "project", "create the project first (CreateProject)")
+            row = ApiKeyRow(
+                id=key_id,
+                user=user,
+                project=project,
+                description=description,
+                secret_sha256=hash_secret(secret),
+                create_time=now(),
+                expire_time=expire_time,
+            )
+            s.add(row)
+            self._record(s, "api_key", key_id)
+            return rows.api_key(row), secret
+
+    def list_api_keys(self, user: str, page: d.Page) -> tuple[list[d.ApiKey], int | None]:
+        with self._sessions() as s:
+            stmt = select(ApiKeyRow).order_by(ApiKeyRow.create_time, ApiKeyRow.id)
+            if user:
+                stmt = stmt.where(ApiKeyRow.user == user)
+            return self._page(s, stmt, page, rows.api_key)
+
+    def revoke_api_key(self, key_id: str) -> d.ApiKey:
+        with self._tx() as s:
+            row = self._need(s, ApiKeyRow, key_id, "API key", "list keys with ListApiKeys")
+            if row.revoke_time is None:  # revoking twice keeps the first time
+                row.revoke_time = now()
+                self._record(s, "api_key", key_id)
+            return rows.api_key(row)
+
+    def authenticate_api_key(self, secret: str) -> tuple[d.ApiKey, d.User]:
+        """The key and its user; Unauthenticated for unknown, revoked or expired secrets."""
+        prefix, _, rest = secret.partition("_")
+        key_id, _, _random = rest.partition("_")
+        if prefix != KEY_PREFIX or not key_id:
+            raise Unauthenticated("API key is malformed: expected hk_<id>_<secret> as issued by CreateApiKey")
+        with self._sessions() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None or not hmac.compare_digest(row.secret_sha256, hash_secret(secret)):
+                raise Unauthenticated("API key is not valid; ask an admin for a new one (CreateApiKey)")
+            if row.revoke_time is not None:
+                raise Unauthenticated(f"API key {key_id} was revoked; ask an admin for a new one")
+            if row.expire_time is not None and rows.utc(row.expire_time) <= now():
+                raise Unauthenticated(f"API key {key_id} has expired; ask an admin for a new one")
+            user = self._need(s, UserRow, row.user, "user", "the key's user was removed")
+            return rows.api_key(row), rows.user(user)
+
+    # --- catalogs ------------------------------------------------------------------------
+
+    def register_model(self, model: d.Model) -> d.Model:
+        d.check_catalog_name("model", model.name)
+        if model.memory_gib < 0 or model.parameters_b < 0 or model.context_length < 0:
+            raise InvalidArgument(f"model {model.name!r}: sizes must not be negative")
+        with self._tx(f"model {model.name!r} already exists") as s:
+            if s.get(ModelRow, model.name):
+                raise AlreadyExists(f"model {model.name!r} is already in the catalog; pick another name")
+            row = rows.model_row(model)
+            s.add(row)
+            self._record(s, "model", model.name)
+            return rows.model(row)
+
+    def list_models(self, page: d.Page) -> tuple[list[d.Model], int | None]:
+        with self._sessions() as s:
+            return self._page(s, select(ModelRow).order_by(ModelRow.name), page, rows.model)
+
+    def register_tool(self, tool: d.Tool) -> d.Tool:
+        d.check_catalog_name("tool", tool.name)
+        if "@" in tool.version:
+            raise InvalidArgument(f"tool version {tool.version!r} must not contain '@'")
+        names = [a.name for a in tool.actions]
+        if not names or len(set(names)) != len(names) or not all(names):
+            raise InvalidArgument(f"tool {tool.name!r} needs at least one action, each with a unique name")
+        for action in tool.actions:
+            d.check_choice(f"risk of action {action.name!r}", action.risk, d.RISK_CLASSES, allow_empty=False)
+            if action.cache_ttl_s < 0:
+                raise InvalidArgument(f"cache_ttl_s of action {action.name!r} must not be negative")
+        label = f"{tool.name}@{tool.version}" if tool.version else tool.name
+        with self._tx(f"tool {label!r} already exists") as s:
+            if s.get(ToolRow, (tool.name, tool.version)):
+                raise AlreadyExists(f"tool {label!r} is already in the catalog; register a new version")
+            row = rows.tool_row(tool)
+            s.add(row)
+            self._record(s, "tool", label)
+            return rows.tool(row)
+
+    def list_tools(self, page: d.Page) -> tuple[list[d.Tool], int | None]:
+        with self._sessions() as s:
+            stmt = select(ToolRow).order_by(ToolRow.name, ToolRow.version)
+            return self._page(s, stmt, page, rows.tool)

@@ -1,0 +1,103 @@
+"""Builds the audit and usage events the router emits for each request."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from google.protobuf import struct_pb2, timestamp_pb2
+from harness.common.v1 import common_pb2
+
+from services.common.context import RequestContext
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """What the router knows about one call when it records it."""
+
+    ctx: RequestContext
+    agent: str
+    agent_version: str
+    project: str
+    model: str = ""
+    deployment: str = ""
+    gpu_type: str = ""
+    status: str = "OK"
+    decision: int = common_pb2.DECISION_ALLOW
+    rule: str = ""
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def actor(f: CallFacts) -> common_pb2.Actor:
+    ident = f.ctx.identity
+    return common_pb2.Actor(
+        user=ident.user,
+        agent=f.agent,
+        agent_version=f.agent_version,
+        project=f.project,
+        auth_method=ident.auth_method,
+    )
+
+
+def correlation(f: CallFacts) -> common_pb2.Correlation:
+    return common_pb2.Correlation(
+        request_id=f.ctx.request_id,
+        trace_id=f.ctx.trace_id,
+        session_id=f.ctx.session_id,
+        step_id=f.ctx.step_id,
+    )
+
+
+def model_call_event(f: CallFacts, details: dict) -> common_pb2.AuditEvent:
+    body = struct_pb2.Struct()
+    body.update(details)
+    return common_pb2.AuditEvent(
+        event_id=str(uuid.uuid4()),
+        time=_now(),
+        kind=common_pb2.AUDIT_EVENT_KIND_MODEL_CALL,
+        actor=actor(f),
+        correlation=correlation(f),
+        object=f"agent:{f.agent}",
+        action="invoke",
+        decision=f.decision,
+        rule=f.rule,
+        status=f.status,
+        model=f.model,
+        source="router",
+        details=body,
+    )
+
+
+def authz_denied_event(f: CallFacts, obj: str) -> common_pb2.AuditEvent:
+    return common_pb2.AuditEvent(
+        event_id=str(uuid.uuid4()),
+        time=_now(),
+        kind=common_pb2.AUDIT_EVENT_KIND_AUTHZ_DECISION,
+        actor=actor(f),
+        correlation=correlation(f),
+        object=obj,
+        action="invoke",
+        decision=common_pb2.DECISION_DENY,
+        rule=f.rule,
+        status="PERMISSION_DENIED",
+        model=f.model,
+        source="router",
+    )
+
+
+def usage_event(f: CallFacts, usage: common_pb2.Usage) -> common_pb2.UsageEvent:
+    return common_pb2.UsageEvent(
+        event_id=str(uuid.uuid4()),
+        time=_now(),
+        actor=actor(f),
+        correlation=correlation(f),
+        model=f.model,
+        deployment=f.deployment,
+        gpu_type=f.gpu_type,
+        usage=usage,
+    )

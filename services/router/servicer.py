@@ -1,0 +1,78 @@
+"""gRPC servicers of the router: thin conversion between protos and the core."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from harness.common.v1 import common_pb2
+from harness.router.v1 import router_pb2, router_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from services.common.planned import planned
+from services.router.core import GenerationInput, GenerationResult, Router
+
+
+def to_input(req: router_pb2.GenerateRequest | router_pb2.CompleteRequest) -> GenerationInput:
+    s = req.sampling
+    return GenerationInput(
+        prompt=req.prompt,
+        messages=tuple((m.role, m.content) for m in req.messages),
+        max_tokens=s.max_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        seed=s.seed if s.HasField("seed") else None,
+        stop=tuple(s.stop),
+        model=req.model,
+    )
+
+
+def to_summary(r: GenerationResult) -> router_pb2.GenerationSummary:
+    return router_pb2.GenerationSummary(
+        request_id=r.request_id,
+        agent_version=r.agent_version,
+        model=r.model,
+        deployment=r.deployment,
+        finish_reason=r.finish_reason,
+        usage=common_pb2.Usage(input_tokens=r.input_tokens, output_tokens=r.output_tokens),
+        timing=common_pb2.Timing(ttft_ms=r.ttft_ms, tbt_ms=r.tbt_ms, e2e_ms=r.e2e_ms),
+    )
+
+
+@planned(
+    router_pb2.DESCRIPTOR.services_by_name["Router"],
+    {"InvokeTool": "governed tool calls with approvals (security and audit issue #7)"},
+)
+class RouterServicer(router_pb2_grpc.RouterServicer):
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    async def Generate(
+        self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """Streams text deltas for the calling agent; the last message carries the summary."""
+        result = GenerationResult()
+        async for delta in self._router.generate(to_input(request), result):
+            yield router_pb2.GenerateResponse(text_delta=delta)
+        yield router_pb2.GenerateResponse(final=True, summary=to_summary(result))
+
+    async def Complete(
+        self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.CompleteResponse:
+        """Runs a whole generation and answers once."""
+        result = GenerationResult()
+        async for _ in self._router.generate(to_input(request), result):
+            pass
+        return router_pb2.CompleteResponse(text="".join(result.text_parts), summary=to_summary(result))
+
+
+@planned(
+    service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    {},
+    default="the Triton-compatible front door (router issue #6)",
+)
+class TritonFacadeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Triton's own protocol on the router, so Triton clients can point at the Harness.
+
+    Every RPC answers UNIMPLEMENTED until the router issue (#6) builds the facade."""

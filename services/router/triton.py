@@ -1,0 +1,152 @@
+"""Dispatch to Triton (TensorRT-LLM ensemble tensors) over ModelStreamInfer.
+
+Every request goes over the bidirectional stream, even when the caller wants one answer: a
+decoupled TensorRT-LLM model only accepts ModelStreamInfer. The request is built by hand
+because the aio client refuses `triton_*` parameters, which we need to get an empty final
+response (so the end of a generation is always signalled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+
+from services.common.errors import InvalidArgument, Unavailable
+
+
+@dataclass(frozen=True)
+class TritonRequest:
+    model: str
+    prompt: str
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 0.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class TritonChunk:
+    text: str
+    final: bool
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+def _tensor(name: str, datatype: str, shape: list[int]) -> service_pb2.ModelInferRequest.InferInputTensor:
+    t = service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=datatype)
+    t.shape.extend(shape)
+    return t
+
+
+def build_request(req: TritonRequest) -> service_pb2.ModelInferRequest:
+    """TensorRT-LLM ensemble inputs (batch dim first): text_input, max_tokens, stream, sampling."""
+    msg = service_pb2.ModelInferRequest(model_name=req.model, id=req.request_id)
+    msg.parameters["triton_enable_empty_final_response"].bool_param = True
+    inputs: list[tuple[str, str, bytes]] = [
+        (
+            "text_input",
+            "BYTES",
+            serialize_byte_tensor(np.array([[req.prompt.encode()]], dtype=object)).tobytes(),
+        ),
+        ("max_tokens", "INT32", np.array([[req.max_tokens]], dtype=np.int32).tobytes()),
+        ("stream", "BOOL", np.array([[True]], dtype=bool).tobytes()),
+    ]
+    if req.temperature > 0:
+        inputs.append(("temperature", "FP32", np.array([[req.temperature]], dtype=np.float32).tobytes()))
+    if req.top_p > 0:
+        inputs.append(("top_p", "FP32", np.array([[req.top_p]], dtype=np.float32).tobytes()))
+    if req.top_k > 0:
+        inputs.append(("top_k", "INT32", np.array([[req.top_k]], dtype=np.int32).tobytes()))
+    if req.seed is not None:
+        inputs.append(("seed", "UINT64", np.array([[req.seed]], dtype=np.uint64).tobytes()))
+    for name, dtype, raw in inputs:
+        msg.inputs.append(_tensor(name, dtype, [1, 1]))
+        msg.raw_input_contents.append(raw)
+    if req.stop:
+        stop = serialize_byte_tensor(np.array([[s.encode() for s in req.stop]], dtype=object)).tobytes()
+        msg.inputs.append(_tensor("stop_words", "BYTES", [1, len(req.stop)]))
+        msg.raw_input_contents.append(stop)
+    return msg
+
+
+def parse_response(resp: service_pb2.ModelInferResponse) -> TritonChunk:
+    outputs: dict[str, bytes] = {}
+    for i, out in enumerate(resp.outputs):
+        if i < len(resp.raw_output_contents):
+            outputs[out.name] = resp.raw_output_contents[i]
+    text = ""
+    if "text_output" in outputs:
+        values = deserialize_bytes_tensor(outputs["text_output"])
+        text = "".join(v.decode("utf-8", "replace") for v in values.flatten())
+
+    def count(name: str) -> int | None:
+        raw = outputs.get(name)
+        return int(np.frombuffer(raw, dtype=np.int32).sum()) if raw else None
+
+    final = (
+        resp.parameters["triton_final_response"].bool_param
+        if "triton_final_response" in resp.parameters
+        else False
+    )
+    return TritonChunk(text, final, count("num_input_tokens"), count("num_output_tokens"))
+
+
+class TritonPool:
+    """One channel per Triton endpoint address, reused across requests."""
+
+    def __init__(self) -> None:
+        self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def stub(self, address: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(
+                address, options=[("grpc.max_receive_message_length", 64 << 20)]
+            )
+            self._channels[address] = channel
+            stub = self._stubs[address] = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return stub
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)
+        self._channels.clear()
+        self._stubs.clear()
+
+    async def stream(
+        self, address: str, req: TritonRequest, timeout: float | None
+    ) -> AsyncIterator[TritonChunk]:
+        """Yields chunks until the final response. Errors before any text -> Unavailable (retryable)."""
+        call = self.stub(address).ModelStreamInfer(iter([build_request(req)]), timeout=timeout)
+        got_final = False
+        try:
+            async for resp in call:
+                if resp.error_message:
+                    raise _stream_error(resp.error_message, req.model)
+                chunk = parse_response(resp.infer_response)
+                yield chunk
+                if chunk.final:
+                    got_final = True
+                    break
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"backend {address} failed: {exc.code().name}: {exc.details()}") from exc
+        finally:
+            if not got_final:
+                call.cancel()  # the caller went away or we failed: stop the upstream generation
+        if not got_final:
+            raise Unavailable(f"backend {address} closed the stream before the final response")
+
+
+def _stream_error(message: str, model: str) -> Exception:
+    if "unexpected" in message.lower() or "invalid" in message.lower() or "expected" in message.lower():
+        return InvalidArgument(f"model {model!r} rejected the request: {message}")
+    return Unavailable(f"model {model!r} failed: {message}")

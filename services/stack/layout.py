@@ -1,0 +1,93 @@
+"""Where the local stack puts things and which ports it uses."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    envoy: int = 8443
+    envoy_admin: int = 9901
+    enginesim: int = 8001
+    enginesim_metrics: int = 8002
+    routers: tuple[int, ...] = (50061, 50062)
+    router_metrics: tuple[int, ...] = (9461, 9462)
+    registry: int = 50071
+    registry_metrics: int = 9471
+    pool: int = 50081
+    pool_metrics: int = 9481
+    audit: int = 50091
+    audit_metrics: int = 9491
+    cost: int = 50101
+    cost_metrics: int = 9501
+
+    def named(self) -> list[tuple[str, int]]:
+        """(what, port) for every port, for clear 'already in use' errors."""
+        out: list[tuple[str, int]] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                out.extend((f"{f.name}[{i}]", p) for i, p in enumerate(value))
+            else:
+                out.append((f.name, value))
+        return out
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        """Any free ports (tests run the stack beside a developer's own)."""
+        socks = []
+
+        def grab() -> int:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            return s.getsockname()[1]
+
+        values = {}
+        for f in dataclasses.fields(cls):
+            default = f.default
+            values[f.name] = tuple(grab() for _ in default) if isinstance(default, tuple) else grab()
+        for s in socks:
+            s.close()
+        return cls(**values)
+
+
+def ports_in_use(ports: StackPorts, host: str = "127.0.0.1") -> list[str]:
+    busy = []
+    for what, port in ports.named():
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                busy.append(f"port {port} ({what})")
+    return busy
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    root: Path  # .harness
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def envoy_config(self) -> Path:
+        return self.root / "envoy.yaml"
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "env"

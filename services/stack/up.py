@@ -1,0 +1,302 @@
+"""`harness up`: the whole local stack as processes, healthy, seeded, and explained.
+
+Engine simulator, registry, pool, audit, cost, two routers and the Envoy front proxy, each a
+child process logging to .harness/logs/<name>.log. Ctrl-C or SIGTERM stops every child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness.cost.v1 import cost_pb2_grpc
+from harness.pool.v1 import pool_pb2, pool_pb2_grpc
+from harness.registry.v1 import registry_pb2_grpc
+
+from services.common.config import TlsFiles
+from services.common.identity import mint_jwt
+from services.common.server import open_channel
+from services.devtools.certs import DEFAULT_SERVICES, CertBundle, make_certs
+from services.envoy.methods import idempotent_unary_methods
+from services.envoy.render import EnvoyCerts, EnvoySpec, write_envoy_config
+from services.stack.layout import StackPaths, StackPorts, ports_in_use
+from services.stack.procs import Child, Supervisor
+
+log = logging.getLogger("harness.up")
+SERVICES_WITH_CERTS = (*DEFAULT_SERVICES, "cli")
+
+
+class StackError(Exception):
+    """The stack could not start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    root: Path = Path(".harness")
+    ports: StackPorts = field(default_factory=StackPorts)
+    demo_file: Path = Path("compose/demo.yaml")
+    listen_host: str = "127.0.0.1"
+    time_scale: float = 1.0
+    timeout_s: float = 60.0
+    demo_user: str = "alice"
+    gpu_type: str = "H100-80GB"
+    gpu_memory_gb: float = 80.0
+
+
+def _py(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *map(str, args)]
+
+
+class Stack:
+    def __init__(self, cfg: UpConfig) -> None:
+        self.cfg = cfg
+        self.paths = StackPaths(cfg.root)
+        self.sup = Supervisor()
+        self.demo = yaml.safe_load(cfg.demo_file.read_text()) or {}
+        self.certs: CertBundle | None = None
+
+    # --- start -----------------------------------------------------------------------------
+    def start(self) -> None:
+        busy = ports_in_use(self.cfg.ports)
+        if busy:
+            raise StackError(
+                "cannot start: " + ", ".join(busy) + " already in use. Stop what holds them "
+                "(another `harness up`?) or choose other ports."
+            )
+        for d in (self.paths.root, self.paths.logs, self.paths.state):
+            d.mkdir(parents=True, exist_ok=True)
+        agents = [a["name"] for a in self.demo.get("registry", {}).get("agents", [])] or ["demo-agent"]
+        self.certs = make_certs(self.paths.certs, agents=agents, services=SERVICES_WITH_CERTS)
+        self._start_children()
+        asyncio.run(self._wait_and_seed())
+
+    def _service_flags(self, name: str, port: int, metrics: int) -> list[str]:
+        assert self.certs is not None
+        leaf = self.certs.services[name]
+        return [
+            "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics),
+            "--tls-cert", str(leaf.cert), "--tls-key", str(leaf.key), "--tls-ca", str(self.certs.ca_cert),
+            "--jwt-public-key", str(self.certs.jwt_public_key),
+        ]  # fmt: skip
+
+    def _start_children(self) -> None:
+        p, state, logs = self.cfg.ports, self.paths.state, self.paths.logs
+        sim = Child("enginesim", _py(
+            "services.enginesim", "--host", "127.0.0.1", "--port", p.enginesim, "--metrics-port",
+            p.enginesim_metrics, "--time-scale", self.cfg.time_scale, "--gpu-memory-gb", self.cfg.gpu_memory_gb,
+        ), logs / "enginesim.log")  # fmt: skip
+        self.sup.start(sim)
+        for name, port, metrics in (
+            ("registry", p.registry, p.registry_metrics),
+            ("audit", p.audit, p.audit_metrics),
+            ("cost", p.cost, p.cost_metrics),
+        ):
+            db = f"sqlite:///{(state / f'{name}.db').resolve()}"
+            argv = _py(f"services.{name}", *self._service_flags(name, port, metrics), "--db-url", db)
+            self.sup.start(Child(name, argv, logs / f"{name}.log"))
+        endpoint = (
+            f"name=sim-0,address=127.0.0.1:{p.enginesim},"
+            f"metrics=http://127.0.0.1:{p.enginesim_metrics}/metrics,"
+            f"gpu_type={self.cfg.gpu_type},gpus=1,memory_gb={self.cfg.gpu_memory_gb:g}"
+        )
+        pool = _py("services.pool", *self._service_flags("pool", p.pool, p.pool_metrics), "--endpoint", endpoint)
+        self.sup.start(Child("pool", pool, logs / "pool.log"))
+        for i, (port, metrics) in enumerate(zip(p.routers, p.router_metrics, strict=True)):
+            argv = _py(
+                "services.router", *self._service_flags("router", port, metrics),
+                "--registry", f"127.0.0.1:{p.registry}", "--pool", f"127.0.0.1:{p.pool}",
+                "--audit", f"127.0.0.1:{p.audit}", "--cost", f"127.0.0.1:{p.cost}",
+            )  # fmt: skip
+            self.sup.start(Child(f"router-{i + 1}", argv, logs / f"router-{i + 1}.log"))
+
+    def _envoy_spec(self) -> EnvoySpec:
+        assert self.certs is not None
+        p = self.cfg.ports
+        local = "127.0.0.1"
+        return EnvoySpec(
+            listen_host=self.cfg.listen_host,
+            listen_port=p.envoy,
+            admin_port=p.envoy_admin,
+            certs=EnvoyCerts(self.certs.ca_cert, self.certs.envoy.cert, self.certs.envoy.key),
+            upstreams={
+                "router": [(local, port) for port in p.routers],
+                "registry": [(local, p.registry)],
+                "pool": [(local, p.pool)],
+                "audit": [(local, p.audit)],
+                "cost": [(local, p.cost)],
+            },
+            trust_domain=self.certs.trust_domain,
+            idempotent_methods=idempotent_unary_methods(),
+        )
+
+    def _start_envoy(self) -> None:
+        write_envoy_config(self._envoy_spec(), self.paths.envoy_config, header="rendered by `harness up`")
+        envoy = str(Path(sys.executable).parent / "envoy")
+        argv = [
+            envoy, "-c", str(self.paths.envoy_config), "--use-dynamic-base-id",
+            "--log-level", "warn", "--drain-time-s", "2", "--parent-shutdown-time-s", "3",
+        ]  # fmt: skip
+        self.sup.start(Child("envoy", argv, self.paths.logs / "envoy.log"))
+
+    # --- wait --------------------------------------------------------------------------------
+    def _cli_tls(self) -> TlsFiles:
+        assert self.certs is not None
+        leaf = self.certs.services["cli"]
+        return TlsFiles(str(leaf.cert), str(leaf.key), str(self.certs.ca_cert))
+
+    async def _until(self, what: str, probe, deadline: float) -> None:
+        last = "not tried"
+        while time.monotonic() < deadline:
+            self.sup.check()
+            try:
+                if await probe():
+                    return
+                last = "not ready"
+            except grpc.aio.AioRpcError as exc:
+                last = f"{exc.code().name}: {exc.details()}"
+            except OSError as exc:
+                last = str(exc)
+            await asyncio.sleep(0.2)
+        raise StackError(f"{what} not healthy after {self.cfg.timeout_s:.0f}s ({last}); see {self.paths.logs}/")
+
+    async def _serving(self, channel: grpc.aio.Channel) -> bool:
+        resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def _wait_and_seed(self) -> None:
+        from services.cost.seed import seed_cost
+        from services.registry.seed import seed_registry
+
+        p = self.cfg.ports
+        deadline = time.monotonic() + self.cfg.timeout_s
+        tls = self._cli_tls()
+        sim = grpc.aio.insecure_channel(f"127.0.0.1:{p.enginesim}")
+        targets = {
+            "registry": p.registry, "pool": p.pool, "audit": p.audit, "cost": p.cost,
+            **{f"router-{i + 1}": port for i, port in enumerate(p.routers)},
+        }  # fmt: skip
+        channels = {name: open_channel(f"127.0.0.1:{port}", tls) for name, port in targets.items()}
+        try:
+            await self._until("enginesim", lambda: self._serving(sim), deadline)
+            for name, ch in channels.items():
+                await self._until(name, lambda ch=ch: self._serving(ch), deadline)
+            await seed_registry(registry_pb2_grpc.RegistryStub(channels["registry"]), self.demo, ())
+            await seed_cost(cost_pb2_grpc.CostStub(channels["cost"]), self.demo, ())
+            pool = pool_pb2_grpc.PoolStub(channels["pool"])
+
+            async def model_ready() -> bool:
+                resp = await pool.ListEndpoints(pool_pb2.ListEndpointsRequest(), timeout=1.0)
+                return any(
+                    m.state == pool_pb2.MODEL_STATE_READY
+                    for ep in resp.endpoints
+                    if ep.health == pool_pb2.ENDPOINT_HEALTH_HEALTHY
+                    for m in ep.models
+                )
+
+            await self._until("a ready model in the pool", model_ready, deadline)
+            self._start_envoy()
+            await self._until("envoy", self._envoy_ready, deadline)
+        finally:
+            await sim.close()
+            for ch in channels.values():
+                await ch.close()
+
+    async def _envoy_ready(self) -> bool:
+        return await asyncio.to_thread(self._envoy_clusters_healthy)
+
+    def _envoy_clusters_healthy(self) -> bool:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.cfg.ports.envoy_admin}/clusters?format=json"
+        with urllib.request.urlopen(url, timeout=1) as r:
+            body = r.read().decode()
+        # Every cluster host must have passed its active gRPC health check.
+        return '"health_status"' in body and "failed_active_health_check" not in body
+
+    # --- after start -------------------------------------------------------------------------
+    def write_env(self) -> dict[str, str]:
+        assert self.certs is not None
+        users = [u["name"] for u in self.demo.get("registry", {}).get("users", [])]
+        private = self.certs.jwt_private_key.read_bytes()  # type: ignore[union-attr]
+        tokens_dir = self.paths.root / "tokens"
+        tokens_dir.mkdir(exist_ok=True)
+        for user in users:
+            roles = next((tuple(u.get("roles", ())) for u in self.demo["registry"]["users"] if u["name"] == user), ())
+            (tokens_dir / f"{user}.jwt").write_text(mint_jwt(private, user, roles=roles))
+        agent = next(iter(self.certs.agents))
+        leaf = self.certs.agents[agent]
+        env = {
+            "HARNESS_ADDR": f"localhost:{self.cfg.ports.envoy}",
+            "HARNESS_CA": str(self.certs.ca_cert.resolve()),
+            "HARNESS_CERT": str(leaf.cert.resolve()),
+            "HARNESS_KEY": str(leaf.key.resolve()),
+            "HARNESS_AGENT": agent,
+            "HARNESS_TOKEN": (tokens_dir / f"{self.cfg.demo_user}.jwt").read_text(),
+            "HARNESS_ENVOY_ADMIN": f"http://127.0.0.1:{self.cfg.ports.envoy_admin}",
+        }
+        self.paths.env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in env.items()))
+        return env
+
+    def banner(self, env: dict[str, str]) -> str:
+        p = self.cfg.ports
+        tls = '-cacert "$HARNESS_CA" -cert "$HARNESS_CERT" -key "$HARNESS_KEY"'
+        return f"""
+Harness is up (Ctrl-C stops everything).
+  front door (Envoy, mTLS)  {env["HARNESS_ADDR"]}
+  Envoy admin               {env["HARNESS_ENVOY_ADMIN"]}
+  engine simulator (Triton) 127.0.0.1:{p.enginesim}   metrics http://127.0.0.1:{p.enginesim_metrics}/metrics
+  routers {", ".join(f"127.0.0.1:{r}" for r in p.routers)}; registry :{p.registry}; pool :{p.pool}; audit :{p.audit}; cost :{p.cost}
+  logs {self.paths.logs}/   state {self.paths.state}/
+
+Try it:
+  source {self.paths.env_file}
+  grpcurl {tls} "$HARNESS_ADDR" list
+  grpcurl {tls} -H "authorization: Bearer $HARNESS_TOKEN" \\
+      -d '{{"prompt": "Summarise the ledger policy", "sampling": {{"max_tokens": 32}}}}' \\
+      "$HARNESS_ADDR" harness.router.v1.Router/Generate
+  grpcurl {tls} -H "authorization: Bearer $HARNESS_TOKEN" \\
+      -d '{{"filter": {{"agent": "{env["HARNESS_AGENT"]}"}}}}' "$HARNESS_ADDR" harness.audit.v1.Audit/Query
+  grpcurl {tls} -H "authorization: Bearer $HARNESS_TOKEN" \\
+      -d '{{"group_by": ["agent", "model"]}}' "$HARNESS_ADDR" harness.cost.v1.Cost/Report
+"""
+
+    def stop(self) -> None:
+        self.sup.stop_all()
+
+
+def run_up(cfg: UpConfig) -> int:
+    """Starts the stack, prints how to use it, serves until Ctrl-C/SIGTERM; returns an exit code."""
+    stack = Stack(cfg)
+    stopping = {"flag": False}
+
+    def on_signal(signum, _frame) -> None:
+        stopping["flag"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.monotonic()
+    try:
+        stack.start()
+        env = stack.write_env()
+        print(stack.banner(env), flush=True)
+        print(f"healthy in {time.monotonic() - started:.1f}s", flush=True)
+        while True:
+            stack.sup.check()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping the stack...", flush=True)
+        return 0
+    except (StackError, RuntimeError) as exc:
+        print(f"harness up: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not interrupt the cleanup
+        stack.stop()

@@ -1,0 +1,78 @@
+"""Unit tests of the shared bootstrap pieces: XFCC parsing, JWT, request context, planned RPCs."""
+
+from __future__ import annotations
+
+import pytest
+from harness.pool.v1 import pool_pb2, pool_pb2_grpc
+
+from services.common import context as reqctx
+from services.common.errors import ResourceExhausted, Unauthenticated, Unimplemented
+from services.common.identity import JwtVerifier, mint_jwt, parse_xfcc
+from services.common.planned import planned
+
+
+def test_parse_xfcc_single_element_with_quoted_subject():
+    header = 'By=spiffe://harness.local/envoy;Hash=ab12;Subject="CN=demo,O=Harness;x";URI=spiffe://harness.local/agent/demo'
+    [element] = parse_xfcc(header)
+    assert element["URI"] == "spiffe://harness.local/agent/demo"
+    assert element["Subject"] == "CN=demo,O=Harness;x"
+    assert element["Hash"] == "ab12"
+
+
+def test_parse_xfcc_multiple_elements_and_escapes():
+    header = 'URI=spiffe://a/agent/one;Subject="CN=\\"q\\""' + ",URI=spiffe://a/agent/two"
+    elements = parse_xfcc(header)
+    assert [e["URI"] for e in elements] == ["spiffe://a/agent/one", "spiffe://a/agent/two"]
+    assert elements[0]["Subject"] == 'CN="q"'
+
+
+def test_jwt_roundtrip_and_rejections(jwt_keypair):
+    pub, private = jwt_keypair
+    verifier = JwtVerifier(pub.read_bytes(), "harness", "harness")
+    ident = verifier.verify(mint_jwt(private, "alice", roles=("admin",)))
+    assert ident.user == "alice" and ident.is_admin and ident.auth_method == "jwt"
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(mint_jwt(private, "alice", ttl_s=-120))
+    with pytest.raises(Unauthenticated, match="rejected"):
+        verifier.verify(mint_jwt(private, "alice", audience="someone-else"))
+    with pytest.raises(Unauthenticated):
+        verifier.verify("not-a-token")
+
+
+def test_context_keeps_caller_trace_and_ids():
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    ctx = reqctx.context_from_metadata(
+        [
+            ("traceparent", f"00-{trace}-b7ad6b7169203331-01"),
+            ("x-request-id", "req-1"),
+            ("x-harness-session-id", "s-9"),
+            ("x-harness-step-id", "3"),
+        ]
+    )
+    assert (ctx.trace_id, ctx.request_id, ctx.session_id, ctx.step_id) == (trace, "req-1", "s-9", "3")
+    assert ctx.traceparent().startswith(f"00-{trace}-") and ctx.span_id != "b7ad6b7169203331"
+
+
+def test_context_generates_ids_for_malformed_trace():
+    ctx = reqctx.context_from_metadata([("traceparent", "garbage")])
+    assert len(ctx.trace_id) == 32 and ctx.request_id
+
+
+def test_resource_exhausted_carries_retry_after():
+    exc = ResourceExhausted("slow down", retry_after_ms=250)
+    assert exc.trailers == {"retry-after-ms": "250"}
+
+
+async def test_planned_names_the_feature():
+    @planned(pool_pb2.DESCRIPTOR.services_by_name["Pool"], {"Deploy": "placement (issue #5)"})
+    class Partial(pool_pb2_grpc.PoolServicer):
+        async def ListGpus(self, request, context):
+            return pool_pb2.ListGpusResponse()
+
+    servicer = Partial()
+    assert isinstance(await servicer.ListGpus(None, None), pool_pb2.ListGpusResponse)
+    with pytest.raises(Unimplemented, match=r"Pool.Deploy is not implemented yet: placement \(issue #5\)"):
+        await servicer.Deploy(None, None)
+    with pytest.raises(Unimplemented, match=r"Pool\.WatchEndpoints"):
+        async for _ in servicer.WatchEndpoints(None, None):
+            pass
