@@ -15,9 +15,9 @@ import signal
 import sys
 from pathlib import Path
 
+from .app import start_server
 from .catalog import CatalogError
 from .config import SimulatorConfig
-from .server import start_server
 from .simulator import InsufficientMemoryError
 
 log = logging.getLogger("enginesim")

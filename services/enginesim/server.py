@@ -1,4 +1,4 @@
-"""Triton's ``inference.GRPCInferenceService`` over the simulator (grpc.aio), plus startup.
+"""Triton's ``inference.GRPCInferenceService`` servicer over the simulator (grpc.aio).
 
 Behaviour copied from Triton (see notes/triton-protocol.md): error codes and wording, the
 decoupled rules, ``triton_final_response`` on streamed responses, the empty final response
@@ -14,13 +14,11 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from . import tensors
-from .catalog import Catalog, ModelSpec, load_catalog
+from .catalog import ModelSpec
 from .config import SimulatorConfig
 from .engine import (
     EngineStoppedError,
@@ -31,7 +29,6 @@ from .engine import (
     RequestCancelledError,
     Sequence,
 )
-from .metrics import MetricsServer, build_registry
 from .simulator import (
     InsufficientMemoryError,
     ModelNotFoundError,
@@ -346,74 +343,3 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def LogSettings(self, request: Any, context: Any) -> Any:
         await self._unsupported(context, "logging")
-
-
-@dataclass
-class RunningServer:
-    """A started simulator. ``port``/``metrics_port`` are the bound ones (useful with port 0)."""
-
-    config: SimulatorConfig
-    sim: Simulator
-    server: grpc.aio.Server
-    health: health.aio.HealthServicer
-    port: int
-    metrics: MetricsServer | None
-
-    @property
-    def address(self) -> str:
-        return f"{self.config.host}:{self.port}"
-
-    @property
-    def metrics_port(self) -> int | None:
-        return self.metrics.port if self.metrics else None
-
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Not ready at once; in-flight requests get ``grace_s`` to finish; then close."""
-        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        await self.health.enter_graceful_shutdown()
-        await self.sim.stop(grace)
-        await self.server.stop(min(grace, 1.0))  # engines are stopped; let last replies flush
-        if self.metrics:
-            await asyncio.to_thread(self.metrics.close)
-            self.metrics = None
-
-
-async def start_server(config: SimulatorConfig, catalog: Catalog | None = None) -> RunningServer:
-    """Bind, serve, then load the startup models; returns once the server is ready.
-
-    The gRPC port answers during startup (live, not ready) so a caller can watch loading.
-    Raises (after closing what it opened) if a startup model is unknown or does not fit.
-    """
-    catalog = catalog if catalog is not None else load_catalog(config.catalog_path)
-    unknown = [n for n in config.load if catalog.get(n) is None]
-    if unknown:
-        raise ValueError(f"--load names model(s) not in the catalog {catalog.source}: {unknown}")
-    sim = Simulator(catalog, config.gpu_memory_gb, config.time_scale)
-    # Triton puts no limit on message sizes; long prompts must not trip grpc's 4 MB default.
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-    )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(sim, config), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.start()
-    running = RunningServer(config, sim, server, health_servicer, port, None)
-    try:
-        if config.metrics_port >= 0:
-            running.metrics = await asyncio.to_thread(
-                MetricsServer, build_registry(sim), config.host, config.metrics_port
-            )
-        await sim.start(config.load)
-    except BaseException:
-        await running.stop(0)
-        raise
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return running

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
+from .app import RunningServer, start_server
 from .config import SimulatorConfig
-from .server import RunningServer, start_server
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from harness.pool.v1 import pool_pb2
+
 from services.common.errors import InvalidArgument
 
 HEALTH_UNKNOWN = pool_pb2.ENDPOINT_HEALTH_UNSPECIFIED

@@ -115,7 +115,9 @@ class AgentStore:
         """Adds a version pinning catalog models and tools; the first version gets 100% traffic."""
         d.check_version_label(version.version)
         if not version.models:
-            raise InvalidArgument(f"version {version.version!r} needs at least one model (the first is primary)")
+            raise InvalidArgument(
+                f"version {version.version!r} needs at least one model (the first is primary)"
+            )
         with self._tx(f"agent {agent!r} already has version {version.version!r}") as s:  # type: ignore[attr-defined]
             row = self._agent_row(s, agent)
             if row.state == "retired":
@@ -197,4 +199,3 @@ class AgentStore:
             row.traffic = history.pop()
             row.traffic_history = history
             return self._bump(s, row)
-

@@ -56,7 +56,9 @@ def normalize_rule(rule: d.PolicyRule) -> d.PolicyRule:
     values = tuple(rule.values)
     for v in values:
         if not _VALUE.match(v):
-            raise InvalidArgument(f"policy value {v!r} is invalid: values must be non-empty, no commas or spaces")
+            raise InvalidArgument(
+                f"policy value {v!r} is invalid: values must be non-empty, no commas or spaces"
+            )
     if rule.ptype == "p":
         if len(values) == 4:
             values = (*values, "allow")
@@ -75,12 +77,16 @@ def normalize_rule(rule: d.PolicyRule) -> d.PolicyRule:
         d.check_choice("policy effect", eft, EFFECTS, allow_empty=False)
     elif rule.ptype == "g":
         if len(values) != 3:
-            raise InvalidArgument(f"a 'g' rule has 3 values (subject, role:<name>, domain); got {len(values)}")
+            raise InvalidArgument(
+                f"a 'g' rule has 3 values (subject, role:<name>, domain); got {len(values)}"
+            )
         if not values[1].startswith("role:"):
             raise InvalidArgument(f"role {values[1]!r} must be written role:<name>, e.g. role:analyst")
         d.check_label("domain (project)", values[2])
     else:
-        raise InvalidArgument(f"policy type {rule.ptype!r} is invalid: use 'p' (rule) or 'g' (role assignment)")
+        raise InvalidArgument(
+            f"policy type {rule.ptype!r} is invalid: use 'p' (rule) or 'g' (role assignment)"
+        )
     return d.PolicyRule(rule.ptype, values)
 
 

@@ -21,7 +21,12 @@ from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from services.common.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
 from services.registry import convert_rows as rows
 from services.registry import domain as d
 from services.registry.agents import AgentStore

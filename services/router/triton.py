@@ -55,10 +55,13 @@ def build_request(req: TritonRequest) -> service_pb2.ModelInferRequest:
         (
             "text_input",
             "BYTES",
-            serialize_byte_tensor(np.array([[req.prompt.encode()]], dtype=object)).tobytes(),
+            serialize_byte_tensor(np.array([[req.prompt.encode()]], dtype=object)).item(),
         ),
         ("max_tokens", "INT32", np.array([[req.max_tokens]], dtype=np.int32).tobytes()),
         ("stream", "BOOL", np.array([[True]], dtype=bool).tobytes()),
+        # Usage is accounted from the engine's own counts, not re-tokenised here.
+        ("return_num_input_tokens", "BOOL", np.array([[True]], dtype=bool).tobytes()),
+        ("return_num_output_tokens", "BOOL", np.array([[True]], dtype=bool).tobytes()),
     ]
     if req.temperature > 0:
         inputs.append(("temperature", "FP32", np.array([[req.temperature]], dtype=np.float32).tobytes()))
@@ -72,7 +75,7 @@ def build_request(req: TritonRequest) -> service_pb2.ModelInferRequest:
         msg.inputs.append(_tensor(name, dtype, [1, 1]))
         msg.raw_input_contents.append(raw)
     if req.stop:
-        stop = serialize_byte_tensor(np.array([[s.encode() for s in req.stop]], dtype=object)).tobytes()
+        stop = serialize_byte_tensor(np.array([[s.encode() for s in req.stop]], dtype=object)).item()
         msg.inputs.append(_tensor("stop_words", "BYTES", [1, len(req.stop)]))
         msg.raw_input_contents.append(stop)
     return msg

@@ -75,8 +75,16 @@ class Stack:
             d.mkdir(parents=True, exist_ok=True)
         agents = [a["name"] for a in self.demo.get("registry", {}).get("agents", [])] or ["demo-agent"]
         self.certs = make_certs(self.paths.certs, agents=agents, services=SERVICES_WITH_CERTS)
-        self._start_children()
-        asyncio.run(self._wait_and_seed())
+        try:
+            self._start_children()
+            asyncio.run(self._wait_and_seed())
+        finally:
+            self._write_pids()
+
+    def _write_pids(self) -> None:
+        # For ops and tests: which processes belong to this stack.
+        pids = [f"{c.name} {c.proc.pid}\n" for c in self.sup.children if c.proc is not None]
+        (self.paths.root / "stack.pids").write_text("".join(pids))
 
     def _service_flags(self, name: str, port: int, metrics: int) -> list[str]:
         assert self.certs is not None
@@ -145,6 +153,7 @@ class Stack:
             "--log-level", "warn", "--drain-time-s", "2", "--parent-shutdown-time-s", "3",
         ]  # fmt: skip
         self.sup.start(Child("envoy", argv, self.paths.logs / "envoy.log"))
+        self._write_pids()
 
     # --- wait --------------------------------------------------------------------------------
     def _cli_tls(self) -> TlsFiles:

@@ -1,0 +1,93 @@
+"""Cost tables. Money is integer micro-USD; times are integer microseconds since the epoch (UTC)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+_S = {"nullable": False, "default": ""}
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+_ID = BigInteger().with_variant(Integer, "sqlite")
+
+prices = Table(
+    "prices",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("kind", Integer, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("micro_usd", BigInteger, nullable=False),
+    Column("effective_us", BigInteger, nullable=False),
+    Column("set_us", BigInteger, nullable=False),
+    # One version per (kind, subject, effective time): setting it again replaces it, so
+    # seeding the same price twice is idempotent and past reports keep older versions.
+    UniqueConstraint("kind", "subject", "effective_us", name="uq_price_version"),
+)
+
+ledger = Table(
+    "usage_ledger",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    # UNIQUE: the idempotency guarantee for resent usage events, enforced by the database.
+    Column("event_id", String(128), nullable=False, unique=True),
+    Column("time_us", BigInteger, nullable=False),
+    # Calendar day of `time` in the service's configured timezone at record time (YYYY-MM-DD).
+    Column("day", String(10), nullable=False),
+    Column("user", Text, **_S),
+    Column("team", Text, **_S),
+    Column("project", Text, **_S),
+    Column("agent", Text, **_S),
+    Column("agent_version", Text, **_S),
+    Column("model", Text, **_S),
+    Column("deployment", Text, **_S),
+    Column("gpu_type", Text, **_S),
+    Column("tool", Text, **_S),
+    Column("tool_action", Text, **_S),
+    Column("request_id", Text, **_S),
+    Column("trace_id", Text, **_S),
+    Column("session_id", Text, **_S),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_input_tokens", BigInteger, nullable=False, default=0),
+    Column("gpu_seconds", Float, nullable=False, default=0.0),
+    Column("cached", Boolean, nullable=False, default=False),
+    # Cost split kept per row so the advisor (issue #8) can tell token, GPU and tool spend apart.
+    Column("token_micro_usd", BigInteger, nullable=False, default=0),
+    Column("gpu_micro_usd", BigInteger, nullable=False, default=0),
+    Column("tool_micro_usd", BigInteger, nullable=False, default=0),
+    Column("cost_micro_usd", BigInteger, nullable=False, default=0),
+    # Prices that were missing when the event was priced ("gpu_hour:A100", ...); "" = fully priced.
+    Column("unpriced", Text, **_S),
+    Column("recorded_us", BigInteger, nullable=False),
+)
+
+# Budgets sum a scope's spend over a time range; reports scan a time range.
+Index("ix_ledger_time", ledger.c.time_us)
+Index("ix_ledger_project_time", ledger.c.project, ledger.c.time_us)
+Index("ix_ledger_team_time", ledger.c.team, ledger.c.time_us)
+Index("ix_ledger_user_time", ledger.c.user, ledger.c.time_us)
+Index("ix_ledger_agent_time", ledger.c.agent, ledger.c.time_us)
+
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("name", String(256), primary_key=True),
+    Column("scope", Integer, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("period", Integer, nullable=False),
+    Column("limit_micro_usd", BigInteger, nullable=False),
+    Column("alert_percent", Text, nullable=False, default="[]"),  # JSON list of ints
+    Column("webhook_url", Text, **_S),
+    Column("updated_us", BigInteger, nullable=False),
+)

@@ -1,0 +1,152 @@
+"""gRPC face of the cost service: access checks, stream handling, metrics. Logic is in store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from harness.cost.v1 import cost_pb2, cost_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter
+
+from services.common.context import Identity, current_identity
+from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.planned import planned
+from services.common.server import Registrar, RunningServer, start_server
+from services.cost.config import CostConfig
+from services.cost.store import CostStore, RecordResult, ts_to_us
+
+SERVICE_NAME = cost_pb2.DESCRIPTOR.services_by_name["Cost"].full_name
+READER_ROLES = frozenset({"admin", "finance"})
+_ISSUE8 = "cost issue #8"
+
+
+def _authenticated(identity: Identity) -> None:
+    if not (identity.user or identity.service or identity.agent):
+        raise Unauthenticated("the cost service needs a caller identity (service certificate or bearer token)")
+
+
+def _who(identity: Identity) -> str:
+    return identity.user or identity.service or f"agent {identity.agent}"
+
+
+def require_recorder(identity: Identity) -> None:
+    """Usage is reported by Harness services (their own certificate) or admins, never by agents."""
+    _authenticated(identity)
+    if not (identity.service or identity.is_admin):
+        raise PermissionDenied(f"{_who(identity)} may not record usage: only Harness services and admins may")
+
+
+def require_admin(identity: Identity, what: str) -> None:
+    _authenticated(identity)
+    if not identity.is_admin:
+        raise PermissionDenied(f"{_who(identity)} may not {what}: it needs the admin role")
+
+
+def require_reader(identity: Identity, what: str) -> None:
+    _authenticated(identity)
+    if not READER_ROLES.intersection(identity.roles):
+        raise PermissionDenied(f"{_who(identity)} may not {what}: it needs the admin or finance role")
+
+
+class CostMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.usd = Counter(
+            "harness_cost_usd",
+            "Cost of newly recorded usage, USD",
+            ["team", "project", "agent", "model"],
+            registry=registry,
+        )
+
+    def observe(self, result: RecordResult) -> None:
+        for e in result.new:
+            if e.cost_micro_usd:
+                self.usd.labels(e.team, e.project, e.agent, e.model).inc(e.cost_micro_usd / 1_000_000)
+
+
+@planned(
+    cost_pb2.DESCRIPTOR.services_by_name["Cost"],
+    {"Advise": f"cost advisor ({_ISSUE8})", "ListAlerts": f"budget alerts ({_ISSUE8})"},
+)
+class CostServicer(cost_pb2_grpc.CostServicer):
+    def __init__(self, store: CostStore, metrics: CostMetrics) -> None:
+        self._store = store
+        self._metrics = metrics
+
+    async def Record(self, request_iterator, context) -> cost_pb2.RecordResponse:
+        """Prices and stores batches as they arrive, each batch in one transaction.
+
+        A bad event fails the call with INVALID_ARGUMENT naming its index in the stream; earlier
+        batches stay recorded and count as duplicates when the stream is resent.
+        """
+        require_recorder(current_identity())
+        accepted = duplicates = index = 0
+        async for batch in request_iterator:
+            result = await self._store.record(batch.events, first_index=index)
+            index += len(batch.events)
+            accepted += result.accepted
+            duplicates += result.duplicates
+            self._metrics.observe(result)
+        return cost_pb2.RecordResponse(accepted=accepted, duplicates=duplicates)
+
+    async def SetPrice(self, request: cost_pb2.SetPriceRequest, context) -> cost_pb2.SetPriceResponse:
+        """Adds a price version (effective now when unset); older versions stay for past events."""
+        require_admin(current_identity(), "set prices")
+        return cost_pb2.SetPriceResponse(price=await self._store.set_price(request.price))
+
+    async def ListPrices(self, request: cost_pb2.ListPricesRequest, context) -> cost_pb2.ListPricesResponse:
+        """All price versions, or only those in force at `at_time`."""
+        require_reader(current_identity(), "read prices")
+        at = ts_to_us(request.at_time) if request.HasField("at_time") else None
+        return cost_pb2.ListPricesResponse(prices=await self._store.list_prices(at))
+
+    async def SetBudget(self, request: cost_pb2.SetBudgetRequest, context) -> cost_pb2.SetBudgetResponse:
+        """Creates or replaces a budget by name; answers with its current spend."""
+        require_admin(current_identity(), "set budgets")
+        return cost_pb2.SetBudgetResponse(budget=await self._store.set_budget(request.budget))
+
+    async def GetBudget(self, request: cost_pb2.GetBudgetRequest, context) -> cost_pb2.GetBudgetResponse:
+        """One budget with its spend in the current period and when that period resets."""
+        require_reader(current_identity(), "read budgets")
+        return cost_pb2.GetBudgetResponse(budget=await self._store.get_budget(request.name))
+
+    async def ListBudgets(self, request: cost_pb2.ListBudgetsRequest, context) -> cost_pb2.ListBudgetsResponse:
+        """Budgets (optionally of one scope) with their current spend."""
+        require_reader(current_identity(), "read budgets")
+        return cost_pb2.ListBudgetsResponse(budgets=await self._store.list_budgets(request.scope))
+
+    async def DeleteBudget(self, request: cost_pb2.DeleteBudgetRequest, context) -> cost_pb2.DeleteBudgetResponse:
+        """Deletes a budget; NOT_FOUND when it does not exist."""
+        require_admin(current_identity(), "delete budgets")
+        await self._store.delete_budget(request.name)
+        return cost_pb2.DeleteBudgetResponse()
+
+    async def Report(self, request: cost_pb2.ReportRequest, context) -> cost_pb2.ReportResponse:
+        """Ledger totals over [start_time, end_time) grouped by the requested dimensions."""
+        require_reader(current_identity(), "read cost reports")
+        start = ts_to_us(request.start_time) if request.HasField("start_time") else 0
+        end = ts_to_us(request.end_time) if request.HasField("end_time") else None
+        return await self._store.report(list(request.group_by), start, end)
+
+
+def register(servicer: CostServicer) -> Registrar:
+    """Registrar for start_server: adds the Cost service and returns its name."""
+
+    def add(server: grpc.aio.Server) -> Sequence[str]:
+        cost_pb2_grpc.add_CostServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    return add
+
+
+async def start_cost(config: CostConfig, *, metrics_registry: CollectorRegistry | None = None) -> RunningServer:
+    """Opens the store and starts the server; the store closes when the server stops."""
+    registry = metrics_registry or CollectorRegistry()
+    store = await CostStore.open(config.db_url, timezone=config.timezone)
+    servicer = CostServicer(store, CostMetrics(registry))
+    try:
+        running = await start_server(config.server, register(servicer), metrics_registry=registry)
+    except BaseException:
+        await store.close()
+        raise
+    running.on_stop(store.close)
+    return running

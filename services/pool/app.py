@@ -1,0 +1,130 @@
+"""The pool service assembled: endpoint table, probes, GPU inventory and metrics.
+
+`PoolApp` is the core the servicer calls; `PoolApp.register` is the `Registrar` for
+`start_server`, and `serve` starts everything in the right order. Placement, Deploy and
+scaling (pool issue #5) are meant to live next to the table here, reading `table.states()`
+(free memory per GPU from `gpu_rows`) and loading models through a Triton client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from harness.pool.v1 import pool_pb2, pool_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from services.common.config import ServerConfig
+from services.common.server import RunningServer, start_server
+from services.pool.config import PoolConfig
+from services.pool.endpoints import EndpointTable, WatchBatch
+from services.pool.gpus import Nvml, list_gpus
+from services.pool.metrics import PoolCollector
+from services.pool.probe import ProbeSettings, ProbeSupervisor
+from services.pool.servicer import PoolServicer
+from services.pool.state import EndpointSpec, EndpointState, GpuSample, validate_spec
+
+log = logging.getLogger("harness.pool")
+
+SERVICE_NAME = pool_pb2.DESCRIPTOR.services_by_name["Pool"].full_name
+
+
+class PoolApp:
+    def __init__(
+        self,
+        config: PoolConfig,
+        metrics_registry: CollectorRegistry | None = None,
+        *,
+        nvml: Nvml | None = None,
+    ) -> None:
+        self.config = config
+        self.table = EndpointTable(unhealthy_after=config.unhealthy_after)
+        self.nvml = nvml if nvml is not None else Nvml(enabled=config.nvml)
+        settings = ProbeSettings(config.probe_interval_s, config.probe_timeout_s, config.metrics_timeout_s)
+        self.probes = ProbeSupervisor(self.table, settings, self._nvml_override)
+        self.metrics_registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
+        self.metrics_registry.register(PoolCollector(self.table, self.gpu_rows))
+        self._nvml_task: asyncio.Task | None = None
+        self._started = False
+        for spec in config.endpoints:
+            self.table.upsert(validate_spec(spec))
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        """Registrar for `start_server`: adds the Pool servicer; probes start in `start()`."""
+        pool_pb2_grpc.add_PoolServicer_to_server(PoolServicer(self), server)
+        return (SERVICE_NAME,)
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for state in self.table.states():
+            self.probes.ensure(state.spec)
+        if self.nvml.available:
+            await self.nvml.refresh()
+            self._nvml_task = asyncio.get_running_loop().create_task(self._nvml_loop(), name="pool-nvml")
+
+    async def stop(self) -> None:
+        await self.probes.close()
+        if self._nvml_task is not None:
+            self._nvml_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._nvml_task
+            self._nvml_task = None
+        self.nvml.close()
+        self._started = False
+
+    async def _nvml_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.probe_interval_s)
+            await self.nvml.refresh()
+
+    def _nvml_override(self, endpoint: str) -> tuple[GpuSample, ...] | None:
+        """NVML's figures replace the metric ones for the endpoint on this host."""
+        if self.nvml.available and self.config.nvml_endpoint and endpoint == self.config.nvml_endpoint:
+            return self.nvml.samples or None
+        return None
+
+    # ---- operations (called by the servicer after authorization) -----------------------------
+
+    def register_endpoint(self, spec: EndpointSpec) -> EndpointState:
+        state = self.table.upsert(validate_spec(spec))
+        if self._started:
+            self.probes.ensure(spec)
+        log.info("endpoint %s registered at %s", spec.name, spec.address)
+        return state
+
+    async def deregister_endpoint(self, name: str) -> None:
+        self.table.remove(name)
+        await self.probes.stop(name)
+        log.info("endpoint %s deregistered", name)
+
+    def list_endpoints(self, model: str = "") -> tuple[EndpointState, ...]:
+        return self.table.list(model)
+
+    def gpu_rows(self, endpoint: str = "") -> list[tuple[str, GpuSample]]:
+        """(endpoint, GPU) rows; also read by the metrics thread, so it only takes copies."""
+        return list_gpus(self.table.states(), self.nvml.samples, self.config.nvml_endpoint, endpoint)
+
+    def watch(self, since_revision: int) -> AsyncIterator[WatchBatch]:
+        return self.table.watch(since_revision)
+
+
+async def serve(
+    pool_config: PoolConfig,
+    server_config: ServerConfig,
+    metrics_registry: CollectorRegistry | None = None,
+    *,
+    nvml: Nvml | None = None,
+) -> tuple[RunningServer, PoolApp]:
+    """Starts the gRPC server and the probes; `running.stop()` stops both."""
+    app = PoolApp(pool_config, metrics_registry, nvml=nvml)
+    running = await start_server(server_config, app.register, metrics_registry=app.metrics_registry)
+    running.on_stop(app.stop)
+    await app.start()
+    return running, app

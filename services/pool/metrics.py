@@ -1,0 +1,46 @@
+"""Prometheus figures of the pool, computed from the endpoint table at scrape time.
+
+A collector (rather than gauges set by the probes) means a deregistered endpoint's series
+disappear with it, and the probe loop does no metrics work at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from services.pool.endpoints import EndpointTable
+from services.pool.state import HEALTHY, GpuSample
+
+
+class PoolCollector:
+    def __init__(self, table: EndpointTable, gpu_rows: Callable[[], list[tuple[str, GpuSample]]]) -> None:
+        self._table = table
+        self._gpu_rows = gpu_rows
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only, so registering does not run a full collect on the event loop.
+        yield GaugeMetricFamily("harness_pool_endpoint_healthy", "", labels=["endpoint"])
+        yield GaugeMetricFamily("harness_pool_gpu_memory_used_bytes", "", labels=["endpoint", "gpu"])
+        yield GaugeMetricFamily("harness_pool_gpu_utilization", "", labels=["endpoint", "gpu"])
+
+    def collect(self) -> Iterator[Metric]:
+        healthy = GaugeMetricFamily(
+            "harness_pool_endpoint_healthy", "1 when the endpoint passes its gRPC probes, else 0",
+            labels=["endpoint"],
+        )
+        for state in self._table.states():
+            healthy.add_metric([state.name], 1.0 if state.health == HEALTHY else 0.0)
+        used = GaugeMetricFamily(
+            "harness_pool_gpu_memory_used_bytes", "GPU memory in use (NVML or Triton metrics)",
+            labels=["endpoint", "gpu"],
+        )
+        util = GaugeMetricFamily(
+            "harness_pool_gpu_utilization", "GPU utilisation [0, 1] (NVML or Triton metrics)",
+            labels=["endpoint", "gpu"],
+        )
+        for endpoint, gpu in self._gpu_rows():
+            used.add_metric([endpoint, str(gpu.index)], gpu.memory_used_bytes)
+            util.add_metric([endpoint, str(gpu.index)], gpu.utilization)
+        yield from (healthy, used, util)

@@ -1,0 +1,252 @@
+"""gRPC face of the registry: checks who may call, converts proto <-> domain, calls the store.
+
+Store and policy calls are synchronous (SQLAlchemy, casbin) and run in worker threads so the
+event loop keeps serving. Access: mutations need an admin user (JWT role "admin") or a
+Harness service identity (mTLS cert, e.g. the stack's seeder); reads need any authenticated
+caller (user, agent or service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import grpc
+from harness.common.v1 import common_pb2
+from harness.registry.v1 import registry_pb2 as pb
+from harness.registry.v1 import registry_pb2_grpc as pb_grpc
+
+from services.common.context import Identity, current_identity
+from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.planned import planned
+from services.registry import convert as c
+from services.registry import domain as d
+from services.registry.policy import Policy
+from services.registry.store import Store
+
+T = TypeVar("T")
+SERVICE = pb.DESCRIPTOR.services_by_name["Registry"]
+
+
+def _caller() -> Identity:
+    ident = current_identity()
+    if not (ident.user or ident.agent or ident.service):
+        raise Unauthenticated(
+            "the registry needs an authenticated caller: send 'authorization: Bearer <jwt>', an "
+            "x-api-key, or call with an agent/service certificate"
+        )
+    return ident
+
+
+def _admin(rpc: str, why: str = "changes the registry") -> Identity:
+    ident = _caller()
+    if ident.is_admin or ident.service:
+        return ident
+    who = f"user {ident.user!r}" if ident.user else f"agent {ident.agent!r}"
+    raise PermissionDenied(
+        f"{rpc} {why} and needs the admin role or a Harness service certificate; {who} has "
+        f"roles [{', '.join(ident.roles)}]; use an admin token"
+    )
+
+
+async def _run(fn: Callable[..., T], *args) -> T:
+    return await asyncio.to_thread(fn, *args)
+
+
+@planned(SERVICE, {"Watch": "revisioned watch stream (registry issue #4)"})
+class RegistryServicer(pb_grpc.RegistryServicer):
+    def __init__(self, store: Store, policy: Policy, trust_domain: str = "harness.local") -> None:
+        self.store = store
+        self.policy = policy
+        self.trust_domain = trust_domain
+
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        """Registrar for `start_server`: adds this servicer, returns the service name."""
+        pb_grpc.add_RegistryServicer_to_server(self, server)
+        return (SERVICE.full_name,)
+
+    async def resolve_api_key(self, secret: str) -> Identity:
+        """ApiKeyResolver for the registry's own server (x-api-key callers).
+
+        Global roles are not carried: a project-scoped key must not administer the registry.
+        """
+        key, user = await _run(self.store.authenticate_api_key, secret)
+        return Identity(user=user.name, auth_method="api_key", project=key.project)
+
+    # --- tenancy -------------------------------------------------------------------------
+
+    async def CreateTeam(self, request, context):
+        """Creates a team; ALREADY_EXISTS if the name is taken."""
+        _admin("CreateTeam")
+        team = await _run(self.store.create_team, c.team_in(request.team))
+        return pb.CreateTeamResponse(team=c.team_pb(team))
+
+    async def ListTeams(self, request, context):
+        """Lists teams by name, paged."""
+        _caller()
+        teams, nxt = await _run(self.store.list_teams, c.page_in(request.page))
+        return pb.ListTeamsResponse(teams=[c.team_pb(t) for t in teams], page=c.page_out(nxt))
+
+    async def CreateProject(self, request, context):
+        """Creates a project in an existing team (NOT_FOUND names the missing team)."""
+        _admin("CreateProject")
+        project = await _run(self.store.create_project, c.project_in(request.project))
+        return pb.CreateProjectResponse(project=c.project_pb(project))
+
+    async def ListProjects(self, request, context):
+        """Lists projects, optionally of one team."""
+        _caller()
+        projects, nxt = await _run(self.store.list_projects, request.team, c.page_in(request.page))
+        return pb.ListProjectsResponse(projects=[c.project_pb(p) for p in projects], page=c.page_out(nxt))
+
+    async def CreateUser(self, request, context):
+        """Creates a user (name = JWT subject)."""
+        _admin("CreateUser")
+        user = await _run(self.store.create_user, c.user_in(request.user))
+        return pb.CreateUserResponse(user=c.user_pb(user))
+
+    async def GetUser(self, request, context):
+        """Gets one user; NOT_FOUND names it."""
+        _caller()
+        return pb.GetUserResponse(user=c.user_pb(await _run(self.store.get_user, request.name)))
+
+    async def ListUsers(self, request, context):
+        """Lists users, optionally of one team."""
+        _caller()
+        users, nxt = await _run(self.store.list_users, request.team, c.page_in(request.page))
+        return pb.ListUsersResponse(users=[c.user_pb(u) for u in users], page=c.page_out(nxt))
+
+    # --- API keys ------------------------------------------------------------------------
+
+    async def CreateApiKey(self, request, context):
+        """Creates a project-scoped key; the secret is returned only here."""
+        _admin("CreateApiKey")
+        key, secret = await _run(
+            self.store.create_api_key,
+            request.user,
+            request.project,
+            request.description,
+            c.from_ts(request, "expire_time"),
+        )
+        return pb.CreateApiKeyResponse(key=c.api_key_pb(key), secret=secret)
+
+    async def ListApiKeys(self, request, context):
+        """Lists key metadata (never secrets)."""
+        _caller()
+        keys, nxt = await _run(self.store.list_api_keys, request.user, c.page_in(request.page))
+        return pb.ListApiKeysResponse(keys=[c.api_key_pb(k) for k in keys], page=c.page_out(nxt))
+
+    async def RevokeApiKey(self, request, context):
+        """Revokes a key at once; revoking twice keeps the first revoke_time."""
+        _admin("RevokeApiKey")
+        return pb.RevokeApiKeyResponse(key=c.api_key_pb(await _run(self.store.revoke_api_key, request.id)))
+
+    async def AuthenticateApiKey(self, request, context):
+        """Resolves a secret to its key and user for routers; UNAUTHENTICATED if not usable."""
+        _admin("AuthenticateApiKey", "is for routers")
+        key, user = await _run(self.store.authenticate_api_key, request.secret)
+        return pb.AuthenticateApiKeyResponse(key=c.api_key_pb(key), user=c.user_pb(user))
+
+    # --- agents --------------------------------------------------------------------------
+
+    async def CreateAgent(self, request, context):
+        """Registers an agent in state REGISTERED; spiffe_id defaults from the trust domain."""
+        _admin("CreateAgent")
+        agent = await _run(self.store.create_agent, c.agent_in(request.agent), self.trust_domain)
+        return pb.CreateAgentResponse(agent=c.agent_pb(agent))
+
+    async def GetAgent(self, request, context):
+        """Gets an agent with versions and traffic; NOT_FOUND names it."""
+        _caller()
+        return pb.GetAgentResponse(agent=c.agent_pb(await _run(self.store.get_agent, request.name)))
+
+    async def ListAgents(self, request, context):
+        """Lists agents filtered by project, type and state."""
+        _caller()
+        agents, nxt = await _run(
+            self.store.list_agents,
+            request.project,
+            c.enum_to_short(common_pb2.AgentType, request.type),
+            c.enum_to_short(common_pb2.AgentState, request.state),
+            c.page_in(request.page),
+        )
+        return pb.ListAgentsResponse(agents=[c.agent_pb(a) for a in agents], page=c.page_out(nxt))
+
+    async def CreateAgentVersion(self, request, context):
+        """Adds a version; its models and tools must be in the catalog (FAILED_PRECONDITION)."""
+        _admin("CreateAgentVersion")
+        agent = await _run(self.store.create_agent_version, request.agent, c.version_in(request.version))
+        return pb.CreateAgentVersionResponse(agent=c.agent_pb(agent))
+
+    async def SetAgentState(self, request, context):
+        """Moves an agent along its lifecycle; FAILED_PRECONDITION lists the legal next states."""
+        _admin("SetAgentState")
+        state = c.enum_to_short(common_pb2.AgentState, request.state)
+        agent = await _run(self.store.set_agent_state, request.agent, state)
+        return pb.SetAgentStateResponse(agent=c.agent_pb(agent))
+
+    async def SetTrafficSplit(self, request, context):
+        """Replaces the split (weights sum to 100, versions exist); keeps the old one."""
+        _admin("SetTrafficSplit")
+        weights = [d.TrafficWeight(w.version, w.weight) for w in request.traffic]
+        agent = await _run(self.store.set_traffic_split, request.agent, weights)
+        return pb.SetTrafficSplitResponse(agent=c.agent_pb(agent))
+
+    async def RollbackTrafficSplit(self, request, context):
+        """Restores the previous split; FAILED_PRECONDITION if there is none."""
+        _admin("RollbackTrafficSplit")
+        agent = await _run(self.store.rollback_traffic_split, request.agent)
+        return pb.RollbackTrafficSplitResponse(agent=c.agent_pb(agent))
+
+    # --- catalogs ------------------------------------------------------------------------
+
+    async def RegisterModel(self, request, context):
+        """Adds a model to the catalog (triton_model defaults to the name)."""
+        _admin("RegisterModel")
+        model = await _run(self.store.register_model, c.model_in(request.model))
+        return pb.RegisterModelResponse(model=c.model_pb(model))
+
+    async def ListModels(self, request, context):
+        """Lists catalog models."""
+        _caller()
+        models, nxt = await _run(self.store.list_models, c.page_in(request.page))
+        return pb.ListModelsResponse(models=[c.model_pb(m) for m in models], page=c.page_out(nxt))
+
+    async def RegisterTool(self, request, context):
+        """Adds a tool version with its actions (each needs a risk class)."""
+        _admin("RegisterTool")
+        tool = await _run(self.store.register_tool, c.tool_in(request.tool))
+        return pb.RegisterToolResponse(tool=c.tool_pb(tool))
+
+    async def ListTools(self, request, context):
+        """Lists catalog tools."""
+        _caller()
+        tools, nxt = await _run(self.store.list_tools, c.page_in(request.page))
+        return pb.ListToolsResponse(tools=[c.tool_pb(t) for t in tools], page=c.page_out(nxt))
+
+    # --- policy --------------------------------------------------------------------------
+
+    async def AddPolicy(self, request, context):
+        """Adds a casbin rule or role assignment; added=False if it existed."""
+        _admin("AddPolicy")
+        return pb.AddPolicyResponse(added=await _run(self.policy.add, c.rule_in(request.rule)))
+
+    async def RemovePolicy(self, request, context):
+        """Removes a casbin rule or role assignment; removed=False if it did not exist."""
+        _admin("RemovePolicy")
+        return pb.RemovePolicyResponse(removed=await _run(self.policy.remove, c.rule_in(request.rule)))
+
+    async def ListPolicies(self, request, context):
+        """Lists rules then role assignments, optionally of one domain."""
+        _caller()
+        rules = await _run(self.policy.list, request.domain)
+        return pb.ListPoliciesResponse(rules=[c.rule_pb(r) for r in rules])
+
+    async def CheckAccess(self, request, context):
+        """Decides subject/domain/object/action and names the rule that decided."""
+        _caller()
+        allowed, rule = await _run(
+            self.policy.check, request.subject, request.domain, request.object, request.action
+        )
+        return pb.CheckAccessResponse(allowed=allowed, rule=rule)

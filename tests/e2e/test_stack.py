@@ -1,0 +1,211 @@
+"""End to end, as a new user would: the whole local stack through Envoy with the demo cert and
+token. Checks the thin slice (Generate -> registry -> simulator -> audit + cost) and every bad
+input of the mesh foundation issue."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.common.v1 import common_pb2
+from harness.cost.v1 import cost_pb2, cost_pb2_grpc
+from harness.router.v1 import router_pb2, router_pb2_grpc
+
+from services.devtools.certs import make_certs, make_foreign_ca_client, make_wrong_san_client
+
+pytestmark = pytest.mark.e2e
+MESH = [
+    "grpc.health.v1.Health",
+    "harness.audit.v1.Audit",
+    "harness.cost.v1.Cost",
+    "harness.pool.v1.Pool",
+    "harness.registry.v1.Registry",
+    "harness.router.v1.Router",
+]
+
+
+def _channel(stack, cert: Path | None = None, key: Path | None = None) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=Path(stack.env["HARNESS_CA"]).read_bytes(),
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+    return grpc.aio.secure_channel(stack.env["HARNESS_ADDR"], creds)
+
+
+def _demo_channel(stack) -> grpc.aio.Channel:
+    return _channel(stack, Path(stack.env["HARNESS_CERT"]), Path(stack.env["HARNESS_KEY"]))
+
+
+def _bearer(token: str):
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def _generate(channel, metadata, prompt="Summarise the ledger policy", max_tokens=16):
+    stub = router_pb2_grpc.RouterStub(channel)
+    req = router_pb2.GenerateRequest(prompt=prompt, sampling=common_pb2.SamplingParams(max_tokens=max_tokens))
+    return [m async for m in stub.Generate(req, metadata=metadata, timeout=30)]
+
+
+def test_grpcurl_lists_the_mesh_through_envoy(stack):
+    grpcurl = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    env = stack.env
+    out = subprocess.run(
+        [grpcurl, "-cacert", env["HARNESS_CA"], "-cert", env["HARNESS_CERT"], "-key", env["HARNESS_KEY"],
+         env["HARNESS_ADDR"], "list"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    listed = out.stdout.split()
+    for service in MESH:
+        assert service in listed
+
+
+async def test_generate_streams_and_records_one_audit_and_one_usage_record(stack):
+    alice = stack.token("alice")
+    async with _demo_channel(stack) as channel:
+        cost = cost_pb2_grpc.CostStub(channel)
+        before = await cost.Report(
+            cost_pb2.ReportRequest(group_by=["agent"]), metadata=_bearer(alice), timeout=10
+        )
+        chunks = await _generate(channel, _bearer(alice))
+        text = "".join(c.text_delta for c in chunks)
+        final = chunks[-1]
+        assert final.final and text
+        assert sum(1 for c in chunks if c.text_delta) >= 2, "text should arrive as a stream of deltas"
+        summary = final.summary
+        assert summary.model == "llama-3-8b" and summary.agent_version == "v1"
+        assert summary.deployment.startswith("llama-3-8b@")
+        assert summary.usage.output_tokens == 16 and summary.usage.input_tokens > 0
+        assert summary.timing.ttft_ms > 0 and summary.timing.e2e_ms >= summary.timing.ttft_ms
+
+        audit = audit_pb2_grpc.AuditStub(channel)
+        query = audit_pb2.QueryRequest(filter=audit_pb2.AuditFilter(request_id=summary.request_id))
+        records = []
+        for _ in range(50):  # events ship asynchronously, within a second or so
+            records = (await audit.Query(query, metadata=_bearer(alice), timeout=10)).records
+            if records:
+                break
+            await asyncio.sleep(0.2)
+        assert len(records) == 1
+        event = records[0].event
+        assert event.kind == common_pb2.AUDIT_EVENT_KIND_MODEL_CALL
+        assert (event.actor.user, event.actor.agent, event.actor.agent_version) == (
+            "alice",
+            "demo-agent",
+            "v1",
+        )
+        assert event.rule and "role:analyst" in event.rule
+
+        def count(report) -> int:
+            return sum(r.requests for r in report.rows if r.group.get("agent") == "demo-agent")
+
+        after = before
+        for _ in range(50):
+            after = await cost.Report(
+                cost_pb2.ReportRequest(group_by=["agent"]), metadata=_bearer(alice), timeout=10
+            )
+            if count(after) > count(before):
+                break
+            await asyncio.sleep(0.2)
+        assert count(after) == count(before) + 1
+        row = next(r for r in after.rows if r.group.get("agent") == "demo-agent")
+        assert row.output_tokens >= 16 and row.cost_micro_usd > 0
+
+
+async def test_forged_xfcc_header_is_ignored(stack):
+    forged = (
+        ("x-forwarded-client-cert", "URI=spiffe://harness.local/agent/ghost-agent"),
+        *_bearer(stack.token("alice")),
+    )
+    async with _demo_channel(stack) as channel:
+        chunks = await _generate(channel, forged)
+    # Had the forged header been trusted, the unknown ghost-agent would have been NOT_FOUND.
+    assert chunks[-1].final and chunks[-1].summary.model == "llama-3-8b"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "code"),
+    [
+        ((), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", "Bearer not-a-jwt"),), grpc.StatusCode.UNAUTHENTICATED),
+        ("mallory", grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+async def test_bad_credentials(stack, metadata, code):
+    md = _bearer(stack.token(metadata)) if isinstance(metadata, str) else metadata
+    async with _demo_channel(stack) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _generate(channel, md)
+    assert err.value.code() == code, err.value.details()
+    assert err.value.details()
+
+
+async def test_unknown_agent_is_not_found(stack):
+    bundle = make_certs(stack.root / "certs", agents=["ghost-agent"], services=[])
+    leaf = bundle.agents["ghost-agent"]
+    async with _channel(stack, leaf.cert, leaf.key) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _generate(channel, _bearer(stack.token("alice")))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "ghost-agent" in err.value.details()
+
+
+async def _handshake_fails(stack, cert: Path | None, key: Path | None) -> None:
+    async with _channel(stack, cert, key) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _generate(channel, _bearer(stack.token("alice")))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_tls_handshake_refuses_bad_client_certs(stack, tmp_path):
+    await _handshake_fails(stack, None, None)  # no client cert
+    foreign = make_foreign_ca_client(tmp_path / "foreign", "intruder")
+    await _handshake_fails(stack, foreign.cert, foreign.key)
+    wrong = make_wrong_san_client(stack.root / "certs", "not-an-agent")
+    await _handshake_fails(stack, wrong.cert, wrong.key)
+
+
+def test_second_stack_on_busy_ports_names_the_port(stack, tmp_path):
+    # Occupy one of the default ports ourselves so the error is certain.
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", 8443))
+        except OSError:
+            pass  # already held by someone: the stack must report it all the same
+        s.listen()
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "harness"), "up", "--root", str(tmp_path / ".h")],
+            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+        )  # fmt: skip
+    assert out.returncode == 1
+    assert "port 8443 (envoy)" in out.stderr
+
+
+def test_zz_sigterm_stops_every_child(stack):
+    """Runs last (name order within the module): stopping the stack leaves no process behind."""
+    pids = stack.pids()
+    assert {"enginesim", "registry", "pool", "audit", "cost", "router-1", "router-2", "envoy"} <= set(pids)
+    stack.proc.send_signal(signal.SIGTERM)
+    assert stack.proc.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    alive = dict(pids)
+    while alive and time.monotonic() < deadline:
+        for name, pid in list(alive.items()):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive.pop(name)
+        time.sleep(0.1)
+    assert not alive, f"left behind: {alive}"
