@@ -23,7 +23,9 @@ _ISSUE7 = "audit issue #7"
 
 def _authenticated(identity: Identity) -> None:
     if not (identity.user or identity.service or identity.agent):
-        raise Unauthenticated("the audit service needs a caller identity (service certificate or bearer token)")
+        raise Unauthenticated(
+            "the audit service needs a caller identity (service certificate or bearer token)"
+        )
 
 
 def require_writer(identity: Identity) -> None:
@@ -111,7 +113,9 @@ def register(servicer: AuditServicer) -> Registrar:
     return add
 
 
-async def start_audit(config: AuditConfig, *, metrics_registry: CollectorRegistry | None = None) -> RunningServer:
+async def start_audit(
+    config: AuditConfig, *, metrics_registry: CollectorRegistry | None = None
+) -> RunningServer:
     """Opens the store and starts the server; the store closes when the server stops."""
     registry = metrics_registry or CollectorRegistry()
     store = await AuditStore.open(config.db_url)

@@ -84,7 +84,9 @@ def parse_page(page: common_pb2.PageRequest) -> tuple[int, int]:
     try:
         after = int(page.page_token)
     except ValueError:
-        raise InvalidArgument(f"page.page_token {page.page_token!r} is not a token from this service") from None
+        raise InvalidArgument(
+            f"page.page_token {page.page_token!r} is not a token from this service"
+        ) from None
     if after < 0:
         raise InvalidArgument("page.page_token must not be negative")
     return size, after
@@ -124,6 +126,7 @@ class AuditStore:
             if event.event_id in seen:  # the same event twice in one batch
                 continue
             seen.add(event.event_id)
+            # An event without a time is dated at receipt (the router always sets it).
             time_us = chain.ts_to_us(event.time) if event.HasField("time") else now
             rows.append(chain.row_from_event(event, time_us))
         with self._write_lock, self._engine.connect() as conn:
@@ -197,52 +200,58 @@ class AuditStore:
         return await asyncio.to_thread(self._verify_sync, max(from_sequence, 1))
 
     def _verify_sync(self, start: int) -> VerifyResult:
+        with self._engine.connect() as conn:
+            if not self._sqlite:  # one snapshot for the whole walk (SQLite's BEGIN already is one)
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                return self._walk(conn, start)
+
+    def _walk(self, conn, start: int) -> VerifyResult:
         checked = 0
         expected_seq = start
-        with self._engine.connect() as conn, conn.begin():  # one snapshot for the whole walk
-            if start == 1:
-                expected_prev: str | None = ""
-            else:  # trust the record before the range; its own check is a wider Verify's job
-                expected_prev = conn.scalar(select(T.hash).where(T.sequence == start - 1))
-            while True:
-                rows = conn.execute(
-                    select(audit_records)
-                    .where(T.sequence >= expected_seq)
-                    .order_by(T.sequence)
-                    .limit(_VERIFY_CHUNK)
-                ).all()
-                if not rows:
-                    return VerifyResult(ok=True, checked=checked)
-                for row in rows:
-                    seq = row.sequence
-                    if seq != expected_seq:
-                        return VerifyResult(
-                            False,
-                            checked,
-                            expected_seq,
-                            f"record {expected_seq} is missing (the next stored record is {seq}): "
-                            "records were deleted",
-                        )
-                    if expected_prev is not None and row.prev_hash != expected_prev:
-                        return VerifyResult(
-                            False,
-                            checked,
-                            seq,
-                            f"prev_hash link broken: record {seq} has prev_hash {row.prev_hash!r} "
-                            f"but record {seq - 1} has hash {expected_prev!r}",
-                        )
-                    computed = chain.record_hash(row, seq, row.prev_hash)
-                    if computed != row.hash:
-                        return VerifyResult(
-                            False,
-                            checked,
-                            seq,
-                            f"hash mismatch: record {seq} stores {row.hash} but its contents hash to "
-                            f"{computed} (the record was changed after it was written)",
-                        )
-                    expected_prev = row.hash
-                    expected_seq += 1
-                    checked += 1
+        if start == 1:
+            expected_prev: str | None = ""
+        else:  # trust the record before the range; its own check is a wider Verify's job
+            expected_prev = conn.scalar(select(T.hash).where(T.sequence == start - 1))
+        while True:
+            rows = conn.execute(
+                select(audit_records)
+                .where(T.sequence >= expected_seq)
+                .order_by(T.sequence)
+                .limit(_VERIFY_CHUNK)
+            ).all()
+            if not rows:
+                return VerifyResult(ok=True, checked=checked)
+            for row in rows:
+                seq = row.sequence
+                if seq != expected_seq:
+                    return VerifyResult(
+                        False,
+                        checked,
+                        expected_seq,
+                        f"record {expected_seq} is missing (the next stored record is {seq}): "
+                        "records were deleted",
+                    )
+                if expected_prev is not None and row.prev_hash != expected_prev:
+                    return VerifyResult(
+                        False,
+                        checked,
+                        seq,
+                        f"prev_hash link broken: record {seq} has prev_hash {row.prev_hash!r} "
+                        f"but record {seq - 1} has hash {expected_prev!r}",
+                    )
+                computed = chain.record_hash(row, seq, row.prev_hash)
+                if computed != row.hash:
+                    return VerifyResult(
+                        False,
+                        checked,
+                        seq,
+                        f"hash mismatch: record {seq} stores {row.hash} but its contents hash to "
+                        f"{computed} (the record was changed after it was written)",
+                    )
+                expected_prev = row.hash
+                expected_seq += 1
+                checked += 1
 
 
 def to_record(row) -> audit_pb2.AuditRecord:

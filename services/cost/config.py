@@ -27,7 +27,9 @@ class CostConfig:
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {self.timezone!r} (use an IANA name like Asia/Shanghai)") from exc
+            raise ValueError(
+                f"unknown timezone {self.timezone!r} (use an IANA name like Asia/Shanghai)"
+            ) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,4 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> CostConfig:
-    return CostConfig(server=server_config_from_args("cost", args), db_url=args.db_url, timezone=args.timezone)
+    return CostConfig(
+        server=server_config_from_args("cost", args), db_url=args.db_url, timezone=args.timezone
+    )

@@ -89,7 +89,9 @@ def price_event(event: common_pb2.UsageEvent, time_us: int, book: PriceBook) -> 
     if event.model and (u.input_tokens or u.output_tokens):
         in_price = price(cost_pb2.PRICE_KIND_MODEL_INPUT_TOKENS, event.model) if u.input_tokens else 0
         out_price = price(cost_pb2.PRICE_KIND_MODEL_OUTPUT_TOKENS, event.model) if u.output_tokens else 0
-        token = round_half_up(Fraction(u.input_tokens * in_price + u.output_tokens * out_price, TOKENS_PER_UNIT))
+        token = round_half_up(
+            Fraction(u.input_tokens * in_price + u.output_tokens * out_price, TOKENS_PER_UNIT)
+        )
     if u.gpu_seconds > 0 and event.gpu_type:
         gpu_price = price(cost_pb2.PRICE_KIND_GPU_HOUR, event.gpu_type)
         gpu = round_half_up(Fraction(str(u.gpu_seconds)) * gpu_price / SECONDS_PER_HOUR)

@@ -184,12 +184,16 @@ class CostStore:
         now = self._now_us()
         new: list[LedgerEntry] = []
         with self._write() as conn, conn.begin():
-            book = PriceBook(conn.execute(select(prices.c.kind, prices.c.subject, prices.c.effective_us,
-                                                 prices.c.micro_usd)).all())  # fmt: skip
-            for ev in events:
+            cols = (prices.c.kind, prices.c.subject, prices.c.effective_us, prices.c.micro_usd)
+            book = PriceBook(conn.execute(select(*cols)).all())
+            # Insert in event_id order: two transactions taking the unique-index locks of
+            # overlapping batches in one global order cannot deadlock on PostgreSQL.
+            for ev in sorted(events, key=lambda e: e.event_id):
                 row = self._ledger_row(ev, book, now)
                 stmt = self._insert(ledger).values(**row).on_conflict_do_nothing(index_elements=["event_id"])
-                if conn.execute(stmt).rowcount == 1:
+                # RETURNING, not rowcount: a skipped conflicting row returns nothing on both
+                # databases, while rowcount of this INSERT reads -1 on psycopg (SQLAlchemy 2.1).
+                if conn.execute(stmt.returning(L.id)).first() is not None:
                     new.append(
                         LedgerEntry(ev.event_id, row["team"], row["project"], row["agent"], row["model"],
                                     row["cost_micro_usd"])
@@ -225,8 +229,8 @@ class CostStore:
             "webhook_url": b.webhook_url, "updated_us": self._now_us(),
         }  # fmt: skip
         stmt = self._insert(budgets).values(**values)
-        stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={k: v for k, v in values.items()
-                                                                           if k != "name"})  # fmt: skip
+        replace = {k: v for k, v in values.items() if k != "name"}
+        stmt = stmt.on_conflict_do_update(index_elements=["name"], set_=replace)
 
         def run():
             with self._write() as conn, conn.begin():
@@ -274,7 +278,9 @@ class CostStore:
         """The stored budget plus its spend in the current period (calendar, configured timezone)."""
         now = datetime.fromtimestamp(self._now_us() / 1_000_000, tz=UTC)
         start, end = period_bounds(row.period, now, self.tz)
-        stmt = select(func.coalesce(func.sum(L.cost_micro_usd), 0)).where(SCOPE_COLUMN[row.scope] == row.subject)
+        stmt = select(func.coalesce(func.sum(L.cost_micro_usd), 0)).where(
+            SCOPE_COLUMN[row.scope] == row.subject
+        )
         if start is not None and end is not None:
             stmt = stmt.where(L.time_us >= to_us(start), L.time_us < to_us(end))
         budget = cost_pb2.Budget(
@@ -288,7 +294,9 @@ class CostStore:
 
     # ---- reports ----
 
-    async def report(self, group_by: Sequence[str], start_us: int, end_us: int | None) -> cost_pb2.ReportResponse:
+    async def report(
+        self, group_by: Sequence[str], start_us: int, end_us: int | None
+    ) -> cost_pb2.ReportResponse:
         """Ledger totals over [start, end) grouped by dimensions (largest cost first), and a total."""
         dims = list(dict.fromkeys(group_by))  # keep order, drop repeats
         unknown = [d for d in dims if d not in DIMENSIONS]

@@ -9,6 +9,7 @@ so `MODEL_TEXT` is the contract of what a rule means.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 
@@ -99,6 +100,9 @@ class Policy:
     """
 
     def __init__(self, store: Store) -> None:
+        # casbin dumps the model and every rule at INFO on each (re)load: noise, and it would
+        # copy the whole policy into the service log on every change.
+        logging.getLogger("casbin").setLevel(logging.WARNING)
         self._store = store
         self._lock = threading.RLock()
         self._enforcer = casbin.Enforcer(new_model(), Adapter(store.engine))

@@ -132,9 +132,17 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         return pb.CreateApiKeyResponse(key=c.api_key_pb(key), secret=secret)
 
     async def ListApiKeys(self, request, context):
-        """Lists key metadata (never secrets)."""
-        _caller()
-        keys, nxt = await _run(self.store.list_api_keys, request.user, c.page_in(request.page))
+        """Lists key metadata (never secrets); a non-admin user sees only their own keys."""
+        ident = _caller()
+        user = request.user
+        if not (ident.is_admin or ident.service):
+            # Who holds keys for which project is not every caller's business.
+            if not ident.user or (user and user != ident.user):
+                raise PermissionDenied(
+                    "only admins list other users' API keys; ask for your own (user empty)"
+                )
+            user = ident.user
+        keys, nxt = await _run(self.store.list_api_keys, user, c.page_in(request.page))
         return pb.ListApiKeysResponse(keys=[c.api_key_pb(k) for k in keys], page=c.page_out(nxt))
 
     async def RevokeApiKey(self, request, context):

@@ -146,7 +146,7 @@ class Stack:
         )
 
     def _start_envoy(self) -> None:
-        write_envoy_config(self._envoy_spec(), self.paths.envoy_config, header="rendered by `harness up`")
+        write_envoy_config(self._envoy_spec(), self.paths.envoy_config, header="# Rendered by `harness up`; edits are overwritten.\n")
         envoy = str(Path(sys.executable).parent / "envoy")
         argv = [
             envoy, "-c", str(self.paths.envoy_config), "--use-dynamic-base-id",

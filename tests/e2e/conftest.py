@@ -44,7 +44,7 @@ def stack(tmp_path_factory) -> RunningStack:
     root = tmp_path_factory.mktemp("stack") / ".harness"
     harness = Path(sys.executable).parent / "harness"
     proc = subprocess.Popen(
-        [str(harness), "up", "--free-ports", "--root", str(root), "--timeout", "90"],
+        [str(harness), "up", "--free-ports", "--root", str(root), "--timeout", "90", "--time-scale", "10"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -106,9 +106,7 @@ async def test_bad_events_are_refused_naming_the_index(audit, admin):
         await stub.Ingest(batches([no_kind]), metadata=admin)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "event 0 (e9)" in err.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Query(
-            audit_pb2.QueryRequest(page=common_pb2.PageRequest(page_token="x")), metadata=admin
-        )
+        await stub.Query(audit_pb2.QueryRequest(page=common_pb2.PageRequest(page_token="x")), metadata=admin)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -129,10 +127,18 @@ async def test_access_rules(audit, admin, mint_token):
     assert await code(stub.Ingest(batches([event("x")]), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
     # An agent (certificate via Envoy) is not a Harness service: it may not forge audit events.
     agent_md = agent_metadata("ledger-bot")
-    assert await code(stub.Ingest(batches([event("x")]), metadata=agent_md)) == grpc.StatusCode.PERMISSION_DENIED
-    assert await code(stub.Ingest(batches([event("x")]), metadata=auditor)) == grpc.StatusCode.PERMISSION_DENIED
-    assert await code(stub.Query(audit_pb2.QueryRequest(), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
-    assert await code(stub.Verify(audit_pb2.VerifyRequest(), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        await code(stub.Ingest(batches([event("x")]), metadata=agent_md)) == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await code(stub.Ingest(batches([event("x")]), metadata=auditor)) == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await code(stub.Query(audit_pb2.QueryRequest(), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await code(stub.Verify(audit_pb2.VerifyRequest(), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
+    )
     assert await code(stub.Query(audit_pb2.QueryRequest(), metadata=auditor)) == grpc.StatusCode.OK
     assert await code(stub.Verify(audit_pb2.VerifyRequest(), metadata=admin)) == grpc.StatusCode.OK
     # Refused writes stored nothing.

@@ -124,9 +124,7 @@ async def test_concurrent_ingest_from_two_writers_keeps_one_chain(db_url):
                 acc, dup = acc + r.accepted, dup + r.duplicates
             return acc, dup
 
-        (acc_a, dup_a), (acc_b, dup_b) = await asyncio.gather(
-            writer(a, ids), writer(b, list(reversed(ids)))
-        )
+        (acc_a, dup_a), (acc_b, dup_b) = await asyncio.gather(writer(a, ids), writer(b, list(reversed(ids))))
         assert acc_a + acc_b == 60 and dup_a + dup_b == 60  # every event stored exactly once
         records = await all_records(a)
         assert [r.sequence for r in records] == list(range(1, 61))
@@ -162,7 +160,9 @@ async def test_verify_names_a_broken_link_when_the_hash_was_recomputed(store, db
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
-            row = dict(conn.execute(select(audit_records).where(audit_records.c.sequence == 3)).one()._mapping)
+            row = dict(
+                conn.execute(select(audit_records).where(audit_records.c.sequence == 3)).one()._mapping
+            )
             row["user"] = "mallory"
             new_hash = chain.record_hash(row, 3, row["prev_hash"])
             conn.execute(
@@ -225,7 +225,9 @@ async def test_query_filters_and_pages(store):
 
     page1, token = await store.query(audit_pb2.AuditFilter(), common_pb2.PageRequest(page_size=3))
     assert [r.sequence for r in page1] == [1, 2, 3] and token == "3"
-    page2, token2 = await store.query(audit_pb2.AuditFilter(), common_pb2.PageRequest(page_size=3, page_token=token))
+    page2, token2 = await store.query(
+        audit_pb2.AuditFilter(), common_pb2.PageRequest(page_size=3, page_token=token)
+    )
     assert [r.sequence for r in page2] == [4] and token2 == ""
     with pytest.raises(InvalidArgument, match="page_token"):
         await store.query(audit_pb2.AuditFilter(), common_pb2.PageRequest(page_token="nope"))

@@ -1,0 +1,196 @@
+"""Cost service over a real gRPC channel: client-stream record, prices, budgets, report, access."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import yaml
+from google.protobuf import timestamp_pb2
+from harness.common.v1 import common_pb2
+from harness.cost.v1 import cost_pb2, cost_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from services.common.config import ServerConfig
+from services.cost.config import CostConfig
+from services.cost.seed import seed_cost
+from services.cost.servicer import start_cost
+from tests.helpers.grpc import agent_metadata, user_metadata
+
+DEMO_YAML = """
+cost:
+  prices:
+    - {kind: model_input_tokens, subject: llama-3-8b, usd: 0.20}    # per 1M tokens
+    - {kind: model_output_tokens, subject: llama-3-8b, usd: 0.60}
+    - {kind: gpu_hour, subject: H100-80GB, usd: 2.50}
+    - {kind: tool_call, subject: ledger, usd: 0.001}
+  budgets:
+    - {name: ledger-monthly, scope: project, subject: ledger, period: monthly, limit_usd: 500, alert_percent: [50, 80, 95]}
+"""
+
+
+def now_ts(offset_s: int = 0) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.GetCurrentTime()
+    t.seconds += offset_s
+    return t
+
+
+def usage(event_id: str, *, inp=0, out=0, gpu=0.0, tool="", model="llama-3-8b", project="ledger"):
+    return common_pb2.UsageEvent(
+        event_id=event_id, time=now_ts(), model=model, gpu_type="H100-80GB", tool=tool,
+        deployment=f"{model}@sim-0" if model else "",
+        actor=common_pb2.Actor(user="alice", team="finance", project=project, agent="ledger-bot"),
+        usage=common_pb2.Usage(input_tokens=inp, output_tokens=out, gpu_seconds=gpu),
+    )  # fmt: skip
+
+
+def batches(*groups):
+    async def gen():
+        for group in groups:
+            yield cost_pb2.RecordRequest(events=group)
+
+    return gen()
+
+
+@pytest.fixture
+async def cost(tmp_path, test_auth):
+    registry = CollectorRegistry()
+    config = CostConfig(
+        server=ServerConfig(name="cost", port=0, metrics_port=None, auth=test_auth),
+        db_url=f"sqlite:///{tmp_path / 'state' / 'cost.db'}",
+    )
+    running = await start_cost(config, metrics_registry=registry)
+    channel = grpc.aio.insecure_channel(running.address)
+    yield cost_pb2_grpc.CostStub(channel), registry
+    await channel.close()
+    await running.stop(grace=0)
+
+
+@pytest.fixture
+def admin(mint_token):
+    return user_metadata(mint_token("svc", "admin"))
+
+
+async def test_seed_then_record_report_and_budget(cost, admin, mint_token):
+    stub, registry = cost
+    data = yaml.safe_load(DEMO_YAML)
+    assert await seed_cost(stub, data, admin) == {"prices_set": 4, "prices_unchanged": 0, "budgets_set": 1}
+    # Seeding again adds no price versions.
+    assert await seed_cost(stub, data, admin) == {"prices_set": 0, "prices_unchanged": 4, "budgets_set": 1}
+    prices = (await stub.ListPrices(cost_pb2.ListPricesRequest(), metadata=admin)).prices
+    assert {p.subject: p.micro_usd for p in prices if p.kind == cost_pb2.PRICE_KIND_GPU_HOUR} == {
+        "H100-80GB": 2_500_000
+    }
+    assert len(prices) == 4
+
+    first = await stub.Record(
+        batches(
+            [usage("u1", inp=1_000_000, out=500_000), usage("u2", gpu=3600)],
+            [usage("u3", model="", tool="ledger"), usage("u4", inp=1_000_000, project="payroll")],
+        ),
+        metadata=admin,
+    )
+    assert (first.accepted, first.duplicates) == (4, 0)
+    resend = await stub.Record(batches([usage("u3", model="", tool="ledger"), usage("u5", out=1_000_000)]),
+                               metadata=admin)  # fmt: skip
+    assert (resend.accepted, resend.duplicates) == (1, 1)
+
+    labels = {"team": "finance", "project": "ledger", "agent": "ledger-bot", "model": "llama-3-8b"}
+    # u1 0.5 + u2 2.5 + u5 0.6 USD for this label set; the resent u3 is not counted twice.
+    assert registry.get_sample_value("harness_cost_usd_total", labels) == pytest.approx(3.6)
+    assert registry.get_sample_value("harness_cost_usd_total", {**labels, "model": ""}) == pytest.approx(
+        0.001
+    )
+
+    finance = user_metadata(mint_token("fiona", "finance"))
+    report = await stub.Report(cost_pb2.ReportRequest(group_by=["project"], start_time=now_ts(-3600)),
+                               metadata=finance)  # fmt: skip
+    assert {r.group["project"]: r.cost_micro_usd for r in report.rows} == {
+        "ledger": 3_601_000,
+        "payroll": 200_000,
+    }
+    assert report.total.cost_micro_usd == 3_801_000 and report.total.requests == 5
+
+    budget = (await stub.GetBudget(cost_pb2.GetBudgetRequest(name="ledger-monthly"), metadata=finance)).budget
+    assert budget.limit_micro_usd == 500_000_000 and list(budget.alert_percent) == [50, 80, 95]
+    assert budget.spent_micro_usd == 3_601_000 and budget.reset_time.seconds > now_ts().seconds
+    listed = await stub.ListBudgets(cost_pb2.ListBudgetsRequest(scope=cost_pb2.BUDGET_SCOPE_PROJECT),
+                                    metadata=finance)  # fmt: skip
+    assert [b.name for b in listed.budgets] == ["ledger-monthly"]
+    await stub.DeleteBudget(cost_pb2.DeleteBudgetRequest(name="ledger-monthly"), metadata=admin)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetBudget(cost_pb2.GetBudgetRequest(name="ledger-monthly"), metadata=finance)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_bad_inputs(cost, admin):
+    stub, _ = cost
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Record(batches([usage("ok")], [usage("ok2"), usage("")]), metadata=admin)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "event 2" in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Report(cost_pb2.ReportRequest(group_by=["project", "colour"]), metadata=admin)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "colour" in err.value.details() and "agent_version" in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.SetPrice(cost_pb2.SetPriceRequest(price=cost_pb2.Price(subject="x")), metadata=admin)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.SetBudget(cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(name="b")), metadata=admin)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.DeleteBudget(cost_pb2.DeleteBudgetRequest(name="nope"), metadata=admin)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(ValueError, match="valid: model_input_tokens"):
+        await seed_cost(stub, {"cost": {"prices": [{"kind": "gpu_minute", "subject": "x", "usd": 1}]}}, admin)
+
+
+async def test_access_rules(cost, admin, mint_token):
+    stub, _ = cost
+    user = user_metadata(mint_token("dave", "analyst"))
+    finance = user_metadata(mint_token("fiona", "finance"))
+
+    async def code(coro) -> grpc.StatusCode:
+        try:
+            await coro
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    price = cost_pb2.SetPriceRequest(
+        price=cost_pb2.Price(kind=cost_pb2.PRICE_KIND_TOOL_CALL, subject="ledger", micro_usd=1000)
+    )
+    assert await code(stub.Record(batches([usage("x")]))) == grpc.StatusCode.UNAUTHENTICATED
+    assert await code(stub.Report(cost_pb2.ReportRequest())) == grpc.StatusCode.UNAUTHENTICATED
+    assert await code(stub.Record(batches([usage("x")]), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        await code(stub.Record(batches([usage("x")]), metadata=finance)) == grpc.StatusCode.PERMISSION_DENIED
+    )
+    agent = agent_metadata("ledger-bot")
+    assert await code(stub.Record(batches([usage("x")]), metadata=agent)) == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        await code(stub.Report(cost_pb2.ReportRequest(), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await code(stub.ListPrices(cost_pb2.ListPricesRequest(), metadata=user))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await code(stub.SetPrice(price, metadata=finance)) == grpc.StatusCode.PERMISSION_DENIED
+    )  # reads only
+    assert await code(stub.SetPrice(price, metadata=admin)) == grpc.StatusCode.OK
+    assert await code(stub.Report(cost_pb2.ReportRequest(), metadata=finance)) == grpc.StatusCode.OK
+    assert await code(stub.ListBudgets(cost_pb2.ListBudgetsRequest(), metadata=finance)) == grpc.StatusCode.OK
+    report = await stub.Report(cost_pb2.ReportRequest(), metadata=admin)
+    assert report.total.requests == 0  # refused records stored nothing
+
+
+async def test_planned_rpcs_name_their_feature(cost, admin):
+    stub, _ = cost
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Advise(cost_pb2.AdviseRequest(), metadata=admin)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "advisor" in err.value.details() and "#8" in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListAlerts(cost_pb2.ListAlertsRequest(), metadata=admin)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED and "alerts" in err.value.details()
