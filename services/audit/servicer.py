@@ -14,7 +14,7 @@ from services.audit.store import AuditStore
 from services.common.context import Identity, current_identity
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.planned import planned
-from services.common.server import Registrar, RunningServer, start_server
+from services.common.server import Registrar, RunningServer, start_server_owning
 
 SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name
 READER_ROLES = frozenset({"admin", "auditor"})
@@ -120,10 +120,6 @@ async def start_audit(
     registry = metrics_registry or CollectorRegistry()
     store = await AuditStore.open(config.db_url)
     servicer = AuditServicer(store, AuditMetrics(registry))
-    try:
-        running = await start_server(config.server, register(servicer), metrics_registry=registry)
-    except BaseException:
-        await store.close()
-        raise
-    running.on_stop(store.close)
-    return running
+    return await start_server_owning(
+        config.server, register(servicer), store.close, metrics_registry=registry
+    )

@@ -24,8 +24,8 @@ from harness.common.v1 import common_pb2
 from sqlalchemy import insert, select, text
 
 from services.audit import chain
-from services.audit.db import IMMEDIATE, is_sqlite, make_engine
 from services.audit.models import audit_records, metadata
+from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument
 
 T = audit_records.c

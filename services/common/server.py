@@ -139,6 +139,27 @@ async def start_server(
     return running
 
 
+async def start_server_owning(
+    config: ServerConfig,
+    register: Registrar,
+    close: Callable[[], Awaitable[None]],
+    *,
+    metrics_registry: CollectorRegistry | None = None,
+    api_key_resolver: ApiKeyResolver | None = None,
+) -> RunningServer:
+    """start_server for a service that owns a resource (a store): `close` runs if the start fails,
+    else when the server stops."""
+    try:
+        running = await start_server(
+            config, register, api_key_resolver=api_key_resolver, metrics_registry=metrics_registry
+        )
+    except BaseException:
+        await close()
+        raise
+    running.on_stop(close)
+    return running
+
+
 async def run_until_signal(running: RunningServer) -> None:
     """Serves until SIGTERM or SIGINT, then stops with the configured grace period."""
     loop = asyncio.get_running_loop()

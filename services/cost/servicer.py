@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter
 from services.common.context import Identity, current_identity
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.planned import planned
-from services.common.server import Registrar, RunningServer, start_server
+from services.common.server import Registrar, RunningServer, start_server_owning
 from services.cost.config import CostConfig
 from services.cost.store import CostStore, RecordResult, ts_to_us
 
@@ -153,10 +153,6 @@ async def start_cost(
     registry = metrics_registry or CollectorRegistry()
     store = await CostStore.open(config.db_url, timezone=config.timezone)
     servicer = CostServicer(store, CostMetrics(registry))
-    try:
-        running = await start_server(config.server, register(servicer), metrics_registry=registry)
-    except BaseException:
-        await store.close()
-        raise
-    running.on_stop(store.close)
-    return running
+    return await start_server_owning(
+        config.server, register(servicer), store.close, metrics_registry=registry
+    )

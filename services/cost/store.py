@@ -22,8 +22,8 @@ from harness.cost.v1 import cost_pb2
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument, NotFound
-from services.cost.db import IMMEDIATE, is_sqlite, make_engine
 from services.cost.models import budgets, ledger, metadata, prices
 from services.cost.pricing import PriceBook, local_day, period_bounds, price_event, to_us
 

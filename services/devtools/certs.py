@@ -74,6 +74,7 @@ def spiffe_uri(trust_domain: str, kind: str, name: str | None = None) -> str:
 
 # ---------------------------------------------------------------- file writing
 
+
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Write via a temp file created with ``mode`` from the start, then rename.
 
@@ -106,6 +107,7 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
 
 # ---------------------------------------------------------------- building certs
 
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -123,9 +125,15 @@ def _name(cn: str, ou: str) -> x509.Name:
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
     # ECDSA leaves only sign (TLS 1.2/1.3 ECDHE); the CA also signs certs and CRLs.
     return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-        encipher_only=False, decipher_only=False,
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
@@ -195,6 +203,7 @@ def _build_leaf(
 
 
 # ---------------------------------------------------------------- validity checks
+
 
 def _load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, PrivateKey] | None:
     try:
@@ -296,6 +305,7 @@ def _split_hosts(hosts: Sequence[str]) -> tuple[list[str], list[str]]:
 
 # ---------------------------------------------------------------- public API
 
+
 def make_certs(
     out_dir: Path,
     *,
@@ -319,32 +329,59 @@ def make_certs(
     if "127.0.0.1" not in ips:
         ips.append("127.0.0.1")
     envoy = _ensure_leaf(
-        out_dir / "envoy.pem", out_dir / "envoy.key", ca_cert, ca_key, force_leaves,
-        cn="envoy", ou="envoy", uris=[spiffe_uri(trust_domain, "envoy")],
-        dns=[*dict.fromkeys([*dns, "envoy"])], ips=ips, usages=_SERVER_CLIENT,
+        out_dir / "envoy.pem",
+        out_dir / "envoy.key",
+        ca_cert,
+        ca_key,
+        force_leaves,
+        cn="envoy",
+        ou="envoy",
+        uris=[spiffe_uri(trust_domain, "envoy")],
+        dns=[*dict.fromkeys([*dns, "envoy"])],
+        ips=ips,
+        usages=_SERVER_CLIENT,
     )
     svc_paths = {
         name: _ensure_leaf(
-            out_dir / "services" / f"{name}.pem", out_dir / "services" / f"{name}.key",
-            ca_cert, ca_key, force_leaves,
-            cn=name, ou="service", uris=[spiffe_uri(trust_domain, "service", name)],
-            dns=[*dict.fromkeys(["localhost", name])], ips=["127.0.0.1"], usages=_SERVER_CLIENT,
+            out_dir / "services" / f"{name}.pem",
+            out_dir / "services" / f"{name}.key",
+            ca_cert,
+            ca_key,
+            force_leaves,
+            cn=name,
+            ou="service",
+            uris=[spiffe_uri(trust_domain, "service", name)],
+            dns=[*dict.fromkeys(["localhost", name])],
+            ips=["127.0.0.1"],
+            usages=_SERVER_CLIENT,
         )
         for name in services
     }
     agent_paths = {
         name: _ensure_leaf(
-            out_dir / "agents" / f"{name}.pem", out_dir / "agents" / f"{name}.key",
-            ca_cert, ca_key, force_leaves,
-            cn=name, ou="agent", uris=[spiffe_uri(trust_domain, "agent", name)], usages=_CLIENT_ONLY,
+            out_dir / "agents" / f"{name}.pem",
+            out_dir / "agents" / f"{name}.key",
+            ca_cert,
+            ca_key,
+            force_leaves,
+            cn=name,
+            ou="agent",
+            uris=[spiffe_uri(trust_domain, "agent", name)],
+            usages=_CLIENT_ONLY,
         )
         for name in agents
     }
     jwt_priv, jwt_pub = _ensure_jwt_keys(out_dir, force)
     return CertBundle(
-        root=out_dir, trust_domain=trust_domain,
-        ca_cert=out_dir / "ca.pem", ca_key=out_dir / "ca.key", envoy=envoy,
-        services=svc_paths, agents=agent_paths, jwt_private_key=jwt_priv, jwt_public_key=jwt_pub,
+        root=out_dir,
+        trust_domain=trust_domain,
+        ca_cert=out_dir / "ca.pem",
+        ca_key=out_dir / "ca.key",
+        envoy=envoy,
+        services=svc_paths,
+        agents=agent_paths,
+        jwt_private_key=jwt_priv,
+        jwt_public_key=jwt_pub,
     )
 
 
@@ -360,13 +397,23 @@ def make_foreign_ca_client(
     _write_key(root / "ca.key", ca_key)
     _write_cert(root / "ca.pem", ca_cert)
     return _ensure_leaf(
-        root / f"{name}.pem", root / f"{name}.key", ca_cert, ca_key, True,
-        cn=name, ou="agent", uris=[spiffe_uri(trust_domain, "agent", name)], usages=_CLIENT_ONLY,
+        root / f"{name}.pem",
+        root / f"{name}.key",
+        ca_cert,
+        ca_key,
+        True,
+        cn=name,
+        ou="agent",
+        uris=[spiffe_uri(trust_domain, "agent", name)],
+        usages=_CLIENT_ONLY,
     )
 
 
 def make_wrong_san_client(
-    certs_dir: Path, name: str = "x", *, uri: str | None = None,
+    certs_dir: Path,
+    name: str = "x",
+    *,
+    uri: str | None = None,
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
 ) -> LeafPaths:
     """A client cert from the Harness CA (in ``certs_dir``) whose URI SAN is not an agent's.
@@ -379,8 +426,15 @@ def make_wrong_san_client(
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
     root = certs_dir / "drills"
     return _ensure_leaf(
-        root / f"{name}.pem", root / f"{name}.key", ca_cert, ca_key, True,
-        cn=name, ou="drill", uris=[uri or spiffe_uri(trust_domain, "user", name)], usages=_CLIENT_ONLY,
+        root / f"{name}.pem",
+        root / f"{name}.key",
+        ca_cert,
+        ca_key,
+        True,
+        cn=name,
+        ou="drill",
+        uris=[uri or spiffe_uri(trust_domain, "user", name)],
+        usages=_CLIENT_ONLY,
     )
 
 

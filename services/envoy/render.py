@@ -47,7 +47,11 @@ COMPOSE_LISTEN_PORT = 8443
 COMPOSE_ADMIN_PORT = 9901
 # Ports the services listen on inside the compose network (the compose file must agree).
 COMPOSE_SERVICE_PORTS: dict[str, int] = {
-    "router": 50051, "registry": 50052, "pool": 50053, "audit": 50054, "cost": 50055,
+    "router": 50051,
+    "registry": 50052,
+    "pool": 50053,
+    "audit": 50054,
+    "cost": 50055,
 }
 
 _T = "type.googleapis.com/envoy."
@@ -296,9 +300,7 @@ def _cluster(spec: EnvoySpec, name: str, hosts: Sequence[tuple[str, int]]) -> di
         "least_request_lb_config": {"choice_count": 2},
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _addr(h, p)}} for h, p in hosts]}
-            ],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(h, p)}} for h, p in hosts]}],
         },
         "typed_extension_protocol_options": {
             _HTTP_OPTS_KEY: {

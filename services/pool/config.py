@@ -99,8 +99,13 @@ def load_file(path: str | Path) -> dict:
 def add_pool_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("pool")
     g.add_argument("--config", default=env("POOL_CONFIG"), help="YAML file (endpoints, probe settings)")
-    g.add_argument("--endpoint", action="append", default=[], metavar="K=V,...",
-                   help="an endpoint to probe from the start (repeatable); see services/pool/config.py")
+    g.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="K=V,...",
+        help="an endpoint to probe from the start (repeatable); see services/pool/config.py",
+    )
     g.add_argument("--probe-interval", type=float, default=None, help="seconds between probes (0.5)")
     g.add_argument("--probe-timeout", type=float, default=None, help="gRPC probe deadline, s (0.5)")
     g.add_argument("--unhealthy-after", type=int, default=None, help="failed probes in a row (2)")

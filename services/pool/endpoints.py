@@ -62,7 +62,13 @@ def materially_changed(old: EndpointState, new: EndpointState) -> bool:
     if not _close(old.gpu_utilization, new.gpu_utilization):
         return True
     for a, b in zip(old.models, new.models, strict=True):
-        if (a.name, a.version, a.state, a.waiting, a.active) != (b.name, b.version, b.state, b.waiting, b.active):
+        if (a.name, a.version, a.state, a.waiting, a.active) != (
+            b.name,
+            b.version,
+            b.state,
+            b.waiting,
+            b.active,
+        ):
             return True
         if not _close(a.kv_cache_fraction, b.kv_cache_fraction) or abs(a.load_time_s - b.load_time_s) > 1e-3:
             return True
@@ -165,8 +171,14 @@ class EndpointTable:
         gpus = result.gpus if result.gpus is not None else prev.gpus
         util = sum(g.utilization for g in gpus) / len(gpus) if gpus else 0.0
         state = replace(
-            prev, health=health, failures=failures, models=models, gpus=gpus,
-            gpu_utilization=util, last_seen=last_seen, error=result.error,
+            prev,
+            health=health,
+            failures=failures,
+            models=models,
+            gpus=gpus,
+            gpu_utilization=util,
+            last_seen=last_seen,
+            error=result.error,
         )
         self._states[name] = state
         if materially_changed(self._published[name], state):

@@ -67,9 +67,13 @@ class Nvml:
                 uuid = ""
             out.append(
                 GpuSample(
-                    index=i, uuid=uuid, name=_text(nv.nvmlDeviceGetName(handle)),
-                    memory_total_bytes=int(mem.total), memory_used_bytes=int(mem.used),
-                    utilization=util, source="nvml",
+                    index=i,
+                    uuid=uuid,
+                    name=_text(nv.nvmlDeviceGetName(handle)),
+                    memory_total_bytes=int(mem.total),
+                    memory_used_bytes=int(mem.used),
+                    utilization=util,
+                    source="nvml",
                 )
             )
         return tuple(out)

@@ -27,17 +27,20 @@ class PoolCollector:
 
     def collect(self) -> Iterator[Metric]:
         healthy = GaugeMetricFamily(
-            "harness_pool_endpoint_healthy", "1 when the endpoint passes its gRPC probes, else 0",
+            "harness_pool_endpoint_healthy",
+            "1 when the endpoint passes its gRPC probes, else 0",
             labels=["endpoint"],
         )
         for state in self._table.states():
             healthy.add_metric([state.name], 1.0 if state.health == HEALTHY else 0.0)
         used = GaugeMetricFamily(
-            "harness_pool_gpu_memory_used_bytes", "GPU memory in use (NVML or Triton metrics)",
+            "harness_pool_gpu_memory_used_bytes",
+            "GPU memory in use (NVML or Triton metrics)",
             labels=["endpoint", "gpu"],
         )
         util = GaugeMetricFamily(
-            "harness_pool_gpu_utilization", "GPU utilisation [0, 1] (NVML or Triton metrics)",
+            "harness_pool_gpu_utilization",
+            "GPU utilisation [0, 1] (NVML or Triton metrics)",
             labels=["endpoint", "gpu"],
         )
         for endpoint, gpu in self._gpu_rows():

@@ -43,7 +43,10 @@ class Prober:
     """Probes one endpoint until cancelled."""
 
     def __init__(
-        self, spec: EndpointSpec, table: EndpointTable, settings: ProbeSettings,
+        self,
+        spec: EndpointSpec,
+        table: EndpointTable,
+        settings: ProbeSettings,
         gpu_override: GpuOverride | None = None,
     ) -> None:
         self.spec = spec
@@ -117,7 +120,9 @@ class Prober:
         if not self.spec.metrics_url:
             return None
         try:
-            text = await asyncio.to_thread(http_get_text, self.spec.metrics_url, self._settings.metrics_timeout_s)
+            text = await asyncio.to_thread(
+                http_get_text, self.spec.metrics_url, self._settings.metrics_timeout_s
+            )
             return parse_triton_metrics(text, gpu_name=self.spec.gpu_type)
         except Exception as exc:  # refused, timeout, HTTP error, malformed text: all "no figures"
             log.debug("metrics scrape of %s failed: %s", self.spec.name, exc)

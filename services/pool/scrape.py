@@ -53,7 +53,8 @@ def parse_triton_metrics(text: str, gpu_name: str = "") -> MetricsSample:
         # TRT-LLM's own waiting count when present; Triton's pending count otherwise.
         waiting = req.get("waiting", pending.get(key, 0.0))
         loads[key] = ModelLoad(
-            waiting=max(0, int(waiting)), active=max(0, int(req.get("active", 0))),
+            waiting=max(0, int(waiting)),
+            active=max(0, int(req.get("active", 0))),
             kv_cache_fraction=_clamp01(fraction),
         )
 

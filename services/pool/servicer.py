@@ -31,28 +31,45 @@ def require_caller(identity: Identity) -> Identity:
 def require_operator(identity: Identity) -> Identity:
     require_caller(identity)
     if not (identity.is_admin or identity.service):
-        raise PermissionDenied("changing the pool's endpoints needs the admin role or a Harness service identity")
+        raise PermissionDenied(
+            "changing the pool's endpoints needs the admin role or a Harness service identity"
+        )
     return identity
 
 
 def spec_from_proto(ep: pool_pb2.Endpoint) -> EndpointSpec:
     """The operator-settable part of an Endpoint (health, models and last_seen are ignored)."""
     return EndpointSpec.make(
-        ep.name.strip(), ep.address.strip(), labels=dict(ep.labels), metrics_url=ep.metrics_url.strip(),
-        gpu_type=ep.gpu_type, gpu_count=ep.gpu_count, gpu_memory_bytes=ep.gpu_memory_bytes,
+        ep.name.strip(),
+        ep.address.strip(),
+        labels=dict(ep.labels),
+        metrics_url=ep.metrics_url.strip(),
+        gpu_type=ep.gpu_type,
+        gpu_count=ep.gpu_count,
+        gpu_memory_bytes=ep.gpu_memory_bytes,
     )
 
 
 def endpoint_to_proto(s: EndpointState) -> pool_pb2.Endpoint:
     ep = pool_pb2.Endpoint(
-        name=s.name, address=s.spec.address, metrics_url=s.spec.metrics_url, labels=dict(s.spec.labels),
-        gpu_type=s.spec.gpu_type, gpu_count=s.spec.gpu_count or len(s.gpus),
-        gpu_memory_bytes=s.memory_total_bytes, health=s.health, gpu_utilization=s.gpu_utilization,
+        name=s.name,
+        address=s.spec.address,
+        metrics_url=s.spec.metrics_url,
+        labels=dict(s.spec.labels),
+        gpu_type=s.spec.gpu_type,
+        gpu_count=s.spec.gpu_count or len(s.gpus),
+        gpu_memory_bytes=s.memory_total_bytes,
+        health=s.health,
+        gpu_utilization=s.gpu_utilization,
     )
     for m in s.models:
         pm = ep.models.add(
-            name=m.name, version=m.version, state=m.state, waiting_requests=m.waiting,
-            active_requests=m.active, kv_cache_fraction=m.kv_cache_fraction,
+            name=m.name,
+            version=m.version,
+            state=m.state,
+            waiting_requests=m.waiting,
+            active_requests=m.active,
+            kv_cache_fraction=m.kv_cache_fraction,
         )
         if m.load_time_s > 0:
             pm.load_time.FromNanoseconds(int(m.load_time_s * 1e9))
@@ -63,15 +80,22 @@ def endpoint_to_proto(s: EndpointState) -> pool_pb2.Endpoint:
 
 def gpu_to_proto(endpoint: str, g: GpuSample) -> pool_pb2.Gpu:
     return pool_pb2.Gpu(
-        endpoint=endpoint, index=g.index, name=g.name, memory_total_bytes=g.memory_total_bytes,
-        memory_used_bytes=g.memory_used_bytes, utilization=g.utilization, source=g.source,
+        endpoint=endpoint,
+        index=g.index,
+        name=g.name,
+        memory_total_bytes=g.memory_total_bytes,
+        memory_used_bytes=g.memory_used_bytes,
+        utilization=g.utilization,
+        source=g.source,
     )
 
 
 def batch_to_proto(b: WatchBatch) -> pool_pb2.WatchEndpointsResponse:
     return pool_pb2.WatchEndpointsResponse(
-        snapshot=b.snapshot, endpoints=[endpoint_to_proto(s) for s in b.endpoints],
-        removed=list(b.removed), revision=b.revision,
+        snapshot=b.snapshot,
+        endpoints=[endpoint_to_proto(s) for s in b.endpoints],
+        removed=list(b.removed),
+        revision=b.revision,
     )
 
 

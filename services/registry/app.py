@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 
 from services.common.config import ServerConfig, add_server_args, env, server_config_from_args
-from services.common.server import RunningServer, start_server
+from services.common.server import RunningServer, start_server_owning
 from services.registry.policy import Policy
 from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
@@ -47,10 +47,10 @@ def build_servicer(config: RegistryConfig) -> RegistryServicer:
 async def serve(config: RegistryConfig) -> RunningServer:
     """Starts the registry; its database is closed after the server stops."""
     servicer = build_servicer(config)
-    running = await start_server(config.server, servicer.register, api_key_resolver=servicer.resolve_api_key)
 
     async def close() -> None:
         servicer.store.close()
 
-    running.on_stop(close)
-    return running
+    return await start_server_owning(
+        config.server, servicer.register, close, api_key_resolver=servicer.resolve_api_key
+    )

@@ -115,7 +115,9 @@ class Stack:
             f"metrics=http://127.0.0.1:{p.enginesim_metrics}/metrics,"
             f"gpu_type={self.cfg.gpu_type},gpus=1,memory_gb={self.cfg.gpu_memory_gb:g}"
         )
-        pool = _py("services.pool", *self._service_flags("pool", p.pool, p.pool_metrics), "--endpoint", endpoint)
+        pool = _py(
+            "services.pool", *self._service_flags("pool", p.pool, p.pool_metrics), "--endpoint", endpoint
+        )
         self.sup.start(Child("pool", pool, logs / "pool.log"))
         for i, (port, metrics) in enumerate(zip(p.routers, p.router_metrics, strict=True)):
             argv = _py(
@@ -146,7 +148,11 @@ class Stack:
         )
 
     def _start_envoy(self) -> None:
-        write_envoy_config(self._envoy_spec(), self.paths.envoy_config, header="# Rendered by `harness up`; edits are overwritten.\n")
+        write_envoy_config(
+            self._envoy_spec(),
+            self.paths.envoy_config,
+            header="# Rendered by `harness up`; edits are overwritten.\n",
+        )
         envoy = str(Path(sys.executable).parent / "envoy")
         argv = [
             envoy, "-c", str(self.paths.envoy_config), "--use-dynamic-base-id",
@@ -174,7 +180,9 @@ class Stack:
             except OSError as exc:
                 last = str(exc)
             await asyncio.sleep(0.2)
-        raise StackError(f"{what} not healthy after {self.cfg.timeout_s:.0f}s ({last}); see {self.paths.logs}/")
+        raise StackError(
+            f"{what} not healthy after {self.cfg.timeout_s:.0f}s ({last}); see {self.paths.logs}/"
+        )
 
     async def _serving(self, channel: grpc.aio.Channel) -> bool:
         resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
@@ -238,7 +246,9 @@ class Stack:
         tokens_dir = self.paths.root / "tokens"
         tokens_dir.mkdir(exist_ok=True)
         for user in users:
-            roles = next((tuple(u.get("roles", ())) for u in self.demo["registry"]["users"] if u["name"] == user), ())
+            roles = next(
+                (tuple(u.get("roles", ())) for u in self.demo["registry"]["users"] if u["name"] == user), ()
+            )
             (tokens_dir / f"{user}.jwt").write_text(mint_jwt(private, user, roles=roles))
         agent = next(iter(self.certs.agents))
         leaf = self.certs.agents[agent]

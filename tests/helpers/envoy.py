@@ -53,7 +53,10 @@ def validate_config(
     """``envoy --mode validate -c path``; returncode 0 means Envoy accepted every field."""
     return subprocess.run(
         [envoy or envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -219,11 +222,16 @@ def start_envoy(
     log_path = log_path or run_dir / "envoy.log"
     admin_file = run_dir / "admin-address"
     cmd = [
-        envoy or envoy_binary(), "-c", str(config_path),
+        envoy or envoy_binary(),
+        "-c",
+        str(config_path),
         "--disable-hot-restart",  # no shared memory, so parallel envoys never collide
-        "--admin-address-path", str(admin_file),
-        "--concurrency", str(concurrency),
-        "--log-level", log_level,
+        "--admin-address-path",
+        str(admin_file),
+        "--concurrency",
+        str(concurrency),
+        "--log-level",
+        log_level,
         *extra_args,
     ]
     with open(log_path, "wb") as log:

@@ -59,12 +59,19 @@ class _Collector:
         self._fake = fake
 
     def collect(self) -> Iterator[Metric]:
-        req = GaugeMetricFamily("nv_trt_llm_request_metrics", "TRT LLM request metrics",
-                                labels=["model", "version", "request_type"])
-        kv = GaugeMetricFamily("nv_trt_llm_kv_cache_block_metrics", "TRT LLM KV cache block metrics",
-                               labels=["model", "version", "kv_cache_block_type"])
-        pending = GaugeMetricFamily("nv_inference_pending_request_count", "pending",
-                                    labels=["model", "version"])
+        req = GaugeMetricFamily(
+            "nv_trt_llm_request_metrics",
+            "TRT LLM request metrics",
+            labels=["model", "version", "request_type"],
+        )
+        kv = GaugeMetricFamily(
+            "nv_trt_llm_kv_cache_block_metrics",
+            "TRT LLM KV cache block metrics",
+            labels=["model", "version", "kv_cache_block_type"],
+        )
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count", "pending", labels=["model", "version"]
+        )
         for name, (active, waiting, fraction) in sorted(self._fake.loads.items()):
             req.add_metric([name, "1", "active"], active)
             req.add_metric([name, "1", "waiting"], waiting)

@@ -10,7 +10,7 @@ def agent_metadata(agent: str, token: str | None = None, trust_domain: str = "ha
 
     Only valid against servers started with AuthConfig(trust_xfcc_without_tls=True).
     """
-    md = [(XFCC_KEY, f'By=spiffe://{trust_domain}/envoy;URI=spiffe://{trust_domain}/agent/{agent}')]
+    md = [(XFCC_KEY, f"By=spiffe://{trust_domain}/envoy;URI=spiffe://{trust_domain}/agent/{agent}")]
     if token:
         md.append(("authorization", f"Bearer {token}"))
     return tuple(md)

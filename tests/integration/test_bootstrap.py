@@ -63,7 +63,9 @@ def _register(server: grpc.aio.Server) -> list[str]:
 
 @pytest.fixture
 async def probe(test_auth):
-    running = await start_server(ServerConfig(name="probe", port=0, metrics_port=0, auth=test_auth), _register)
+    running = await start_server(
+        ServerConfig(name="probe", port=0, metrics_port=0, auth=test_auth), _register
+    )
     channel = grpc.aio.insecure_channel(running.address)
     yield running, channel
     await channel.close()
@@ -136,7 +138,9 @@ async def test_metrics_endpoint_counts_rpcs(probe):
 
 
 async def test_graceful_stop_finishes_inflight_and_flips_health(test_auth):
-    running = await start_server(ServerConfig(name="probe", port=0, metrics_port=None, auth=test_auth), _register)
+    running = await start_server(
+        ServerConfig(name="probe", port=0, metrics_port=None, auth=test_auth), _register
+    )
     channel = grpc.aio.insecure_channel(running.address)
     try:
         inflight = asyncio.ensure_future(_call(channel, "Slow")(b""))

@@ -94,8 +94,10 @@ def local_spec(certs_dir: Path, **over: Any) -> EnvoySpec:
         listen_port=0,
         admin_port=0,
         certs=EnvoyCerts(ca=b.ca_cert, cert=b.envoy.cert, key=b.envoy.key),
-        upstreams={c: [("127.0.0.1", 50051 + i)] for i, c in enumerate(
-            ["router", "registry", "pool", "audit", "cost"])},
+        upstreams={
+            c: [("127.0.0.1", 50051 + i)]
+            for i, c in enumerate(["router", "registry", "pool", "audit", "cost"])
+        },
         idempotent_methods=IDEMPOTENT,
     )
     kwargs.update(over)
@@ -161,8 +163,11 @@ def test_routes_exact_retry_routes_come_first(spec: EnvoySpec) -> None:
 
 
 def test_prefix_routes_cover_every_service(spec: EnvoySpec) -> None:
-    prefix = {r["match"]["prefix"]: r["route"]["cluster"] for r in routes_of(render_envoy_config(spec))
-              if "prefix" in r["match"]}
+    prefix = {
+        r["match"]["prefix"]: r["route"]["cluster"]
+        for r in routes_of(render_envoy_config(spec))
+        if "prefix" in r["match"]
+    }
     assert prefix == {
         "/harness.router.v1.Router/": "router",
         "/harness.registry.v1.Registry/": "registry",
@@ -229,6 +234,7 @@ def test_spec_rejects_inconsistent_input(tmp_path: Path, over: dict[str, Any], m
 
 
 # ---------------------------------------------------------------- envoy --mode validate
+
 
 def assert_valid(path: Path) -> None:
     result = validate_config(path)

@@ -46,10 +46,12 @@ class Upstream:
     async def echo(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         self.attempts[(ECHO, request)] += 1
         md = [(k, v) for k, v in context.invocation_metadata() if not k.endswith("-bin")]
-        return json.dumps({
-            "xfcc": [v for k, v in md if k == "x-forwarded-client-cert"],
-            "keys": sorted({k for k, _ in md}),
-        }).encode()
+        return json.dumps(
+            {
+                "xfcc": [v for k, v in md if k == "x-forwarded-client-cert"],
+                "keys": sorted({k for k, _ in md}),
+            }
+        ).encode()
 
     async def fail_once(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         self.attempts[(method, request)] += 1
@@ -65,11 +67,14 @@ class Upstream:
             return await self.fail_once(WRITE, req, ctx)
 
         # No (de)serializers: requests and responses are raw bytes.
-        return grpc.method_handlers_generic_handler(ROUTER, {
-            "Echo": grpc.unary_unary_rpc_method_handler(self.echo),
-            "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
-            "Write": grpc.unary_unary_rpc_method_handler(write),
-        })
+        return grpc.method_handlers_generic_handler(
+            ROUTER,
+            {
+                "Echo": grpc.unary_unary_rpc_method_handler(self.echo),
+                "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
+                "Write": grpc.unary_unary_rpc_method_handler(write),
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,9 @@ async def mesh(certs: CertBundle, tmp_path_factory: pytest.TempPathFactory) -> A
     await server.start()
 
     spec = EnvoySpec(
-        listen_host="127.0.0.1", listen_port=0, admin_port=0,
+        listen_host="127.0.0.1",
+        listen_port=0,
+        admin_port=0,
         certs=EnvoyCerts(ca=certs.ca_cert, cert=certs.envoy.cert, key=certs.envoy.key),
         # "registry" points at the router too: Envoy must refuse it (wrong service identity).
         upstreams={"router": [("127.0.0.1", up_port)], "registry": [("127.0.0.1", up_port)]},
@@ -154,10 +161,15 @@ async def test_agent_call_carries_spiffe_identity_in_xfcc(mesh: Mesh) -> None:
 
 async def test_forged_xfcc_never_reaches_the_upstream(mesh: Mesh) -> None:
     forged = "By=spiffe://harness.local/envoy;URI=spiffe://harness.local/agent/admin"
-    body = json.loads(await call(
-        mesh, mesh.certs.agent("demo-agent"), ECHO, b"forge",
-        metadata=(("x-forwarded-client-cert", forged),),
-    ))
+    body = json.loads(
+        await call(
+            mesh,
+            mesh.certs.agent("demo-agent"),
+            ECHO,
+            b"forge",
+            metadata=(("x-forwarded-client-cert", forged),),
+        )
+    )
     assert len(body["xfcc"]) == 1
     assert "x-envoy-internal" not in body["keys"]  # agents are never "internal" callers
     assert "agent/admin" not in body["xfcc"][0]
@@ -252,9 +264,12 @@ async def test_rate_limit_is_switched_by_runtime(mesh: Mesh) -> None:
 @pytest.fixture
 def lone_envoy(certs: CertBundle, tmp_path: Path) -> Iterator[EnvoyProcess]:
     spec = EnvoySpec(
-        listen_host="127.0.0.1", listen_port=0, admin_port=0,
+        listen_host="127.0.0.1",
+        listen_port=0,
+        admin_port=0,
         certs=EnvoyCerts(ca=certs.ca_cert, cert=certs.envoy.cert, key=certs.envoy.key),
-        upstreams={"router": [("127.0.0.1", 1)]}, routes=((f"/{ROUTER}/", "router"),),
+        upstreams={"router": [("127.0.0.1", 1)]},
+        routes=((f"/{ROUTER}/", "router"),),
     )
     envoy = start_envoy(write_envoy_config(spec, tmp_path / "envoy.yaml"))
     yield envoy

@@ -33,8 +33,13 @@ async def fake():
 @pytest.fixture
 async def pool(test_auth, fake):
     spec = EndpointSpec.make(
-        "sim-0", fake.address, metrics_url=fake.metrics_url, gpu_type="H100-80GB",
-        gpu_count=1, gpu_memory_bytes=80 * GIB, labels={"zone": "a"},
+        "sim-0",
+        fake.address,
+        metrics_url=fake.metrics_url,
+        gpu_type="H100-80GB",
+        gpu_count=1,
+        gpu_memory_bytes=80 * GIB,
+        labels={"zone": "a"},
     )
     # Default probe settings (0.5 s, 2 misses): the timings asserted below are the real ones.
     cfg = PoolConfig(endpoints=(spec,), nvml=False)
@@ -81,7 +86,12 @@ def healthy(e):
 async def test_lists_endpoints_with_ready_models_load_and_gpus(pool, user):
     stub, app = pool
     ep = await wait_for(endpoint(stub, user), lambda e: healthy(e) and e.models[0].active_requests == 3)
-    assert (ep.address, ep.gpu_type, ep.gpu_count, ep.gpu_memory_bytes) == (ep.address, "H100-80GB", 1, 80 * GIB)
+    assert (ep.address, ep.gpu_type, ep.gpu_count, ep.gpu_memory_bytes) == (
+        ep.address,
+        "H100-80GB",
+        1,
+        80 * GIB,
+    )
     assert dict(ep.labels) == {"zone": "a"} and ep.last_seen.seconds > 0
     assert ep.gpu_utilization == pytest.approx(0.25)
     llama, mistral = ep.models
@@ -92,10 +102,14 @@ async def test_lists_endpoints_with_ready_models_load_and_gpus(pool, user):
     by_model = await stub.ListEndpoints(pool_pb2.ListEndpointsRequest(model="llama"), metadata=user)
     assert [e.name for e in by_model.endpoints] == ["sim-0"]
     for model in ("mistral", "unknown"):
-        assert not (await stub.ListEndpoints(pool_pb2.ListEndpointsRequest(model=model), metadata=user)).endpoints
+        assert not (
+            await stub.ListEndpoints(pool_pb2.ListEndpointsRequest(model=model), metadata=user)
+        ).endpoints
 
     gpus = (await stub.ListGpus(pool_pb2.ListGpusRequest(), metadata=user)).gpus
-    assert [(g.endpoint, g.index, g.name, g.source) for g in gpus] == [("sim-0", 0, "H100-80GB", "triton_metrics")]
+    assert [(g.endpoint, g.index, g.name, g.source) for g in gpus] == [
+        ("sim-0", 0, "H100-80GB", "triton_metrics")
+    ]
     assert (gpus[0].memory_total_bytes, gpus[0].memory_used_bytes) == (80 * GIB, 20 * GIB)
     assert not (await stub.ListGpus(pool_pb2.ListGpusRequest(endpoint="other"), metadata=user)).gpus
 
@@ -115,13 +129,19 @@ async def test_stopped_endpoint_goes_unhealthy_and_recovers_on_same_port(pool, f
     ep = await wait_for(endpoint(stub, user), lambda e: e.health == UNHEALTHY, timeout=3.0)
     assert time.monotonic() - started < 2.5
     assert all(m.state != READY for m in ep.models)
-    assert not (await stub.ListEndpoints(pool_pb2.ListEndpointsRequest(model="llama"), metadata=user)).endpoints
-    assert app.metrics_registry.get_sample_value("harness_pool_endpoint_healthy", {"endpoint": "sim-0"}) == 0.0
+    assert not (
+        await stub.ListEndpoints(pool_pb2.ListEndpointsRequest(model="llama"), metadata=user)
+    ).endpoints
+    assert (
+        app.metrics_registry.get_sample_value("harness_pool_endpoint_healthy", {"endpoint": "sim-0"}) == 0.0
+    )
 
     await fake.start()
     assert fake.port == port
     started = time.monotonic()
-    ep = await wait_for(endpoint(stub, user), lambda e: healthy(e) and e.models[0].state == READY, timeout=3.0)
+    ep = await wait_for(
+        endpoint(stub, user), lambda e: healthy(e) and e.models[0].state == READY, timeout=3.0
+    )
     assert time.monotonic() - started < 2.5
 
 
@@ -175,9 +195,12 @@ async def test_register_deregister_and_bad_inputs(pool, admin, user, mint_token)
     assert await code_of(stub.RegisterEndpoint(pool_pb2.RegisterEndpointRequest(endpoint=good))) == (
         grpc.StatusCode.UNAUTHENTICATED
     )
-    assert await code_of(
-        stub.DeregisterEndpoint(pool_pb2.DeregisterEndpointRequest(name="ghost"), metadata=admin)
-    ) == grpc.StatusCode.NOT_FOUND
+    assert (
+        await code_of(
+            stub.DeregisterEndpoint(pool_pb2.DeregisterEndpointRequest(name="ghost"), metadata=admin)
+        )
+        == grpc.StatusCode.NOT_FOUND
+    )
     unauth = grpc.StatusCode.UNAUTHENTICATED
     assert await code_of(stub.ListEndpoints(pool_pb2.ListEndpointsRequest())) == unauth
     assert await code_of(stub.ListGpus(pool_pb2.ListGpusRequest())) == unauth
@@ -225,11 +248,16 @@ async def test_watch_snapshot_then_live_updates(pool, fake, admin, user):
     old.cancel()
 
 
-@pytest.mark.parametrize("rpc,request_cls", [
-    ("Deploy", pool_pb2.DeployRequest), ("Undeploy", pool_pb2.UndeployRequest),
-    ("ListDeployments", pool_pb2.ListDeploymentsRequest), ("Plan", pool_pb2.PlanRequest),
-    ("AdviseScaling", pool_pb2.AdviseScalingRequest),
-])
+@pytest.mark.parametrize(
+    "rpc,request_cls",
+    [
+        ("Deploy", pool_pb2.DeployRequest),
+        ("Undeploy", pool_pb2.UndeployRequest),
+        ("ListDeployments", pool_pb2.ListDeploymentsRequest),
+        ("Plan", pool_pb2.PlanRequest),
+        ("AdviseScaling", pool_pb2.AdviseScalingRequest),
+    ],
+)
 async def test_planned_rpcs_are_unimplemented_naming_the_issue(pool, admin, rpc, request_cls):
     stub, _ = pool
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -244,12 +272,18 @@ async def test_against_engine_simulator(pool, admin, user):
     sim = await testing.start_enginesim(time_scale=1000)
     stopped = False
     try:
-        ep = pool_pb2.Endpoint(name="sim-real", address=sim.address, metrics_url=sim.metrics_url,
-                               gpu_type="H100-80GB", gpu_count=1)
+        ep = pool_pb2.Endpoint(
+            name="sim-real",
+            address=sim.address,
+            metrics_url=sim.metrics_url,
+            gpu_type="H100-80GB",
+            gpu_count=1,
+        )
         await stub.RegisterEndpoint(pool_pb2.RegisterEndpointRequest(endpoint=ep), metadata=admin)
         got = await wait_for(
             endpoint(stub, user, "sim-real"),
-            lambda e: healthy(e) and any(m.state == READY for m in e.models), timeout=10,
+            lambda e: healthy(e) and any(m.state == READY for m in e.models),
+            timeout=10,
         )
         ready = [m.name for m in got.models if m.state == READY]
         assert "llama-3-8b-instruct" in ready

@@ -40,10 +40,14 @@ async def test_unknown_model_and_dead_endpoint_are_clear_errors(sim):
     pool = TritonPool()
     try:
         with pytest.raises((Unavailable, InvalidArgument), match="nope"):
-            async for _ in pool.stream(sim.address, TritonRequest(model="nope", prompt="x", max_tokens=2), 10):
+            async for _ in pool.stream(
+                sim.address, TritonRequest(model="nope", prompt="x", max_tokens=2), 10
+            ):
                 pass
         with pytest.raises(Unavailable, match=r"backend 127\.0\.0\.1:1 failed"):
-            async for _ in pool.stream("127.0.0.1:1", TritonRequest(model=MODEL, prompt="x", max_tokens=2), 5):
+            async for _ in pool.stream(
+                "127.0.0.1:1", TritonRequest(model=MODEL, prompt="x", max_tokens=2), 5
+            ):
                 pass
     finally:
         await pool.close()

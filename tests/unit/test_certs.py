@@ -64,9 +64,7 @@ def test_every_leaf_chains_to_the_ca(bundle: CertBundle) -> None:
 def test_chain_verifies_with_a_tls_policy_verifier(bundle: CertBundle) -> None:
     # Full RFC 5280 path validation (EKU, validity, SAN) as a TLS client would do it.
     store = x509.verification.Store([load(bundle.ca_cert)])
-    verifier = x509.verification.PolicyBuilder().store(store).build_server_verifier(
-        x509.DNSName("router")
-    )
+    verifier = x509.verification.PolicyBuilder().store(store).build_server_verifier(x509.DNSName("router"))
     chain = verifier.verify(load(bundle.service("router").cert), [])
     assert chain[-1] == load(bundle.ca_cert)
 
@@ -102,13 +100,19 @@ def test_agent_cert_is_client_only_with_agent_uri(bundle: CertBundle, name: str)
 
 
 def test_trust_domain_and_hosts_are_configurable(tmp_path: Path) -> None:
-    b = make_certs(tmp_path, agents=["a"], services=["s"], trust_domain="corp.example",
-                   hosts=["envoy.corp.example", "10.0.0.5"])
+    b = make_certs(
+        tmp_path,
+        agents=["a"],
+        services=["s"],
+        trust_domain="corp.example",
+        hosts=["envoy.corp.example", "10.0.0.5"],
+    )
     envoy = sans(load(b.envoy.cert))
     assert envoy.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://corp.example/envoy"]
     assert set(envoy.get_values_for_type(x509.DNSName)) == {"envoy.corp.example", "envoy"}
     assert set(envoy.get_values_for_type(x509.IPAddress)) == {
-        ipaddress.ip_address("10.0.0.5"), ipaddress.ip_address("127.0.0.1")
+        ipaddress.ip_address("10.0.0.5"),
+        ipaddress.ip_address("127.0.0.1"),
     }
     assert sans(load(b.agent("a").cert)).get_values_for_type(x509.UniformResourceIdentifier) == [
         "spiffe://corp.example/agent/a"

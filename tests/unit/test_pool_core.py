@@ -67,7 +67,11 @@ def test_parse_reads_trtllm_kv_pending_and_gpu_figures():
     assert [g.uuid for g in sample.gpus] == ["GPU-a", "GPU-b"]
     a, b = sample.gpus
     assert (a.index, a.name, a.memory_used_bytes, a.memory_total_bytes, a.utilization) == (
-        0, "H100-80GB", GIB, 80 * GIB, 0.5,
+        0,
+        "H100-80GB",
+        GIB,
+        80 * GIB,
+        0.5,
     )
     assert b.utilization == 1.0 and b.memory_used_bytes == 0 and b.source == "triton_metrics"
     assert sample.load_for("other", "") == other  # RepositoryIndex may not name a version
@@ -145,7 +149,9 @@ def test_scrape_failure_keeps_figures_and_load_time_is_measured():
     clock = [0.0]
     t = EndpointTable(start_revision=1, monotonic=lambda: clock[0])
     t.upsert(SPEC)
-    t.apply_probe("sim-0", SPEC.address, _ok(ModelLoad(waiting=4, active=1, kv_cache_fraction=0.3), state="LOADING"))
+    t.apply_probe(
+        "sim-0", SPEC.address, _ok(ModelLoad(waiting=4, active=1, kv_cache_fraction=0.3), state="LOADING")
+    )
     assert t.get("sim-0").models[0].state == LOADING
     clock[0] = 12.5
     state, _ = t.apply_probe("sim-0", SPEC.address, _ok(None))  # READY, metrics failed
@@ -240,8 +246,13 @@ def test_endpoint_flag_and_yaml_config(tmp_path):
         "gpu_type=H100-80GB,gpus=1,memory_gb=80,label.zone=a"
     )
     assert spec == EndpointSpec.make(
-        "sim-0", "127.0.0.1:8001", labels={"zone": "a"}, metrics_url="http://127.0.0.1:8002/metrics",
-        gpu_type="H100-80GB", gpu_count=1, gpu_memory_bytes=80 * GIB,
+        "sim-0",
+        "127.0.0.1:8001",
+        labels={"zone": "a"},
+        metrics_url="http://127.0.0.1:8002/metrics",
+        gpu_type="H100-80GB",
+        gpu_count=1,
+        gpu_memory_bytes=80 * GIB,
     )
     for bad in ("name=x", "name=x,address=h:1,colour=red", "name=x,address=h:1,oops"):
         with pytest.raises(ValueError):
@@ -257,7 +268,10 @@ def test_endpoint_flag_and_yaml_config(tmp_path):
     args = parser.parse_args(["--config", str(cfg_file), "--endpoint", "name=sim-1,address=127.0.0.1:3"])
     cfg = pool_config_from_args(args)
     assert cfg.probe_interval_s == 0.25 and cfg.unhealthy_after == 2 and cfg.nvml
-    assert [(e.name, e.address) for e in cfg.endpoints] == [("sim-0", "127.0.0.1:1"), ("sim-1", "127.0.0.1:3")]
+    assert [(e.name, e.address) for e in cfg.endpoints] == [
+        ("sim-0", "127.0.0.1:1"),
+        ("sim-1", "127.0.0.1:3"),
+    ]
     assert cfg.endpoints[0].labels == (("zone", "b"),) and cfg.endpoints[0].gpu_count == 2
     with pytest.raises(ValueError):
         PoolConfig(probe_interval_s=0)

@@ -1,9 +1,9 @@
-"""Engine setup for the cost store: SQLite (embedded default) or PostgreSQL by URL.
+"""SQLAlchemy engine setup shared by the stores: SQLite (embedded default) or PostgreSQL by URL.
 
 SQLite is driven in non-legacy transaction mode so that a write transaction can start with
-BEGIN IMMEDIATE: taking the write lock up front means a writer waits (busy_timeout) instead of
-failing with "database is locked" when it upgrades a read snapshot that another writer moved.
-(Same helper as services/audit/db.py; it belongs in services/common once that is editable.)
+BEGIN IMMEDIATE: the write lock is taken up front, so two writers (threads or processes) never
+append on the same audit-chain head, and a writer waits (busy_timeout) instead of failing with
+"database is locked" when it upgrades a read snapshot another writer moved.
 """
 
 from __future__ import annotations
