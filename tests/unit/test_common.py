@@ -76,3 +76,16 @@ async def test_planned_names_the_feature():
     with pytest.raises(Unimplemented, match=r"Pool\.WatchEndpoints"):
         async for _ in servicer.WatchEndpoints(None, None):
             pass
+
+
+def test_cached_jwt_still_expires(jwt_keypair):
+    pub, private = jwt_keypair
+    verifier = JwtVerifier(pub.read_bytes(), "harness", "harness", leeway_s=0)
+    token = mint_jwt(private, "bob", ttl_s=1)
+    assert verifier.verify(token).user == "bob"
+    assert verifier.verify(token).user == "bob"  # served from the cache
+    import time
+
+    time.sleep(1.2)
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(token)
