@@ -1,0 +1,26 @@
+"""The compose stack cannot run here (no Docker engine); at least keep it consistent with the
+Envoy config it ships: every upstream Envoy routes to listens on the port Envoy expects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from services.envoy.render import COMPOSE_SERVICE_PORTS
+
+COMPOSE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
+
+
+def test_compose_services_listen_where_envoy_routes():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, port in COMPOSE_SERVICE_PORTS.items():
+        command = services[name]["command"]
+        assert f"--port {port} " in command, f"{name} should listen on {port}: {command}"
+        assert f"/services/{name}.pem" in command and f"/services/{name}.key" in command
+
+
+def test_router_reaches_each_service_on_its_compose_port():
+    command = yaml.safe_load(COMPOSE.read_text())["services"]["router"]["command"]
+    for name in ("registry", "pool", "audit", "cost"):
+        assert f"--{name} {name}:{COMPOSE_SERVICE_PORTS[name]}" in command
