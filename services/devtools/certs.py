@@ -385,59 +385,6 @@ def make_certs(
     )
 
 
-def make_foreign_ca_client(
-    out_dir: Path, name: str = "intruder", *, trust_domain: str = DEFAULT_TRUST_DOMAIN
-) -> LeafPaths:
-    """A client cert with a perfectly plausible agent URI SAN, issued by a *different* CA.
-
-    Written under ``out_dir/foreign/`` (its own ``ca.pem`` too). Envoy must refuse it.
-    """
-    root = Path(out_dir) / "foreign"
-    ca_cert, ca_key = _build_ca("Not The Harness CA")
-    _write_key(root / "ca.key", ca_key)
-    _write_cert(root / "ca.pem", ca_cert)
-    return _ensure_leaf(
-        root / f"{name}.pem",
-        root / f"{name}.key",
-        ca_cert,
-        ca_key,
-        True,
-        cn=name,
-        ou="agent",
-        uris=[spiffe_uri(trust_domain, "agent", name)],
-        usages=_CLIENT_ONLY,
-    )
-
-
-def make_wrong_san_client(
-    certs_dir: Path,
-    name: str = "x",
-    *,
-    uri: str | None = None,
-    trust_domain: str = DEFAULT_TRUST_DOMAIN,
-) -> LeafPaths:
-    """A client cert from the Harness CA (in ``certs_dir``) whose URI SAN is not an agent's.
-
-    Default URI ``spiffe://<td>/user/<name>``. Envoy must refuse it at the SAN check.
-    """
-    certs_dir = Path(certs_dir)
-    ca_cert = x509.load_pem_x509_certificate((certs_dir / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((certs_dir / "ca.key").read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
-    root = certs_dir / "drills"
-    return _ensure_leaf(
-        root / f"{name}.pem",
-        root / f"{name}.key",
-        ca_cert,
-        ca_key,
-        True,
-        cn=name,
-        ou="drill",
-        uris=[uri or spiffe_uri(trust_domain, "user", name)],
-        usages=_CLIENT_ONLY,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m services.devtools.certs", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path(".harness/certs"))
@@ -463,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, leaf in {**bundle.services, **bundle.agents}.items():
         print(f"{name}: {leaf.cert}")
     print(f"jwt: {bundle.jwt_private_key} / {bundle.jwt_public_key}")
+    from services.devtools.drill_certs import make_foreign_ca_client, make_wrong_san_client
+
     if args.foreign_client:
         drill = make_foreign_ca_client(args.out, args.foreign_client, trust_domain=td)
         print(f"foreign-CA drill: {drill.cert}")

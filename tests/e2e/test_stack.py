@@ -21,7 +21,8 @@ from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
-from services.devtools.certs import make_certs, make_foreign_ca_client, make_wrong_san_client
+from services.devtools.certs import make_certs
+from services.devtools.drill_certs import make_foreign_ca_client, make_wrong_san_client
 
 pytestmark = pytest.mark.e2e
 MESH = [

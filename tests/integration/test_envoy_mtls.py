@@ -18,13 +18,8 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.devtools.certs import (
-    CertBundle,
-    LeafPaths,
-    make_certs,
-    make_foreign_ca_client,
-    make_wrong_san_client,
-)
+from services.devtools.certs import CertBundle, LeafPaths, make_certs
+from services.devtools.drill_certs import make_foreign_ca_client, make_wrong_san_client
 from services.envoy.render import EnvoyCerts, EnvoySpec, RateLimit, write_envoy_config
 from tests.helpers.envoy import EnvoyProcess, start_envoy
 

@@ -15,12 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from services.devtools import certs as certs_mod
-from services.devtools.certs import (
-    CertBundle,
-    make_certs,
-    make_foreign_ca_client,
-    make_wrong_san_client,
-)
+from services.devtools.certs import CertBundle, make_certs
+from services.devtools.drill_certs import make_foreign_ca_client, make_wrong_san_client
 
 AGENTS = ("demo-agent", "risk-agent")
 SERVICES = ("router", "registry")
