@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import grpc
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
 from prometheus_client import CollectorRegistry, Counter
@@ -14,7 +11,7 @@ from services.audit.store import AuditStore
 from services.common.context import Identity, current_identity
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.planned import planned
-from services.common.server import Registrar, RunningServer, start_server_owning
+from services.common.server import Registrar, RunningServer, registrar, start_server_owning
 
 SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name
 READER_ROLES = frozenset({"admin", "auditor"})
@@ -105,12 +102,7 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
 
 def register(servicer: AuditServicer) -> Registrar:
     """Registrar for start_server: adds the Audit service and returns its name."""
-
-    def add(server: grpc.aio.Server) -> Sequence[str]:
-        audit_pb2_grpc.add_AuditServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
-
-    return add
+    return registrar(audit_pb2_grpc.add_AuditServicer_to_server, servicer, SERVICE_NAME)
 
 
 async def start_audit(

@@ -30,6 +30,18 @@ log = logging.getLogger("harness.server")
 Registrar = Callable[[grpc.aio.Server], Sequence[str]]
 
 
+def registrar(
+    add_to_server: Callable[[object, grpc.aio.Server], None], servicer: object, name: str
+) -> Registrar:
+    """The Registrar for one generated `add_XServicer_to_server` function and its servicer."""
+
+    def add(server: grpc.aio.Server) -> Sequence[str]:
+        add_to_server(servicer, server)
+        return [name]
+
+    return add
+
+
 def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
         [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())],

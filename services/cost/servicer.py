@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import grpc
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter
 
 from services.common.context import Identity, current_identity
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.planned import planned
-from services.common.server import Registrar, RunningServer, start_server_owning
+from services.common.server import Registrar, RunningServer, registrar, start_server_owning
 from services.cost.config import CostConfig
 from services.cost.store import CostStore, RecordResult, ts_to_us
 
@@ -138,12 +135,7 @@ class CostServicer(cost_pb2_grpc.CostServicer):
 
 def register(servicer: CostServicer) -> Registrar:
     """Registrar for start_server: adds the Cost service and returns its name."""
-
-    def add(server: grpc.aio.Server) -> Sequence[str]:
-        cost_pb2_grpc.add_CostServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
-
-    return add
+    return registrar(cost_pb2_grpc.add_CostServicer_to_server, servicer, SERVICE_NAME)
 
 
 async def start_cost(
