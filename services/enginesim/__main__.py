@@ -18,6 +18,7 @@ from pathlib import Path
 from .app import start_server
 from .catalog import CatalogError
 from .config import SimulatorConfig
+from .faults import FAULT_KINDS, FaultSettings
 from .simulator import InsufficientMemoryError
 
 log = logging.getLogger("enginesim")
@@ -54,11 +55,49 @@ def parse_args(argv: list[str] | None = None) -> SimulatorConfig:
         help="models to load at startup besides the catalog's preload ones",
     )
     ap.add_argument(
+        "--no-preload",
+        action="store_true",
+        help="ignore the catalog's preload flags: load only the models named by --load",
+    )
+    ap.add_argument(
         "--shutdown-grace",
         type=float,
         default=defaults.shutdown_grace_s,
         help="seconds in-flight requests get to finish on SIGTERM/SIGINT",
     )
+    ap.add_argument(
+        "--startup-delay-s",
+        type=float,
+        default=defaults.startup_delay_s,
+        help="simulated seconds the server is live but not ready before it loads models",
+    )
+    faults = ap.add_argument_group(
+        "failure injection (also settable at runtime: PUT /faults on the metrics port)"
+    )
+    faults.add_argument(
+        "--fault-rate", type=float, default=0.0, help="probability a request gets a fault, 0..1"
+    )
+    faults.add_argument(
+        "--fault-kinds",
+        default=",".join(FAULT_KINDS),
+        help="comma-separated faults to pick from: %(default)s",
+    )
+    faults.add_argument(
+        "--fault-slow-start-ms",
+        type=float,
+        default=FaultSettings.slow_start_ms,
+        help="extra wait of a slow_start request (simulated ms)",
+    )
+    faults.add_argument(
+        "--fault-midstream-after",
+        type=int,
+        default=FaultSettings.midstream_after_tokens,
+        help="tokens a midstream-fault request yields before failing",
+    )
+    faults.add_argument(
+        "--fault-models", default="", help="comma-separated models faults apply to (default all)"
+    )
+    faults.add_argument("--fault-seed", type=int, default=None, help="seed for a reproducible fault sequence")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -66,7 +105,18 @@ def parse_args(argv: list[str] | None = None) -> SimulatorConfig:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+    def csv(value: str) -> tuple[str, ...]:
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+
     try:
+        fault_settings = FaultSettings(
+            rate=args.fault_rate,
+            kinds=csv(args.fault_kinds),
+            slow_start_ms=args.fault_slow_start_ms,
+            midstream_after_tokens=args.fault_midstream_after,
+            models=csv(args.fault_models),
+        )
         return SimulatorConfig(
             host=args.host,
             port=args.port,
@@ -75,7 +125,11 @@ def parse_args(argv: list[str] | None = None) -> SimulatorConfig:
             gpu_memory_gb=args.gpu_memory_gb,
             time_scale=args.time_scale,
             load=tuple(args.load),
+            preload=not args.no_preload,
             shutdown_grace_s=args.shutdown_grace,
+            startup_delay_s=args.startup_delay_s,
+            faults=fault_settings,
+            fault_seed=args.fault_seed,
         )
     except ValueError as exc:
         ap.error(str(exc))

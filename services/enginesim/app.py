@@ -10,8 +10,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from .admin import build_http_app
 from .catalog import Catalog, load_catalog
 from .config import SimulatorConfig
+from .faults import FaultInjector
 from .metrics import MetricsServer, build_registry
 from .server import SERVICE_NAME, InferenceServicer
 from .simulator import Simulator
@@ -27,6 +29,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     port: int
     metrics: MetricsServer | None
+    faults: FaultInjector
 
     @property
     def address(self) -> str:
@@ -58,11 +61,12 @@ async def start_server(config: SimulatorConfig, catalog: Catalog | None = None) 
     if unknown:
         raise ValueError(f"--load names model(s) not in the catalog {catalog.source}: {unknown}")
     sim = Simulator(catalog, config.gpu_memory_gb, config.time_scale)
+    faults = FaultInjector(config.faults, config.fault_seed)
     # Triton puts no limit on message sizes; long prompts must not trip grpc's 4 MB default.
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(sim, config), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(sim, config, faults), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -73,13 +77,14 @@ async def start_server(config: SimulatorConfig, catalog: Catalog | None = None) 
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    running = RunningServer(config, sim, server, health_servicer, port, None)
+    running = RunningServer(config, sim, server, health_servicer, port, None, faults)
     try:
         if config.metrics_port >= 0:
-            running.metrics = await asyncio.to_thread(
-                MetricsServer, build_registry(sim), config.host, config.metrics_port
-            )
-        await sim.start(config.load)
+            app = build_http_app(build_registry(sim), faults)
+            running.metrics = await asyncio.to_thread(MetricsServer, app, config.host, config.metrics_port)
+        if config.startup_delay_s:
+            await asyncio.sleep(config.startup_delay_s / config.time_scale)
+        await sim.start(config.load, config.preload)
     except BaseException:
         await running.stop(0)
         raise

@@ -48,6 +48,8 @@ class ModelSpec:
     kv_capacity_blocks: int
     max_batch_size: int = 64
     preload: bool = False
+    kv_cache_reuse: bool = True  # prefix reuse (TRT-LLM's enable_kv_cache_reuse)
+    gpu: str = ""  # the GPU the latency profile describes (documentation only)
     version: str = "1"  # the simulator serves a single version per model, like most TRT-LLM repos
 
     def kv_blocks_for(self, tokens: int) -> int:
@@ -103,6 +105,7 @@ def parse_catalog(data: Any, source: str = "<memory>") -> Catalog:
 
 _MODEL_KEYS = {
     "name",
+    "gpu",
     "decoupled",
     "layout",
     "memory_gb",
@@ -114,6 +117,7 @@ _MODEL_KEYS = {
     "kv_capacity_blocks",
     "max_batch_size",
     "preload",
+    "kv_cache_reuse",
 }
 _LATENCY_KEYS = {"prefill_ms_per_token", "decode_ms_per_token", "step_overhead_ms"}
 
@@ -155,6 +159,8 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
         kv_capacity_blocks=_int(entry, "kv_capacity_blocks", where, minimum=1),
         max_batch_size=_int(entry, "max_batch_size", where, minimum=1, default=64),
         preload=_bool(entry, "preload", where, default=False),
+        gpu=_string(entry, "gpu", where),
+        kv_cache_reuse=_bool(entry, "kv_cache_reuse", where, default=True),
     )
 
 
@@ -184,6 +190,13 @@ def _int(entry: Mapping[str, Any], key: str, where: str, minimum: int, default: 
         raise CatalogError(f"{where}: {key!r} must be an integer, got {value!r}")
     if value < minimum:
         raise CatalogError(f"{where}: {key!r} must be >= {minimum}, got {value}")
+    return value
+
+
+def _string(entry: Mapping[str, Any], key: str, where: str) -> str:
+    value = entry.get(key, "")
+    if not isinstance(value, str):
+        raise CatalogError(f"{where}: {key!r} must be a string, got {value!r}")
     return value
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .faults import FaultSettings
 
 
 @dataclass(frozen=True)
@@ -15,7 +17,11 @@ class SimulatorConfig:
     gpu_memory_gb: float = 80.0  # simulated GPU memory that loads must fit in
     time_scale: float = 1.0  # >1 runs simulated time faster (load times and steps shrink)
     load: tuple[str, ...] = ()  # models to load at startup besides the catalog's preload ones
+    preload: bool = True  # False: ignore the catalog's preload flags (load only `load`)
     shutdown_grace_s: float = 5.0  # on SIGTERM/SIGINT: time for in-flight requests to finish
+    startup_delay_s: float = 0.0  # simulated seconds live-but-not-ready before loading models
+    faults: FaultSettings = field(default_factory=FaultSettings)  # failure injection (faults.py)
+    fault_seed: int | None = None  # makes the sequence of injected faults reproducible
     server_version: str = "2.59.0"  # reported by ServerMetadata, as a Triton release
 
     def __post_init__(self) -> None:
@@ -27,5 +33,7 @@ class SimulatorConfig:
             raise ValueError(f"gpu_memory_gb must be > 0, got {self.gpu_memory_gb}")
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
+        if self.startup_delay_s < 0:
+            raise ValueError(f"startup_delay_s must be >= 0, got {self.startup_delay_s}")
         if self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")

@@ -4,9 +4,12 @@ Model of one iteration (TensorRT-LLM's in-flight batching, simplified):
   1. admit waiting requests, first come first served, while there is a free slot
      (``max_running_sequences``) and the KV pool can reserve the whole sequence
      (prompt + max_tokens blocks, like TRT-LLM's default GUARANTEED_NO_EVICT policy);
+     prompt blocks already in the KV cache (same prefix, see ``kv_cache``) are reused;
   2. run one step over the batch: newly admitted sequences are prefilled (and yield their
      first token), the others decode one token each;
-     ``step_ms = step_overhead_ms + decode_ms_per_token * batch + prefill_ms_per_token * prompt tokens``;
+     ``step_ms = step_overhead_ms + decode_ms_per_token * batch + prefill_ms_per_token * new prompt tokens``
+     where a sequence's new prompt tokens exclude its reused blocks (at least 1 token is
+     always computed, to produce the first output token);
   3. hand each sequence its token; finished ones leave and release their KV blocks.
 
 Time: steps sleep ``step_ms / time_scale`` real seconds (deadline-based, so the average rate is
@@ -24,7 +27,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .catalog import ModelSpec
-from .text import TextGenerator, count_tokens
+from .kv_cache import KvAllocation, KvBlockCache, prefix_block_hashes
+from .text import TextGenerator, tokenize
 
 QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"  # Triton's wording, clients match on it
 
@@ -100,14 +104,24 @@ WAITING, PREFILL, RUNNING, DONE, CANCELLED = "waiting", "prefill", "running", "d
 class Sequence:
     """Handle of one submitted request. Iterate :meth:`stream` for its chunks."""
 
-    def __init__(self, engine: ModelEngine, request: GenerationRequest, input_tokens: int) -> None:
+    def __init__(self, engine: ModelEngine, request: GenerationRequest) -> None:
+        spec = engine.spec
+        tokens = tokenize(request.prompt)
         self.request = request
-        self.input_tokens = input_tokens
+        self.input_tokens = max(1, len(tokens))  # the BOS token of an empty prompt
         self.output_tokens = 0
         self.state = WAITING
         self.arrival_ms = engine.sim_now_ms
         self.admitted_ms = 0.0
-        self.reserved_blocks = engine.spec.kv_blocks_for(input_tokens + request.max_tokens)
+        self.reserved_blocks = spec.kv_blocks_for(self.input_tokens + request.max_tokens)
+        self.prompt_block_hashes = prefix_block_hashes(tokens, spec.kv_block_size)
+        self.kv: KvAllocation | None = None  # held from admission to the end
+        self.reused_blocks = 0  # prompt blocks found in the KV cache on admission
+        # Wall-clock nanoseconds, as TRT-LLM's perf-metric outputs report them.
+        self.arrival_time_ns = time.time_ns()
+        self.first_scheduled_time_ns = 0
+        self.first_token_time_ns = 0
+        self.last_token_time_ns = 0
         self._engine = engine
         self._pieces: list[str] = []
         self._tail = ""  # last characters, for stop-word matching without re-joining the text
@@ -122,6 +136,12 @@ class Sequence:
     @property
     def done(self) -> bool:
         return self.state in (DONE, CANCELLED)
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens this sequence's prefill computes (cached prefix blocks are skipped)."""
+        cached = self.reused_blocks * self._engine.spec.kv_block_size
+        return max(1, self.input_tokens - cached)
 
     async def stream(self) -> AsyncIterator[TokenChunk]:
         """Chunks until the final one; raises the EngineError the request failed with."""
@@ -140,7 +160,11 @@ class Sequence:
 
     def cancel(self) -> None:
         """Drop the sequence wherever it is; a no-op once it finished."""
-        self._engine._cancel(self)
+        self._engine._cancel(self, "CANCELED", RequestCancelledError("request was cancelled"))
+
+    def fail(self, error: EngineError) -> None:
+        """End the sequence with a backend error (failure injection); a no-op once finished."""
+        self._engine._cancel(self, "BACKEND", error)
 
     # --- called by the engine -------------------------------------------------------------
     def _next_chunk(self) -> TokenChunk:
@@ -177,7 +201,7 @@ class ModelEngine:
         self._waiting: deque[Sequence] = deque()
         self._prefill: list[Sequence] = []  # admitted, prefilled in the next step
         self._running: list[Sequence] = []
-        self._reserved_blocks = 0
+        self.kv_cache = KvBlockCache(spec.kv_capacity_blocks, spec.kv_block_size, spec.kv_cache_reuse)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -196,12 +220,8 @@ class ModelEngine:
 
     @property
     def kv_blocks_used(self) -> int:
-        spec = self.spec
-        return sum(spec.kv_blocks_for(s.input_tokens + s.output_tokens) for s in list(self._running))
-
-    @property
-    def kv_blocks_reserved(self) -> int:
-        return self._reserved_blocks
+        """KV blocks held by admitted sequences (reserved for their whole length)."""
+        return self.kv_cache.used
 
     def step_time_ms(self, batch: int, prefill_tokens: int) -> float:
         """Simulated duration of one iteration over ``batch`` sequences."""
@@ -237,7 +257,7 @@ class ModelEngine:
         self._waiting.clear()
         self._prefill.clear()
         self._running.clear()
-        self._reserved_blocks = 0
+        self.kv_cache.reset()
         self._idle.set()
 
     # --- requests --------------------------------------------------------------------------
@@ -247,37 +267,37 @@ class ModelEngine:
             raise EngineStoppedError(f"model '{self.spec.name}' is unloading")
         if request.max_tokens < 1:
             raise InvalidRequestError(f"max_tokens must be >= 1, got {request.max_tokens}")
-        seq = Sequence(self, request, count_tokens(request.prompt))
+        seq = Sequence(self, request)
         if seq.reserved_blocks > self.spec.kv_capacity_blocks:
             raise InvalidRequestError(
                 f"request needs {seq.reserved_blocks} KV cache blocks (prompt {seq.input_tokens} + "
                 f"max_tokens {request.max_tokens} tokens) but the pool holds {self.spec.kv_capacity_blocks}"
             )
-        if not self._waiting and self._can_admit(seq):
-            self._admit(seq)
-        elif len(self._waiting) >= self.spec.max_queue_size:
-            self.stats.failures["REJECTED"] += 1
-            raise QueueFullError()
-        else:
+        if self._waiting or not self._try_admit(seq):
+            if len(self._waiting) >= self.spec.max_queue_size:
+                self.stats.failures["REJECTED"] += 1
+                raise QueueFullError()
             self._waiting.append(seq)
         self._idle.clear()
         self._wake.set()
         return seq
 
-    def _can_admit(self, seq: Sequence) -> bool:
-        return (
-            self.running < self.spec.max_running_sequences
-            and self._reserved_blocks + seq.reserved_blocks <= self.spec.kv_capacity_blocks
-        )
-
-    def _admit(self, seq: Sequence) -> None:
+    def _try_admit(self, seq: Sequence) -> bool:
+        """Admit ``seq`` if a slot is free and its KV blocks can be reserved."""
+        if self.running >= self.spec.max_running_sequences:
+            return False
+        seq.kv = self.kv_cache.allocate(seq.prompt_block_hashes, seq.reserved_blocks)
+        if seq.kv is None:
+            return False
+        seq.reused_blocks = seq.kv.reused
         seq.state = PREFILL
-        self._reserved_blocks += seq.reserved_blocks
         self._prefill.append(seq)
+        return True
 
     def _release(self, seq: Sequence, state: str) -> None:
-        if seq.state in (PREFILL, RUNNING):
-            self._reserved_blocks -= seq.reserved_blocks
+        if seq.kv is not None:
+            self.kv_cache.release(seq.kv)
+            seq.kv = None
         if seq.state == RUNNING:
             self._running.remove(seq)
         elif seq.state == PREFILL:
@@ -289,18 +309,18 @@ class ModelEngine:
         if not (self._waiting or self._prefill or self._running):
             self._idle.set()
 
-    def _cancel(self, seq: Sequence) -> None:
+    def _cancel(self, seq: Sequence, reason: str, error: EngineError) -> None:
         if seq.done:
             return
         self._release(seq, CANCELLED)
-        self.stats.failures["CANCELED"] += 1
-        seq._fail(RequestCancelledError("request was cancelled"))
+        self.stats.failures[reason] += 1
+        seq._fail(error)
         self._wake.set()
 
     def _admit_waiting(self) -> None:
         # FCFS with head-of-line blocking, as TRT-LLM's FCFS capacity scheduler does.
-        while self._waiting and self._can_admit(self._waiting[0]):
-            self._admit(self._waiting.popleft())
+        while self._waiting and self._try_admit(self._waiting[0]):
+            self._waiting.popleft()
 
     # --- the step loop ---------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -312,13 +332,15 @@ class ModelEngine:
                 await self._wake.wait()
                 continue
             new, self._prefill = self._prefill, []
+            scheduled_ns = time.time_ns()
             for seq in new:
                 seq.state = RUNNING
                 seq.admitted_ms = self.sim_now_ms
+                seq.first_scheduled_time_ns = scheduled_ns
                 self.stats.queue_ns += int((seq.admitted_ms - seq.arrival_ms) * 1e6)
             self._running.extend(new)
             batch = list(self._running)
-            prefill_tokens = sum(seq.input_tokens for seq in new)
+            prefill_tokens = sum(seq.prefill_tokens for seq in new)
             step_ms = self.step_time_ms(len(batch), prefill_tokens)
             self.stats.last_step_batch, self.stats.last_step_context = len(batch), len(new)
 
@@ -329,9 +351,13 @@ class ModelEngine:
             self.sim_now_ms += step_ms
             self.stats.execution_count += 1
 
+            token_ns = time.time_ns()
             for seq in batch:
                 if seq.state != RUNNING:  # cancelled while the step ran
                     continue
+                seq.last_token_time_ns = token_ns
+                if not seq.first_token_time_ns:
+                    seq.first_token_time_ns = token_ns
                 chunk = seq._next_chunk()
                 seq._events.put_nowait(chunk)
                 if chunk.final:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from socket import AF_INET6
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
 
 from .engine import FAILURE_REASONS
@@ -103,13 +103,14 @@ class SimulatorCollector:
                 ("waiting", engine.waiting),
             ):
                 requests.add_metric([*mv, kind], value)
-            used, cap = engine.kv_blocks_used, spec.kv_capacity_blocks
+            cache = engine.kv_cache
+            used, cap = cache.used, cache.capacity
             for kind, value in (
                 ("max", cap),
-                ("free", cap - engine.kv_blocks_reserved),
+                ("free", cap - used),
                 ("used", used),
                 ("tokens_per", spec.kv_block_size),
-                ("reused", 0),
+                ("reused", cache.reused_total),
                 ("fraction", used / cap),
             ):
                 kv.add_metric([*mv, kind], value)
@@ -171,19 +172,19 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class MetricsServer:
-    """``GET /metrics`` served from a thread.
+    """The HTTP side (``/metrics``, ``/faults``: see ``admin.py``) served from a thread.
 
     Built by hand rather than with ``prometheus_client.start_http_server`` because that one
     polls for shutdown every 0.5 s, which every stop (and every test) would wait for.
     """
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
         server_class = _ThreadingWSGIServer
         if ":" in host:  # IPv6 literal
             server_class = type(
                 "_ThreadingWSGIServer6", (_ThreadingWSGIServer,), {"address_family": AF_INET6}
             )
-        self._server = make_server(host, port, make_wsgi_app(registry), server_class, _QuietHandler)
+        self._server = make_server(host, port, app, server_class, _QuietHandler)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},

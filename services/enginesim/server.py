@@ -28,6 +28,15 @@ from .engine import (
     QueueFullError,
     RequestCancelledError,
     Sequence,
+    TokenChunk,
+)
+from .faults import (
+    INJECTED_INTERNAL,
+    INJECTED_MIDSTREAM,
+    Fault,
+    FaultInjector,
+    InjectedInternal,
+    InjectedUnavailable,
 )
 from .simulator import (
     InsufficientMemoryError,
@@ -61,7 +70,9 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (QueueFullError, grpc.StatusCode.UNAVAILABLE),
     (EngineStoppedError, grpc.StatusCode.UNAVAILABLE),
     (RequestCancelledError, grpc.StatusCode.CANCELLED),
-    (InsufficientMemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InsufficientMemoryError, grpc.StatusCode.INTERNAL),  # what Triton answers a failed load
+    (InjectedUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (InjectedInternal, grpc.StatusCode.INTERNAL),
     (UnknownRepositoryModelError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 _HANDLED = tuple(exc for exc, _ in _STATUS)
@@ -85,9 +96,10 @@ class _Prepared:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, sim: Simulator, config: SimulatorConfig) -> None:
+    def __init__(self, sim: Simulator, config: SimulatorConfig, faults: FaultInjector) -> None:
         self._sim = sim
         self._config = config
+        self._faults = faults
 
     # --- server and model state ----------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
@@ -212,7 +224,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             "num_input_tokens": seq.input_tokens,
             "num_output_tokens": output_tokens,
         }
+        if "kv_cache_reused_blocks" in p.outputs:  # return_perf_metrics
+            values.update(
+                kv_cache_alloc_new_blocks=seq.reserved_blocks - seq.reused_blocks,
+                kv_cache_reused_blocks=seq.reused_blocks,
+                kv_cache_alloc_total_blocks=seq.reserved_blocks,
+                arrival_time_ns=seq.arrival_time_ns,
+                first_scheduled_time_ns=seq.first_scheduled_time_ns,
+                first_token_time_ns=seq.first_token_time_ns,
+                last_token_time_ns=seq.last_token_time_ns,
+            )
         return {k: v for k, v in values.items() if k in p.outputs}
+
+    async def _inject(self, p: _Prepared) -> Fault | None:
+        """Apply this request's drawn fault before it is queued; a midstream one is returned."""
+        fault = self._faults.draw(p.spec.name)
+        if fault is None:
+            return None
+        if fault.kind == "unavailable":
+            p.engine.stats.failures["BACKEND"] += 1
+            raise InjectedUnavailable()
+        if fault.kind == "internal":
+            p.engine.stats.failures["BACKEND"] += 1
+            raise InjectedInternal(INJECTED_INTERNAL)
+        if fault.kind == "slow_start":
+            await asyncio.sleep(fault.slow_start_ms / 1000.0 / self._sim.time_scale)
+        return fault
+
+    @staticmethod
+    async def _chunks(seq: Sequence, fault: Fault | None) -> AsyncIterator[TokenChunk]:
+        """The sequence's chunks; a midstream fault ends it with an error after N tokens."""
+        limit = fault.after_tokens if fault is not None and fault.kind == "midstream" else None
+        if limit == 0:
+            seq.fail(InjectedInternal(INJECTED_MIDSTREAM.format(n=0)))
+        async for chunk in seq.stream():
+            yield chunk
+            if limit is not None and chunk.index >= limit and not chunk.final:
+                seq.fail(InjectedInternal(INJECTED_MIDSTREAM.format(n=chunk.index)))
 
     def _full_text(self, p: _Prepared, seq: Sequence) -> str:
         # TRT-LLM returns prompt + completion unless exclude_input_in_output is set (or streaming).
@@ -225,11 +273,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             p = self._prepare(request)
             if p.stream:
                 raise tensors.TensorError(STREAMING_NEEDS_DECOUPLED)
+            fault = await self._inject(p)
             seq = p.engine.submit(p.gen)
         except _HANDLED as exc:
             await _abort(context, exc)
         try:
-            await seq.collect()
+            async for _ in self._chunks(seq, fault):
+                pass
         except _HANDLED as exc:
             await _abort(context, exc)
         finally:
@@ -290,6 +340,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             p = self._prepare(request)
             if p.stream and not p.spec.decoupled:
                 raise tensors.TensorError(STREAMING_NEEDS_DECOUPLED)
+            fault = await self._inject(p)
             seq = p.engine.submit(p.gen)
         except _HANDLED as exc:
             error(str(exc))
@@ -298,13 +349,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         empty_final = p.empty_final and p.spec.decoupled
         try:
             if p.stream:
-                async for chunk in seq.stream():
+                async for chunk in self._chunks(seq, fault):
                     if chunk.token_id >= 0 or not empty_final:
                         respond(
                             self._outputs(p, seq, chunk.text, chunk.index), chunk.final and not empty_final
                         )
             else:
-                await seq.collect()
+                async for _ in self._chunks(seq, fault):
+                    pass
                 respond(self._outputs(p, seq, self._full_text(p, seq), seq.output_tokens), not empty_final)
             if empty_final:
                 respond({}, True)

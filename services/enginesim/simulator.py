@@ -133,9 +133,10 @@ class Simulator:
         return out
 
     # --- lifecycle --------------------------------------------------------------------------
-    async def start(self, extra_models: tuple[str, ...] = ()) -> None:
-        """Load the catalog's preload models plus ``extra_models``, then become ready."""
-        names = [s.name for s in self.catalog.models if s.preload]
+    async def start(self, extra_models: tuple[str, ...] = (), preload: bool = True) -> None:
+        """Load the catalog's preload models (unless ``preload`` is off) plus ``extra_models``,
+        then become ready."""
+        names = [s.name for s in self.catalog.models if s.preload and preload]
         names += [n for n in extra_models if n not in names]
         await asyncio.gather(*(self.load(n) for n in names))
         self.ready = True
@@ -173,7 +174,12 @@ class Simulator:
                 f"{free:g} GB free of {self.gpu_memory_gb:g} GB"
             )
             self._slots[name] = _Slot(spec, ModelState.UNAVAILABLE, reason)
-            raise InsufficientMemoryError(f"load failed for model '{name}': {reason}")
+            # Triton's shape of a failed load (INTERNAL): "load failed for model 'X': version 1
+            # is at UNAVAILABLE state: Internal: <cause>".
+            raise InsufficientMemoryError(
+                f"load failed for model '{name}': version {spec.version} is at UNAVAILABLE state: "
+                f"Internal: {reason}"
+            )
         slot = self._slots[name] = _Slot(spec, ModelState.LOADING)
         slot.transition = asyncio.create_task(self._do_load(slot))
         await asyncio.shield(slot.transition)

@@ -65,14 +65,26 @@ INPUTS: tuple[TensorSpec, ...] = (
         )
     ),
 )
-# Only the outputs the simulator produces; log probs and perf metrics come in a later issue.
+# The outputs the simulator produces (no log probs). The perf-metric ones are returned with
+# return_perf_metrics=true, as tensorrt_llm's model.py does; times are wall-clock ns.
+PERF_METRIC_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("kv_cache_alloc_new_blocks", "INT32", (1,)),
+    TensorSpec("kv_cache_reused_blocks", "INT32", (1,)),
+    TensorSpec("kv_cache_alloc_total_blocks", "INT32", (1,)),
+    TensorSpec("arrival_time_ns", "INT64", (1,)),
+    TensorSpec("first_scheduled_time_ns", "INT64", (1,)),
+    TensorSpec("first_token_time_ns", "INT64", (1,)),
+    TensorSpec("last_token_time_ns", "INT64", (1,)),
+)
 OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("text_output", "BYTES", (-1,)),
     TensorSpec("num_input_tokens", "INT32", (1,)),
     TensorSpec("num_output_tokens", "INT32", (1,)),
+    *PERF_METRIC_OUTPUTS,
 )
 _INPUTS_BY_NAME = {t.name: t for t in INPUTS}
 _OUTPUT_NAMES = {t.name for t in OUTPUTS}
+_OUTPUT_DTYPES = {t.name: t.datatype for t in OUTPUTS}
 
 _NP_DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -229,6 +241,8 @@ def select_outputs(
         wanted.add("num_input_tokens")
     if scalar(values, "return_num_output_tokens", False):
         wanted.add("num_output_tokens")
+    if scalar(values, "return_perf_metrics", False):
+        wanted.update(t.name for t in PERF_METRIC_OUTPUTS)
     return wanted
 
 
@@ -249,8 +263,8 @@ def build_response(
             tensor.datatype = "BYTES"
             data = serialize_byte_tensor(np.array([[value.encode("utf-8")]], dtype=object)).item()
         else:
-            tensor.datatype = "INT32"
-            data = np.array([[value]], dtype=np.int32).tobytes()
+            tensor.datatype = _OUTPUT_DTYPES[name]
+            data = np.array([[value]], dtype=_NP_DTYPES[tensor.datatype]).tobytes()
         resp.raw_output_contents.append(data)
     if final is not None:
         resp.parameters["triton_final_response"].bool_param = final

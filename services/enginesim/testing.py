@@ -45,6 +45,7 @@ async def start_enginesim(
     time_scale: float = 1000.0,
     gpu_memory_gb: float = 80.0,
     load: tuple[str, ...] = (),
+    preload: bool = True,
     metrics: bool = True,
 ) -> EngineSimHandle:
     """Start a simulator on 127.0.0.1:0 and return once it is ready.
@@ -60,6 +61,7 @@ async def start_enginesim(
         gpu_memory_gb=gpu_memory_gb,
         time_scale=time_scale,
         load=tuple(load),
+        preload=preload,
         shutdown_grace_s=0.0,
     )
     running = await start_server(config)

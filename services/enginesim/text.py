@@ -35,9 +35,14 @@ VOCAB: tuple[str, ...] = (
 _PUNCTUATION = frozenset({".", ","})
 
 
+def tokenize(text: str) -> list[str]:
+    """The tokens of ``text`` (what the KV prefix cache hashes, block by block)."""
+    return _TOKEN_RE.findall(text)
+
+
 def count_tokens(text: str) -> int:
     """Number of prompt tokens the simulator charges for ``text`` (>= 1)."""
-    return max(1, len(_TOKEN_RE.findall(text)))
+    return max(1, len(tokenize(text)))
 
 
 def _rng(prompt: str, seed: int, temperature: float) -> random.Random:

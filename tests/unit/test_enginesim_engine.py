@@ -113,7 +113,7 @@ async def test_batching_admits_up_to_max_running_and_queues_the_rest(make_engine
     assert engine.stats.success == 5
     assert seqs[4].admitted_ms > 0 and seqs[0].admitted_ms == 0
     assert engine.stats.queue_ns > 0
-    assert (engine.running, engine.waiting, engine.kv_blocks_reserved) == (0, 0, 0)
+    assert (engine.running, engine.waiting, engine.kv_blocks_used) == (0, 0, 0)
 
 
 def count_tokens_of(text: str) -> list[str]:
@@ -212,14 +212,14 @@ async def test_kv_capacity_limits_admission_and_rejects_oversized_requests(make_
     engine = make_engine(kv_capacity_blocks=3)
     a = engine.submit(GenerationRequest("a", max_tokens=31))
     b = engine.submit(GenerationRequest("b", max_tokens=31))
-    assert (engine.running, engine.waiting, engine.kv_blocks_reserved) == (1, 1, 2)
+    assert (engine.running, engine.waiting, engine.kv_blocks_used) == (1, 1, 2)
     with pytest.raises(InvalidRequestError, match="KV cache blocks"):
         engine.submit(GenerationRequest("word " * 100, max_tokens=10))
     with pytest.raises(InvalidRequestError, match="max_tokens"):
         engine.submit(GenerationRequest("a", max_tokens=0))
     await a.collect()
     await b.collect()
-    assert engine.kv_blocks_used == 0 and engine.kv_blocks_reserved == 0
+    assert engine.kv_blocks_used == 0 and engine.kv_cache.free == 3
 
 
 async def test_cancellation_removes_the_sequence_and_frees_its_slot(make_engine):
@@ -236,7 +236,7 @@ async def test_cancellation_removes_the_sequence_and_frees_its_slot(make_engine)
             pass
     assert await waiting.collect()  # admitted once the cancelled one left
     assert engine.stats.failures["CANCELED"] == 1 and engine.stats.success == 1
-    assert long.output_tokens < 1000 and engine.running == 0 and engine.kv_blocks_reserved == 0
+    assert long.output_tokens < 1000 and engine.running == 0 and engine.kv_blocks_used == 0
 
     queued_then_cancelled = [engine.submit(GenerationRequest("q", max_tokens=50)) for _ in range(2)]
     queued_then_cancelled[1].cancel()  # still waiting: leaves the queue
