@@ -1,4 +1,9 @@
-"""`harness`: the operator CLI. Subcommands grow with the issues (agents, policies, cost...)."""
+"""`harness`: the operator CLI. Subcommands grow with the issues (agents, policies, cost...).
+
+`harness up` starts the local stack; the registry subcommands (agents, versions, traffic, teams,
+projects, users, keys, models, tools, policies) reach it through `.harness/env` (see connect.py).
+Errors print the gRPC status code and message on stderr and exit 1; usage errors exit 2.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+import grpc
+
+from services.cli import agent_cmds, catalog_cmds, tenancy_cmds
+from services.cli.base import Ctx, UsageError
+from services.cli.connect import ConfigError, add_connection_args, resolve
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -35,12 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for health")
     up.add_argument("--free-ports", action="store_true", help="use any free ports instead of the defaults")
     up.set_defaults(func=_up)
+    common = argparse.ArgumentParser(add_help=False)
+    add_connection_args(common)
+    for module in (agent_cmds, tenancy_cmds, catalog_cmds):
+        module.register(sub, common)
     return parser
+
+
+def _run_registry(args: argparse.Namespace) -> int:
+    """Runs one registry subcommand; gRPC and config errors become one stderr line."""
+    ctx = None
+    try:
+        ctx = Ctx(resolve(args), json=bool(getattr(args, "json", False)))
+        return args.handler(ctx, args)
+    except grpc.RpcError as exc:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+        name = code.name if code is not None else "UNKNOWN"
+        print(f"harness: {name}: {details}", file=sys.stderr)
+        if code == grpc.StatusCode.UNAVAILABLE and ctx is not None:
+            print(f"harness: is the registry up at {ctx.conn.describe()}?", file=sys.stderr)
+        return 1
+    except (ConfigError, UsageError) as exc:
+        print(f"harness: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if ctx is not None:
+            ctx.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if hasattr(args, "handler"):
+        return _run_registry(args)
     return args.func(args)
 
 

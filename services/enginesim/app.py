@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 import grpc
@@ -17,6 +18,8 @@ from .faults import FaultInjector
 from .metrics import MetricsServer, build_registry
 from .server import SERVICE_NAME, InferenceServicer
 from .simulator import Simulator
+
+log = logging.getLogger("enginesim")
 
 
 @dataclass
@@ -82,6 +85,8 @@ async def start_server(config: SimulatorConfig, catalog: Catalog | None = None) 
         if config.metrics_port >= 0:
             app = build_http_app(build_registry(sim), faults)
             running.metrics = await asyncio.to_thread(MetricsServer, app, config.host, config.metrics_port)
+        # Live but not ready yet: say where, so a caller can watch the startup.
+        log.info("listening grpc=%s metrics=%s", running.address, running.metrics_port)
         if config.startup_delay_s:
             await asyncio.sleep(config.startup_delay_s / config.time_scale)
         await sim.start(config.load, config.preload)

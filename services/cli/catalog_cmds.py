@@ -1,0 +1,174 @@
+"""`harness models|tools|policies ...`: the model and tool catalogs and the casbin policy."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.common.v1 import common_pb2
+from harness.registry.v1 import registry_pb2 as pb
+
+from services.cli import output
+from services.cli.base import Ctx, UsageError, short
+
+# --- models and tools -----------------------------------------------------------------------
+
+
+def models_list(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = ctx.list_all("ListModels", pb.ListModelsRequest(), "models")
+
+    def human(r) -> None:
+        rows = [
+            [
+                m.name,
+                m.triton_model,
+                m.family,
+                f"{m.parameters_b:g}B",
+                m.quantization,
+                f"{m.memory_gib:g}",
+                m.context_length,
+            ]
+            for m in r.models
+        ]
+        output.table(("NAME", "TRITON MODEL", "FAMILY", "PARAMS", "QUANT", "MEM GIB", "CONTEXT"), rows)
+
+    return ctx.emit(resp, human)
+
+
+def models_register(ctx: Ctx, args: argparse.Namespace) -> int:
+    model = pb.Model(
+        name=args.name,
+        triton_model=args.triton_model or args.name,
+        family=args.family or "",
+        parameters_b=args.parameters_b,
+        quantization=args.quantization or "",
+        memory_gib=args.memory_gib,
+        context_length=args.context_length,
+    )
+    resp = ctx.call("RegisterModel", pb.RegisterModelRequest(model=model))
+    return ctx.emit(resp, lambda r: print(f"registered model {r.model.name} -> {r.model.triton_model}"))
+
+
+def _action_text(a: pb.ToolAction) -> str:
+    flags = [short(common_pb2.RiskClass, a.risk) or "?"]
+    if a.idempotent:
+        flags.append("idempotent")
+    if a.cache_ttl_s:
+        flags.append(f"ttl={a.cache_ttl_s}s")
+    if a.requires_approval:
+        flags.append("approval")
+    return f"{a.name}({','.join(flags)})"
+
+
+def tools_list(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = ctx.list_all("ListTools", pb.ListToolsRequest(), "tools")
+
+    def human(r) -> None:
+        rows = [[t.name, t.version, t.endpoint, " ".join(map(_action_text, t.actions))] for t in r.tools]
+        output.table(("NAME", "VERSION", "ENDPOINT", "ACTIONS"), rows)
+
+    return ctx.emit(resp, human)
+
+
+# --- policies -------------------------------------------------------------------------------
+
+
+def policy_rule(ptype: str, values: list[str]) -> pb.PolicyRule:
+    """The registry validates the values; the CLI only checks the rule kind and the count."""
+    if ptype not in ("p", "g"):
+        raise UsageError(f"rule kind must be p (policy) or g (role assignment), got {ptype!r}")
+    counts = (4, 5) if ptype == "p" else (3,)
+    if len(values) not in counts:
+        shape = "SUBJECT DOMAIN OBJECT ACTION [allow|deny]" if ptype == "p" else "SUBJECT ROLE DOMAIN"
+        raise UsageError(f"a {ptype!r} rule is: {ptype} {shape} (got {len(values)} values)")
+    return pb.PolicyRule(ptype=ptype, values=values)
+
+
+def rule_csv(rule: pb.PolicyRule) -> str:
+    return ", ".join([rule.ptype, *rule.values])
+
+
+def policies_list(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = ctx.call("ListPolicies", pb.ListPoliciesRequest(domain=args.domain or ""))
+
+    def human(r) -> None:
+        rows = []
+        for rule in r.rules:
+            v = list(rule.values)
+            if rule.ptype == "g":  # user, role, domain
+                rows.append(["g", v[0], v[2] if len(v) > 2 else "", v[1] if len(v) > 1 else "", "", ""])
+            else:  # sub, dom, obj, act, eft
+                rows.append(["p", *(v + [""] * 5)[:5]])
+        output.table(("KIND", "SUBJECT", "DOMAIN", "OBJECT/ROLE", "ACTION", "EFFECT"), rows)
+
+    return ctx.emit(resp, human)
+
+
+def policies_add(ctx: Ctx, args: argparse.Namespace) -> int:
+    rule = policy_rule(args.ptype, args.values)
+    resp = ctx.call("AddPolicy", pb.AddPolicyRequest(rule=rule))
+    return ctx.emit(resp, lambda r: print(("added: " if r.added else "already present: ") + rule_csv(rule)))
+
+
+def policies_remove(ctx: Ctx, args: argparse.Namespace) -> int:
+    rule = policy_rule(args.ptype, args.values)
+    resp = ctx.call("RemovePolicy", pb.RemovePolicyRequest(rule=rule))
+    return ctx.emit(resp, lambda r: print(("removed: " if r.removed else "not present: ") + rule_csv(rule)))
+
+
+def policies_check(ctx: Ctx, args: argparse.Namespace) -> int:
+    req = pb.CheckAccessRequest(
+        subject=args.subject, domain=args.domain, object=args.object, action=args.action
+    )
+    resp = ctx.call("CheckAccess", req)
+
+    def human(r) -> None:
+        verdict = "allowed" if r.allowed else "denied"
+        print(f"{verdict}: {args.subject} {args.action} {args.object} in {args.domain}")
+        print(f"rule: {r.rule or '(none matched: default deny)'}")
+
+    ctx.emit(resp, human)
+    return 0 if resp.allowed or not args.exit_code else 3
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    models = sub.add_parser("models", help="model catalog: list, register")
+    t = models.add_subparsers(dest="verb", required=True, metavar="ACTION")
+    t.add_parser("list", parents=[common], help="list catalog models").set_defaults(handler=models_list)
+    p = t.add_parser("register", parents=[common], help="add a model to the catalog")
+    p.add_argument("name")
+    p.add_argument("--triton-model", help="Triton model name (default: the catalog name)")
+    p.add_argument("--family")
+    p.add_argument("--parameters-b", type=float, default=0.0, help="parameter count, billions")
+    p.add_argument("--quantization", help="fp16, fp8, awq-int4, ...")
+    p.add_argument("--memory-gib", type=float, default=0.0, help="GPU memory per replica")
+    p.add_argument("--context-length", type=int, default=0)
+    p.set_defaults(handler=models_register)
+
+    tools = sub.add_parser("tools", help="tool catalog: list")
+    t = tools.add_subparsers(dest="verb", required=True, metavar="ACTION")
+    t.add_parser("list", parents=[common], help="list catalog tools").set_defaults(handler=tools_list)
+
+    policies = sub.add_parser("policies", help="casbin policy: list, add, remove, check")
+    t = policies.add_subparsers(dest="verb", required=True, metavar="ACTION")
+    p = t.add_parser("list", parents=[common], help="rules and role assignments")
+    p.add_argument("--domain", help="only this project")
+    p.set_defaults(handler=policies_list)
+    for name, handler, verb in (("add", policies_add, "add"), ("remove", policies_remove, "remove")):
+        p = t.add_parser(
+            name,
+            parents=[common],
+            help=f"{verb} a rule: p SUBJECT DOMAIN OBJECT ACTION [allow|deny] | g SUBJECT ROLE DOMAIN",
+        )
+        p.add_argument("ptype", metavar="p|g")
+        p.add_argument("values", nargs="+", metavar="VALUE")
+        p.set_defaults(handler=handler)
+    p = t.add_parser("check", parents=[common], help="may SUBJECT do ACTION on OBJECT in DOMAIN?")
+    p.add_argument("subject", help="user, agent:<name> or role:<name>")
+    p.add_argument("domain", help="project")
+    p.add_argument("object", help="agent:<name>, model:<name>, tool:<name>")
+    p.add_argument("action", help="invoke, read, write, delete")
+    p.add_argument("--exit-code", action="store_true", help="exit 3 when denied (for scripts)")
+    p.set_defaults(handler=policies_check)

@@ -1,0 +1,260 @@
+"""The `harness` CLI against a real registry on port 0: it reads <root>/env, authenticates, and
+prints tables, JSON, or the gRPC status of a failure (exit 1, no traceback)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services.cli.main import main
+from services.common.config import ServerConfig, TlsFiles
+from services.devtools.certs import make_certs
+from services.registry.policy import Policy
+from services.registry.servicer import RegistryServicer
+from services.registry.store import Store
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+    def json(self):
+        assert self.rc == 0, self.err
+        return json.loads(self.out)
+
+
+async def _start(store: Store, auth, tls: TlsFiles | None = None):
+    from services.common.server import start_server
+
+    servicer = RegistryServicer(store, Policy(store), auth.trust_domain)
+    cfg = ServerConfig(name="registry", port=0, metrics_port=None, auth=auth, tls=tls or TlsFiles())
+    return await start_server(cfg, servicer.register, api_key_resolver=servicer.resolve_api_key)
+
+
+def _write_env(root: Path, **values: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "env").write_text("".join(f"export {k}='{v}'\n" for k, v in values.items()))
+
+
+@pytest.fixture
+async def registry(test_auth, tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'registry.db'}")
+    running = await _start(store, test_auth)
+    yield running
+    await running.stop(0)
+    store.close()
+
+
+@pytest.fixture
+def root(tmp_path, registry, mint_token) -> Path:
+    """A `.harness`-like directory: env naming the (plaintext) registry, and user tokens."""
+    root = tmp_path / "harness"
+    _write_env(root, HARNESS_ADDR=registry.address, HARNESS_PLAINTEXT="1")
+    (root / "tokens").mkdir()
+    (root / "tokens" / "alice.jwt").write_text(mint_token("alice", "admin"))
+    (root / "tokens" / "bob.jwt").write_text(mint_token("bob"))
+    return root
+
+
+@pytest.fixture
+def cli(root, capsys, monkeypatch):
+    """Runs main() in a thread (the server shares this event loop); acts as alice unless told."""
+    for name in ("HARNESS_ADDR", "HARNESS_REGISTRY_ADDR", "HARNESS_TOKEN", "HARNESS_API_KEY", "HARNESS_CA"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def run(*argv: str, user: str | None = "alice") -> Result:
+        args = [*argv, "--root", str(root)]
+        if user:
+            args += ["--user", user]
+        capsys.readouterr()
+        rc = await asyncio.to_thread(main, args)
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return Result(rc, out, err)
+
+    return run
+
+
+async def _seed(cli) -> None:
+    for argv in (
+        ("teams", "create", "finance"),
+        ("projects", "create", "ledger", "--team", "finance"),
+        ("users", "create", "bob", "--team", "finance", "--email", "bob@example.com"),
+        ("models", "register", "llama-3-8b", "--triton-model", "llama-3-8b-instruct", "--parameters-b", "8",
+         "--family", "llama-3", "--quantization", "fp16", "--context-length", "8192"),
+        ("agents", "create", "demo-agent", "--project", "ledger", "--type", "rag", "--slo-class",
+         "interactive", "--ttft-ms", "500", "--pii", "phone=hash"),
+        ("versions", "create", "demo-agent", "v1", "--model", "llama-3-8b", "--meta", "git=abc", "--meta", "n=3"),
+        ("versions", "create", "demo-agent", "v2", "--model", "llama-3-8b"),
+    ):  # fmt: skip
+        res = await cli(*argv)
+        assert res.rc == 0, (argv, res.err)
+
+
+async def test_agent_lifecycle_and_illegal_transition(cli):
+    await _seed(cli)
+    got = (await cli("agents", "get", "demo-agent", "--json")).json()["agent"]
+    assert got["state"] == "AGENT_STATE_REGISTERED" and got["type"] == "AGENT_TYPE_RAG"
+    assert got["slo"]["ttft_ms"] == 500 and got["data_policy"]["pii"][0]["mode"] == "MASK_MODE_HASH"
+    assert [v["version"] for v in got["versions"]] == ["v1", "v2"]
+    assert got["versions"][0]["metadata"] == {"git": "abc", "n": 3}
+
+    res = await cli("agents", "state", "demo-agent", "online")
+    assert res.rc == 0 and res.out.strip() == "demo-agent: online"
+    res = await cli("agents", "state", "demo-agent", "retired")
+    assert res.rc == 1 and res.out == ""
+    assert res.err.startswith("harness: FAILED_PRECONDITION:") and "online" in res.err
+
+    table = (await cli("agents", "list")).out.splitlines()
+    assert table[0].split() == ["NAME", "TYPE", "PROJECT", "STATE", "SLO", "VERSIONS", "TRAFFIC"]
+    assert table[1].split() == ["demo-agent", "rag", "ledger", "online", "interactive", "v1,v2", "v1=100"]
+    listed = (await cli("agents", "list", "--state", "offline", "--json")).json()
+    assert listed.get("agents", []) == []
+    listed = (await cli("agents", "list", "--state", "online", "--project", "ledger", "--json")).json()
+    assert [a["name"] for a in listed["agents"]] == ["demo-agent"]
+
+    for state in ("draining", "offline", "retired"):
+        assert (await cli("agents", "state", "demo-agent", state)).rc == 0
+    assert (await cli("agents", "get", "demo-agent", "--json")).json()["agent"][
+        "state"
+    ] == "AGENT_STATE_RETIRED"
+
+
+async def test_bad_input_and_access_errors(cli):
+    await _seed(cli)
+    res = await cli("agents", "create", "demo-agent", "--project", "ledger")
+    assert res.rc == 1 and "ALREADY_EXISTS" in res.err
+    res = await cli("agents", "create", "other", "--project", "nope")
+    assert res.rc == 1 and "NOT_FOUND" in res.err
+    res = await cli("agents", "get", "ghost")
+    assert res.rc == 1 and res.err.startswith("harness: NOT_FOUND:")
+    res = await cli("agents", "create", "x", "--project", "ledger", user="bob")
+    assert res.rc == 1 and "PERMISSION_DENIED" in res.err and "admin" in res.err
+    res = await cli("agents", "list", user=None)
+    assert res.rc == 1 and "UNAUTHENTICATED" in res.err
+    assert (await cli("agents", "list", user="bob")).rc == 0  # reads: any authenticated user
+
+
+async def test_traffic_split_and_rollback(cli):
+    await _seed(cli)
+    res = await cli("traffic", "set", "demo-agent", "v1=90", "v2=10")
+    assert res.rc == 0 and res.out.strip() == "demo-agent: v1=90 v2=10"
+    traffic = (await cli("agents", "get", "demo-agent", "--json")).json()["agent"]["traffic"]
+    assert traffic == [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}]
+    res = await cli("traffic", "set", "demo-agent", "v1=50", "v2=10")
+    assert res.rc == 1 and "INVALID_ARGUMENT" in res.err and "100" in res.err
+    res = await cli("traffic", "set", "demo-agent", "v1=ninety")
+    assert res.rc == 2 and "whole number" in res.err
+
+    res = await cli("traffic", "rollback", "demo-agent")
+    assert res.rc == 0 and res.out.strip() == "demo-agent: v1=100"
+    res = await cli("traffic", "rollback", "demo-agent")
+    assert res.rc == 1 and "FAILED_PRECONDITION" in res.err
+    assert (await cli("traffic", "show", "demo-agent")).out.strip() == "demo-agent: v1=100"
+    rows = (await cli("versions", "list", "demo-agent")).out.splitlines()
+    assert [r.split()[:2] for r in rows[1:]] == [["v1", "100"], ["v2", "0"]]
+
+
+async def test_api_key_create_use_and_revoke(cli):
+    await _seed(cli)
+    created = (await cli("keys", "create", "bob", "--project", "ledger", "--expires", "30d", "--json")).json()
+    secret, key_id = created["secret"], created["key"]["id"]
+    assert secret and key_id and created["key"]["user"] == "bob" and created["key"]["expire_time"]
+    # The key works as a credential, and its secret is never listed.
+    assert (await cli("agents", "list", "--api-key", secret, user=None)).rc == 0
+    listing = await cli("keys", "list", "--owner", "bob")
+    assert key_id in listing.out and "active" in listing.out and secret not in listing.out
+
+    human = await cli("keys", "create", "bob", "--project", "ledger")
+    assert human.rc == 0 and "secret: " in human.out and "shown only now" in human.err
+
+    res = await cli("keys", "revoke", key_id)
+    assert res.rc == 0 and res.out.startswith(f"revoked key {key_id}")
+    keys = (await cli("keys", "list", "--json")).json()["keys"]
+    assert {k["id"]: bool(k.get("revoke_time")) for k in keys}[key_id] is True
+    res = await cli("agents", "list", "--api-key", secret, user=None)
+    assert res.rc == 1 and "UNAUTHENTICATED" in res.err
+
+
+async def test_policies_add_check_remove(cli):
+    await _seed(cli)
+    rule = ("p", "role:analyst", "ledger", "agent:demo-agent", "invoke")
+    assert (await cli("policies", "add", *rule)).out.startswith("added: p, role:analyst")
+    assert (await cli("policies", "add", *rule)).out.startswith("already present:")
+    assert (await cli("policies", "add", "g", "bob", "role:analyst", "ledger")).rc == 0
+
+    res = await cli("policies", "check", "bob", "ledger", "agent:demo-agent", "invoke")
+    assert res.rc == 0 and res.out.startswith("allowed:") and "role:analyst" in res.out
+    check = (await cli("policies", "check", "bob", "ledger", "agent:demo-agent", "invoke", "--json")).json()
+    assert check["allowed"] is True and "role:analyst" in check["rule"]
+    res = await cli("policies", "check", "mallory", "ledger", "agent:demo-agent", "invoke", "--exit-code")
+    assert res.rc == 3 and res.out.startswith("denied:") and "default deny" in res.out
+    denied = (
+        await cli("policies", "check", "mallory", "ledger", "agent:demo-agent", "invoke", "--json")
+    ).json()
+    assert denied["allowed"] is False
+
+    rules = (await cli("policies", "list", "--domain", "ledger", "--json")).json()["rules"]
+    assert {"ptype": "g", "values": ["bob", "role:analyst", "ledger"]} in rules
+    res = await cli("policies", "add", "p", "role:analyst", "ledger", "agent:demo-agent", "fly")
+    assert res.rc == 1 and "INVALID_ARGUMENT" in res.err
+    res = await cli("policies", "add", "x", "a", "b", "c")
+    assert res.rc == 2 and "p (policy) or g" in res.err
+
+    assert (await cli("policies", "remove", *rule)).out.startswith("removed:")
+    res = await cli("policies", "check", "bob", "ledger", "agent:demo-agent", "invoke")
+    assert res.out.startswith("denied:")
+
+
+async def test_catalog_and_tenancy_lists(cli):
+    await _seed(cli)
+    assert (await cli("teams", "list", "--json")).json()["teams"][0]["name"] == "finance"
+    projects = (await cli("projects", "list", "--team", "finance")).out.splitlines()
+    assert projects[1].split()[:2] == ["ledger", "finance"]
+    users = (await cli("users", "list", "--json")).json()["users"]
+    assert [u["name"] for u in users] == ["bob"]
+    assert "bob@example.com" in (await cli("users", "get", "bob")).out
+    models = (await cli("models", "list")).out.splitlines()
+    assert models[1].split() == ["llama-3-8b", "llama-3-8b-instruct", "llama-3", "8B", "fp16", "0", "8192"]
+    assert (await cli("tools", "list")).out.strip() == "(none)"
+
+
+async def test_ops_cert_over_mtls_acts_as_admin(test_auth, tmp_path, capsys, monkeypatch):
+    """`harness up` makes a `cli` service cert: direct to the registry it needs no admin token."""
+    for name in ("HARNESS_ADDR", "HARNESS_TOKEN", "HARNESS_CERT", "HARNESS_KEY", "HARNESS_OPS_CERT"):
+        monkeypatch.delenv(name, raising=False)
+    root = tmp_path / "harness"
+    certs = make_certs(root / "certs", services=("registry", "cli"), agents=("demo-agent",))
+    leaf = certs.services["registry"]
+    store = Store(f"sqlite:///{tmp_path / 'registry.db'}")
+    running = await _start(store, test_auth, TlsFiles(str(leaf.cert), str(leaf.key), str(certs.ca_cert)))
+    try:
+        _write_env(
+            root,
+            HARNESS_ADDR="127.0.0.1:1",  # Envoy, not running: the direct registry address wins
+            HARNESS_REGISTRY_ADDR=f"127.0.0.1:{running.port}",
+            HARNESS_CA=str(certs.ca_cert),
+            HARNESS_CERT=str(certs.agents["demo-agent"].cert),
+            HARNESS_KEY=str(certs.agents["demo-agent"].key),
+        )
+        rc = await asyncio.to_thread(main, ["teams", "create", "ops", "--root", str(root)])
+        assert rc == 0, capsys.readouterr().err
+        capsys.readouterr()
+        rc = await asyncio.to_thread(main, ["teams", "list", "--json", "--root", str(root)])
+        assert rc == 0 and [t["name"] for t in json.loads(capsys.readouterr().out)["teams"]] == ["ops"]
+        # The agent cert alone (no user token) may read but not administer.
+        demo = certs.agents["demo-agent"]
+        agent = ["--cert", str(demo.cert), "--key", str(demo.key), "--root", str(root)]
+        rc = await asyncio.to_thread(main, ["teams", "list", *agent])
+        assert rc == 0 and "ops" in capsys.readouterr().out
+        rc = await asyncio.to_thread(main, ["teams", "create", "x", *agent])
+        assert rc == 1 and "PERMISSION_DENIED" in capsys.readouterr().err
+    finally:
+        await running.stop(0)
+        store.close()
