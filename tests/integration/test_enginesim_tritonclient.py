@@ -209,7 +209,7 @@ def test_cold_start_takes_the_load_time_and_unload_frees_memory(sim, client):
 
 
 # --- KV prefix cache and determinism --------------------------------------------------------
-def test_a_repeated_prefix_is_not_prefilled_again(client):
+def test_a_repeated_prefix_is_not_prefilled_again(sim, client):
     # 320 prompt tokens = 20 blocks of 16: a cold prefill costs 640 ms simulated (64 ms real).
     shared = " ".join(f"fact{i}" for i in range(320))
     cold = stream(client, shared + " first question", 4, perf=True)
@@ -223,6 +223,7 @@ def test_a_repeated_prefix_is_not_prefilled_again(client):
     assert warm.ttft_s < cold.ttft_s / 3
     server_ttft = warm.outputs["first_token_time_ns"] - warm.outputs["arrival_time_ns"]
     assert 0 < server_ttft < (cold.outputs["first_token_time_ns"] - cold.outputs["arrival_time_ns"]) / 3
+    assert metric(sim, "nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="reused", model=STREAM) >= 20
 
 
 def test_text_is_deterministic_for_prompt_and_seed(client):
