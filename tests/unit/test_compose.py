@@ -24,3 +24,15 @@ def test_router_reaches_each_service_on_its_compose_port():
     command = yaml.safe_load(COMPOSE.read_text())["services"]["router"]["command"]
     for name in ("registry", "pool", "audit", "cost"):
         assert f"--{name} {name}:{COMPOSE_SERVICE_PORTS[name]}" in command
+
+
+def test_demo_models_match_the_simulator_catalog():
+    """The registry's memory figure is what the pool places by: it must be the engine's own."""
+    from services.enginesim.catalog import load_catalog
+
+    catalog = load_catalog()
+    demo = yaml.safe_load((COMPOSE.parent / "demo.yaml").read_text())
+    for model in demo["registry"]["models"]:
+        spec = catalog.get(model["triton_model"])
+        assert spec is not None, f"{model['name']}: no simulator model {model['triton_model']}"
+        assert model["memory_gib"] == spec.memory_gb, model["name"]
