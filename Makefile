@@ -53,6 +53,7 @@ lint: $(STAMP)
 
 bench: proto
 	$(PY) bench/run.py
+	$(PY) bench/enginesim.py
 
 clean:
 	rm -rf gen .harness .pytest_cache

@@ -66,11 +66,7 @@ async def main_async(args: argparse.Namespace) -> None:
         proc = start_stack(root, args.time_scale)
         try:
             env = env_of(root)
-            sim_addr = next(
-                line.split("grpc=")[1].split()[0]
-                for line in (root / "logs" / "enginesim.log").read_text().splitlines()
-                if "ready grpc=" in line
-            )
+            sim_addr = env["HARNESS_TRITON_ADDRS"].split(",")[0]  # sim-0 serves llama-3-8b-instruct
             router_addr = next(
                 line.split(" serving on ")[1].split()[0]
                 for line in (root / "logs" / "router-1.log").read_text().splitlines()

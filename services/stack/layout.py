@@ -12,8 +12,9 @@ from pathlib import Path
 class StackPorts:
     envoy: int = 8443
     envoy_admin: int = 9901
-    enginesim: int = 8001
-    enginesim_metrics: int = 8002
+    # One gRPC and one metrics port per engine simulator instance (sim-0, sim-1, ...).
+    enginesim: tuple[int, ...] = (8001, 8011)
+    enginesim_metrics: tuple[int, ...] = (8002, 8012)
     routers: tuple[int, ...] = (50061, 50062)
     router_metrics: tuple[int, ...] = (9461, 9462)
     registry: int = 50071

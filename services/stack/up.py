@@ -1,7 +1,8 @@
 """`harness up`: the whole local stack as processes, healthy, seeded, and explained.
 
-Engine simulator, registry, pool, audit, cost, two routers and the Envoy front proxy, each a
-child process logging to .harness/logs/<name>.log. Ctrl-C or SIGTERM stops every child.
+Two engine simulators with different model sets (sim-0, sim-1), registry, pool, audit, cost,
+two routers and the Envoy front proxy, each a child process logging to
+.harness/logs/<name>.log. Ctrl-C or SIGTERM stops every child.
 """
 
 from __future__ import annotations
@@ -39,6 +40,37 @@ class StackError(Exception):
 
 
 @dataclass(frozen=True)
+class SimulatorSpec:
+    """One engine simulator instance: its pool endpoint name and the models it loads at start."""
+
+    name: str
+    models: tuple[str, ...]
+
+
+# Different model sets, so the router's per-model endpoint choice is visible: the AWQ 8B runs on
+# both, the FP16 8B only on sim-0, the 70B only on sim-1 (memory: 33+15 and 15+63 of 80 GB).
+DEFAULT_SIMULATORS: tuple[SimulatorSpec, ...] = (
+    SimulatorSpec("sim-0", ("llama-3-8b-instruct", "llama-3-8b-instruct-awq")),
+    SimulatorSpec("sim-1", ("llama-3-8b-instruct-awq", "llama-3-70b-instruct-awq")),
+)
+
+
+@dataclass(frozen=True)
+class SimulatorInstance:
+    spec: SimulatorSpec
+    port: int
+    metrics_port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
+@dataclass(frozen=True)
 class UpConfig:
     root: Path = Path(".harness")
     ports: StackPorts = field(default_factory=StackPorts)
@@ -47,8 +79,9 @@ class UpConfig:
     time_scale: float = 1.0
     timeout_s: float = 60.0
     demo_user: str = "alice"
-    gpu_type: str = "H100-80GB"
+    gpu_type: str = "H100-SXM-80GB"
     gpu_memory_gb: float = 80.0
+    simulators: tuple[SimulatorSpec, ...] = DEFAULT_SIMULATORS  # one per ports.enginesim entry
 
 
 def _py(module: str, *args: str) -> list[str]:
@@ -62,6 +95,16 @@ class Stack:
         self.sup = Supervisor()
         self.demo = yaml.safe_load(cfg.demo_file.read_text()) or {}
         self.certs: CertBundle | None = None
+        p = cfg.ports
+        if not len(cfg.simulators) == len(p.enginesim) == len(p.enginesim_metrics):
+            raise StackError(
+                f"{len(cfg.simulators)} simulators need as many enginesim ports and metrics ports; "
+                f"got {p.enginesim} and {p.enginesim_metrics}"
+            )
+        self.sims = [
+            SimulatorInstance(spec, port, metrics)
+            for spec, port, metrics in zip(cfg.simulators, p.enginesim, p.enginesim_metrics, strict=True)
+        ]
 
     # --- start -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -97,11 +140,13 @@ class Stack:
 
     def _start_children(self) -> None:
         p, state, logs = self.cfg.ports, self.paths.state, self.paths.logs
-        sim = Child("enginesim", _py(
-            "services.enginesim", "--host", "127.0.0.1", "--port", p.enginesim, "--metrics-port",
-            p.enginesim_metrics, "--time-scale", self.cfg.time_scale, "--gpu-memory-gb", self.cfg.gpu_memory_gb,
-        ), logs / "enginesim.log")  # fmt: skip
-        self.sup.start(sim)
+        for i, sim in enumerate(self.sims):
+            argv = _py(
+                "services.enginesim", "--host", "127.0.0.1", "--port", sim.port, "--metrics-port",
+                sim.metrics_port, "--time-scale", self.cfg.time_scale, "--gpu-memory-gb", self.cfg.gpu_memory_gb,
+                "--no-preload", "--load", *sim.spec.models,
+            )  # fmt: skip
+            self.sup.start(Child(f"enginesim-{i}", argv, logs / f"enginesim-{i}.log"))
         for name, port, metrics in (
             ("registry", p.registry, p.registry_metrics),
             ("audit", p.audit, p.audit_metrics),
@@ -110,14 +155,16 @@ class Stack:
             db = f"sqlite:///{(state / f'{name}.db').resolve()}"
             argv = _py(f"services.{name}", *self._service_flags(name, port, metrics), "--db-url", db)
             self.sup.start(Child(name, argv, logs / f"{name}.log"))
-        endpoint = (
-            f"name=sim-0,address=127.0.0.1:{p.enginesim},"
-            f"metrics=http://127.0.0.1:{p.enginesim_metrics}/metrics,"
-            f"gpu_type={self.cfg.gpu_type},gpus=1,memory_gb={self.cfg.gpu_memory_gb:g}"
-        )
-        pool = _py(
-            "services.pool", *self._service_flags("pool", p.pool, p.pool_metrics), "--endpoint", endpoint
-        )
+        endpoints = [
+            arg
+            for sim in self.sims
+            for arg in (
+                "--endpoint",
+                f"name={sim.spec.name},address={sim.address},metrics={sim.metrics_url},"
+                f"gpu_type={self.cfg.gpu_type},gpus=1,memory_gb={self.cfg.gpu_memory_gb:g}",
+            )
+        ]
+        pool = _py("services.pool", *self._service_flags("pool", p.pool, p.pool_metrics), *endpoints)
         self.sup.start(Child("pool", pool, logs / "pool.log"))
         for i, (port, metrics) in enumerate(zip(p.routers, p.router_metrics, strict=True)):
             argv = _py(
@@ -195,35 +242,37 @@ class Stack:
         p = self.cfg.ports
         deadline = time.monotonic() + self.cfg.timeout_s
         tls = self._cli_tls()
-        sim = grpc.aio.insecure_channel(f"127.0.0.1:{p.enginesim}")
+        sims = {sim.spec.name: grpc.aio.insecure_channel(sim.address) for sim in self.sims}
         targets = {
             "registry": p.registry, "pool": p.pool, "audit": p.audit, "cost": p.cost,
             **{f"router-{i + 1}": port for i, port in enumerate(p.routers)},
         }  # fmt: skip
         channels = {name: open_channel(f"127.0.0.1:{port}", tls) for name, port in targets.items()}
         try:
-            await self._until("enginesim", lambda: self._serving(sim), deadline)
+            for name, ch in sims.items():  # SERVING once its startup models are loaded
+                await self._until(f"engine simulator {name}", lambda ch=ch: self._serving(ch), deadline)
             for name, ch in channels.items():
                 await self._until(name, lambda ch=ch: self._serving(ch), deadline)
             await seed_registry(registry_pb2_grpc.RegistryStub(channels["registry"]), self.demo, ())
             await seed_cost(cost_pb2_grpc.CostStub(channels["cost"]), self.demo, ())
             pool = pool_pb2_grpc.PoolStub(channels["pool"])
 
-            async def model_ready() -> bool:
+            wanted = {sim.spec.name: set(sim.spec.models) for sim in self.sims}
+
+            async def models_ready() -> bool:
                 resp = await pool.ListEndpoints(pool_pb2.ListEndpointsRequest(), timeout=1.0)
-                return any(
-                    m.state == pool_pb2.MODEL_STATE_READY
+                seen = {
+                    ep.name: {m.name for m in ep.models if m.state == pool_pb2.MODEL_STATE_READY}
                     for ep in resp.endpoints
                     if ep.health == pool_pb2.ENDPOINT_HEALTH_HEALTHY
-                    for m in ep.models
-                )
+                }
+                return all(models <= seen.get(name, set()) for name, models in wanted.items())
 
-            await self._until("a ready model in the pool", model_ready, deadline)
+            await self._until("every simulator's models ready in the pool", models_ready, deadline)
             self._start_envoy()
             await self._until("envoy", self._envoy_ready, deadline)
         finally:
-            await sim.close()
-            for ch in channels.values():
+            for ch in (*sims.values(), *channels.values()):
                 await ch.close()
 
     async def _envoy_ready(self) -> bool:
@@ -260,6 +309,9 @@ class Stack:
             "HARNESS_AGENT": agent,
             "HARNESS_TOKEN": (tokens_dir / f"{self.cfg.demo_user}.jwt").read_text(),
             "HARNESS_ENVOY_ADMIN": f"http://127.0.0.1:{self.cfg.ports.envoy_admin}",
+            # The simulators, directly (plain gRPC, Triton's protocol), for ops and benchmarks.
+            "HARNESS_TRITON_ADDRS": ",".join(sim.address for sim in self.sims),
+            "HARNESS_TRITON_METRICS": ",".join(sim.metrics_url for sim in self.sims),
         }
         self.paths.env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in env.items()))
         return env
@@ -267,11 +319,16 @@ class Stack:
     def banner(self, env: dict[str, str]) -> str:
         p = self.cfg.ports
         tls = '-cacert "$HARNESS_CA" -cert "$HARNESS_CERT" -key "$HARNESS_KEY"'
+        sims = "\n".join(
+            f"  engine simulator {s.spec.name:<8} {s.address}  metrics {s.metrics_url}  ({', '.join(s.spec.models)})"
+            for s in self.sims
+        )
+        first = self.sims[0]
         return f"""
 Harness is up (Ctrl-C stops everything).
   front door (Envoy, mTLS)  {env["HARNESS_ADDR"]}
   Envoy admin               {env["HARNESS_ENVOY_ADMIN"]}
-  engine simulator (Triton) 127.0.0.1:{p.enginesim}   metrics http://127.0.0.1:{p.enginesim_metrics}/metrics
+{sims}
   routers {", ".join(f"127.0.0.1:{r}" for r in p.routers)}; registry :{p.registry}; pool :{p.pool}; audit :{p.audit}; cost :{p.cost}
   logs {self.paths.logs}/   state {self.paths.state}/
 
@@ -285,6 +342,10 @@ Try it:
       -d '{{"filter": {{"agent": "{env["HARNESS_AGENT"]}"}}}}' "$HARNESS_ADDR" harness.audit.v1.Audit/Query
   grpcurl {tls} -H "authorization: Bearer $HARNESS_TOKEN" \\
       -d '{{"group_by": ["agent", "model"]}}' "$HARNESS_ADDR" harness.cost.v1.Cost/Report
+
+The simulators directly (Triton's protocol, no TLS; addresses in $HARNESS_TRITON_ADDRS):
+  grpcurl -plaintext {first.address} inference.GRPCInferenceService/RepositoryIndex
+  curl -s {first.metrics_url} | grep nv_inference
 """
 
     def stop(self) -> None:

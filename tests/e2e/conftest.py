@@ -26,6 +26,16 @@ class RunningStack:
     def token(self, user: str) -> str:
         return (self.root / "tokens" / f"{user}.jwt").read_text().strip()
 
+    @property
+    def triton_addrs(self) -> list[str]:
+        """gRPC host:port of each engine simulator (sim-0, sim-1), from .harness/env."""
+        return self.env["HARNESS_TRITON_ADDRS"].split(",")
+
+    @property
+    def triton_metrics(self) -> list[str]:
+        """Metrics URL of each engine simulator, in the same order."""
+        return self.env["HARNESS_TRITON_METRICS"].split(",")
+
     def pids(self) -> dict[str, int]:
         lines = (self.root / "stack.pids").read_text().split("\n")
         return {name: int(pid) for name, pid in (line.split() for line in lines if line.strip())}

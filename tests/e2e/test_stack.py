@@ -12,10 +12,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
+import tritonclient.grpc as tritongrpc
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
@@ -86,7 +88,8 @@ async def test_generate_streams_and_records_one_audit_and_one_usage_record(stack
         assert sum(1 for c in chunks if c.text_delta) >= 2, "text should arrive as a stream of deltas"
         summary = final.summary
         assert summary.model == "llama-3-8b" and summary.agent_version == "v1"
-        assert summary.deployment.startswith("llama-3-8b@")
+        # llama-3-8b is llama-3-8b-instruct, which only sim-0 loads: the router picked it.
+        assert summary.deployment == "llama-3-8b@sim-0"
         assert summary.usage.output_tokens == 16 and summary.usage.input_tokens > 0
         assert summary.timing.ttft_ms > 0 and summary.timing.e2e_ms >= summary.timing.ttft_ms
 
@@ -122,6 +125,33 @@ async def test_generate_streams_and_records_one_audit_and_one_usage_record(stack
         assert count(after) == count(before) + 1
         row = next(r for r in after.rows if r.group.get("agent") == "demo-agent")
         assert row.output_tokens >= 16 and row.cost_micro_usd > 0
+
+
+SIM_MODELS = [
+    {"llama-3-8b-instruct", "llama-3-8b-instruct-awq"},  # sim-0
+    {"llama-3-8b-instruct-awq", "llama-3-70b-instruct-awq"},  # sim-1
+]
+
+
+def test_two_simulators_with_different_model_sets_are_reachable_directly(stack):
+    """Ops can reach each simulator at the addresses in .harness/env with the real tritonclient."""
+    assert len(stack.triton_addrs) == len(stack.triton_metrics) == len(SIM_MODELS)
+    ready = []
+    for addr in stack.triton_addrs:
+        client = tritongrpc.InferenceServerClient(addr)
+        try:
+            assert client.is_server_live() and client.is_server_ready()
+            index = client.get_model_repository_index(as_json=True).get("models", [])
+            ready.append({m["name"] for m in index if m.get("state") == "READY"})
+        finally:
+            client.close()
+    # --no-preload: only the --load models, not the catalog's preload ones.
+    assert ready == SIM_MODELS
+    for url in stack.triton_metrics:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = resp.read().decode()
+        assert resp.status == 200
+        assert "nv_gpu_memory_total_bytes" in body and "nv_inference_request_success" in body
 
 
 async def test_forged_xfcc_header_is_ignored(stack):
@@ -197,7 +227,8 @@ def test_second_stack_on_busy_ports_names_the_port(stack, tmp_path):
 def test_zz_sigterm_stops_every_child(stack):
     """Runs last (name order within the module): stopping the stack leaves no process behind."""
     pids = stack.pids()
-    assert {"enginesim", "registry", "pool", "audit", "cost", "router-1", "router-2", "envoy"} <= set(pids)
+    children = {"enginesim-0", "enginesim-1", "registry", "pool", "audit", "cost", "router-1", "router-2"}
+    assert children | {"envoy"} <= set(pids)
     stack.proc.send_signal(signal.SIGTERM)
     assert stack.proc.wait(timeout=30) == 0
     deadline = time.monotonic() + 10

@@ -269,7 +269,9 @@ def test_queue_overflow_and_metrics_moving_with_load(sim, client):
     success_before = metric(sim, "nv_inference_request_success", **mv)
     results: queue.Queue = queue.Queue()
     for i in range(2):  # one runs, one waits (max_queue_size 1)
-        client.async_infer(INFER, inputs(f"load {i}", 1), callback=lambda result, error: results.put((result, error)))
+        client.async_infer(
+            INFER, inputs(f"load {i}", 1), callback=lambda result, error: results.put((result, error))
+        )
     deadline = time.monotonic() + 5
     while metric(sim, "nv_inference_pending_request_count", **mv) != 1:
         assert time.monotonic() < deadline
