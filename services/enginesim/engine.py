@@ -12,8 +12,10 @@ Model of one iteration (TensorRT-LLM's in-flight batching, simplified):
      always computed, to produce the first output token);
   3. hand each sequence its token; finished ones leave and release their KV blocks.
 
-Time: steps sleep ``step_ms / time_scale`` real seconds (deadline-based, so the average rate is
-right even though asyncio oversleeps). All durations in the stats are in *simulated* time
+Time: steps sleep ``step_ms / time_scale`` real seconds against a running deadline: a step that
+ends late (asyncio oversleeps, handing out tokens takes time) shortens the next sleep, so the
+average rate is right. The deadline restarts after idle, or when the loop has fallen more than
+``MAX_LAG_S`` behind (a stalled process does not then burst through the backlog). All durations in the stats are in *simulated* time
 (``sim_now_ms`` advances by each step's ``step_ms``), so they are deterministic and do not
 depend on ``time_scale``. Requests that arrive mid-step are stamped with the step's start.
 """
@@ -31,6 +33,7 @@ from .kv_cache import KvAllocation, KvBlockCache, prefix_block_hashes
 from .text import TextGenerator, tokenize
 
 QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"  # Triton's wording, clients match on it
+MAX_LAG_S = 0.05
 
 
 class EngineError(Exception):
@@ -330,6 +333,7 @@ class ModelEngine:
             if not self._prefill and not self._running:
                 self._wake.clear()
                 await self._wake.wait()
+                self._deadline = loop.time()  # idle time is not owed to anyone
                 continue
             new, self._prefill = self._prefill, []
             scheduled_ns = time.time_ns()
@@ -345,8 +349,10 @@ class ModelEngine:
             self.stats.last_step_batch, self.stats.last_step_context = len(batch), len(new)
 
             now = loop.time()
-            self._deadline = max(self._deadline, now) + step_ms / 1000.0 / self.time_scale
-            await asyncio.sleep(self._deadline - now)
+            if self._deadline < now - MAX_LAG_S:
+                self._deadline = now
+            self._deadline += step_ms / 1000.0 / self.time_scale
+            await asyncio.sleep(max(0.0, self._deadline - now))
             self.stats.busy_real_s += loop.time() - now
             self.sim_now_ms += step_ms
             self.stats.execution_count += 1
