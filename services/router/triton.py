@@ -1,7 +1,9 @@
 """Dispatch to Triton (TensorRT-LLM ensemble tensors) over ModelStreamInfer.
 
 Every request goes over the bidirectional stream, even when the caller wants one answer: a
-decoupled TensorRT-LLM model only accepts ModelStreamInfer. The request is built by hand
+decoupled TensorRT-LLM model only accepts ModelStreamInfer. A model that is not decoupled
+cannot stream tokens (it answers once, with ``stream=false``), so the pool asks each
+endpoint's ModelConfig once which kind a model is. The request is built by hand
 because the aio client refuses `triton_*` parameters, which we need to get an empty final
 response (so the end of a generation is always signalled).
 """
@@ -9,6 +11,7 @@ response (so the end of a generation is always signalled).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -31,6 +34,7 @@ class TritonRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     request_id: str = ""
+    stream: bool = True  # token by token; only decoupled models can
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,9 @@ def build_request(req: TritonRequest) -> service_pb2.ModelInferRequest:
             serialize_byte_tensor(np.array([[req.prompt.encode()]], dtype=object)).item(),
         ),
         ("max_tokens", "INT32", np.array([[req.max_tokens]], dtype=np.int32).tobytes()),
-        ("stream", "BOOL", np.array([[True]], dtype=bool).tobytes()),
+        ("stream", "BOOL", np.array([[req.stream]], dtype=bool).tobytes()),
+        # Without it a non-streamed TensorRT-LLM answer starts with the prompt.
+        ("exclude_input_in_output", "BOOL", np.array([[True]], dtype=bool).tobytes()),
         # Usage is accounted from the engine's own counts, not re-tokenised here.
         ("return_num_input_tokens", "BOOL", np.array([[True]], dtype=bool).tobytes()),
         ("return_num_output_tokens", "BOOL", np.array([[True]], dtype=bool).tobytes()),
@@ -109,6 +115,7 @@ class TritonPool:
     def __init__(self) -> None:
         self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._decoupled: dict[tuple[str, str], bool] = {}  # (address, model) -> from ModelConfig
 
     def stub(self, address: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
         stub = self._stubs.get(address)
@@ -120,6 +127,19 @@ class TritonPool:
             stub = self._stubs[address] = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         return stub
 
+    async def _is_decoupled(self, address: str, model: str) -> bool:
+        key = (address, model)
+        known = self._decoupled.get(key)
+        if known is None:
+            try:
+                resp = await self.stub(address).ModelConfig(
+                    service_pb2.ModelConfigRequest(name=model), timeout=2.0
+                )
+            except grpc.aio.AioRpcError:
+                return True  # let the inference call itself report what is wrong
+            known = self._decoupled[key] = resp.config.model_transaction_policy.decoupled
+        return known
+
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)
         self._channels.clear()
@@ -129,6 +149,8 @@ class TritonPool:
         self, address: str, req: TritonRequest, timeout: float | None
     ) -> AsyncIterator[TritonChunk]:
         """Yields chunks until the final response. Errors before any text -> Unavailable (retryable)."""
+        if req.stream and not await self._is_decoupled(address, req.model):
+            req = dataclasses.replace(req, stream=False)
         call = self.stub(address).ModelStreamInfer(iter([build_request(req)]), timeout=timeout)
         got_final = False
         try:

@@ -71,3 +71,16 @@ async def test_cancelling_the_consumer_cancels_upstream(sim):
         pytest.fail(f"simulator failed: {exc}")
     finally:
         await pool.close()
+
+
+async def test_a_model_that_is_not_decoupled_answers_once_without_the_prompt():
+    handle = await start_enginesim(time_scale=200.0, load=("llama-3-8b-instruct-awq",))
+    pool = TritonPool()
+    try:
+        req = TritonRequest(model="llama-3-8b-instruct-awq", prompt="Summarise the ledger", max_tokens=6)
+        chunks = [c async for c in pool.stream(handle.address, req, timeout=30)]
+    finally:
+        await pool.close()
+        await handle.stop()
+    assert len(chunks) == 1 and chunks[0].final and chunks[0].output_tokens == 6
+    assert chunks[0].text and not chunks[0].text.startswith("Summarise")
