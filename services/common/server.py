@@ -77,6 +77,7 @@ class RunningServer:
     metrics_port: int | None = None
     _metrics_httpd: object | None = None
     _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -85,6 +86,11 @@ class RunningServer:
     def on_stop(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Runs `callback` after the server has stopped taking calls (close stores, flush)."""
         self._on_stop.append(callback)
+
+    def on_stopping(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Runs `callback` when stopping starts, before the grace period: end long-lived streams
+        (watches) there, or they hold the shutdown for the whole grace period."""
+        self._on_stopping.append(callback)
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -95,6 +101,11 @@ class RunningServer:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.set_serving(False)
+        for callback in self._on_stopping:
+            try:
+                await callback()
+            except Exception:
+                log.exception("%s: stopping hook failed", self.config.name)
         await self.server.stop(self.config.grace_s if grace is None else grace)
         for callback in reversed(self._on_stop):
             try:

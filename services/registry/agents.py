@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.registry import convert_rows as rows
 from services.registry import domain as d
 from services.registry.domain import now
@@ -22,10 +22,13 @@ def _check_agent_fields(agent: d.Agent) -> None:
     d.check_label("agent", agent.name)
     d.check_choice("agent type", agent.type, d.AGENT_TYPES)
     d.check_choice("slo_class", agent.slo.slo_class, d.SLO_CLASSES)
-    if min(agent.slo.ttft_ms, agent.slo.tbt_ms, agent.slo.e2e_ms) < 0:
-        raise InvalidArgument(f"agent {agent.name!r}: SLO targets must not be negative")
-    if agent.rpm_limit < 0 or agent.tpm_limit < 0:
-        raise InvalidArgument(f"agent {agent.name!r}: rpm_limit/tpm_limit must be >= 0 (0 = unlimited)")
+    for target in ("ttft_ms", "tbt_ms", "e2e_ms"):
+        value = getattr(agent.slo, target)
+        if value < 0:
+            raise InvalidArgument(f"slo.{target} of agent {agent.name!r} is {value}; targets must be >= 0")
+    for limit in ("rpm_limit", "tpm_limit"):
+        if getattr(agent, limit) < 0:
+            raise InvalidArgument(f"{limit} of agent {agent.name!r} must be >= 0 (0 = unlimited)")
     for rule in agent.pii:
         if not rule.kind:
             raise InvalidArgument(f"agent {agent.name!r}: every PII rule needs a kind (e.g. 'phone')")
@@ -37,13 +40,14 @@ def _check_weights(name: str, weights: list[d.TrafficWeight], known: list[str]) 
         raise InvalidArgument(f"traffic split for agent {name!r} is empty; give at least one version")
     seen: set[str] = set()
     for w in weights:
+        d.check_version_label(w.version, "traffic version")
         if w.version in seen:
             raise InvalidArgument(f"version {w.version!r} appears twice in the traffic split")
         seen.add(w.version)
         if not 0 <= w.weight <= 100:
-            raise InvalidArgument(f"weight of version {w.version!r} is {w.weight}; use 0..100")
+            raise InvalidArgument(f"traffic weight of version {w.version!r} is {w.weight}; use 0..100")
         if w.version not in known:
-            raise FailedPrecondition(
+            raise NotFound(
                 f"agent {name!r} has no version {w.version!r} (it has: {', '.join(known) or 'none'}); "
                 "add it first (CreateAgentVersion)"
             )
@@ -67,19 +71,14 @@ class AgentStore:
     def create_agent(self, agent: d.Agent, trust_domain: str) -> d.Agent:
         """Registers `agent` in state REGISTERED; its SPIFFE id defaults from the trust domain."""
         _check_agent_fields(agent)
-        expected = f"spiffe://{trust_domain}/agent/{agent.name}"
-        if agent.spiffe_id and agent.spiffe_id != expected:
-            raise InvalidArgument(
-                f"spiffe_id {agent.spiffe_id!r} does not match the agent: its certificate must carry "
-                f"{expected!r} (leave spiffe_id empty to use it)"
-            )
+        spiffe_id = d.check_agent_spiffe_id(agent.spiffe_id, trust_domain, agent.name)
         with self._tx(f"agent {agent.name!r} already exists") as s:  # type: ignore[attr-defined]
             self._need(s, ProjectRow, agent.project, "project", "create it first (CreateProject)")  # type: ignore[attr-defined]
             if s.get(AgentRow, agent.name):
                 raise AlreadyExists(f"agent {agent.name!r} already exists; pick another name")
             row = AgentRow(
                 name=agent.name,
-                spiffe_id=expected,
+                spiffe_id=spiffe_id,
                 type=agent.type or "custom",
                 project=agent.project,
                 description=agent.description,
@@ -118,6 +117,8 @@ class AgentStore:
             raise InvalidArgument(
                 f"version {version.version!r} needs at least one model (the first is primary)"
             )
+        if not all((*version.models, *version.tools)):
+            raise InvalidArgument(f"version {version.version!r}: models and tools must not hold empty names")
         with self._tx(f"agent {agent!r} already has version {version.version!r}") as s:  # type: ignore[attr-defined]
             row = self._agent_row(s, agent)
             if row.state == "retired":
@@ -128,7 +129,7 @@ class AgentStore:
                 )
             for model in version.models:
                 if s.get(ModelRow, model) is None:
-                    raise FailedPrecondition(
+                    raise NotFound(
                         f"model {model!r} is not in the catalog; register it first (RegisterModel)"
                     )
             for ref in version.tools:
@@ -137,9 +138,7 @@ class AgentStore:
                 if tool_version:
                     stmt = stmt.where(ToolRow.version == tool_version)
                 if s.scalar(stmt.limit(1)) is None:
-                    raise FailedPrecondition(
-                        f"tool {ref!r} is not in the catalog; register it first (RegisterTool)"
-                    )
+                    raise NotFound(f"tool {ref!r} is not in the catalog; register it first (RegisterTool)")
             row.versions.append(
                 AgentVersionRow(
                     version=version.version,

@@ -10,6 +10,7 @@ from services.common.server import RunningServer, start_server_owning
 from services.registry.policy import Policy
 from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
+from services.registry.watch import WatchHub
 
 DEFAULT_PORT = 50071
 DEFAULT_METRICS_PORT = 9471
@@ -22,6 +23,9 @@ class RegistryConfig:
     # SQLAlchemy URL: sqlite:///path (parent dir is created) or postgresql+psycopg://...
     db_url: str = DEFAULT_DB_URL
     log_level: str = "INFO"
+    # How often Watch looks for revisions other registry processes committed (own writes wake
+    # watchers at once).
+    watch_poll_s: float = 0.5
 
 
 def parse_args(argv: list[str] | None = None) -> RegistryConfig:
@@ -32,16 +36,28 @@ def parse_args(argv: list[str] | None = None) -> RegistryConfig:
         default=env("REGISTRY_DB", DEFAULT_DB_URL),
         help="SQLAlchemy URL (env HARNESS_REGISTRY_DB); default %(default)s",
     )
+    parser.add_argument(
+        "--watch-poll",
+        type=float,
+        default=float(env("REGISTRY_WATCH_POLL_S", "0.5")),
+        help="seconds between checks for other replicas' changes (env HARNESS_REGISTRY_WATCH_POLL_S)",
+    )
     args = parser.parse_args(argv)
+    if args.watch_poll <= 0:
+        parser.error("--watch-poll must be > 0")
     return RegistryConfig(
-        server=server_config_from_args("registry", args), db_url=args.db_url, log_level=args.log_level
+        server=server_config_from_args("registry", args),
+        db_url=args.db_url,
+        log_level=args.log_level,
+        watch_poll_s=args.watch_poll,
     )
 
 
 def build_servicer(config: RegistryConfig) -> RegistryServicer:
-    """Opens the store and policy on `config.db_url` (tables are created if missing)."""
+    """Opens the store (migrating its schema to head), the policy and the watch hub."""
     store = Store(config.db_url)
-    return RegistryServicer(store, Policy(store), config.server.auth.trust_domain)
+    hub = WatchHub(store, poll_s=config.watch_poll_s)
+    return RegistryServicer(store, Policy(store), config.server.auth.trust_domain, hub)
 
 
 async def serve(config: RegistryConfig) -> RunningServer:
@@ -49,8 +65,15 @@ async def serve(config: RegistryConfig) -> RunningServer:
     servicer = build_servicer(config)
 
     async def close() -> None:
+        servicer.hub.close()
         servicer.store.close()
 
-    return await start_server_owning(
+    running = await start_server_owning(
         config.server, servicer.register, close, api_key_resolver=servicer.resolve_api_key
     )
+
+    async def end_watches() -> None:
+        servicer.hub.shutdown()
+
+    running.on_stopping(end_watches)
+    return running

@@ -175,6 +175,40 @@ def rule_pb(r: d.PolicyRule) -> pb.PolicyRule:
     return pb.PolicyRule(ptype=r.ptype, values=list(r.values))
 
 
+def jwt_pb(j: d.JwtSettings) -> pb.JwtSettings:
+    return pb.JwtSettings(
+        issuer=j.issuer, audience=j.audience, public_key_pem=j.public_key_pem, update_time=ts(j.update_time)
+    )
+
+
+# Change-log kind -> (EntityKind, Change oneof field, converter).
+_ENTITIES = {
+    "team": (pb.ENTITY_KIND_TEAM, "team", team_pb),
+    "project": (pb.ENTITY_KIND_PROJECT, "project", project_pb),
+    "user": (pb.ENTITY_KIND_USER, "user", user_pb),
+    "api_key": (pb.ENTITY_KIND_API_KEY, "api_key", api_key_pb),
+    "agent": (pb.ENTITY_KIND_AGENT, "agent", agent_pb),
+    "model": (pb.ENTITY_KIND_MODEL, "model", model_pb),
+    "tool": (pb.ENTITY_KIND_TOOL, "tool", tool_pb),
+    "policy": (pb.ENTITY_KIND_POLICY, "policy", rule_pb),
+    "jwt": (pb.ENTITY_KIND_JWT_SETTINGS, "jwt_settings", jwt_pb),
+}
+
+
+def change_pb(ch: d.Change) -> pb.Change:
+    kind, field_name, conv = _ENTITIES[ch.kind]
+    out = pb.Change(revision=ch.revision, kind=kind, key=ch.key, deleted=ch.deleted)
+    if ch.entity is not None:
+        getattr(out, field_name).CopyFrom(conv(ch.entity))
+    return out
+
+
+def watch_pb(b: d.WatchBatch) -> pb.WatchResponse:
+    return pb.WatchResponse(
+        snapshot=b.snapshot, changes=[change_pb(ch) for ch in b.changes], revision=b.revision, more=b.more
+    )
+
+
 # --- proto -> domain -----------------------------------------------------------------------
 
 
@@ -239,3 +273,7 @@ def tool_in(m: pb.Tool) -> d.Tool:
 
 def rule_in(m: pb.PolicyRule) -> d.PolicyRule:
     return d.PolicyRule(m.ptype, tuple(m.values))
+
+
+def jwt_in(m: pb.JwtSettings) -> d.JwtSettings:
+    return d.JwtSettings(m.issuer, m.audience, m.public_key_pem)

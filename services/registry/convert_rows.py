@@ -9,6 +9,7 @@ from services.registry.models import (
     AgentRow,
     AgentVersionRow,
     ApiKeyRow,
+    JwtSettingsRow,
     ModelRow,
     ProjectRow,
     TeamRow,
@@ -113,3 +114,7 @@ def agent(r: AgentRow) -> d.Agent:
         tpm_limit=r.tpm_limit,
         revision=r.revision,
     )
+
+
+def jwt(r: JwtSettingsRow) -> d.JwtSettings:
+    return d.JwtSettings(r.issuer, r.audience, r.public_key_pem, utc(r.update_time))

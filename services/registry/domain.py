@@ -1,7 +1,7 @@
 """Registry domain: the entities as plain dataclasses, name rules and the agent lifecycle.
 
-Nothing here knows about gRPC or SQL, so the store, the servicer, the seeder and (later) the
-CLI and the watch cache share one definition of what is valid.
+Nothing here knows about gRPC or SQL, so the store, the servicer, the seeder, the CLI and the
+watch stream share one definition of what is valid.
 Enum-like fields hold the short lowercase names used in YAML ("rag", "online", "read");
 "" means unspecified.
 """
@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from services.common.errors import InvalidArgument
 
@@ -27,6 +30,8 @@ AGENT_STATES = ("registered", "online", "draining", "offline", "retired")
 SLO_CLASSES = ("realtime", "interactive", "batch")
 RISK_CLASSES = ("read", "write", "delete")
 MASK_MODES = ("mask", "hash", "drop")
+# Kinds of entity in the change log (changes.kind) and the watch stream.
+CHANGE_KINDS = ("team", "project", "user", "api_key", "agent", "model", "tool", "policy", "jwt")
 
 # Lifecycle (common.proto AgentState): the only moves SetAgentState accepts.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -70,14 +75,55 @@ def check_user_name(value: str) -> str:
     return check_name("user", value, _USER)
 
 
-def check_version_label(value: str) -> str:
-    return check_name("version", value, _VERSION)
+def check_version_label(value: str, kind: str = "version") -> str:
+    return check_name(kind, value, _VERSION)
 
 
 def check_choice(kind: str, value: str, choices: tuple[str, ...], *, allow_empty: bool = True) -> str:
     if (value == "" and allow_empty) or value in choices:
         return value
     raise InvalidArgument(f"{kind} {value!r} is not valid: use one of {', '.join(choices)}")
+
+
+def check_required(field_name: str, value: str) -> str:
+    """A reference that must be given (the referenced entity's existence is the store's check)."""
+    if not value:
+        raise InvalidArgument(f"{field_name} is required")
+    return value
+
+
+def check_agent_spiffe_id(value: str, trust_domain: str, agent: str) -> str:
+    """The SPIFFE id an agent's certificate must carry; `value` may be empty (then derived)."""
+    expected = f"spiffe://{trust_domain}/agent/{agent}"
+    if not value:
+        return expected
+    domain, _, path = value.removeprefix("spiffe://").partition("/")
+    if not value.startswith("spiffe://") or not domain or not path or any(c.isspace() for c in value):
+        raise InvalidArgument(
+            f"spiffe_id {value!r} is not a SPIFFE id: use spiffe://<trust-domain>/agent/<name> "
+            f"(here {expected!r}), or leave it empty"
+        )
+    if value != expected:
+        raise InvalidArgument(
+            f"spiffe_id {value!r} does not match the agent: its certificate must carry "
+            f"{expected!r} (leave spiffe_id empty to use it)"
+        )
+    return value
+
+
+def check_jwt_settings(issuer: str, audience: str, public_key_pem: str) -> None:
+    """Routers verify RS256 tokens with these settings, so the key must be an RSA public key."""
+    check_required("jwt issuer", issuer.strip())
+    check_required("jwt audience", audience.strip())
+    check_required("jwt public_key_pem", public_key_pem.strip())
+    try:
+        key = serialization.load_pem_public_key(public_key_pem.encode())
+    except ValueError as exc:
+        raise InvalidArgument(
+            "jwt public_key_pem is not a PEM public key (-----BEGIN PUBLIC KEY-----...)"
+        ) from exc
+    if not isinstance(key, RSAPublicKey):
+        raise InvalidArgument("jwt public_key_pem must be an RSA key: user tokens are RS256")
 
 
 def legal_next_states(state: str) -> tuple[str, ...]:
@@ -231,3 +277,51 @@ class PolicyRule:
 
     def csv(self) -> str:
         return ", ".join((self.ptype, *self.values))
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    """How user tokens (JWT, RS256) are verified: expected issuer and audience, and the key."""
+
+    issuer: str
+    audience: str
+    public_key_pem: str
+    update_time: datetime | None = None
+
+
+Entity = Team | Project | User | ApiKey | Agent | Model | Tool | PolicyRule | JwtSettings
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change-log entry with the entity it touched (None when deleted).
+
+    `kind` is one of CHANGE_KINDS; `key` names the entity (name, "tool@version", the rule CSV,
+    "jwt"). In a snapshot every entity comes as a Change carrying the snapshot's revision.
+    """
+
+    revision: int
+    kind: str
+    key: str
+    deleted: bool = False
+    entity: Entity | None = None
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """One Watch message before conversion: a snapshot part or a run of deltas.
+
+    `more` says further messages follow at once to complete the snapshot (or the catch-up);
+    the client holds `revision` once it has applied a message with `more` False.
+    """
+
+    snapshot: bool
+    changes: tuple[Change, ...]
+    revision: int
+    more: bool = False
+
+
+def parse_rule_csv(csv: str) -> PolicyRule:
+    """Inverse of PolicyRule.csv(); rule values never hold commas or spaces (see policy.py)."""
+    ptype, *values = csv.split(", ")
+    return PolicyRule(ptype, tuple(values))

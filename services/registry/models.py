@@ -2,8 +2,11 @@
 
 Lists and nested messages that are always read whole (roles, SLO, traffic split, tool
 actions) are JSON columns: nothing queries inside them, and it keeps the schema small.
-Every mutation appends a row to `changes`; its id is the registry revision that Watch will
-stream from (a later issue), and Agent.revision points at the agent's latest change.
+Every mutation appends a row to `changes`; its id is the registry revision that Watch streams
+from, and Agent.revision points at the agent's latest change.
+
+The schema is owned by the Alembic migrations in `migrations/`; a test checks that they and
+these classes agree, so change both together (see `migrate.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -142,3 +146,15 @@ class ChangeRow(Base):
     key: Mapped[str] = mapped_column(String(512))
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     time: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class JwtSettingsRow(Base):
+    """How user tokens are verified; one row (id 1), since the mesh trusts one token issuer."""
+
+    __tablename__ = "jwt_settings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    issuer: Mapped[str] = mapped_column(String(255))
+    audience: Mapped[str] = mapped_column(String(255))
+    public_key_pem: Mapped[str] = mapped_column(Text)
+    update_time: Mapped[datetime] = mapped_column(Timestamp)

@@ -4,7 +4,7 @@ Subjects are users, `role:<name>` and `agent:<name>`; domains are projects; obje
 `agent:<name>`, `model:<name>`, `tool:<name>` (with `*` wildcards, keyMatch); actions are
 invoke/read/write/delete. A request is allowed when some allow rule matches and no deny rule
 does, so a deny always wins. Routers evaluate the same model text against their cached copy,
-so `MODEL_TEXT` is the contract of what a rule means.
+so `services.common.access.MODEL_TEXT` is the contract of what a rule means.
 """
 
 from __future__ import annotations
@@ -14,42 +14,20 @@ import re
 import threading
 
 import casbin
-from casbin.effect.default_effectors import AllowOverrideEffector
-from casbin.model import Model as CasbinModel
-from casbin_sqlalchemy_adapter import Adapter
+from casbin_sqlalchemy_adapter import Adapter, CasbinRule
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
 
+from services.common.access import explain, new_model
 from services.common.errors import InvalidArgument
 from services.registry import domain as d
+from services.registry.models import ProjectRow
 from services.registry.store import Store
-
-MODEL_TEXT = """
-[request_definition]
-r = sub, dom, obj, act
-
-[policy_definition]
-p = sub, dom, obj, act, eft
-
-[role_definition]
-g = _, _, _
-
-[policy_effect]
-e = some(where (p.eft == allow)) && !some(where (p.eft == deny))
-
-[matchers]
-m = g(r.sub, p.sub, r.dom) && (r.dom == p.dom || p.dom == "*") && keyMatch(r.obj, p.obj) \
-&& (r.act == p.act || p.act == "*")
-"""
 
 ACTIONS = ("invoke", "read", "write", "delete")
 EFFECTS = ("allow", "deny")
 _OBJECT = re.compile(r"^(agent|model|tool):([a-z0-9*][a-z0-9._@*-]*)$")
 _VALUE = re.compile(r"^[^,\s]+$")  # rules are stored and shown as CSV: no commas or spaces
-
-
-def new_model() -> CasbinModel:
-    model = CasbinModel()
-    model.load_model_from_text(MODEL_TEXT)
-    return model
 
 
 def normalize_rule(rule: d.PolicyRule) -> d.PolicyRule:
@@ -91,12 +69,41 @@ def normalize_rule(rule: d.PolicyRule) -> d.PolicyRule:
     return d.PolicyRule(rule.ptype, values)
 
 
+class _TxAdapter(Adapter):
+    """The casbin SQLAlchemy adapter, writing inside the transaction `Policy` opened.
+
+    casbin's auto-save calls `add_policy`/`remove_policy` with no session of ours, and the stock
+    adapter commits each in its own transaction; binding `session` first makes the rule and its
+    change record commit (or roll back) together. Loading is the stock adapter's. The table
+    itself is created by the migrations, not by the adapter.
+    """
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine, create_all_models=False)
+        self.session: Session | None = None
+
+    def _bound(self) -> Session:
+        if self.session is None:
+            raise RuntimeError("policy writes go through Policy.add/remove (no transaction bound)")
+        return self.session
+
+    def add_policy(self, sec, ptype, rule) -> None:
+        self._bound().add(CasbinRule(ptype=ptype, **{f"v{i}": v for i, v in enumerate(rule)}))
+
+    def remove_policy(self, sec, ptype, rule) -> bool:
+        columns = (getattr(CasbinRule, f"v{i}") == v for i, v in enumerate(rule))
+        result = self._bound().execute(delete(CasbinRule).where(CasbinRule.ptype == ptype, *columns))
+        return bool(result.rowcount)
+
+
 class Policy:
     """The casbin enforcer over the store's database.
 
     casbin's enforcer is not thread-safe and store calls run in worker threads, hence the lock.
     Other registry replicas may change rules: every read first compares the last policy
-    revision in the change log with the one loaded here and reloads when it moved.
+    revision in the change log with the one loaded here and reloads when it moved. Writes hold
+    the store's writers' lock from the reload to the commit, so no other replica's rule can slip
+    in between what this copy checked and what it wrote.
     """
 
     def __init__(self, store: Store) -> None:
@@ -105,8 +112,8 @@ class Policy:
         logging.getLogger("casbin").setLevel(logging.WARNING)
         self._store = store
         self._lock = threading.RLock()
-        self._enforcer = casbin.Enforcer(new_model(), Adapter(store.engine))
-        self._explainer = AllowOverrideEffector()
+        self._adapter = _TxAdapter(store.engine)
+        self._enforcer = casbin.Enforcer(new_model(), self._adapter)
         self._revision = store.last_revision("policy")
 
     def _refresh(self) -> None:
@@ -115,31 +122,47 @@ class Policy:
             self._enforcer.load_policy()
             self._revision = latest
 
-    def add(self, rule: d.PolicyRule) -> bool:
-        """Adds a rule; False when it already exists."""
-        rule = normalize_rule(rule)
+    def _write(self, rule: d.PolicyRule, deleted: bool) -> bool:
         with self._lock:
-            self._refresh()
-            if rule.ptype == "p":
-                added = self._enforcer.add_policy(*rule.values)
-            else:
-                added = self._enforcer.add_named_grouping_policy("g", *rule.values)
-            if added:
-                self._revision = self._store.record_change("policy", rule.csv())
-            return bool(added)
+            try:
+                with self._store.transaction(serialize=True) as s:
+                    if not deleted:  # a rule's domain is a project (or "*" for every project)
+                        domain = rule.values[1] if rule.ptype == "p" else rule.values[2]
+                        if domain != "*":
+                            self._store.need(
+                                s, ProjectRow, domain, "project", "create it first (CreateProject)"
+                            )
+                    self._refresh()
+                    loaded = self._revision
+                    self._adapter.session = s
+                    changed, revision = self._apply(rule, deleted), loaded
+                    if changed:
+                        revision = self._store.record(s, "policy", rule.csv(), deleted)
+            except BaseException:
+                # casbin changes its memory before the adapter writes: after any failure this
+                # copy may hold what the database does not, so reload on next use.
+                self._revision = -1
+                raise
+            finally:
+                self._adapter.session = None
+            self._revision = revision
+        return changed
+
+    def _apply(self, rule: d.PolicyRule, deleted: bool) -> bool:
+        e = self._enforcer
+        if rule.ptype == "p":
+            return bool(e.remove_policy(*rule.values) if deleted else e.add_policy(*rule.values))
+        if deleted:
+            return bool(e.remove_named_grouping_policy("g", *rule.values))
+        return bool(e.add_named_grouping_policy("g", *rule.values))
+
+    def add(self, rule: d.PolicyRule) -> bool:
+        """Adds a rule; False when it already exists. NotFound if its project does not exist."""
+        return self._write(normalize_rule(rule), deleted=False)
 
     def remove(self, rule: d.PolicyRule) -> bool:
         """Removes a rule; False when it did not exist."""
-        rule = normalize_rule(rule)
-        with self._lock:
-            self._refresh()
-            if rule.ptype == "p":
-                removed = self._enforcer.remove_policy(*rule.values)
-            else:
-                removed = self._enforcer.remove_named_grouping_policy("g", *rule.values)
-            if removed:
-                self._revision = self._store.record_change("policy", rule.csv(), deleted=True)
-            return bool(removed)
+        return self._write(normalize_rule(rule), deleted=True)
 
     def list(self, domain: str = "") -> list[d.PolicyRule]:
         """Rules, then role assignments; only those of `domain` when given."""
@@ -160,14 +183,5 @@ class Policy:
                 raise InvalidArgument(f"CheckAccess needs a {name}")
         with self._lock:
             self._refresh()
-            allowed, rule = self._enforcer.enforce_ex(sub, dom, obj, act)
-            if allowed and not rule:
-                # "allow and no deny" must see every rule, so casbin names no rule on allow;
-                # re-run with allow-override, which stops at (and names) the first allow.
-                original = self._enforcer.eft
-                self._enforcer.set_effector(self._explainer)
-                try:
-                    _, rule = self._enforcer.enforce_ex(sub, dom, obj, act)
-                finally:
-                    self._enforcer.set_effector(original)
+            allowed, rule = explain(self._enforcer, sub, dom, obj, act)
         return bool(allowed), d.PolicyRule("p", tuple(rule)).csv() if rule else ""

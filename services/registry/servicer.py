@@ -3,7 +3,7 @@
 Store and policy calls are synchronous (SQLAlchemy, casbin) and run in worker threads so the
 event loop keeps serving. Access: mutations need an admin user (JWT role "admin") or a
 Harness service identity (mTLS cert, e.g. the stack's seeder); reads need any authenticated
-caller (user, agent or service).
+caller (user, agent or service); Watch, which streams everything, needs admin or service.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from harness.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from services.common.context import Identity, current_identity
 from services.common.errors import PermissionDenied, Unauthenticated
-from services.common.planned import planned
 from services.registry import convert as c
 from services.registry import domain as d
 from services.registry.policy import Policy
 from services.registry.store import Store
+from services.registry.watch import WatchHub
 
 T = TypeVar("T")
 SERVICE = pb.DESCRIPTOR.services_by_name["Registry"]
@@ -54,12 +54,14 @@ async def _run(fn: Callable[..., T], *args) -> T:
     return await asyncio.to_thread(fn, *args)
 
 
-@planned(SERVICE, {"Watch": "revisioned watch stream (registry issue #4)"})
 class RegistryServicer(pb_grpc.RegistryServicer):
-    def __init__(self, store: Store, policy: Policy, trust_domain: str = "harness.local") -> None:
+    def __init__(
+        self, store: Store, policy: Policy, trust_domain: str = "harness.local", hub: WatchHub | None = None
+    ) -> None:
         self.store = store
         self.policy = policy
         self.trust_domain = trust_domain
+        self.hub = hub or WatchHub(store)
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         """Registrar for `start_server`: adds this servicer, returns the service name."""
@@ -258,3 +260,22 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             self.policy.check, request.subject, request.domain, request.object, request.action
         )
         return pb.CheckAccessResponse(allowed=allowed, rule=rule)
+
+    # --- JWT settings and watch ----------------------------------------------------------
+
+    async def SetJwtSettings(self, request, context):
+        """Replaces the JWT verification settings; INVALID_ARGUMENT names a bad field."""
+        _admin("SetJwtSettings")
+        settings = await _run(self.store.set_jwt_settings, c.jwt_in(request.settings))
+        return pb.SetJwtSettingsResponse(settings=c.jwt_pb(settings))
+
+    async def GetJwtSettings(self, request, context):
+        """The JWT verification settings; NOT_FOUND until set."""
+        _caller()
+        return pb.GetJwtSettingsResponse(settings=c.jwt_pb(await _run(self.store.get_jwt_settings)))
+
+    async def Watch(self, request, context):
+        """Snapshot or catch-up deltas, then live deltas (see watch.py); resumable by revision."""
+        _admin("Watch", "streams every registry entity (it is for routers)")
+        async for batch in self.hub.watch(request.since_revision):
+            yield c.watch_pb(batch)

@@ -11,14 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.errors import (
@@ -29,12 +27,13 @@ from services.common.errors import (
 )
 from services.registry import convert_rows as rows
 from services.registry import domain as d
+from services.registry import migrate
 from services.registry.agents import AgentStore
+from services.registry.changelog import JWT_KEY, ChangeLog, tool_key
 from services.registry.domain import now
 from services.registry.models import (
     ApiKeyRow,
-    Base,
-    ChangeRow,
+    JwtSettingsRow,
     ModelRow,
     ProjectRow,
     TeamRow,
@@ -70,47 +69,23 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class Store(AgentStore):
-    """Tenancy, API keys and catalogs here; agents, versions and traffic in AgentStore."""
+class Store(AgentStore, ChangeLog):
+    """Tenancy, API keys, catalogs and JWT settings here; agents, versions and traffic in
+    AgentStore; transactions, the change log and what Watch reads in ChangeLog."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        # Later issue: Alembic migrations replace create_all.
-        Base.metadata.create_all(self.engine)
+        try:
+            migrate.upgrade(self.engine)  # the schema follows the code (see migrate.py)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._init_changelog()
 
     def close(self) -> None:
         self.engine.dispose()
-
-    @contextmanager
-    def _tx(self, conflict: str = "") -> Iterator[Session]:
-        """One transaction; a unique-key race at commit becomes AlreadyExists(`conflict`)."""
-        with self._sessions() as session:
-            try:
-                yield session
-                session.commit()
-            except IntegrityError as exc:
-                session.rollback()
-                raise AlreadyExists(conflict or f"conflicting registry change: {exc.orig}") from exc
-
-    def _record(self, session: Session, kind: str, key: str, deleted: bool = False) -> int:
-        change = ChangeRow(kind=kind, key=key, deleted=deleted, time=now())
-        session.add(change)
-        session.flush()
-        return change.revision
-
-    def record_change(self, kind: str, key: str, deleted: bool = False) -> int:
-        """Appends a change made outside this store's tables (casbin policy rules)."""
-        with self._tx() as s:
-            return self._record(s, kind, key, deleted)
-
-    def last_revision(self, kind: str | None = None) -> int:
-        with self._sessions() as s:
-            stmt = select(func.max(ChangeRow.revision))
-            if kind:
-                stmt = stmt.where(ChangeRow.kind == kind)
-            return s.scalar(stmt) or 0
 
     @staticmethod
     def _page(s: Session, stmt, page: d.Page, conv: Callable[[object], T]) -> tuple[list[T], int | None]:
@@ -120,10 +95,15 @@ class Store(AgentStore):
 
     @staticmethod
     def _need(s: Session, row_type: type, key, what: str, hint: str):
+        """The row for a reference; an empty reference is malformed, a missing one NotFound."""
+        if not key:
+            raise InvalidArgument(f"{what} is required")
         row = s.get(row_type, key)
         if row is None:
             raise NotFound(f"{what} {key!r} does not exist; {hint}")
         return row
+
+    need = _need  # for Policy, which checks a rule's project inside its own transaction
 
     # --- tenancy -------------------------------------------------------------------------
 
@@ -253,8 +233,11 @@ class Store(AgentStore):
 
     def register_model(self, model: d.Model) -> d.Model:
         d.check_catalog_name("model", model.name)
-        if model.memory_gib < 0 or model.parameters_b < 0 or model.context_length < 0:
-            raise InvalidArgument(f"model {model.name!r}: sizes must not be negative")
+        for field_name in ("parameters_b", "memory_gib", "context_length"):
+            if getattr(model, field_name) < 0:
+                raise InvalidArgument(
+                    f"model {field_name} is {getattr(model, field_name)}; it must not be negative"
+                )
         with self._tx(f"model {model.name!r} already exists") as s:
             if s.get(ModelRow, model.name):
                 raise AlreadyExists(f"model {model.name!r} is already in the catalog; pick another name")
@@ -269,16 +252,20 @@ class Store(AgentStore):
 
     def register_tool(self, tool: d.Tool) -> d.Tool:
         d.check_catalog_name("tool", tool.name)
-        if "@" in tool.version:
-            raise InvalidArgument(f"tool version {tool.version!r} must not contain '@'")
+        if tool.version:
+            d.check_version_label(tool.version, "tool version")  # no '@': refs are name@version
+        if tool.endpoint and not tool.endpoint.startswith(("http://", "https://")):
+            raise InvalidArgument(f"tool endpoint {tool.endpoint!r} must be an http:// or https:// URL")
         names = [a.name for a in tool.actions]
         if not names or len(set(names)) != len(names) or not all(names):
             raise InvalidArgument(f"tool {tool.name!r} needs at least one action, each with a unique name")
         for action in tool.actions:
             d.check_choice(f"risk of action {action.name!r}", action.risk, d.RISK_CLASSES, allow_empty=False)
             if action.cache_ttl_s < 0:
-                raise InvalidArgument(f"cache_ttl_s of action {action.name!r} must not be negative")
-        label = f"{tool.name}@{tool.version}" if tool.version else tool.name
+                raise InvalidArgument(
+                    f"cache_ttl_s of action {action.name!r} is {action.cache_ttl_s}; it must not be negative"
+                )
+        label = tool_key(tool.name, tool.version)
         with self._tx(f"tool {label!r} already exists") as s:
             if s.get(ToolRow, (tool.name, tool.version)):
                 raise AlreadyExists(f"tool {label!r} is already in the catalog; register a new version")
@@ -291,3 +278,28 @@ class Store(AgentStore):
         with self._sessions() as s:
             stmt = select(ToolRow).order_by(ToolRow.name, ToolRow.version)
             return self._page(s, stmt, page, rows.tool)
+
+    # --- JWT verification settings ------------------------------------------------------
+
+    def set_jwt_settings(self, settings: d.JwtSettings) -> d.JwtSettings:
+        """Replaces the settings; setting the same values again records no change."""
+        pem = settings.public_key_pem.strip() + "\n"
+        d.check_jwt_settings(settings.issuer, settings.audience, pem)
+        with self._tx("JWT settings were changed concurrently; read them again and retry") as s:
+            row = s.get(JwtSettingsRow, 1)
+            if row is None:
+                row = JwtSettingsRow(id=1)
+                s.add(row)
+            elif (row.issuer, row.audience, row.public_key_pem) == (settings.issuer, settings.audience, pem):
+                return rows.jwt(row)
+            row.issuer, row.audience, row.public_key_pem = settings.issuer, settings.audience, pem
+            row.update_time = now()
+            self._record(s, "jwt", JWT_KEY)
+            return rows.jwt(row)
+
+    def get_jwt_settings(self) -> d.JwtSettings:
+        with self._sessions() as s:
+            row = s.get(JwtSettingsRow, 1)
+            if row is None:
+                raise NotFound("JWT settings are not set; an admin sets them with SetJwtSettings")
+            return rows.jwt(row)

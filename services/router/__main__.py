@@ -17,9 +17,10 @@ from services.common.config import ServerConfig, TlsFiles, add_server_args, env,
 from services.common.server import RunningServer, open_channel, run_until_signal, setup_logging, start_server
 from services.router.core import Router
 from services.router.events import EventShipper
+from services.router.registry_mirror import RegistryMirror
 from services.router.servicer import RouterServicer, TritonFacadeServicer
 from services.router.triton import TritonPool
-from services.router.views import EndpointView, RegistryView
+from services.router.views import EndpointView
 
 # The router is the front door's reflection target: it lists the whole mesh API.
 MESH_SERVICES = tuple(
@@ -52,7 +53,12 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     p.add_argument("--pool", default=env("POOL_ADDR", "127.0.0.1:50081"))
     p.add_argument("--audit", default=env("AUDIT_ADDR", "127.0.0.1:50091"))
     p.add_argument("--cost", default=env("COST_ADDR", "127.0.0.1:50101"))
-    p.add_argument("--cache-ttl", type=float, default=float(env("ROUTER_CACHE_TTL_S", "5")))
+    p.add_argument(
+        "--cache-ttl",
+        type=float,
+        default=float(env("ROUTER_CACHE_TTL_S", "5")),
+        help="seconds a resolved API key is cached (agents, models and rules follow the registry watch)",
+    )
     p.add_argument("--default-max-tokens", type=int, default=int(env("ROUTER_DEFAULT_MAX_TOKENS", "256")))
     a = p.parse_args(argv)
     setup_logging(a.log_level)
@@ -79,7 +85,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
             ("cost", cfg.cost_addr),
         )
     }
-    registry = RegistryView(channels["registry"], cfg.cache_ttl_s)
+    registry = RegistryMirror(channels["registry"], api_key_ttl_s=cfg.cache_ttl_s)
     endpoints = EndpointView(channels["pool"], cfg.endpoint_refresh_s)
     triton = TritonPool()
     holder: dict[str, EventShipper] = {}
@@ -97,10 +103,12 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     running = await start_server(
         cfg.server, register, api_key_resolver=registry.resolve_api_key, metrics_registry=metrics
     )
+    registry.start()
     endpoints.start()
     holder["events"].start()
 
     async def shutdown() -> None:
+        await registry.stop()
         await endpoints.stop()
         await holder["events"].drain(timeout=cfg.server.grace_s)
         await triton.close()

@@ -26,8 +26,9 @@ from services.common.errors import (
 )
 from services.router import records
 from services.router.events import EventShipper
+from services.router.registry_mirror import RegistryMirror
 from services.router.triton import TritonPool, TritonRequest
-from services.router.views import AccessDecision, EndpointView, RegistryView
+from services.router.views import AccessDecision, EndpointView
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def pick_version(agent: registry_pb2.Agent) -> str:
 class Router:
     def __init__(
         self,
-        registry: RegistryView,
+        registry: RegistryMirror,
         endpoints: EndpointView,
         triton: TritonPool,
         events: EventShipper,

@@ -1,9 +1,8 @@
-"""Local views of registry and pool state, so the hot path does not wait on other services.
+"""Local views of pool state (and helpers shared with the registry mirror), so the hot path
+does not wait on other services.
 
-Thin slice: agents, access decisions and the model catalog are read from the registry and
-cached with a short TTL (the first request for an agent fills the cache); endpoints are
-polled from the pool in the background. The registry and pool issues replace both with
-their watch streams behind the same methods.
+Endpoints are polled from the pool in the background; the pool's WatchEndpoints stream
+replaces the poll behind the same methods. The registry copy is in ``registry_mirror``.
 """
 
 from __future__ import annotations
@@ -17,11 +16,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import grpc
-from harness.common.v1 import common_pb2
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
-from harness.registry.v1 import registry_pb2, registry_pb2_grpc
 
-from services.common.context import Identity, outgoing_metadata
 from services.common.errors import NotFound, Unauthenticated, Unavailable
 
 log = logging.getLogger("harness.router.views")
@@ -76,96 +72,12 @@ class AccessDecision:
     rule: str
 
 
-def _map_registry_error(exc: grpc.aio.AioRpcError, what: str) -> Exception:
+def map_registry_error(exc: grpc.aio.AioRpcError, what: str) -> Exception:
     if exc.code() == grpc.StatusCode.NOT_FOUND:
         return NotFound(exc.details() or f"{what} not found")
     if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
         return Unauthenticated(exc.details() or "credentials rejected")
     return Unavailable(f"registry unavailable while resolving {what}: {exc.code().name}")
-
-
-class RegistryView:
-    def __init__(self, channel: grpc.aio.Channel, ttl_s: float = 5.0) -> None:
-        self._stub = registry_pb2_grpc.RegistryStub(channel)
-        self._agents: TtlCache[str, registry_pb2.Agent] = TtlCache(ttl_s, self._load_agent)
-        self._access: TtlCache[tuple[str, str, str, str], AccessDecision] = TtlCache(ttl_s, self._load_access)
-        self._models: TtlCache[str, dict[str, registry_pb2.Model]] = TtlCache(ttl_s, self._load_models)
-        self._api_keys: TtlCache[str, Identity] = TtlCache(ttl_s, self._load_api_key)
-
-    async def agent(self, name: str) -> registry_pb2.Agent:
-        return await self._agents.get(name)
-
-    async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
-        return await self._access.get((subject, domain, obj, action))
-
-    async def model(self, name: str) -> registry_pb2.Model:
-        models = await self._models.get("")
-        if name not in models:
-            self._models.invalidate("")
-            models = await self._models.get("")
-        if name not in models:
-            raise NotFound(f"model {name!r} is not in the registry's model catalog")
-        return models[name]
-
-    async def resolve_api_key(self, secret: str) -> Identity:
-        return await self._api_keys.get(secret)
-
-    async def _load_agent(self, name: str) -> registry_pb2.Agent:
-        try:
-            resp = await self._stub.GetAgent(
-                registry_pb2.GetAgentRequest(name=name), timeout=2.0, metadata=outgoing_metadata()
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(
-                    f"agent {name!r} is not registered; register it in the registry first"
-                ) from exc
-            raise _map_registry_error(exc, f"agent {name!r}") from exc
-        return resp.agent
-
-    async def _load_access(self, key: tuple[str, str, str, str]) -> AccessDecision:
-        sub, dom, obj, act = key
-        try:
-            resp = await self._stub.CheckAccess(
-                registry_pb2.CheckAccessRequest(subject=sub, domain=dom, object=obj, action=act),
-                timeout=2.0,
-                metadata=outgoing_metadata(),
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _map_registry_error(exc, f"access of {sub} to {obj}") from exc
-        return AccessDecision(resp.allowed, resp.rule)
-
-    async def _load_models(self, _key: str) -> dict[str, registry_pb2.Model]:
-        models: dict[str, registry_pb2.Model] = {}
-        token = ""
-        while True:
-            try:
-                resp = await self._stub.ListModels(
-                    registry_pb2.ListModelsRequest(
-                        page=common_pb2.PageRequest(page_size=1000, page_token=token)
-                    ),
-                    timeout=2.0,
-                    metadata=outgoing_metadata(),
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise _map_registry_error(exc, "the model catalog") from exc
-            models.update({m.name: m for m in resp.models})
-            token = resp.page.next_page_token
-            if not token:
-                return models
-
-    async def _load_api_key(self, secret: str) -> Identity:
-        try:
-            resp = await self._stub.AuthenticateApiKey(
-                registry_pb2.AuthenticateApiKeyRequest(secret=secret), timeout=2.0
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND):
-                raise Unauthenticated("API key rejected: unknown, revoked or expired") from exc
-            raise _map_registry_error(exc, "an API key") from exc
-        return Identity(
-            user=resp.user.name, auth_method="api_key", roles=tuple(resp.user.roles), project=resp.key.project
-        )
 
 
 @dataclass(frozen=True)

@@ -309,6 +309,10 @@ class Stack:
             "HARNESS_AGENT": agent,
             "HARNESS_TOKEN": (tokens_dir / f"{self.cfg.demo_user}.jwt").read_text(),
             "HARNESS_ENVOY_ADMIN": f"http://127.0.0.1:{self.cfg.ports.envoy_admin}",
+            # The registry directly, with the ops certificate (acts as admin): `harness agents ...`.
+            "HARNESS_REGISTRY_ADDR": f"127.0.0.1:{self.cfg.ports.registry}",
+            "HARNESS_OPS_CERT": str(self.certs.services["cli"].cert.resolve()),
+            "HARNESS_OPS_KEY": str(self.certs.services["cli"].key.resolve()),
             # The simulators, directly (plain gRPC, Triton's protocol), for ops and benchmarks.
             "HARNESS_TRITON_ADDRS": ",".join(sim.address for sim in self.sims),
             "HARNESS_TRITON_METRICS": ",".join(sim.metrics_url for sim in self.sims),
@@ -342,6 +346,11 @@ Try it:
       -d '{{"filter": {{"agent": "{env["HARNESS_AGENT"]}"}}}}' "$HARNESS_ADDR" harness.audit.v1.Audit/Query
   grpcurl {tls} -H "authorization: Bearer $HARNESS_TOKEN" \\
       -d '{{"group_by": ["agent", "model"]}}' "$HARNESS_ADDR" harness.cost.v1.Cost/Report
+
+Operate the registry (the ops CLI reads {self.paths.env_file}):
+  .venv/bin/harness agents list
+  .venv/bin/harness agents state {env["HARNESS_AGENT"]} draining      # the routers refuse it within a second
+  .venv/bin/harness policies check agent:{env["HARNESS_AGENT"]} ledger model:llama-3-8b invoke
 
 The simulators directly (Triton's protocol, no TLS; addresses in $HARNESS_TRITON_ADDRS):
   grpcurl -plaintext {first.address} inference.GRPCInferenceService/RepositoryIndex

@@ -224,6 +224,40 @@ def test_second_stack_on_busy_ports_names_the_port(stack, tmp_path):
     assert "port 8443 (envoy)" in out.stderr
 
 
+async def test_routers_follow_a_registry_change_within_a_second(stack):
+    """Done-when of the registry issue: an agent set draining is refused by the routers (both
+    behind Envoy) within a second, and served again once it is back online."""
+    from services.cli.main import main as harness
+
+    agent, metadata = stack.env["HARNESS_AGENT"], _bearer(stack.token("alice"))
+    async with _demo_channel(stack) as channel:
+        assert await _generate(channel, metadata, max_tokens=2)
+        try:
+            assert harness(["agents", "state", agent, "draining", "--root", str(stack.root)]) == 0
+            started = time.monotonic()
+            refused = 0
+            while refused < 4:  # several in a row: both routers have it (Envoy spreads calls)
+                try:
+                    await _generate(channel, metadata, max_tokens=2)
+                    refused = 0
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc.details()
+                    assert "draining" in exc.details()
+                    refused += 1
+                assert time.monotonic() - started < 1.0, "a router still serves the draining agent"
+        finally:  # back online the legal way: draining -> offline -> online
+            for state in ("offline", "online"):
+                assert harness(["agents", "state", agent, state, "--root", str(stack.root)]) == 0
+        started = time.monotonic()
+        while True:
+            try:
+                assert await _generate(channel, metadata, max_tokens=2)
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert time.monotonic() - started < 1.0
+
+
 def test_zz_sigterm_stops_every_child(stack):
     """Runs last (name order within the module): stopping the stack leaves no process behind."""
     pids = stack.pids()

@@ -123,9 +123,9 @@ def test_agent_create_defaults_and_validation(seeded):
 
 
 def test_agent_version_requires_catalog_entries(seeded):
-    with pytest.raises(FailedPrecondition, match="model 'gpt-x'"):
+    with pytest.raises(NotFound, match="model 'gpt-x'"):
         seeded.create_agent_version("demo-agent", d.AgentVersion("v2", ("gpt-x",)))
-    with pytest.raises(FailedPrecondition, match="tool 'ledger@9'"):
+    with pytest.raises(NotFound, match="tool 'ledger@9'"):
         seeded.create_agent_version("demo-agent", d.AgentVersion("v2", ("llama-3-8b",), ("ledger@9",)))
     with pytest.raises(AlreadyExists, match="v1"):
         seeded.create_agent_version("demo-agent", d.AgentVersion("v1", ("llama-3-8b",)))
@@ -155,7 +155,7 @@ def test_traffic_split_and_rollback(seeded):
         seeded.rollback_traffic_split("demo-agent")
     with pytest.raises(InvalidArgument, match="sum to 90"):
         seeded.set_traffic_split("demo-agent", [d.TrafficWeight("v1", 80), d.TrafficWeight("v2", 10)])
-    with pytest.raises(FailedPrecondition, match="no version 'v3'"):
+    with pytest.raises(NotFound, match="no version 'v3'"):
         seeded.set_traffic_split("demo-agent", [d.TrafficWeight("v3", 100)])
     canary = [d.TrafficWeight("v1", 90), d.TrafficWeight("v2", 10)]
     assert seeded.set_traffic_split("demo-agent", canary).traffic == tuple(canary)

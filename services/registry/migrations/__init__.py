@@ -1,0 +1,1 @@
+"""Alembic script directory of the registry (run through `services.registry.migrate`)."""

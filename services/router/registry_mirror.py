@@ -1,0 +1,206 @@
+"""The router's local copy of the registry, fed by the registry's Watch stream.
+
+The hot path reads agents, the model catalog and access rules from memory; it never waits on
+the registry. A background task holds a Watch open: the first message is a snapshot, then
+deltas arrive as the registry changes (well under a second). When the stream breaks (the
+registry restarts, the network drops), the router keeps serving from the copy it has and
+reconnects with the last revision it applied, so it gets exactly the changes it missed (or a
+fresh snapshot if the registry no longer has them).
+
+API keys are the exception: the stream carries key metadata, never secrets or their hashes,
+so a key is resolved by one AuthenticateApiKey call and cached briefly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from harness.registry.v1 import registry_pb2, registry_pb2_grpc
+
+from services.common.access import apply_rule, explain, new_memory_enforcer
+from services.common.context import Identity, outgoing_metadata
+from services.common.errors import NotFound, Unauthenticated, Unavailable
+from services.router.views import AccessDecision, TtlCache, map_registry_error
+
+log = logging.getLogger("harness.router.registry")
+Kind = registry_pb2.EntityKind
+
+
+class RegistryMirror:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        api_key_ttl_s: float = 5.0,
+        ready_timeout_s: float = 5.0,
+        max_backoff_s: float = 2.0,
+    ) -> None:
+        self._stub = registry_pb2_grpc.RegistryStub(channel)
+        self._ready_timeout = ready_timeout_s
+        self._max_backoff = max_backoff_s
+        self.revision = 0
+        self.connected = False
+        self._agents: dict[str, registry_pb2.Agent] = {}
+        self._models: dict[str, registry_pb2.Model] = {}
+        self._rules: set[tuple[str, tuple[str, ...]]] = set()
+        self._enforcer = new_memory_enforcer()
+        self._pending: _Tables | None = None  # a snapshot arriving in parts
+        self._api_keys: TtlCache[str, Identity] = TtlCache(api_key_ttl_s, self._load_api_key)
+        self._first = asyncio.Event()
+        self._changed = asyncio.Condition()  # notified after each applied message (tests wait on it)
+        self._task: asyncio.Task | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="registry-mirror")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._first.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def wait_for_revision(self, revision: int, timeout: float) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.revision >= revision)
+
+    # --- reads on the hot path --------------------------------------------------------------
+    async def _ready(self) -> None:
+        if not self._first.is_set() and not await self.wait_ready(self._ready_timeout):
+            raise Unavailable(
+                "the router has no copy of the registry yet (registry unreachable); retry shortly"
+            )
+
+    async def agent(self, name: str) -> registry_pb2.Agent:
+        await self._ready()
+        agent = self._agents.get(name)
+        if agent is None:
+            raise NotFound(f"agent {name!r} is not registered; register it in the registry first")
+        return agent
+
+    async def model(self, name: str) -> registry_pb2.Model:
+        await self._ready()
+        model = self._models.get(name)
+        if model is None:
+            raise NotFound(f"model {name!r} is not in the registry's model catalog")
+        return model
+
+    async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
+        await self._ready()
+        allowed, rule = explain(self._enforcer, subject, domain, obj, action)
+        # Same wording as the registry's CheckAccess: "p, sub, dom, obj, act, eft".
+        return AccessDecision(allowed, ", ".join(("p", *rule)) if rule else "")
+
+    async def resolve_api_key(self, secret: str) -> Identity:
+        return await self._api_keys.get(secret)
+
+    # --- the stream -------------------------------------------------------------------------
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                call = self._stub.Watch(
+                    registry_pb2.WatchRequest(since_revision=self.revision), metadata=outgoing_metadata()
+                )
+                async for message in call:
+                    if not self.connected:
+                        log.info("registry watch connected at revision %d", self.revision)
+                    self.connected, backoff = True, 0.05
+                    await self._apply(message)
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "registry watch broke (%s); serving revision %d until it reconnects",
+                    exc.code().name,
+                    self.revision,
+                )
+            self.connected = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._max_backoff)
+
+    async def _apply(self, message: registry_pb2.WatchResponse) -> None:
+        if message.snapshot:
+            # A large snapshot comes in parts (`more` on all but the last): build it aside and
+            # swap it in whole, so the hot path never sees half a registry.
+            if self._pending is None:
+                self._pending = _Tables()
+            for change in message.changes:
+                self._pending.apply(change)
+            if message.more:
+                return
+            tables, self._pending = self._pending, None
+            self._agents, self._models, self._rules = tables.agents, tables.models, tables.rules
+            self._enforcer = new_memory_enforcer(self._rules)
+            self.revision = message.revision
+        else:
+            for change in message.changes:
+                if change.kind == Kind.ENTITY_KIND_POLICY:
+                    rule = _policy_rule(change)
+                    apply_rule(self._enforcer, rule[0], rule[1], change.deleted)
+                self._current.apply(change)
+            self.revision = max(self.revision, message.revision)
+        self._first.set()
+        async with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def _current(self) -> _Tables:
+        return _Tables(self._agents, self._models, self._rules)
+
+    async def _load_api_key(self, secret: str) -> Identity:
+        try:
+            resp = await self._stub.AuthenticateApiKey(
+                registry_pb2.AuthenticateApiKeyRequest(secret=secret), timeout=2.0
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND):
+                raise Unauthenticated("API key rejected: unknown, revoked or expired") from exc
+            raise map_registry_error(exc, "an API key") from exc
+        return Identity(
+            user=resp.user.name, auth_method="api_key", roles=tuple(resp.user.roles), project=resp.key.project
+        )
+
+
+class _Tables:
+    """Agents, models and rules of one copy; applies changes in place."""
+
+    def __init__(self, agents=None, models=None, rules=None) -> None:
+        self.agents: dict[str, registry_pb2.Agent] = {} if agents is None else agents
+        self.models: dict[str, registry_pb2.Model] = {} if models is None else models
+        self.rules: set[tuple[str, tuple[str, ...]]] = set() if rules is None else rules
+
+    def apply(self, change: registry_pb2.Change) -> None:
+        if change.kind == Kind.ENTITY_KIND_AGENT:
+            _put(self.agents, change.key, change.agent, change.deleted)
+        elif change.kind == Kind.ENTITY_KIND_MODEL:
+            _put(self.models, change.key, change.model, change.deleted)
+        elif change.kind == Kind.ENTITY_KIND_POLICY:
+            rule = _policy_rule(change)
+            (self.rules.discard if change.deleted else self.rules.add)(rule)
+
+
+def _put(table: dict, key: str, value, deleted: bool) -> None:
+    if deleted:
+        table.pop(key, None)
+    else:
+        table[key] = value
+
+
+def _policy_rule(change: registry_pb2.Change) -> tuple[str, tuple[str, ...]]:
+    if change.deleted:  # no entity on a deletion: the key is the rule
+        return _rule_from_key(change.key) or (change.policy.ptype, tuple(change.policy.values))
+    return change.policy.ptype, tuple(change.policy.values)
+
+
+def _rule_from_key(key: str) -> tuple[str, tuple[str, ...]] | None:
+    """A deleted policy's key is its rule CSV ("p, sub, dom, obj, act, eft")."""
+    parts = [part.strip() for part in key.split(",")]
+    if len(parts) < 2 or parts[0] not in ("p", "g"):
+        return None
+    return parts[0], tuple(parts[1:])

@@ -1,0 +1,143 @@
+"""The router's registry copy follows the registry's Watch stream, over real mTLS gRPC.
+
+Done-when of the registry issue: a change of an agent's state or of a policy reaches the
+router within one second, and the copy survives a registry restart (it keeps answering while
+the registry is down, then catches up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from harness.common.v1 import common_pb2
+from harness.registry.v1 import registry_pb2 as pb
+from harness.registry.v1.registry_pb2_grpc import RegistryStub
+
+from services.common.config import ServerConfig, TlsFiles
+from services.common.errors import NotFound
+from services.common.server import open_channel, start_server
+from services.devtools.certs import make_certs
+from services.registry.policy import Policy
+from services.registry.seed import seed_registry
+from services.registry.servicer import RegistryServicer
+from services.registry.store import Store
+from services.router.registry_mirror import RegistryMirror
+from tests.integration.test_registry_server import DEMO
+
+AGENT = "demo-agent"
+MODEL_RULE = ("agent:demo-agent", "ledger", "model:llama-3-8b", "invoke")
+
+
+class Registry:
+    """A registry on one port that can be stopped and started again over the same database."""
+
+    def __init__(self, db_url: str, auth, tls: TlsFiles) -> None:
+        self.db_url, self.auth, self.tls = db_url, auth, tls
+        self.port = 0
+        self.running = None
+        self.store = None
+
+    async def start(self) -> None:
+        self.store = Store(self.db_url)
+        servicer = RegistryServicer(self.store, Policy(self.store), self.auth.trust_domain)
+        cfg = ServerConfig(name="registry", port=self.port, metrics_port=None, auth=self.auth, tls=self.tls)
+        self.running = await start_server(cfg, servicer.register, api_key_resolver=servicer.resolve_api_key)
+        self.port = self.running.port
+
+    async def stop(self) -> None:
+        await self.running.stop(0)
+        self.store.close()
+
+
+@pytest.fixture
+async def setup(tmp_path, test_auth, db_url):
+    certs = make_certs(tmp_path / "certs", services=("registry", "router"), agents=())
+
+    def tls(name: str) -> TlsFiles:
+        pair = certs.services[name]
+        return TlsFiles(str(pair.cert), str(pair.key), str(certs.ca_cert))
+
+    registry = Registry(db_url, test_auth, tls("registry"))
+    await registry.start()
+    # The router's own service certificate is all it needs: services may watch the registry.
+    channel = open_channel(f"127.0.0.1:{registry.port}", tls("router"))
+    stub = RegistryStub(channel)
+    await seed_registry(stub, DEMO, ())
+    mirror = RegistryMirror(channel, ready_timeout_s=5.0, max_backoff_s=0.2)
+    mirror.start()
+    assert await mirror.wait_ready(5.0)
+    yield registry, stub, mirror
+    await mirror.stop()
+    await channel.close()
+    if registry.running is not None:
+        await registry.stop()
+
+
+async def eventually(predicate, within_s: float) -> float:
+    """Seconds until ``predicate()`` (async) holds; fails after ``within_s``."""
+    started = time.monotonic()
+    while not await predicate():
+        assert time.monotonic() - started < within_s, f"not true within {within_s} s"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def test_snapshot_holds_agents_models_and_rules(setup):
+    _, _, mirror = setup
+    agent = await mirror.agent(AGENT)
+    assert agent.state == common_pb2.AGENT_STATE_ONLINE and agent.project == "ledger"
+    assert (await mirror.model("llama-3-8b")).triton_model == "llama-3-8b-instruct"
+    decision = await mirror.check(*MODEL_RULE)
+    assert decision.allowed and decision.rule == "p, agent:demo-agent, ledger, model:llama-3-8b, invoke, allow"
+    assert (await mirror.check("bob", "ledger", "agent:demo-agent", "invoke")).allowed  # via role:analyst
+    assert not (await mirror.check("mallory", "ledger", "agent:demo-agent", "invoke")).allowed
+    with pytest.raises(NotFound, match="not registered"):
+        await mirror.agent("ghost")
+
+
+async def test_state_and_policy_changes_arrive_within_a_second(setup):
+    _, stub, mirror = setup
+    await stub.SetAgentState(pb.SetAgentStateRequest(agent=AGENT, state=common_pb2.AGENT_STATE_DRAINING))
+
+    async def draining():
+        return (await mirror.agent(AGENT)).state == common_pb2.AGENT_STATE_DRAINING
+
+    assert await eventually(draining, within_s=1.0) < 1.0
+
+    deny = pb.PolicyRule(ptype="p", values=[*MODEL_RULE, "deny"])
+    await stub.AddPolicy(pb.AddPolicyRequest(rule=deny))
+
+    async def denied():
+        return not (await mirror.check(*MODEL_RULE)).allowed
+
+    assert await eventually(denied, within_s=1.0) < 1.0
+    await stub.RemovePolicy(pb.RemovePolicyRequest(rule=deny))
+
+    async def allowed_again():
+        return (await mirror.check(*MODEL_RULE)).allowed
+
+    assert await eventually(allowed_again, within_s=1.0) < 1.0
+
+
+async def test_the_copy_survives_a_registry_restart_and_catches_up(setup):
+    registry, stub, mirror = setup
+    await registry.stop()
+    registry.running = None
+    # Registry down: the router still answers from its copy.
+    assert (await mirror.agent(AGENT)).state == common_pb2.AGENT_STATE_ONLINE
+    assert (await mirror.check(*MODEL_RULE)).allowed
+
+    async def disconnected():
+        return not mirror.connected
+
+    await eventually(disconnected, within_s=5.0)
+    await registry.start()  # same port, same database
+    await stub.SetAgentState(pb.SetAgentStateRequest(agent=AGENT, state=common_pb2.AGENT_STATE_DRAINING))
+
+    async def draining():
+        return (await mirror.agent(AGENT)).state == common_pb2.AGENT_STATE_DRAINING
+
+    await eventually(draining, within_s=5.0)
+    assert mirror.connected
