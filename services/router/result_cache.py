@@ -1,0 +1,157 @@
+"""Exact-result cache for deterministic requests, and coalescing of identical in-flight ones.
+
+A request is deterministic when it is greedy (temperature 0) or pins a sampling seed: the
+engine then returns the same text for the same model, parameters and prompt. The key is a
+hash of exactly those (the prompt *after* redaction, so no raw PII is hashed into Redis keys
+or kept in memory). Entries expire after a TTL. Redis holds them when configured (shared by
+every router replica); otherwise an in-process LRU does.
+
+Coalescing: while one request for a key is being generated, identical requests wait for its
+result instead of dispatching again (only within one router; across replicas the cache
+catches the next ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("harness.router.cache")
+
+
+@dataclass(frozen=True)
+class CachedResult:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    finish_reason: str
+    deployment: str  # which deployment produced it (reported, not re-dispatched)
+
+
+def is_deterministic(temperature: float, seed: int | None) -> bool:
+    return temperature == 0 or seed is not None
+
+
+def cache_key(model: str, params: Mapping[str, Any], redacted_prompt: str) -> str:
+    """Stable across processes and replicas: sha256 over canonical JSON."""
+    material = json.dumps([model, dict(sorted(params.items())), redacted_prompt], separators=(",", ":"))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+class ResultCache(Protocol):
+    async def get(self, key: str) -> CachedResult | None: ...
+
+    async def put(self, key: str, value: CachedResult, ttl_s: float) -> None: ...
+
+
+class MemoryResultCache:
+    """LRU with per-entry expiry, bounded by entry count."""
+
+    def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, CachedResult]] = OrderedDict()
+
+    async def get(self, key: str) -> CachedResult | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        if hit[0] <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return hit[1]
+
+    async def put(self, key: str, value: CachedResult, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            return
+        self._entries[key] = (self._clock() + ttl_s, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+
+class RedisResultCache:
+    """Entries as JSON strings with Redis expiry. A Redis fault is a miss, never an error: the
+    cache is an optimisation and must not fail requests."""
+
+    def __init__(self, client: Any, prefix: str = "harness:", timeout_s: float = 0.05) -> None:
+        self._redis = client
+        self._prefix = f"{prefix}rc:"
+        self._timeout = timeout_s
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "harness:") -> RedisResultCache:
+        import redis.asyncio as redis
+
+        return cls(redis.from_url(url), prefix)
+
+    async def get(self, key: str) -> CachedResult | None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                raw = await self._redis.get(self._prefix + key)
+        except Exception as exc:  # ConnectionError, TimeoutError, ...: a miss
+            log.warning("result cache read failed (%s); treating as a miss", type(exc).__name__)
+            return None
+        return CachedResult(**json.loads(raw)) if raw else None
+
+    async def put(self, key: str, value: CachedResult, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.set(self._prefix + key, json.dumps(asdict(value)), px=int(ttl_s * 1000))
+        except Exception as exc:
+            log.warning("result cache write failed (%s); not cached", type(exc).__name__)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+class Coalescer:
+    """Runs one producer per key at a time; concurrent callers of the same key share its result.
+
+    If the leading call fails, followers get the same exception (they asked for the same
+    thing); if the leader is cancelled (its client went away), one follower takes over.
+    """
+
+    def __init__(self) -> None:
+        self._inflight: dict[str, asyncio.Future[CachedResult]] = {}
+        self.coalesced_total = 0
+
+    async def run(
+        self, key: str, produce: Callable[[], Awaitable[CachedResult]]
+    ) -> tuple[CachedResult, bool]:
+        """(result, True if it came from another caller's call)."""
+        while (pending := self._inflight.get(key)) is not None:
+            try:
+                result = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if pending.cancelled():  # the leader went away: try to lead
+                    continue
+                raise
+            self.coalesced_total += 1
+            return result, True
+        future: asyncio.Future[CachedResult] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await produce()
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: followers re-raise it themselves
+            raise
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+        future.set_result(result)
+        return result, False
