@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
@@ -17,6 +17,16 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from .catalog import ModelSpec
+
+
+class TensorModel(Protocol):
+    """What the tensor schema needs of a model (the simulator's ModelSpec, or the router's
+    view of a catalog model on its Triton-compatible front door)."""
+
+    name: str
+    version: str
+    max_batch_size: int
+    layout: str
 
 
 class TensorError(ValueError):
@@ -122,7 +132,7 @@ def _shape_str(shape: Any) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def decode_inputs(request: pb.ModelInferRequest, spec: ModelSpec) -> dict[str, np.ndarray]:
+def decode_inputs(request: pb.ModelInferRequest, spec: TensorModel) -> dict[str, np.ndarray]:
     """Validate the request's inputs against the schema and return them as numpy arrays.
 
     Arrays keep their full shape (batch dimension first). The simulator serves batch 1.
@@ -167,7 +177,7 @@ def decode_inputs(request: pb.ModelInferRequest, spec: ModelSpec) -> dict[str, n
                 f"inference request batch-size must be <= {spec.max_batch_size} for '{model}', got {shape[0]}"
             )
         if shape[0] != 1:
-            raise TensorError(f"the engine simulator serves batch size 1 only, got {shape[0]} for '{model}'")
+            raise TensorError(f"one prompt per request (batch size 1) is served, got {shape[0]} for '{model}'")
         values[tensor.name] = _tensor_array(tensor, raw[i] if raw else None, shape)
     return values
 
@@ -226,7 +236,7 @@ def strings(values: Mapping[str, np.ndarray], name: str) -> tuple[str, ...]:
 
 
 def select_outputs(
-    request: pb.ModelInferRequest, spec: ModelSpec, values: Mapping[str, np.ndarray]
+    request: pb.ModelInferRequest, spec: TensorModel, values: Mapping[str, np.ndarray]
 ) -> set[str]:
     """Outputs to return: those requested by name, else text_output plus the counts asked
     for with return_num_input_tokens / return_num_output_tokens (as the TRT-LLM models do)."""
@@ -247,7 +257,7 @@ def select_outputs(
 
 
 def build_response(
-    spec: ModelSpec,
+    spec: TensorModel,
     request_id: str,
     outputs: Mapping[str, str | int],
     final: bool | None = None,
@@ -271,7 +281,7 @@ def build_response(
     return resp
 
 
-def model_metadata(spec: ModelSpec) -> pb.ModelMetadataResponse:
+def model_metadata(spec: TensorModel) -> pb.ModelMetadataResponse:
     def meta(t: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
         return pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=[-1, *t.dims])
 
@@ -284,7 +294,7 @@ def model_metadata(spec: ModelSpec) -> pb.ModelMetadataResponse:
     )
 
 
-def _platform(spec: ModelSpec) -> str:
+def _platform(spec: TensorModel) -> str:
     # tensorrt_llm_bls is a Python-backend model; Triton reports its backend as the platform.
     return "ensemble" if spec.layout == "ensemble" else "python"
 

@@ -18,8 +18,9 @@ from services.common.server import RunningServer, open_channel, run_until_signal
 from services.router.core import Router
 from services.router.events import EventShipper
 from services.router.registry_mirror import RegistryMirror
-from services.router.servicer import RouterServicer, TritonFacadeServicer
+from services.router.servicer import RouterServicer
 from services.router.triton import TritonPool
+from services.router.triton_facade import TritonFacadeServicer
 from services.router.views import EndpointView
 
 # The router is the front door's reflection target: it lists the whole mesh API.
@@ -92,7 +93,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
 
     def register(server) -> list[str]:
         router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router), server)
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(TritonFacadeServicer(), server)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(TritonFacadeServicer(router), server)
         return [router_pb2.DESCRIPTOR.services_by_name["Router"].full_name, "inference.GRPCInferenceService"]
 
     from prometheus_client import CollectorRegistry

@@ -20,6 +20,7 @@ from services.common import context as reqctx
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     Unauthenticated,
     Unavailable,
@@ -135,6 +136,9 @@ class Router:
         if not model_name:
             raise FailedPrecondition(f"agent {agent.name!r} version {version_label} pins no model")
         if model_name not in version.models:
+            # Triton clients name the backend model (e.g. "llama-3-8b-instruct"): map it back.
+            model_name = await self._catalog_name(version.models, model_name)
+        if model_name not in version.models:
             raise PermissionDenied(
                 f"agent {agent.name!r} version {version_label} may use {list(version.models)}, not {model_name!r}"
             )
@@ -201,6 +205,34 @@ class Router:
             result.ttft_ms = (first_at - start) * 1000 if first_at else 0.0
             result.tbt_ms = (last_at - first_at) * 1000 / (pieces - 1) if pieces > 1 else 0.0
             self._record(records.CallFacts(**{**facts.__dict__, "status": status}), result)
+
+    async def _catalog_name(self, pinned, name: str) -> str:
+        for candidate in pinned:
+            try:
+                if (await self.registry.model(candidate)).triton_model == name:
+                    return candidate
+            except NotFound:
+                continue
+        return name
+
+    async def allowed_models(self) -> list[registry_pb2.Model]:
+        """Catalog models the calling agent's current versions pin and its policy allows."""
+        ident = reqctx.current().identity
+        if not ident.agent:
+            raise Unauthenticated("no agent identity: call with an agent client certificate")
+        agent = await self.registry.agent(ident.agent)
+        names = dict.fromkeys(m for v in agent.versions for m in v.models)
+        out = []
+        for name in names:
+            decision = await self.registry.check(
+                f"agent:{agent.name}", agent.project, f"model:{name}", "invoke"
+            )
+            if decision.allowed:
+                try:
+                    out.append(await self.registry.model(name))
+                except NotFound:
+                    continue
+        return out
 
     async def _authorize(self, facts: records.CallFacts, subject: str, obj: str) -> AccessDecision:
         decision = await self.registry.check(subject, facts.project, obj, "invoke")

@@ -60,6 +60,11 @@ class RegistryMirror:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    @property
+    def ready(self) -> bool:
+        """Holds a copy (possibly stale while the registry is unreachable)."""
+        return self._first.is_set()
+
     async def wait_ready(self, timeout: float) -> bool:
         try:
             await asyncio.wait_for(self._first.wait(), timeout)

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 import grpc
 from harness.common.v1 import common_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from services.common.planned import planned
 from services.router.core import GenerationInput, GenerationResult, Router
@@ -65,14 +64,3 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         async for _ in self._router.generate(to_input(request), result):
             pass
         return router_pb2.CompleteResponse(text="".join(result.text_parts), summary=to_summary(result))
-
-
-@planned(
-    service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-    {},
-    default="the Triton-compatible front door (router issue #6)",
-)
-class TritonFacadeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Triton's own protocol on the router, so Triton clients can point at the Harness.
-
-    Every RPC answers UNIMPLEMENTED until the router issue (#6) builds the facade."""

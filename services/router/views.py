@@ -107,6 +107,10 @@ class EndpointView:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    @property
+    def ready(self) -> bool:
+        return self._first.is_set()
+
     async def wait_ready(self, timeout: float) -> bool:
         try:
             await asyncio.wait_for(self._first.wait(), timeout)

@@ -258,6 +258,66 @@ async def test_routers_follow_a_registry_change_within_a_second(stack):
                 assert time.monotonic() - started < 1.0
 
 
+def test_tritonclient_code_points_at_the_harness_unchanged(stack):
+    """The router's Triton-compatible front door, through Envoy, with the stock sync client."""
+    import queue
+
+    import numpy as np
+    from tritonclient.utils import InferenceServerException
+
+    client = tritongrpc.InferenceServerClient(
+        stack.env["HARNESS_ADDR"],
+        ssl=True,
+        root_certificates=stack.env["HARNESS_CA"],
+        private_key=stack.env["HARNESS_KEY"],
+        certificate_chain=stack.env["HARNESS_CERT"],
+    )
+    headers = {"authorization": f"Bearer {stack.token('alice')}"}
+    assert client.is_server_live(headers=headers) and client.is_server_ready(headers=headers)
+    index = client.get_model_repository_index(headers=headers, as_json=True)["models"]
+    assert {m["name"]: m["state"] for m in index} == {"llama-3-8b": "READY"}  # what demo-agent may use
+
+    def inputs(prompt: str, stream: bool) -> list:
+        out = []
+        for name, arr, dtype in (
+            ("text_input", np.array([[prompt.encode()]], dtype=object), "BYTES"),
+            ("max_tokens", np.array([[6]], dtype=np.int32), "INT32"),
+            ("stream", np.array([[stream]], dtype=bool), "BOOL"),
+            ("return_num_output_tokens", np.array([[True]], dtype=bool), "BOOL"),
+        ):
+            tensor = tritongrpc.InferInput(name, list(arr.shape), dtype)
+            tensor.set_data_from_numpy(arr)
+            out.append(tensor)
+        return out
+
+    # The Triton model name works too ("llama-3-8b-instruct" is what the agent called before).
+    for model in ("llama-3-8b", "llama-3-8b-instruct"):
+        result = client.infer(model, inputs("Summarise the ledger", False), headers=headers)
+        assert result.as_numpy("text_output").flat[0] and result.as_numpy("num_output_tokens").flat[0] == 6
+
+    events: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: events.put((result, error)), headers=headers)
+    client.async_stream_infer("llama-3-8b", inputs("Stream it", True), enable_empty_final_response=True)
+    deltas = []
+    while True:
+        result, error = events.get(timeout=30)
+        assert error is None, error
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            break
+        deltas.append(result.as_numpy("text_output").flat[0].decode())
+    client.stop_stream()
+    assert len(deltas) == 6
+
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("llama-3-70b-awq", inputs("not mine", False), headers=headers)
+    assert err.value.status() == "StatusCode.PERMISSION_DENIED" and "llama-3-70b-awq" in err.value.message()
+    assert not client.is_model_ready("llama-3-70b-awq", headers=headers)
+    with pytest.raises(InferenceServerException) as err:  # no user credentials: the same refusal as Generate
+        client.infer("llama-3-8b", inputs("who am I", False))
+    assert err.value.status() == "StatusCode.UNAUTHENTICATED"
+    client.close()
+
+
 def test_zz_sigterm_stops_every_child(stack):
     """Runs last (name order within the module): stopping the stack leaves no process behind."""
     pids = stack.pids()

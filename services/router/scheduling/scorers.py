@@ -1,0 +1,95 @@
+"""Scorers: how good each candidate is for a request, in [0, 1], higher is better.
+
+Load scorers normalise across the candidates (llm-d's min-max for queue depth), because only
+the comparison matters to the picker: 3 vs 4 queued is a real difference, 0.31 vs 0.32 of KV
+cache is not, which is why the KV scorer is absolute instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.router.scheduling.memory import SchedulerMemory
+from services.router.scheduling.registry import register_scorer
+from services.router.scheduling.types import Candidate, SchedulingRequest
+
+
+@register_scorer("queue-depth")
+@dataclass(frozen=True)
+class QueueDepthScorer:
+    """Fewer requests at the endpoint (waiting + running, or the router's own in-flight count
+    when larger) is better: min-max normalised, the least loaded scores 1, the most loaded 0."""
+
+    def score(
+        self, request: SchedulingRequest, candidates: list[Candidate], memory: SchedulerMemory
+    ) -> list[float]:
+        loads = [memory.load(c) for c in candidates]
+        lo, hi = min(loads), max(loads)
+        if hi == lo:
+            return [1.0] * len(loads)
+        span = hi - lo
+        return [(hi - x) / span for x in loads]
+
+
+@register_scorer("kv-cache")
+@dataclass(frozen=True)
+class KvCacheScorer:
+    """More free KV cache is better: 1 - fraction in use."""
+
+    def score(
+        self, request: SchedulingRequest, candidates: list[Candidate], memory: SchedulerMemory
+    ) -> list[float]:
+        return [1.0 - min(1.0, max(0.0, c.kv_cache_fraction)) for c in candidates]
+
+
+@register_scorer("prefix-cache")
+@dataclass(frozen=True)
+class PrefixCacheScorer:
+    """Fraction of the request's leading prompt blocks recently sent to the endpoint (and so
+    likely still in its KV cache, sparing their prefill). Blocks are chain-hashed as the
+    engine's KV cache hashes them; a prompt shorter than one block scores 0 everywhere."""
+
+    def score(
+        self, request: SchedulingRequest, candidates: list[Candidate], memory: SchedulerMemory
+    ) -> list[float]:
+        hashes = memory.block_hashes(request)
+        if not hashes:
+            return [0.0] * len(candidates)
+        n = len(hashes)
+        matched = memory.prefix.matched
+        return [matched(c.name, hashes) / n for c in candidates]
+
+
+@register_scorer("session-affinity")
+@dataclass(frozen=True)
+class SessionAffinityScorer:
+    """1 for the endpoint the request's session last went to (its conversation is likely in
+    that KV cache), 0 elsewhere; 0 everywhere without a session id."""
+
+    def score(
+        self, request: SchedulingRequest, candidates: list[Candidate], memory: SchedulerMemory
+    ) -> list[float]:
+        last = memory.sessions.get(request.session_id)
+        if not last:
+            return [0.0] * len(candidates)
+        return [1.0 if c.name == last else 0.0 for c in candidates]
+
+
+@register_scorer("latency")
+@dataclass(frozen=True)
+class LatencyScorer:
+    """Lower recent TTFT is better: best / own, so the fastest scores 1 and one twice as slow
+    0.5 (a ratio, not min-max, so 100 ms vs 101 ms is not 1 vs 0). The router's own EWMA is
+    used when it has one, else the pool's; an endpoint with neither scores 1, so it gets
+    traffic and a measurement instead of being starved."""
+
+    def score(
+        self, request: SchedulingRequest, candidates: list[Candidate], memory: SchedulerMemory
+    ) -> list[float]:
+        get = memory.latency.get
+        ttfts = [get(c.name) or c.recent_ttft_s for c in candidates]
+        known = [t for t in ttfts if t > 0.0]
+        if not known:
+            return [1.0] * len(ttfts)
+        best = min(known)
+        return [best / t if t > 0.0 else 1.0 for t in ttfts]

@@ -1,0 +1,226 @@
+"""Triton's own gRPC protocol on the router, so existing `tritonclient` code can point at the
+Harness instead of a Triton server and keep working.
+
+Every inference goes through the same path as Generate (identity, policy, admission, audit,
+cost); only the wire format differs. A model is named by its catalog name ("llama-3-8b") or
+by the Triton model it maps to ("llama-3-8b-instruct"). Unlike Triton, ModelInfer works for
+every model: the router always dispatches over ModelStreamInfer and answers once.
+Errors on ModelStreamInfer arrive as `error_message` on the stream (as Triton does); the
+stream itself stays open for the caller's next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from harness.registry.v1 import registry_pb2
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from services.common import context as reqctx
+from services.common.errors import HarnessError, InvalidArgument, NotFound
+from services.enginesim import tensors
+from services.router.core import GenerationInput, GenerationResult, Router
+
+log = logging.getLogger("harness.router.triton")
+EXTENSIONS = ("model_repository", "parameters", "statistics")
+
+
+@dataclass(frozen=True)
+class FacadeModel:
+    """A catalog model as the tensor schema sees it (always the TensorRT-LLM ensemble layout)."""
+
+    name: str
+    version: str = "1"
+    max_batch_size: int = 1
+    layout: str = "ensemble"
+
+
+def _input(model_name: str, values: dict[str, Any]) -> GenerationInput:
+    seed = tensors.scalar(values, "seed")
+    return GenerationInput(
+        prompt=tensors.scalar(values, "text_input", ""),
+        max_tokens=int(tensors.scalar(values, "max_tokens", 0)),
+        temperature=float(tensors.scalar(values, "temperature", 0.0)),
+        top_p=float(tensors.scalar(values, "top_p", 0.0)),
+        top_k=int(tensors.scalar(values, "top_k", 0)),
+        seed=int(seed) if seed is not None else None,
+        stop=tensors.strings(values, "stop_words"),
+        model=model_name,
+    )
+
+
+class TritonFacadeServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, router: Router, server_version: str = "harness") -> None:
+        self._router = router
+        self._version = server_version
+
+    # --- server and models ---------------------------------------------------------------
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        """Live while the process serves."""
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        """Ready once the router holds a copy of the registry and of the pool's endpoints."""
+        return pb.ServerReadyResponse(ready=self._router.registry.ready and self._router.endpoints.ready)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        """Names the Harness (not Triton), with the extensions the front door supports."""
+        return pb.ServerMetadataResponse(name="harness", version=self._version, extensions=list(EXTENSIONS))
+
+    async def _model(self, name: str, version: str = "") -> registry_pb2.Model:
+        """The calling agent's model by catalog or Triton name, else Triton's NOT_FOUND wording."""
+        for model in await self._router.allowed_models():
+            if name in (model.name, model.triton_model) and version in ("", "1"):
+                return model
+        raise NotFound(f"Request for unknown model: '{name}' is not found")
+
+    def _ready(self, model: registry_pb2.Model) -> bool:
+        return bool(self._router.endpoints.candidates(model.triton_model))
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        """True when the agent may use the model and some endpoint has it loaded."""
+        try:
+            model = await self._model(request.name, request.version)
+        except NotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=self._ready(model))
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        """The TensorRT-LLM ensemble tensors, under the name the caller used."""
+        await self._model(request.name, request.version)
+        return tensors.model_metadata(FacadeModel(request.name))
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        """The models the calling agent may use (catalog names), READY where an endpoint has them."""
+        resp = pb.RepositoryIndexResponse()
+        for model in await self._router.allowed_models():
+            ready = self._ready(model)
+            if request.ready and not ready:
+                continue
+            resp.models.add(
+                name=model.name,
+                version="1",
+                state="READY" if ready else "UNAVAILABLE",
+                reason="" if ready else f"no endpoint has {model.triton_model} loaded",
+            )
+        return resp
+
+    # --- inference -------------------------------------------------------------------------
+    async def _prepare(self, request: pb.ModelInferRequest) -> tuple[GenerationInput, set[str], bool, bool]:
+        values = tensors.decode_inputs(request, FacadeModel(request.model_name))
+        inp = _input(request.model_name, values)
+        if not inp.prompt:
+            raise InvalidArgument("text_input is empty: send the prompt in text_input")
+        outputs = tensors.select_outputs(request, FacadeModel(request.model_name), values)
+        stream = bool(tensors.scalar(values, "stream", False))
+        param = request.parameters.get("triton_enable_empty_final_response")
+        return inp, outputs, stream, bool(param is not None and param.bool_param)
+
+    @staticmethod
+    def _response(
+        request: pb.ModelInferRequest,
+        outputs: set[str],
+        text: str,
+        result: GenerationResult,
+        final: bool | None,
+    ) -> pb.ModelInferResponse:
+        values: dict[str, str | int] = {
+            "text_output": text,
+            "num_input_tokens": result.input_tokens,
+            "num_output_tokens": result.output_tokens,
+        }
+        chosen = {k: v for k, v in values.items() if k in outputs}
+        return tensors.build_response(FacadeModel(request.model_name), request.id, chosen, final=final)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        """One answer for a whole generation, for any model (decoupled backends included)."""
+        try:
+            inp, outputs, _, _ = await self._prepare(request)
+        except tensors.TensorError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        result = GenerationResult()
+        async for _ in self._router.generate(inp, result):
+            pass
+        return self._response(request, outputs, "".join(result.text_parts), result, None)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests on one stream run concurrently; each answers as Triton's decoupled models do."""
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(self._one(request, out.put_nowait))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _one(self, request: pb.ModelInferRequest, emit) -> None:
+        # Each request on the stream is its own call: its own request id for audit and usage
+        # (the task runs in a copy of the stream's context, so this stays local to it).
+        reqctx.set_current(dataclasses.replace(reqctx.current(), request_id=str(uuid.uuid4())))
+        result = GenerationResult()
+        try:
+            inp, outputs, stream, empty_final = await self._prepare(request)
+            if stream:
+                pending: str | None = None  # hold one delta back so the last one can be final
+                async for delta in self._router.generate(inp, result):
+                    if pending is not None:
+                        emit(_wrap(self._response(request, outputs, pending, result, False)))
+                    pending = delta
+                if empty_final:
+                    if pending is not None:
+                        emit(_wrap(self._response(request, outputs, pending, result, False)))
+                    emit(_wrap(self._response(request, set(), "", result, True)))
+                else:
+                    emit(_wrap(self._response(request, outputs, pending or "", result, True)))
+            else:
+                async for _ in self._router.generate(inp, result):
+                    pass
+                emit(_wrap(self._response(request, outputs, "".join(result.text_parts), result, True)))
+        except (HarnessError, tensors.TensorError) as exc:
+            code = exc.code.name if isinstance(exc, HarnessError) else grpc.StatusCode.INVALID_ARGUMENT.name
+            emit(
+                pb.ModelStreamInferResponse(
+                    error_message=f"{code}: {exc}",
+                    infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
+                )
+            )
+        except Exception:
+            log.exception("stream request %s failed", request.id)
+            emit(
+                pb.ModelStreamInferResponse(
+                    error_message=f"INTERNAL: internal error (request id {reqctx.current().request_id})",
+                    infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
+                )
+            )
+
+
+def _wrap(resp: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(infer_response=resp)
