@@ -11,13 +11,19 @@ from harness.cost.v1 import cost_pb2
 from harness.pool.v1 import pool_pb2
 from harness.registry.v1 import registry_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
+from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2_grpc
 
 from services.common.config import ServerConfig, TlsFiles, add_server_args, env, server_config_from_args
 from services.common.server import RunningServer, open_channel, run_until_signal, setup_logging, start_server
-from services.router.core import Router
+from services.router.core import Router, RouterPolicy
+from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
+from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from services.router.metrics import RouterMetrics
 from services.router.registry_mirror import RegistryMirror
+from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache
+from services.router.scheduling import Scheduler, load_config
 from services.router.servicer import RouterServicer
 from services.router.triton import TritonPool
 from services.router.triton_facade import TritonFacadeServicer
@@ -42,9 +48,12 @@ class RouterConfig:
     pool_addr: str
     audit_addr: str
     cost_addr: str
-    cache_ttl_s: float = 5.0
+    api_key_ttl_s: float = 5.0
     endpoint_refresh_s: float = 0.5
     default_max_tokens: int = 256
+    result_cache_ttl_s: float = 300.0  # 0 disables the result cache
+    redis_url: str = ""  # shared rate limits and result cache; "" keeps them in this process
+    scheduler_profiles: str = ""  # YAML of scheduling profiles; "" = the packaged default
 
 
 def parse_args(argv: list[str] | None = None) -> RouterConfig:
@@ -55,10 +64,26 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     p.add_argument("--audit", default=env("AUDIT_ADDR", "127.0.0.1:50091"))
     p.add_argument("--cost", default=env("COST_ADDR", "127.0.0.1:50101"))
     p.add_argument(
-        "--cache-ttl",
+        "--api-key-ttl",
         type=float,
-        default=float(env("ROUTER_CACHE_TTL_S", "5")),
+        default=float(env("ROUTER_API_KEY_TTL_S", "5")),
         help="seconds a resolved API key is cached (agents, models and rules follow the registry watch)",
+    )
+    p.add_argument(
+        "--result-cache-ttl",
+        type=float,
+        default=float(env("ROUTER_RESULT_CACHE_TTL_S", "300")),
+        help="seconds a deterministic result is cached (0: no result cache)",
+    )
+    p.add_argument(
+        "--redis",
+        default=env("REDIS_URL", ""),
+        help="Redis URL for rate limits and the result cache, shared by all routers (default: in memory)",
+    )
+    p.add_argument(
+        "--scheduler-profiles",
+        default=env("ROUTER_SCHEDULER_PROFILES", ""),
+        help="YAML file of scheduling profiles (default: services/router/scheduling/profiles.yaml)",
     )
     p.add_argument("--default-max-tokens", type=int, default=int(env("ROUTER_DEFAULT_MAX_TOKENS", "256")))
     a = p.parse_args(argv)
@@ -69,8 +94,11 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         pool_addr=a.pool,
         audit_addr=a.audit,
         cost_addr=a.cost,
-        cache_ttl_s=a.cache_ttl,
+        api_key_ttl_s=a.api_key_ttl,
         default_max_tokens=a.default_max_tokens,
+        result_cache_ttl_s=a.result_cache_ttl,
+        redis_url=a.redis,
+        scheduler_profiles=a.scheduler_profiles,
     )
 
 
@@ -86,33 +114,50 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
             ("cost", cfg.cost_addr),
         )
     }
-    registry = RegistryMirror(channels["registry"], api_key_ttl_s=cfg.cache_ttl_s)
-    endpoints = EndpointView(channels["pool"], cfg.endpoint_refresh_s)
+    registry = RegistryMirror(channels["registry"], api_key_ttl_s=cfg.api_key_ttl_s)
+    flow = FlowController()
+    # A pool change may free capacity: let queued requests re-check their endpoints.
+    endpoints = EndpointView(channels["pool"], cfg.endpoint_refresh_s, on_change=flow.capacity_changed)
     triton = TritonPool()
-    holder: dict[str, EventShipper] = {}
+    scheduler = Scheduler(load_config(cfg.scheduler_profiles or None))
+    if cfg.redis_url:
+        limiter: RateLimiter = RedisRateLimiter.from_url(cfg.redis_url)
+        cache: ResultCache = RedisResultCache.from_url(cfg.redis_url)
+    else:
+        limiter, cache = MemoryRateLimiter(), MemoryResultCache()
+    metrics = CollectorRegistry()
+    events = EventShipper(channels["audit"], channels["cost"], metrics)
+    router = Router(
+        registry,
+        endpoints,
+        Dispatcher(endpoints, scheduler, flow, triton),
+        events,
+        limiter,
+        cache,
+        RouterMetrics(metrics),
+        RouterPolicy(default_max_tokens=cfg.default_max_tokens, cache_ttl_s=cfg.result_cache_ttl_s),
+    )
 
     def register(server) -> list[str]:
         router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router), server)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(TritonFacadeServicer(router), server)
         return [router_pb2.DESCRIPTOR.services_by_name["Router"].full_name, "inference.GRPCInferenceService"]
 
-    from prometheus_client import CollectorRegistry
-
-    metrics = CollectorRegistry()
-    holder["events"] = EventShipper(channels["audit"], channels["cost"], metrics)
-    router = Router(registry, endpoints, triton, holder["events"], cfg.default_max_tokens)
     running = await start_server(
         cfg.server, register, api_key_resolver=registry.resolve_api_key, metrics_registry=metrics
     )
     registry.start()
     endpoints.start()
-    holder["events"].start()
+    events.start()
 
     async def shutdown() -> None:
         await registry.stop()
         await endpoints.stop()
-        await holder["events"].drain(timeout=cfg.server.grace_s)
+        await events.drain(timeout=cfg.server.grace_s)
         await triton.close()
+        await limiter.aclose()
+        if isinstance(cache, RedisResultCache):
+            await cache.aclose()
         for ch in channels.values():
             await ch.close()
 

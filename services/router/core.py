@@ -1,13 +1,15 @@
 """The router's Generate path (knows nothing of gRPC servers).
 
 identify -> resolve agent version -> authorize (user may invoke the agent; the agent may use
-the model) -> pick an endpoint -> dispatch over ModelStreamInfer -> record audit and usage.
-The router issue adds redaction, admission (rate limits, budgets, flow control), the result
-cache and the full scheduler at the marked places.
+the model) -> validate against the model (context length) -> admit (RPM/TPM limits) ->
+result cache / coalescing (deterministic requests) -> schedule, queue if saturated, dispatch
+with one failover (dispatch.py) -> record audit, usage and metrics.
+Redaction (security issue) and budget reservation (cost issue) slot in before admission.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
@@ -19,16 +21,21 @@ from harness.registry.v1 import registry_pb2
 from services.common import context as reqctx
 from services.common.errors import (
     FailedPrecondition,
+    HarnessError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     Unauthenticated,
-    Unavailable,
 )
 from services.router import records
+from services.router.dispatch import Dispatcher, DispatchInfo
 from services.router.events import EventShipper
+from services.router.flow import RateLimiter, RateLimits, SloClass
+from services.router.metrics import RouterMetrics
 from services.router.registry_mirror import RegistryMirror
-from services.router.triton import TritonPool, TritonRequest
+from services.router.result_cache import CachedResult, Coalescer, ResultCache, cache_key, is_deterministic
+from services.router.scheduling import SchedulingRequest
+from services.router.triton import TritonChunk, TritonRequest
 from services.router.views import AccessDecision, EndpointView
 
 
@@ -43,6 +50,7 @@ class GenerationInput:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     model: str = ""
+    timeout_s: float | None = None  # time left before the caller's deadline (None: none)
 
 
 @dataclass
@@ -59,6 +67,9 @@ class GenerationResult:
     ttft_ms: float = 0.0
     tbt_ms: float = 0.0
     e2e_ms: float = 0.0
+    queue_ms: float = 0.0
+    slo_class: str = ""
+    cached: str = ""  # "hit" (result cache) or "coalesced" (shared an identical in-flight call)
     text_parts: list[str] = field(default_factory=list)
 
 
@@ -83,25 +94,64 @@ def pick_version(agent: registry_pb2.Agent) -> str:
     return random.choices([v for v, _ in weights], weights=[w for _, w in weights])[0]
 
 
+CHARS_PER_TOKEN = 4  # prompt size estimate for admission; the engine reports the real count
+
+
+def estimate_tokens(text: str) -> int:
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
+def _enum_label(enum, value: int, prefix: str) -> str:
+    return enum.Name(value).removeprefix(prefix).lower().replace("_", "-") if value else ""
+
+
+@dataclass(frozen=True)
+class RouterPolicy:
+    """Tunables of the hot path (built from the router's config)."""
+
+    default_max_tokens: int = 256
+    cache_ttl_s: float = 300.0  # result cache TTL; 0 disables the cache
+
+
 class Router:
     def __init__(
         self,
         registry: RegistryMirror,
         endpoints: EndpointView,
-        triton: TritonPool,
+        dispatcher: Dispatcher,
         events: EventShipper,
-        default_max_tokens: int = 256,
-        backend_timeout_s: float = 300.0,
+        limiter: RateLimiter,
+        cache: ResultCache,
+        metrics: RouterMetrics,
+        policy: RouterPolicy = RouterPolicy(),
     ) -> None:
         self.registry = registry
         self.endpoints = endpoints
-        self.triton = triton
+        self.dispatcher = dispatcher
         self.events = events
-        self.default_max_tokens = default_max_tokens
-        self.backend_timeout_s = backend_timeout_s
+        self.limiter = limiter
+        self.cache = cache
+        self.coalescer = Coalescer()
+        self.metrics = metrics
+        self.policy = policy
 
     async def generate(self, inp: GenerationInput, result: GenerationResult) -> AsyncIterator[str]:
         """Yields text deltas; `result` holds the summary when the iterator ends normally."""
+        outcome = "INTERNAL"
+        try:
+            async for delta in self._generate(inp, result):
+                yield delta
+            outcome = "OK"
+        except HarnessError as exc:
+            outcome = exc.code.name
+            raise
+        except BaseException as exc:
+            outcome = "CANCELLED" if isinstance(exc, GeneratorExit | asyncio.CancelledError) else "INTERNAL"
+            raise
+        finally:
+            self.metrics.requests.labels(outcome).inc()
+
+    async def _generate(self, inp: GenerationInput, result: GenerationResult) -> AsyncIterator[str]:
         ctx = reqctx.current()
         ident = ctx.identity
         start = time.perf_counter()
@@ -113,6 +163,8 @@ class Router:
         if not ident.user:
             raise Unauthenticated("no user credentials: send 'authorization: Bearer <jwt>' or 'x-api-key'")
         prompt = render_prompt(inp)
+        if not prompt.strip():
+            raise InvalidArgument("the prompt is empty")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument(f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
         if inp.max_tokens < 0 or inp.temperature < 0 or not 0 <= inp.top_p <= 1 or inp.top_k < 0:
@@ -143,28 +195,29 @@ class Router:
                 f"agent {agent.name!r} version {version_label} may use {list(version.models)}, not {model_name!r}"
             )
         facts = records.CallFacts(ctx, agent.name, version_label, agent.project, model=model_name)
-
         decision = await self._authorize(facts, ident.user, f"agent:{agent.name}")
         await self._authorize(facts, f"agent:{agent.name}", f"model:{model_name}")
 
         catalog_model = await self.registry.model(model_name)
-        target = self.endpoints.pick(catalog_model.triton_model)
+        max_tokens = inp.max_tokens or version.default_sampling.max_tokens or self.policy.default_max_tokens
+        prompt_tokens = estimate_tokens(prompt)
+        context = catalog_model.context_length
+        if context and prompt_tokens + max_tokens > context:
+            raise InvalidArgument(
+                f"prompt (~{prompt_tokens} tokens at {CHARS_PER_TOKEN} characters per token) plus max_tokens "
+                f"{max_tokens} exceeds model {model_name!r}'s context of {context} tokens"
+            )
+        slo = SloClass.from_proto(agent.slo.slo_class)
+        result.slo_class = slo.name.lower()
         result.agent_version, result.model = version_label, model_name
-        result.deployment = f"{model_name}@{target.endpoint}"
-        facts = records.CallFacts(
-            ctx,
-            agent.name,
-            version_label,
-            agent.project,
-            model_name,
-            result.deployment,
-            target.gpu_type,
-            rule=decision.rule,
-        )
+        labels = (agent.name, model_name, result.slo_class)
+        limits = RateLimits(agent_rpm=agent.rpm_limit, agent_tpm=agent.tpm_limit)
+        reservation = await self.limiter.admit(agent.name, ident.user, limits, prompt_tokens + max_tokens)
+
         request = TritonRequest(
             model=catalog_model.triton_model,
             prompt=prompt,
-            max_tokens=inp.max_tokens or version.default_sampling.max_tokens or self.default_max_tokens,
+            max_tokens=max_tokens,
             temperature=inp.temperature,
             top_p=inp.top_p,
             top_k=inp.top_k,
@@ -172,29 +225,36 @@ class Router:
             stop=inp.stop,
             request_id=ctx.request_id,
         )
-        status = "OK"
+        sched_request = SchedulingRequest(
+            model=catalog_model.triton_model,
+            agent=agent.name,
+            agent_type=_enum_label(common_pb2.AgentType, agent.type, "AGENT_TYPE_"),
+            slo_class=result.slo_class,
+            session_id=ctx.session_id,
+            prompt=prompt,
+        )
+        info = DispatchInfo()
+        status, reached_backend = "OK", False
         first_at = last_at = 0.0
         pieces = 0
         try:
-            async for chunk in self.triton.stream(target.address, request, self.backend_timeout_s):
-                if chunk.input_tokens is not None:
-                    result.input_tokens = chunk.input_tokens
-                if chunk.output_tokens is not None:
-                    result.output_tokens = max(result.output_tokens, chunk.output_tokens)
-                if chunk.text:
-                    now = time.perf_counter()
-                    first_at = first_at or now
-                    last_at = now
-                    pieces += 1
-                    result.text_parts.append(chunk.text)
-                    yield chunk.text
+            deltas = self._produce(request, sched_request, slo, inp, info, result)
+            async for delta in deltas:
+                reached_backend = True
+                now = time.perf_counter()
+                first_at = first_at or now
+                last_at = now
+                pieces += 1
+                result.text_parts.append(delta)
+                yield delta
+            reached_backend = True
             result.finish_reason = (
                 common_pb2.FINISH_REASON_LENGTH
                 if result.output_tokens >= request.max_tokens
                 else common_pb2.FINISH_REASON_STOP
             )
-        except Unavailable:
-            status = "UNAVAILABLE"
+        except HarnessError as exc:
+            status = exc.code.name
             raise
         except BaseException:
             status = "CANCELLED"
@@ -204,7 +264,107 @@ class Router:
             result.e2e_ms = (end - start) * 1000
             result.ttft_ms = (first_at - start) * 1000 if first_at else 0.0
             result.tbt_ms = (last_at - first_at) * 1000 / (pieces - 1) if pieces > 1 else 0.0
-            self._record(records.CallFacts(**{**facts.__dict__, "status": status}), result)
+            result.queue_ms = info.queue_s * 1000
+            if info.endpoint is not None:
+                result.deployment = f"{model_name}@{info.endpoint.name}"
+            self._observe(labels, result, info)
+            await self.limiter.settle(
+                reservation,
+                result.input_tokens + result.output_tokens if reached_backend else 0,
+                refund_request=not reached_backend,
+            )
+            gpu_type = self.endpoints.gpu_type(info.endpoint.name) if info.endpoint else ""
+            self._record(
+                records.CallFacts(
+                    ctx, agent.name, version_label, agent.project, model_name, result.deployment, gpu_type,
+                    status=status, rule=decision.rule,
+                ),
+                result,
+            )  # fmt: skip
+
+    async def _produce(
+        self,
+        request: TritonRequest,
+        sched_request: SchedulingRequest,
+        slo: SloClass,
+        inp: GenerationInput,
+        info: DispatchInfo,
+        result: GenerationResult,
+    ) -> AsyncIterator[str]:
+        """Deltas from the cache, a coalesced identical call, or a dispatch of our own."""
+        if not (self.policy.cache_ttl_s > 0 and is_deterministic(request.temperature, request.seed)):
+            async for chunk in self.dispatcher.stream(sched_request, request, slo, inp.timeout_s, info):
+                _count(result, chunk)
+                if chunk.text:
+                    yield chunk.text
+            return
+        params = {
+            "max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
+            "top_k": request.top_k, "seed": request.seed, "stop": list(request.stop),
+        }  # fmt: skip
+        key = cache_key(request.model, params, request.prompt)
+        hit = await self.cache.get(key)
+        if hit is not None:
+            result.cached = "hit"
+            self.metrics.cache_hits.labels("hit").inc()
+            result.input_tokens, result.output_tokens = hit.input_tokens, hit.output_tokens
+            yield hit.text
+            return
+        own: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def produce() -> CachedResult:
+            parts: list[str] = []
+            try:
+                async for chunk in self.dispatcher.stream(sched_request, request, slo, inp.timeout_s, info):
+                    _count(result, chunk)
+                    if chunk.text:
+                        parts.append(chunk.text)
+                        own.put_nowait(chunk.text)
+            finally:
+                own.put_nowait(None)
+            deployment = f"{info.endpoint.name}" if info.endpoint else ""
+            done = CachedResult("".join(parts), result.input_tokens, result.output_tokens, "", deployment)
+            await self.cache.put(key, done, self.policy.cache_ttl_s)
+            return done
+
+        task = asyncio.ensure_future(self.coalescer.run(key, produce))
+        try:
+            getter = asyncio.ensure_future(own.get())
+            while True:
+                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    delta = getter.result()
+                    if delta is None:
+                        break
+                    yield delta
+                    getter = asyncio.ensure_future(own.get())
+                elif task.done():
+                    getter.cancel()
+                    break
+            shared_result, shared = await task
+            if shared:  # another caller's dispatch produced it
+                result.cached = "coalesced"
+                self.metrics.cache_hits.labels("coalesced").inc()
+                result.input_tokens, result.output_tokens = (
+                    shared_result.input_tokens,
+                    shared_result.output_tokens,
+                )
+                yield shared_result.text
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def _observe(self, labels: tuple[str, str, str], result: GenerationResult, info: DispatchInfo) -> None:
+        m = self.metrics
+        m.request.labels(*labels).observe(result.e2e_ms / 1000)
+        if result.ttft_ms:
+            m.ttft.labels(*labels).observe(result.ttft_ms / 1000)
+        if result.tbt_ms:
+            m.tbt.labels(*labels).observe(result.tbt_ms / 1000)
+        if info.queue_s:
+            m.queue.labels(*labels).observe(info.queue_s)
+        if info.shed:
+            m.shed.labels(labels[2]).inc()
 
     async def _catalog_name(self, pinned, name: str) -> str:
         for candidate in pinned:
@@ -257,3 +417,10 @@ class Router:
         }
         self.events.emit_audit(records.model_call_event(facts, details))
         self.events.emit_usage(records.usage_event(facts, usage))
+
+
+def _count(result: GenerationResult, chunk: TritonChunk) -> None:
+    if chunk.input_tokens is not None:
+        result.input_tokens = chunk.input_tokens
+    if chunk.output_tokens is not None:
+        result.output_tokens = max(result.output_tokens, chunk.output_tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
@@ -52,7 +53,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         """Streams text deltas for the calling agent; the last message carries the summary."""
         result = GenerationResult()
-        async for delta in self._router.generate(to_input(request), result):
+        inp = dataclasses.replace(to_input(request), timeout_s=context.time_remaining())
+        async for delta in self._router.generate(inp, result):
             yield router_pb2.GenerateResponse(text_delta=delta)
         yield router_pb2.GenerateResponse(final=True, summary=to_summary(result))
 
@@ -61,6 +63,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> router_pb2.CompleteResponse:
         """Runs a whole generation and answers once."""
         result = GenerationResult()
-        async for _ in self._router.generate(to_input(request), result):
+        inp = dataclasses.replace(to_input(request), timeout_s=context.time_remaining())
+        async for _ in self._router.generate(inp, result):
             pass
         return router_pb2.CompleteResponse(text="".join(result.text_parts), summary=to_summary(result))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import grpc
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 
 from services.common.errors import NotFound, Unauthenticated, Unavailable
+from services.router.scheduling import Candidate
 
 log = logging.getLogger("harness.router.views")
 K = TypeVar("K")
@@ -80,22 +80,26 @@ def map_registry_error(exc: grpc.aio.AioRpcError, what: str) -> Exception:
     return Unavailable(f"registry unavailable while resolving {what}: {exc.code().name}")
 
 
-@dataclass(frozen=True)
-class Target:
-    endpoint: str
-    address: str
-    gpu_type: str
-    waiting: int
-    active: int
-
-
 class EndpointView:
-    """Endpoints and their ready models, refreshed from the pool in the background."""
+    """Endpoints and their models' live state, from the pool's WatchEndpoints stream.
 
-    def __init__(self, channel: grpc.aio.Channel, interval_s: float = 0.5) -> None:
+    Candidates per Triton model are rebuilt on each change (not per request). A broken stream
+    keeps the last known state and resumes from its revision; a pool without WatchEndpoints
+    (UNIMPLEMENTED) is polled with ListEndpoints instead.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        interval_s: float = 0.5,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self._stub = pool_pb2_grpc.PoolStub(channel)
         self._interval = interval_s
-        self._by_model: dict[str, list[Target]] = {}
+        self._on_change = on_change
+        self._endpoints: dict[str, pool_pb2.Endpoint] = {}
+        self._by_model: dict[str, list[Candidate]] = {}
+        self.revision = 0
         self._task: asyncio.Task | None = None
         self._first = asyncio.Event()
 
@@ -118,32 +122,65 @@ class EndpointView:
         except TimeoutError:
             return False
 
-    def candidates(self, triton_model: str) -> list[Target]:
-        return list(self._by_model.get(triton_model, ()))
+    def candidates(self, triton_model: str) -> list[Candidate]:
+        """Endpoints that have the model READY and are healthy (the scheduler filters further)."""
+        return self._by_model.get(triton_model, [])
 
-    def pick(self, triton_model: str, exclude: frozenset[str] = frozenset()) -> Target:
-        """Least-loaded ready endpoint (random tie-break). The router issue brings the full scheduler."""
-        options = [t for t in self._by_model.get(triton_model, ()) if t.endpoint not in exclude]
-        if not options:
-            raise Unavailable(
-                f"no ready endpoint serves model {triton_model!r}; deploy it in the pool or wait for it to load"
-            )
-        low = min(t.waiting + t.active for t in options)
-        return random.choice([t for t in options if t.waiting + t.active == low])
+    def gpu_type(self, endpoint: str) -> str:
+        ep = self._endpoints.get(endpoint)
+        return ep.gpu_type if ep else ""
 
-    def apply(self, endpoints: list[pool_pb2.Endpoint]) -> None:
-        by_model: dict[str, list[Target]] = {}
+    def apply(
+        self, endpoints: list[pool_pb2.Endpoint], removed: list[str] = (), snapshot: bool = True
+    ) -> None:
+        if snapshot:
+            self._endpoints = {}
         for ep in endpoints:
+            self._endpoints[ep.name] = ep
+        for name in removed:
+            self._endpoints.pop(name, None)
+        by_model: dict[str, list[Candidate]] = {}
+        for ep in self._endpoints.values():
             if ep.health != pool_pb2.ENDPOINT_HEALTH_HEALTHY:
                 continue
             for m in ep.models:
                 if m.state == pool_pb2.MODEL_STATE_READY:
-                    target = Target(ep.name, ep.address, ep.gpu_type, m.waiting_requests, m.active_requests)
-                    by_model.setdefault(m.name, []).append(target)
+                    by_model.setdefault(m.name, []).append(
+                        Candidate(
+                            name=ep.name,
+                            address=ep.address,
+                            model=m.name,
+                            waiting=m.waiting_requests,
+                            active=m.active_requests,
+                            kv_cache_fraction=m.kv_cache_fraction,
+                            gpu_utilization=ep.gpu_utilization,
+                            recent_ttft_s=m.recent_ttft_ms / 1000.0,
+                            recent_latency_s=m.recent_latency_ms / 1000.0,
+                        )
+                    )
         self._by_model = by_model
         self._first.set()
+        if self._on_change is not None:
+            self._on_change()
 
     async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                call = self._stub.WatchEndpoints(pool_pb2.WatchEndpointsRequest(since_revision=self.revision))
+                async for msg in call:
+                    backoff = 0.05
+                    self.apply(list(msg.endpoints), list(msg.removed), msg.snapshot)
+                    self.revision = msg.revision
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    await self._poll()
+                    return
+                log.warning("pool watch broke (%s); keeping last known endpoints", exc.code().name)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _poll(self) -> None:
         while True:
             try:
                 resp = await self._stub.ListEndpoints(pool_pb2.ListEndpointsRequest(), timeout=2.0)

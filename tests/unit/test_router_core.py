@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import grpc
 import numpy as np
 import pytest
 from harness.pool.v1 import pool_pb2
@@ -112,10 +113,10 @@ def _endpoint(name: str, model: str, state: int, health: int, waiting: int = 0) 
     )
 
 
-def test_endpoint_view_picks_ready_healthy_least_loaded():
-    view = EndpointView.__new__(EndpointView)  # no channel needed to test selection
-    view._by_model = {}
-    view._first = asyncio.Event()
+async def test_endpoint_view_keeps_ready_healthy_models_and_applies_deltas():
+    changes = []
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never dialled: state is applied directly
+    view = EndpointView(channel, on_change=lambda: changes.append(1))
     healthy, ready = pool_pb2.ENDPOINT_HEALTH_HEALTHY, pool_pb2.MODEL_STATE_READY
     view.apply(
         [
@@ -125,8 +126,10 @@ def test_endpoint_view_picks_ready_healthy_least_loaded():
             _endpoint("loading", "m", pool_pb2.MODEL_STATE_LOADING, healthy),
         ]
     )
-    assert {t.endpoint for t in view.candidates("m")} == {"busy", "idle"}
-    assert view.pick("m").endpoint == "idle"
-    assert view.pick("m", exclude=frozenset({"idle"})).endpoint == "busy"
-    with pytest.raises(Unavailable, match="no ready endpoint serves model 'other'"):
-        view.pick("other")
+    assert view.ready and {c.name: c.waiting for c in view.candidates("m")} == {"busy": 5, "idle": 0}
+    assert view.candidates("other") == []
+    # A delta: "busy" recovers its queue, "idle" leaves the pool; the others are untouched.
+    view.apply([_endpoint("busy", "m", ready, healthy, waiting=0)], removed=["idle"], snapshot=False)
+    assert {c.name: c.waiting for c in view.candidates("m")} == {"busy": 0}
+    assert len(changes) == 2
+    await channel.close()

@@ -1,0 +1,110 @@
+"""Schedule, queue when saturated, dispatch to Triton, fail over once (no gRPC server here).
+
+schedule (filters -> scorers -> picker) -> if every candidate is saturated, wait in flow
+control (SLO-class queues) -> stream from the chosen endpoint -> if it fails before the first
+token, retry once on another endpoint (never after text was sent: that would duplicate it).
+Feedback flows back into the scheduler: in-flight counts, where a prefix/session went, TTFT.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from services.common.errors import ResourceExhausted, Unavailable
+from services.router.flow import FlowController, SloClass
+from services.router.scheduling import Candidate, Decision, Outcome, Scheduler, SchedulingRequest
+from services.router.triton import TritonChunk, TritonPool, TritonRequest
+from services.router.views import EndpointView
+
+
+@dataclass
+class DispatchInfo:
+    """What happened to one dispatch (filled as it runs)."""
+
+    endpoint: Candidate | None = None
+    queue_s: float = 0.0
+    failed_over_from: str = ""
+    shed: bool = False  # flow control refused it (queue full, shed for higher priority, max wait)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        endpoints: EndpointView,
+        scheduler: Scheduler,
+        flow: FlowController,
+        triton: TritonPool,
+        backend_timeout_s: float = 300.0,
+    ) -> None:
+        self.endpoints = endpoints
+        self.scheduler = scheduler
+        self.flow = flow
+        self.triton = triton
+        self.backend_timeout_s = backend_timeout_s
+
+    def _pick(self, request: SchedulingRequest, exclude: frozenset[str]) -> Decision:
+        candidates = self.endpoints.candidates(request.model)
+        if exclude:
+            candidates = [c for c in candidates if c.name not in exclude]
+        return self.scheduler.pick(request, candidates)
+
+    async def choose(
+        self,
+        request: SchedulingRequest,
+        slo: SloClass,
+        timeout_s: float | None,
+        info: DispatchInfo,
+        exclude: frozenset[str] = frozenset(),
+    ) -> Candidate:
+        decision = self._pick(request, exclude)
+        if decision.outcome == Outcome.SATURATED:
+
+            def saturated() -> bool:
+                return self._pick(request, exclude).outcome == Outcome.SATURATED
+
+            try:
+                info.queue_s += await self.flow.wait_turn(slo, request.agent, saturated, timeout_s)
+            except ResourceExhausted:
+                info.shed = True
+                raise
+            decision = self._pick(request, exclude)
+        if decision.endpoint is None:
+            tried = f" (besides {sorted(exclude)})" if exclude else ""
+            raise Unavailable(
+                f"no ready endpoint serves model {request.model!r}{tried}; "
+                "deploy it in the pool or wait for it to load"
+            )
+        return decision.endpoint
+
+    async def stream(
+        self,
+        request: SchedulingRequest,
+        triton_request: TritonRequest,
+        slo: SloClass,
+        timeout_s: float | None,
+        info: DispatchInfo,
+    ) -> AsyncIterator[TritonChunk]:
+        tried: frozenset[str] = frozenset()
+        while True:
+            target = await self.choose(request, slo, timeout_s, info, tried)
+            info.endpoint = target
+            self.scheduler.acquire(target)
+            started, sent = time.perf_counter(), False
+            try:
+                async for chunk in self.triton.stream(target.address, triton_request, self.backend_timeout_s):
+                    if chunk.text and not sent:
+                        sent = True
+                        self.scheduler.observe_ttft(target, time.perf_counter() - started)
+                    yield chunk
+                self.scheduler.record(target, request)
+                return
+            except Unavailable:
+                if sent or tried:  # text already went out, or this was the retry
+                    raise
+                tried = frozenset({target.name})
+                info.failed_over_from = target.name
+            finally:
+                self.scheduler.release(target)
+                self.flow.capacity_changed(1)
