@@ -1,0 +1,198 @@
+"""The router core over real engine simulators: cache, coalescing, failover, admission, flow
+control, bad input, metrics. The registry is a small in-memory stand-in (its real mirror is
+tested in test_router_registry_mirror.py); everything else is the production code."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+from harness.common.v1 import common_pb2
+from harness.pool.v1 import pool_pb2
+from harness.registry.v1 import registry_pb2
+from prometheus_client import CollectorRegistry
+
+from services.common import context as reqctx
+from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from services.enginesim.testing import start_enginesim
+from services.router.core import GenerationInput, GenerationResult, Router, RouterPolicy
+from services.router.dispatch import Dispatcher
+from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
+from services.router.metrics import RouterMetrics
+from services.router.result_cache import MemoryResultCache
+from services.router.scheduling import Scheduler
+from services.router.triton import TritonPool
+from services.router.views import AccessDecision, EndpointView
+
+MODEL, TRITON_MODEL = "llama-3-8b", "llama-3-8b-instruct"
+
+
+@dataclass
+class FakeRegistry:
+    agent_record: registry_pb2.Agent
+    context_length: int = 8192
+    denied: set[str] = field(default_factory=set)
+
+    async def agent(self, name: str) -> registry_pb2.Agent:
+        return self.agent_record
+
+    async def model(self, name: str) -> registry_pb2.Model:
+        return registry_pb2.Model(name=MODEL, triton_model=TRITON_MODEL, context_length=self.context_length)
+
+    async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
+        return AccessDecision(obj not in self.denied, "p, test")
+
+
+class Events:
+    def __init__(self) -> None:
+        self.audit, self.usage = [], []
+
+    def emit_audit(self, event) -> None:
+        self.audit.append(event)
+
+    def emit_usage(self, event) -> None:
+        self.usage.append(event)
+
+
+def agent(slo: int = common_pb2.SLO_CLASS_INTERACTIVE, rpm: int = 0) -> registry_pb2.Agent:
+    return registry_pb2.Agent(
+        name="a1",
+        project="p",
+        state=common_pb2.AGENT_STATE_ONLINE,
+        slo=registry_pb2.SloTargets(slo_class=slo),
+        versions=[registry_pb2.AgentVersion(version="v1", models=[MODEL])],
+        rpm_limit=rpm,
+    )
+
+
+def endpoint(name: str, address: str, waiting: int = 0) -> pool_pb2.Endpoint:
+    return pool_pb2.Endpoint(
+        name=name,
+        address=address,
+        health=pool_pb2.ENDPOINT_HEALTH_HEALTHY,
+        models=[
+            pool_pb2.EndpointModel(
+                name=TRITON_MODEL, state=pool_pb2.MODEL_STATE_READY, waiting_requests=waiting
+            )
+        ],
+    )
+
+
+@pytest.fixture
+async def sim():
+    handle = await start_enginesim(time_scale=1000.0)
+    yield handle
+    await handle.stop()
+
+
+@pytest.fixture
+async def harness(sim):
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # the view is fed directly
+    flow = FlowController(FlowConfig(initial_grant_interval_s=0.0))
+    view = EndpointView(channel, on_change=flow.capacity_changed)
+    view.apply([endpoint("sim-0", sim.address)])
+    triton = TritonPool()
+    registry = FakeRegistry(agent())
+    metrics = CollectorRegistry()
+    router = Router(
+        registry, view, Dispatcher(view, Scheduler(seed=1), flow, triton), Events(), MemoryRateLimiter(),
+        MemoryResultCache(), RouterMetrics(metrics), RouterPolicy(default_max_tokens=8),
+    )  # fmt: skip
+    reqctx.set_current(reqctx.new_context(reqctx.Identity(agent="a1", user="alice")))
+    yield router, registry, view, metrics
+    await triton.close()
+    await channel.close()
+
+
+async def run(router: Router, **kwargs) -> GenerationResult:
+    result = GenerationResult()
+    async for _ in router.generate(GenerationInput(**{"prompt": "Summarise the ledger", **kwargs}), result):
+        pass
+    return result
+
+
+def successes(sim) -> int:
+    return sum(e.stats.success for e in sim.server.sim.engines().values())
+
+
+async def test_a_deterministic_result_is_served_from_the_cache(harness, sim):
+    router, _, _, metrics = harness
+    first = await run(router)
+    before = successes(sim)
+    second = await run(router)
+    assert (first.cached, second.cached) == ("", "hit")
+    assert "".join(second.text_parts) == "".join(first.text_parts) and second.output_tokens == 8
+    assert successes(sim) == before  # nothing dispatched
+    assert metrics.get_sample_value("harness_router_cache_hits_total", {"kind": "hit"}) == 1
+    sampled = await run(router, temperature=0.7)  # not deterministic: never cached
+    assert sampled.cached == "" and successes(sim) == before + 1
+
+
+async def test_identical_requests_in_flight_are_coalesced(harness, sim):
+    router, *_ = harness
+    before = successes(sim)
+    results = await asyncio.gather(*(run(router, prompt="same question") for _ in range(5)))
+    assert successes(sim) == before + 1
+    assert sorted(r.cached for r in results) == ["", "coalesced", "coalesced", "coalesced", "coalesced"]
+    assert len({"".join(r.text_parts) for r in results}) == 1
+
+
+async def test_an_endpoint_failing_before_the_first_token_fails_over_once(harness, sim):
+    router, _, view, _ = harness
+    # The dead endpoint looks idle, so the scheduler tries it first.
+    view.apply([endpoint("dead", "127.0.0.1:1"), endpoint("sim-0", sim.address, waiting=3)])
+    result = await run(router, temperature=0.5)
+    assert result.deployment == f"{MODEL}@sim-0" and result.output_tokens == 8
+    view.apply([endpoint("dead", "127.0.0.1:1")])
+    with pytest.raises(Unavailable):
+        await run(router, temperature=0.5)
+
+
+async def test_rate_limit_and_context_length_are_checked_before_dispatch(harness, sim):
+    router, registry, _, _ = harness
+    registry.agent_record = agent(rpm=2)
+    for _ in range(2):
+        await run(router, temperature=0.5)
+    with pytest.raises(ResourceExhausted, match="RPM limit of 2") as err:
+        await run(router, temperature=0.5)
+    assert int(err.value.trailers["retry-after-ms"]) > 0
+    registry.agent_record, registry.context_length = agent(), 100
+    with pytest.raises(InvalidArgument, match=r"~100 tokens.*max_tokens 8 exceeds.*context of 100"):
+        await run(router, prompt="x" * 400)
+    with pytest.raises(InvalidArgument, match="prompt is empty"):
+        await run(router, prompt="   ")
+
+
+async def test_saturated_endpoints_queue_the_request_until_capacity_frees(harness, sim):
+    router, _, view, metrics = harness
+    view.apply([endpoint("sim-0", sim.address, waiting=50)])  # over the not-saturated threshold
+    waiting = asyncio.create_task(run(router, temperature=0.5))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and router.dispatcher.flow.queued() == 1
+    view.apply([endpoint("sim-0", sim.address, waiting=0)])  # the pool reports room
+    result = await asyncio.wait_for(waiting, 10)
+    assert result.queue_ms > 0 and result.output_tokens == 8
+    assert (
+        metrics.get_sample_value(
+            "harness_router_queue_seconds_count", {"agent": "a1", "model": MODEL, "slo_class": "interactive"}
+        )
+        == 1
+    )
+
+
+async def test_a_deadline_shorter_than_the_queue_is_refused_without_dispatch(harness, sim):
+    router, _, view, _ = harness
+    view.apply([endpoint("sim-0", sim.address, waiting=50)])
+    with pytest.raises(DeadlineExceeded):
+        await run(router, temperature=0.5, timeout_s=0.05)
+    assert router.dispatcher.flow.queued() == 0
+
+
+async def test_no_ready_endpoint_names_the_model_and_metrics_count_outcomes(harness):
+    router, _, view, metrics = harness
+    view.apply([])
+    with pytest.raises(Unavailable, match="no ready endpoint serves model 'llama-3-8b-instruct'"):
+        await run(router, temperature=0.5)
+    assert metrics.get_sample_value("harness_router_requests_total", {"outcome": "UNAVAILABLE"}) == 1
