@@ -1,9 +1,9 @@
 """The pool service assembled: endpoint table, probes, GPU inventory and metrics.
 
 `PoolApp` is the core the servicer calls; `PoolApp.register` is the `Registrar` for
-`start_server`, and `serve` starts everything in the right order. Placement, Deploy and
-scaling (pool issue #5) are meant to live next to the table here, reading `table.states()`
-(free memory per GPU from `gpu_rows`) and loading models through a Triton client.
+`start_server`, and `serve` starts everything in the right order. Deployments (placement,
+load/unload, idle scale-to-zero, agent warm-up) live in `DeploymentManager`, scaling advice in
+scaling.py; both read the endpoint table the probes keep current.
 """
 
 from __future__ import annotations
@@ -15,15 +15,20 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from services.common.config import ServerConfig
 from services.common.server import RunningServer, start_server
+from services.pool.catalog import ModelCatalog
 from services.pool.config import PoolConfig
+from services.pool.control import ModelControl, TritonControl
+from services.pool.deployments import DeploymentManager, DeploymentView
 from services.pool.endpoints import EndpointTable, WatchBatch
 from services.pool.gpus import Nvml, list_gpus
 from services.pool.metrics import PoolCollector
+from services.pool.placement import PlacementPlan
 from services.pool.probe import ProbeSettings, ProbeSupervisor
+from services.pool.scaling import Advice, ScalingLimits, advise
 from services.pool.servicer import PoolServicer
 from services.pool.state import EndpointSpec, EndpointState, GpuSample, validate_spec
 
@@ -39,6 +44,7 @@ class PoolApp:
         metrics_registry: CollectorRegistry | None = None,
         *,
         nvml: Nvml | None = None,
+        control: ModelControl | None = None,
     ) -> None:
         self.config = config
         self.table = EndpointTable(unhealthy_after=config.unhealthy_after)
@@ -46,8 +52,28 @@ class PoolApp:
         settings = ProbeSettings(config.probe_interval_s, config.probe_timeout_s, config.metrics_timeout_s)
         self.probes = ProbeSupervisor(self.table, settings, self._nvml_override)
         self.metrics_registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
-        self.metrics_registry.register(PoolCollector(self.table, self.gpu_rows))
+        self.catalog = ModelCatalog(config.models)
+        self.load_seconds = Histogram(
+            "harness_pool_model_load_seconds",
+            "RepositoryModelLoad duration (cold start) per model",
+            ["model"],
+            buckets=(0.05, 0.25, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
+            registry=self.metrics_registry,
+        )
+        self.deployments = DeploymentManager(
+            self.table,
+            self.catalog,
+            control if control is not None else TritonControl(config.load_timeout_s),
+            headroom=config.headroom,
+            agent_idle_ttl_s=config.agent_idle_ttl_s,
+            on_load=lambda model, s: self.load_seconds.labels(model).observe(s),
+        )
+        self.scaling_limits = ScalingLimits(max_replicas=config.max_replicas)
+        self.metrics_registry.register(
+            PoolCollector(self.table, self.gpu_rows, self.deployments.cached_views)
+        )
         self._nvml_task: asyncio.Task | None = None
+        self._idle_task: asyncio.Task | None = None
         self._started = False
         for spec in config.endpoints:
             self.table.upsert(validate_spec(spec))
@@ -65,12 +91,20 @@ class PoolApp:
         self._started = True
         for state in self.table.states():
             self.probes.ensure(state.spec)
+        self._idle_task = asyncio.get_running_loop().create_task(self._idle_loop(), name="pool-idle")
         if self.nvml.available:
             await self.nvml.refresh()
             self._nvml_task = asyncio.get_running_loop().create_task(self._nvml_loop(), name="pool-nvml")
 
     async def stop(self) -> None:
         await self.probes.close()
+        for task in (self._idle_task,):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._idle_task = None
+        await self.deployments.control.close()
         if self._nvml_task is not None:
             self._nvml_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -83,6 +117,16 @@ class PoolApp:
         while True:
             await asyncio.sleep(self.config.probe_interval_s)
             await self.nvml.refresh()
+
+    async def _idle_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.idle_check_interval_s)
+            try:
+                await self.deployments.sweep_idle()
+                await self.deployments.reconcile()
+                self.deployments.views()  # refreshes what the metrics thread reads
+            except Exception:  # one bad sweep must not end scale-to-zero for good
+                log.exception("idle sweep failed")
 
     def _nvml_override(self, endpoint: str) -> tuple[GpuSample, ...] | None:
         """NVML's figures replace the metric ones for the endpoint on this host."""
@@ -114,6 +158,28 @@ class PoolApp:
     def watch(self, since_revision: int) -> AsyncIterator[WatchBatch]:
         return self.table.watch(since_revision)
 
+    async def deploy(self, model: str, replicas: int, owner: str, idle_ttl_s: float) -> DeploymentView:
+        view = await self.deployments.deploy(model, replicas, owner, idle_ttl_s)
+        self.deployments.views()
+        return view
+
+    async def undeploy(self, model: str, owner: str, drop_all: bool) -> None:
+        await self.deployments.undeploy(model, owner, drop_all)
+        self.deployments.views()
+
+    def list_deployments(self) -> tuple[DeploymentView, ...]:
+        return self.deployments.views()
+
+    def plan(self, model: str, replicas: int) -> PlacementPlan:
+        return self.deployments.plan(model, replicas)
+
+    async def advise_scaling(self, apply: bool) -> list[Advice]:
+        return await advise(self.deployments, self.scaling_limits, apply)
+
+    async def on_agent_online(self, models, agent: str = "") -> dict[str, str]:
+        """Warm-up hook for the registry watch (agent went online): loads its models now."""
+        return await self.deployments.on_agent_online(models, agent)
+
 
 async def serve(
     pool_config: PoolConfig,
@@ -121,9 +187,10 @@ async def serve(
     metrics_registry: CollectorRegistry | None = None,
     *,
     nvml: Nvml | None = None,
+    control: ModelControl | None = None,
 ) -> tuple[RunningServer, PoolApp]:
     """Starts the gRPC server and the probes; `running.stop()` stops both."""
-    app = PoolApp(pool_config, metrics_registry, nvml=nvml)
+    app = PoolApp(pool_config, metrics_registry, nvml=nvml, control=control)
     running = await start_server(server_config, app.register, metrics_registry=app.metrics_registry)
     running.on_stop(app.stop)
     await app.start()

@@ -5,9 +5,19 @@ Endpoints known at start come from the file's `endpoints:` list and from repeate
 gpu_type=H100-80GB,gpus=1,memory_gb=80,label.zone=a` flags (a flag wins over a file entry
 of the same name). More can be added at run time with RegisterEndpoint.
 
+Models the pool may deploy (catalog name, Triton name, GiB per loaded copy; see catalog.py)
+come from `models:` and repeated `--model name=llama-3-8b,triton_model=llama-3-8b-instruct,
+memory_gb=33` flags.
+
 YAML:
     probe_interval_s: 0.5
     unhealthy_after: 2
+    headroom: 0.05            # fraction of each GPU kept free by placement
+    agent_idle_ttl_s: 600     # warm-up claims (agent online) scale to zero after this idle time
+    load_timeout_s: 600
+    max_replicas: 8           # AdviseScaling's ceiling per model
+    models:
+      - {name: llama-3-8b, triton_model: llama-3-8b-instruct, memory_gb: 33}
     endpoints:
       - {name: sim-0, address: "127.0.0.1:8001", metrics: "http://127.0.0.1:8002/metrics",
          gpu_type: H100-80GB, gpus: 1, memory_gb: 80, labels: {zone: a}}
@@ -24,6 +34,7 @@ import yaml
 
 from services.common.config import env
 from services.common.errors import InvalidArgument
+from services.pool.catalog import ModelSpec, model_from_mapping, parse_model_flag
 from services.pool.state import GIB, EndpointSpec, validate_spec
 
 _ENDPOINT_KEYS = {"name", "address", "metrics", "metrics_url", "gpu_type", "gpus", "memory_gb", "labels"}
@@ -38,12 +49,27 @@ class PoolConfig:
     unhealthy_after: int = 2  # consecutive failed gRPC probes before UNHEALTHY
     nvml: bool = True  # try NVML (a host without it is fine either way)
     nvml_endpoint: str = ""  # the endpoint whose GPUs NVML sees ("" = list them under the pool host)
+    models: tuple[ModelSpec, ...] = ()  # what Deploy may place, and each model's footprint
+    headroom: float = 0.05  # fraction of every GPU placement leaves free (lagging figures, growth)
+    load_timeout_s: float = 600.0  # deadline of one RepositoryModelLoad (a 70B cold start is minutes)
+    agent_idle_ttl_s: float = 600.0  # idle TTL of the claims agent warm-up makes; 0 = never
+    idle_check_interval_s: float = 1.0  # how often idle deployments are looked for
+    max_replicas: int = 8  # AdviseScaling never goes above this per model
 
     def __post_init__(self) -> None:
         if self.probe_interval_s <= 0 or self.probe_timeout_s <= 0 or self.metrics_timeout_s <= 0:
             raise ValueError("probe interval and timeouts must be > 0")
         if self.unhealthy_after < 1:
             raise ValueError("unhealthy_after must be >= 1")
+        if not 0 <= self.headroom < 1:
+            raise ValueError("headroom must be in [0, 1)")
+        if self.load_timeout_s <= 0 or self.idle_check_interval_s <= 0 or self.agent_idle_ttl_s < 0:
+            raise ValueError("load timeout and idle check interval must be > 0, agent idle TTL >= 0")
+        if self.max_replicas < 1:
+            raise ValueError("max_replicas must be >= 1")
+        models = [m.name for m in self.models]
+        if len(models) != len(set(models)):
+            raise ValueError(f"duplicate model names in {models}")
         names = [e.name for e in self.endpoints]
         if len(names) != len(set(names)):
             raise ValueError(f"duplicate endpoint names in {names}")
@@ -111,6 +137,15 @@ def add_pool_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--unhealthy-after", type=int, default=None, help="failed probes in a row (2)")
     g.add_argument("--no-nvml", action="store_true", help="do not try NVML")
     g.add_argument("--nvml-endpoint", default=None, help="endpoint whose GPUs NVML sees")
+    g.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="K=V,...",
+        help="a deployable model: name=N,triton_model=T,memory_gb=G (repeatable); see services/pool/catalog.py",
+    )
+    g.add_argument("--headroom", type=float, default=None, help="GPU fraction placement keeps free (0.05)")
+    g.add_argument("--agent-idle-ttl", type=float, default=None, help="idle TTL of agent warm-up, s (600)")
 
 
 def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
@@ -126,6 +161,16 @@ def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
         spec = parse_endpoint_flag(flag)
         endpoints[spec.name] = spec
 
+    models: dict[str, ModelSpec] = {}
+    for raw in data.get("models") or []:
+        if not isinstance(raw, Mapping):
+            raise ValueError("each entry of models: must be a mapping")
+        model = model_from_mapping(raw)
+        models[model.name] = model
+    for flag in args.model:
+        model = parse_model_flag(flag)
+        models[model.name] = model
+
     def pick(flag_value, key: str, default, cast):
         return cast(flag_value if flag_value is not None else data.get(key, default))
 
@@ -137,4 +182,10 @@ def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
         unhealthy_after=pick(args.unhealthy_after, "unhealthy_after", 2, int),
         nvml=not args.no_nvml and bool(data.get("nvml", True)),
         nvml_endpoint=pick(args.nvml_endpoint, "nvml_endpoint", "", str),
+        models=tuple(models.values()),
+        headroom=pick(args.headroom, "headroom", 0.05, float),
+        load_timeout_s=float(data.get("load_timeout_s", 600.0)),
+        agent_idle_ttl_s=pick(args.agent_idle_ttl, "agent_idle_ttl_s", 600.0, float),
+        idle_check_interval_s=float(data.get("idle_check_interval_s", 1.0)),
+        max_replicas=int(data.get("max_replicas", 8)),
     )

@@ -31,6 +31,7 @@ from services.pool.state import (
     UNHEALTHY,
     EndpointSpec,
     EndpointState,
+    ModelLoad,
     ModelStatus,
     ProbeResult,
     model_state,
@@ -38,6 +39,7 @@ from services.pool.state import (
 )
 
 LOAD_EPSILON = 0.01  # fractions (KV cache, GPU utilisation) moving less than this are not news
+LATENCY_ALPHA = 0.3  # EWMA weight of the newest latency sample (~3 scrapes of memory)
 TOMBSTONE_LIMIT = 1024
 
 
@@ -72,7 +74,48 @@ def materially_changed(old: EndpointState, new: EndpointState) -> bool:
             return True
         if not _close(a.kv_cache_fraction, b.kv_cache_fraction) or abs(a.load_time_s - b.load_time_s) > 1e-3:
             return True
+        if _latency_moved(a.recent_latency_ms, b.recent_latency_ms) or _latency_moved(
+            a.recent_ttft_ms, b.recent_ttft_ms
+        ):
+            return True
     return False
+
+
+def _load_of(m: ModelStatus) -> ModelLoad:
+    return ModelLoad(
+        m.waiting,
+        m.active,
+        m.kv_cache_fraction,
+        m.requests,
+        m.successes,
+        m.request_us,
+        m.ttft_ms_sum,
+        m.ttft_count,
+    )
+
+
+def _recent_latency(old: ModelStatus | None, load: ModelLoad) -> tuple[float, float]:
+    """EWMAs of mean request duration and TTFT over the requests finished since the last scrape.
+
+    Counters that went backwards (engine restarted) or did not move keep the previous figure.
+    """
+    if old is None:
+        return 0.0, 0.0
+    latency, ttft = old.recent_latency_ms, old.recent_ttft_ms
+    done = load.successes - old.successes
+    if done > 0 and load.request_us >= old.request_us:
+        sample = (load.request_us - old.request_us) / done / 1000.0
+        latency = sample if latency == 0 else (1 - LATENCY_ALPHA) * latency + LATENCY_ALPHA * sample
+    firsts = load.ttft_count - old.ttft_count
+    if firsts > 0 and load.ttft_ms_sum >= old.ttft_ms_sum:
+        sample = (load.ttft_ms_sum - old.ttft_ms_sum) / firsts
+        ttft = sample if ttft == 0 else (1 - LATENCY_ALPHA) * ttft + LATENCY_ALPHA * sample
+    return latency, ttft
+
+
+def _latency_moved(a: float, b: float) -> bool:
+    # Latency is news when it moves by over 10% (and over 1 ms), not on every scrape's jitter.
+    return abs(a - b) > max(1.0, 0.1 * max(a, b))
 
 
 class EndpointTable:
@@ -196,11 +239,10 @@ class EndpointTable:
             state = model_state(entry.state)
             load = result.metrics.load_for(entry.name, entry.version) if result.metrics else None
             if load is None and result.metrics is None and old is not None:
-                waiting, active, kv = old.waiting, old.active, old.kv_cache_fraction  # scrape failed
+                load = _load_of(old)  # scrape failed: keep the last figures
             elif load is None:
-                waiting, active, kv = 0, 0, 0.0
-            else:
-                waiting, active, kv = load.waiting, load.active, load.kv_cache_fraction
+                load = ModelLoad()
+            waiting, active, kv = load.waiting, load.active, load.kv_cache_fraction
             load_time = old.load_time_s if old is not None else 0.0
             lkey = (prev.name, *key)
             if state == LOADING:
@@ -209,7 +251,25 @@ class EndpointTable:
                 load_time = now - self._loading_since.pop(lkey)
             else:
                 self._loading_since.pop(lkey, None)
-            out.append(ModelStatus(entry.name, entry.version, state, waiting, active, kv, load_time))
+            latency, ttft = _recent_latency(old, load)
+            out.append(
+                ModelStatus(
+                    entry.name,
+                    entry.version,
+                    state,
+                    waiting,
+                    active,
+                    kv,
+                    load_time,
+                    latency,
+                    ttft,
+                    load.requests,
+                    load.successes,
+                    load.request_us,
+                    load.ttft_ms_sum,
+                    load.ttft_count,
+                )
+            )
         return tuple(out)
 
     def _forget_loading(self, name: str) -> None:

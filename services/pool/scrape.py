@@ -17,6 +17,17 @@ from services.pool.state import GpuSample, MetricsSample, ModelLoad
 
 MAX_METRICS_BYTES = 8 * 1024 * 1024  # a runaway exporter must not eat the pool's memory
 
+# Cumulative per-model counters: idle detection watches requests move; latency is the delta of
+# duration over the delta of successes. The first-response histogram exists only when Triton
+# runs with histograms on (decoupled models' TTFT).
+_COUNTERS = {
+    "nv_inference_request_success": "success",
+    "nv_inference_request_failure": "failure",
+    "nv_inference_request_duration_us": "request_us",
+    "nv_inference_first_response_histogram_ms_sum": "ttft_sum",
+    "nv_inference_first_response_histogram_ms_count": "ttft_count",
+}
+
 
 def _clamp01(value: float) -> float:
     return min(1.0, max(0.0, value))
@@ -27,6 +38,7 @@ def parse_triton_metrics(text: str, gpu_name: str = "") -> MetricsSample:
     requests: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     kv: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     pending: dict[tuple[str, str], float] = {}
+    counters: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     gpu: dict[str, dict[str, float]] = {}  # insertion order = Triton's device order
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -38,12 +50,15 @@ def parse_triton_metrics(text: str, gpu_name: str = "") -> MetricsSample:
                 kv[key][labels["kv_cache_block_type"]] = s.value
             elif s.name == "nv_inference_pending_request_count":
                 pending[key] = s.value
+            elif s.name in _COUNTERS:
+                # Summed over the other labels (failure has one series per `reason`).
+                counters[key][_COUNTERS[s.name]] += s.value
             elif s.name in ("nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"):
                 gpu.setdefault(labels.get("gpu_uuid", ""), {})[s.name] = s.value
 
     loads: dict[tuple[str, str], ModelLoad] = {}
-    for key in set(requests) | set(kv) | set(pending):
-        req, blocks = requests.get(key, {}), kv.get(key, {})
+    for key in set(requests) | set(kv) | set(pending) | set(counters):
+        req, blocks, cnt = requests.get(key, {}), kv.get(key, {}), counters.get(key, {})
         if "fraction" in blocks:
             fraction = blocks["fraction"]
         elif blocks.get("max", 0) > 0:
@@ -56,6 +71,11 @@ def parse_triton_metrics(text: str, gpu_name: str = "") -> MetricsSample:
             waiting=max(0, int(waiting)),
             active=max(0, int(req.get("active", 0))),
             kv_cache_fraction=_clamp01(fraction),
+            requests=int(cnt.get("success", 0) + cnt.get("failure", 0)),
+            successes=int(cnt.get("success", 0)),
+            request_us=int(cnt.get("request_us", 0)),
+            ttft_ms_sum=float(cnt.get("ttft_sum", 0.0)),
+            ttft_count=int(cnt.get("ttft_count", 0)),
         )
 
     gpus = tuple(

@@ -2,6 +2,8 @@
 
 Reads need an authenticated caller (a user token, an agent behind Envoy, or a Harness
 service's certificate). Changing the endpoint set needs an admin user or a Harness service.
+Deploy/Undeploy: an admin or a service may act for any owner; an agent only for itself (its
+claim is `agent:<name>`), so agents can hold the models they use without operator rights.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 
 from services.common.context import Identity, current_identity
 from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from services.common.planned import planned
+from services.pool.deployments import DeploymentView
 from services.pool.endpoints import WatchBatch
+from services.pool.placement import PlacementPlan
 from services.pool.state import EndpointSpec, EndpointState, GpuSample
 
 if TYPE_CHECKING:
     from services.pool.app import PoolApp
-
-POOL_ISSUE = "pool issue #5"
 
 
 def require_caller(identity: Identity) -> Identity:
@@ -35,6 +36,77 @@ def require_operator(identity: Identity) -> Identity:
             "changing the pool's endpoints needs the admin role or a Harness service identity"
         )
     return identity
+
+
+def claim_owner(identity: Identity, requested: str) -> str:
+    """Whose claim a Deploy/Undeploy touches. Operators name anyone; agents only themselves."""
+    require_caller(identity)
+    if identity.is_admin or identity.service:
+        if requested:
+            return requested
+        return f"service:{identity.service}" if identity.service else f"user:{identity.user}"
+    if identity.agent:
+        own = f"agent:{identity.agent}"
+        if requested and requested != own:
+            raise PermissionDenied(f"an agent may only hold its own claim ({own}), not {requested!r}")
+        return own
+    raise PermissionDenied("deploying models needs the admin role, a Harness service or an agent identity")
+
+
+def _duration_s(d) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _set_seconds(field, seconds: float) -> None:
+    if seconds > 0:
+        field.FromNanoseconds(int(seconds * 1e9))
+
+
+def deployment_to_proto(d: DeploymentView) -> pool_pb2.Deployment:
+    out = pool_pb2.Deployment(
+        model=d.model,
+        triton_model=d.triton_model,
+        replicas=d.replicas,
+        memory_bytes=d.memory_bytes,
+        owners=list(d.owners),
+        ready_replicas=d.ready_replicas,
+        scaled_to_zero=d.scaled_to_zero,
+    )
+    for r in d.placements:
+        _set_seconds(
+            out.placements.add(endpoint=r.endpoint, gpu=r.gpu, state=r.state).load_time, r.load_time_s
+        )
+    _set_seconds(out.idle_ttl, d.idle_ttl_s)
+    _set_seconds(out.last_load_time, d.last_load_time_s)
+    if d.last_used:
+        out.last_used.FromNanoseconds(int(d.last_used * 1e9))
+    return out
+
+
+def plan_to_proto(p: PlacementPlan) -> pool_pb2.PlanResponse:
+    return pool_pb2.PlanResponse(
+        placements=[
+            pool_pb2.Replica(
+                endpoint=r.endpoint,
+                gpu=r.gpu,
+                state=pool_pb2.MODEL_STATE_UNAVAILABLE if r.new else pool_pb2.MODEL_STATE_READY,
+            )
+            for r in p.placements
+        ],
+        memory=[
+            pool_pb2.GpuMemoryChange(
+                endpoint=m.endpoint,
+                gpu=m.gpu,
+                used_before_bytes=m.before,
+                used_after_bytes=m.after,
+                total_bytes=m.total,
+            )
+            for m in p.memory
+        ],
+        shortfall_bytes=p.shortfall_bytes,
+        memory_bytes=p.memory_bytes,
+        reason=p.reason,
+    )
 
 
 def spec_from_proto(ep: pool_pb2.Endpoint) -> EndpointSpec:
@@ -70,6 +142,8 @@ def endpoint_to_proto(s: EndpointState) -> pool_pb2.Endpoint:
             waiting_requests=m.waiting,
             active_requests=m.active,
             kv_cache_fraction=m.kv_cache_fraction,
+            recent_ttft_ms=m.recent_ttft_ms,
+            recent_latency_ms=m.recent_latency_ms,
         )
         if m.load_time_s > 0:
             pm.load_time.FromNanoseconds(int(m.load_time_s * 1e9))
@@ -99,16 +173,6 @@ def batch_to_proto(b: WatchBatch) -> pool_pb2.WatchEndpointsResponse:
     )
 
 
-@planned(
-    pool_pb2.DESCRIPTOR.services_by_name["Pool"],
-    {
-        "Deploy": f"placement and model load ({POOL_ISSUE})",
-        "Undeploy": f"model unload ({POOL_ISSUE})",
-        "ListDeployments": f"deployments ({POOL_ISSUE})",
-        "Plan": f"placement planning ({POOL_ISSUE})",
-        "AdviseScaling": f"replica scaling advice ({POOL_ISSUE})",
-    },
-)
 class PoolServicer(pool_pb2_grpc.PoolServicer):
     def __init__(self, app: PoolApp) -> None:
         self._app = app
@@ -152,3 +216,61 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
             raise InvalidArgument("since_revision must be >= 0")
         async for batch in self._app.watch(request.since_revision):
             yield batch_to_proto(batch)
+
+    async def Deploy(self, request, context):
+        """Claims `replicas` of a model for the owner and loads what is missing. INVALID_ARGUMENT
+        for replicas < 1; NOT_FOUND for a model the catalog lacks; RESOURCE_EXHAUSTED naming
+        the shortfall in GiB; UNAVAILABLE when every chosen endpoint refused the load."""
+        owner = claim_owner(current_identity(), request.owner.strip())
+        if not request.model:
+            raise InvalidArgument("model is required")
+        view = await self._app.deploy(request.model, request.replicas, owner, _duration_s(request.idle_ttl))
+        return pool_pb2.DeployResponse(deployment=deployment_to_proto(view))
+
+    async def Undeploy(self, request, context):
+        """Drops the owner's claim (or every claim with `all`, operators only); the model is
+        unloaded when no claim remains. NOT_FOUND when there is no such deployment or claim."""
+        identity = current_identity()
+        if request.all:
+            require_operator(identity)
+        owner = claim_owner(identity, request.owner.strip())
+        if not request.model:
+            raise InvalidArgument("model is required")
+        await self._app.undeploy(request.model, owner, request.all)
+        return pool_pb2.UndeployResponse()
+
+    async def ListDeployments(self, request, context):
+        """Every deployment with its placements, live replica states, owners and load times."""
+        require_caller(current_identity())
+        views = self._app.list_deployments()
+        return pool_pb2.ListDeploymentsResponse(deployments=[deployment_to_proto(v) for v in views])
+
+    async def Plan(self, request, context):
+        """The placement Deploy would make now, changing nothing. A plan that does not fit is
+        an answer, not an error: `shortfall_bytes` and `reason` say what is missing."""
+        require_caller(current_identity())
+        if not request.model:
+            raise InvalidArgument("model is required")
+        return plan_to_proto(self._app.plan(request.model, request.replicas))
+
+    async def AdviseScaling(self, request, context):
+        """Replica advice per deployment from queue depth, KV fraction and GPU utilisation;
+        `apply` (operators only) moves each deployment one replica toward it."""
+        identity = current_identity()
+        if request.apply:
+            require_operator(identity)
+        else:
+            require_caller(identity)
+        advice = await self._app.advise_scaling(request.apply)
+        return pool_pb2.AdviseScalingResponse(
+            advice=[
+                pool_pb2.ScalingAdvice(
+                    model=a.model,
+                    current_replicas=a.current,
+                    advised_replicas=a.advised,
+                    reason=a.reason,
+                    applied=a.applied,
+                )
+                for a in advice
+            ]
+        )

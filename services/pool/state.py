@@ -98,6 +98,14 @@ class ModelLoad:
     waiting: int = 0
     active: int = 0
     kv_cache_fraction: float = 0.0
+    # Cumulative counters (Triton's are monotonic per process): requests finished (success +
+    # failure) for idle detection; successes and their summed duration for recent latency.
+    requests: int = 0
+    successes: int = 0
+    request_us: int = 0
+    # Cumulative first-response histogram sum/count (Triton with histograms on); 0 = absent.
+    ttft_ms_sum: float = 0.0
+    ttft_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,15 @@ class ModelStatus:
     active: int = 0
     kv_cache_fraction: float = 0.0
     load_time_s: float = 0.0  # measured LOADING -> READY as seen by the probes; 0 = unknown
+    recent_latency_ms: float = 0.0  # EWMA of mean request duration between scrapes; 0 = none yet
+    recent_ttft_ms: float = 0.0  # EWMA of time to first response (when Triton exports it)
+    # The raw cumulative counters of the last scrape (not published; deltas feed the EWMAs and
+    # the idle detector, which only needs to see them move).
+    requests: int = 0
+    successes: int = 0
+    request_us: int = 0
+    ttft_ms_sum: float = 0.0
+    ttft_count: int = 0
 
 
 @dataclass(frozen=True)

@@ -248,24 +248,6 @@ async def test_watch_snapshot_then_live_updates(pool, fake, admin, user):
     old.cancel()
 
 
-@pytest.mark.parametrize(
-    "rpc,request_cls",
-    [
-        ("Deploy", pool_pb2.DeployRequest),
-        ("Undeploy", pool_pb2.UndeployRequest),
-        ("ListDeployments", pool_pb2.ListDeploymentsRequest),
-        ("Plan", pool_pb2.PlanRequest),
-        ("AdviseScaling", pool_pb2.AdviseScalingRequest),
-    ],
-)
-async def test_planned_rpcs_are_unimplemented_naming_the_issue(pool, admin, rpc, request_cls):
-    stub, _ = pool
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await getattr(stub, rpc)(request_cls(), metadata=admin)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "pool issue #5" in err.value.details() and rpc in err.value.details()
-
-
 async def test_against_engine_simulator(pool, admin, user):
     testing = pytest.importorskip("services.enginesim.testing")
     stub, _ = pool

@@ -90,7 +90,9 @@ async def test_snapshot_holds_agents_models_and_rules(setup):
     assert agent.state == common_pb2.AGENT_STATE_ONLINE and agent.project == "ledger"
     assert (await mirror.model("llama-3-8b")).triton_model == "llama-3-8b-instruct"
     decision = await mirror.check(*MODEL_RULE)
-    assert decision.allowed and decision.rule == "p, agent:demo-agent, ledger, model:llama-3-8b, invoke, allow"
+    assert (
+        decision.allowed and decision.rule == "p, agent:demo-agent, ledger, model:llama-3-8b, invoke, allow"
+    )
     assert (await mirror.check("bob", "ledger", "agent:demo-agent", "invoke")).allowed  # via role:analyst
     assert not (await mirror.check("mallory", "ledger", "agent:demo-agent", "invoke")).allowed
     with pytest.raises(NotFound, match="not registered"):

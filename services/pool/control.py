@@ -1,0 +1,74 @@
+"""Triton model control: RepositoryModelLoad / RepositoryModelUnload over the generated stubs.
+
+Triton answers a load only when the model is READY (or the load failed), so the time the call
+takes is the cold start. A failed load is INTERNAL with Triton's reason (for a model that does
+not fit: "... not enough GPU memory ..."); it is raised as `ModelControlError` so the
+deployment layer can try another endpoint. Channels are kept per address and dropped after a
+transport error, like the probes do.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+
+class ModelControlError(Exception):
+    """A load or unload the endpoint refused or did not answer."""
+
+    def __init__(self, address: str, model: str, code: str, details: str) -> None:
+        super().__init__(f"{model} on {address}: {code}: {details}")
+        self.code = code
+        self.details = details
+
+
+class ModelControl(Protocol):
+    async def load(self, address: str, model: str) -> float: ...  # seconds the load took
+    async def unload(self, address: str, model: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class TritonControl:
+    def __init__(self, load_timeout_s: float = 600.0, unload_timeout_s: float = 60.0) -> None:
+        self._load_timeout = load_timeout_s
+        self._unload_timeout = unload_timeout_s
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, address: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        return service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    async def _fail(self, address: str, model: str, exc: grpc.aio.AioRpcError) -> ModelControlError:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            channel = self._channels.pop(address, None)
+            if channel is not None:
+                await channel.close(grace=None)
+        return ModelControlError(address, model, exc.code().name, exc.details() or "")
+
+    async def load(self, address: str, model: str) -> float:
+        started = time.monotonic()
+        try:
+            await self._stub(address).RepositoryModelLoad(
+                service_pb2.RepositoryModelLoadRequest(model_name=model), timeout=self._load_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise await self._fail(address, model, exc) from exc
+        return time.monotonic() - started
+
+    async def unload(self, address: str, model: str) -> None:
+        try:
+            await self._stub(address).RepositoryModelUnload(
+                service_pb2.RepositoryModelUnloadRequest(model_name=model), timeout=self._unload_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise await self._fail(address, model, exc) from exc
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close(grace=None)

@@ -1,0 +1,75 @@
+"""Deployment records (mutable, owned by DeploymentManager) and the frozen views RPCs and
+metrics read. Split from deployments.py so the manager stays about behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.pool.catalog import ModelSpec
+from services.pool.state import READY
+
+
+@dataclass(frozen=True)
+class Claim:
+    replicas: int
+    idle_ttl_s: float  # 0 = never scale to zero
+
+
+@dataclass
+class Placement:
+    gpu: int
+    load_time_s: float = 0.0  # 0: adopted (it was already loaded)
+
+
+@dataclass
+class Deployment:
+    spec: ModelSpec
+    claims: dict[str, Claim] = field(default_factory=dict)
+    placements: dict[str, Placement] = field(default_factory=dict)  # endpoint -> placement
+    target: int | None = None  # the autoscaler's replica count; None = max(claims)
+    last_used: float = 0.0  # wall clock
+    activity: tuple = ()  # request counters last seen, to tell idle from busy
+    scaled_to_zero: bool = False
+    last_load_time_s: float = 0.0
+    retry_at: float = 0.0  # monotonic; when reconcile may try to re-place lost replicas again
+    retry_for: tuple[str, ...] = ()  # the healthy endpoints when it last failed
+
+    @property
+    def desired(self) -> int:
+        if self.target is not None:
+            return self.target
+        return max((c.replicas for c in self.claims.values()), default=0)
+
+    @property
+    def idle_ttl_s(self) -> float:
+        """Any claim that says "never" wins; otherwise the most patient claim decides."""
+        ttls = [c.idle_ttl_s for c in self.claims.values()]
+        return 0.0 if not ttls or 0 in ttls else max(ttls)
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    endpoint: str
+    gpu: int
+    state: int
+    load_time_s: float
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """A deployment as RPCs and metrics see it (a copy: safe for the metrics thread)."""
+
+    model: str
+    triton_model: str
+    replicas: int
+    placements: tuple[ReplicaView, ...]
+    memory_bytes: int
+    idle_ttl_s: float
+    last_used: float
+    owners: tuple[str, ...]
+    scaled_to_zero: bool
+    last_load_time_s: float
+
+    @property
+    def ready_replicas(self) -> int:
+        return sum(1 for p in self.placements if p.state == READY)

@@ -1,0 +1,388 @@
+"""Shared model deployments: claims, placement, load/unload, idle scale-to-zero, warm-up.
+
+One deployment per catalog model, whoever asks. Each asker (an agent, a team, an operator)
+holds one *claim* with the replicas it wants; the deployment runs max(claims) replicas (or the
+autoscaler's target), one per endpoint, so five agents deploying the same model load it once
+per chosen endpoint. Dropping the last claim unloads it.
+
+State is in memory: after a pool restart the claims are gone, but models stay loaded on the
+endpoints and a new Deploy adopts them (an endpoint that has the model counts as a replica).
+
+Everything runs on the event loop. Planning and reserving memory happen without an await in
+between, so concurrent deploys of different models never count the same free memory; deploys
+of one model are serialized by a per-model lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from services.common.errors import HarnessError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from services.pool.catalog import ModelCatalog
+from services.pool.control import ModelControl, ModelControlError
+from services.pool.deployment_types import (
+    Claim,
+    Deployment,
+    DeploymentView,
+    Placement,
+    ReplicaView,
+)
+from services.pool.endpoints import EndpointTable
+from services.pool.placement import PlacementPlan, PlannedReplica, has_model, plan_placement
+from services.pool.state import HEALTHY, LOADING, READY, UNAVAILABLE, UNHEALTHY
+
+log = logging.getLogger("harness.pool.deployments")
+
+# A finished load counts as placed until the endpoint's index shows it, or for this long at
+# most (a few probe rounds): after that, an index without the model means it is really gone.
+PENDING_GRACE_S = 3.0
+RECONCILE_BACKOFF_S = 5.0
+
+
+class DeploymentManager:
+    def __init__(
+        self,
+        table: EndpointTable,
+        catalog: ModelCatalog,
+        control: ModelControl,
+        *,
+        headroom: float = 0.05,
+        agent_idle_ttl_s: float = 0.0,
+        on_load: Callable[[str, float], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.catalog = catalog
+        self.control = control
+        self.headroom = headroom
+        self.agent_idle_ttl_s = agent_idle_ttl_s
+        self._on_load = on_load or (lambda _model, _seconds: None)
+        self._wall = wall_clock
+        self._deps: dict[str, Deployment] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        # (endpoint, gpu, triton model) -> (bytes, monotonic time it finished or None) of loads
+        # this pool began and the endpoint's figures may not show yet
+        self._pending: dict[tuple[str, int, str], tuple[int, float | None]] = {}
+        self._views: tuple[DeploymentView, ...] = ()
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def get(self, model: str) -> Deployment | None:
+        spec = self.catalog.find(model)
+        return self._deps.get(spec.name if spec else model)
+
+    def views(self) -> tuple[DeploymentView, ...]:
+        """Fresh views (event loop only)."""
+        self._views = tuple(self._view(d) for d in sorted(self._deps.values(), key=lambda d: d.spec.name))
+        return self._views
+
+    def cached_views(self) -> tuple[DeploymentView, ...]:
+        """The last views built, for the metrics thread (which must not touch live state)."""
+        return self._views
+
+    def plan(self, model: str, replicas: int, exclude: Iterable[str] = ()) -> PlacementPlan:
+        if replicas < 1:
+            raise InvalidArgument(f"replicas must be >= 1, got {replicas}")
+        spec = self.catalog.get(model)
+        dep = self._deps.get(spec.name)
+        return plan_placement(
+            self.table.states(),
+            spec.triton_model,
+            spec.memory_bytes,
+            replicas,
+            headroom=self.headroom,
+            footprint=self._footprint,
+            pending=self._pending_bytes(),
+            holders=set(dep.placements) if dep else (),
+            exclude=set(exclude),
+        )
+
+    # ---- deploy / undeploy -------------------------------------------------------------------
+
+    async def deploy(self, model: str, replicas: int, owner: str, idle_ttl_s: float = 0.0) -> DeploymentView:
+        """Adds or replaces `owner`'s claim and scales the deployment to max(claims)."""
+        if replicas < 1:
+            raise InvalidArgument(f"replicas must be >= 1, got {replicas}")
+        if idle_ttl_s < 0:
+            raise InvalidArgument("idle_ttl must be >= 0")
+        if not owner:
+            raise InvalidArgument("owner is required")
+        spec = self.catalog.get(model)
+        async with self._lock(spec.name):
+            dep = self._deps.setdefault(spec.name, Deployment(spec, last_used=self._wall()))
+            previous = dep.claims.get(owner)
+            dep.claims[owner] = Claim(replicas, idle_ttl_s)
+            dep.target = None
+            try:
+                await self._scale(dep, dep.desired)
+            except Exception:
+                if previous is None:
+                    dep.claims.pop(owner, None)
+                else:
+                    dep.claims[owner] = previous
+                if not dep.claims and not dep.placements:
+                    self._deps.pop(spec.name, None)
+                raise
+            dep.scaled_to_zero = False
+            dep.last_used = self._wall()
+            return self._view(dep)
+
+    async def undeploy(self, model: str, owner: str, drop_all: bool = False) -> None:
+        dep = self.get(model)
+        if dep is None:
+            raise NotFound(f"model {model!r} is not deployed")
+        async with self._lock(dep.spec.name):
+            if drop_all:
+                dep.claims.clear()
+            elif dep.claims.pop(owner, None) is None:
+                raise NotFound(
+                    f"{owner!r} holds no claim on {dep.spec.name!r} (holders: {sorted(dep.claims)})"
+                )
+            if dep.claims:
+                dep.target = None
+                await self._scale(dep, dep.desired)
+                return
+            await self._unload_all(dep)
+            self._deps.pop(dep.spec.name, None)
+            log.info("deployment %s removed", dep.spec.name)
+
+    async def scale_to(self, model: str, replicas: int) -> None:
+        """The autoscaler's lever: a replica count that overrides max(claims) until the next Deploy."""
+        dep = self.get(model)
+        if dep is None:
+            raise NotFound(f"model {model!r} is not deployed")
+        async with self._lock(dep.spec.name):
+            dep.target = replicas
+            await self._scale(dep, replicas)
+
+    # ---- cold starts -------------------------------------------------------------------------
+
+    async def on_agent_online(self, models: Iterable[str], agent: str = "") -> dict[str, str]:
+        """Loads an agent's models ahead of its first request: one claim per model, owner
+        `agent:<name>`, idle TTL `agent_idle_ttl_s`. Returns model -> "" or the error; never
+        raises, since one missing model must not stop the others from warming."""
+        owner = f"agent:{agent}" if agent else "agent-online"
+
+        async def one(model: str) -> str:
+            try:
+                await self.deploy(model, 1, owner, self.agent_idle_ttl_s)
+                return ""
+            except Exception as exc:  # logged and returned: warm-up is best effort
+                log.warning("warm-up of %s for %s failed: %s", model, owner, exc)
+                return str(getattr(exc, "message", exc))
+
+        names = list(dict.fromkeys(models))
+        results = await asyncio.gather(*(one(m) for m in names))
+        return dict(zip(names, results, strict=True))
+
+    async def on_agent_offline(self, agent: str) -> None:
+        """Drops the agent's claims; models nobody else holds are unloaded."""
+        owner = f"agent:{agent}"
+        for dep in list(self._deps.values()):
+            if owner in dep.claims:
+                await self.undeploy(dep.spec.name, owner)
+
+    async def sweep_idle(self) -> list[str]:
+        """Unloads deployments whose request counters have not moved for their idle TTL.
+        Activity = the engines' cumulative request counters and live waiting/active counts."""
+        now = self._wall()
+        scaled = []
+        for dep in list(self._deps.values()):
+            if not dep.placements:
+                continue
+            signature, busy = self._activity(dep)
+            if busy or signature != dep.activity:
+                dep.activity, dep.last_used = signature, now
+                continue
+            ttl = dep.idle_ttl_s
+            if ttl <= 0 or now - dep.last_used < ttl:
+                continue
+            async with self._lock(dep.spec.name):
+                if not dep.placements:
+                    continue
+                log.info("deployment %s idle for %.1fs: scaling to zero", dep.spec.name, now - dep.last_used)
+                await self._unload_all(dep)
+                dep.scaled_to_zero = True
+                scaled.append(dep.spec.name)
+        return scaled
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _footprint(self, triton_model: str) -> int:
+        spec = self.catalog.find(triton_model)
+        return spec.memory_bytes if spec else 0
+
+    def _pending_bytes(self) -> dict[tuple[str, int], int]:
+        """Reserved memory of loads the endpoints' figures do not show yet; prunes finished ones."""
+        self._prune_pending()
+        out: dict[tuple[str, int], int] = {}
+        for (endpoint, gpu, model), (size, _) in self._pending.items():
+            state = self.table.get(endpoint)
+            if state is not None and not has_model(state, model):
+                out[(endpoint, gpu)] = out.get((endpoint, gpu), 0) + size
+        return out
+
+    def _prune_pending(self) -> None:
+        now = time.monotonic()
+        for key, (_, finished) in list(self._pending.items()):
+            state = self.table.get(key[0])
+            if state is None or state.health == UNHEALTHY:
+                del self._pending[key]
+            elif finished is not None and (has_model(state, key[2]) or now - finished > PENDING_GRACE_S):
+                del self._pending[key]
+
+    def _healthy_placements(self, dep: Deployment) -> list[str]:
+        """Placements that serve now. Forgets those whose endpoint is gone, or is healthy but
+        no longer has the model (a restarted Triton comes back empty), so they are re-placed."""
+        live = []
+        for name in list(dep.placements):
+            state = self.table.get(name)
+            if state is None:
+                del dep.placements[name]
+            elif state.health == HEALTHY:
+                if has_model(state, dep.spec.triton_model) or self._loaded_recently(name, dep):
+                    live.append(name)
+                else:
+                    del dep.placements[name]
+        return live
+
+    def _loaded_recently(self, endpoint: str, dep: Deployment) -> bool:
+        self._prune_pending()
+        return any(k[0] == endpoint and k[2] == dep.spec.triton_model for k in self._pending)
+
+    async def reconcile(self) -> None:
+        """Brings deployments that lost replicas (endpoint died or restarted empty) back to
+        their replica count where memory allows; scaled-to-zero ones stay cold. Retried at
+        most every RECONCILE_BACKOFF_S per deployment, so a full pool is not hammered."""
+        now = time.monotonic()
+        healthy = tuple(s.name for s in self.table.states() if s.health == HEALTHY)
+        for dep in list(self._deps.values()):
+            # A change in the healthy set (an endpoint recovered) is worth an early retry.
+            if dep.scaled_to_zero or not dep.claims or (now < dep.retry_at and healthy == dep.retry_for):
+                continue
+            if len(self._healthy_placements(dep)) >= dep.desired:
+                continue
+            async with self._lock(dep.spec.name):
+                try:
+                    await self._scale(dep, dep.desired)
+                except HarnessError as exc:
+                    dep.retry_at, dep.retry_for = now + RECONCILE_BACKOFF_S, healthy
+                    log.info("deployment %s still short of replicas: %s", dep.spec.name, exc.message)
+
+    async def _scale(self, dep: Deployment, n: int) -> None:
+        live = self._healthy_placements(dep)
+        if len(live) > n:
+            await self._scale_down(dep, live, n)
+            return
+        if len(live) == n:
+            return
+        excluded: set[str] = set()
+        errors: list[str] = []
+        for attempt in range(3):
+            plan = self.plan(dep.spec.name, n, exclude=excluded)
+            if plan.shortfall_bytes and attempt == 0 and not errors:
+                raise ResourceExhausted(plan.reason)
+            for p in plan.placements:
+                if not p.new:
+                    dep.placements.setdefault(p.endpoint, Placement(p.gpu))
+            new = plan.new
+            if not new:
+                break
+            for p in new:  # reserve before the first await: concurrent plans see it
+                self._pending[(p.endpoint, p.gpu, dep.spec.triton_model)] = (dep.spec.memory_bytes, None)
+            results = await asyncio.gather(*(self._load(dep, p) for p in new))
+            failed = [(p, err) for p, err in zip(new, results, strict=True) if err]
+            if not failed:
+                break
+            excluded |= {p.endpoint for p, _ in failed}
+            errors += [err for _, err in failed]
+        if not dep.placements and errors:
+            raise Unavailable(f"could not load {dep.spec.triton_model} anywhere: {'; '.join(errors)}")
+        if errors:
+            log.warning("deployment %s is short of replicas: %s", dep.spec.name, "; ".join(errors))
+
+    async def _load(self, dep: Deployment, p: PlannedReplica) -> str:
+        key = (p.endpoint, p.gpu, dep.spec.triton_model)
+        state = self.table.get(p.endpoint)
+        try:
+            if state is None:
+                raise ModelControlError(
+                    p.endpoint, dep.spec.triton_model, "NOT_FOUND", "endpoint deregistered"
+                )
+            seconds = await self.control.load(state.spec.address, dep.spec.triton_model)
+        except ModelControlError as exc:
+            self._pending.pop(key, None)
+            log.warning("load of %s on %s failed: %s", dep.spec.triton_model, p.endpoint, exc)
+            return f"{p.endpoint}: {exc.code}: {exc.details}"
+        self._pending[key] = (dep.spec.memory_bytes, time.monotonic())
+        dep.placements[p.endpoint] = Placement(p.gpu, seconds)
+        dep.last_load_time_s = seconds
+        self._on_load(dep.spec.name, seconds)
+        log.info("loaded %s on %s in %.3fs", dep.spec.triton_model, p.endpoint, seconds)
+        return ""
+
+    async def _unload(self, dep: Deployment, endpoint: str) -> None:
+        dep.placements.pop(endpoint, None)
+        state = self.table.get(endpoint)
+        if state is None:
+            return
+        try:
+            await self.control.unload(state.spec.address, dep.spec.triton_model)
+        except ModelControlError as exc:
+            # A dead endpoint has nothing loaded to free; anything else is logged, not fatal.
+            log.warning("unload of %s on %s failed: %s", dep.spec.triton_model, endpoint, exc)
+
+    async def _scale_down(self, dep: Deployment, live: list[str], n: int) -> None:
+        def load(endpoint: str) -> tuple[int, str]:
+            state = self.table.get(endpoint)
+            m = next((m for m in state.models if m.name == dep.spec.triton_model), None) if state else None
+            return ((m.waiting + m.active) if m else 0, endpoint)
+
+        victims = sorted(live, key=load)[: len(live) - n]  # the least busy go first
+        await asyncio.gather(*(self._unload(dep, e) for e in victims))
+
+    async def _unload_all(self, dep: Deployment) -> None:
+        await asyncio.gather(*(self._unload(dep, e) for e in list(dep.placements)))
+
+    def _activity(self, dep: Deployment) -> tuple[tuple, bool]:
+        sig, busy = [], False
+        for endpoint in sorted(dep.placements):
+            state = self.table.get(endpoint)
+            m = next((m for m in state.models if m.name == dep.spec.triton_model), None) if state else None
+            if m is not None:
+                sig.append((endpoint, m.requests))
+                busy = busy or m.waiting > 0 or m.active > 0 or m.state == LOADING
+        return tuple(sig), busy
+
+    def _view(self, dep: Deployment) -> DeploymentView:
+        replicas = []
+        for endpoint, p in sorted(dep.placements.items()):
+            state = self.table.get(endpoint)
+            m = next((m for m in state.models if m.name == dep.spec.triton_model), None) if state else None
+            healthy = state is not None and state.health == HEALTHY
+            # A load that returned means READY (Triton answers once it is) even before the
+            # next probe shows it in the index.
+            loaded = self._pending.get((endpoint, p.gpu, dep.spec.triton_model), (0, None))[1] is not None
+            if healthy and m is not None and not (loaded and m.state != READY):
+                st = m.state
+            else:
+                st = READY if healthy and loaded else UNAVAILABLE
+            replicas.append(ReplicaView(endpoint, p.gpu, st, p.load_time_s))
+        return DeploymentView(
+            model=dep.spec.name,
+            triton_model=dep.spec.triton_model,
+            replicas=dep.desired,
+            placements=tuple(replicas),
+            memory_bytes=dep.spec.memory_bytes,
+            idle_ttl_s=dep.idle_ttl_s,
+            last_used=dep.last_used,
+            owners=tuple(sorted(dep.claims)),
+            scaled_to_zero=dep.scaled_to_zero,
+            last_load_time_s=dep.last_load_time_s,
+        )

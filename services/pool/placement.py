@@ -1,0 +1,165 @@
+"""Replica placement by GPU memory: pure functions over the endpoint table's states.
+
+Rules, in order:
+- A Triton server loads a model once, so every replica is on a different endpoint; endpoints
+  that already have the model (READY or LOADING) count as replicas first and cost nothing.
+- Only HEALTHY endpoints with known memory are candidates.
+- A GPU may be filled to `(1 - headroom) * total`: the headroom absorbs what figures lag
+  (another client's load, runtime growth) so a placement rarely fails at load time.
+- Among the endpoints that fit, prefer a zone (`zone` label) no chosen replica uses yet
+  (availability), then the tightest fit (best-fit bin packing keeps big holes for big models),
+  then the name (stable plans).
+- Used memory per GPU is the larger of what the GPU reports and what the catalog says the
+  models in its RepositoryIndex take, plus loads the pool started that neither shows yet, so
+  two Deploys a scrape apart do not both count the same free memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+from services.pool.state import GIB, HEALTHY, LOADING, READY, EndpointState
+
+# (endpoint, gpu index) -> bytes of loads in flight that the endpoint's figures do not show yet
+Pending = Mapping[tuple[str, int], int]
+
+
+@dataclass(frozen=True)
+class GpuBin:
+    endpoint: str
+    gpu: int
+    total: int
+    used: int
+    zone: str = ""
+
+    def free(self, headroom: float) -> int:
+        return int(self.total * (1.0 - headroom)) - self.used
+
+
+@dataclass(frozen=True)
+class PlannedReplica:
+    endpoint: str
+    gpu: int
+    new: bool  # False: the model is already there
+
+
+@dataclass(frozen=True)
+class GpuChange:
+    endpoint: str
+    gpu: int
+    before: int
+    after: int
+    total: int
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    placements: tuple[PlannedReplica, ...]
+    memory: tuple[GpuChange, ...]
+    memory_bytes: int  # per replica
+    shortfall_bytes: int = 0
+    reason: str = ""
+
+    @property
+    def new(self) -> tuple[PlannedReplica, ...]:
+        return tuple(p for p in self.placements if p.new)
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def has_model(state: EndpointState, triton_model: str) -> bool:
+    return any(m.name == triton_model and m.state in (READY, LOADING) for m in state.models)
+
+
+def gpu_bins(state: EndpointState, footprint: Callable[[str], int], pending: Pending) -> list[GpuBin]:
+    """The GPUs of one endpoint with used memory as placement should see it."""
+    zone = dict(state.spec.labels).get("zone", "")
+    if state.gpus:
+        raw = [(g.index, g.memory_total_bytes, g.memory_used_bytes) for g in state.gpus]
+    elif state.spec.gpu_memory_bytes > 0:
+        raw = [(0, state.spec.gpu_memory_bytes, 0)]  # no figures yet: the registered size, empty
+    else:
+        return []  # memory unknown: nothing can be placed here safely
+    known = sum(footprint(m.name) for m in state.models if m.state in (READY, LOADING))
+    reported = sum(used for _, _, used in raw)
+    bins = []
+    for i, (index, total, used) in enumerate(raw):
+        # Loads the index shows but the memory figure does not yet (lagging scrape): on GPU 0.
+        extra = max(0, known - reported) if i == 0 else 0
+        bins.append(
+            GpuBin(state.name, index, total, used + extra + pending.get((state.name, index), 0), zone)
+        )
+    return bins
+
+
+def plan_placement(
+    states: Collection[EndpointState],
+    triton_model: str,
+    memory_bytes: int,
+    replicas: int,
+    *,
+    headroom: float = 0.05,
+    footprint: Callable[[str], int] = lambda _name: 0,
+    pending: Pending | None = None,
+    holders: Collection[str] = (),
+    exclude: Collection[str] = (),
+) -> PlacementPlan:
+    """Where `replicas` copies would run. `holders` are endpoints the pool is loading the model
+    on (not yet in their index); `exclude` are endpoints not to use (a load there just failed)."""
+    pending = pending or {}
+    healthy = [
+        s for s in sorted(states, key=lambda s: s.name) if s.health == HEALTHY and s.name not in exclude
+    ]
+    bins = {s.name: gpu_bins(s, footprint, pending) for s in healthy}
+    chosen: list[PlannedReplica] = []
+    for s in healthy:
+        if len(chosen) < replicas and (s.name in holders or has_model(s, triton_model)):
+            gpu = bins[s.name][0].gpu if bins[s.name] else 0
+            chosen.append(PlannedReplica(s.name, gpu, new=False))
+    taken = {p.endpoint for p in chosen}
+    zones = {dict(s.spec.labels).get("zone", "") for s in healthy if s.name in taken} - {""}
+    added: dict[tuple[str, int], int] = {}
+    candidates = [s.name for s in healthy if s.name not in taken]
+    while len(chosen) < replicas:
+        best = None
+        for name in candidates:
+            fits = [b for b in bins[name] if b.free(headroom) >= memory_bytes]
+            if not fits:
+                continue
+            b = min(fits, key=lambda b: (b.free(headroom), b.gpu))
+            key = (1 if b.zone and b.zone in zones else 0, b.free(headroom) - memory_bytes, name)
+            if best is None or key < best[0]:
+                best = (key, b)
+        if best is None:
+            break
+        b = best[1]
+        chosen.append(PlannedReplica(b.endpoint, b.gpu, new=True))
+        candidates.remove(b.endpoint)
+        if b.zone:
+            zones.add(b.zone)
+        added[(b.endpoint, b.gpu)] = memory_bytes
+
+    memory = tuple(
+        GpuChange(b.endpoint, b.gpu, b.used, b.used + added.get((b.endpoint, b.gpu), 0), b.total)
+        for name in sorted(bins)
+        for b in bins[name]
+    )
+    missing = replicas - len(chosen)
+    if missing <= 0:
+        return PlacementPlan(tuple(chosen), memory, memory_bytes)
+    # Shortfall: what the best remaining endpoints lack, one per missing replica (an endpoint
+    # that does not exist lacks the whole replica).
+    frees = sorted((max((b.free(headroom) for b in bins[n]), default=0) for n in candidates), reverse=True)[
+        :missing
+    ]
+    frees += [0] * (missing - len(frees))
+    shortfall = sum(memory_bytes - max(0, f) for f in frees)
+    reason = (
+        f"not enough GPU memory for {replicas} replica(s) of {triton_model} at {gib(memory_bytes)} each "
+        f"(headroom {headroom:.0%}): {len(chosen)} placed on {len(healthy)} healthy endpoint(s); "
+        f"short by {gib(shortfall)}"
+    )
+    return PlacementPlan(tuple(chosen), memory, memory_bytes, shortfall, reason)

@@ -1,0 +1,123 @@
+"""Replica advice from live signals, and the `apply` mode that acts on it within limits.
+
+Signals per deployment, over its READY replicas on healthy endpoints (from the scraped Triton
+metrics): waiting requests per replica (queue depth), mean KV-cache fraction, mean GPU
+utilisation, active requests per replica. One step at a time (+1 or -1 replica per call), so
+an advice loop converges without overshooting on a noisy sample; the bounds are
+`min_replicas`..`max_replicas` and the number of healthy endpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from services.common.errors import HarnessError
+from services.pool.deployments import DeploymentManager
+from services.pool.state import HEALTHY, READY
+
+log = logging.getLogger("harness.pool.scaling")
+
+
+@dataclass(frozen=True)
+class ScalingLimits:
+    min_replicas: int = 1
+    max_replicas: int = 8
+    queue_high: float = 2.0  # waiting requests per replica that call for one more
+    kv_high: float = 0.85  # KV-cache fraction that calls for one more
+    util_high: float = 0.90  # GPU utilisation that calls for one more
+    kv_low: float = 0.30  # below all the lows (and nothing waiting) one replica can go
+    util_low: float = 0.30
+    active_low: float = 1.0  # active requests per replica
+
+
+@dataclass(frozen=True)
+class Signals:
+    replicas: int  # READY on healthy endpoints
+    waiting: int
+    active: int
+    kv_fraction: float
+    utilization: float
+
+
+@dataclass(frozen=True)
+class Advice:
+    model: str
+    current: int
+    advised: int
+    reason: str
+    applied: bool = False
+
+
+def advise_one(model: str, s: Signals, limits: ScalingLimits, endpoints: int) -> Advice:
+    if s.replicas == 0:
+        return Advice(model, 0, 0, "no ready replica: nothing to measure (scaled to zero or loading)")
+    per_q = s.waiting / s.replicas
+    per_a = s.active / s.replicas
+    figures = (
+        f"waiting/replica {per_q:.1f}, active/replica {per_a:.1f}, kv {s.kv_fraction:.2f}, "
+        f"util {s.utilization:.2f}"
+    )
+    ceiling = min(limits.max_replicas, endpoints)
+    hot = []
+    if per_q >= limits.queue_high:
+        hot.append(f"waiting/replica >= {limits.queue_high:g}")
+    if s.kv_fraction >= limits.kv_high:
+        hot.append(f"kv >= {limits.kv_high:g}")
+    if s.utilization >= limits.util_high:
+        hot.append(f"util >= {limits.util_high:g}")
+    if hot:
+        if s.replicas >= ceiling:
+            return Advice(
+                model,
+                s.replicas,
+                s.replicas,
+                f"{figures}: hot ({', '.join(hot)}) but at the ceiling {ceiling}",
+            )
+        return Advice(model, s.replicas, s.replicas + 1, f"{figures}: {', '.join(hot)}")
+    cold = (
+        s.waiting == 0
+        and s.kv_fraction < limits.kv_low
+        and s.utilization < limits.util_low
+        and per_a < limits.active_low
+    )
+    if cold and s.replicas > limits.min_replicas:
+        return Advice(model, s.replicas, s.replicas - 1, f"{figures}: all below the low marks")
+    return Advice(model, s.replicas, s.replicas, f"{figures}: within bounds")
+
+
+def signals_of(manager: DeploymentManager, model: str) -> Signals:
+    dep = manager.get(model)
+    waiting = active = replicas = 0
+    kv = util = 0.0
+    if dep is not None:
+        for endpoint in dep.placements:
+            state = manager.table.get(endpoint)
+            if state is None or state.health != HEALTHY:
+                continue
+            m = next((m for m in state.models if m.name == dep.spec.triton_model and m.state == READY), None)
+            if m is None:
+                continue
+            replicas += 1
+            waiting += m.waiting
+            active += m.active
+            kv += m.kv_cache_fraction
+            util += state.gpu_utilization
+    n = max(1, replicas)
+    return Signals(replicas, waiting, active, kv / n, util / n)
+
+
+async def advise(manager: DeploymentManager, limits: ScalingLimits, apply: bool = False) -> list[Advice]:
+    endpoints = sum(1 for s in manager.table.states() if s.health == HEALTHY)
+    out = []
+    for view in manager.views():
+        a = advise_one(view.model, signals_of(manager, view.model), limits, endpoints)
+        if apply and a.advised != a.current and a.current > 0:
+            try:
+                await manager.scale_to(view.model, a.advised)
+                a = Advice(a.model, a.current, a.advised, a.reason, applied=True)
+            except HarnessError as exc:
+                a = Advice(a.model, a.current, a.advised, f"{a.reason}; not applied: {exc.message}")
+                log.warning("scaling %s to %d failed: %s", view.model, a.advised, exc.message)
+        out.append(a)
+    return out
