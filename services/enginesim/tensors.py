@@ -177,7 +177,9 @@ def decode_inputs(request: pb.ModelInferRequest, spec: TensorModel) -> dict[str,
                 f"inference request batch-size must be <= {spec.max_batch_size} for '{model}', got {shape[0]}"
             )
         if shape[0] != 1:
-            raise TensorError(f"one prompt per request (batch size 1) is served, got {shape[0]} for '{model}'")
+            raise TensorError(
+                f"one prompt per request (batch size 1) is served, got {shape[0]} for '{model}'"
+            )
         values[tensor.name] = _tensor_array(tensor, raw[i] if raw else None, shape)
     return values
 
