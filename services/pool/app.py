@@ -18,7 +18,8 @@ from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 from prometheus_client import CollectorRegistry, Histogram
 
 from services.common.config import ServerConfig
-from services.common.server import RunningServer, start_server
+from services.common.registry_mirror import RegistryMirror
+from services.common.server import RunningServer, open_channel, start_server
 from services.pool.catalog import ModelCatalog
 from services.pool.config import PoolConfig
 from services.pool.control import ModelControl, TritonControl
@@ -28,6 +29,7 @@ from services.pool.gpus import Nvml, list_gpus
 from services.pool.metrics import PoolCollector
 from services.pool.placement import PlacementPlan
 from services.pool.probe import ProbeSettings, ProbeSupervisor
+from services.pool.registry_follow import RegistryFollower
 from services.pool.scaling import Advice, ScalingLimits, advise
 from services.pool.servicer import PoolServicer
 from services.pool.state import EndpointSpec, EndpointState, GpuSample, validate_spec
@@ -52,6 +54,7 @@ class PoolApp:
         settings = ProbeSettings(config.probe_interval_s, config.probe_timeout_s, config.metrics_timeout_s)
         self.probes = ProbeSupervisor(self.table, settings, self._nvml_override)
         self.metrics_registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
+        self.follower: RegistryFollower | None = None  # set when following the registry
         self.catalog = ModelCatalog(config.models)
         self.load_seconds = Histogram(
             "harness_pool_model_load_seconds",
@@ -194,4 +197,17 @@ async def serve(
     running = await start_server(server_config, app.register, metrics_registry=app.metrics_registry)
     running.on_stop(app.stop)
     await app.start()
+    if pool_config.registry_addr:
+        channel = open_channel(pool_config.registry_addr, server_config.tls)
+        mirror = RegistryMirror(channel)
+        app.follower = RegistryFollower(app, pool_config.models)
+        mirror.subscribe(app.follower)
+        mirror.start()
+
+        async def stop_following() -> None:
+            await mirror.stop()
+            await app.follower.close()
+            await channel.close()
+
+        running.on_stop(stop_following)
     return running, app

@@ -55,6 +55,7 @@ class PoolConfig:
     agent_idle_ttl_s: float = 600.0  # idle TTL of the claims agent warm-up makes; 0 = never
     idle_check_interval_s: float = 1.0  # how often idle deployments are looked for
     max_replicas: int = 8  # AdviseScaling never goes above this per model
+    registry_addr: str = ""  # follow the registry (agent warm-up, model table); "" = config only
 
     def __post_init__(self) -> None:
         if self.probe_interval_s <= 0 or self.probe_timeout_s <= 0 or self.metrics_timeout_s <= 0:
@@ -146,6 +147,11 @@ def add_pool_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--headroom", type=float, default=None, help="GPU fraction placement keeps free (0.05)")
     g.add_argument("--agent-idle-ttl", type=float, default=None, help="idle TTL of agent warm-up, s (600)")
+    g.add_argument(
+        "--registry",
+        default=env("REGISTRY_ADDR", ""),
+        help="registry address: agents going online get their models loaded; models follow its catalog",
+    )
 
 
 def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
@@ -188,4 +194,5 @@ def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
         agent_idle_ttl_s=pick(args.agent_idle_ttl, "agent_idle_ttl_s", 600.0, float),
         idle_check_interval_s=float(data.get("idle_check_interval_s", 1.0)),
         max_replicas=int(data.get("max_replicas", 8)),
+        registry_addr=args.registry or str(data.get("registry_addr", "")),
     )

@@ -15,13 +15,13 @@ from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2_grpc
 
 from services.common.config import ServerConfig, TlsFiles, add_server_args, env, server_config_from_args
+from services.common.registry_mirror import RegistryMirror
 from services.common.server import RunningServer, open_channel, run_until_signal, setup_logging, start_server
 from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
 from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from services.router.metrics import RouterMetrics
-from services.router.registry_mirror import RegistryMirror
 from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache
 from services.router.scheduling import Scheduler, load_config
 from services.router.servicer import RouterServicer

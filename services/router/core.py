@@ -27,12 +27,12 @@ from services.common.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from services.common.registry_mirror import RegistryMirror
 from services.router import records
 from services.router.dispatch import Dispatcher, DispatchInfo
 from services.router.events import EventShipper
 from services.router.flow import RateLimiter, RateLimits, SloClass
 from services.router.metrics import RouterMetrics
-from services.router.registry_mirror import RegistryMirror
 from services.router.result_cache import CachedResult, Coalescer, ResultCache, cache_key, is_deterministic
 from services.router.scheduling import SchedulingRequest
 from services.router.triton import TritonChunk, TritonRequest

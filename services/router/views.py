@@ -9,75 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 
-from services.common.errors import NotFound, Unauthenticated, Unavailable
+from services.common.registry_mirror import AccessDecision, TtlCache  # noqa: F401 (re-exported)
 from services.router.scheduling import Candidate
 
 log = logging.getLogger("harness.router.views")
 K = TypeVar("K")
 V = TypeVar("V")
-
-
-class TtlCache(Generic[K, V]):
-    """Caches loader results per key for `ttl_s`; concurrent misses on one key share one load."""
-
-    def __init__(self, ttl_s: float, loader: Callable[[K], Awaitable[V]], max_entries: int = 10_000) -> None:
-        self._ttl = ttl_s
-        self._loader = loader
-        self._max = max_entries
-        self._entries: dict[K, tuple[float, V]] = {}
-        self._inflight: dict[K, asyncio.Future[V]] = {}
-
-    async def get(self, key: K) -> V:
-        hit = self._entries.get(key)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            value = await self._loader(key)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            else:
-                future.set_exception(exc)
-                future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        if len(self._entries) >= self._max:
-            self._entries.clear()  # crude bound; entries are cheap to reload
-        self._entries[key] = (now + self._ttl, value)
-        future.set_result(value)
-        return value
-
-    def invalidate(self, key: K) -> None:
-        self._entries.pop(key, None)
-
-
-@dataclass(frozen=True)
-class AccessDecision:
-    allowed: bool
-    rule: str
-
-
-def map_registry_error(exc: grpc.aio.AioRpcError, what: str) -> Exception:
-    if exc.code() == grpc.StatusCode.NOT_FOUND:
-        return NotFound(exc.details() or f"{what} not found")
-    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-        return Unauthenticated(exc.details() or "credentials rejected")
-    return Unavailable(f"registry unavailable while resolving {what}: {exc.code().name}")
 
 
 class EndpointView:

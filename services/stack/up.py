@@ -164,7 +164,12 @@ class Stack:
                 f"gpu_type={self.cfg.gpu_type},gpus=1,memory_gb={self.cfg.gpu_memory_gb:g}",
             )
         ]
-        pool = _py("services.pool", *self._service_flags("pool", p.pool, p.pool_metrics), *endpoints)
+        # The pool follows the registry: agents going online get their models loaded, and the
+        # deployable models (and their memory) are the registry's catalog.
+        pool = _py(
+            "services.pool", *self._service_flags("pool", p.pool, p.pool_metrics), *endpoints,
+            "--registry", f"127.0.0.1:{p.registry}",
+        )  # fmt: skip
         self.sup.start(Child("pool", pool, logs / "pool.log"))
         for i, (port, metrics) in enumerate(zip(p.routers, p.router_metrics, strict=True)):
             argv = _py(

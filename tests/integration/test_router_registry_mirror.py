@@ -17,13 +17,13 @@ from harness.registry.v1.registry_pb2_grpc import RegistryStub
 
 from services.common.config import ServerConfig, TlsFiles
 from services.common.errors import NotFound
+from services.common.registry_mirror import RegistryMirror
 from services.common.server import open_channel, start_server
 from services.devtools.certs import make_certs
 from services.registry.policy import Policy
 from services.registry.seed import seed_registry
 from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
-from services.router.registry_mirror import RegistryMirror
 from tests.integration.test_registry_server import DEMO
 
 AGENT = "demo-agent"

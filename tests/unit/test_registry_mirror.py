@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from harness.registry.v1 import registry_pb2 as pb
 
-from services.router.registry_mirror import RegistryMirror
+from services.common.registry_mirror import RegistryMirror
 
 K = pb.EntityKind
 

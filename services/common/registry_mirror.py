@@ -1,4 +1,4 @@
-"""The router's local copy of the registry, fed by the registry's Watch stream.
+"""A local copy of the registry, fed by the registry's Watch stream (routers, the pool).
 
 The hot path reads agents, the model catalog and access rules from memory; it never waits on
 the registry. A background task holds a Watch open: the first message is a snapshot, then
@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import grpc
 from harness.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -22,9 +26,67 @@ from harness.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.access import apply_rule, explain, new_memory_enforcer
 from services.common.context import Identity, outgoing_metadata
 from services.common.errors import NotFound, Unauthenticated, Unavailable
-from services.router.views import AccessDecision, TtlCache, map_registry_error
 
-log = logging.getLogger("harness.router.registry")
+log = logging.getLogger("harness.registry_mirror")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    """Caches loader results per key for `ttl_s`; concurrent misses on one key share one load."""
+
+    def __init__(self, ttl_s: float, loader: Callable[[K], Awaitable[V]], max_entries: int = 10_000) -> None:
+        self._ttl = ttl_s
+        self._loader = loader
+        self._max = max_entries
+        self._entries: dict[K, tuple[float, V]] = {}
+        self._inflight: dict[K, asyncio.Future[V]] = {}
+
+    async def get(self, key: K) -> V:
+        hit = self._entries.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            value = await self._loader(key)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        if len(self._entries) >= self._max:
+            self._entries.clear()  # crude bound; entries are cheap to reload
+        self._entries[key] = (now + self._ttl, value)
+        future.set_result(value)
+        return value
+
+    def invalidate(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+
+@dataclass(frozen=True)
+class AccessDecision:
+    allowed: bool
+    rule: str
+
+
+def map_registry_error(exc: grpc.aio.AioRpcError, what: str) -> Exception:
+    if exc.code() == grpc.StatusCode.NOT_FOUND:
+        return NotFound(exc.details() or f"{what} not found")
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(exc.details() or "credentials rejected")
+    return Unavailable(f"registry unavailable while resolving {what}: {exc.code().name}")
+
+
 Kind = registry_pb2.EntityKind
 
 
@@ -46,6 +108,7 @@ class RegistryMirror:
         self._rules: set[tuple[str, tuple[str, ...]]] = set()
         self._enforcer = new_memory_enforcer()
         self._pending: _Tables | None = None  # a snapshot arriving in parts
+        self._listeners: list[Callable[[AgentChange | ModelsChange], None]] = []
         self._api_keys: TtlCache[str, Identity] = TtlCache(api_key_ttl_s, self._load_api_key)
         self._first = asyncio.Event()
         self._changed = asyncio.Condition()  # notified after each applied message (tests wait on it)
@@ -140,19 +203,48 @@ class RegistryMirror:
             if message.more:
                 return
             tables, self._pending = self._pending, None
+            before_agents = self._agents
             self._agents, self._models, self._rules = tables.agents, tables.models, tables.rules
             self._enforcer = new_memory_enforcer(self._rules)
             self.revision = message.revision
+            if self._listeners:  # a snapshot may hide any change: report every agent and model
+                for name in before_agents.keys() - self._agents.keys():
+                    self._notify(AgentChange(name, before_agents[name], None))
+                for name, agent in self._agents.items():
+                    self._notify(AgentChange(name, before_agents.get(name), agent))
+                self._notify_models()
         else:
+            models_changed = False
             for change in message.changes:
                 if change.kind == Kind.ENTITY_KIND_POLICY:
                     rule = _policy_rule(change)
                     apply_rule(self._enforcer, rule[0], rule[1], change.deleted)
+                before = self._agents.get(change.key) if change.kind == Kind.ENTITY_KIND_AGENT else None
                 self._current.apply(change)
+                if change.kind == Kind.ENTITY_KIND_AGENT and self._listeners:
+                    self._notify(AgentChange(change.key, before, self._agents.get(change.key)))
+                models_changed |= change.kind == Kind.ENTITY_KIND_MODEL
+            if models_changed and self._listeners:
+                self._notify_models()
             self.revision = max(self.revision, message.revision)
         self._first.set()
         async with self._changed:
             self._changed.notify_all()
+
+    def subscribe(self, listener: Callable[[AgentChange | ModelsChange], None]) -> None:
+        """Calls `listener` (synchronously, on the event loop) for every agent change and with
+        the whole model catalog when it changes; after a snapshot, for every agent."""
+        self._listeners.append(listener)
+
+    def _notify(self, event: AgentChange | ModelsChange) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("registry mirror listener failed")
+
+    def _notify_models(self) -> None:
+        self._notify(ModelsChange(tuple(self._models.values())))
 
     @property
     def _current(self) -> _Tables:
@@ -170,6 +262,22 @@ class RegistryMirror:
         return Identity(
             user=resp.user.name, auth_method="api_key", roles=tuple(resp.user.roles), project=resp.key.project
         )
+
+
+@dataclass(frozen=True)
+class AgentChange:
+    """An agent appeared, changed or went away (`after` is None when deleted)."""
+
+    name: str
+    before: registry_pb2.Agent | None
+    after: registry_pb2.Agent | None
+
+
+@dataclass(frozen=True)
+class ModelsChange:
+    """The model catalog after a change."""
+
+    models: tuple[registry_pb2.Model, ...]
 
 
 class _Tables:
