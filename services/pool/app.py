@@ -21,6 +21,7 @@ from services.common.config import ServerConfig
 from services.common.registry_mirror import RegistryMirror
 from services.common.server import RunningServer, open_channel, start_server
 from services.pool.catalog import ModelCatalog
+from services.pool.claims_store import ClaimStore
 from services.pool.config import PoolConfig
 from services.pool.control import ModelControl, TritonControl
 from services.pool.deployments import DeploymentManager, DeploymentView
@@ -70,6 +71,7 @@ class PoolApp:
             headroom=config.headroom,
             agent_idle_ttl_s=config.agent_idle_ttl_s,
             on_load=lambda model, s: self.load_seconds.labels(model).observe(s),
+            store=ClaimStore(config.db_url) if config.db_url else None,
         )
         self.scaling_limits = ScalingLimits(max_replicas=config.max_replicas)
         self.metrics_registry.register(
@@ -114,6 +116,8 @@ class PoolApp:
                 await self._nvml_task
             self._nvml_task = None
         self.nvml.close()
+        if self.deployments.store is not None:
+            self.deployments.store.close()
         self._started = False
 
     async def _nvml_loop(self) -> None:

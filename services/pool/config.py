@@ -56,6 +56,7 @@ class PoolConfig:
     idle_check_interval_s: float = 1.0  # how often idle deployments are looked for
     max_replicas: int = 8  # AdviseScaling never goes above this per model
     registry_addr: str = ""  # follow the registry (agent warm-up, model table); "" = config only
+    db_url: str = ""  # where deployment claims persist (SQLAlchemy URL); "" = memory only
 
     def __post_init__(self) -> None:
         if self.probe_interval_s <= 0 or self.probe_timeout_s <= 0 or self.metrics_timeout_s <= 0:
@@ -148,6 +149,11 @@ def add_pool_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--headroom", type=float, default=None, help="GPU fraction placement keeps free (0.05)")
     g.add_argument("--agent-idle-ttl", type=float, default=None, help="idle TTL of agent warm-up, s (600)")
     g.add_argument(
+        "--db-url",
+        default=env("POOL_DB", ""),
+        help="SQLAlchemy URL where deployment claims persist across restarts (default: memory only)",
+    )
+    g.add_argument(
         "--registry",
         default=env("REGISTRY_ADDR", ""),
         help="registry address: agents going online get their models loaded; models follow its catalog",
@@ -195,4 +201,5 @@ def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
         idle_check_interval_s=float(data.get("idle_check_interval_s", 1.0)),
         max_replicas=int(data.get("max_replicas", 8)),
         registry_addr=args.registry or str(data.get("registry_addr", "")),
+        db_url=args.db_url or str(data.get("db_url", "")),
     )

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 
 from services.common.errors import HarnessError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.pool.catalog import ModelCatalog
+from services.pool.claims_store import ClaimStore, StoredClaim
 from services.pool.control import ModelControl, ModelControlError
 from services.pool.deployment_types import (
     Claim,
@@ -53,6 +54,7 @@ class DeploymentManager:
         agent_idle_ttl_s: float = 0.0,
         on_load: Callable[[str, float], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        store: ClaimStore | None = None,
     ) -> None:
         self.table = table
         self.catalog = catalog
@@ -67,6 +69,11 @@ class DeploymentManager:
         # this pool began and the endpoint's figures may not show yet
         self._pending: dict[tuple[str, int, str], tuple[int, float | None]] = {}
         self._views: tuple[DeploymentView, ...] = ()
+        self.store = store
+        # Claims read back at startup whose model the catalog does not know yet (the registry's
+        # catalog may arrive a moment later): restored by `reconcile` once it does.
+        self._unrestored: list[StoredClaim] = store.load() if store is not None else []
+        self._restore()
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -128,6 +135,7 @@ class DeploymentManager:
                 raise
             dep.scaled_to_zero = False
             dep.last_used = self._wall()
+            await self._persist("put", spec.name, owner, replicas, idle_ttl_s)
             return self._view(dep)
 
     async def undeploy(self, model: str, owner: str, drop_all: bool = False) -> None:
@@ -141,6 +149,7 @@ class DeploymentManager:
                 raise NotFound(
                     f"{owner!r} holds no claim on {dep.spec.name!r} (holders: {sorted(dep.claims)})"
                 )
+            await self._persist("remove", dep.spec.name, None if drop_all else owner)
             if dep.claims:
                 dep.target = None
                 await self._scale(dep, dep.desired)
@@ -204,12 +213,31 @@ class DeploymentManager:
                 if not dep.placements:
                     continue
                 log.info("deployment %s idle for %.1fs: scaling to zero", dep.spec.name, now - dep.last_used)
+                # Intent first: a pool stopped mid-sweep must not reload it on restart.
+                await self._persist("set_scaled_to_zero", dep.spec.name, True)
                 await self._unload_all(dep)
                 dep.scaled_to_zero = True
                 scaled.append(dep.spec.name)
         return scaled
 
     # ---- internals ---------------------------------------------------------------------------
+
+    async def _persist(self, op: str, *args) -> None:
+        if self.store is not None:
+            await asyncio.to_thread(getattr(self.store, op), *args)
+
+    def _restore(self) -> None:
+        """Turns stored claims into deployments (reconcile then places their replicas)."""
+        waiting = []
+        for c in self._unrestored:
+            spec = self.catalog.find(c.model)
+            if spec is None:
+                waiting.append(c)
+                continue
+            dep = self._deps.setdefault(spec.name, Deployment(spec, last_used=self._wall()))
+            dep.claims.setdefault(c.owner, Claim(c.replicas, c.idle_ttl_s))
+            dep.scaled_to_zero = dep.scaled_to_zero or c.scaled_to_zero
+        self._unrestored = waiting
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -260,6 +288,8 @@ class DeploymentManager:
         """Brings deployments that lost replicas (endpoint died or restarted empty) back to
         their replica count where memory allows; scaled-to-zero ones stay cold. Retried at
         most every RECONCILE_BACKOFF_S per deployment, so a full pool is not hammered."""
+        if self._unrestored:
+            self._restore()
         now = time.monotonic()
         healthy = tuple(s.name for s in self.table.states() if s.health == HEALTHY)
         for dep in list(self._deps.values()):

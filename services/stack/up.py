@@ -169,6 +169,7 @@ class Stack:
         pool = _py(
             "services.pool", *self._service_flags("pool", p.pool, p.pool_metrics), *endpoints,
             "--registry", f"127.0.0.1:{p.registry}",
+            "--db-url", f"sqlite:///{(self.paths.state / 'pool.db').resolve()}",
         )  # fmt: skip
         self.sup.start(Child("pool", pool, logs / "pool.log"))
         for i, (port, metrics) in enumerate(zip(p.routers, p.router_metrics, strict=True)):
