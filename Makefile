@@ -54,6 +54,9 @@ lint: $(STAMP)
 bench: proto
 	$(PY) bench/run.py
 	$(PY) bench/enginesim.py
+	$(PY) bench/router_overhead.py --quick
+	$(PY) bench/prefix_affinity.py --quick
+	$(PY) bench/overload.py --quick
 
 clean:
 	rm -rf gen .harness .pytest_cache

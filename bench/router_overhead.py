@@ -1,0 +1,173 @@
+"""Router overhead: the stock tritonclient (grpc.aio, ModelStreamInfer, one stream per request)
+against (a) the simulator directly, (b) a router's Triton-compatible front door directly (mTLS
+with the agent's own certificate: the router takes the agent identity from the peer
+certificate), (c) Envoy + router (mTLS to Envoy, which forwards the agent identity in XFCC).
+
+Starts the local stack (`harness up --free-ports`, simulator time scale 1000 so an 8-token
+generation costs the engine ~0.05 ms) in a temporary directory. Closed loop of C workers per
+concurrency level; every request has a distinct prompt so the router's result cache never
+answers (each call is dispatched to the engine). Prints p50/p99 latency, throughput and the
+ratios to (a). Target (issue 6): the router adds < 1 ms at p50 at concurrency 1.
+
+Caveat: client, two routers, Envoy, the simulators and the other services share this
+machine's cores, so the higher concurrencies measure the machine as much as the router.
+
+Usage: python bench/router_overhead.py [--quick] [--requests 300] [--concurrency 1,16,64]
+       [--max-tokens 8] [--time-scale 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tritonclient.grpc.aio as tgrpc_aio
+from _common import REPO, pct, stream_one
+
+MODEL = "llama-3-8b-instruct"  # sim-0's Triton model; the router maps it to catalog llama-3-8b
+
+
+def start_stack(root: Path, time_scale: float) -> subprocess.Popen:
+    harness = Path(sys.executable).parent / "harness"
+    proc = subprocess.Popen(
+        [str(harness), "up", "--free-ports", "--root", str(root), "--time-scale", str(time_scale)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    for line in proc.stdout:  # type: ignore[union-attr]
+        if line.startswith("healthy in"):
+            return proc
+    raise SystemExit("stack did not start; see " + str(root / "logs"))
+
+
+def env_of(root: Path) -> dict[str, str]:
+    pairs = (line.removeprefix("export ").split("=", 1) for line in (root / "env").read_text().splitlines())
+    return {k: v.strip("'") for k, v in pairs}
+
+
+def router_address(root: Path) -> str:
+    return next(
+        line.split(" serving on ")[1].split()[0]
+        for line in (root / "logs" / "router-1.log").read_text().splitlines()
+        if " serving on " in line
+    )
+
+
+async def run_level(make_client, headers, concurrency: int, requests: int, max_tokens: int, tag: str):
+    """Closed loop: `concurrency` workers share one client (one HTTP/2 channel, as an app would)
+    and issue `requests` calls in total. Returns (latencies ms, seconds)."""
+    async with make_client() as client:
+        for i in range(max(5, concurrency)):  # warm-up: channel, TLS, router caches
+            await stream_one(client, MODEL, f"warm {tag} {i} ledger policy", max_tokens, f"w{i}", headers)
+        latencies: list[float] = []
+        counter = iter(range(requests))
+
+        async def worker() -> None:
+            for i in counter:
+                prompt = f"{tag} c{concurrency} request {i}: summarise the ledger policy for a new analyst"
+                _, e2e, chunks = await stream_one(client, MODEL, prompt, max_tokens, f"r{i}", headers)
+                if chunks < 1:
+                    raise RuntimeError("empty stream")
+                latencies.append(e2e)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return latencies, time.perf_counter() - t0
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    rows: dict[tuple[str, int], tuple[list[float], float]] = {}
+    with tempfile.TemporaryDirectory(prefix="router-overhead-") as tmp:
+        root = Path(tmp) / ".harness"
+        print(
+            f"starting the local stack (harness up --free-ports, time scale {args.time_scale:g})...",
+            flush=True,
+        )
+        proc = start_stack(root, args.time_scale)
+        try:
+            env = env_of(root)
+            sim_addr = env["HARNESS_TRITON_ADDRS"].split(",")[0]  # sim-0 serves llama-3-8b-instruct
+            tls = {
+                "ssl": True,
+                "root_certificates": env["HARNESS_CA"],
+                "private_key": env["HARNESS_KEY"],
+                "certificate_chain": env["HARNESS_CERT"],
+            }
+            auth = {"authorization": f"Bearer {env['HARNESS_TOKEN']}"}
+            paths = {
+                "(a) direct": (lambda: tgrpc_aio.InferenceServerClient(sim_addr), None),
+                "(b) router": (lambda: tgrpc_aio.InferenceServerClient(router_address(root), **tls), auth),
+                "(c) envoy+router": (
+                    lambda: tgrpc_aio.InferenceServerClient(env["HARNESS_ADDR"], **tls),
+                    auth,
+                ),
+            }
+            for c in args.concurrency:
+                n = max(args.requests, 4 * c)
+                for label, (make, headers) in paths.items():
+                    rows[(label, c)] = await run_level(make, headers, c, n, args.max_tokens, label[1])
+                    lat, secs = rows[(label, c)]
+                    print(f"  {label:<18} c={c:<3} {len(lat)} requests in {secs:.1f}s", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    print(
+        f"\nRouter overhead: tritonclient.grpc.aio ModelStreamInfer, max_tokens {args.max_tokens}, simulator "
+        f"time scale {args.time_scale:g}; closed loop, distinct prompts (no result-cache hits); "
+        f"{os.cpu_count()} CPUs shared by client and stack"
+    )
+    head = (
+        f"{'path':<18}{'conc':>5}{'reqs':>6}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}"
+        f"{'+p50 ms':>9}{'p50 x':>7}{'p99 x':>7}{'req/s x':>9}"
+    )
+    print(head + "\n" + "-" * len(head))
+    for c in args.concurrency:
+        base_lat, base_s = rows[("(a) direct", c)]
+        b50, b99, brps = pct(base_lat, 50), pct(base_lat, 99), len(base_lat) / base_s
+        for label in ("(a) direct", "(b) router", "(c) envoy+router"):
+            lat, secs = rows[(label, c)]
+            p50, p99, rps = pct(lat, 50), pct(lat, 99), len(lat) / secs
+            print(
+                f"{label:<18}{c:>5}{len(lat):>6}{p50:>9.2f}{p99:>9.2f}{rps:>8.0f}"
+                f"{p50 - b50:>9.2f}{p50 / b50:>7.2f}{p99 / b99:>7.2f}{rps / brps:>9.2f}"
+            )
+    c1 = min(args.concurrency)
+    added_b = pct(rows[("(b) router", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
+    added_c = pct(rows[("(c) envoy+router", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
+    ok = added_b < 1.0
+    print(
+        f"verdict: {'PASS' if ok else 'FAIL'}: the router adds {added_b:.2f} ms at p50 at concurrency {c1} "
+        f"(target < 1 ms; includes mTLS + auth on the router hop); Envoy + router add {added_c:.2f} ms. "
+        "Provisional: one run on a shared machine."
+    )
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer requests per level (for `make bench`)")
+    p.add_argument("--requests", type=int, default=None, help="requests per path and level (300; quick 150)")
+    p.add_argument("--concurrency", type=_ints, default=[1, 16, 64])
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--time-scale", type=float, default=1000.0)
+    args = p.parse_args(argv)
+    if args.requests is None:
+        args.requests = 150 if args.quick else 300
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
