@@ -214,6 +214,9 @@ class FakeRegistry:
             name=self.model_name, triton_model=self.triton_model, context_length=self.context_length
         )
 
+    async def user(self, name: str) -> None:
+        return None  # no per-user limits in the benchmarks
+
     async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
         return AccessDecision(True, "p, bench")
 

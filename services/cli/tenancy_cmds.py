@@ -73,11 +73,18 @@ def projects_create(ctx: Ctx, args: argparse.Namespace) -> int:
 # --- users ----------------------------------------------------------------------------------
 
 
+def _limit(value: int) -> str:
+    return str(value) if value else "unlimited"
+
+
 def _user_rows(users) -> list[list[object]]:
-    return [[u.name, u.team, ",".join(u.roles), u.email, u.display_name] for u in users]
+    return [
+        [u.name, u.team, ",".join(u.roles), _limit(u.rpm_limit), _limit(u.tpm_limit), u.email, u.display_name]
+        for u in users
+    ]
 
 
-USER_HEADERS = ("NAME", "TEAM", "ROLES", "EMAIL", "DISPLAY NAME")
+USER_HEADERS = ("NAME", "TEAM", "ROLES", "RPM", "TPM", "EMAIL", "DISPLAY NAME")
 
 
 def users_list(ctx: Ctx, args: argparse.Namespace) -> int:
@@ -97,8 +104,23 @@ def users_create(ctx: Ctx, args: argparse.Namespace) -> int:
         email=args.email or "",
         team=args.team or "",
         roles=args.role,
+        rpm_limit=args.rpm,
+        tpm_limit=args.tpm,
     )
     resp = ctx.call("CreateUser", pb.CreateUserRequest(user=user))
+    return ctx.emit(resp, lambda r: output.table(USER_HEADERS, _user_rows([r.user])))
+
+
+def users_limits(ctx: Ctx, args: argparse.Namespace) -> int:
+    """Sets rpm and/or tpm; a limit not given keeps its current value (0 = unlimited)."""
+    if args.rpm is None and args.tpm is None:
+        raise UsageError("users limits: give --rpm and/or --tpm (0 = unlimited)")
+    rpm, tpm = args.rpm, args.tpm
+    if rpm is None or tpm is None:
+        current = ctx.call("GetUser", pb.GetUserRequest(name=args.name)).user
+        rpm = current.rpm_limit if rpm is None else rpm
+        tpm = current.tpm_limit if tpm is None else tpm
+    resp = ctx.call("SetUserLimits", pb.SetUserLimitsRequest(user=args.name, rpm_limit=rpm, tpm_limit=tpm))
     return ctx.emit(resp, lambda r: output.table(USER_HEADERS, _user_rows([r.user])))
 
 
@@ -170,7 +192,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--display-name")
     p.set_defaults(handler=projects_create)
 
-    users = sub.add_parser("users", help="users: list, get, create")
+    users = sub.add_parser("users", help="users: list, get, create, limits")
     t = users.add_subparsers(dest="verb", required=True, metavar="ACTION")
     p = t.add_parser("list", parents=[common], help="list users")
     p.add_argument("--team", help="only this team")
@@ -184,7 +206,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--email")
     p.add_argument("--display-name")
     p.add_argument("--role", action="append", default=[], help="global role, e.g. admin (repeat)")
+    p.add_argument("--rpm", type=int, default=0, help="requests per minute (0 = unlimited)")
+    p.add_argument("--tpm", type=int, default=0, help="tokens per minute (0 = unlimited)")
     p.set_defaults(handler=users_create)
+    p = t.add_parser("limits", parents=[common], help="set a user's rate limits (admin)")
+    p.add_argument("name")
+    p.add_argument("--rpm", type=int, help="requests per minute (0 = unlimited; default: keep)")
+    p.add_argument("--tpm", type=int, help="tokens per minute (0 = unlimited; default: keep)")
+    p.set_defaults(handler=users_limits)
 
     keys = sub.add_parser("keys", help="API keys: create (secret shown once), list, revoke")
     t = keys.add_subparsers(dest="verb", required=True, metavar="ACTION")

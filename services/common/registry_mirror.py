@@ -1,6 +1,7 @@
 """A local copy of the registry, fed by the registry's Watch stream (routers, the pool).
 
-The hot path reads agents, the model catalog and access rules from memory; it never waits on
+The hot path reads agents, users (for their rate limits), the model catalog and access rules
+from memory; it never waits on
 the registry. A background task holds a Watch open: the first message is a snapshot, then
 deltas arrive as the registry changes (well under a second). When the stream breaks (the
 registry restarts, the network drops), the router keeps serving from the copy it has and
@@ -105,6 +106,7 @@ class RegistryMirror:
         self.connected = False
         self._agents: dict[str, registry_pb2.Agent] = {}
         self._models: dict[str, registry_pb2.Model] = {}
+        self._users: dict[str, registry_pb2.User] = {}
         self._rules: set[tuple[str, tuple[str, ...]]] = set()
         self._enforcer = new_memory_enforcer()
         self._pending: _Tables | None = None  # a snapshot arriving in parts
@@ -160,6 +162,11 @@ class RegistryMirror:
             raise NotFound(f"model {name!r} is not in the registry's model catalog")
         return model
 
+    async def user(self, name: str) -> registry_pb2.User | None:
+        """The registry's record of a user; None when unknown (a JWT subject need not be registered)."""
+        await self._ready()
+        return self._users.get(name)
+
     async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
         await self._ready()
         allowed, rule = explain(self._enforcer, subject, domain, obj, action)
@@ -205,6 +212,7 @@ class RegistryMirror:
             tables, self._pending = self._pending, None
             before_agents = self._agents
             self._agents, self._models, self._rules = tables.agents, tables.models, tables.rules
+            self._users = tables.users
             self._enforcer = new_memory_enforcer(self._rules)
             self.revision = message.revision
             if self._listeners:  # a snapshot may hide any change: report every agent and model
@@ -248,7 +256,7 @@ class RegistryMirror:
 
     @property
     def _current(self) -> _Tables:
-        return _Tables(self._agents, self._models, self._rules)
+        return _Tables(self._agents, self._models, self._rules, self._users)
 
     async def _load_api_key(self, secret: str) -> Identity:
         try:
@@ -281,18 +289,21 @@ class ModelsChange:
 
 
 class _Tables:
-    """Agents, models and rules of one copy; applies changes in place."""
+    """Agents, models, rules and users of one copy; applies changes in place."""
 
-    def __init__(self, agents=None, models=None, rules=None) -> None:
+    def __init__(self, agents=None, models=None, rules=None, users=None) -> None:
         self.agents: dict[str, registry_pb2.Agent] = {} if agents is None else agents
         self.models: dict[str, registry_pb2.Model] = {} if models is None else models
         self.rules: set[tuple[str, tuple[str, ...]]] = set() if rules is None else rules
+        self.users: dict[str, registry_pb2.User] = {} if users is None else users
 
     def apply(self, change: registry_pb2.Change) -> None:
         if change.kind == Kind.ENTITY_KIND_AGENT:
             _put(self.agents, change.key, change.agent, change.deleted)
         elif change.kind == Kind.ENTITY_KIND_MODEL:
             _put(self.models, change.key, change.model, change.deleted)
+        elif change.kind == Kind.ENTITY_KIND_USER:
+            _put(self.users, change.key, change.user, change.deleted)
         elif change.kind == Kind.ENTITY_KIND_POLICY:
             rule = _policy_rule(change)
             (self.rules.discard if change.deleted else self.rules.add)(rule)

@@ -94,6 +94,8 @@ def user_pb(u: d.User) -> pb.User:
         team=u.team,
         roles=list(u.roles),
         create_time=ts(u.create_time),
+        rpm_limit=u.rpm_limit,
+        tpm_limit=u.tpm_limit,
     )
 
 
@@ -221,7 +223,9 @@ def project_in(m: pb.Project) -> d.Project:
 
 
 def user_in(m: pb.User) -> d.User:
-    return d.User(m.name, m.display_name, m.email, m.team, tuple(m.roles))
+    return d.User(
+        m.name, m.display_name, m.email, m.team, tuple(m.roles), rpm_limit=m.rpm_limit, tpm_limit=m.tpm_limit
+    )
 
 
 def agent_in(m: pb.Agent) -> d.Agent:

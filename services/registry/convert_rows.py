@@ -34,7 +34,16 @@ def project(r: ProjectRow) -> d.Project:
 
 
 def user(r: UserRow) -> d.User:
-    return d.User(r.name, r.display_name, r.email, r.team or "", tuple(r.roles or ()), utc(r.create_time))
+    return d.User(
+        r.name,
+        r.display_name,
+        r.email,
+        r.team or "",
+        tuple(r.roles or ()),
+        utc(r.create_time),
+        rpm_limit=r.rpm_limit or 0,
+        tpm_limit=r.tpm_limit or 0,
+    )
 
 
 def api_key(r: ApiKeyRow) -> d.ApiKey:

@@ -75,6 +75,13 @@ def check_user_name(value: str) -> str:
     return check_name("user", value, _USER)
 
 
+def check_rate_limits(owner: str, rpm_limit: int, tpm_limit: int) -> None:
+    """Requests/tokens per minute: 0 = unlimited, negative is malformed."""
+    for name, value in (("rpm_limit", rpm_limit), ("tpm_limit", tpm_limit)):
+        if value < 0:
+            raise InvalidArgument(f"{name} of {owner} must be >= 0 (0 = unlimited), got {value}")
+
+
 def check_version_label(value: str, kind: str = "version") -> str:
     return check_name(kind, value, _VERSION)
 
@@ -180,6 +187,8 @@ class User:
     team: str = ""
     roles: tuple[str, ...] = ()
     create_time: datetime | None = None
+    rpm_limit: int = 0
+    tpm_limit: int = 0
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,9 @@ class UserRow(Base):
     team: Mapped[str | None] = mapped_column(ForeignKey("teams.name"), index=True, nullable=True)
     roles: Mapped[list] = mapped_column(JSON, default=list)
     create_time: Mapped[datetime] = mapped_column(Timestamp)
+    # Requests and tokens per minute across all of the user's requests (0 = unlimited).
+    rpm_limit: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    tpm_limit: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ApiKeyRow(Base):

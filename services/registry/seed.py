@@ -145,6 +145,8 @@ async def seed_registry(stub, data: dict, metadata: Sequence[tuple[str, str]] | 
             email=u.get("email", ""),
             team=u.get("team", ""),
             roles=u.get("roles", []),
+            rpm_limit=u.get("rpm_limit", 0),
+            tpm_limit=u.get("tpm_limit", 0),
         )
         await _create(
             report, stub.CreateUser(pb.CreateUserRequest(user=user), metadata=md), f"user {u['name']}"

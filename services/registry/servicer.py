@@ -113,6 +113,12 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         _caller()
         return pb.GetUserResponse(user=c.user_pb(await _run(self.store.get_user, request.name)))
 
+    async def SetUserLimits(self, request, context):
+        """Sets a user's rpm/tpm limits (0 = unlimited); NOT_FOUND for an unknown user."""
+        _admin("SetUserLimits")
+        user = await _run(self.store.set_user_limits, request.user, request.rpm_limit, request.tpm_limit)
+        return pb.SetUserLimitsResponse(user=c.user_pb(user))
+
     async def ListUsers(self, request, context):
         """Lists users, optionally of one team."""
         _caller()

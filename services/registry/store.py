@@ -143,6 +143,7 @@ class Store(AgentStore, ChangeLog):
 
     def create_user(self, user: d.User) -> d.User:
         d.check_user_name(user.name)
+        d.check_rate_limits(f"user {user.name!r}", user.rpm_limit, user.tpm_limit)
         with self._tx(f"user {user.name!r} already exists") as s:
             if user.team:
                 self._need(s, TeamRow, user.team, "team", "create the team first or leave team empty")
@@ -155,6 +156,8 @@ class Store(AgentStore, ChangeLog):
                 team=user.team or None,
                 roles=list(user.roles),
                 create_time=now(),
+                rpm_limit=user.rpm_limit,
+                tpm_limit=user.tpm_limit,
             )
             s.add(row)
             self._record(s, "user", user.name)
@@ -163,6 +166,16 @@ class Store(AgentStore, ChangeLog):
     def get_user(self, name: str) -> d.User:
         with self._sessions() as s:
             return rows.user(self._need(s, UserRow, name, "user", "check the name or create it (CreateUser)"))
+
+    def set_user_limits(self, name: str, rpm_limit: int, tpm_limit: int) -> d.User:
+        """Replaces a user's rate limits (0 = unlimited); the same values again record no change."""
+        d.check_rate_limits(f"user {name!r}", rpm_limit, tpm_limit)
+        with self._tx() as s:
+            row = self._need(s, UserRow, name, "user", "check the name or create it (CreateUser)")
+            if (row.rpm_limit, row.tpm_limit) != (rpm_limit, tpm_limit):
+                row.rpm_limit, row.tpm_limit = rpm_limit, tpm_limit
+                self._record(s, "user", name)
+            return rows.user(row)
 
     def list_users(self, team: str, page: d.Page) -> tuple[list[d.User], int | None]:
         with self._sessions() as s:

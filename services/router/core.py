@@ -211,7 +211,13 @@ class Router:
         result.slo_class = slo.name.lower()
         result.agent_version, result.model = version_label, model_name
         labels = (agent.name, model_name, result.slo_class)
-        limits = RateLimits(agent_rpm=agent.rpm_limit, agent_tpm=agent.tpm_limit)
+        user = await self.registry.user(ident.user)  # None: a JWT subject the registry does not list
+        limits = RateLimits(
+            agent_rpm=agent.rpm_limit,
+            agent_tpm=agent.tpm_limit,
+            user_rpm=user.rpm_limit if user else 0,
+            user_tpm=user.tpm_limit if user else 0,
+        )
         reservation = await self.limiter.admit(agent.name, ident.user, limits, prompt_tokens + max_tokens)
 
         request = TritonRequest(

@@ -225,6 +225,34 @@ async def test_catalog_and_tenancy_lists(cli):
     assert (await cli("tools", "list")).out.strip() == "(none)"
 
 
+async def test_user_rate_limits(cli):
+    await _seed(cli)
+    res = await cli("users", "create", "carol", "--rpm", "30")
+    assert res.rc == 0, res.err
+    table = res.out.splitlines()
+    assert table[0].split()[:5] == ["NAME", "TEAM", "ROLES", "RPM", "TPM"]
+    assert table[1].split()[:3] == ["carol", "30", "unlimited"]
+
+    res = await cli("users", "limits", "bob", "--rpm", "60", "--tpm", "6000")
+    assert res.rc == 0, res.err
+    assert res.out.splitlines()[1].split()[:4] == ["bob", "finance", "60", "6000"]
+    assert (await cli("users", "limits", "bob", "--tpm", "0")).rc == 0  # --rpm not given: kept
+    got = (await cli("users", "get", "bob", "--json")).json()["user"]
+    assert (int(got["rpm_limit"]), int(got["tpm_limit"])) == (60, 0)
+    listed = (await cli("users", "list")).out.splitlines()
+    assert listed[1].split()[:4] == ["bob", "finance", "60", "unlimited"]
+    assert listed[2].split()[:3] == ["carol", "30", "unlimited"]
+
+    res = await cli("users", "limits", "bob", "--rpm", "-1")
+    assert res.rc == 1 and "INVALID_ARGUMENT" in res.err and "rpm_limit" in res.err
+    res = await cli("users", "limits", "ghost", "--rpm", "1", "--tpm", "1")
+    assert res.rc == 1 and "NOT_FOUND" in res.err and "ghost" in res.err
+    res = await cli("users", "limits", "bob", "--rpm", "1", user="bob")
+    assert res.rc == 1 and "PERMISSION_DENIED" in res.err
+    res = await cli("users", "limits", "bob")
+    assert res.rc == 2 and "--rpm and/or --tpm" in res.err
+
+
 async def test_ops_cert_over_mtls_acts_as_admin(test_auth, tmp_path, capsys, monkeypatch):
     """`harness up` makes a `cli` service cert: direct to the registry it needs no admin token."""
     for name in ("HARNESS_ADDR", "HARNESS_TOKEN", "HARNESS_CERT", "HARNESS_KEY", "HARNESS_OPS_CERT"):

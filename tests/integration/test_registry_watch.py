@@ -127,6 +127,42 @@ async def test_snapshot_then_live_deltas_over_grpc(served, jwt_keypair, mint_tok
         await watcher.close()
 
 
+async def test_user_limits_set_by_admin_shown_and_watched(served):
+    stub, store, admin = served
+    held = store.last_revision()
+    watcher = Watcher(stub, held, admin)
+    try:
+        assert not (await watcher.next()).changes  # current
+        got = await stub.SetUserLimits(
+            pb.SetUserLimitsRequest(user="bob", rpm_limit=60, tpm_limit=6000), metadata=admin
+        )
+        assert (got.user.name, got.user.rpm_limit, got.user.tpm_limit) == ("bob", 60, 6000)
+        (ch,) = await watcher.until(store.last_revision())
+        assert (ch.kind, ch.key, ch.user.rpm_limit, ch.user.tpm_limit) == (
+            pb.ENTITY_KIND_USER,
+            "bob",
+            60,
+            6000,
+        )
+        user = (await stub.GetUser(pb.GetUserRequest(name="bob"), metadata=admin)).user
+        assert (user.rpm_limit, user.tpm_limit, user.team) == (60, 6000, got.user.team)
+        listed = (await stub.ListUsers(pb.ListUsersRequest(), metadata=admin)).users
+        assert {u.name: u.rpm_limit for u in listed}["bob"] == 60
+
+        # Setting the same limits again is a no-op (idempotent): no new revision.
+        before = store.last_revision()
+        await stub.SetUserLimits(
+            pb.SetUserLimitsRequest(user="bob", rpm_limit=60, tpm_limit=6000), metadata=admin
+        )
+        assert store.last_revision() == before
+        # Back to unlimited.
+        await stub.SetUserLimits(pb.SetUserLimitsRequest(user="bob"), metadata=admin)
+        (ch,) = await watcher.until(store.last_revision())
+        assert (ch.user.rpm_limit, ch.user.tpm_limit) == (0, 0)
+    finally:
+        await watcher.close()
+
+
 async def test_jwt_settings_set_by_admin_read_by_anyone(served, jwt_keypair, mint_token):
     stub, store, admin = served
     bob = user_metadata(mint_token("bob"))

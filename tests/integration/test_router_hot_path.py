@@ -34,9 +34,13 @@ class FakeRegistry:
     agent_record: registry_pb2.Agent
     context_length: int = 8192
     denied: set[str] = field(default_factory=set)
+    users: dict[str, registry_pb2.User] = field(default_factory=dict)
 
     async def agent(self, name: str) -> registry_pb2.Agent:
         return self.agent_record
+
+    async def user(self, name: str) -> registry_pb2.User | None:
+        return self.users.get(name)
 
     async def model(self, name: str) -> registry_pb2.Model:
         return registry_pb2.Model(name=MODEL, triton_model=TRITON_MODEL, context_length=self.context_length)
@@ -163,6 +167,31 @@ async def test_rate_limit_and_context_length_are_checked_before_dispatch(harness
         await run(router, prompt="x" * 400)
     with pytest.raises(InvalidArgument, match="prompt is empty"):
         await run(router, prompt="   ")
+
+
+async def test_a_user_rate_limit_from_the_registry_applies_across_agents(harness, sim):
+    router, registry, _, _ = harness
+    await run(router, temperature=0.5)  # alice is not in the registry: no user limit
+    registry.users["alice"] = registry_pb2.User(name="alice", rpm_limit=1)
+    await run(router, temperature=0.5)
+    with pytest.raises(ResourceExhausted, match="user 'alice' is over its RPM limit of 1") as err:
+        await run(router, temperature=0.5)
+    assert int(err.value.trailers["retry-after-ms"]) > 0
+    # Another agent, same user: the user's budget is already spent.
+    registry.agent_record = registry_pb2.Agent(
+        name="a2",
+        project="p",
+        state=common_pb2.AGENT_STATE_ONLINE,
+        versions=[registry_pb2.AgentVersion(version="v1", models=[MODEL])],
+    )
+    reqctx.set_current(reqctx.new_context(reqctx.Identity(agent="a2", user="alice")))
+    with pytest.raises(ResourceExhausted, match="user 'alice'"):
+        await run(router, temperature=0.5)
+    # A user TPM limit smaller than one request can never pass: INVALID_ARGUMENT, not a retry.
+    registry.users["bob"] = registry_pb2.User(name="bob", tpm_limit=3)
+    reqctx.set_current(reqctx.new_context(reqctx.Identity(agent="a2", user="bob")))
+    with pytest.raises(InvalidArgument, match="user 'bob' limit of 3 tokens per minute"):
+        await run(router, temperature=0.5)
 
 
 async def test_saturated_endpoints_queue_the_request_until_capacity_frees(harness, sim):

@@ -106,6 +106,21 @@ def test_policy_rules():
     )  # fmt: skip
 
 
+def test_user_limit_flags():
+    args = _args("users", "create", "bob", "--rpm", "60", "--tpm", "6000")
+    assert (args.rpm, args.tpm) == (60, 6000)
+    assert (_args("users", "create", "bob").rpm, _args("users", "create", "bob").tpm) == (0, 0)
+    args = _args("users", "limits", "bob", "--tpm", "500", "--user", "alice")
+    assert (args.name, args.rpm, args.tpm, args.user) == ("bob", None, 500, "alice")
+    assert args.handler.__name__ == "users_limits"
+
+
+def test_user_limits_without_a_limit_is_a_usage_error():
+    args = _args("users", "limits", "bob")
+    with pytest.raises(UsageError, match="--rpm and/or --tpm"):
+        args.handler(None, args)  # refused before any call
+
+
 def test_key_owner_is_positional_so_user_still_means_who_acts():
     args = _args("keys", "create", "bob", "--project", "ledger", "--user", "alice")
     assert (args.owner, args.user, args.project) == ("bob", "alice", "ledger")

@@ -44,10 +44,13 @@ def _tables(engine) -> set[str]:
 def test_upgrade_from_empty_then_downgrade_to_base(engine):
     assert _tables(engine) == set() and migrate.current(engine) is None
     migrate.upgrade(engine)
-    assert migrate.current(engine) == migrate.head() == "0002"
+    assert migrate.current(engine) == migrate.head() == "0003"
     assert _tables(engine) == TABLES
     assert migrate.diff(engine) == []  # autogenerate finds nothing: migrations == models
 
+    migrate.downgrade(engine, "0002")
+    assert migrate.current(engine) == "0002" and _tables(engine) == TABLES
+    assert {c["name"] for c in inspect(engine).get_columns("users")}.isdisjoint({"rpm_limit", "tpm_limit"})
     migrate.downgrade(engine, "0001")
     assert migrate.current(engine) == "0001" and _tables(engine) == TABLES - {"jwt_settings"}
     migrate.downgrade(engine)
@@ -84,6 +87,9 @@ def test_pre_migration_database_is_adopted(engine, db_url):
     """A registry DB made by the thin slice's create_all (0001's tables, no alembic_version)."""
     legacy = [t for t in Base.metadata.sorted_tables if t.name != "jwt_settings"]
     Base.metadata.create_all(engine, tables=legacy)
+    with engine.begin() as conn:  # columns added after 0001 were not there either
+        for column in ("rpm_limit", "tpm_limit"):
+            conn.execute(text(f"ALTER TABLE users DROP COLUMN {column}"))
     CasbinRule.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(
@@ -98,15 +104,17 @@ def test_pre_migration_database_is_adopted(engine, db_url):
         store.set_jwt_settings(d.JwtSettings("iss", "aud", pem.decode()))  # 0002's table is there
         assert store.get_jwt_settings().issuer == "iss"
         assert _tables(store.engine) == TABLES
+        store.create_user(d.User("zed", rpm_limit=3))  # 0003's columns are there
+        assert store.get_user("zed").rpm_limit == 3 and migrate.diff(store.engine) == []
     finally:
         store.close()
 
 
 def test_ops_command_line(db_url, capsys):
     migrate.main(["--db-url", db_url, "upgrade"])
-    assert capsys.readouterr().out.strip() == "0002 (head 0002)"
+    assert capsys.readouterr().out.strip() == "0003 (head 0003)"
     with pytest.raises(SystemExit) as done:
         migrate.main(["--db-url", db_url, "check"])
     assert done.value.code == 0 and "in sync" in capsys.readouterr().out
     migrate.main(["--db-url", db_url, "downgrade"])
-    assert capsys.readouterr().out.strip() == "(empty) (head 0002)"
+    assert capsys.readouterr().out.strip() == "(empty) (head 0003)"

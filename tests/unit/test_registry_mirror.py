@@ -39,3 +39,30 @@ async def test_a_snapshot_in_parts_replaces_the_copy_only_when_complete():
     await mirror._apply(pb.WatchResponse(changes=[], revision=10))  # keep-alive
     assert mirror.revision == 10
     await channel.close()
+
+
+def user(name: str, rpm: int = 0, tpm: int = 0, deleted: bool = False) -> pb.Change:
+    if deleted:
+        return pb.Change(kind=K.ENTITY_KIND_USER, key=name, deleted=True)
+    return pb.Change(kind=K.ENTITY_KIND_USER, key=name, user=pb.User(name=name, rpm_limit=rpm, tpm_limit=tpm))
+
+
+async def test_users_and_their_limits_follow_snapshots_and_deltas():
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")
+    mirror = RegistryMirror(channel)
+    await mirror._apply(pb.WatchResponse(snapshot=True, changes=[user("alice", 5), user("gone")], revision=2))
+    assert (await mirror.user("alice")).rpm_limit == 5
+    assert await mirror.user("nobody") is None  # a JWT subject need not be registered
+
+    await mirror._apply(pb.WatchResponse(changes=[user("alice", 7, 700), user("bob", tpm=9)], revision=4))
+    alice = await mirror.user("alice")
+    assert (alice.rpm_limit, alice.tpm_limit) == (7, 700) and (await mirror.user("bob")).tpm_limit == 9
+    await mirror._apply(pb.WatchResponse(changes=[user("gone", deleted=True)], revision=5))
+    assert await mirror.user("gone") is None
+
+    # A parted snapshot replaces the users too, once complete.
+    await mirror._apply(pb.WatchResponse(snapshot=True, changes=[user("carol", 1)], revision=8, more=True))
+    assert await mirror.user("bob") is not None and await mirror.user("carol") is None
+    await mirror._apply(pb.WatchResponse(snapshot=True, changes=[agent("a")], revision=8))
+    assert await mirror.user("bob") is None and (await mirror.user("carol")).rpm_limit == 1
+    await channel.close()
