@@ -64,12 +64,13 @@ def materially_changed(old: EndpointState, new: EndpointState) -> bool:
     if not _close(old.gpu_utilization, new.gpu_utilization):
         return True
     for a, b in zip(old.models, new.models, strict=True):
-        if (a.name, a.version, a.state, a.waiting, a.active) != (
+        if (a.name, a.version, a.state, a.waiting, a.active, a.max_running) != (
             b.name,
             b.version,
             b.state,
             b.waiting,
             b.active,
+            b.max_running,
         ):
             return True
         if not _close(a.kv_cache_fraction, b.kv_cache_fraction) or abs(a.load_time_s - b.load_time_s) > 1e-3:
@@ -91,6 +92,7 @@ def _load_of(m: ModelStatus) -> ModelLoad:
         m.request_us,
         m.ttft_ms_sum,
         m.ttft_count,
+        max_running=m.max_running,
     )
 
 
@@ -268,6 +270,7 @@ class EndpointTable:
                     load.request_us,
                     load.ttft_ms_sum,
                     load.ttft_count,
+                    max_running=load.max_running,
                 )
             )
         return tuple(out)

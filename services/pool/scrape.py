@@ -76,6 +76,7 @@ def parse_triton_metrics(text: str, gpu_name: str = "") -> MetricsSample:
             request_us=int(cnt.get("request_us", 0)),
             ttft_ms_sum=float(cnt.get("ttft_sum", 0.0)),
             ttft_count=int(cnt.get("ttft_count", 0)),
+            max_running=max(0, int(req.get("max", 0))),
         )
 
     gpus = tuple(

@@ -106,6 +106,7 @@ class ModelLoad:
     # Cumulative first-response histogram sum/count (Triton with histograms on); 0 = absent.
     ttft_ms_sum: float = 0.0
     ttft_count: int = 0
+    max_running: int = 0  # the engine's running-sequence limit (request_type="max"); 0 = unknown
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class ModelStatus:
     request_us: int = 0
     ttft_ms_sum: float = 0.0
     ttft_count: int = 0
+    max_running: int = 0  # the engine's running-sequence limit; 0 = unknown
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ class EndpointView:
                             model=m.name,
                             waiting=m.waiting_requests,
                             active=m.active_requests,
+                            max_running=m.max_running_requests,
                             kv_cache_fraction=m.kv_cache_fraction,
                             gpu_utilization=ep.gpu_utilization,
                             recent_ttft_s=m.recent_ttft_ms / 1000.0,

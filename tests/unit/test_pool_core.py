@@ -62,6 +62,7 @@ def test_parse_reads_trtllm_kv_pending_and_gpu_figures():
     sample = parse_triton_metrics(TRITON_TEXT, gpu_name="H100-80GB")
     trt = sample.loads[("tensorrt_llm", "1")]
     assert (trt.active, trt.waiting, trt.kv_cache_fraction) == (5, 3, 0.42)  # TRT-LLM waiting beats pending
+    assert trt.max_running == 64 and sample.loads[("other", "1")].max_running == 0  # 0 = unknown
     other = sample.loads[("other", "1")]
     assert (other.active, other.waiting, other.kv_cache_fraction) == (0, 7, 0.25)  # pending; used/max
     assert [g.uuid for g in sample.gpus] == ["GPU-a", "GPU-b"]
