@@ -242,7 +242,13 @@ def agent_record(
 
 
 def endpoint_msg(
-    name: str, address: str, triton_model: str, waiting: int = 0, active: int = 0, kv_fraction: float = 0.0
+    name: str,
+    address: str,
+    triton_model: str,
+    waiting: int = 0,
+    active: int = 0,
+    kv_fraction: float = 0.0,
+    max_running: int = 0,
 ) -> pool_pb2.Endpoint:
     return pool_pb2.Endpoint(
         name=name,
@@ -255,6 +261,7 @@ def endpoint_msg(
                 waiting_requests=waiting,
                 active_requests=active,
                 kv_cache_fraction=kv_fraction,
+                max_running_requests=max_running,
             )
         ],
     )
@@ -284,7 +291,13 @@ class PoolStandIn:
             else:
                 eps.append(
                     endpoint_msg(
-                        sim.name, sim.address, self.model, load.waiting, load.active, load.kv_cache_fraction
+                        sim.name,
+                        sim.address,
+                        self.model,
+                        load.waiting,
+                        load.active,
+                        load.kv_cache_fraction,
+                        load.max_running,  # as the pool publishes it
                     )
                 )
         self.view.apply(eps)
@@ -334,7 +347,11 @@ def build_router(
     registry: FakeRegistry, scheduler: Scheduler, flow: FlowController, *, max_tokens: int
 ) -> InProcessRouter:
     channel = grpc.aio.insecure_channel("127.0.0.1:1")  # unused: the view is fed by PoolStandIn/apply
-    view = EndpointView(channel, on_change=flow.capacity_changed)
+    view = EndpointView(
+        channel,
+        on_change=flow.capacity_changed,
+        own_inflight=lambda name: scheduler.memory.inflight.get(name, 0),  # as the router wires it
+    )
     triton = TritonPool()
     metrics = CollectorRegistry()
     router = Router(

@@ -117,9 +117,14 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     registry = RegistryMirror(channels["registry"], api_key_ttl_s=cfg.api_key_ttl_s)
     flow = FlowController()
     # A pool change may free capacity: let queued requests re-check their endpoints.
-    endpoints = EndpointView(channels["pool"], cfg.endpoint_refresh_s, on_change=flow.capacity_changed)
-    triton = TritonPool()
     scheduler = Scheduler(load_config(cfg.scheduler_profiles or None))
+    endpoints = EndpointView(
+        channels["pool"],
+        cfg.endpoint_refresh_s,
+        on_change=flow.capacity_changed,
+        own_inflight=lambda name: scheduler.memory.inflight.get(name, 0),
+    )
+    triton = TritonPool()
     if cfg.redis_url:
         limiter: RateLimiter = RedisRateLimiter.from_url(cfg.redis_url)
         cache: ResultCache = RedisResultCache.from_url(cfg.redis_url)

@@ -36,11 +36,16 @@ class EndpointView:
         channel: grpc.aio.Channel,
         interval_s: float = 0.5,
         on_change: Callable[[], None] | None = None,
+        own_inflight: Callable[[str], int] | None = None,
     ) -> None:
         self._stub = pool_pb2_grpc.PoolStub(channel)
         self._interval = interval_s
         self._on_change = on_change
+        # This router's in-flight count per endpoint (the scheduler's), stamped on each snapshot
+        # of the pool's figures so later dispatches and completions can correct them.
+        self._own_inflight = own_inflight
         self._endpoints: dict[str, pool_pb2.Endpoint] = {}
+        self._stamps: dict[str, int] = {}  # endpoint -> own in-flight when its figures arrived
         self._by_model: dict[str, list[Candidate]] = {}
         self.revision = 0
         self._task: asyncio.Task | None = None
@@ -76,12 +81,15 @@ class EndpointView:
     def apply(
         self, endpoints: list[pool_pb2.Endpoint], removed: list[str] = (), snapshot: bool = True
     ) -> None:
+        own = self._own_inflight or (lambda _name: -1)
         if snapshot:
-            self._endpoints = {}
+            self._endpoints, self._stamps = {}, {}
         for ep in endpoints:
             self._endpoints[ep.name] = ep
+            self._stamps[ep.name] = own(ep.name)
         for name in removed:
             self._endpoints.pop(name, None)
+            self._stamps.pop(name, None)
         by_model: dict[str, list[Candidate]] = {}
         for ep in self._endpoints.values():
             if ep.health != pool_pb2.ENDPOINT_HEALTH_HEALTHY:
@@ -100,6 +108,7 @@ class EndpointView:
                             gpu_utilization=ep.gpu_utilization,
                             recent_ttft_s=m.recent_ttft_ms / 1000.0,
                             recent_latency_s=m.recent_latency_ms / 1000.0,
+                            own_at_snapshot=self._stamps.get(ep.name, -1),
                         )
                     )
         self._by_model = by_model

@@ -146,7 +146,7 @@ async def test_identical_requests_in_flight_are_coalesced(harness, sim):
 async def test_an_endpoint_failing_before_the_first_token_fails_over_once(harness, sim):
     router, _, view, _ = harness
     # The dead endpoint looks idle, so the scheduler tries it first.
-    view.apply([endpoint("dead", "127.0.0.1:1"), endpoint("sim-0", sim.address, waiting=3)])
+    view.apply([endpoint("dead", "127.0.0.1:1"), endpoint("sim-0", sim.address, waiting=1)])
     result = await run(router, temperature=0.5)
     assert result.deployment == f"{MODEL}@sim-0" and result.output_tokens == 8
     view.apply([endpoint("dead", "127.0.0.1:1")])

@@ -73,3 +73,15 @@ def test_not_saturated_rejects_bad_params(params, message):
 
 def test_filters_are_registered_by_name():
     assert {"model-ready", "healthy", "not-saturated"} <= set(REGISTRY.names("filter"))
+
+
+def test_own_dispatches_and_completions_since_the_scrape_correct_stale_figures():
+    memory = SchedulerMemory()
+    # The scrape saw 8 running + 2 waiting while we had 4 in flight there.
+    stale = Candidate("a", waiting=2, active=8, max_running=8, own_at_snapshot=4)
+    memory.inflight["a"] = 1  # since then 3 of ours finished: the engine has room again
+    assert memory.load(stale) == 7 and memory.waiting(stale) == 0
+    assert names(NotSaturatedFilter(max_waiting=0).filter(REQ, [stale], memory)) == ["a"]
+    memory.inflight["a"] = 6  # and now 5 more went out: 2 over the running limit
+    assert memory.waiting(stale) == 4
+    assert NotSaturatedFilter(max_waiting=1).filter(REQ, [stale], memory) == []

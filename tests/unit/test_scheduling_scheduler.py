@@ -53,7 +53,7 @@ def test_no_ready_endpoint_vs_all_saturated():
 
 def test_batch_saturates_before_realtime():
     s = Scheduler(seed=0)
-    fleet = [Candidate(f"b{i}", model="llama", waiting=3) for i in range(2)]
+    fleet = [Candidate(f"b{i}", model="llama", waiting=1) for i in range(2)]
     assert s.pick(SchedulingRequest("llama", slo_class=BATCH), fleet).outcome is Outcome.SATURATED
     realtime = s.pick(SchedulingRequest("llama", slo_class=REALTIME), fleet)
     assert realtime.ok and realtime.profile == "low-latency"

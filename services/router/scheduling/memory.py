@@ -156,15 +156,20 @@ class SchedulerMemory:
         )
 
     def load(self, c: Candidate) -> int:
-        """Best estimate of requests at ``c``: the scrape includes other routers' traffic but is
-        stale, our count is fresh but partial, so take the larger."""
+        """Best estimate of requests at ``c``. The scrape includes other routers' traffic but is
+        stale; our own count is fresh but partial. When we know our count at the scrape, the
+        scrape is moved by what we dispatched/finished since; otherwise take the larger."""
         scraped = c.waiting + c.active
         local = self.inflight.get(c.name, 0)
+        if c.own_at_snapshot >= 0:
+            return max(0, scraped + local - c.own_at_snapshot, local)
         return scraped if scraped >= local else local
 
     def waiting(self, c: Candidate) -> int:
         """Estimated queue at ``c``: requests beyond its running limit count as waiting."""
         if c.max_running > 0:
+            if c.own_at_snapshot >= 0:
+                return max(0, self.load(c) - c.max_running)
             over = self.inflight.get(c.name, 0) - c.max_running
             if over > c.waiting:
                 return over

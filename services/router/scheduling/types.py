@@ -57,6 +57,8 @@ class Candidate:
 
     Load figures are per (endpoint, model). ``max_running`` is the engine's running-sequence
     limit (0 = unknown); ``recent_ttft_s`` is the pool's EWMA of time to first token (0 = none).
+    ``own_at_snapshot`` is this router's in-flight count at the endpoint when the figures
+    arrived (-1 = unknown): what we dispatched or finished since then corrects the stale figures.
     """
 
     name: str
@@ -72,6 +74,7 @@ class Candidate:
     recent_ttft_s: float = 0.0
     recent_latency_s: float = 0.0
     labels: tuple[tuple[str, str], ...] = ()
+    own_at_snapshot: int = -1
 
 
 @dataclass(frozen=True, slots=True)
