@@ -29,6 +29,7 @@ from services.common.context import Identity, outgoing_metadata
 from services.common.errors import NotFound, Unauthenticated, Unavailable
 
 log = logging.getLogger("harness.registry_mirror")
+MAX_CACHED_DECISIONS = 100_000
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -110,6 +111,7 @@ class RegistryMirror:
         self._rules: set[tuple[str, tuple[str, ...]]] = set()
         self._enforcer = new_memory_enforcer()
         self._pending: _Tables | None = None  # a snapshot arriving in parts
+        self._decisions: dict[tuple[str, str, str, str], AccessDecision] = {}  # until rules change
         self._listeners: list[Callable[[AgentChange | ModelsChange], None]] = []
         self._api_keys: TtlCache[str, Identity] = TtlCache(api_key_ttl_s, self._load_api_key)
         self._first = asyncio.Event()
@@ -169,9 +171,17 @@ class RegistryMirror:
 
     async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
         await self._ready()
-        allowed, rule = explain(self._enforcer, subject, domain, obj, action)
-        # Same wording as the registry's CheckAccess: "p, sub, dom, obj, act, eft".
-        return AccessDecision(allowed, ", ".join(("p", *rule)) if rule else "")
+        key = (subject, domain, obj, action)
+        decision = self._decisions.get(key)
+        if decision is None:
+            # casbin re-parses its matcher on every enforce (~1 ms): decide once per rule set.
+            allowed, rule = explain(self._enforcer, subject, domain, obj, action)
+            # Same wording as the registry's CheckAccess: "p, sub, dom, obj, act, eft".
+            decision = AccessDecision(allowed, ", ".join(("p", *rule)) if rule else "")
+            if len(self._decisions) >= MAX_CACHED_DECISIONS:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
 
     async def resolve_api_key(self, secret: str) -> Identity:
         return await self._api_keys.get(secret)
@@ -214,6 +224,7 @@ class RegistryMirror:
             self._agents, self._models, self._rules = tables.agents, tables.models, tables.rules
             self._users = tables.users
             self._enforcer = new_memory_enforcer(self._rules)
+            self._decisions = {}
             self.revision = message.revision
             if self._listeners:  # a snapshot may hide any change: report every agent and model
                 for name in before_agents.keys() - self._agents.keys():
@@ -227,6 +238,7 @@ class RegistryMirror:
                 if change.kind == Kind.ENTITY_KIND_POLICY:
                     rule = _policy_rule(change)
                     apply_rule(self._enforcer, rule[0], rule[1], change.deleted)
+                    self._decisions = {}
                 before = self._agents.get(change.key) if change.kind == Kind.ENTITY_KIND_AGENT else None
                 self._current.apply(change)
                 if change.kind == Kind.ENTITY_KIND_AGENT and self._listeners:

@@ -316,49 +316,31 @@ class Router:
             result.input_tokens, result.output_tokens = hit.input_tokens, hit.output_tokens
             yield hit.text
             return
-        own: asyncio.Queue[str | None] = asyncio.Queue()
-
-        async def produce() -> CachedResult:
-            parts: list[str] = []
-            try:
-                async for chunk in self.dispatcher.stream(sched_request, request, slo, inp.timeout_s, info):
-                    _count(result, chunk)
-                    if chunk.text:
-                        parts.append(chunk.text)
-                        own.put_nowait(chunk.text)
-            finally:
-                own.put_nowait(None)
-            deployment = f"{info.endpoint.name}" if info.endpoint else ""
-            done = CachedResult("".join(parts), result.input_tokens, result.output_tokens, "", deployment)
-            await self.cache.put(key, done, self.policy.cache_ttl_s)
-            return done
-
-        task = asyncio.ensure_future(self.coalescer.run(key, produce))
+        shared = await self.coalescer.follow(key)
+        if shared is not None:  # an identical call was in flight: its result is ours
+            result.cached = "coalesced"
+            self.metrics.cache_hits.labels("coalesced").inc()
+            result.input_tokens, result.output_tokens = shared.input_tokens, shared.output_tokens
+            yield shared.text
+            return
+        # We lead: stream our own dispatch straight through, and share the result at the end.
+        lead = self.coalescer.lead(key)
+        parts: list[str] = []
+        outcome: CachedResult | BaseException = asyncio.CancelledError()
         try:
-            getter = asyncio.ensure_future(own.get())
-            while True:
-                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    delta = getter.result()
-                    if delta is None:
-                        break
-                    yield delta
-                    getter = asyncio.ensure_future(own.get())
-                elif task.done():
-                    getter.cancel()
-                    break
-            shared_result, shared = await task
-            if shared:  # another caller's dispatch produced it
-                result.cached = "coalesced"
-                self.metrics.cache_hits.labels("coalesced").inc()
-                result.input_tokens, result.output_tokens = (
-                    shared_result.input_tokens,
-                    shared_result.output_tokens,
-                )
-                yield shared_result.text
+            async for chunk in self.dispatcher.stream(sched_request, request, slo, inp.timeout_s, info):
+                _count(result, chunk)
+                if chunk.text:
+                    parts.append(chunk.text)
+                    yield chunk.text
+            deployment = info.endpoint.name if info.endpoint else ""
+            outcome = CachedResult("".join(parts), result.input_tokens, result.output_tokens, "", deployment)
+        except BaseException as exc:
+            outcome = asyncio.CancelledError() if isinstance(exc, GeneratorExit) else exc
+            raise
         finally:
-            if not task.done():
-                task.cancel()
+            self.coalescer.done(key, lead, outcome)
+        await self.cache.put(key, outcome, self.policy.cache_ttl_s)
 
     def _observe(self, labels: tuple[str, str, str], result: GenerationResult, info: DispatchInfo) -> None:
         m = self.metrics

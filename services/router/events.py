@@ -32,8 +32,12 @@ class _Lane:
         pending: Gauge,
         shipped: Counter,
         max_queue: int = 100_000,
+        linger_s: float = 0.05,
     ) -> None:
         self.name = name
+        # Wait this long after the first event before sending: one call carries the events of
+        # many requests instead of one call per request competing with the hot path for CPU.
+        self._linger = linger_s
         self._send = send
         self._batch = batch
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
@@ -55,6 +59,8 @@ class _Lane:
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()
+            if self._linger > 0 and self._queue.qsize() < self._batch:
+                await asyncio.sleep(self._linger)
             batch = [first]
             while len(batch) < self._batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())

@@ -126,10 +126,9 @@ class Coalescer:
         self._inflight: dict[str, asyncio.Future[CachedResult]] = {}
         self.coalesced_total = 0
 
-    async def run(
-        self, key: str, produce: Callable[[], Awaitable[CachedResult]]
-    ) -> tuple[CachedResult, bool]:
-        """(result, True if it came from another caller's call)."""
+    async def follow(self, key: str) -> CachedResult | None:
+        """The result of an identical call in flight, or None when the caller must lead (then
+        it calls `lead` before its next await, and `done` when it has the result)."""
         while (pending := self._inflight.get(key)) is not None:
             try:
                 result = await asyncio.shield(pending)
@@ -138,20 +137,38 @@ class Coalescer:
                     continue
                 raise
             self.coalesced_total += 1
-            return result, True
+            return result
+        return None
+
+    def lead(self, key: str) -> asyncio.Future[CachedResult]:
         future: asyncio.Future[CachedResult] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        return future
+
+    def done(self, key: str, future: asyncio.Future, result: CachedResult | BaseException) -> None:
+        """Ends a lead: followers get `result`, or the exception (a cancellation hands over)."""
+        if self._inflight.get(key) is future:
+            del self._inflight[key]
+        if isinstance(result, asyncio.CancelledError):
+            future.cancel()
+        elif isinstance(result, BaseException):
+            future.set_exception(result)
+            future.exception()  # retrieved: followers re-raise it themselves
+        else:
+            future.set_result(result)
+
+    async def run(
+        self, key: str, produce: Callable[[], Awaitable[CachedResult]]
+    ) -> tuple[CachedResult, bool]:
+        """(result, True if it came from another caller's call)."""
+        shared = await self.follow(key)
+        if shared is not None:
+            return shared, True
+        future = self.lead(key)
         try:
             result = await produce()
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: followers re-raise it themselves
+            self.done(key, future, exc)
             raise
-        finally:
-            if self._inflight.get(key) is future:
-                del self._inflight[key]
-        future.set_result(result)
+        self.done(key, future, result)
         return result, False
