@@ -27,6 +27,7 @@ from harness.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.access import apply_rule, explain, new_memory_enforcer
 from services.common.context import Identity, outgoing_metadata
 from services.common.errors import NotFound, Unauthenticated, Unavailable
+from services.common.streams import BackgroundFollower
 
 log = logging.getLogger("harness.registry_mirror")
 MAX_CACHED_DECISIONS = 100_000
@@ -92,7 +93,9 @@ def map_registry_error(exc: grpc.aio.AioRpcError, what: str) -> Exception:
 Kind = registry_pb2.EntityKind
 
 
-class RegistryMirror:
+class RegistryMirror(BackgroundFollower):
+    _task_name = "registry-mirror"
+
     def __init__(
         self,
         channel: grpc.aio.Channel,
@@ -100,6 +103,7 @@ class RegistryMirror:
         ready_timeout_s: float = 5.0,
         max_backoff_s: float = 2.0,
     ) -> None:
+        super().__init__()
         self._stub = registry_pb2_grpc.RegistryStub(channel)
         self._ready_timeout = ready_timeout_s
         self._max_backoff = max_backoff_s
@@ -114,38 +118,16 @@ class RegistryMirror:
         self._decisions: dict[tuple[str, str, str, str], AccessDecision] = {}  # until rules change
         self._listeners: list[Callable[[AgentChange | ModelsChange], None]] = []
         self._api_keys: TtlCache[str, Identity] = TtlCache(api_key_ttl_s, self._load_api_key)
-        self._first = asyncio.Event()
         self._changed = asyncio.Condition()  # notified after each applied message (tests wait on it)
-        self._task: asyncio.Task | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="registry-mirror")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    @property
-    def ready(self) -> bool:
-        """Holds a copy (possibly stale while the registry is unreachable)."""
-        return self._first.is_set()
-
-    async def wait_ready(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._first.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-
     async def wait_for_revision(self, revision: int, timeout: float) -> None:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: self.revision >= revision)
 
     # --- reads on the hot path --------------------------------------------------------------
     async def _ready(self) -> None:
-        if not self._first.is_set() and not await self.wait_ready(self._ready_timeout):
+        if not self.ready and not await self.wait_ready(self._ready_timeout):
             raise Unavailable(
                 "the router has no copy of the registry yet (registry unreachable); retry shortly"
             )
@@ -247,7 +229,7 @@ class RegistryMirror:
             if models_changed and self._listeners:
                 self._notify_models()
             self.revision = max(self.revision, message.revision)
-        self._first.set()
+        self._mark_ready()
         async with self._changed:
             self._changed.notify_all()
 

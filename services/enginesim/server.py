@@ -17,6 +17,8 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from services.common.streams import serve_concurrently
+
 from . import tensors
 from .catalog import ModelSpec
 from .config import SimulatorConfig
@@ -292,31 +294,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # Requests on one stream run concurrently; responses interleave, told apart by `id`.
-        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def read_requests() -> None:
-            try:
-                async for request in request_iterator:
-                    task = asyncio.create_task(self._stream_one(request, out.put_nowait))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                # Client half-closed: finish what it asked for, then end the stream.
-                while tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
-            finally:
-                out.put_nowait(None)
-
-        reader = asyncio.create_task(read_requests())
-        try:
-            while (item := await out.get()) is not None:
-                yield item
-            await reader  # surfaces a failure of the request stream itself
-        finally:
-            # Client cancelled or the call ended: drop whatever is still generating.
-            reader.cancel()
-            for task in list(tasks):
-                task.cancel()
+        async for response in serve_concurrently(request_iterator, self._stream_one):
+            yield response
 
     async def _stream_one(
         self, request: pb.ModelInferRequest, emit: Callable[[pb.ModelStreamInferResponse], None]

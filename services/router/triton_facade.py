@@ -11,7 +11,6 @@ stream itself stays open for the caller's next request.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import uuid
@@ -26,6 +25,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from services.common import context as reqctx
 from services.common.errors import HarnessError, InvalidArgument, NotFound
+from services.common.streams import serve_concurrently
 from services.enginesim import tensors
 from services.router.core import GenerationInput, GenerationResult, Router
 
@@ -157,29 +157,8 @@ class TritonFacadeServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on one stream run concurrently; each answers as Triton's decoupled models do."""
-        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    task = asyncio.create_task(self._one(request, out.put_nowait))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                while tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
-            finally:
-                out.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (item := await out.get()) is not None:
-                yield item
-            await reader
-        finally:
-            reader.cancel()
-            for task in list(tasks):
-                task.cancel()
+        async for response in serve_concurrently(request_iterator, self._one):
+            yield response
 
     async def _one(self, request: pb.ModelInferRequest, emit) -> None:
         # Each request on the stream is its own call: its own request id for audit and usage

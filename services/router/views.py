@@ -16,6 +16,7 @@ import grpc
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 
 from services.common.registry_mirror import AccessDecision, TtlCache  # noqa: F401 (re-exported)
+from services.common.streams import BackgroundFollower
 from services.router.scheduling import Candidate
 
 log = logging.getLogger("harness.router.views")
@@ -23,7 +24,9 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class EndpointView:
+class EndpointView(BackgroundFollower):
+    _task_name = "endpoint-view"
+
     """Endpoints and their models' live state, from the pool's WatchEndpoints stream.
 
     Candidates per Triton model are rebuilt on each change (not per request). A broken stream
@@ -38,6 +41,7 @@ class EndpointView:
         on_change: Callable[[], None] | None = None,
         own_inflight: Callable[[str], int] | None = None,
     ) -> None:
+        super().__init__()
         self._stub = pool_pb2_grpc.PoolStub(channel)
         self._interval = interval_s
         self._on_change = on_change
@@ -48,27 +52,6 @@ class EndpointView:
         self._stamps: dict[str, int] = {}  # endpoint -> own in-flight when its figures arrived
         self._by_model: dict[str, list[Candidate]] = {}
         self.revision = 0
-        self._task: asyncio.Task | None = None
-        self._first = asyncio.Event()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="endpoint-view")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    @property
-    def ready(self) -> bool:
-        return self._first.is_set()
-
-    async def wait_ready(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._first.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
 
     def candidates(self, triton_model: str) -> list[Candidate]:
         """Endpoints that have the model READY and are healthy (the scheduler filters further)."""
@@ -112,7 +95,7 @@ class EndpointView:
                         )
                     )
         self._by_model = by_model
-        self._first.set()
+        self._mark_ready()
         if self._on_change is not None:
             self._on_change()
 
