@@ -93,13 +93,19 @@ def parse_response(resp: service_pb2.ModelInferResponse) -> TritonChunk:
         if i < len(resp.raw_output_contents):
             outputs[out.name] = resp.raw_output_contents[i]
     text = ""
-    if "text_output" in outputs:
-        values = deserialize_bytes_tensor(outputs["text_output"])
-        text = "".join(v.decode("utf-8", "replace") for v in values.flatten())
+    raw_text = outputs.get("text_output")
+    if raw_text:
+        text = _bytes_elements(raw_text)
 
     def count(name: str) -> int | None:
         raw = outputs.get(name)
-        return int(np.frombuffer(raw, dtype=np.int32).sum()) if raw else None
+        if not raw:
+            return None
+        return (
+            int.from_bytes(raw, "little", signed=True)
+            if len(raw) == 4
+            else int(np.frombuffer(raw, np.int32).sum())
+        )
 
     final = (
         resp.parameters["triton_final_response"].bool_param
@@ -107,6 +113,14 @@ def parse_response(resp: service_pb2.ModelInferResponse) -> TritonChunk:
         else False
     )
     return TritonChunk(text, final, count("num_input_tokens"), count("num_output_tokens"))
+
+
+def _bytes_elements(raw: bytes) -> str:
+    """Triton BYTES contents (4-byte little-endian length + data, per element) as one string;
+    by hand, since numpy costs more than the decoding for the one-element tensors of a stream."""
+    if len(raw) >= 4 and int.from_bytes(raw[:4], "little") == len(raw) - 4:
+        return raw[4:].decode("utf-8", "replace")  # the common case: one element
+    return "".join(v.decode("utf-8", "replace") for v in deserialize_bytes_tensor(raw).flatten())
 
 
 class TritonPool:
