@@ -228,6 +228,9 @@ class NullEvents:
     def emit_usage(self, event) -> None:
         pass
 
+    def check_durable(self) -> None:
+        pass
+
 
 def agent_record(
     name: str, model: str, slo_class: int = common_pb2.SLO_CLASS_INTERACTIVE

@@ -22,6 +22,7 @@ from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
 from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from services.router.metrics import RouterMetrics
+from services.router.outbox import Outbox
 from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache
 from services.router.scheduling import Scheduler, load_config
 from services.router.servicer import RouterServicer
@@ -54,6 +55,8 @@ class RouterConfig:
     result_cache_ttl_s: float = 300.0  # 0 disables the result cache
     redis_url: str = ""  # shared rate limits and result cache; "" keeps them in this process
     scheduler_profiles: str = ""  # YAML of scheduling profiles; "" = the packaged default
+    outbox_path: str = ".harness/state/router-outbox.db"  # durable audit/usage events (SQLite WAL)
+    outbox_fail_closed: bool = False  # refuse requests when events cannot be made durable
 
 
 def parse_args(argv: list[str] | None = None) -> RouterConfig:
@@ -81,6 +84,17 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         help="Redis URL for rate limits and the result cache, shared by all routers (default: in memory)",
     )
     p.add_argument(
+        "--outbox",
+        default=env("ROUTER_OUTBOX", ".harness/state/router-outbox.db"),
+        help="SQLite file of the durable event outbox (one per router process; ':memory:' = not durable)",
+    )
+    p.add_argument(
+        "--outbox-fail-closed",
+        action="store_true",
+        default=env("ROUTER_OUTBOX_FAIL_CLOSED", "") == "1",
+        help="refuse requests while audit/usage events cannot be made durable (default: serve and log)",
+    )
+    p.add_argument(
         "--scheduler-profiles",
         default=env("ROUTER_SCHEDULER_PROFILES", ""),
         help="YAML file of scheduling profiles (default: services/router/scheduling/profiles.yaml)",
@@ -99,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         result_cache_ttl_s=a.result_cache_ttl,
         redis_url=a.redis,
         scheduler_profiles=a.scheduler_profiles,
+        outbox_path=a.outbox,
+        outbox_fail_closed=a.outbox_fail_closed,
     )
 
 
@@ -131,7 +147,13 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     else:
         limiter, cache = MemoryRateLimiter(), MemoryResultCache()
     metrics = CollectorRegistry()
-    events = EventShipper(channels["audit"], channels["cost"], metrics)
+    events = EventShipper(
+        channels["audit"],
+        channels["cost"],
+        metrics,
+        Outbox(cfg.outbox_path),
+        fail_closed=cfg.outbox_fail_closed,
+    )
     router = Router(
         registry,
         endpoints,

@@ -218,6 +218,7 @@ class Router:
             user_rpm=user.rpm_limit if user else 0,
             user_tpm=user.tpm_limit if user else 0,
         )
+        self.events.check_durable()
         reservation = await self.limiter.admit(agent.name, ident.user, limits, prompt_tokens + max_tokens)
 
         request = TritonRequest(

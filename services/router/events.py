@@ -1,16 +1,21 @@
-"""Ships audit and usage events to the audit and cost services, in batches, off the hot path.
+"""Ships audit and usage events to the audit and cost services, from the durable outbox.
 
-Thin slice: events wait in memory and go out over the `Audit.Ingest` / `Cost.Record` client
-streams with retries and backoff; receivers deduplicate by event id, so resending is safe.
-On shutdown the queue is drained (bounded). The audit issue replaces the in-memory queue
-with a durable SQLite WAL outbox behind the same `emit_*` methods.
+`emit_*` writes the event into the outbox (outbox.py) on the caller's path, so it is durable
+before the request's answer completes; a lane per destination sends the oldest events in
+batches over the `Audit.Ingest` / `Cost.Record` client streams, deletes them once the
+receiver acknowledged, and retries with backoff while the receiver is down. Receivers
+deduplicate by event id, so a resend after a crash is harmless.
+
+Fail-closed (`fail_closed=True`): an event that cannot be made durable raises Unavailable,
+and `check_durable` refuses new requests while the outbox is failing, so nothing is served
+unaudited. Fail-open logs and keeps the event in memory until the outbox accepts it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import grpc
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -18,82 +23,107 @@ from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.common.errors import Unavailable
+from services.router.outbox import Outbox, OutboxError
+
 log = logging.getLogger("harness.router.events")
 
 
 class _Lane:
-    """One destination: a queue and a task that sends it in batches."""
+    """One destination: the outbox rows of one lane and a task that sends them in batches."""
 
     def __init__(
         self,
         name: str,
-        send: Callable[[Sequence], Awaitable[None]],
+        outbox: Outbox,
+        send: Callable[[list[bytes]], Awaitable[None]],
         batch: int,
         pending: Gauge,
         shipped: Counter,
-        max_queue: int = 100_000,
-        linger_s: float = 0.05,
+        linger_s: float,
     ) -> None:
         self.name = name
-        # Wait this long after the first event before sending: one call carries the events of
-        # many requests instead of one call per request competing with the hot path for CPU.
-        self._linger = linger_s
+        self._outbox = outbox
         self._send = send
         self._batch = batch
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
         self._pending = pending.labels(name)
         self._shipped = shipped.labels(name)
+        # Wait this long after an event before sending: one call carries the events of many
+        # requests instead of one call per request competing with the hot path for CPU.
+        self._linger = linger_s
+        self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._held: list[bytes] = []  # fail-open only: events the outbox refused, kept in memory
 
     def start(self) -> None:
+        self._pending.set(self._outbox.pending(self.name))
+        self._wake.set()  # what a previous process left behind goes first
         self._task = asyncio.create_task(self._run(), name=f"ship-{self.name}")
 
-    def put(self, event) -> None:
+    def put(self, payload: bytes, fail_closed: bool) -> None:
         try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            log.error("%s queue full: event %s dropped", self.name, event.event_id)
-            return
+            self._outbox.append(self.name, payload)
+        except OutboxError as exc:
+            if fail_closed:
+                raise Unavailable(
+                    f"the {self.name} event could not be recorded durably ({exc}); refused"
+                ) from exc
+            log.error("%s: %s; holding the event in memory", self.name, exc)
+            self._held.append(payload)
         self._pending.inc()
+        self._wake.set()
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
-            if self._linger > 0 and self._queue.qsize() < self._batch:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._linger > 0:
                 await asyncio.sleep(self._linger)
-            batch = [first]
-            while len(batch) < self._batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._ship(batch)
+            while await self._ship_some():
+                pass
 
-    async def _ship(self, batch: list) -> None:
+    async def _ship_some(self) -> bool:
+        """Sends one batch; True while more are waiting."""
+        if self._held:  # give the outbox another chance at what it refused
+            try:
+                for payload in self._held:
+                    self._outbox.append(self.name, payload)
+                self._held.clear()
+            except OutboxError:
+                pass
+        rows = self._outbox.peek(self.name, self._batch)
+        if not rows:
+            return False
         delay = 0.1
         while True:
             try:
-                await self._send(batch)
-                self._pending.dec(len(batch))
-                self._shipped.inc(len(batch))
-                return
+                await self._send([payload for _, payload in rows])
+                break
             except grpc.aio.AioRpcError as exc:
                 log.warning(
-                    "%s: send of %d events failed (%s); retrying", self.name, len(batch), exc.code().name
+                    "%s: send of %d events failed (%s); retrying", self.name, len(rows), exc.code().name
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+        self._outbox.ack([seq for seq, _ in rows])
+        self._pending.dec(len(rows))
+        self._shipped.inc(len(rows))
+        return len(rows) == self._batch
 
     async def drain(self, timeout: float) -> None:
+        """Ships what it can within `timeout`; the rest stays in the outbox for the next start."""
         if self._task is None:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self._queue.empty() and loop.time() < deadline:
+        while self._outbox.pending(self.name) and loop.time() < deadline:
+            self._wake.set()
             await asyncio.sleep(0.05)
-        # Let an in-flight batch finish, then stop.
-        await asyncio.sleep(0)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        if not self._queue.empty():
-            log.error("%s: %d events not shipped at shutdown", self.name, self._queue.qsize())
+        left = self._outbox.pending(self.name)
+        if left:
+            log.warning("%s: %d events stay in the outbox for the next start", self.name, left)
 
 
 class EventShipper:
@@ -102,31 +132,47 @@ class EventShipper:
         audit_channel: grpc.aio.Channel,
         cost_channel: grpc.aio.Channel,
         metrics: CollectorRegistry,
+        outbox: Outbox,
+        *,
         batch: int = 256,
+        linger_s: float = 0.05,
+        fail_closed: bool = False,
     ) -> None:
         audit = audit_pb2_grpc.AuditStub(audit_channel)
         cost = cost_pb2_grpc.CostStub(cost_channel)
         pending = Gauge("harness_router_events_pending", "Events waiting to ship", ["lane"], registry=metrics)
         shipped = Counter("harness_router_events_shipped", "Events shipped", ["lane"], registry=metrics)
 
-        async def send_audit(events: Sequence[common_pb2.AuditEvent]) -> None:
+        async def send_audit(payloads: list[bytes]) -> None:
+            events = [common_pb2.AuditEvent.FromString(p) for p in payloads]
             await audit.Ingest(iter([audit_pb2.IngestRequest(events=events)]), timeout=10.0)
 
-        async def send_usage(events: Sequence[common_pb2.UsageEvent]) -> None:
+        async def send_usage(payloads: list[bytes]) -> None:
+            events = [common_pb2.UsageEvent.FromString(p) for p in payloads]
             await cost.Record(iter([cost_pb2.RecordRequest(events=events)]), timeout=10.0)
 
-        self._audit = _Lane("audit", send_audit, batch, pending, shipped)
-        self._usage = _Lane("usage", send_usage, batch, pending, shipped)
+        self.outbox = outbox
+        self.fail_closed = fail_closed
+        self._audit = _Lane("audit", outbox, send_audit, batch, pending, shipped, linger_s)
+        self._usage = _Lane("usage", outbox, send_usage, batch, pending, shipped, linger_s)
 
     def start(self) -> None:
         self._audit.start()
         self._usage.start()
 
+    def check_durable(self) -> None:
+        """Fail-closed admission: refuse while the outbox cannot take events."""
+        if self.fail_closed and self.outbox.failing and not self.outbox.writable():
+            raise Unavailable(
+                "the audit outbox cannot record events durably; requests are refused (fail-closed)"
+            )
+
     def emit_audit(self, event: common_pb2.AuditEvent) -> None:
-        self._audit.put(event)
+        self._audit.put(event.SerializeToString(), self.fail_closed)
 
     def emit_usage(self, event: common_pb2.UsageEvent) -> None:
-        self._usage.put(event)
+        self._usage.put(event.SerializeToString(), self.fail_closed)
 
     async def drain(self, timeout: float = 5.0) -> None:
         await asyncio.gather(self._audit.drain(timeout), self._usage.drain(timeout))
+        self.outbox.close()

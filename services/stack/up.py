@@ -177,6 +177,7 @@ class Stack:
                 "services.router", *self._service_flags("router", port, metrics),
                 "--registry", f"127.0.0.1:{p.registry}", "--pool", f"127.0.0.1:{p.pool}",
                 "--audit", f"127.0.0.1:{p.audit}", "--cost", f"127.0.0.1:{p.cost}",
+                "--outbox", str((state / f"router-{i + 1}-outbox.db").resolve()),
             )  # fmt: skip
             self.sup.start(Child(f"router-{i + 1}", argv, logs / f"router-{i + 1}.log"))
 

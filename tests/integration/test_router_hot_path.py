@@ -59,6 +59,9 @@ class Events:
     def emit_usage(self, event) -> None:
         self.usage.append(event)
 
+    def check_durable(self) -> None:
+        pass
+
 
 def agent(slo: int = common_pb2.SLO_CLASS_INTERACTIVE, rpm: int = 0) -> registry_pb2.Agent:
     return registry_pb2.Agent(

@@ -81,11 +81,12 @@ async def test_planned_names_the_feature():
 def test_cached_jwt_still_expires(jwt_keypair):
     pub, private = jwt_keypair
     verifier = JwtVerifier(pub.read_bytes(), "harness", "harness", leeway_s=0)
-    token = mint_jwt(private, "bob", ttl_s=1)
+    # exp has whole-second resolution: 2 s leaves at least 1 s of validity for the first checks.
+    token = mint_jwt(private, "bob", ttl_s=2)
     assert verifier.verify(token).user == "bob"
     assert verifier.verify(token).user == "bob"  # served from the cache
     import time
 
-    time.sleep(1.2)
+    time.sleep(2.2)
     with pytest.raises(Unauthenticated, match="expired"):
         verifier.verify(token)

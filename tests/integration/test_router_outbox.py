@@ -1,0 +1,167 @@
+"""The router's durable outbox with real audit and cost services over mTLS: events survive
+the receivers being down and the router process going away (a new shipper on the same file
+sends what is left), each stored exactly once; fail-closed refuses what cannot be recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from google.protobuf import timestamp_pb2
+from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.common.v1 import common_pb2
+from harness.cost.v1 import cost_pb2, cost_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from services.audit.config import AuditConfig
+from services.audit.servicer import start_audit
+from services.common.config import ServerConfig, TlsFiles
+from services.common.errors import Unavailable
+from services.common.server import open_channel
+from services.cost.config import CostConfig
+from services.cost.servicer import start_cost
+from services.devtools.certs import make_certs
+from services.router.events import EventShipper
+from services.router.outbox import Outbox, OutboxError
+from tests.helpers.grpc import user_metadata
+
+
+def audit_event(i: int) -> common_pb2.AuditEvent:
+    return common_pb2.AuditEvent(
+        event_id=f"a-{i}",
+        time=timestamp_pb2.Timestamp(seconds=int(time.time())),
+        kind=common_pb2.AUDIT_EVENT_KIND_MODEL_CALL,
+        actor=common_pb2.Actor(user="alice", agent="demo-agent"),
+        correlation=common_pb2.Correlation(trace_id=f"t{i}"),
+        source="router",
+    )
+
+
+def usage_event(i: int) -> common_pb2.UsageEvent:
+    return common_pb2.UsageEvent(
+        event_id=f"u-{i}",
+        time=timestamp_pb2.Timestamp(seconds=int(time.time())),
+        model="llama-3-8b",
+        actor=common_pb2.Actor(user="alice", project="ledger", agent="demo-agent"),
+        usage=common_pb2.Usage(input_tokens=3, output_tokens=5),
+    )
+
+
+def test_outbox_keeps_events_until_acknowledged_and_across_reopen(tmp_path):
+    path = str(tmp_path / "outbox.db")
+    box = Outbox(path)
+    for i in range(3):
+        box.append("audit", b"a%d" % i)
+    box.append("usage", b"u0")
+    rows = box.peek("audit", 2)
+    assert [p for _, p in rows] == [b"a0", b"a1"]
+    box.ack([seq for seq, _ in rows])
+    box.close()
+    again = Outbox(path)  # a new process on the same file
+    assert [p for _, p in again.peek("audit", 10)] == [b"a2"] and again.pending("usage") == 1
+    again.close()
+    with pytest.raises(OutboxError):
+        again.append("audit", b"late")  # closed: what a failing disk looks like to the caller
+
+
+@pytest.fixture
+async def receivers(tmp_path, test_auth):
+    certs = make_certs(tmp_path / "certs", services=("audit", "cost", "router"), agents=())
+
+    def tls(name: str) -> TlsFiles:
+        pair = certs.services[name]
+        return TlsFiles(str(pair.cert), str(pair.key), str(certs.ca_cert))
+
+    state = {"audit": None, "cost": None, "ports": {"audit": 0, "cost": 0}}
+
+    async def start(which: str) -> None:
+        port = state["ports"][which]
+        server = ServerConfig(name=which, port=port, metrics_port=None, auth=test_auth, tls=tls(which))
+        if which == "audit":
+            running = await start_audit(
+                AuditConfig(server=server, db_url=f"sqlite:///{tmp_path / 'audit.db'}")
+            )
+        else:
+            running = await start_cost(CostConfig(server=server, db_url=f"sqlite:///{tmp_path / 'cost.db'}"))
+        state[which], state["ports"][which] = running, running.port
+
+    async def stop(which: str) -> None:
+        await state[which].stop(0)
+        state[which] = None
+
+    await start("audit")
+    await start("cost")
+    channels = {w: open_channel(f"127.0.0.1:{state['ports'][w]}", tls("router")) for w in ("audit", "cost")}
+    yield start, stop, channels
+    for w in ("audit", "cost"):
+        if state[w] is not None:
+            await stop(w)
+        await channels[w].close()
+
+
+async def stored(channels, md) -> tuple[int, int]:
+    audit = audit_pb2_grpc.AuditStub(channels["audit"])
+    records = await audit.Query(
+        audit_pb2.QueryRequest(filter=audit_pb2.AuditFilter(agent="demo-agent")),
+        wait_for_ready=True,
+        metadata=md,
+    )
+    cost = cost_pb2_grpc.CostStub(channels["cost"])
+    report = await cost.Report(cost_pb2.ReportRequest(group_by=["agent"]), wait_for_ready=True, metadata=md)
+    return len(records.records), sum(row.requests for row in report.rows)
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    started = time.monotonic()
+    while not await predicate():
+        assert time.monotonic() - started < timeout, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+async def test_events_survive_receiver_outages_and_a_router_restart(receivers, tmp_path, mint_token):
+    md = user_metadata(mint_token("auditor", "admin"))
+    start, stop, channels = receivers
+    path = str(tmp_path / "router-outbox.db")
+    shipper = EventShipper(
+        channels["audit"], channels["cost"], CollectorRegistry(), Outbox(path), linger_s=0.01
+    )
+    shipper.start()
+    await stop("audit")  # the audit service is down while the router keeps serving
+    for i in range(20):
+        shipper.emit_audit(audit_event(i))
+        shipper.emit_usage(usage_event(i))
+    await asyncio.sleep(0.3)
+    assert shipper.outbox.pending("audit") == 20  # kept, not lost
+    # The router process goes away before the audit service comes back (no drain: as a SIGKILL).
+    shipper._audit._task.cancel()
+    shipper._usage._task.cancel()
+    shipper.outbox.close()
+
+    await start("audit")
+    restarted = EventShipper(
+        channels["audit"], channels["cost"], CollectorRegistry(), Outbox(path), linger_s=0.01
+    )
+    restarted.start()
+    for i in range(20, 25):
+        restarted.emit_audit(audit_event(i))
+        restarted.emit_usage(usage_event(i))
+
+    async def all_stored() -> bool:
+        return await stored(channels, md) == (25, 25)
+
+    await until(all_stored)
+    assert restarted.outbox.pending("audit") == restarted.outbox.pending("usage") == 0
+    await restarted.drain(1.0)
+
+
+async def test_fail_closed_refuses_what_cannot_be_made_durable(receivers, tmp_path):
+    _, _, channels = receivers
+    outbox = Outbox(str(tmp_path / "closed.db"))
+    shipper = EventShipper(channels["audit"], channels["cost"], CollectorRegistry(), outbox, fail_closed=True)
+    shipper.check_durable()  # healthy: admits
+    outbox._db.close()  # the disk goes away
+    with pytest.raises(Unavailable, match="could not be recorded durably"):
+        shipper.emit_audit(audit_event(1))
+    with pytest.raises(Unavailable, match="fail-closed"):
+        shipper.check_durable()
