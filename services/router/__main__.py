@@ -55,7 +55,9 @@ class RouterConfig:
     result_cache_ttl_s: float = 300.0  # 0 disables the result cache
     redis_url: str = ""  # shared rate limits and result cache; "" keeps them in this process
     scheduler_profiles: str = ""  # YAML of scheduling profiles; "" = the packaged default
-    outbox_path: str = ".harness/state/router-outbox.db"  # durable audit/usage events (SQLite WAL)
+    # Durable audit/usage events (SQLite WAL), one file per router process; "" = under
+    # .harness/state/, named by the port.
+    outbox_path: str = ""
     outbox_fail_closed: bool = False  # refuse requests when events cannot be made durable
 
 
@@ -85,8 +87,9 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     )
     p.add_argument(
         "--outbox",
-        default=env("ROUTER_OUTBOX", ".harness/state/router-outbox.db"),
-        help="SQLite file of the durable event outbox (one per router process; ':memory:' = not durable)",
+        default=env("ROUTER_OUTBOX", ""),
+        help="SQLite file of the durable event outbox, one per router process "
+        "(default .harness/state/router-<port>-outbox.db; ':memory:' = not durable)",
     )
     p.add_argument(
         "--outbox-fail-closed",
@@ -151,7 +154,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         channels["audit"],
         channels["cost"],
         metrics,
-        Outbox(cfg.outbox_path),
+        Outbox(cfg.outbox_path or f".harness/state/router-{cfg.server.port}-outbox.db"),
         fail_closed=cfg.outbox_fail_closed,
     )
     router = Router(
