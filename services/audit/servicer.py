@@ -6,16 +6,22 @@ from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
 from prometheus_client import CollectorRegistry, Counter
 
+from services.audit import export, lineage
 from services.audit.config import AuditConfig
 from services.audit.store import AuditStore
 from services.common.context import Identity, current_identity
-from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.planned import planned
 from services.common.server import Registrar, RunningServer, registrar, start_server_owning
 
 SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name
 READER_ROLES = frozenset({"admin", "auditor"})
 _ISSUE7 = "audit issue #7"
+_FAILURES = {
+    "hash_mismatch": audit_pb2.VERIFY_FAILURE_HASH_MISMATCH,
+    "link_broken": audit_pb2.VERIFY_FAILURE_LINK_BROKEN,
+    "missing_record": audit_pb2.VERIFY_FAILURE_MISSING_RECORD,
+}
 
 
 def _authenticated(identity: Identity) -> None:
@@ -52,8 +58,6 @@ class AuditMetrics:
 @planned(
     audit_pb2.DESCRIPTOR.services_by_name["Audit"],
     {
-        "Lineage": f"lineage tree ({_ISSUE7})",
-        "Export": f"JSONL/CSV export ({_ISSUE7})",
         "RequestApproval": f"human approvals ({_ISSUE7})",
         "GetApproval": f"human approvals ({_ISSUE7})",
         "ListApprovals": f"human approvals ({_ISSUE7})",
@@ -88,6 +92,24 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         records, token = await self._store.query(request.filter, request.page)
         return audit_pb2.QueryResponse(records=records, page=common_pb2.PageResponse(next_page_token=token))
 
+    async def Lineage(self, request: audit_pb2.LineageRequest, context) -> audit_pb2.LineageResponse:
+        """Every record of one trace and/or session as a tree: user -> agent@version -> step -> calls."""
+        require_reader(current_identity())
+        records, truncated = await self._store.lineage_records(request.trace_id, request.session_id)
+        return audit_pb2.LineageResponse(
+            roots=lineage.build_tree(records), record_count=len(records), truncated=truncated
+        )
+
+    async def Export(self, request: audit_pb2.ExportRequest, context):
+        """Streams every matching record (oldest first) as JSONL or CSV chunks on row boundaries."""
+        require_reader(current_identity())
+        try:
+            fmt = export.normalize_format(request.format)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        async for chunk in export.chunks(self._store.scan(request.filter), fmt):
+            yield audit_pb2.ExportResponse(data=chunk)
+
     async def Verify(self, request: audit_pb2.VerifyRequest, context) -> audit_pb2.VerifyResponse:
         """Recomputes the chain from `from_sequence` and names the first broken record."""
         require_reader(current_identity())
@@ -97,6 +119,10 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             checked=result.checked,
             first_broken_sequence=result.first_broken_sequence,
             reason=result.reason,
+            first_broken_event_id=result.first_broken_event_id,
+            failure=_FAILURES.get(result.failure, audit_pb2.VERIFY_FAILURE_UNSPECIFIED),
+            expected=result.expected,
+            found=result.found,
         )
 
 

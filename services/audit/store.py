@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from harness.audit.v1 import audit_pb2
@@ -44,9 +44,11 @@ STRING_FILTERS = (
     "request_id",
     "tool",
     "action",
+    "object",
 )
 _ID_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 _VERIFY_CHUNK = 1000
+MAX_LINEAGE = 10_000  # records placed in one lineage tree
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,12 @@ class VerifyResult:
     checked: int
     first_broken_sequence: int = 0
     reason: str = ""
+    # Event id of the broken record ("" when ok or when the record is missing).
+    first_broken_event_id: str = ""
+    # "hash_mismatch", "link_broken" or "missing_record" ("" when ok).
+    failure: str = ""
+    expected: str = ""  # what the chain requires at that record
+    found: str = ""  # what is stored there
 
 
 def validate_events(events: Sequence[common_pb2.AuditEvent], first_index: int = 0) -> None:
@@ -72,6 +80,24 @@ def validate_events(events: Sequence[common_pb2.AuditEvent], first_index: int = 
             raise InvalidArgument(f"event {i}: event_id is longer than {MAX_EVENT_ID} characters")
         if event.kind == common_pb2.AUDIT_EVENT_KIND_UNSPECIFIED:
             raise InvalidArgument(f"event {i} ({event.event_id}): kind is required")
+
+
+def filter_conditions(flt: audit_pb2.AuditFilter) -> list:
+    """SQL conditions for every set field of an AuditFilter (AND)."""
+    conds = []
+    for name in STRING_FILTERS:
+        value = getattr(flt, name)
+        if value:
+            conds.append(T[name] == value)
+    if flt.kind:
+        conds.append(T.kind == flt.kind)
+    if flt.decision:
+        conds.append(T.decision == flt.decision)
+    if flt.HasField("start_time"):
+        conds.append(T.time_us >= chain.ts_to_us(flt.start_time))
+    if flt.HasField("end_time"):
+        conds.append(T.time_us < chain.ts_to_us(flt.end_time))
+    return conds
 
 
 def parse_page(page: common_pb2.PageRequest) -> tuple[int, int]:
@@ -157,19 +183,7 @@ class AuditStore:
     ) -> tuple[list[audit_pb2.AuditRecord], str]:
         """Matching records oldest first, and the next page token ("" on the last page)."""
         size, after = parse_page(page or common_pb2.PageRequest())
-        conds = [T.sequence > after]
-        for name in STRING_FILTERS:
-            value = getattr(flt, name)
-            if value:
-                conds.append(T[name] == value)
-        if flt.kind:
-            conds.append(T.kind == flt.kind)
-        if flt.decision:
-            conds.append(T.decision == flt.decision)
-        if flt.HasField("start_time"):
-            conds.append(T.time_us >= chain.ts_to_us(flt.start_time))
-        if flt.HasField("end_time"):
-            conds.append(T.time_us < chain.ts_to_us(flt.end_time))
+        conds = [T.sequence > after, *filter_conditions(flt)]
         stmt = select(audit_records).where(*conds).order_by(T.sequence).limit(size + 1)
 
         def run():
@@ -180,6 +194,36 @@ class AuditStore:
         more = len(rows) > size
         records = [to_record(r) for r in rows[:size]]
         return records, (str(records[-1].sequence) if more else "")
+
+    async def scan(
+        self, flt: audit_pb2.AuditFilter, batch: int = MAX_PAGE
+    ) -> AsyncIterator[list[audit_pb2.AuditRecord]]:
+        """Every matching record oldest first, in batches: one short query per batch, so a slow
+        reader holds no transaction open. Records appended meanwhile may be included."""
+        token = ""
+        while True:
+            page = common_pb2.PageRequest(page_size=batch, page_token=token)
+            records, token = await self.query(flt, page)
+            if records:
+                yield records
+            if not token:
+                return
+
+    async def lineage_records(
+        self, trace_id: str, session_id: str, limit: int = MAX_LINEAGE
+    ) -> tuple[list[audit_pb2.AuditRecord], bool]:
+        """Records of one trace and/or session oldest first (at most `limit`); True if more matched."""
+        if not (trace_id or session_id):
+            raise InvalidArgument("lineage needs a trace_id or a session_id")
+        flt = audit_pb2.AuditFilter(trace_id=trace_id, session_id=session_id)
+        stmt = select(audit_records).where(*filter_conditions(flt)).order_by(T.sequence).limit(limit + 1)
+
+        def run():
+            with self._engine.connect() as conn:
+                return conn.execute(stmt).all()
+
+        rows = await asyncio.to_thread(run)
+        return [to_record(r) for r in rows[:limit]], len(rows) > limit
 
     async def head(self) -> tuple[int, str]:
         """(last sequence, its hash); (0, "") for an empty log."""
@@ -231,14 +275,21 @@ class AuditStore:
                         expected_seq,
                         f"record {expected_seq} is missing (the next stored record is {seq}): "
                         "records were deleted",
+                        failure="missing_record",
+                        expected=str(expected_seq),
+                        found=str(seq),
                     )
                 if expected_prev is not None and row.prev_hash != expected_prev:
                     return VerifyResult(
                         False,
                         checked,
                         seq,
-                        f"prev_hash link broken: record {seq} has prev_hash {row.prev_hash!r} "
-                        f"but record {seq - 1} has hash {expected_prev!r}",
+                        f"prev_hash link broken: record {seq} (event {row.event_id}) has prev_hash "
+                        f"{row.prev_hash!r} but record {seq - 1} has hash {expected_prev!r}",
+                        first_broken_event_id=row.event_id,
+                        failure="link_broken",
+                        expected=expected_prev,
+                        found=row.prev_hash,
                     )
                 computed = chain.record_hash(row, seq, row.prev_hash)
                 if computed != row.hash:
@@ -246,8 +297,12 @@ class AuditStore:
                         False,
                         checked,
                         seq,
-                        f"hash mismatch: record {seq} stores {row.hash} but its contents hash to "
-                        f"{computed} (the record was changed after it was written)",
+                        f"hash mismatch: record {seq} (event {row.event_id}) stores {row.hash} but "
+                        f"its contents hash to {computed} (the record was changed after it was written)",
+                        first_broken_event_id=row.event_id,
+                        failure="hash_mismatch",
+                        expected=computed,
+                        found=row.hash,
                     )
                 expected_prev = row.hash
                 expected_seq += 1

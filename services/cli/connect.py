@@ -137,7 +137,11 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
 
     flag = lambda name: getattr(args, name, None) or ""  # noqa: E731
     plaintext = bool(getattr(args, "plaintext", False)) or var("HARNESS_PLAINTEXT") in ("1", "true")
-    direct = _first(environ.get("HARNESS_REGISTRY_ADDR"), filed.get("HARNESS_REGISTRY_ADDR"))
+    # The direct route's address variable: HARNESS_REGISTRY_ADDR, or another service's
+    # (HARNESS_AUDIT_ADDR) when its subcommands set `direct_addr_env`/`cli_service` defaults.
+    direct_var = getattr(args, "direct_addr_env", "HARNESS_REGISTRY_ADDR")
+    service = getattr(args, "cli_service", "registry")
+    direct = _first(environ.get(direct_var), filed.get(direct_var))
     ops_cert, ops_key = var("HARNESS_OPS_CERT"), var("HARNESS_OPS_KEY")
     if direct and not ops_cert:
         made = root / "certs" / "services"
@@ -153,7 +157,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         cert, key = _first(flag("cert"), var("HARNESS_CERT")), _first(flag("key"), var("HARNESS_KEY"))
     if not address:
         raise ConfigError(
-            f"no registry address: pass --addr, set HARNESS_REGISTRY_ADDR or HARNESS_ADDR, "
+            f"no {service} address: pass --addr, set {direct_var} or HARNESS_ADDR, "
             f"or run `harness up` (it writes {root / 'env'})"
         )
     ca = "" if plaintext else _first(flag("ca"), var("HARNESS_CA"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from services.cli import agent_cmds, catalog_cmds, tenancy_cmds
+from services.cli import agent_cmds, audit_cmds, catalog_cmds, tenancy_cmds
 from services.cli.base import Ctx, UsageError
 from services.cli.connect import ConfigError, add_connection_args, resolve
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_up)
     common = argparse.ArgumentParser(add_help=False)
     add_connection_args(common)
-    for module in (agent_cmds, tenancy_cmds, catalog_cmds):
+    for module in (agent_cmds, tenancy_cmds, catalog_cmds, audit_cmds):
         module.register(sub, common)
     return parser
 
@@ -65,7 +65,8 @@ def _run_registry(args: argparse.Namespace) -> int:
         name = code.name if code is not None else "UNKNOWN"
         print(f"harness: {name}: {details}", file=sys.stderr)
         if code == grpc.StatusCode.UNAVAILABLE and ctx is not None:
-            print(f"harness: is the registry up at {ctx.conn.describe()}?", file=sys.stderr)
+            service = getattr(args, "cli_service", "registry")
+            print(f"harness: is the {service} up at {ctx.conn.describe()}?", file=sys.stderr)
         return 1
     except (ConfigError, UsageError) as exc:
         print(f"harness: {exc}", file=sys.stderr)

@@ -202,6 +202,11 @@ class Authenticator:
         self._jwt = jwt_verifier
         self._api_keys = api_key_resolver
 
+    def set_jwt_verifier(self, verifier: JwtVerifier | None) -> None:
+        """Swaps the JWT settings (issuer, audience, key) in place, e.g. after the registry's
+        settings changed: the next call is verified with the new ones."""
+        self._jwt = verifier
+
     async def authenticate(self, context: grpc.aio.ServicerContext, md: Mapping[str, str]) -> Identity:
         agent, agent_id, service = self._caller(context, md)
         user = Identity()

@@ -115,8 +115,9 @@ class RegistryMirror(BackgroundFollower):
         self._rules: set[tuple[str, tuple[str, ...]]] = set()
         self._enforcer = new_memory_enforcer()
         self._pending: _Tables | None = None  # a snapshot arriving in parts
+        self.jwt_settings: registry_pb2.JwtSettings | None = None  # the registry's, when set
         self._decisions: dict[tuple[str, str, str, str], AccessDecision] = {}  # until rules change
-        self._listeners: list[Callable[[AgentChange | ModelsChange], None]] = []
+        self._listeners: list[Callable[[AgentChange | ModelsChange | JwtSettingsChange], None]] = []
         self._api_keys: TtlCache[str, Identity] = TtlCache(api_key_ttl_s, self._load_api_key)
         self._changed = asyncio.Condition()  # notified after each applied message (tests wait on it)
 
@@ -205,6 +206,7 @@ class RegistryMirror(BackgroundFollower):
             before_agents = self._agents
             self._agents, self._models, self._rules = tables.agents, tables.models, tables.rules
             self._users = tables.users
+            before_jwt, self.jwt_settings = self.jwt_settings, tables.jwt
             self._enforcer = new_memory_enforcer(self._rules)
             self._decisions = {}
             self.revision = message.revision
@@ -214,6 +216,8 @@ class RegistryMirror(BackgroundFollower):
                 for name, agent in self._agents.items():
                     self._notify(AgentChange(name, before_agents.get(name), agent))
                 self._notify_models()
+                if _jwt_bytes(before_jwt) != _jwt_bytes(self.jwt_settings):
+                    self._notify(JwtSettingsChange(self.jwt_settings))
         else:
             models_changed = False
             for change in message.changes:
@@ -222,6 +226,10 @@ class RegistryMirror(BackgroundFollower):
                     apply_rule(self._enforcer, rule[0], rule[1], change.deleted)
                     self._decisions = {}
                 before = self._agents.get(change.key) if change.kind == Kind.ENTITY_KIND_AGENT else None
+                if change.kind == Kind.ENTITY_KIND_JWT_SETTINGS:
+                    self.jwt_settings = None if change.deleted else change.jwt_settings
+                    self._notify(JwtSettingsChange(self.jwt_settings))
+                    continue
                 self._current.apply(change)
                 if change.kind == Kind.ENTITY_KIND_AGENT and self._listeners:
                     self._notify(AgentChange(change.key, before, self._agents.get(change.key)))
@@ -233,12 +241,12 @@ class RegistryMirror(BackgroundFollower):
         async with self._changed:
             self._changed.notify_all()
 
-    def subscribe(self, listener: Callable[[AgentChange | ModelsChange], None]) -> None:
+    def subscribe(self, listener: Callable[[AgentChange | ModelsChange | JwtSettingsChange], None]) -> None:
         """Calls `listener` (synchronously, on the event loop) for every agent change and with
         the whole model catalog when it changes; after a snapshot, for every agent."""
         self._listeners.append(listener)
 
-    def _notify(self, event: AgentChange | ModelsChange) -> None:
+    def _notify(self, event: AgentChange | ModelsChange | JwtSettingsChange) -> None:
         for listener in self._listeners:
             try:
                 listener(event)
@@ -276,6 +284,13 @@ class AgentChange:
 
 
 @dataclass(frozen=True)
+class JwtSettingsChange:
+    """The registry's JWT verification settings (None when they were removed)."""
+
+    settings: registry_pb2.JwtSettings | None
+
+
+@dataclass(frozen=True)
 class ModelsChange:
     """The model catalog after a change."""
 
@@ -290,6 +305,7 @@ class _Tables:
         self.models: dict[str, registry_pb2.Model] = {} if models is None else models
         self.rules: set[tuple[str, tuple[str, ...]]] = set() if rules is None else rules
         self.users: dict[str, registry_pb2.User] = {} if users is None else users
+        self.jwt: registry_pb2.JwtSettings | None = None
 
     def apply(self, change: registry_pb2.Change) -> None:
         if change.kind == Kind.ENTITY_KIND_AGENT:
@@ -298,9 +314,15 @@ class _Tables:
             _put(self.models, change.key, change.model, change.deleted)
         elif change.kind == Kind.ENTITY_KIND_USER:
             _put(self.users, change.key, change.user, change.deleted)
+        elif change.kind == Kind.ENTITY_KIND_JWT_SETTINGS:
+            self.jwt = None if change.deleted else change.jwt_settings
         elif change.kind == Kind.ENTITY_KIND_POLICY:
             rule = _policy_rule(change)
             (self.rules.discard if change.deleted else self.rules.add)(rule)
+
+
+def _jwt_bytes(settings: registry_pb2.JwtSettings | None) -> bytes:
+    return settings.SerializeToString() if settings is not None else b""
 
 
 def _put(table: dict, key: str, value, deleted: bool) -> None:

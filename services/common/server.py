@@ -78,6 +78,7 @@ class RunningServer:
     _metrics_httpd: object | None = None
     _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    authenticator: Authenticator | None = None
 
     @property
     def address(self) -> str:
@@ -146,7 +147,7 @@ async def start_server(
     if port == 0:
         raise OSError(f"{config.name}: cannot listen on {address} (port in use?)")
     await server.start()
-    running = RunningServer(config, server, port, health_servicer, services, registry)
+    running = RunningServer(config, server, port, health_servicer, services, registry, authenticator=auth)
     if config.metrics_port is not None:
         httpd, _thread = start_http_server(config.metrics_port, addr=config.host, registry=registry)
         running._metrics_httpd = httpd

@@ -42,9 +42,11 @@ class RegistryFollower:
         self._static = static_models  # from config; the registry's entries win on a clash
         self._tasks: set[asyncio.Task] = set()
 
-    def __call__(self, event: AgentChange | ModelsChange) -> None:
+    def __call__(self, event: object) -> None:
         if isinstance(event, ModelsChange):
             self._replace_models(event.models)
+        elif not isinstance(event, AgentChange):
+            return  # JWT settings and the like: not the pool's business
         elif _online(event.after) and not _online(event.before):
             models = pinned_models(event.after)
             if models:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from harness.audit.v1 import audit_pb2
@@ -15,7 +16,8 @@ from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2_grpc
 
 from services.common.config import ServerConfig, TlsFiles, add_server_args, env, server_config_from_args
-from services.common.registry_mirror import RegistryMirror
+from services.common.identity import JwtVerifier
+from services.common.registry_mirror import JwtSettingsChange, RegistryMirror
 from services.common.server import RunningServer, open_channel, run_until_signal, setup_logging, start_server
 from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
@@ -29,6 +31,8 @@ from services.router.servicer import RouterServicer
 from services.router.triton import TritonPool
 from services.router.triton_facade import TritonFacadeServicer
 from services.router.views import EndpointView
+
+log = logging.getLogger("harness.router")
 
 # The router is the front door's reflection target: it lists the whole mesh API.
 MESH_SERVICES = tuple(
@@ -176,6 +180,22 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     running = await start_server(
         cfg.server, register, api_key_resolver=registry.resolve_api_key, metrics_registry=metrics
     )
+    auth_cfg = cfg.server.auth
+
+    def follow_jwt_settings(event: object) -> None:
+        # The registry's JWT settings (issuer, audience, key) replace the configured ones while
+        # set: rotating the signing key is a registry change, not a router restart.
+        if isinstance(event, JwtSettingsChange) and running.authenticator is not None:
+            s = event.settings
+            verifier = (
+                JwtVerifier(s.public_key_pem.encode(), s.issuer, s.audience, auth_cfg.jwt_leeway_s)
+                if s is not None
+                else JwtVerifier.from_config(auth_cfg)
+            )
+            running.authenticator.set_jwt_verifier(verifier)
+            log.info("JWT settings now %s", f"from the registry (issuer {s.issuer})" if s else "from config")
+
+    registry.subscribe(follow_jwt_settings)
     registry.start()
     endpoints.start()
     events.start()

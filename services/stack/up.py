@@ -20,7 +20,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness.cost.v1 import cost_pb2_grpc
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
-from harness.registry.v1 import registry_pb2_grpc
+from harness.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.common.config import TlsFiles
 from services.common.identity import mint_jwt
@@ -260,7 +260,14 @@ class Stack:
                 await self._until(f"engine simulator {name}", lambda ch=ch: self._serving(ch), deadline)
             for name, ch in channels.items():
                 await self._until(name, lambda ch=ch: self._serving(ch), deadline)
-            await seed_registry(registry_pb2_grpc.RegistryStub(channels["registry"]), self.demo, ())
+            registry = registry_pb2_grpc.RegistryStub(channels["registry"])
+            await seed_registry(registry, self.demo, ())
+            # The registry holds the JWT settings; routers follow them through Watch.
+            assert self.certs is not None and self.certs.jwt_public_key is not None
+            settings = registry_pb2.JwtSettings(
+                issuer="harness", audience="harness", public_key_pem=self.certs.jwt_public_key.read_text()
+            )
+            await registry.SetJwtSettings(registry_pb2.SetJwtSettingsRequest(settings=settings), timeout=5.0)
             await seed_cost(cost_pb2_grpc.CostStub(channels["cost"]), self.demo, ())
             pool = pool_pb2_grpc.PoolStub(channels["pool"])
 

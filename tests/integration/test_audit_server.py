@@ -1,6 +1,10 @@
-"""Audit service over a real gRPC channel: client-stream ingest, query, verify, access, planned RPCs."""
+"""Audit service over a real gRPC channel: ingest, query, lineage, export, verify, access, planned RPCs."""
 
 from __future__ import annotations
+
+import csv
+import io
+import json
 
 import grpc
 import pytest
@@ -8,8 +12,10 @@ from google.protobuf import timestamp_pb2
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
 from prometheus_client import CollectorRegistry
+from sqlalchemy import create_engine, update
 
 from services.audit.config import AuditConfig
+from services.audit.models import audit_records
 from services.audit.servicer import start_audit
 from services.common.config import ServerConfig
 from tests.helpers.grpc import agent_metadata, user_metadata
@@ -148,13 +154,133 @@ async def test_access_rules(audit, admin, mint_token):
 async def test_planned_rpcs_name_their_feature(audit, admin):
     stub, _ = audit
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Lineage(audit_pb2.LineageRequest(trace_id="t1"), metadata=admin)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "lineage" in err.value.details() and "#7" in err.value.details()
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in stub.Export(audit_pb2.ExportRequest(), metadata=admin):
-            pass
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED and "export" in err.value.details()
-    with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ListApprovals(audit_pb2.ListApprovalsRequest(), metadata=admin)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED and "approvals" in err.value.details()
+
+
+def ledger_story() -> list[common_pb2.AuditEvent]:
+    """One session: a model call, then a delete on the ledger that is held and rejected."""
+
+    def ev(eid, second, kind, step, **f):
+        parent = f.pop("parent_event_id", "")
+        e = event(eid, second, kind=kind, trace_id=f.pop("trace_id", "t-ledger"), **f)
+        e.correlation.parent_event_id = parent
+        e.actor.agent_version = "v2"
+        e.correlation.session_id = "s-ledger"
+        e.correlation.step_id = step
+        return e
+
+    k = common_pb2
+    return [
+        ev("m1", 0, k.AUDIT_EVENT_KIND_MODEL_CALL, "1", model="llama-3-8b", action="invoke"),
+        ev("tc1", 1, k.AUDIT_EVENT_KIND_TOOL_CALL, "2", tool="ledger", action="delete",
+           object="tool:ledger", decision=k.DECISION_DENY),
+        ev("az1", 2, k.AUDIT_EVENT_KIND_AUTHZ_DECISION, "2", parent_event_id="tc1", tool="ledger",
+           action="delete", decision=k.DECISION_PENDING_APPROVAL, rule="p, role:rpa, finance, tool:ledger, delete"),
+        ev("other", 3, k.AUDIT_EVENT_KIND_MODEL_CALL, "9", trace_id="t-other", model="llama-3-8b"),
+    ]  # fmt: skip
+
+
+async def test_lineage_tree_of_a_trace_and_a_session(audit, admin, mint_token):
+    stub, _ = audit
+    await stub.Ingest(batches(ledger_story()), metadata=admin)
+    auditor = user_metadata(mint_token("carol", "auditor"))
+    resp = await stub.Lineage(audit_pb2.LineageRequest(trace_id="t-ledger"), metadata=auditor)
+    assert resp.record_count == 3 and not resp.truncated
+    [user] = resp.roots
+    assert (user.label, user.kind) == ("user:alice", audit_pb2.LINEAGE_NODE_KIND_USER)
+    [agent] = user.children
+    assert agent.label == "agent:ledger-bot@v2" and agent.version == "v2"
+    assert [s.label for s in agent.children] == ["step:1", "step:2"]
+    [tool] = agent.children[1].children
+    assert tool.kind == audit_pb2.LINEAGE_NODE_KIND_TOOL_CALL and tool.record.event.action == "delete"
+    [decision] = tool.children
+    assert decision.record.event.decision == common_pb2.DECISION_PENDING_APPROVAL
+    assert decision.record.event.rule.startswith("p, role:rpa")
+
+    by_session = await stub.Lineage(audit_pb2.LineageRequest(session_id="s-ledger"), metadata=auditor)
+    assert by_session.record_count == 4
+    assert [s.label for s in by_session.roots[0].children[0].children] == ["step:1", "step:2", "step:9"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Lineage(audit_pb2.LineageRequest(), metadata=auditor)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Lineage(
+            audit_pb2.LineageRequest(trace_id="t-ledger"), metadata=user_metadata(mint_token("d"))
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def _export(stub, md, **kw) -> tuple[bytes, int]:
+    data, n = b"", 0
+    async for chunk in stub.Export(audit_pb2.ExportRequest(**kw), metadata=md):
+        data += chunk.data
+        n += 1
+    return data, n
+
+
+async def test_export_streams_jsonl_and_csv_with_filters(audit, admin, mint_token):
+    stub, _ = audit
+    await stub.Ingest(batches(ledger_story()), metadata=admin)
+    data, _ = await _export(stub, admin)
+    rows = [json.loads(line) for line in data.decode().splitlines()]
+    assert [r["id"] for r in rows] == ["m1", "tc1", "az1", "other"]
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4] and rows[1]["prev_hash"] == rows[0]["hash"]
+    assert (
+        rows[1]["resource"] == "tool:ledger" and rows[1]["decision"] == "deny" and rows[1]["step_id"] == "2"
+    )
+    flt = audit_pb2.AuditFilter(trace_id="t-ledger", tool="ledger")
+    data, _ = await _export(stub, admin, filter=flt, format=audit_pb2.EXPORT_FORMAT_CSV)
+    table = list(csv.DictReader(io.StringIO(data.decode())))
+    assert [r["id"] for r in table] == ["tc1", "az1"] and table[1]["rule"].startswith("p, role:rpa")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _export(stub, user_metadata(mint_token("dave", "analyst")))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _export(stub, admin, format=7)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_export_of_many_records_comes_in_several_chunks(audit, admin):
+    stub, _ = audit
+    big = [event(f"e{i}", i, rule="x" * 400) for i in range(1500)]
+    await stub.Ingest(batches(big[:700], big[700:]), metadata=admin)
+    data, n = await _export(stub, admin)
+    assert n > 1 and len(data.splitlines()) == 1500
+
+
+@pytest.fixture
+async def audit_on(db_url, test_auth):
+    """The service on SQLite and on PostgreSQL; yields (stub, db_url)."""
+    config = AuditConfig(
+        server=ServerConfig(name="audit", port=0, metrics_port=None, auth=test_auth), db_url=db_url
+    )
+    running = await start_audit(config, metrics_registry=CollectorRegistry())
+    channel = grpc.aio.insecure_channel(running.address)
+    yield audit_pb2_grpc.AuditStub(channel), db_url
+    await channel.close()
+    await running.stop(grace=0)
+
+
+async def test_verify_names_a_record_changed_in_the_database(audit_on, admin):
+    stub, db_url = audit_on
+    await stub.Ingest(batches(ledger_story()), metadata=admin)
+    ok = await stub.Verify(audit_pb2.VerifyRequest(), metadata=admin)
+    assert ok.ok and ok.checked == 4 and ok.failure == audit_pb2.VERIFY_FAILURE_UNSPECIFIED
+    # Someone with database access turns the refused delete into an allowed one.
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(audit_records)
+                .where(audit_records.c.event_id == "tc1")
+                .values(decision=common_pb2.DECISION_ALLOW)
+            )
+    finally:
+        engine.dispose()
+    verdict = await stub.Verify(audit_pb2.VerifyRequest(), metadata=admin)
+    assert not verdict.ok and verdict.checked == 1
+    assert (verdict.first_broken_sequence, verdict.first_broken_event_id) == (2, "tc1")
+    assert verdict.failure == audit_pb2.VERIFY_FAILURE_HASH_MISMATCH
+    assert verdict.found and verdict.expected and verdict.found != verdict.expected
+    assert "record 2 (event tc1)" in verdict.reason

@@ -231,3 +231,81 @@ async def test_query_filters_and_pages(store):
     assert [r.sequence for r in page2] == [4] and token2 == ""
     with pytest.raises(InvalidArgument, match="page_token"):
         await store.query(audit_pb2.AuditFilter(), common_pb2.PageRequest(page_token="nope"))
+
+
+# ---- tampering named by Verify (event id, failure, expected/found), on SQLite and PostgreSQL ----
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("user", "mallory"), ("decision", common_pb2.DECISION_ALLOW), ("details", '{"rows":0}'), ("time_us", 1)],
+)
+async def test_verify_names_the_tampered_record_and_what_mismatched(store, db_url, column, value):
+    await store.ingest(
+        [event(f"e{i}", second=i, tool="ledger", action="delete", decision=common_pb2.DECISION_DENY)
+         for i in range(6)]
+    )  # fmt: skip
+    stored = {r.sequence: r for r in await all_records(store)}
+    _tamper(db_url, update(audit_records).where(audit_records.c.sequence == 4).values({column: value}))
+    verdict = await store.verify()
+    assert not verdict.ok and verdict.checked == 3
+    assert verdict.first_broken_sequence == 4 and verdict.first_broken_event_id == "e3"
+    assert verdict.failure == "hash_mismatch"
+    assert verdict.found == stored[4].hash and verdict.expected != stored[4].hash
+    assert "record 4 (event e3)" in verdict.reason
+
+
+async def test_verify_names_link_and_missing_failures(store, db_url):
+    await store.ingest([event(f"e{i}", second=i) for i in range(5)])
+    before = {r.sequence: r.hash for r in await all_records(store)}
+    _tamper(db_url, update(audit_records).where(audit_records.c.sequence == 2).values(prev_hash="0" * 64))
+    verdict = await store.verify()
+    assert (verdict.first_broken_sequence, verdict.first_broken_event_id) == (2, "e1")
+    assert verdict.failure == "link_broken" and verdict.expected == before[1] and verdict.found == "0" * 64
+    _tamper(db_url, delete(audit_records).where(audit_records.c.sequence <= 2))
+    verdict = await store.verify()
+    assert verdict.failure == "missing_record" and verdict.first_broken_sequence == 1
+    assert (verdict.expected, verdict.found, verdict.first_broken_event_id) == ("1", "3", "")
+
+
+async def test_query_by_version_step_resource_and_request(store):
+    def ev(eid, **f):
+        e = event(eid, **{k: v for k, v in f.items() if k not in ("version", "step", "request")})
+        e.actor.agent_version = f.get("version", "")
+        e.correlation.step_id = f.get("step", "")
+        e.correlation.request_id = f.get("request", "")
+        return e
+
+    await store.ingest(
+        [
+            ev("x1", version="v1", step="1", object="tool:ledger", request="r1"),
+            ev("x2", version="v2", step="1", object="model:llama", request="r2"),
+            ev("x3", version="v2", step="2", object="tool:ledger", request="r3"),
+        ]
+    )
+
+    async def ids(**f) -> list[str]:
+        return [r.event.event_id for r in (await store.query(audit_pb2.AuditFilter(**f)))[0]]
+
+    assert await ids(agent_version="v2") == ["x2", "x3"]
+    assert await ids(step_id="1") == ["x1", "x2"]
+    assert await ids(object="tool:ledger") == ["x1", "x3"]
+    assert await ids(request_id="r2") == ["x2"]
+    assert await ids(agent_version="v2", step_id="2", object="tool:ledger") == ["x3"]
+
+
+async def test_scan_batches_every_match_and_lineage_records(store):
+    await store.ingest([event(f"e{i}", second=i, trace_id="t9" if i % 3 == 0 else "t1") for i in range(10)])
+    batches = [b async for b in store.scan(audit_pb2.AuditFilter(trace_id="t1"), batch=3)]
+    assert [len(b) for b in batches] == [3, 3]
+    assert [r.event.event_id for b in batches for r in b] == ["e1", "e2", "e4", "e5", "e7", "e8"]
+    assert [b async for b in store.scan(audit_pb2.AuditFilter(user="nobody"))] == []
+
+    records, truncated = await store.lineage_records("t9", "")
+    assert [r.event.event_id for r in records] == ["e0", "e3", "e6", "e9"] and not truncated
+    records, truncated = await store.lineage_records("", "s1", limit=4)
+    assert len(records) == 4 and truncated
+    records, _ = await store.lineage_records("t9", "other-session")
+    assert records == []
+    with pytest.raises(InvalidArgument, match="trace_id or a session_id"):
+        await store.lineage_records("", "")

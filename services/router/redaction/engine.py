@@ -1,0 +1,167 @@
+"""The Redactor: applies a RedactionPolicy to text (prompts, tool arguments and results, output).
+
+Per call: one regex pass per enabled recognizer, then overlap resolution, then one join. The
+result carries counts per kind only, never the values, so it is safe to put in audit events.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import hmac
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import checksummed, contact, network  # noqa: F401  (registers the built-in recognizers)
+from .policy import Mode, RedactionPolicy
+from .recognizers import Recognizer, Span, create, registered
+
+DEFAULT_HASH_CHARS = 16  # 64 bits of HMAC-SHA256: no practical collisions when joining
+
+
+@dataclass(frozen=True, slots=True)
+class RedactionResult:
+    text: str
+    counts: dict[str, int] = field(default_factory=dict)  # kind -> values treated
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class UnknownKindError(ValueError):
+    """A policy names a kind that no built-in recognizer or configured pattern provides."""
+
+
+def resolve_overlaps(spans: Iterable[Span], priority: Mapping[str, int]) -> list[Span]:
+    """Keep non-overlapping spans: longest first, then higher priority, then earlier, then kind.
+
+    The order is total, so the outcome does not depend on recognizer order. Returned sorted by
+    start.
+    """
+    ranked = sorted(spans, key=lambda s: (s.start - s.end, -priority.get(s.kind, 0), s.start, s.kind))
+    starts: list[int] = []
+    kept: list[Span] = []  # parallel to starts, sorted by start
+    for s in ranked:
+        i = bisect.bisect_left(starts, s.start)
+        if i > 0 and kept[i - 1].end > s.start:
+            continue  # overlaps the kept span to its left
+        if i < len(kept) and kept[i].start < s.end:
+            continue  # overlaps the kept span to its right
+        starts.insert(i, s.start)
+        kept.insert(i, s)
+    return kept
+
+
+class Redactor:
+    """Redacts per one agent's policy. Build once per (policy, key) and reuse: it is stateless.
+
+    ``key`` is the HMAC key for HASH mode (required when any rule hashes). ``strict=False``
+    skips kinds nobody recognizes (listed in ``unknown_kinds``) instead of raising; the default
+    fails closed so a typo in a policy is not silently a leak.
+    """
+
+    def __init__(
+        self,
+        policy: RedactionPolicy,
+        key: bytes | str | None = None,
+        *,
+        hash_chars: int = DEFAULT_HASH_CHARS,
+        strict: bool = True,
+    ) -> None:
+        self.policy = policy
+        self.modes: dict[str, Mode] = {}
+        self.unknown_kinds: list[str] = []
+        self._recognizers: list[Recognizer] = []
+        patterns = {p.kind: p for p in policy.patterns}
+        builtins = set(registered()) - {"pattern"}
+        for name in patterns.keys() & builtins:
+            raise ValueError(f"PII pattern {name!r} shadows the built-in recognizer of that name")
+        for kind, mode in policy.rules.items():
+            if kind in patterns:
+                rec: Recognizer = patterns[kind]
+            elif kind in builtins:
+                rec = create(kind)
+            elif strict:
+                raise UnknownKindError(f"no recognizer or configured pattern for PII kind {kind!r}")
+            else:
+                self.unknown_kinds.append(kind)
+                continue
+            self.modes[kind] = mode
+            self._recognizers.append(rec)
+        self._priority = {r.kind: r.priority for r in self._recognizers}
+        if Mode.HASH in self.modes.values() and not key:
+            raise ValueError("a policy with hash mode needs a key")
+        if not 8 <= hash_chars <= 64:
+            raise ValueError("hash_chars must be 8..64")
+        self._hash_chars = hash_chars
+        self._mac = (
+            hmac.new(key.encode() if isinstance(key, str) else key, digestmod=hashlib.sha256) if key else None
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._recognizers)
+
+    def find(self, text: str) -> list[Span]:
+        """The spans that would be redacted, sorted by start (values included: do not log)."""
+        spans = [s for r in self._recognizers for s in r.find(text)]
+        return resolve_overlaps(spans, self._priority) if len(spans) > 1 else spans
+
+    def redact(self, text: str) -> RedactionResult:
+        if not self._recognizers or not text:
+            return RedactionResult(text, {})
+        spans = self.find(text)
+        if not spans:
+            return RedactionResult(text, {})
+        parts: list[str] = []
+        pos = 0
+        for s in spans:
+            parts.append(text[pos : s.start])
+            parts.append(self.replacement(s))
+            pos = s.end
+        parts.append(text[pos:])
+        return RedactionResult("".join(parts), dict(Counter(s.kind for s in spans)))
+
+    def replacement(self, span: Span) -> str:
+        mode = self.modes[span.kind]
+        if mode is Mode.DROP:
+            return ""
+        label = span.kind.upper()
+        if mode is Mode.HASH:
+            return f"[{label}:hash:{self.keyed_hash(span.kind, span.key_value)}]"
+        return f"[{label}]"
+
+    def keyed_hash(self, kind: str, canonical: str) -> str:
+        """HMAC-SHA256(key, kind NUL canonical value), hex, truncated.
+
+        The kind is in the input so the same digits as a card and as an ID do not join.
+        """
+        assert self._mac is not None
+        mac = self._mac.copy()
+        mac.update(f"{kind}\0{canonical}".encode())
+        return mac.hexdigest()[: self._hash_chars]
+
+    def redact_json(self, value: Any) -> tuple[Any, dict[str, int]]:
+        """Redact every string inside JSON-like data (tool arguments and results).
+
+        Dict keys are kept as they are (they are field names); values are redacted
+        recursively. Returns the new value and merged counts.
+        """
+        counts: Counter[str] = Counter()
+
+        def walk(v: Any) -> Any:
+            if isinstance(v, str):
+                r = self.redact(v)
+                counts.update(r.counts)
+                return r.text
+            if isinstance(v, Mapping):
+                return {k: walk(x) for k, x in v.items()}
+            if isinstance(v, list | tuple):
+                return [walk(x) for x in v]
+            return v
+
+        out = walk(value) if self._recognizers else value
+        return out, dict(counts)

@@ -1,0 +1,87 @@
+"""Recognizer plugin interface and registry.
+
+A recognizer finds one kind of PII in text and returns spans. Each one is a cheap, precompiled
+regex pass that proposes candidates plus a validator (checksum, date, phone metadata) that
+rejects look-alikes, so a number that fails its checksum is never flagged.
+
+Boundaries: Python's ``\\b`` and ``\\w`` are Unicode-aware, so CJK characters count as word
+characters and ``\\b`` fails in "电话13812345678". Recognizers therefore use lookarounds on
+ASCII letters and digits only (``NOT_AFTER_ALNUM`` / ``NOT_BEFORE_ALNUM``) and ``[0-9]``
+rather than ``\\d`` (which would also match full-width and other Unicode digits).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+# A match may not be glued to an ASCII letter or digit; anything else (CJK, punctuation,
+# whitespace, start/end of text) is a boundary.
+NOT_AFTER_ALNUM = r"(?<![0-9A-Za-z])"
+NOT_BEFORE_ALNUM = r"(?![0-9A-Za-z])"
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One finding: ``text[start:end] == value``.
+
+    ``canonical`` is the normalized value (E.164 phone, lower-case email, digits-only card)
+    so the keyed hash of one value is the same however it was written.
+    """
+
+    start: int
+    end: int
+    kind: str
+    value: str
+    canonical: str = ""
+
+    @property
+    def key_value(self) -> str:
+        return self.canonical or self.value
+
+
+class Recognizer(ABC):
+    """Finds one kind of PII.
+
+    ``priority`` breaks ties between overlapping spans of equal length: the more specific
+    recognizer (more structure checked) has the higher number.
+    """
+
+    kind: str = ""
+    priority: ClassVar[int] = 0
+
+    @abstractmethod
+    def find(self, text: str) -> Iterator[Span]:
+        """Yield spans in any order; overlaps are resolved by the engine."""
+
+
+_REGISTRY: dict[str, type[Recognizer]] = {}
+
+
+def register(name: str) -> Callable[[type[Recognizer]], type[Recognizer]]:
+    """Class decorator: make a recognizer available under ``name``."""
+
+    def deco(cls: type[Recognizer]) -> type[Recognizer]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"recognizer {name!r} is already registered")
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def recognizer_class(name: str) -> type[Recognizer]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no recognizer named {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+
+
+def create(name: str, **kwargs: Any) -> Recognizer:
+    return recognizer_class(name)(**kwargs)
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)
