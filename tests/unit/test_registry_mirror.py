@@ -66,3 +66,25 @@ async def test_users_and_their_limits_follow_snapshots_and_deltas():
     await mirror._apply(pb.WatchResponse(snapshot=True, changes=[agent("a")], revision=8))
     assert await mirror.user("bob") is None and (await mirror.user("carol")).rpm_limit == 1
     await channel.close()
+
+
+async def test_jwt_settings_changes_reach_listeners():
+    from services.common.registry_mirror import JwtSettingsChange
+
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")
+    mirror = RegistryMirror(channel)
+    seen = []
+    mirror.subscribe(lambda e: seen.append(e) if isinstance(e, JwtSettingsChange) else None)
+    settings = pb.JwtSettings(issuer="corp", audience="harness", public_key_pem="PEM")
+    jwt = pb.Change(kind=K.ENTITY_KIND_JWT_SETTINGS, key="jwt", jwt_settings=settings)
+    await mirror._apply(pb.WatchResponse(snapshot=True, changes=[jwt], revision=1))
+    assert [e.settings.issuer for e in seen] == ["corp"] and mirror.jwt_settings.issuer == "corp"
+    await mirror._apply(pb.WatchResponse(snapshot=True, changes=[jwt], revision=2))
+    assert len(seen) == 1  # an unchanged snapshot says nothing
+    await mirror._apply(
+        pb.WatchResponse(
+            changes=[pb.Change(kind=K.ENTITY_KIND_JWT_SETTINGS, key="jwt", deleted=True)], revision=3
+        )
+    )
+    assert seen[-1].settings is None and mirror.jwt_settings is None
+    await channel.close()
