@@ -31,7 +31,7 @@ class IPv4(Recognizer):
 # after a hextet ("1:2:3:4:5:6:7:8:9" is no address, nor is its tail).
 _IPV6 = re.compile(
     r"(?<![0-9A-Za-z.])(?<![0-9A-Za-z.]:)(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{1,4})?"
-    r"(?![0-9A-Za-z:.])"
+    r"(?![0-9A-Za-z:]|\.[0-9])"
 )
 _HEX = re.compile(r"[0-9A-Fa-f]")
 
