@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.audit.v1 import audit_pb2
 from harness.cost.v1 import cost_pb2
@@ -63,6 +64,7 @@ class RouterConfig:
     # .harness/state/, named by the port.
     outbox_path: str = ""
     outbox_fail_closed: bool = False  # refuse requests when events cannot be made durable
+    redaction_key: str = ""  # HMAC key for HASH-mode PII redaction; the same on every router
 
 
 def parse_args(argv: list[str] | None = None) -> RouterConfig:
@@ -102,6 +104,11 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         help="refuse requests while audit/usage events cannot be made durable (default: serve and log)",
     )
     p.add_argument(
+        "--redaction-key-file",
+        default=env("REDACTION_KEY_FILE", ""),
+        help="file holding the HMAC key for hash-mode PII redaction (the same on every router replica)",
+    )
+    p.add_argument(
         "--scheduler-profiles",
         default=env("ROUTER_SCHEDULER_PROFILES", ""),
         help="YAML file of scheduling profiles (default: services/router/scheduling/profiles.yaml)",
@@ -122,6 +129,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         scheduler_profiles=a.scheduler_profiles,
         outbox_path=a.outbox,
         outbox_fail_closed=a.outbox_fail_closed,
+        redaction_key=Path(a.redaction_key_file).read_text().strip() if a.redaction_key_file else "",
     )
 
 
@@ -169,7 +177,11 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         limiter,
         cache,
         RouterMetrics(metrics),
-        RouterPolicy(default_max_tokens=cfg.default_max_tokens, cache_ttl_s=cfg.result_cache_ttl_s),
+        RouterPolicy(
+            default_max_tokens=cfg.default_max_tokens,
+            cache_ttl_s=cfg.result_cache_ttl_s,
+            redaction_key=cfg.redaction_key,
+        ),
     )
 
     def register(server) -> list[str]:

@@ -33,9 +33,11 @@ from services.router.dispatch import Dispatcher, DispatchInfo
 from services.router.events import EventShipper
 from services.router.flow import RateLimiter, RateLimits, SloClass
 from services.router.metrics import RouterMetrics
-from services.router.result_cache import CachedResult, Coalescer, ResultCache, cache_key, is_deterministic
+from services.router.privacy import AgentRedactors
+from services.router.produce import Producer
+from services.router.result_cache import ResultCache
 from services.router.scheduling import SchedulingRequest
-from services.router.triton import TritonChunk, TritonRequest
+from services.router.triton import TritonRequest
 from services.router.views import AccessDecision, EndpointView
 
 
@@ -70,6 +72,7 @@ class GenerationResult:
     queue_ms: float = 0.0
     slo_class: str = ""
     cached: str = ""  # "hit" (result cache) or "coalesced" (shared an identical in-flight call)
+    redactions: dict[str, int] = field(default_factory=dict)  # PII kind -> count (prompt + output)
     text_parts: list[str] = field(default_factory=list)
 
 
@@ -111,6 +114,7 @@ class RouterPolicy:
 
     default_max_tokens: int = 256
     cache_ttl_s: float = 300.0  # result cache TTL; 0 disables the cache
+    redaction_key: str = ""  # HMAC key of HASH-mode redaction (shared by every router replica)
 
 
 class Router:
@@ -130,8 +134,8 @@ class Router:
         self.dispatcher = dispatcher
         self.events = events
         self.limiter = limiter
-        self.cache = cache
-        self.coalescer = Coalescer()
+        self.producer = Producer(dispatcher, cache, metrics, policy.cache_ttl_s)
+        self.redactors = AgentRedactors(policy.redaction_key)
         self.metrics = metrics
         self.policy = policy
 
@@ -199,6 +203,8 @@ class Router:
         await self._authorize(facts, f"agent:{agent.name}", f"model:{model_name}")
 
         catalog_model = await self.registry.model(model_name)
+        # Redact before anything else sees the prompt: the model, the cache key, the log.
+        prompt, output = self.redactors.prompt(agent, prompt, result.redactions)
         max_tokens = inp.max_tokens or version.default_sampling.max_tokens or self.policy.default_max_tokens
         prompt_tokens = estimate_tokens(prompt)
         context = catalog_model.context_length
@@ -245,7 +251,7 @@ class Router:
         first_at = last_at = 0.0
         pieces = 0
         try:
-            deltas = self._produce(request, sched_request, slo, inp, info, result)
+            deltas = self.producer.stream(request, sched_request, slo, inp.timeout_s, info, result, output)
             async for delta in deltas:
                 reached_backend = True
                 now = time.perf_counter()
@@ -288,60 +294,6 @@ class Router:
                 ),
                 result,
             )  # fmt: skip
-
-    async def _produce(
-        self,
-        request: TritonRequest,
-        sched_request: SchedulingRequest,
-        slo: SloClass,
-        inp: GenerationInput,
-        info: DispatchInfo,
-        result: GenerationResult,
-    ) -> AsyncIterator[str]:
-        """Deltas from the cache, a coalesced identical call, or a dispatch of our own."""
-        if not (self.policy.cache_ttl_s > 0 and is_deterministic(request.temperature, request.seed)):
-            async for chunk in self.dispatcher.stream(sched_request, request, slo, inp.timeout_s, info):
-                _count(result, chunk)
-                if chunk.text:
-                    yield chunk.text
-            return
-        params = {
-            "max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
-            "top_k": request.top_k, "seed": request.seed, "stop": list(request.stop),
-        }  # fmt: skip
-        key = cache_key(request.model, params, request.prompt)
-        hit = await self.cache.get(key)
-        if hit is not None:
-            result.cached = "hit"
-            self.metrics.cache_hits.labels("hit").inc()
-            result.input_tokens, result.output_tokens = hit.input_tokens, hit.output_tokens
-            yield hit.text
-            return
-        shared = await self.coalescer.follow(key)
-        if shared is not None:  # an identical call was in flight: its result is ours
-            result.cached = "coalesced"
-            self.metrics.cache_hits.labels("coalesced").inc()
-            result.input_tokens, result.output_tokens = shared.input_tokens, shared.output_tokens
-            yield shared.text
-            return
-        # We lead: stream our own dispatch straight through, and share the result at the end.
-        lead = self.coalescer.lead(key)
-        parts: list[str] = []
-        outcome: CachedResult | BaseException = asyncio.CancelledError()
-        try:
-            async for chunk in self.dispatcher.stream(sched_request, request, slo, inp.timeout_s, info):
-                _count(result, chunk)
-                if chunk.text:
-                    parts.append(chunk.text)
-                    yield chunk.text
-            deployment = info.endpoint.name if info.endpoint else ""
-            outcome = CachedResult("".join(parts), result.input_tokens, result.output_tokens, "", deployment)
-        except BaseException as exc:
-            outcome = asyncio.CancelledError() if isinstance(exc, GeneratorExit) else exc
-            raise
-        finally:
-            self.coalescer.done(key, lead, outcome)
-        await self.cache.put(key, outcome, self.policy.cache_ttl_s)
 
     def _observe(self, labels: tuple[str, str, str], result: GenerationResult, info: DispatchInfo) -> None:
         m = self.metrics
@@ -404,12 +356,8 @@ class Router:
             "ttft_ms": round(result.ttft_ms, 3),
             "e2e_ms": round(result.e2e_ms, 3),
         }
+        if result.redactions:  # kinds and counts only, never the values
+            details["redactions"] = dict(result.redactions)
+            self.events.emit_audit(records.redaction_event(facts, result.redactions))
         self.events.emit_audit(records.model_call_event(facts, details))
         self.events.emit_usage(records.usage_event(facts, usage))
-
-
-def _count(result: GenerationResult, chunk: TritonChunk) -> None:
-    if chunk.input_tokens is not None:
-        result.input_tokens = chunk.input_tokens
-    if chunk.output_tokens is not None:
-        result.output_tokens = max(result.output_tokens, chunk.output_tokens)

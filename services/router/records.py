@@ -90,6 +90,26 @@ def authz_denied_event(f: CallFacts, obj: str) -> common_pb2.AuditEvent:
     )
 
 
+def redaction_event(f: CallFacts, counts: dict[str, int]) -> common_pb2.AuditEvent:
+    """What the agent's data policy removed from one call: kinds and counts, never values."""
+    body = struct_pb2.Struct()
+    body.update({"redactions": dict(counts)})
+    return common_pb2.AuditEvent(
+        event_id=str(uuid.uuid4()),
+        time=_now(),
+        kind=common_pb2.AUDIT_EVENT_KIND_REDACTION,
+        actor=actor(f),
+        correlation=correlation(f),
+        object=f"agent:{f.agent}",
+        action="redact",
+        decision=common_pb2.DECISION_ALLOW,
+        status="OK",
+        model=f.model,
+        source="router",
+        details=body,
+    )
+
+
 def usage_event(f: CallFacts, usage: common_pb2.Usage) -> common_pb2.UsageEvent:
     return common_pb2.UsageEvent(
         event_id=str(uuid.uuid4()),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import sys
 import time
@@ -178,8 +179,17 @@ class Stack:
                 "--registry", f"127.0.0.1:{p.registry}", "--pool", f"127.0.0.1:{p.pool}",
                 "--audit", f"127.0.0.1:{p.audit}", "--cost", f"127.0.0.1:{p.cost}",
                 "--outbox", str((state / f"router-{i + 1}-outbox.db").resolve()),
+                "--redaction-key-file", str(self._redaction_key_file()),
             )  # fmt: skip
             self.sup.start(Child(f"router-{i + 1}", argv, logs / f"router-{i + 1}.log"))
+
+    def _redaction_key_file(self) -> Path:
+        """The HMAC key of hash-mode PII redaction, shared by both routers (made once, 0600)."""
+        path = self.paths.state / "redaction.key"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_hex(32))
+        return path.resolve()
 
     def _envoy_spec(self) -> EnvoySpec:
         assert self.certs is not None

@@ -306,7 +306,9 @@ def test_tritonclient_code_points_at_the_harness_unchanged(stack):
             break
         deltas.append(result.as_numpy("text_output").flat[0].decode())
     client.stop_stream()
-    assert len(deltas) == 6
+    # demo-agent's data policy holds back the last ~24 characters of output until a PII value
+    # could no longer be split, so 6 short tokens may arrive in fewer responses.
+    assert deltas and "".join(deltas).strip()
 
     with pytest.raises(InferenceServerException) as err:
         client.infer("llama-3-70b-awq", inputs("not mine", False), headers=headers)
@@ -316,6 +318,29 @@ def test_tritonclient_code_points_at_the_harness_unchanged(stack):
         client.infer("llama-3-8b", inputs("who am I", False))
     assert err.value.status() == "StatusCode.UNAUTHENTICATED"
     client.close()
+
+
+async def test_pii_in_a_prompt_never_reaches_the_audit_log(stack):
+    """demo-agent's data policy masks phones and hashes resident IDs (compose/demo.yaml)."""
+    alice = stack.token("alice")
+    prompt = "请联系客户 13812345678，身份证 11010519491231002X，核对账户"
+    async with _demo_channel(stack) as channel:
+        messages = await _generate(channel, _bearer(alice), prompt=prompt, max_tokens=4)
+        summary = messages[-1].summary
+        audit = audit_pb2_grpc.AuditStub(channel)
+        query = audit_pb2.QueryRequest(filter=audit_pb2.AuditFilter(request_id=summary.request_id))
+        records = []
+        for _ in range(50):
+            records = (await audit.Query(query, metadata=_bearer(alice), timeout=10)).records
+            if len(records) >= 2:
+                break
+            await asyncio.sleep(0.2)
+    kinds = {r.event.kind for r in records}
+    assert {common_pb2.AUDIT_EVENT_KIND_MODEL_CALL, common_pb2.AUDIT_EVENT_KIND_REDACTION} <= kinds
+    call = next(r.event for r in records if r.event.kind == common_pb2.AUDIT_EVENT_KIND_MODEL_CALL)
+    assert dict(call.details["redactions"]) == {"phone": 1.0, "cn_resident_id": 1.0}
+    for r in records:
+        assert "13812345678" not in str(r) and "11010519491231002X" not in str(r)
 
 
 def test_zz_sigterm_stops_every_child(stack):

@@ -15,7 +15,13 @@ from harness.registry.v1 import registry_pb2
 from prometheus_client import CollectorRegistry
 
 from services.common import context as reqctx
-from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from services.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from services.enginesim.testing import start_enginesim
 from services.router.core import GenerationInput, GenerationResult, Router, RouterPolicy
 from services.router.dispatch import Dispatcher
@@ -23,7 +29,7 @@ from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
 from services.router.metrics import RouterMetrics
 from services.router.result_cache import MemoryResultCache
 from services.router.scheduling import Scheduler
-from services.router.triton import TritonPool
+from services.router.triton import TritonPool, TritonRequest
 from services.router.views import AccessDecision, EndpointView
 
 MODEL, TRITON_MODEL = "llama-3-8b", "llama-3-8b-instruct"
@@ -105,7 +111,7 @@ async def harness(sim):
     metrics = CollectorRegistry()
     router = Router(
         registry, view, Dispatcher(view, Scheduler(seed=1), flow, triton), Events(), MemoryRateLimiter(),
-        MemoryResultCache(), RouterMetrics(metrics), RouterPolicy(default_max_tokens=8),
+        MemoryResultCache(), RouterMetrics(metrics), RouterPolicy(default_max_tokens=8, redaction_key="k"),
     )  # fmt: skip
     reqctx.set_current(reqctx.new_context(reqctx.Identity(agent="a1", user="alice")))
     yield router, registry, view, metrics
@@ -228,3 +234,41 @@ async def test_no_ready_endpoint_names_the_model_and_metrics_count_outcomes(harn
     with pytest.raises(Unavailable, match="no ready endpoint serves model 'llama-3-8b-instruct'"):
         await run(router, temperature=0.5)
     assert metrics.get_sample_value("harness_router_requests_total", {"outcome": "UNAVAILABLE"}) == 1
+
+
+async def test_the_agents_data_policy_redacts_the_prompt_before_the_model_and_the_log(harness, sim):
+    router, registry, _, _ = harness
+    policy = registry_pb2.DataPolicy(
+        pii=[
+            registry_pb2.PiiRule(kind="phone", mode=registry_pb2.MASK_MODE_MASK),
+            registry_pb2.PiiRule(kind="cn_resident_id", mode=registry_pb2.MASK_MODE_HASH),
+        ]
+    )
+    registry.agent_record = agent()
+    registry.agent_record.data_policy.CopyFrom(policy)
+    prompt = "客户13812345678的身份证11010519491231002X需要核对"
+    result = await run(router, prompt=prompt)
+    assert result.redactions == {"phone": 1, "cn_resident_id": 1}
+    # The model saw the redacted prompt: the simulator's text is a function of its prompt.
+    redacted, _ = router.redactors.prompt(registry.agent_record, prompt, {})
+    assert "13812345678" not in redacted and "11010519491231002X" not in redacted and "[PHONE]" in redacted
+    direct = [c.text async for c in router.dispatcher.triton.stream(
+        sim.address, TritonRequest(model=TRITON_MODEL, prompt=redacted, max_tokens=8, request_id="x"), 30
+    )]  # fmt: skip
+    assert "".join(result.text_parts) == "".join(direct)
+    events = router.events.audit
+    kinds = [e.kind for e in events]
+    assert common_pb2.AUDIT_EVENT_KIND_REDACTION in kinds
+    for e in events:  # counts only: no raw value anywhere in what is recorded
+        assert "13812345678" not in str(e) and "11010519491231002X" not in str(e)
+    call = next(e for e in events if e.kind == common_pb2.AUDIT_EVENT_KIND_MODEL_CALL)
+    assert dict(call.details["redactions"]) == {"phone": 1.0, "cn_resident_id": 1.0}
+
+
+async def test_a_data_policy_that_cannot_be_applied_refuses_the_request(harness):
+    router, registry, _, _ = harness
+    registry.agent_record = agent()
+    registry.agent_record.data_policy.pii.add(kind="no-such-kind")
+    registry.agent_record.revision = 7
+    with pytest.raises(FailedPrecondition, match="data policy cannot be applied"):
+        await run(router)

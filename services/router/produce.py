@@ -1,0 +1,122 @@
+"""Where a generation's text comes from: the result cache, an identical call already in flight
+(coalescing), or a dispatch of our own; with the agent's output redaction applied before the
+text leaves the router or enters the cache.
+
+Deterministic requests (temperature 0 or a fixed seed) are cacheable. The key covers the model,
+the sampling parameters, the redacted prompt and the agent's redaction policy, so an entry holds
+text already redacted the way the asking agent requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from services.router.dispatch import Dispatcher, DispatchInfo
+from services.router.flow import SloClass
+from services.router.metrics import RouterMetrics
+from services.router.privacy import OutputRedaction
+from services.router.result_cache import CachedResult, Coalescer, ResultCache, cache_key, is_deterministic
+from services.router.scheduling import SchedulingRequest
+from services.router.triton import TritonChunk, TritonRequest
+
+
+class Usage(Protocol):
+    input_tokens: int
+    output_tokens: int
+    cached: str
+
+
+class Producer:
+    def __init__(
+        self, dispatcher: Dispatcher, cache: ResultCache, metrics: RouterMetrics, cache_ttl_s: float
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.cache = cache
+        self.coalescer = Coalescer()
+        self.metrics = metrics
+        self.cache_ttl_s = cache_ttl_s
+
+    async def stream(
+        self,
+        request: TritonRequest,
+        sched_request: SchedulingRequest,
+        slo: SloClass,
+        timeout_s: float | None,
+        info: DispatchInfo,
+        usage: Usage,
+        output: OutputRedaction,
+    ) -> AsyncIterator[str]:
+        """Text deltas (already redacted); `usage` gets the token counts and where it came from."""
+
+        def dispatched() -> AsyncIterator[str]:
+            return self._dispatch(request, sched_request, slo, timeout_s, info, usage, output)
+
+        if not (self.cache_ttl_s > 0 and is_deterministic(request.temperature, request.seed)):
+            async for delta in dispatched():
+                yield delta
+            return
+        params = {
+            "max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
+            "top_k": request.top_k, "seed": request.seed, "stop": list(request.stop),
+            "redaction": output.fingerprint,
+        }  # fmt: skip
+        key = cache_key(request.model, params, request.prompt)
+        found = await self.cache.get(key)
+        kind = "hit"
+        if found is None:
+            found = await self.coalescer.follow(key)  # an identical call in flight: its result is ours
+            kind = "coalesced"
+        if found is not None:
+            usage.cached = kind
+            self.metrics.cache_hits.labels(kind).inc()
+            usage.input_tokens, usage.output_tokens = found.input_tokens, found.output_tokens
+            yield found.text
+            return
+        async for delta in self._lead(key, dispatched, info, usage):
+            yield delta
+
+    async def _lead(
+        self, key: str, dispatched: Callable[[], AsyncIterator[str]], info: DispatchInfo, usage: Usage
+    ) -> AsyncIterator[str]:
+        """Streams our own dispatch straight through and shares the result at the end."""
+        lead = self.coalescer.lead(key)
+        parts: list[str] = []
+        outcome: CachedResult | BaseException = asyncio.CancelledError()
+        try:
+            async for delta in dispatched():
+                parts.append(delta)
+                yield delta
+            deployment = info.endpoint.name if info.endpoint else ""
+            outcome = CachedResult("".join(parts), usage.input_tokens, usage.output_tokens, "", deployment)
+        except BaseException as exc:
+            outcome = asyncio.CancelledError() if isinstance(exc, GeneratorExit) else exc
+            raise
+        finally:
+            self.coalescer.done(key, lead, outcome)
+        await self.cache.put(key, outcome, self.cache_ttl_s)
+
+    async def _dispatch(
+        self,
+        request: TritonRequest,
+        sched_request: SchedulingRequest,
+        slo: SloClass,
+        timeout_s: float | None,
+        info: DispatchInfo,
+        usage: Usage,
+        output: OutputRedaction,
+    ) -> AsyncIterator[str]:
+        async for chunk in self.dispatcher.stream(sched_request, request, slo, timeout_s, info):
+            _count(usage, chunk)
+            if chunk.text and (text := output.feed(chunk.text)):
+                yield text
+        if tail := output.flush():
+            yield tail
+
+
+def _count(usage: Usage, chunk: TritonChunk) -> None:
+    if chunk.input_tokens is not None:
+        usage.input_tokens = chunk.input_tokens
+    if chunk.output_tokens is not None:
+        usage.output_tokens = max(usage.output_tokens, chunk.output_tokens)
