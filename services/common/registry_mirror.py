@@ -112,6 +112,7 @@ class RegistryMirror(BackgroundFollower):
         self._agents: dict[str, registry_pb2.Agent] = {}
         self._models: dict[str, registry_pb2.Model] = {}
         self._users: dict[str, registry_pb2.User] = {}
+        self._tools: dict[str, registry_pb2.Tool] = {}  # "name@version" -> tool
         self._rules: set[tuple[str, tuple[str, ...]]] = set()
         self._enforcer = new_memory_enforcer()
         self._pending: _Tables | None = None  # a snapshot arriving in parts
@@ -146,6 +147,14 @@ class RegistryMirror(BackgroundFollower):
         if model is None:
             raise NotFound(f"model {name!r} is not in the registry's model catalog")
         return model
+
+    async def tool(self, name: str, version: str = "") -> registry_pb2.Tool | None:
+        """The tool `name` at `version`, or its newest version when `version` is empty."""
+        await self._ready()
+        if version:
+            return self._tools.get(f"{name}@{version}")
+        versions = [t for t in self._tools.values() if t.name == name]
+        return max(versions, key=lambda t: _version_key(t.version), default=None)
 
     async def user(self, name: str) -> registry_pb2.User | None:
         """The registry's record of a user; None when unknown (a JWT subject need not be registered)."""
@@ -206,6 +215,7 @@ class RegistryMirror(BackgroundFollower):
             before_agents = self._agents
             self._agents, self._models, self._rules = tables.agents, tables.models, tables.rules
             self._users = tables.users
+            self._tools = tables.tools
             before_jwt, self.jwt_settings = self.jwt_settings, tables.jwt
             self._enforcer = new_memory_enforcer(self._rules)
             self._decisions = {}
@@ -258,7 +268,9 @@ class RegistryMirror(BackgroundFollower):
 
     @property
     def _current(self) -> _Tables:
-        return _Tables(self._agents, self._models, self._rules, self._users)
+        tables = _Tables(self._agents, self._models, self._rules, self._users)
+        tables.tools = self._tools
+        return tables
 
     async def _load_api_key(self, secret: str) -> Identity:
         try:
@@ -305,6 +317,7 @@ class _Tables:
         self.models: dict[str, registry_pb2.Model] = {} if models is None else models
         self.rules: set[tuple[str, tuple[str, ...]]] = set() if rules is None else rules
         self.users: dict[str, registry_pb2.User] = {} if users is None else users
+        self.tools: dict[str, registry_pb2.Tool] = {}  # "name@version" -> tool
         self.jwt: registry_pb2.JwtSettings | None = None
 
     def apply(self, change: registry_pb2.Change) -> None:
@@ -314,11 +327,18 @@ class _Tables:
             _put(self.models, change.key, change.model, change.deleted)
         elif change.kind == Kind.ENTITY_KIND_USER:
             _put(self.users, change.key, change.user, change.deleted)
+        elif change.kind == Kind.ENTITY_KIND_TOOL:
+            _put(self.tools, change.key, change.tool, change.deleted)
         elif change.kind == Kind.ENTITY_KIND_JWT_SETTINGS:
             self.jwt = None if change.deleted else change.jwt_settings
         elif change.kind == Kind.ENTITY_KIND_POLICY:
             rule = _policy_rule(change)
             (self.rules.discard if change.deleted else self.rules.add)(rule)
+
+
+def _version_key(version: str) -> tuple:
+    """Orders "1" < "2" < "10" and "1.2" < "1.10"; non-numeric parts compare as text."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in version.split("."))
 
 
 def _jwt_bytes(settings: registry_pb2.JwtSettings | None) -> bytes:

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.audit.v1 import audit_pb2
+from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.cost.v1 import cost_pb2
 from harness.pool.v1 import pool_pb2
 from harness.registry.v1 import registry_pb2
@@ -29,6 +29,7 @@ from services.router.outbox import Outbox
 from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache
 from services.router.scheduling import Scheduler, load_config
 from services.router.servicer import RouterServicer
+from services.router.tools import AuditApprovals, ToolInvoker
 from services.router.triton import TritonPool
 from services.router.triton_facade import TritonFacadeServicer
 from services.router.views import EndpointView
@@ -184,8 +185,16 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         ),
     )
 
+    tools = ToolInvoker(
+        registry,
+        events,
+        router.redactors,
+        AuditApprovals(audit_pb2_grpc.AuditStub(channels["audit"])),
+        cache,
+    )
+
     def register(server) -> list[str]:
-        router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router), server)
+        router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router, tools), server)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(TritonFacadeServicer(router), server)
         return [router_pb2.DESCRIPTOR.services_by_name["Router"].full_name, "inference.GRPCInferenceService"]
 

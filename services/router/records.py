@@ -25,6 +25,7 @@ class CallFacts:
     status: str = "OK"
     decision: int = common_pb2.DECISION_ALLOW
     rule: str = ""
+    tool: str = ""  # "name@version" for tool calls
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -73,7 +74,7 @@ def model_call_event(f: CallFacts, details: dict) -> common_pb2.AuditEvent:
     )
 
 
-def authz_denied_event(f: CallFacts, obj: str) -> common_pb2.AuditEvent:
+def authz_denied_event(f: CallFacts, obj: str, action: str = "invoke") -> common_pb2.AuditEvent:
     return common_pb2.AuditEvent(
         event_id=str(uuid.uuid4()),
         time=_now(),
@@ -81,7 +82,7 @@ def authz_denied_event(f: CallFacts, obj: str) -> common_pb2.AuditEvent:
         actor=actor(f),
         correlation=correlation(f),
         object=obj,
-        action="invoke",
+        action=action,
         decision=common_pb2.DECISION_DENY,
         rule=f.rule,
         status="PERMISSION_DENIED",
@@ -107,6 +108,40 @@ def redaction_event(f: CallFacts, counts: dict[str, int]) -> common_pb2.AuditEve
         model=f.model,
         source="router",
         details=body,
+    )
+
+
+def tool_call_event(
+    f: CallFacts, action: str, decision: int, status: str, details: dict
+) -> common_pb2.AuditEvent:
+    """One governed tool call (arguments already redacted by the caller)."""
+    body = struct_pb2.Struct()
+    body.update(details)
+    return common_pb2.AuditEvent(
+        event_id=str(uuid.uuid4()),
+        time=_now(),
+        kind=common_pb2.AUDIT_EVENT_KIND_TOOL_CALL,
+        actor=actor(f),
+        correlation=correlation(f),
+        object=f"tool:{f.tool}",
+        action=action,
+        decision=decision,
+        rule=f.rule,
+        status=status,
+        tool=f.tool,
+        source="router",
+        details=body,
+    )
+
+
+def tool_usage_event(f: CallFacts, action: str) -> common_pb2.UsageEvent:
+    return common_pb2.UsageEvent(
+        event_id=str(uuid.uuid4()),
+        time=_now(),
+        actor=actor(f),
+        correlation=correlation(f),
+        tool=f.tool.partition("@")[0],
+        tool_action=action,  # priced per call by the cost service (tool_call price)
     )
 
 

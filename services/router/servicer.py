@@ -6,11 +6,12 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf import json_format
 from harness.common.v1 import common_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
-from services.common.planned import planned
 from services.router.core import GenerationInput, GenerationResult, Router
+from services.router.tools import ToolCall, ToolInvoker
 
 
 def to_input(req: router_pb2.GenerateRequest | router_pb2.CompleteRequest) -> GenerationInput:
@@ -40,13 +41,34 @@ def to_summary(r: GenerationResult) -> router_pb2.GenerationSummary:
     )
 
 
-@planned(
-    router_pb2.DESCRIPTOR.services_by_name["Router"],
-    {"InvokeTool": "governed tool calls with approvals (security and audit issue #7)"},
-)
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, tools: ToolInvoker) -> None:
         self._router = router
+        self._tools = tools
+
+    async def InvokeTool(
+        self, request: router_pb2.InvokeToolRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.InvokeToolResponse:
+        """Calls a catalog tool's action for the calling agent: policy, approval, cache, audit."""
+        call = ToolCall(
+            tool=request.tool,
+            action=request.action,
+            arguments=json_format.MessageToDict(request.arguments),
+            version=request.version,
+            idempotency_key=request.idempotency_key,
+            approval_wait_s=request.approval_wait.ToNanoseconds() / 1e9,
+        )
+        outcome = await self._tools.invoke(call)
+        resp = router_pb2.InvokeToolResponse(
+            decision=outcome.decision,
+            approval_id=outcome.approval_id,
+            cached=outcome.cached,
+            request_id=outcome.request_id,
+        )
+        if outcome.result is not None:
+            resp.result.update(outcome.result)
+        resp.duration.FromNanoseconds(int(outcome.duration_s * 1e9))
+        return resp
 
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext

@@ -1,0 +1,303 @@
+"""Governed tool calls (no gRPC server here): who may call which tool action, approval for the
+risky ones, a result cache for idempotent reads, redaction, and an audit record of each call.
+
+identify -> the agent version pins the tool -> the action exists in the catalog -> casbin: the
+user may invoke the agent, the agent may <risk class> the tool -> idempotency key / result cache
+-> approval when the action requires one (waits, bounded, for a decision made through the audit
+service's approval RPCs) -> POST the arguments as JSON to `<endpoint>/<action>` -> the result,
+redacted per the agent's data policy -> audit (arguments redacted; kinds and counts only) and a
+usage record (tool calls are priced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from google.protobuf import struct_pb2
+from harness.audit.v1 import audit_pb2
+from harness.common.v1 import common_pb2
+
+from services.common import context as reqctx
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from services.router import records
+from services.router.result_cache import CachedResult, ResultCache, cache_key
+
+RISK = {
+    common_pb2.RISK_CLASS_READ: "read",
+    common_pb2.RISK_CLASS_WRITE: "write",
+    common_pb2.RISK_CLASS_DELETE: "delete",
+}
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    tool: str
+    action: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
+    idempotency_key: str = ""
+    approval_wait_s: float = 0.0  # 0 = the router's default
+
+
+@dataclass
+class ToolOutcome:
+    result: dict[str, Any] | None
+    decision: int
+    approval_id: str = ""
+    cached: bool = False
+    duration_s: float = 0.0
+    request_id: str = ""
+
+
+class ApprovalGate(Protocol):
+    async def request(self, approval: audit_pb2.Approval, ttl_s: float) -> str: ...
+
+    async def wait(self, approval_id: str, timeout_s: float) -> audit_pb2.Approval: ...
+
+
+class AuditApprovals:
+    """Approvals through the audit service (RequestApproval, then GetApproval until decided)."""
+
+    def __init__(self, stub, poll_s: float = 0.2) -> None:
+        self._stub = stub
+        self._poll = poll_s
+
+    async def request(self, approval: audit_pb2.Approval, ttl_s: float) -> str:
+        req = audit_pb2.RequestApprovalRequest(approval=approval)
+        req.ttl.FromNanoseconds(int(ttl_s * 1e9))
+        resp = await self._stub.RequestApproval(req, timeout=5.0)
+        return resp.approval.id
+
+    async def wait(self, approval_id: str, timeout_s: float) -> audit_pb2.Approval:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            resp = await self._stub.GetApproval(audit_pb2.GetApprovalRequest(id=approval_id), timeout=5.0)
+            if resp.approval.state != audit_pb2.APPROVAL_STATE_PENDING or time.monotonic() >= deadline:
+                return resp.approval
+            await asyncio.sleep(min(self._poll, max(0.0, deadline - time.monotonic())))
+
+
+def post_json(url: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """One tool call over HTTP (blocking; run in a worker thread)."""
+    data = json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            payload = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read()[:300].decode("utf-8", "replace")
+        if 400 <= exc.code < 500:
+            raise InvalidArgument(f"the tool refused the call ({exc.code}): {detail}") from exc
+        raise Unavailable(f"the tool failed ({exc.code}): {detail}") from exc
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise Unavailable(f"the tool at {url} is unreachable: {exc}") from exc
+    except ValueError as exc:
+        raise Unavailable(f"the tool at {url} answered with something that is not JSON") from exc
+    return payload if isinstance(payload, dict) else {"result": payload}
+
+
+class ToolInvoker:
+    def __init__(
+        self,
+        registry,
+        events,
+        redactors,
+        approvals: ApprovalGate,
+        cache: ResultCache,
+        *,
+        default_approval_wait_s: float = 30.0,
+        approval_ttl_s: float = 3600.0,
+        http_timeout_s: float = 30.0,
+    ) -> None:
+        self.registry = registry
+        self.events = events
+        self.redactors = redactors
+        self.approvals = approvals
+        self.cache = cache
+        self.default_approval_wait_s = default_approval_wait_s
+        self.approval_ttl_s = approval_ttl_s
+        self.http_timeout_s = http_timeout_s
+
+    async def invoke(self, call: ToolCall) -> ToolOutcome:
+        from services.router.core import pick_version  # the same traffic split as Generate
+
+        ctx = reqctx.current()
+        ident = ctx.identity
+        if not ident.agent:
+            raise Unauthenticated("no agent identity: call with an agent client certificate")
+        if not ident.user:
+            raise Unauthenticated("no user credentials: send 'authorization: Bearer <jwt>' or 'x-api-key'")
+        if not call.tool or not call.action:
+            raise InvalidArgument("tool and action are required")
+        agent = await self.registry.agent(ident.agent)
+        if agent.state != common_pb2.AGENT_STATE_ONLINE:
+            raise FailedPrecondition(f"agent {agent.name!r} is not online; set it online in the registry")
+        version_label = pick_version(agent)
+        version = next(v for v in agent.versions if v.version == version_label)
+        pinned = {t.partition("@")[0]: t.partition("@")[2] for t in version.tools}
+        if call.tool not in pinned:
+            raise PermissionDenied(
+                f"agent {agent.name!r} version {version_label} may call {sorted(pinned)}, not {call.tool!r}"
+            )
+        tool = await self.registry.tool(call.tool, call.version or pinned[call.tool])
+        if tool is None:
+            raise NotFound(f"tool {call.tool!r} is not in the registry's tool catalog")
+        action = next((a for a in tool.actions if a.name == call.action), None)
+        if action is None:
+            raise NotFound(
+                f"tool {tool.name!r} has no action {call.action!r}; it has {[a.name for a in tool.actions]}"
+            )
+        risk = RISK.get(action.risk, "write")  # an unclassified action is treated as a write
+        facts = records.CallFacts(
+            ctx, agent.name, version_label, agent.project, tool=f"{tool.name}@{tool.version}"
+        )
+        await self._authorize(facts, ident.user, f"agent:{agent.name}", "invoke")
+        decision = await self._authorize(facts, f"agent:{agent.name}", f"tool:{tool.name}", risk)
+        facts = records.CallFacts(**{**facts.__dict__, "rule": decision.rule})
+
+        counts: dict[str, int] = {}
+        found = self.redactors.for_agent(agent)
+        logged_args = call.arguments
+        if found is not None:
+            logged_args, arg_counts = found[0].redact_json(call.arguments)
+            counts.update(arg_counts)
+        key = cache_key(
+            f"tool:{tool.name}@{tool.version}",
+            {"action": action.name},
+            json.dumps(logged_args, sort_keys=True),
+        )
+        idem = f"idem:{agent.name}:{call.idempotency_key}" if call.idempotency_key else ""
+        for k in filter(None, (idem, key if action.idempotent and action.cache_ttl_s > 0 else "")):
+            if (hit := await self.cache.get(k)) is not None:
+                return ToolOutcome(
+                    json.loads(hit.text), common_pb2.DECISION_ALLOW, cached=True, request_id=ctx.request_id
+                )
+
+        approval_id = ""
+        if action.requires_approval:
+            approval_id, approved = await self._approve(call, facts, tool, action, logged_args, risk)
+            if approved is None:
+                self._record(
+                    facts,
+                    action.name,
+                    logged_args,
+                    counts,
+                    common_pb2.DECISION_PENDING_APPROVAL,
+                    "PENDING",
+                    approval_id,
+                )
+                return ToolOutcome(
+                    None, common_pb2.DECISION_PENDING_APPROVAL, approval_id, request_id=ctx.request_id
+                )
+            if not approved.state == audit_pb2.APPROVAL_STATE_APPROVED:
+                state = audit_pb2.ApprovalState.Name(approved.state).removeprefix("APPROVAL_STATE_").lower()
+                self._record(
+                    facts,
+                    action.name,
+                    logged_args,
+                    counts,
+                    common_pb2.DECISION_DENY,
+                    "PERMISSION_DENIED",
+                    approval_id,
+                )
+                who = f" by {approved.approver}" if approved.approver else ""
+                why = f": {approved.comment}" if approved.comment else ""
+                raise PermissionDenied(
+                    f"{tool.name}.{action.name} was {state}{who}{why} (approval {approval_id})"
+                )
+
+        started = time.perf_counter()
+        status = "OK"
+        try:
+            raw = await asyncio.to_thread(
+                post_json, f"{tool.endpoint.rstrip('/')}/{action.name}", call.arguments, self.http_timeout_s
+            )
+        except (InvalidArgument, Unavailable) as exc:
+            status = exc.code.name
+            raise
+        finally:
+            duration = time.perf_counter() - started
+            if status != "OK":
+                self._record(
+                    facts,
+                    action.name,
+                    logged_args,
+                    counts,
+                    common_pb2.DECISION_ALLOW,
+                    status,
+                    approval_id,
+                    duration,
+                )
+        result = raw
+        if found is not None:
+            result, result_counts = found[0].redact_json(raw)
+            for kind, n in result_counts.items():
+                counts[kind] = counts.get(kind, 0) + n
+        self._record(
+            facts, action.name, logged_args, counts, common_pb2.DECISION_ALLOW, "OK", approval_id, duration
+        )
+        text = json.dumps(result)
+        if action.idempotent and action.cache_ttl_s > 0:
+            await self.cache.put(key, CachedResult(text, 0, 0, "", tool.endpoint), action.cache_ttl_s)
+        if idem:
+            await self.cache.put(idem, CachedResult(text, 0, 0, "", tool.endpoint), 24 * 3600)
+        return ToolOutcome(result, common_pb2.DECISION_ALLOW, approval_id, False, duration, ctx.request_id)
+
+    async def _approve(self, call, facts, tool, action, logged_args, risk):
+        """(approval id, the decided approval, or None when still pending after the wait)."""
+        args = struct_pb2.Struct()
+        args.update(logged_args)
+        approval = audit_pb2.Approval(
+            requester=records.actor(facts),
+            correlation=records.correlation(facts),
+            tool=f"{tool.name}@{tool.version}",
+            action=action.name,
+            risk=action.risk,
+            arguments=args,
+        )
+        try:
+            approval_id = await self.approvals.request(approval, self.approval_ttl_s)
+            decided = await self.approvals.wait(
+                approval_id, call.approval_wait_s or self.default_approval_wait_s
+            )
+        except Exception as exc:  # AioRpcError and friends: no approval service, no risky call
+            raise Unavailable(
+                f"{tool.name}.{action.name} needs an approval and the approval service failed: {exc}"
+            ) from exc
+        if decided.state == audit_pb2.APPROVAL_STATE_PENDING:
+            return approval_id, None
+        return approval_id, decided
+
+    async def _authorize(self, facts: records.CallFacts, subject: str, obj: str, act: str):
+        decision = await self.registry.check(subject, facts.project, obj, act)
+        if not decision.allowed:
+            denied = records.CallFacts(**{**facts.__dict__, "rule": decision.rule})
+            self.events.emit_audit(records.authz_denied_event(denied, obj, act))
+            raise PermissionDenied(
+                f"{subject.removeprefix('agent:')!r} may not {act} {obj} in project {facts.project!r}; "
+                "ask a project admin for a policy"
+            )
+        return decision
+
+    def _record(self, facts, action, args, counts, decision, status, approval_id, duration=0.0) -> None:
+        details: dict[str, Any] = {"arguments": args, "duration_ms": round(duration * 1000, 3)}
+        if counts:
+            details["redactions"] = dict(counts)
+        if approval_id:
+            details["approval_id"] = approval_id
+        self.events.emit_audit(records.tool_call_event(facts, action, decision, status, details))
+        if status == "OK":
+            self.events.emit_usage(records.tool_usage_event(facts, action))
