@@ -35,7 +35,7 @@ def enum_short(enum_type, value: int) -> str:
 
 
 def event_label(record: audit_pb2.AuditRecord) -> str:
-    """`model:llama-3-8b invoke allow`, `tool:ledger delete pending_approval`, `approval:ledger reject`."""
+    """`model:llama-3-8b invoke allow`, `tool:ledger delete pending_approval`, `approval:ledger delete deny by:bob`."""
     ev = record.event
     if ev.kind == common_pb2.AUDIT_EVENT_KIND_MODEL_CALL:
         head = f"model:{ev.model or NONE}"
@@ -44,6 +44,8 @@ def event_label(record: audit_pb2.AuditRecord) -> str:
     else:
         head = f"{enum_short(common_pb2.AuditEventKind, ev.kind)}:{ev.tool or ev.model or ev.object or NONE}"
     parts = [head, ev.action, enum_short(common_pb2.Decision, ev.decision)]
+    if ev.kind == common_pb2.AUDIT_EVENT_KIND_APPROVAL and "approver" in ev.details.fields:
+        parts.append(f"by:{ev.details['approver']}")  # who approved or rejected
     return " ".join(p for p in parts if p)
 
 

@@ -56,3 +56,41 @@ Index("ix_audit_session", audit_records.c.session_id)
 Index("ix_audit_user", audit_records.c.user)
 Index("ix_audit_agent", audit_records.c.agent)
 Index("ix_audit_request", audit_records.c.request_id)
+
+# Human approvals of governed tool calls. Mutable (pending -> approved/rejected), unlike the log;
+# every change is also appended to the chain as an AUDIT_EVENT_KIND_APPROVAL record in the same
+# transaction. EXPIRED is never stored: a pending row past expire_time_us reads as expired.
+approvals = Table(
+    "approvals",
+    metadata,
+    # Paging order (oldest first) and page token.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    # Caller's idempotency key ("" = none); unique per requesting principal when set.
+    Column("request_key", String(256), **_S),
+    Column("requested_by", Text, **_S),
+    Column("state", Integer, nullable=False),  # ApprovalState: PENDING, APPROVED or REJECTED
+    Column("user", Text, **_S),
+    Column("agent", Text, **_S),
+    Column("agent_version", Text, **_S),
+    Column("project", Text, **_S),
+    Column("team", Text, **_S),
+    Column("auth_method", Text, **_S),
+    Column("request_id", Text, **_S),
+    Column("trace_id", Text, **_S),
+    Column("session_id", Text, **_S),
+    Column("step_id", Text, **_S),
+    Column("parent_event_id", Text, **_S),
+    Column("tool", Text, **_S),
+    Column("action", Text, **_S),
+    Column("risk", Integer, nullable=False, default=0),
+    Column("arguments", Text, nullable=False, default="{}"),  # canonical JSON of the Struct
+    Column("reason", Text, **_S),
+    Column("approver", Text, **_S),
+    Column("comment", Text, **_S),
+    Column("create_time_us", BigInteger, nullable=False),
+    Column("expire_time_us", BigInteger, nullable=False),
+    Column("decide_time_us", BigInteger, nullable=False, default=0),
+)
+Index("ix_approvals_state", approvals.c.state, approvals.c.expire_time_us)
+Index("ix_approvals_key", approvals.c.requested_by, approvals.c.request_key)

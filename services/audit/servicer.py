@@ -7,16 +7,15 @@ from harness.common.v1 import common_pb2
 from prometheus_client import CollectorRegistry, Counter
 
 from services.audit import export, lineage
+from services.audit.approvals import Approvals
 from services.audit.config import AuditConfig
 from services.audit.store import AuditStore
 from services.common.context import Identity, current_identity
 from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from services.common.planned import planned
 from services.common.server import Registrar, RunningServer, registrar, start_server_owning
 
 SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name
 READER_ROLES = frozenset({"admin", "auditor"})
-_ISSUE7 = "audit issue #7"
 _FAILURES = {
     "hash_mismatch": audit_pb2.VERIFY_FAILURE_HASH_MISMATCH,
     "link_broken": audit_pb2.VERIFY_FAILURE_LINK_BROKEN,
@@ -55,19 +54,11 @@ class AuditMetrics:
         )
 
 
-@planned(
-    audit_pb2.DESCRIPTOR.services_by_name["Audit"],
-    {
-        "RequestApproval": f"human approvals ({_ISSUE7})",
-        "GetApproval": f"human approvals ({_ISSUE7})",
-        "ListApprovals": f"human approvals ({_ISSUE7})",
-        "DecideApproval": f"human approvals ({_ISSUE7})",
-    },
-)
 class AuditServicer(audit_pb2_grpc.AuditServicer):
     def __init__(self, store: AuditStore, metrics: AuditMetrics) -> None:
         self._store = store
         self._metrics = metrics
+        self._approvals = Approvals(store)
 
     async def Ingest(self, request_iterator, context) -> audit_pb2.IngestResponse:
         """Appends batches as they arrive, each batch in one transaction.
@@ -124,6 +115,41 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             expected=result.expected,
             found=result.found,
         )
+
+    # ---- approvals (logic and access checks in approvals.py) ----
+
+    async def RequestApproval(
+        self, request: audit_pb2.RequestApprovalRequest, context
+    ) -> audit_pb2.RequestApprovalResponse:
+        """Opens a pending approval (Harness services and admins); audited as an APPROVAL record."""
+        approval = await self._approvals.request(current_identity(), request)
+        return audit_pb2.RequestApprovalResponse(approval=approval)
+
+    async def GetApproval(
+        self, request: audit_pb2.GetApprovalRequest, context
+    ) -> audit_pb2.GetApprovalResponse:
+        """One approval; with `wait`, long-polls (up to 60 s) while it is pending."""
+        wait_us = request.wait.seconds * 1_000_000 + request.wait.nanos // 1000
+        approval = await self._approvals.get(current_identity(), request.id, wait_us)
+        return audit_pb2.GetApprovalResponse(approval=approval)
+
+    async def ListApprovals(
+        self, request: audit_pb2.ListApprovalsRequest, context
+    ) -> audit_pb2.ListApprovalsResponse:
+        """Approvals oldest first, optionally of one state; page token = last row."""
+        items, token = await self._approvals.list(current_identity(), request.state, request.page)
+        return audit_pb2.ListApprovalsResponse(
+            approvals=items, page=common_pb2.PageResponse(next_page_token=token)
+        )
+
+    async def DecideApproval(
+        self, request: audit_pb2.DecideApprovalRequest, context
+    ) -> audit_pb2.DecideApprovalResponse:
+        """Approves or rejects a pending approval as the calling user (admin or approver role)."""
+        approval = await self._approvals.decide(
+            current_identity(), request.id, request.approve, request.comment
+        )
+        return audit_pb2.DecideApprovalResponse(approval=approval)
 
 
 def register(servicer: AuditServicer) -> Registrar:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from harness.audit.v1 import audit_pb2
 from harness.common.v1 import common_pb2
-from sqlalchemy import insert, select, text
+from sqlalchemy import Connection, Engine, insert, select, text
 
 from services.audit import chain
 from services.audit.models import audit_records, metadata
@@ -155,26 +157,51 @@ class AuditStore:
             # An event without a time is dated at receipt (the router always sets it).
             time_us = chain.ts_to_us(event.time) if event.HasField("time") else now
             rows.append(chain.row_from_event(event, time_us))
+        with self.chain_transaction() as conn:
+            new = self.append_rows(conn, rows, now)
+        return IngestResult(accepted=len(new), duplicates=len(events) - len(new))
+
+    @contextmanager
+    def chain_transaction(self) -> Iterator[Connection]:
+        """A write transaction holding the chain lock (blocking; call from a worker thread).
+
+        Everything done on the yielded connection commits together with the records appended
+        through append_rows, or not at all (approvals use this to store a state change and its
+        audit record atomically)."""
         with self._write_lock, self._engine.connect() as conn:
             conn.execution_options(**{IMMEDIATE: True})
             with conn.begin():
                 if not self._sqlite:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
-                ids = [r["event_id"] for r in rows]
-                stored: set[str] = set()
-                for i in range(0, len(ids), _ID_CHUNK):
-                    chunk = ids[i : i + _ID_CHUNK]
-                    stored.update(conn.scalars(select(T.event_id).where(T.event_id.in_(chunk))))
-                new = [r for r in rows if r["event_id"] not in stored]
-                head = conn.execute(select(T.sequence, T.hash).order_by(T.sequence.desc()).limit(1)).first()
-                sequence, prev = (head.sequence, head.hash) if head else (0, "")
-                for row in new:
-                    sequence += 1
-                    row.update(sequence=sequence, prev_hash=prev, ingest_time_us=now)
-                    row["hash"] = prev = chain.record_hash(row, sequence, row["prev_hash"])
-                if new:
-                    conn.execute(insert(audit_records), new)
-        return IngestResult(accepted=len(new), duplicates=len(events) - len(new))
+                yield conn
+
+    def append_rows(self, conn: Connection, rows: list[dict[str, Any]], now: int) -> list[dict[str, Any]]:
+        """Appends rows (from chain.row_from_event) not stored yet to the chain; returns those.
+
+        Must run inside chain_transaction()."""
+        ids = [r["event_id"] for r in rows]
+        stored: set[str] = set()
+        for i in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[i : i + _ID_CHUNK]
+            stored.update(conn.scalars(select(T.event_id).where(T.event_id.in_(chunk))))
+        new = [r for r in rows if r["event_id"] not in stored]
+        head = conn.execute(select(T.sequence, T.hash).order_by(T.sequence.desc()).limit(1)).first()
+        sequence, prev = (head.sequence, head.hash) if head else (0, "")
+        for row in new:
+            sequence += 1
+            row.update(sequence=sequence, prev_hash=prev, ingest_time_us=now)
+            row["hash"] = prev = chain.record_hash(row, sequence, row["prev_hash"])
+        if new:
+            conn.execute(insert(audit_records), new)
+        return new
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def now_us(self) -> int:
+        """The store's clock (injectable for tests), in microseconds since the epoch."""
+        return self._now_us()
 
     # ---- read ----
 

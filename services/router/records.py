@@ -26,6 +26,7 @@ class CallFacts:
     decision: int = common_pb2.DECISION_ALLOW
     rule: str = ""
     tool: str = ""  # "name@version" for tool calls
+    event_id: str = ""  # the audit record's id when it must be known before it is written
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -118,7 +119,7 @@ def tool_call_event(
     body = struct_pb2.Struct()
     body.update(details)
     return common_pb2.AuditEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=f.event_id or str(uuid.uuid4()),
         time=_now(),
         kind=common_pb2.AUDIT_EVENT_KIND_TOOL_CALL,
         actor=actor(f),

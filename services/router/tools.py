@@ -16,6 +16,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,23 +72,28 @@ class ApprovalGate(Protocol):
 class AuditApprovals:
     """Approvals through the audit service (RequestApproval, then GetApproval until decided)."""
 
-    def __init__(self, stub, poll_s: float = 0.2) -> None:
+    def __init__(self, stub) -> None:
         self._stub = stub
-        self._poll = poll_s
 
     async def request(self, approval: audit_pb2.Approval, ttl_s: float) -> str:
-        req = audit_pb2.RequestApprovalRequest(approval=approval)
+        # The tool call's event id doubles as the request key: a retried request is the same one.
+        req = audit_pb2.RequestApprovalRequest(
+            approval=approval, request_key=approval.correlation.parent_event_id
+        )
         req.ttl.FromNanoseconds(int(ttl_s * 1e9))
         resp = await self._stub.RequestApproval(req, timeout=5.0)
         return resp.approval.id
 
     async def wait(self, approval_id: str, timeout_s: float) -> audit_pb2.Approval:
+        """Long-polls GetApproval (the audit service answers as soon as it is decided)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            resp = await self._stub.GetApproval(audit_pb2.GetApprovalRequest(id=approval_id), timeout=5.0)
+            left = max(0.0, deadline - time.monotonic())
+            req = audit_pb2.GetApprovalRequest(id=approval_id)
+            req.wait.FromNanoseconds(int(min(left, 60.0) * 1e9))
+            resp = await self._stub.GetApproval(req, timeout=min(left, 60.0) + 5.0)
             if resp.approval.state != audit_pb2.APPROVAL_STATE_PENDING or time.monotonic() >= deadline:
                 return resp.approval
-            await asyncio.sleep(min(self._poll, max(0.0, deadline - time.monotonic())))
 
 
 def post_json(url: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -187,6 +193,8 @@ class ToolInvoker:
                 )
 
         approval_id = ""
+        # The call's audit record id, known up front so an approval can hang under it (lineage).
+        facts = records.CallFacts(**{**facts.__dict__, "event_id": str(uuid.uuid4())})
         if action.requires_approval:
             approval_id, approved = await self._approve(call, facts, tool, action, logged_args, risk)
             if approved is None:
@@ -260,9 +268,12 @@ class ToolInvoker:
         """(approval id, the decided approval, or None when still pending after the wait)."""
         args = struct_pb2.Struct()
         args.update(logged_args)
+        correlation = records.correlation(facts)
+        correlation.parent_event_id = facts.event_id
         approval = audit_pb2.Approval(
             requester=records.actor(facts),
-            correlation=records.correlation(facts),
+            correlation=correlation,
+            reason=f"{facts.agent} wants to {action.name} via {tool.name} ({risk})",
             tool=f"{tool.name}@{tool.version}",
             action=action.name,
             risk=action.risk,

@@ -1,4 +1,4 @@
-"""Audit service over a real gRPC channel: ingest, query, lineage, export, verify, access, planned RPCs."""
+"""Audit service over a real gRPC channel: ingest, query, lineage, export, verify, access, approvals served."""
 
 from __future__ import annotations
 
@@ -151,11 +151,11 @@ async def test_access_rules(audit, admin, mint_token):
     assert (await stub.Query(audit_pb2.QueryRequest(), metadata=auditor)).records == []
 
 
-async def test_planned_rpcs_name_their_feature(audit, admin):
+async def test_approval_rpcs_are_served(audit, admin):
+    """Approvals are implemented (tests/integration/test_audit_approvals.py covers them)."""
     stub, _ = audit
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.ListApprovals(audit_pb2.ListApprovalsRequest(), metadata=admin)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED and "approvals" in err.value.details()
+    resp = await stub.ListApprovals(audit_pb2.ListApprovalsRequest(), metadata=admin)
+    assert list(resp.approvals) == [] and resp.page.next_page_token == ""
 
 
 def ledger_story() -> list[common_pb2.AuditEvent]:
