@@ -57,6 +57,7 @@ bench: proto
 	$(PY) bench/router_overhead.py --quick
 	$(PY) bench/prefix_affinity.py --quick
 	$(PY) bench/overload.py --quick
+	$(PY) bench/pii_corpus.py
 
 clean:
 	rm -rf gen .harness .pytest_cache
