@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+import grpc
+
 from services.common.config import ServerConfig, add_server_args, env, server_config_from_args
-from services.common.server import RunningServer, start_server_owning
+from services.common.server import RunningServer, open_channel, start_server_owning
+from services.registry.audit_feed import AuditFeed
 from services.registry.policy import Policy
 from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
@@ -26,6 +29,9 @@ class RegistryConfig:
     # How often Watch looks for revisions other registry processes committed (own writes wake
     # watchers at once).
     watch_poll_s: float = 0.5
+    # Audit service address ("" = no audit feed): every change is shipped there as an
+    # ADMIN_CHANGE event, over mTLS with the registry's own certificate.
+    audit_addr: str = ""
 
 
 def parse_args(argv: list[str] | None = None) -> RegistryConfig:
@@ -42,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> RegistryConfig:
         default=float(env("REGISTRY_WATCH_POLL_S", "0.5")),
         help="seconds between checks for other replicas' changes (env HARNESS_REGISTRY_WATCH_POLL_S)",
     )
+    parser.add_argument(
+        "--audit",
+        default=env("AUDIT_ADDR"),
+        help="audit service host:port to ship every change to (env HARNESS_AUDIT_ADDR); off when empty",
+    )
     args = parser.parse_args(argv)
     if args.watch_poll <= 0:
         parser.error("--watch-poll must be > 0")
@@ -50,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> RegistryConfig:
         db_url=args.db_url,
         log_level=args.log_level,
         watch_poll_s=args.watch_poll,
+        audit_addr=args.audit,
     )
 
 
@@ -63,14 +75,28 @@ def build_servicer(config: RegistryConfig) -> RegistryServicer:
 async def serve(config: RegistryConfig) -> RunningServer:
     """Starts the registry; its database is closed after the server stops."""
     servicer = build_servicer(config)
+    feed: AuditFeed | None = None
+    channel: grpc.aio.Channel | None = None
 
     async def close() -> None:
+        if feed is not None:
+            await feed.stop()
+        if channel is not None:
+            await channel.close()
         servicer.hub.close()
         servicer.store.close()
 
     running = await start_server_owning(
         config.server, servicer.register, close, api_key_resolver=servicer.resolve_api_key
     )
+    if config.audit_addr:
+        try:
+            channel = open_channel(config.audit_addr, config.server.tls)
+            feed = AuditFeed(servicer.store, channel)
+            feed.start()
+        except BaseException:
+            await running.stop(0)
+            raise
 
     async def end_watches() -> None:
         servicer.hub.shutdown()

@@ -26,12 +26,14 @@ from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.common.context import current
 from services.common.errors import AlreadyExists
 from services.registry import convert_rows as rows
 from services.registry import domain as d
 from services.registry.models import (
     AgentRow,
     ApiKeyRow,
+    AuditCursorRow,
     ChangeRow,
     JwtSettingsRow,
     ModelRow,
@@ -58,8 +60,26 @@ _KEYED = {
 }
 
 
+_ROW_TYPES: dict[str, type] = {
+    **{kind: row_type for kind, (row_type, _, _) in _KEYED.items()},
+    "tool": ToolRow,
+    "jwt": JwtSettingsRow,
+}
+
+
 def tool_key(name: str, version: str) -> str:
     return f"{name}@{version}" if version else name
+
+
+def _action(session: Session, kind: str, deleted: bool) -> str:
+    if deleted:
+        return "delete"
+    if kind == "policy":  # a rule is its own key: recording it undeleted means it was added
+        return "create"
+    row_type = _ROW_TYPES.get(kind)
+    if row_type is not None and any(isinstance(obj, row_type) for obj in session.new):
+        return "create"
+    return "update"
 
 
 def policy_rule(r: CasbinRule) -> d.PolicyRule:
@@ -127,10 +147,31 @@ class ChangeLog:
             except Exception:  # a broken watcher must not fail the write that already committed
                 log.exception("registry commit listener failed")
 
-    def _record(self, session: Session, kind: str, key: str, deleted: bool = False) -> int:
-        """Appends a change in `session`'s transaction; returns its revision."""
+    def _record(self, session: Session, kind: str, key: str, deleted: bool = False, action: str = "") -> int:
+        """Appends a change in `session`'s transaction; returns its revision.
+
+        The change names who made it: the request context's identity (the servicer runs store
+        calls via asyncio.to_thread, which carries the context into the worker thread) and its
+        request and trace id. `action` defaults to "delete" for deletions, "create" when the
+        kind's row is new in this transaction (a policy rule added), else "update".
+        """
+        action = action or _action(session, kind, deleted)
         self._serialize(session)
-        change = ChangeRow(kind=kind, key=key, deleted=deleted, time=d.now())
+        ctx = current()
+        who = ctx.identity
+        change = ChangeRow(
+            kind=kind,
+            key=key,
+            deleted=deleted,
+            time=d.now(),
+            action=action,
+            actor_user=who.user[:128],
+            actor_agent=who.agent[:63],
+            actor_service=who.service[:63],
+            auth_method=(who.auth_method or ("mtls" if who.agent or who.service else ""))[:16],
+            request_id=ctx.request_id[:128],
+            trace_id=ctx.trace_id[:32],
+        )
         session.add(change)
         session.flush()
         session.info["revision"] = change.revision
@@ -148,6 +189,32 @@ class ChangeLog:
             head = s.scalar(select(func.max(ChangeRow.revision))) or 0
             result = s.execute(delete(ChangeRow).where(ChangeRow.revision <= head - max(keep, 1)))
             return result.rowcount or 0
+
+    # --- the audit feed's outbox ---------------------------------------------------------
+
+    def change_records(self, since: int, limit: int) -> list[ChangeRow]:
+        """Up to `limit` raw change rows (with their actor) after `since`, oldest first."""
+        with self._sessions() as s:
+            stmt = select(ChangeRow).where(ChangeRow.revision > since).order_by(ChangeRow.revision)
+            return list(s.scalars(stmt.limit(limit)))
+
+    def audit_cursor(self) -> int:
+        """The last revision shipped to the audit service (0 = none yet)."""
+        with self._sessions() as s:
+            row = s.get(AuditCursorRow, 1)
+            return row.revision if row is not None else 0
+
+    def set_audit_cursor(self, revision: int) -> int:
+        """Moves the cursor forward to `revision` (never back: replicas may ship concurrently);
+        returns the cursor now."""
+        with self._sessions() as s, s.begin():
+            row = s.get(AuditCursorRow, 1, with_for_update=True)
+            if row is None:
+                row = AuditCursorRow(id=1, revision=revision, update_time=d.now())
+                s.add(row)
+            elif revision > row.revision:
+                row.revision, row.update_time = revision, d.now()
+            return row.revision
 
     # --- reading -------------------------------------------------------------------------
 

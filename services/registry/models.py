@@ -149,6 +149,25 @@ class ChangeRow(Base):
     key: Mapped[str] = mapped_column(String(512))
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     time: Mapped[datetime] = mapped_column(Timestamp)
+    # Who made the change and in which request (from the request context; "" when unknown, e.g.
+    # rows written before migration 0004). `action` is "create", "update" or "delete".
+    action: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    actor_user: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    actor_agent: Mapped[str] = mapped_column(String(63), default="", server_default="")
+    actor_service: Mapped[str] = mapped_column(String(63), default="", server_default="")
+    auth_method: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    request_id: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    trace_id: Mapped[str] = mapped_column(String(32), default="", server_default="")
+
+
+class AuditCursorRow(Base):
+    """How far the audit feed has shipped the change log (one row, id 1); see audit_feed.py."""
+
+    __tablename__ = "audit_cursor"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    update_time: Mapped[datetime] = mapped_column(Timestamp)
 
 
 class JwtSettingsRow(Base):

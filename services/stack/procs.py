@@ -17,6 +17,7 @@ class Child:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    restarts: int = 0
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +56,23 @@ class Supervisor:
             code = c.exited()
             if code is not None:
                 raise RuntimeError(f"{c.name} exited with code {code}; last log lines:\n{c.log_tail()}")
+
+    def restart_exited(self, max_restarts: int = 5) -> list[str]:
+        """Once the stack is up, a child that dies is started again (state lives in its files:
+        databases, outboxes); one that keeps dying stops the stack with its log tail."""
+        restarted = []
+        for c in self.children:
+            code = c.exited()
+            if code is None:
+                continue
+            if c.restarts >= max_restarts:
+                raise RuntimeError(
+                    f"{c.name} exited with code {code} after {c.restarts} restarts; last log lines:\n{c.log_tail()}"
+                )
+            c.restarts += 1
+            c.start()
+            restarted.append(f"{c.name} exited with code {code}; restarted ({c.restarts}/{max_restarts})")
+        return restarted
 
     def stop_all(self, grace_s: float = 8.0) -> None:
         """SIGTERM everything (reverse start order), then SIGKILL what is left after the grace."""

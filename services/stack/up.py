@@ -123,9 +123,9 @@ class Stack:
             self._start_children()
             asyncio.run(self._wait_and_seed())
         finally:
-            self._write_pids()
+            self.write_pids()
 
-    def _write_pids(self) -> None:
+    def write_pids(self) -> None:
         # For ops and tests: which processes belong to this stack.
         pids = [f"{c.name} {c.proc.pid}\n" for c in self.sup.children if c.proc is not None]
         (self.paths.root / "stack.pids").write_text("".join(pids))
@@ -155,6 +155,8 @@ class Stack:
         ):
             db = f"sqlite:///{(state / f'{name}.db').resolve()}"
             argv = _py(f"services.{name}", *self._service_flags(name, port, metrics), "--db-url", db)
+            if name == "registry":  # every admin change becomes an audit event
+                argv += ["--audit", f"127.0.0.1:{p.audit}"]
             self.sup.start(Child(name, argv, logs / f"{name}.log"))
         endpoints = [
             arg
@@ -223,7 +225,7 @@ class Stack:
             "--log-level", "warn", "--drain-time-s", "2", "--parent-shutdown-time-s", "3",
         ]  # fmt: skip
         self.sup.start(Child("envoy", argv, self.paths.logs / "envoy.log"))
-        self._write_pids()
+        self.write_pids()
 
     # --- wait --------------------------------------------------------------------------------
     def _cli_tls(self) -> TlsFiles:
@@ -402,7 +404,9 @@ def run_up(cfg: UpConfig) -> int:
         print(stack.banner(env), flush=True)
         print(f"healthy in {time.monotonic() - started:.1f}s", flush=True)
         while True:
-            stack.sup.check()
+            for line in stack.sup.restart_exited():
+                print(f"harness up: {line}", file=sys.stderr, flush=True)
+                stack.write_pids()
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping the stack...", flush=True)

@@ -27,7 +27,18 @@ TABLES = {
     "changes",
     "casbin_rule",
     "jwt_settings",
+    "audit_cursor",
 }
+
+ACTOR_COLUMNS = (
+    "action",
+    "actor_user",
+    "actor_agent",
+    "actor_service",
+    "auth_method",
+    "request_id",
+    "trace_id",
+)
 
 
 @pytest.fixture
@@ -44,15 +55,18 @@ def _tables(engine) -> set[str]:
 def test_upgrade_from_empty_then_downgrade_to_base(engine):
     assert _tables(engine) == set() and migrate.current(engine) is None
     migrate.upgrade(engine)
-    assert migrate.current(engine) == migrate.head() == "0003"
+    assert migrate.current(engine) == migrate.head() == "0004"
     assert _tables(engine) == TABLES
     assert migrate.diff(engine) == []  # autogenerate finds nothing: migrations == models
 
+    migrate.downgrade(engine, "0003")
+    assert migrate.current(engine) == "0003" and _tables(engine) == TABLES - {"audit_cursor"}
+    assert {c["name"] for c in inspect(engine).get_columns("changes")}.isdisjoint(ACTOR_COLUMNS)
     migrate.downgrade(engine, "0002")
-    assert migrate.current(engine) == "0002" and _tables(engine) == TABLES
+    assert migrate.current(engine) == "0002" and _tables(engine) == TABLES - {"audit_cursor"}
     assert {c["name"] for c in inspect(engine).get_columns("users")}.isdisjoint({"rpm_limit", "tpm_limit"})
     migrate.downgrade(engine, "0001")
-    assert migrate.current(engine) == "0001" and _tables(engine) == TABLES - {"jwt_settings"}
+    assert migrate.current(engine) == "0001" and _tables(engine) == TABLES - {"jwt_settings", "audit_cursor"}
     migrate.downgrade(engine)
     assert migrate.current(engine) is None and _tables(engine) == set()
 
@@ -85,11 +99,13 @@ def test_store_migrates_on_open_and_reopens(db_url):
 
 def test_pre_migration_database_is_adopted(engine, db_url):
     """A registry DB made by the thin slice's create_all (0001's tables, no alembic_version)."""
-    legacy = [t for t in Base.metadata.sorted_tables if t.name != "jwt_settings"]
+    legacy = [t for t in Base.metadata.sorted_tables if t.name not in {"jwt_settings", "audit_cursor"}]
     Base.metadata.create_all(engine, tables=legacy)
     with engine.begin() as conn:  # columns added after 0001 were not there either
         for column in ("rpm_limit", "tpm_limit"):
             conn.execute(text(f"ALTER TABLE users DROP COLUMN {column}"))
+        for column in ACTOR_COLUMNS:
+            conn.execute(text(f"ALTER TABLE changes DROP COLUMN {column}"))
     CasbinRule.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(
@@ -106,15 +122,17 @@ def test_pre_migration_database_is_adopted(engine, db_url):
         assert _tables(store.engine) == TABLES
         store.create_user(d.User("zed", rpm_limit=3))  # 0003's columns are there
         assert store.get_user("zed").rpm_limit == 3 and migrate.diff(store.engine) == []
+        assert store.change_records(0, 10)[-1].action == "create"  # and 0004's
+        assert store.set_audit_cursor(2) == 2 and store.audit_cursor() == 2
     finally:
         store.close()
 
 
 def test_ops_command_line(db_url, capsys):
     migrate.main(["--db-url", db_url, "upgrade"])
-    assert capsys.readouterr().out.strip() == "0003 (head 0003)"
+    assert capsys.readouterr().out.strip() == "0004 (head 0004)"
     with pytest.raises(SystemExit) as done:
         migrate.main(["--db-url", db_url, "check"])
     assert done.value.code == 0 and "in sync" in capsys.readouterr().out
     migrate.main(["--db-url", db_url, "downgrade"])
-    assert capsys.readouterr().out.strip() == "(empty) (head 0003)"
+    assert capsys.readouterr().out.strip() == "(empty) (head 0004)"

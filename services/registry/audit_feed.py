@@ -1,0 +1,181 @@
+"""The audit feed: ships every registry change to the audit service as an ADMIN_CHANGE event.
+
+The change log is the durable outbox: a change row commits with the entity it describes, so
+nothing can change without a row to ship. The feed reads rows after its cursor (a one-row table,
+moved forward after each acknowledged batch), in revision order, up to `batch_size` at a time,
+and sends them over `Audit.Ingest`. Event ids are `registry-change-<revision>`, so a batch sent
+again after a lost acknowledgement, a crash before the cursor moved, or by a second registry
+replica on the same database is acknowledged as duplicates, never stored twice.
+
+While the audit service is unreachable the feed retries with exponential backoff (capped); the
+changes wait in the log. It wakes at once after this process's commits (a commit listener) and
+polls every `poll_s` for other replicas' writes. Only ids and names are sent: an API key change
+names the key id, never its secret (which the registry does not keep anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import struct_pb2, timestamp_pb2
+from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.common.v1 import common_pb2
+
+from services.registry import convert_rows as rows
+from services.registry.models import ChangeRow
+from services.registry.store import Store
+
+log = logging.getLogger("harness.registry.audit")
+
+EVENT_PREFIX = "registry-change-"
+SOURCE = "registry"
+
+
+def event_id(revision: int) -> str:
+    return f"{EVENT_PREFIX}{revision}"
+
+
+def change_event(change: ChangeRow) -> common_pb2.AuditEvent:
+    """The ADMIN_CHANGE event for one change row."""
+    time = timestamp_pb2.Timestamp()
+    time.FromDatetime(rows.utc(change.time))
+    details = struct_pb2.Struct()
+    details.update(
+        {"revision": change.revision, "kind": change.kind, "key": change.key, "deleted": bool(change.deleted)}
+    )
+    if change.actor_service:  # the Actor message has no service field
+        details.update({"service": change.actor_service})
+    action = change.action or ("delete" if change.deleted else "update")
+    return common_pb2.AuditEvent(
+        event_id=event_id(change.revision),
+        time=time,
+        kind=common_pb2.AUDIT_EVENT_KIND_ADMIN_CHANGE,
+        actor=common_pb2.Actor(
+            user=change.actor_user, agent=change.actor_agent, auth_method=change.auth_method
+        ),
+        correlation=common_pb2.Correlation(request_id=change.request_id, trace_id=change.trace_id),
+        object=f"{change.kind}:{change.key}",
+        action=action,
+        decision=common_pb2.DECISION_ALLOW,
+        status="OK",
+        source=SOURCE,
+        details=details,
+    )
+
+
+class AuditFeed:
+    """One background task per registry process; `start` in the serving loop, `stop` at shutdown."""
+
+    def __init__(
+        self,
+        store: Store,
+        channel: grpc.aio.Channel,
+        *,
+        batch_size: int = 200,
+        poll_s: float = 1.0,
+        min_backoff_s: float = 0.2,
+        max_backoff_s: float = 10.0,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._channel = channel
+        self._stub = audit_pb2_grpc.AuditStub(channel)
+        self._batch = batch_size
+        self._poll_s = poll_s
+        self._min_backoff_s = min_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._timeout_s = timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._unlisten = store.add_commit_listener(self._committed)
+        self.shipped = 0  # cursor as last known here (tests, logs)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="registry-audit-feed")
+
+    async def stop(self) -> None:
+        self._unlisten()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def _committed(self, revision: int) -> None:
+        """Commit listener; runs in the store's worker thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._wakeup.set)
+        except RuntimeError:  # the loop closed in between
+            pass
+
+    async def _run(self) -> None:
+        backoff = self._min_backoff_s
+        failing = False
+        while True:
+            try:
+                sent = await self._ship_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:  # once per outage, not every retry
+                    log.warning("registry audit feed cannot ship changes (will retry): %s", exc)
+                failing = True
+                await self._sleep(backoff, wake=False)
+                backoff = min(backoff * 2, self._max_backoff_s)
+                continue
+            if failing:
+                log.info("registry audit feed reconnected; shipped up to revision %d", self.shipped)
+            failing, backoff = False, self._min_backoff_s
+            if sent < self._batch:  # caught up: wait for a commit or the next poll
+                await self._sleep(self._poll_s, wake=True)
+
+    async def _sleep(self, seconds: float, *, wake: bool) -> None:
+        if not wake:
+            await asyncio.sleep(seconds)
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
+        except TimeoutError:
+            pass
+        self._wakeup.clear()
+
+    async def _ship_once(self) -> int:
+        """Ships one batch after the cursor; returns how many changes it held."""
+        self._wakeup.clear()  # a commit after this read wakes the next wait
+        cursor = await asyncio.to_thread(self._store.audit_cursor)
+        changes = await asyncio.to_thread(self._store.change_records, cursor, self._batch)
+        if not changes:
+            self.shipped = cursor
+            return 0
+        if changes[0].revision > cursor + 1 and cursor:
+            log.warning(
+                "registry audit feed: revisions %d..%d were compacted before they were shipped",
+                cursor + 1,
+                changes[0].revision - 1,
+            )
+        events = [change_event(c) for c in changes]
+
+        async def requests() -> AsyncIterator[audit_pb2.IngestRequest]:
+            yield audit_pb2.IngestRequest(events=events)
+
+        resp = await self._stub.Ingest(requests(), timeout=self._timeout_s)
+        self.shipped = await asyncio.to_thread(self._store.set_audit_cursor, changes[-1].revision)
+        log.debug(
+            "registry audit feed: revisions %d..%d (%d new, %d resent)",
+            changes[0].revision,
+            changes[-1].revision,
+            resp.accepted,
+            resp.duplicates,
+        )
+        return len(changes)
