@@ -20,6 +20,8 @@ from services.common.config import ServerConfig, TlsFiles, add_server_args, env,
 from services.common.identity import JwtVerifier
 from services.common.registry_mirror import JwtSettingsChange, RegistryMirror
 from services.common.server import RunningServer, open_channel, run_until_signal, setup_logging, start_server
+from services.router.budgets import BudgetEnforcer, MemoryBudgets, RedisBudgets
+from services.router.budgets.follower import CostFollower, alert_event
 from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
@@ -66,6 +68,8 @@ class RouterConfig:
     outbox_path: str = ""
     outbox_fail_closed: bool = False  # refuse requests when events cannot be made durable
     redaction_key: str = ""  # HMAC key for HASH-mode PII redaction; the same on every router
+    budget_timezone: str = "UTC"  # the cost service's timezone (calendar budget periods)
+    budget_refresh_s: float = 5.0  # how often budgets and prices are read from the cost service
 
 
 def parse_args(argv: list[str] | None = None) -> RouterConfig:
@@ -114,6 +118,11 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         default=env("ROUTER_SCHEDULER_PROFILES", ""),
         help="YAML file of scheduling profiles (default: services/router/scheduling/profiles.yaml)",
     )
+    p.add_argument(
+        "--budget-timezone",
+        default=env("COST_TIMEZONE", "UTC"),
+        help="IANA timezone of budget periods; the same as the cost service's (env HARNESS_COST_TIMEZONE)",
+    )
     p.add_argument("--default-max-tokens", type=int, default=int(env("ROUTER_DEFAULT_MAX_TOKENS", "256")))
     a = p.parse_args(argv)
     setup_logging(a.log_level)
@@ -131,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         outbox_path=a.outbox,
         outbox_fail_closed=a.outbox_fail_closed,
         redaction_key=Path(a.redaction_key_file).read_text().strip() if a.redaction_key_file else "",
+        budget_timezone=a.budget_timezone,
     )
 
 
@@ -160,8 +170,10 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     if cfg.redis_url:
         limiter: RateLimiter = RedisRateLimiter.from_url(cfg.redis_url)
         cache: ResultCache = RedisResultCache.from_url(cfg.redis_url)
+        budgets: BudgetEnforcer = RedisBudgets.from_url(cfg.redis_url, timezone=cfg.budget_timezone)
     else:
         limiter, cache = MemoryRateLimiter(), MemoryResultCache()
+        budgets = MemoryBudgets(timezone=cfg.budget_timezone)
     metrics = CollectorRegistry()
     events = EventShipper(
         channels["audit"],
@@ -170,6 +182,8 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         Outbox(cfg.outbox_path or f".harness/state/router-{cfg.server.port}-outbox.db"),
         fail_closed=cfg.outbox_fail_closed,
     )
+    budgets.on_alert = lambda alert: events.emit_audit(alert_event(alert))
+    cost_follower = CostFollower(channels["cost"], budgets, cfg.budget_refresh_s)
     router = Router(
         registry,
         endpoints,
@@ -183,6 +197,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
             cache_ttl_s=cfg.result_cache_ttl_s,
             redaction_key=cfg.redaction_key,
         ),
+        budgets=budgets,
     )
 
     tools = ToolInvoker(
@@ -220,13 +235,16 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     registry.start()
     endpoints.start()
     events.start()
+    cost_follower.start()
 
     async def shutdown() -> None:
         await registry.stop()
         await endpoints.stop()
+        await cost_follower.stop()
         await events.drain(timeout=cfg.server.grace_s)
         await triton.close()
         await limiter.aclose()
+        await budgets.aclose()
         if isinstance(cache, RedisResultCache):
             await cache.aclose()
         for ch in channels.values():

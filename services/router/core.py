@@ -4,7 +4,8 @@ identify -> resolve agent version -> authorize (user may invoke the agent; the a
 the model) -> validate against the model (context length) -> admit (RPM/TPM limits) ->
 result cache / coalescing (deterministic requests) -> schedule, queue if saturated, dispatch
 with one failover (dispatch.py) -> record audit, usage and metrics.
-Redaction (security issue) and budget reservation (cost issue) slot in before admission.
+Redaction (security issue) runs before admission; budgets (budgets/) reserve the maximum cost
+after the rate limits and settle the actual cost with them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from services.common.errors import (
 )
 from services.common.registry_mirror import RegistryMirror
 from services.router import records
+from services.router.budgets import BudgetEnforcer, BudgetReservation, Subjects
 from services.router.dispatch import Dispatcher, DispatchInfo
 from services.router.events import EventShipper
 from services.router.flow import RateLimiter, RateLimits, SloClass
@@ -128,6 +130,7 @@ class Router:
         cache: ResultCache,
         metrics: RouterMetrics,
         policy: RouterPolicy = RouterPolicy(),
+        budgets: BudgetEnforcer | None = None,
     ) -> None:
         self.registry = registry
         self.endpoints = endpoints
@@ -138,6 +141,7 @@ class Router:
         self.redactors = AgentRedactors(policy.redaction_key)
         self.metrics = metrics
         self.policy = policy
+        self.budgets = budgets
 
     async def generate(self, inp: GenerationInput, result: GenerationResult) -> AsyncIterator[str]:
         """Yields text deltas; `result` holds the summary when the iterator ends normally."""
@@ -226,6 +230,14 @@ class Router:
         )
         self.events.check_durable()
         reservation = await self.limiter.admit(agent.name, ident.user, limits, prompt_tokens + max_tokens)
+        budget_hold = BudgetReservation()
+        if self.budgets is not None:
+            try:
+                who = Subjects(ident.user, user.team if user else "", agent.project, agent.name)
+                budget_hold = await self.budgets.reserve(who, model_name, prompt_tokens, max_tokens)
+            except BaseException:
+                await self.limiter.settle(reservation, 0, refund_request=True)
+                raise
 
         request = TritonRequest(
             model=catalog_model.triton_model,
@@ -286,6 +298,10 @@ class Router:
                 result.input_tokens + result.output_tokens if reached_backend else 0,
                 refund_request=not reached_backend,
             )
+            if self.budgets is not None:
+                actual = result.input_tokens, result.output_tokens
+                cost = self.budgets.cost(model_name, *actual) if reached_backend else 0
+                await self.budgets.settle(budget_hold, cost)
             gpu_type = self.endpoints.gpu_type(info.endpoint.name) if info.endpoint else ""
             self._record(
                 records.CallFacts(

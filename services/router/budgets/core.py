@@ -1,0 +1,431 @@
+"""Budget enforcement on the router's hot path: reserve the request's maximum cost at admission,
+settle the actual cost once, never let the settled spend of a period pass the hard limit.
+
+Model (the same in memory and in Redis; `redis_store.py` runs these steps in Lua):
+- A *counter* per budget and period (key `{prefix}bud:{name}:{period start ms | life}`) holds
+  `spent` (settled micro-USD), `reserved` (sum of live reservations), one entry per live
+  reservation (id -> amount, with an expiry), and `orphan` (settled while the counter was lost).
+- **reserve**: drops expired reservations, then admits iff for every budget that applies
+  `spent + reserved + cost <= limit` (and `spent + reserved < limit`); all counters are charged
+  or none. A counter without `spent` is *missing* (new period, lost Redis, restarted router):
+  nothing is charged, its spend in the period is read from the ledger source and written with
+  set-if-absent (so replicas racing to rebuild it count it once), and the reservation retries.
+- **settle** (once per reservation): removes the reservation and adds the actual cost to
+  `spent`. A reservation that already expired or was lost still adds its actual cost (the spend
+  happened). On a lost counter the cost goes to `orphan`, added when the counter is rebuilt
+  (conservative: it may also be in the ledger already).
+- **data loss**: an `epoch` key is created with the first rebuild. A replica that saw an epoch
+  and finds it gone knows Redis lost state, including other replicas' in-flight reservations;
+  it then sets a *hold* (default: the reservation TTL) during which budgeted requests are refused,
+  so reservations nobody can see any more settle before new spend is admitted.
+- Soft thresholds: a settle whose spend crosses `pct`% of the limit reports an alert (exactly one
+  settle crosses each threshold per period, since settles are atomic).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from harness.cost.v1 import cost_pb2
+
+from services.common.errors import ResourceExhausted, Unavailable
+from services.cost.pricing import period_bounds, to_us
+
+log = logging.getLogger("harness.router.budgets")
+
+TOKENS_PER_UNIT = 1_000_000  # model prices are micro-USD per 1M tokens
+KEY_GRACE_MS = 86_400_000  # a period's counter outlives the period by a day (late settles)
+SCOPES = {
+    cost_pb2.BUDGET_SCOPE_USER: "user",
+    cost_pb2.BUDGET_SCOPE_TEAM: "team",
+    cost_pb2.BUDGET_SCOPE_PROJECT: "project",
+    cost_pb2.BUDGET_SCOPE_AGENT: "agent",
+}
+PERIODS = {
+    cost_pb2.BUDGET_PERIOD_DAILY: "daily",
+    cost_pb2.BUDGET_PERIOD_WEEKLY: "weekly",
+    cost_pb2.BUDGET_PERIOD_MONTHLY: "monthly",
+    cost_pb2.BUDGET_PERIOD_LIFETIME: "lifetime",
+}
+
+
+@dataclass(frozen=True)
+class BudgetRule:
+    name: str
+    scope: int  # cost_pb2.BudgetScope
+    subject: str
+    period: int  # cost_pb2.BudgetPeriod
+    limit_micro_usd: int
+    alert_percent: tuple[int, ...] = ()
+
+    @classmethod
+    def from_proto(cls, b: cost_pb2.Budget) -> BudgetRule:
+        return cls(b.name, b.scope, b.subject, b.period, b.limit_micro_usd, tuple(b.alert_percent))
+
+    def describe(self) -> str:
+        return f"budget '{self.name}' ({SCOPES.get(self.scope, '?')} '{self.subject}', {PERIODS.get(self.period, '?')})"
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Who a request is charged to, one name per budget scope ("" = none)."""
+
+    user: str = ""
+    team: str = ""
+    project: str = ""
+    agent: str = ""
+
+    def of(self, scope: int) -> str:
+        return getattr(self, SCOPES.get(scope, "user"), "") if scope in SCOPES else ""
+
+
+class BudgetTable:
+    """Budgets indexed by (scope, subject)."""
+
+    def __init__(self, rules: Iterable[BudgetRule] = ()) -> None:
+        self._by: dict[tuple[int, str], list[BudgetRule]] = {}
+        for r in rules:
+            if r.scope in SCOPES and r.period in PERIODS and r.subject:
+                self._by.setdefault((r.scope, r.subject), []).append(r)
+
+    def applicable(self, s: Subjects) -> list[BudgetRule]:
+        out: list[BudgetRule] = []
+        for scope in SCOPES:
+            name = s.of(scope)
+            if name:
+                out += self._by.get((scope, name), ())
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by.values())
+
+
+class PriceTable:
+    """Token prices in force (micro-USD per 1M tokens) by model; a missing side prices at 0, as
+    the cost service does (it flags the event as unpriced)."""
+
+    def __init__(self, prices: dict[str, tuple[int, int]] | None = None) -> None:
+        self._p = dict(prices or {})
+
+    @classmethod
+    def from_protos(cls, prices: Iterable[cost_pb2.Price]) -> PriceTable:
+        table: dict[str, list[int]] = {}
+        for p in prices:
+            if p.kind == cost_pb2.PRICE_KIND_MODEL_INPUT_TOKENS:
+                table.setdefault(p.subject, [0, 0])[0] = p.micro_usd
+            elif p.kind == cost_pb2.PRICE_KIND_MODEL_OUTPUT_TOKENS:
+                table.setdefault(p.subject, [0, 0])[1] = p.micro_usd
+        return cls({m: (i, o) for m, (i, o) in table.items()})
+
+    def max_cost(self, model: str, prompt_tokens: int, max_tokens: int) -> int:
+        """Upper bound of the request's cost: rounded up, so any actual count within it fits."""
+        pin, pout = self._p.get(model, (0, 0))
+        return -(-(prompt_tokens * pin + max_tokens * pout) // TOKENS_PER_UNIT)
+
+    def cost(self, model: str, input_tokens: int, output_tokens: int) -> int:
+        """Actual token cost, rounded half-up like services/cost/pricing.py."""
+        pin, pout = self._p.get(model, (0, 0))
+        return (2 * (input_tokens * pin + output_tokens * pout) + TOKENS_PER_UNIT) // (2 * TOKENS_PER_UNIT)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One budget's counter as charged by one request."""
+
+    key: str
+    rule: BudgetRule
+    cost: int
+    period_start_us: int | None  # None: lifetime
+    reset_ms: int | None  # when the period ends (epoch ms); None: lifetime
+    ttl_ms: int  # counter expiry from now; 0 = never
+
+
+@dataclass
+class BudgetReservation:
+    id: str = ""
+    cost: int = 0
+    charges: tuple[Charge, ...] = ()
+    settled: bool = False
+
+
+@dataclass(frozen=True)
+class BudgetAlert:
+    rule: BudgetRule
+    percent: int
+    spent_micro_usd: int
+
+
+# Backend answers to a reservation attempt.
+OK, OVER, MISSING, HOLD = "ok", "over", "missing", "hold"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    status: str
+    index: int = -1  # OVER: the budget refused
+    spent: int = 0
+    reserved: int = 0
+    missing: tuple[int, ...] = ()  # MISSING: indices of counters to rebuild
+    retry_ms: int = 0  # HOLD
+    epoch: str = ""
+
+
+# spend of `rule` in the period starting at `period_start_us` (None: lifetime), from the ledger;
+# None when unknown (then the request is refused with UNAVAILABLE rather than guessed).
+LedgerSource = Callable[[BudgetRule, "int | None"], Awaitable["int | None"]]
+
+
+def _usd(micro: int) -> str:
+    return f"${micro / 1_000_000:,.6f}".rstrip("0").rstrip(".")
+
+
+class BudgetEnforcer(ABC):
+    """Shared front of both backends: picks the budgets, prices the request, builds the charges,
+    rebuilds missing counters, turns refusals into ResourceExhausted."""
+
+    def __init__(
+        self,
+        prefix: str = "harness:",
+        *,
+        timezone: str = "UTC",
+        reservation_ttl_s: float = 300.0,
+        recovery_hold_s: float | None = None,
+        ledger: LedgerSource | None = None,
+        on_alert: Callable[[BudgetAlert], None] | None = None,
+        clock_ms: Callable[[], float] | None = None,
+        fail_open: bool = False,
+    ) -> None:
+        self._prefix = prefix
+        self.tz = ZoneInfo(timezone)
+        self.ttl_ms = int(reservation_ttl_s * 1000)
+        self.hold_ms = int((reservation_ttl_s if recovery_hold_s is None else recovery_hold_s) * 1000)
+        self._ledger = ledger
+        self.on_alert = on_alert
+        self._clock = clock_ms or (lambda: time.time() * 1000.0)
+        self._fail_open = fail_open
+        self.table = BudgetTable()
+        self.prices = PriceTable()
+        self.epoch = ""  # the store's epoch as last seen ("" = none yet)
+        self.rebuilds = 0  # counters this instance rebuilt (tests, metrics)
+
+    def update(self, rules: Iterable[BudgetRule] | None = None, prices: PriceTable | None = None) -> None:
+        if rules is not None:
+            self.table = BudgetTable(rules)
+        if prices is not None:
+            self.prices = prices
+
+    def set_ledger(self, ledger: LedgerSource | None) -> None:
+        self._ledger = ledger
+
+    def charge(self, rule: BudgetRule, now_ms: float, cost: int) -> Charge:
+        start, end = period_bounds(rule.period, datetime.fromtimestamp(now_ms / 1000, tz=UTC), self.tz)
+        if start is None or end is None:
+            return Charge(f"{self._prefix}bud:{rule.name}:life", rule, cost, None, None, 0)
+        end_ms = to_us(end) // 1000
+        start_us = to_us(start)
+        key = f"{self._prefix}bud:{rule.name}:{start_us // 1000}"
+        return Charge(key, rule, cost, start_us, end_ms, max(1, int(end_ms - now_ms)) + KEY_GRACE_MS)
+
+    def cost(self, model: str, input_tokens: int, output_tokens: int) -> int:
+        return self.prices.cost(model, input_tokens, output_tokens)
+
+    async def reserve(
+        self, subjects: Subjects, model: str, prompt_tokens: int, max_tokens: int
+    ) -> BudgetReservation:
+        """Reserves the request's maximum cost against every budget that applies, or refuses with
+        RESOURCE_EXHAUSTED naming the budget and when it resets."""
+        rules = self.table.applicable(subjects)
+        if not rules:
+            return BudgetReservation()
+        return await self.reserve_cost(rules, self.prices.max_cost(model, prompt_tokens, max_tokens))
+
+    async def reserve_cost(self, rules: Sequence[BudgetRule], cost: int) -> BudgetReservation:
+        if not rules:
+            return BudgetReservation()
+        now = self._clock()
+        charges = tuple(self.charge(r, now, cost) for r in rules)
+        rid = uuid.uuid4().hex
+        for _ in range(4):
+            try:
+                a = await self._reserve(charges, rid, int(now + self.ttl_ms), now)
+            except Unavailable:
+                if self._fail_open:
+                    log.warning("budget check skipped (fail-open): store unavailable")
+                    return BudgetReservation()
+                raise
+            if a.epoch:
+                self.epoch = a.epoch
+            if a.status == OK:
+                return BudgetReservation(rid, cost, charges)
+            if a.status == OVER:
+                raise self._over(charges[a.index], a, now)
+            if a.status == HOLD:
+                raise ResourceExhausted(
+                    "budgets are paused while their counters recover from a lost budget store "
+                    "(reservations in flight at the loss must settle first)",
+                    retry_after_ms=max(1, a.retry_ms),
+                )
+            await self._rebuild([charges[i] for i in a.missing], now)
+            now = self._clock()
+        raise Unavailable("budget counters could not be rebuilt; retry")
+
+    async def _rebuild(self, charges: list[Charge], now: float) -> None:
+        seeds = []
+        for c in charges:
+            spent = 0
+            if self._ledger is not None:
+                got = await self._ledger(c.rule, c.period_start_us)
+                if got is None:
+                    raise Unavailable(
+                        f"{c.rule.describe()}: its spend so far is unknown (cost service unreachable); retry"
+                    )
+                spent = got
+            seeds.append(spent)
+        rebuilt, epoch = await self._seed(charges, seeds, now)
+        self.rebuilds += rebuilt
+        if rebuilt:
+            log.info("rebuilt %d budget counter(s) from the ledger", rebuilt)
+        self.epoch = epoch
+
+    def _over(self, c: Charge, a: Attempt, now: float) -> ResourceExhausted:
+        r = c.rule
+        if c.reset_ms is None:
+            when, retry = "it never resets (lifetime)", None
+        else:
+            reset = datetime.fromtimestamp(c.reset_ms / 1000, tz=self.tz)
+            when, retry = f"it resets at {reset.isoformat()}", max(1, int(c.reset_ms - now))
+        return ResourceExhausted(
+            f"{r.describe()} is over its hard limit of {_usd(r.limit_micro_usd)}: spent {_usd(a.spent)}, "
+            f"reserved {_usd(a.reserved)}, this request may cost up to {_usd(c.cost)}; {when}",
+            retry_after_ms=retry,
+        )
+
+    async def settle(self, res: BudgetReservation, actual_micro_usd: int) -> None:
+        """Replaces the reservation with the actual cost, once; never raises (hot path `finally`)."""
+        if res.settled or not res.charges:
+            return
+        res.settled = True
+        try:
+            spends = await self._settle(res.charges, res.id, max(0, int(actual_micro_usd)))
+        except Exception as e:
+            log.warning("budget settle failed (%s); the reservation expires by itself", e)
+            return
+        for c, (before, after) in zip(res.charges, spends, strict=True):
+            self._alerts(c.rule, before, after)
+
+    def _alerts(self, rule: BudgetRule, before: int, after: int) -> None:
+        if before < 0 or rule.limit_micro_usd <= 0:
+            return
+        for pct in rule.alert_percent:
+            line = pct * rule.limit_micro_usd
+            if before * 100 < line <= after * 100:
+                alert = BudgetAlert(rule, pct, after)
+                log.warning("%s crossed %d%% of its limit: spent %s", rule.describe(), pct, _usd(after))
+                if self.on_alert is not None:
+                    try:
+                        self.on_alert(alert)
+                    except Exception:
+                        log.exception("budget alert hook failed")
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Releases backend resources (no-op in memory)."""
+
+    @abstractmethod
+    async def _reserve(
+        self, charges: tuple[Charge, ...], rid: str, expiry_ms: int, now: float
+    ) -> Attempt: ...
+
+    @abstractmethod
+    async def _seed(self, charges: list[Charge], seeds: list[int], now: float) -> tuple[int, str]:
+        """Writes `spent` of counters that are still missing; returns (how many it wrote, epoch)."""
+
+    @abstractmethod
+    async def _settle(self, charges: tuple[Charge, ...], rid: str, actual: int) -> list[tuple[int, int]]:
+        """Per counter (spent before, spent after); before = -1 when the counter was missing."""
+
+
+@dataclass
+class _Counter:
+    spent: int | None = None
+    reserved: int = 0
+    orphan: int = 0
+    live: dict[str, int] = field(default_factory=dict)  # reservation id -> amount
+    expiries: list[tuple[float, str]] = field(default_factory=list)  # heap of (expiry ms, id)
+    expires_at: float = 0.0  # 0 = never
+
+
+class MemoryBudgets(BudgetEnforcer):
+    """Counters in this process (a single router without Redis). No awaits inside a decision,
+    so each step is atomic under asyncio. A restart loses them; they are rebuilt from the ledger."""
+
+    def __init__(self, prefix: str = "harness:", **kw) -> None:
+        super().__init__(prefix, **kw)
+        self._c: dict[str, _Counter] = {}
+        self._ops = 0
+
+    def _prune(self, c: _Counter, now: float) -> None:
+        while c.expiries and c.expiries[0][0] <= now:
+            _, rid = heapq.heappop(c.expiries)
+            amount = c.live.pop(rid, None)
+            if amount is not None:
+                c.reserved -= amount
+
+    async def _reserve(self, charges, rid, expiry_ms, now) -> Attempt:
+        self._sweep(now)
+        counters = [self._c.get(ch.key) for ch in charges]
+        missing = tuple(i for i, c in enumerate(counters) if c is None or c.spent is None)
+        if missing:
+            return Attempt(MISSING, missing=missing)
+        for i, (ch, c) in enumerate(zip(charges, counters, strict=True)):
+            self._prune(c, now)
+            total = c.spent + c.reserved
+            if total + ch.cost > ch.rule.limit_micro_usd or total >= ch.rule.limit_micro_usd:
+                return Attempt(OVER, index=i, spent=c.spent, reserved=c.reserved)
+        for ch, c in zip(charges, counters, strict=True):
+            c.live[rid] = ch.cost
+            c.reserved += ch.cost
+            heapq.heappush(c.expiries, (expiry_ms, rid))
+            c.expires_at = now + ch.ttl_ms if ch.ttl_ms else 0.0
+        return Attempt(OK)
+
+    async def _seed(self, charges, seeds, now) -> tuple[int, str]:
+        n = 0
+        for ch, seed in zip(charges, seeds, strict=True):
+            c = self._c.setdefault(ch.key, _Counter())
+            if c.spent is None:
+                c.spent, c.orphan = seed + c.orphan, 0
+                c.expires_at = now + ch.ttl_ms if ch.ttl_ms else 0.0
+                n += 1
+        return n, ""
+
+    async def _settle(self, charges, rid, actual) -> list[tuple[int, int]]:
+        out = []
+        for ch in charges:
+            c = self._c.setdefault(ch.key, _Counter())
+            amount = c.live.pop(rid, None)
+            if amount is not None:
+                c.reserved -= amount
+            if c.spent is None:
+                c.orphan += actual
+                out.append((-1, -1))
+            else:
+                out.append((c.spent, c.spent + actual))
+                c.spent += actual
+        return out
+
+    def _sweep(self, now: float) -> None:
+        self._ops += 1
+        if self._ops % 4096 == 0:
+            self._c = {k: c for k, c in self._c.items() if not c.expires_at or c.expires_at > now}
+
+    def spent(self, key: str) -> int | None:
+        c = self._c.get(key)
+        return None if c is None else c.spent

@@ -1,0 +1,101 @@
+"""Keeps the router's copy of budgets and prices: polls the cost service's ListBudgets and
+ListPrices in the background (the hot path never waits on it) and serves the last known spend
+per budget as the ledger source that missing counters are rebuilt from."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import grpc
+from google.protobuf import struct_pb2, timestamp_pb2
+from harness.common.v1 import common_pb2
+from harness.cost.v1 import cost_pb2, cost_pb2_grpc
+
+from services.common.streams import BackgroundFollower
+
+from .core import BudgetAlert, BudgetEnforcer, BudgetRule, PriceTable
+
+log = logging.getLogger("harness.router.budgets")
+
+
+class CostFollower(BackgroundFollower):
+    _task_name = "cost-follower"
+
+    def __init__(self, channel: grpc.aio.Channel, enforcer: BudgetEnforcer, interval_s: float = 5.0) -> None:
+        super().__init__()
+        self._stub = cost_pb2_grpc.CostStub(channel)
+        self._enforcer = enforcer
+        self._interval = interval_s
+        # budget name -> (spent in its period, end of that period in us or None for lifetime)
+        self._spent: dict[str, tuple[int, int | None]] = {}
+        self._failing = False
+        enforcer.set_ledger(self.spent)
+
+    async def spent(self, rule: BudgetRule, period_start_us: int | None) -> int | None:
+        got = self._spent.get(rule.name)
+        if got is None:
+            return None
+        spent, end_us = got
+        if period_start_us is not None and end_us is not None and end_us <= period_start_us:
+            return 0  # the last poll saw an earlier period; this one has just begun
+        return spent
+
+    def apply(self, budgets: list[cost_pb2.Budget], prices: list[cost_pb2.Price]) -> None:
+        self._spent = {
+            b.name: (
+                b.spent_micro_usd,
+                b.reset_time.seconds * 1_000_000 + b.reset_time.nanos // 1000
+                if b.HasField("reset_time")
+                else None,
+            )
+            for b in budgets
+        }
+        self._enforcer.update([BudgetRule.from_proto(b) for b in budgets], PriceTable.from_protos(prices))
+        self._mark_ready()
+
+    async def poll_once(self) -> None:
+        now = timestamp_pb2.Timestamp()
+        now.GetCurrentTime()
+        budgets = await self._stub.ListBudgets(cost_pb2.ListBudgetsRequest(), timeout=5.0)
+        prices = await self._stub.ListPrices(cost_pb2.ListPricesRequest(at_time=now), timeout=5.0)
+        self.apply(list(budgets.budgets), list(prices.prices))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+                if self._failing:
+                    log.info("cost service reachable again; budgets and prices refreshed")
+                self._failing = False
+            except grpc.aio.AioRpcError as exc:
+                level = logging.DEBUG if self._failing else logging.WARNING
+                log.log(level, "cost service unreachable (%s); keeping last known budgets", exc.code().name)
+                self._failing = True
+            await asyncio.sleep(self._interval)
+
+
+def alert_event(alert: BudgetAlert) -> common_pb2.AuditEvent:
+    """A soft threshold crossed: a BUDGET_DECISION audit event (the router ships it)."""
+    details = struct_pb2.Struct()
+    details.update(
+        {
+            "percent": alert.percent,
+            "spent_micro_usd": alert.spent_micro_usd,
+            "limit_micro_usd": alert.rule.limit_micro_usd,
+        }
+    )
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return common_pb2.AuditEvent(
+        event_id=str(uuid.uuid4()),
+        time=ts,
+        kind=common_pb2.AUDIT_EVENT_KIND_BUDGET_DECISION,
+        object=f"budget:{alert.rule.name}",
+        action="alert",
+        decision=common_pb2.DECISION_ALLOW,
+        status="OK",
+        source="router",
+        details=details,
+    )

@@ -1,0 +1,206 @@
+"""Budget counters shared by all router replicas: one Lua script call per admission and one per
+settlement (a missing counter costs one more, once).
+
+Key layout (prefix default `harness:`):
+- `{prefix}bud:{name}:{period start ms|life}`: hash with `spent`, `reserved`, `orphan` and one
+  field `r:{reservation id}` -> amount per live reservation; PX = period end + 1 day (lifetime:
+  no expiry).
+- `{prefix}bud:{name}:{period start ms|life}:x`: sorted set of live reservation ids scored by
+  expiry (epoch ms); the reserve script drops the expired ones and their amounts.
+- `{prefix}bud:epoch`: random id written when the first counter is rebuilt; its disappearance
+  tells a replica that Redis lost state.
+- `{prefix}bud:hold`: present (with PX) while budgets recover from such a loss.
+For Redis Cluster put a `{tag}` in the prefix so one request's keys share a slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.common.errors import Unavailable
+
+from .core import HOLD, MISSING, OK, OVER, Attempt, BudgetEnforcer, Charge
+
+log = logging.getLogger("harness.router.budgets")
+
+# KEYS: hold, epoch, then per counter: hash, expiry zset.
+# ARGV: now_ms, reservation id, expiry_ms, then per counter: cost, limit, ttl_ms (0 = none).
+# Returns {'hold', pttl} | {'missing', epoch, i...} | {'over', epoch, i, spent, reserved} | {'ok', epoch}.
+_RESERVE = """
+local hold = redis.call('PTTL', KEYS[1])
+if hold > 0 then return {'hold', tostring(hold)} end
+local epoch = redis.call('GET', KEYS[2]) or ''
+local now = tonumber(ARGV[1])
+local n = (#KEYS - 2) / 2
+local missing = {'missing', epoch}
+for i = 1, n do
+  if redis.call('HEXISTS', KEYS[1 + 2 * i], 'spent') == 0 then missing[#missing + 1] = tostring(i) end
+end
+if #missing > 2 then return missing end
+for i = 1, n do
+  local h, z = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local gone = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+  if #gone > 0 then
+    local freed = 0
+    for _, rid in ipairs(gone) do
+      local a = redis.call('HGET', h, 'r:' .. rid)
+      if a then
+        freed = freed + tonumber(a)
+        redis.call('HDEL', h, 'r:' .. rid)
+      end
+    end
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+    if freed ~= 0 then redis.call('HINCRBY', h, 'reserved', -freed) end
+  end
+  local spent = tonumber(redis.call('HGET', h, 'spent'))
+  local reserved = tonumber(redis.call('HGET', h, 'reserved') or '0')
+  local cost = tonumber(ARGV[1 + 3 * i])
+  local limit = tonumber(ARGV[2 + 3 * i])
+  if spent + reserved + cost > limit or spent + reserved >= limit then
+    return {'over', epoch, tostring(i), tostring(spent), tostring(reserved)}
+  end
+end
+for i = 1, n do
+  local h, z = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local cost = ARGV[1 + 3 * i]
+  local ttl = tonumber(ARGV[3 + 3 * i])
+  redis.call('HSET', h, 'r:' .. ARGV[2], cost)
+  redis.call('HINCRBY', h, 'reserved', cost)
+  redis.call('ZADD', z, ARGV[3], ARGV[2])
+  if ttl > 0 then
+    redis.call('PEXPIRE', h, ttl)
+    redis.call('PEXPIRE', z, ttl)
+  end
+end
+return {'ok', epoch}
+"""
+
+# KEYS: hold, epoch, then per counter: hash. ARGV: known epoch ('' = none), new epoch, hold_ms,
+# then per counter: seed, ttl_ms. Returns {epoch, counters written}.
+_SEED = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[2], epoch)
+  if ARGV[1] ~= '' and tonumber(ARGV[3]) > 0 then
+    redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
+  end
+end
+local n = 0
+for i = 3, #KEYS do
+  local h = KEYS[i]
+  if redis.call('HSETNX', h, 'spent', ARGV[2 + 2 * (i - 2)]) == 1 then
+    local orphan = redis.call('HGET', h, 'orphan')
+    if orphan then
+      redis.call('HINCRBY', h, 'spent', orphan)
+      redis.call('HDEL', h, 'orphan')
+    end
+    local ttl = tonumber(ARGV[3 + 2 * (i - 2)])
+    if ttl > 0 then redis.call('PEXPIRE', h, ttl) end
+    n = n + 1
+  end
+end
+return {epoch, n}
+"""
+
+# KEYS: per counter: hash, expiry zset. ARGV: reservation id, actual, then per counter: ttl_ms.
+# Returns per counter: spent before, spent after (-1, -1 when the counter was missing).
+_SETTLE = """
+local out = {}
+local actual = tonumber(ARGV[2])
+for i = 1, #KEYS / 2 do
+  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local a = redis.call('HGET', h, 'r:' .. ARGV[1])
+  if a then
+    redis.call('HDEL', h, 'r:' .. ARGV[1])
+    redis.call('HINCRBY', h, 'reserved', -tonumber(a))
+    redis.call('ZREM', z, ARGV[1])
+  end
+  local spent = redis.call('HGET', h, 'spent')
+  if spent then
+    out[#out + 1] = spent
+    out[#out + 1] = tostring(redis.call('HINCRBY', h, 'spent', actual))
+  else
+    redis.call('HINCRBY', h, 'orphan', actual)
+    local ttl = tonumber(ARGV[2 + i])
+    if ttl > 0 then redis.call('PEXPIRE', h, ttl) end
+    out[#out + 1] = '-1'
+    out[#out + 1] = '-1'
+  end
+end
+return out
+"""
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class RedisBudgets(BudgetEnforcer):
+    """Budget counters in Redis. Errors surface as UNAVAILABLE (fail closed) unless fail_open."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "harness:", **kw) -> None:
+        super().__init__(prefix, **kw)
+        self._client = client
+        self._owns_client = False
+        self._reserve_script = client.register_script(_RESERVE)
+        self._seed_script = client.register_script(_SEED)
+        self._settle_script = client.register_script(_SETTLE)
+        self._hold_key = f"{prefix}bud:hold"
+        self._epoch_key = f"{prefix}bud:epoch"
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "harness:", *, timeout_s: float = 0.25, **kw) -> RedisBudgets:
+        client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        b = cls(client, prefix, **kw)
+        b._owns_client = True
+        return b
+
+    async def _reserve(self, charges: tuple[Charge, ...], rid: str, expiry_ms: int, now: float) -> Attempt:
+        keys = [self._hold_key, self._epoch_key]
+        args: list[str | int] = [repr(now), rid, expiry_ms]
+        for c in charges:
+            keys += [c.key, f"{c.key}:x"]
+            args += [c.cost, c.rule.limit_micro_usd, c.ttl_ms]
+        try:
+            r = [_s(v) for v in await self._reserve_script(keys=keys, args=args)]
+        except RedisError as e:
+            raise Unavailable(f"budget store unavailable: {e}") from e
+        status = r[0]
+        if status == HOLD:
+            return Attempt(HOLD, retry_ms=int(float(r[1])))
+        epoch = r[1]
+        if epoch != self.epoch and self.epoch and epoch:
+            log.warning("budget store epoch changed (%s -> %s): Redis lost state", self.epoch, epoch)
+        if status == MISSING:
+            return Attempt(MISSING, missing=tuple(int(i) - 1 for i in r[2:]), epoch=epoch)
+        if status == OVER:
+            return Attempt(OVER, index=int(r[2]) - 1, spent=int(r[3]), reserved=int(r[4]), epoch=epoch)
+        return Attempt(OK, epoch=epoch)
+
+    async def _seed(self, charges: list[Charge], seeds: list[int], now: float) -> tuple[int, str]:
+        keys = [self._hold_key, self._epoch_key] + [c.key for c in charges]
+        args: list[str | int] = [self.epoch, uuid.uuid4().hex, self.hold_ms]
+        for c, s in zip(charges, seeds, strict=True):
+            args += [s, c.ttl_ms]
+        try:
+            epoch, n = await self._seed_script(keys=keys, args=args)
+        except RedisError as e:
+            raise Unavailable(f"budget store unavailable: {e}") from e
+        return int(n), _s(epoch)
+
+    async def _settle(self, charges: tuple[Charge, ...], rid: str, actual: int) -> list[tuple[int, int]]:
+        keys: list[str] = []
+        for c in charges:
+            keys += [c.key, f"{c.key}:x"]
+        r = await self._settle_script(keys=keys, args=[rid, actual] + [c.ttl_ms for c in charges])
+        vals = [int(_s(v)) for v in r]
+        return [(vals[2 * i], vals[2 * i + 1]) for i in range(len(charges))]
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()

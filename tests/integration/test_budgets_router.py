@@ -1,0 +1,93 @@
+"""Budgets wired into the router's Generate path (engine simulator, in-memory budgets), and the
+cost follower that feeds them."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from harness.common.v1 import common_pb2
+from harness.cost.v1 import cost_pb2
+from prometheus_client import CollectorRegistry
+
+from services.common import context as reqctx
+from services.common.errors import ResourceExhausted
+from services.router.budgets import MemoryBudgets, Subjects
+from services.router.budgets.follower import CostFollower, alert_event
+from services.router.core import Router, RouterPolicy
+from services.router.dispatch import Dispatcher
+from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
+from services.router.metrics import RouterMetrics
+from services.router.result_cache import MemoryResultCache
+from services.router.scheduling import Scheduler
+from services.router.triton import TritonPool
+from services.router.views import EndpointView
+from tests.integration.test_router_hot_path import MODEL, Events, FakeRegistry, agent, endpoint, run, sim  # noqa: F401
+
+PRICES = [
+    cost_pb2.Price(kind=cost_pb2.PRICE_KIND_MODEL_INPUT_TOKENS, subject=MODEL, micro_usd=1_000_000),
+    cost_pb2.Price(kind=cost_pb2.PRICE_KIND_MODEL_OUTPUT_TOKENS, subject=MODEL, micro_usd=1_000_000),
+]
+
+
+def budget(limit: int, spent: int = 0) -> cost_pb2.Budget:
+    return cost_pb2.Budget(
+        name="p-daily", scope=cost_pb2.BUDGET_SCOPE_PROJECT, subject="p", period=cost_pb2.BUDGET_PERIOD_DAILY,
+        limit_micro_usd=limit, alert_percent=[50], spent_micro_usd=spent,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def wired(sim):  # noqa: F811
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")
+    flow = FlowController(FlowConfig(initial_grant_interval_s=0.0))
+    view = EndpointView(channel, on_change=flow.capacity_changed)
+    view.apply([endpoint("sim-0", sim.address)])
+    triton = TritonPool()
+    events = Events()
+    budgets = MemoryBudgets()
+    budgets.on_alert = lambda a: events.emit_audit(alert_event(a))
+    follower = CostFollower(channel, budgets)
+    limiter = MemoryRateLimiter()
+    router = Router(
+        FakeRegistry(agent()), view, Dispatcher(view, Scheduler(seed=1), flow, triton), events, limiter,
+        MemoryResultCache(), RouterMetrics(CollectorRegistry()), RouterPolicy(default_max_tokens=8, redaction_key="k"),
+        budgets=budgets,
+    )  # fmt: skip
+    reqctx.set_current(reqctx.new_context(reqctx.Identity(agent="a1", user="alice")))
+    yield router, follower, budgets, events, limiter
+    await triton.close()
+    await channel.close()
+
+
+async def test_router_reserves_settles_and_refuses(wired):
+    router, follower, budgets, events, _ = wired
+    # "Summarise the ledger" = 20 chars ~ 5 tokens + 8 max tokens: 13 micro-USD at most.
+    follower.apply([budget(limit=40, spent=10)], PRICES)
+    assert follower.ready
+    r = await run(router)
+    actual = r.input_tokens + r.output_tokens
+    assert 0 < actual <= 13
+    # Rebuilt from the follower's ledger figure (10), then the actual cost was added.
+    [charge] = budgets.table.applicable(Subjects(project="p"))
+    key = budgets.charge(charge, budgets._clock(), 0).key
+    assert budgets.spent(key) == 10 + actual
+    assert [e.kind for e in events.audit].count(
+        common_pb2.AUDIT_EVENT_KIND_BUDGET_DECISION
+    ) == 1  # 50% crossed
+    await run(router, temperature=0.5)
+    with pytest.raises(ResourceExhausted) as e:
+        await run(router, temperature=0.5)
+    assert "budget 'p-daily' (project 'p', daily)" in e.value.message and "resets at" in e.value.message
+    assert e.value.retry_after_ms > 0
+
+
+async def test_follower_spent_per_period():
+    budgets = MemoryBudgets()
+    f = CostFollower(grpc.aio.insecure_channel("127.0.0.1:1"), budgets)
+    b = budget(limit=100, spent=42)
+    b.reset_time.seconds = 2_000_000_000
+    f.apply([b], PRICES)
+    rule = budgets.table.applicable(Subjects(project="p"))[0]
+    assert await f.spent(rule, 1_999_000_000 * 1_000_000) == 42  # the polled period
+    assert await f.spent(rule, 2_000_000_000 * 1_000_000) == 0  # a newer one, just begun
+    assert budgets.prices.max_cost(MODEL, 1, 1) == 2

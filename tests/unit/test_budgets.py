@@ -1,0 +1,214 @@
+"""Budget enforcement semantics (reserve, settle once, expiry, periods, rebuild from the ledger,
+alerts). The same suite runs on Redis in tests/integration/test_budgets_redis.py, which
+overrides the `make` fixture."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from harness.cost.v1 import cost_pb2
+
+from services.common.errors import ResourceExhausted, Unavailable
+from services.router.budgets import BudgetRule, MemoryBudgets, PriceTable, Subjects
+
+DAILY, LIFETIME, MONTHLY = (
+    cost_pb2.BUDGET_PERIOD_DAILY,
+    cost_pb2.BUDGET_PERIOD_LIFETIME,
+    cost_pb2.BUDGET_PERIOD_MONTHLY,
+)
+AGENT, USER, TEAM = cost_pb2.BUDGET_SCOPE_AGENT, cost_pb2.BUDGET_SCOPE_USER, cost_pb2.BUDGET_SCOPE_TEAM
+WHO = Subjects(user="alice", team="red", project="p1", agent="bot")
+
+
+class FakeClock:
+    """Epoch milliseconds, moved by hand. Starts 2025-03-10 12:00 UTC (a Monday)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2025, 3, 10, 12, 0, tzinfo=UTC).timestamp() * 1000
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds * 1000
+
+
+class FakeLedger:
+    def __init__(self, spent: dict[str, int] | None = None) -> None:
+        self.spent = dict(spent or {})
+        self.calls = 0
+
+    async def __call__(self, rule: BudgetRule, period_start_us: int | None) -> int | None:
+        self.calls += 1
+        return self.spent.get(rule.name, 0) if self.spent is not None else None
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make(clock):
+    def build(**kw):
+        kw.setdefault("clock_ms", clock)
+        return MemoryBudgets(**kw)
+
+    return build
+
+
+def rule(name="b", scope=AGENT, subject="bot", period=DAILY, limit=1000, alerts=()) -> BudgetRule:
+    return BudgetRule(name, scope, subject, period, limit, tuple(alerts))
+
+
+async def test_no_budget_no_reservation(make):
+    enf = make()
+    enf.update([rule(subject="other")], PriceTable({"m": (1_000_000, 2_000_000)}))
+    res = await enf.reserve(WHO, "m", 100, 100)
+    assert res.charges == ()
+    await enf.settle(res, 10**9)  # nothing to settle
+
+
+def test_price_table_rounding():
+    p = PriceTable({"m": (150_000, 600_000)})  # $0.15 / $0.60 per 1M tokens
+    assert p.max_cost("m", 1, 0) == 1  # 0.15 micro-USD rounds up for a reservation
+    assert p.cost("m", 1, 0) == 0  # ... and half-up for the actual cost, like the cost service
+    assert p.cost("m", 10, 0) == 2 and p.max_cost("m", 10, 0) == 2
+    assert p.max_cost("m", 1000, 500) == 450 and p.cost("m", 1000, 500) == 450
+    assert p.max_cost("unpriced", 1000, 1000) == 0
+    prices = [
+        cost_pb2.Price(kind=cost_pb2.PRICE_KIND_MODEL_INPUT_TOKENS, subject="m", micro_usd=7),
+        cost_pb2.Price(kind=cost_pb2.PRICE_KIND_MODEL_OUTPUT_TOKENS, subject="m", micro_usd=9),
+        cost_pb2.Price(kind=cost_pb2.PRICE_KIND_GPU_HOUR, subject="m", micro_usd=99),
+    ]
+    assert PriceTable.from_protos(prices).max_cost("m", 1_000_000, 1_000_000) == 16
+
+
+async def test_reserve_until_hard_limit(make, clock):
+    enf = make()
+    enf.update([rule(limit=1000)])
+    for _ in range(4):
+        await enf.reserve_cost([rule(limit=1000)], 250)
+    with pytest.raises(ResourceExhausted) as e:
+        await enf.reserve_cost([rule(limit=1000)], 1)
+    msg = e.value.message
+    assert "budget 'b' (agent 'bot', daily)" in msg and "hard limit of $0.001" in msg
+    assert "resets at 2025-03-11T00:00:00+00:00" in msg
+    assert e.value.retry_after_ms == 12 * 3600 * 1000
+
+
+async def test_settle_replaces_reservation_once(make):
+    enf = make()
+    r = rule(limit=1000)
+    res = await enf.reserve_cost([r], 600)
+    with pytest.raises(ResourceExhausted):
+        await enf.reserve_cost([r], 500)
+    await enf.settle(res, 100)
+    await enf.settle(res, 100)  # a second settle is a no-op
+    await enf.reserve_cost([r], 900)  # 100 spent + 900 = the limit exactly
+    with pytest.raises(ResourceExhausted) as e:
+        await enf.reserve_cost([r], 1)
+    assert "spent $0.0001, reserved $0.0009" in e.value.message
+
+
+async def test_refund_settles_zero(make):
+    enf = make()
+    r = rule(limit=1000)
+    res = await enf.reserve_cost([r], 1000)
+    await enf.settle(res, 0)
+    await enf.reserve_cost([r], 1000)
+
+
+async def test_all_or_nothing(make):
+    enf = make()
+    agent_b, user_b = rule("a", AGENT, "bot", limit=1000), rule("u", USER, "alice", limit=300)
+    enf.update([agent_b, user_b], PriceTable({"m": (1_000_000, 0)}))
+    await enf.reserve(WHO, "m", 200, 0)  # 200 micro-USD against both
+    with pytest.raises(ResourceExhausted) as e:
+        await enf.reserve(WHO, "m", 200, 0)
+    assert "budget 'u' (user 'alice'" in e.value.message
+    # The refused request charged nothing to the agent budget: 800 still fit there.
+    await enf.reserve_cost([agent_b], 800)
+
+
+async def test_unsettled_reservation_expires(make, clock):
+    enf = make(reservation_ttl_s=30)
+    r = rule(limit=1000)
+    leaked = await enf.reserve_cost([r], 1000)
+    with pytest.raises(ResourceExhausted):
+        await enf.reserve_cost([r], 1)
+    clock.advance(30)
+    held = await enf.reserve_cost([r], 1000)  # the leaked reservation is gone
+    await enf.settle(held, 0)
+    # A late settle of an expired reservation still counts its actual spend.
+    await enf.settle(leaked, 400)
+    await enf.reserve_cost([r], 600)
+    with pytest.raises(ResourceExhausted):
+        await enf.reserve_cost([r], 1)
+
+
+async def test_period_rollover_and_timezone(make, clock):
+    enf = make(timezone="Asia/Shanghai")  # UTC+8: 12:00 UTC is 20:00 there
+    r = rule(limit=1000)
+    await enf.settle(await enf.reserve_cost([r], 1000), 1000)
+    with pytest.raises(ResourceExhausted) as e:
+        await enf.reserve_cost([r], 1)
+    assert "resets at 2025-03-11T00:00:00+08:00" in e.value.message
+    assert e.value.retry_after_ms == 4 * 3600 * 1000
+    clock.advance(4 * 3600)
+    await enf.reserve_cost([r], 1000)  # a new day, a new counter
+
+
+async def test_monthly_and_lifetime(make, clock):
+    enf = make()
+    m, life = rule("m", period=MONTHLY, limit=10), rule("l", period=LIFETIME, limit=10)
+    await enf.settle(await enf.reserve_cost([m, life], 10), 10)
+    with pytest.raises(ResourceExhausted) as e:
+        await enf.reserve_cost([m], 1)
+    assert "resets at 2025-04-01T00:00:00+00:00" in e.value.message
+    clock.advance(40 * 86400)
+    await enf.reserve_cost([m], 10)
+    with pytest.raises(ResourceExhausted) as e:
+        await enf.reserve_cost([life], 1)
+    assert "never resets" in e.value.message and e.value.retry_after_ms is None
+
+
+async def test_zero_cost_refused_at_limit(make):
+    enf = make()
+    r = rule(limit=100)
+    await enf.reserve_cost([r], 0)  # an unpriced model passes while under the limit
+    await enf.settle(await enf.reserve_cost([r], 100), 100)
+    with pytest.raises(ResourceExhausted):
+        await enf.reserve_cost([r], 0)
+
+
+async def test_missing_counter_rebuilt_from_ledger_once(make):
+    ledger = FakeLedger({"b": 700})
+    enf = make(ledger=ledger)
+    r = rule(limit=1000)
+    with pytest.raises(ResourceExhausted) as e:
+        await enf.reserve_cost([r], 400)
+    assert "spent $0.0007" in e.value.message
+    await enf.reserve_cost([r], 300)
+    assert ledger.calls == 1 and enf.rebuilds == 1
+
+
+async def test_unknown_ledger_spend_is_unavailable(make):
+    ledger = FakeLedger()
+    ledger.spent = None
+    enf = make(ledger=ledger)
+    with pytest.raises(Unavailable):
+        await enf.reserve_cost([rule()], 1)
+
+
+async def test_soft_thresholds_alert_once(make):
+    alerts = []
+    enf = make(on_alert=alerts.append)
+    r = rule(limit=1000, alerts=(50, 80, 95))
+    await enf.settle(await enf.reserve_cost([r], 400), 400)
+    assert alerts == []
+    await enf.settle(await enf.reserve_cost([r], 500), 450)  # 850: crosses 50 and 80
+    assert [(a.percent, a.spent_micro_usd) for a in alerts] == [(50, 850), (80, 850)]
+    await enf.settle(await enf.reserve_cost([r], 10), 10)
+    assert len(alerts) == 2
