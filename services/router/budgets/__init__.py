@@ -9,10 +9,10 @@ from .core import (
     BudgetRule,
     BudgetTable,
     LedgerSource,
-    MemoryBudgets,
     PriceTable,
     Subjects,
 )
+from .memory_store import MemoryBudgets
 from .redis_store import RedisBudgets
 
 __all__ = [
