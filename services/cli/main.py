@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from services.cli import agent_cmds, approvals_cmds, audit_cmds, catalog_cmds, tenancy_cmds
+from services.cli import agent_cmds, approvals_cmds, audit_cmds, catalog_cmds, cost_cmds, tenancy_cmds
 from services.cli.base import Ctx, UsageError
 from services.cli.connect import ConfigError, add_connection_args, resolve
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_up)
     common = argparse.ArgumentParser(add_help=False)
     add_connection_args(common)
-    for module in (agent_cmds, tenancy_cmds, catalog_cmds, audit_cmds, approvals_cmds):
+    for module in (agent_cmds, tenancy_cmds, catalog_cmds, audit_cmds, approvals_cmds, cost_cmds):
         module.register(sub, common)
     return parser
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from services.common.context import Identity, current_identity
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.planned import planned
 from services.common.server import Registrar, RunningServer, registrar, start_server_owning
+from services.cost import advisor
 from services.cost.config import CostConfig
-from services.cost.store import CostStore, RecordResult, ts_to_us
+from services.cost.metrics import CostMetrics
+from services.cost.store import CostStore, ts_to_us
 
 SERVICE_NAME = cost_pb2.DESCRIPTOR.services_by_name["Cost"].full_name
 READER_ROLES = frozenset({"admin", "finance"})
@@ -49,29 +53,17 @@ def require_reader(identity: Identity, what: str) -> None:
         raise PermissionDenied(f"{_who(identity)} may not {what}: it needs the admin or finance role")
 
 
-class CostMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.usd = Counter(
-            "harness_cost_usd",
-            "Cost of newly recorded usage, USD",
-            ["team", "project", "agent", "model"],
-            registry=registry,
-        )
-
-    def observe(self, result: RecordResult) -> None:
-        for e in result.new:
-            if e.cost_micro_usd:
-                self.usd.labels(e.team, e.project, e.agent, e.model).inc(e.cost_micro_usd / 1_000_000)
-
-
 @planned(
     cost_pb2.DESCRIPTOR.services_by_name["Cost"],
-    {"Advise": f"cost advisor ({_ISSUE8})", "ListAlerts": f"budget alerts ({_ISSUE8})"},
+    {"ListAlerts": f"budget alerts ({_ISSUE8})"},
 )
 class CostServicer(cost_pb2_grpc.CostServicer):
-    def __init__(self, store: CostStore, metrics: CostMetrics) -> None:
+    def __init__(
+        self, store: CostStore, metrics: CostMetrics, fleet: advisor.FleetProvider | None = None
+    ) -> None:
         self._store = store
         self._metrics = metrics
+        self._fleet = fleet
 
     async def Record(self, request_iterator, context) -> cost_pb2.RecordResponse:
         """Prices and stores batches as they arrive, each batch in one transaction.
@@ -86,7 +78,6 @@ class CostServicer(cost_pb2_grpc.CostServicer):
             index += len(batch.events)
             accepted += result.accepted
             duplicates += result.duplicates
-            self._metrics.observe(result)
         return cost_pb2.RecordResponse(accepted=accepted, duplicates=duplicates)
 
     async def SetPrice(self, request: cost_pb2.SetPriceRequest, context) -> cost_pb2.SetPriceResponse:
@@ -132,6 +123,17 @@ class CostServicer(cost_pb2_grpc.CostServicer):
         end = ts_to_us(request.end_time) if request.HasField("end_time") else None
         return await self._store.report(list(request.group_by), start, end)
 
+    async def Advise(self, request: cost_pb2.AdviseRequest, context) -> cost_pb2.AdviseResponse:
+        """Advisor rules over the last period_days of the ledger and the fleet snapshot, if any."""
+        require_reader(current_identity(), "read cost advice")
+        advice = await advisor.advise(
+            self._store, now_us=time.time_ns() // 1000, period_days=request.period_days,
+            project=request.project, rule_names=request.rules, fleet=self._fleet,
+        )  # fmt: skip
+        return cost_pb2.AdviseResponse(
+            recommendations=[r.to_proto() for r in advice.recommendations], notes=advice.notes
+        )
+
 
 def register(servicer: CostServicer) -> Registrar:
     """Registrar for start_server: adds the Cost service and returns its name."""
@@ -139,12 +141,19 @@ def register(servicer: CostServicer) -> Registrar:
 
 
 async def start_cost(
-    config: CostConfig, *, metrics_registry: CollectorRegistry | None = None
+    config: CostConfig,
+    *,
+    metrics_registry: CollectorRegistry | None = None,
+    fleet: advisor.FleetProvider | None = None,
 ) -> RunningServer:
-    """Opens the store and starts the server; the store closes when the server stops."""
+    """Opens the store and starts the server; the store closes when the server stops.
+
+    `fleet` supplies the advisor's fleet snapshot (pool deployments, model catalog); without it
+    the advisor rules that need the fleet say so in AdviseResponse.notes.
+    """
     registry = metrics_registry or CollectorRegistry()
     store = await CostStore.open(config.db_url, timezone=config.timezone)
-    servicer = CostServicer(store, CostMetrics(registry))
+    servicer = CostServicer(store, CostMetrics(registry, store), fleet)
     return await start_server_owning(
         config.server, register(servicer), store.close, metrics_registry=registry
     )

@@ -188,9 +188,5 @@ async def test_access_rules(cost, admin, mint_token):
 async def test_planned_rpcs_name_their_feature(cost, admin):
     stub, _ = cost
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Advise(cost_pb2.AdviseRequest(), metadata=admin)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "advisor" in err.value.details() and "#8" in err.value.details()
-    with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ListAlerts(cost_pb2.ListAlertsRequest(), metadata=admin)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED and "alerts" in err.value.details()

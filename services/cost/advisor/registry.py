@@ -1,0 +1,51 @@
+"""Rule registry: plugins register by name; `run` applies them and ranks the result."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from services.common.errors import InvalidArgument
+from services.cost.advisor.base import Facts, Recommendation, Rule
+
+_RULES: dict[str, Rule] = {}
+
+
+def register(rule: Rule) -> Rule:
+    if rule.name in _RULES:
+        raise ValueError(f"advisor rule {rule.name!r} is already registered")
+    _RULES[rule.name] = rule
+    return rule
+
+
+def rules() -> dict[str, Rule]:
+    """Registered rules by name, in registration order."""
+    return dict(_RULES)
+
+
+@dataclass(frozen=True)
+class Advice:
+    recommendations: tuple[Recommendation, ...]
+    notes: tuple[str, ...]
+
+
+def check_names(names: Iterable[str]) -> list[str]:
+    """The names without repeats; INVALID_ARGUMENT naming any unknown rule."""
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in _RULES]
+    if unknown:
+        raise InvalidArgument(f"unknown advisor rule(s) {unknown}; known: {', '.join(_RULES)}")
+    return names
+
+
+def run(facts: Facts, names: Iterable[str] = ()) -> Advice:
+    """Applies the named rules (all when empty); largest saving first, then most VRAM freed."""
+    names = check_names(names)
+    recs: list[Recommendation] = []
+    notes: list[str] = []
+    for name in names or _RULES:
+        result = _RULES[name].advise(facts)
+        recs.extend(result.recommendations)
+        notes.extend(f"{name}: {n}" for n in result.notes)
+    recs.sort(key=lambda r: (-r.monthly_saving_micro_usd, -r.vram_saved_bytes, r.rule, r.title))
+    return Advice(tuple(recs), tuple(notes))

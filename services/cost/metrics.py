@@ -1,0 +1,109 @@
+"""Prometheus metrics of the cost service, read from the store at scrape time.
+
+- `harness_cost_usd_total{team,project,agent,model}`: ledger cost in USD since the ledger began.
+  The ledger is append-only, so each series only grows (a counter); because it is summed from the
+  database rather than counted in memory, it is the same on every replica and survives restarts.
+  Cardinality is bounded: the `max_series` costliest label sets are exported and everything else
+  is summed into one series whose labels are all `__other__`. Zero-cost (unpriced) usage exports
+  no series.
+- `harness_budget_remaining_usd{budget}`: a budget's limit minus its spend in the current
+  period (negative when overspent), computed exactly as GetBudget computes it.
+- `harness_cost_metrics_up`: 1 when the last scrape could read the store, else 0 (the two
+  families above are then missing from that scrape, and the error is logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from services.cost.models import budgets, ledger
+from services.cost.store import CostStore
+
+log = logging.getLogger(__name__)
+
+L = ledger.c
+MICRO = 1_000_000
+DEFAULT_MAX_SERIES = 500
+OTHER = "__other__"
+LABELS = ("team", "project", "agent", "model")
+COST_HELP = "Cost of recorded usage, USD (ledger sum; the costliest label sets, the rest as __other__)"
+BUDGET_HELP = "Budget limit minus spend in its current period, USD"
+UP_HELP = "1 when the cost metrics could be read from the store at this scrape"
+
+
+def _families() -> tuple[CounterMetricFamily, GaugeMetricFamily]:
+    return (
+        CounterMetricFamily("harness_cost_usd", COST_HELP, labels=LABELS),
+        GaugeMetricFamily("harness_budget_remaining_usd", BUDGET_HELP, labels=["budget"]),
+    )
+
+
+class CostCollector(Collector):
+    """Sums the ledger and budgets each time the registry is collected (a scrape)."""
+
+    def __init__(self, store: CostStore, *, max_series: int = DEFAULT_MAX_SERIES) -> None:
+        if max_series < 1:
+            raise ValueError("max_series must be >= 1")
+        self._store = store
+        self._max_series = max_series
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only (no database work at registration); lets the registry reject duplicates.
+        yield from _families()
+        yield GaugeMetricFamily("harness_cost_metrics_up", UP_HELP)
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            cost, remaining = self._read()
+        except Exception:  # a scrape must not fail the whole endpoint
+            log.exception("cost metrics: reading the store failed")
+            yield GaugeMetricFamily("harness_cost_metrics_up", UP_HELP, value=0)
+            return
+        yield cost
+        yield remaining
+        yield GaugeMetricFamily("harness_cost_metrics_up", UP_HELP, value=1)
+
+    def _read(self) -> tuple[CounterMetricFamily, GaugeMetricFamily]:
+        cost, remaining = _families()
+        spent = func.sum(L.cost_micro_usd)
+        top = (
+            select(L.team, L.project, L.agent, L.model, spent.label("micro"))
+            .group_by(L.team, L.project, L.agent, L.model)
+            .having(spent > 0)
+            .order_by(spent.desc(), L.team, L.project, L.agent, L.model)
+            .limit(self._max_series + 1)
+        )
+        total = select(func.coalesce(func.sum(L.cost_micro_usd), 0))
+        # The store's engine and budget computation (no public sync API): run in this thread,
+        # which is the metrics HTTP server's (or the caller's, for registry.get_sample_value).
+        store = self._store
+        with store._engine.connect() as conn:
+            rows = conn.execute(top).all()
+            all_micro = int(conn.scalar(total))
+            budget_rows = conn.execute(select(budgets).order_by(budgets.c.name)).all()
+            current = [store._budget(conn, row) for row in budget_rows]
+        shown = rows[: self._max_series]
+        for r in shown:
+            cost.add_metric([r.team, r.project, r.agent, r.model], int(r.micro) / MICRO)
+        if len(rows) > self._max_series:
+            rest = all_micro - sum(int(r.micro) for r in shown)
+            cost.add_metric([OTHER] * len(LABELS), rest / MICRO)
+        for b in current:
+            remaining.add_metric([b.name], (b.limit_micro_usd - b.spent_micro_usd) / MICRO)
+        return cost, remaining
+
+
+class CostMetrics:
+    """The cost service's metrics on the server's registry (served on its /metrics port)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, store: CostStore, *, max_series: int = DEFAULT_MAX_SERIES
+    ) -> None:
+        self.collector = CostCollector(store, max_series=max_series)
+        registry.register(self.collector)
