@@ -16,11 +16,8 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
-import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -29,9 +26,10 @@ from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
+from tests.e2e.stack import RunningStack, launch, shutdown
+
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 REQUESTS = 1000
 WORKERS = 8
 # Paced so that the crashes and restarts happen in the middle of the load (unpaced, the stack
@@ -42,99 +40,19 @@ KILLS = (("audit", 150), ("cost", 400), ("router-1", 650))
 DRAIN_TIMEOUT_S = 60.0
 
 
-@dataclass
-class DurableStack:
-    proc: subprocess.Popen
-    root: Path
-    env: dict[str, str]
-    output: list[str]
-    restarted: list[subprocess.Popen] = field(default_factory=list)
-
-    def token(self, user: str) -> str:
-        return (self.root / "tokens" / f"{user}.jwt").read_text().strip()
-
-    def pids(self) -> dict[str, int]:
-        lines = (self.root / "stack.pids").read_text().split("\n")
-        return {name: int(pid) for name, pid in (line.split() for line in lines if line.strip())}
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state"
-
-
-def _read_env(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value.strip("'")
-    return env
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
-def durable_stack(tmp_path_factory) -> DurableStack:
-    root = tmp_path_factory.mktemp("durable") / ".harness"
-    harness = Path(sys.executable).parent / "harness"
-    proc = subprocess.Popen(
-        [str(harness), "up", "--free-ports", "--root", str(root), "--timeout", "90", "--time-scale", "1000"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    healthy = threading.Event()
-
-    def pump() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            output.append(line)
-            if line.startswith("healthy in"):
-                healthy.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 120
-    while not healthy.is_set() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if not healthy.is_set():
-        proc.kill()
-        for pid in _pids_or_empty(root).values():
-            _kill(pid, signal.SIGKILL)
-        pytest.fail("harness up did not become healthy:\n" + "".join(output))
-    # The supervisor stops every child when one exits; pause it while the test crashes services.
-    proc.send_signal(signal.SIGSTOP)
-    running = DurableStack(proc, root, _read_env(root / "env"), output)
+def durable_stack(tmp_path_factory) -> RunningStack:
+    running = launch(tmp_path_factory.mktemp("durable") / ".harness", time_scale=1000)
+    # Pause the supervisor (it would restart what the test kills): the test restarts the killed
+    # processes itself, as an operator would.
+    running.proc.send_signal(signal.SIGSTOP)
     try:
         yield running
     finally:
-        for child in running.restarted:
-            _kill(child.pid, signal.SIGKILL)
-            child.wait(timeout=10)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.send_signal(signal.SIGCONT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for pid in _pids_or_empty(root).values():
-            _kill(pid, signal.SIGKILL)  # belt and braces: never leave a process behind
+        shutdown(running)
 
 
-def _pids_or_empty(root: Path) -> dict[str, int]:
-    try:
-        lines = (root / "stack.pids").read_text().split("\n")
-    except OSError:
-        return {}
-    return {name: int(pid) for name, pid in (line.split() for line in lines if line.strip())}
-
-
-def _crash_and_restart(stack: DurableStack, name: str) -> subprocess.Popen:
+def _crash_and_restart(stack: RunningStack, name: str) -> subprocess.Popen:
     """SIGKILL one stack process and start it again exactly as it was started."""
     pid = stack.pids()[name]
     argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
@@ -160,7 +78,7 @@ def _crash_and_restart(stack: DurableStack, name: str) -> subprocess.Popen:
     return child
 
 
-def _channel(stack: DurableStack) -> grpc.aio.Channel:
+def _channel(stack: RunningStack) -> grpc.aio.Channel:
     creds = grpc.ssl_channel_credentials(
         root_certificates=Path(stack.env["HARNESS_CA"]).read_bytes(),
         private_key=Path(stack.env["HARNESS_KEY"]).read_bytes(),
@@ -173,7 +91,7 @@ def _sqlite_ro(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
 
 
-def _outbox_pending(stack: DurableStack) -> int:
+def _outbox_pending(stack: RunningStack) -> int:
     total = 0
     for path in sorted(stack.state.glob("router-*-outbox.db")):
         with _sqlite_ro(path) as db:
@@ -181,7 +99,7 @@ def _outbox_pending(stack: DurableStack) -> int:
     return total
 
 
-def _usage_rows(stack: DurableStack, request_ids: set[str]) -> Counter:
+def _usage_rows(stack: RunningStack, request_ids: set[str]) -> Counter:
     with _sqlite_ro(stack.state / "cost.db") as db:
         rows = db.execute("SELECT request_id FROM usage_ledger").fetchall()
     return Counter(rid for (rid,) in rows if rid in request_ids)

@@ -1,0 +1,128 @@
+"""Start and stop a whole local stack (`harness up --free-ports`) for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningStack:
+    proc: subprocess.Popen
+    root: Path
+    env: dict[str, str]
+    output: list[str]
+    restarted: list[subprocess.Popen] = field(default_factory=list)  # processes a test started
+
+    def token(self, user: str) -> str:
+        return (self.root / "tokens" / f"{user}.jwt").read_text().strip()
+
+    @property
+    def triton_addrs(self) -> list[str]:
+        """gRPC host:port of each engine simulator (sim-0, sim-1), from .harness/env."""
+        return self.env["HARNESS_TRITON_ADDRS"].split(",")
+
+    @property
+    def triton_metrics(self) -> list[str]:
+        """Metrics URL of each engine simulator, in the same order."""
+        return self.env["HARNESS_TRITON_METRICS"].split(",")
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def pids(self) -> dict[str, int]:
+        try:
+            lines = (self.root / "stack.pids").read_text().split("\n")
+        except OSError:
+            return {}
+        return {name: int(pid) for name, pid in (line.split() for line in lines if line.strip())}
+
+
+def read_env(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value.strip("'")
+    return env
+
+
+def kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def launch(root: Path, time_scale: float) -> RunningStack:
+    """Starts `harness up` under `root` and returns once it printed "healthy in"; fails the test
+    with every child's log tail otherwise."""
+    harness = Path(sys.executable).parent / "harness"
+    proc = subprocess.Popen(
+        [
+            str(harness),
+            "up",
+            "--free-ports",
+            "--root",
+            str(root),
+            "--timeout",
+            "90",
+            "--time-scale",
+            str(time_scale),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    healthy = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            output.append(line)
+            if line.startswith("healthy in"):
+                healthy.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 120
+    while not healthy.is_set() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stack = RunningStack(proc, root, {}, output)
+    if not healthy.is_set():
+        proc.kill()
+        for pid in stack.pids().values():
+            kill(pid, signal.SIGKILL)
+        logs = "".join(
+            f"\n--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+            for p in sorted((root / "logs").glob("*.log"))
+        )
+        pytest.fail("harness up did not become healthy:\n" + "".join(output) + logs)
+    stack.env = read_env(root / "env")
+    return stack
+
+
+def shutdown(stack: RunningStack) -> None:
+    """SIGTERM `harness up` (resuming it if a test paused it), then SIGKILL anything left."""
+    for child in stack.restarted:
+        kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+    if stack.proc.poll() is None:
+        stack.proc.send_signal(signal.SIGTERM)
+        stack.proc.send_signal(signal.SIGCONT)
+        try:
+            stack.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            stack.proc.kill()
+    for pid in stack.pids().values():
+        kill(pid, signal.SIGKILL)  # belt and braces: never leave a process behind
