@@ -52,7 +52,6 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check services tests bench
 
 bench: proto
-	$(PY) bench/run.py
 	$(PY) bench/enginesim.py
 	$(PY) bench/router_overhead.py --quick
 	$(PY) bench/prefix_affinity.py --quick
