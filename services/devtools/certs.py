@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.devtools.pem_files import PrivateKey, ensure_jwt_keys, write_cert, write_key
 
 DEFAULT_TRUST_DOMAIN = "harness.local"
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
@@ -38,8 +38,6 @@ _BACKDATE = dt.timedelta(minutes=5)
 
 _SERVER_CLIENT = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 _CLIENT_ONLY = (ExtendedKeyUsageOID.CLIENT_AUTH,)
-
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True)
@@ -73,36 +71,6 @@ def spiffe_uri(trust_domain: str, kind: str, name: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------- file writing
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file created with ``mode`` from the start, then rename.
-
-    Keys never exist on disk with wider permissions, even briefly, and readers never see a
-    half-written file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates 0600
-    try:
-        if mode != 0o600:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_key(path: Path, key: PrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    _write_atomic(path, pem, 0o600)
-
-
-def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    _write_atomic(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 # ---------------------------------------------------------------- building certs
@@ -247,8 +215,8 @@ def _ensure_leaf(
         if loaded and _signed_by(loaded[0], ca_cert) and _sans(loaded[0]) == want:
             return LeafPaths(cert_path, key_path)
     cert, key = _build_leaf(ca_cert, ca_key, **spec)
-    _write_key(key_path, key)
-    _write_cert(cert_path, cert)
+    write_key(key_path, key)
+    write_cert(cert_path, cert)
     return LeafPaths(cert_path, key_path)
 
 
@@ -266,30 +234,9 @@ def _ensure_ca(out_dir: Path, force: bool) -> tuple[x509.Certificate, PrivateKey
             if is_ca and _signed_by(cert, cert):
                 return cert, key, False
     cert, key = _build_ca("Harness Dev CA")
-    _write_key(ca_key_path, key)
-    _write_cert(ca_pem, cert)
+    write_key(ca_key_path, key)
+    write_cert(ca_pem, cert)
     return cert, key, True
-
-
-def _ensure_jwt_keys(out_dir: Path, force: bool) -> tuple[Path, Path]:
-    priv, pub = out_dir / "jwt-signing.key", out_dir / "jwt-signing.pub"
-    if not force and priv.exists() and pub.exists():
-        try:
-            key = serialization.load_pem_private_key(priv.read_bytes(), password=None)
-            pub_key = serialization.load_pem_public_key(pub.read_bytes())
-            if isinstance(key, rsa.RSAPrivateKey) and key.public_key().public_numbers() == (
-                pub_key.public_numbers()  # type: ignore[union-attr]
-            ):
-                return priv, pub
-        except ValueError:
-            pass
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write_key(priv, key)
-    pub_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    _write_atomic(pub, pub_pem, 0o644)
-    return priv, pub
 
 
 def _split_hosts(hosts: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -371,7 +318,7 @@ def make_certs(
         )
         for name in agents
     }
-    jwt_priv, jwt_pub = _ensure_jwt_keys(out_dir, force)
+    jwt_priv, jwt_pub = ensure_jwt_keys(out_dir, force)
     return CertBundle(
         root=out_dir,
         trust_domain=trust_domain,

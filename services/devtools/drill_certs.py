@@ -14,10 +14,9 @@ from services.devtools.certs import (
     LeafPaths,
     _build_ca,
     _ensure_leaf,
-    _write_cert,
-    _write_key,
     spiffe_uri,
 )
+from services.devtools.pem_files import write_cert, write_key
 
 
 def make_foreign_ca_client(
@@ -29,8 +28,8 @@ def make_foreign_ca_client(
     """
     root = Path(out_dir) / "foreign"
     ca_cert, ca_key = _build_ca("Not The Harness CA")
-    _write_key(root / "ca.key", ca_key)
-    _write_cert(root / "ca.pem", ca_cert)
+    write_key(root / "ca.key", ca_key)
+    write_cert(root / "ca.pem", ca_cert)
     return _ensure_leaf(
         root / f"{name}.pem",
         root / f"{name}.key",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.pool.catalog import ModelSpec
-from services.pool.state import READY
+from services.pool.state import HEALTHY, READY, UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,37 @@ class DeploymentView:
     @property
     def ready_replicas(self) -> int:
         return sum(1 for p in self.placements if p.state == READY)
+
+
+def model_status(state, triton_model: str):
+    """The endpoint state's entry for `triton_model` (None when unknown or not there)."""
+    return next((m for m in state.models if m.name == triton_model), None) if state else None
+
+
+def deployment_view(dep: Deployment, table, pending: dict) -> DeploymentView:
+    """The frozen view of `dep`; `pending` holds loads this pool began that probes may not show."""
+    replicas = []
+    for endpoint, p in sorted(dep.placements.items()):
+        state = table.get(endpoint)
+        m = model_status(state, dep.spec.triton_model)
+        healthy = state is not None and state.health == HEALTHY
+        # A load that returned means READY (Triton answers once it is) even before the
+        # next probe shows it in the index.
+        loaded = pending.get((endpoint, p.gpu, dep.spec.triton_model), (0, None))[1] is not None
+        if healthy and m is not None and not (loaded and m.state != READY):
+            st = m.state
+        else:
+            st = READY if healthy and loaded else UNAVAILABLE
+        replicas.append(ReplicaView(endpoint, p.gpu, st, p.load_time_s))
+    return DeploymentView(
+        model=dep.spec.name,
+        triton_model=dep.spec.triton_model,
+        replicas=dep.desired,
+        placements=tuple(replicas),
+        memory_bytes=dep.spec.memory_bytes,
+        idle_ttl_s=dep.idle_ttl_s,
+        last_used=dep.last_used,
+        owners=tuple(sorted(dep.claims)),
+        scaled_to_zero=dep.scaled_to_zero,
+        last_load_time_s=dep.last_load_time_s,
+    )

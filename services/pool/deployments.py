@@ -29,11 +29,12 @@ from services.pool.deployment_types import (
     Deployment,
     DeploymentView,
     Placement,
-    ReplicaView,
+    deployment_view,
+    model_status,
 )
 from services.pool.endpoints import EndpointTable
 from services.pool.placement import PlacementPlan, PlannedReplica, has_model, plan_placement
-from services.pool.state import HEALTHY, LOADING, READY, UNAVAILABLE, UNHEALTHY
+from services.pool.state import HEALTHY, LOADING, UNHEALTHY
 
 log = logging.getLogger("harness.pool.deployments")
 
@@ -383,36 +384,11 @@ class DeploymentManager:
     def _activity(self, dep: Deployment) -> tuple[tuple, bool]:
         sig, busy = [], False
         for endpoint in sorted(dep.placements):
-            state = self.table.get(endpoint)
-            m = next((m for m in state.models if m.name == dep.spec.triton_model), None) if state else None
+            m = model_status(self.table.get(endpoint), dep.spec.triton_model)
             if m is not None:
                 sig.append((endpoint, m.requests))
                 busy = busy or m.waiting > 0 or m.active > 0 or m.state == LOADING
         return tuple(sig), busy
 
     def _view(self, dep: Deployment) -> DeploymentView:
-        replicas = []
-        for endpoint, p in sorted(dep.placements.items()):
-            state = self.table.get(endpoint)
-            m = next((m for m in state.models if m.name == dep.spec.triton_model), None) if state else None
-            healthy = state is not None and state.health == HEALTHY
-            # A load that returned means READY (Triton answers once it is) even before the
-            # next probe shows it in the index.
-            loaded = self._pending.get((endpoint, p.gpu, dep.spec.triton_model), (0, None))[1] is not None
-            if healthy and m is not None and not (loaded and m.state != READY):
-                st = m.state
-            else:
-                st = READY if healthy and loaded else UNAVAILABLE
-            replicas.append(ReplicaView(endpoint, p.gpu, st, p.load_time_s))
-        return DeploymentView(
-            model=dep.spec.name,
-            triton_model=dep.spec.triton_model,
-            replicas=dep.desired,
-            placements=tuple(replicas),
-            memory_bytes=dep.spec.memory_bytes,
-            idle_ttl_s=dep.idle_ttl_s,
-            last_used=dep.last_used,
-            owners=tuple(sorted(dep.claims)),
-            scaled_to_zero=dep.scaled_to_zero,
-            last_load_time_s=dep.last_load_time_s,
-        )
+        return deployment_view(dep, self.table, self._pending)

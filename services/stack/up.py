@@ -29,6 +29,7 @@ from services.common.server import open_channel
 from services.devtools.certs import DEFAULT_SERVICES, CertBundle, make_certs
 from services.envoy.methods import idempotent_unary_methods
 from services.envoy.render import EnvoyCerts, EnvoySpec, write_envoy_config
+from services.stack.banner import banner
 from services.stack.layout import StackPaths, StackPorts, ports_in_use
 from services.stack.procs import Child, Supervisor
 
@@ -347,41 +348,7 @@ class Stack:
         return env
 
     def banner(self, env: dict[str, str]) -> str:
-        p = self.cfg.ports
-        tls = '-cacert "$HARNESS_CA" -cert "$HARNESS_CERT" -key "$HARNESS_KEY"'
-        sims = "\n".join(
-            f"  engine simulator {s.spec.name:<8} {s.address}  metrics {s.metrics_url}  ({', '.join(s.spec.models)})"
-            for s in self.sims
-        )
-        first = self.sims[0]
-        return f"""
-Harness is up (Ctrl-C stops everything).
-  front door (Envoy, mTLS)  {env["HARNESS_ADDR"]}
-  Envoy admin               {env["HARNESS_ENVOY_ADMIN"]}
-{sims}
-  routers {", ".join(f"127.0.0.1:{r}" for r in p.routers)}; registry :{p.registry}; pool :{p.pool}; audit :{p.audit}; cost :{p.cost}
-  logs {self.paths.logs}/   state {self.paths.state}/
-
-Try it:
-  source {self.paths.env_file}
-  grpcurl {tls} "$HARNESS_ADDR" list
-  grpcurl {tls} -H "authorization: Bearer $HARNESS_TOKEN" \\
-      -d '{{"prompt": "Summarise the ledger policy", "sampling": {{"max_tokens": 32}}}}' \\
-      "$HARNESS_ADDR" harness.router.v1.Router/Generate
-  grpcurl {tls} -H "authorization: Bearer $HARNESS_TOKEN" \\
-      -d '{{"filter": {{"agent": "{env["HARNESS_AGENT"]}"}}}}' "$HARNESS_ADDR" harness.audit.v1.Audit/Query
-  grpcurl {tls} -H "authorization: Bearer $HARNESS_TOKEN" \\
-      -d '{{"group_by": ["agent", "model"]}}' "$HARNESS_ADDR" harness.cost.v1.Cost/Report
-
-Operate the registry (the ops CLI reads {self.paths.env_file}):
-  .venv/bin/harness agents list
-  .venv/bin/harness agents state {env["HARNESS_AGENT"]} draining      # the routers refuse it within a second
-  .venv/bin/harness policies check agent:{env["HARNESS_AGENT"]} ledger model:llama-3-8b invoke
-
-The simulators directly (Triton's protocol, no TLS; addresses in $HARNESS_TRITON_ADDRS):
-  grpcurl -plaintext {first.address} inference.GRPCInferenceService/RepositoryIndex
-  curl -s {first.metrics_url} | grep nv_inference
-"""
+        return banner(env, self.cfg.ports, self.paths, self.sims)
 
     def stop(self) -> None:
         self.sup.stop_all()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import sys
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
@@ -389,29 +386,3 @@ async def test_metrics_follow_running_and_waiting_requests(sim, client):
     assert value("nv_trt_llm_request_metrics", request_type="active", **mv) == 0
     assert value("nv_inference_request_success", **mv) == 2
     assert value("nv_inference_queue_duration_us", **mv) == 3 * 50_000_000  # 2nd waited 3 steps of 50 s
-
-
-async def test_process_starts_on_port_0_and_stops_on_sigterm():
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.enginesim", "--port", "0", "--metrics-port", "0", "--time-scale", "1000",
-        cwd=REPO_ROOT, stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )  # fmt: skip
-    try:
-        address = None
-        async with asyncio.timeout(30):
-            while address is None:
-                line = (await proc.stderr.readline()).decode()
-                assert line, "simulator exited before it was ready"
-                if match := re.search(r"ready grpc=(\S+) metrics=(\d+)", line):
-                    address = match.group(1)
-        client = triton_aio.InferenceServerClient(address)
-        assert await client.is_server_ready()
-        assert await client.is_model_ready("llama-3-8b-instruct")  # preloaded from the default catalog
-        await client.close()
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

@@ -353,3 +353,11 @@ def test_startup_delay_and_fault_flags(tmp_path):
         client.close()
     finally:
         stop_sim(sim)
+
+
+def test_default_catalog_process_on_port_0_preloads_and_stops_on_sigterm(tmp_path):
+    sim = start_sim(tmp_path, "--time-scale", "1000")  # the packaged catalog
+    client = triton_grpc.InferenceServerClient(sim.address)
+    assert client.is_server_ready() and client.is_model_ready("llama-3-8b-instruct")
+    client.close()
+    stop_sim(sim)  # SIGTERM; asserts exit code 0

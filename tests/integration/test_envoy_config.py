@@ -11,8 +11,8 @@ import yaml
 from grpc_tools import protoc
 
 from services.devtools.certs import make_certs
+from services.envoy import compose, render
 from services.envoy import methods as methods_mod
-from services.envoy import render
 from services.envoy.methods import ProtosNotGeneratedError, idempotent_unary_methods
 from services.envoy.render import EnvoyCerts, EnvoySpec, render_envoy_config, write_envoy_config
 from tests.helpers.envoy import validate_config
@@ -260,16 +260,16 @@ def test_envoy_rejects_unknown_fields(spec: EnvoySpec, tmp_path: Path) -> None:
 def test_envoy_accepts_shipped_compose_config(tmp_path: Path) -> None:
     certs = make_certs(tmp_path / "certs", agents=[], services=[])
     text = COMPOSE_YAML.read_text()
-    assert render.COMPOSE_CERTS_DIR in text
+    assert compose.COMPOSE_CERTS_DIR in text
     # Envoy opens the cert files while validating; point them at real (temporary) ones.
     path = tmp_path / "compose-envoy.yaml"
-    path.write_text(text.replace(render.COMPOSE_CERTS_DIR, str(certs.root)))
+    path.write_text(text.replace(compose.COMPOSE_CERTS_DIR, str(certs.root)))
     assert_valid(path)
 
 
 def test_shipped_compose_config_matches_the_renderer() -> None:
     try:
-        spec = render.compose_spec()
+        spec = compose.compose_spec()
     except ProtosNotGeneratedError as e:
         pytest.skip(str(e))
     shipped = yaml.safe_load(COMPOSE_YAML.read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from services.envoy.render import COMPOSE_SERVICE_PORTS
+from services.envoy.compose import COMPOSE_SERVICE_PORTS
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
 

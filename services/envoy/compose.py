@@ -1,0 +1,74 @@
+"""The docker-compose stack's Envoy config (`compose/envoy.yaml`): service names and ports on the
+compose network, certificates mounted at /etc/harness/certs. A test keeps the shipped file equal to
+this rendering.
+
+CLI: ``python -m services.envoy.render --compose --out compose/envoy.yaml`` (or ``--check FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.envoy.methods import idempotent_unary_methods
+from services.envoy.render import EnvoyCerts, EnvoySpec, dump_envoy_config
+
+COMPOSE_CERTS_DIR = "/etc/harness/certs"
+COMPOSE_LISTEN_PORT = 8443
+COMPOSE_ADMIN_PORT = 9901
+# Ports the services listen on inside the compose network (the compose file must agree).
+COMPOSE_SERVICE_PORTS: dict[str, int] = {
+    "router": 50051,
+    "registry": 50052,
+    "pool": 50053,
+    "audit": 50054,
+    "cost": 50055,
+}
+
+HEADER = (
+    "# Envoy front proxy for the Harness mesh. GENERATED, do not edit:\n"
+    "#   python -m services.envoy.render --compose --out compose/envoy.yaml\n"
+)
+
+
+def compose_spec(idempotent_methods: Sequence[str] | None = None) -> EnvoySpec:
+    """The docker-compose stack: services by compose name, certs mounted at /etc/harness/certs."""
+    if idempotent_methods is None:
+        idempotent_methods = idempotent_unary_methods()
+    certs = EnvoyCerts(
+        ca=f"{COMPOSE_CERTS_DIR}/ca.pem",
+        cert=f"{COMPOSE_CERTS_DIR}/envoy.pem",
+        key=f"{COMPOSE_CERTS_DIR}/envoy.key",
+    )
+    return EnvoySpec(
+        listen_host="0.0.0.0",
+        listen_port=COMPOSE_LISTEN_PORT,
+        admin_port=COMPOSE_ADMIN_PORT,
+        certs=certs,
+        # One DNS name per service; "router" resolves to every replica.
+        upstreams={name: [(name, port)] for name, port in COMPOSE_SERVICE_PORTS.items()},
+        idempotent_methods=tuple(idempotent_methods),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m services.envoy.render", description=__doc__.split("\n")[0])
+    p.add_argument("--compose", action="store_true", required=True, help="render the compose stack config")
+    p.add_argument("--out", type=Path, help="write here instead of stdout")
+    p.add_argument("--check", type=Path, metavar="FILE", help="exit 1 if FILE differs from the rendering")
+    args = p.parse_args(argv)
+
+    text = dump_envoy_config(compose_spec(), HEADER)
+    if args.check:
+        if not args.check.exists() or args.check.read_text() != text:
+            print(f"{args.check} is stale; regenerate with --out {args.check}", file=sys.stderr)
+            return 1
+        return 0
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
