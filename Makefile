@@ -7,13 +7,14 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
 
-.PHONY: install proto run test test-fast lint bench certs clean help
+.PHONY: install proto run test test-fast lint bench bench-fleet certs clean help
 
 help:
 	@echo "make run    - install, generate, make certs, start the local stack (Ctrl-C stops it)"
 	@echo "make test   - the full test suite (PostgreSQL and Redis on their default ports)"
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmarks in bench/"
+	@echo "make bench-fleet - fleet scenario: static per-agent GPUs vs the pooled Harness (~3 min; charts in bench/fleet/out/)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -57,6 +58,9 @@ bench: proto
 	$(PY) bench/prefix_affinity.py --quick
 	$(PY) bench/overload.py --quick
 	$(PY) bench/pii_corpus.py
+
+bench-fleet: proto
+	$(PY) -m bench.fleet $(ARGS)
 
 clean:
 	rm -rf gen .harness .pytest_cache

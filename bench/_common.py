@@ -101,21 +101,35 @@ def start_simulators(
     catalog: Path, models: list[str], time_scale: float, workdir: Path, count: int, prefix: str = "sim"
 ) -> list[SimProcess]:
     """Starts ``count`` simulator processes at once (ports 0) and waits until each is ready."""
+    return start_simulator_set(
+        catalog, [(f"{prefix}-{i}", models) for i in range(count)], time_scale, workdir
+    )
+
+
+def start_simulator_set(
+    catalog: Path,
+    specs: list[tuple[str, list[str]]],
+    time_scale: float,
+    workdir: Path,
+    extra_args: tuple[str, ...] = (),
+    timeout_s: float = 60.0,
+) -> list[SimProcess]:
+    """Starts one simulator per (name, models) at once (ports 0) and waits until each is ready."""
     started = []
-    for i in range(count):
-        log = workdir / f"{prefix}-{i}.log"
+    for name, models in specs:
+        log = workdir / f"{name}.log"
         argv = [
             sys.executable, "-m", "services.enginesim", "--host", "127.0.0.1", "--port", "0",
             "--metrics-port", "0", "--catalog", str(catalog), "--time-scale", str(time_scale),
-            "--shutdown-grace", "0", "--no-preload", "--load", *models,
+            "--shutdown-grace", "0", "--no-preload", *extra_args, "--load", *models,
         ]  # fmt: skip
         with open(log, "wb") as out:  # a file, not a pipe: a full pipe would stall it
             proc = subprocess.Popen(
                 argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        started.append((f"{prefix}-{i}", proc, log))
+        started.append((name, proc, log))
     sims: list[SimProcess] = []
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout_s
     for name, proc, log in started:
         while True:
             match = re.search(r"ready grpc=(\S+) metrics=(\d+)", log.read_text(errors="replace"))
@@ -216,6 +230,9 @@ class FakeRegistry:
 
     async def user(self, name: str) -> None:
         return None  # no per-user limits in the benchmarks
+
+    async def project_team(self, project: str) -> str:
+        return ""
 
     async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
         return AccessDecision(True, "p, bench")
@@ -353,7 +370,7 @@ def build_router(
     view = EndpointView(
         channel,
         on_change=flow.capacity_changed,
-        own_inflight=lambda name: scheduler.memory.inflight.get(name, 0),  # as the router wires it
+        own_inflight=scheduler.memory.own,  # as the router wires it
     )
     triton = TritonPool()
     metrics = CollectorRegistry()

@@ -1,5 +1,6 @@
 """Router overhead: the stock tritonclient (grpc.aio, ModelStreamInfer, one stream per request)
-against (a) the simulator directly, (b) a router's Triton-compatible front door directly (mTLS
+against (a) the simulator directly, (r) a bare grpc.aio relay in front of it (bench/_grpc_relay.py:
+the floor of any Python gRPC hop), (b) a router's Triton-compatible front door directly (mTLS
 with the agent's own certificate: the router takes the agent identity from the peer
 certificate), (c) Envoy + router (mTLS to Envoy, which forwards the agent identity in XFCC).
 
@@ -48,6 +49,15 @@ def start_stack(root: Path, time_scale: float) -> subprocess.Popen:
     raise SystemExit("stack did not start; see " + str(root / "logs"))
 
 
+def start_relay(upstream: str) -> tuple[subprocess.Popen, str]:
+    relay = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("_grpc_relay.py")), upstream],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return relay, f"127.0.0.1:{relay.stdout.readline().strip()}"  # type: ignore[union-attr]
+
+
 def env_of(root: Path) -> dict[str, str]:
     pairs = (line.removeprefix("export ").split("=", 1) for line in (root / "env").read_text().splitlines())
     return {k: v.strip("'") for k, v in pairs}
@@ -63,28 +73,30 @@ def router_address(root: Path) -> str:
 
 async def run_level(make_client, headers, concurrency: int, requests: int, max_tokens: int, tag: str):
     """Closed loop: `concurrency` workers share one client (one HTTP/2 channel, as an app would)
-    and issue `requests` calls in total. Returns (latencies ms, seconds)."""
+    and issue `requests` calls in total. Returns (latencies ms, seconds, TTFTs ms)."""
     async with make_client() as client:
         for i in range(max(5, concurrency)):  # warm-up: channel, TLS, router caches
             await stream_one(client, MODEL, f"warm {tag} {i} ledger policy", max_tokens, f"w{i}", headers)
         latencies: list[float] = []
+        ttfts: list[float] = []
         counter = iter(range(requests))
 
         async def worker() -> None:
             for i in counter:
                 prompt = f"{tag} c{concurrency} request {i}: summarise the ledger policy for a new analyst"
-                _, e2e, chunks = await stream_one(client, MODEL, prompt, max_tokens, f"r{i}", headers)
+                ttft, e2e, chunks = await stream_one(client, MODEL, prompt, max_tokens, f"r{i}", headers)
                 if chunks < 1:
                     raise RuntimeError("empty stream")
                 latencies.append(e2e)
+                ttfts.append(ttft)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return latencies, time.perf_counter() - t0
+        return latencies, time.perf_counter() - t0, ttfts
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    rows: dict[tuple[str, int], tuple[list[float], float]] = {}
+    rows: dict[tuple[str, int], tuple[list[float], float, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="router-overhead-") as tmp:
         root = Path(tmp) / ".harness"
         print(
@@ -102,8 +114,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 "certificate_chain": env["HARNESS_CERT"],
             }
             auth = {"authorization": f"Bearer {env['HARNESS_TOKEN']}"}
+            relay, relay_addr = start_relay(sim_addr)
             paths = {
                 "(a) direct": (lambda: tgrpc_aio.InferenceServerClient(sim_addr), None),
+                "(r) bare relay": (lambda: tgrpc_aio.InferenceServerClient(relay_addr), None),
                 "(b) router": (lambda: tgrpc_aio.InferenceServerClient(router_address(root), **tls), auth),
                 "(c) envoy+router": (
                     lambda: tgrpc_aio.InferenceServerClient(env["HARNESS_ADDR"], **tls),
@@ -114,9 +128,11 @@ async def main_async(args: argparse.Namespace) -> None:
                 n = max(args.requests, 4 * c)
                 for label, (make, headers) in paths.items():
                     rows[(label, c)] = await run_level(make, headers, c, n, args.max_tokens, label[1])
-                    lat, secs = rows[(label, c)]
+                    lat, secs, _ = rows[(label, c)]
                     print(f"  {label:<18} c={c:<3} {len(lat)} requests in {secs:.1f}s", flush=True)
         finally:
+            if "relay" in locals():
+                relay.kill()
             proc.terminate()
             proc.wait(timeout=30)
 
@@ -127,27 +143,32 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     head = (
         f"{'path':<18}{'conc':>5}{'reqs':>6}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}"
-        f"{'+p50 ms':>9}{'p50 x':>7}{'p99 x':>7}{'req/s x':>9}"
+        f"{'+p50 ms':>9}{'p50 x':>7}{'p99 x':>7}{'req/s x':>9}{'TTFT p50':>10}{'+TTFT':>7}"
     )
     print(head + "\n" + "-" * len(head))
     for c in args.concurrency:
-        base_lat, base_s = rows[("(a) direct", c)]
+        base_lat, base_s, base_ttft = rows[("(a) direct", c)]
         b50, b99, brps = pct(base_lat, 50), pct(base_lat, 99), len(base_lat) / base_s
-        for label in ("(a) direct", "(b) router", "(c) envoy+router"):
-            lat, secs = rows[(label, c)]
+        for label in ("(a) direct", "(r) bare relay", "(b) router", "(c) envoy+router"):
+            lat, secs, ttft = rows[(label, c)]
             p50, p99, rps = pct(lat, 50), pct(lat, 99), len(lat) / secs
+            t50 = pct(ttft, 50)
             print(
                 f"{label:<18}{c:>5}{len(lat):>6}{p50:>9.2f}{p99:>9.2f}{rps:>8.0f}"
                 f"{p50 - b50:>9.2f}{p50 / b50:>7.2f}{p99 / b99:>7.2f}{rps / brps:>9.2f}"
+                f"{t50:>10.2f}{t50 - pct(base_ttft, 50):>7.2f}"
             )
     c1 = min(args.concurrency)
     added_b = pct(rows[("(b) router", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
     added_c = pct(rows[("(c) envoy+router", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
+    added_r = pct(rows[("(r) bare relay", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
     ok = added_b < 1.0
     print(
         f"verdict: {'PASS' if ok else 'FAIL'}: the router adds {added_b:.2f} ms at p50 at concurrency {c1} "
         f"(target < 1 ms; includes mTLS + auth on the router hop); Envoy + router add {added_c:.2f} ms. "
-        "Provisional: one run on a shared machine."
+        "Provisional: one run on a shared machine.\n"
+        f"floor: a bare grpc.aio relay with no logic adds {added_r:.2f} ms; the router's own work adds "
+        f"{added_b - added_r:.2f} ms above it."
     )
 
 

@@ -90,12 +90,16 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def redis_url() -> str:
     """Redis URL with a key prefix unique to the test is up to the caller; DB 0 is shared."""
+    if not redis_reachable():
+        _missing(f"Redis at {REDIS_URL}")
+    return REDIS_URL
+
+
+def redis_reachable() -> bool:
     from urllib.parse import urlparse
 
     u = urlparse(REDIS_URL)
-    if not _reachable(u.hostname or "127.0.0.1", u.port or 6379):
-        _missing(f"Redis at {REDIS_URL}")
-    return REDIS_URL
+    return _reachable(u.hostname or "127.0.0.1", u.port or 6379)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -1,4 +1,4 @@
-"""`harness cost report` and `harness budget set|list|show|delete`: spend and budgets.
+"""`harness cost report` and `harness budget set|list|show|delete|alerts`: spend and budgets.
 
 These talk to the cost service: directly at HARNESS_COST_ADDR (with the ops certificate, as the
 registry commands do at HARNESS_REGISTRY_ADDR), else through Envoy's front door (HARNESS_ADDR).
@@ -26,7 +26,15 @@ MICRO = 1_000_000
 # Report dimensions the service accepts (services/cost/store.py DIMENSIONS).
 DIMENSIONS = ("user", "team", "project", "agent", "agent_version", "model", "deployment", "tool", "day")
 REPORT_FORMATS = ("table", "json", "csv")
-MEASURES = ("requests", "input_tokens", "output_tokens", "gpu_seconds", "cost_usd", "cost_micro_usd")
+MEASURES = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "gpu_seconds",
+    "cost_usd",
+    "cost_micro_usd",
+    "unpriced",
+)
 SCOPE = enum_arg(cost_pb2.BudgetScope)
 PERIOD = enum_arg(cost_pb2.BudgetPeriod)
 
@@ -100,6 +108,7 @@ def report_records(resp: cost_pb2.ReportResponse, dims: list[str]) -> list[dict]
         rec.update(
             requests=r.requests, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
             gpu_seconds=r.gpu_seconds, cost_usd=usd(r.cost_micro_usd), cost_micro_usd=r.cost_micro_usd,
+            unpriced=f"{r.unpriced_requests} ({', '.join(r.unpriced)})" if r.unpriced_requests else "",
         )  # fmt: skip
         out.append(rec)
     return out
@@ -120,12 +129,19 @@ def write_report(resp: cost_pb2.ReportResponse, dims: list[str], fmt: str, out=N
                    "COST_USD"]  # fmt: skip
         rows = [[*(rec[d] for d in dims), rec["requests"], rec["input_tokens"], rec["output_tokens"],
                  f"{rec['gpu_seconds']:.1f}", rec["cost_usd"]] for rec in records]  # fmt: skip
+        t = resp.total
         if rows:
-            t = resp.total
             label = ["TOTAL", *([""] * (len(dims) - 1))] if dims else []
             rows.append([*label, t.requests, t.input_tokens, t.output_tokens, f"{t.gpu_seconds:.1f}",
                          usd(t.cost_micro_usd)])  # fmt: skip
+        if t.unpriced_requests:  # unknown cost is not zero cost: say so beside the figures
+            headers.append("UNPRICED")
+            for row, rec in zip(rows, [*records, {"unpriced": str(t.unpriced_requests)}], strict=True):
+                row.append(rec["unpriced"])
         output.table(headers, rows, out=out)
+        if t.unpriced_requests:
+            print(f"note: {t.unpriced_requests} request(s) lack a price ({', '.join(t.unpriced)}); their "
+                  "cost is unknown and not in COST_USD: set it with SetPrice", file=sys.stderr)  # fmt: skip
 
 
 def build_report_request(args: argparse.Namespace) -> tuple[cost_pb2.ReportRequest, list[str]]:
@@ -224,6 +240,61 @@ def budget_delete(ctx: Ctx, args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- budget alerts ----
+
+ALERT_FORMATS = ("table", "json")
+ALERT_HEADERS = ("TIME", "BUDGET", "PERCENT", "SPENT_USD", "LIMIT_USD", "PERIOD_START", "AUDIT", "WEBHOOK")
+
+
+def alert_record(a: cost_pb2.Alert) -> dict:
+    """One alert, flat: money in USD and exact micro-USD, times as `YYYY-MM-DD HH:MM:SSZ`."""
+    w = a.webhook
+    return {
+        "id": a.id, "time": output.when(a.time), "budget": a.budget,
+        "scope": output.enum_short(cost_pb2.BudgetScope, a.scope), "subject": a.subject,
+        "period": output.enum_short(cost_pb2.BudgetPeriod, a.period),
+        "period_start": output.when(a.period_start), "period_end": output.when(a.period_end),
+        "percent": a.percent, "limit_reached": a.percent >= 100,
+        "spent_usd": usd(a.spent_micro_usd), "limit_usd": usd(a.limit_micro_usd),
+        "spent_micro_usd": a.spent_micro_usd, "limit_micro_usd": a.limit_micro_usd,
+        "audit_shipped": a.audit_shipped, "webhook_url": w.url,
+        "webhook_state": output.enum_short(cost_pb2.WebhookState, w.state) if w.state else "",
+        "webhook_attempts": w.attempts, "webhook_last_error": w.last_error,
+    }  # fmt: skip
+
+
+def _webhook_cell(r: dict) -> str:
+    if not r["webhook_url"]:
+        return "-"
+    if r["webhook_state"] == "delivered":
+        return "delivered"
+    tries = f"{r['webhook_attempts']} attempt{'s' if r['webhook_attempts'] != 1 else ''}"
+    error = f": {r['webhook_last_error']}" if r["webhook_last_error"] else ""
+    return f"{r['webhook_state']} ({tries}){error}"
+
+
+def alert_row(a: cost_pb2.Alert) -> list[object]:
+    r = alert_record(a)
+    percent = f"{r['percent']}%" + (" (limit)" if r["limit_reached"] else "")
+    return [r["time"], r["budget"], percent, r["spent_usd"], r["limit_usd"], r["period_start"] or "lifetime",
+            "shipped" if r["audit_shipped"] else "pending", _webhook_cell(r)]  # fmt: skip
+
+
+def budget_alerts(ctx: Ctx, args: argparse.Namespace) -> int:
+    """Budget alerts (thresholds crossed per budget period), newest first (ListAlerts)."""
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    req = cost_pb2.ListAlertsRequest(budget=args.budget or "", limit=args.limit or 0)
+    resp = _call(ctx, "ListAlerts", req)
+    fmt = "json" if ctx.json and args.format == "table" else args.format
+    if fmt == "json":
+        print(json.dumps([alert_record(a) for a in resp.alerts], indent=2))
+    else:
+        output.table(ALERT_HEADERS, [alert_row(a) for a in resp.alerts])
+    sys.stdout.flush()
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     defaults = {"direct_addr_env": DIRECT_ADDR_ENV, "cli_service": "cost service"}
     cost = sub.add_parser("cost", help="cost: usage reports")
@@ -234,8 +305,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--until", help="before this time (default now): ISO time or a duration ago")
     p.add_argument("--format", choices=REPORT_FORMATS, default="table", help="table (default), json or csv")
     p.set_defaults(handler=cost_report, **defaults)
+    from services.cli.advise_cmds import add_advise  # here: advise_cmds imports this module
 
-    budget = sub.add_parser("budget", help="cost budgets: set, list, show, delete")
+    add_advise(c, common, defaults)  # `harness cost advise`
+
+    budget = sub.add_parser("budget", help="cost budgets: set, list, show, delete, alerts")
     b = budget.add_subparsers(dest="verb", required=True, metavar="ACTION")
     p = b.add_parser("set", parents=[common], help="create or replace a budget")
     p.add_argument("name", help="budget name")
@@ -257,3 +331,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = b.add_parser("delete", parents=[common], help="delete a budget")
     p.add_argument("name", help="budget name")
     p.set_defaults(handler=budget_delete, **defaults)
+    p = b.add_parser("alerts", parents=[common], help="alerts raised: thresholds crossed per budget period")
+    p.add_argument("--budget", help="only this budget's alerts")
+    p.add_argument("--limit", type=int, help="at most this many, newest first (default 500)")
+    p.add_argument("--format", choices=ALERT_FORMATS, default="table", help="table (default) or json")
+    p.set_defaults(handler=budget_alerts, **defaults)

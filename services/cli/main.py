@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def _up(args: argparse.Namespace) -> int:
         listen_host=args.listen_host,
         time_scale=args.time_scale,
         timeout_s=args.timeout,
+        redis_url=args.redis,
     )
     return run_up(cfg)
 
@@ -45,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--time-scale", type=float, default=1.0, help="engine simulator time scale")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for health")
     up.add_argument("--free-ports", action="store_true", help="use any free ports instead of the defaults")
+    up.add_argument(
+        "--redis",
+        default=os.environ.get("HARNESS_REDIS_URL", ""),
+        help="Redis URL the two routers share for rate limits, the result cache and budgets (env "
+        "HARNESS_REDIS_URL; default: none, each router keeps them in memory and enforces them alone)",
+    )
     up.set_defaults(func=_up)
     common = argparse.ArgumentParser(add_help=False)
     add_connection_args(common)
@@ -79,9 +87,15 @@ def _run_registry(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    if hasattr(args, "handler"):
-        return _run_registry(args)
-    return args.func(args)
+    try:
+        if hasattr(args, "handler"):
+            return _run_registry(args)
+        return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`harness audit export | head`): stop quietly, as Unix tools do.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":

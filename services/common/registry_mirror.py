@@ -113,6 +113,7 @@ class RegistryMirror(BackgroundFollower):
         self._models: dict[str, registry_pb2.Model] = {}
         self._users: dict[str, registry_pb2.User] = {}
         self._tools: dict[str, registry_pb2.Tool] = {}  # "name@version" -> tool
+        self._projects: dict[str, registry_pb2.Project] = {}
         self._rules: set[tuple[str, tuple[str, ...]]] = set()
         self._enforcer = new_memory_enforcer()
         self._pending: _Tables | None = None  # a snapshot arriving in parts
@@ -160,6 +161,12 @@ class RegistryMirror(BackgroundFollower):
         """The registry's record of a user; None when unknown (a JWT subject need not be registered)."""
         await self._ready()
         return self._users.get(name)
+
+    async def project_team(self, project: str) -> str:
+        """The team that owns `project` ("" when unknown): usage and budgets are charged to it."""
+        await self._ready()
+        found = self._projects.get(project)
+        return found.team if found else ""
 
     async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
         await self._ready()
@@ -216,6 +223,7 @@ class RegistryMirror(BackgroundFollower):
             self._agents, self._models, self._rules = tables.agents, tables.models, tables.rules
             self._users = tables.users
             self._tools = tables.tools
+            self._projects = tables.projects
             before_jwt, self.jwt_settings = self.jwt_settings, tables.jwt
             self._enforcer = new_memory_enforcer(self._rules)
             self._decisions = {}
@@ -270,6 +278,7 @@ class RegistryMirror(BackgroundFollower):
     def _current(self) -> _Tables:
         tables = _Tables(self._agents, self._models, self._rules, self._users)
         tables.tools = self._tools
+        tables.projects = self._projects
         return tables
 
     async def _load_api_key(self, secret: str) -> Identity:
@@ -318,6 +327,7 @@ class _Tables:
         self.rules: set[tuple[str, tuple[str, ...]]] = set() if rules is None else rules
         self.users: dict[str, registry_pb2.User] = {} if users is None else users
         self.tools: dict[str, registry_pb2.Tool] = {}  # "name@version" -> tool
+        self.projects: dict[str, registry_pb2.Project] = {}
         self.jwt: registry_pb2.JwtSettings | None = None
 
     def apply(self, change: registry_pb2.Change) -> None:
@@ -329,6 +339,8 @@ class _Tables:
             _put(self.users, change.key, change.user, change.deleted)
         elif change.kind == Kind.ENTITY_KIND_TOOL:
             _put(self.tools, change.key, change.tool, change.deleted)
+        elif change.kind == Kind.ENTITY_KIND_PROJECT:
+            _put(self.projects, change.key, change.project, change.deleted)
         elif change.kind == Kind.ENTITY_KIND_JWT_SETTINGS:
             self.jwt = None if change.deleted else change.jwt_settings
         elif change.kind == Kind.ENTITY_KIND_POLICY:

@@ -6,13 +6,22 @@ import asyncio
 
 from services.common.server import run_until_signal, setup_logging
 from services.cost.config import build_parser, config_from_args
+from services.cost.fleet_source import live_fleet
 from services.cost.servicer import start_cost
 
 
 async def _serve(argv: list[str] | None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     setup_logging(args.log_level)
-    running = await start_cost(config_from_args(args))
+    fleet = live_fleet(config.pool_addr, config.registry_addr, config.server.tls, ttl_s=config.fleet_ttl_s)
+    running = await start_cost(config, fleet=fleet)
+    if fleet is not None:
+        running.on_stop(fleet.close)
     await run_until_signal(running)
 
 

@@ -10,6 +10,10 @@
   period (negative when overspent), computed exactly as GetBudget computes it.
 - `harness_cost_metrics_up`: 1 when the last scrape could read the store, else 0 (the two
   families above are then missing from that scrape, and the error is logged).
+- `harness_budget_alerts_total{budget,percent}`: budget alerts this process raised (inserted the
+  alert row of; services/cost/alerts.py). Each threshold is raised once per budget period across
+  all replicas, so the sum over replicas counts every alert once. Counted in memory: it starts
+  at 0 with the process, like any Prometheus counter.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from services.cost.alerts import AlertRow
 from services.cost.models import budgets, ledger
 from services.cost.store import CostStore
 
@@ -107,3 +112,15 @@ class CostMetrics:
     ) -> None:
         self.collector = CostCollector(store, max_series=max_series)
         registry.register(self.collector)
+        self.alerts = Counter(
+            "harness_budget_alerts",
+            "Budget alerts raised by this process (threshold percent of the limit crossed in a period)",
+            ["budget", "percent"],
+            registry=registry,
+        )
+        self._unlisten = store.alerts.add_listener(self.alerts_raised)
+
+    def alerts_raised(self, alerts: list[AlertRow]) -> None:
+        """Store listener (runs in the store's worker thread; prometheus counters are thread-safe)."""
+        for a in alerts:
+            self.alerts.labels(budget=a.budget, percent=str(a.percent)).inc()

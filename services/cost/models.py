@@ -91,3 +91,35 @@ budgets = Table(
     Column("webhook_url", Text, **_S),
     Column("updated_us", BigInteger, nullable=False),
 )
+
+# Budget alerts (services/cost/alerts.py): one row per threshold crossed per budget period. The
+# UNIQUE key makes each threshold fire once per period, whichever replica or resend saw it first.
+# The row is also the delivery outbox: audit shipping and webhook state live on it.
+budget_alerts = Table(
+    "budget_alerts",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("budget", String(256), nullable=False),
+    Column("period_start_us", BigInteger, nullable=False),  # 0 for lifetime budgets
+    Column("percent", Integer, nullable=False),  # 100 = the hard limit reached
+    # The budget as it was when the threshold was crossed.
+    Column("scope", Integer, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("period", Integer, nullable=False),
+    Column("period_end_us", BigInteger, nullable=False, default=0),  # 0 for lifetime budgets
+    Column("limit_micro_usd", BigInteger, nullable=False),
+    Column("spent_micro_usd", BigInteger, nullable=False),  # period spend when it was seen crossed
+    Column("created_us", BigInteger, nullable=False),
+    # Delivery: audit (0 = not yet acknowledged by Audit.Ingest) and the budget's webhook.
+    Column("audit_shipped_us", BigInteger, nullable=False, default=0),
+    Column("webhook_url", Text, **_S),
+    Column("webhook_state", String(16), **_S),  # "" (none), pending, delivered, failed
+    Column("webhook_attempts", Integer, nullable=False, default=0),
+    Column("webhook_next_us", BigInteger, nullable=False, default=0),  # next try; a claim's lease end
+    Column("webhook_delivered_us", BigInteger, nullable=False, default=0),
+    Column("webhook_last_error", Text, **_S),
+    UniqueConstraint("budget", "period_start_us", "percent", name="uq_budget_alert"),
+)
+Index("ix_budget_alerts_created", budget_alerts.c.created_us)
+Index("ix_budget_alerts_audit", budget_alerts.c.audit_shipped_us)
+Index("ix_budget_alerts_webhook", budget_alerts.c.webhook_state, budget_alerts.c.webhook_next_us)

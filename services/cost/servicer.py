@@ -9,16 +9,16 @@ from prometheus_client import CollectorRegistry
 
 from services.common.context import Identity, current_identity
 from services.common.errors import PermissionDenied, Unauthenticated
-from services.common.planned import planned
-from services.common.server import Registrar, RunningServer, registrar, start_server_owning
+from services.common.server import Registrar, RunningServer, open_channel, registrar, start_server_owning
 from services.cost import advisor
+from services.cost.alert_delivery import AlertDelivery
 from services.cost.config import CostConfig
 from services.cost.metrics import CostMetrics
-from services.cost.store import CostStore, ts_to_us
+from services.cost.store import CostStore
+from services.cost.validation import ts_to_us
 
 SERVICE_NAME = cost_pb2.DESCRIPTOR.services_by_name["Cost"].full_name
 READER_ROLES = frozenset({"admin", "finance"})
-_ISSUE8 = "cost issue #8"
 
 
 def _authenticated(identity: Identity) -> None:
@@ -53,10 +53,6 @@ def require_reader(identity: Identity, what: str) -> None:
         raise PermissionDenied(f"{_who(identity)} may not {what}: it needs the admin or finance role")
 
 
-@planned(
-    cost_pb2.DESCRIPTOR.services_by_name["Cost"],
-    {"ListAlerts": f"budget alerts ({_ISSUE8})"},
-)
 class CostServicer(cost_pb2_grpc.CostServicer):
     def __init__(
         self, store: CostStore, metrics: CostMetrics, fleet: advisor.FleetProvider | None = None
@@ -134,6 +130,13 @@ class CostServicer(cost_pb2_grpc.CostServicer):
             recommendations=[r.to_proto() for r in advice.recommendations], notes=advice.notes
         )
 
+    async def ListAlerts(self, request: cost_pb2.ListAlertsRequest, context) -> cost_pb2.ListAlertsResponse:
+        """Budget alerts raised (of one budget: NOT_FOUND when it does not exist), newest first."""
+        require_reader(current_identity(), "read budget alerts")
+        return cost_pb2.ListAlertsResponse(
+            alerts=await self._store.list_alerts(request.budget, request.limit)
+        )
+
 
 def register(servicer: CostServicer) -> Registrar:
     """Registrar for start_server: adds the Cost service and returns its name."""
@@ -146,7 +149,9 @@ async def start_cost(
     metrics_registry: CollectorRegistry | None = None,
     fleet: advisor.FleetProvider | None = None,
 ) -> RunningServer:
-    """Opens the store and starts the server; the store closes when the server stops.
+    """Opens the store and starts the server and its budget alert delivery (to the audit service
+    at `config.alerts.audit_addr`, over mTLS with the server's own certificate, and to webhooks);
+    both stop and the store closes when the server stops.
 
     `fleet` supplies the advisor's fleet snapshot (pool deployments, model catalog); without it
     the advisor rules that need the fleet say so in AdviseResponse.notes.
@@ -154,6 +159,25 @@ async def start_cost(
     registry = metrics_registry or CollectorRegistry()
     store = await CostStore.open(config.db_url, timezone=config.timezone)
     servicer = CostServicer(store, CostMetrics(registry, store), fleet)
-    return await start_server_owning(
+    running = await start_server_owning(
         config.server, register(servicer), store.close, metrics_registry=registry
     )
+    channel = None
+    try:
+        if config.alerts.audit_addr:
+            channel = open_channel(config.alerts.audit_addr, config.server.tls)
+        delivery = AlertDelivery(store, config.alerts, channel)
+        delivery.start()
+    except BaseException:
+        if channel is not None:
+            await channel.close()
+        await running.stop(0)
+        raise
+
+    async def stop_delivery() -> None:  # runs before the store closes (on_stop runs in reverse)
+        await delivery.stop()
+        if channel is not None:
+            await channel.close()
+
+    running.on_stop(stop_delivery)
+    return running

@@ -1,22 +1,22 @@
-"""The cost store: price versions, the priced usage ledger, budgets and reports.
+"""The cost store: price versions, the priced usage ledger, budgets, alerts and reports.
 
 Core code: no gRPC. Blocking SQLAlchemy work runs in a worker thread. Recording is idempotent
 through the ledger's UNIQUE event_id and INSERT ... ON CONFLICT DO NOTHING, so concurrent
-streams (or replicas) resending the same event store it once without any extra locking.
+streams (or replicas) resending the same event store it once without any extra locking. Budget
+alerts (services/cost/alerts.py) are checked right after each recorded batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from google.protobuf import timestamp_pb2
 from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
 from sqlalchemy import delete, func, select
@@ -24,12 +24,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument, NotFound
+from services.cost.alerts import AlertBook, AlertRow
 from services.cost.models import budgets, ledger, metadata, prices
 from services.cost.pricing import PriceBook, local_day, period_bounds, price_event, to_us
+from services.cost.validation import ts_to_us, us_to_ts, validate_budget, validate_usage
 
+log = logging.getLogger("harness.cost.store")
 L = ledger.c
-MAX_EVENT_ID = 128
-DEFAULT_ALERT_PERCENT = (50, 80, 95)
 # Report dimensions -> ledger columns.
 DIMENSIONS = ("user", "team", "project", "agent", "agent_version", "model", "deployment", "tool", "day")
 SCOPE_COLUMN = {
@@ -38,15 +39,6 @@ SCOPE_COLUMN = {
     cost_pb2.BUDGET_SCOPE_PROJECT: L.project,
     cost_pb2.BUDGET_SCOPE_AGENT: L.agent,
 }
-
-
-def ts_to_us(ts: timestamp_pb2.Timestamp) -> int:
-    return ts.seconds * 1_000_000 + ts.nanos // 1000
-
-
-def us_to_ts(us: int) -> timestamp_pb2.Timestamp:
-    seconds, micros = divmod(us, 1_000_000)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 @dataclass(frozen=True)
@@ -59,6 +51,8 @@ class LedgerEntry:
     agent: str
     model: str
     cost_micro_usd: int
+    user: str = ""
+    time_us: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,38 +60,7 @@ class RecordResult:
     accepted: int
     duplicates: int
     new: tuple[LedgerEntry, ...] = ()
-
-
-def validate_usage(events: Sequence[common_pb2.UsageEvent], first_index: int = 0) -> None:
-    for i, ev in enumerate(events, start=first_index):
-        if not ev.event_id:
-            raise InvalidArgument(f"event {i}: event_id is required")
-        if len(ev.event_id) > MAX_EVENT_ID:
-            raise InvalidArgument(f"event {i}: event_id is longer than {MAX_EVENT_ID} characters")
-        u = ev.usage
-        if min(u.input_tokens, u.output_tokens, u.cached_input_tokens) < 0:
-            raise InvalidArgument(f"event {i} ({ev.event_id}): token counts must not be negative")
-        if not math.isfinite(u.gpu_seconds) or u.gpu_seconds < 0:
-            raise InvalidArgument(f"event {i} ({ev.event_id}): gpu_seconds must be a finite number >= 0")
-
-
-def validate_budget(b: cost_pb2.Budget) -> tuple[int, ...]:
-    """Checks a budget; returns its alert thresholds (defaults filled in, sorted, unique)."""
-    if not b.name:
-        raise InvalidArgument("budget.name is required")
-    if b.scope not in SCOPE_COLUMN:
-        raise InvalidArgument("budget.scope is required (user, team, project or agent)")
-    if not b.subject:
-        raise InvalidArgument("budget.subject is required (the user, team, project or agent name)")
-    if b.period == cost_pb2.BUDGET_PERIOD_UNSPECIFIED:
-        raise InvalidArgument("budget.period is required (daily, weekly, monthly or lifetime)")
-    if b.limit_micro_usd <= 0:
-        raise InvalidArgument("budget.limit_micro_usd must be > 0")
-    if any(p <= 0 or p > 100 for p in b.alert_percent):
-        raise InvalidArgument("budget.alert_percent values must be in 1..100")
-    if b.webhook_url and not b.webhook_url.startswith(("http://", "https://")):
-        raise InvalidArgument("budget.webhook_url must be an http(s) URL")
-    return tuple(sorted(set(b.alert_percent))) or DEFAULT_ALERT_PERCENT
+    alerts: tuple[AlertRow, ...] = ()  # budget alerts this batch raised
 
 
 class CostStore:
@@ -108,6 +71,7 @@ class CostStore:
         self._now_us = now_us or (lambda: time.time_ns() // 1000)
         # Thin slice: create tables on open. Alembic migrations take over with schema changes.
         metadata.create_all(self._engine)
+        self.alerts = AlertBook(self._engine, tz=self.tz, now_us=self._now_us, spend=self._spend)
 
     @classmethod
     async def open(cls, url: str, **kwargs) -> CostStore:
@@ -129,8 +93,10 @@ class CostStore:
 
     async def set_price(self, price: cost_pb2.Price) -> cost_pb2.Price:
         """Stores a price version (replacing one with the same kind, subject and effective time)."""
-        if price.kind == cost_pb2.PRICE_KIND_UNSPECIFIED:
-            raise InvalidArgument("price.kind is required")
+        if price.kind not in cost_pb2.PriceKind.values() or price.kind == cost_pb2.PRICE_KIND_UNSPECIFIED:
+            raise InvalidArgument(
+                "price.kind is required (model_input_tokens, model_output_tokens, gpu_hour or tool_call)"
+            )
         if not price.subject:
             raise InvalidArgument("price.subject is required (model name, GPU type or tool name)")
         if price.micro_usd < 0:
@@ -196,9 +162,16 @@ class CostStore:
                 if conn.execute(stmt.returning(L.id)).first() is not None:
                     new.append(
                         LedgerEntry(ev.event_id, row["team"], row["project"], row["agent"], row["model"],
-                                    row["cost_micro_usd"])
+                                    row["cost_micro_usd"], row["user"], row["time_us"])
                     )  # fmt: skip
-        return RecordResult(len(new), len(events) - len(new), tuple(new))
+        # After the commit (see alerts.py for why). A failure here must not fail the batch, which
+        # is stored: a resend would be all duplicates and check nothing. The sweep catches up.
+        try:
+            alerts = tuple(self.alerts.detect(new))
+        except Exception:
+            log.exception("budget alert check after a recorded batch failed (the sweep will retry)")
+            alerts = ()
+        return RecordResult(len(new), len(events) - len(new), tuple(new), alerts)
 
     def _ledger_row(self, ev: common_pb2.UsageEvent, book: PriceBook, now: int) -> dict:
         # An event without a time is priced and dated at receipt (the router always sets it).
@@ -235,7 +208,14 @@ class CostStore:
         def run():
             with self._write() as conn, conn.begin():
                 conn.execute(stmt)
-                return self._budget(conn, conn.execute(select(budgets).where(budgets.c.name == b.name)).one())
+                budget = self._budget(
+                    conn, conn.execute(select(budgets).where(budgets.c.name == b.name)).one()
+                )
+            try:  # a lowered limit may already be reached
+                self.alerts.check_current([b.name])
+            except Exception:
+                log.exception("budget alert check after SetBudget %s failed (the sweep will retry)", b.name)
+            return budget
 
         return await asyncio.to_thread(run)
 
@@ -274,23 +254,38 @@ class CostStore:
         if not await asyncio.to_thread(run):
             raise NotFound(f"budget {name!r} does not exist")
 
+    @staticmethod
+    def _spend(conn, scope: int, subject: str, start_us: int | None, end_us: int | None) -> int:
+        """Ledger spend of one budget scope in [start, end) (None bounds: all time), micro-USD."""
+        stmt = select(func.coalesce(func.sum(L.cost_micro_usd), 0)).where(SCOPE_COLUMN[scope] == subject)
+        if start_us is not None and end_us is not None:
+            stmt = stmt.where(L.time_us >= start_us, L.time_us < end_us)
+        return int(conn.scalar(stmt))
+
     def _budget(self, conn, row) -> cost_pb2.Budget:
         """The stored budget plus its spend in the current period (calendar, configured timezone)."""
         now = datetime.fromtimestamp(self._now_us() / 1_000_000, tz=UTC)
         start, end = period_bounds(row.period, now, self.tz)
-        stmt = select(func.coalesce(func.sum(L.cost_micro_usd), 0)).where(
-            SCOPE_COLUMN[row.scope] == row.subject
-        )
-        if start is not None and end is not None:
-            stmt = stmt.where(L.time_us >= to_us(start), L.time_us < to_us(end))
+        bounds = (to_us(start), to_us(end)) if start is not None and end is not None else (None, None)
         budget = cost_pb2.Budget(
             name=row.name, scope=row.scope, subject=row.subject, period=row.period,
             limit_micro_usd=row.limit_micro_usd, alert_percent=json.loads(row.alert_percent),
-            webhook_url=row.webhook_url, spent_micro_usd=int(conn.scalar(stmt)),
+            webhook_url=row.webhook_url, spent_micro_usd=self._spend(conn, row.scope, row.subject, *bounds),
         )  # fmt: skip
         if end is not None:
             budget.reset_time.CopyFrom(us_to_ts(to_us(end)))
         return budget
+
+    # ---- alerts ----
+
+    async def list_alerts(self, budget: str = "", limit: int = 0) -> list[cost_pb2.Alert]:
+        """Budget alerts (of one budget: NOT_FOUND when it does not exist), newest first."""
+        rows = await asyncio.to_thread(self.alerts.list_alerts, budget, limit)
+        return [a.to_proto() for a in rows]
+
+    async def check_budgets(self) -> list[AlertRow]:
+        """Raises what every budget's current-period spend has reached (the sweep)."""
+        return await asyncio.to_thread(self.alerts.check_current)
 
     # ---- reports ----
 
@@ -321,9 +316,25 @@ class CostStore:
             with self._engine.connect() as conn:
                 return conn.execute(stmt).all()
 
+        # What could not be priced, per group: reported as unknown cost, never as zero.
+        gaps = select(*cols, L.unpriced, func.count().label("n")).where(
+            L.time_us >= start_us, L.time_us < end, L.unpriced != ""
+        )
+        gaps = gaps.group_by(*cols, L.unpriced)
+
+        def run_gaps():
+            with self._engine.connect() as conn:
+                return conn.execute(gaps).all()
+
         rows = await asyncio.to_thread(run)
+        unpriced: dict[tuple, tuple[int, set[str]]] = {}
+        for g in await asyncio.to_thread(run_gaps):
+            key = tuple(g._mapping[d] or "" for d in dims)
+            n, missing = unpriced.get(key, (0, set()))
+            unpriced[key] = (n + g._mapping["n"], missing | set(g._mapping["unpriced"].split(",")))
         out = cost_pb2.ReportResponse()
         total = out.total
+        all_missing: set[str] = set()
         for r in rows:
             m = r._mapping
             if not cols and not m["requests"]:
@@ -334,9 +345,15 @@ class CostStore:
             )  # fmt: skip
             for d in dims:
                 row.group[d] = m[d] or ""
+            n, missing = unpriced.get(tuple(m[d] or "" for d in dims), (0, set()))
+            row.unpriced_requests = n
+            row.unpriced.extend(sorted(missing))
+            total.unpriced_requests += n
+            all_missing |= missing
             total.requests += row.requests
             total.input_tokens += row.input_tokens
             total.output_tokens += row.output_tokens
             total.gpu_seconds += row.gpu_seconds
             total.cost_micro_usd += row.cost_micro_usd
+        total.unpriced.extend(sorted(all_missing))
         return out

@@ -191,14 +191,28 @@ class Sequence:
         self._events.put_nowait(error)
 
 
-class ModelEngine:
-    """The step loop of one loaded model. Create, :meth:`start`, :meth:`submit`, :meth:`stop`."""
+class GpuClock:
+    """One simulated GPU shared by the models loaded on it: their steps run one at a time (a
+    real GPU time-slices co-located engines' kernels rather than running both at full speed).
+    `free_at` is the event-loop time at which the GPU finishes the last step given to it."""
 
-    def __init__(self, spec: ModelSpec, time_scale: float = 1.0) -> None:
+    def __init__(self) -> None:
+        self.free_at = 0.0
+
+
+class ModelEngine:
+    """The step loop of one loaded model. Create, :meth:`start`, :meth:`submit`, :meth:`stop`.
+
+    Engines given the same :class:`GpuClock` share its compute: a step starts when both this
+    engine's schedule and the GPU allow, so two busy co-located models each run slower.
+    """
+
+    def __init__(self, spec: ModelSpec, time_scale: float = 1.0, gpu: GpuClock | None = None) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
         self.spec = spec
         self.time_scale = time_scale
+        self.gpu = gpu if gpu is not None else GpuClock()
         self.stats = EngineStats()
         self.sim_now_ms = 0.0
         self._waiting: deque[Sequence] = deque()
@@ -351,9 +365,12 @@ class ModelEngine:
             now = loop.time()
             if self._deadline < now - MAX_LAG_S:
                 self._deadline = now
-            self._deadline += step_ms / 1000.0 / self.time_scale
+            step_s = step_ms / 1000.0 / self.time_scale
+            # The step starts when this engine is due and the GPU is free of other models' steps.
+            start = max(self._deadline, self.gpu.free_at if self.gpu.free_at > now - MAX_LAG_S else now)
+            self._deadline = self.gpu.free_at = start + step_s
             await asyncio.sleep(max(0.0, self._deadline - now))
-            self.stats.busy_real_s += loop.time() - now
+            self.stats.busy_real_s += step_s  # GPU time this model used (not time spent waiting)
             self.sim_now_ms += step_ms
             self.stats.execution_count += 1
 

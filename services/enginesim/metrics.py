@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from socket import AF_INET6
 from socketserver import ThreadingMixIn
@@ -25,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamil
 from .engine import FAILURE_REASONS
 from .simulator import GIB, Simulator
 
+UTIL_WINDOW_S = 1.0  # Triton's GPU metrics are sampled per metrics interval (default 2 s)
 GPU_UUID = "GPU-enginesim-0"  # one simulated GPU; Triton labels GPU metrics by gpu_uuid
 
 
@@ -32,7 +34,9 @@ class SimulatorCollector:
     def __init__(self, sim: Simulator) -> None:
         self._sim = sim
         self._lock = threading.Lock()  # scrapes may run concurrently in the HTTP threads
-        self._last_util_sample = (time.monotonic(), 0.0)
+        # (monotonic time, summed busy seconds) at each scrape; utilization is measured over a
+        # trailing window, so several scrapers (the pool, Prometheus) each see the whole of it.
+        self._util_samples: deque[tuple[float, float]] = deque([(time.monotonic(), 0.0)])
 
     def collect(self) -> Iterator[Metric]:
         sim = self._sim
@@ -141,19 +145,25 @@ class SimulatorCollector:
         yield from (total, used_mem, util)
 
     def _utilization(self, busy_total: float) -> float:
-        """Share of real time since the previous scrape that engines spent in steps.
-
-        Models share one GPU, so their busy times add up; the sum is capped at 1. Unloaded
-        models drop out of ``busy_total``, which then may shrink: report 0 for that scrape.
+        """Share of the last UTIL_WINDOW_S (or, with sparser scrapes, of the time since the newest
+        scrape at least that old) that the GPU spent in steps, as Triton samples it each metrics
+        interval whoever scrapes. Co-located models share the GPU (GpuClock), so their busy
+        times add up to at most the elapsed time; the cap only absorbs rounding. Unloaded models
+        drop out of ``busy_total``, which then may shrink: the window restarts there.
         """
         with self._lock:
-            last_t, last_busy = self._last_util_sample
             now = time.monotonic()
-            self._last_util_sample = (now, busy_total)
-        elapsed = now - last_t
-        if elapsed <= 0 or busy_total < last_busy:
+            samples = self._util_samples
+            if busy_total < samples[-1][1]:
+                samples.clear()
+            samples.append((now, busy_total))
+            while len(samples) > 2 and samples[1][0] <= now - UTIL_WINDOW_S:
+                samples.popleft()  # keep the newest sample at least a window old, and newer ones
+            start_t, start_busy = samples[0]
+        elapsed = now - start_t
+        if elapsed <= 0:
             return 0.0
-        return min(1.0, (busy_total - last_busy) / elapsed)
+        return min(1.0, (busy_total - start_busy) / elapsed)
 
 
 def build_registry(sim: Simulator) -> CollectorRegistry:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .catalog import Catalog, ModelSpec
-from .engine import ModelEngine
+from .engine import GpuClock, ModelEngine
 
 log = logging.getLogger("enginesim")
 
@@ -77,6 +77,7 @@ class Simulator:
         self.catalog = catalog
         self.gpu_memory_gb = gpu_memory_gb
         self.time_scale = time_scale
+        self.gpu = GpuClock()  # one simulated GPU: the loaded models share its compute
         self.ready = False  # ServerReady: startup loads done and not shutting down
         self._slots: dict[str, _Slot] = {}  # models ever touched by a load
 
@@ -187,7 +188,7 @@ class Simulator:
     async def _do_load(self, slot: _Slot) -> None:
         try:
             await asyncio.sleep(slot.spec.load_time_s / self.time_scale)
-            engine = ModelEngine(slot.spec, self.time_scale)
+            engine = ModelEngine(slot.spec, self.time_scale, self.gpu)
             engine.start()
             slot.engine, slot.state, slot.reason = engine, ModelState.READY, ""
             log.info("loaded model %s", slot.spec.name)

@@ -24,6 +24,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
 
+from services.common.shipping import ShippingLoop
 from services.registry import convert_rows as rows
 from services.registry.models import ChangeRow
 from services.registry.store import Store
@@ -84,75 +85,37 @@ class AuditFeed:
         self._channel = channel
         self._stub = audit_pb2_grpc.AuditStub(channel)
         self._batch = batch_size
-        self._poll_s = poll_s
-        self._min_backoff_s = min_backoff_s
-        self._max_backoff_s = max_backoff_s
         self._timeout_s = timeout_s
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._loop = ShippingLoop(
+            self._step,
+            name="registry-audit-feed",
+            log=log,
+            poll_s=poll_s,
+            min_backoff_s=min_backoff_s,
+            max_backoff_s=max_backoff_s,
+            failing_message="registry audit feed cannot ship changes (will retry): %s",
+            recovered=lambda: f"registry audit feed reconnected; shipped up to revision {self.shipped}",
+        )
         self._unlisten = store.add_commit_listener(self._committed)
         self.shipped = 0  # cursor as last known here (tests, logs)
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._run(), name="registry-audit-feed")
+        self._loop.start()
 
     async def stop(self) -> None:
         self._unlisten()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._loop.stop()
 
     def _committed(self, revision: int) -> None:
         """Commit listener; runs in the store's worker thread."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._wakeup.set)
-        except RuntimeError:  # the loop closed in between
-            pass
+        self._loop.wake()
 
-    async def _run(self) -> None:
-        backoff = self._min_backoff_s
-        failing = False
-        while True:
-            try:
-                sent = await self._ship_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not failing:  # once per outage, not every retry
-                    log.warning("registry audit feed cannot ship changes (will retry): %s", exc)
-                failing = True
-                await self._sleep(backoff, wake=False)
-                backoff = min(backoff * 2, self._max_backoff_s)
-                continue
-            if failing:
-                log.info("registry audit feed reconnected; shipped up to revision %d", self.shipped)
-            failing, backoff = False, self._min_backoff_s
-            if sent < self._batch:  # caught up: wait for a commit or the next poll
-                await self._sleep(self._poll_s, wake=True)
-
-    async def _sleep(self, seconds: float, *, wake: bool) -> None:
-        if not wake:
-            await asyncio.sleep(seconds)
-            return
-        try:
-            async with asyncio.timeout(seconds):
-                await self._wakeup.wait()
-        except TimeoutError:
-            pass
-        self._wakeup.clear()
+    async def _step(self) -> float | None:
+        sent = await self._ship_once()
+        return 0 if sent >= self._batch else None  # a full batch: more is waiting
 
     async def _ship_once(self) -> int:
         """Ships one batch after the cursor; returns how many changes it held."""
-        self._wakeup.clear()  # a commit after this read wakes the next wait
         cursor = await asyncio.to_thread(self._store.audit_cursor)
         changes = await asyncio.to_thread(self._store.change_records, cursor, self._batch)
         if not changes:

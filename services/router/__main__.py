@@ -21,7 +21,7 @@ from services.common.identity import JwtVerifier
 from services.common.registry_mirror import JwtSettingsChange, RegistryMirror
 from services.common.server import RunningServer, open_channel, run_until_signal, setup_logging, start_server
 from services.router.budgets import BudgetEnforcer, MemoryBudgets, RedisBudgets
-from services.router.budgets.follower import CostFollower, alert_event
+from services.router.budgets.follower import CostFollower
 from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
@@ -61,7 +61,8 @@ class RouterConfig:
     endpoint_refresh_s: float = 0.5
     default_max_tokens: int = 256
     result_cache_ttl_s: float = 300.0  # 0 disables the result cache
-    redis_url: str = ""  # shared rate limits and result cache; "" keeps them in this process
+    redis_url: str = ""  # shared rate limits, result cache and budgets; "" keeps them in this process
+    redis_prefix: str = "harness:"  # key prefix: routers sharing counters use the same one
     scheduler_profiles: str = ""  # YAML of scheduling profiles; "" = the packaged default
     # Durable audit/usage events (SQLite WAL), one file per router process; "" = under
     # .harness/state/, named by the port.
@@ -70,6 +71,9 @@ class RouterConfig:
     redaction_key: str = ""  # HMAC key for HASH-mode PII redaction; the same on every router
     budget_timezone: str = "UTC"  # the cost service's timezone (calendar budget periods)
     budget_refresh_s: float = 5.0  # how often budgets and prices are read from the cost service
+    # A reservation never settled (router crashed) expires after this; after Redis lost its
+    # data, budgeted requests pause this long so invisible in-flight reservations settle first.
+    budget_reservation_ttl_s: float = 300.0
 
 
 def parse_args(argv: list[str] | None = None) -> RouterConfig:
@@ -95,6 +99,24 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         "--redis",
         default=env("REDIS_URL", ""),
         help="Redis URL for rate limits and the result cache, shared by all routers (default: in memory)",
+    )
+    p.add_argument(
+        "--redis-prefix",
+        default=env("REDIS_PREFIX", "harness:"),
+        help="prefix of this deployment's Redis keys (the same on every router replica)",
+    )
+    p.add_argument(
+        "--budget-refresh",
+        type=float,
+        default=float(env("ROUTER_BUDGET_REFRESH_S", "5")),
+        help="seconds between reads of budgets and prices from the cost service",
+    )
+    p.add_argument(
+        "--budget-reservation-ttl",
+        type=float,
+        default=float(env("ROUTER_BUDGET_RESERVATION_TTL_S", "300")),
+        help="seconds an unsettled budget reservation lives, and budgets pause after Redis lost its data "
+        "(longer than your longest generation)",
     )
     p.add_argument(
         "--outbox",
@@ -136,6 +158,9 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         default_max_tokens=a.default_max_tokens,
         result_cache_ttl_s=a.result_cache_ttl,
         redis_url=a.redis,
+        redis_prefix=a.redis_prefix,
+        budget_refresh_s=a.budget_refresh,
+        budget_reservation_ttl_s=a.budget_reservation_ttl,
         scheduler_profiles=a.scheduler_profiles,
         outbox_path=a.outbox,
         outbox_fail_closed=a.outbox_fail_closed,
@@ -164,16 +189,21 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         channels["pool"],
         cfg.endpoint_refresh_s,
         on_change=flow.capacity_changed,
-        own_inflight=lambda name: scheduler.memory.inflight.get(name, 0),
+        own_inflight=scheduler.memory.own,
     )
     triton = TritonPool()
     if cfg.redis_url:
-        limiter: RateLimiter = RedisRateLimiter.from_url(cfg.redis_url)
-        cache: ResultCache = RedisResultCache.from_url(cfg.redis_url)
-        budgets: BudgetEnforcer = RedisBudgets.from_url(cfg.redis_url, timezone=cfg.budget_timezone)
+        limiter: RateLimiter = RedisRateLimiter.from_url(cfg.redis_url, cfg.redis_prefix)
+        cache: ResultCache = RedisResultCache.from_url(cfg.redis_url, cfg.redis_prefix)
+        budgets: BudgetEnforcer = RedisBudgets.from_url(
+            cfg.redis_url,
+            cfg.redis_prefix,
+            timezone=cfg.budget_timezone,
+            reservation_ttl_s=cfg.budget_reservation_ttl_s,
+        )
     else:
         limiter, cache = MemoryRateLimiter(), MemoryResultCache()
-        budgets = MemoryBudgets(timezone=cfg.budget_timezone)
+        budgets = MemoryBudgets(timezone=cfg.budget_timezone, reservation_ttl_s=cfg.budget_reservation_ttl_s)
     metrics = CollectorRegistry()
     events = EventShipper(
         channels["audit"],
@@ -182,7 +212,6 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         Outbox(cfg.outbox_path or f".harness/state/router-{cfg.server.port}-outbox.db"),
         fail_closed=cfg.outbox_fail_closed,
     )
-    budgets.on_alert = lambda alert: events.emit_audit(alert_event(alert))
     cost_follower = CostFollower(channels["cost"], budgets, cfg.budget_refresh_s)
     router = Router(
         registry,
@@ -206,6 +235,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         router.redactors,
         AuditApprovals(audit_pb2_grpc.AuditStub(channels["audit"])),
         cache,
+        budgets=budgets,
     )
 
     def register(server) -> list[str]:

@@ -74,6 +74,9 @@ class GenerationResult:
     queue_ms: float = 0.0
     slo_class: str = ""
     cached: str = ""  # "hit" (result cache) or "coalesced" (shared an identical in-flight call)
+    # Set before the last delta is yielded when the producer knows it is the last (a cached
+    # answer, or the engine's final response carried text): a front door can mark it final.
+    complete: bool = False
     redactions: dict[str, int] = field(default_factory=dict)  # PII kind -> count (prompt + output)
     text_parts: list[str] = field(default_factory=list)
 
@@ -202,7 +205,8 @@ class Router:
             raise PermissionDenied(
                 f"agent {agent.name!r} version {version_label} may use {list(version.models)}, not {model_name!r}"
             )
-        facts = records.CallFacts(ctx, agent.name, version_label, agent.project, model=model_name)
+        team = await self.registry.project_team(agent.project)
+        facts = records.CallFacts(ctx, agent.name, version_label, agent.project, model=model_name, team=team)
         decision = await self._authorize(facts, ident.user, f"agent:{agent.name}")
         await self._authorize(facts, f"agent:{agent.name}", f"model:{model_name}")
 
@@ -231,9 +235,11 @@ class Router:
         self.events.check_durable()
         reservation = await self.limiter.admit(agent.name, ident.user, limits, prompt_tokens + max_tokens)
         budget_hold = BudgetReservation()
+        # The GPU share charged is bounded at admission (see budgets.GpuTimeEstimate).
+        gpu_cap_s = self.budgets.gpu_bound_s(model_name, prompt_tokens + max_tokens) if self.budgets else None
         if self.budgets is not None:
             try:
-                who = Subjects(ident.user, user.team if user else "", agent.project, agent.name)
+                who = Subjects(ident.user, team, agent.project, agent.name)
                 budget_hold = await self.budgets.reserve(who, model_name, prompt_tokens, max_tokens)
             except BaseException:
                 await self.limiter.settle(reservation, 0, refund_request=True)
@@ -298,17 +304,28 @@ class Router:
                 result.input_tokens + result.output_tokens if reached_backend else 0,
                 refund_request=not reached_backend,
             )
-            if self.budgets is not None:
-                actual = result.input_tokens, result.output_tokens
-                cost = self.budgets.cost(model_name, *actual) if reached_backend else 0
-                await self.budgets.settle(budget_hold, cost)
             gpu_type = self.endpoints.gpu_type(info.endpoint.name) if info.endpoint else ""
+            # What the budget settles and what the usage event reports agree, so the ledger and
+            # the counters match: nothing for a refused call or a result-cache answer (no
+            # backend worked for it), else tokens and the GPU share up to its admission bound.
+            charged = reached_backend and not result.cached
+            gpu_s = 0.0
+            if charged:
+                gpu_s = info.gpu_seconds if gpu_cap_s is None else min(info.gpu_seconds, gpu_cap_s)
+            if self.budgets is not None:
+                tokens = result.input_tokens + result.output_tokens
+                if charged:  # learn from the real share, not the capped one
+                    self.budgets.gpu.observe(model_name, tokens, info.gpu_seconds)
+                actual = (result.input_tokens, result.output_tokens, gpu_type, gpu_s)
+                await self.budgets.settle(
+                    budget_hold, self.budgets.cost(model_name, *actual) if charged else 0
+                )
             self._record(
                 records.CallFacts(
                     ctx, agent.name, version_label, agent.project, model_name, result.deployment, gpu_type,
-                    status=status, rule=decision.rule,
+                    status=status, rule=decision.rule, team=team,
                 ),
-                result,
+                result, gpu_s,
             )  # fmt: skip
 
     def _observe(self, labels: tuple[str, str, str], result: GenerationResult, info: DispatchInfo) -> None:
@@ -363,8 +380,10 @@ class Router:
             )
         return decision
 
-    def _record(self, facts: records.CallFacts, result: GenerationResult) -> None:
-        usage = common_pb2.Usage(input_tokens=result.input_tokens, output_tokens=result.output_tokens)
+    def _record(self, facts: records.CallFacts, result: GenerationResult, gpu_seconds: float) -> None:
+        usage = common_pb2.Usage(
+            input_tokens=result.input_tokens, output_tokens=result.output_tokens, gpu_seconds=gpu_seconds
+        )
         details = {
             "deployment": result.deployment,
             "input_tokens": result.input_tokens,
@@ -376,4 +395,4 @@ class Router:
             details["redactions"] = dict(result.redactions)
             self.events.emit_audit(records.redaction_event(facts, result.redactions))
         self.events.emit_audit(records.model_call_event(facts, details))
-        self.events.emit_usage(records.usage_event(facts, usage))
+        self.events.emit_usage(records.usage_event(facts, usage, cached=bool(result.cached)))

@@ -27,6 +27,9 @@ class DispatchInfo:
     queue_s: float = 0.0
     failed_over_from: str = ""
     shed: bool = False  # flow control refused it (queue full, shed for higher priority, max wait)
+    # GPU time charged to this request: its time on the engine divided by the requests sharing
+    # the endpoint when it was dispatched (itself included). An estimate: a batch shares one GPU.
+    gpu_seconds: float = 0.0
 
 
 class Dispatcher:
@@ -91,6 +94,7 @@ class Dispatcher:
             target = await self.choose(request, slo, timeout_s, info, tried)
             info.endpoint = target
             self.scheduler.acquire(target)
+            sharing = max(1, self.scheduler.memory.load(target))
             started, sent = time.perf_counter(), False
             try:
                 async for chunk in self.triton.stream(target.address, triton_request, self.backend_timeout_s):
@@ -106,5 +110,6 @@ class Dispatcher:
                 tried = frozenset({target.name})
                 info.failed_over_from = target.name
             finally:
+                info.gpu_seconds += (time.perf_counter() - started) / sharing
                 self.scheduler.release(target)
                 self.flow.capacity_changed(1)

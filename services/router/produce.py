@@ -26,6 +26,7 @@ class Usage(Protocol):
     input_tokens: int
     output_tokens: int
     cached: str
+    complete: bool
 
 
 class Producer:
@@ -72,6 +73,7 @@ class Producer:
             usage.cached = kind
             self.metrics.cache_hits.labels(kind).inc()
             usage.input_tokens, usage.output_tokens = found.input_tokens, found.output_tokens
+            usage.complete = True
             yield found.text
             return
         async for delta in self._lead(key, dispatched, info, usage):
@@ -109,7 +111,11 @@ class Producer:
     ) -> AsyncIterator[str]:
         async for chunk in self.dispatcher.stream(sched_request, request, slo, timeout_s, info):
             _count(usage, chunk)
-            if chunk.text and (text := output.feed(chunk.text)):
+            text = output.feed(chunk.text) if chunk.text else ""
+            if chunk.final:  # the engine's last word: release what redaction held with it
+                text += output.flush()
+                usage.complete = bool(text)
+            if text:
                 yield text
         if tail := output.flush():
             yield tail

@@ -27,6 +27,7 @@ class CallFacts:
     rule: str = ""
     tool: str = ""  # "name@version" for tool calls
     event_id: str = ""  # the audit record's id when it must be known before it is written
+    team: str = ""  # the team that owns the project (usage and team budgets are charged to it)
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -42,6 +43,7 @@ def actor(f: CallFacts) -> common_pb2.Actor:
         agent=f.agent,
         agent_version=f.agent_version,
         project=f.project,
+        team=f.team,
         auth_method=ident.auth_method,
     )
 
@@ -146,7 +148,7 @@ def tool_usage_event(f: CallFacts, action: str) -> common_pb2.UsageEvent:
     )
 
 
-def usage_event(f: CallFacts, usage: common_pb2.Usage) -> common_pb2.UsageEvent:
+def usage_event(f: CallFacts, usage: common_pb2.Usage, cached: bool = False) -> common_pb2.UsageEvent:
     return common_pb2.UsageEvent(
         event_id=str(uuid.uuid4()),
         time=_now(),
@@ -156,4 +158,5 @@ def usage_event(f: CallFacts, usage: common_pb2.Usage) -> common_pb2.UsageEvent:
         deployment=f.deployment,
         gpu_type=f.gpu_type,
         usage=usage,
+        cached=cached,
     )

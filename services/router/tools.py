@@ -34,6 +34,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.router import records
+from services.router.budgets import BudgetEnforcer, BudgetReservation, Subjects
 from services.router.result_cache import CachedResult, ResultCache, cache_key
 
 RISK = {
@@ -127,7 +128,9 @@ class ToolInvoker:
         default_approval_wait_s: float = 30.0,
         approval_ttl_s: float = 3600.0,
         http_timeout_s: float = 30.0,
+        budgets: BudgetEnforcer | None = None,
     ) -> None:
+        self.budgets = budgets
         self.registry = registry
         self.events = events
         self.redactors = redactors
@@ -167,8 +170,9 @@ class ToolInvoker:
                 f"tool {tool.name!r} has no action {call.action!r}; it has {[a.name for a in tool.actions]}"
             )
         risk = RISK.get(action.risk, "write")  # an unclassified action is treated as a write
+        team = await self.registry.project_team(agent.project)
         facts = records.CallFacts(
-            ctx, agent.name, version_label, agent.project, tool=f"{tool.name}@{tool.version}"
+            ctx, agent.name, version_label, agent.project, tool=f"{tool.name}@{tool.version}", team=team
         )
         await self._authorize(facts, ident.user, f"agent:{agent.name}", "invoke")
         decision = await self._authorize(facts, f"agent:{agent.name}", f"tool:{tool.name}", risk)
@@ -227,6 +231,11 @@ class ToolInvoker:
                     f"{tool.name}.{action.name} was {state}{who}{why} (approval {approval_id})"
                 )
 
+        hold = BudgetReservation()
+        if self.budgets is not None:  # the call's price, against every budget that applies
+            hold = await self.budgets.reserve_tool(
+                Subjects(ident.user, team, agent.project, agent.name), tool.name
+            )
         started = time.perf_counter()
         status = "OK"
         try:
@@ -236,8 +245,15 @@ class ToolInvoker:
         except (InvalidArgument, Unavailable) as exc:
             status = exc.code.name
             raise
+        except BaseException:
+            status = "CANCELLED"
+            raise
         finally:
             duration = time.perf_counter() - started
+            if self.budgets is not None:  # a failed call is not charged, as in the ledger
+                await self.budgets.settle(
+                    hold, self.budgets.prices.tool_cost(tool.name) if status == "OK" else 0
+                )
             if status != "OK":
                 self._record(
                     facts,

@@ -11,6 +11,7 @@ stream itself stays open for the caller's next request.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import uuid
@@ -30,6 +31,7 @@ from services.enginesim import tensors
 from services.router.core import GenerationInput, GenerationResult, Router
 
 log = logging.getLogger("harness.router.triton")
+HOLD_S = 0.001  # longest a streamed delta waits to learn whether it is the last
 EXTENSIONS = ("model_repository", "parameters", "statistics")
 
 
@@ -168,17 +170,7 @@ class TritonFacadeServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             inp, outputs, stream, empty_final = await self._prepare(request)
             if stream:
-                pending: str | None = None  # hold one delta back so the last one can be final
-                async for delta in self._router.generate(inp, result):
-                    if pending is not None:
-                        emit(_wrap(self._response(request, outputs, pending, result, False)))
-                    pending = delta
-                if empty_final:
-                    if pending is not None:
-                        emit(_wrap(self._response(request, outputs, pending, result, False)))
-                    emit(_wrap(self._response(request, set(), "", result, True)))
-                else:
-                    emit(_wrap(self._response(request, outputs, pending or "", result, True)))
+                await self._stream(request, inp, outputs, empty_final, result, emit)
             else:
                 async for _ in self._router.generate(inp, result):
                     pass
@@ -199,6 +191,59 @@ class TritonFacadeServicer(pb_grpc.GRPCInferenceServiceServicer):
                     infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
                 )
             )
+
+    async def _stream(self, request, inp, outputs: set[str], empty_final: bool, result, emit) -> None:
+        """Streams deltas as Triton's decoupled TensorRT-LLM models do: the last response carries
+        the final flag. Which delta is last is often only known when the engine's (empty) final
+        response follows it, so a delta after the first is held until the next one arrives or
+        HOLD_S passes; the first goes out at once (time to first token is what callers feel). A
+        last delta released by the timer is followed by a final response with empty text."""
+
+        def send(text: str, final: bool, outs: set[str] = outputs) -> None:
+            emit(_wrap(self._response(request, outs, text, result, final)))
+
+        loop = asyncio.get_running_loop()
+        pending: str | None = None
+        timer: asyncio.TimerHandle | None = None
+
+        def release() -> None:
+            nonlocal pending, timer
+            timer = None
+            if pending is not None:
+                send(pending, False)
+                pending = None
+
+        first, finished = True, False
+        try:
+            # Drain the generator even after the final response went out: the router records
+            # the call when it ends, and leaving early would read as a cancel.
+            async for delta in self._router.generate(inp, result):
+                if timer is not None:
+                    timer.cancel()
+                release()
+                if finished:
+                    log.warning("request %s: text after the final response was dropped", request.id)
+                elif result.complete and not empty_final:
+                    send(delta, True)
+                    finished = True
+                elif first:
+                    send(delta, False)
+                    first = False
+                else:
+                    pending, timer = delta, loop.call_later(HOLD_S, release)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if finished:
+            return
+        if empty_final:
+            release()
+            send("", True, set())
+        else:
+            # The last delta if still held; else an empty final that still carries the outputs
+            # asked for, so code reading text_output from every response keeps working.
+            send(pending or "", True)
+            pending = None
 
 
 def _wrap(resp: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:

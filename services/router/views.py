@@ -39,17 +39,18 @@ class EndpointView(BackgroundFollower):
         channel: grpc.aio.Channel,
         interval_s: float = 0.5,
         on_change: Callable[[], None] | None = None,
-        own_inflight: Callable[[str], int] | None = None,
+        own_inflight: Callable[[str, str], int] | None = None,
     ) -> None:
         super().__init__()
         self._stub = pool_pb2_grpc.PoolStub(channel)
         self._interval = interval_s
         self._on_change = on_change
-        # This router's in-flight count per endpoint (the scheduler's), stamped on each snapshot
-        # of the pool's figures so later dispatches and completions can correct them.
+        # This router's in-flight count per (endpoint, model) (the scheduler's), stamped on each
+        # snapshot of the pool's figures so later dispatches and completions can correct them.
         self._own_inflight = own_inflight
         self._endpoints: dict[str, pool_pb2.Endpoint] = {}
-        self._stamps: dict[str, int] = {}  # endpoint -> own in-flight when its figures arrived
+        # (endpoint, model) -> own in-flight when the endpoint's figures arrived
+        self._stamps: dict[tuple[str, str], int] = {}
         self._by_model: dict[str, list[Candidate]] = {}
         self.revision = 0
 
@@ -64,15 +65,19 @@ class EndpointView(BackgroundFollower):
     def apply(
         self, endpoints: list[pool_pb2.Endpoint], removed: list[str] = (), snapshot: bool = True
     ) -> None:
-        own = self._own_inflight or (lambda _name: -1)
+        own = self._own_inflight or (lambda _name, _model: -1)
         if snapshot:
             self._endpoints, self._stamps = {}, {}
         for ep in endpoints:
             self._endpoints[ep.name] = ep
-            self._stamps[ep.name] = own(ep.name)
+            for key in [k for k in self._stamps if k[0] == ep.name]:
+                del self._stamps[key]
+            for m in ep.models:
+                self._stamps[(ep.name, m.name)] = own(ep.name, m.name)
         for name in removed:
             self._endpoints.pop(name, None)
-            self._stamps.pop(name, None)
+            for key in [k for k in self._stamps if k[0] == name]:
+                del self._stamps[key]
         by_model: dict[str, list[Candidate]] = {}
         for ep in self._endpoints.values():
             if ep.health != pool_pb2.ENDPOINT_HEALTH_HEALTHY:
@@ -91,7 +96,7 @@ class EndpointView(BackgroundFollower):
                             gpu_utilization=ep.gpu_utilization,
                             recent_ttft_s=m.recent_ttft_ms / 1000.0,
                             recent_latency_s=m.recent_latency_ms / 1000.0,
-                            own_at_snapshot=self._stamps.get(ep.name, -1),
+                            own_at_snapshot=self._stamps.get((ep.name, m.name), -1),
                         )
                     )
         self._by_model = by_model

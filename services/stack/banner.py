@@ -8,7 +8,20 @@ from typing import Any
 from services.stack.layout import StackPaths, StackPorts
 
 
-def banner(env: dict[str, str], p: StackPorts, paths: StackPaths, sims: Sequence[Any]) -> str:
+def shared_state(redis: tuple[str, str] | None) -> str:
+    """What the routers share: (Redis URL, key prefix), or nothing."""
+    if redis is None:
+        return "  shared router state       none: each router enforces rate limits and budgets alone (set HARNESS_REDIS_URL)\n"
+    return f"  shared router state       {redis[0]} (keys {redis[1]}*)\n"
+
+
+def banner(
+    env: dict[str, str],
+    p: StackPorts,
+    paths: StackPaths,
+    sims: Sequence[Any],
+    redis: tuple[str, str] | None = None,
+) -> str:
     tls = '-cacert "$HARNESS_CA" -cert "$HARNESS_CERT" -key "$HARNESS_KEY"'
     sim_lines = "\n".join(
         f"  engine simulator {s.spec.name:<8} {s.address}  metrics {s.metrics_url}  ({', '.join(s.spec.models)})"
@@ -42,4 +55,4 @@ Operate the registry (the ops CLI reads {paths.env_file}):
 The simulators directly (Triton's protocol, no TLS; addresses in $HARNESS_TRITON_ADDRS):
   grpcurl -plaintext {first.address} inference.GRPCInferenceService/RepositoryIndex
   curl -s {first.metrics_url} | grep nv_inference
-"""
+""" + shared_state(redis)

@@ -8,6 +8,7 @@ two routers and the Envoy front proxy, each a child process logging to
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import signal
@@ -84,6 +85,8 @@ class UpConfig:
     gpu_type: str = "H100-SXM-80GB"
     gpu_memory_gb: float = 80.0
     simulators: tuple[SimulatorSpec, ...] = DEFAULT_SIMULATORS  # one per ports.enginesim entry
+    # Shared by both routers (rate limits, result cache, budgets); "" = each router in memory.
+    redis_url: str = ""
 
 
 def _py(module: str, *args: str) -> list[str]:
@@ -156,8 +159,10 @@ class Stack:
         ):
             db = f"sqlite:///{(state / f'{name}.db').resolve()}"
             argv = _py(f"services.{name}", *self._service_flags(name, port, metrics), "--db-url", db)
-            if name == "registry":  # every admin change becomes an audit event
+            if name in ("registry", "cost"):  # admin changes and budget alerts become audit events
                 argv += ["--audit", f"127.0.0.1:{p.audit}"]
+            if name == "cost":  # the advisor reads the live fleet (pool) and the catalog (registry)
+                argv += ["--pool", f"127.0.0.1:{p.pool}", "--registry", f"127.0.0.1:{p.registry}"]
             self.sup.start(Child(name, argv, logs / f"{name}.log"))
         endpoints = [
             arg
@@ -184,7 +189,15 @@ class Stack:
                 "--outbox", str((state / f"router-{i + 1}-outbox.db").resolve()),
                 "--redaction-key-file", str(self._redaction_key_file()),
             )  # fmt: skip
+            if self.cfg.redis_url:
+                argv += ["--redis", self.cfg.redis_url, "--redis-prefix", self.redis_prefix]
             self.sup.start(Child(f"router-{i + 1}", argv, logs / f"router-{i + 1}.log"))
+
+    @property
+    def redis_prefix(self) -> str:
+        """Keys of this stack (by its root), so stacks sharing one Redis never share counters."""
+        digest = hashlib.sha256(str(self.paths.root.resolve()).encode()).hexdigest()[:10]
+        return f"harness:{digest}:"
 
     def _redaction_key_file(self) -> Path:
         """The HMAC key of hash-mode PII redaction, shared by both routers (made once, 0600)."""
@@ -348,7 +361,8 @@ class Stack:
         return env
 
     def banner(self, env: dict[str, str]) -> str:
-        return banner(env, self.cfg.ports, self.paths, self.sims)
+        shared = (self.cfg.redis_url, self.redis_prefix) if self.cfg.redis_url else None
+        return banner(env, self.cfg.ports, self.paths, self.sims, shared)
 
     def stop(self) -> None:
         self.sup.stop_all()

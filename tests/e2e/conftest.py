@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import REDIS_URL, redis_reachable
 from tests.e2e.stack import RunningStack, launch, shutdown
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> RunningStack:
-    running = launch(tmp_path_factory.mktemp("stack") / ".harness", time_scale=10)
+    # Both routers share Redis when it is there (the budget test needs it and says so).
+    redis = REDIS_URL if redis_reachable() else ""
+    running = launch(tmp_path_factory.mktemp("stack") / ".harness", time_scale=10, redis_url=redis)
     yield running
     shutdown(running)

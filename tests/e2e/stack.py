@@ -23,6 +23,7 @@ class RunningStack:
     env: dict[str, str]
     output: list[str]
     restarted: list[subprocess.Popen] = field(default_factory=list)  # processes a test started
+    redis_url: str = ""  # what the routers share ("" = each router in memory)
 
     def token(self, user: str) -> str:
         return (self.root / "tokens" / f"{user}.jwt").read_text().strip()
@@ -64,22 +65,20 @@ def kill(pid: int, sig: int) -> None:
         pass
 
 
-def launch(root: Path, time_scale: float) -> RunningStack:
+def launch(root: Path, time_scale: float, redis_url: str = "") -> RunningStack:
     """Starts `harness up` under `root` and returns once it printed "healthy in"; fails the test
-    with every child's log tail otherwise."""
+    with every child's log tail otherwise. Routers re-read budgets every 0.5 s (not 5 s)."""
     harness = Path(sys.executable).parent / "harness"
+    argv = [str(harness), "up", "--free-ports", "--root", str(root), "--timeout", "90"]
+    argv += ["--time-scale", str(time_scale), "--redis", redis_url]
     proc = subprocess.Popen(
-        [
-            str(harness),
-            "up",
-            "--free-ports",
-            "--root",
-            str(root),
-            "--timeout",
-            "90",
-            "--time-scale",
-            str(time_scale),
-        ],
+        argv,
+        # Budgets re-read every 0.5 s; a lost Redis pauses budgets 5 s (requests here take < 1 s).
+        env={
+            **os.environ,
+            "HARNESS_ROUTER_BUDGET_REFRESH_S": "0.5",
+            "HARNESS_ROUTER_BUDGET_RESERVATION_TTL_S": "5",
+        },
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -98,7 +97,7 @@ def launch(root: Path, time_scale: float) -> RunningStack:
     deadline = time.monotonic() + 120
     while not healthy.is_set() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    stack = RunningStack(proc, root, {}, output)
+    stack = RunningStack(proc, root, {}, output, redis_url=redis_url)
     if not healthy.is_set():
         proc.kill()
         for pid in stack.pids().values():

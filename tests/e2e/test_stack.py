@@ -286,8 +286,8 @@ def test_tritonclient_code_points_at_the_harness_unchanged(stack):
             break
         deltas.append(result.as_numpy("text_output").flat[0].decode())
     client.stop_stream()
-    # demo-agent's data policy holds back the last ~24 characters of output until a PII value
-    # could no longer be split, so 6 short tokens may arrive in fewer responses.
+    # demo-agent's data policy holds back output that could begin a PII value (digits) until
+    # it could no longer be split, so 6 tokens may arrive in fewer responses.
     assert deltas and "".join(deltas).strip()
 
     with pytest.raises(InferenceServerException) as err:

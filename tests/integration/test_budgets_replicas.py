@@ -99,10 +99,10 @@ async def run_load(
     return admitted, refusals, settled
 
 
-def replicas_on(redis_url: str, prefix: str, ledger: Ledger, alerts: list, **kw) -> list[RedisBudgets]:
+def replicas_on(redis_url: str, prefix: str, ledger: Ledger, **kw) -> list[RedisBudgets]:
     out = []
     for _ in range(2):
-        r = RedisBudgets.from_url(redis_url, prefix, ledger=ledger.spent, on_alert=alerts.append, **kw)
+        r = RedisBudgets.from_url(redis_url, prefix, ledger=ledger.spent, **kw)
         r.update(RULES, PRICES)
         out.append(r)
     return out
@@ -119,8 +119,8 @@ async def counter_spent(redis_url: str, prefix: str) -> int:
 
 
 async def test_two_replicas_never_overspend(redis_url, prefix):
-    ledger, alerts = Ledger(), []
-    replicas = replicas_on(redis_url, prefix, ledger, alerts)
+    ledger = Ledger()
+    replicas = replicas_on(redis_url, prefix, ledger)
     try:
         admitted, refusals, settled = await run_load(replicas, ledger, spread_s=0.2)
     finally:
@@ -133,15 +133,12 @@ async def test_two_replicas_never_overspend(redis_url, prefix):
     assert await counter_spent(redis_url, prefix) == sum(settled)  # settled exactly once each
     # Each budget's counter was built from the ledger once (replicas may both read it; one writes).
     assert sum(r.rebuilds for r in replicas) == 2 and ledger.calls >= 2
-    # Soft thresholds: each crossed once, by exactly one settle on one replica.
-    crossed = sorted(a.percent for a in alerts if a.rule.name == "team-red")
-    assert crossed == [p for p in (50, 80) if sum(settled) * 100 >= p * LIMIT]
 
 
 async def test_two_replicas_redis_lost_mid_run(redis_url, prefix):
-    ledger, alerts = Ledger(), []
+    ledger = Ledger()
     # Reservations live 0.3 s (requests take < 0.05 s), so budgets pause 0.3 s after the loss.
-    replicas = replicas_on(redis_url, prefix, ledger, alerts, reservation_ttl_s=0.3)
+    replicas = replicas_on(redis_url, prefix, ledger, reservation_ttl_s=0.3)
     try:
         admitted, refusals, settled = await run_load(
             replicas, ledger, spread_s=1.0, lost_after=4, redis_url=redis_url, prefix=prefix

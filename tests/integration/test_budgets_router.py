@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
 from prometheus_client import CollectorRegistry
 
 from services.common import context as reqctx
 from services.common.errors import ResourceExhausted
 from services.router.budgets import MemoryBudgets, Subjects
-from services.router.budgets.follower import CostFollower, alert_event
+from services.router.budgets.follower import CostFollower
 from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
@@ -45,7 +44,6 @@ async def wired(sim):  # noqa: F811
     triton = TritonPool()
     events = Events()
     budgets = MemoryBudgets()
-    budgets.on_alert = lambda a: events.emit_audit(alert_event(a))
     follower = CostFollower(channel, budgets)
     limiter = MemoryRateLimiter()
     router = Router(
@@ -71,9 +69,8 @@ async def test_router_reserves_settles_and_refuses(wired):
     [charge] = budgets.table.applicable(Subjects(project="p"))
     key = budgets.charge(charge, budgets._clock(), 0).key
     assert budgets.spent(key) == 10 + actual
-    assert [e.kind for e in events.audit].count(
-        common_pb2.AUDIT_EVENT_KIND_BUDGET_DECISION
-    ) == 1  # 50% crossed
+    [usage] = events.usage
+    assert usage.actor.project == "p" and usage.usage.gpu_seconds > 0 and not usage.cached
     await run(router, temperature=0.5)
     with pytest.raises(ResourceExhausted) as e:
         await run(router, temperature=0.5)
@@ -91,3 +88,17 @@ async def test_follower_spent_per_period():
     assert await f.spent(rule, 1_999_000_000 * 1_000_000) == 42  # the polled period
     assert await f.spent(rule, 2_000_000_000 * 1_000_000) == 0  # a newer one, just begun
     assert budgets.prices.max_cost(MODEL, 1, 1) == 2
+
+
+async def test_a_result_cache_answer_costs_nothing_in_the_counter_and_the_usage_event(wired):
+    router, follower, budgets, events, _ = wired
+    follower.apply([budget(limit=1_000)], PRICES)
+    await run(router)
+    [charge] = budgets.table.applicable(Subjects(project="p"))
+    key = budgets.charge(charge, budgets._clock(), 0).key
+    spent = budgets.spent(key)
+    again = await run(router)  # the same deterministic request: answered from the cache
+    assert again.cached == "hit" and budgets.spent(key) == spent
+    first, second = events.usage
+    assert first.usage.gpu_seconds > 0 and not first.cached
+    assert second.cached and second.usage.gpu_seconds == 0

@@ -185,8 +185,10 @@ async def test_access_rules(cost, admin, mint_token):
     assert report.total.requests == 0  # refused records stored nothing
 
 
-async def test_planned_rpcs_name_their_feature(cost, admin):
+async def test_list_alerts_of_an_unknown_budget_is_not_found(cost, admin):
+    # ListAlerts is covered in tests/integration/test_cost_alerts.py; this was a planned RPC.
     stub, _ = cost
+    assert list((await stub.ListAlerts(cost_pb2.ListAlertsRequest(), metadata=admin)).alerts) == []
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.ListAlerts(cost_pb2.ListAlertsRequest(), metadata=admin)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED and "alerts" in err.value.details()
+        await stub.ListAlerts(cost_pb2.ListAlertsRequest(budget="nope"), metadata=admin)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "nope" in err.value.details()

@@ -41,12 +41,16 @@ class FakeRegistry:
     context_length: int = 8192
     denied: set[str] = field(default_factory=set)
     users: dict[str, registry_pb2.User] = field(default_factory=dict)
+    teams: dict[str, str] = field(default_factory=dict)  # project -> owning team
 
     async def agent(self, name: str) -> registry_pb2.Agent:
         return self.agent_record
 
     async def user(self, name: str) -> registry_pb2.User | None:
         return self.users.get(name)
+
+    async def project_team(self, project: str) -> str:
+        return self.teams.get(project, "")
 
     async def model(self, name: str) -> registry_pb2.Model:
         return registry_pb2.Model(name=MODEL, triton_model=TRITON_MODEL, context_length=self.context_length)

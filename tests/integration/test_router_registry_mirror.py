@@ -88,6 +88,7 @@ async def test_snapshot_holds_agents_models_and_rules(setup):
     _, _, mirror = setup
     agent = await mirror.agent(AGENT)
     assert agent.state == common_pb2.AGENT_STATE_ONLINE and agent.project == "ledger"
+    assert await mirror.project_team("ledger") == "finance" and await mirror.project_team("ghost") == ""
     assert (await mirror.model("llama-3-8b")).triton_model == "llama-3-8b-instruct"
     decision = await mirror.check(*MODEL_RULE)
     assert (

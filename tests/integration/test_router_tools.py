@@ -11,10 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from harness.audit.v1 import audit_pb2
 from harness.common.v1 import common_pb2
+from harness.cost.v1 import cost_pb2
 from harness.registry.v1 import registry_pb2
 
 from services.common import context as reqctx
-from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
+from services.router.budgets import BudgetRule, MemoryBudgets, PriceTable
 from services.router.privacy import AgentRedactors
 from services.router.result_cache import MemoryResultCache
 from services.router.tools import ToolCall, ToolInvoker
@@ -82,6 +84,9 @@ class FakeRegistry:
 
     async def tool(self, name: str, version: str = "") -> registry_pb2.Tool | None:
         return self.tool_record if name == "ledger" else None
+
+    async def project_team(self, project: str) -> str:
+        return "finance" if project == "ledger" else ""
 
     async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
         return AccessDecision(
@@ -187,3 +192,22 @@ async def test_tool_failures_have_clear_statuses(world):
         await invoker.invoke(ToolCall("ledger", "fail"))
     with pytest.raises(InvalidArgument, match="the tool refused the call \\(400\\)"):
         await invoker.invoke(ToolCall("ledger", "bad"))
+
+
+async def test_tool_calls_are_charged_to_budgets_and_refused_over_the_limit(world):
+    invoker, server, _, events, _ = world
+    invoker.budgets = budgets = MemoryBudgets()
+    team = cost_pb2.BUDGET_SCOPE_TEAM
+    budgets.update(
+        [BudgetRule("finance-day", team, "finance", cost_pb2.BUDGET_PERIOD_DAILY, 2500)],
+        PriceTable(tool_call={"ledger": 1000}),
+    )
+    await invoker.invoke(ToolCall("ledger", "write", {"entry": 1}))
+    with pytest.raises(Unavailable):  # a failed call is not charged...
+        await invoker.invoke(ToolCall("ledger", "fail"))
+    await invoker.invoke(ToolCall("ledger", "write", {"entry": 2}))  # ...so a second fits
+    calls = len(server.calls)
+    with pytest.raises(ResourceExhausted, match="budget 'finance-day' \\(team 'finance', daily\\)"):
+        await invoker.invoke(ToolCall("ledger", "write", {"entry": 3}))
+    assert len(server.calls) == calls  # refused before the tool was called
+    assert {u.actor.team for u in events.usage} == {"finance"}  # the project's team is charged

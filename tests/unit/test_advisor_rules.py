@@ -45,8 +45,12 @@ def row(agent, deployment, *, model="llama-3-8b", n=1000, inp=500_000, out=50_00
     return UsageRow("ledger", agent, model, deployment, n, inp, out, gpu, 0)
 
 
+JAN_1_2025_US = 1_735_689_600_000_000  # the day rows below are dated in January 2025
+
+
 def facts(usage=(), *, fleet=None, days=(), period_days=30, prices=PRICES):
-    return Facts(0, period_days * US_PER_DAY, tuple(usage), tuple(days), prices, fleet)
+    start = JAN_1_2025_US
+    return Facts(start, start + period_days * US_PER_DAY, tuple(usage), tuple(days), prices, fleet)
 
 
 MONTH = 30.4375 / 30
@@ -125,6 +129,17 @@ def test_scale_to_zero_idle_deployment_without_ttl():
     assert "3 of 30 days" in rec.evidence
     assert rec.monthly_saving_micro_usd == pytest.approx(27 * 24 * 33 / 80 * 2_500_000 * MONTH, abs=1)
     assert rec.vram_saved_bytes == 33 * GIB
+
+
+def test_scale_to_zero_judges_only_the_days_the_ledger_has_history_for():
+    fleet = Fleet((dep("d0"), dep("d1")), CATALOG)
+    young = [DayRow("d1", f"2025-01-{d:02d}", 10) for d in (30, 31)]  # the ledger began on day 30
+    (rec,) = ScaleToZero().advise(facts(fleet=fleet, days=young)).recommendations
+    assert "served requests on 0 of 2 days" in rec.evidence  # not "0 of 30"
+    just_started = ScaleToZero().advise(facts(fleet=fleet, days=young[1:]))
+    assert just_started.recommendations == () and "1 day(s) of requests" in just_started.notes[0]
+    empty = ScaleToZero().advise(facts(fleet=fleet))
+    assert empty.recommendations == () and "no requests in the ledger" in empty.notes[0]
 
 
 def test_scale_to_zero_needs_the_fleet():

@@ -1,5 +1,5 @@
 """Budget enforcement semantics (reserve, settle once, expiry, periods, rebuild from the ledger,
-alerts). The same suite runs on Redis in tests/integration/test_budgets_redis.py, which
+GPU and tool prices). The same suite runs on Redis in tests/integration/test_budgets_redis.py, which
 overrides the `make` fixture."""
 
 from __future__ import annotations
@@ -202,13 +202,47 @@ async def test_unknown_ledger_spend_is_unavailable(make):
         await enf.reserve_cost([rule()], 1)
 
 
-async def test_soft_thresholds_alert_once(make):
-    alerts = []
-    enf = make(on_alert=alerts.append)
-    r = rule(limit=1000, alerts=(50, 80, 95))
-    await enf.settle(await enf.reserve_cost([r], 400), 400)
-    assert alerts == []
-    await enf.settle(await enf.reserve_cost([r], 500), 450)  # 850: crosses 50 and 80
-    assert [(a.percent, a.spent_micro_usd) for a in alerts] == [(50, 850), (80, 850)]
-    await enf.settle(await enf.reserve_cost([r], 10), 10)
-    assert len(alerts) == 2
+def test_price_table_reads_every_kind_of_price():
+    P = cost_pb2.Price
+    table = PriceTable.from_protos(
+        [
+            P(kind=cost_pb2.PRICE_KIND_MODEL_INPUT_TOKENS, subject="m", micro_usd=2_000_000),
+            P(kind=cost_pb2.PRICE_KIND_MODEL_OUTPUT_TOKENS, subject="m", micro_usd=4_000_000),
+            P(kind=cost_pb2.PRICE_KIND_GPU_HOUR, subject="H100-80GB", micro_usd=3_600_000),
+            P(kind=cost_pb2.PRICE_KIND_TOOL_CALL, subject="ledger", micro_usd=500),
+        ]
+    )
+    assert table.max_cost("m", 10, 10) == 60 and table.cost("m", 10, 5) == 40
+    assert table.gpu_cost("H100-80GB", 2.5) == 2500  # $3.60/h = 1,000 micro-USD per second
+    assert table.gpu_cost("A10", 2.5) == 0  # unpriced GPU type: 0, as the cost service flags it
+    assert table.tool_cost("ledger") == 500 and table.tool_cost("crm") == 0
+
+
+async def test_gpu_time_bound_is_reserved_and_learned(make):
+    enf = make()
+    enf.update(
+        [BudgetRule("b", AGENT, "bot", DAILY, 1_000_000)],
+        PriceTable({"m": (0, 0)}, gpu_hour={"H100-80GB": 3_600_000, "A10": 360_000}),
+    )
+    first = await enf.reserve(WHO, "m", 50, 50)
+    # Unobserved model: 100 tokens x 10 ms x 2 = 2 s at the highest price (1,000 micro-USD/s).
+    assert enf.gpu_bound_s("m", 100) == pytest.approx(2.0) and first.cost == 2000
+    actual = enf.cost("m", 50, 50, "H100-80GB", 0.2)  # 200 micro-USD: 2 ms a token
+    assert actual == 200
+    enf.gpu.observe("m", 100, 0.2)  # the router learns from the real share
+    await enf.settle(first, actual)
+    second = await enf.reserve(WHO, "m", 50, 50)
+    assert enf.gpu_bound_s("m", 100) == pytest.approx(0.4) and second.cost == 400
+    assert enf.cost("m", 0, 0, "A10", 0.4) == 40  # a cheaper GPU type costs less than reserved
+
+
+async def test_tool_calls_reserve_their_price(make):
+    enf = make()
+    enf.update([BudgetRule("b", AGENT, "bot", DAILY, 1200)], PriceTable(tool_call={"ledger": 500}))
+    a = await enf.reserve_tool(WHO, "ledger")
+    b = await enf.reserve_tool(WHO, "ledger")
+    assert a.cost == b.cost == 500
+    with pytest.raises(ResourceExhausted, match="budget 'b'"):
+        await enf.reserve_tool(WHO, "ledger")
+    await enf.settle(a, 0)  # a failed call costs nothing and frees its reservation
+    await enf.reserve_tool(WHO, "ledger")

@@ -78,6 +78,20 @@ def test_report_parses_and_builds_the_request():
         _args("cost", "report", "--format", "xml")
 
 
+def test_unpriced_usage_is_shown_as_unknown_cost_not_zero(capsys):
+    resp = _report()
+    resp.rows[1].unpriced_requests = 1
+    resp.rows[1].unpriced.append("model_input_tokens:mystery")
+    resp.total.unpriced_requests = 1
+    resp.total.unpriced.append("model_input_tokens:mystery")
+    buf = io.StringIO()
+    write_report(resp, ["agent", "model"], "table", out=buf)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].split()[-1] == "UNPRICED" and lines[2].endswith("1 (model_input_tokens:mystery)")
+    assert lines[3].split()[-1] == "1"  # the total row
+    assert "1 request(s) lack a price (model_input_tokens:mystery)" in capsys.readouterr().err
+
+
 def test_report_formats():
     resp, dims = _report(), ["agent", "model"]
     buf = io.StringIO()
@@ -85,13 +99,13 @@ def test_report_formats():
     rows = json.loads(buf.getvalue())
     assert rows[0] == {"agent": "ledger-bot", "model": "llama-3-8b", "requests": 3, "input_tokens": 2_000_000,
                        "output_tokens": 500_000, "gpu_seconds": 3600.0, "cost_usd": 3.601,
-                       "cost_micro_usd": 3_601_000}  # fmt: skip
+                       "cost_micro_usd": 3_601_000, "unpriced": ""}  # fmt: skip
     assert rows[1]["cost_usd"] == 0.000005 and len(rows) == 2
     buf = io.StringIO()
     write_report(resp, dims, "csv", out=buf)
     got = list(csv.DictReader(io.StringIO(buf.getvalue())))
     assert buf.getvalue().splitlines()[0] == (
-        "agent,model,requests,input_tokens,output_tokens,gpu_seconds,cost_usd,cost_micro_usd"
+        "agent,model,requests,input_tokens,output_tokens,gpu_seconds,cost_usd,cost_micro_usd,unpriced"
     )
     assert got[1]["agent"] == "rpa, inc" and got[0]["cost_usd"] == "3.601000" and len(got) == 2
     buf = io.StringIO()
@@ -166,3 +180,20 @@ def test_cost_address(tmp_path):
     assert conn.address == "c:50101"
     with pytest.raises(ConfigError, match=r"no cost service address.*HARNESS_COST_ADDR"):
         resolve(_args("budget", "list", "--root", str(tmp_path / "none")), environ={})
+
+
+def test_a_closed_pipe_ends_the_cli_quietly():
+    """`harness budget list | head`: the reader goes away; no traceback, exit 141 like a shell tool."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, services.cli.main as m\n"
+        "def gone(args): raise BrokenPipeError()\n"
+        "m._run_registry = gone\n"
+        "sys.exit(m.main(['budget', 'list']))\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, timeout=60)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr

@@ -128,6 +128,10 @@ async def test_setting_the_same_price_version_again_replaces_it(store):
     assert [x.micro_usd for x in await store.list_prices()] == [3_000_000]
     with pytest.raises(InvalidArgument, match="kind"):
         await store.set_price(K.Price(subject="x", micro_usd=1))
+    with pytest.raises(InvalidArgument, match=r"price\.kind is required"):
+        await store.set_price(K.Price(kind=42, subject="x", micro_usd=1))
+    with pytest.raises(InvalidArgument, match="negative"):
+        await store.set_price(K.Price(kind=K.PRICE_KIND_TOOL_CALL, subject="x", micro_usd=-1))
     with pytest.raises(InvalidArgument, match="subject"):
         await store.set_price(K.Price(kind=K.PRICE_KIND_TOOL_CALL, micro_usd=1))
 
@@ -144,6 +148,12 @@ async def test_missing_prices_cost_nothing_and_are_flagged(store, db_url):
     finally:
         engine.dispose()
     assert unpriced == "model_input_tokens:mystery,gpu_hour:A100"
+    await store.record([usage("e2", "2024-06-01T00:00:01Z", model="mystery", inp=5)])
+    report = await store.report(["model"], us("2024-06-01T00:00:00Z"), us("2024-06-02T00:00:00Z"))
+    [row] = report.rows  # reported as unknown cost, not as zero cost
+    assert row.requests == 2 and row.unpriced_requests == 2 and row.cost_micro_usd == 0
+    assert list(row.unpriced) == ["gpu_hour:A100", "model_input_tokens:mystery"]
+    assert report.total.unpriced_requests == 2 and list(report.total.unpriced) == list(row.unpriced)
 
 
 async def test_resent_usage_is_recorded_once(store, db_url):
@@ -263,6 +273,13 @@ async def test_budget_crud_and_validation(store):
         (K.Budget(name="n", scope=1, subject="x", limit_micro_usd=1), "period"),
         (K.Budget(name="n", scope=1, subject="x", period=1), "limit"),
         (K.Budget(name="n", scope=1, subject="x", period=1, limit_micro_usd=1, alert_percent=[101]), "alert"),
+        (K.Budget(name="n", scope=1, subject="x", period=1, limit_micro_usd=1, alert_percent=[0]), "alert"),
+        (K.Budget(name="n", scope=9, subject="x", period=1, limit_micro_usd=1), "scope"),
+        (
+            K.Budget(name="n", scope=1, subject="x", period=9, limit_micro_usd=1),
+            "budget.period 9 cannot be aligned",
+        ),
+        (K.Budget(name="n", scope=1, subject="x", period=1, limit_micro_usd=-5), "limit"),
     ]:
         with pytest.raises(InvalidArgument, match=msg):
             await store.set_budget(bad)

@@ -250,3 +250,60 @@ async def test_stop_fails_unfinished_requests(make_engine):
     await engine.stop()
     with pytest.raises(Exception, match="unloaded"):
         await seq.collect()
+
+
+# --- one GPU, several models -------------------------------------------------------------
+async def test_models_on_one_gpu_share_its_compute():
+    """Two busy models on one simulated GPU take about twice as long as on two GPUs, and their
+    busy times add up to the wall time (not to twice it)."""
+    from services.enginesim.engine import GpuClock
+
+    scale = 100.0  # a 5 ms step takes 50 us of wall time
+
+    async def run(shared: bool) -> tuple[float, float]:
+        gpu = GpuClock()
+        engines = [ModelEngine(make_spec(), time_scale=scale, gpu=gpu if shared else None) for _ in range(2)]
+        for e in engines:
+            e.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await asyncio.gather(
+                *(e.submit(GenerationRequest("x", max_tokens=200)).collect() for e in engines)
+            )
+            wall = loop.time() - started
+            return wall, sum(e.stats.busy_real_s for e in engines)
+        finally:
+            for e in engines:
+                await e.stop()
+
+    apart, busy_apart = await run(shared=False)
+    together, busy_together = await run(shared=True)
+    # Each model: 200 steps of (5 + 1) ms = 1.2 s simulated = 12 ms wall.
+    assert busy_apart == pytest.approx(2 * 0.012, rel=0.01) and busy_together == pytest.approx(busy_apart)
+    assert apart == pytest.approx(0.012, rel=0.5)
+    assert together >= 1.8 * 0.012 and together > 1.5 * apart
+
+
+def test_gpu_utilization_is_measured_over_a_window_whoever_scrapes(monkeypatch):
+    """Prometheus scrapes just before the pool does: the pool still reads the GPU's busy share
+    over the trailing window (about 50% here), not over the 10 ms since Prometheus's scrape."""
+    from services.enginesim import metrics
+
+    clock = {"t": 100.0}
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock["t"])
+    collector = metrics.SimulatorCollector(sim=None)  # type: ignore[arg-type]
+
+    def busy_at(t: float) -> float:  # a 0.2 s step ends every 0.4 s: 50% busy
+        return 0.2 * int((t - 100.0) / 0.4)
+
+    pool_view = []
+    for k in range(1, 12):
+        for offset, keep in ((0.0, False), (0.01, True)):  # Prometheus, then the pool
+            clock["t"] = 100.0 + 0.41 + 0.8 * k + offset
+            u = collector._utilization(busy_at(clock["t"]))
+            if keep:
+                pool_view.append(u)
+    assert all(0.35 <= u <= 0.65 for u in pool_view), pool_view
+    clock["t"] += 0.1
+    assert collector._utilization(0.0) == 0.0  # a model unloaded: the window restarts

@@ -52,8 +52,9 @@ def test_not_saturated_counts_the_routers_own_requests_beyond_the_running_limit(
     # The scrape says idle, but this router already sent 10 requests to an engine that runs 4:
     # 6 of them are waiting.
     memory = SchedulerMemory()
-    memory.inflight["a"] = 10
-    cands = [Candidate("a", max_running=4), Candidate("b", max_running=4)]
+    memory.inflight[("a", "m")] = 10
+    memory.inflight[("b", "other-model")] = 10  # another model on b: not this model's load
+    cands = [Candidate("a", model="m", max_running=4), Candidate("b", model="m", max_running=4)]
     assert names(NotSaturatedFilter(max_waiting=5).filter(REQ, cands, memory)) == ["b"]
     assert names(NotSaturatedFilter(max_waiting=6).filter(REQ, cands, memory)) == ["a", "b"]
 
@@ -79,9 +80,9 @@ def test_own_dispatches_and_completions_since_the_scrape_correct_stale_figures()
     memory = SchedulerMemory()
     # The scrape saw 8 running + 2 waiting while we had 4 in flight there.
     stale = Candidate("a", waiting=2, active=8, max_running=8, own_at_snapshot=4)
-    memory.inflight["a"] = 1  # since then 3 of ours finished: the engine has room again
+    memory.inflight[("a", "")] = 1  # since then 3 of ours finished: the engine has room again
     assert memory.load(stale) == 7 and memory.waiting(stale) == 0
     assert names(NotSaturatedFilter(max_waiting=0).filter(REQ, [stale], memory)) == ["a"]
-    memory.inflight["a"] = 6  # and now 5 more went out: 2 over the running limit
+    memory.inflight[("a", "")] = 6  # and now 5 more went out: 2 over the running limit
     assert memory.waiting(stale) == 4
     assert NotSaturatedFilter(max_waiting=1).filter(REQ, [stale], memory) == []

@@ -98,11 +98,11 @@ def test_in_flight_accounting_spreads_load_before_the_pool_sees_it():
     for _ in range(4):
         d = s.pick(SchedulingRequest("llama", prompt="x"), FLEET)
         s.acquire(d.endpoint)
-        picked.append(d.endpoint.name)
-    assert sorted(picked) == sorted(c.name for c in FLEET)
-    for name in picked:
-        s.release(name)
-    s.release("sim-0")  # an extra release never goes negative
+        picked.append(d.endpoint)
+    assert sorted(c.name for c in picked) == sorted(c.name for c in FLEET)
+    for c in picked:
+        s.release(c)
+    s.release(FLEET[0])  # an extra release never goes negative
     assert s.memory.inflight == {}
 
 
@@ -145,11 +145,12 @@ def test_forget_drops_memory_of_departed_endpoints():
     s = Scheduler(seed=0)
     req = SchedulingRequest("llama", prompt=SYSTEM)
     s.record("sim-1", req)
-    s.acquire("sim-1")
+    s.acquire(Candidate("sim-1", model="llama"))
+    s.acquire(Candidate("sim-2", model="llama"))
     s.observe_ttft("sim-1", 0.2)
     s.forget(["sim-1"])
     assert s.memory.prefix.size("sim-1") == 0 and s.memory.latency.get("sim-1") == 0.0
-    assert "sim-1" not in s.memory.inflight
+    assert s.memory.inflight == {("sim-2", "llama"): 1}
 
 
 def test_given_token_ids_are_hashed_instead_of_the_text():

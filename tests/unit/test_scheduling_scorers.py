@@ -46,7 +46,7 @@ def test_queue_depth_all_equal_scores_one():
 
 def test_queue_depth_uses_the_routers_in_flight_count_when_the_scrape_is_stale():
     memory = SchedulerMemory()
-    memory.inflight["a"] = 5  # the pool has not seen them yet
+    memory.inflight[("a", "")] = 5  # the pool has not seen them yet
     scores = QueueDepthScorer().score(REQ, [Candidate("a"), Candidate("b", active=1)], memory)
     assert scores[1] > scores[0]
 

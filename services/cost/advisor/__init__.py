@@ -16,6 +16,7 @@ from services.cost.advisor.base import (
     Fleet,
     FleetDeployment,
     FleetProvider,
+    FleetSnapshot,
     Recommendation,
     Rule,
     RuleResult,
@@ -35,6 +36,6 @@ async def advise(
 
 
 __all__ = [
-    "Advice", "CatalogModel", "DayRow", "Facts", "Fleet", "FleetDeployment", "FleetProvider",
+    "Advice", "CatalogModel", "DayRow", "Facts", "Fleet", "FleetDeployment", "FleetProvider", "FleetSnapshot",
     "Recommendation", "Rule", "RuleResult", "UsageRow", "advise", "check_names", "gather", "register", "rules", "run",
 ]  # fmt: skip

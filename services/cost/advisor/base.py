@@ -53,6 +53,8 @@ class CatalogModel:
     parameters_b: float = 0.0
     quantization: str = ""
     memory_gib: float = 0.0
+    context_length: int = 0  # tokens (0 = unknown)
+    triton_model: str = ""  # what the endpoints load ("" = the catalog name)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class FleetDeployment:
     gpu_memory_bytes: int = 0  # of one GPU of the endpoint (0 = unknown)
     idle_ttl_s: float = 0.0  # 0 = never scales to zero
     owners: tuple[str, ...] = ()
+    endpoint: str = ""  # the pool endpoint it runs on
+    state: str = ""  # "ready", "loading"... ("" = unknown)
+    idle_s: float | None = None  # seconds since it last served a request (None = unknown)
 
     def gpu_share(self) -> float | None:
         """GPUs this deployment holds: its VRAM over one GPU's VRAM, per replica (None = unknown)."""
@@ -90,8 +95,19 @@ class Fleet:
         return next((m for m in self.catalog if m.name == name), None)
 
 
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """A provider's answer with what limited it: `fleet` None when the pool could not be read,
+    `notes` naming the service that failed and why (they reach AdviseResponse.notes)."""
+
+    fleet: Fleet | None
+    notes: tuple[str, ...] = ()
+
+
 # Supplies the fleet when Advise runs; None (or a provider answering None) = no pool configured.
-FleetProvider = Callable[[], Awaitable[Fleet | None]]
+# A provider may answer a FleetSnapshot to say what it could not read; the live one, over the pool
+# and the registry, is services/cost/fleet_source.LiveFleet.
+FleetProvider = Callable[[], Awaitable[Fleet | FleetSnapshot | None]]
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,7 @@ class Facts:
     # (PriceKind, subject) -> micro-USD per unit, prices in force at end_us
     prices: Mapping[tuple[int, str], int]
     fleet: Fleet | None = None
+    fleet_notes: tuple[str, ...] = ()  # what the fleet provider could not read, and why
 
     @property
     def period_days(self) -> float:

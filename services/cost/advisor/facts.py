@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 from services.common.errors import InvalidArgument
-from services.cost.advisor.base import US_PER_DAY, DayRow, Facts, FleetProvider, UsageRow
+from services.cost.advisor.base import (
+    US_PER_DAY,
+    DayRow,
+    Facts,
+    Fleet,
+    FleetProvider,
+    FleetSnapshot,
+    UsageRow,
+)
+
+log = logging.getLogger("harness.cost.advisor")
 
 DEFAULT_PERIOD_DAYS = 30
 MAX_PERIOD_DAYS = 366
@@ -39,9 +51,24 @@ async def gather(
             key = (r.group["deployment"], r.group["day"])
             days[key] = days.get(key, 0) + r.requests
     prices = {(p.kind, p.subject): p.micro_usd for p in await store.list_prices(now_us)}
-    snapshot = await fleet() if fleet is not None else None
+    snapshot = await fleet_snapshot(fleet)
     return Facts(
         start_us=start, end_us=now_us, usage=usage,
         days=tuple(DayRow(d, day, n) for (d, day), n in sorted(days.items())),
-        prices=prices, fleet=snapshot,
+        prices=prices, fleet=snapshot.fleet, fleet_notes=snapshot.notes,
     )  # fmt: skip
+
+
+async def fleet_snapshot(fleet: FleetProvider | None) -> FleetSnapshot:
+    """The provider's answer as a FleetSnapshot; a provider that raises gives no fleet and a note
+    (Advise still answers from the ledger alone)."""
+    if fleet is None:
+        return FleetSnapshot(None)
+    try:
+        answer = await fleet()
+    except Exception as exc:
+        log.exception("the advisor's fleet provider failed")
+        return FleetSnapshot(None, (f"the fleet provider failed ({type(exc).__name__}: {exc})",))
+    if isinstance(answer, FleetSnapshot):
+        return answer
+    return FleetSnapshot(answer if isinstance(answer, Fleet) else None)

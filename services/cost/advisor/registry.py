@@ -39,10 +39,11 @@ def check_names(names: Iterable[str]) -> list[str]:
 
 
 def run(facts: Facts, names: Iterable[str] = ()) -> Advice:
-    """Applies the named rules (all when empty); largest saving first, then most VRAM freed."""
+    """Applies the named rules (all when empty); largest saving first, then most VRAM freed.
+    Notes: the fleet provider's (prefixed "fleet: "), then each rule's (prefixed with its name)."""
     names = check_names(names)
     recs: list[Recommendation] = []
-    notes: list[str] = []
+    notes = [f"fleet: {n}" for n in facts.fleet_notes]  # first: they explain the rules' notes
     for name in names or _RULES:
         result = _RULES[name].advise(facts)
         recs.extend(result.recommendations)

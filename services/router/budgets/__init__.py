@@ -3,11 +3,11 @@ actual cost once (core.py; Redis backend in redis_store.py; budgets and prices f
 service in follower.py)."""
 
 from .core import (
-    BudgetAlert,
     BudgetEnforcer,
     BudgetReservation,
     BudgetRule,
     BudgetTable,
+    GpuTimeEstimate,
     LedgerSource,
     PriceTable,
     Subjects,
@@ -16,11 +16,11 @@ from .memory_store import MemoryBudgets
 from .redis_store import RedisBudgets
 
 __all__ = [
-    "BudgetAlert",
     "BudgetEnforcer",
     "BudgetReservation",
     "BudgetRule",
     "BudgetTable",
+    "GpuTimeEstimate",
     "LedgerSource",
     "MemoryBudgets",
     "PriceTable",

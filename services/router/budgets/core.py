@@ -18,13 +18,16 @@ Model (the same in memory and in Redis; `redis_store.py` runs these steps in Lua
   and finds it gone knows Redis lost state, including other replicas' in-flight reservations;
   it then sets a *hold* (default: the reservation TTL) during which budgeted requests are refused,
   so reservations nobody can see any more settle before new spend is admitted.
-- Soft thresholds: a settle whose spend crosses `pct`% of the limit reports an alert (exactly one
-  settle crosses each threshold per period, since settles are atomic).
+- Soft thresholds are the cost service's: it raises alerts from the ledger, the one place
+  that sees every replica's settled spend exactly once.
+- GPU time: a request's GPU share is only known when it ends, so it is charged up to a bound
+  fixed at admission, and the reservation holds that bound (`GpuTimeEstimate`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -108,24 +111,37 @@ class BudgetTable:
 
 
 class PriceTable:
-    """Token prices in force (micro-USD per 1M tokens) by model; a missing side prices at 0, as
-    the cost service does (it flags the event as unpriced)."""
+    """Prices in force: tokens (micro-USD per 1M) by model, GPU-hours by GPU type, calls by tool.
+    A missing price charges 0, as the cost service does (it flags the event as unpriced)."""
 
-    def __init__(self, prices: dict[str, tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        prices: dict[str, tuple[int, int]] | None = None,
+        gpu_hour: dict[str, int] | None = None,
+        tool_call: dict[str, int] | None = None,
+    ) -> None:
         self._p = dict(prices or {})
+        self._gpu = dict(gpu_hour or {})
+        self._tool = dict(tool_call or {})
 
     @classmethod
     def from_protos(cls, prices: Iterable[cost_pb2.Price]) -> PriceTable:
         table: dict[str, list[int]] = {}
+        gpu: dict[str, int] = {}
+        tool: dict[str, int] = {}
         for p in prices:
             if p.kind == cost_pb2.PRICE_KIND_MODEL_INPUT_TOKENS:
                 table.setdefault(p.subject, [0, 0])[0] = p.micro_usd
             elif p.kind == cost_pb2.PRICE_KIND_MODEL_OUTPUT_TOKENS:
                 table.setdefault(p.subject, [0, 0])[1] = p.micro_usd
-        return cls({m: (i, o) for m, (i, o) in table.items()})
+            elif p.kind == cost_pb2.PRICE_KIND_GPU_HOUR:
+                gpu[p.subject] = p.micro_usd
+            elif p.kind == cost_pb2.PRICE_KIND_TOOL_CALL:
+                tool[p.subject] = p.micro_usd
+        return cls({m: (i, o) for m, (i, o) in table.items()}, gpu, tool)
 
     def max_cost(self, model: str, prompt_tokens: int, max_tokens: int) -> int:
-        """Upper bound of the request's cost: rounded up, so any actual count within it fits."""
+        """Upper bound of the request's token cost: rounded up, so any actual count within it fits."""
         pin, pout = self._p.get(model, (0, 0))
         return -(-(prompt_tokens * pin + max_tokens * pout) // TOKENS_PER_UNIT)
 
@@ -133,6 +149,45 @@ class PriceTable:
         """Actual token cost, rounded half-up like services/cost/pricing.py."""
         pin, pout = self._p.get(model, (0, 0))
         return (2 * (input_tokens * pin + output_tokens * pout) + TOKENS_PER_UNIT) // (2 * TOKENS_PER_UNIT)
+
+    def gpu_cost(self, gpu_type: str, gpu_seconds: float) -> int:
+        """GPU time at the GPU type's hourly price, rounded half-up like the cost service."""
+        return int(gpu_seconds * self._gpu.get(gpu_type, 0) / 3600 + 0.5)
+
+    def max_gpu_hour(self) -> int:
+        return max(self._gpu.values(), default=0)
+
+    def tool_cost(self, tool: str) -> int:
+        return self._tool.get(tool, 0)
+
+
+class GpuTimeEstimate:
+    """A bound on a request's GPU share, learned per model from settled requests.
+
+    The bound is HEADROOM times the model's moving-average GPU seconds per token (prompt +
+    output), times the request's token bound (prompt + max_tokens); before a model has been
+    observed the rate is PRIOR_S_PER_TOKEN (10 ms a token: slower than a lone 8B or 70B AWQ
+    sequence decodes on an H100). The router reserves the bound at the highest GPU-hour price
+    and charges the request its GPU share *up to the bound*, so what settles never exceeds what
+    was reserved and the hard limit holds for GPU time too.
+    """
+
+    ALPHA = 0.2
+    HEADROOM = 2.0
+    PRIOR_S_PER_TOKEN = 0.01
+
+    def __init__(self) -> None:
+        self._rate: dict[str, float] = {}
+
+    def observe(self, model: str, tokens: int, gpu_seconds: float) -> None:
+        if tokens <= 0 or gpu_seconds <= 0:
+            return
+        rate = gpu_seconds / tokens
+        old = self._rate.get(model)
+        self._rate[model] = rate if old is None else old + self.ALPHA * (rate - old)
+
+    def bound_s(self, model: str, tokens: int) -> float:
+        return self.HEADROOM * self._rate.get(model, self.PRIOR_S_PER_TOKEN) * max(0, tokens)
 
 
 @dataclass(frozen=True)
@@ -153,13 +208,6 @@ class BudgetReservation:
     cost: int = 0
     charges: tuple[Charge, ...] = ()
     settled: bool = False
-
-
-@dataclass(frozen=True)
-class BudgetAlert:
-    rule: BudgetRule
-    percent: int
-    spent_micro_usd: int
 
 
 # Backend answers to a reservation attempt.
@@ -198,7 +246,6 @@ class BudgetEnforcer(ABC):
         reservation_ttl_s: float = 300.0,
         recovery_hold_s: float | None = None,
         ledger: LedgerSource | None = None,
-        on_alert: Callable[[BudgetAlert], None] | None = None,
         clock_ms: Callable[[], float] | None = None,
         fail_open: bool = False,
     ) -> None:
@@ -207,11 +254,11 @@ class BudgetEnforcer(ABC):
         self.ttl_ms = int(reservation_ttl_s * 1000)
         self.hold_ms = int((reservation_ttl_s if recovery_hold_s is None else recovery_hold_s) * 1000)
         self._ledger = ledger
-        self.on_alert = on_alert
         self._clock = clock_ms or (lambda: time.time() * 1000.0)
         self._fail_open = fail_open
         self.table = BudgetTable()
         self.prices = PriceTable()
+        self.gpu = GpuTimeEstimate()
         self.epoch = ""  # the store's epoch as last seen ("" = none yet)
         self.rebuilds = 0  # counters this instance rebuilt (tests, metrics)
 
@@ -233,18 +280,35 @@ class BudgetEnforcer(ABC):
         key = f"{self._prefix}bud:{rule.name}:{start_us // 1000}"
         return Charge(key, rule, cost, start_us, end_ms, max(1, int(end_ms - now_ms)) + KEY_GRACE_MS)
 
-    def cost(self, model: str, input_tokens: int, output_tokens: int) -> int:
-        return self.prices.cost(model, input_tokens, output_tokens)
+    def gpu_bound_s(self, model: str, tokens: int) -> float:
+        """GPU seconds a request of `tokens` (prompt + max_tokens) may be charged at most."""
+        return self.gpu.bound_s(model, tokens)
+
+    def cost(
+        self, model: str, input_tokens: int, output_tokens: int, gpu_type: str = "", gpu_seconds: float = 0.0
+    ) -> int:
+        """A model call's actual cost: tokens plus its (already bounded) GPU share."""
+        return self.prices.cost(model, input_tokens, output_tokens) + self.prices.gpu_cost(
+            gpu_type, gpu_seconds
+        )
 
     async def reserve(
         self, subjects: Subjects, model: str, prompt_tokens: int, max_tokens: int
     ) -> BudgetReservation:
-        """Reserves the request's maximum cost against every budget that applies, or refuses with
-        RESOURCE_EXHAUSTED naming the budget and when it resets."""
+        """Reserves the request's maximum cost (tokens, and its GPU-time bound at the highest
+        GPU-hour price) against every budget that applies, or refuses with RESOURCE_EXHAUSTED
+        naming the budget and when it resets."""
         rules = self.table.applicable(subjects)
         if not rules:
             return BudgetReservation()
-        return await self.reserve_cost(rules, self.prices.max_cost(model, prompt_tokens, max_tokens))
+        tokens = self.prices.max_cost(model, prompt_tokens, max_tokens)
+        gpu_s = self.gpu_bound_s(model, prompt_tokens + max_tokens)
+        gpu = math.ceil(gpu_s * self.prices.max_gpu_hour() / 3600)
+        return await self.reserve_cost(rules, tokens + gpu)
+
+    async def reserve_tool(self, subjects: Subjects, tool: str) -> BudgetReservation:
+        """Reserves one call of `tool` at its price (settle with `prices.tool_cost` or 0)."""
+        return await self.reserve_cost(self.table.applicable(subjects), self.prices.tool_cost(tool))
 
     async def reserve_cost(self, rules: Sequence[BudgetRule], cost: int) -> BudgetReservation:
         if not rules:
@@ -302,7 +366,7 @@ class BudgetEnforcer(ABC):
             reset = datetime.fromtimestamp(c.reset_ms / 1000, tz=self.tz)
             when, retry = f"it resets at {reset.isoformat()}", max(1, int(c.reset_ms - now))
         return ResourceExhausted(
-            f"{r.describe()} is over its hard limit of {_usd(r.limit_micro_usd)}: spent {_usd(a.spent)}, "
+            f"{r.describe()} would go over its hard limit of {_usd(r.limit_micro_usd)}: spent {_usd(a.spent)}, "
             f"reserved {_usd(a.reserved)}, this request may cost up to {_usd(c.cost)}; {when}",
             retry_after_ms=retry,
         )
@@ -313,26 +377,10 @@ class BudgetEnforcer(ABC):
             return
         res.settled = True
         try:
-            spends = await self._settle(res.charges, res.id, max(0, int(actual_micro_usd)))
+            await self._settle(res.charges, res.id, max(0, int(actual_micro_usd)))
         except Exception as e:
             log.warning("budget settle failed (%s); the reservation expires by itself", e)
             return
-        for c, (before, after) in zip(res.charges, spends, strict=True):
-            self._alerts(c.rule, before, after)
-
-    def _alerts(self, rule: BudgetRule, before: int, after: int) -> None:
-        if before < 0 or rule.limit_micro_usd <= 0:
-            return
-        for pct in rule.alert_percent:
-            line = pct * rule.limit_micro_usd
-            if before * 100 < line <= after * 100:
-                alert = BudgetAlert(rule, pct, after)
-                log.warning("%s crossed %d%% of its limit: spent %s", rule.describe(), pct, _usd(after))
-                if self.on_alert is not None:
-                    try:
-                        self.on_alert(alert)
-                    except Exception:
-                        log.exception("budget alert hook failed")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Releases backend resources (no-op in memory)."""

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 
 import grpc
-from google.protobuf import struct_pb2, timestamp_pb2
-from harness.common.v1 import common_pb2
+from google.protobuf import timestamp_pb2
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 
 from services.common.streams import BackgroundFollower
 
-from .core import BudgetAlert, BudgetEnforcer, BudgetRule, PriceTable
+from .core import BudgetEnforcer, BudgetRule, PriceTable
 
 log = logging.getLogger("harness.router.budgets")
 
@@ -74,28 +72,3 @@ class CostFollower(BackgroundFollower):
                 log.log(level, "cost service unreachable (%s); keeping last known budgets", exc.code().name)
                 self._failing = True
             await asyncio.sleep(self._interval)
-
-
-def alert_event(alert: BudgetAlert) -> common_pb2.AuditEvent:
-    """A soft threshold crossed: a BUDGET_DECISION audit event (the router ships it)."""
-    details = struct_pb2.Struct()
-    details.update(
-        {
-            "percent": alert.percent,
-            "spent_micro_usd": alert.spent_micro_usd,
-            "limit_micro_usd": alert.rule.limit_micro_usd,
-        }
-    )
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return common_pb2.AuditEvent(
-        event_id=str(uuid.uuid4()),
-        time=ts,
-        kind=common_pb2.AUDIT_EVENT_KIND_BUDGET_DECISION,
-        object=f"budget:{alert.rule.name}",
-        action="alert",
-        decision=common_pb2.DECISION_ALLOW,
-        status="OK",
-        source="router",
-        details=details,
-    )

@@ -40,6 +40,7 @@ class Phone(Recognizer):
     """
 
     kind = "phone"
+    partial = r"[(+]{1,2}|[(+]{0,2}[0-9][0-9 ()\-.]*"
     priority = 10
 
     def __init__(self, default_region: str = "CN") -> None:
@@ -108,6 +109,7 @@ class Email(Recognizer):
     """E-mail addresses with an ASCII local part and domain; canonical form is lower-case."""
 
     kind = "email"
+    partial = r"[A-Za-z0-9][A-Za-z0-9._%+\-]*(?:@[A-Za-z0-9.\-]*)?"
     priority = 10
 
     def find(self, text: str) -> Iterator[Span]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import hmac
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -92,6 +93,13 @@ class Redactor:
             self.modes[kind] = mode
             self._recognizers.append(rec)
         self._priority = {r.kind: r.priority for r in self._recognizers}
+        partials = [r.partial for r in self._recognizers]
+        # Matches (searching from the left) the earliest suffix that could be an unfinished value.
+        self.unfinished: re.Pattern[str] | None = (
+            re.compile("(?:" + "|".join(f"(?:{p})" for p in partials) + r")\Z")
+            if partials and None not in partials
+            else None
+        )
         if Mode.HASH in self.modes.values() and not key:
             raise ValueError("a policy with hash mode needs a key")
         if not 8 <= hash_chars <= 64:

@@ -51,6 +51,10 @@ class Recognizer(ABC):
 
     kind: str = ""
     priority: ClassVar[int] = 0
+    # A regex that fully matches every beginning of every value this recognizer finds (it may
+    # match more). Streaming holds back only text that could be such a beginning; None (e.g. a
+    # configured pattern) holds back a fixed window instead.
+    partial: ClassVar[str | None] = None
 
     @abstractmethod
     def find(self, text: str) -> Iterator[Span]:

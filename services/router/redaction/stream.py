@@ -1,8 +1,12 @@
 """Redaction of streamed model output, chunk by chunk.
 
-A value can be split across chunks ("138" + "12345678"), so the last ``holdback`` characters
-are held until more text arrives or the stream ends. Any value that starts in the released
-part is no longer than ``holdback`` and so lies wholly in the buffer when it is examined.
+A value can be split across chunks ("138" + "12345678"), so text that may be the beginning of
+a value is held until more text arrives or the stream ends. With built-in recognizers only
+that is the earliest suffix of the last ``holdback`` characters that could begin a value
+(each recognizer's ``partial``: typically the last word or digit run), so ordinary prose is
+released a word behind the model; with a configured pattern (whose beginnings are unknown) it
+is the whole window. Any value that starts in the released part is no longer than
+``holdback`` and so lies wholly in the buffer when it is examined.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ class StreamRedactor:
             return chunk
         self._buf += chunk
         cut = len(self._buf) - self.holdback
+        unfinished = self.redactor.unfinished
+        if unfinished is not None:
+            m = unfinished.search(self._buf, max(0, cut))
+            cut = m.start() if m else len(self._buf)
         if cut <= 0:
             return ""
         spans = self.redactor.find(self._buf)

@@ -145,9 +145,14 @@ class SchedulerMemory:
         self.prefix = PrefixIndex(self.config.prefix_lru_blocks)
         self.sessions = SessionTable(self.config.sessions_max)
         self.latency = LatencyTracker(self.config.ttft_ewma_alpha)
-        # Requests this router has dispatched and not yet released, per endpoint. The pool's
-        # figures arrive by scrape (seconds old); this is exact for our own traffic.
-        self.inflight: dict[str, int] = {}
+        # Requests this router has dispatched and not yet released, per (endpoint, model): the
+        # pool's figures are per model too (an endpoint may serve several). They arrive by
+        # scrape (seconds old); this is exact for our own traffic.
+        self.inflight: dict[tuple[str, str], int] = {}
+
+    def own(self, endpoint: str, model: str) -> int:
+        """This router's in-flight requests for `model` at `endpoint`."""
+        return self.inflight.get((endpoint, model), 0)
 
     def block_hashes(self, request: SchedulingRequest) -> tuple[int, ...]:
         cfg = self.config
@@ -160,7 +165,7 @@ class SchedulerMemory:
         stale; our own count is fresh but partial. When we know our count at the scrape, the
         scrape is moved by what we dispatched/finished since; otherwise take the larger."""
         scraped = c.waiting + c.active
-        local = self.inflight.get(c.name, 0)
+        local = self.inflight.get((c.name, c.model), 0)
         if c.own_at_snapshot >= 0:
             return max(0, scraped + local - c.own_at_snapshot, local)
         return scraped if scraped >= local else local
@@ -170,7 +175,7 @@ class SchedulerMemory:
         if c.max_running > 0:
             if c.own_at_snapshot >= 0:
                 return max(0, self.load(c) - c.max_running)
-            over = self.inflight.get(c.name, 0) - c.max_running
+            over = self.inflight.get((c.name, c.model), 0) - c.max_running
             if over > c.waiting:
                 return over
         return c.waiting
@@ -180,4 +185,5 @@ class SchedulerMemory:
         for name in endpoints:
             self.prefix.forget(name)
             self.latency.forget(name)
-            self.inflight.pop(name, None)
+            for key in [k for k in self.inflight if k[0] == name]:
+                del self.inflight[key]

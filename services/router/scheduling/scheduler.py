@@ -89,21 +89,19 @@ class Scheduler:
         self.memory.prefix.record(name, self.memory.block_hashes(request))
         self.memory.sessions.record(request.session_id, name)
 
-    def acquire(self, endpoint: str | Candidate) -> None:
-        """A request was dispatched to ``endpoint``; pair with ``release``."""
-        name = endpoint if isinstance(endpoint, str) else endpoint.name
-        inflight = self.memory.inflight
-        inflight[name] = inflight.get(name, 0) + 1
+    def acquire(self, endpoint: Candidate) -> None:
+        """A request for ``endpoint.model`` was dispatched to it; pair with ``release``."""
+        inflight, key = self.memory.inflight, (endpoint.name, endpoint.model)
+        inflight[key] = inflight.get(key, 0) + 1
 
-    def release(self, endpoint: str | Candidate) -> None:
+    def release(self, endpoint: Candidate) -> None:
         """A request at ``endpoint`` finished, failed or was cancelled."""
-        name = endpoint if isinstance(endpoint, str) else endpoint.name
-        inflight = self.memory.inflight
-        left = inflight.get(name, 0) - 1
+        inflight, key = self.memory.inflight, (endpoint.name, endpoint.model)
+        left = inflight.get(key, 0) - 1
         if left > 0:
-            inflight[name] = left
+            inflight[key] = left
         else:
-            inflight.pop(name, None)
+            inflight.pop(key, None)
 
     def observe_ttft(self, endpoint: str | Candidate, seconds: float) -> None:
         name = endpoint if isinstance(endpoint, str) else endpoint.name

@@ -55,7 +55,7 @@ class Consolidate:
                 by_model[fd.model].setdefault(fd.name, _Dep(fd.name, set(fd.owners)))
         notes: list[str] = []
         if fleet is None:
-            notes.append("no fleet snapshot (no pool configured): GPU share and GPU type of deployments "
+            notes.append("no fleet snapshot (no pool configured or reachable): GPU share and GPU type of deployments "
                          "unknown, so no GPU-hour saving is estimated")  # fmt: skip
         recs = []
         for model, deps in sorted(by_model.items()):

@@ -50,7 +50,7 @@ class Quantize:
     def advise(self, facts: Facts) -> RuleResult:
         if facts.fleet is None or not facts.fleet.catalog:
             return RuleResult(
-                notes=("no model catalog (no fleet snapshot configured): quantized variants unknown",)
+                notes=("no model catalog (no registry configured or reachable): quantized variants unknown",)
             )
         tokens: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         for u in facts.usage:

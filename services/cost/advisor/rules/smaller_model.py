@@ -30,7 +30,9 @@ class SmallerModel:
 
     def advise(self, facts: Facts) -> RuleResult:
         if facts.fleet is None or not facts.fleet.catalog:
-            return RuleResult(notes=("no model catalog (no fleet snapshot configured): model sizes unknown",))
+            return RuleResult(
+                notes=("no model catalog (no registry configured or reachable): model sizes unknown",)
+            )
         per: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
         for u in facts.usage:
             if u.agent:
