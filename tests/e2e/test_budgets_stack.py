@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
+from decimal import Decimal
 
 import grpc
 import redis.asyncio as aioredis
@@ -16,15 +18,49 @@ from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from tests.e2e.calls import bearer, demo_channel, generate
 
 BUDGET = "e2e-alice-daily"
-# A first request of this size reserves ~11 micro-USD of tokens plus its GPU-time bound
-# (2 x 10 ms a token before the model was observed, at $2.50 per H100-hour: ~330): ten fit.
-LIMIT = 3_500
+# The budget fits this many requests at the most one may cost when the run starts. That most is
+# read from the routers (their GPU-time bound learns from settled requests, so it falls as the
+# session's earlier requests settle), not assumed.
+FITS = 10
+MAX_COST = re.compile(r"this request may cost up to \$([0-9.,]+)")
 
 
-async def run_budgeted_load(stack, budget_name: str, headroom: int, lose_redis_after: int = 0):
-    """Sets a daily budget on alice of (her spend today + headroom), fires 64 concurrent requests
-    (optionally wiping the stack's Redis keys once `lose_redis_after` have finished), and returns
-    (admitted, refusals, spent, limit) once every admitted request is in the ledger."""
+def prompt(i: int) -> str:
+    return f"Summarise ledger note {i:02d}"  # all of one length, so all of one maximum cost
+
+
+async def set_limit(cost, admin, budget, headroom: int) -> None:
+    """Sets the budget's limit to alice's spend today plus `headroom`; waits until both routers
+    have it (they re-read budgets every 0.5 s in the test stack)."""
+    budget.limit_micro_usd = 10**12
+    got = await cost.SetBudget(cost_pb2.SetBudgetRequest(budget=budget), metadata=admin, timeout=10)
+    budget.limit_micro_usd = got.budget.spent_micro_usd + headroom
+    await cost.SetBudget(cost_pb2.SetBudgetRequest(budget=budget), metadata=admin, timeout=10)
+    await asyncio.sleep(1.5)
+
+
+async def most_one_request_may_cost(channel, cost, admin, budget) -> int:
+    """Micro-USD the routers reserve for one load request now, read from the refusals of a
+    budget with no headroom (one probe per router behind Envoy, keeping the smallest)."""
+    await set_limit(cost, admin, budget, 1)
+    seen = []
+    for _ in range(4):
+        try:
+            await generate(channel, admin, prompt=prompt(0), max_tokens=16)
+        except grpc.aio.AioRpcError as e:
+            found = MAX_COST.search(e.details() or "")
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and found, e.details()
+            seen.append(int(Decimal(found.group(1).replace(",", "")) * 1_000_000))
+            continue
+        raise AssertionError("a budget with 1 micro-USD of headroom admitted a request")
+    return min(seen)
+
+
+async def run_budgeted_load(stack, budget_name: str, lose_redis_after: int = 0):
+    """Sets a daily budget on alice of (her spend today + room for about FITS requests), fires 64
+    concurrent requests (optionally wiping the stack's Redis keys once `lose_redis_after` have
+    finished), and returns (admitted, refusals, spent, limit) once every admitted request is in
+    the ledger."""
     admin = bearer(stack.token("alice"))
     async with demo_channel(stack) as channel:
         cost = cost_pb2_grpc.CostStub(channel)
@@ -32,20 +68,18 @@ async def run_budgeted_load(stack, budget_name: str, headroom: int, lose_redis_a
             name=budget_name, scope=cost_pb2.BUDGET_SCOPE_USER, subject="alice",
             period=cost_pb2.BUDGET_PERIOD_DAILY, limit_micro_usd=10**12,
         )  # fmt: skip
-        set_resp = await cost.SetBudget(cost_pb2.SetBudgetRequest(budget=budget), metadata=admin, timeout=10)
-        budget.limit_micro_usd = set_resp.budget.spent_micro_usd + headroom
-        await cost.SetBudget(cost_pb2.SetBudgetRequest(budget=budget), metadata=admin, timeout=10)
         start = cost_pb2.ReportRequest(group_by=["user"])
-        start.start_time.GetCurrentTime()
         try:
-            await asyncio.sleep(1.5)  # both routers re-read budgets every 0.5 s in the test stack
+            each = await most_one_request_may_cost(channel, cost, admin, budget)
+            await set_limit(cost, admin, budget, FITS * each)
+            start.start_time.GetCurrentTime()
             finished = 0
             lost = asyncio.Event()
 
             async def one(i: int):
                 nonlocal finished
                 try:
-                    return await generate(channel, admin, prompt=f"Summarise ledger note {i}", max_tokens=16)
+                    return await generate(channel, admin, prompt=prompt(i), max_tokens=16)
                 except grpc.aio.AioRpcError as e:
                     return e
                 finally:
@@ -101,7 +135,7 @@ def check_refusals(refused, budget_name: str) -> None:
 
 async def test_two_routers_sharing_redis_never_overspend_a_budget(stack, redis_url):
     assert stack.redis_url == redis_url, "the session stack's routers must share Redis"
-    admitted, refused, spent, limit = await run_budgeted_load(stack, BUDGET, LIMIT)
+    admitted, refused, spent, limit = await run_budgeted_load(stack, BUDGET)
     assert refused and admitted >= 1, f"{admitted} admitted, {len(refused)} refused"
     check_refusals(refused, BUDGET)
     assert all("paused" not in e.details() for e in refused)
@@ -111,11 +145,13 @@ async def test_two_routers_sharing_redis_never_overspend_a_budget(stack, redis_u
 async def test_redis_losing_its_keys_mid_run_admits_nothing_beyond_the_limit(stack, redis_url):
     assert stack.redis_url == redis_url
     name = BUDGET + "-redis-lost"
-    admitted, refused, spent, limit = await run_budgeted_load(stack, name, LIMIT, lose_redis_after=4)
+    try:
+        admitted, refused, spent, limit = await run_budgeted_load(stack, name, lose_redis_after=4)
+    finally:
+        await until_budgets_resume(stack)
     assert refused and admitted >= 1, f"{admitted} admitted, {len(refused)} refused"
     check_refusals(refused, name)
     assert spent <= limit
-    await until_budgets_resume(stack)
 
 
 async def until_budgets_resume(stack) -> None:
