@@ -73,7 +73,7 @@ class RouterConfig:
     budget_refresh_s: float = 5.0  # how often budgets and prices are read from the cost service
     # A reservation never settled (router crashed) expires after this; after Redis lost its
     # data, budgeted requests pause this long so invisible in-flight reservations settle first.
-    budget_reservation_ttl_s: float = 300.0
+    budget_reservation_ttl_s: float = 30.0
 
 
 def parse_args(argv: list[str] | None = None) -> RouterConfig:
@@ -114,9 +114,10 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     p.add_argument(
         "--budget-reservation-ttl",
         type=float,
-        default=float(env("ROUTER_BUDGET_RESERVATION_TTL_S", "300")),
-        help="seconds an unsettled budget reservation lives, and budgets pause after Redis lost its data "
-        "(longer than your longest generation)",
+        default=float(env("ROUTER_BUDGET_RESERVATION_TTL_S", "30")),
+        help="seconds an unsettled budget reservation lives unless its router renews it (every third of "
+        "this), so a dead router's reservations free their budgets within it; also how long budgets "
+        "pause after Redis lost its data, while every router registers its in-flight reservations again",
     )
     p.add_argument(
         "--outbox",
@@ -266,6 +267,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     endpoints.start()
     events.start()
     cost_follower.start()
+    budgets.start()
 
     async def shutdown() -> None:
         await registry.stop()

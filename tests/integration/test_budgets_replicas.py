@@ -153,3 +153,34 @@ async def test_two_replicas_redis_lost_mid_run(redis_url, prefix):
     assert sum(r.rebuilds for r in replicas) == 4
     assert any("paused" in e.message for e in refusals)  # the recovery hold was exercised
     assert any("budget 'team-red'" in e.message for e in refusals)  # and the limit was reached
+
+
+async def test_in_flight_reservations_survive_a_redis_loss(redis_url, prefix):
+    """Redis loses its state while replica A has six requests in flight. A's renewals register
+    them again, so once the recovery pause ends replica B admits only what is left of the
+    limit, not the whole limit again (which would overspend when A's requests settle)."""
+    ledger = Ledger()
+    a, b = replicas_on(redis_url, prefix, ledger, reservation_ttl_s=0.3)
+    try:
+        for r in (a, b):  # both have seen the store's epoch
+            await r.settle(await r.reserve(WHO, MODEL, PROMPT, MAX_TOKENS), 0)
+        in_flight = [await a.reserve(WHO, MODEL, PROMPT, MAX_TOKENS) for _ in range(6)]
+        a.start()  # renews every 0.1 s
+        assert await wipe(redis_url, prefix) > 0
+        with pytest.raises(ResourceExhausted, match="paused"):
+            await b.reserve(WHO, MODEL, PROMPT, MAX_TOKENS)
+        await asyncio.sleep(0.4)  # the pause (0.3 s) ends; A renewed meanwhile
+        assert a.reregistered == 6
+        admitted = []
+        for _ in range(5):
+            try:
+                admitted.append(await b.reserve(WHO, MODEL, PROMPT, MAX_TOKENS))
+            except ResourceExhausted as e:
+                assert "budget 'team-red'" in e.message
+        assert len(admitted) == 4  # 6 in flight + 4 = the limit
+        for res in in_flight + admitted:
+            await (a if res in in_flight else b).settle(res, 1000)
+        assert await counter_spent(redis_url, prefix) == 10 * 1000 <= LIMIT
+    finally:
+        for r in (a, b):
+            await r.aclose()

@@ -4,6 +4,7 @@ overrides the `make` fixture."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -146,6 +147,71 @@ async def test_unsettled_reservation_expires(make, clock):
     await enf.reserve_cost([r], 600)
     with pytest.raises(ResourceExhausted):
         await enf.reserve_cost([r], 1)
+
+
+async def test_renewed_reservation_outlives_its_ttl(make, clock):
+    """A generation longer than the TTL keeps its reservation while its router renews it."""
+    enf = make(reservation_ttl_s=30)
+    r = rule(limit=1000)
+    long_call = await enf.reserve_cost([r], 1000)
+    for _ in range(4):  # 80 s: renewed every 20 s (the loop renews every 10 s)
+        clock.advance(20)
+        assert await enf.renew() == 0  # extended, not lost
+        with pytest.raises(ResourceExhausted):
+            await enf.reserve_cost([r], 1)
+    await enf.settle(long_call, 300)
+    assert enf.live == 0
+    clock.advance(60)
+    assert await enf.renew() == 0  # nothing left to renew
+    await enf.reserve_cost([r], 700)
+    with pytest.raises(ResourceExhausted):
+        await enf.reserve_cost([r], 1)
+
+
+async def test_a_settle_during_a_renewal_is_not_undone(make):
+    """A renewal that registers a reservation again after it was settled takes it back out."""
+    enf = make(reservation_ttl_s=30)
+    r = rule(limit=1000)
+    first, second = await enf.reserve_cost([r], 400), await enf.reserve_cost([r], 400)
+    renew, settled = enf._renew, asyncio.Event()
+
+    async def slow_renew(held, expiry_ms):
+        await settled.wait()  # the settle lands between the snapshot and the store
+        return await renew(held, expiry_ms)
+
+    enf._renew = slow_renew
+    renewal = asyncio.create_task(enf.renew())
+    await asyncio.sleep(0)
+    await enf.settle(first, 100)
+    settled.set()
+    assert await renewal == 0  # registered `first` again, then removed it: not a loss
+    # Spent 100 + `second`'s 400 reserved: exactly 500 is left.
+    await enf.reserve_cost([r], 500)
+    with pytest.raises(ResourceExhausted):
+        await enf.reserve_cost([r], 1)
+    await enf.settle(second, 0)
+
+
+async def test_renewal_loop_runs_until_closed(make):
+    enf = make(reservation_ttl_s=0.03)  # renews every 10 ms
+    res = await enf.reserve_cost([rule(limit=1000)], 1000)
+    calls = 0
+    renew = enf.renew
+
+    async def counted():
+        nonlocal calls
+        calls += 1
+        return await renew()
+
+    enf.renew = counted
+    enf.start()
+    await asyncio.sleep(0.1)
+    await enf.aclose()
+    seen = calls
+    assert seen >= 3
+    await asyncio.sleep(0.05)
+    assert calls == seen  # stopped
+    await enf.settle(res, 0)
 
 
 async def test_period_rollover_and_timezone(make, clock):

@@ -13,11 +13,12 @@ from typing import Protocol
 
 from harness.cost.v1 import cost_pb2
 
+from services.cost.pricing import TOKENS_PER_UNIT
+
 GIB = 1 << 30
 DAYS_PER_MONTH = 30.4375  # 365.25 / 12
 HOURS_PER_MONTH = DAYS_PER_MONTH * 24
 US_PER_DAY = 86_400 * 1_000_000
-TOKENS_PER_UNIT = 1_000_000
 # The router's default max_tokens when neither the request nor the agent version sets one.
 ROUTER_DEFAULT_MAX_TOKENS = 256
 

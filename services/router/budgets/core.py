@@ -14,10 +14,15 @@ Model (the same in memory and in Redis; `redis_store.py` runs these steps in Lua
   `spent`. A reservation that already expired or was lost still adds its actual cost (the spend
   happened). On a lost counter the cost goes to `orphan`, added when the counter is rebuilt
   (conservative: it may also be in the ledger already).
+- **renewal**: a reservation lives `reservation_ttl_s` unless renewed; the replica that made it
+  renews all its unsettled reservations every third of the TTL, so a generation longer than the
+  TTL keeps its reservation, and one whose router died frees its budget within the TTL. A renewal
+  that finds its reservation gone (the store lost it) registers it again.
 - **data loss**: an `epoch` key is created with the first rebuild. A replica that saw an epoch
   and finds it gone knows Redis lost state, including other replicas' in-flight reservations;
-  it then sets a *hold* (default: the reservation TTL) during which budgeted requests are refused,
-  so reservations nobody can see any more settle before new spend is admitted.
+  it then sets a *hold* (default: the reservation TTL) during which budgeted requests are refused.
+  Within it every replica's next renewal has registered its in-flight reservations again, so
+  the rebuilt counters hold them before new spend is admitted.
 - Soft thresholds are the cost service's: it raises alerts from the ledger, the one place
   that sees every replica's settled spend exactly once.
 - GPU time: a request's GPU share is only known when it ends, so it is charged up to a bound
@@ -26,6 +31,8 @@ Model (the same in memory and in Redis; `redis_store.py` runs these steps in Lua
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -41,9 +48,10 @@ from harness.cost.v1 import cost_pb2
 from services.common.errors import ResourceExhausted, Unavailable
 from services.cost.pricing import period_bounds, to_us
 
+from .prices import GpuTimeEstimate, PriceTable
+
 log = logging.getLogger("harness.router.budgets")
 
-TOKENS_PER_UNIT = 1_000_000  # model prices are micro-USD per 1M tokens
 KEY_GRACE_MS = 86_400_000  # a period's counter outlives the period by a day (late settles)
 SCOPES = {
     cost_pb2.BUDGET_SCOPE_USER: "user",
@@ -108,86 +116,6 @@ class BudgetTable:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by.values())
-
-
-class PriceTable:
-    """Prices in force: tokens (micro-USD per 1M) by model, GPU-hours by GPU type, calls by tool.
-    A missing price charges 0, as the cost service does (it flags the event as unpriced)."""
-
-    def __init__(
-        self,
-        prices: dict[str, tuple[int, int]] | None = None,
-        gpu_hour: dict[str, int] | None = None,
-        tool_call: dict[str, int] | None = None,
-    ) -> None:
-        self._p = dict(prices or {})
-        self._gpu = dict(gpu_hour or {})
-        self._tool = dict(tool_call or {})
-
-    @classmethod
-    def from_protos(cls, prices: Iterable[cost_pb2.Price]) -> PriceTable:
-        table: dict[str, list[int]] = {}
-        gpu: dict[str, int] = {}
-        tool: dict[str, int] = {}
-        for p in prices:
-            if p.kind == cost_pb2.PRICE_KIND_MODEL_INPUT_TOKENS:
-                table.setdefault(p.subject, [0, 0])[0] = p.micro_usd
-            elif p.kind == cost_pb2.PRICE_KIND_MODEL_OUTPUT_TOKENS:
-                table.setdefault(p.subject, [0, 0])[1] = p.micro_usd
-            elif p.kind == cost_pb2.PRICE_KIND_GPU_HOUR:
-                gpu[p.subject] = p.micro_usd
-            elif p.kind == cost_pb2.PRICE_KIND_TOOL_CALL:
-                tool[p.subject] = p.micro_usd
-        return cls({m: (i, o) for m, (i, o) in table.items()}, gpu, tool)
-
-    def max_cost(self, model: str, prompt_tokens: int, max_tokens: int) -> int:
-        """Upper bound of the request's token cost: rounded up, so any actual count within it fits."""
-        pin, pout = self._p.get(model, (0, 0))
-        return -(-(prompt_tokens * pin + max_tokens * pout) // TOKENS_PER_UNIT)
-
-    def cost(self, model: str, input_tokens: int, output_tokens: int) -> int:
-        """Actual token cost, rounded half-up like services/cost/pricing.py."""
-        pin, pout = self._p.get(model, (0, 0))
-        return (2 * (input_tokens * pin + output_tokens * pout) + TOKENS_PER_UNIT) // (2 * TOKENS_PER_UNIT)
-
-    def gpu_cost(self, gpu_type: str, gpu_seconds: float) -> int:
-        """GPU time at the GPU type's hourly price, rounded half-up like the cost service."""
-        return int(gpu_seconds * self._gpu.get(gpu_type, 0) / 3600 + 0.5)
-
-    def max_gpu_hour(self) -> int:
-        return max(self._gpu.values(), default=0)
-
-    def tool_cost(self, tool: str) -> int:
-        return self._tool.get(tool, 0)
-
-
-class GpuTimeEstimate:
-    """A bound on a request's GPU share, learned per model from settled requests.
-
-    The bound is HEADROOM times the model's moving-average GPU seconds per token (prompt +
-    output), times the request's token bound (prompt + max_tokens); before a model has been
-    observed the rate is PRIOR_S_PER_TOKEN (10 ms a token: slower than a lone 8B or 70B AWQ
-    sequence decodes on an H100). The router reserves the bound at the highest GPU-hour price
-    and charges the request its GPU share *up to the bound*, so what settles never exceeds what
-    was reserved and the hard limit holds for GPU time too.
-    """
-
-    ALPHA = 0.2
-    HEADROOM = 2.0
-    PRIOR_S_PER_TOKEN = 0.01
-
-    def __init__(self) -> None:
-        self._rate: dict[str, float] = {}
-
-    def observe(self, model: str, tokens: int, gpu_seconds: float) -> None:
-        if tokens <= 0 or gpu_seconds <= 0:
-            return
-        rate = gpu_seconds / tokens
-        old = self._rate.get(model)
-        self._rate[model] = rate if old is None else old + self.ALPHA * (rate - old)
-
-    def bound_s(self, model: str, tokens: int) -> float:
-        return self.HEADROOM * self._rate.get(model, self.PRIOR_S_PER_TOKEN) * max(0, tokens)
 
 
 @dataclass(frozen=True)
@@ -261,6 +189,9 @@ class BudgetEnforcer(ABC):
         self.gpu = GpuTimeEstimate()
         self.epoch = ""  # the store's epoch as last seen ("" = none yet)
         self.rebuilds = 0  # counters this instance rebuilt (tests, metrics)
+        self.reregistered = 0  # reservations a renewal found lost and registered again
+        self._live: dict[str, BudgetReservation] = {}  # admitted here, not settled yet
+        self._renewing: asyncio.Task | None = None
 
     def update(self, rules: Iterable[BudgetRule] | None = None, prices: PriceTable | None = None) -> None:
         if rules is not None:
@@ -327,7 +258,9 @@ class BudgetEnforcer(ABC):
             if a.epoch:
                 self.epoch = a.epoch
             if a.status == OK:
-                return BudgetReservation(rid, cost, charges)
+                res = BudgetReservation(rid, cost, charges)
+                self._live[rid] = res
+                return res
             if a.status == OVER:
                 raise self._over(charges[a.index], a, now)
             if a.status == HOLD:
@@ -376,13 +309,66 @@ class BudgetEnforcer(ABC):
         if res.settled or not res.charges:
             return
         res.settled = True
+        # Before the await: a renewal running meanwhile must see it gone (see `renew`).
+        self._live.pop(res.id, None)
         try:
             await self._settle(res.charges, res.id, max(0, int(actual_micro_usd)))
         except Exception as e:
             log.warning("budget settle failed (%s); the reservation expires by itself", e)
             return
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    @property
+    def live(self) -> int:
+        """Reservations this instance admitted and has not settled."""
+        return len(self._live)
+
+    async def renew(self) -> int:
+        """Extends every unsettled reservation of this instance by the TTL; registers again the
+        ones the store lost. Returns how many were registered again."""
+        if not self._live:
+            return 0
+        held = list(self._live.values())
+        again = await self._renew(held, int(self._clock() + self.ttl_ms))
+        # A reservation settled while the renewal ran may have been registered again after its
+        # settle: take it back out (a settle of 0 removes it and adds nothing).
+        lost = 0
+        for res in held:
+            if res.id not in again:
+                continue
+            if res.id in self._live:
+                lost += 1
+            else:
+                await self._settle(res.charges, res.id, 0)
+        if lost:
+            self.reregistered += lost
+            log.warning(
+                "registered %d in-flight budget reservation(s) again: the budget store had lost them", lost
+            )
+        return lost
+
+    def start(self) -> None:
+        """Starts renewing this instance's reservations every third of the TTL (call on the loop)."""
+        if self._renewing is None:
+            self._renewing = asyncio.create_task(self._renew_forever(), name="budget-renewal")
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            try:
+                await self.renew()
+            except Exception as e:  # a store outage: reservations live on until their expiry
+                log.warning("budget reservation renewal failed (%s); retrying", e)
+
+    async def aclose(self) -> None:
+        """Stops renewing and releases backend resources."""
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+            self._renewing = None
+        await self._close()
+
+    async def _close(self) -> None:  # noqa: B027 - optional hook
         """Releases backend resources (no-op in memory)."""
 
     @abstractmethod
@@ -393,6 +379,11 @@ class BudgetEnforcer(ABC):
     @abstractmethod
     async def _seed(self, charges: list[Charge], seeds: list[int], now: float) -> tuple[int, str]:
         """Writes `spent` of counters that are still missing; returns (how many it wrote, epoch)."""
+
+    @abstractmethod
+    async def _renew(self, held: list[BudgetReservation], expiry_ms: int) -> set[str]:
+        """Sets the expiry of each reservation on each of its counters, registering it again
+        where it is gone; returns the ids registered again anywhere."""
 
     @abstractmethod
     async def _settle(self, charges: tuple[Charge, ...], rid: str, actual: int) -> list[tuple[int, int]]:

@@ -14,7 +14,9 @@ class _Counter:
     reserved: int = 0
     orphan: int = 0
     live: dict[str, int] = field(default_factory=dict)  # reservation id -> amount
-    expiries: list[tuple[float, str]] = field(default_factory=list)  # heap of (expiry ms, id)
+    expiry: dict[str, float] = field(default_factory=dict)  # reservation id -> expiry ms
+    # heap of (expiry ms, id); an entry whose expiry is no longer the id's (renewed) is stale
+    expiries: list[tuple[float, str]] = field(default_factory=list)
     expires_at: float = 0.0  # 0 = never
 
 
@@ -29,10 +31,23 @@ class MemoryBudgets(BudgetEnforcer):
 
     def _prune(self, c: _Counter, now: float) -> None:
         while c.expiries and c.expiries[0][0] <= now:
-            _, rid = heapq.heappop(c.expiries)
-            amount = c.live.pop(rid, None)
-            if amount is not None:
-                c.reserved -= amount
+            at, rid = heapq.heappop(c.expiries)
+            if c.expiry.get(rid) == at:
+                self._drop(c, rid)
+
+    @staticmethod
+    def _drop(c: _Counter, rid: str) -> None:
+        amount = c.live.pop(rid, None)
+        c.expiry.pop(rid, None)
+        if amount is not None:
+            c.reserved -= amount
+
+    @staticmethod
+    def _hold(c: _Counter, rid: str, amount: int, expiry_ms: float) -> None:
+        c.live[rid] = amount
+        c.reserved += amount
+        c.expiry[rid] = expiry_ms
+        heapq.heappush(c.expiries, (expiry_ms, rid))
 
     async def _reserve(self, charges, rid, expiry_ms, now) -> Attempt:
         self._sweep(now)
@@ -46,11 +61,22 @@ class MemoryBudgets(BudgetEnforcer):
             if total + ch.cost > ch.rule.limit_micro_usd or total >= ch.rule.limit_micro_usd:
                 return Attempt(OVER, index=i, spent=c.spent, reserved=c.reserved)
         for ch, c in zip(charges, counters, strict=True):
-            c.live[rid] = ch.cost
-            c.reserved += ch.cost
-            heapq.heappush(c.expiries, (expiry_ms, rid))
+            self._hold(c, rid, ch.cost, expiry_ms)
             c.expires_at = now + ch.ttl_ms if ch.ttl_ms else 0.0
         return Attempt(OK)
+
+    async def _renew(self, held, expiry_ms) -> set[str]:
+        again: set[str] = set()
+        for res in held:
+            for ch in res.charges:
+                c = self._c.setdefault(ch.key, _Counter())
+                if res.id in c.live:
+                    c.expiry[res.id] = expiry_ms
+                    heapq.heappush(c.expiries, (expiry_ms, res.id))
+                else:
+                    self._hold(c, res.id, ch.cost, expiry_ms)
+                    again.add(res.id)
+        return again
 
     async def _seed(self, charges, seeds, now) -> tuple[int, str]:
         n = 0
@@ -66,9 +92,7 @@ class MemoryBudgets(BudgetEnforcer):
         out = []
         for ch in charges:
             c = self._c.setdefault(ch.key, _Counter())
-            amount = c.live.pop(rid, None)
-            if amount is not None:
-                c.reserved -= amount
+            self._drop(c, rid)
             if c.spent is None:
                 c.orphan += actual
                 out.append((-1, -1))

@@ -6,7 +6,8 @@ Key layout (prefix default `harness:`):
   field `r:{reservation id}` -> amount per live reservation; PX = period end + 1 day (lifetime:
   no expiry).
 - `{prefix}bud:{name}:{period start ms|life}:x`: sorted set of live reservation ids scored by
-  expiry (epoch ms); the reserve script drops the expired ones and their amounts.
+  expiry (epoch ms), pushed forward by the owner's renewals; the reserve script drops the
+  expired ones and their amounts.
 - `{prefix}bud:epoch`: random id written when the first counter is rebuilt; its disappearance
   tells a replica that Redis lost state.
 - `{prefix}bud:hold`: present (with PX) while budgets recover from such a loss.
@@ -107,6 +108,26 @@ end
 return {epoch, n}
 """
 
+# KEYS: per (reservation, counter): hash, expiry zset. ARGV: expiry_ms, then per (reservation,
+# counter): reservation id, amount, counter ttl_ms (0 = none). Sets each reservation's expiry;
+# registers again (amount into `reserved`) one the counter lost. Returns the ids registered again.
+_RENEW = """
+local again = {}
+for i = 1, #KEYS / 2 do
+  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local rid, amount, ttl = ARGV[3 * i - 1], ARGV[3 * i], tonumber(ARGV[3 * i + 1])
+  if redis.call('HEXISTS', h, 'r:' .. rid) == 0 then
+    redis.call('HSET', h, 'r:' .. rid, amount)
+    redis.call('HINCRBY', h, 'reserved', amount)
+    if ttl > 0 then redis.call('PEXPIRE', h, ttl) end
+    again[#again + 1] = rid
+  end
+  redis.call('ZADD', z, ARGV[1], rid)
+  if ttl > 0 then redis.call('PEXPIRE', z, ttl) end
+end
+return again
+"""
+
 # KEYS: per counter: hash, expiry zset. ARGV: reservation id, actual, then per counter: ttl_ms.
 # Returns per counter: spent before, spent after (-1, -1 when the counter was missing).
 _SETTLE = """
@@ -150,6 +171,7 @@ class RedisBudgets(BudgetEnforcer):
         self._reserve_script = client.register_script(_RESERVE)
         self._seed_script = client.register_script(_SEED)
         self._settle_script = client.register_script(_SETTLE)
+        self._renew_script = client.register_script(_RENEW)
         self._hold_key = f"{prefix}bud:hold"
         self._epoch_key = f"{prefix}bud:epoch"
 
@@ -201,6 +223,18 @@ class RedisBudgets(BudgetEnforcer):
         vals = [int(_s(v)) for v in r]
         return [(vals[2 * i], vals[2 * i + 1]) for i in range(len(charges))]
 
-    async def aclose(self) -> None:
+    async def _renew(self, held, expiry_ms) -> set[str]:
+        keys: list[str] = []
+        args: list[str | int] = [expiry_ms]
+        for res in held:
+            for c in res.charges:
+                keys += [c.key, f"{c.key}:x"]
+                args += [res.id, c.cost, c.ttl_ms]
+        try:
+            return {_s(v) for v in await self._renew_script(keys=keys, args=args)}
+        except RedisError as e:
+            raise Unavailable(f"budget store unavailable: {e}") from e
+
+    async def _close(self) -> None:
         if self._owns_client:
             await self._client.aclose()
