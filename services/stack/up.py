@@ -195,9 +195,7 @@ class Stack:
 
     @property
     def redis_prefix(self) -> str:
-        """Keys of this stack (by its root), so stacks sharing one Redis never share counters."""
-        digest = hashlib.sha256(str(self.paths.root.resolve()).encode()).hexdigest()[:10]
-        return f"harness:{digest}:"
+        return redis_prefix_for(self.paths.root)
 
     def _redaction_key_file(self) -> Path:
         """The HMAC key of hash-mode PII redaction, shared by both routers (made once, 0600)."""
@@ -398,3 +396,9 @@ def run_up(cfg: UpConfig) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not interrupt the cleanup
         stack.stop()
+
+
+def redis_prefix_for(root: Path) -> str:
+    """Keys of the stack under `root`, so stacks sharing one Redis never share counters."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
+    return f"harness:{digest}:"

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
+
+from services.stack.up import redis_prefix_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +27,10 @@ class RunningStack:
     output: list[str]
     restarted: list[subprocess.Popen] = field(default_factory=list)  # processes a test started
     redis_url: str = ""  # what the routers share ("" = each router in memory)
+
+    @property
+    def redis_prefix(self) -> str:
+        return redis_prefix_for(self.root)
 
     def token(self, user: str) -> str:
         return (self.root / "tokens" / f"{user}.jwt").read_text().strip()
@@ -125,3 +132,11 @@ def shutdown(stack: RunningStack) -> None:
             stack.proc.kill()
     for pid in stack.pids().values():
         kill(pid, signal.SIGKILL)  # belt and braces: never leave a process behind
+    if stack.redis_url:  # the stack's counters and epoch would otherwise stay in the shared Redis
+        client = redis.Redis.from_url(stack.redis_url)
+        try:
+            keys = list(client.scan_iter(match=f"{stack.redis_prefix}*"))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()

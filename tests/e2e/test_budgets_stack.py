@@ -6,7 +6,6 @@ every key of the stack in the middle of the run (a restarted, empty Redis)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import time
 from decimal import Decimal
@@ -118,10 +117,9 @@ async def run_budgeted_load(stack, budget_name: str, lose_redis_after: int = 0):
 
 async def wipe(stack) -> int:
     """Deletes every Redis key of this stack (harness up's per-root prefix)."""
-    digest = hashlib.sha256(str((stack.root).resolve()).encode()).hexdigest()[:10]
     client = aioredis.Redis.from_url(stack.redis_url)
     try:
-        keys = [k async for k in client.scan_iter(match=f"harness:{digest}:*")]
+        keys = [k async for k in client.scan_iter(match=f"{stack.redis_prefix}*")]
         return await client.delete(*keys) if keys else 0
     finally:
         await client.aclose()
