@@ -53,17 +53,23 @@ def batches(*groups):
 
 
 @pytest.fixture
-async def cost(tmp_path, test_auth):
+async def cost_server(tmp_path, test_auth):
     registry = CollectorRegistry()
     config = CostConfig(
         server=ServerConfig(name="cost", port=0, metrics_port=None, auth=test_auth),
         db_url=f"sqlite:///{tmp_path / 'state' / 'cost.db'}",
     )
     running = await start_cost(config, metrics_registry=registry)
+    yield running, registry
+    await running.stop(grace=0)
+
+
+@pytest.fixture
+async def cost(cost_server):
+    running, registry = cost_server
     channel = grpc.aio.insecure_channel(running.address)
     yield cost_pb2_grpc.CostStub(channel), registry
     await channel.close()
-    await running.stop(grace=0)
 
 
 @pytest.fixture
@@ -192,3 +198,43 @@ async def test_list_alerts_of_an_unknown_budget_is_not_found(cost, admin):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ListAlerts(cost_pb2.ListAlertsRequest(budget="nope"), metadata=admin)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "nope" in err.value.details()
+
+
+class _WithMetadata(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds a caller's metadata to every unary call (what mTLS gives the router in a stack)."""
+
+    def __init__(self, metadata) -> None:
+        self._md = tuple(metadata)
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        details = details._replace(metadata=tuple(details.metadata or ()) + self._md)
+        return await continuation(details, request)
+
+
+async def test_router_starts_its_gpu_bound_from_the_rates_the_ledger_charged(cost, cost_server, admin):
+    """A router that has not yet served a model reserves GPU time at the rate every replica was
+    charged lately (cost Report), not at the 10 ms-a-token prior."""
+    from services.router.budgets import MemoryBudgets
+    from services.router.budgets.follower import CostFollower
+
+    stub, _ = cost
+    cached = usage("c1", inp=500, out=500)  # a cache answer: no deployment, no GPU time
+    cached.deployment, cached.cached = "", True
+    got = await stub.Record(
+        batches([usage("u1", inp=100, out=300, gpu=0.4), usage("u2", inp=50, out=50, gpu=0.1), cached,
+                 usage("u3", inp=10, out=10, gpu=5.0, model="other-model"), usage("t1", tool="ledger")]),
+        metadata=admin,
+    )  # fmt: skip
+    assert got.accepted == 5
+    budgets = MemoryBudgets()
+    assert budgets.gpu.rate("llama-3-8b") == budgets.gpu.PRIOR_S_PER_TOKEN
+    channel = grpc.aio.insecure_channel(cost_server[0].address, interceptors=[_WithMetadata(admin)])
+    try:
+        rates = await CostFollower(channel, budgets).poll_gpu_rates()
+    finally:
+        await channel.close()
+    # 0.5 GPU seconds over 500 tokens; the cached answer and the tool call do not count.
+    assert rates == pytest.approx({"llama-3-8b": 0.001, "other-model": 0.25})
+    assert budgets.gpu_bound_s("llama-3-8b", 100) == pytest.approx(2 * 0.001 * 100)
+    budgets.gpu.observe("llama-3-8b", 100, 0.3)  # what this router sees itself comes first
+    assert budgets.gpu.rate("llama-3-8b") == pytest.approx(0.003)

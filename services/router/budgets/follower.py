@@ -1,11 +1,14 @@
 """Keeps the router's copy of budgets and prices: polls the cost service's ListBudgets and
 ListPrices in the background (the hot path never waits on it) and serves the last known spend
-per budget as the ledger source that missing counters are rebuilt from."""
+per budget as the ledger source that missing counters are rebuilt from. Less often it reads the
+GPU seconds per token each model was charged lately (a Report by model and deployment), which
+the GPU-time bound starts from before this router has observed the model itself."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -21,11 +24,21 @@ log = logging.getLogger("harness.router.budgets")
 class CostFollower(BackgroundFollower):
     _task_name = "cost-follower"
 
-    def __init__(self, channel: grpc.aio.Channel, enforcer: BudgetEnforcer, interval_s: float = 5.0) -> None:
+    RATES_WINDOW_S = 86_400  # the ledger's last day of model calls
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        enforcer: BudgetEnforcer,
+        interval_s: float = 5.0,
+        rates_interval_s: float = 60.0,
+    ) -> None:
         super().__init__()
         self._stub = cost_pb2_grpc.CostStub(channel)
         self._enforcer = enforcer
         self._interval = interval_s
+        self._rates_interval = rates_interval_s
+        self._rates_due = 0.0  # monotonic time of the next read of GPU rates
         # budget name -> (spent in its period, end of that period in us or None for lifetime)
         self._spent: dict[str, tuple[int, int | None]] = {}
         self._failing = False
@@ -60,10 +73,32 @@ class CostFollower(BackgroundFollower):
         prices = await self._stub.ListPrices(cost_pb2.ListPricesRequest(at_time=now), timeout=5.0)
         self.apply(list(budgets.budgets), list(prices.prices))
 
+    async def poll_gpu_rates(self) -> dict[str, float]:
+        """GPU seconds per token (input + output) each model was charged over the last day, from
+        calls an engine served (rows with a deployment; cache answers have none and no GPU time)."""
+        since = timestamp_pb2.Timestamp()
+        since.FromSeconds(int(time.time()) - self.RATES_WINDOW_S)
+        report = await self._stub.Report(
+            cost_pb2.ReportRequest(group_by=["model", "deployment"], start_time=since), timeout=5.0
+        )
+        totals: dict[str, list[float]] = {}
+        for row in report.rows:
+            model, deployment = row.group["model"], row.group["deployment"]
+            if model and deployment and row.gpu_seconds > 0:
+                t = totals.setdefault(model, [0.0, 0.0])
+                t[0] += row.gpu_seconds
+                t[1] += row.input_tokens + row.output_tokens
+        rates = {m: gpu / tokens for m, (gpu, tokens) in totals.items() if tokens > 0}
+        self._enforcer.gpu.seed(rates)
+        return rates
+
     async def _run(self) -> None:
         while True:
             try:
                 await self.poll_once()
+                if time.monotonic() >= self._rates_due:
+                    self._rates_due = time.monotonic() + self._rates_interval
+                    await self.poll_gpu_rates()
                 if self._failing:
                     log.info("cost service reachable again; budgets and prices refreshed")
                 self._failing = False

@@ -66,7 +66,9 @@ class GpuTimeEstimate:
 
     The bound is HEADROOM times the model's moving-average GPU seconds per token (prompt +
     output), times the request's token bound (prompt + max_tokens); before a model has been
-    observed the rate is PRIOR_S_PER_TOKEN (10 ms a token: slower than a lone 8B or 70B AWQ
+    observed here the rate is the one the ledger shows for it (`seed`, read from the cost service:
+    what every replica charged lately, so a restarted router does not start from scratch), and
+    with no history at all PRIOR_S_PER_TOKEN (10 ms a token: slower than a lone 8B or 70B AWQ
     sequence decodes on an H100). The router reserves the bound at the highest GPU-hour price
     and charges the request its GPU share *up to the bound*, so what settles never exceeds what
     was reserved and the hard limit holds for GPU time too.
@@ -77,7 +79,8 @@ class GpuTimeEstimate:
     PRIOR_S_PER_TOKEN = 0.01
 
     def __init__(self) -> None:
-        self._rate: dict[str, float] = {}
+        self._rate: dict[str, float] = {}  # observed by this router
+        self._seeded: dict[str, float] = {}  # from the ledger
 
     def observe(self, model: str, tokens: int, gpu_seconds: float) -> None:
         if tokens <= 0 or gpu_seconds <= 0:
@@ -86,5 +89,12 @@ class GpuTimeEstimate:
         old = self._rate.get(model)
         self._rate[model] = rate if old is None else old + self.ALPHA * (rate - old)
 
+    def seed(self, rates: dict[str, float]) -> None:
+        """Replaces the ledger's rates (GPU seconds per token by model; non-positive ones ignored)."""
+        self._seeded = {m: r for m, r in rates.items() if r > 0}
+
+    def rate(self, model: str) -> float:
+        return self._rate.get(model) or self._seeded.get(model) or self.PRIOR_S_PER_TOKEN
+
     def bound_s(self, model: str, tokens: int) -> float:
-        return self.HEADROOM * self._rate.get(model, self.PRIOR_S_PER_TOKEN) * max(0, tokens)
+        return self.HEADROOM * self.rate(model) * max(0, tokens)
