@@ -7,8 +7,10 @@ Rules, in order:
 - A GPU may be filled to `(1 - headroom) * total`: the headroom absorbs what figures lag
   (another client's load, runtime growth) so a placement rarely fails at load time.
 - Among the endpoints that fit, prefer a zone (`zone` label) no chosen replica uses yet
-  (availability), then the tightest fit (best-fit bin packing keeps big holes for big models),
-  then the name (stable plans).
+  (availability), then a GPU that is not busy (utilisation under `busy_utilization` at the last
+  scrape: a replica added to relieve a hot model must not land on a GPU that is already
+  saturated, where its steps would only queue behind the others'), then the tightest fit
+  (best-fit bin packing keeps big holes for big models), then the name (stable plans).
 - Used memory per GPU is the larger of what the GPU reports and what the catalog says the
   models in its RepositoryIndex take, plus loads the pool started that neither shows yet, so
   two Deploys a scrape apart do not both count the same free memory.
@@ -32,6 +34,7 @@ class GpuBin:
     total: int
     used: int
     zone: str = ""
+    utilization: float = 0.0  # at the last scrape, 0..1
 
     def free(self, headroom: float) -> int:
         return int(self.total * (1.0 - headroom)) - self.used
@@ -78,20 +81,19 @@ def gpu_bins(state: EndpointState, footprint: Callable[[str], int], pending: Pen
     """The GPUs of one endpoint with used memory as placement should see it."""
     zone = dict(state.spec.labels).get("zone", "")
     if state.gpus:
-        raw = [(g.index, g.memory_total_bytes, g.memory_used_bytes) for g in state.gpus]
+        raw = [(g.index, g.memory_total_bytes, g.memory_used_bytes, g.utilization) for g in state.gpus]
     elif state.spec.gpu_memory_bytes > 0:
-        raw = [(0, state.spec.gpu_memory_bytes, 0)]  # no figures yet: the registered size, empty
+        raw = [(0, state.spec.gpu_memory_bytes, 0, 0.0)]  # no figures yet: the registered size, empty
     else:
         return []  # memory unknown: nothing can be placed here safely
     known = sum(footprint(m.name) for m in state.models if m.state in (READY, LOADING))
-    reported = sum(used for _, _, used in raw)
+    reported = sum(used for _, _, used, _ in raw)
     bins = []
-    for i, (index, total, used) in enumerate(raw):
+    for i, (index, total, used, util) in enumerate(raw):
         # Loads the index shows but the memory figure does not yet (lagging scrape): on GPU 0.
         extra = max(0, known - reported) if i == 0 else 0
-        bins.append(
-            GpuBin(state.name, index, total, used + extra + pending.get((state.name, index), 0), zone)
-        )
+        used += extra + pending.get((state.name, index), 0)
+        bins.append(GpuBin(state.name, index, total, used, zone, util))
     return bins
 
 
@@ -106,6 +108,7 @@ def plan_placement(
     pending: Pending | None = None,
     holders: Collection[str] = (),
     exclude: Collection[str] = (),
+    busy_utilization: float = 0.8,
 ) -> PlacementPlan:
     """Where `replicas` copies would run. `holders` are endpoints the pool is loading the model
     on (not yet in their index); `exclude` are endpoints not to use (a load there just failed)."""
@@ -129,8 +132,9 @@ def plan_placement(
             fits = [b for b in bins[name] if b.free(headroom) >= memory_bytes]
             if not fits:
                 continue
-            b = min(fits, key=lambda b: (b.free(headroom), b.gpu))
-            key = (1 if b.zone and b.zone in zones else 0, b.free(headroom) - memory_bytes, name)
+            b = min(fits, key=lambda b: (b.utilization >= busy_utilization, b.free(headroom), b.gpu))
+            busy = b.utilization >= busy_utilization
+            key = (1 if b.zone and b.zone in zones else 0, busy, b.free(headroom) - memory_bytes, name)
             if best is None or key < best[0]:
                 best = (key, b)
         if best is None:

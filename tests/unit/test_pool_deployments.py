@@ -40,6 +40,7 @@ class World:
         self.table = EndpointTable(start_revision=1)
         self.loaded: dict[str, dict[str, int]] = {}  # endpoint -> triton model -> requests
         self.total = {}
+        self.utilization: dict[str, float] = {}  # endpoint -> its GPU's utilisation (default 0.1)
         self.calls: list[tuple[str, str, str]] = []
         self.refuse: set[str] = set()
         for name, gib, zone in endpoints:
@@ -52,7 +53,7 @@ class World:
         models = self.loaded[name]
         used = sum(CATALOG.get(m).memory_bytes for m in models)
         loads = {(m, "1"): ModelLoad(requests=r) for m, r in models.items()}
-        gpus = (GpuSample(0, "", "", self.total[name], used, 0.1),)
+        gpus = (GpuSample(0, "", "", self.total[name], used, self.utilization.get(name, 0.1)),)
         index = tuple(IndexEntry(m, "1", "READY") for m in models)
         self.table.apply_probe(name, f"{name}:1", ProbeResult(ok, index, MetricsSample(loads), gpus))
 
@@ -102,6 +103,24 @@ def test_plan_best_fit_zone_spread_and_shortfall():
     assert len(plan.placements) == 2
     assert plan.shortfall_bytes == (63 - 40) * GIB + 63 * GIB
     assert "short by 86.0 GiB" in plan.reason
+
+
+def test_plan_avoids_a_saturated_gpu_while_another_fits():
+    w = World(("a", 80, ""), ("b", 40, ""), ("c", 40, ""))
+    w.utilization["b"] = 0.97  # the tightest fit is saturated by the models already there
+    w.probe_all()
+    plan = plan_placement(w.table.states(), "mid-trt", 33 * GIB, 1, headroom=0.0)
+    assert [p.endpoint for p in plan.placements] == ["c"]  # the next tightest, not busy
+    w.utilization["c"] = 0.85
+    w.probe_all()
+    plan = plan_placement(w.table.states(), "mid-trt", 33 * GIB, 1, headroom=0.0)
+    assert [p.endpoint for p in plan.placements] == ["a"]  # a loose fit beats two busy GPUs
+    w.utilization["a"] = 0.9
+    w.probe_all()
+    plan = plan_placement(w.table.states(), "mid-trt", 33 * GIB, 1, headroom=0.0)
+    assert [p.endpoint for p in plan.placements] == ["b"]  # all busy: best fit again
+    plan = plan_placement(w.table.states(), "mid-trt", 33 * GIB, 1, headroom=0.0, busy_utilization=1.0)
+    assert [p.endpoint for p in plan.placements] == ["b"]
 
 
 async def test_five_owners_share_one_load_per_endpoint_and_refcount_unload():
