@@ -25,8 +25,8 @@ from harness.audit.v1 import audit_pb2
 from harness.common.v1 import common_pb2
 from sqlalchemy import Connection, Engine, insert, select, text
 
-from services.audit import chain
-from services.audit.models import audit_records, metadata
+from services.audit import chain, migrate
+from services.audit.models import audit_records
 from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument
 
@@ -127,8 +127,11 @@ class AuditStore:
         # In-process writers queue here instead of spinning on the database lock.
         self._write_lock = threading.Lock()
         self._now_us = now_us or (lambda: time.time_ns() // 1000)
-        # Thin slice: create tables on open. Alembic migrations take over with schema changes.
-        metadata.create_all(self._engine)
+        try:
+            migrate.upgrade(self._engine)  # the schema follows the code (see migrate.py)
+        except BaseException:
+            self._engine.dispose()
+            raise
 
     @classmethod
     async def open(cls, url: str) -> AuditStore:

@@ -24,8 +24,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument, NotFound
+from services.cost import migrate
 from services.cost.alerts import AlertBook, AlertRow
-from services.cost.models import budgets, ledger, metadata, prices
+from services.cost.models import budgets, ledger, prices
 from services.cost.pricing import PriceBook, local_day, period_bounds, price_event, to_us
 from services.cost.validation import ts_to_us, us_to_ts, validate_budget, validate_usage
 
@@ -69,8 +70,11 @@ class CostStore:
         self._pg = not is_sqlite(self._engine)
         self.tz = ZoneInfo(timezone)
         self._now_us = now_us or (lambda: time.time_ns() // 1000)
-        # Thin slice: create tables on open. Alembic migrations take over with schema changes.
-        metadata.create_all(self._engine)
+        try:
+            migrate.upgrade(self._engine)  # the schema follows the code (see migrate.py)
+        except BaseException:
+            self._engine.dispose()
+            raise
         self.alerts = AlertBook(self._engine, tz=self.tz, now_us=self._now_us, spend=self._spend)
 
     @classmethod

@@ -1,0 +1,1 @@
+"""Alembic script directory of the audit service (run through `services.audit.migrate`)."""

@@ -1,0 +1,1 @@
+"""Alembic script directory of the cost service (run through `services.cost.migrate`)."""

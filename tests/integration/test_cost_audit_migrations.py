@@ -1,0 +1,354 @@
+"""Cost and audit schema migrations on SQLite and PostgreSQL, alone and sharing one database with
+the registry: up from empty and in step with the models, adoption of a database made by the old
+`create_all`, downgrades that touch only their own service, and concurrent opens (the lock).
+
+PostgreSQL runs use the `db_url` fixture: a fresh database per test, dropped afterwards (and a
+failure, not a skip, when CI=true and PostgreSQL is missing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from google.protobuf import timestamp_pb2
+from harness.common.v1 import common_pb2
+from harness.cost.v1 import cost_pb2
+from sqlalchemy import Engine, MetaData, func, insert, inspect, select, text
+
+from services.audit import chain
+from services.audit import migrate as audit_migrate
+from services.audit import models as audit_models
+from services.audit.store import AuditStore
+from services.common.db import make_engine
+from services.cost import migrate as cost_migrate
+from services.cost import models as cost_models
+from services.cost.store import CostStore
+from services.registry import migrate as registry_migrate
+from services.registry.store import Store as RegistryStore
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_714_564_800  # 2024-05-01T12:00:00Z
+COST_TABLES = {"prices", "usage_ledger", "budgets", "budget_alerts"}
+AUDIT_TABLES = {"audit_records", "approvals"}
+REGISTRY_TABLES = {t for md in registry_migrate.target_metadata() for t in md.tables}
+VERSION_TABLES = {"alembic_version", "alembic_version_cost", "alembic_version_audit"}
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    migrate: ModuleType
+    metadata: MetaData
+    tables: set[str]
+    version_table: str
+    open: type  # the store class; constructing it migrates
+
+
+COST = Service("cost", cost_migrate, cost_models.metadata, COST_TABLES, "alembic_version_cost", CostStore)
+AUDIT = Service(
+    "audit", audit_migrate, audit_models.metadata, AUDIT_TABLES, "alembic_version_audit", AuditStore
+)
+
+
+@pytest.fixture(params=[COST, AUDIT], ids=lambda s: s.name)
+def service(request) -> Service:
+    return request.param
+
+
+@pytest.fixture
+def engine(db_url):
+    e = make_engine(db_url)
+    yield e
+    e.dispose()
+
+
+def tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def ts(seconds: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds)
+
+
+def usage(event_id: str) -> common_pb2.UsageEvent:
+    return common_pb2.UsageEvent(
+        event_id=event_id, time=ts(T0), model="m", actor=common_pb2.Actor(user="u", project="p"),
+        usage=common_pb2.Usage(input_tokens=1000),
+    )  # fmt: skip
+
+
+def audit_event(event_id: str) -> common_pb2.AuditEvent:
+    return common_pb2.AuditEvent(
+        event_id=event_id, time=ts(T0), kind=common_pb2.AUDIT_EVENT_KIND_MODEL_CALL,
+        actor=common_pb2.Actor(user="alice"),
+    )  # fmt: skip
+
+
+# ---- one service alone ----
+
+
+def test_fresh_database_upgrades_to_head_in_sync_and_back(service, engine):
+    m = service.migrate
+    assert m.current(engine) is None and tables(engine) == set()
+    m.upgrade(engine)
+    assert m.current(engine) == m.head() != ""
+    assert tables(engine) == service.tables | {service.version_table}
+    assert m.diff(engine) == []  # autogenerate finds nothing: migrations == models
+
+    m.upgrade(engine)  # idempotent: already at head
+    assert m.current(engine) == m.head() and m.diff(engine) == []
+
+    m.downgrade(engine)
+    assert m.current(engine) is None and tables(engine) == {service.version_table}
+    m.upgrade(engine)  # and back up again: the downgrade left nothing behind that blocks it
+    assert m.current(engine) == m.head() and m.diff(engine) == []
+
+
+def _schema(engine: Engine, names: set[str]) -> dict:
+    """What reflection sees of the tables: columns, primary key, uniques, indexes."""
+    insp = inspect(engine)
+    return {
+        t: (
+            [(c["name"], str(c["type"]), c["nullable"], str(c.get("default"))) for c in insp.get_columns(t)],
+            insp.get_pk_constraint(t)["constrained_columns"],
+            sorted(tuple(u["column_names"]) for u in insp.get_unique_constraints(t)),
+            sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(t)),
+        )
+        for t in sorted(names)
+    }
+
+
+def test_migrations_make_what_create_all_makes(service, engine):
+    """Column for column, stricter than `diff`. While the head is the baseline this is also the
+    adoption premise: revision 0001 is exactly the schema the old create_all made."""
+    service.migrate.upgrade(engine)
+    migrated = _schema(engine, service.tables)
+    service.migrate.downgrade(engine)
+    service.metadata.create_all(engine)
+    assert _schema(engine, service.tables) == migrated
+    log = "usage_ledger" if service is COST else "audit_records"
+    assert ("event_id",) in migrated[log][2]  # the idempotency key is a database UNIQUE
+    if service is COST:
+        uniques = {
+            u["name"]: u["column_names"] for u in inspect(engine).get_unique_constraints("budget_alerts")
+        }
+        assert uniques["uq_budget_alert"] == ["budget", "period_start_us", "percent"]
+
+
+def test_diff_notices_a_schema_that_drifted(service, engine):
+    service.migrate.upgrade(engine)
+    index = "ix_ledger_time" if service is COST else "ix_audit_trace"
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP INDEX {index}"))
+    assert [(change[0], change[1].name) for change in service.migrate.diff(engine)] == [("add_index", index)]
+
+
+def test_ops_command_line(service, db_url, capsys):
+    main, head = service.migrate.main, service.migrate.head()
+    main(["--db-url", db_url, "upgrade"])
+    assert capsys.readouterr().out.strip() == f"{head} (head {head})"
+    main(["--db-url", db_url, "current"])
+    assert capsys.readouterr().out.strip() == f"{head} (head {head})"
+    with pytest.raises(SystemExit) as done:
+        main(["--db-url", db_url, "check"])
+    assert done.value.code == 0 and "in sync" in capsys.readouterr().out
+    main(["--db-url", db_url, "downgrade"])
+    assert capsys.readouterr().out.strip() == f"(empty) (head {head})"
+
+
+def test_command_line_defaults_to_the_services_db_env(service, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "state" / f"{service.name}.db"
+    monkeypatch.setenv(f"HARNESS_{service.name.upper()}_DB", f"sqlite:///{path}")
+    service.migrate.main(["upgrade"])
+    head = service.migrate.head()
+    assert capsys.readouterr().out.strip() == f"{head} (head {head})" and path.exists()
+
+
+# ---- adoption of a pre-migration (create_all) database ----
+
+
+async def test_pre_migration_cost_database_is_adopted(db_url, engine):
+    """A cost DB made by the old create_all (no version table), in a database the registry
+    already migrated: its `alembic_version` must not be taken for the cost service's."""
+    RegistryStore(db_url).close()
+    cost_models.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(cost_models.prices),
+            {"kind": cost_pb2.PRICE_KIND_MODEL_INPUT_TOKENS, "subject": "m", "micro_usd": 2_000_000,
+             "effective_us": 0, "set_us": 0},
+        )  # fmt: skip
+    assert cost_migrate.current(engine) is None
+
+    store = await CostStore.open(db_url)
+    try:
+        assert cost_migrate.current(engine) == cost_migrate.head() and cost_migrate.diff(engine) == []
+        assert [p.micro_usd for p in await store.list_prices()] == [2_000_000]  # data kept
+        recorded = await store.record([usage("e1")])  # and priced with the old row
+        assert recorded.accepted == 1 and recorded.new[0].cost_micro_usd == 2_000
+    finally:
+        await store.close()
+    assert registry_migrate.current(engine) == registry_migrate.head() and registry_migrate.diff(engine) == []
+
+
+async def test_pre_migration_audit_database_is_adopted(db_url, engine):
+    """An audit DB made by the old create_all holding a chained record: adopted, chain intact."""
+    audit_models.metadata.create_all(engine)
+    row = chain.row_from_event(audit_event("old"), T0 * 1_000_000)
+    row.update(sequence=1, prev_hash="", ingest_time_us=T0 * 1_000_000)
+    row["hash"] = chain.record_hash(row, 1, "")
+    with engine.begin() as conn:
+        conn.execute(insert(audit_models.audit_records), row)
+
+    store = await AuditStore.open(db_url)
+    try:
+        assert audit_migrate.current(engine) == audit_migrate.head() and audit_migrate.diff(engine) == []
+        assert (await store.ingest([audit_event("new")])).accepted == 1
+        result = await store.verify()
+        assert result.ok and result.checked == 2  # the old record is still the chain's first
+    finally:
+        await store.close()
+    store = await AuditStore.open(db_url)  # second open: already at head, nothing to adopt
+    try:
+        assert (await store.head())[0] == 2
+    finally:
+        await store.close()
+
+
+# ---- services sharing one database ----
+
+
+def _open_and_close(store_type: type, db_url: str) -> None:
+    """Opens a store (which migrates its schema) and closes it again, from sync code."""
+    store = store_type(db_url)
+    if store_type is RegistryStore:
+        store.close()
+    else:
+        asyncio.run(store.close())
+
+
+def _shared(db_url: str) -> None:
+    """Registry, cost and audit each migrate the same database, as their stores do on open."""
+    for store_type in (RegistryStore, CostStore, AuditStore):
+        _open_and_close(store_type, db_url)
+
+
+def _at_head_and_in_sync(engine: Engine, *migrates: ModuleType) -> None:
+    for m in migrates:
+        assert m.current(engine) == m.head(), m.__name__
+        assert m.diff(engine) == [], m.__name__  # the other services' tables are not "removed"
+
+
+def test_services_share_a_database_without_seeing_each_other(db_url, engine):
+    _shared(db_url)
+    assert tables(engine) == REGISTRY_TABLES | COST_TABLES | AUDIT_TABLES | VERSION_TABLES
+    _at_head_and_in_sync(engine, registry_migrate, cost_migrate, audit_migrate)
+
+    cost_migrate.downgrade(engine)
+    assert tables(engine) == REGISTRY_TABLES | AUDIT_TABLES | VERSION_TABLES
+    assert cost_migrate.current(engine) is None
+    _at_head_and_in_sync(engine, registry_migrate, audit_migrate)
+
+    audit_migrate.downgrade(engine)
+    assert tables(engine) == REGISTRY_TABLES | VERSION_TABLES
+    _at_head_and_in_sync(engine, registry_migrate)
+
+    cost_migrate.upgrade(engine)
+    audit_migrate.upgrade(engine)
+    registry_migrate.downgrade(engine)  # the registry's downgrade leaves cost and audit alone too
+    assert tables(engine) == COST_TABLES | AUDIT_TABLES | VERSION_TABLES
+    _at_head_and_in_sync(engine, cost_migrate, audit_migrate)
+
+
+def test_a_registry_database_is_not_taken_for_a_pre_migration_cost_one(db_url, engine):
+    """Only the service's own sentinel table triggers adoption: cost starts from base here."""
+    RegistryStore(db_url).close()
+    cost_migrate.upgrade(engine)
+    assert cost_migrate.current(engine) == cost_migrate.head() and COST_TABLES <= tables(engine)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(cost_models.ledger)) == 0
+
+
+# ---- concurrency ----
+
+
+def _open_together(db_url: str, store_types: list[type]) -> list[BaseException]:
+    """Opens one store per entry at the same moment (each its own engine); returns the failures."""
+    barrier, errors = threading.Barrier(len(store_types)), []
+
+    def open_one(store_type: type) -> None:
+        try:
+            barrier.wait(timeout=30)
+            _open_and_close(store_type, db_url)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one, args=(t,)) for t in store_types]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a store open hung"
+    return errors
+
+
+def test_stores_opening_one_database_together_do_not_fail(db_url, engine):
+    """Stores of every service opened at once in one process (as `asyncio.to_thread` opens do)."""
+    store_types = [CostStore] * 3 + [AuditStore] * 3
+    if engine.dialect.name == "postgresql":
+        store_types += [RegistryStore] * 3
+    assert _open_together(db_url, store_types) == []
+    _at_head_and_in_sync(engine, *_migrates_of(engine))
+
+
+# Waits for a shared start time (imports done), then opens the store, so the opens really race.
+OPENER = """
+import asyncio, sys, time
+from services.audit.store import AuditStore
+from services.cost.store import CostStore
+from services.registry.store import Store
+kind, url, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+time.sleep(max(0.0, start - time.time()))
+store = {"cost": CostStore, "audit": AuditStore, "registry": Store}[kind](url)
+store.close() if kind == "registry" else asyncio.run(store.close())
+"""
+
+
+def test_replicas_starting_together_do_not_fail(db_url, engine):
+    """Separate processes (replicas) opening one database at once: the migration lock lets one
+    create the tables and the rest find them at head (PostgreSQL: advisory lock per service;
+    SQLite: BEGIN IMMEDIATE)."""
+    kinds = ["cost"] * 3 + ["audit"] * 3
+    if engine.dialect.name == "postgresql":
+        kinds += ["registry"] * 3
+    start = str(time.time() + 4)  # ~1 s of imports, with room to spare
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, kind, db_url, start], cwd=ROOT, stderr=subprocess.PIPE
+        )
+        for kind in kinds
+    ]
+    failures = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode:
+            failures.append(err.decode()[-2000:])
+    assert failures == []
+    _at_head_and_in_sync(engine, *_migrates_of(engine))
+
+
+def _migrates_of(engine: Engine) -> list[ModuleType]:
+    """The registry joins the concurrency tests on PostgreSQL only: its SQLite engine runs DDL
+    outside a transaction (pysqlite's legacy mode), which no lock taken at BEGIN can cover."""
+    if engine.dialect.name == "postgresql":
+        return [cost_migrate, audit_migrate, registry_migrate]
+    return [cost_migrate, audit_migrate]
