@@ -1,8 +1,10 @@
 """Prometheus metrics of the cost service, read from the store at scrape time.
 
 - `harness_cost_usd_total{team,project,agent,model}`: ledger cost in USD since the ledger began.
-  The ledger is append-only, so each series only grows (a counter); because it is summed from the
+  The ledger is append-only, so each series only grows (a counter); because it is read from the
   database rather than counted in memory, it is the same on every replica and survives restarts.
+  It is read from `cost_totals`, which the store keeps in each batch's transaction: a scrape
+  costs one row per label set, not a pass over the ledger.
   Cardinality is bounded: the `max_series` costliest label sets are exported and everything else
   is summed into one series whose labels are all `__other__`. Zero-cost (unpriced) usage exports
   no series.
@@ -27,12 +29,12 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from services.cost.alerts import AlertRow
-from services.cost.models import budgets, ledger
+from services.cost.models import budgets, cost_totals
 from services.cost.store import CostStore
 
 log = logging.getLogger(__name__)
 
-L = ledger.c
+T = cost_totals.c
 MICRO = 1_000_000
 DEFAULT_MAX_SERIES = 500
 OTHER = "__other__"
@@ -76,15 +78,13 @@ class CostCollector(Collector):
 
     def _read(self) -> tuple[CounterMetricFamily, GaugeMetricFamily]:
         cost, remaining = _families()
-        spent = func.sum(L.cost_micro_usd)
         top = (
-            select(L.team, L.project, L.agent, L.model, spent.label("micro"))
-            .group_by(L.team, L.project, L.agent, L.model)
-            .having(spent > 0)
-            .order_by(spent.desc(), L.team, L.project, L.agent, L.model)
+            select(T.team, T.project, T.agent, T.model, T.cost_micro_usd.label("micro"))
+            .where(T.cost_micro_usd > 0)
+            .order_by(T.cost_micro_usd.desc(), T.team, T.project, T.agent, T.model)
             .limit(self._max_series + 1)
         )
-        total = select(func.coalesce(func.sum(L.cost_micro_usd), 0))
+        total = select(func.coalesce(func.sum(T.cost_micro_usd), 0))
         # The store's engine and budget computation (no public sync API): run in this thread,
         # which is the metrics HTTP server's (or the caller's, for registry.get_sample_value).
         store = self._store

@@ -72,6 +72,19 @@ ledger = Table(
     Column("recorded_us", BigInteger, nullable=False),
 )
 
+# Cost of the whole ledger per label set of harness_cost_usd_total, kept in the transaction that
+# records the usage (services/cost/store.py), so a scrape reads one row per label set instead of
+# summing the ledger. Only label sets with a cost have a row.
+cost_totals = Table(
+    "cost_totals",
+    metadata,
+    Column("team", Text, primary_key=True),
+    Column("project", Text, primary_key=True),
+    Column("agent", Text, primary_key=True),
+    Column("model", Text, primary_key=True),
+    Column("cost_micro_usd", BigInteger, nullable=False),
+)
+
 # Budgets sum a scope's spend over a time range; reports scan a time range.
 Index("ix_ledger_time", ledger.c.time_us)
 Index("ix_ledger_project_time", ledger.c.project, ledger.c.time_us)

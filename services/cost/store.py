@@ -26,7 +26,7 @@ from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument, NotFound
 from services.cost import migrate
 from services.cost.alerts import AlertBook, AlertRow
-from services.cost.models import budgets, ledger, prices
+from services.cost.models import budgets, cost_totals, ledger, prices
 from services.cost.pricing import PriceBook, local_day, period_bounds, price_event, to_us
 from services.cost.validation import ts_to_us, us_to_ts, validate_budget, validate_usage
 
@@ -168,6 +168,7 @@ class CostStore:
                         LedgerEntry(ev.event_id, row["team"], row["project"], row["agent"], row["model"],
                                     row["cost_micro_usd"], row["user"], row["time_us"])
                     )  # fmt: skip
+            self._add_totals(conn, new)
         # After the commit (see alerts.py for why). A failure here must not fail the batch, which
         # is stored: a resend would be all duplicates and check nothing. The sweep catches up.
         try:
@@ -176,6 +177,25 @@ class CostStore:
             log.exception("budget alert check after a recorded batch failed (the sweep will retry)")
             alerts = ()
         return RecordResult(len(new), len(events) - len(new), tuple(new), alerts)
+
+    def _add_totals(self, conn, new: list[LedgerEntry]) -> None:
+        """Adds the batch's new cost to cost_totals (in the batch's transaction, so the totals are
+        the ledger's sums exactly). In label order: overlapping batches lock rows in one order."""
+        sums: dict[tuple[str, str, str, str], int] = {}
+        for e in new:
+            if e.cost_micro_usd:
+                key = (e.team, e.project, e.agent, e.model)
+                sums[key] = sums.get(key, 0) + e.cost_micro_usd
+        for (team, project, agent, model), micro in sorted(sums.items()):
+            stmt = self._insert(cost_totals).values(
+                team=team, project=project, agent=agent, model=model, cost_micro_usd=micro
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["team", "project", "agent", "model"],
+                    set_={"cost_micro_usd": cost_totals.c.cost_micro_usd + stmt.excluded.cost_micro_usd},
+                )
+            )
 
     def _ledger_row(self, ev: common_pb2.UsageEvent, book: PriceBook, now: int) -> dict:
         # An event without a time is priced and dated at receipt (the router always sets it).

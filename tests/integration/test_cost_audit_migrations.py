@@ -36,7 +36,7 @@ from services.registry.store import Store as RegistryStore
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_714_564_800  # 2024-05-01T12:00:00Z
-COST_TABLES = {"prices", "usage_ledger", "budgets", "budget_alerts"}
+COST_TABLES = {"prices", "usage_ledger", "budgets", "budget_alerts", "cost_totals"}
 AUDIT_TABLES = {"audit_records", "approvals"}
 REGISTRY_TABLES = {t for md in registry_migrate.target_metadata() for t in md.tables}
 VERSION_TABLES = {"alembic_version", "alembic_version_cost", "alembic_version_audit"}
@@ -179,12 +179,20 @@ async def test_pre_migration_cost_database_is_adopted(db_url, engine):
     """A cost DB made by the old create_all (no version table), in a database the registry
     already migrated: its `alembic_version` must not be taken for the cost service's."""
     RegistryStore(db_url).close()
-    cost_models.metadata.create_all(engine)
+    # What create_all made before migrations: the 0001 tables (cost_totals came with 0002).
+    old = [t for t in cost_models.metadata.sorted_tables if t.name != "cost_totals"]
+    cost_models.metadata.create_all(engine, tables=old)
     with engine.begin() as conn:
         conn.execute(
             insert(cost_models.prices),
             {"kind": cost_pb2.PRICE_KIND_MODEL_INPUT_TOKENS, "subject": "m", "micro_usd": 2_000_000,
              "effective_us": 0, "set_us": 0},
+        )  # fmt: skip
+        conn.execute(
+            insert(cost_models.ledger),
+            [{"event_id": f"old-{i}", "time_us": 0, "day": "2024-05-01", "recorded_us": 0, "team": "t",
+              "project": "p", "agent": "a", "model": "m", "cost_micro_usd": micro}
+             for i, micro in enumerate((300, 400, 0))],
         )  # fmt: skip
     assert cost_migrate.current(engine) is None
 
@@ -194,6 +202,11 @@ async def test_pre_migration_cost_database_is_adopted(db_url, engine):
         assert [p.micro_usd for p in await store.list_prices()] == [2_000_000]  # data kept
         recorded = await store.record([usage("e1")])  # and priced with the old row
         assert recorded.accepted == 1 and recorded.new[0].cost_micro_usd == 2_000
+        with engine.connect() as conn:  # 0002 summed the old ledger; the new batch added to it
+            totals = conn.execute(select(cost_models.cost_totals)).all()
+        assert sorted((r.team, r.project, r.agent, r.model, r.cost_micro_usd) for r in totals) == [
+            ("", "p", "", "m", 2_000), ("t", "p", "a", "m", 700)
+        ]  # fmt: skip
     finally:
         await store.close()
     assert registry_migrate.current(engine) == registry_migrate.head() and registry_migrate.diff(engine) == []

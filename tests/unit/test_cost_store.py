@@ -10,11 +10,11 @@ import pytest
 from google.protobuf import timestamp_pb2
 from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
-from sqlalchemy import create_engine, insert, select
+from sqlalchemy import create_engine, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from services.common.errors import InvalidArgument, NotFound
-from services.cost.models import ledger
+from services.cost.models import cost_totals, ledger
 from services.cost.pricing import period_bounds, usd_to_micro
 from services.cost.store import CostStore
 
@@ -82,6 +82,20 @@ async def store(db_url, clock):
 
 async def total(store: CostStore, *group_by: str) -> cost_pb2.ReportResponse:
     return await store.report(list(group_by), 0, None)
+
+
+def cost_totals_by_labels(db_url: str) -> tuple[dict, dict]:
+    """(cost_totals rows, the ledger's sums per label set with a cost): they must be equal."""
+    engine = create_engine(db_url)
+    labels = (ledger.c.team, ledger.c.project, ledger.c.agent, ledger.c.model)
+    try:
+        with engine.connect() as conn:
+            kept = {tuple(r[:4]): r[4] for r in conn.execute(select(cost_totals))}
+            spent = func.sum(ledger.c.cost_micro_usd)
+            summed = conn.execute(select(*labels, spent).group_by(*labels).having(spent > 0))
+            return kept, {tuple(r[:4]): r[4] for r in summed}
+    finally:
+        engine.dispose()
 
 
 def test_usd_to_micro_is_exact():
@@ -166,6 +180,8 @@ async def test_resent_usage_is_recorded_once(store, db_url):
     assert (first.accepted, first.duplicates) == (2, 0) and (again.accepted, again.duplicates) == (1, 2)
     assert [e.event_id for e in again.new] == ["e3"]
     assert (await total(store)).total.requests == 3
+    kept, summed = cost_totals_by_labels(db_url)
+    assert kept == summed == {("fin", "ledger", "ledger-bot", "llama-3-8b"): 200}  # resends add nothing
     engine = create_engine(db_url)  # the database itself refuses a second row for an event id
     try:
         with pytest.raises(IntegrityError), engine.begin() as conn:
@@ -185,8 +201,9 @@ async def test_concurrent_records_from_two_writers_store_each_event_once(db_url,
             acc = dup = 0
             for i in range(0, len(order), 5):
                 r = await s.record(
-                    [usage(x, "2024-06-01T00:00:00Z", inp=1_000_000) for x in order[i : i + 5]]
-                )
+                    [usage(x, "2024-06-01T00:00:00Z", inp=1_000_000, agent=f"bot-{int(x[1:]) % 3}")
+                     for x in order[i : i + 5]]
+                )  # fmt: skip
                 acc, dup = acc + r.accepted, dup + r.duplicates
             return acc, dup
 
@@ -194,6 +211,8 @@ async def test_concurrent_records_from_two_writers_store_each_event_once(db_url,
         assert sum(r[0] for r in results) == 40 and sum(r[1] for r in results) == 40
         report = await total(a)
         assert report.total.requests == 40 and report.total.cost_micro_usd == 40 * 200_000
+        kept, summed = cost_totals_by_labels(db_url)
+        assert kept == summed and sum(kept.values()) == 40 * 200_000 and len(kept) == 3
     finally:
         await a.close()
         await b.close()
