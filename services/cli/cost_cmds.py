@@ -1,4 +1,5 @@
-"""`harness cost report` and `harness budget set|list|show|delete|alerts`: spend and budgets.
+"""`harness cost report` and `harness budget set|list|show|delete|alerts`: spend and budgets
+(`harness cost advise` in advise_cmds.py, `harness price list|set` in price_cmds.py).
 
 These talk to the cost service: directly at HARNESS_COST_ADDR (with the ops certificate, as the
 registry commands do at HARNESS_REGISTRY_ADDR), else through Envoy's front door (HARNESS_ADDR).
@@ -52,14 +53,14 @@ def dollars(micro: int) -> str:
     return f"-${text[1:]}" if text.startswith("-") else f"${text}"
 
 
-def parse_usd(text: str, what: str = "--limit-usd") -> int:
-    """ "12.5" -> 12_500_000 micro-USD; must be a finite number > 0 with at most 6 decimals."""
+def parse_usd(text: str, what: str = "--limit-usd", *, zero_ok: bool = False) -> int:
+    """ "12.5" -> 12_500_000 micro-USD; a finite number > 0 (>= 0 with zero_ok), at most 6 decimals."""
     try:
         value = Decimal(text.strip().removeprefix("$"))
     except InvalidOperation:
         raise UsageError(f"{what} must be a number of USD, got {text!r}") from None
-    if not value.is_finite() or value <= 0:
-        raise UsageError(f"{what} must be > 0, got {text!r}")
+    if not value.is_finite() or value < 0 or (value == 0 and not zero_ok):
+        raise UsageError(f"{what} must be {'>= 0' if zero_ok else '> 0'}, got {text!r}")
     micro = value * MICRO
     if micro != micro.to_integral_value():
         raise UsageError(f"{what} has more than 6 decimal places (micro-USD is the unit): {text!r}")
@@ -308,6 +309,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     from services.cli.advise_cmds import add_advise  # here: advise_cmds imports this module
 
     add_advise(c, common, defaults)  # `harness cost advise`
+    from services.cli.price_cmds import add_prices  # here: price_cmds imports this module
+
+    add_prices(sub, common, defaults)  # `harness price list|set`
 
     budget = sub.add_parser("budget", help="cost budgets: set, list, show, delete, alerts")
     b = budget.add_subparsers(dest="verb", required=True, metavar="ACTION")

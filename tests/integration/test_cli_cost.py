@@ -205,3 +205,41 @@ async def test_budget_set_list_show_delete(cli):
     assert res.rc == 1 and "PERMISSION_DENIED" in res.err
     assert (await cli("budget", "delete", "rpa-daily", user="ann")).rc == 0
     assert "NOT_FOUND" in (await cli("budget", "show", "rpa-daily")).err
+
+
+async def test_price_list_and_set_versions(cli):
+    res = await cli("price", "list")
+    assert res.rc == 0, res.err
+    lines = res.out.splitlines()
+    assert lines[0].split() == ["KIND", "SUBJECT", "USD", "PER", "EFFECTIVE"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["model_input_tokens", "llama-3-8b", "0.200000"],
+        ["model_output_tokens", "llama-3-8b", "0.600000"],
+        ["gpu_hour", "H100-80GB", "2.500000"],
+        ["tool_call", "ledger", "0.001000"],
+    ]
+    # A price cut from a future date: now still the old price, at that date the new one.
+    res = await cli("price", "set", "model_output_tokens", "llama-3-8b", "--usd", "0.45",
+                    "--effective", "2099-01-01T00:00:00", user="ann")  # fmt: skip
+    assert res.rc == 0, res.err
+    assert res.out.splitlines()[1].split() == [
+        "model_output_tokens",
+        "llama-3-8b",
+        "0.450000",
+        "1M",
+        "output",
+        "tokens",
+        "2099-01-01T00:00:00Z",
+    ]
+    now = json.loads((await cli("price", "list", "--kind", "model_output_tokens", "--json")).out)
+    assert [p["micro_usd"] for p in now["prices"]] == ["600000"]
+    later = await cli("price", "list", "--kind", "model_output_tokens", "--at", "2099-06-01T00:00:00")
+    assert [line.split()[2] for line in later.out.splitlines()[1:]] == ["0.450000"]
+    every = await cli("price", "list", "--all", "--kind", "model_output_tokens")
+    assert [line.split()[2] for line in every.out.splitlines()[1:]] == ["0.600000", "0.450000"]
+    # A free tool is a price of 0; a negative one never reaches the service.
+    assert (await cli("price", "set", "tool_call", "search", "--usd", "0", user="ann")).rc == 0
+    res = await cli("price", "set", "tool_call", "search", "--usd", "-1", user="ann")
+    assert res.rc == 2 and "--usd must be >= 0" in res.err
+    res = await cli("price", "set", "tool_call", "search", "--usd", "0.1")  # finance may read, not set
+    assert res.rc == 1 and res.err.startswith("harness: PERMISSION_DENIED: ")
