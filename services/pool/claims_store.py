@@ -3,7 +3,8 @@ scaled to zero. A restarted pool reads them back and re-places what is missing (
 loaded on the endpoints are adopted), so an accepted Deploy survives a pool restart.
 
 SQLite by default (a file under the stack's state directory), PostgreSQL by URL. Writes are
-small and rare (deploys, undeploys, scale-to-zero), never on the request path.
+small and rare (deploys, undeploys, scale-to-zero), never on the request path. The schema comes
+from Alembic migrations (services/pool/migrate.py), run whenever the store opens a database.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sqlalchemy import Boolean, Float, Integer, String, delete, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.common.db import make_engine
+from services.pool import migrate
 
 
 class _Base(DeclarativeBase):
@@ -31,6 +33,10 @@ class ClaimRow(_Base):
     scaled_to_zero: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+# The models the pool's migrations must match (services/pool/migrate.py).
+metadata = _Base.metadata
+
+
 @dataclass(frozen=True)
 class StoredClaim:
     model: str
@@ -43,7 +49,11 @@ class StoredClaim:
 class ClaimStore:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        _Base.metadata.create_all(self.engine)
+        try:
+            migrate.upgrade(self.engine)  # the schema follows the code (see migrate.py)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def load(self) -> list[StoredClaim]:
         with Session(self.engine) as s:

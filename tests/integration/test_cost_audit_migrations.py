@@ -33,6 +33,7 @@ from services.cost import models as cost_models
 from services.cost.store import CostStore
 from services.registry import migrate as registry_migrate
 from services.registry.store import Store as RegistryStore
+from tests.helpers.migrations import at_head_and_in_sync, check_ops_command_line, schema, tables
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_714_564_800  # 2024-05-01T12:00:00Z
@@ -68,10 +69,6 @@ def engine(db_url):
     e = make_engine(db_url)
     yield e
     e.dispose()
-
-
-def tables(engine: Engine) -> set[str]:
-    return set(inspect(engine).get_table_names())
 
 
 def ts(seconds: int) -> timestamp_pb2.Timestamp:
@@ -112,28 +109,14 @@ def test_fresh_database_upgrades_to_head_in_sync_and_back(service, engine):
     assert m.current(engine) == m.head() and m.diff(engine) == []
 
 
-def _schema(engine: Engine, names: set[str]) -> dict:
-    """What reflection sees of the tables: columns, primary key, uniques, indexes."""
-    insp = inspect(engine)
-    return {
-        t: (
-            [(c["name"], str(c["type"]), c["nullable"], str(c.get("default"))) for c in insp.get_columns(t)],
-            insp.get_pk_constraint(t)["constrained_columns"],
-            sorted(tuple(u["column_names"]) for u in insp.get_unique_constraints(t)),
-            sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(t)),
-        )
-        for t in sorted(names)
-    }
-
-
 def test_migrations_make_what_create_all_makes(service, engine):
     """Column for column, stricter than `diff`. While the head is the baseline this is also the
     adoption premise: revision 0001 is exactly the schema the old create_all made."""
     service.migrate.upgrade(engine)
-    migrated = _schema(engine, service.tables)
+    migrated = schema(engine, service.tables)
     service.migrate.downgrade(engine)
     service.metadata.create_all(engine)
-    assert _schema(engine, service.tables) == migrated
+    assert schema(engine, service.tables) == migrated
     log = "usage_ledger" if service is COST else "audit_records"
     assert ("event_id",) in migrated[log][2]  # the idempotency key is a database UNIQUE
     if service is COST:
@@ -152,16 +135,7 @@ def test_diff_notices_a_schema_that_drifted(service, engine):
 
 
 def test_ops_command_line(service, db_url, capsys):
-    main, head = service.migrate.main, service.migrate.head()
-    main(["--db-url", db_url, "upgrade"])
-    assert capsys.readouterr().out.strip() == f"{head} (head {head})"
-    main(["--db-url", db_url, "current"])
-    assert capsys.readouterr().out.strip() == f"{head} (head {head})"
-    with pytest.raises(SystemExit) as done:
-        main(["--db-url", db_url, "check"])
-    assert done.value.code == 0 and "in sync" in capsys.readouterr().out
-    main(["--db-url", db_url, "downgrade"])
-    assert capsys.readouterr().out.strip() == f"(empty) (head {head})"
+    check_ops_command_line(service.migrate, db_url, capsys)
 
 
 def test_command_line_defaults_to_the_services_db_env(service, tmp_path, monkeypatch, capsys):
@@ -254,31 +228,25 @@ def _shared(db_url: str) -> None:
         _open_and_close(store_type, db_url)
 
 
-def _at_head_and_in_sync(engine: Engine, *migrates: ModuleType) -> None:
-    for m in migrates:
-        assert m.current(engine) == m.head(), m.__name__
-        assert m.diff(engine) == [], m.__name__  # the other services' tables are not "removed"
-
-
 def test_services_share_a_database_without_seeing_each_other(db_url, engine):
     _shared(db_url)
     assert tables(engine) == REGISTRY_TABLES | COST_TABLES | AUDIT_TABLES | VERSION_TABLES
-    _at_head_and_in_sync(engine, registry_migrate, cost_migrate, audit_migrate)
+    at_head_and_in_sync(engine, registry_migrate, cost_migrate, audit_migrate)
 
     cost_migrate.downgrade(engine)
     assert tables(engine) == REGISTRY_TABLES | AUDIT_TABLES | VERSION_TABLES
     assert cost_migrate.current(engine) is None
-    _at_head_and_in_sync(engine, registry_migrate, audit_migrate)
+    at_head_and_in_sync(engine, registry_migrate, audit_migrate)
 
     audit_migrate.downgrade(engine)
     assert tables(engine) == REGISTRY_TABLES | VERSION_TABLES
-    _at_head_and_in_sync(engine, registry_migrate)
+    at_head_and_in_sync(engine, registry_migrate)
 
     cost_migrate.upgrade(engine)
     audit_migrate.upgrade(engine)
     registry_migrate.downgrade(engine)  # the registry's downgrade leaves cost and audit alone too
     assert tables(engine) == COST_TABLES | AUDIT_TABLES | VERSION_TABLES
-    _at_head_and_in_sync(engine, cost_migrate, audit_migrate)
+    at_head_and_in_sync(engine, cost_migrate, audit_migrate)
 
 
 def test_a_registry_database_is_not_taken_for_a_pre_migration_cost_one(db_url, engine):
@@ -320,7 +288,7 @@ def test_stores_opening_one_database_together_do_not_fail(db_url, engine):
     if engine.dialect.name == "postgresql":
         store_types += [RegistryStore] * 3
     assert _open_together(db_url, store_types) == []
-    _at_head_and_in_sync(engine, *_migrates_of(engine))
+    at_head_and_in_sync(engine, *_migrates_of(engine))
 
 
 # Waits for a shared start time (imports done), then opens the store, so the opens really race.
@@ -356,7 +324,7 @@ def test_replicas_starting_together_do_not_fail(db_url, engine):
         if proc.returncode:
             failures.append(err.decode()[-2000:])
     assert failures == []
-    _at_head_and_in_sync(engine, *_migrates_of(engine))
+    at_head_and_in_sync(engine, *_migrates_of(engine))
 
 
 def _migrates_of(engine: Engine) -> list[ModuleType]:

@@ -1,0 +1,1 @@
+"""Alembic script directory of the pool service (run through `services.pool.migrate`)."""

@@ -1,0 +1,1 @@
+"""Pool schema revisions, oldest first (0001 is the schema `create_all` used to make)."""
