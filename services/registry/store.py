@@ -19,6 +19,7 @@ from typing import TypeVar
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.common.db import use_wal
 from services.common.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -57,7 +58,7 @@ def make_engine(url: str) -> Engine:
         def _pragmas(dbapi_conn, _record) -> None:  # SQLite leaves FKs off unless asked per connection
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA journal_mode=WAL")
+            use_wal(cur)
             cur.close()
 
         return engine
