@@ -18,15 +18,12 @@ from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 from harness.registry.v1 import registry_pb2 as rpb
 from harness.registry.v1.registry_pb2_grpc import RegistryStub
-from prometheus_client import CollectorRegistry
 
 from services.cli.main import main
 from services.common.config import ServerConfig, TlsFiles
 from services.common.server import open_channel
 from services.cost.advisor.base import GIB, HOURS_PER_MONTH
-from services.cost.config import CostConfig
 from services.cost.fleet_source import LiveFleet
-from services.cost.servicer import start_cost
 from services.devtools.certs import make_certs
 from services.enginesim.testing import start_enginesim
 from services.pool.app import serve
@@ -34,6 +31,7 @@ from services.pool.catalog import ModelSpec
 from services.pool.config import PoolConfig
 from services.pool.state import EndpointSpec
 from services.registry.seed import seed_registry
+from tests.helpers.cost import start_test_cost
 from tests.helpers.grpc import user_metadata
 from tests.integration.test_advisor_server import GPU, PRICES, month_of_usage
 from tests.integration.test_router_registry_mirror import Registry
@@ -116,11 +114,7 @@ async def live(tmp_path, test_auth, mint_token):
     await _until(lambda: pstub.ListGpus(pool_pb2.ListGpusRequest()), lambda r: len(r.gpus) == 5)
 
     fleet = LiveFleet(f"127.0.0.1:{pool.port}", f"127.0.0.1:{registry.port}", tls("cost"), ttl_s=0.0)
-    config = CostConfig(
-        server=ServerConfig(name="cost", port=0, metrics_port=None, auth=test_auth),
-        db_url=f"sqlite:///{tmp_path / 'cost.db'}",
-    )
-    cost = await start_cost(config, metrics_registry=CollectorRegistry(), fleet=fleet)
+    cost = await start_test_cost(tmp_path, test_auth, fleet=fleet)
     channel = grpc.aio.insecure_channel(cost.address)
     stub = cost_pb2_grpc.CostStub(channel)
     admin = user_metadata(mint_token("ops", "admin"))

@@ -9,13 +9,10 @@ import pytest
 from google.protobuf import timestamp_pb2
 from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
-from prometheus_client import CollectorRegistry
 
-from services.common.config import ServerConfig
 from services.cost.advisor import CatalogModel, Fleet, FleetDeployment
 from services.cost.advisor.base import GIB, HOURS_PER_MONTH
-from services.cost.config import CostConfig
-from services.cost.servicer import start_cost
+from tests.helpers.cost import start_test_cost
 from tests.helpers.grpc import agent_metadata, user_metadata
 
 GPU = "H100-80GB"
@@ -54,11 +51,7 @@ def month_of_usage() -> list[common_pb2.UsageEvent]:
 
 
 async def _server(tmp_path, test_auth, fleet):
-    config = CostConfig(
-        server=ServerConfig(name="cost", port=0, metrics_port=None, auth=test_auth),
-        db_url=f"sqlite:///{tmp_path / 'state' / 'cost.db'}",
-    )
-    return await start_cost(config, metrics_registry=CollectorRegistry(), fleet=fleet)
+    return await start_test_cost(tmp_path, test_auth, fleet=fleet)
 
 
 @pytest.fixture

@@ -14,13 +14,10 @@ import pytest
 from google.protobuf import timestamp_pb2
 from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
-from prometheus_client import CollectorRegistry
 
 from services.cli.main import main
-from services.common.config import ServerConfig
-from services.cost.config import CostConfig
 from services.cost.seed import seed_cost
-from services.cost.servicer import start_cost
+from tests.helpers.cost import start_test_cost
 from tests.helpers.grpc import user_metadata
 
 PRICES = {
@@ -64,11 +61,7 @@ def events() -> list[common_pb2.UsageEvent]:
 
 @pytest.fixture
 async def cost(tmp_path, test_auth, mint_token):
-    config = CostConfig(
-        server=ServerConfig(name="cost", port=0, metrics_port=None, auth=test_auth),
-        db_url=f"sqlite:///{tmp_path / 'cost.db'}",
-    )
-    running = await start_cost(config, metrics_registry=CollectorRegistry())
+    running = await start_test_cost(tmp_path, test_auth)
     admin = user_metadata(mint_token("svc", "admin"))
     async with grpc.aio.insecure_channel(running.address) as ch:
         stub = cost_pb2_grpc.CostStub(ch)

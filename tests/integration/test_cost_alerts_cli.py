@@ -8,11 +8,8 @@ import time
 import grpc
 import pytest
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
-from prometheus_client import CollectorRegistry
 
-from services.common.config import ServerConfig
-from services.cost.config import CostConfig
-from services.cost.servicer import start_cost
+from tests.helpers.cost import start_test_cost
 from tests.helpers.grpc import user_metadata
 from tests.integration.test_cli_cost import cli  # noqa: F401  (the fixture: runs `harness` against `cost`)
 from tests.integration.test_cost_alerts import USD, usage
@@ -23,11 +20,7 @@ K = cost_pb2
 @pytest.fixture
 async def cost(tmp_path, test_auth, mint_token):
     """The cost service with a 10 USD monthly budget of project ledger, spent to 90%."""
-    config = CostConfig(
-        server=ServerConfig(name="cost", port=0, metrics_port=None, auth=test_auth),
-        db_url=f"sqlite:///{tmp_path / 'cost.db'}",
-    )
-    running = await start_cost(config, metrics_registry=CollectorRegistry())
+    running = await start_test_cost(tmp_path, test_auth)
     admin = user_metadata(mint_token("svc", "admin"))
     async with grpc.aio.insecure_channel(running.address) as ch:
         stub = cost_pb2_grpc.CostStub(ch)

@@ -10,10 +10,8 @@ from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from services.common.config import ServerConfig
-from services.cost.config import CostConfig
 from services.cost.seed import seed_cost
-from services.cost.servicer import start_cost
+from tests.helpers.cost import start_test_cost
 from tests.helpers.grpc import agent_metadata, user_metadata
 
 DEMO_YAML = """
@@ -55,11 +53,7 @@ def batches(*groups):
 @pytest.fixture
 async def cost_server(tmp_path, test_auth):
     registry = CollectorRegistry()
-    config = CostConfig(
-        server=ServerConfig(name="cost", port=0, metrics_port=None, auth=test_auth),
-        db_url=f"sqlite:///{tmp_path / 'state' / 'cost.db'}",
-    )
-    running = await start_cost(config, metrics_registry=registry)
+    running = await start_test_cost(tmp_path, test_auth, registry=registry)
     yield running, registry
     await running.stop(grace=0)
 
