@@ -102,3 +102,28 @@ async def test_a_result_cache_answer_costs_nothing_in_the_counter_and_the_usage_
     first, second = events.usage
     assert first.usage.gpu_seconds > 0 and not first.cached
     assert second.cached and second.usage.gpu_seconds == 0
+
+
+async def test_follower_says_when_the_cost_service_counts_another_timezone(caplog):
+    """A router told Asia/Shanghai and a cost service on UTC would count different days."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from services.cost.pricing import period_bounds
+
+    budgets = MemoryBudgets(timezone="Asia/Shanghai")
+    f = CostFollower(grpc.aio.insecure_channel("127.0.0.1:1"), budgets)
+    now = datetime.now(UTC)
+    utc_day, shanghai_day = budget(limit=100), budget(limit=100)
+    utc_day.name, shanghai_day.name = "utc-day", "shanghai-day"
+    utc_day.reset_time.FromDatetime(period_bounds(utc_day.period, now, ZoneInfo("UTC"))[1])
+    shanghai_day.reset_time.FromDatetime(
+        period_bounds(shanghai_day.period, now, ZoneInfo("Asia/Shanghai"))[1]
+    )
+    with caplog.at_level("ERROR", logger="harness.router.budgets"):
+        f.apply([utc_day, shanghai_day], PRICES)
+        assert f.period_mismatches == {"utc-day"} and not caplog.records  # once may be a boundary
+        f.apply([utc_day, shanghai_day], PRICES)
+        f.apply([utc_day, shanghai_day], PRICES)
+    [record] = caplog.records  # said once
+    assert "budget 'utc-day'" in record.message and "same timezone" in record.message

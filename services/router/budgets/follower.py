@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -19,6 +20,10 @@ from services.common.streams import BackgroundFollower
 from .core import BudgetEnforcer, BudgetRule, PriceTable
 
 log = logging.getLogger("harness.router.budgets")
+
+
+def _iso(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 
 
 class CostFollower(BackgroundFollower):
@@ -42,6 +47,8 @@ class CostFollower(BackgroundFollower):
         # budget name -> (spent in its period, end of that period in us or None for lifetime)
         self._spent: dict[str, tuple[int, int | None]] = {}
         self._failing = False
+        self._period_mismatch: set[str] = set()  # budgets whose period end disagreed last poll
+        self._warned: set[str] = set()
         enforcer.set_ledger(self.spent)
 
     async def spent(self, rule: BudgetRule, period_start_us: int | None) -> int | None:
@@ -64,7 +71,35 @@ class CostFollower(BackgroundFollower):
             for b in budgets
         }
         self._enforcer.update([BudgetRule.from_proto(b) for b in budgets], PriceTable.from_protos(prices))
+        self._check_periods(budgets)
         self._mark_ready()
+
+    def _check_periods(self, budgets: list[cost_pb2.Budget]) -> None:
+        """Says loudly when a budget's period ends elsewhere here than at the cost service (the
+        two were given different timezones): the router would count against a different period
+        than the ledger and the alerts. Two polls in a row, so a poll taken across a period
+        boundary is not a mismatch."""
+        now_ms = time.time() * 1000
+        mismatched = set()
+        for b in budgets:
+            rule = BudgetRule.from_proto(b)
+            ours = self._enforcer.charge(rule, now_ms, 0).reset_ms
+            theirs = b.reset_time.ToMilliseconds() if b.HasField("reset_time") else None
+            if theirs is not None and ours is not None and abs(ours - theirs) > 1000:
+                mismatched.add(rule.name)
+                if rule.name in self._period_mismatch and rule.name not in self._warned:
+                    self._warned.add(rule.name)
+                    log.error(
+                        "%s: its period ends at %s here but at %s at the cost service; give the router and "
+                        "the cost service the same timezone (HARNESS_COST_TIMEZONE; router --budget-timezone)",
+                        rule.describe(), _iso(ours), _iso(theirs),
+                    )  # fmt: skip
+        self._period_mismatch = mismatched
+
+    @property
+    def period_mismatches(self) -> set[str]:
+        """Budgets whose period end disagreed with the cost service's at the last poll."""
+        return set(self._period_mismatch)
 
     async def poll_once(self) -> None:
         now = timestamp_pb2.Timestamp()
