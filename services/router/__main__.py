@@ -22,6 +22,7 @@ from services.common.registry_mirror import JwtSettingsChange, RegistryMirror
 from services.common.server import RunningServer, open_channel, run_until_signal, setup_logging, start_server
 from services.router.budgets import BudgetEnforcer, MemoryBudgets, RedisBudgets
 from services.router.budgets.follower import CostFollower
+from services.router.budgets.metrics import register_budget_metrics
 from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
@@ -206,6 +207,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         limiter, cache = MemoryRateLimiter(), MemoryResultCache()
         budgets = MemoryBudgets(timezone=cfg.budget_timezone, reservation_ttl_s=cfg.budget_reservation_ttl_s)
     metrics = CollectorRegistry()
+    register_budget_metrics(metrics, budgets)
     events = EventShipper(
         channels["audit"],
         channels["cost"],

@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 from harness.cost.v1 import cost_pb2
+from prometheus_client import CollectorRegistry
 
 from services.common.errors import ResourceExhausted
 from services.router.budgets import BudgetRule, PriceTable, RedisBudgets, Subjects
+from services.router.budgets.metrics import register_budget_metrics
 
 pytestmark = pytest.mark.redis
 
@@ -161,6 +163,8 @@ async def test_in_flight_reservations_survive_a_redis_loss(redis_url, prefix):
     limit, not the whole limit again (which would overspend when A's requests settle)."""
     ledger = Ledger()
     a, b = replicas_on(redis_url, prefix, ledger, reservation_ttl_s=0.3)
+    metrics = CollectorRegistry()  # replica A's /metrics
+    register_budget_metrics(metrics, a)
     try:
         for r in (a, b):  # both have seen the store's epoch
             await r.settle(await r.reserve(WHO, MODEL, PROMPT, MAX_TOKENS), 0)
@@ -171,6 +175,8 @@ async def test_in_flight_reservations_survive_a_redis_loss(redis_url, prefix):
             await b.reserve(WHO, MODEL, PROMPT, MAX_TOKENS)
         await asyncio.sleep(0.4)  # the pause (0.3 s) ends; A renewed meanwhile
         assert a.reregistered == 6
+        assert metrics.get_sample_value("harness_router_budget_reservations_reregistered_total") == 6
+        assert metrics.get_sample_value("harness_router_budget_reservations") == 6
         admitted = []
         for _ in range(5):
             try:
@@ -181,6 +187,8 @@ async def test_in_flight_reservations_survive_a_redis_loss(redis_url, prefix):
         for res in in_flight + admitted:
             await (a if res in in_flight else b).settle(res, 1000)
         assert await counter_spent(redis_url, prefix) == 10 * 1000 <= LIMIT
+        assert metrics.get_sample_value("harness_router_budget_reservations") == 0
+        assert metrics.get_sample_value("harness_router_budget_counter_rebuilds_total") == a.rebuilds
     finally:
         for r in (a, b):
             await r.aclose()

@@ -1,0 +1,47 @@
+"""The router's budget metrics, read from the enforcer at scrape time.
+
+- `harness_router_budget_reservations`: reservations this router admitted and has not settled.
+- `harness_router_budget_counter_rebuilds_total`: budget counters this router rebuilt from the
+  ledger (a new period, a restart, or a budget store that lost its data).
+- `harness_router_budget_reservations_reregistered_total`: in-flight reservations a renewal found
+  gone from the budget store and registered again (the store lost data while they ran).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .core import BudgetEnforcer
+
+
+class BudgetCollector(Collector):
+    def __init__(self, enforcer: BudgetEnforcer) -> None:
+        self._enforcer = enforcer
+
+    def collect(self) -> Iterable[Metric]:
+        e = self._enforcer
+        yield GaugeMetricFamily(
+            "harness_router_budget_reservations",
+            "Budget reservations admitted here, not settled yet",
+            value=e.live,
+        )
+        yield CounterMetricFamily(
+            "harness_router_budget_counter_rebuilds",
+            "Budget counters rebuilt from the ledger",
+            value=e.rebuilds,
+        )
+        yield CounterMetricFamily(
+            "harness_router_budget_reservations_reregistered",
+            "In-flight reservations registered again after the budget store lost them",
+            value=e.reregistered,
+        )
+
+
+def register_budget_metrics(registry: CollectorRegistry, enforcer: BudgetEnforcer) -> BudgetCollector:
+    collector = BudgetCollector(enforcer)
+    registry.register(collector)
+    return collector
