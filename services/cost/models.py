@@ -85,6 +85,20 @@ cost_totals = Table(
     Column("cost_micro_usd", BigInteger, nullable=False),
 )
 
+# Spend per budget scope and subject in 15-minute buckets of event time, kept like cost_totals.
+# Every UTC offset in use is a whole number of quarter hours, so any calendar period in any
+# timezone is a whole number of buckets, and a budget's spend (GetBudget, ListBudgets as every
+# router polls it, alerts) sums at most ~3k rows a month instead of the period's ledger rows.
+SPEND_BUCKET_US = 15 * 60 * 1_000_000
+spend_buckets = Table(
+    "spend_buckets",
+    metadata,
+    Column("scope", Integer, primary_key=True),  # cost_pb2.BudgetScope
+    Column("subject", Text, primary_key=True),
+    Column("bucket_us", BigInteger, primary_key=True),  # start of the quarter hour
+    Column("cost_micro_usd", BigInteger, nullable=False),
+)
+
 # Budgets sum a scope's spend over a time range; reports scan a time range.
 Index("ix_ledger_time", ledger.c.time_us)
 Index("ix_ledger_project_time", ledger.c.project, ledger.c.time_us)

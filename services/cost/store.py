@@ -24,9 +24,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument, NotFound
-from services.cost import migrate
+from services.cost import aggregates, migrate
 from services.cost.alerts import AlertBook, AlertRow
-from services.cost.models import budgets, cost_totals, ledger, prices
+from services.cost.models import budgets, ledger, prices
 from services.cost.pricing import PriceBook, local_day, period_bounds, price_event, to_us
 from services.cost.validation import ts_to_us, us_to_ts, validate_budget, validate_usage
 
@@ -34,12 +34,6 @@ log = logging.getLogger("harness.cost.store")
 L = ledger.c
 # Report dimensions -> ledger columns.
 DIMENSIONS = ("user", "team", "project", "agent", "agent_version", "model", "deployment", "tool", "day")
-SCOPE_COLUMN = {
-    cost_pb2.BUDGET_SCOPE_USER: L.user,
-    cost_pb2.BUDGET_SCOPE_TEAM: L.team,
-    cost_pb2.BUDGET_SCOPE_PROJECT: L.project,
-    cost_pb2.BUDGET_SCOPE_AGENT: L.agent,
-}
 
 
 @dataclass(frozen=True)
@@ -75,7 +69,7 @@ class CostStore:
         except BaseException:
             self._engine.dispose()
             raise
-        self.alerts = AlertBook(self._engine, tz=self.tz, now_us=self._now_us, spend=self._spend)
+        self.alerts = AlertBook(self._engine, tz=self.tz, now_us=self._now_us, spend=aggregates.spend)
 
     @classmethod
     async def open(cls, url: str, **kwargs) -> CostStore:
@@ -168,7 +162,7 @@ class CostStore:
                         LedgerEntry(ev.event_id, row["team"], row["project"], row["agent"], row["model"],
                                     row["cost_micro_usd"], row["user"], row["time_us"])
                     )  # fmt: skip
-            self._add_totals(conn, new)
+            aggregates.add(conn, self._insert, new)
         # After the commit (see alerts.py for why). A failure here must not fail the batch, which
         # is stored: a resend would be all duplicates and check nothing. The sweep catches up.
         try:
@@ -177,25 +171,6 @@ class CostStore:
             log.exception("budget alert check after a recorded batch failed (the sweep will retry)")
             alerts = ()
         return RecordResult(len(new), len(events) - len(new), tuple(new), alerts)
-
-    def _add_totals(self, conn, new: list[LedgerEntry]) -> None:
-        """Adds the batch's new cost to cost_totals (in the batch's transaction, so the totals are
-        the ledger's sums exactly). In label order: overlapping batches lock rows in one order."""
-        sums: dict[tuple[str, str, str, str], int] = {}
-        for e in new:
-            if e.cost_micro_usd:
-                key = (e.team, e.project, e.agent, e.model)
-                sums[key] = sums.get(key, 0) + e.cost_micro_usd
-        for (team, project, agent, model), micro in sorted(sums.items()):
-            stmt = self._insert(cost_totals).values(
-                team=team, project=project, agent=agent, model=model, cost_micro_usd=micro
-            )
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["team", "project", "agent", "model"],
-                    set_={"cost_micro_usd": cost_totals.c.cost_micro_usd + stmt.excluded.cost_micro_usd},
-                )
-            )
 
     def _ledger_row(self, ev: common_pb2.UsageEvent, book: PriceBook, now: int) -> dict:
         # An event without a time is priced and dated at receipt (the router always sets it).
@@ -278,14 +253,6 @@ class CostStore:
         if not await asyncio.to_thread(run):
             raise NotFound(f"budget {name!r} does not exist")
 
-    @staticmethod
-    def _spend(conn, scope: int, subject: str, start_us: int | None, end_us: int | None) -> int:
-        """Ledger spend of one budget scope in [start, end) (None bounds: all time), micro-USD."""
-        stmt = select(func.coalesce(func.sum(L.cost_micro_usd), 0)).where(SCOPE_COLUMN[scope] == subject)
-        if start_us is not None and end_us is not None:
-            stmt = stmt.where(L.time_us >= start_us, L.time_us < end_us)
-        return int(conn.scalar(stmt))
-
     def _budget(self, conn, row) -> cost_pb2.Budget:
         """The stored budget plus its spend in the current period (calendar, configured timezone)."""
         now = datetime.fromtimestamp(self._now_us() / 1_000_000, tz=UTC)
@@ -294,7 +261,7 @@ class CostStore:
         budget = cost_pb2.Budget(
             name=row.name, scope=row.scope, subject=row.subject, period=row.period,
             limit_micro_usd=row.limit_micro_usd, alert_percent=json.loads(row.alert_percent),
-            webhook_url=row.webhook_url, spent_micro_usd=self._spend(conn, row.scope, row.subject, *bounds),
+            webhook_url=row.webhook_url, spent_micro_usd=aggregates.spend(conn, row.scope, row.subject, *bounds),
         )  # fmt: skip
         if end is not None:
             budget.reset_time.CopyFrom(us_to_ts(to_us(end)))

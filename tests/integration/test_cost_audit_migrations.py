@@ -37,7 +37,7 @@ from tests.helpers.migrations import at_head_and_in_sync, check_ops_command_line
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_714_564_800  # 2024-05-01T12:00:00Z
-COST_TABLES = {"prices", "usage_ledger", "budgets", "budget_alerts", "cost_totals"}
+COST_TABLES = {"prices", "usage_ledger", "budgets", "budget_alerts", "cost_totals", "spend_buckets"}
 AUDIT_TABLES = {"audit_records", "approvals"}
 REGISTRY_TABLES = {t for md in registry_migrate.target_metadata() for t in md.tables}
 VERSION_TABLES = {"alembic_version", "alembic_version_cost", "alembic_version_audit"}
@@ -153,8 +153,8 @@ async def test_pre_migration_cost_database_is_adopted(db_url, engine):
     """A cost DB made by the old create_all (no version table), in a database the registry
     already migrated: its `alembic_version` must not be taken for the cost service's."""
     RegistryStore(db_url).close()
-    # What create_all made before migrations: the 0001 tables (cost_totals came with 0002).
-    old = [t for t in cost_models.metadata.sorted_tables if t.name != "cost_totals"]
+    # What create_all made before migrations: the 0001 tables (0002 and 0003 added the sums).
+    old = [t for t in cost_models.metadata.sorted_tables if t.name not in ("cost_totals", "spend_buckets")]
     cost_models.metadata.create_all(engine, tables=old)
     with engine.begin() as conn:
         conn.execute(
@@ -178,8 +178,15 @@ async def test_pre_migration_cost_database_is_adopted(db_url, engine):
         assert recorded.accepted == 1 and recorded.new[0].cost_micro_usd == 2_000
         with engine.connect() as conn:  # 0002 summed the old ledger; the new batch added to it
             totals = conn.execute(select(cost_models.cost_totals)).all()
+            buckets = conn.execute(select(cost_models.spend_buckets)).all()
         assert sorted((r.team, r.project, r.agent, r.model, r.cost_micro_usd) for r in totals) == [
             ("", "p", "", "m", 2_000), ("t", "p", "a", "m", 700)
+        ]  # fmt: skip
+        # 0003 bucketed the old rows (time 0) by team, project and agent; the new one by user and project.
+        assert sorted((r.scope, r.subject, r.bucket_us, r.cost_micro_usd) for r in buckets) == [
+            (1, "u", T0 * 1_000_000 - T0 * 1_000_000 % 900_000_000, 2_000),
+            (2, "t", 0, 700), (3, "p", 0, 700),
+            (3, "p", T0 * 1_000_000 - T0 * 1_000_000 % 900_000_000, 2_000), (4, "a", 0, 700),
         ]  # fmt: skip
     finally:
         await store.close()

@@ -337,3 +337,59 @@ async def test_report_groups_by_dimensions_over_a_half_open_range(db_url, clock)
             await s.report(["user"], end, start)
     finally:
         await s.close()
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York"])
+async def test_budget_spend_from_buckets_equals_the_ledgers_in_any_timezone(db_url, clock, zone):
+    """Quarter-hour buckets give exactly the ledger's spend for every calendar period, in zones
+    15, 30 and 45 minutes off the hour and across a DST change (New York, 2024-11-03)."""
+    import random
+
+    from services.cost import aggregates
+
+    store = await CostStore.open(db_url, now_us=lambda: clock["now"], timezone=zone)
+    try:
+        await demo_prices(store)
+        rng = random.Random(zone)
+        start = us("2024-10-28T00:00:00Z")
+        events = [
+            usage(f"e{i}", "2024-10-28T00:00:00Z", inp=rng.randint(1, 5) * 100_000,
+                  user=rng.choice(["alice", "bob"]), team=rng.choice(["fin", "ops"]), agent=rng.choice(["a", "b"]))
+            for i in range(300)
+        ]  # fmt: skip
+        for ev in events:  # spread over 9 days, on and around local midnights
+            ev.time.FromMicroseconds(start + rng.randrange(9 * 86_400) * 1_000_000)
+        await store.record(events)
+        tz = ZoneInfo(zone)
+        engine = create_engine(db_url)
+        try:
+            with engine.connect() as conn:
+                for day in range(9):
+                    at = datetime.fromtimestamp(start / 1e6 + day * 86_400 + 3_600, tz=UTC)
+                    for period in (K.BUDGET_PERIOD_DAILY, K.BUDGET_PERIOD_WEEKLY, K.BUDGET_PERIOD_MONTHLY):
+                        lo, hi = period_bounds(period, at, tz)
+                        bounds = (us(lo.isoformat()), us(hi.isoformat()))
+                        for scope, col, subject in ((K.BUDGET_SCOPE_USER, ledger.c.user, "alice"),
+                                                    (K.BUDGET_SCOPE_TEAM, ledger.c.team, "ops")):  # fmt: skip
+                            direct = conn.scalar(
+                                select(func.coalesce(func.sum(ledger.c.cost_micro_usd), 0)).where(
+                                    col == subject,
+                                    ledger.c.time_us >= bounds[0],
+                                    ledger.c.time_us < bounds[1],
+                                )
+                            )
+                            assert aggregates.spend(conn, scope, subject, *bounds) == direct, (period, at)
+                total = conn.scalar(select(func.sum(ledger.c.cost_micro_usd)).where(ledger.c.agent == "a"))
+                assert aggregates.spend(conn, K.BUDGET_SCOPE_AGENT, "a", None, None) == total > 0
+                # A window off the quarter hour is summed from the ledger, exactly.
+                odd = (start + 7 * 60 * 1_000_000, start + 86_400 * 1_000_000 + 1)
+                direct = conn.scalar(
+                    select(func.coalesce(func.sum(ledger.c.cost_micro_usd), 0)).where(
+                        ledger.c.team == "fin", ledger.c.time_us >= odd[0], ledger.c.time_us < odd[1]
+                    )
+                )
+                assert aggregates.spend(conn, K.BUDGET_SCOPE_TEAM, "fin", *odd) == direct
+        finally:
+            engine.dispose()
+    finally:
+        await store.close()
