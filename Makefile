@@ -58,6 +58,7 @@ bench: proto
 	$(PY) bench/prefix_affinity.py --quick
 	$(PY) bench/overload.py --quick
 	$(PY) bench/pii_corpus.py
+	$(PY) bench/cost_reads.py --rows 20000
 
 bench-fleet: proto
 	$(PY) -m bench.fleet $(ARGS)
