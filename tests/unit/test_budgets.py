@@ -168,6 +168,23 @@ async def test_renewed_reservation_outlives_its_ttl(make, clock):
         await enf.reserve_cost([r], 1)
 
 
+async def test_a_reservation_never_settled_is_renewed_only_up_to_max_hold(make, clock):
+    """A caller that never settles (a bug) cannot hold its budget forever."""
+    enf = make(reservation_ttl_s=30, max_hold_s=60)
+    r = rule(limit=1000)
+    await enf.reserve_cost([r], 1000)
+    for _ in range(3):  # renewed at 20 and 40 s; at 60 s it has been held max_hold_s
+        clock.advance(20)
+        await enf.renew()
+        with pytest.raises(ResourceExhausted):
+            await enf.reserve_cost([r], 1)
+    clock.advance(20)
+    await enf.renew()  # 80 s: dropped, no longer renewed
+    assert enf.live == 0
+    clock.advance(30)  # its last renewal (at 60 s) has run out
+    await enf.reserve_cost([r], 1000)
+
+
 async def test_a_settle_during_a_renewal_is_not_undone(make):
     """A renewal that registers a reservation again after it was settled takes it back out."""
     enf = make(reservation_ttl_s=30)

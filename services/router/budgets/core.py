@@ -136,6 +136,7 @@ class BudgetReservation:
     cost: int = 0
     charges: tuple[Charge, ...] = ()
     settled: bool = False
+    since_ms: float = 0.0  # when it was admitted
 
 
 # Backend answers to a reservation attempt.
@@ -171,8 +172,9 @@ class BudgetEnforcer(ABC):
         prefix: str = "harness:",
         *,
         timezone: str = "UTC",
-        reservation_ttl_s: float = 300.0,
+        reservation_ttl_s: float = 30.0,
         recovery_hold_s: float | None = None,
+        max_hold_s: float = 6 * 3600.0,
         ledger: LedgerSource | None = None,
         clock_ms: Callable[[], float] | None = None,
         fail_open: bool = False,
@@ -180,6 +182,7 @@ class BudgetEnforcer(ABC):
         self._prefix = prefix
         self.tz = ZoneInfo(timezone)
         self.ttl_ms = int(reservation_ttl_s * 1000)
+        self.max_hold_ms = max_hold_s * 1000  # longest a reservation is renewed
         self.hold_ms = int((reservation_ttl_s if recovery_hold_s is None else recovery_hold_s) * 1000)
         self._ledger = ledger
         self._clock = clock_ms or (lambda: time.time() * 1000.0)
@@ -258,7 +261,7 @@ class BudgetEnforcer(ABC):
             if a.epoch:
                 self.epoch = a.epoch
             if a.status == OK:
-                res = BudgetReservation(rid, cost, charges)
+                res = BudgetReservation(rid, cost, charges, since_ms=now)
                 self._live[rid] = res
                 return res
             if a.status == OVER:
@@ -325,10 +328,20 @@ class BudgetEnforcer(ABC):
     async def renew(self) -> int:
         """Extends every unsettled reservation of this instance by the TTL; registers again the
         ones the store lost. Returns how many were registered again."""
+        now = self._clock()
+        # One never settled (a caller's bug) must not hold its budget forever: renewals stop
+        # after max_hold_s and the store lets it expire.
+        for res in [r for r in self._live.values() if now - r.since_ms > self.max_hold_ms]:
+            del self._live[res.id]
+            log.error(
+                "budget reservation %s unsettled after %.0f s: no longer renewed",
+                res.id,
+                self.max_hold_ms / 1000,
+            )
         if not self._live:
             return 0
         held = list(self._live.values())
-        again = await self._renew(held, int(self._clock() + self.ttl_ms))
+        again = await self._renew(held, int(now + self.ttl_ms))
         # A reservation settled while the renewal ran may have been registered again after its
         # settle: take it back out (a settle of 0 removes it and adds nothing).
         lost = 0
