@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,3 +93,9 @@ class StackPaths:
     @property
     def env_file(self) -> Path:
         return self.root / "env"
+
+
+def redis_prefix_for(root: Path) -> str:
+    """Keys of the stack under `root`, so stacks sharing one Redis never share counters."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
+    return f"harness:{digest}:"

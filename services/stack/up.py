@@ -8,7 +8,6 @@ two routers and the Envoy front proxy, each a child process logging to
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import signal
@@ -31,7 +30,7 @@ from services.devtools.certs import DEFAULT_SERVICES, CertBundle, make_certs
 from services.envoy.methods import idempotent_unary_methods
 from services.envoy.render import EnvoyCerts, EnvoySpec, write_envoy_config
 from services.stack.banner import banner
-from services.stack.layout import StackPaths, StackPorts, ports_in_use
+from services.stack.layout import StackPaths, StackPorts, ports_in_use, redis_prefix_for
 from services.stack.procs import Child, Supervisor
 
 log = logging.getLogger("harness.up")
@@ -396,9 +395,3 @@ def run_up(cfg: UpConfig) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not interrupt the cleanup
         stack.stop()
-
-
-def redis_prefix_for(root: Path) -> str:
-    """Keys of the stack under `root`, so stacks sharing one Redis never share counters."""
-    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
-    return f"harness:{digest}:"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.stack.up import redis_prefix_for
+from services.stack.layout import redis_prefix_for
 
 REPO = Path(__file__).resolve().parents[2]
 

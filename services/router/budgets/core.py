@@ -43,79 +43,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from harness.cost.v1 import cost_pb2
-
 from services.common.errors import ResourceExhausted, Unavailable
 from services.cost.pricing import period_bounds, to_us
 
 from .prices import GpuTimeEstimate, PriceTable
+from .rules import BudgetRule, BudgetTable, Subjects
 
 log = logging.getLogger("harness.router.budgets")
 
 KEY_GRACE_MS = 86_400_000  # a period's counter outlives the period by a day (late settles)
-SCOPES = {
-    cost_pb2.BUDGET_SCOPE_USER: "user",
-    cost_pb2.BUDGET_SCOPE_TEAM: "team",
-    cost_pb2.BUDGET_SCOPE_PROJECT: "project",
-    cost_pb2.BUDGET_SCOPE_AGENT: "agent",
-}
-PERIODS = {
-    cost_pb2.BUDGET_PERIOD_DAILY: "daily",
-    cost_pb2.BUDGET_PERIOD_WEEKLY: "weekly",
-    cost_pb2.BUDGET_PERIOD_MONTHLY: "monthly",
-    cost_pb2.BUDGET_PERIOD_LIFETIME: "lifetime",
-}
-
-
-@dataclass(frozen=True)
-class BudgetRule:
-    name: str
-    scope: int  # cost_pb2.BudgetScope
-    subject: str
-    period: int  # cost_pb2.BudgetPeriod
-    limit_micro_usd: int
-    alert_percent: tuple[int, ...] = ()
-
-    @classmethod
-    def from_proto(cls, b: cost_pb2.Budget) -> BudgetRule:
-        return cls(b.name, b.scope, b.subject, b.period, b.limit_micro_usd, tuple(b.alert_percent))
-
-    def describe(self) -> str:
-        return f"budget '{self.name}' ({SCOPES.get(self.scope, '?')} '{self.subject}', {PERIODS.get(self.period, '?')})"
-
-
-@dataclass(frozen=True)
-class Subjects:
-    """Who a request is charged to, one name per budget scope ("" = none)."""
-
-    user: str = ""
-    team: str = ""
-    project: str = ""
-    agent: str = ""
-
-    def of(self, scope: int) -> str:
-        return getattr(self, SCOPES.get(scope, "user"), "") if scope in SCOPES else ""
-
-
-class BudgetTable:
-    """Budgets indexed by (scope, subject)."""
-
-    def __init__(self, rules: Iterable[BudgetRule] = ()) -> None:
-        self._by: dict[tuple[int, str], list[BudgetRule]] = {}
-        for r in rules:
-            if r.scope in SCOPES and r.period in PERIODS and r.subject:
-                self._by.setdefault((r.scope, r.subject), []).append(r)
-
-    def applicable(self, s: Subjects) -> list[BudgetRule]:
-        out: list[BudgetRule] = []
-        for scope in SCOPES:
-            name = s.of(scope)
-            if name:
-                out += self._by.get((scope, name), ())
-        return out
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self._by.values())
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 
 from services.common.streams import BackgroundFollower
 
-from .core import BudgetEnforcer, BudgetRule, PriceTable
+from .core import BudgetEnforcer
+from .prices import PriceTable
+from .rules import BudgetRule
 
 log = logging.getLogger("harness.router.budgets")
 
