@@ -127,3 +127,30 @@ async def test_follower_says_when_the_cost_service_counts_another_timezone(caplo
         f.apply([utc_day, shanghai_day], PRICES)
     [record] = caplog.records  # said once
     assert "budget 'utc-day'" in record.message and "same timezone" in record.message
+
+
+async def test_follower_keeps_polling_when_an_answer_cannot_be_applied(caplog):
+    """A bug or a bad answer while applying must not end the loop: budgets would freeze."""
+    budgets = MemoryBudgets()
+    f = CostFollower(grpc.aio.insecure_channel("127.0.0.1:1"), budgets, interval_s=0.01)
+    calls = 0
+
+    async def poll_once():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("unexpected answer")
+        f.apply([budget(limit=100)], PRICES)
+
+    async def rates():
+        raise KeyError("deployment")
+
+    f.poll_once, f.poll_gpu_rates = poll_once, rates
+    f.start()
+    try:
+        assert await f.wait_ready(2.0)  # the second poll applied
+    finally:
+        await f.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("applying budgets and prices" in m for m in messages)
+    assert any("reading GPU rates" in m for m in messages)

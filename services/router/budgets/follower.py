@@ -129,13 +129,21 @@ class CostFollower(BackgroundFollower):
         self._enforcer.gpu.seed(rates)
         return rates
 
+    async def _refresh_gpu_rates(self) -> None:
+        # Only a better starting point for the GPU bound: a failure keeps the last rates and
+        # must neither stop the budget polls nor mark the cost service down.
+        try:
+            await self.poll_gpu_rates()
+        except Exception as exc:
+            log.warning("reading GPU rates from the cost service failed (%s); keeping the last ones", exc)
+
     async def _run(self) -> None:
         while True:
             try:
                 await self.poll_once()
                 if time.monotonic() >= self._rates_due:
                     self._rates_due = time.monotonic() + self._rates_interval
-                    await self.poll_gpu_rates()
+                    await self._refresh_gpu_rates()
                 if self._failing:
                     log.info("cost service reachable again; budgets and prices refreshed")
                 self._failing = False
@@ -143,4 +151,8 @@ class CostFollower(BackgroundFollower):
                 level = logging.DEBUG if self._failing else logging.WARNING
                 log.log(level, "cost service unreachable (%s); keeping last known budgets", exc.code().name)
                 self._failing = True
+            except Exception:  # a bad answer must not end the polling: budgets would freeze
+                log.exception(
+                    "applying budgets and prices from the cost service failed; keeping the last ones"
+                )
             await asyncio.sleep(self._interval)
