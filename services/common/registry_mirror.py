@@ -204,7 +204,12 @@ class RegistryMirror(BackgroundFollower):
                     exc.code().name,
                     self.revision,
                 )
+            except Exception:  # a change that cannot be applied must not end the watch for good
+                log.exception(
+                    "applying a registry change failed; watching again from revision %d", self.revision
+                )
             self.connected = False
+            self._pending = None  # a snapshot cut off mid-way is sent again whole
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)
 

@@ -118,6 +118,8 @@ class EndpointView(BackgroundFollower):
                     await self._poll()
                     return
                 log.warning("pool watch broke (%s); keeping last known endpoints", exc.code().name)
+            except Exception:  # an update that cannot be applied must not end the watch for good
+                log.exception("applying a pool update failed; watching again from revision %d", self.revision)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
@@ -128,4 +130,6 @@ class EndpointView(BackgroundFollower):
                 self.apply(list(resp.endpoints))
             except grpc.aio.AioRpcError as exc:
                 log.warning("pool unreachable (%s); keeping last known endpoints", exc.code().name)
+            except Exception:
+                log.exception("applying the pool's endpoints failed; keeping last known endpoints")
             await asyncio.sleep(self._interval)

@@ -144,3 +144,25 @@ async def test_the_copy_survives_a_registry_restart_and_catches_up(setup):
 
     await eventually(draining, within_s=5.0)
     assert mirror.connected
+
+
+async def test_a_change_that_cannot_be_applied_does_not_end_the_watch(setup, caplog):
+    """One failure while applying (a bug, an unexpected message) used to end the watch task for
+    good, leaving the router on a stale registry; now it watches again and catches up."""
+    _, stub, mirror = setup
+    apply, failures = mirror._apply, []
+
+    async def failing_once(message):
+        if not failures and not message.snapshot:
+            failures.append(message.revision)
+            raise RuntimeError("could not apply")
+        await apply(message)
+
+    mirror._apply = failing_once
+    await stub.SetAgentState(pb.SetAgentStateRequest(agent=AGENT, state=common_pb2.AGENT_STATE_DRAINING))
+
+    async def draining():
+        return (await mirror.agent(AGENT)).state == common_pb2.AGENT_STATE_DRAINING
+
+    await eventually(draining, within_s=5.0)
+    assert failures and any("applying a registry change failed" in r.getMessage() for r in caplog.records)
