@@ -123,7 +123,10 @@ class PoolApp:
     async def _nvml_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.probe_interval_s)
-            await self.nvml.refresh()
+            try:
+                await self.nvml.refresh()
+            except Exception:  # one bad read must not end NVML figures for good
+                log.exception("NVML refresh failed")
 
     async def _idle_loop(self) -> None:
         while True:

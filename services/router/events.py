@@ -79,8 +79,13 @@ class _Lane:
             self._wake.clear()
             if self._linger > 0:
                 await asyncio.sleep(self._linger)
-            while await self._ship_some():
-                pass
+            try:
+                while await self._ship_some():
+                    pass
+            except Exception:  # the events stay in the outbox; shipping must not stop for good
+                log.exception("%s: shipping failed; retrying in 1 s", self.name)
+                await asyncio.sleep(1.0)
+                self._wake.set()
 
     async def _ship_some(self) -> bool:
         """Sends one batch; True while more are waiting."""

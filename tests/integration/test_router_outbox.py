@@ -165,3 +165,33 @@ async def test_fail_closed_refuses_what_cannot_be_made_durable(receivers, tmp_pa
         shipper.emit_audit(audit_event(1))
     with pytest.raises(Unavailable, match="fail-closed"):
         shipper.check_durable()
+
+
+async def test_a_lane_keeps_shipping_after_an_unexpected_error(tmp_path):
+    """A non-RPC failure while sending (a bug, a bad row) used to end the lane's task: events
+    then waited in the outbox until a restart. Now the lane logs it and tries again."""
+    from prometheus_client import Counter, Gauge
+
+    from services.router.events import _Lane
+
+    registry = CollectorRegistry()
+    pending = Gauge("p", "p", ["lane"], registry=registry)
+    shipped = Counter("s", "s", ["lane"], registry=registry)
+    sent: list[list[bytes]] = []
+
+    async def send(batch: list[bytes]) -> None:
+        if not sent:
+            sent.append([])  # the first attempt fails
+            raise RuntimeError("unexpected")
+        sent.append(batch)
+
+    lane = _Lane("audit", Outbox(str(tmp_path / "o.db")), send, 10, pending, shipped, 0.0)
+    lane.start()
+    try:
+        lane.put(b"e1", fail_closed=True)
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(sent) < 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert sent[1:] == [[b"e1"]]
+    finally:
+        await lane.drain(1.0)
