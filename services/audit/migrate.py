@@ -8,31 +8,11 @@ or draft the next revision). The machinery is services/common/migrate.py. The ve
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from sqlalchemy import MetaData
-
 from services.audit.models import metadata
 from services.common.migrate import Migrations
 
-SCRIPT_DIR = Path(__file__).with_name("migrations")
-# Databases made by `create_all` before migrations existed hold exactly this revision's schema.
-BASELINE = "0001"
-# PostgreSQL advisory lock key: replicas starting together must not both create the tables.
-MIGRATION_LOCK = int.from_bytes(b"HAUDTMIG", "big")
-
-
-def target_metadata() -> list[MetaData]:
-    return [metadata]
-
-
-MIGRATIONS = Migrations(
-    script_dir=SCRIPT_DIR,
-    target_metadata=target_metadata,
-    version_table="alembic_version_audit",
-    baseline=BASELINE,
-    sentinel="audit_records",
-    lock_key=MIGRATION_LOCK,
+MIGRATIONS = Migrations.beside(
+    __file__, service="audit", sentinel="audit_records", target_metadata=lambda: [metadata]
 )
 
 

@@ -16,6 +16,7 @@ not proposed for dropping; write that `op.drop_table` by hand.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -52,6 +53,22 @@ class Migrations:
     sentinel: str
     # PostgreSQL advisory lock key: replicas starting together must not both create the tables.
     lock_key: int
+
+    @classmethod
+    def beside(
+        cls, module_file: str, *, service: str, sentinel: str, target_metadata: Callable[[], list[MetaData]]
+    ) -> Migrations:
+        """A service's migrations in the `migrations/` next to its `migrate.py`, with its own
+        version table `alembic_version_<service>` and advisory lock, from baseline 0001."""
+        digest = hashlib.sha256(f"harness-migrations:{service}".encode()).digest()
+        return cls(
+            script_dir=Path(module_file).with_name("migrations"),
+            target_metadata=target_metadata,
+            version_table=f"alembic_version_{service}",
+            baseline="0001",
+            sentinel=sentinel,
+            lock_key=int.from_bytes(digest[:8], "big", signed=True),  # PostgreSQL's bigint
+        )
 
     def owned_tables(self) -> frozenset[str]:
         return frozenset(t for md in self.target_metadata() for t in md.tables)

@@ -8,31 +8,11 @@ or draft the next revision). The machinery is services/common/migrate.py. The ve
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from sqlalchemy import MetaData
-
 from services.common.migrate import Migrations
 from services.cost.models import metadata
 
-SCRIPT_DIR = Path(__file__).with_name("migrations")
-# Databases made by `create_all` before migrations existed hold exactly this revision's schema.
-BASELINE = "0001"
-# PostgreSQL advisory lock key: replicas starting together must not both create the tables.
-MIGRATION_LOCK = int.from_bytes(b"HCOSTMIG", "big")
-
-
-def target_metadata() -> list[MetaData]:
-    return [metadata]
-
-
-MIGRATIONS = Migrations(
-    script_dir=SCRIPT_DIR,
-    target_metadata=target_metadata,
-    version_table="alembic_version_cost",
-    baseline=BASELINE,
-    sentinel="usage_ledger",
-    lock_key=MIGRATION_LOCK,
+MIGRATIONS = Migrations.beside(
+    __file__, service="cost", sentinel="usage_ledger", target_metadata=lambda: [metadata]
 )
 
 

@@ -11,33 +11,20 @@ or HARNESS_POOL_DB, the same URL the pool is started with.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import Engine, MetaData
 
 from services.common.migrate import Migrations
 
-SCRIPT_DIR = Path(__file__).with_name("migrations")
-# Databases made by `create_all` before migrations existed hold exactly this revision's schema.
-BASELINE = "0001"
-# PostgreSQL advisory lock key: replicas starting together must not both create the tables.
-MIGRATION_LOCK = int.from_bytes(b"HPOOLMIG", "big")
 
-
-def target_metadata() -> list[MetaData]:
+def _claims_metadata() -> list[MetaData]:
     # Imported here: the claim store imports this module.
     from services.pool.claims_store import metadata
 
     return [metadata]
 
 
-MIGRATIONS = Migrations(
-    script_dir=SCRIPT_DIR,
-    target_metadata=target_metadata,
-    version_table="alembic_version_pool",
-    baseline=BASELINE,
-    sentinel="pool_claims",
-    lock_key=MIGRATION_LOCK,
+MIGRATIONS = Migrations.beside(
+    __file__, service="pool", sentinel="pool_claims", target_metadata=_claims_metadata
 )
 
 

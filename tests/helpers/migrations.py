@@ -45,3 +45,23 @@ def check_ops_command_line(migrate: ModuleType, db_url: str, capsys) -> None:
     assert done.value.code == 0 and "in sync" in capsys.readouterr().out
     main(["--db-url", db_url, "downgrade"])
     assert capsys.readouterr().out.strip() == f"(empty) (head {head})"
+
+
+def start_together(opener: str, argvs: list[list[str]], cwd) -> list[str]:
+    """Runs `python -c opener *argv` once per argv, all released at the same moment (the opener
+    sleeps until the start time passed as its last argument); returns the failures' stderr."""
+    import subprocess
+    import sys
+    import time
+
+    start = str(time.time() + 4)  # ~1 s of imports, with room to spare
+    procs = [
+        subprocess.Popen([sys.executable, "-c", opener, *argv, start], cwd=cwd, stderr=subprocess.PIPE)
+        for argv in argvs
+    ]
+    failures = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode:
+            failures.append(err.decode()[-2000:])
+    return failures

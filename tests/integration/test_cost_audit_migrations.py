@@ -9,8 +9,6 @@ failure, not a skip, when CI=true and PostgreSQL is missing).
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +31,13 @@ from services.cost import models as cost_models
 from services.cost.store import CostStore
 from services.registry import migrate as registry_migrate
 from services.registry.store import Store as RegistryStore
-from tests.helpers.migrations import at_head_and_in_sync, check_ops_command_line, schema, tables
+from tests.helpers.migrations import (
+    at_head_and_in_sync,
+    check_ops_command_line,
+    schema,
+    start_together,
+    tables,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_714_564_800  # 2024-05-01T12:00:00Z
@@ -318,19 +322,7 @@ def test_replicas_starting_together_do_not_fail(db_url, engine):
     kinds = ["cost"] * 3 + ["audit"] * 3
     if engine.dialect.name == "postgresql":
         kinds += ["registry"] * 3
-    start = str(time.time() + 4)  # ~1 s of imports, with room to spare
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", OPENER, kind, db_url, start], cwd=ROOT, stderr=subprocess.PIPE
-        )
-        for kind in kinds
-    ]
-    failures = []
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode:
-            failures.append(err.decode()[-2000:])
-    assert failures == []
+    assert start_together(OPENER, [[kind, db_url] for kind in kinds], ROOT) == []
     at_head_and_in_sync(engine, *_migrates_of(engine))
 
 

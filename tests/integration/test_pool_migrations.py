@@ -13,7 +13,6 @@ import asyncio
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,13 @@ from services.pool import migrate as pool_migrate
 from services.pool.claims_store import ClaimRow, ClaimStore, StoredClaim, metadata
 from services.registry import migrate as registry_migrate
 from services.registry.store import Store as RegistryStore
-from tests.helpers.migrations import at_head_and_in_sync, check_ops_command_line, schema, tables
+from tests.helpers.migrations import (
+    at_head_and_in_sync,
+    check_ops_command_line,
+    schema,
+    start_together,
+    tables,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL_TABLES = {"pool_claims"}
@@ -241,15 +246,5 @@ def test_pool_replicas_starting_together_do_not_fail(db_url, engine):
     """Separate processes opening one claims database at once: the migration lock lets one create
     the table and the rest find it at head (PostgreSQL: the pool's advisory lock; SQLite: BEGIN
     IMMEDIATE)."""
-    start = str(time.time() + 4)  # ~1 s of imports, with room to spare
-    procs = [
-        subprocess.Popen([sys.executable, "-c", OPENER, db_url, start], cwd=ROOT, stderr=subprocess.PIPE)
-        for _ in range(4)
-    ]
-    failures = []
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode:
-            failures.append(err.decode()[-2000:])
-    assert failures == []
+    assert start_together(OPENER, [[db_url]] * 4, ROOT) == []
     at_head_and_in_sync(engine, pool_migrate)
