@@ -72,19 +72,19 @@ class CostFollower(BackgroundFollower):
             )
             for b in budgets
         }
-        self._enforcer.update([BudgetRule.from_proto(b) for b in budgets], PriceTable.from_protos(prices))
-        self._check_periods(budgets)
+        rules = [BudgetRule.from_proto(b) for b in budgets]
+        self._enforcer.update(rules, PriceTable.from_protos(prices))
+        self._check_periods(rules, budgets)
         self._mark_ready()
 
-    def _check_periods(self, budgets: list[cost_pb2.Budget]) -> None:
+    def _check_periods(self, rules: list[BudgetRule], budgets: list[cost_pb2.Budget]) -> None:
         """Says loudly when a budget's period ends elsewhere here than at the cost service (the
         two were given different timezones): the router would count against a different period
         than the ledger and the alerts. Two polls in a row, so a poll taken across a period
         boundary is not a mismatch."""
         now_ms = time.time() * 1000
         mismatched = set()
-        for b in budgets:
-            rule = BudgetRule.from_proto(b)
+        for rule, b in zip(rules, budgets, strict=True):
             ours = self._enforcer.charge(rule, now_ms, 0).reset_ms
             theirs = b.reset_time.ToMilliseconds() if b.HasField("reset_time") else None
             if theirs is not None and ours is not None and abs(ours - theirs) > 1000:
