@@ -8,7 +8,7 @@ Starts the local stack (`harness up --free-ports`, simulator time scale 1000 so 
 generation costs the engine ~0.05 ms) in a temporary directory. Closed loop of C workers per
 concurrency level; every request has a distinct prompt so the router's result cache never
 answers (each call is dispatched to the engine). Prints p50/p99 latency, throughput and the
-ratios to (a). Target (issue 6): the router adds < 1 ms at p50 at concurrency 1.
+ratios to (a). Target: the router adds < 1 ms at p50 at concurrency 1.
 
 Caveat: client, two routers, Envoy, the simulators and the other services share this
 machine's cores, so the higher concurrencies measure the machine as much as the router.

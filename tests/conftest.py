@@ -24,6 +24,22 @@ PG_USER = os.environ.get("HARNESS_TEST_PG_USER", "postgres")
 REDIS_URL = os.environ.get("HARNESS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+@pytest.fixture(autouse=True)
+def no_user_stack_state(tmp_path_factory, monkeypatch) -> Path:
+    """Tests never read (or write) the developer's own stack state: `make run` leaves `.harness/`
+    and `source .harness/env` exports HARNESS_* variables, and either would leak addresses,
+    certificates and tokens into tests that expect none. Every test gets an empty stack root
+    instead (HARNESS_ROOT, and the CLI's default root for calls that pass their own environ);
+    the test-configuration variables (HARNESS_TEST_*) stay."""
+    for name in list(os.environ):
+        if name.startswith("HARNESS_") and not name.startswith("HARNESS_TEST_"):
+            monkeypatch.delenv(name)
+    root = tmp_path_factory.mktemp("user-stack") / ".harness"
+    monkeypatch.setenv("HARNESS_ROOT", str(root))
+    monkeypatch.setattr("services.cli.connect.DEFAULT_ROOT", str(root))
+    return root
+
+
 def _reachable(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):

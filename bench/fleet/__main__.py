@@ -1,4 +1,4 @@
-"""Fleet scenario benchmark (issue 9): ten agents on tidal traffic, static per-agent binding vs the
+"""Fleet scenario benchmark: ten agents on tidal traffic, static per-agent binding vs the
 pooled Harness, on simulated H100s. ``make bench-fleet`` or ``python -m bench.fleet [--scale S]``.
 
 The thesis under test: pooling plus agent-aware scheduling beats "one agent, one GPU": higher

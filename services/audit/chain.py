@@ -1,4 +1,4 @@
-"""Canonical encoding of an audit record and its chain hash (DESIGN.md section 6).
+"""Canonical encoding of an audit record and its chain hash.
 
 hash = sha256(canonical(record) || prev_hash), where prev_hash is the previous record's hash as
 lowercase hex ASCII ("" for the first record) and canonical(record) is UTF-8 JSON with sorted

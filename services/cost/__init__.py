@@ -1,1 +1,1 @@
-"""The cost service: price table, usage ledger, budgets and reports (DESIGN.md section 2)."""
+"""The cost service: price table, usage ledger, budgets and reports."""

@@ -62,7 +62,7 @@ ledger = Table(
     Column("cached_input_tokens", BigInteger, nullable=False, default=0),
     Column("gpu_seconds", Float, nullable=False, default=0.0),
     Column("cached", Boolean, nullable=False, default=False),
-    # Cost split kept per row so the advisor (issue #8) can tell token, GPU and tool spend apart.
+    # Cost split kept per row so the advisor can tell token, GPU and tool spend apart.
     Column("token_micro_usd", BigInteger, nullable=False, default=0),
     Column("gpu_micro_usd", BigInteger, nullable=False, default=0),
     Column("tool_micro_usd", BigInteger, nullable=False, default=0),

@@ -1,4 +1,8 @@
-"""What `harness up` prints once the stack is healthy: where everything is and how to call it."""
+"""What `harness up` prints once the stack is healthy: every port, and how to call it.
+
+Every command printed here runs as printed after `source .harness/env` (which puts the
+virtualenv's `harness`, `grpcurl` and `envoy` on PATH).
+"""
 
 from __future__ import annotations
 
@@ -15,28 +19,50 @@ def shared_state(redis: tuple[str, str] | None) -> str:
     return f"  shared router state       {redis[0]} (keys {redis[1]}*)\n"
 
 
+def port_lines(p: StackPorts, sims: Sequence[Any]) -> list[str]:
+    """One line per process: its gRPC address and its Prometheus /metrics URL."""
+    local = "127.0.0.1"
+
+    def row(what: str, port: int, metrics: int) -> str:
+        return f"  {what:<25} {local}:{port:<6} metrics http://{local}:{metrics}/metrics"
+
+    lines = [
+        row(f"router-{i + 1}", port, metrics)
+        for i, (port, metrics) in enumerate(zip(p.routers, p.router_metrics, strict=True))
+    ]
+    lines += [
+        row("registry", p.registry, p.registry_metrics),
+        row("pool", p.pool, p.pool_metrics),
+        row("audit", p.audit, p.audit_metrics),
+        row("cost", p.cost, p.cost_metrics),
+    ]
+    lines += [
+        f"  engine simulator {s.spec.name:<8} {s.address:<16} metrics {s.metrics_url}  ({', '.join(s.spec.models)})"
+        for s in sims
+    ]
+    return lines
+
+
 def banner(
     env: dict[str, str],
     p: StackPorts,
     paths: StackPaths,
     sims: Sequence[Any],
     redis: tuple[str, str] | None = None,
+    extra: Sequence[str] = (),
 ) -> str:
+    """`extra`: more "  what  where" lines (services of the demo) listed with the ports."""
     tls = '-cacert "$HARNESS_CA" -cert "$HARNESS_CERT" -key "$HARNESS_KEY"'
-    sim_lines = "\n".join(
-        f"  engine simulator {s.spec.name:<8} {s.address}  metrics {s.metrics_url}  ({', '.join(s.spec.models)})"
-        for s in sims
-    )
+    ports = "\n".join([*port_lines(p, sims), *extra])
     first = sims[0]
     return f"""
 Harness is up (Ctrl-C stops everything).
   front door (Envoy, mTLS)  {env["HARNESS_ADDR"]}
   Envoy admin               {env["HARNESS_ENVOY_ADMIN"]}
-{sim_lines}
-  routers {", ".join(f"127.0.0.1:{r}" for r in p.routers)}; registry :{p.registry}; pool :{p.pool}; audit :{p.audit}; cost :{p.cost}
+{ports}
   logs {paths.logs}/   state {paths.state}/
 
-Try it:
+Try it (after `source` the virtualenv's harness and grpcurl are on PATH):
   source {paths.env_file}
   grpcurl {tls} "$HARNESS_ADDR" list
   grpcurl {tls} -H "authorization: Bearer $HARNESS_TOKEN" \\
@@ -47,10 +73,11 @@ Try it:
   grpcurl {tls} -H "authorization: Bearer $HARNESS_TOKEN" \\
       -d '{{"group_by": ["agent", "model"]}}' "$HARNESS_ADDR" harness.cost.v1.Cost/Report
 
-Operate the registry (the ops CLI reads {paths.env_file}):
-  .venv/bin/harness agents list
-  .venv/bin/harness agents state {env["HARNESS_AGENT"]} draining      # the routers refuse it within a second
-  .venv/bin/harness policies check agent:{env["HARNESS_AGENT"]} ledger model:llama-3-8b invoke
+Operate it (the ops CLI reads {paths.env_file}):
+  harness agents list
+  harness agents state {env["HARNESS_AGENT"]} draining      # the routers refuse it within a second
+  harness agents state {env["HARNESS_AGENT"]} online
+  harness policies check agent:{env["HARNESS_AGENT"]} ledger model:llama-3-8b invoke
 
 The simulators directly (Triton's protocol, no TLS; addresses in $HARNESS_TRITON_ADDRS):
   grpcurl -plaintext {first.address} inference.GRPCInferenceService/RepositoryIndex

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import shlex
 import signal
 import sys
 import time
@@ -354,7 +355,7 @@ class Stack:
             "HARNESS_TRITON_ADDRS": ",".join(sim.address for sim in self.sims),
             "HARNESS_TRITON_METRICS": ",".join(sim.metrics_url for sim in self.sims),
         }
-        self.paths.env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in env.items()))
+        self.paths.env_file.write_text(env_file_text(env))
         return env
 
     def banner(self, env: dict[str, str]) -> str:
@@ -363,6 +364,13 @@ class Stack:
 
     def stop(self) -> None:
         self.sup.stop_all()
+
+
+def env_file_text(env: dict[str, str]) -> str:
+    """`export NAME='value'` lines, after one that puts the virtualenv's `harness`, `grpcurl` and
+    `envoy` first on PATH, so every command the README and the banner print runs as printed."""
+    venv_bin = shlex.quote(str(Path(sys.executable).parent))
+    return f'export PATH={venv_bin}:"$PATH"\n' + "".join(f"export {k}='{v}'\n" for k, v in env.items())
 
 
 def run_up(cfg: UpConfig) -> int:

@@ -61,6 +61,8 @@ def read_env(path: Path) -> dict[str, str]:
     env = {}
     for line in path.read_text().splitlines():
         key, _, value = line.removeprefix("export ").partition("=")
+        if key == "PATH":  # the virtualenv's bin first; a shell expands it, this reader need not
+            continue
         env[key] = value.strip("'")
     return env
 
