@@ -12,7 +12,7 @@ GEN_STAMP := gen/.stamp
 help:
 	@echo "make run    - install, generate, make certs, start the local stack (Ctrl-C stops it)"
 	@echo "make test   - the full test suite (PostgreSQL and Redis on their default ports)"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff (style) and import-linter (services never import each other; no cycles)"
 	@echo "make bench  - benchmarks in bench/"
 	@echo "make bench-fleet - fleet scenario: static per-agent GPUs vs the pooled Harness (~3 min; charts in bench/fleet/out/)"
 
@@ -37,7 +37,7 @@ $(GEN_STAMP): $(STAMP) $(PROTOS)
 proto: $(GEN_STAMP)
 
 certs: proto
-	$(PY) -m services.devtools.certs --out .harness/certs
+	$(PY) -m services.devtools.certs_cli --out .harness/certs
 
 run: proto
 	$(VENV)/bin/harness up
@@ -48,9 +48,10 @@ test: proto
 test-fast: proto
 	$(PY) -m pytest -q -m "not e2e"
 
-lint: $(STAMP)
+lint: proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/lint-imports
 
 bench: proto
 	$(PY) bench/enginesim.py

@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 from services.cost import aggregates
 from services.cost.metrics import CostMetrics
 from services.cost.models import ledger
-from services.cost.pricing import period_bounds, to_us, usd_to_micro
+from services.common.pricing import period_bounds, to_us, usd_to_micro
 from services.cost.store import CostStore
 
 L = ledger.c

@@ -16,7 +16,7 @@ from harness.cost.v1 import cost_pb2
 
 from services.cli import output
 from services.cli.base import Ctx, UsageError
-from services.cli.cost_cmds import stub  # cost_cmds imports this module only inside register()
+from services.cli.cost_client import stub
 
 ADVISE_FORMATS = ("table", "json")
 GIB = 1 << 30

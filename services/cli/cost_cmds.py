@@ -13,17 +13,17 @@ import argparse
 import csv
 import json
 import sys
-from decimal import Decimal, InvalidOperation
 
 from harness.cost.v1 import cost_pb2
-from harness.cost.v1.cost_pb2_grpc import CostStub
 
 from services.cli import output
+from services.cli.advise_cmds import add_advise
 from services.cli.audit_cmds import parse_time
 from services.cli.base import Ctx, UsageError, enum_arg
+from services.cli.cost_client import _call, dollars, parse_usd, usd
+from services.cli.price_cmds import add_prices
 
 DIRECT_ADDR_ENV = "HARNESS_COST_ADDR"
-MICRO = 1_000_000
 # Report dimensions the service accepts (services/cost/store.py DIMENSIONS).
 DIMENSIONS = ("user", "team", "project", "agent", "agent_version", "model", "deployment", "tool", "day")
 REPORT_FORMATS = ("table", "json", "csv")
@@ -38,33 +38,6 @@ MEASURES = (
 )
 SCOPE = enum_arg(cost_pb2.BudgetScope)
 PERIOD = enum_arg(cost_pb2.BudgetPeriod)
-
-
-def usd(micro: int) -> str:
-    """Exact micro-USD as a USD decimal string with 6 places: 3601000 -> "3.601000"."""
-    sign = "-" if micro < 0 else ""
-    whole, frac = divmod(abs(int(micro)), MICRO)
-    return f"{sign}{whole}.{frac:06d}"
-
-
-def dollars(micro: int) -> str:
-    """ "$3.601000", "-$0.201000" (for people; tables and exports use usd())."""
-    text = usd(micro)
-    return f"-${text[1:]}" if text.startswith("-") else f"${text}"
-
-
-def parse_usd(text: str, what: str = "--limit-usd", *, zero_ok: bool = False) -> int:
-    """ "12.5" -> 12_500_000 micro-USD; a finite number > 0 (>= 0 with zero_ok), at most 6 decimals."""
-    try:
-        value = Decimal(text.strip().removeprefix("$"))
-    except InvalidOperation:
-        raise UsageError(f"{what} must be a number of USD, got {text!r}") from None
-    if not value.is_finite() or value < 0 or (value == 0 and not zero_ok):
-        raise UsageError(f"{what} must be {'>= 0' if zero_ok else '> 0'}, got {text!r}")
-    micro = value * MICRO
-    if micro != micro.to_integral_value():
-        raise UsageError(f"{what} has more than 6 decimal places (micro-USD is the unit): {text!r}")
-    return int(micro)
 
 
 def parse_dims(text: str) -> list[str]:
@@ -85,17 +58,6 @@ def parse_percents(text: str) -> list[int]:
     if not values or any(p <= 0 or p > 100 for p in values):
         raise UsageError(f"--soft percentages must be in 1..100, got {text!r}")
     return sorted(set(values))
-
-
-def stub(ctx: Ctx) -> CostStub:
-    """A Cost stub on the run's channel (closed by ctx.close())."""
-    if ctx._channel is None:
-        ctx._channel = ctx.conn.channel()
-    return CostStub(ctx._channel)
-
-
-def _call(ctx: Ctx, rpc: str, request):
-    return getattr(stub(ctx), rpc)(request, metadata=ctx.conn.metadata(), timeout=ctx.conn.timeout_s)
 
 
 # ---- report ----
@@ -306,11 +268,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--until", help="before this time (default now): ISO time or a duration ago")
     p.add_argument("--format", choices=REPORT_FORMATS, default="table", help="table (default), json or csv")
     p.set_defaults(handler=cost_report, **defaults)
-    from services.cli.advise_cmds import add_advise  # here: advise_cmds imports this module
-
     add_advise(c, common, defaults)  # `harness cost advise`
-    from services.cli.price_cmds import add_prices  # here: price_cmds imports this module
-
     add_prices(sub, common, defaults)  # `harness price list|set`
 
     budget = sub.add_parser("budget", help="cost budgets: set, list, show, delete, alerts")

@@ -17,7 +17,7 @@ from harness.cost.v1 import cost_pb2
 from services.cli import output
 from services.cli.audit_cmds import parse_time
 from services.cli.base import Ctx, enum_arg
-from services.cli.cost_cmds import _call, parse_usd, usd
+from services.cli.cost_client import _call, parse_usd, usd
 
 KIND = enum_arg(cost_pb2.PriceKind)
 UNIT = {

@@ -44,8 +44,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import IMMEDIATE, is_sqlite
 from services.common.errors import InvalidArgument, NotFound
+from services.common.pricing import period_bounds, to_us
 from services.cost.models import budget_alerts, budgets
-from services.cost.pricing import period_bounds, to_us
 from services.cost.validation import us_to_ts
 
 log = logging.getLogger("harness.cost.alerts")

@@ -21,7 +21,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from harness.cost.v1 import cost_pb2
 
-from services.cost.pricing import usd_to_micro
+from services.common.pricing import usd_to_micro
 
 
 def _enum(enum_type, prefix: str, value: str, what: str) -> int:

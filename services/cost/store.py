@@ -24,10 +24,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument, NotFound
+from services.common.pricing import PriceBook, local_day, period_bounds, price_event, to_us
 from services.cost import aggregates, migrate
 from services.cost.alerts import AlertBook, AlertRow
 from services.cost.models import budgets, ledger, prices
-from services.cost.pricing import PriceBook, local_day, period_bounds, price_event, to_us
 from services.cost.validation import ts_to_us, us_to_ts, validate_budget, validate_usage
 
 log = logging.getLogger("harness.cost.store")

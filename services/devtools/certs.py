@@ -5,12 +5,11 @@ Identities are SPIFFE-style URI SANs: ``spiffe://<td>/envoy``, ``spiffe://<td>/s
 carries an agent URI, so the helpers at the bottom make the two kinds of bad client certs
 that ops drills and tests need (foreign CA, right CA but wrong SAN).
 
-CLI: ``python -m services.devtools.certs --out .harness/certs --agent demo-agent --service router``
+CLI: ``python -m services.devtools.certs_cli --out .harness/certs --agent demo-agent --service router``
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import ipaddress
 from collections.abc import Sequence
@@ -330,43 +329,3 @@ def make_certs(
         jwt_private_key=jwt_priv,
         jwt_public_key=jwt_pub,
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m services.devtools.certs", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path(".harness/certs"))
-    p.add_argument("--agent", action="append", dest="agents", help=f"repeatable; default {DEFAULT_AGENTS}")
-    p.add_argument("--service", action="append", dest="services", help=f"default {DEFAULT_SERVICES}")
-    p.add_argument("--host", action="append", dest="hosts", help=f"Envoy SANs; default {DEFAULT_HOSTS}")
-    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
-    p.add_argument("--force", action="store_true", help="remake everything, including the CA")
-    p.add_argument("--foreign-client", metavar="NAME", help="also make a drill cert from another CA")
-    p.add_argument("--wrong-san-client", metavar="NAME", help="also make a drill cert with a non-agent SAN")
-    args = p.parse_args(argv)
-
-    td = args.trust_domain
-    bundle = make_certs(
-        args.out,
-        agents=args.agents or DEFAULT_AGENTS,
-        services=args.services or DEFAULT_SERVICES,
-        trust_domain=td,
-        hosts=args.hosts or DEFAULT_HOSTS,
-        force=args.force,
-    )
-    print(f"CA: {bundle.ca_cert}\nenvoy: {bundle.envoy.cert}")
-    for name, leaf in {**bundle.services, **bundle.agents}.items():
-        print(f"{name}: {leaf.cert}")
-    print(f"jwt: {bundle.jwt_private_key} / {bundle.jwt_public_key}")
-    from services.devtools.drill_certs import make_foreign_ca_client, make_wrong_san_client
-
-    if args.foreign_client:
-        drill = make_foreign_ca_client(args.out, args.foreign_client, trust_domain=td)
-        print(f"foreign-CA drill: {drill.cert}")
-    if args.wrong_san_client:
-        drill = make_wrong_san_client(args.out, args.wrong_san_client, trust_domain=td)
-        print(f"wrong-SAN drill: {drill.cert}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

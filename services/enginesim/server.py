@@ -17,9 +17,9 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from services.common import triton_tensors as tensors
 from services.common.streams import serve_concurrently
 
-from . import tensors
 from .catalog import ModelSpec
 from .config import SimulatorConfig
 from .engine import (

@@ -2,7 +2,7 @@
 compose network, certificates mounted at /etc/harness/certs. A test keeps the shipped file equal to
 this rendering.
 
-CLI: ``python -m services.envoy.render --compose --out compose/envoy.yaml`` (or ``--check FILE``).
+CLI: ``python -m services.envoy.compose --out compose/envoy.yaml`` (or ``--check FILE``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ COMPOSE_SERVICE_PORTS: dict[str, int] = {
 
 HEADER = (
     "# Envoy front proxy for the Harness mesh. GENERATED, do not edit:\n"
-    "#   python -m services.envoy.render --compose --out compose/envoy.yaml\n"
+    "#   python -m services.envoy.compose --out compose/envoy.yaml\n"
 )
 
 
@@ -54,8 +54,7 @@ def compose_spec(idempotent_methods: Sequence[str] | None = None) -> EnvoySpec:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m services.envoy.render", description=__doc__.split("\n")[0])
-    p.add_argument("--compose", action="store_true", required=True, help="render the compose stack config")
+    p = argparse.ArgumentParser(prog="python -m services.envoy.compose", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, help="write here instead of stdout")
     p.add_argument("--check", type=Path, metavar="FILE", help="exit 1 if FILE differs from the rendering")
     args = p.parse_args(argv)
@@ -72,3 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

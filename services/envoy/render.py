@@ -7,7 +7,7 @@ Clusters speak HTTP/2 + mTLS to the services, with gRPC health checks, outlier d
 least-request balancing and a retry budget. The local rate limit is wired to runtime keys
 and off by default; ops flip it with ``POST /runtime_modify`` on the loopback admin port.
 
-CLI: ``python -m services.envoy.render --compose --out compose/envoy.yaml``
+CLI (the compose stack's file): ``python -m services.envoy.compose --out compose/envoy.yaml``
 """
 
 from __future__ import annotations
@@ -369,14 +369,3 @@ def write_envoy_config(spec: EnvoySpec, path: Path, header: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_envoy_config(spec, header))
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m services.envoy.render --compose`: the compose stack's config (compose.py)."""
-    from services.envoy.compose import main as compose_main
-
-    return compose_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

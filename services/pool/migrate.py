@@ -14,12 +14,10 @@ from __future__ import annotations
 from sqlalchemy import Engine, MetaData
 
 from services.common.migrate import Migrations
+from services.pool.claims_schema import metadata
 
 
 def _claims_metadata() -> list[MetaData]:
-    # Imported here: the claim store imports this module.
-    from services.pool.claims_store import metadata
-
     return [metadata]
 
 

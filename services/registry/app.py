@@ -10,6 +10,7 @@ import grpc
 from services.common.config import ServerConfig, add_server_args, env, server_config_from_args
 from services.common.server import RunningServer, open_channel, start_server_owning
 from services.registry.audit_feed import AuditFeed
+from services.registry.engine import DEFAULT_DB_URL
 from services.registry.policy import Policy
 from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
@@ -17,7 +18,6 @@ from services.registry.watch import WatchHub
 
 DEFAULT_PORT = 50071
 DEFAULT_METRICS_PORT = 9471
-DEFAULT_DB_URL = "sqlite:///.harness/state/registry.db"
 
 
 @dataclass(frozen=True)

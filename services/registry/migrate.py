@@ -15,6 +15,7 @@ from casbin_sqlalchemy_adapter import CasbinRule
 from sqlalchemy import MetaData
 
 from services.common.migrate import Migrations
+from services.registry.engine import DEFAULT_DB_URL, make_engine
 from services.registry.models import Base
 
 SCRIPT_DIR = Path(__file__).with_name("migrations")
@@ -45,10 +46,7 @@ head, current, diff = MIGRATIONS.head, MIGRATIONS.current, MIGRATIONS.diff
 
 
 def main(argv: list[str] | None = None) -> None:
-    # Imported here: the store imports this module, and the app pulls in the servicer.
     from services.common.config import env
-    from services.registry.app import DEFAULT_DB_URL
-    from services.registry.store import make_engine
 
     MIGRATIONS.main(
         argv,

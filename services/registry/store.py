@@ -13,13 +13,11 @@ import hmac
 import secrets
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.db import use_wal
 from services.common.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -32,6 +30,7 @@ from services.registry import migrate
 from services.registry.agents import AgentStore
 from services.registry.changelog import JWT_KEY, ChangeLog, tool_key
 from services.registry.domain import now
+from services.registry.engine import make_engine
 from services.registry.models import (
     ApiKeyRow,
     JwtSettingsRow,
@@ -44,25 +43,6 @@ from services.registry.models import (
 
 T = TypeVar("T")
 KEY_PREFIX = "hk"
-
-
-def make_engine(url: str) -> Engine:
-    """Engine for `url`; SQLite gets its parent dir, WAL, a busy timeout and enforced FKs."""
-    if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # SQLite leaves FKs off unless asked per connection
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA foreign_keys=ON")
-            use_wal(cur)
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
 
 
 def hash_secret(secret: str) -> str:

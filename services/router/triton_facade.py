@@ -25,9 +25,9 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from services.common import context as reqctx
+from services.common import triton_tensors as tensors
 from services.common.errors import HarnessError, InvalidArgument, NotFound
 from services.common.streams import serve_concurrently
-from services.enginesim import tensors
 from services.router.core import GenerationInput, GenerationResult, Router
 
 log = logging.getLogger("harness.router.triton")

@@ -109,7 +109,7 @@ async def test_follower_says_when_the_cost_service_counts_another_timezone(caplo
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
-    from services.cost.pricing import period_bounds
+    from services.common.pricing import period_bounds
 
     budgets = MemoryBudgets(timezone="Asia/Shanghai")
     f = CostFollower(grpc.aio.insecure_channel("127.0.0.1:1"), budgets)

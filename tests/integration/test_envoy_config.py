@@ -274,9 +274,9 @@ def test_shipped_compose_config_matches_the_renderer() -> None:
         pytest.skip(str(e))
     shipped = yaml.safe_load(COMPOSE_YAML.read_text())
     assert shipped == render_envoy_config(spec), (
-        "compose/envoy.yaml is stale: python -m services.envoy.render --compose --out compose/envoy.yaml"
+        "compose/envoy.yaml is stale: python -m services.envoy.compose --out compose/envoy.yaml"
     )
-    assert render.main(["--compose", "--check", str(COMPOSE_YAML)]) == 0
+    assert compose.main(["--check", str(COMPOSE_YAML)]) == 0
 
 
 def test_compose_config_shape() -> None:

@@ -25,7 +25,8 @@ from services.common.db import make_engine
 from services.cost import migrate as cost_migrate
 from services.cost.store import CostStore
 from services.pool import migrate as pool_migrate
-from services.pool.claims_store import ClaimRow, ClaimStore, StoredClaim, metadata
+from services.pool.claims_schema import ClaimRow, metadata
+from services.pool.claims_store import ClaimStore, StoredClaim
 from services.registry import migrate as registry_migrate
 from services.registry.store import Store as RegistryStore
 from tests.helpers.migrations import (

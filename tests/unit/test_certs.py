@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from services.devtools import certs as certs_mod
+from services.devtools import certs_cli
 from services.devtools.certs import CertBundle, make_certs
 from services.devtools.drill_certs import make_foreign_ca_client, make_wrong_san_client
 
@@ -237,7 +238,7 @@ def test_wrong_san_client_chains_but_is_not_an_agent(bundle: CertBundle) -> None
 
 def test_cli_writes_the_default_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    assert certs_mod.main(["--out", str(out), "--agent", "a1", "--service", "router"]) == 0
+    assert certs_cli.main(["--out", str(out), "--agent", "a1", "--service", "router"]) == 0
     assert (out / "agents" / "a1.pem").exists()
     assert (out / "services" / "router.pem").exists()
     assert not (out / "services" / "registry.pem").exists()  # only what was asked for
@@ -249,6 +250,6 @@ def test_cli_writes_the_default_layout(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_cli_defaults(tmp_path: Path) -> None:
     out = tmp_path / "defaults"
-    certs_mod.main(["--out", str(out)])
+    certs_cli.main(["--out", str(out)])
     assert {p.stem for p in (out / "services").glob("*.pem")} == set(certs_mod.DEFAULT_SERVICES)
     assert {p.stem for p in (out / "agents").glob("*.pem")} == {"demo-agent", "risk-agent"}

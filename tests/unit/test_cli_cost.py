@@ -13,15 +13,13 @@ from harness.cost.v1 import cost_pb2
 
 from services.cli.base import UsageError
 from services.cli.connect import ConfigError, resolve
+from services.cli.cost_client import dollars, parse_usd, usd
 from services.cli.cost_cmds import (
     budget_record,
     budget_row,
     build_report_request,
-    dollars,
     parse_dims,
     parse_percents,
-    parse_usd,
-    usd,
     write_report,
 )
 from services.cli.main import build_parser, main

@@ -14,8 +14,8 @@ from sqlalchemy import create_engine, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from services.common.errors import InvalidArgument, NotFound
+from services.common.pricing import period_bounds, usd_to_micro
 from services.cost.models import cost_totals, ledger
-from services.cost.pricing import period_bounds, usd_to_micro
 from services.cost.store import CostStore
 
 K = cost_pb2

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from harness.cost.v1 import cost_pb2
 
-from services.cost.pricing import TOKENS_PER_UNIT
+from services.common.pricing import TOKENS_PER_UNIT
 
 GIB = 1 << 30
 DAYS_PER_MONTH = 30.4375  # 365.25 / 12

@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from services.common.errors import ResourceExhausted, Unavailable
-from services.cost.pricing import period_bounds, to_us
+from services.common.pricing import period_bounds, to_us
 
 from .prices import GpuTimeEstimate, PriceTable
 from .rules import BudgetRule, BudgetTable, Subjects

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from harness.cost.v1 import cost_pb2
 
-from services.cost.pricing import TOKENS_PER_UNIT
+from services.common.pricing import TOKENS_PER_UNIT
 
 
 class PriceTable:
@@ -46,7 +46,7 @@ class PriceTable:
         return -(-(prompt_tokens * pin + max_tokens * pout) // TOKENS_PER_UNIT)
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> int:
-        """Actual token cost, rounded half-up like services/cost/pricing.py."""
+        """Actual token cost, rounded half-up like services/common/pricing.py."""
         pin, pout = self._p.get(model, (0, 0))
         return (2 * (input_tokens * pin + output_tokens * pout) + TOKENS_PER_UNIT) // (2 * TOKENS_PER_UNIT)
 

@@ -14,6 +14,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+from services.common.pricing import SECONDS_PER_HOUR
 from services.cost.advisor.base import (
     GIB,
     HOURS_PER_MONTH,
@@ -25,7 +26,6 @@ from services.cost.advisor.base import (
     micro,
     usd,
 )
-from services.cost.pricing import SECONDS_PER_HOUR
 
 
 @dataclass

@@ -17,8 +17,6 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor
 
-from .catalog import ModelSpec
-
 
 class TensorModel(Protocol):
     """What the tensor schema needs of a model (the simulator's ModelSpec, or the router's
@@ -28,6 +26,15 @@ class TensorModel(Protocol):
     version: str
     max_batch_size: int
     layout: str
+
+
+class ConfiguredModel(TensorModel, Protocol):
+    """What ``model_config`` needs besides the tensor schema (the simulator's ModelSpec)."""
+
+    decoupled: bool
+    max_queue_size: int
+    max_running_sequences: int
+    kv_block_size: int
 
 
 class TensorError(ValueError):
@@ -305,7 +312,7 @@ def _platform(spec: TensorModel) -> str:
     return "ensemble" if spec.layout == "ensemble" else "python"
 
 
-def model_config(spec: ModelSpec) -> mc.ModelConfig:
+def model_config(spec: ConfiguredModel) -> mc.ModelConfig:
     """The config Triton would report for the ensemble / BLS model of this spec."""
     cfg = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if spec.layout == "ensemble":

@@ -1,0 +1,58 @@
+"""Local CA and certificates for the stack (`make certs`): the Harness CA, Envoy's server cert,
+one client cert per agent and per service, the JWT signing key pair, and optional drill certs
+that the front door must refuse."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.devtools.certs import (
+    DEFAULT_AGENTS,
+    DEFAULT_HOSTS,
+    DEFAULT_SERVICES,
+    DEFAULT_TRUST_DOMAIN,
+    make_certs,
+)
+from services.devtools.drill_certs import make_foreign_ca_client, make_wrong_san_client
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m services.devtools.certs_cli", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--out", type=Path, default=Path(".harness/certs"))
+    p.add_argument("--agent", action="append", dest="agents", help=f"repeatable; default {DEFAULT_AGENTS}")
+    p.add_argument("--service", action="append", dest="services", help=f"default {DEFAULT_SERVICES}")
+    p.add_argument("--host", action="append", dest="hosts", help=f"Envoy SANs; default {DEFAULT_HOSTS}")
+    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    p.add_argument("--force", action="store_true", help="remake everything, including the CA")
+    p.add_argument("--foreign-client", metavar="NAME", help="also make a drill cert from another CA")
+    p.add_argument("--wrong-san-client", metavar="NAME", help="also make a drill cert with a non-agent SAN")
+    args = p.parse_args(argv)
+
+    td = args.trust_domain
+    bundle = make_certs(
+        args.out,
+        agents=args.agents or DEFAULT_AGENTS,
+        services=args.services or DEFAULT_SERVICES,
+        trust_domain=td,
+        hosts=args.hosts or DEFAULT_HOSTS,
+        force=args.force,
+    )
+    print(f"CA: {bundle.ca_cert}\nenvoy: {bundle.envoy.cert}")
+    for name, leaf in {**bundle.services, **bundle.agents}.items():
+        print(f"{name}: {leaf.cert}")
+    print(f"jwt: {bundle.jwt_private_key} / {bundle.jwt_public_key}")
+    if args.foreign_client:
+        drill = make_foreign_ca_client(args.out, args.foreign_client, trust_domain=td)
+        print(f"foreign-CA drill: {drill.cert}")
+    if args.wrong_san_client:
+        drill = make_wrong_san_client(args.out, args.wrong_san_client, trust_domain=td)
+        print(f"wrong-SAN drill: {drill.cert}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
