@@ -31,10 +31,10 @@ from harness.cost.v1 import cost_pb2
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import func, select
 
+from services.common.pricing import period_bounds, to_us, usd_to_micro
 from services.cost import aggregates
 from services.cost.metrics import CostMetrics
 from services.cost.models import ledger
-from services.common.pricing import period_bounds, to_us, usd_to_micro
 from services.cost.store import CostStore
 
 L = ledger.c
