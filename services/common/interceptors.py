@@ -19,13 +19,56 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.common import context as reqctx
-from services.common.errors import HarnessError
+from services.common.errors import HarnessError, InvalidArgument
 from services.common.identity import Authenticator
 
 log = logging.getLogger("harness.rpc")
 
 # Infrastructure RPCs that must work without credentials (Envoy health checks, grpcurl list).
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+MAX_STATUS_CHARS = 1024
+
+
+class UndecodableRequest:
+    """Stands in for a request whose bytes did not parse (truncated, invalid UTF-8 in a string,
+    nesting past protobuf's recursion limit). grpc.aio answers UNKNOWN when a deserializer
+    raises, so the deserializer returns this instead and the handler wrapper answers
+    INVALID_ARGUMENT."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def error(self, method: str) -> InvalidArgument:
+        return InvalidArgument(
+            f"the request to {method} is not a valid protobuf message ({self.reason}); check the "
+            "encoding (strings must be UTF-8, nesting at most 100 levels)"
+        )
+
+
+def tolerant_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as exc:  # DecodeError, RecursionError, ...: all mean "bad bytes"
+            return UndecodableRequest(type(exc).__name__)
+
+    return parse
+
+
+def _checked(request: Any, method: str) -> Any:
+    if isinstance(request, UndecodableRequest):
+        raise request.error(method)
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _checked(request, method)
 
 
 class RpcMetrics:
@@ -80,12 +123,20 @@ async def _fail(context: grpc.aio.ServicerContext, exc: BaseException, method: s
     if isinstance(exc, HarnessError):
         trailers = [(reqctx.REQUEST_ID_KEY, reqctx.current().request_id), *exc.trailers.items()]
         context.set_trailing_metadata(tuple(trailers))
-        await context.abort(exc.code, exc.message)
+        await context.abort(exc.code, _bounded(exc.message))
     log.exception("unexpected error in %s (request %s)", method, reqctx.current().request_id)
     await context.abort(
         grpc.StatusCode.INTERNAL, f"internal error; quote request id {reqctx.current().request_id}"
     )
     raise AssertionError("unreachable")  # abort always raises
+
+
+def _bounded(message: str) -> str:
+    """A status message short enough for HTTP/2 trailers (a message quoting a 1 MB input would
+    exceed the peer's header limit and reach it as INTERNAL instead)."""
+    if len(message) <= MAX_STATUS_CHARS:
+        return message
+    return message[: MAX_STATUS_CHARS - 20] + "... (message cut)"
 
 
 def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
@@ -102,6 +153,12 @@ def _wrap(
     metrics: RpcMetrics,
 ) -> grpc.RpcMethodHandler:
     method = details.method
+    streamed_requests = bool(handler.stream_unary or handler.stream_stream)
+
+    def _request(request_or_iterator: Any) -> Any:
+        if streamed_requests:
+            return _checked_stream(request_or_iterator, method)
+        return _checked(request_or_iterator, method)
 
     async def unary(behavior, request_or_iterator, context):
         start = time.perf_counter()
@@ -109,7 +166,7 @@ def _wrap(
         token = None
         try:
             token = await _enter(details, context, auth)
-            return await behavior(request_or_iterator, context)
+            return await behavior(_request(request_or_iterator), context)
         except HarnessError as exc:
             code = exc.code
             await _fail(context, exc, method)
@@ -133,7 +190,7 @@ def _wrap(
         token = None
         try:
             token = await _enter(details, context, auth)
-            async for item in behavior(request_or_iterator, context):
+            async for item in behavior(_request(request_or_iterator), context):
                 yield item
         except HarnessError as exc:
             code = exc.code
@@ -168,7 +225,7 @@ def _wrap(
         return handle
 
     common = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": tolerant_deserializer(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:

@@ -5,8 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.common.errors import InvalidArgument
 from services.pool.catalog import ModelSpec
 from services.pool.state import HEALTHY, READY, UNAVAILABLE
+
+# Contract limits (pool.proto says the same): a claim or plan asks for at most this many
+# replicas, an idle TTL is at most a week, an owner name at most 128 characters.
+MAX_REPLICAS = 64
+MAX_IDLE_TTL_S = 7 * 24 * 3600
+MAX_OWNER_CHARS = 128
+
+
+def check_replicas(replicas: int) -> None:
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise InvalidArgument(f"replicas is {replicas}; it must be between 1 and {MAX_REPLICAS}")
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,18 @@ import time
 from collections.abc import Callable, Iterable
 
 from services.common.errors import HarnessError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from services.common.limits import check_length, check_range
 from services.pool.catalog import ModelCatalog
 from services.pool.claims_store import ClaimStore, StoredClaim
 from services.pool.control import ModelControl, ModelControlError
 from services.pool.deployment_types import (
+    MAX_IDLE_TTL_S,
+    MAX_OWNER_CHARS,
     Claim,
     Deployment,
     DeploymentView,
     Placement,
+    check_replicas,
     deployment_view,
     model_status,
 )
@@ -92,8 +96,7 @@ class DeploymentManager:
         return self._views
 
     def plan(self, model: str, replicas: int, exclude: Iterable[str] = ()) -> PlacementPlan:
-        if replicas < 1:
-            raise InvalidArgument(f"replicas must be >= 1, got {replicas}")
+        check_replicas(replicas)
         spec = self.catalog.get(model)
         dep = self._deps.get(spec.name)
         return plan_placement(
@@ -112,12 +115,11 @@ class DeploymentManager:
 
     async def deploy(self, model: str, replicas: int, owner: str, idle_ttl_s: float = 0.0) -> DeploymentView:
         """Adds or replaces `owner`'s claim and scales the deployment to max(claims)."""
-        if replicas < 1:
-            raise InvalidArgument(f"replicas must be >= 1, got {replicas}")
-        if idle_ttl_s < 0:
-            raise InvalidArgument("idle_ttl must be >= 0")
+        check_replicas(replicas)
+        check_range("idle_ttl", idle_ttl_s, 0, MAX_IDLE_TTL_S)
         if not owner:
             raise InvalidArgument("owner is required")
+        check_length("owner", owner, MAX_OWNER_CHARS)
         spec = self.catalog.get(model)
         async with self._lock(spec.name):
             dep = self._deps.setdefault(spec.name, Deployment(spec, last_used=self._wall()))

@@ -1,9 +1,10 @@
 """gRPC face of the pool: authorization, protobuf conversion, and calls into `PoolApp`.
 
 Reads need an authenticated caller (a user token, an agent behind Envoy, or a Harness
-service's certificate). Changing the endpoint set needs an admin user or a Harness service.
-Deploy/Undeploy: an admin or a service may act for any owner; an agent only for itself (its
-claim is `agent:<name>`), so agents can hold the models they use without operator rights.
+service's certificate). Every change (endpoints, Deploy/Undeploy, applied scaling advice)
+needs an operator: a user with the admin or operator role, or a Harness service. An agent's
+certificate alone never changes the pool: agents get their pinned models loaded when they go
+online (the pool follows the registry), not by asking.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 
 from services.common.context import Identity, current_identity
 from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from services.common.limits import check_length, duration_seconds
+from services.pool.deployment_types import MAX_IDLE_TTL_S, MAX_OWNER_CHARS
 from services.pool.deployments import DeploymentView
 from services.pool.endpoints import WatchBatch
 from services.pool.placement import PlacementPlan
@@ -29,32 +32,34 @@ def require_caller(identity: Identity) -> Identity:
     return identity
 
 
-def require_operator(identity: Identity) -> Identity:
+OPERATOR_ROLES = ("admin", "operator")
+MAX_MODEL_CHARS = 128  # catalog names (registry.proto)
+
+
+def require_operator(identity: Identity, what: str = "changing the pool") -> Identity:
     require_caller(identity)
-    if not (identity.is_admin or identity.service):
-        raise PermissionDenied(
-            "changing the pool's endpoints needs the admin role or a Harness service identity"
-        )
-    return identity
+    if identity.service or (identity.user and any(r in OPERATOR_ROLES for r in identity.roles)):
+        return identity
+    who = f"user {identity.user!r}" if identity.user else f"agent {identity.agent!r} (no user)"
+    raise PermissionDenied(
+        f"{what} needs a user with the admin or operator role, or a Harness service identity; "
+        f"{who} has roles [{', '.join(identity.roles)}]"
+    )
+
+
+def _check_model(name: str) -> None:
+    if not name:
+        raise InvalidArgument("model is required")
+    check_length("model", name, MAX_MODEL_CHARS)
 
 
 def claim_owner(identity: Identity, requested: str) -> str:
-    """Whose claim a Deploy/Undeploy touches. Operators name anyone; agents only themselves."""
-    require_caller(identity)
-    if identity.is_admin or identity.service:
-        if requested:
-            return requested
-        return f"service:{identity.service}" if identity.service else f"user:{identity.user}"
-    if identity.agent:
-        own = f"agent:{identity.agent}"
-        if requested and requested != own:
-            raise PermissionDenied(f"an agent may only hold its own claim ({own}), not {requested!r}")
-        return own
-    raise PermissionDenied("deploying models needs the admin role, a Harness service or an agent identity")
-
-
-def _duration_s(d) -> float:
-    return d.seconds + d.nanos / 1e9
+    """Whose claim a Deploy/Undeploy touches: operators name anyone, else themselves."""
+    require_operator(identity, "deploying or undeploying models")
+    check_length("owner", requested, MAX_OWNER_CHARS)
+    if requested:
+        return requested
+    return f"service:{identity.service}" if identity.service else f"user:{identity.user}"
 
 
 def _set_seconds(field, seconds: float) -> None:
@@ -219,24 +224,20 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
             yield batch_to_proto(batch)
 
     async def Deploy(self, request, context):
-        """Claims `replicas` of a model for the owner and loads what is missing. INVALID_ARGUMENT
-        for replicas < 1; NOT_FOUND for a model the catalog lacks; RESOURCE_EXHAUSTED naming
+        """Claims `replicas` of a model for the owner and loads what is missing (operators only).
+        INVALID_ARGUMENT for replicas outside 1..64 or an idle TTL over a week; NOT_FOUND for a model the catalog lacks; RESOURCE_EXHAUSTED naming
         the shortfall in GiB; UNAVAILABLE when every chosen endpoint refused the load."""
         owner = claim_owner(current_identity(), request.owner.strip())
-        if not request.model:
-            raise InvalidArgument("model is required")
-        view = await self._app.deploy(request.model, request.replicas, owner, _duration_s(request.idle_ttl))
+        _check_model(request.model)
+        idle_ttl_s = duration_seconds("idle_ttl", request.idle_ttl, MAX_IDLE_TTL_S)
+        view = await self._app.deploy(request.model, request.replicas, owner, idle_ttl_s)
         return pool_pb2.DeployResponse(deployment=deployment_to_proto(view))
 
     async def Undeploy(self, request, context):
         """Drops the owner's claim (or every claim with `all`, operators only); the model is
         unloaded when no claim remains. NOT_FOUND when there is no such deployment or claim."""
-        identity = current_identity()
-        if request.all:
-            require_operator(identity)
-        owner = claim_owner(identity, request.owner.strip())
-        if not request.model:
-            raise InvalidArgument("model is required")
+        owner = claim_owner(current_identity(), request.owner.strip())
+        _check_model(request.model)
         await self._app.undeploy(request.model, owner, request.all)
         return pool_pb2.UndeployResponse()
 
@@ -250,8 +251,7 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
         """The placement Deploy would make now, changing nothing. A plan that does not fit is
         an answer, not an error: `shortfall_bytes` and `reason` say what is missing."""
         require_caller(current_identity())
-        if not request.model:
-            raise InvalidArgument("model is required")
+        _check_model(request.model)
         return plan_to_proto(self._app.plan(request.model, request.replicas))
 
     async def AdviseScaling(self, request, context):

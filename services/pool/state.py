@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from harness.pool.v1 import pool_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.limits import check_count, check_length, check_range
 
 HEALTH_UNKNOWN = pool_pb2.ENDPOINT_HEALTH_UNSPECIFIED
 HEALTHY = pool_pb2.ENDPOINT_HEALTH_HEALTHY
@@ -57,9 +58,18 @@ class EndpointSpec:
         return EndpointSpec(name, address, labels=tuple(sorted((labels or {}).items())), **kw)
 
 
+# Contract limits (pool.proto says the same).
+MAX_URL_CHARS = 2048
+MAX_GPU_TYPE_CHARS = 64
+MAX_GPU_COUNT = 1024
+MAX_GPU_MEMORY_BYTES = 2**50  # 1 PiB across one endpoint's GPUs
+MAX_LABELS = 32
+
+
 def _check_address(address: str) -> None:
+    check_length("endpoint address", address, 300)
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidArgument(f"endpoint address must be host:port, got {address!r}")
     if host.startswith("["):
         if not host.endswith("]"):
@@ -80,11 +90,17 @@ def validate_spec(spec: EndpointSpec) -> EndpointSpec:
         )
     _check_address(spec.address)
     if spec.metrics_url:
-        url = urlparse(spec.metrics_url)
-        if url.scheme not in ("http", "https") or not url.netloc:
+        check_length("metrics_url", spec.metrics_url, MAX_URL_CHARS)
+        try:
+            url = urlparse(spec.metrics_url)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.netloc:
             raise InvalidArgument(f"metrics_url must be an http(s) URL, got {spec.metrics_url!r}")
-    if spec.gpu_count < 0 or spec.gpu_memory_bytes < 0:
-        raise InvalidArgument("gpu_count and gpu_memory_bytes must be >= 0")
+    check_length("gpu_type", spec.gpu_type, MAX_GPU_TYPE_CHARS)
+    check_range("gpu_count", spec.gpu_count, 0, MAX_GPU_COUNT)
+    check_range("gpu_memory_bytes", spec.gpu_memory_bytes, 0, MAX_GPU_MEMORY_BYTES)
+    check_count("labels", spec.labels, MAX_LABELS)
     for key, value in spec.labels:
         if not _LABEL_KEY.match(key) or len(value) > 256:
             raise InvalidArgument(f"bad label {key!r}: keys are 1-63 of [A-Za-z0-9._/-], values <= 256 chars")

@@ -151,7 +151,7 @@ async def test_five_agents_share_one_load_per_endpoint_and_memory_is_respected(w
     assert before == 0
 
     deploys = [
-        stub.Deploy(pool_pb2.DeployRequest(model="mid", replicas=2), metadata=agent_metadata(f"bot-{i}"))
+        stub.Deploy(pool_pb2.DeployRequest(model="mid", replicas=2, owner=f"agent:bot-{i}"), metadata=admin)
         for i in range(5)
     ]
     replies = await asyncio.gather(*deploys)
@@ -184,9 +184,9 @@ async def test_five_agents_share_one_load_per_endpoint_and_memory_is_respected(w
 
     # Four agents let go: still loaded; the fifth lets go: unloaded, VRAM back to 0.
     for i in range(4):
-        await stub.Undeploy(pool_pb2.UndeployRequest(model="mid"), metadata=agent_metadata(f"bot-{i}"))
+        await stub.Undeploy(pool_pb2.UndeployRequest(model="mid", owner=f"agent:bot-{i}"), metadata=admin)
     assert vram_used(sim0) + vram_used(sim1) == 2 * 33 * GIB
-    await stub.Undeploy(pool_pb2.UndeployRequest(model="mid"), metadata=agent_metadata("bot-4"))
+    await stub.Undeploy(pool_pb2.UndeployRequest(model="mid", owner="agent:bot-4"), metadata=admin)
     assert vram_used(sim0) + vram_used(sim1) == 0
     await watcher.until(lambda w: w.model_state("sim-0", "mid-trt") != READY)
     assert not (await stub.ListDeployments(pool_pb2.ListDeploymentsRequest(), metadata=admin)).deployments
@@ -226,6 +226,49 @@ async def test_bad_inputs(world, admin, mint_token):
     req = pool_pb2.DeployRequest(model="mid", replicas=1, owner="agent:other")
     code, _ = await code_of(stub.Deploy(req, metadata=agent_metadata("bot")))
     assert code == grpc.StatusCode.PERMISSION_DENIED
+    # An agent certificate without a user never changes the pool, not even for itself.
+    for call in (
+        stub.Deploy(pool_pb2.DeployRequest(model="big", replicas=1), metadata=agent_metadata("bot")),
+        stub.Undeploy(pool_pb2.UndeployRequest(model="mid"), metadata=agent_metadata("bot")),
+        stub.Deploy(
+            pool_pb2.DeployRequest(model="mid", replicas=1),
+            metadata=agent_metadata("bot", mint_token("alice")),
+        ),
+    ):
+        code, details = await code_of(call)
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "operator" in details, details
+    assert not (await stub.ListDeployments(pool_pb2.ListDeploymentsRequest(), metadata=admin)).deployments
+
+
+async def test_counts_and_durations_are_bounded(world, admin, mint_token):
+    """replicas 2^31-1 once grew the pool to 23 GB (Plan built a list per missing replica)."""
+    stub = world["stub"]
+    huge = 2**31 - 1
+    week = 7 * 24 * 3600
+    cases = [
+        (stub.Plan, pool_pb2.PlanRequest(model="mid", replicas=65), "64"),
+        (stub.Plan, pool_pb2.PlanRequest(model="mid", replicas=huge), "replicas"),
+        (stub.Deploy, pool_pb2.DeployRequest(model="mid", replicas=huge), "replicas"),
+        (stub.Deploy, pool_pb2.DeployRequest(model="x" * 200, replicas=1), "model"),
+        (stub.Deploy, pool_pb2.DeployRequest(model="mid", replicas=1, owner="o" * 129), "owner"),
+    ]
+    long_ttl = pool_pb2.DeployRequest(model="small", replicas=1)
+    long_ttl.idle_ttl.seconds = 10**7
+    cases.append((stub.Deploy, long_ttl, f"{week}"))
+    bad_nanos = pool_pb2.DeployRequest(model="small", replicas=1)
+    bad_nanos.idle_ttl.seconds, bad_nanos.idle_ttl.nanos = 1, -5
+    cases.append((stub.Deploy, bad_nanos, "idle_ttl"))
+    ep = pool_pb2.Endpoint(name="e1", address="127.0.0.1:1", gpu_count=huge)
+    cases.append((stub.RegisterEndpoint, pool_pb2.RegisterEndpointRequest(endpoint=ep), "gpu_count"))
+    ep = pool_pb2.Endpoint(name="e1", address="127.0.0.1:1", metrics_url="http://[::1")
+    cases.append((stub.RegisterEndpoint, pool_pb2.RegisterEndpointRequest(endpoint=ep), "metrics_url"))
+    ep = pool_pb2.Endpoint(name="e1", address="127.0.0.1:²")
+    cases.append((stub.RegisterEndpoint, pool_pb2.RegisterEndpointRequest(endpoint=ep), "host:port"))
+    operator = user_metadata(mint_token("olga", "operator"))
+    for method, req, needle in cases:
+        code, details = await code_of(method(req, metadata=operator))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and needle in details, (req, code, details)
+        assert len(details) <= 1024
     assert not (await stub.ListDeployments(pool_pb2.ListDeploymentsRequest(), metadata=admin)).deployments
 
 

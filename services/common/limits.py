@@ -1,0 +1,70 @@
+"""Checks for the bounds every contract puts on counts, lengths, durations and numbers.
+
+Each check raises InvalidArgument naming the field and the limit, so a caller learns what to
+change. The limits themselves live with each service's contract (and in its proto comments).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sized
+from datetime import UTC, datetime
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.common.errors import InvalidArgument
+
+# Timestamps a contract accepts: years 1..9999 is protobuf's own range; nothing in the
+# Harness is older than 2000 or planned beyond 2200, so anything outside is a typo or a probe.
+MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def check_length(field: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        raise InvalidArgument(f"{field} is {len(value)} characters; the limit is {limit}")
+    return value
+
+
+def check_count(field: str, items: Sized, limit: int) -> None:
+    if len(items) > limit:
+        raise InvalidArgument(f"{field} has {len(items)} entries; the limit is {limit}")
+
+
+def check_range(field: str, value: int | float, low: int | float, high: int | float) -> None:
+    """`value` within [low, high]; NaN and infinities are refused."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument(f"{field} must be a finite number, got {value}")
+    if not low <= value <= high:
+        raise InvalidArgument(f"{field} is {value}; it must be between {low} and {high}")
+
+
+def duration_seconds(field: str, duration: Duration, max_seconds: float) -> float:
+    """A Duration as seconds, in [0, max_seconds]."""
+    if duration.nanos and (abs(duration.nanos) >= 1_000_000_000 or (duration.seconds * duration.nanos) < 0):
+        raise InvalidArgument(f"{field} is not a valid Duration (nanos {duration.nanos})")
+    seconds = duration.seconds + duration.nanos / 1e9
+    if not 0 <= seconds <= max_seconds:
+        raise InvalidArgument(f"{field} is {seconds:g} s; it must be between 0 and {max_seconds:g} s")
+    return seconds
+
+
+def timestamp(field: str, ts: Timestamp) -> datetime:
+    """A Timestamp as an aware datetime in [MIN_TIME, MAX_TIME]."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(f"{field} is not a valid Timestamp (nanos {ts.nanos})")
+    low, high = int(MIN_TIME.timestamp()), int(MAX_TIME.timestamp())
+    if not low <= ts.seconds < high:
+        raise InvalidArgument(
+            f"{field} is out of range ({ts.seconds} s since the epoch); use a time between "
+            f"{MIN_TIME:%Y-%m-%d} and {MAX_TIME:%Y-%m-%d}"
+        )
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def page_offset(token: str, limit: int = 2**62) -> int:
+    """A page token that is a plain offset (as the servers issue it)."""
+    if not token.isdigit() or not token.isascii() or len(token) > 19 or int(token) > limit:
+        raise InvalidArgument("page_token is not one this server issued; pass next_page_token as given")
+    return int(token)
