@@ -124,3 +124,21 @@ def db_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def real_triton():
+    """A real tritonserver (PyTriton, CPU) with TensorRT-LLM-shaped models, shared by the session.
+
+    Skips on a developer machine without nvidia-pytriton; FAILS when CI=true.
+    """
+    from tests.helpers.realtriton import RealTritonUnavailable, start_real_triton
+
+    try:
+        server = start_real_triton()
+    except RealTritonUnavailable as exc:
+        _missing(f"a real tritonserver ({exc})")
+    try:
+        yield server
+    finally:
+        server.stop()
