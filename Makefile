@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
 
-.PHONY: install proto run test test-fast lint bench bench-fleet certs clean help
+.PHONY: install system-deps proto run test test-fast lint bench bench-fleet certs clean help
 
 help:
 	@echo "make run    - install, generate, make certs, start the local stack (Ctrl-C stops it)"
@@ -25,7 +25,13 @@ $(STAMP): pyproject.toml
 	echo "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/harness_gen.pth
 	touch $(STAMP)
 
-install: $(STAMP)
+# Debian packages the stack and the tests run: Prometheus (brings promtool) for `harness up`'s
+# monitoring and the alert-rule tests.
+system-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+install: system-deps $(STAMP)
 
 $(GEN_STAMP): $(STAMP) $(PROTOS)
 	rm -rf gen && mkdir -p gen
@@ -39,13 +45,13 @@ proto: $(GEN_STAMP)
 certs: proto
 	$(PY) -m services.devtools.certs_cli --out .harness/certs
 
-run: proto
+run: system-deps proto
 	$(VENV)/bin/harness up
 
-test: proto
+test: system-deps proto
 	$(PY) -m pytest -q
 
-test-fast: proto
+test-fast: system-deps proto
 	$(PY) -m pytest -q -m "not e2e"
 
 lint: proto

@@ -33,6 +33,8 @@ def _up(args: argparse.Namespace) -> int:
         time_scale=args.time_scale,
         timeout_s=args.timeout,
         redis_url=args.redis,
+        prometheus=not args.no_prometheus,
+        prometheus_scrape_s=args.prometheus_scrape_interval,
     )
     return run_up(cfg)
 
@@ -53,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Redis URL the two routers share for rate limits, the result cache and budgets (env "
         "HARNESS_REDIS_URL; default: none, each router keeps them in memory and enforces them alone)",
     )
+    up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus with the stack")
+    up.add_argument(
+        "--prometheus-scrape-interval", type=float, default=5.0, metavar="SECONDS",
+        help="how often Prometheus scrapes the stack (1 to 60 s; default 5)",
+    )  # fmt: skip
     up.set_defaults(func=_up)
     common = argparse.ArgumentParser(add_help=False)
     add_connection_args(common)

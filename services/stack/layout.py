@@ -26,6 +26,7 @@ class StackPorts:
     audit_metrics: int = 9491
     cost: int = 50101
     cost_metrics: int = 9501
+    prometheus: int = 9090
 
     def named(self) -> list[tuple[str, int]]:
         """(what, port) for every port, for clear 'already in use' errors."""

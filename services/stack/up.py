@@ -30,6 +30,7 @@ from services.common.server import open_channel
 from services.devtools.certs import DEFAULT_SERVICES, CertBundle, make_certs
 from services.envoy.methods import idempotent_unary_methods
 from services.envoy.render import EnvoyCerts, EnvoySpec, write_envoy_config
+from services.stack import prometheus as prom
 from services.stack.banner import banner
 from services.stack.layout import StackPaths, StackPorts, ports_in_use, redis_prefix_for
 from services.stack.procs import Child, Supervisor
@@ -87,6 +88,8 @@ class UpConfig:
     simulators: tuple[SimulatorSpec, ...] = DEFAULT_SIMULATORS  # one per ports.enginesim entry
     # Shared by both routers (rate limits, result cache, budgets); "" = each router in memory.
     redis_url: str = ""
+    prometheus: bool = True  # a Prometheus child scraping the whole stack, with the alert rules
+    prometheus_scrape_s: float = prom.DEFAULT_SCRAPE_S
 
 
 def _py(module: str, *args: str) -> list[str]:
@@ -113,12 +116,20 @@ class Stack:
 
     # --- start -----------------------------------------------------------------------------
     def start(self) -> None:
-        busy = ports_in_use(self.cfg.ports)
+        busy = [b for b in ports_in_use(self.cfg.ports) if self.cfg.prometheus or "(prometheus)" not in b]
         if busy:
             raise StackError(
                 "cannot start: " + ", ".join(busy) + " already in use. Stop what holds them "
                 "(another `harness up`?) or choose other ports."
             )
+        if self.cfg.prometheus:  # before anything starts: say what is missing, or how to go without
+            try:
+                prom.prometheus_binary()
+            except FileNotFoundError as exc:
+                raise StackError(str(exc)) from None
+            lo, hi = prom.MIN_SCRAPE_S, prom.MAX_SCRAPE_S
+            if not lo <= self.cfg.prometheus_scrape_s <= hi:
+                raise StackError(f"--prometheus-scrape-interval must be {lo:g} to {hi:g} seconds")
         for d in (self.paths.root, self.paths.logs, self.paths.state):
             d.mkdir(parents=True, exist_ok=True)
         agents = [a["name"] for a in self.demo.get("registry", {}).get("agents", [])] or ["demo-agent"]
@@ -239,6 +250,21 @@ class Stack:
         self.sup.start(Child("envoy", argv, self.paths.logs / "envoy.log"))
         self.write_pids()
 
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.cfg.ports.prometheus}"
+
+    def _start_prometheus(self) -> None:
+        jobs = prom.stack_jobs(self.cfg.ports, [sim.metrics_port for sim in self.sims])
+        config = self.paths.root / "prometheus.yml"
+        prom.write_config(prom.render_config(jobs, self.cfg.prometheus_scrape_s), config)
+        self.sup.start(
+            prom.prometheus_child(
+                self.paths.root.resolve(), self.cfg.ports.prometheus, config.resolve(), self.paths.logs
+            )
+        )
+        self.write_pids()
+
     # --- wait --------------------------------------------------------------------------------
     def _cli_tls(self) -> TlsFiles:
         assert self.certs is not None
@@ -309,6 +335,10 @@ class Stack:
             await self._until("every simulator's models ready in the pool", models_ready, deadline)
             self._start_envoy()
             await self._until("envoy", self._envoy_ready, deadline)
+            if self.cfg.prometheus:
+                self._start_prometheus()
+                url = self.prometheus_url
+                await self._until("prometheus", lambda: asyncio.to_thread(prom.ready, url), deadline)
         finally:
             for ch in (*sims.values(), *channels.values()):
                 await ch.close()
@@ -355,12 +385,15 @@ class Stack:
             "HARNESS_TRITON_ADDRS": ",".join(sim.address for sim in self.sims),
             "HARNESS_TRITON_METRICS": ",".join(sim.metrics_url for sim in self.sims),
         }
+        if self.cfg.prometheus:
+            env["HARNESS_PROMETHEUS_URL"] = self.prometheus_url
         self.paths.env_file.write_text(env_file_text(env))
         return env
 
     def banner(self, env: dict[str, str]) -> str:
         shared = (self.cfg.redis_url, self.redis_prefix) if self.cfg.redis_url else None
-        return banner(env, self.cfg.ports, self.paths, self.sims, shared)
+        text = banner(env, self.cfg.ports, self.paths, self.sims, shared)
+        return text + (prom.banner_line(self.prometheus_url) if self.cfg.prometheus else "")
 
     def stop(self) -> None:
         self.sup.stop_all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,10 @@ class RunningStack:
         return {name: int(pid) for name, pid in (line.split() for line in lines if line.strip())}
 
 
+def prometheus_installed() -> bool:
+    return shutil.which("prometheus") is not None
+
+
 def read_env(path: Path) -> dict[str, str]:
     env = {}
     for line in path.read_text().splitlines():
@@ -80,6 +85,13 @@ def launch(root: Path, time_scale: float, redis_url: str = "") -> RunningStack:
     harness = Path(sys.executable).parent / "harness"
     argv = [str(harness), "up", "--free-ports", "--root", str(root), "--timeout", "90"]
     argv += ["--time-scale", str(time_scale), "--redis", redis_url]
+    # Prometheus scrapes every 2 s so the monitoring tests see data soon; without it installed
+    # (a developer who skipped `make install`) the stack runs without it and those tests fail
+    # under CI and skip elsewhere.
+    if prometheus_installed():
+        argv += ["--prometheus-scrape-interval", "2"]
+    else:
+        argv += ["--no-prometheus"]
     proc = subprocess.Popen(
         argv,
         # Budgets re-read every 0.5 s; a lost Redis pauses budgets 5 s (requests here take < 1 s).
