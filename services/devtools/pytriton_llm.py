@@ -32,7 +32,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from services.enginesim.tensors import INPUTS, TensorSpec
+from services.common.triton_tensors import INPUTS, TensorSpec
 from services.enginesim.text import TextGenerator, count_tokens
 
 DECOUPLED_MODEL = "llama-3-8b-instruct"
