@@ -37,7 +37,7 @@ from services.router.flow import RateLimiter, RateLimits, SloClass
 from services.router.metrics import RouterMetrics
 from services.router.privacy import AgentRedactors
 from services.router.produce import Producer
-from services.router.result_cache import ResultCache
+from services.router.result_cache import CacheKeys, ResultCache
 from services.router.scheduling import SchedulingRequest
 from services.router.triton import TritonRequest
 from services.router.views import AccessDecision, EndpointView
@@ -55,6 +55,7 @@ class GenerationInput:
     stop: tuple[str, ...] = ()
     model: str = ""
     timeout_s: float | None = None  # time left before the caller's deadline (None: none)
+    bypass_cache: bool = False  # skip the exact-result cache (the fresh result refreshes it)
 
 
 @dataclass
@@ -140,7 +141,8 @@ class Router:
         self.dispatcher = dispatcher
         self.events = events
         self.limiter = limiter
-        self.producer = Producer(dispatcher, cache, metrics, policy.cache_ttl_s)
+        keys = CacheKeys(policy.redaction_key)
+        self.producer = Producer(dispatcher, cache, metrics, policy.cache_ttl_s, keys)
         self.redactors = AgentRedactors(policy.redaction_key)
         self.metrics = metrics
         self.policy = policy
@@ -269,7 +271,10 @@ class Router:
         first_at = last_at = 0.0
         pieces = 0
         try:
-            deltas = self.producer.stream(request, sched_request, slo, inp.timeout_s, info, result, output)
+            deltas = self.producer.stream(
+                request, sched_request, slo, inp.timeout_s, info, result, output,
+                user=ident.user, bypass_cache=inp.bypass_cache,
+            )  # fmt: skip
             async for delta in deltas:
                 reached_backend = True
                 now = time.perf_counter()

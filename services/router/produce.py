@@ -2,9 +2,10 @@
 (coalescing), or a dispatch of our own; with the agent's output redaction applied before the
 text leaves the router or enters the cache.
 
-Deterministic requests (temperature 0 or a fixed seed) are cacheable. The key covers the model,
-the sampling parameters, the redacted prompt and the agent's redaction policy, so an entry holds
-text already redacted the way the asking agent requires.
+Deterministic requests (temperature 0 or a fixed seed) are cacheable. The key covers the calling
+agent and user, the model, the sampling parameters, the redacted prompt and the agent's redaction
+policy: an entry is only ever served to the caller it was made for, already redacted the way
+that agent requires. `bypass_cache` skips the lookup (and coalescing) and refreshes the entry.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from services.router.dispatch import Dispatcher, DispatchInfo
 from services.router.flow import SloClass
 from services.router.metrics import RouterMetrics
 from services.router.privacy import OutputRedaction
-from services.router.result_cache import CachedResult, Coalescer, ResultCache, cache_key, is_deterministic
+from services.router.result_cache import CachedResult, CacheKeys, Coalescer, ResultCache, is_deterministic
 from services.router.scheduling import SchedulingRequest
 from services.router.triton import TritonChunk, TritonRequest
 
@@ -31,10 +32,16 @@ class Usage(Protocol):
 
 class Producer:
     def __init__(
-        self, dispatcher: Dispatcher, cache: ResultCache, metrics: RouterMetrics, cache_ttl_s: float
+        self,
+        dispatcher: Dispatcher,
+        cache: ResultCache,
+        metrics: RouterMetrics,
+        cache_ttl_s: float,
+        keys: CacheKeys | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.cache = cache
+        self.keys = keys or CacheKeys()
         self.coalescer = Coalescer()
         self.metrics = metrics
         self.cache_ttl_s = cache_ttl_s
@@ -48,8 +55,13 @@ class Producer:
         info: DispatchInfo,
         usage: Usage,
         output: OutputRedaction,
+        *,
+        user: str,
+        bypass_cache: bool = False,
     ) -> AsyncIterator[str]:
-        """Text deltas (already redacted); `usage` gets the token counts and where it came from."""
+        """Text deltas (already redacted); `usage` gets the token counts and where it came from.
+
+        The cache is scoped to `sched_request.agent` and `user` (the caller's identity)."""
 
         def dispatched() -> AsyncIterator[str]:
             return self._dispatch(request, sched_request, slo, timeout_s, info, usage, output)
@@ -63,10 +75,10 @@ class Producer:
             "top_k": request.top_k, "seed": request.seed, "stop": list(request.stop),
             "redaction": output.fingerprint,
         }  # fmt: skip
-        key = cache_key(request.model, params, request.prompt)
-        found = await self.cache.get(key)
+        key = self.keys.generation(sched_request.agent, user, request.model, params, request.prompt)
+        found = None if bypass_cache else await self.cache.get(key)
         kind = "hit"
-        if found is None:
+        if found is None and not bypass_cache:
             found = await self.coalescer.follow(key)  # an identical call in flight: its result is ours
             kind = "coalesced"
         if found is not None:

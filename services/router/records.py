@@ -137,7 +137,8 @@ def tool_call_event(
     )
 
 
-def tool_usage_event(f: CallFacts, action: str) -> common_pb2.UsageEvent:
+def tool_usage_event(f: CallFacts, action: str, cached: bool = False) -> common_pb2.UsageEvent:
+    """A tool call for the ledger; a cached answer (the tool did not run) is recorded unpriced."""
     return common_pb2.UsageEvent(
         event_id=str(uuid.uuid4()),
         time=_now(),
@@ -145,6 +146,7 @@ def tool_usage_event(f: CallFacts, action: str) -> common_pb2.UsageEvent:
         correlation=correlation(f),
         tool=f.tool.partition("@")[0],
         tool_action=action,  # priced per call by the cost service (tool_call price)
+        cached=cached,
     )
 
 

@@ -1,9 +1,10 @@
 """Exact-result cache for deterministic requests, and coalescing of identical in-flight ones.
 
 A request is deterministic when it is greedy (temperature 0) or pins a sampling seed: the
-engine then returns the same text for the same model, parameters and prompt. The key is a
-hash of exactly those (the prompt *after* redaction, so no raw PII is hashed into Redis keys
-or kept in memory). Entries expire after a TTL. Redis holds them when configured (shared by
+engine then returns the same text for the same model, parameters and prompt. Keys come from
+CacheKeys: a keyed hash (HMAC with the router's secret) that always covers the calling agent
+and user, so nothing one caller cached is served to another, and a key reveals nothing of the
+values it covers. Entries expire after a TTL. Redis holds them when configured (shared by
 every router replica); otherwise an in-process LRU does.
 
 Coalescing: while one request for a key is being generated, identical requests wait for its
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,16 +36,34 @@ class CachedResult:
     output_tokens: int
     finish_reason: str
     deployment: str  # which deployment produced it (reported, not re-dispatched)
+    binding: str = ""  # what an idempotency key was first used for (a CacheKeys digest)
 
 
 def is_deterministic(temperature: float, seed: int | None) -> bool:
     return temperature == 0 or seed is not None
 
 
-def cache_key(model: str, params: Mapping[str, Any], redacted_prompt: str) -> str:
-    """Stable across processes and replicas: sha256 over canonical JSON."""
-    material = json.dumps([model, dict(sorted(params.items())), redacted_prompt], separators=(",", ":"))
-    return hashlib.sha256(material.encode()).hexdigest()
+class CacheKeys:
+    """Cache keys as HMAC-SHA256 over canonical JSON of their parts.
+
+    Keyed with the router's secret (the redaction key, the same on every replica), a key can
+    cover raw values (tool arguments) without a dictionary attack on Redis revealing them.
+    Without a secret each process draws its own: entries are then not shared across replicas.
+    """
+
+    def __init__(self, secret: str | bytes = "") -> None:
+        self.shared = bool(secret)
+        self._secret = (secret.encode() if isinstance(secret, str) else secret) or os.urandom(32)
+
+    def key(self, namespace: str, *parts: Any) -> str:
+        material = json.dumps([namespace, *parts], separators=(",", ":"), sort_keys=True)
+        return hmac.new(self._secret, material.encode(), hashlib.sha256).hexdigest()
+
+    def generation(
+        self, agent: str, user: str, model: str, params: Mapping[str, Any], redacted_prompt: str
+    ) -> str:
+        """A deterministic generation, scoped to the calling agent and user."""
+        return self.key("generate", agent, user, model, dict(params), redacted_prompt)
 
 
 class ResultCache(Protocol):
@@ -100,7 +121,11 @@ class RedisResultCache:
         except Exception as exc:  # ConnectionError, TimeoutError, ...: a miss
             log.warning("result cache read failed (%s); treating as a miss", type(exc).__name__)
             return None
-        return CachedResult(**json.loads(raw)) if raw else None
+        try:
+            return CachedResult(**json.loads(raw)) if raw else None
+        except (ValueError, TypeError):  # an entry of another shape (another release): a miss
+            log.warning("result cache entry unreadable; treating as a miss")
+            return None
 
     async def put(self, key: str, value: CachedResult, ttl_s: float) -> None:
         if ttl_s <= 0:

@@ -26,6 +26,7 @@ def to_input(req: router_pb2.GenerateRequest | router_pb2.CompleteRequest) -> Ge
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
         model=req.model,
+        bypass_cache=req.bypass_cache,
     )
 
 
@@ -38,6 +39,7 @@ def to_summary(r: GenerationResult) -> router_pb2.GenerationSummary:
         finish_reason=r.finish_reason,
         usage=common_pb2.Usage(input_tokens=r.input_tokens, output_tokens=r.output_tokens),
         timing=common_pb2.Timing(ttft_ms=r.ttft_ms, tbt_ms=r.tbt_ms, e2e_ms=r.e2e_ms),
+        cached=bool(r.cached),
     )
 
 

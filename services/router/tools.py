@@ -1,8 +1,10 @@
 """Governed tool calls (no gRPC server here): who may call which tool action, approval for the
 risky ones, a result cache for idempotent reads, redaction, and an audit record of each call.
 
-identify -> the agent version pins the tool -> the action exists in the catalog -> casbin: the
-user may invoke the agent, the agent may <risk class> the tool -> idempotency key / result cache
+identify -> the agent version pins the tool (a request naming another version is refused) -> the
+action exists in the catalog -> casbin: the user may invoke the agent, the agent may <risk class>
+the tool -> idempotency key / result cache (tool_cache.py: per agent and user, bound to the raw
+arguments; a hit is redacted again for the reader and audited)
 -> approval when the action requires one (waits, bounded, for a decision made through the audit
 service's approval RPCs) -> POST the arguments as JSON to `<endpoint>/<action>` -> the result,
 redacted per the agent's data policy -> audit (arguments redacted; kinds and counts only) and a
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 from google.protobuf import struct_pb2
 from harness.audit.v1 import audit_pb2
 from harness.common.v1 import common_pb2
+from harness.registry.v1 import registry_pb2
 
 from services.common import context as reqctx
 from services.common.errors import (
@@ -35,7 +38,8 @@ from services.common.errors import (
 )
 from services.router import records
 from services.router.budgets import BudgetEnforcer, BudgetReservation, Subjects
-from services.router.result_cache import CachedResult, ResultCache, cache_key
+from services.router.result_cache import CacheKeys, ResultCache
+from services.router.tool_cache import ToolResults
 
 RISK = {
     common_pb2.RISK_CLASS_READ: "read",
@@ -116,6 +120,23 @@ def post_json(url: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any
     return payload if isinstance(payload, dict) else {"result": payload}
 
 
+@dataclass(frozen=True)
+class _Target:
+    """A call resolved against the registry: the agent's version, the pinned tool and action."""
+
+    agent: registry_pb2.Agent
+    tool: registry_pb2.Tool
+    action: registry_pb2.ToolAction
+    risk: str
+    facts: records.CallFacts
+
+    @property
+    def cache_ttl_s(self) -> float:
+        """Seconds a result may answer later identical reads (0: not cached)."""
+        cacheable = self.action.idempotent and self.action.cache_ttl_s > 0
+        return self.action.cache_ttl_s if cacheable else 0.0
+
+
 class ToolInvoker:
     def __init__(
         self,
@@ -129,20 +150,19 @@ class ToolInvoker:
         approval_ttl_s: float = 3600.0,
         http_timeout_s: float = 30.0,
         budgets: BudgetEnforcer | None = None,
+        keys: CacheKeys | None = None,
     ) -> None:
         self.budgets = budgets
         self.registry = registry
         self.events = events
         self.redactors = redactors
         self.approvals = approvals
-        self.cache = cache
+        self.results = ToolResults(cache, keys or CacheKeys())
         self.default_approval_wait_s = default_approval_wait_s
         self.approval_ttl_s = approval_ttl_s
         self.http_timeout_s = http_timeout_s
 
     async def invoke(self, call: ToolCall) -> ToolOutcome:
-        from services.router.core import pick_version  # the same traffic split as Generate
-
         ctx = reqctx.current()
         ident = ctx.identity
         if not ident.agent:
@@ -151,97 +171,139 @@ class ToolInvoker:
             raise Unauthenticated("no user credentials: send 'authorization: Bearer <jwt>' or 'x-api-key'")
         if not call.tool or not call.action:
             raise InvalidArgument("tool and action are required")
-        agent = await self.registry.agent(ident.agent)
+        target = await self._resolve(call, ident.user)
+        tool, action = target.tool, target.action
+        found = self.redactors.for_agent(target.agent)
+        redactor = found[0] if found is not None else None
+        counts: dict[str, int] = {}
+        logged_args = await self._redact(redactor, call.arguments, counts)
+        scope = self.results.scope(
+            target.agent.name, ident.user, tool.name, tool.version, action.name, call.arguments,
+            call.idempotency_key,
+        )  # fmt: skip
+        if (hit := await self.results.lookup(scope, target.cache_ttl_s > 0)) is not None:
+            result = await self._redact(redactor, hit, counts)  # for the reader's policy as it is now
+            self._record(target.facts, action.name, logged_args, counts, common_pb2.DECISION_ALLOW, "OK", "",
+                         cached=True)  # fmt: skip
+            return ToolOutcome(result, common_pb2.DECISION_ALLOW, cached=True, request_id=ctx.request_id)
+
+        # The call's audit record id, known up front so an approval can hang under it (lineage).
+        facts = records.CallFacts(**{**target.facts.__dict__, "event_id": str(uuid.uuid4())})
+        approval_id = ""
+        if action.requires_approval:
+            approval_id, pending = await self._approval(call, facts, target, logged_args, counts)
+            if pending:
+                return ToolOutcome(
+                    None, common_pb2.DECISION_PENDING_APPROVAL, approval_id, request_id=ctx.request_id
+                )
+        raw, duration = await self._call(call, facts, target, logged_args, counts, approval_id)
+        result = await self._redact(redactor, raw, counts)
+        self._record(
+            facts, action.name, logged_args, counts, common_pb2.DECISION_ALLOW, "OK", approval_id, duration
+        )
+        await self.results.store(scope, result, target.cache_ttl_s, tool.endpoint)
+        return ToolOutcome(result, common_pb2.DECISION_ALLOW, approval_id, False, duration, ctx.request_id)
+
+    async def _resolve(self, call: ToolCall, user: str) -> _Target:
+        """The agent's version pins the tool (at an exact version), the action exists, and casbin
+        lets the user invoke the agent and the agent use the tool at the action's risk class."""
+        from services.router.core import pick_version  # the same traffic split as Generate
+
+        agent = await self.registry.agent(reqctx.current().identity.agent)
         if agent.state != common_pb2.AGENT_STATE_ONLINE:
             raise FailedPrecondition(f"agent {agent.name!r} is not online; set it online in the registry")
         version_label = pick_version(agent)
         version = next(v for v in agent.versions if v.version == version_label)
+        team = await self.registry.project_team(agent.project)
+        facts = records.CallFacts(reqctx.current(), agent.name, version_label, agent.project, team=team)
         pinned = {t.partition("@")[0]: t.partition("@")[2] for t in version.tools}
         if call.tool not in pinned:
+            self._deny_pin(facts, call, f"pins {sorted(pinned)}")
             raise PermissionDenied(
                 f"agent {agent.name!r} version {version_label} may call {sorted(pinned)}, not {call.tool!r}"
             )
-        tool = await self.registry.tool(call.tool, call.version or pinned[call.tool])
-        if tool is None:
-            raise NotFound(f"tool {call.tool!r} is not in the registry's tool catalog")
+        tool = await self._pinned_tool(facts, call, pinned[call.tool])
         action = next((a for a in tool.actions if a.name == call.action), None)
         if action is None:
             raise NotFound(
                 f"tool {tool.name!r} has no action {call.action!r}; it has {[a.name for a in tool.actions]}"
             )
         risk = RISK.get(action.risk, "write")  # an unclassified action is treated as a write
-        team = await self.registry.project_team(agent.project)
-        facts = records.CallFacts(
-            ctx, agent.name, version_label, agent.project, tool=f"{tool.name}@{tool.version}", team=team
-        )
-        await self._authorize(facts, ident.user, f"agent:{agent.name}", "invoke")
+        facts = records.CallFacts(**{**facts.__dict__, "tool": f"{tool.name}@{tool.version}"})
+        await self._authorize(facts, user, f"agent:{agent.name}", "invoke")
         decision = await self._authorize(facts, f"agent:{agent.name}", f"tool:{tool.name}", risk)
         facts = records.CallFacts(**{**facts.__dict__, "rule": decision.rule})
+        return _Target(agent, tool, action, risk, facts)
 
-        counts: dict[str, int] = {}
-        found = self.redactors.for_agent(agent)
-        logged_args = call.arguments
-        if found is not None:
-            logged_args, arg_counts = found[0].redact_json(call.arguments)
-            counts.update(arg_counts)
-        key = cache_key(
-            f"tool:{tool.name}@{tool.version}",
-            {"action": action.name},
-            json.dumps(logged_args, sort_keys=True),
+    async def _pinned_tool(self, facts: records.CallFacts, call: ToolCall, pin: str) -> registry_pb2.Tool:
+        """The tool at the pinned version ("" pins the newest); a request for another version is
+        refused, never served from that version's endpoint and actions."""
+        if call.version and pin and call.version != pin:
+            self._deny_version(facts, call, f"{call.tool}@{pin}")
+        tool = await self.registry.tool(call.tool, pin)
+        if tool is None:
+            at = f" version {pin!r}" if pin else ""
+            raise NotFound(f"tool {call.tool!r}{at} is not in the registry's tool catalog")
+        if call.version and call.version != tool.version:
+            self._deny_version(facts, call, f"{call.tool} at its newest version ({tool.version})")
+        return tool
+
+    def _deny_version(self, facts: records.CallFacts, call: ToolCall, pinned_as: str) -> None:
+        self._deny_pin(facts, call, f"pins {pinned_as}")
+        raise PermissionDenied(
+            f"agent {facts.agent!r} version {facts.agent_version} pins {pinned_as}, not version "
+            f"{call.version!r}; leave `version` empty to call the pinned one"
         )
-        idem = f"idem:{agent.name}:{call.idempotency_key}" if call.idempotency_key else ""
-        for k in filter(None, (idem, key if action.idempotent and action.cache_ttl_s > 0 else "")):
-            if (hit := await self.cache.get(k)) is not None:
-                return ToolOutcome(
-                    json.loads(hit.text), common_pb2.DECISION_ALLOW, cached=True, request_id=ctx.request_id
-                )
 
-        approval_id = ""
-        # The call's audit record id, known up front so an approval can hang under it (lineage).
-        facts = records.CallFacts(**{**facts.__dict__, "event_id": str(uuid.uuid4())})
-        if action.requires_approval:
-            approval_id, approved = await self._approve(call, facts, tool, action, logged_args, risk)
-            if approved is None:
-                self._record(
-                    facts,
-                    action.name,
-                    logged_args,
-                    counts,
-                    common_pb2.DECISION_PENDING_APPROVAL,
-                    "PENDING",
-                    approval_id,
-                )
-                return ToolOutcome(
-                    None, common_pb2.DECISION_PENDING_APPROVAL, approval_id, request_id=ctx.request_id
-                )
-            if not approved.state == audit_pb2.APPROVAL_STATE_APPROVED:
-                state = audit_pb2.ApprovalState.Name(approved.state).removeprefix("APPROVAL_STATE_").lower()
-                self._record(
-                    facts,
-                    action.name,
-                    logged_args,
-                    counts,
-                    common_pb2.DECISION_DENY,
-                    "PERMISSION_DENIED",
-                    approval_id,
-                )
-                who = f" by {approved.approver}" if approved.approver else ""
-                why = f": {approved.comment}" if approved.comment else ""
-                raise PermissionDenied(
-                    f"{tool.name}.{action.name} was {state}{who}{why} (approval {approval_id})"
-                )
+    def _deny_pin(self, facts: records.CallFacts, call: ToolCall, rule: str) -> None:
+        """A call outside the agent version's pins is an authorization decision: audit it."""
+        wanted = f"{call.tool}@{call.version}" if call.version else call.tool
+        denied = records.CallFacts(
+            **{**facts.__dict__, "rule": f"agent version {facts.agent_version} {rule}"}
+        )
+        self.events.emit_audit(records.authz_denied_event(denied, f"tool:{wanted}", call.action))
 
+    async def _redact(self, redactor, value: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
+        """`value` redacted per the agent's policy (as is without one); counts kinds into `counts`."""
+        if redactor is None:
+            return value
+        out, found = redactor.redact_json(value)
+        for kind, n in found.items():
+            counts[kind] = counts.get(kind, 0) + n
+        return out
+
+    async def _approval(self, call, facts, target: _Target, logged_args, counts) -> tuple[str, bool]:
+        """(approval id, still pending); raises when the approval was refused or expired."""
+        tool, action = target.tool, target.action
+        approval_id, approved = await self._approve(call, facts, tool, action, logged_args, target.risk)
+        if approved is None:
+            self._record(facts, action.name, logged_args, counts, common_pb2.DECISION_PENDING_APPROVAL,
+                         "PENDING", approval_id)  # fmt: skip
+            return approval_id, True
+        if approved.state != audit_pb2.APPROVAL_STATE_APPROVED:
+            state = audit_pb2.ApprovalState.Name(approved.state).removeprefix("APPROVAL_STATE_").lower()
+            self._record(facts, action.name, logged_args, counts, common_pb2.DECISION_DENY,
+                         "PERMISSION_DENIED", approval_id)  # fmt: skip
+            who = f" by {approved.approver}" if approved.approver else ""
+            why = f": {approved.comment}" if approved.comment else ""
+            raise PermissionDenied(
+                f"{tool.name}.{action.name} was {state}{who}{why} (approval {approval_id})"
+            )
+        return approval_id, False
+
+    async def _call(self, call, facts, target: _Target, logged_args, counts, approval_id):
+        """POSTs the arguments to the tool (budgets reserved and settled around it): (result, seconds)."""
+        tool, action = target.tool, target.action
+        ident = facts.ctx.identity
         hold = BudgetReservation()
         if self.budgets is not None:  # the call's price, against every budget that applies
-            hold = await self.budgets.reserve_tool(
-                Subjects(ident.user, team, agent.project, agent.name), tool.name
-            )
+            who = Subjects(ident.user, facts.team, facts.project, facts.agent)
+            hold = await self.budgets.reserve_tool(who, tool.name)
         started = time.perf_counter()
         status = "OK"
         try:
-            raw = await asyncio.to_thread(
-                post_json, f"{tool.endpoint.rstrip('/')}/{action.name}", call.arguments, self.http_timeout_s
-            )
+            url = f"{tool.endpoint.rstrip('/')}/{action.name}"
+            raw = await asyncio.to_thread(post_json, url, call.arguments, self.http_timeout_s)
         except (InvalidArgument, Unavailable) as exc:
             status = exc.code.name
             raise
@@ -251,34 +313,12 @@ class ToolInvoker:
         finally:
             duration = time.perf_counter() - started
             if self.budgets is not None:  # a failed call is not charged, as in the ledger
-                await self.budgets.settle(
-                    hold, self.budgets.prices.tool_cost(tool.name) if status == "OK" else 0
-                )
+                price = self.budgets.prices.tool_cost(tool.name) if status == "OK" else 0
+                await self.budgets.settle(hold, price)
             if status != "OK":
-                self._record(
-                    facts,
-                    action.name,
-                    logged_args,
-                    counts,
-                    common_pb2.DECISION_ALLOW,
-                    status,
-                    approval_id,
-                    duration,
-                )
-        result = raw
-        if found is not None:
-            result, result_counts = found[0].redact_json(raw)
-            for kind, n in result_counts.items():
-                counts[kind] = counts.get(kind, 0) + n
-        self._record(
-            facts, action.name, logged_args, counts, common_pb2.DECISION_ALLOW, "OK", approval_id, duration
-        )
-        text = json.dumps(result)
-        if action.idempotent and action.cache_ttl_s > 0:
-            await self.cache.put(key, CachedResult(text, 0, 0, "", tool.endpoint), action.cache_ttl_s)
-        if idem:
-            await self.cache.put(idem, CachedResult(text, 0, 0, "", tool.endpoint), 24 * 3600)
-        return ToolOutcome(result, common_pb2.DECISION_ALLOW, approval_id, False, duration, ctx.request_id)
+                self._record(facts, action.name, logged_args, counts, common_pb2.DECISION_ALLOW, status,
+                             approval_id, duration)  # fmt: skip
+        return raw, duration
 
     async def _approve(self, call, facts, tool, action, logged_args, risk):
         """(approval id, the decided approval, or None when still pending after the wait)."""
@@ -319,12 +359,16 @@ class ToolInvoker:
             )
         return decision
 
-    def _record(self, facts, action, args, counts, decision, status, approval_id, duration=0.0) -> None:
+    def _record(
+        self, facts, action, args, counts, decision, status, approval_id, duration=0.0, cached=False
+    ) -> None:
         details: dict[str, Any] = {"arguments": args, "duration_ms": round(duration * 1000, 3)}
         if counts:
             details["redactions"] = dict(counts)
         if approval_id:
             details["approval_id"] = approval_id
+        if cached:  # answered from the result cache or an idempotency key: the tool did not run
+            details["cached"] = True
         self.events.emit_audit(records.tool_call_event(facts, action, decision, status, details))
         if status == "OK":
-            self.events.emit_usage(records.tool_usage_event(facts, action))
+            self.events.emit_usage(records.tool_usage_event(facts, action, cached=cached))

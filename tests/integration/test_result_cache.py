@@ -10,10 +10,10 @@ import redis.asyncio as redis
 
 from services.router.result_cache import (
     CachedResult,
+    CacheKeys,
     Coalescer,
     MemoryResultCache,
     RedisResultCache,
-    cache_key,
     is_deterministic,
 )
 
@@ -39,16 +39,30 @@ def test_only_greedy_or_seeded_requests_are_deterministic():
     assert not is_deterministic(0.7, None)
 
 
-def test_the_key_covers_model_parameters_and_prompt_and_ignores_dict_order():
-    base = cache_key("m", {"max_tokens": 8, "temperature": 0.0}, "2+2?")
-    assert base == cache_key("m", {"temperature": 0.0, "max_tokens": 8}, "2+2?")
-    assert base != cache_key("m2", {"max_tokens": 8, "temperature": 0.0}, "2+2?")
-    assert base != cache_key("m", {"max_tokens": 9, "temperature": 0.0}, "2+2?")
-    assert base != cache_key("m", {"max_tokens": 8, "temperature": 0.0}, "2+3?")
+def test_the_key_covers_caller_model_parameters_and_prompt_and_ignores_dict_order():
+    keys = CacheKeys("secret")
+    base = keys.generation("a1", "alice", "m", {"max_tokens": 8, "temperature": 0.0}, "2+2?")
+    assert base == keys.generation("a1", "alice", "m", {"temperature": 0.0, "max_tokens": 8}, "2+2?")
+    assert base != keys.generation("a1", "alice", "m2", {"max_tokens": 8, "temperature": 0.0}, "2+2?")
+    assert base != keys.generation("a1", "alice", "m", {"max_tokens": 9, "temperature": 0.0}, "2+2?")
+    assert base != keys.generation("a1", "alice", "m", {"max_tokens": 8, "temperature": 0.0}, "2+3?")
+    # Nothing crosses agents or users.
+    assert base != keys.generation("a2", "alice", "m", {"max_tokens": 8, "temperature": 0.0}, "2+2?")
+    assert base != keys.generation("a1", "bob", "m", {"max_tokens": 8, "temperature": 0.0}, "2+2?")
+
+
+def test_keys_are_keyed_hashes_shared_only_with_the_same_secret():
+    params = {"max_tokens": 8}
+    same = CacheKeys("secret").generation("a", "u", "m", params, "p")
+    assert same == CacheKeys(b"secret").generation("a", "u", "m", params, "p")  # every replica agrees
+    assert same != CacheKeys("other").generation("a", "u", "m", params, "p")
+    assert CacheKeys().generation("a", "u", "m", params, "p") != CacheKeys().generation(
+        "a", "u", "m", params, "p"
+    )
 
 
 async def test_put_get_and_expiry(cache):
-    key = cache_key("m", {"max_tokens": 1}, "2+2?")
+    key = CacheKeys("k").generation("a", "u", "m", {"max_tokens": 1}, "2+2?")
     assert await cache.get(key) is None
     await cache.put(key, RESULT, ttl_s=0.2)
     assert await cache.get(key) == RESULT
@@ -65,6 +79,17 @@ async def test_memory_cache_is_bounded_lru():
     await cache.get("a")  # a is now the most recent
     await cache.put("c", RESULT, 60)
     assert await cache.get("b") is None and await cache.get("a") == RESULT
+
+
+async def test_an_unreadable_redis_entry_is_a_miss(redis_url):
+    prefix = f"test:{uuid.uuid4().hex}:"
+    client = redis.from_url(redis_url)
+    cache = RedisResultCache(client, prefix)
+    await client.set(f"{prefix}rc:k", b'{"text": "x", "unknown_field": 1}', px=60_000)
+    await client.set(f"{prefix}rc:j", b"not json", px=60_000)
+    assert await cache.get("k") is None and await cache.get("j") is None
+    await client.delete(f"{prefix}rc:k", f"{prefix}rc:j")
+    await client.aclose()
 
 
 async def test_redis_down_is_a_miss_not_an_error():

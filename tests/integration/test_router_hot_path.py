@@ -156,6 +156,36 @@ async def test_identical_requests_in_flight_are_coalesced(harness, sim):
     assert len({"".join(r.text_parts) for r in results}) == 1
 
 
+async def test_the_result_cache_and_coalescing_never_cross_users_or_agents(harness, sim):
+    router, registry, *_ = harness
+
+    async def as_caller(agent_name: str, user: str) -> GenerationResult:
+        reqctx.set_current(reqctx.new_context(reqctx.Identity(agent=agent_name, user=user)))
+        return await run(router, prompt="the same question")
+
+    await as_caller("a1", "alice")
+    before = successes(sim)
+    assert (await as_caller("a1", "bob")).cached == ""
+    other = agent()
+    other.name = "a2"
+    registry.agent_record = other
+    assert (await as_caller("a2", "alice")).cached == ""
+    assert successes(sim) == before + 2
+    # In flight at once: each caller's request is dispatched, none follows another's.
+    results = await asyncio.gather(*(as_caller("a2", u) for u in ("carol", "dave", "erin")))
+    assert [r.cached for r in results] == ["", "", ""] and successes(sim) == before + 5
+    assert (await as_caller("a2", "carol")).cached == "hit"  # each one's own entry
+
+
+async def test_bypass_cache_dispatches_again_and_refreshes_the_entry(harness, sim):
+    router, *_ = harness
+    await run(router, prompt="fresh please")
+    before = successes(sim)
+    fresh = await run(router, prompt="fresh please", bypass_cache=True)
+    assert fresh.cached == "" and successes(sim) == before + 1
+    assert (await run(router, prompt="fresh please")).cached == "hit"
+
+
 async def test_an_endpoint_failing_before_the_first_token_fails_over_once(harness, sim):
     router, _, view, _ = harness
     # The dead endpoint looks idle, so the scheduler tries it first.

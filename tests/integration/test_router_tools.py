@@ -71,19 +71,32 @@ def ledger(url: str) -> registry_pb2.Tool:
     )
 
 
+def rpa_agent(name: str = "rpa", tools: tuple[str, ...] = ("ledger",), pii: bool = True, revision: int = 1):
+    a = registry_pb2.Agent(
+        name=name, project="ledger", state=common_pb2.AGENT_STATE_ONLINE, revision=revision
+    )
+    a.versions.add(version="v1", models=["m"], tools=tools)
+    if pii:
+        a.data_policy.pii.add(kind="phone", mode=registry_pb2.MASK_MODE_MASK)
+    return a
+
+
 @dataclass
 class FakeRegistry:
     tool_record: registry_pb2.Tool
     denied: set[tuple[str, str]] = field(default_factory=set)  # (object, action)
+    agents: dict[str, registry_pb2.Agent] = field(default_factory=dict)  # default: rpa_agent()
+    other_versions: list[registry_pb2.Tool] = field(default_factory=list)
 
     async def agent(self, name: str) -> registry_pb2.Agent:
-        a = registry_pb2.Agent(name="rpa", project="ledger", state=common_pb2.AGENT_STATE_ONLINE, revision=1)
-        a.versions.add(version="v1", models=["m"], tools=["ledger"])
-        a.data_policy.pii.add(kind="phone", mode=registry_pb2.MASK_MODE_MASK)
-        return a
+        return self.agents.get(name) or rpa_agent()
 
     async def tool(self, name: str, version: str = "") -> registry_pb2.Tool | None:
-        return self.tool_record if name == "ledger" else None
+        """Like the mirror: an exact version, or the newest when `version` is empty."""
+        known = [t for t in (self.tool_record, *self.other_versions) if t.name == name]
+        if version:
+            return next((t for t in known if t.version == version), None)
+        return max(known, key=lambda t: int(t.version.split(".")[0]), default=None)
 
     async def project_team(self, project: str) -> str:
         return "finance" if project == "ledger" else ""

@@ -14,7 +14,8 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.router.core import GenerationInput, pick_version, render_prompt
+from services.router.core import GenerationInput, GenerationResult, pick_version, render_prompt
+from services.router.servicer import to_input, to_summary
 from services.router.triton import TritonRequest, build_request, parse_response
 from services.router.views import EndpointView, TtlCache
 
@@ -133,3 +134,14 @@ async def test_endpoint_view_keeps_ready_healthy_models_and_applies_deltas():
     assert {c.name: c.waiting for c in view.candidates("m")} == {"busy": 0}
     assert len(changes) == 2
     await channel.close()
+
+
+def test_the_contract_carries_bypass_cache_in_and_cached_out():
+    from harness.router.v1 import router_pb2
+
+    assert to_input(router_pb2.GenerateRequest(prompt="p", bypass_cache=True)).bypass_cache
+    assert to_input(router_pb2.CompleteRequest(prompt="p", bypass_cache=True)).bypass_cache
+    assert not to_input(router_pb2.GenerateRequest(prompt="p")).bypass_cache
+    assert to_summary(GenerationResult(cached="hit")).cached
+    assert to_summary(GenerationResult(cached="coalesced")).cached
+    assert not to_summary(GenerationResult()).cached
