@@ -62,6 +62,7 @@ class RouterConfig:
     endpoint_refresh_s: float = 0.5
     default_max_tokens: int = 256
     result_cache_ttl_s: float = 300.0  # 0 disables the result cache
+    redaction_workers: int = 1  # processes that redact large inputs off the event loop
     redis_url: str = ""  # shared rate limits, result cache and budgets; "" keeps them in this process
     redis_prefix: str = "harness:"  # key prefix: routers sharing counters use the same one
     scheduler_profiles: str = ""  # YAML of scheduling profiles; "" = the packaged default
@@ -95,6 +96,12 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         type=float,
         default=float(env("ROUTER_RESULT_CACHE_TTL_S", "300")),
         help="seconds a deterministic result is cached (0: no result cache)",
+    )
+    p.add_argument(
+        "--redaction-workers",
+        type=int,
+        default=int(env("ROUTER_REDACTION_WORKERS", "1")),
+        help="worker processes that redact large prompts and tool data off the event loop (started on first use)",
     )
     p.add_argument(
         "--redis",
@@ -159,6 +166,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         api_key_ttl_s=a.api_key_ttl,
         default_max_tokens=a.default_max_tokens,
         result_cache_ttl_s=a.result_cache_ttl,
+        redaction_workers=max(1, a.redaction_workers),
         redis_url=a.redis,
         redis_prefix=a.redis_prefix,
         budget_refresh_s=a.budget_refresh,
@@ -227,6 +235,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         RouterPolicy(
             default_max_tokens=cfg.default_max_tokens,
             cache_ttl_s=cfg.result_cache_ttl_s,
+            redaction_workers=cfg.redaction_workers,
             redaction_key=cfg.redaction_key,
         ),
         budgets=budgets,
@@ -278,6 +287,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         await cost_follower.stop()
         await events.drain(timeout=cfg.server.grace_s)
         await triton.close()
+        router.redactors.close()
         await limiter.aclose()
         await budgets.aclose()
         if isinstance(cache, RedisResultCache):

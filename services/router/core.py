@@ -37,6 +37,7 @@ from services.router.flow import RateLimiter, RateLimits, SloClass
 from services.router.metrics import RouterMetrics
 from services.router.privacy import AgentRedactors
 from services.router.produce import Producer
+from services.router.redaction_workers import RedactionWorkers
 from services.router.result_cache import CacheKeys, ResultCache
 from services.router.scheduling import SchedulingRequest
 from services.router.triton import TritonRequest
@@ -110,6 +111,14 @@ def estimate_tokens(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
 
 
+def check_context(prompt_tokens: int, max_tokens: int, context: int, model: str) -> None:
+    if context and prompt_tokens + max_tokens > context:
+        raise InvalidArgument(
+            f"prompt (~{prompt_tokens} tokens at {CHARS_PER_TOKEN} characters per token) plus max_tokens "
+            f"{max_tokens} exceeds model {model!r}'s context of {context} tokens"
+        )
+
+
 def _enum_label(enum, value: int, prefix: str) -> str:
     return enum.Name(value).removeprefix(prefix).lower().replace("_", "-") if value else ""
 
@@ -121,6 +130,7 @@ class RouterPolicy:
     default_max_tokens: int = 256
     cache_ttl_s: float = 300.0  # result cache TTL; 0 disables the cache
     redaction_key: str = ""  # HMAC key of HASH-mode redaction (shared by every router replica)
+    redaction_workers: int = 1  # processes that redact large inputs off the event loop
 
 
 class Router:
@@ -143,7 +153,7 @@ class Router:
         self.limiter = limiter
         keys = CacheKeys(policy.redaction_key)
         self.producer = Producer(dispatcher, cache, metrics, policy.cache_ttl_s, keys)
-        self.redactors = AgentRedactors(policy.redaction_key)
+        self.redactors = AgentRedactors(policy.redaction_key, RedactionWorkers(policy.redaction_workers))
         self.metrics = metrics
         self.policy = policy
         self.budgets = budgets
@@ -213,16 +223,13 @@ class Router:
         await self._authorize(facts, f"agent:{agent.name}", f"model:{model_name}")
 
         catalog_model = await self.registry.model(model_name)
-        # Redact before anything else sees the prompt: the model, the cache key, the log.
-        prompt, output = self.redactors.prompt(agent, prompt, result.redactions)
         max_tokens = inp.max_tokens or version.default_sampling.max_tokens or self.policy.default_max_tokens
-        prompt_tokens = estimate_tokens(prompt)
         context = catalog_model.context_length
-        if context and prompt_tokens + max_tokens > context:
-            raise InvalidArgument(
-                f"prompt (~{prompt_tokens} tokens at {CHARS_PER_TOKEN} characters per token) plus max_tokens "
-                f"{max_tokens} exceeds model {model_name!r}'s context of {context} tokens"
-            )
+        check_context(estimate_tokens(prompt), max_tokens, context, model_name)  # before redaction's work
+        # Redact before anything else sees the prompt: the model, the cache key, the log.
+        prompt, output = await self.redactors.prompt(agent, prompt, result.redactions)
+        prompt_tokens = estimate_tokens(prompt)
+        check_context(prompt_tokens, max_tokens, context, model_name)  # hash mode lengthens values
         slo = SloClass.from_proto(agent.slo.slo_class)
         result.slo_class = slo.name.lower()
         result.agent_version, result.model = version_label, model_name

@@ -1,6 +1,7 @@
 """The agent's data policy on the router's path: its prompt is redacted before the model, the
 cache and the log see it, and the model's output is redacted before it leaves the router.
-Only kinds and counts are recorded, never values.
+Only kinds and counts are recorded, never values. Large inputs are redacted in worker
+processes (redaction_workers.py), so the event loop never waits on them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from harness.registry.v1 import registry_pb2
 from services.common.errors import FailedPrecondition
 from services.router.redaction import Redactor, StreamRedactor, policy_from_proto
 from services.router.redaction.stream import DEFAULT_HOLDBACK
+from services.router.redaction_workers import RedactionWorkers
 
 MAX_REDACTORS = 10_000
 
@@ -49,9 +51,10 @@ class OutputRedaction:
 class AgentRedactors:
     """One Redactor per agent record (rebuilt when the record's revision moves)."""
 
-    def __init__(self, key: str = "") -> None:
+    def __init__(self, key: str = "", workers: RedactionWorkers | None = None) -> None:
         self._key = key.encode() if key else None
         self._by_agent: dict[tuple[str, int], tuple[Redactor, str] | None] = {}
+        self.workers = workers or RedactionWorkers()
 
     def for_agent(self, agent: registry_pb2.Agent) -> tuple[Redactor, str] | None:
         """(redactor, policy fingerprint), or None when the agent's policy treats no PII."""
@@ -71,7 +74,7 @@ class AgentRedactors:
             self._by_agent[key] = (redactor, digest)
         return self._by_agent[key]
 
-    def prompt(
+    async def prompt(
         self, agent: registry_pb2.Agent, text: str, counts: dict[str, int]
     ) -> tuple[str, OutputRedaction]:
         """The redacted prompt, and the output redaction for the same generation."""
@@ -79,7 +82,22 @@ class AgentRedactors:
         if found is None:
             return text, OutputRedaction(None, "", counts)
         redactor, fingerprint = found
-        result = redactor.redact(text)
-        for kind, n in result.counts.items():
-            counts[kind] = counts.get(kind, 0) + n
+        result = await self.workers.redact(redactor, text)
+        _add(counts, result.counts)
         return result.text, OutputRedaction(redactor, fingerprint, counts)
+
+    async def redact_json(self, redactor: Redactor | None, value, counts: dict[str, int]):
+        """JSON-like data (tool arguments, results) redacted by `redactor` (as is without one)."""
+        if redactor is None:
+            return value
+        out, found = await self.workers.redact_json(redactor, value)
+        _add(counts, found)
+        return out
+
+    def close(self) -> None:
+        self.workers.close()
+
+
+def _add(counts: dict[str, int], more: dict[str, int]) -> None:
+    for kind, n in more.items():
+        counts[kind] = counts.get(kind, 0) + n

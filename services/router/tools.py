@@ -101,13 +101,19 @@ class AuditApprovals:
                 return resp.approval
 
 
+MAX_RESULT_BYTES = 4 * 1024 * 1024  # a tool's answer; larger ones are refused, not buffered
+
+
 def post_json(url: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """One tool call over HTTP (blocking; run in a worker thread)."""
     data = json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            payload = json.loads(resp.read() or b"{}")
+            answer = resp.read(MAX_RESULT_BYTES + 1)
+        if len(answer) > MAX_RESULT_BYTES:
+            raise Unavailable(f"the tool at {url} answered more than {MAX_RESULT_BYTES} bytes (the limit)")
+        payload = json.loads(answer or b"{}")
     except urllib.error.HTTPError as exc:
         detail = exc.read()[:300].decode("utf-8", "replace")
         if 400 <= exc.code < 500:
@@ -176,13 +182,15 @@ class ToolInvoker:
         found = self.redactors.for_agent(target.agent)
         redactor = found[0] if found is not None else None
         counts: dict[str, int] = {}
-        logged_args = await self._redact(redactor, call.arguments, counts)
+        logged_args = await self.redactors.redact_json(redactor, call.arguments, counts)
         scope = self.results.scope(
             target.agent.name, ident.user, tool.name, tool.version, action.name, call.arguments,
             call.idempotency_key,
         )  # fmt: skip
         if (hit := await self.results.lookup(scope, target.cache_ttl_s > 0)) is not None:
-            result = await self._redact(redactor, hit, counts)  # for the reader's policy as it is now
+            result = await self.redactors.redact_json(
+                redactor, hit, counts
+            )  # for the reader's policy as it is now
             self._record(target.facts, action.name, logged_args, counts, common_pb2.DECISION_ALLOW, "OK", "",
                          cached=True)  # fmt: skip
             return ToolOutcome(result, common_pb2.DECISION_ALLOW, cached=True, request_id=ctx.request_id)
@@ -197,7 +205,7 @@ class ToolInvoker:
                     None, common_pb2.DECISION_PENDING_APPROVAL, approval_id, request_id=ctx.request_id
                 )
         raw, duration = await self._call(call, facts, target, logged_args, counts, approval_id)
-        result = await self._redact(redactor, raw, counts)
+        result = await self.redactors.redact_json(redactor, raw, counts)
         self._record(
             facts, action.name, logged_args, counts, common_pb2.DECISION_ALLOW, "OK", approval_id, duration
         )
@@ -262,15 +270,6 @@ class ToolInvoker:
             **{**facts.__dict__, "rule": f"agent version {facts.agent_version} {rule}"}
         )
         self.events.emit_audit(records.authz_denied_event(denied, f"tool:{wanted}", call.action))
-
-    async def _redact(self, redactor, value: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
-        """`value` redacted per the agent's policy (as is without one); counts kinds into `counts`."""
-        if redactor is None:
-            return value
-        out, found = redactor.redact_json(value)
-        for kind, n in found.items():
-            counts[kind] = counts.get(kind, 0) + n
-        return out
 
     async def _approval(self, call, facts, target: _Target, logged_args, counts) -> tuple[str, bool]:
         """(approval id, still pending); raises when the approval was refused or expired."""

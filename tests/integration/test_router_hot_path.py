@@ -212,6 +212,19 @@ async def test_rate_limit_and_context_length_are_checked_before_dispatch(harness
         await run(router, prompt="   ")
 
 
+async def test_sizes_and_the_context_length_are_checked_before_redaction(harness, sim):
+    router, registry, _, _ = harness
+    registry.agent_record = agent()
+    registry.agent_record.data_policy.pii.add(kind="phone", mode=registry_pb2.MASK_MODE_MASK)
+    result = GenerationResult()
+    with pytest.raises(InvalidArgument, match="context of 8192 tokens"):
+        async for _ in router.generate(GenerationInput(prompt="13812345678 " * 4000), result):
+            pass
+    assert result.redactions == {}  # refused before any redaction work
+    with pytest.raises(InvalidArgument, match="the limit is 1000000"):
+        await run(router, prompt="13812345678 " * 90_000)
+
+
 async def test_a_user_rate_limit_from_the_registry_applies_across_agents(harness, sim):
     router, registry, _, _ = harness
     await run(router, temperature=0.5)  # alice is not in the registry: no user limit
@@ -284,7 +297,7 @@ async def test_the_agents_data_policy_redacts_the_prompt_before_the_model_and_th
     result = await run(router, prompt=prompt)
     assert result.redactions == {"phone": 1, "cn_resident_id": 1}
     # The model saw the redacted prompt: the simulator's text is a function of its prompt.
-    redacted, _ = router.redactors.prompt(registry.agent_record, prompt, {})
+    redacted, _ = await router.redactors.prompt(registry.agent_record, prompt, {})
     assert "13812345678" not in redacted and "11010519491231002X" not in redacted and "[PHONE]" in redacted
     direct = [c.text async for c in router.dispatcher.triton.stream(
         sim.address, TritonRequest(model=TRITON_MODEL, prompt=redacted, max_tokens=8, request_id="x"), 30

@@ -105,9 +105,15 @@ class Redactor:
         if not 8 <= hash_chars <= 64:
             raise ValueError("hash_chars must be 8..64")
         self._hash_chars = hash_chars
+        self._strict = strict
+        self._key = key
         self._mac = (
             hmac.new(key.encode() if isinstance(key, str) else key, digestmod=hashlib.sha256) if key else None
         )
+
+    def __reduce__(self):
+        """Pickled as its inputs (a worker process rebuilds it): the HMAC state does not pickle."""
+        return _rebuild, (self.policy, self._key, self._hash_chars, self._strict)
 
     @property
     def enabled(self) -> bool:
@@ -173,3 +179,7 @@ class Redactor:
 
         out = walk(value) if self._recognizers else value
         return out, dict(counts)
+
+
+def _rebuild(policy: RedactionPolicy, key: bytes | str | None, hash_chars: int, strict: bool) -> Redactor:
+    return Redactor(policy, key, hash_chars=hash_chars, strict=strict)
