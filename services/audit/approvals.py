@@ -22,9 +22,9 @@ from harness.audit.v1 import audit_pb2
 from harness.common.v1 import common_pb2
 from sqlalchemy import insert, select, update
 
-from services.audit import chain
 from services.audit.models import approvals
 from services.audit.store import AuditStore, parse_page
+from services.common import audit_chain as chain
 from services.common.context import Identity
 from services.common.errors import (
     FailedPrecondition,

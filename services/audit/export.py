@@ -18,8 +18,8 @@ from google.protobuf import json_format
 from harness.audit.v1 import audit_pb2
 from harness.common.v1 import common_pb2
 
-from services.audit import chain
 from services.audit.lineage import enum_short
+from services.common import audit_chain as chain
 
 COLUMNS = (
     "seq",

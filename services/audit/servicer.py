@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Iterable
+
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
 from prometheus_client import CollectorRegistry, Counter
 
 from services.audit import export, lineage
+from services.audit.anchor import ChainAnchor
 from services.audit.approvals import Approvals
-from services.audit.config import AuditConfig
+from services.audit.config import DEFAULT_INGEST_SERVICES, AuditConfig
 from services.audit.store import AuditStore
+from services.common.checkpoints import (
+    CHECKPOINT_MISSING,
+    FORGED_APPEND,
+    REWRITTEN,
+    TRUNCATED,
+    CheckpointSigner,
+    FileWitness,
+    open_witness,
+)
 from services.common.context import Identity, current_identity
 from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.server import Registrar, RunningServer, registrar, start_server_owning
@@ -20,6 +34,10 @@ _FAILURES = {
     "hash_mismatch": audit_pb2.VERIFY_FAILURE_HASH_MISMATCH,
     "link_broken": audit_pb2.VERIFY_FAILURE_LINK_BROKEN,
     "missing_record": audit_pb2.VERIFY_FAILURE_MISSING_RECORD,
+    TRUNCATED: audit_pb2.VERIFY_FAILURE_TRUNCATED,
+    REWRITTEN: audit_pb2.VERIFY_FAILURE_REWRITTEN,
+    FORGED_APPEND: audit_pb2.VERIFY_FAILURE_FORGED_APPEND,
+    CHECKPOINT_MISSING: audit_pb2.VERIFY_FAILURE_CHECKPOINT_MISSING,
 }
 
 
@@ -30,12 +48,17 @@ def _authenticated(identity: Identity) -> None:
         )
 
 
-def require_writer(identity: Identity) -> None:
-    """Only Harness services (their own certificate) or admins append to the log."""
+def require_writer(identity: Identity, services: frozenset[str]) -> None:
+    """Only the Harness services that produce events (their own certificate) append to the log:
+    no user, whatever their roles, and no other service (the CLI's certificate included)."""
     _authenticated(identity)
-    if not (identity.service or identity.is_admin):
-        who = identity.user or f"agent {identity.agent}"
-        raise PermissionDenied(f"{who} may not write audit events: only Harness services and admins may")
+    if identity.service in services and not identity.user:
+        return
+    who = identity.user or (f"service {identity.service}" if identity.service else f"agent {identity.agent}")
+    raise PermissionDenied(
+        f"{who} may not write audit events: only the services {', '.join(sorted(services))} may, "
+        "with their own certificate"
+    )
 
 
 def require_reader(identity: Identity) -> None:
@@ -55,9 +78,15 @@ class AuditMetrics:
 
 
 class AuditServicer(audit_pb2_grpc.AuditServicer):
-    def __init__(self, store: AuditStore, metrics: AuditMetrics) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        metrics: AuditMetrics,
+        ingest_services: Iterable[str] = DEFAULT_INGEST_SERVICES,
+    ) -> None:
         self._store = store
         self._metrics = metrics
+        self._writers = frozenset(ingest_services)
         self._approvals = Approvals(store)
 
     async def Ingest(self, request_iterator, context) -> audit_pb2.IngestResponse:
@@ -66,7 +95,7 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         A bad event fails the call with INVALID_ARGUMENT naming its index in the stream; batches
         before it stay stored, and a resend of the stream counts them as duplicates.
         """
-        require_writer(current_identity())
+        require_writer(current_identity(), self._writers)
         accepted = duplicates = index = 0
         async for batch in request_iterator:
             result = await self._store.ingest(batch.events, first_index=index)
@@ -102,10 +131,20 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             yield audit_pb2.ExportResponse(data=chunk)
 
     async def Verify(self, request: audit_pb2.VerifyRequest, context) -> audit_pb2.VerifyResponse:
-        """Recomputes the chain from `from_sequence` and names the first broken record."""
+        """Recomputes the chain from `from_sequence`, checks it against the latest signed
+        checkpoint, and names the first broken record."""
         require_reader(current_identity())
         result = await self._store.verify(request.from_sequence)
+        checkpoint = None
+        if result.checkpoint is not None and self._store.anchor is not None:
+            c = result.checkpoint
+            checkpoint = audit_pb2.Checkpoint(
+                sequence=c.checkpoint.sequence, head_hash=c.checkpoint.head_hash, key_id=c.key_id,
+                witness=self._store.anchor.witness.url,
+            )  # fmt: skip
+            checkpoint.time.FromJsonString(c.checkpoint.time)
         return audit_pb2.VerifyResponse(
+            checkpoint=checkpoint,
             ok=result.ok,
             checked=result.checked,
             first_broken_sequence=result.first_broken_sequence,
@@ -152,6 +191,15 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         return audit_pb2.DecideApprovalResponse(approval=approval)
 
 
+def open_anchor(config: AuditConfig) -> ChainAnchor:
+    """The witness and signing key of the config (the key is created on first start). Blocking."""
+    witness = open_witness(config.witness_url())
+    if isinstance(witness, FileWitness):
+        witness.create()
+    signer = CheckpointSigner.load_or_create(config.witness_key_path())
+    return ChainAnchor(witness, signer, lambda: time.time_ns() // 1000)
+
+
 def register(servicer: AuditServicer) -> Registrar:
     """Registrar for start_server: adds the Audit service and returns its name."""
     return registrar(audit_pb2_grpc.add_AuditServicer_to_server, servicer, SERVICE_NAME)
@@ -162,8 +210,8 @@ async def start_audit(
 ) -> RunningServer:
     """Opens the store and starts the server; the store closes when the server stops."""
     registry = metrics_registry or CollectorRegistry()
-    store = await AuditStore.open(config.db_url)
-    servicer = AuditServicer(store, AuditMetrics(registry))
+    store = await AuditStore.open(config.db_url, await asyncio.to_thread(open_anchor, config))
+    servicer = AuditServicer(store, AuditMetrics(registry), config.ingest_services)
     return await start_server_owning(
         config.server, register(servicer), store.close, metrics_registry=registry
     )

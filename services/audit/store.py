@@ -18,15 +18,18 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.audit.v1 import audit_pb2
 from harness.common.v1 import common_pb2
-from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy import Connection, Engine, func, insert, select, text
 
-from services.audit import chain, migrate
+from services.audit import migrate
+from services.audit.anchor import ChainAnchor
 from services.audit.models import audit_records
+from services.common import audit_chain as chain
+from services.common.checkpoints import SignedCheckpoint
 from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument
 
@@ -50,6 +53,7 @@ STRING_FILTERS = (
 )
 _ID_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 _VERIFY_CHUNK = 1000
+_APPENDED = "harness_audit_appended"  # conn.info: (head before, head after) of this transaction
 MAX_LINEAGE = 10_000  # records placed in one lineage tree
 
 
@@ -71,6 +75,7 @@ class VerifyResult:
     failure: str = ""
     expected: str = ""  # what the chain requires at that record
     found: str = ""  # what is stored there
+    checkpoint: SignedCheckpoint | None = None  # the latest checkpoint checked against
 
 
 def validate_events(events: Sequence[common_pb2.AuditEvent], first_index: int = 0) -> None:
@@ -121,8 +126,13 @@ def parse_page(page: common_pb2.PageRequest) -> tuple[int, int]:
 
 
 class AuditStore:
-    def __init__(self, url: str, *, now_us: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self, url: str, *, now_us: Callable[[], int] | None = None, anchor: ChainAnchor | None = None
+    ) -> None:
+        """`anchor`: where appends are checkpointed and Verify looks (the service always has one;
+        without it Verify checks only the chain's own links)."""
         self._engine = make_engine(url)
+        self.anchor = anchor
         self._sqlite = is_sqlite(self._engine)
         # In-process writers queue here instead of spinning on the database lock.
         self._write_lock = threading.Lock()
@@ -134,9 +144,23 @@ class AuditStore:
             raise
 
     @classmethod
-    async def open(cls, url: str) -> AuditStore:
-        """Creates the store off the event loop (connecting and creating tables block)."""
-        return await asyncio.to_thread(cls, url)
+    async def open(cls, url: str, anchor: ChainAnchor | None = None) -> AuditStore:
+        """Creates the store off the event loop (connecting and creating tables block); with an
+        anchor, a log that has records but no checkpoint yet is anchored as found."""
+        store = await asyncio.to_thread(cls, url, anchor=anchor)
+        if anchor is not None:
+            try:
+                await asyncio.to_thread(store._adopt)
+            except BaseException:
+                await store.close()
+                raise
+        return store
+
+    def _adopt(self) -> None:
+        assert self.anchor is not None
+        with self.chain_transaction() as conn:
+            head = conn.execute(select(T.sequence, T.hash).order_by(T.sequence.desc()).limit(1)).first()
+            self.anchor.adopt((head.sequence, head.hash) if head else (0, ""))
 
     async def close(self) -> None:
         await asyncio.to_thread(self._engine.dispose)
@@ -170,13 +194,20 @@ class AuditStore:
 
         Everything done on the yielded connection commits together with the records appended
         through append_rows, or not at all (approvals use this to store a state change and its
-        audit record atomically)."""
+        audit record atomically). Appended records are checkpointed before the commit."""
         with self._write_lock, self._engine.connect() as conn:
             conn.execution_options(**{IMMEDIATE: True})
-            with conn.begin():
-                if not self._sqlite:
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
-                yield conn
+            conn.info.pop(_APPENDED, None)
+            try:
+                with conn.begin():
+                    if not self._sqlite:
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
+                    yield conn
+                    appended = conn.info.get(_APPENDED)
+                    if appended is not None and self.anchor is not None:
+                        self.anchor.seal(*appended)
+            finally:
+                conn.info.pop(_APPENDED, None)
 
     def append_rows(self, conn: Connection, rows: list[dict[str, Any]], now: int) -> list[dict[str, Any]]:
         """Appends rows (from chain.row_from_event) not stored yet to the chain; returns those.
@@ -196,6 +227,8 @@ class AuditStore:
             row["hash"] = prev = chain.record_hash(row, sequence, row["prev_hash"])
         if new:
             conn.execute(insert(audit_records), new)
+            base = conn.info.get(_APPENDED, ((head.sequence, head.hash) if head else (0, ""), None))[0]
+            conn.info[_APPENDED] = (base, (sequence, prev))
         return new
 
     @property
@@ -274,11 +307,31 @@ class AuditStore:
         return await asyncio.to_thread(self._verify_sync, max(from_sequence, 1))
 
     def _verify_sync(self, start: int) -> VerifyResult:
+        if self.anchor is not None:
+            # The head and the witness's extent together, under the chain lock: an append in
+            # flight is either in both or in neither.
+            with self.chain_transaction() as conn:
+                head = conn.scalar(select(func.max(T.sequence))) or 0
+                mark = self.anchor.mark()
         with self._engine.connect() as conn:
             if not self._sqlite:  # one snapshot for the whole walk (SQLite's BEGIN already is one)
                 conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
-                return self._walk(conn, start)
+                result = self._walk(conn, start)
+        if not result.ok or self.anchor is None:
+            return result
+        check = self.anchor.check(head, self._hash_at, mark)
+        v = check.verdict
+        if v is None:
+            return replace(result, checkpoint=check.latest)
+        return VerifyResult(
+            False, result.checked, v.sequence, v.reason,
+            failure=v.failure, expected=v.expected, found=v.found, checkpoint=check.latest,
+        )  # fmt: skip
+
+    def _hash_at(self, sequence: int) -> str | None:
+        with self._engine.connect() as conn:
+            return conn.scalar(select(T.hash).where(T.sequence == sequence))
 
     def _walk(self, conn, start: int) -> VerifyResult:
         checked = 0

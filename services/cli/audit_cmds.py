@@ -18,7 +18,9 @@ from harness.audit.v1.audit_pb2_grpc import AuditStub
 from harness.common.v1 import common_pb2
 
 from services.cli import output
+from services.cli.audit_offline import ExportError, verify_export
 from services.cli.base import PAGE_SIZE, Ctx, UsageError, enum_arg
+from services.common.checkpoints import FileWitness, WitnessError, load_public_key
 
 DIRECT_ADDR_ENV = "HARNESS_AUDIT_ADDR"
 DECISION = enum_arg(common_pb2.Decision)
@@ -175,28 +177,84 @@ def audit_export(ctx: Ctx, args: argparse.Namespace) -> int:
     return 0
 
 
+# Exit codes of `audit verify`, one per verdict (1 stays "the call failed", 2 "bad usage").
+VERIFY_EXIT = {
+    audit_pb2.VERIFY_FAILURE_UNSPECIFIED: 0,
+    audit_pb2.VERIFY_FAILURE_HASH_MISMATCH: 10,
+    audit_pb2.VERIFY_FAILURE_LINK_BROKEN: 11,
+    audit_pb2.VERIFY_FAILURE_MISSING_RECORD: 12,
+    audit_pb2.VERIFY_FAILURE_TRUNCATED: 13,
+    audit_pb2.VERIFY_FAILURE_REWRITTEN: 14,
+    audit_pb2.VERIFY_FAILURE_FORGED_APPEND: 15,
+    audit_pb2.VERIFY_FAILURE_CHECKPOINT_MISSING: 16,
+}
+VERIFY_HEADLINE = {
+    audit_pb2.VERIFY_FAILURE_HASH_MISMATCH: "a record was changed",
+    audit_pb2.VERIFY_FAILURE_LINK_BROKEN: "a record's link to its predecessor is broken",
+    audit_pb2.VERIFY_FAILURE_MISSING_RECORD: "records are missing from the middle of the log",
+    audit_pb2.VERIFY_FAILURE_TRUNCATED: "the log was TRUNCATED",
+    audit_pb2.VERIFY_FAILURE_REWRITTEN: "the log was REWRITTEN",
+    audit_pb2.VERIFY_FAILURE_FORGED_APPEND: "records were APPENDED outside the audit service",
+    audit_pb2.VERIFY_FAILURE_CHECKPOINT_MISSING: "NO signed CHECKPOINT to check the log against",
+}
+
+
 def audit_verify(ctx: Ctx, args: argparse.Namespace) -> int:
-    """Exit 0 only when every checked record recomputes and links; else 1, naming the record."""
+    """Exit 0 only when every checked record recomputes and links and the log matches its latest
+    signed checkpoint; else the verdict's own exit code (VERIFY_EXIT), naming the record."""
     if args.from_sequence < 0:
         raise UsageError("--from must be >= 0")
-    req = audit_pb2.VerifyRequest(from_sequence=args.from_sequence)
-    resp = stub(ctx).Verify(req, metadata=ctx.conn.metadata(), timeout=max(ctx.conn.timeout_s, 300.0))
+    if args.export:
+        resp = _verify_offline(args)
+    else:
+        req = audit_pb2.VerifyRequest(from_sequence=args.from_sequence)
+        resp = stub(ctx).Verify(req, metadata=ctx.conn.metadata(), timeout=max(ctx.conn.timeout_s, 300.0))
+    ctx.emit(resp, _print_verdict)
+    return VERIFY_EXIT.get(resp.failure, 1) if not resp.ok else 0
 
-    def human(r: audit_pb2.VerifyResponse) -> None:
-        if r.ok:
-            print(f"audit chain intact: {r.checked} records checked")
-            return
-        who = f"record {r.first_broken_sequence}"
-        if r.first_broken_event_id:
-            who += f" (event {r.first_broken_event_id})"
-        print(f"audit chain BROKEN at {who}: {_short(audit_pb2.VerifyFailure, r.failure)}")
-        print(f"  {r.reason}")
-        if r.expected or r.found:
-            print(f"  expected: {r.expected}\n  found:    {r.found}")
-        print(f"  {r.checked} records before it verified")
 
-    ctx.emit(resp, human)
-    return 0 if resp.ok else 1
+def _print_verdict(r: audit_pb2.VerifyResponse) -> None:
+    anchor = ""
+    if r.HasField("checkpoint"):
+        c = r.checkpoint
+        anchor = (
+            f"; matches the checkpoint of record {c.sequence} signed {output.when(c.time)} (key {c.key_id})"
+        )
+    if r.ok:
+        print(f"audit chain intact: {r.checked} records checked{anchor}")
+        return
+    headline = VERIFY_HEADLINE.get(r.failure, "the chain is broken")
+    print(f"audit chain BROKEN: {headline} ({_short(audit_pb2.VerifyFailure, r.failure)}, record {r.first_broken_sequence}"
+          + (f", event {r.first_broken_event_id}" if r.first_broken_event_id else "") + ")")  # fmt: skip
+    print(f"  {r.reason}")
+    if r.expected or r.found:
+        print(f"  expected: {r.expected}\n  found:    {r.found}")
+    print(f"  {r.checked} records verified")
+
+
+def _verify_offline(args: argparse.Namespace) -> audit_pb2.VerifyResponse:
+    if not (args.witness and args.public_key):
+        raise UsageError(
+            "audit verify --export needs --witness DIR and --public-key PEM (the service's <key>.pub)"
+        )
+    try:
+        witness = FileWitness(args.witness)
+        key = load_public_key(args.public_key)
+        with open(args.export, "rb") as f:
+            v = verify_export(f, witness, key)
+    except (OSError, WitnessError, ExportError) as exc:
+        raise UsageError(f"audit verify --export: {exc}") from None
+    resp = audit_pb2.VerifyResponse(
+        ok=v.ok, checked=v.checked, first_broken_sequence=v.sequence, reason=v.reason,
+        expected=v.expected, found=v.found,
+        failure=audit_pb2.VerifyFailure.Value(f"VERIFY_FAILURE_{v.failure.upper()}") if v.failure else 0,
+    )  # fmt: skip
+    if v.checkpoint is not None:
+        c = v.checkpoint
+        resp.checkpoint.sequence, resp.checkpoint.head_hash = c.checkpoint.sequence, c.checkpoint.head_hash
+        resp.checkpoint.key_id, resp.checkpoint.witness = c.key_id, witness.url
+        resp.checkpoint.time.FromJsonString(c.checkpoint.time)
+    return resp
 
 
 def _filter_args(p: argparse.ArgumentParser) -> None:
@@ -234,6 +292,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--format", choices=sorted(FORMATS), default="jsonl", help="jsonl (default) or csv")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(handler=audit_export, **defaults)
-    p = a.add_parser("verify", parents=[common], help="recompute the hash chain; exit 0 only if intact")
+    p = a.add_parser(
+        "verify", parents=[common],
+        help="recompute the hash chain and check it against the signed checkpoints; exit 0 only if intact "
+        "(10 changed, 11 link broken, 12 missing, 13 truncated, 14 rewritten, 15 forged append, "
+        "16 no checkpoint)",
+    )  # fmt: skip
     p.add_argument("--from", dest="from_sequence", type=int, default=0, help="first sequence to check")
+    p.add_argument("--export", help="verify this JSONL export of the whole log offline, without the service")
+    p.add_argument("--witness", help="with --export: a copy of the witness directory (checkpoints.jsonl)")
+    p.add_argument("--public-key", help="with --export: the audit service's checkpoint key (<key>.pub)")
     p.set_defaults(handler=audit_verify, **defaults)

@@ -170,6 +170,9 @@ class Stack:
         ):
             db = f"sqlite:///{(state / f'{name}.db').resolve()}"
             argv = _py(f"services.{name}", *self._service_flags(name, port, metrics), "--db-url", db)
+            if name == "audit":  # signed checkpoints go beside the database, not into it
+                argv += ["--witness", str((state / "audit-witness").resolve()),
+                         "--witness-key", str((state / "audit-checkpoint.key").resolve())]  # fmt: skip
             if name in ("registry", "cost"):  # admin changes and budget alerts become audit events
                 argv += ["--audit", f"127.0.0.1:{p.audit}"]
             if name == "cost":  # the advisor reads the live fleet (pool) and the catalog (registry)

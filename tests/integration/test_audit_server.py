@@ -18,6 +18,7 @@ from services.audit.config import AuditConfig
 from services.audit.models import audit_records
 from services.audit.servicer import start_audit
 from services.common.config import ServerConfig
+from tests.helpers.audit import start_tls_audit
 from tests.helpers.grpc import agent_metadata, user_metadata
 
 T0 = 1_714_564_800
@@ -35,6 +36,14 @@ def event(event_id: str, second: int = 0, **fields) -> common_pb2.AuditEvent:
     )
 
 
+async def code(coro) -> grpc.StatusCode:
+    try:
+        await coro
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
 def batches(*groups):
     async def gen():
         for group in groups:
@@ -45,16 +54,10 @@ def batches(*groups):
 
 @pytest.fixture
 async def audit(tmp_path, test_auth):
-    registry = CollectorRegistry()
-    config = AuditConfig(
-        server=ServerConfig(name="audit", port=0, metrics_port=None, auth=test_auth),
-        db_url=f"sqlite:///{tmp_path / 'state' / 'audit.db'}",  # directory does not exist yet
-    )
-    running = await start_audit(config, metrics_registry=registry)
-    channel = grpc.aio.insecure_channel(running.address)
-    yield audit_pb2_grpc.AuditStub(channel), registry
-    await channel.close()
-    await running.stop(grace=0)
+    """(reader stub over the CLI's certificate, metrics, writer stub over the router's)."""
+    mesh = await start_tls_audit(tmp_path, test_auth)
+    yield mesh.stub("cli"), mesh.metrics, mesh.stub("router")
+    await mesh.close()
 
 
 @pytest.fixture
@@ -63,14 +66,13 @@ def admin(mint_token):
 
 
 async def test_ingest_stream_dedups_resends_and_counts_metrics(audit, admin, mint_token):
-    stub, registry = audit
-    first = await stub.Ingest(
-        batches([event("e1"), event("e2", 1)], [event("e3", 2, tool="ledger", action="delete")]),
-        metadata=admin,
+    stub, registry, writer = audit
+    first = await writer.Ingest(
+        batches([event("e1"), event("e2", 1)], [event("e3", 2, tool="ledger", action="delete")])
     )
     assert (first.accepted, first.duplicates) == (3, 0)
     # The outbox resends after a lost ack: already-stored events are acknowledged, not stored.
-    again = await stub.Ingest(batches([event("e2", 1), event("e3", 2)], [event("e4", 3)]), metadata=admin)
+    again = await writer.Ingest(batches([event("e2", 1), event("e3", 2)], [event("e4", 3)]))
     assert (again.accepted, again.duplicates) == (1, 2)
     assert registry.get_sample_value("harness_audit_records_total") == 4
     assert registry.get_sample_value("harness_audit_duplicates_total") == 2
@@ -87,9 +89,9 @@ async def test_ingest_stream_dedups_resends_and_counts_metrics(audit, admin, min
 
 
 async def test_query_filters_and_pages(audit, admin):
-    stub, _ = audit
+    stub, _, writer = audit
     events = [event(f"e{i}", i, user="alice" if i % 2 else "bob") for i in range(7)]
-    await stub.Ingest(batches(events), metadata=admin)
+    await writer.Ingest(batches(events))
     flt = audit_pb2.AuditFilter(user="alice", start_time=timestamp_pb2.Timestamp(seconds=T0 + 2))
     page = common_pb2.PageRequest(page_size=1)
     resp = await stub.Query(audit_pb2.QueryRequest(filter=flt, page=page), metadata=admin)
@@ -102,43 +104,52 @@ async def test_query_filters_and_pages(audit, admin):
 
 
 async def test_bad_events_are_refused_naming_the_index(audit, admin):
-    stub, _ = audit
+    stub, _, writer = audit
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Ingest(batches([event("e1")], [event("e2"), event("")]), metadata=admin)
+        await writer.Ingest(batches([event("e1")], [event("e2"), event("")]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "event 2" in err.value.details() and "event_id" in err.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         no_kind = event("e9", kind=common_pb2.AUDIT_EVENT_KIND_UNSPECIFIED)
-        await stub.Ingest(batches([no_kind]), metadata=admin)
+        await writer.Ingest(batches([no_kind]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "event 0 (e9)" in err.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Query(audit_pb2.QueryRequest(page=common_pb2.PageRequest(page_token="x")), metadata=admin)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_access_rules(audit, admin, mint_token):
-    stub, _ = audit
+async def test_access_rules(audit, admin, mint_token, tmp_path, test_auth):
+    stub, _, writer = audit
     user = user_metadata(mint_token("dave", "analyst"))
     auditor = user_metadata(mint_token("carol", "auditor"))
 
-    async def code(coro) -> grpc.StatusCode:
-        try:
-            await coro
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
-
-    assert await code(stub.Ingest(batches([event("x")]))) == grpc.StatusCode.UNAUTHENTICATED
-    assert await code(stub.Query(audit_pb2.QueryRequest())) == grpc.StatusCode.UNAUTHENTICATED
-    assert await code(stub.Ingest(batches([event("x")]), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
-    # An agent (certificate via Envoy) is not a Harness service: it may not forge audit events.
-    agent_md = agent_metadata("ledger-bot")
+    assert await code(stub.Query(audit_pb2.QueryRequest())) == grpc.StatusCode.PERMISSION_DENIED
+    # Only the producing services, with their own certificate, append: never a person (an admin
+    # included, over any channel), the CLI's certificate, another service or an agent.
+    for who, md in (("user", user), ("auditor", auditor), ("admin", admin), ("nobody", None)):
+        assert (
+            await code(stub.Ingest(batches([event("x")]), metadata=md)) == grpc.StatusCode.PERMISSION_DENIED
+        ), who
     assert (
-        await code(stub.Ingest(batches([event("x")]), metadata=agent_md)) == grpc.StatusCode.PERMISSION_DENIED
+        await code(writer.Ingest(batches([event("x")]), metadata=admin)) == grpc.StatusCode.PERMISSION_DENIED
     )
-    assert (
-        await code(stub.Ingest(batches([event("x")]), metadata=auditor)) == grpc.StatusCode.PERMISSION_DENIED
+    plain = await start_audit(
+        AuditConfig(
+            server=ServerConfig(name="audit", port=0, metrics_port=None, auth=test_auth),
+            db_url=f"sqlite:///{tmp_path / 'plain' / 'audit.db'}",
+        ),
+        metrics_registry=CollectorRegistry(),
     )
+    async with grpc.aio.insecure_channel(plain.address) as ch:
+        plain_stub = audit_pb2_grpc.AuditStub(ch)
+        assert await code(plain_stub.Ingest(batches([event("x")]))) == grpc.StatusCode.UNAUTHENTICATED
+        # An agent (certificate via Envoy) is not a Harness service: it may not forge audit events.
+        agent_md = agent_metadata("ledger-bot")
+        assert (
+            await code(plain_stub.Ingest(batches([event("x")]), metadata=agent_md))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
+    await plain.stop(0)
     assert (
         await code(stub.Query(audit_pb2.QueryRequest(), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
     )
@@ -153,7 +164,7 @@ async def test_access_rules(audit, admin, mint_token):
 
 async def test_approval_rpcs_are_served(audit, admin):
     """Approvals are implemented (tests/integration/test_audit_approvals.py covers them)."""
-    stub, _ = audit
+    stub, _, _ = audit
     resp = await stub.ListApprovals(audit_pb2.ListApprovalsRequest(), metadata=admin)
     assert list(resp.approvals) == [] and resp.page.next_page_token == ""
 
@@ -182,8 +193,8 @@ def ledger_story() -> list[common_pb2.AuditEvent]:
 
 
 async def test_lineage_tree_of_a_trace_and_a_session(audit, admin, mint_token):
-    stub, _ = audit
-    await stub.Ingest(batches(ledger_story()), metadata=admin)
+    stub, _, writer = audit
+    await writer.Ingest(batches(ledger_story()))
     auditor = user_metadata(mint_token("carol", "auditor"))
     resp = await stub.Lineage(audit_pb2.LineageRequest(trace_id="t-ledger"), metadata=auditor)
     assert resp.record_count == 3 and not resp.truncated
@@ -220,8 +231,8 @@ async def _export(stub, md, **kw) -> tuple[bytes, int]:
 
 
 async def test_export_streams_jsonl_and_csv_with_filters(audit, admin, mint_token):
-    stub, _ = audit
-    await stub.Ingest(batches(ledger_story()), metadata=admin)
+    stub, _, writer = audit
+    await writer.Ingest(batches(ledger_story()))
     data, _ = await _export(stub, admin)
     rows = [json.loads(line) for line in data.decode().splitlines()]
     assert [r["id"] for r in rows] == ["m1", "tc1", "az1", "other"]
@@ -242,29 +253,24 @@ async def test_export_streams_jsonl_and_csv_with_filters(audit, admin, mint_toke
 
 
 async def test_export_of_many_records_comes_in_several_chunks(audit, admin):
-    stub, _ = audit
+    stub, _, writer = audit
     big = [event(f"e{i}", i, rule="x" * 400) for i in range(1500)]
-    await stub.Ingest(batches(big[:700], big[700:]), metadata=admin)
+    await writer.Ingest(batches(big[:700], big[700:]))
     data, n = await _export(stub, admin)
     assert n > 1 and len(data.splitlines()) == 1500
 
 
 @pytest.fixture
-async def audit_on(db_url, test_auth):
-    """The service on SQLite and on PostgreSQL; yields (stub, db_url)."""
-    config = AuditConfig(
-        server=ServerConfig(name="audit", port=0, metrics_port=None, auth=test_auth), db_url=db_url
-    )
-    running = await start_audit(config, metrics_registry=CollectorRegistry())
-    channel = grpc.aio.insecure_channel(running.address)
-    yield audit_pb2_grpc.AuditStub(channel), db_url
-    await channel.close()
-    await running.stop(grace=0)
+async def audit_on(db_url, tmp_path, test_auth):
+    """The service on SQLite and on PostgreSQL; yields (reader stub, db_url, writer stub)."""
+    mesh = await start_tls_audit(tmp_path, test_auth, db_url)
+    yield mesh.stub("cli"), db_url, mesh.stub("router")
+    await mesh.close()
 
 
 async def test_verify_names_a_record_changed_in_the_database(audit_on, admin):
-    stub, db_url = audit_on
-    await stub.Ingest(batches(ledger_story()), metadata=admin)
+    stub, db_url, writer = audit_on
+    await writer.Ingest(batches(ledger_story()))
     ok = await stub.Verify(audit_pb2.VerifyRequest(), metadata=admin)
     assert ok.ok and ok.checked == 4 and ok.failure == audit_pb2.VERIFY_FAILURE_UNSPECIFIED
     # Someone with database access turns the refused delete into an allowed one.

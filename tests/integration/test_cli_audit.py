@@ -10,21 +10,18 @@ import io
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
-import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
-from prometheus_client import CollectorRegistry
-from sqlalchemy import create_engine, update
+from sqlalchemy import create_engine, delete, insert, select, update
 
-from services.audit.config import AuditConfig
 from services.audit.models import audit_records
-from services.audit.servicer import start_audit
 from services.cli.main import main
-from services.common.config import ServerConfig
-from tests.helpers.grpc import user_metadata
+from services.common import audit_chain as chain
+from services.common.checkpoints import CHECKPOINT_FILE, CheckpointSigner
+from tests.helpers.audit import ingest_requests, start_tls_audit
 
 T0 = 1_714_564_800
 REQUIRED = {"seq", "id", "time", "kind", "user", "agent", "agent_version", "session_id", "step_id", "trace_id",
@@ -70,31 +67,23 @@ def story() -> list[common_pb2.AuditEvent]:
 
 
 @pytest.fixture
-async def audit(tmp_path, test_auth, mint_token):
-    db_url = f"sqlite:///{tmp_path / 'audit.db'}"
-    config = AuditConfig(
-        server=ServerConfig(name="audit", port=0, metrics_port=None, auth=test_auth), db_url=db_url
-    )
-    running = await start_audit(config, metrics_registry=CollectorRegistry())
-    async with grpc.aio.insecure_channel(running.address) as ch:
-
-        async def gen():
-            yield audit_pb2.IngestRequest(events=story())
-
-        await audit_pb2_grpc.AuditStub(ch).Ingest(gen(), metadata=user_metadata(mint_token("svc", "admin")))
-    yield running, db_url
-    await running.stop(0)
+async def audit(tmp_path, test_auth):
+    """The service with mTLS; the stack's certificates under <root>/certs, as `harness up` makes them."""
+    mesh = await start_tls_audit(tmp_path, test_auth, certs_dir=tmp_path / "harness" / "certs")
+    await mesh.stub("router").Ingest(ingest_requests(story()))
+    yield mesh, mesh.config.db_url
+    await mesh.close()
 
 
 @pytest.fixture
 def cli(audit, tmp_path, capsys, monkeypatch, mint_token):
-    running, _ = audit
+    mesh, _ = audit
     root = tmp_path / "harness"
     (root / "tokens").mkdir(parents=True)
     # The registry address is there too (as `harness up` writes it): audit commands must not use it.
     (root / "env").write_text(
-        f"export HARNESS_AUDIT_ADDR='{running.address}'\nexport HARNESS_REGISTRY_ADDR='127.0.0.1:1'\n"
-        "export HARNESS_PLAINTEXT='1'\n"
+        f"export HARNESS_AUDIT_ADDR='127.0.0.1:{mesh.running.port}'\nexport HARNESS_REGISTRY_ADDR='127.0.0.1:1'\n"
+        f"export HARNESS_CA='{mesh.certs.ca_cert}'\n"
     )
     (root / "tokens" / "carol.jwt").write_text(mint_token("carol", "auditor"))
     (root / "tokens" / "dave.jwt").write_text(mint_token("dave", "analyst"))
@@ -104,6 +93,11 @@ def cli(audit, tmp_path, capsys, monkeypatch, mint_token):
         "HARNESS_REGISTRY_ADDR",
         "HARNESS_TOKEN",
         "HARNESS_CA",
+        "HARNESS_OPS_CERT",
+        "HARNESS_OPS_KEY",
+        "HARNESS_CERT",
+        "HARNESS_KEY",
+        "HARNESS_PLAINTEXT",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -165,10 +159,12 @@ async def test_export_jsonl_and_csv(cli, tmp_path):
     assert [r["id"] for r in table] == ["tc1", "az1"] and table[0]["kind"] == "tool_call"
 
 
-async def test_verify_exits_0_when_intact_and_1_naming_a_tampered_record(cli, audit):
+async def test_verify_exits_0_when_intact_and_10_naming_a_tampered_record(cli, audit):
     _, db_url = audit
     res = await cli("verify")
-    assert res.rc == 0 and res.out.strip() == "audit chain intact: 4 records checked"
+    assert res.rc == 0 and res.out.startswith(
+        "audit chain intact: 4 records checked; matches the checkpoint of record 4"
+    )
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:  # hide who did it
@@ -176,11 +172,85 @@ async def test_verify_exits_0_when_intact_and_1_naming_a_tampered_record(cli, au
     finally:
         engine.dispose()
     res = await cli("verify")
-    assert res.rc == 1
-    assert "audit chain BROKEN at record 2 (event tc1): hash_mismatch" in res.out
+    assert res.rc == 10
+    assert "audit chain BROKEN: a record was changed (hash_mismatch, record 2, event tc1)" in res.out
     assert "expected:" in res.out and "found:" in res.out
     res = await cli("verify", "--json")
     verdict = json.loads(res.out)
-    assert res.rc == 1 and verdict["ok"] is False and verdict["first_broken_event_id"] == "tc1"
+    assert res.rc == 10 and verdict["ok"] is False and verdict["first_broken_event_id"] == "tc1"
     assert verdict["failure"] == "VERIFY_FAILURE_HASH_MISMATCH"
     assert (await cli("verify", "--from", "3")).rc == 0  # the records after it still link
+
+
+def _tamper(db_url: str, how: str) -> None:
+    t = audit_records.c
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        if how == "truncate":
+            conn.execute(delete(audit_records).where(t.sequence > 2))
+        elif how == "rewrite":  # turn the refused delete into an allowed one, recompute every hash
+            conn.execute(
+                update(audit_records).where(t.sequence == 2).values(decision=common_pb2.DECISION_ALLOW)
+            )
+            prev = conn.scalar(select(t.hash).where(t.sequence == 1))
+            for row in conn.execute(select(audit_records).where(t.sequence >= 2).order_by(t.sequence)).all():
+                h = chain.record_hash(row, row.sequence, prev)
+                conn.execute(
+                    update(audit_records).where(t.sequence == row.sequence).values(prev_hash=prev, hash=h)
+                )
+                prev = h
+        elif how == "append":
+            head = conn.execute(select(t.sequence, t.hash).order_by(t.sequence.desc()).limit(1)).one()
+            row = chain.row_from_event(common_pb2.AuditEvent(event_id="forged", kind=1), 1_000_000)
+            row.update(sequence=head.sequence + 1, prev_hash=head.hash, ingest_time_us=1_000_000)
+            row["hash"] = chain.record_hash(row, head.sequence + 1, head.hash)
+            conn.execute(insert(audit_records).values(**row))
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "how, rc, headline",
+    [
+        ("truncate", 13, "the log was TRUNCATED (truncated, record 3)"),
+        ("rewrite", 14, "the log was REWRITTEN (rewritten, record 4)"),
+        ("append", 15, "records were APPENDED outside the audit service (forged_append, record 5)"),
+        ("witness", 16, "NO signed CHECKPOINT to check the log against (checkpoint_missing, record 1)"),
+    ],
+)
+async def test_verify_names_truncation_rewrite_forged_append_and_a_lost_witness(
+    cli, audit, how, rc, headline
+):
+    mesh, db_url = audit
+    if how == "witness":
+        (Path(mesh.config.witness_url()) / CHECKPOINT_FILE).unlink()
+    else:
+        await asyncio.to_thread(_tamper, db_url, how)
+    res = await cli("verify")
+    assert res.rc == rc and f"audit chain BROKEN: {headline}" in res.out, res.out
+
+
+async def test_verify_offline_checks_an_export_against_the_witness(cli, audit, tmp_path):
+    mesh, _ = audit
+    export = tmp_path / "log.jsonl"
+    assert (await cli("export", "--out", str(export))).rc == 0
+    offline = ("verify", "--export", str(export), "--witness", mesh.config.witness_url(),
+               "--public-key", mesh.config.witness_key_path() + ".pub")  # fmt: skip
+    res = await cli(*offline)
+    assert (
+        res.rc == 0 and "audit chain intact: 4 records checked; matches the checkpoint of record 4" in res.out
+    )
+    rows = export.read_text().splitlines()
+    export.write_text("\n".join(rows[:2]) + "\n")  # the export's tail cut off
+    res = await cli(*offline)
+    assert res.rc == 13 and "records 3..4 were deleted" in res.out
+    changed = json.loads(rows[1])
+    changed["decision"] = "allow"
+    export.write_text("\n".join([rows[0], json.dumps(changed), *rows[2:]]) + "\n")
+    assert (await cli(*offline)).rc == 10
+    export.write_text("\n".join(rows) + "\n")
+    other_key = tmp_path / "other.key"
+    CheckpointSigner.load_or_create(other_key)
+    res = await cli(*offline[:-1], str(other_key) + ".pub")  # checkpoints signed by another key
+    assert res.rc == 16 and "does not verify" in res.out
+    res = await cli("verify", "--export", str(export))
+    assert res.rc == 2 and "--witness" in res.err

@@ -21,10 +21,10 @@ from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
 from sqlalchemy import Engine, MetaData, func, insert, inspect, select, text
 
-from services.audit import chain
 from services.audit import migrate as audit_migrate
 from services.audit import models as audit_models
 from services.audit.store import AuditStore
+from services.common import audit_chain as chain
 from services.common.db import make_engine
 from services.cost import migrate as cost_migrate
 from services.cost import models as cost_models

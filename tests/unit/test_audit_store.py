@@ -14,9 +14,9 @@ from harness.common.v1 import common_pb2
 from sqlalchemy import create_engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from services.audit import chain
 from services.audit.models import audit_records
 from services.audit.store import AuditStore
+from services.common import audit_chain as chain
 from services.common.errors import InvalidArgument
 
 T0 = 1_714_564_800  # 2024-05-01T12:00:00Z
