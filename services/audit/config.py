@@ -16,7 +16,7 @@ DEFAULT_DB_URL = "sqlite:///.harness/state/audit.db"
 DEFAULT_WITNESS = ".harness/state/audit-witness"
 DEFAULT_WITNESS_KEY = ".harness/state/audit-checkpoint.key"
 # Harness services whose own certificate may append to the log (never a user, whatever roles).
-DEFAULT_INGEST_SERVICES = ("router", "registry", "cost")
+DEFAULT_INGEST_SERVICES = ("router", "registry", "cost", "pool")
 WITNESS_DIR_NAME, WITNESS_KEY_NAME = "audit-witness", "audit-checkpoint.key"
 
 
