@@ -11,13 +11,14 @@ from collections.abc import Sized
 from datetime import UTC, datetime
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.errors import InvalidArgument
 
-# Timestamps a contract accepts: years 1..9999 is protobuf's own range; nothing in the
-# Harness is older than 2000 or planned beyond 2200, so anything outside is a typo or a probe.
-MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+# Timestamps a contract accepts: protobuf allows years 1..9999, but nothing in the Harness
+# predates the Unix epoch or is planned beyond 2200, so anything outside is a typo or a probe.
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 
 
@@ -68,3 +69,25 @@ def page_offset(token: str, limit: int = 2**62) -> int:
     if not token.isdigit() or not token.isascii() or len(token) > 19 or int(token) > limit:
         raise InvalidArgument("page_token is not one this server issued; pass next_page_token as given")
     return int(token)
+
+
+def check_struct(field: str, struct: Struct, *, max_bytes: int = 16 * 1024, max_depth: int = 16) -> None:
+    """A google.protobuf.Struct that JSON can hold: finite numbers, bounded nesting and size."""
+    size = struct.ByteSize()
+    if size > max_bytes:
+        raise InvalidArgument(f"{field} is {size} bytes; the limit is {max_bytes}")
+    stack: list[tuple[Value | Struct, int]] = [(struct, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise InvalidArgument(f"{field} nests deeper than {max_depth} levels")
+        if isinstance(node, Struct):
+            stack.extend((v, depth + 1) for v in node.fields.values())
+            continue
+        kind = node.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(node.number_value):
+            raise InvalidArgument(f"{field} holds {node.number_value}; JSON numbers must be finite")
+        if kind == "struct_value":
+            stack.append((node.struct_value, depth))
+        elif kind == "list_value":
+            stack.extend((v, depth + 1) for v in node.list_value.values)

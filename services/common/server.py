@@ -125,8 +125,10 @@ async def start_server(
     *,
     api_key_resolver: ApiKeyResolver | None = None,
     metrics_registry: CollectorRegistry | None = None,
+    serving: bool = True,
 ) -> RunningServer:
-    """Builds, binds and starts a server; health is SERVING when this returns."""
+    """Builds, binds and starts a server; health is SERVING when this returns, or NOT_SERVING
+    with `serving=False` (the service calls `set_serving(True)` once it can answer)."""
     registry = metrics_registry or CollectorRegistry()
     auth = Authenticator(config.auth, JwtVerifier.from_config(config.auth), api_key_resolver)
     server = grpc.aio.server(
@@ -135,6 +137,8 @@ async def start_server(
     )
     services = tuple(register(server))
     health_servicer = health.aio.HealthServicer()
+    if not serving:  # the servicer says SERVING for "" until told otherwise
+        await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*services, *config.reflection_extra, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -152,7 +156,7 @@ async def start_server(
         httpd, _thread = start_http_server(config.metrics_port, addr=config.host, registry=registry)
         running._metrics_httpd = httpd
         running.metrics_port = httpd.server_port
-    await running.set_serving(True)
+    await running.set_serving(serving)
     log.info(
         "%s serving on %s (%s), metrics on %s",
         config.name,

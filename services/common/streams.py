@@ -66,7 +66,7 @@ class BackgroundFollower:
         """Holds a copy (possibly stale while the source is unreachable)."""
         return self._first.is_set()
 
-    async def wait_ready(self, timeout: float) -> bool:
+    async def wait_ready(self, timeout: float | None) -> bool:
         try:
             await asyncio.wait_for(self._first.wait(), timeout)
             return True

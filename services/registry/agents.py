@@ -12,14 +12,17 @@ from sqlalchemy.orm import Session
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.registry import convert_rows as rows
 from services.registry import domain as d
+from services.registry import limits
 from services.registry.domain import now
 from services.registry.models import AgentRow, AgentVersionRow, ModelRow, ProjectRow, ToolRow
 
+MAX_TRAFFIC_HISTORY = 20  # splits RollbackTrafficSplit can step back through
 _AGENT_HINT = "check the name with ListAgents or register it (CreateAgent)"
 
 
 def _check_agent_fields(agent: d.Agent) -> None:
     d.check_label("agent", agent.name)
+    limits.check_agent(agent)
     d.check_choice("agent type", agent.type, d.AGENT_TYPES)
     d.check_choice("slo_class", agent.slo.slo_class, d.SLO_CLASSES)
     for target in ("ttft_ms", "tbt_ms", "e2e_ms"):
@@ -38,6 +41,7 @@ def _check_agent_fields(agent: d.Agent) -> None:
 def _check_weights(name: str, weights: list[d.TrafficWeight], known: list[str]) -> None:
     if not weights:
         raise InvalidArgument(f"traffic split for agent {name!r} is empty; give at least one version")
+    limits.check_count("traffic", weights, limits.MAX_TRAFFIC_WEIGHTS)
     seen: set[str] = set()
     for w in weights:
         d.check_version_label(w.version, "traffic version")
@@ -113,6 +117,7 @@ class AgentStore:
     def create_agent_version(self, agent: str, version: d.AgentVersion) -> d.Agent:
         """Adds a version pinning catalog models and tools; the first version gets 100% traffic."""
         d.check_version_label(version.version)
+        limits.check_version(version)
         if not version.models:
             raise InvalidArgument(
                 f"version {version.version!r} needs at least one model (the first is primary)"
@@ -123,6 +128,10 @@ class AgentStore:
             row = self._agent_row(s, agent)
             if row.state == "retired":
                 raise FailedPrecondition(f"agent {agent!r} is retired; register a new agent instead")
+            if len(row.versions) >= limits.MAX_VERSIONS:
+                raise FailedPrecondition(
+                    f"agent {agent!r} has {len(row.versions)} versions, the limit; delete an unused one first"
+                )
             if any(v.version == version.version for v in row.versions):
                 raise AlreadyExists(
                     f"agent {agent!r} already has version {version.version!r}; use a new version label"
@@ -183,7 +192,7 @@ class AgentStore:
             if new == row.traffic:
                 return rows.agent(row)
             # Reassign (not mutate) JSON columns so SQLAlchemy sees the change.
-            row.traffic_history = [*(row.traffic_history or []), row.traffic]
+            row.traffic_history = [*(row.traffic_history or []), row.traffic][-MAX_TRAFFIC_HISTORY:]
             row.traffic = new
             return self._bump(s, row)
 

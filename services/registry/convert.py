@@ -14,7 +14,9 @@ from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2 as pb
 
 from services.common.errors import InvalidArgument
+from services.common.limits import page_offset, timestamp
 from services.registry import domain as d
+from services.registry import limits
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -55,19 +57,15 @@ def ts(value: datetime | None) -> Timestamp | None:
 
 
 def from_ts(msg, field: str) -> datetime | None:
-    return getattr(msg, field).ToDatetime(tzinfo=UTC) if msg.HasField(field) else None
+    return timestamp(field, getattr(msg, field)) if msg.HasField(field) else None
 
 
 def page_in(page: common_pb2.PageRequest) -> d.Page:
     if page.page_size < 0:
         raise InvalidArgument("page_size must be >= 0 (0 = default of 50)")
     size = min(page.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    offset = 0
-    if page.page_token:
-        # The token is a plain offset: lists are ordered by key, so an offset is stable enough.
-        if not page.page_token.isdigit():
-            raise InvalidArgument("page_token is not one this server issued; pass next_page_token as given")
-        offset = int(page.page_token)
+    # The token is a plain offset: lists are ordered by key, so an offset is stable enough.
+    offset = page_offset(page.page_token) if page.page_token else 0
     return d.Page(size, offset)
 
 
@@ -205,6 +203,11 @@ def change_pb(ch: d.Change) -> pb.Change:
     return out
 
 
+def change_size(ch: d.Change) -> int:
+    """Bytes the change takes in a Watch message."""
+    return change_pb(ch).ByteSize()
+
+
 def watch_pb(b: d.WatchBatch) -> pb.WatchResponse:
     return pb.WatchResponse(
         snapshot=b.snapshot, changes=[change_pb(ch) for ch in b.changes], revision=b.revision, more=b.more
@@ -246,6 +249,7 @@ def agent_in(m: pb.Agent) -> d.Agent:
 
 
 def version_in(m: pb.AgentVersion) -> d.AgentVersion:
+    limits.check_version_message(m.metadata, m.default_sampling)
     return d.AgentVersion(
         m.version,
         tuple(m.models),

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from services.common.access import explain, new_model
 from services.common.errors import InvalidArgument
 from services.registry import domain as d
+from services.registry.limits import check_policy_values
 from services.registry.models import ProjectRow
 from services.registry.store import Store
 
@@ -33,6 +34,7 @@ _VALUE = re.compile(r"^[^,\s]+$")  # rules are stored and shown as CSV: no comma
 def normalize_rule(rule: d.PolicyRule) -> d.PolicyRule:
     """Validates a rule; a 4-value "p" rule gets the effect "allow"."""
     values = tuple(rule.values)
+    check_policy_values(values)
     for v in values:
         if not _VALUE.match(v):
             raise InvalidArgument(

@@ -21,6 +21,7 @@ from services.common.context import Identity, current_identity
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.registry import convert as c
 from services.registry import domain as d
+from services.registry import limits
 from services.registry.policy import Policy
 from services.registry.store import Store
 from services.registry.watch import WatchHub
@@ -262,6 +263,9 @@ class RegistryServicer(pb_grpc.RegistryServicer):
     async def CheckAccess(self, request, context):
         """Decides subject/domain/object/action and names the rule that decided."""
         _caller()
+        limits.check_query(
+            subject=request.subject, domain=request.domain, object=request.object, action=request.action
+        )
         allowed, rule = await _run(
             self.policy.check, request.subject, request.domain, request.object, request.action
         )

@@ -26,7 +26,7 @@ from services.common.errors import (
 )
 from services.registry import convert_rows as rows
 from services.registry import domain as d
-from services.registry import migrate
+from services.registry import limits, migrate
 from services.registry.agents import AgentStore
 from services.registry.changelog import JWT_KEY, ChangeLog, tool_key
 from services.registry.domain import now
@@ -90,6 +90,7 @@ class Store(AgentStore, ChangeLog):
 
     def create_team(self, team: d.Team) -> d.Team:
         d.check_label("team", team.name)
+        limits.check_team(team)
         with self._tx(f"team {team.name!r} already exists") as s:
             if s.get(TeamRow, team.name):
                 raise AlreadyExists(f"team {team.name!r} already exists; pick another name")
@@ -104,6 +105,7 @@ class Store(AgentStore, ChangeLog):
 
     def create_project(self, project: d.Project) -> d.Project:
         d.check_label("project", project.name)
+        limits.check_project(project)
         with self._tx(f"project {project.name!r} already exists") as s:
             self._need(s, TeamRow, project.team, "team", "create the team first (CreateTeam)")
             if s.get(ProjectRow, project.name):
@@ -125,6 +127,7 @@ class Store(AgentStore, ChangeLog):
     def create_user(self, user: d.User) -> d.User:
         d.check_user_name(user.name)
         d.check_rate_limits(f"user {user.name!r}", user.rpm_limit, user.tpm_limit)
+        limits.check_user(user)
         with self._tx(f"user {user.name!r} already exists") as s:
             if user.team:
                 self._need(s, TeamRow, user.team, "team", "create the team first or leave team empty")
@@ -151,6 +154,7 @@ class Store(AgentStore, ChangeLog):
     def set_user_limits(self, name: str, rpm_limit: int, tpm_limit: int) -> d.User:
         """Replaces a user's rate limits (0 = unlimited); the same values again record no change."""
         d.check_rate_limits(f"user {name!r}", rpm_limit, tpm_limit)
+        limits.check_rate_limits(f"user {name!r}", rpm_limit, tpm_limit)
         with self._tx() as s:
             row = self._need(s, UserRow, name, "user", "check the name or create it (CreateUser)")
             if (row.rpm_limit, row.tpm_limit) != (rpm_limit, tpm_limit):
@@ -171,6 +175,7 @@ class Store(AgentStore, ChangeLog):
         self, user: str, project: str, description: str = "", expire_time: datetime | None = None
     ) -> tuple[d.ApiKey, str]:
         """Returns the key and its secret `hk_<id>_<random>`; only the secret's hash is kept."""
+        limits.check_length("API key description", description, limits.API_KEY_DESCRIPTION_CHARS)
         if expire_time is not None and rows.utc(expire_time) <= now():
             raise InvalidArgument("expire_time is in the past; give a future time or leave it unset")
         key_id = secrets.token_hex(8)
@@ -232,6 +237,7 @@ class Store(AgentStore, ChangeLog):
                 raise InvalidArgument(
                     f"model {field_name} is {getattr(model, field_name)}; it must not be negative"
                 )
+        limits.check_model(model)
         with self._tx(f"model {model.name!r} already exists") as s:
             if s.get(ModelRow, model.name):
                 raise AlreadyExists(f"model {model.name!r} is already in the catalog; pick another name")
@@ -250,6 +256,7 @@ class Store(AgentStore, ChangeLog):
             d.check_version_label(tool.version, "tool version")  # no '@': refs are name@version
         if tool.endpoint and not tool.endpoint.startswith(("http://", "https://")):
             raise InvalidArgument(f"tool endpoint {tool.endpoint!r} must be an http:// or https:// URL")
+        limits.check_tool(tool)
         names = [a.name for a in tool.actions]
         if not names or len(set(names)) != len(names) or not all(names):
             raise InvalidArgument(f"tool {tool.name!r} needs at least one action, each with a unique name")
@@ -277,6 +284,7 @@ class Store(AgentStore, ChangeLog):
 
     def set_jwt_settings(self, settings: d.JwtSettings) -> d.JwtSettings:
         """Replaces the settings; setting the same values again records no change."""
+        limits.check_jwt(settings)
         pem = settings.public_key_pem.strip() + "\n"
         d.check_jwt_settings(settings.issuer, settings.audience, pem)
         with self._tx("JWT settings were changed concurrently; read them again and retry") as s:

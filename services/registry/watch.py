@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from services.common.errors import InvalidArgument
 from services.registry import domain as d
+from services.registry.convert import change_size
 from services.registry.store import Store
 
 log = logging.getLogger("harness.registry.watch")
@@ -38,6 +39,8 @@ class WatchHub:
         snapshot_part: int = 2000,
         max_backlog: int = 10_000,
         heartbeat_s: float = 60.0,
+        part_bytes: int = 1024 * 1024,
+        measure: Callable[[d.Change], int] = change_size,
     ) -> None:
         self._store = store
         self._poll_s = poll_s
@@ -45,6 +48,11 @@ class WatchHub:
         # Entities per snapshot message: large, since a client must collect every part before it
         # can swap its copy, yet bounded so one message stays far below gRPC's 4 MiB default.
         self._part = snapshot_part
+        # ...and bounded in bytes: a few huge entities must not make one message that clients
+        # refuse (RESOURCE_EXHAUSTED), which would stop every watcher for good. A single change
+        # larger than this goes alone (the registry's field limits keep it well under 4 MiB).
+        self._part_bytes = part_bytes
+        self._measure = measure
         self._max_backlog = max_backlog
         # An idle stream still gets an empty message now and then: proxies (Envoy's stream idle
         # timeout) keep it open, and the client learns the registry is still there.
@@ -113,13 +121,32 @@ class WatchHub:
         if not changes:
             return ([d.WatchBatch(False, (), held)] if first else []), head
         more = len(changes) > self._batch
-        changes = changes[: self._batch]
-        return [d.WatchBatch(False, tuple(changes), changes[-1].revision, more)], head
+        parts = self._parts(changes[: self._batch], self._batch)
+        return [
+            d.WatchBatch(False, part, part[-1].revision, more or i < len(parts) - 1)
+            for i, part in enumerate(parts)
+        ], head
 
     def _snapshot(self) -> list[d.WatchBatch]:
         revision, changes = self._store.snapshot()
-        parts = [tuple(changes[i : i + self._part]) for i in range(0, len(changes), self._part)] or [()]
+        parts = self._parts(changes, self._part) or [()]
         return [d.WatchBatch(True, part, revision, i < len(parts) - 1) for i, part in enumerate(parts)]
+
+    def _parts(self, changes: Sequence[d.Change], most: int) -> list[tuple[d.Change, ...]]:
+        """`changes` cut into runs of at most `most` changes and about `part_bytes` bytes."""
+        parts: list[tuple[d.Change, ...]] = []
+        run: list[d.Change] = []
+        size = 0
+        for change in changes:
+            weight = self._measure(change) + 16  # + the Change's own framing in the response
+            if run and (len(run) >= most or size + weight > self._part_bytes):
+                parts.append(tuple(run))
+                run, size = [], 0
+            run.append(change)
+            size += weight
+        if run:
+            parts.append(tuple(run))
+        return parts
 
     # --- waking --------------------------------------------------------------------------
 

@@ -256,8 +256,14 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(TritonFacadeServicer(router), server)
         return [router_pb2.DESCRIPTOR.services_by_name["Router"].full_name, "inference.GRPCInferenceService"]
 
+    # NOT_SERVING until the first registry copy arrives: without it every call would fail
+    # UNAVAILABLE, so Envoy must send traffic to another router meanwhile.
     running = await start_server(
-        cfg.server, register, api_key_resolver=registry.resolve_api_key, metrics_registry=metrics
+        cfg.server,
+        register,
+        api_key_resolver=registry.resolve_api_key,
+        metrics_registry=metrics,
+        serving=False,
     )
     auth_cfg = cfg.server.auth
 
@@ -276,6 +282,20 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
 
     registry.subscribe(follow_jwt_settings)
     registry.start()
+
+    async def serve_once_registry_copied() -> None:
+        await registry.wait_ready(timeout=None)
+        await running.set_serving(True)
+        log.info("registry copy at revision %d: serving", registry.revision)
+
+    serving_task = asyncio.create_task(serve_once_registry_copied(), name="router-serving")
+
+    async def stop_serving_task() -> None:
+        serving_task.cancel()
+        await asyncio.gather(serving_task, return_exceptions=True)
+        await running.set_serving(False)  # in case it flipped while stopping began
+
+    running.on_stopping(stop_serving_task)
     endpoints.start()
     events.start()
     cost_follower.start()
