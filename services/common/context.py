@@ -47,6 +47,8 @@ class RequestContext:
     session_id: str = ""
     step_id: str = ""
     identity: Identity = field(default_factory=Identity)
+    # Which protocol the call came in by ("grpc", "triton", "openai"): metrics and audit say so.
+    frontdoor: str = "grpc"
 
     def traceparent(self) -> str:
         return f"00-{self.trace_id}-{self.span_id}-01"
@@ -66,8 +68,11 @@ def new_context(identity: Identity | None = None) -> RequestContext:
     )
 
 
-def context_from_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> RequestContext:
-    """Builds the context from incoming metadata; missing or malformed ids are generated."""
+def context_from_metadata(
+    metadata: Iterable[tuple[str, str | bytes]], frontdoor: str = "grpc"
+) -> RequestContext:
+    """Builds the context from incoming metadata (or HTTP headers, lower-case names); missing or
+    malformed ids are generated."""
     md = {k: v for k, v in metadata if isinstance(v, str)}
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
     match = _TRACEPARENT.match(md.get(TRACEPARENT_KEY, ""))
@@ -80,6 +85,7 @@ def context_from_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> Reques
         span_id=span_id,
         session_id=md.get(SESSION_KEY, "")[:256],
         step_id=md.get(STEP_KEY, "")[:256],
+        frontdoor=frontdoor,
     )
 
 

@@ -4,12 +4,15 @@ Agents: Envoy terminates mTLS and forwards the client certificate's URI SAN in
 `x-forwarded-client-cert` (XFCC) with SANITIZE_SET, so the header can be trusted only on
 connections whose own peer certificate is Envoy's. Services calling each other directly are
 identified by their own certificate. Users: an RS256 JWT in `authorization: Bearer ...`, or an
-`x-api-key` resolved by an `ApiKeyResolver` (the registry).
+API key (`hk_...`) resolved by an `ApiKeyResolver` (the registry), sent as `x-api-key` or as the
+bearer token (where OpenAI clients put `api_key`). The same rules serve gRPC and HTTP callers:
+each protocol hands over the peer's certificate identities and its headers.
 """
 
 from __future__ import annotations
 
 import functools
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from services.common.errors import Unauthenticated
 
 XFCC_KEY = "x-forwarded-client-cert"
 API_KEY_KEY = "x-api-key"
+API_KEY_PREFIX = "hk_"  # every registry-issued secret starts so; a JWT never does
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,11 @@ def peer_spiffe_ids(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
     auth = context.auth_context() or {}
     pems = auth.get("x509_pem_cert") or []
     return _uri_sans(pems[0]) if pems else ()
+
+
+def peer_spiffe_ids_der(der: bytes | None) -> tuple[str, ...]:
+    """URI SANs of a peer certificate in DER form (what an `ssl` socket gives)."""
+    return _uri_sans(ssl.DER_cert_to_PEM_cert(der).encode()) if der else ()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -208,20 +217,17 @@ class Authenticator:
         self._jwt = verifier
 
     async def authenticate(self, context: grpc.aio.ServicerContext, md: Mapping[str, str]) -> Identity:
-        agent, agent_id, service = self._caller(context, md)
-        user = Identity()
-        auth = md.get("authorization", "")
-        if auth:
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("authorization metadata must be 'Bearer <jwt>'")
-            if self._jwt is None:
-                raise Unauthenticated("this service does not accept bearer tokens (no JWT key configured)")
-            user = self._jwt.verify(token.strip())
-        elif md.get(API_KEY_KEY):
-            if self._api_keys is None:
-                raise Unauthenticated("this service does not accept API keys")
-            user = await self._api_keys(md[API_KEY_KEY])
+        peer_ids = peer_spiffe_ids(context)
+        tls = bool(peer_ids) or bool((context.auth_context() or {}).get("x509_pem_cert"))
+        return await self.authenticate_peer(peer_ids, tls, md)
+
+    async def authenticate_peer(
+        self, peer_ids: tuple[str, ...], tls: bool, md: Mapping[str, str]
+    ) -> Identity:
+        """The identity of a call from a peer with these certificate URI SANs (none on a
+        plaintext connection, `tls` False) and these lower-case headers."""
+        agent, agent_id, service = self._caller(peer_ids, tls, md)
+        user = await self._user(md)
         return Identity(
             agent=agent,
             agent_spiffe_id=agent_id,
@@ -233,12 +239,31 @@ class Authenticator:
             claims=user.claims,
         )
 
-    def _caller(self, context: grpc.aio.ServicerContext, md: Mapping[str, str]) -> tuple[str, str, str]:
+    async def _user(self, md: Mapping[str, str]) -> Identity:
+        auth = md.get("authorization", "")
+        if auth:
+            scheme, _, token = auth.partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                raise Unauthenticated("authorization must be 'Bearer <jwt or API key>'")
+            if token.startswith(API_KEY_PREFIX):
+                return await self._api_key(token)
+            if self._jwt is None:
+                raise Unauthenticated("this service does not accept bearer tokens (no JWT key configured)")
+            return self._jwt.verify(token)
+        if md.get(API_KEY_KEY):
+            return await self._api_key(md[API_KEY_KEY])
+        return Identity()
+
+    async def _api_key(self, secret: str) -> Identity:
+        if self._api_keys is None:
+            raise Unauthenticated("this service does not accept API keys")
+        return await self._api_keys(secret)
+
+    def _caller(self, peer_ids: tuple[str, ...], tls: bool, md: Mapping[str, str]) -> tuple[str, str, str]:
         """(agent, agent SPIFFE id, service) from the peer certificate and, behind Envoy, XFCC."""
-        peer_ids = peer_spiffe_ids(context)
         from_proxy = any(pid in self._cfg.trusted_proxies for pid in peer_ids)
-        plaintext = not peer_ids and not (context.auth_context() or {}).get("x509_pem_cert")
-        if from_proxy or (plaintext and self._cfg.trust_xfcc_without_tls):
+        if from_proxy or (not tls and self._cfg.trust_xfcc_without_tls):
             agent_id = self._agent_from_xfcc(md.get(XFCC_KEY, ""))
             prefix = self._cfg.agent_prefix()
             return (agent_id[len(prefix) :], agent_id, "") if agent_id else ("", "", "")

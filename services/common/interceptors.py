@@ -26,6 +26,7 @@ log = logging.getLogger("harness.rpc")
 
 # Infrastructure RPCs that must work without credentials (Envoy health checks, grpcurl list).
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+TRITON_PREFIX = "/inference.GRPCInferenceService/"  # Triton's own protocol: the "triton" front door
 MAX_STATUS_CHARS = 1024
 
 
@@ -110,7 +111,8 @@ async def _enter(
     details: grpc.HandlerCallDetails, context: grpc.aio.ServicerContext, auth: Authenticator
 ) -> Any:
     md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
-    ctx = reqctx.context_from_metadata(details.invocation_metadata or ())
+    frontdoor = "triton" if details.method.startswith(TRITON_PREFIX) else "grpc"
+    ctx = reqctx.context_from_metadata(details.invocation_metadata or (), frontdoor)
     token = reqctx.set_current(ctx)
     identity = await auth.authenticate(context, md)
     reqctx.set_current(dataclasses.replace(ctx, identity=identity))

@@ -79,6 +79,7 @@ class RunningServer:
     _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     authenticator: Authenticator | None = None
+    http_port: int | None = None  # a service's HTTP front door beside gRPC, when it has one
 
     @property
     def address(self) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.envoy.methods import idempotent_unary_methods
-from services.envoy.render import EnvoyCerts, EnvoySpec, dump_envoy_config
+from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, dump_envoy_config
 
 COMPOSE_CERTS_DIR = "/etc/harness/certs"
 COMPOSE_LISTEN_PORT = 8443
@@ -26,6 +26,8 @@ COMPOSE_SERVICE_PORTS: dict[str, int] = {
     "audit": 50054,
     "cost": 50055,
 }
+# The router's OpenAI-compatible HTTP API (its --http-port) on the same hosts.
+COMPOSE_ROUTER_HTTP_PORT = 8080
 
 HEADER = (
     "# Envoy front proxy for the Harness mesh. GENERATED, do not edit:\n"
@@ -48,7 +50,11 @@ def compose_spec(idempotent_methods: Sequence[str] | None = None) -> EnvoySpec:
         admin_port=COMPOSE_ADMIN_PORT,
         certs=certs,
         # One DNS name per service; "router" resolves to every replica.
-        upstreams={name: [(name, port)] for name, port in COMPOSE_SERVICE_PORTS.items()},
+        upstreams={
+            **{name: [(name, port)] for name, port in COMPOSE_SERVICE_PORTS.items()},
+            "router_http": [("router", COMPOSE_ROUTER_HTTP_PORT)],
+        },
+        http_routes=DEFAULT_HTTP_ROUTES,
         idempotent_methods=tuple(idempotent_methods),
     )
 

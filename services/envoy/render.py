@@ -2,7 +2,9 @@
 
 One mTLS listener admits agents only (client cert from the Harness CA with a
 ``spiffe://<td>/agent/`` URI SAN) and forwards their identity in XFCC (SANITIZE_SET, so it
-cannot be forged). Routes go by gRPC service; only idempotent unary methods get retries.
+cannot be forged). Routes go by gRPC service; only idempotent unary methods get retries. Plain
+HTTP routes go by path prefix (the OpenAI API under ``/v1/``) to HTTP/1.1 clusters; clients may
+speak HTTP/1.1 or HTTP/2 to the listener.
 Clusters speak HTTP/2 + mTLS to the services, with gRPC health checks, outlier detection,
 least-request balancing and a retry budget. The local rate limit is wired to runtime keys
 and off by default; ops flip it with ``POST /runtime_modify`` on the loopback admin port.
@@ -35,6 +37,11 @@ DEFAULT_ROUTES: tuple[tuple[str, str], ...] = (
     ("/grpc.reflection.v1alpha.ServerReflection/", "router"),
     ("/grpc.health.v1.Health/", "router"),
 )
+# Path prefix -> cluster for plain HTTP (the router's OpenAI-compatible API).
+DEFAULT_HTTP_ROUTES: tuple[tuple[str, str], ...] = (("/v1/", "router_http"),)
+# Cluster -> the service whose certificate answers for it, where it is not the cluster's name.
+DEFAULT_IDENTITIES: dict[str, str] = {"router_http": "router"}
+HTTP_HEALTH_PATH = "/healthz"
 # Retry on what a different (or recovered) host can fix; never on app errors like INVALID_ARGUMENT.
 RETRY_ON = "unavailable,resource-exhausted,cancelled,connect-failure,refused-stream,reset"
 
@@ -76,8 +83,10 @@ class EnvoySpec:
     upstreams: Mapping[str, Sequence[tuple[str, int]]]  # cluster -> [(host, port)]
     trust_domain: str = "harness.local"
     routes: Sequence[tuple[str, str]] = DEFAULT_ROUTES  # (path prefix, cluster), first match wins
+    http_routes: Sequence[tuple[str, str]] = ()  # (path prefix, HTTP/1.1 cluster): never retried
     idempotent_methods: Sequence[str] = ()  # "/pkg.Service/Method": get an exact route with retries
-    upstream_sni: Mapping[str, str] = field(default_factory=dict)  # default: the cluster name
+    upstream_sni: Mapping[str, str] = field(default_factory=dict)  # default: the cluster's identity
+    identities: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_IDENTITIES))
     unary_timeout_s: float = 15.0
     per_try_timeout_s: float = 5.0
     num_retries: int = 2
@@ -86,7 +95,7 @@ class EnvoySpec:
     rate_limit: RateLimit = RateLimit()
 
     def __post_init__(self) -> None:
-        missing = sorted({c for _, c in self.routes} - set(self.upstreams))
+        missing = sorted({c for _, c in (*self.routes, *self.http_routes)} - set(self.upstreams))
         if missing:
             raise ValueError(f"routes name clusters without upstreams: {missing}")
         empty = sorted(c for c, hosts in self.upstreams.items() if not hosts)
@@ -102,6 +111,13 @@ class EnvoySpec:
             if path.startswith(prefix):
                 return cluster
         raise ValueError(f"no route covers {path!r}")
+
+    def identity(self, cluster: str) -> str:
+        """The service whose certificate must answer for `cluster`."""
+        return self.identities.get(cluster, cluster)
+
+    def is_http(self, cluster: str) -> bool:
+        return any(c == cluster for _, c in self.http_routes)
 
 
 def _dur(seconds: float) -> str:
@@ -143,7 +159,7 @@ def _downstream_tls(spec: EnvoySpec) -> dict[str, Any]:
                         "prefix", f"spiffe://{spec.trust_domain}/agent/"
                     ),
                 },
-                "alpn_protocols": ["h2"],
+                "alpn_protocols": ["h2", "http/1.1"],
             },
         },
     }
@@ -154,17 +170,17 @@ def _upstream_tls(spec: EnvoySpec, cluster: str) -> dict[str, Any]:
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": _UPSTREAM_TLS,
-            "sni": spec.upstream_sni.get(cluster, cluster),
+            "sni": spec.upstream_sni.get(cluster, spec.identity(cluster)),
             "common_tls_context": {
                 "tls_certificates": _tls_certificates(spec.certs),
                 "validation_context": {
                     "trusted_ca": {"filename": str(spec.certs.ca)},
                     # Only the real service may answer for its cluster, not any cert from our CA.
                     "match_typed_subject_alt_names": _uri_san(
-                        "exact", f"spiffe://{spec.trust_domain}/service/{cluster}"
+                        "exact", f"spiffe://{spec.trust_domain}/service/{spec.identity(cluster)}"
                     ),
                 },
-                "alpn_protocols": ["h2"],
+                "alpn_protocols": ["http/1.1"] if spec.is_http(cluster) else ["h2"],
             },
         },
     }
@@ -210,9 +226,20 @@ def _prefix_route(spec: EnvoySpec, prefix: str, cluster: str) -> dict[str, Any]:
     }
 
 
+def _http_route(spec: EnvoySpec, prefix: str, cluster: str) -> dict[str, Any]:
+    # Server-sent event streams and long completions: no route timeout, only an idle timeout;
+    # never retried (a completion is not idempotent).
+    return {
+        "name": f"http{prefix}",
+        "match": {"prefix": prefix},
+        "route": {"cluster": cluster, "timeout": "0s", "idle_timeout": _dur(spec.stream_idle_timeout_s)},
+    }
+
+
 def _routes(spec: EnvoySpec) -> list[dict[str, Any]]:
     exact = [_retry_route(spec, m) for m in dict.fromkeys(spec.idempotent_methods)]
-    return exact + [_prefix_route(spec, p, c) for p, c in spec.routes]
+    grpc = [_prefix_route(spec, p, c) for p, c in spec.routes]
+    return exact + grpc + [_http_route(spec, p, c) for p, c in spec.http_routes]
 
 
 def _fraction(runtime_key: str) -> dict[str, Any]:
@@ -252,6 +279,8 @@ def _listener(spec: EnvoySpec) -> dict[str, Any]:
         # list one range no TCP peer can come from: nothing is internal.
         "use_remote_address": True,
         "internal_address_config": {"cidr_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 32}]},
+        # A caller's x-request-id names its call in audit and logs (it is never a key to data).
+        "preserve_external_request_id": True,
         "forward_client_cert_details": "SANITIZE_SET",
         "set_current_client_cert_details": {"uri": True, "subject": True},
         "stream_idle_timeout": _dur(spec.stream_idle_timeout_s),
@@ -273,6 +302,25 @@ def _listener(spec: EnvoySpec) -> dict[str, Any]:
     }
 
 
+def _protocol_options(http1: bool) -> dict[str, Any]:
+    if http1:
+        return {
+            "@type": "type.googleapis.com/" + _HTTP_OPTS_KEY,
+            # Closed before the upstream's own keep-alive (75 s) drops it under a request.
+            "common_http_protocol_options": {"idle_timeout": "60s"},
+            "explicit_http_config": {"http_protocol_options": {}},
+        }
+    return {
+        "@type": "type.googleapis.com/" + _HTTP_OPTS_KEY,
+        "explicit_http_config": {
+            "http2_protocol_options": {
+                # PINGs find a dead peer on an idle pooled connection before a request does.
+                "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+            }
+        },
+    }
+
+
 def _cluster(spec: EnvoySpec, name: str, hosts: Sequence[tuple[str, int]]) -> dict[str, Any]:
     static = all(_is_ip(h) for h, _ in hosts)
     interval = spec.health_check_interval_s
@@ -287,17 +335,7 @@ def _cluster(spec: EnvoySpec, name: str, hosts: Sequence[tuple[str, int]]) -> di
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(h, p)}} for h, p in hosts]}],
         },
-        "typed_extension_protocol_options": {
-            _HTTP_OPTS_KEY: {
-                "@type": "type.googleapis.com/" + _HTTP_OPTS_KEY,
-                "explicit_http_config": {
-                    "http2_protocol_options": {
-                        # PINGs find a dead peer on an idle pooled connection before a request does.
-                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
-                    }
-                },
-            }
-        },
+        "typed_extension_protocol_options": {_HTTP_OPTS_KEY: _protocol_options(spec.is_http(name))},
         "transport_socket": _upstream_tls(spec, name),
         "health_checks": [
             {
@@ -307,7 +345,11 @@ def _cluster(spec: EnvoySpec, name: str, hosts: Sequence[tuple[str, int]]) -> di
                 "no_traffic_interval": _dur(max(5 * interval, 5.0)),
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
-                "grpc_health_check": {},
+                **(
+                    {"http_health_check": {"path": HTTP_HEALTH_PATH}}
+                    if spec.is_http(name)
+                    else {"grpc_health_check": {}}
+                ),
             }
         ],
         "outlier_detection": {

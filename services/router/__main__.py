@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2_grpc
 
 from services.common.config import ServerConfig, TlsFiles, add_server_args, env, server_config_from_args
+from services.common.http_server import start_http_server
 from services.common.identity import JwtVerifier
 from services.common.registry_mirror import JwtSettingsChange, RegistryMirror
 from services.common.server import RunningServer, open_channel, run_until_signal, setup_logging, start_server
@@ -28,6 +29,7 @@ from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
 from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from services.router.metrics import RouterMetrics
+from services.router.openai_http.app import OpenAIFrontDoor
 from services.router.outbox import Outbox
 from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache
 from services.router.scheduling import Scheduler, load_config
@@ -76,6 +78,7 @@ class RouterConfig:
     # A reservation never settled (router crashed) expires after this; after Redis lost its
     # data, budgeted requests pause this long so invisible in-flight reservations settle first.
     budget_reservation_ttl_s: float = 30.0
+    http_port: int | None = None  # the OpenAI-compatible HTTP API (0: any free port; None: off)
 
 
 def parse_args(argv: list[str] | None = None) -> RouterConfig:
@@ -154,6 +157,12 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         default=env("COST_TIMEZONE", "UTC"),
         help="IANA timezone of budget periods; the same as the cost service's (env HARNESS_COST_TIMEZONE)",
     )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=int(env("ROUTER_HTTP_PORT", "50063")),
+        help="port of the OpenAI-compatible HTTP API (/v1/*), with the gRPC port's TLS; -1: off",
+    )
     p.add_argument("--default-max-tokens", type=int, default=int(env("ROUTER_DEFAULT_MAX_TOKENS", "256")))
     a = p.parse_args(argv)
     setup_logging(a.log_level)
@@ -176,6 +185,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         outbox_fail_closed=a.outbox_fail_closed,
         redaction_key=Path(a.redaction_key_file).read_text().strip() if a.redaction_key_file else "",
         budget_timezone=a.budget_timezone,
+        http_port=a.http_port if a.http_port >= 0 else None,
     )
 
 
@@ -316,7 +326,35 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
             await ch.close()
 
     running.on_stop(shutdown)
+    if cfg.http_port is not None:
+        await _serve_openai(cfg, running, router, metrics)
     return running
+
+
+async def _serve_openai(cfg: RouterConfig, running: RunningServer, router: Router, metrics) -> None:
+    """The OpenAI HTTP API on its own port, same loop, TLS and authenticator as gRPC."""
+    assert running.authenticator is not None
+    front = OpenAIFrontDoor(router, running.authenticator, metrics)
+    try:
+        http = await start_http_server(front.app(), cfg.server.host, cfg.http_port or 0, cfg.server.tls)
+    except BaseException:
+        await running.stop(0)
+        raise
+    running.http_port = http.port
+    stopped: list[asyncio.Task] = []
+
+    async def stopping() -> None:
+        front.serving = False  # health fails first; requests in flight finish in the grace period
+        stopped.append(asyncio.create_task(http.stop(cfg.server.grace_s)))
+
+    async def stop() -> None:
+        if stopped:
+            await stopped[0]
+        else:
+            await http.stop(0)
+
+    running.on_stopping(stopping)
+    running.on_stop(stop)
 
 
 async def amain(cfg: RouterConfig) -> None:

@@ -172,7 +172,7 @@ class Router:
             outcome = "CANCELLED" if isinstance(exc, GeneratorExit | asyncio.CancelledError) else "INTERNAL"
             raise
         finally:
-            self.metrics.requests.labels(outcome).inc()
+            self.metrics.requests.labels(outcome, reqctx.current().frontdoor).inc()
 
     async def _generate(self, inp: GenerationInput, result: GenerationResult) -> AsyncIterator[str]:
         ctx = reqctx.current()
@@ -284,6 +284,8 @@ class Router:
             )  # fmt: skip
             async for delta in deltas:
                 reached_backend = True
+                if not pieces and info.endpoint is not None:  # known to a front door's headers
+                    result.deployment = f"{model_name}@{info.endpoint.name}"
                 now = time.perf_counter()
                 first_at = first_at or now
                 last_at = now
@@ -402,6 +404,7 @@ class Router:
             "output_tokens": result.output_tokens,
             "ttft_ms": round(result.ttft_ms, 3),
             "e2e_ms": round(result.e2e_ms, 3),
+            "frontdoor": facts.ctx.frontdoor,
         }
         if result.redactions:  # kinds and counts only, never the values
             details["redactions"] = dict(result.redactions)

@@ -36,8 +36,8 @@ class RouterMetrics:
         )  # fmt: skip
         self.requests = Counter(
             "harness_router_requests",
-            "Requests by outcome (a gRPC status name)",
-            ["outcome"],
+            "Requests by outcome (a gRPC status name) and front door (grpc, triton, openai)",
+            ["outcome", "frontdoor"],
             registry=registry,
         )
         self.shed = Counter(

@@ -26,9 +26,10 @@ def port_lines(p: StackPorts, sims: Sequence[Any]) -> list[str]:
     def row(what: str, port: int, metrics: int) -> str:
         return f"  {what:<25} {local}:{port:<6} metrics http://{local}:{metrics}/metrics"
 
-    lines = [
-        row(f"router-{i + 1}", port, metrics)
-        for i, (port, metrics) in enumerate(zip(p.routers, p.router_metrics, strict=True))
+    routers = list(zip(p.routers, p.router_metrics, p.router_http, strict=True))
+    lines = [row(f"router-{i + 1}", port, metrics) for i, (port, metrics, _) in enumerate(routers)]
+    lines += [
+        row(f"router-{i + 1} OpenAI HTTP", http, metrics) for i, (_, metrics, http) in enumerate(routers)
     ]
     lines += [
         row("registry", p.registry, p.registry_metrics),
@@ -58,6 +59,7 @@ def banner(
     return f"""
 Harness is up (Ctrl-C stops everything).
   front door (Envoy, mTLS)  {env["HARNESS_ADDR"]}
+  OpenAI API (same door)    {env["HARNESS_OPENAI_BASE_URL"]}
   Envoy admin               {env["HARNESS_ENVOY_ADMIN"]}
 {ports}
   logs {paths.logs}/   state {paths.state}/
@@ -72,6 +74,10 @@ Try it (after `source` the virtualenv's harness and grpcurl are on PATH):
       -d '{{"filter": {{"agent": "{env["HARNESS_AGENT"]}"}}}}' "$HARNESS_ADDR" harness.audit.v1.Audit/Query
   grpcurl {tls} -H "authorization: Bearer $HARNESS_TOKEN" \\
       -d '{{"group_by": ["agent", "model"]}}' "$HARNESS_ADDR" harness.cost.v1.Cost/Report
+  curl -N --cacert "$HARNESS_CA" --cert "$HARNESS_CERT" --key "$HARNESS_KEY" \
+      -H "Authorization: Bearer $HARNESS_TOKEN" -H 'Content-Type: application/json' \
+      -d '{{"model": "llama-3-8b", "stream": true, "messages": [{{"role": "user", "content": "Hello"}}]}}' \
+      "$HARNESS_OPENAI_BASE_URL/chat/completions"
 
 Operate it (the ops CLI reads {paths.env_file}):
   harness agents list

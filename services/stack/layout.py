@@ -18,6 +18,7 @@ class StackPorts:
     enginesim_metrics: tuple[int, ...] = (8002, 8012)
     routers: tuple[int, ...] = (50061, 50062)
     router_metrics: tuple[int, ...] = (9461, 9462)
+    router_http: tuple[int, ...] = (50063, 50064)  # each router's OpenAI-compatible HTTP API
     registry: int = 50071
     registry_metrics: int = 9471
     pool: int = 50081

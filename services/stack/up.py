@@ -29,7 +29,7 @@ from services.common.identity import mint_jwt
 from services.common.server import open_channel
 from services.devtools.certs import DEFAULT_SERVICES, CertBundle, make_certs
 from services.envoy.methods import idempotent_unary_methods
-from services.envoy.render import EnvoyCerts, EnvoySpec, write_envoy_config
+from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, write_envoy_config
 from services.stack import prometheus as prom
 from services.stack.banner import banner
 from services.stack.layout import StackPaths, StackPorts, ports_in_use, redis_prefix_for
@@ -195,9 +195,11 @@ class Stack:
             "--db-url", f"sqlite:///{(self.paths.state / 'pool.db').resolve()}",
         )  # fmt: skip
         self.sup.start(Child("pool", pool, logs / "pool.log"))
-        for i, (port, metrics) in enumerate(zip(p.routers, p.router_metrics, strict=True)):
+        for i, (port, metrics, http) in enumerate(
+            zip(p.routers, p.router_metrics, p.router_http, strict=True)
+        ):
             argv = _py(
-                "services.router", *self._service_flags("router", port, metrics),
+                "services.router", *self._service_flags("router", port, metrics), "--http-port", str(http),
                 "--registry", f"127.0.0.1:{p.registry}", "--pool", f"127.0.0.1:{p.pool}",
                 "--audit", f"127.0.0.1:{p.audit}", "--cost", f"127.0.0.1:{p.cost}",
                 "--outbox", str((state / f"router-{i + 1}-outbox.db").resolve()),
@@ -230,12 +232,14 @@ class Stack:
             certs=EnvoyCerts(self.certs.ca_cert, self.certs.envoy.cert, self.certs.envoy.key),
             upstreams={
                 "router": [(local, port) for port in p.routers],
+                "router_http": [(local, port) for port in p.router_http],
                 "registry": [(local, p.registry)],
                 "pool": [(local, p.pool)],
                 "audit": [(local, p.audit)],
                 "cost": [(local, p.cost)],
             },
             trust_domain=self.certs.trust_domain,
+            http_routes=DEFAULT_HTTP_ROUTES,
             idempotent_methods=idempotent_unary_methods(),
         )
 
@@ -374,6 +378,8 @@ class Stack:
         leaf = self.certs.agents[agent]
         env = {
             "HARNESS_ADDR": f"localhost:{self.cfg.ports.envoy}",
+            # The OpenAI-compatible API, through the same Envoy listener (same certificate).
+            "HARNESS_OPENAI_BASE_URL": f"https://localhost:{self.cfg.ports.envoy}/v1",
             "HARNESS_CA": str(self.certs.ca_cert.resolve()),
             "HARNESS_CERT": str(leaf.cert.resolve()),
             "HARNESS_KEY": str(leaf.key.resolve()),

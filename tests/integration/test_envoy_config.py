@@ -123,7 +123,7 @@ def test_listener_requires_agent_client_certs(spec: EnvoySpec) -> None:
     tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
     assert tls["require_client_certificate"] is True
     ctx = tls["common_tls_context"]
-    assert ctx["alpn_protocols"] == ["h2"]
+    assert ctx["alpn_protocols"] == ["h2", "http/1.1"]  # gRPC, and HTTP/1.1 clients of /v1/
     assert ctx["validation_context"]["trusted_ca"]["filename"] == str(spec.certs.ca)
     assert ctx["validation_context"]["match_typed_subject_alt_names"] == [
         {"san_type": "URI", "matcher": {"prefix": "spiffe://harness.local/agent/"}}
@@ -211,6 +211,32 @@ def test_clusters_are_h2_mtls_health_checked_and_least_request(spec: EnvoySpec) 
         assert "retry_budget" in c["circuit_breakers"]["thresholds"][0]
 
 
+def test_http_routes_go_by_path_to_http1_clusters_of_the_routers_identity(tmp_path: Path) -> None:
+    names = ["router", "registry", "pool", "audit", "cost", "router_http"]
+    upstreams = {c: [("127.0.0.1", 50051 + i)] for i, c in enumerate(names)}
+    spec = local_spec(tmp_path, upstreams=upstreams, http_routes=render.DEFAULT_HTTP_ROUTES)
+    cfg = render_envoy_config(spec)
+    assert hcm_of(cfg)["preserve_external_request_id"] is True  # x-request-id from the caller
+    routes = routes_of(cfg)
+    assert routes[-1] == {
+        "name": "http/v1/",
+        "match": {"prefix": "/v1/"},  # no grpc match: plain HTTP requests
+        "route": {"cluster": "router_http", "timeout": "0s", "idle_timeout": "300s"},
+    }
+    clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+    http = clusters["router_http"]
+    opts = http["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert "http_protocol_options" in opts["explicit_http_config"]
+    tls = http["transport_socket"]["typed_config"]
+    assert tls["common_tls_context"]["alpn_protocols"] == ["http/1.1"]
+    assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "URI", "matcher": {"exact": "spiffe://harness.local/service/router"}}
+    ]
+    assert http["health_checks"][0]["http_health_check"] == {"path": "/healthz"}
+    assert "grpc_health_check" in clusters["router"]["health_checks"][0]
+    assert_valid(write_envoy_config(spec, tmp_path / "envoy.yaml"))
+
+
 def test_dns_names_use_strict_dns(tmp_path: Path) -> None:
     names = ["router", "registry", "pool", "audit", "cost"]
     upstreams = {c: [(c, 50051)] for c in names}
@@ -225,6 +251,7 @@ def test_dns_names_use_strict_dns(tmp_path: Path) -> None:
     [
         ({"upstreams": {"router": [("127.0.0.1", 1)]}}, "without upstreams"),
         ({"idempotent_methods": ("/unknown.Svc/Get",)}, "no route covers"),
+        ({"http_routes": (("/v1/", "router_http"),)}, "without upstreams"),
         ({"idempotent_methods": ("/harness.router.v1.Router/",)}, "not a gRPC method"),
     ],
 )
@@ -285,7 +312,7 @@ def test_compose_config_shape() -> None:
     assert (listener["address"], listener["port_value"]) == ("0.0.0.0", 8443)
     assert cfg["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
     clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
-    assert set(clusters) == {"router", "registry", "pool", "audit", "cost"}
+    assert set(clusters) == {"router", "router_http", "registry", "pool", "audit", "cost"}
     router = clusters["router"]
     assert router["type"] == "STRICT_DNS"  # every replica behind the "router" DNS name
     (ep,) = router["load_assignment"]["endpoints"][0]["lb_endpoints"]

@@ -280,7 +280,12 @@ async def test_no_ready_endpoint_names_the_model_and_metrics_count_outcomes(harn
     view.apply([])
     with pytest.raises(Unavailable, match="no ready endpoint serves model 'llama-3-8b-instruct'"):
         await run(router, temperature=0.5)
-    assert metrics.get_sample_value("harness_router_requests_total", {"outcome": "UNAVAILABLE"}) == 1
+    assert (
+        metrics.get_sample_value(
+            "harness_router_requests_total", {"outcome": "UNAVAILABLE", "frontdoor": "grpc"}
+        )
+        == 1
+    )
 
 
 async def test_the_agents_data_policy_redacts_the_prompt_before_the_model_and_the_log(harness, sim):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from services.envoy.compose import COMPOSE_SERVICE_PORTS
+from services.envoy.compose import COMPOSE_ROUTER_HTTP_PORT, COMPOSE_SERVICE_PORTS, compose_spec
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
 
@@ -24,6 +24,14 @@ def test_router_reaches_each_service_on_its_compose_port():
     command = yaml.safe_load(COMPOSE.read_text())["services"]["router"]["command"]
     for name in ("registry", "pool", "audit", "cost"):
         assert f"--{name} {name}:{COMPOSE_SERVICE_PORTS[name]}" in command
+
+
+def test_router_serves_the_openai_api_where_envoy_sends_v1():
+    command = yaml.safe_load(COMPOSE.read_text())["services"]["router"]["command"]
+    assert f"--http-port {COMPOSE_ROUTER_HTTP_PORT} " in command
+    spec = compose_spec(idempotent_methods=())
+    assert spec.upstreams["router_http"] == [("router", COMPOSE_ROUTER_HTTP_PORT)]
+    assert ("/v1/", "router_http") in spec.http_routes
 
 
 def test_demo_models_match_the_simulator_catalog():

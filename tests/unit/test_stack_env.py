@@ -39,6 +39,7 @@ def _banner() -> tuple[str, StackPorts]:
     ]
     env = {
         "HARNESS_ADDR": "localhost:8443",
+        "HARNESS_OPENAI_BASE_URL": "https://localhost:8443/v1",
         "HARNESS_ENVOY_ADMIN": "http://127.0.0.1:9901",
         "HARNESS_AGENT": "a",
     }

@@ -1,0 +1,110 @@
+"""An ASGI app served by uvicorn (httptools) inside a service's own event loop, beside its gRPC
+server, with the same mTLS rules: client certificates from the Harness CA are required, and each
+request's scope carries the peer certificate's URI SANs (`scope["harness.peer_ids"]`), so the
+app can trust Envoy's XFCC header exactly as the gRPC interceptor does.
+
+uvicorn's scope has no TLS details, so a small protocol subclass reads the peer certificate once
+per connection. uvicorn's signal handling is left out: the service's own run_until_signal stops
+this server with the gRPC one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from services.common.config import TlsFiles
+from services.common.identity import peer_spiffe_ids_der
+
+log = logging.getLogger("harness.http")
+PEER_IDS_KEY = "harness.peer_ids"
+TLS_KEY = "harness.tls"
+
+
+class PeerAwareProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that puts the peer certificate's URI SANs into every request's scope."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        peer_ids, tls, app = peer_spiffe_ids_der(der), ssl_object is not None, self.app
+
+        async def with_peer(scope, receive, send):
+            scope[PEER_IDS_KEY], scope[TLS_KEY] = peer_ids, tls
+            await app(scope, receive, send)
+
+        self.app = with_peer
+
+
+class _EmbeddedServer(uvicorn.Server):
+    def capture_signals(self):  # the service's own handlers stop it
+        return contextlib.nullcontext()
+
+
+@dataclass
+class HttpServer:
+    server: uvicorn.Server
+    sock: socket.socket
+    task: asyncio.Task
+    port: int
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stops taking connections, lets requests in flight finish for up to `grace_s`."""
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), grace_s)
+        except TimeoutError:
+            self.server.force_exit = True
+            await self.task
+        finally:
+            self.sock.close()
+
+
+async def start_http_server(app, host: str, port: int, tls: TlsFiles) -> HttpServer:
+    """Serves `app` on host:port (0 = a free port) with mTLS when `tls` is set; returns once it
+    accepts connections."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"HTTP front door: cannot listen on {host}:{port} ({exc.strerror})") from exc
+    tls_args = {}
+    if tls.enabled:
+        tls_args = {
+            "ssl_certfile": tls.cert,
+            "ssl_keyfile": tls.key,
+            "ssl_ca_certs": tls.ca,
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,  # only peers with a Harness certificate get in
+        }
+    config = uvicorn.Config(
+        app,
+        http=PeerAwareProtocol,
+        loop="none",  # the service's running loop
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_keep_alive=75,  # longer than Envoy's idle upstream connections are kept
+        **tls_args,
+    )
+    server = _EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="http-server")
+    while not server.started:
+        if task.done():
+            sock.close()
+            task.result()  # raises what stopped it
+            raise OSError("HTTP front door stopped while starting")
+        await asyncio.sleep(0.005)
+    bound = sock.getsockname()[1]
+    log.info("HTTP front door serving on %s:%d (%s)", host, bound, "mTLS" if tls.enabled else "plaintext")
+    return HttpServer(server, sock, task, bound)

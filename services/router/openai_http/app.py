@@ -1,0 +1,246 @@
+"""The OpenAI HTTP API as a thin front door onto the router's Generate path.
+
+Each request: context from the headers (x-request-id, x-harness-session-id/step-id,
+traceparent) -> identity exactly as on gRPC (agent from Envoy's XFCC on connections whose peer
+certificate is Envoy's; user from `Authorization: Bearer <JWT or API key>`) -> the request body
+parsed into the same GenerationInput the gRPC servicer builds -> Router.generate -> text deltas
+rendered as OpenAI JSON or server-sent events. Domain errors become OpenAI error objects (one
+mapping, errors.py); anything else is a 500 with a generic message and a server-side log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from services.common import context as reqctx
+from services.common.errors import HarnessError, NotFound
+from services.common.http_server import PEER_IDS_KEY, TLS_KEY
+from services.common.identity import Authenticator
+from services.router.core import GenerationInput, GenerationResult, Router
+from services.router.openai_http import errors, schema, wire
+
+log = logging.getLogger("harness.router.openai")
+FRONTDOOR = "openai"
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a 1M-character prompt (the router's limit) fits, JSON-escaped
+JSON = "application/json"
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class BodyTooLarge(schema.BadRequest):
+    http_status = 413
+
+
+class HttpMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "harness_http_requests",
+            "HTTP front door requests by route and status",
+            ["frontdoor", "route", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "harness_http_request_duration_seconds",
+            "HTTP handling time (streams: until the last event)",
+            ["frontdoor", "route"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+
+
+def _route(path: str) -> str:
+    """A bounded label: the route template, never the caller's path."""
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{id}"
+    return path if path in ROUTES else "other"
+
+
+class OpenAIFrontDoor:
+    def __init__(self, router: Router, auth: Authenticator, metrics: CollectorRegistry | None = None) -> None:
+        self.router = router
+        self.auth = auth
+        self.metrics = HttpMetrics(metrics or CollectorRegistry())
+        self.serving = True  # False once the service stops: Envoy's health check takes it out
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/v1/chat/completions", self._entry(self.chat), methods=["POST"]),
+            Route("/v1/completions", self._entry(self.completions), methods=["POST"]),
+            Route("/v1/models", self._entry(self.list_models), methods=["GET"]),
+            Route("/v1/models/{model_id}", self._entry(self.get_model), methods=["GET"]),
+            Route("/healthz", self.health, methods=["GET"]),
+        ]
+        app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
+        return _Observed(app, self.metrics)
+
+    # --- the per-request entry (what the gRPC interceptor does for gRPC) ----------------------
+    def _entry(self, handler: Handler) -> Handler:
+        async def entry(request: Request) -> Response:
+            # No reset afterwards: each request runs in its own task, and a stream's events
+            # are produced after this returns, still under this request's context.
+            ctx = reqctx.context_from_metadata(request.headers.items(), FRONTDOOR)
+            reqctx.set_current(ctx)
+            try:
+                scope = request.scope
+                identity = await self.auth.authenticate_peer(
+                    scope.get(PEER_IDS_KEY, ()), scope.get(TLS_KEY, False), request.headers
+                )
+                reqctx.set_current(dataclasses.replace(ctx, identity=identity))
+                response = await handler(request)
+            except HarnessError as exc:
+                response = _error(exc)
+            except Exception:
+                log.exception("unexpected error in %s (request %s)", request.url.path, ctx.request_id)
+                status, body = errors.internal(ctx.request_id)
+                response = Response(body, status, media_type=JSON)
+            response.headers[reqctx.REQUEST_ID_KEY] = ctx.request_id
+            return response
+
+        return entry
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        body = errors.error_body(message, "invalid_request_error", None)
+        return Response(body, exc.status_code, media_type=JSON)
+
+    async def health(self, request: Request) -> Response:
+        return Response(b"ok" if self.serving else b"stopping", 200 if self.serving else 503)
+
+    # --- models ------------------------------------------------------------------------------
+    async def list_models(self, request: Request) -> Response:
+        models = await self.router.allowed_models()
+        data = [wire.model_object(m.name) for m in models]
+        return Response(wire._dumps({"object": "list", "data": data}), media_type=JSON)
+
+    async def get_model(self, request: Request) -> Response:
+        model = await self._model(request.path_params["model_id"])
+        return Response(wire._dumps(wire.model_object(model)), media_type=JSON)
+
+    async def _model(self, name: str) -> str:
+        """The catalog name of a model the calling agent may use (by catalog or Triton name)."""
+        for model in await self.router.allowed_models():
+            if name in (model.name, model.triton_model):
+                return model.name
+        agent = reqctx.current().identity.agent
+        raise NotFound(
+            f"The model {name!r} does not exist or agent {agent!r} may not use it; "
+            "GET /v1/models lists the models it may use"
+        )
+
+    # --- generation --------------------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        req = schema.parse(schema.ChatCompletionRequest, await _body(request))
+        return await self._generate(schema.chat_input(req), wire.ChatShape, req)
+
+    async def completions(self, request: Request) -> Response:
+        req = schema.parse(schema.CompletionRequest, await _body(request))
+        return await self._generate(schema.completion_input(req), wire.TextShape, req)
+
+    async def _generate(
+        self, inp: GenerationInput, shape: type[wire.Shape], req: schema.Sampling
+    ) -> Response:
+        await self._model(inp.model)
+        result = GenerationResult()
+        deltas = self.router.generate(inp, result)
+        if not req.stream:
+            async for _ in deltas:
+                pass
+            body = shape(result.request_id, result.model).whole("".join(result.text_parts), result)
+            return Response(body, media_type=JSON, headers=_result_headers(result))
+        # The first delta before the headers: an error before any text (policy, limits, no
+        # endpoint) still gets its own HTTP status, as OpenAI answers them.
+        try:
+            first: str | None = await anext(deltas)
+        except StopAsyncIteration:
+            first = None
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        events = _events(shape(result.request_id, result.model, include_usage), first, deltas, result)
+        headers = {**_result_headers(result), "cache-control": "no-cache", "x-accel-buffering": "no"}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+async def _events(
+    shape: wire.Shape, first: str | None, deltas: AsyncIterator[str], result: GenerationResult
+) -> AsyncIterator[bytes]:
+    try:
+        yield shape.start()
+        if first is not None:
+            yield shape.delta(first)
+            async for delta in deltas:
+                yield shape.delta(delta)
+        yield shape.end(result)
+    except HarnessError as exc:
+        yield wire.error_event(errors.describe(exc)[1])
+    except Exception:
+        request_id = reqctx.current().request_id
+        log.exception("unexpected error while streaming (request %s)", request_id)
+        yield wire.error_event(errors.internal(request_id)[1])
+    finally:
+        await deltas.aclose()  # a client that left cancels the generation (recorded as such)
+
+
+def _result_headers(result: GenerationResult) -> dict[str, str]:
+    headers = {"x-harness-cache": result.cached or "miss"}
+    if result.deployment:
+        headers["x-harness-deployment"] = result.deployment
+    return headers
+
+
+def _error(exc: HarnessError) -> Response:
+    status, body, headers = errors.describe(exc)
+    return Response(body, status, media_type=JSON, headers=headers)
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused past MAX_BODY_BYTES without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"the request body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"the request body is over the limit of {MAX_BODY_BYTES} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class _Observed:
+    """Counts each request by route and status, timed until its last byte was sent."""
+
+    def __init__(self, app: Starlette, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def observed_send(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            route = _route(scope["path"])
+            self.metrics.requests.labels(FRONTDOOR, route, str(status[0])).inc()
+            self.metrics.duration.labels(FRONTDOOR, route).observe(time.perf_counter() - start)

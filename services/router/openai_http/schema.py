@@ -1,0 +1,201 @@
+"""Request bodies of the OpenAI API as pydantic models, and their conversion into the router's
+GenerationInput (the same call the gRPC Generate servicer makes).
+
+Fields OpenAI defines that this server cannot honour are accepted only at their neutral value
+(n=1, no logprobs, no penalties...) and refused otherwise, naming the field; fields OpenAI does
+not define are refused as OpenAI refuses them. Every size is bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
+from services.common.errors import InvalidArgument
+from services.router.core import GenerationInput
+
+MAX_MESSAGES = 2048
+MAX_PARTS = 256
+MAX_STOP = 4
+MAX_STOP_CHARS = 256
+MAX_ID_CHARS = 256
+MAX_TOOLS = 128
+INT32_MAX = 2**31 - 1
+UINT64 = 2**64  # the engine's seed tensor is UINT64
+
+Short = Annotated[StrictStr, Field(max_length=MAX_ID_CHARS)]
+
+
+class BadRequest(InvalidArgument):
+    """An invalid request that names the offending field (OpenAI's `param`)."""
+
+    http_status = 400
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.param = param
+        self.error_code = code
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | Annotated[list[TextPart], Field(max_length=MAX_PARTS)] | None = None
+    name: Short | None = None
+    tool_call_id: Short | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    refusal: StrictStr | None = None
+
+
+class StreamOptions(_Body):
+    include_usage: StrictBool = False
+    include_obfuscation: StrictBool | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text"]
+
+
+class Sampling(_Body):
+    """What chat and text completions share."""
+
+    model: Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
+    max_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    seed: Annotated[int, Field(ge=0, lt=UINT64)] | None = None
+    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP)] | None = None
+    n: Literal[1] | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    user: Short | None = None
+    presence_penalty: Literal[0] | None = None
+    frequency_penalty: Literal[0] | None = None
+    logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
+    logprobs: Literal[False] | None = None
+    metadata: Annotated[dict[str, Short], Field(max_length=16)] | None = None
+    store: StrictBool | None = None
+    service_tier: Short | None = None
+
+
+class ChatCompletionRequest(Sampling):
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_completion_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    top_logprobs: Literal[0] | None = None
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+
+
+class CompletionRequest(Sampling):
+    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=1)]
+    echo: Literal[False] | None = None
+    best_of: Literal[1] | None = None
+    suffix: None = None
+
+
+def parse(model: type[BaseModel], body: bytes) -> Any:
+    """The validated request, or BadRequest naming the first offending field."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise _bad_request(exc) from None
+
+
+def _bad_request(exc: ValidationError) -> BadRequest:
+    # The deepest location is the most telling: for a content part of the wrong type, its
+    # `type`, not "content should be a string" from the other branch of the union.
+    err = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
+    kind = err["type"]
+    if kind == "json_invalid":
+        return BadRequest(f"the request body is not valid JSON: {err['msg']}", None, "invalid_json")
+    if kind == "model_type" and not err["loc"]:
+        return BadRequest("the request body must be a JSON object", None, "invalid_json")
+    param = _param(err["loc"])
+    if kind == "extra_forbidden":
+        return BadRequest(f"Unrecognized request argument supplied: {param}", param, "unknown_parameter")
+    if kind == "missing":
+        return BadRequest(f"Missing required parameter: '{param}'", param, "missing_required_parameter")
+    value = repr(err.get("input"))
+    value = value if len(value) <= 80 else value[:77] + "..."
+    return BadRequest(f"Invalid value for '{param}': {err['msg']} (got {value})", param)
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    """`messages[0].content` from pydantic's location, leaving out union branch names."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[TextPart]", "list[str]", "dict[str,any]", "int", "float"):
+            continue
+        elif "[" in str(part) or "'" in str(part):  # a union/literal branch label
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _text(content: str | list[TextPart] | None, param: str) -> str:
+    if content is None:
+        raise BadRequest(f"'{param}' is required: send the message text", param)
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content)
+
+
+def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    for i, s in enumerate(stops):
+        if not s or len(s) > MAX_STOP_CHARS:
+            raise BadRequest(f"each stop sequence must be 1 to {MAX_STOP_CHARS} characters", f"stop[{i}]")
+    return stops
+
+
+def _sampling(req: Sampling, max_tokens: int | None) -> dict[str, Any]:
+    return {
+        "max_tokens": max_tokens or 0,
+        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "top_p": req.top_p or 0.0,
+        "seed": req.seed,
+        "stop": _stop(req.stop),
+        "model": req.model,
+    }
+
+
+def chat_input(req: ChatCompletionRequest) -> GenerationInput:
+    if req.tools and req.tool_choice != "none":
+        raise BadRequest(
+            f"model {req.model!r} does not support tool calls through this endpoint (its engine takes a "
+            "rendered prompt); leave out 'tools', or call governed tools with the Harness InvokeTool API",
+            "tools",
+            "unsupported_parameter",
+        )
+    messages = []
+    for i, m in enumerate(req.messages):
+        if m.tool_calls:
+            raise BadRequest(
+                "assistant tool_calls are not supported by this endpoint", f"messages[{i}].tool_calls"
+            )
+        role = "system" if m.role == "developer" else m.role
+        messages.append((role, _text(m.content, f"messages[{i}].content")))
+    if req.max_tokens and req.max_completion_tokens and req.max_tokens != req.max_completion_tokens:
+        raise BadRequest("set max_completion_tokens or max_tokens, not both", "max_tokens")
+    return GenerationInput(
+        messages=tuple(messages), **_sampling(req, req.max_completion_tokens or req.max_tokens)
+    )
+
+
+def completion_input(req: CompletionRequest) -> GenerationInput:
+    prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+    return GenerationInput(prompt=prompt, **_sampling(req, req.max_tokens))

@@ -1,0 +1,134 @@
+"""OpenAI's response bodies and server-sent events, built from the router's text deltas and
+GenerationResult. Chunks are what OpenAI sends: `data: {json}` events with `choices[0].delta`
+(chat) or `choices[0].text` (completions), a last choice with `finish_reason`, an optional
+usage chunk with empty `choices`, then `data: [DONE]`.
+
+The per-delta JSON is a fixed prefix and suffix around the escaped text, so a streamed token
+costs one json.dumps of its text.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from harness.common.v1 import common_pb2
+
+from services.router.core import GenerationResult
+
+DONE = b"data: [DONE]\n\n"
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def finish_reason(result: GenerationResult) -> str:
+    return "length" if result.finish_reason == common_pb2.FINISH_REASON_LENGTH else "stop"
+
+
+def usage(result: GenerationResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.input_tokens,
+        "completion_tokens": result.output_tokens,
+        "total_tokens": result.input_tokens + result.output_tokens,
+    }
+
+
+class Shape:
+    """One endpoint's response format (chat or text completion) for one request."""
+
+    object_whole = ""
+    object_chunk = ""
+    id_prefix = ""
+
+    def __init__(self, request_id: str, model: str, include_usage: bool = False) -> None:
+        self.id = f"{self.id_prefix}{request_id}"
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+        head = {"id": self.id, "object": self.object_chunk, "created": self.created, "model": model}
+        # Everything before the choices; usage is null on every chunk but the last when asked for.
+        self._head = _dumps(head)[:-1] + ',"system_fingerprint":null'
+        if include_usage:
+            self._head += ',"usage":null'
+        self._delta_prefix, self._delta_suffix = self._delta_frame()
+
+    def _delta_frame(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _event(self, choices: list[dict[str, Any]], extra: str = "") -> bytes:
+        return f'data: {self._head},{extra}"choices":{_dumps(choices)}}}\n\n'.encode()
+
+    def start(self) -> bytes:
+        """The first event, before any text (chat sends the assistant role there)."""
+        return b""
+
+    def delta(self, text: str) -> bytes:
+        return f"{self._delta_prefix}{_dumps(text)}{self._delta_suffix}".encode()
+
+    def end(self, result: GenerationResult) -> bytes:
+        out = self._event([self._choice(None, finish_reason(result))])
+        if self.include_usage:
+            head = self._head.removesuffix(',"usage":null')
+            out += f'data: {head},"choices":[],"usage":{_dumps(usage(result))}}}\n\n'.encode()
+        return out + DONE
+
+    def whole(self, text: str, result: GenerationResult) -> bytes:
+        body = {
+            "id": self.id,
+            "object": self.object_whole,
+            "created": self.created,
+            "model": self.model,
+            "choices": [self._choice(text, finish_reason(result))],
+            "usage": usage(result),
+            "system_fingerprint": None,
+        }
+        return _dumps(body).encode()
+
+
+class ChatShape(Shape):
+    object_whole, object_chunk, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl-"
+
+    def _delta_frame(self) -> tuple[str, str]:
+        return (
+            f'data: {self._head},"choices":[{{"index":0,"delta":{{"content":',
+            '},"logprobs":null,"finish_reason":null}]}\n\n',
+        )
+
+    def start(self) -> bytes:
+        delta = {"role": "assistant", "content": "", "refusal": None}
+        return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+
+    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+        if text is None:  # the closing chunk: an empty delta with the reason
+            return {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}
+        message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+
+
+class TextShape(Shape):
+    object_whole = object_chunk = "text_completion"
+    id_prefix = "cmpl-"
+
+    def _delta_frame(self) -> tuple[str, str]:
+        return (
+            f'data: {self._head},"choices":[{{"index":0,"text":',
+            ',"logprobs":null,"finish_reason":null}]}\n\n',
+        )
+
+    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+
+def error_event(body: bytes) -> bytes:
+    """An error after the stream began: OpenAI's SDK raises APIError on a `data: {"error": ...}`."""
+    return b"data: " + body + b"\n\n"
+
+
+def model_object(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "harness"}
