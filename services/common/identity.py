@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from services.common.context import Identity
 from services.common.errors import Unauthenticated
+from services.common.xfcc import XfccError, agent_from_xfcc, is_valid_name
 
 XFCC_KEY = "x-forwarded-client-cert"
 API_KEY_KEY = "x-api-key"
@@ -54,52 +55,6 @@ class AuthConfig:
 
 # Resolves an API key secret to an Identity (user, roles, project) or raises Unauthenticated.
 ApiKeyResolver = Callable[[str], Awaitable[Identity]]
-
-
-def parse_xfcc(header: str) -> list[dict[str, str]]:
-    """Parses an XFCC header into one dict per element (proxy hop).
-
-    Format (Envoy): elements separated by ',', pairs by ';', values optionally double-quoted
-    with '\\"' escapes. Commas and semicolons inside quotes do not split.
-    """
-    elements: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    key, buf, in_quotes, escaped, reading_key = "", [], False, False, True
-
-    def flush_pair() -> None:
-        nonlocal key, buf, reading_key
-        if key or buf:
-            name = (key if not reading_key else "".join(buf)).strip()
-            value = "".join(buf) if not reading_key else ""
-            if name:
-                current.setdefault(name, value)
-        key, buf, reading_key = "", [], True
-
-    for ch in header:
-        if escaped:
-            buf.append(ch)
-            escaped = False
-        elif ch == "\\" and in_quotes:
-            escaped = True
-        elif ch == '"':
-            in_quotes = not in_quotes
-        elif in_quotes:
-            buf.append(ch)
-        elif ch == "=" and reading_key:
-            key, buf, reading_key = "".join(buf), [], False
-        elif ch == ";":
-            flush_pair()
-        elif ch == ",":
-            flush_pair()
-            if current:
-                elements.append(current)
-            current = {}
-        else:
-            buf.append(ch)
-    flush_pair()
-    if current:
-        elements.append(current)
-    return elements
 
 
 def peer_spiffe_ids(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
@@ -263,23 +218,20 @@ class Authenticator:
     def _caller(self, peer_ids: tuple[str, ...], tls: bool, md: Mapping[str, str]) -> tuple[str, str, str]:
         """(agent, agent SPIFFE id, service) from the peer certificate and, behind Envoy, XFCC."""
         from_proxy = any(pid in self._cfg.trusted_proxies for pid in peer_ids)
+        prefix = self._cfg.agent_prefix()
         if from_proxy or (not tls and self._cfg.trust_xfcc_without_tls):
-            agent_id = self._agent_from_xfcc(md.get(XFCC_KEY, ""))
-            prefix = self._cfg.agent_prefix()
+            header = md.get(XFCC_KEY, "")
+            try:
+                agent_id = agent_from_xfcc(header, prefix) if header else ""
+            except XfccError as exc:
+                raise Unauthenticated(f"client certificate identity refused: {exc}") from exc
             return (agent_id[len(prefix) :], agent_id, "") if agent_id else ("", "", "")
         service_prefix = self._cfg.service_prefix()
         for pid in peer_ids:
             if pid.startswith(service_prefix):
                 return "", "", pid[len(service_prefix) :]
-        for pid in peer_ids:  # an agent connecting directly with its own cert (no proxy)
-            if pid.startswith(self._cfg.agent_prefix()):
-                return pid[len(self._cfg.agent_prefix()) :], pid, ""
-        return "", "", ""
-
-    def _agent_from_xfcc(self, header: str) -> str:
-        if not header:
-            return ""
-        # SANITIZE_SET leaves exactly one element: the client Envoy saw. Use the last hop anyway.
-        element = parse_xfcc(header)[-1]
-        uri = element.get("URI", "")
-        return uri if uri.startswith(self._cfg.agent_prefix()) else ""
+        # An agent connecting directly with its own cert (no proxy): the same rule, one agent URI.
+        agent_ids = [pid for pid in peer_ids if pid.startswith(prefix)]
+        if len(agent_ids) > 1 or (agent_ids and not is_valid_name(agent_ids[0][len(prefix) :])):
+            raise Unauthenticated("client certificate identity refused: not exactly one valid agent URI SAN")
+        return (agent_ids[0][len(prefix) :], agent_ids[0], "") if agent_ids else ("", "", "")

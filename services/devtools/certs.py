@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from services.common.xfcc import is_valid_name
 from services.devtools.pem_files import PrivateKey, ensure_jwt_keys, write_cert, write_key
 
 DEFAULT_TRUST_DOMAIN = "harness.local"
@@ -69,7 +71,26 @@ def spiffe_uri(trust_domain: str, kind: str, name: str | None = None) -> str:
     return f"spiffe://{trust_domain}/{kind}" + (f"/{name}" if name else "")
 
 
-# ---------------------------------------------------------------- file writing
+_TRUST_DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
+
+
+def check_identity_names(trust_domain: str, agents: Sequence[str], services: Sequence[str]) -> None:
+    """Refuses names that could not be read back unambiguously from a SPIFFE URI in XFCC.
+
+    Envoy writes URI SANs unquoted, so a ',' or ';' in a name would read as another hop or
+    another agent: only DNS-label names are issued (the rule services apply when reading).
+    """
+    if not _TRUST_DOMAIN.fullmatch(trust_domain):
+        raise ValueError(
+            f"trust domain {trust_domain!r} is invalid: use lowercase letters, digits, '.' and '-'"
+        )
+    for kind, names in (("agent", agents), ("service", services)):
+        for name in names:
+            if not is_valid_name(name):
+                raise ValueError(
+                    f"{kind} name {name!r} is invalid for a certificate: use lowercase letters, "
+                    "digits and dashes, 1-63 characters, starting and ending with a letter or digit"
+                )
 
 
 # ---------------------------------------------------------------- building certs
@@ -266,6 +287,7 @@ def make_certs(
     A valid CA is reused; if the CA is (re)made every leaf is remade too, since the old ones no
     longer chain. ``force=True`` remakes everything, JWT keys included.
     """
+    check_identity_names(trust_domain, agents, services)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key, remade = _ensure_ca(out_dir, force)

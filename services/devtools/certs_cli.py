@@ -13,6 +13,7 @@ from services.devtools.certs import (
     DEFAULT_HOSTS,
     DEFAULT_SERVICES,
     DEFAULT_TRUST_DOMAIN,
+    check_identity_names,
     make_certs,
 )
 from services.devtools.drill_certs import make_foreign_ca_client, make_wrong_san_client
@@ -33,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     td = args.trust_domain
+    try:
+        check_identity_names(td, args.agents or DEFAULT_AGENTS, args.services or DEFAULT_SERVICES)
+    except ValueError as exc:
+        p.error(str(exc))
     bundle = make_certs(
         args.out,
         agents=args.agents or DEFAULT_AGENTS,

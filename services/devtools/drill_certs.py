@@ -49,10 +49,13 @@ def make_wrong_san_client(
     *,
     uri: str | None = None,
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    extra_uris: tuple[str, ...] = (),
 ) -> LeafPaths:
     """A client cert from the Harness CA (in ``certs_dir``) whose URI SAN is not an agent's.
 
-    Default URI ``spiffe://<td>/user/<name>``. Envoy must refuse it at the SAN check.
+    Default URI ``spiffe://<td>/user/<name>``. Envoy must refuse it at the SAN check. `uri`
+    may be any text (a forged-looking agent SAN) and `extra_uris` adds more URI SANs: the
+    certificates the CA itself refuses to issue, for tests that they are refused when read.
     """
     certs_dir = Path(certs_dir)
     ca_cert = x509.load_pem_x509_certificate((certs_dir / "ca.pem").read_bytes())
@@ -67,6 +70,6 @@ def make_wrong_san_client(
         True,
         cn=name,
         ou="drill",
-        uris=[uri or spiffe_uri(trust_domain, "user", name)],
+        uris=[uri or spiffe_uri(trust_domain, "user", name), *extra_uris],
         usages=_CLIENT_ONLY,
     )

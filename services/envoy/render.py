@@ -1,8 +1,8 @@
 """Render the Envoy front-proxy bootstrap for the Harness mesh (see notes/envoy-mesh.md).
 
 One mTLS listener admits agents only (client cert from the Harness CA with a
-``spiffe://<td>/agent/`` URI SAN) and forwards their identity in XFCC (SANITIZE_SET, so it
-cannot be forged). Routes go by gRPC service; only idempotent unary methods get retries. Plain
+``spiffe://<td>/agent/<name>`` URI SAN, the name in agent characters only) and forwards their
+identity in XFCC (SANITIZE_SET, so it cannot be forged). Routes go by gRPC service; only idempotent unary methods get retries. Plain
 HTTP routes go by path prefix (the OpenAI API under ``/v1/``) to HTTP/1.1 clusters; clients may
 speak HTTP/1.1 or HTTP/2 to the listener.
 Clusters speak HTTP/2 + mTLS to the services, with gRPC health checks, outlier detection,
@@ -15,6 +15,7 @@ CLI (the compose stack's file): ``python -m services.envoy.compose --out compose
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,8 +142,18 @@ def _tls_certificates(certs: EnvoyCerts) -> list[dict[str, Any]]:
     return [{"certificate_chain": {"filename": str(certs.cert)}, "private_key": {"filename": str(certs.key)}}]
 
 
-def _uri_san(match: str, value: str) -> list[dict[str, Any]]:
+def _uri_san(match: str, value: Any) -> list[dict[str, Any]]:
     return [{"san_type": "URI", "matcher": {match: value}}]
+
+
+def agent_san_regex(trust_domain: str) -> str:
+    """RE2 for an agent's URI SAN: the prefix and one name of agent characters, nothing after.
+
+    A prefix match would admit a SAN like ``.../agent/a,URI=.../agent/b``, which Envoy then
+    forwards unquoted in XFCC; services refuse such headers too, but they never get this far.
+    Envoy caps RE2 program size at 100, so the length and end rules stay with the services.
+    """
+    return "^" + re.escape(f"spiffe://{trust_domain}/agent/") + "[a-z0-9][a-z0-9-]*$"
 
 
 def _downstream_tls(spec: EnvoySpec) -> dict[str, Any]:
@@ -156,7 +167,7 @@ def _downstream_tls(spec: EnvoySpec) -> dict[str, Any]:
                 "validation_context": {
                     "trusted_ca": {"filename": str(spec.certs.ca)},
                     "match_typed_subject_alt_names": _uri_san(
-                        "prefix", f"spiffe://{spec.trust_domain}/agent/"
+                        "safe_regex", {"regex": agent_san_regex(spec.trust_domain)}
                     ),
                 },
                 "alpn_protocols": ["h2", "http/1.1"],

@@ -126,7 +126,10 @@ def test_listener_requires_agent_client_certs(spec: EnvoySpec) -> None:
     assert ctx["alpn_protocols"] == ["h2", "http/1.1"]  # gRPC, and HTTP/1.1 clients of /v1/
     assert ctx["validation_context"]["trusted_ca"]["filename"] == str(spec.certs.ca)
     assert ctx["validation_context"]["match_typed_subject_alt_names"] == [
-        {"san_type": "URI", "matcher": {"prefix": "spiffe://harness.local/agent/"}}
+        {
+            "san_type": "URI",
+            "matcher": {"safe_regex": {"regex": r"^spiffe://harness\.local/agent/[a-z0-9][a-z0-9-]*$"}},
+        }
     ]
     hcm = hcm_of(cfg)
     assert hcm["forward_client_cert_details"] == "SANITIZE_SET"

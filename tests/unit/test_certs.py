@@ -253,3 +253,29 @@ def test_cli_defaults(tmp_path: Path) -> None:
     certs_cli.main(["--out", str(out)])
     assert {p.stem for p in (out / "services").glob("*.pem")} == set(certs_mod.DEFAULT_SERVICES)
     assert {p.stem for p in (out / "agents").glob("*.pem")} == {"demo-agent", "risk-agent"}
+
+
+@pytest.mark.parametrize(
+    "agent",
+    [
+        "demo-agent,URI=spiffe://harness.local/agent/ledger-rpa",  # reads as a second XFCC hop
+        "demo-agent;URI=spiffe://harness.local/agent/ledger-rpa",  # reads as a second URI
+        "Demo",
+        "a_b",
+        "a/b",
+        "-a",
+        "a" * 64,
+        "",
+    ],
+)
+def test_names_that_xfcc_could_misread_are_never_issued(tmp_path: Path, agent: str) -> None:
+    with pytest.raises(ValueError, match="invalid for a certificate"):
+        make_certs(tmp_path, agents=[agent], services=["router"])
+    assert not (tmp_path / "ca.pem").exists()  # refused before anything was written
+    with pytest.raises(SystemExit):  # the CLI says why (argparse error, exit 2)
+        certs_cli.main(["--out", str(tmp_path / "cli"), "--agent", agent])
+
+
+def test_bad_trust_domain_is_never_issued(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="trust domain"):
+        make_certs(tmp_path, agents=["a"], services=["s"], trust_domain="x;URI=y")

@@ -1,4 +1,4 @@
-"""Unit tests of the shared bootstrap pieces: XFCC parsing, JWT, request context, planned RPCs."""
+"""Unit tests of the shared bootstrap pieces: JWT, request context, planned RPCs."""
 
 from __future__ import annotations
 
@@ -7,23 +7,8 @@ from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 
 from services.common import context as reqctx
 from services.common.errors import ResourceExhausted, Unauthenticated, Unimplemented
-from services.common.identity import JwtVerifier, mint_jwt, parse_xfcc
+from services.common.identity import JwtVerifier, mint_jwt
 from services.common.planned import planned
-
-
-def test_parse_xfcc_single_element_with_quoted_subject():
-    header = 'By=spiffe://harness.local/envoy;Hash=ab12;Subject="CN=demo,O=Harness;x";URI=spiffe://harness.local/agent/demo'
-    [element] = parse_xfcc(header)
-    assert element["URI"] == "spiffe://harness.local/agent/demo"
-    assert element["Subject"] == "CN=demo,O=Harness;x"
-    assert element["Hash"] == "ab12"
-
-
-def test_parse_xfcc_multiple_elements_and_escapes():
-    header = 'URI=spiffe://a/agent/one;Subject="CN=\\"q\\""' + ",URI=spiffe://a/agent/two"
-    elements = parse_xfcc(header)
-    assert [e["URI"] for e in elements] == ["spiffe://a/agent/one", "spiffe://a/agent/two"]
-    assert elements[0]["Subject"] == 'CN="q"'
 
 
 def test_jwt_roundtrip_and_rejections(jwt_keypair):
