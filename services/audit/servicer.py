@@ -8,12 +8,13 @@ from collections.abc import Iterable
 
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from services.audit import export, lineage
 from services.audit.anchor import ChainAnchor
 from services.audit.approvals import Approvals
 from services.audit.config import DEFAULT_INGEST_SERVICES, AuditConfig
+from services.audit.metrics import AuditMetrics
 from services.audit.store import AuditStore
 from services.common.checkpoints import (
     CHECKPOINT_MISSING,
@@ -69,14 +70,6 @@ def require_reader(identity: Identity) -> None:
         raise PermissionDenied(f"{who} may not read the audit log: it needs the admin or auditor role")
 
 
-class AuditMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.records = Counter("harness_audit_records", "Audit records newly stored", registry=registry)
-        self.duplicates = Counter(
-            "harness_audit_duplicates", "Audit events received again and not stored", registry=registry
-        )
-
-
 class AuditServicer(audit_pb2_grpc.AuditServicer):
     def __init__(
         self,
@@ -98,7 +91,11 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         require_writer(current_identity(), self._writers)
         accepted = duplicates = index = 0
         async for batch in request_iterator:
-            result = await self._store.ingest(batch.events, first_index=index)
+            try:
+                result = await self._store.ingest(batch.events, first_index=index)
+            except InvalidArgument:
+                self._metrics.ingest_rejected.inc()
+                raise
             index += len(batch.events)
             accepted += result.accepted
             duplicates += result.duplicates
@@ -135,6 +132,7 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         checkpoint, and names the first broken record."""
         require_reader(current_identity())
         result = await self._store.verify(request.from_sequence)
+        self._metrics.verifications.labels("ok" if result.ok else "broken").inc()
         checkpoint = None
         if result.checkpoint is not None and self._store.anchor is not None:
             c = result.checkpoint
@@ -211,7 +209,7 @@ async def start_audit(
     """Opens the store and starts the server; the store closes when the server stops."""
     registry = metrics_registry or CollectorRegistry()
     store = await AuditStore.open(config.db_url, await asyncio.to_thread(open_anchor, config))
-    servicer = AuditServicer(store, AuditMetrics(registry), config.ingest_services)
+    servicer = AuditServicer(store, AuditMetrics(registry, store), config.ingest_services)
     return await start_server_owning(
         config.server, register(servicer), store.close, metrics_registry=registry
     )

@@ -142,6 +142,10 @@ class RegistryMirror(BackgroundFollower):
             raise NotFound(f"agent {name!r} is not registered; register it in the registry first")
         return agent
 
+    def agents_now(self) -> list[registry_pb2.Agent]:
+        """Every agent of the current copy (no waiting: empty before the first snapshot)."""
+        return list(self._agents.values())
+
     async def model(self, name: str) -> registry_pb2.Model:
         await self._ready()
         model = self._models.get(name)

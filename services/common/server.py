@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from services.common.config import ServerConfig, TlsFiles
 from services.common.identity import ApiKeyResolver, Authenticator, JwtVerifier
@@ -64,6 +65,17 @@ def open_channel(target: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
     if tls is not None and tls.enabled:
         return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
     return grpc.aio.insecure_channel(target, options=options)
+
+
+def export_certificate_expiry(registry: CollectorRegistry, cert_path: str) -> None:
+    """`harness_tls_certificate_expiry_timestamp_seconds`: when this service's certificate
+    stops being valid (Unix time), so an alert fires well before mTLS starts failing."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    Gauge(
+        "harness_tls_certificate_expiry_timestamp_seconds",
+        "When this service's TLS certificate expires (not-after, Unix time)",
+        registry=registry,
+    ).set(cert.not_valid_after_utc.timestamp())
 
 
 @dataclass
@@ -131,6 +143,8 @@ async def start_server(
     """Builds, binds and starts a server; health is SERVING when this returns, or NOT_SERVING
     with `serving=False` (the service calls `set_serving(True)` once it can answer)."""
     registry = metrics_registry or CollectorRegistry()
+    if config.tls.enabled:
+        export_certificate_expiry(registry, config.tls.cert)
     auth = Authenticator(config.auth, JwtVerifier.from_config(config.auth), api_key_resolver)
     server = grpc.aio.server(
         interceptors=[HarnessServerInterceptor(auth, RpcMetrics(registry, config.name))],

@@ -10,6 +10,10 @@
   no series.
 - `harness_budget_remaining_usd{budget}`: a budget's limit minus its spend in the current
   period (negative when overspent), computed exactly as GetBudget computes it.
+- `harness_budget_limit_usd{budget}`, `harness_budget_spent_usd{budget}`: the limit and the
+  spend in the current period; `harness_budget_period_end_timestamp_seconds{budget}` (Unix time
+  the period resets; no series for a lifetime budget). Burn-rate rules project the spend rate
+  to the period end.
 - `harness_cost_metrics_up`: 1 when the last scrape could read the store, else 0 (the two
   families above are then missing from that scrape, and the error is logged).
 - `harness_budget_alerts_total{budget,percent}`: budget alerts this process raised (inserted the
@@ -41,13 +45,19 @@ OTHER = "__other__"
 LABELS = ("team", "project", "agent", "model")
 COST_HELP = "Cost of recorded usage, USD (ledger sum; the costliest label sets, the rest as __other__)"
 BUDGET_HELP = "Budget limit minus spend in its current period, USD"
+BUDGET_FAMILIES = {
+    "harness_budget_limit_usd": "Budget limit per period, USD",
+    "harness_budget_spent_usd": "Budget spend in its current period, USD",
+    "harness_budget_period_end_timestamp_seconds": "When the budget's current period ends (Unix time)",
+}
 UP_HELP = "1 when the cost metrics could be read from the store at this scrape"
 
 
-def _families() -> tuple[CounterMetricFamily, GaugeMetricFamily]:
+def _families() -> tuple[CounterMetricFamily, GaugeMetricFamily, dict[str, GaugeMetricFamily]]:
     return (
         CounterMetricFamily("harness_cost_usd", COST_HELP, labels=LABELS),
         GaugeMetricFamily("harness_budget_remaining_usd", BUDGET_HELP, labels=["budget"]),
+        {name: GaugeMetricFamily(name, doc, labels=["budget"]) for name, doc in BUDGET_FAMILIES.items()},
     )
 
 
@@ -62,22 +72,24 @@ class CostCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         # Names only (no database work at registration); lets the registry reject duplicates.
-        yield from _families()
+        cost, remaining, per_budget = _families()
+        yield from (cost, remaining, *per_budget.values())
         yield GaugeMetricFamily("harness_cost_metrics_up", UP_HELP)
 
     def collect(self) -> Iterable[Metric]:
         try:
-            cost, remaining = self._read()
+            cost, remaining, per_budget = self._read()
         except Exception:  # a scrape must not fail the whole endpoint
             log.exception("cost metrics: reading the store failed")
             yield GaugeMetricFamily("harness_cost_metrics_up", UP_HELP, value=0)
             return
         yield cost
         yield remaining
+        yield from per_budget.values()
         yield GaugeMetricFamily("harness_cost_metrics_up", UP_HELP, value=1)
 
-    def _read(self) -> tuple[CounterMetricFamily, GaugeMetricFamily]:
-        cost, remaining = _families()
+    def _read(self) -> tuple[CounterMetricFamily, GaugeMetricFamily, dict[str, GaugeMetricFamily]]:
+        cost, remaining, per_budget = _families()
         top = (
             select(T.team, T.project, T.agent, T.model, T.cost_micro_usd.label("micro"))
             .where(T.cost_micro_usd > 0)
@@ -101,7 +113,12 @@ class CostCollector(Collector):
             cost.add_metric([OTHER] * len(LABELS), rest / MICRO)
         for b in current:
             remaining.add_metric([b.name], (b.limit_micro_usd - b.spent_micro_usd) / MICRO)
-        return cost, remaining
+            per_budget["harness_budget_limit_usd"].add_metric([b.name], b.limit_micro_usd / MICRO)
+            per_budget["harness_budget_spent_usd"].add_metric([b.name], b.spent_micro_usd / MICRO)
+            if b.HasField("reset_time"):
+                end = per_budget["harness_budget_period_end_timestamp_seconds"]
+                end.add_metric([b.name], b.reset_time.seconds + b.reset_time.nanos / 1e9)
+        return cost, remaining, per_budget
 
 
 class CostMetrics:

@@ -18,6 +18,7 @@ from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 from prometheus_client import CollectorRegistry, Histogram
 
 from services.common.config import ServerConfig
+from services.common.mirror_metrics import register_mirror_metrics
 from services.common.registry_mirror import RegistryMirror
 from services.common.server import RunningServer, open_channel, start_server
 from services.pool.catalog import ModelCatalog
@@ -207,6 +208,7 @@ async def serve(
     if pool_config.registry_addr:
         channel = open_channel(pool_config.registry_addr, server_config.tls)
         mirror = RegistryMirror(channel)
+        register_mirror_metrics(app.metrics_registry, mirror)
         app.follower = RegistryFollower(app, pool_config.models)
         mirror.subscribe(app.follower)
         mirror.start()

@@ -11,6 +11,7 @@ from services.common.config import ServerConfig, add_server_args, env, server_co
 from services.common.server import RunningServer, open_channel, start_server_owning
 from services.registry.audit_feed import AuditFeed
 from services.registry.engine import DEFAULT_DB_URL
+from services.registry.metrics import registry_metrics
 from services.registry.policy import Policy
 from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
@@ -87,7 +88,11 @@ async def serve(config: RegistryConfig) -> RunningServer:
         servicer.store.close()
 
     running = await start_server_owning(
-        config.server, servicer.register, close, api_key_resolver=servicer.resolve_api_key
+        config.server,
+        servicer.register,
+        close,
+        api_key_resolver=servicer.resolve_api_key,
+        metrics_registry=registry_metrics(servicer.store.last_revision),
     )
     if config.audit_addr:
         try:

@@ -19,8 +19,10 @@ from tritonclient.grpc import service_pb2_grpc
 from services.common.config import ServerConfig, TlsFiles, add_server_args, env, server_config_from_args
 from services.common.http_server import start_http_server
 from services.common.identity import JwtVerifier
+from services.common.mirror_metrics import register_mirror_metrics
 from services.common.registry_mirror import JwtSettingsChange, RegistryMirror
 from services.common.server import RunningServer, open_channel, run_until_signal, setup_logging, start_server
+from services.router.agent_metrics import register_agent_metrics
 from services.router.budgets import BudgetEnforcer, MemoryBudgets, RedisBudgets
 from services.router.budgets.follower import CostFollower
 from services.router.budgets.metrics import register_budget_metrics
@@ -226,6 +228,8 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         budgets = MemoryBudgets(timezone=cfg.budget_timezone, reservation_ttl_s=cfg.budget_reservation_ttl_s)
     metrics = CollectorRegistry()
     register_budget_metrics(metrics, budgets)
+    register_mirror_metrics(metrics, registry)
+    register_agent_metrics(metrics, registry)
     events = EventShipper(
         channels["audit"],
         channels["cost"],

@@ -64,6 +64,7 @@ class GenerationResult:
     """Filled as the generation runs; complete once the final chunk was yielded."""
 
     request_id: str = ""
+    agent: str = ""  # once the registry knows it (a metrics label)
     agent_version: str = ""
     model: str = ""
     deployment: str = ""
@@ -172,7 +173,7 @@ class Router:
             outcome = "CANCELLED" if isinstance(exc, GeneratorExit | asyncio.CancelledError) else "INTERNAL"
             raise
         finally:
-            self.metrics.requests.labels(outcome, reqctx.current().frontdoor).inc()
+            self.metrics.requests.labels(result.agent, outcome, reqctx.current().frontdoor).inc()
 
     async def _generate(self, inp: GenerationInput, result: GenerationResult) -> AsyncIterator[str]:
         ctx = reqctx.current()
@@ -196,6 +197,7 @@ class Router:
             )
 
         agent = await self.registry.agent(ident.agent)
+        result.agent = agent.name
         if agent.state != common_pb2.AGENT_STATE_ONLINE:
             state = common_pb2.AgentState.Name(agent.state).removeprefix("AGENT_STATE_").lower()
             raise FailedPrecondition(
@@ -312,7 +314,10 @@ class Router:
             result.queue_ms = info.queue_s * 1000
             if info.endpoint is not None:
                 result.deployment = f"{model_name}@{info.endpoint.name}"
-            self._observe(labels, result, info)
+            self.metrics.observe_call(
+                labels, result.e2e_ms, result.ttft_ms, result.tbt_ms, info.queue_s, info.shed,
+                (result.input_tokens, result.output_tokens), result.redactions,
+            )  # fmt: skip
             await self.limiter.settle(
                 reservation,
                 result.input_tokens + result.output_tokens if reached_backend else 0,
@@ -341,18 +346,6 @@ class Router:
                 ),
                 result, gpu_s,
             )  # fmt: skip
-
-    def _observe(self, labels: tuple[str, str, str], result: GenerationResult, info: DispatchInfo) -> None:
-        m = self.metrics
-        m.request.labels(*labels).observe(result.e2e_ms / 1000)
-        if result.ttft_ms:
-            m.ttft.labels(*labels).observe(result.ttft_ms / 1000)
-        if result.tbt_ms:
-            m.tbt.labels(*labels).observe(result.tbt_ms / 1000)
-        if info.queue_s:
-            m.queue.labels(*labels).observe(info.queue_s)
-        if info.shed:
-            m.shed.labels(labels[2]).inc()
 
     async def _catalog_name(self, pinned, name: str) -> str:
         for candidate in pinned:
@@ -388,6 +381,7 @@ class Router:
             denied = records.CallFacts(**{**facts.__dict__, "rule": decision.rule})
             self.events.emit_audit(records.authz_denied_event(denied, obj))
             who = "user" if not subject.startswith("agent:") else "agent"
+            self.metrics.authz_denials.labels(facts.agent, who).inc()
             raise PermissionDenied(
                 f"{who} {subject.removeprefix('agent:')!r} may not invoke {obj} in project {facts.project!r}; "
                 "ask a project admin for a policy"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -41,6 +42,8 @@ class _Lane:
         pending: Gauge,
         shipped: Counter,
         linger_s: float,
+        send_failures: Counter | None = None,
+        oldest_age: Gauge | None = None,
     ) -> None:
         self.name = name
         self._outbox = outbox
@@ -48,6 +51,12 @@ class _Lane:
         self._batch = batch
         self._pending = pending.labels(name)
         self._shipped = shipped.labels(name)
+        self._failures = send_failures.labels(name) if send_failures is not None else None
+        # Unix time of the oldest event still waiting (None: none waits), kept by the shipping
+        # loop so a scrape reads a float instead of the outbox.
+        self._oldest: float | None = None
+        if oldest_age is not None:
+            oldest_age.labels(name).set_function(self.oldest_age_s)
         # Wait this long after an event before sending: one call carries the events of many
         # requests instead of one call per request competing with the hot path for CPU.
         self._linger = linger_s
@@ -55,8 +64,14 @@ class _Lane:
         self._task: asyncio.Task | None = None
         self._held: list[bytes] = []  # fail-open only: events the outbox refused, kept in memory
 
+    def oldest_age_s(self) -> float:
+        """Seconds the oldest unshipped event has waited; 0 when the lane is empty."""
+        oldest = self._oldest
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
     def start(self) -> None:
         self._pending.set(self._outbox.pending(self.name))
+        self._oldest = self._outbox.oldest(self.name)
         self._wake.set()  # what a previous process left behind goes first
         self._task = asyncio.create_task(self._run(), name=f"ship-{self.name}")
 
@@ -70,6 +85,8 @@ class _Lane:
                 ) from exc
             log.error("%s: %s; holding the event in memory", self.name, exc)
             self._held.append(payload)
+        if self._oldest is None:
+            self._oldest = time.time()
         self._pending.inc()
         self._wake.set()
 
@@ -97,6 +114,9 @@ class _Lane:
             except OutboxError:
                 pass
         rows = self._outbox.peek(self.name, self._batch)
+        self._oldest = self._outbox.oldest(self.name) if rows else None
+        if self._oldest is None and self._held:
+            self._oldest = time.time()
         if not rows:
             return False
         delay = 0.1
@@ -105,12 +125,15 @@ class _Lane:
                 await self._send([payload for _, payload in rows])
                 break
             except grpc.aio.AioRpcError as exc:
+                if self._failures is not None:
+                    self._failures.inc()
                 log.warning(
                     "%s: send of %d events failed (%s); retrying", self.name, len(rows), exc.code().name
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         self._outbox.ack([seq for seq, _ in rows])
+        self._oldest = self._outbox.oldest(self.name)
         self._pending.dec(len(rows))
         self._shipped.inc(len(rows))
         return len(rows) == self._batch
@@ -147,6 +170,18 @@ class EventShipper:
         cost = cost_pb2_grpc.CostStub(cost_channel)
         pending = Gauge("harness_router_events_pending", "Events waiting to ship", ["lane"], registry=metrics)
         shipped = Counter("harness_router_events_shipped", "Events shipped", ["lane"], registry=metrics)
+        failures = Counter(
+            "harness_router_events_send_failures",
+            "Batches the receiver (audit Ingest, cost Record) did not accept; they are retried",
+            ["lane"],
+            registry=metrics,
+        )
+        oldest = Gauge(
+            "harness_router_events_oldest_age_seconds",
+            "How long the oldest event not yet shipped has waited (0: none waits)",
+            ["lane"],
+            registry=metrics,
+        )
 
         async def send_audit(payloads: list[bytes]) -> None:
             events = [common_pb2.AuditEvent.FromString(p) for p in payloads]
@@ -158,8 +193,9 @@ class EventShipper:
 
         self.outbox = outbox
         self.fail_closed = fail_closed
-        self._audit = _Lane("audit", outbox, send_audit, batch, pending, shipped, linger_s)
-        self._usage = _Lane("usage", outbox, send_usage, batch, pending, shipped, linger_s)
+        lane_metrics = {"send_failures": failures, "oldest_age": oldest}
+        self._audit = _Lane("audit", outbox, send_audit, batch, pending, shipped, linger_s, **lane_metrics)
+        self._usage = _Lane("usage", outbox, send_usage, batch, pending, shipped, linger_s, **lane_metrics)
 
     def start(self) -> None:
         self._audit.start()

@@ -1,6 +1,13 @@
-"""The router's Prometheus metrics (names fixed by the router issue; dashboards depend on them)."""
+"""The router's Prometheus metrics (dashboards and deploy/prometheus rules depend on the names).
+
+Label values are bounded: `agent` and `model` only once the registry knows them (an unknown
+agent's failed call counts under agent=""), `slo_class` and `outcome` are enum names, `kind` a
+PII recognizer of the router's list. Never a request id, a user name or raw input.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -36,12 +43,27 @@ class RouterMetrics:
         )  # fmt: skip
         self.requests = Counter(
             "harness_router_requests",
-            "Requests by outcome (a gRPC status name) and front door (grpc, triton, openai)",
-            ["outcome", "frontdoor"],
+            "Generate requests by agent, outcome (a gRPC status name) and front door (grpc, triton, openai)",
+            ["agent", "outcome", "frontdoor"],
             registry=registry,
         )
         self.shed = Counter(
             "harness_router_shed", "Requests shed by flow control", ["slo_class"], registry=registry
+        )
+        self.tokens = Counter(
+            "harness_router_tokens",
+            "Tokens of answered requests (direction: input or output)",
+            ["agent", "model", "direction"],
+            registry=registry,
+        )
+        self.redactions = Counter(
+            "harness_router_redactions", "PII values redacted, by kind", ["kind"], registry=registry
+        )
+        self.authz_denials = Counter(
+            "harness_router_authz_denials",
+            "Calls refused by an access rule (subject: user or agent)",
+            ["agent", "subject"],
+            registry=registry,
         )
         self.cache_hits = Counter(
             "harness_router_cache_hits",
@@ -49,3 +71,29 @@ class RouterMetrics:
             ["kind"],
             registry=registry,
         )
+
+    def observe_call(
+        self,
+        labels: tuple[str, str, str],
+        e2e_ms: float,
+        ttft_ms: float,
+        tbt_ms: float,
+        queue_s: float,
+        shed: bool,
+        tokens: tuple[int, int],
+        redactions: Mapping[str, int],
+    ) -> None:
+        """One finished call: latencies (agent, model, slo_class), tokens in/out, PII redactions."""
+        self.request.labels(*labels).observe(e2e_ms / 1000)
+        if ttft_ms:
+            self.ttft.labels(*labels).observe(ttft_ms / 1000)
+        if tbt_ms:
+            self.tbt.labels(*labels).observe(tbt_ms / 1000)
+        if queue_s:
+            self.queue.labels(*labels).observe(queue_s)
+        if shed:
+            self.shed.labels(labels[2]).inc()
+        self.tokens.labels(*labels[:2], "input").inc(tokens[0])
+        self.tokens.labels(*labels[:2], "output").inc(tokens[1])
+        for kind, count in redactions.items():
+            self.redactions.labels(kind).inc(count)

@@ -14,6 +14,7 @@ cheaper than a hop to a worker thread.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 
@@ -34,6 +35,10 @@ class Outbox:
             " seq INTEGER PRIMARY KEY AUTOINCREMENT, lane TEXT NOT NULL, payload BLOB NOT NULL)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, seq)")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "created" not in columns:  # a file from before events had their time (NULL: unknown)
+            self._db.execute("ALTER TABLE outbox ADD COLUMN created REAL")
+        self._opened = time.time()
         self.path = path
         self.failing = False  # the last append failed
 
@@ -48,7 +53,9 @@ class Outbox:
 
     def append(self, lane: str, payload: bytes) -> None:
         try:
-            self._db.execute("INSERT INTO outbox (lane, payload) VALUES (?, ?)", (lane, payload))
+            self._db.execute(
+                "INSERT INTO outbox (lane, payload, created) VALUES (?, ?, ?)", (lane, payload, time.time())
+            )
         except sqlite3.Error as exc:
             self.failing = True
             raise OutboxError(f"outbox {self.path}: {exc}") from exc
@@ -64,6 +71,16 @@ class Outbox:
         """The receiver has them: drop them."""
         if seqs:
             self._db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(seqs))})", seqs)
+
+    def oldest(self, lane: str) -> float | None:
+        """Unix time the oldest event of `lane` was written (events from before the column
+        existed count from this open), or None when the lane is empty."""
+        row = self._db.execute(
+            "SELECT created FROM outbox WHERE lane = ? ORDER BY seq LIMIT 1", (lane,)
+        ).fetchone()
+        if row is None:
+            return None
+        return self._opened if row[0] is None else row[0]
 
     def pending(self, lane: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM outbox WHERE lane = ?", (lane,)).fetchone()[0]

@@ -27,16 +27,28 @@ MIN_SCRAPE_S, MAX_SCRAPE_S = 1.0, 60.0
 
 @dataclass(frozen=True)
 class ScrapeJob:
-    """One Prometheus job: a name, the metrics path and `host:port` targets (plain HTTP)."""
+    """One Prometheus job: a name, the metrics path and `host:port` targets (plain HTTP);
+    `endpoints`, when given, names each target's pool endpoint (an `endpoint` label, so engine
+    figures join the pool's)."""
 
     name: str
     targets: tuple[str, ...]
     path: str = "/metrics"
+    endpoints: tuple[str, ...] = ()
+
+    def static_configs(self) -> list[dict]:
+        if not self.endpoints:
+            return [{"targets": list(self.targets)}]
+        return [
+            {"targets": [t], "labels": {"endpoint": e}}
+            for t, e in zip(self.targets, self.endpoints, strict=True)
+        ]
 
 
-def stack_jobs(ports: StackPorts, engine_metrics_ports: Sequence[int]) -> list[ScrapeJob]:
+def stack_jobs(ports: StackPorts, engines: Sequence[tuple[str, int]]) -> list[ScrapeJob]:
     """Every metrics endpoint of the local stack. The job names are what the rules and
-    dashboards select on (`job="router"` ...), the same in the compose stack."""
+    dashboards select on (`job="router"` ...), the same in the compose stack. `engines`: each
+    simulator's (pool endpoint name, metrics port)."""
     local = "127.0.0.1"
     return [
         ScrapeJob("router", tuple(f"{local}:{p}" for p in ports.router_metrics)),
@@ -44,7 +56,9 @@ def stack_jobs(ports: StackPorts, engine_metrics_ports: Sequence[int]) -> list[S
         ScrapeJob("pool", (f"{local}:{ports.pool_metrics}",)),
         ScrapeJob("audit", (f"{local}:{ports.audit_metrics}",)),
         ScrapeJob("cost", (f"{local}:{ports.cost_metrics}",)),
-        ScrapeJob("engine", tuple(f"{local}:{p}" for p in engine_metrics_ports)),
+        ScrapeJob(
+            "engine", tuple(f"{local}:{p}" for _, p in engines), endpoints=tuple(n for n, _ in engines)
+        ),
         ScrapeJob("envoy", (f"{local}:{ports.envoy_admin}",), path="/stats/prometheus"),
     ]
 

@@ -262,7 +262,7 @@ class Stack:
         return f"http://127.0.0.1:{self.cfg.ports.prometheus}"
 
     def _start_prometheus(self) -> None:
-        jobs = prom.stack_jobs(self.cfg.ports, [sim.metrics_port for sim in self.sims])
+        jobs = prom.stack_jobs(self.cfg.ports, [(sim.spec.name, sim.metrics_port) for sim in self.sims])
         config = self.paths.root / "prometheus.yml"
         prom.write_config(prom.render_config(jobs, self.cfg.prometheus_scrape_s), config)
         self.sup.start(

@@ -290,3 +290,21 @@ async def test_verify_names_a_record_changed_in_the_database(audit_on, admin):
     assert verdict.failure == audit_pb2.VERIFY_FAILURE_HASH_MISMATCH
     assert verdict.found and verdict.expected and verdict.found != verdict.expected
     assert "record 2 (event tc1)" in verdict.reason
+
+
+async def test_metrics_count_refused_ingests_verifications_and_pending_approvals(audit, admin):
+    """What the audit alerts and the security dashboard read."""
+    from tests.integration.test_audit_approvals import ask
+
+    stub, registry = audit
+    assert registry.get_sample_value("harness_audit_ingest_rejected_total") == 0
+    assert registry.get_sample_value("harness_audit_approvals_pending") == 0
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Ingest(batches([event("")]), metadata=admin)
+    assert registry.get_sample_value("harness_audit_ingest_rejected_total") == 1
+    await stub.Ingest(batches([event("e1")]), metadata=admin)
+    assert registry.get_sample_value("harness_audit_ingest_rejected_total") == 1  # a good one is not
+    await stub.Verify(audit_pb2.VerifyRequest(), metadata=admin)
+    assert registry.get_sample_value("harness_audit_chain_verifications_total", {"result": "ok"}) == 1
+    await stub.RequestApproval(ask(), metadata=admin)
+    assert registry.get_sample_value("harness_audit_approvals_pending") == 1

@@ -4,6 +4,7 @@ from the ledger and budgets at scrape time (so they agree with Report/GetBudget,
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 
 import grpc
@@ -114,6 +115,26 @@ async def test_scrape_reports_ledger_cost_and_budget_remaining(db_url, test_auth
                 (("budget", "rpa-life"),): 0.1 - 0.201,  # overspent: negative
             }
         )
+        # What the budget alert rules read: limit, spend this period, and when the period ends.
+        assert got["harness_budget_limit_usd"] == pytest.approx(
+            {
+                (("budget", "idle-team"),): 7.0,
+                (("budget", "ledger-monthly"),): 500.0,
+                (("budget", "rpa-life"),): 0.1,
+            }
+        )
+        assert got["harness_budget_spent_usd"] == pytest.approx(
+            {
+                (("budget", "idle-team"),): 0.0,
+                (("budget", "ledger-monthly"),): 1.101,
+                (("budget", "rpa-life"),): 0.201,
+            }
+        )
+        ends = got["harness_budget_period_end_timestamp_seconds"]
+        assert set(ends) == {(("budget", "idle-team"),), (("budget", "ledger-monthly"),)}  # lifetime: none
+        now = time.time()
+        assert now < ends[(("budget", "idle-team"),)] <= now + 86400 + 3600
+        assert now < ends[(("budget", "ledger-monthly"),)] <= now + 31 * 86400 + 3600
 
         # Cardinality bound: the costliest label sets, the rest summed into one __other__ series.
         store = await CostStore.open(db_url)

@@ -282,7 +282,7 @@ async def test_no_ready_endpoint_names_the_model_and_metrics_count_outcomes(harn
         await run(router, temperature=0.5)
     assert (
         metrics.get_sample_value(
-            "harness_router_requests_total", {"outcome": "UNAVAILABLE", "frontdoor": "grpc"}
+            "harness_router_requests_total", {"agent": "a1", "outcome": "UNAVAILABLE", "frontdoor": "grpc"}
         )
         == 1
     )

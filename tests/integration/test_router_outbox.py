@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -195,3 +196,68 @@ async def test_a_lane_keeps_shipping_after_an_unexpected_error(tmp_path):
         assert sent[1:] == [[b"e1"]]
     finally:
         await lane.drain(1.0)
+
+
+async def test_a_receiver_refusing_batches_shows_as_send_failures_and_a_growing_backlog_age(tmp_path):
+    """What the outbox alerts read: failed sends are counted and the oldest waiting event's age
+    grows while the receiver refuses; once it accepts, the age is back to 0."""
+    from grpc.aio import AioRpcError, Metadata
+    from prometheus_client import Counter, Gauge
+
+    from services.router.events import _Lane
+
+    registry = CollectorRegistry()
+    pending = Gauge("p", "p", ["lane"], registry=registry)
+    shipped = Counter("s", "s", ["lane"], registry=registry)
+    failures = Counter("f", "f", ["lane"], registry=registry)
+    age = Gauge("a", "a", ["lane"], registry=registry)
+    accept = asyncio.Event()
+
+    async def send(batch: list[bytes]) -> None:
+        if not accept.is_set():
+            raise AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(), "audit is down")
+
+    outbox = Outbox(str(tmp_path / "o.db"))
+    lane = _Lane("audit", outbox, send, 10, pending, shipped, 0.0, send_failures=failures, oldest_age=age)
+    lane.start()
+    loop = asyncio.get_running_loop()
+    try:
+        assert registry.get_sample_value("a", {"lane": "audit"}) == 0
+        lane.put(b"e1", fail_closed=True)
+        deadline = loop.time() + 5
+        while (registry.get_sample_value("f_total", {"lane": "audit"}) or 0) < 2 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert registry.get_sample_value("f_total", {"lane": "audit"}) >= 2
+        first = registry.get_sample_value("a", {"lane": "audit"})
+        await asyncio.sleep(0.2)
+        assert registry.get_sample_value("a", {"lane": "audit"}) > first > 0
+        accept.set()
+        deadline = loop.time() + 10
+        while outbox.pending("audit") and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert registry.get_sample_value("s_total", {"lane": "audit"}) == 1
+        assert registry.get_sample_value("a", {"lane": "audit"}) == 0
+    finally:
+        await lane.drain(1.0)
+
+
+def test_events_written_before_the_created_column_count_from_the_open(tmp_path):
+    """An outbox file from an older router (no `created` column) opens, gains the column, and
+    its old events count as waiting since this open (never as 1970)."""
+    import sqlite3
+    import time
+
+    path = str(tmp_path / "old.db")
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, lane TEXT NOT NULL, payload BLOB NOT NULL)"
+    )
+    db.execute("INSERT INTO outbox (lane, payload) VALUES ('audit', x'01')")
+    db.commit()
+    db.close()
+    before = time.time()
+    box = Outbox(path)
+    assert before <= box.oldest("audit") <= time.time()
+    assert box.oldest("usage") is None
+    box.append("usage", b"u")
+    assert box.oldest("usage") >= before

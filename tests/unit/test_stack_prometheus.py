@@ -15,15 +15,18 @@ from tests.helpers.promtool import run_promtool
 
 def test_every_service_router_engine_and_envoy_is_a_target():
     ports = StackPorts()
-    jobs = {j.name: j for j in prom.stack_jobs(ports, [8002, 8012])}
+    jobs = {j.name: j for j in prom.stack_jobs(ports, [("sim-0", 8002), ("sim-1", 8012)])}
     assert set(jobs) == {"router", "registry", "pool", "audit", "cost", "engine", "envoy"}
     assert jobs["router"].targets == ("127.0.0.1:9461", "127.0.0.1:9462")
-    assert jobs["engine"].targets == ("127.0.0.1:8002", "127.0.0.1:8012")
+    assert jobs["engine"].static_configs() == [
+        {"targets": ["127.0.0.1:8002"], "labels": {"endpoint": "sim-0"}},
+        {"targets": ["127.0.0.1:8012"], "labels": {"endpoint": "sim-1"}},
+    ]
     assert jobs["envoy"].targets == ("127.0.0.1:9901",) and jobs["envoy"].path == "/stats/prometheus"
 
 
 def test_rendered_config_passes_promtool_with_the_rules(tmp_path: Path):
-    config = prom.render_config(prom.stack_jobs(StackPorts(), [8002]), 2.0)
+    config = prom.render_config(prom.stack_jobs(StackPorts(), [("sim-0", 8002)]), 2.0)
     assert config["rule_files"] == [str(prom.RULES_DIR / "*.rules.yml")]
     path = tmp_path / "prometheus.yml"
     prom.write_config(config, path)
