@@ -296,13 +296,13 @@ async def test_metrics_count_refused_ingests_verifications_and_pending_approvals
     """What the audit alerts and the security dashboard read."""
     from tests.integration.test_audit_approvals import ask
 
-    stub, registry = audit
+    stub, registry, writer = audit
     assert registry.get_sample_value("harness_audit_ingest_rejected_total") == 0
     assert registry.get_sample_value("harness_audit_approvals_pending") == 0
     with pytest.raises(grpc.aio.AioRpcError):
-        await stub.Ingest(batches([event("")]), metadata=admin)
+        await writer.Ingest(batches([event("")]))
     assert registry.get_sample_value("harness_audit_ingest_rejected_total") == 1
-    await stub.Ingest(batches([event("e1")]), metadata=admin)
+    await writer.Ingest(batches([event("e1")]))
     assert registry.get_sample_value("harness_audit_ingest_rejected_total") == 1  # a good one is not
     await stub.Verify(audit_pb2.VerifyRequest(), metadata=admin)
     assert registry.get_sample_value("harness_audit_chain_verifications_total", {"result": "ok"}) == 1
