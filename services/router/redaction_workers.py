@@ -22,21 +22,26 @@ from typing import Any
 
 from services.common.errors import ResourceExhausted, Unavailable
 from services.router.redaction import RedactionResult, Redactor
+from services.router.redaction.normalize import folded_count
 
 log = logging.getLogger("harness.router.redaction")
 
 # Inline while the work stays within ~2-3 ms: a bounded size, and few characters that start
-# the costly candidates (digits: phones, cards, IDs, IPs; ":" IPv6; "@" e-mail).
+# the costly candidates (digits: phones, cards, IDs, IPs; ":" IPv6; "@" e-mail) or that are
+# folded before matching (full-width digits, invisible separators).
 INLINE_CHARS = 8192
 INLINE_TRIGGERS = 256
 _TRIGGERS = "0123456789:@"
 MAX_QUEUED = 32  # per worker: large inputs waiting or running
 
 
+def _triggers(text: str) -> int:
+    n = sum(text.count(c) for c in _TRIGGERS)
+    return n if text.isascii() else n + folded_count(text)
+
+
 def is_small(text: str, limit_chars: int = INLINE_CHARS, limit_triggers: int = INLINE_TRIGGERS) -> bool:
-    if len(text) > limit_chars:
-        return False
-    return sum(text.count(c) for c in _TRIGGERS) <= limit_triggers
+    return len(text) <= limit_chars and _triggers(text) <= limit_triggers
 
 
 def json_is_small(value: Any, limit_chars: int = INLINE_CHARS, limit_triggers: int = INLINE_TRIGGERS) -> bool:
@@ -57,7 +62,7 @@ def json_is_small(value: Any, limit_chars: int = INLINE_CHARS, limit_triggers: i
             chars += len(text)
             if chars > limit_chars:
                 return False
-            triggers += sum(text.count(c) for c in _TRIGGERS)
+            triggers += _triggers(text)
         if chars > limit_chars or triggers > limit_triggers:
             return False
     return True

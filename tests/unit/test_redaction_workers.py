@@ -92,6 +92,7 @@ async def test_the_queue_of_large_inputs_is_bounded():
 def test_small_inputs_stay_inline_and_the_size_walk_is_bounded():
     assert is_small("an ordinary prompt " * 100) and is_small("13812345678 " * 20)
     assert not is_small("x" * 10_000) and not is_small("13812345678 " * 30)
+    assert not is_small("１３８１２３４５６７８ " * 30)  # full-width digits are folded first: work too
     assert json_is_small({"a": ["13812345678"] * 10, "b": 1})
     assert not json_is_small({"a": ["13812345678"] * 40})
     assert not json_is_small({"k" * 9000: 1})  # keys count too

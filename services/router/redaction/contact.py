@@ -36,7 +36,7 @@ class Phone(Recognizer):
     when it is a valid CN number written as a mobile (11 digits starting with 1) or with the
     trunk prefix 0 (landline "010-12345678"): that rules out dates, amounts and order numbers
     that happen to be valid national numbers. With "+" or "00" any valid international number
-    is accepted. Canonical form: E.164.
+    is accepted, and "86" then a mobile ("8613512349878") is read as +86. Canonical form: E.164.
     """
 
     kind = "phone"
@@ -85,6 +85,8 @@ class Phone(Recognizer):
         if not 7 <= len(digits) <= 17 or _DOTTED_QUAD.fullmatch(raw):
             return None  # too short/long, or an IPv4 address whose digits spell a mobile
         international = raw.lstrip("(").startswith("+") or digits.startswith("00")
+        if not international and len(digits) == 13 and digits.startswith("861"):
+            raw, international = "+" + digits, True  # a CN mobile with its country code, "+" left off
         if not international and not (digits.startswith("0") or (len(digits) == 11 and digits[0] == "1")):
             return None
         try:

@@ -1,7 +1,9 @@
 """The Redactor: applies a RedactionPolicy to text (prompts, tool arguments and results, output).
 
-Per call: one regex pass per enabled recognizer, then overlap resolution, then one join. The
-result carries counts per kind only, never the values, so it is safe to put in audit events.
+Per call: the text is folded for matching (normalize.py: full-width digits, invisible
+separators), one regex pass per enabled recognizer plus one over long digit runs (glued.py),
+then overlap resolution, spans mapped back to the original text, and one join. The result
+carries counts per kind only, never the values, so it is safe to put in audit events.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import checksummed, contact, network  # noqa: F401  (registers the built-in recognizers)
+from .glued import glued_spans
+from .normalize import normalize
 from .policy import Mode, RedactionPolicy
 from .recognizers import Recognizer, Span, create, registered
 
@@ -93,6 +97,7 @@ class Redactor:
             self.modes[kind] = mode
             self._recognizers.append(rec)
         self._priority = {r.kind: r.priority for r in self._recognizers}
+        self._by_kind = {r.kind: r for r in self._recognizers}
         partials = [r.partial for r in self._recognizers]
         # Matches (searching from the left) the earliest suffix that could be an unfinished value.
         self.unfinished: re.Pattern[str] | None = (
@@ -121,8 +126,12 @@ class Redactor:
 
     def find(self, text: str) -> list[Span]:
         """The spans that would be redacted, sorted by start (values included: do not log)."""
-        spans = [s for r in self._recognizers for s in r.find(text)]
-        return resolve_overlaps(spans, self._priority) if len(spans) > 1 else spans
+        folded = normalize(text)
+        seen = folded.text
+        spans = [s for r in self._recognizers for s in r.find(seen)]
+        spans += glued_spans(seen, self._by_kind)
+        spans = resolve_overlaps(spans, self._priority) if len(spans) > 1 else spans
+        return folded.to_original(spans, text) if folded.changed else spans
 
     def redact(self, text: str) -> RedactionResult:
         if not self._recognizers or not text:
@@ -159,20 +168,37 @@ class Redactor:
         return mac.hexdigest()[: self._hash_chars]
 
     def redact_json(self, value: Any) -> tuple[Any, dict[str, int]]:
-        """Redact every string inside JSON-like data (tool arguments and results).
-
-        Dict keys are kept as they are (they are field names); values are redacted
-        recursively. Returns the new value and merged counts.
+        """Redact JSON-like data (tool arguments and results): every string, every dict key and
+        every integral number (a phone or card sent as a JSON number); a number that held a
+        value becomes its redacted text. Returns the new value and merged counts.
         """
         counts: Counter[str] = Counter()
 
+        def text(v: str) -> str:
+            r = self.redact(v)
+            counts.update(r.counts)
+            return r.text
+
+        def number(v: int | float) -> Any:
+            if isinstance(v, float) and not (v.is_integer() and abs(v) < 1e20):
+                return v
+            digits = str(int(v))
+            masked = text(digits)
+            return masked if masked != digits else v
+
         def walk(v: Any) -> Any:
             if isinstance(v, str):
-                r = self.redact(v)
-                counts.update(r.counts)
-                return r.text
+                return text(v)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                return number(v)
             if isinstance(v, Mapping):
-                return {k: walk(x) for k, x in v.items()}
+                out: dict[Any, Any] = {}
+                for k, x in v.items():
+                    key = text(k) if isinstance(k, str) else k
+                    while key in out:  # two keys redacted alike: keep both
+                        key = f"{key}#"
+                    out[key] = walk(x)
+                return out
             if isinstance(v, list | tuple):
                 return [walk(x) for x in v]
             return v

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .engine import Redactor
+from .normalize import normalize
 
 DEFAULT_HOLDBACK = 128  # longer than any built-in value (emails are capped by the regex)
 
@@ -30,13 +31,17 @@ class StreamRedactor:
         if not self.redactor.enabled:
             return chunk
         self._buf += chunk
-        cut = len(self._buf) - self.holdback
+        # Decided on the folded text ("１３８", "138\u200b1234" may begin a value too), then
+        # mapped back to a position in the buffer.
+        folded = normalize(self._buf)
+        cut = len(folded.text) - self.holdback
         unfinished = self.redactor.unfinished
         if unfinished is not None:
-            m = unfinished.search(self._buf, max(0, cut))
-            cut = m.start() if m else len(self._buf)
+            m = unfinished.search(folded.text, max(0, cut))
+            cut = m.start() if m else len(folded.text)
         if cut <= 0:
             return ""
+        cut = folded.start(cut) if cut < len(folded.text) else len(self._buf)
         spans = self.redactor.find(self._buf)
         for s in spans:  # never release part of a value
             if s.start < cut < s.end:
