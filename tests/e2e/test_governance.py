@@ -43,6 +43,42 @@ async def test_pii_in_a_prompt_never_reaches_the_audit_log(stack):
         assert "13812345678" not in str(r) and "11010519491231002X" not in str(r)
 
 
+async def test_a_large_prompt_is_redacted_in_the_routers_worker_process(stack):
+    """Over the inline budget (8 KB, 256 digits): the router hands it to a redaction worker."""
+    alice = stack.token("alice")
+    prompt = "".join(f"客户{13812340000 + i}请回电。" for i in range(400))  # ~8 KB, 400 phones
+    async with _demo_channel(stack) as channel:
+        messages = await _generate(channel, _bearer(alice), prompt=prompt, max_tokens=4)
+        audit = audit_pb2_grpc.AuditStub(channel)
+        query = audit_pb2.QueryRequest(
+            filter=audit_pb2.AuditFilter(request_id=messages[-1].summary.request_id)
+        )
+        calls = []
+        for _ in range(50):
+            records = (await audit.Query(query, metadata=_bearer(alice), timeout=10)).records
+            calls = [r.event for r in records if r.event.kind == common_pb2.AUDIT_EVENT_KIND_MODEL_CALL]
+            if calls:
+                break
+            await asyncio.sleep(0.2)
+    assert calls and dict(calls[0].details["redactions"]) == {"phone": 400.0}
+
+
+async def test_a_tool_version_other_than_the_pinned_one_is_refused(stack):
+    from google.protobuf import struct_pb2
+
+    rpa = stack.root / "certs" / "agents"
+    async with _channel(stack, rpa / "ledger-rpa.pem", rpa / "ledger-rpa.key") as agent_channel:
+        args = struct_pb2.Struct()
+        args.update({"ledger": "FY2024"})
+        req = router_pb2.InvokeToolRequest(tool="ledger", version="3.x", action="delete", arguments=args)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await router_pb2_grpc.RouterStub(agent_channel).InvokeTool(
+                req, metadata=_bearer(stack.token("alice")), timeout=10
+            )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not version '3.x'" in err.value.details()
+
+
 async def test_the_ledger_story_a_delete_waits_for_approval_is_rejected_and_lineage_tells_it(stack):
     """Issue 7's story: alice asks the RPA agent, which calls `delete` on the ledger tool; the
     call waits for approval, carol rejects it, and one Lineage query shows who, through which
