@@ -13,7 +13,8 @@ polls for other replicas' rows, so any cost replica on the same database may del
   the loop backs off (capped) and the rows wait. Without an audit address nothing is shipped
   (logged at start); the rows keep `audit_shipped` false and ship once an address is configured.
 - webhook: a row whose budget had a webhook URL is POSTed there as JSON (`webhook_payload`) with
-  an `X-Harness-Alert-Id` header. Any 2xx delivers it. Otherwise the attempt is recorded (count,
+  an `X-Harness-Alert-Id` header, if the webhook policy (webhooks.py) still allows the URL (else
+  the row is `failed` at once, "refused: ..."). Any 2xx delivers it. Otherwise the attempt is recorded (count,
   last error) and retried after `min_backoff_s` x 2^(attempt-1), capped at `max_backoff_s`, up to
   `attempts` tries; then the row is `failed`. An attempt is claimed in the database first
   (compare-and-set, with a lease), so two replicas do not POST the same alert at once; delivery is
@@ -25,10 +26,7 @@ polls for other replicas' rows, so any cost replica on the same database may del
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -43,11 +41,11 @@ from services.cost.alerts import HARD_LIMIT_PERCENT, SCOPE_FIELD, AlertRow
 from services.cost.config import AlertConfig
 from services.cost.store import CostStore
 from services.cost.validation import us_to_ts
+from services.cost.webhooks import WebhookRefused, post_json
 
 log = logging.getLogger("harness.cost.alerts")
 
 SOURCE = "cost"
-MAX_RESPONSE_BYTES = 64 * 1024
 LEASE_MARGIN_S = 30.0
 
 
@@ -98,27 +96,6 @@ def webhook_payload(a: AlertRow) -> dict[str, Any]:
     """The JSON body POSTed to a budget's webhook."""
     facts = alert_facts(a)
     return {"id": facts.pop("alert_id"), **facts, "time": us_to_ts(a.created_us).ToJsonString()}
-
-
-def post_json(url: str, body: dict[str, Any], *, timeout_s: float, headers: dict[str, str]) -> None:
-    """POSTs JSON; returns on 2xx, else raises OSError with a short reason. Blocking."""
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "harness-cost-alerts", **headers},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-            resp.read(MAX_RESPONSE_BYTES)
-            if not 200 <= resp.status < 300:
-                raise OSError(f"HTTP {resp.status} {resp.reason}")
-    except urllib.error.HTTPError as exc:
-        raise OSError(f"HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise OSError(f"cannot reach the webhook: {exc.reason}") from None
-    except TimeoutError:
-        raise OSError(f"no answer within {timeout_s:g}s") from None
 
 
 PostFn = Callable[..., None]
@@ -227,8 +204,12 @@ class AlertDelivery:
         try:
             await asyncio.to_thread(
                 self._post, a.webhook_url, webhook_payload(a), timeout_s=c.webhook_timeout_s,
-                headers={"X-Harness-Alert-Id": a.event_id},
+                headers={"X-Harness-Alert-Id": a.event_id}, policy=c.webhooks,
             )  # fmt: skip
+        except WebhookRefused as exc:  # the URL is not allowed (any more): retrying cannot help
+            log.warning("budget alert %s: webhook refused, not sent: %s", a.event_id, exc)
+            await asyncio.to_thread(self._book.webhook_result, a.id, error=f"refused: {exc}")
+            return
         except Exception as exc:
             error = str(exc) or type(exc).__name__
             if attempt >= c.webhook_attempts:

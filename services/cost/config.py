@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.common.config import ServerConfig, add_server_args, env, server_config_from_args
+from services.cost.webhooks import WebhookPolicy
 
 DEFAULT_PORT = 50101
 DEFAULT_METRICS_PORT = 9501
@@ -30,6 +31,8 @@ class AlertConfig:
     webhook_attempts: int = 8  # POSTs per alert before it is marked failed
     webhook_min_backoff_s: float = 2.0  # after attempt n: min x 2^(n-1), capped at max
     webhook_max_backoff_s: float = 300.0
+    # Which URLs webhooks may target (schemes, hosts, networks allowed although private).
+    webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
 
     def __post_init__(self) -> None:
         positive = ("poll_s", "sweep_s", "audit_timeout_s", "min_backoff_s", "webhook_timeout_s",
@@ -115,7 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(env("COST_WEBHOOK_TIMEOUT_S", "5")),
         help="seconds a budget alert webhook may take to answer (env HARNESS_COST_WEBHOOK_TIMEOUT_S)",
     )
+    parser.add_argument(
+        "--webhook-schemes",
+        default=env("COST_WEBHOOK_SCHEMES", "https"),
+        help="comma-separated URL schemes budget webhooks may use (env HARNESS_COST_WEBHOOK_SCHEMES); default %(default)s",
+    )
+    parser.add_argument(
+        "--webhook-hosts",
+        default=env("COST_WEBHOOK_HOSTS", ""),
+        help="comma-separated hosts budget webhooks may target, `*.example.com` for subdomains; empty: any "
+        "host with public addresses (env HARNESS_COST_WEBHOOK_HOSTS)",
+    )
+    parser.add_argument(
+        "--webhook-allow-networks",
+        default=env("COST_WEBHOOK_ALLOW_NETWORKS", ""),
+        help="comma-separated CIDRs webhooks may reach although private, loopback or link-local (refused by "
+        "default), e.g. 10.20.0.0/16 for an on-prem receiver (env HARNESS_COST_WEBHOOK_ALLOW_NETWORKS)",
+    )
     return parser
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip().lower() for x in text.split(",") if x.strip())
 
 
 def config_from_args(args: argparse.Namespace) -> CostConfig:
@@ -127,6 +151,11 @@ def config_from_args(args: argparse.Namespace) -> CostConfig:
             audit_addr=args.audit,
             webhook_attempts=args.webhook_attempts,
             webhook_timeout_s=args.webhook_timeout,
+            webhooks=WebhookPolicy(
+                schemes=_csv(args.webhook_schemes),
+                hosts=_csv(args.webhook_hosts),
+                allowed_networks=_csv(args.webhook_allow_networks),
+            ),
         ),
         pool_addr=args.pool,
         registry_addr=args.registry,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from services.common.context import Identity, current_identity
-from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.server import Registrar, RunningServer, open_channel, registrar, start_server_owning
 from services.cost import advisor
 from services.cost.alert_delivery import AlertDelivery
@@ -16,6 +17,7 @@ from services.cost.config import CostConfig
 from services.cost.metrics import CostMetrics
 from services.cost.store import CostStore
 from services.cost.validation import ts_to_us
+from services.cost.webhooks import WebhookPolicy, WebhookRefused
 
 SERVICE_NAME = cost_pb2.DESCRIPTOR.services_by_name["Cost"].full_name
 READER_ROLES = frozenset({"admin", "finance"})
@@ -55,11 +57,16 @@ def require_reader(identity: Identity, what: str) -> None:
 
 class CostServicer(cost_pb2_grpc.CostServicer):
     def __init__(
-        self, store: CostStore, metrics: CostMetrics, fleet: advisor.FleetProvider | None = None
+        self,
+        store: CostStore,
+        metrics: CostMetrics,
+        fleet: advisor.FleetProvider | None = None,
+        webhooks: WebhookPolicy | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._fleet = fleet
+        self._webhooks = webhooks or WebhookPolicy()
 
     async def Record(self, request_iterator, context) -> cost_pb2.RecordResponse:
         """Prices and stores batches as they arrive, each batch in one transaction.
@@ -90,6 +97,11 @@ class CostServicer(cost_pb2_grpc.CostServicer):
     async def SetBudget(self, request: cost_pb2.SetBudgetRequest, context) -> cost_pb2.SetBudgetResponse:
         """Creates or replaces a budget by name; answers with its current spend."""
         require_admin(current_identity(), "set budgets")
+        if request.budget.webhook_url:  # also checked at every delivery (the name may move)
+            try:
+                await asyncio.to_thread(self._webhooks.vet, request.budget.webhook_url)
+            except WebhookRefused as exc:
+                raise InvalidArgument(f"budget.webhook_url refused: {exc}") from None
         return cost_pb2.SetBudgetResponse(budget=await self._store.set_budget(request.budget))
 
     async def GetBudget(self, request: cost_pb2.GetBudgetRequest, context) -> cost_pb2.GetBudgetResponse:
@@ -158,7 +170,7 @@ async def start_cost(
     """
     registry = metrics_registry or CollectorRegistry()
     store = await CostStore.open(config.db_url, timezone=config.timezone)
-    servicer = CostServicer(store, CostMetrics(registry, store), fleet)
+    servicer = CostServicer(store, CostMetrics(registry, store), fleet, config.alerts.webhooks)
     running = await start_server_owning(
         config.server, register(servicer), store.close, metrics_registry=registry
     )

@@ -30,6 +30,7 @@ from services.common.server import open_channel
 from services.cost.config import AlertConfig, CostConfig
 from services.cost.servicer import start_cost
 from services.devtools.certs import make_certs
+from tests.helpers.cost import LOCAL_WEBHOOKS
 from tests.helpers.grpc import user_metadata
 from tests.integration.test_registry_audit_feed import Restartable, eventually
 
@@ -112,6 +113,7 @@ async def mesh(tmp_path, test_auth, mint_token):
         alerts = AlertConfig(
             audit_addr=f"127.0.0.1:{audit.port}", poll_s=0.2, min_backoff_s=0.05, max_backoff_s=0.2,
             webhook_timeout_s=2.0, webhook_attempts=4, webhook_min_backoff_s=0.05, webhook_max_backoff_s=0.2,
+            webhooks=LOCAL_WEBHOOKS,
         )  # fmt: skip
         config = CostConfig(server=server, db_url=f"sqlite:///{tmp_path / 'cost.db'}", alerts=alerts)
         return await start_cost(config, metrics_registry=cost_metrics[-1])

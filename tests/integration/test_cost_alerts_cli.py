@@ -9,7 +9,8 @@ import grpc
 import pytest
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 
-from tests.helpers.cost import start_test_cost
+from services.cost.config import AlertConfig
+from tests.helpers.cost import LOCAL_WEBHOOKS, start_test_cost
 from tests.helpers.grpc import user_metadata
 from tests.integration.test_cli_cost import cli  # noqa: F401  (the fixture: runs `harness` against `cost`)
 from tests.integration.test_cost_alerts import USD, usage
@@ -20,7 +21,7 @@ K = cost_pb2
 @pytest.fixture
 async def cost(tmp_path, test_auth, mint_token):
     """The cost service with a 10 USD monthly budget of project ledger, spent to 90%."""
-    running = await start_test_cost(tmp_path, test_auth)
+    running = await start_test_cost(tmp_path, test_auth, alerts=AlertConfig(webhooks=LOCAL_WEBHOOKS))
     admin = user_metadata(mint_token("svc", "admin"))
     async with grpc.aio.insecure_channel(running.address) as ch:
         stub = cost_pb2_grpc.CostStub(ch)
