@@ -6,6 +6,7 @@ processes (redaction_workers.py), so the event loop never waits on them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 from harness.registry.v1 import registry_pb2
@@ -16,6 +17,7 @@ from services.router.redaction.stream import DEFAULT_HOLDBACK
 from services.router.redaction_workers import RedactionWorkers
 
 MAX_REDACTORS = 10_000
+OUTPUT_PIECE_CHARS = 512  # ~a few ms of redaction at worst (digit-dense text)
 
 
 # The longest value of each kind, formatting included: streamed output is held back by the
@@ -36,8 +38,18 @@ class OutputRedaction:
         self.fingerprint = fingerprint
         self._counts = counts
 
-    def feed(self, text: str) -> str:
-        return self._stream.feed(text) if self._stream is not None else text
+    async def feed(self, text: str) -> str:
+        """The redacted text now safe to release. A large chunk (an engine's whole answer at once)
+        is fed in pieces, yielding the event loop between them: its cost is spread, never a stall."""
+        if self._stream is None:
+            return text
+        if len(text) <= OUTPUT_PIECE_CHARS:
+            return self._stream.feed(text)
+        released = []
+        for i in range(0, len(text), OUTPUT_PIECE_CHARS):
+            released.append(self._stream.feed(text[i : i + OUTPUT_PIECE_CHARS]))
+            await asyncio.sleep(0)
+        return "".join(released)
 
     def flush(self) -> str:
         if self._stream is None:

@@ -123,7 +123,7 @@ class Producer:
     ) -> AsyncIterator[str]:
         async for chunk in self.dispatcher.stream(sched_request, request, slo, timeout_s, info):
             _count(usage, chunk)
-            text = output.feed(chunk.text) if chunk.text else ""
+            text = await output.feed(chunk.text) if chunk.text else ""
             if chunk.final:  # the engine's last word: release what redaction held with it
                 text += output.flush()
                 usage.complete = bool(text)

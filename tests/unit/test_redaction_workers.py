@@ -12,7 +12,7 @@ from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 
 from services.common.errors import ResourceExhausted
-from services.router.privacy import AgentRedactors
+from services.router.privacy import OUTPUT_PIECE_CHARS, AgentRedactors, OutputRedaction
 from services.router.redaction import Redactor, policy_from_dict
 from services.router.redaction import contact as contact_recognizers
 from services.router.redaction_workers import RedactionWorkers, is_small, json_is_small
@@ -125,3 +125,23 @@ def test_redaction_work_is_linear_in_the_input(monkeypatch):
         redactor.redact((unit * (n // len(unit) + 1))[:n])
         work.append(calls)
     assert work[0] > 0 and work[1] <= 11 * work[0], work
+
+
+async def test_a_large_output_chunk_is_redacted_in_pieces_that_yield_the_loop(redactors):
+    redactor, _ = redactors.for_agent(agent())
+    text = "".join(f"第{i}位客户13812{i:06d}，身份证11010519491231002X。" for i in range(300))
+    counts: dict[str, int] = {}
+    output = OutputRedaction(redactor, "fp", counts)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    running = asyncio.create_task(ticker())
+    released = await output.feed(text) + output.flush()
+    running.cancel()
+    assert released == redactor.redact(text).text and counts == {"phone": 300, "cn_resident_id": 300}
+    assert ticks >= len(text) // OUTPUT_PIECE_CHARS  # the loop ran between the pieces
