@@ -18,6 +18,7 @@ import httpx2
 import openai
 import pytest
 import pytest_asyncio
+from harness.registry.v1 import registry_pb2
 from prometheus_client import CollectorRegistry
 
 from services.common.config import TlsFiles
@@ -35,7 +36,7 @@ from services.router.metrics import RouterMetrics
 from services.router.openai_http.app import MAX_BODY_BYTES, OpenAIFrontDoor
 from services.router.result_cache import MemoryResultCache
 from services.router.scheduling import Scheduler
-from services.router.triton import TritonPool
+from services.router.triton import TritonChunk, TritonPool, TritonRequest
 from services.router.views import EndpointView
 from tests.helpers.envoy import EnvoyProcess, start_envoy
 from tests.integration.test_router_hot_path import MODEL, Events, FakeRegistry, agent, endpoint
@@ -48,6 +49,7 @@ MESSAGES = [{"role": "user", "content": "Summarise the ledger policy"}]
 @dataclass
 class Front:
     certs: CertBundle
+    router: Router
     envoy: EnvoyProcess
     http: HttpServer
     registry: FakeRegistry
@@ -110,7 +112,7 @@ async def front(tmp_path_factory, jwt_keypair) -> AsyncIterator[Front]:
     try:
         await envoy.wait_ready_async(clusters=["router_http"])
         token = mint_jwt(private, "alice")
-        yield Front(certs, envoy, http, registry, events, view, sim.address, metrics, token)
+        yield Front(certs, router, envoy, http, registry, events, view, sim.address, metrics, token)
     finally:
         envoy.stop()
         await http.stop(1)
@@ -279,3 +281,35 @@ async def test_curl_over_http2_shows_the_event_stream(front):
     events = [line for line in text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]" and len(events) >= 4
     assert text.rstrip().endswith("2")  # HTTP/2 between curl and Envoy
+
+
+class PiiEngine:
+    """An engine whose answer carries a phone number split across chunks; keeps the prompts."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    async def stream(self, address: str, req: TritonRequest, timeout: float | None):
+        self.prompts.append(req.prompt)
+        for text in ("Call the client on 138", "1234", "5678 today."):
+            yield TritonChunk(text, False)
+        yield TritonChunk("", True, input_tokens=9, output_tokens=3)
+
+
+async def test_pii_is_redacted_before_the_engine_and_in_the_streamed_answer(front):
+    engine, real = PiiEngine(), front.router.dispatcher.triton
+    record = front.registry.agent_record
+    record.data_policy.pii.add(kind="phone", mode=registry_pb2.MASK_MODE_MASK)
+    record.revision += 1  # the router rebuilds its redactor per agent revision
+    front.router.dispatcher.triton = engine
+    try:
+        async with front.client() as client:
+            stream = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "客户13912345678要退款"}], stream=True
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    finally:
+        front.router.dispatcher.triton = real
+        del record.data_policy.pii[:]
+    assert "13912345678" not in engine.prompts[0] and "[PHONE]" in engine.prompts[0]
+    assert "13812345678" not in text and "[PHONE]" in text and text.endswith("today.")
