@@ -71,6 +71,12 @@ class ResultCache(Protocol):
 
     async def put(self, key: str, value: CachedResult, ttl_s: float) -> None: ...
 
+    async def add(self, key: str, value: CachedResult, ttl_s: float) -> bool:
+        """Stores `value` only if `key` holds nothing (atomically); True when it did."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
 
 class MemoryResultCache:
     """LRU with per-entry expiry, bounded by entry count."""
@@ -97,6 +103,15 @@ class MemoryResultCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+    async def add(self, key: str, value: CachedResult, ttl_s: float) -> bool:
+        if await self.get(key) is not None:
+            return False
+        await self.put(key, value, ttl_s)
+        return True
+
+    async def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
 
 
 class RedisResultCache:
@@ -135,6 +150,24 @@ class RedisResultCache:
                 await self._redis.set(self._prefix + key, json.dumps(asdict(value)), px=int(ttl_s * 1000))
         except Exception as exc:
             log.warning("result cache write failed (%s); not cached", type(exc).__name__)
+
+    async def add(self, key: str, value: CachedResult, ttl_s: float) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout):
+                done = await self._redis.set(
+                    self._prefix + key, json.dumps(asdict(value)), px=max(1, int(ttl_s * 1000)), nx=True
+                )
+        except Exception as exc:  # as without a cache: the caller goes ahead
+            log.warning("result cache claim failed (%s); going ahead", type(exc).__name__)
+            return True
+        return bool(done)
+
+    async def delete(self, key: str) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.delete(self._prefix + key)
+        except Exception as exc:  # the entry expires on its own
+            log.warning("result cache delete failed (%s)", type(exc).__name__)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -187,14 +187,29 @@ class ToolInvoker:
             target.agent.name, ident.user, tool.name, tool.version, action.name, call.arguments,
             call.idempotency_key,
         )  # fmt: skip
-        if (hit := await self.results.lookup(scope, target.cache_ttl_s > 0)) is not None:
-            result = await self.redactors.redact_json(
-                redactor, hit, counts
-            )  # for the reader's policy as it is now
+        # A duplicate of an idempotent call still running waits for it (bounded) instead of running.
+        wait_s = (call.approval_wait_s or self.default_approval_wait_s) + self.http_timeout_s
+        if (hit := await self.results.lookup(scope, target.cache_ttl_s > 0, wait_s)) is not None:
+            result = await self.redactors.redact_json(redactor, hit, counts)  # the reader's policy, now
             self._record(target.facts, action.name, logged_args, counts, common_pb2.DECISION_ALLOW, "OK", "",
                          cached=True)  # fmt: skip
+            await self.results.store(scope, result, 0.0, tool.endpoint)  # the key answers it from now on
             return ToolOutcome(result, common_pb2.DECISION_ALLOW, cached=True, request_id=ctx.request_id)
+        try:
+            outcome = await self._run(call, target, redactor, logged_args, counts)
+        except BaseException:
+            await self.results.release(scope)  # a failed call does not hold its key
+            raise
+        if outcome.result is None:  # pending approval: a retry asks again
+            await self.results.release(scope)
+        else:
+            await self.results.store(scope, outcome.result, target.cache_ttl_s, tool.endpoint)
+        return outcome
 
+    async def _run(self, call: ToolCall, target: _Target, redactor, logged_args, counts) -> ToolOutcome:
+        """Approval when the action needs one, then the call itself; the result redacted."""
+        request_id = target.facts.ctx.request_id
+        action = target.action
         # The call's audit record id, known up front so an approval can hang under it (lineage).
         facts = records.CallFacts(**{**target.facts.__dict__, "event_id": str(uuid.uuid4())})
         approval_id = ""
@@ -202,15 +217,14 @@ class ToolInvoker:
             approval_id, pending = await self._approval(call, facts, target, logged_args, counts)
             if pending:
                 return ToolOutcome(
-                    None, common_pb2.DECISION_PENDING_APPROVAL, approval_id, request_id=ctx.request_id
+                    None, common_pb2.DECISION_PENDING_APPROVAL, approval_id, request_id=request_id
                 )
         raw, duration = await self._call(call, facts, target, logged_args, counts, approval_id)
         result = await self.redactors.redact_json(redactor, raw, counts)
         self._record(
             facts, action.name, logged_args, counts, common_pb2.DECISION_ALLOW, "OK", approval_id, duration
         )
-        await self.results.store(scope, result, target.cache_ttl_s, tool.endpoint)
-        return ToolOutcome(result, common_pb2.DECISION_ALLOW, approval_id, False, duration, ctx.request_id)
+        return ToolOutcome(result, common_pb2.DECISION_ALLOW, approval_id, False, duration, request_id)
 
     async def _resolve(self, call: ToolCall, user: str) -> _Target:
         """The agent's version pins the tool (at an exact version), the action exists, and casbin

@@ -72,6 +72,14 @@ async def test_put_get_and_expiry(cache):
     assert await cache.get(key) is None
 
 
+async def test_add_stores_only_when_absent_and_delete_frees_the_key(cache):
+    assert await cache.add("claim", RESULT, 60)
+    assert not await cache.add("claim", CachedResult("other", 0, 0, "", ""), 60)
+    assert await cache.get("claim") == RESULT
+    await cache.delete("claim")
+    assert await cache.get("claim") is None and await cache.add("claim", RESULT, 60)
+
+
 async def test_memory_cache_is_bounded_lru():
     cache = MemoryResultCache(max_entries=2)
     for key in ("a", "b"):

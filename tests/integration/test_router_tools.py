@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,7 +25,7 @@ from services.router.views import AccessDecision
 
 
 class ToolServer:
-    """A ledger tool: records each call; `/fail` answers 500, `/bad` 400."""
+    """A ledger tool: records each call; `/fail` answers 500, `/bad` 400, `/slow` takes 0.3 s."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict]] = []
@@ -34,6 +35,8 @@ class ToolServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.calls.append((self.path, body))
+                if self.path == "/slow":
+                    time.sleep(0.3)
                 code = {"/fail": 500, "/bad": 400}.get(self.path, 200)
                 reply = (
                     {"ok": True, "owner_phone": "13812345678", "echo": body}
@@ -67,6 +70,7 @@ def ledger(url: str) -> registry_pb2.Tool:
             act(name="delete", risk=common_pb2.RISK_CLASS_DELETE, requires_approval=True),
             act(name="fail", risk=common_pb2.RISK_CLASS_READ),
             act(name="bad", risk=common_pb2.RISK_CLASS_READ),
+            act(name="slow", risk=common_pb2.RISK_CLASS_WRITE),
         ],
     )
 

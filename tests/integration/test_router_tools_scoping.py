@@ -4,14 +4,17 @@ the reader; a tool version pin cannot be bypassed. Against a real HTTP tool."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 
 from services.common import context as reqctx
-from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from services.router.privacy import AgentRedactors
-from services.router.result_cache import CacheKeys, MemoryResultCache
+from services.router.result_cache import CachedResult, CacheKeys, MemoryResultCache
+from services.router.tool_cache import RUNNING
 from services.router.tools import ToolCall, ToolInvoker
 
 from .test_router_tools import Events, FakeRegistry, Gate, ToolServer, ledger, rpa_agent
@@ -89,6 +92,30 @@ async def test_an_idempotency_key_is_per_user_and_bound_to_its_arguments(world):
     assert retried.cached and retried.result == first.result and len(server.calls) == 3
     with pytest.raises(InvalidArgument, match="the limit is 256"):
         await invoker.invoke(ToolCall("ledger", "write", {"entry": 1}, idempotency_key="k" * 257))
+
+
+async def test_a_duplicate_sent_while_the_first_runs_waits_for_its_result(world):
+    invoker, server, *_ = world
+    call = ToolCall("ledger", "slow", {"entry": 1}, idempotency_key="k2")
+    first, second = await asyncio.gather(invoker.invoke(call), invoker.invoke(call))
+    assert len(server.calls) == 1 and first.result == second.result
+    assert sorted([first.cached, second.cached]) == [False, True]
+
+
+async def test_a_failed_call_releases_its_key_and_a_stale_claim_is_waited_for_boundedly(world):
+    invoker, server, *_ = world
+    for _ in range(2):  # the second one runs again: the first did not keep the key
+        with pytest.raises(Unavailable, match="the tool failed"):
+            await invoker.invoke(ToolCall("ledger", "fail", {"n": 1}, idempotency_key="k3"))
+    assert len(server.calls) == 2
+    invoker.default_approval_wait_s = invoker.http_timeout_s = 0.05
+    scope = invoker.results.scope("rpa", "alice", "ledger", "1", "write", {"n": 2}, "k4")
+    assert await invoker.results.cache.add(
+        scope.idempotency_key, CachedResult("", 0, 0, RUNNING, "", scope.binding), 60
+    )
+    with pytest.raises(Unavailable, match="idempotency key 'k4' is still running"):
+        await invoker.invoke(ToolCall("ledger", "write", {"n": 2}, idempotency_key="k4"))
+    assert len(server.calls) == 2
 
 
 def v3(url: str) -> registry_pb2.Tool:
