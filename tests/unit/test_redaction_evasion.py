@@ -119,3 +119,11 @@ def test_streaming_holds_back_evasive_forms_split_across_chunks(value: str) -> N
         cut = 2 + split
         out = stream.feed(text[:cut]) + stream.feed(text[cut:]) + stream.flush()
         assert out == "电话[PHONE]，谢谢", (split, out)
+
+
+@pytest.mark.parametrize("text", [f"资料{ID}13812345678核对", f"订单0000{CARD}9999已付"])
+def test_streaming_finds_values_glued_into_digit_runs_fed_a_character_at_a_time(text: str) -> None:
+    r = redactor()
+    stream = StreamRedactor(r, holdback=24)
+    out = "".join(stream.feed(ch) for ch in text) + stream.flush()
+    assert out == r.redact(text).text
