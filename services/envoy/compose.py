@@ -18,6 +18,7 @@ from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, du
 COMPOSE_CERTS_DIR = "/etc/harness/certs"
 COMPOSE_LISTEN_PORT = 8443
 COMPOSE_ADMIN_PORT = 9901
+COMPOSE_STATS_PORT = 9902  # /stats/prometheus only, for the compose Prometheus
 # Ports the services listen on inside the compose network (the compose file must agree).
 COMPOSE_SERVICE_PORTS: dict[str, int] = {
     "router": 50051,
@@ -48,6 +49,7 @@ def compose_spec(idempotent_methods: Sequence[str] | None = None) -> EnvoySpec:
         listen_host="0.0.0.0",
         listen_port=COMPOSE_LISTEN_PORT,
         admin_port=COMPOSE_ADMIN_PORT,
+        stats_port=COMPOSE_STATS_PORT,
         certs=certs,
         # One DNS name per service; "router" resolves to every replica.
         upstreams={

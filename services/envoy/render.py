@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from services.envoy import stats
+
 RUNTIME_RL_ENABLED = "local_rate_limit_enabled"
 RUNTIME_RL_ENFORCED = "local_rate_limit_enforced"
 
@@ -94,6 +96,9 @@ class EnvoySpec:
     stream_idle_timeout_s: float = 300.0
     health_check_interval_s: float = 1.0
     rate_limit: RateLimit = RateLimit()
+    # A listener serving only /stats/prometheus (plain HTTP, on listen_host) for a Prometheus in
+    # another container; None = none (the local stack's Prometheus reads the admin port).
+    stats_port: int | None = None
 
     def __post_init__(self) -> None:
         missing = sorted({c for _, c in (*self.routes, *self.http_routes)} - set(self.upstreams))
@@ -396,6 +401,10 @@ def _cluster(spec: EnvoySpec, name: str, hosts: Sequence[tuple[str, int]]) -> di
 
 def render_envoy_config(spec: EnvoySpec) -> dict[str, Any]:
     """The full bootstrap as plain dicts (YAML/JSON-ready)."""
+    stats_listeners, stats_clusters = [], []
+    if spec.stats_port is not None:
+        stats_listeners = [stats.stats_listener(spec.listen_host, spec.stats_port)]
+        stats_clusters = [stats.admin_cluster(spec.admin_port)]
     return {
         "admin": {"address": _addr("127.0.0.1", spec.admin_port)},
         "layered_runtime": {
@@ -407,8 +416,11 @@ def render_envoy_config(spec: EnvoySpec) -> dict[str, Any]:
             ]
         },
         "static_resources": {
-            "listeners": [_listener(spec)],
-            "clusters": [_cluster(spec, name, hosts) for name, hosts in spec.upstreams.items()],
+            "listeners": [_listener(spec), *stats_listeners],
+            "clusters": [
+                *(_cluster(spec, name, hosts) for name, hosts in spec.upstreams.items()),
+                *stats_clusters,
+            ],
         },
     }
 

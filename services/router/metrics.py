@@ -71,6 +71,12 @@ class RouterMetrics:
             ["kind"],
             registry=registry,
         )
+        # Known label values start at 0, so dashboards and rate() see the series before the
+        # first event instead of "no data".
+        for slo_class in ("realtime", "interactive", "batch"):
+            self.shed.labels(slo_class)
+        for kind in ("hit", "coalesced"):
+            self.cache_hits.labels(kind)
 
     def observe_call(
         self,
@@ -89,8 +95,7 @@ class RouterMetrics:
             self.ttft.labels(*labels).observe(ttft_ms / 1000)
         if tbt_ms:
             self.tbt.labels(*labels).observe(tbt_ms / 1000)
-        if queue_s:
-            self.queue.labels(*labels).observe(queue_s)
+        self.queue.labels(*labels).observe(queue_s)  # 0 when not queued: percentiles cover every call
         if shed:
             self.shed.labels(labels[2]).inc()
         self.tokens.labels(*labels[:2], "input").inc(tokens[0])

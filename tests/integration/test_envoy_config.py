@@ -315,7 +315,7 @@ def test_compose_config_shape() -> None:
     assert (listener["address"], listener["port_value"]) == ("0.0.0.0", 8443)
     assert cfg["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
     clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
-    assert set(clusters) == {"router", "router_http", "registry", "pool", "audit", "cost"}
+    assert set(clusters) == {"router", "router_http", "registry", "pool", "audit", "cost", "envoy_admin"}
     router = clusters["router"]
     assert router["type"] == "STRICT_DNS"  # every replica behind the "router" DNS name
     (ep,) = router["load_assignment"]["endpoints"][0]["lb_endpoints"]
