@@ -9,6 +9,7 @@ from harness.registry.v1 import registry_pb2 as pb
 
 from services.cli import output
 from services.cli.base import Ctx, UsageError, short
+from services.common.access import policy_subject
 
 # --- models and tools -----------------------------------------------------------------------
 
@@ -73,14 +74,22 @@ def tools_list(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 def policy_rule(ptype: str, values: list[str]) -> pb.PolicyRule:
-    """The registry validates the values; the CLI only checks the rule kind and the count."""
+    """The registry validates the values; the CLI checks the rule kind and the count, and writes
+    the subject as the registry stores it (a bare name is `user:<name>`)."""
     if ptype not in ("p", "g"):
         raise UsageError(f"rule kind must be p (policy) or g (role assignment), got {ptype!r}")
     counts = (4, 5) if ptype == "p" else (3,)
     if len(values) not in counts:
         shape = "SUBJECT DOMAIN OBJECT ACTION [allow|deny]" if ptype == "p" else "SUBJECT ROLE DOMAIN"
         raise UsageError(f"a {ptype!r} rule is: {ptype} {shape} (got {len(values)} values)")
-    return pb.PolicyRule(ptype=ptype, values=values)
+    return pb.PolicyRule(ptype=ptype, values=[_subject(values[0]), *values[1:]])
+
+
+def _subject(value: str) -> str:
+    try:
+        return policy_subject(value) if value else value
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def rule_csv(rule: pb.PolicyRule) -> str:
@@ -116,14 +125,13 @@ def policies_remove(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 def policies_check(ctx: Ctx, args: argparse.Namespace) -> int:
-    req = pb.CheckAccessRequest(
-        subject=args.subject, domain=args.domain, object=args.object, action=args.action
-    )
+    subject = _subject(args.subject)
+    req = pb.CheckAccessRequest(subject=subject, domain=args.domain, object=args.object, action=args.action)
     resp = ctx.call("CheckAccess", req)
 
     def human(r) -> None:
         verdict = "allowed" if r.allowed else "denied"
-        print(f"{verdict}: {args.subject} {args.action} {args.object} in {args.domain}")
+        print(f"{verdict}: {subject} {args.action} {args.object} in {args.domain}")
         print(f"rule: {r.rule or '(none matched: default deny)'}")
 
     ctx.emit(resp, human)
@@ -160,13 +168,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         p = t.add_parser(
             name,
             parents=[common],
-            help=f"{verb} a rule: p SUBJECT DOMAIN OBJECT ACTION [allow|deny] | g SUBJECT ROLE DOMAIN",
+            help=f"{verb} a rule: p SUBJECT DOMAIN OBJECT ACTION [allow|deny] | g SUBJECT ROLE DOMAIN "
+            "(SUBJECT: user:<name> (a bare name is a user), role:<name> or agent:<name>)",
         )
         p.add_argument("ptype", metavar="p|g")
         p.add_argument("values", nargs="+", metavar="VALUE")
         p.set_defaults(handler=handler)
     p = t.add_parser("check", parents=[common], help="may SUBJECT do ACTION on OBJECT in DOMAIN?")
-    p.add_argument("subject", help="user, agent:<name> or role:<name>")
+    p.add_argument("subject", help="user:<name> (a bare name is a user), agent:<name> or role:<name>")
     p.add_argument("domain", help="project")
     p.add_argument("object", help="agent:<name>, model:<name>, tool:<name>")
     p.add_argument("action", help="invoke, read, write, delete")

@@ -35,6 +35,39 @@ m = g(r.sub, p.sub, r.dom) && (r.dom == p.dom || p.dom == "*") && keyMatch(r.obj
 
 _EXPLAINER = AllowOverrideEffector()
 
+# Subjects are namespaced, so that no credential can name another kind of subject: a user
+# (JWT subject or API key owner) is always `user:<name>`, whatever characters the name holds.
+USER, ROLE, AGENT = "user:", "role:", "agent:"
+SUBJECT_PREFIXES = (USER, ROLE, AGENT)
+
+
+def user_subject(name: str) -> str:
+    """The casbin subject of an end user (a token's `sub` is never used as is)."""
+    return USER + name
+
+
+def agent_subject(name: str) -> str:
+    return AGENT + name
+
+
+def policy_subject(value: str) -> str:
+    """A subject as an admin writes it: `user:`, `role:` or `agent:` kept, a bare name is a
+    user (how rules were written before subjects were namespaced). Raises ValueError for an
+    unknown `kind:` prefix."""
+    if value.startswith(SUBJECT_PREFIXES):
+        return value
+    if ":" in value:
+        raise ValueError(
+            f"subject {value!r} has an unknown kind: write user:<name>, role:<name> or agent:<name>"
+        )
+    return USER + value
+
+
+def subject_label(subject: str) -> str:
+    """How a subject reads in a message: "user 'alice'", "agent 'demo-agent'"."""
+    kind, _, name = subject.partition(":")
+    return f"{kind} {name!r}" if kind in ("user", "role", "agent") and name else repr(subject)
+
 
 def new_model() -> CasbinModel:
     model = CasbinModel()

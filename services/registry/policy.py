@@ -1,6 +1,7 @@
 """Authorization policy: casbin RBAC with domains, stored in the registry's own database.
 
-Subjects are users, `role:<name>` and `agent:<name>`; domains are projects; objects are
+Subjects are `user:<name>`, `role:<name>` and `agent:<name>` (a bare name in a rule or a check
+is a user; see access.policy_subject); domains are projects; objects are
 `agent:<name>`, `model:<name>`, `tool:<name>` (with `*` wildcards, keyMatch); actions are
 invoke/read/write/delete. A request is allowed when some allow rule matches and no deny rule
 does, so a deny always wins. Routers evaluate the same model text against their cached copy,
@@ -18,7 +19,7 @@ from casbin_sqlalchemy_adapter import Adapter, CasbinRule
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from services.common.access import explain, new_model
+from services.common.access import explain, new_model, policy_subject
 from services.common.errors import InvalidArgument
 from services.registry import domain as d
 from services.registry.limits import check_policy_values
@@ -35,6 +36,12 @@ def normalize_rule(rule: d.PolicyRule) -> d.PolicyRule:
     """Validates a rule; a 4-value "p" rule gets the effect "allow"."""
     values = tuple(rule.values)
     check_policy_values(values)
+    if values and values[0]:  # the first value of both rule kinds is a subject
+        try:
+            values = (policy_subject(values[0]), *values[1:])
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        check_policy_values(values)  # the user: prefix counts toward the stored length
     for v in values:
         if not _VALUE.match(v):
             raise InvalidArgument(
@@ -183,6 +190,10 @@ class Policy:
         for name, value in (("subject", sub), ("domain", dom), ("object", obj), ("action", act)):
             if not value:
                 raise InvalidArgument(f"CheckAccess needs a {name}")
+        try:
+            sub = policy_subject(sub)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
         with self._lock:
             self._refresh()
             allowed, rule = explain(self._enforcer, sub, dom, obj, act)

@@ -20,6 +20,7 @@ from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 
 from services.common import context as reqctx
+from services.common.access import agent_subject, subject_label, user_subject
 from services.common.errors import (
     FailedPrecondition,
     HarnessError,
@@ -221,8 +222,8 @@ class Router:
             )
         team = await self.registry.project_team(agent.project)
         facts = records.CallFacts(ctx, agent.name, version_label, agent.project, model=model_name, team=team)
-        decision = await self._authorize(facts, ident.user, f"agent:{agent.name}")
-        await self._authorize(facts, f"agent:{agent.name}", f"model:{model_name}")
+        decision = await self._authorize(facts, user_subject(ident.user), f"agent:{agent.name}")
+        await self._authorize(facts, agent_subject(agent.name), f"model:{model_name}")
 
         catalog_model = await self.registry.model(model_name)
         max_tokens = inp.max_tokens or version.default_sampling.max_tokens or self.policy.default_max_tokens
@@ -383,7 +384,7 @@ class Router:
             who = "user" if not subject.startswith("agent:") else "agent"
             self.metrics.authz_denials.labels(facts.agent, who).inc()
             raise PermissionDenied(
-                f"{who} {subject.removeprefix('agent:')!r} may not invoke {obj} in project {facts.project!r}; "
+                f"{subject_label(subject)} may not invoke {obj} in project {facts.project!r}; "
                 "ask a project admin for a policy"
             )
         return decision

@@ -28,6 +28,7 @@ from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 
 from services.common import context as reqctx
+from services.common.access import agent_subject, subject_label, user_subject
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -252,8 +253,8 @@ class ToolInvoker:
             )
         risk = RISK.get(action.risk, "write")  # an unclassified action is treated as a write
         facts = records.CallFacts(**{**facts.__dict__, "tool": f"{tool.name}@{tool.version}"})
-        await self._authorize(facts, user, f"agent:{agent.name}", "invoke")
-        decision = await self._authorize(facts, f"agent:{agent.name}", f"tool:{tool.name}", risk)
+        await self._authorize(facts, user_subject(user), f"agent:{agent.name}", "invoke")
+        decision = await self._authorize(facts, agent_subject(agent.name), f"tool:{tool.name}", risk)
         facts = records.CallFacts(**{**facts.__dict__, "rule": decision.rule})
         return _Target(agent, tool, action, risk, facts)
 
@@ -367,7 +368,7 @@ class ToolInvoker:
             denied = records.CallFacts(**{**facts.__dict__, "rule": decision.rule})
             self.events.emit_audit(records.authz_denied_event(denied, obj, act))
             raise PermissionDenied(
-                f"{subject.removeprefix('agent:')!r} may not {act} {obj} in project {facts.project!r}; "
+                f"{subject_label(subject)} may not {act} {obj} in project {facts.project!r}; "
                 "ask a project admin for a policy"
             )
         return decision

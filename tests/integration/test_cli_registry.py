@@ -190,7 +190,9 @@ async def test_policies_add_check_remove(cli):
     assert (await cli("policies", "add", "g", "bob", "role:analyst", "ledger")).rc == 0
 
     res = await cli("policies", "check", "bob", "ledger", "agent:demo-agent", "invoke")
-    assert res.rc == 0 and res.out.startswith("allowed:") and "role:analyst" in res.out
+    assert res.rc == 0 and res.out.startswith("allowed: user:bob ") and "role:analyst" in res.out
+    res = await cli("policies", "add", "g", "team:finance", "role:analyst", "ledger")
+    assert res.rc == 2 and "unknown kind" in res.err  # a bare name is a user; other kinds are refused
     check = (await cli("policies", "check", "bob", "ledger", "agent:demo-agent", "invoke", "--json")).json()
     assert check["allowed"] is True and "role:analyst" in check["rule"]
     res = await cli("policies", "check", "mallory", "ledger", "agent:demo-agent", "invoke", "--exit-code")
@@ -201,7 +203,7 @@ async def test_policies_add_check_remove(cli):
     assert denied["allowed"] is False
 
     rules = (await cli("policies", "list", "--domain", "ledger", "--json")).json()["rules"]
-    assert {"ptype": "g", "values": ["bob", "role:analyst", "ledger"]} in rules
+    assert {"ptype": "g", "values": ["user:bob", "role:analyst", "ledger"]} in rules
     res = await cli("policies", "add", "p", "role:analyst", "ledger", "agent:demo-agent", "fly")
     assert res.rc == 1 and "INVALID_ARGUMENT" in res.err
     res = await cli("policies", "add", "x", "a", "b", "c")

@@ -283,7 +283,11 @@ async def test_check_access_names_the_rule(demo, admin, bob):
         True,
         "p, agent:demo-agent, ledger, model:llama-3-8b, invoke, allow",
     )
-    assert await check("mallory") == (False, "p, mallory, ledger, agent:*, invoke, deny")
+    assert await check("mallory") == (False, "p, user:mallory, ledger, agent:*, invoke, deny")
+    assert await check("user:mallory") == (False, "p, user:mallory, ledger, agent:*, invoke, deny")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await check("team:finance")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown kind" in err.value.details()
     assert await check("eve") == (False, "")
     g_bob = pb.PolicyRule(ptype="g", values=["bob", "role:analyst", "ledger"])
     assert (await stub.RemovePolicy(pb.RemovePolicyRequest(rule=g_bob), metadata=admin)).removed

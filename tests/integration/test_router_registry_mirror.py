@@ -94,8 +94,10 @@ async def test_snapshot_holds_agents_models_and_rules(setup):
     assert (
         decision.allowed and decision.rule == "p, agent:demo-agent, ledger, model:llama-3-8b, invoke, allow"
     )
-    assert (await mirror.check("bob", "ledger", "agent:demo-agent", "invoke")).allowed  # via role:analyst
-    assert not (await mirror.check("mallory", "ledger", "agent:demo-agent", "invoke")).allowed
+    assert (
+        await mirror.check("user:bob", "ledger", "agent:demo-agent", "invoke")
+    ).allowed  # via role:analyst
+    assert not (await mirror.check("user:mallory", "ledger", "agent:demo-agent", "invoke")).allowed
     with pytest.raises(NotFound, match="not registered"):
         await mirror.agent("ghost")
 

@@ -55,10 +55,12 @@ def _tables(engine) -> set[str]:
 def test_upgrade_from_empty_then_downgrade_to_base(engine):
     assert _tables(engine) == set() and migrate.current(engine) is None
     migrate.upgrade(engine)
-    assert migrate.current(engine) == migrate.head() == "0004"
+    assert migrate.current(engine) == migrate.head() == "0005"
     assert _tables(engine) == TABLES
     assert migrate.diff(engine) == []  # autogenerate finds nothing: migrations == models
 
+    migrate.downgrade(engine, "0004")
+    assert migrate.current(engine) == "0004" and _tables(engine) == TABLES
     migrate.downgrade(engine, "0003")
     assert migrate.current(engine) == "0003" and _tables(engine) == TABLES - {"audit_cursor"}
     assert {c["name"] for c in inspect(engine).get_columns("changes")}.isdisjoint(ACTOR_COLUMNS)
@@ -92,7 +94,7 @@ def test_store_migrates_on_open_and_reopens(db_url):
     try:
         assert migrate.current(store.engine) == migrate.head()
         assert [t.name for t in store.list_teams(d.Page())[0]] == ["finance"]
-        assert [r.csv() for r in Policy(store).list()] == ["g, alice, role:a, ledger"]
+        assert [r.csv() for r in Policy(store).list()] == ["g, user:alice, role:a, ledger"]
     finally:
         store.close()
 
@@ -130,9 +132,43 @@ def test_pre_migration_database_is_adopted(engine, db_url):
 
 def test_ops_command_line(db_url, capsys):
     migrate.main(["--db-url", db_url, "upgrade"])
-    assert capsys.readouterr().out.strip() == "0004 (head 0004)"
+    assert capsys.readouterr().out.strip() == "0005 (head 0005)"
     with pytest.raises(SystemExit) as done:
         migrate.main(["--db-url", db_url, "check"])
     assert done.value.code == 0 and "in sync" in capsys.readouterr().out
     migrate.main(["--db-url", db_url, "downgrade"])
-    assert capsys.readouterr().out.strip() == "(empty) (head 0004)"
+    assert capsys.readouterr().out.strip() == "(empty) (head 0005)"
+
+
+def test_bare_user_subjects_are_namespaced_and_the_change_is_logged(engine):
+    """0005: rules written with a bare user name become user:<name>; routers resuming their
+    watch from an older revision get the rewrite as a delete of the old rule and an add."""
+    migrate.upgrade(engine, "0004")
+    rows = [
+        ("p", "bob", "ledger", "agent:demo-agent", "invoke", "allow"),
+        ("g", "alice", "role:analyst", "ledger", None, None),
+        ("p", "role:analyst", "ledger", "agent:*", "invoke", "allow"),
+        ("p", "agent:demo-agent", "ledger", "model:m", "invoke", "allow"),
+        ("g", "user:carol", "role:analyst", "ledger", None, None),
+    ]
+    with engine.begin() as conn:
+        for row in rows:
+            conn.execute(
+                text("INSERT INTO casbin_rule (ptype, v0, v1, v2, v3, v4) VALUES (:p, :a, :b, :c, :d, :e)"),
+                dict(zip("pabcde", row, strict=True)),
+            )
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        subjects = sorted(r[0] for r in conn.execute(text("SELECT v0 FROM casbin_rule")))
+        changes = conn.execute(text("SELECT key, deleted FROM changes ORDER BY revision")).all()
+    assert subjects == ["agent:demo-agent", "role:analyst", "user:alice", "user:bob", "user:carol"]
+    assert sorted((key, bool(deleted)) for key, deleted in changes) == [
+        ("g, alice, role:analyst, ledger", True),
+        ("g, user:alice, role:analyst, ledger", False),
+        ("p, bob, ledger, agent:demo-agent, invoke, allow", True),
+        ("p, user:bob, ledger, agent:demo-agent, invoke, allow", False),
+    ]
+    migrate.downgrade(engine, "0004")
+    with engine.connect() as conn:
+        subjects = sorted(r[0] for r in conn.execute(text("SELECT v0 FROM casbin_rule")))
+    assert subjects == ["agent:demo-agent", "alice", "bob", "carol", "role:analyst"]

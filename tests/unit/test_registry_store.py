@@ -189,7 +189,7 @@ def test_policy_decisions_name_the_rule(seeded):
     )
     assert policy.check("mallory", "ledger", "agent:demo-agent", "invoke") == (
         False,
-        "p, mallory, ledger, agent:demo-agent, invoke, deny",
+        "p, user:mallory, ledger, agent:demo-agent, invoke, deny",
     )
     assert policy.check("bob", "ledger", "agent:demo-agent", "invoke") == (False, "")
     assert policy.check("alice", "other", "agent:demo-agent", "invoke") == (False, "")
@@ -202,7 +202,7 @@ def test_policy_decisions_name_the_rule(seeded):
     assert not policy.remove(d.PolicyRule("g", ("alice", "role:analyst", "ledger")))
     assert replica.check("alice", "ledger", "agent:demo-agent", "invoke") == (False, "")
     ledger_rules = {r.csv() for r in replica.list("ledger")}
-    assert "g, mallory, role:analyst, ledger" in ledger_rules and len(ledger_rules) == 3
+    assert "g, user:mallory, role:analyst, ledger" in ledger_rules and len(ledger_rules) == 3
 
 
 @pytest.mark.parametrize(
