@@ -33,6 +33,7 @@ from services.common.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from services.common.limits import check_struct
 
 A = approvals.c
 S = audit_pb2
@@ -207,6 +208,7 @@ class Approvals:
             raise InvalidArgument("ttl must be positive")
         if ttl > MAX_TTL_US:
             raise InvalidArgument("ttl must be at most 7 days")
+        check_struct("approval.arguments", a.arguments, max_bytes=MAX_ARGUMENTS)
         arguments = _struct_json(a.arguments)
         if len(arguments.encode()) > MAX_ARGUMENTS:
             raise InvalidArgument(f"approval.arguments is larger than {MAX_ARGUMENTS} bytes of JSON")

@@ -32,11 +32,13 @@ from services.common import audit_chain as chain
 from services.common.checkpoints import SignedCheckpoint
 from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument
+from services.common.limits import check_struct, page_offset, timestamp_us
 
 T = audit_records.c
 # pg_advisory_xact_lock key of the chain ("HARNESSA" as a big-endian int64).
 CHAIN_LOCK_KEY = int.from_bytes(b"HARNESSA", "big")
 MAX_EVENT_ID = 128
+MAX_DETAILS_BYTES = 64 * 1024
 DEFAULT_PAGE, MAX_PAGE = 50, 1000
 # AuditFilter fields that compare equal to a column of the same name.
 STRING_FILTERS = (
@@ -87,6 +89,9 @@ def validate_events(events: Sequence[common_pb2.AuditEvent], first_index: int = 
             raise InvalidArgument(f"event {i}: event_id is longer than {MAX_EVENT_ID} characters")
         if event.kind == common_pb2.AUDIT_EVENT_KIND_UNSPECIFIED:
             raise InvalidArgument(f"event {i} ({event.event_id}): kind is required")
+        if event.HasField("time"):
+            timestamp_us(f"event {i} ({event.event_id}): time", event.time)
+        check_struct(f"event {i} ({event.event_id}): details", event.details, max_bytes=MAX_DETAILS_BYTES)
 
 
 def filter_conditions(flt: audit_pb2.AuditFilter) -> list:
@@ -101,9 +106,9 @@ def filter_conditions(flt: audit_pb2.AuditFilter) -> list:
     if flt.decision:
         conds.append(T.decision == flt.decision)
     if flt.HasField("start_time"):
-        conds.append(T.time_us >= chain.ts_to_us(flt.start_time))
+        conds.append(T.time_us >= timestamp_us("filter.start_time", flt.start_time))
     if flt.HasField("end_time"):
-        conds.append(T.time_us < chain.ts_to_us(flt.end_time))
+        conds.append(T.time_us < timestamp_us("filter.end_time", flt.end_time))
     return conds
 
 
@@ -114,15 +119,7 @@ def parse_page(page: common_pb2.PageRequest) -> tuple[int, int]:
     size = min(page.page_size or DEFAULT_PAGE, MAX_PAGE)
     if not page.page_token:
         return size, 0
-    try:
-        after = int(page.page_token)
-    except ValueError:
-        raise InvalidArgument(
-            f"page.page_token {page.page_token!r} is not a token from this service"
-        ) from None
-    if after < 0:
-        raise InvalidArgument("page.page_token must not be negative")
-    return size, after
+    return size, page_offset(page.page_token)
 
 
 class AuditStore:

@@ -64,6 +64,12 @@ def timestamp(field: str, ts: Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
 
 
+def timestamp_us(field: str, ts: Timestamp) -> int:
+    """A Timestamp as integer microseconds since the epoch, in [MIN_TIME, MAX_TIME]."""
+    timestamp(field, ts)
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
 def page_offset(token: str, limit: int = 2**62) -> int:
     """A page token that is a plain offset (as the servers issue it)."""
     if not token.isdigit() or not token.isascii() or len(token) > 19 or int(token) > limit:

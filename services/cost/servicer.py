@@ -10,13 +10,13 @@ from prometheus_client import CollectorRegistry
 
 from services.common.context import Identity, current_identity
 from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from services.common.limits import timestamp_us
 from services.common.server import Registrar, RunningServer, open_channel, registrar, start_server_owning
 from services.cost import advisor
 from services.cost.alert_delivery import AlertDelivery
 from services.cost.config import CostConfig
 from services.cost.metrics import CostMetrics
 from services.cost.store import CostStore
-from services.cost.validation import ts_to_us
 from services.cost.webhooks import WebhookPolicy, WebhookRefused
 
 SERVICE_NAME = cost_pb2.DESCRIPTOR.services_by_name["Cost"].full_name
@@ -91,7 +91,7 @@ class CostServicer(cost_pb2_grpc.CostServicer):
     async def ListPrices(self, request: cost_pb2.ListPricesRequest, context) -> cost_pb2.ListPricesResponse:
         """All price versions, or only those in force at `at_time`."""
         require_reader(current_identity(), "read prices")
-        at = ts_to_us(request.at_time) if request.HasField("at_time") else None
+        at = timestamp_us("at_time", request.at_time) if request.HasField("at_time") else None
         return cost_pb2.ListPricesResponse(prices=await self._store.list_prices(at))
 
     async def SetBudget(self, request: cost_pb2.SetBudgetRequest, context) -> cost_pb2.SetBudgetResponse:
@@ -127,8 +127,8 @@ class CostServicer(cost_pb2_grpc.CostServicer):
     async def Report(self, request: cost_pb2.ReportRequest, context) -> cost_pb2.ReportResponse:
         """Ledger totals over [start_time, end_time) grouped by the requested dimensions."""
         require_reader(current_identity(), "read cost reports")
-        start = ts_to_us(request.start_time) if request.HasField("start_time") else 0
-        end = ts_to_us(request.end_time) if request.HasField("end_time") else None
+        start = timestamp_us("start_time", request.start_time) if request.HasField("start_time") else 0
+        end = timestamp_us("end_time", request.end_time) if request.HasField("end_time") else None
         return await self._store.report(list(request.group_by), start, end)
 
     async def Advise(self, request: cost_pb2.AdviseRequest, context) -> cost_pb2.AdviseResponse:

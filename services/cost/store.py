@@ -24,11 +24,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument, NotFound
+from services.common.limits import check_range, timestamp_us
 from services.common.pricing import PriceBook, local_day, period_bounds, price_event, to_us
 from services.cost import aggregates, migrate
 from services.cost.alerts import AlertBook, AlertRow
 from services.cost.models import budgets, ledger, prices
-from services.cost.validation import ts_to_us, us_to_ts, validate_budget, validate_usage
+from services.cost.validation import MAX_MICRO_USD, ts_to_us, us_to_ts, validate_budget, validate_usage
 
 log = logging.getLogger("harness.cost.store")
 L = ledger.c
@@ -99,8 +100,13 @@ class CostStore:
             raise InvalidArgument("price.subject is required (model name, GPU type or tool name)")
         if price.micro_usd < 0:
             raise InvalidArgument("price.micro_usd must not be negative")
+        check_range("price.micro_usd", price.micro_usd, 0, MAX_MICRO_USD)
         now = self._now_us()
-        effective = ts_to_us(price.effective_time) if price.HasField("effective_time") else now
+        effective = (
+            timestamp_us("price.effective_time", price.effective_time)
+            if price.HasField("effective_time")
+            else now
+        )
         values = {"kind": price.kind, "subject": price.subject, "micro_usd": price.micro_usd}
         stmt = self._insert(prices).values(**values, effective_us=effective, set_us=now)
         stmt = stmt.on_conflict_do_update(
@@ -174,7 +180,7 @@ class CostStore:
 
     def _ledger_row(self, ev: common_pb2.UsageEvent, book: PriceBook, now: int) -> dict:
         # An event without a time is priced and dated at receipt (the router always sets it).
-        time_us = ts_to_us(ev.time) if ev.HasField("time") else now
+        time_us = ts_to_us(ev.time) if ev.HasField("time") else now  # checked by validate_usage
         priced = price_event(ev, time_us, book)
         a, c, u = ev.actor, ev.correlation, ev.usage
         return {

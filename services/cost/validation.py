@@ -10,8 +10,13 @@ from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.limits import check_range, timestamp_us
 
 MAX_EVENT_ID = 128
+# Per usage event: more would be a bug or a probe, and the ledger's sums must stay in int64.
+MAX_TOKENS = 10**9
+MAX_GPU_SECONDS = 10**7
+MAX_MICRO_USD = 10**12  # a price or a budget limit: a million dollars
 DEFAULT_ALERT_PERCENT = (50, 80, 95)
 SCOPES = (
     cost_pb2.BUDGET_SCOPE_USER,
@@ -41,6 +46,11 @@ def validate_usage(events: Sequence[common_pb2.UsageEvent], first_index: int = 0
             raise InvalidArgument(f"event {i} ({ev.event_id}): token counts must not be negative")
         if not math.isfinite(u.gpu_seconds) or u.gpu_seconds < 0:
             raise InvalidArgument(f"event {i} ({ev.event_id}): gpu_seconds must be a finite number >= 0")
+        check_range(f"event {i} ({ev.event_id}): gpu_seconds", u.gpu_seconds, 0, MAX_GPU_SECONDS)
+        for name in ("input_tokens", "output_tokens", "cached_input_tokens"):
+            check_range(f"event {i} ({ev.event_id}): {name}", getattr(u, name), 0, MAX_TOKENS)
+        if ev.HasField("time"):
+            timestamp_us(f"event {i} ({ev.event_id}): time", ev.time)
 
 
 def validate_budget(b: cost_pb2.Budget) -> tuple[int, ...]:
@@ -57,6 +67,7 @@ def validate_budget(b: cost_pb2.Budget) -> tuple[int, ...]:
         )
     if b.limit_micro_usd <= 0:
         raise InvalidArgument("budget.limit_micro_usd must be > 0")
+    check_range("budget.limit_micro_usd", b.limit_micro_usd, 1, MAX_MICRO_USD)
     if any(p <= 0 or p > 100 for p in b.alert_percent):
         raise InvalidArgument("budget.alert_percent values must be in 1..100")
     if b.webhook_url and not b.webhook_url.startswith(("http://", "https://")):

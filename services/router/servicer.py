@@ -10,6 +10,7 @@ from google.protobuf import json_format
 from harness.common.v1 import common_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
+from services.common.limits import check_struct, duration_seconds
 from services.router.core import GenerationInput, GenerationResult, Router
 from services.router.tools import ToolCall, ToolInvoker
 
@@ -43,6 +44,10 @@ def to_summary(r: GenerationResult) -> router_pb2.GenerationSummary:
     )
 
 
+MAX_TOOL_ARGUMENTS_BYTES = 64 * 1024  # router.proto says the same
+MAX_APPROVAL_WAIT_S = 600.0
+
+
 class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(self, router: Router, tools: ToolInvoker) -> None:
         self._router = router
@@ -52,13 +57,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.InvokeToolRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.InvokeToolResponse:
         """Calls a catalog tool's action for the calling agent: policy, approval, cache, audit."""
+        check_struct("arguments", request.arguments, max_bytes=MAX_TOOL_ARGUMENTS_BYTES)
         call = ToolCall(
             tool=request.tool,
             action=request.action,
             arguments=json_format.MessageToDict(request.arguments),
             version=request.version,
             idempotency_key=request.idempotency_key,
-            approval_wait_s=request.approval_wait.ToNanoseconds() / 1e9,
+            approval_wait_s=duration_seconds("approval_wait", request.approval_wait, MAX_APPROVAL_WAIT_S),
         )
         outcome = await self._tools.invoke(call)
         resp = router_pb2.InvokeToolResponse(
