@@ -5,8 +5,11 @@ user's JWT as the API key. Same identity, policy, redaction, audit and cost as t
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import httpx2
@@ -162,3 +165,14 @@ def test_curl_shows_the_event_stream_over_http1(stack):
     assert out.returncode == 0, out.stderr
     events = [line for line in out.stdout.splitlines() if line.startswith("data: ")]
     assert '"object":"chat.completion.chunk"' in events[0] and events[-1] == "data: [DONE]"
+
+
+def test_the_readme_snippet_runs_as_printed(stack):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("<!-- openai-snippet -->", 1)[1].split("<!-- /openai-snippet -->", 1)[0]
+    code = block.split("```python\n", 1)[1].rsplit("```", 1)[0]
+    env = {**os.environ, **stack.env, "HARNESS_TOKEN": stack.token("alice")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    assert len(lines) == 3, out.stdout  # the answer, the streamed answer, LangChain's answer

@@ -141,7 +141,7 @@ async def test_chat_completion_through_envoy_records_one_audit_and_one_usage_eve
     [usage] = front.events.usage
     assert usage.correlation.session_id == "s-42" and usage.usage.output_tokens == 6
     count = front.metrics.get_sample_value(
-        "harness_router_requests_total", {"outcome": "OK", "frontdoor": "openai"}
+        "harness_router_requests_total", {"agent": "a1", "outcome": "OK", "frontdoor": "openai"}
     )
     assert count and count >= 1
 
