@@ -15,7 +15,15 @@ from pathlib import Path
 
 import grpc
 
-from services.cli import agent_cmds, approvals_cmds, audit_cmds, catalog_cmds, cost_cmds, tenancy_cmds
+from services.cli import (
+    agent_cmds,
+    approvals_cmds,
+    audit_cmds,
+    catalog_cmds,
+    cost_cmds,
+    tenancy_cmds,
+    top_cmds,
+)
 from services.cli.base import Ctx, UsageError
 from services.cli.connect import ConfigError, add_connection_args, resolve
 
@@ -63,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_up)
     common = argparse.ArgumentParser(add_help=False)
     add_connection_args(common)
-    for module in (agent_cmds, tenancy_cmds, catalog_cmds, audit_cmds, approvals_cmds, cost_cmds):
+    for module in (agent_cmds, tenancy_cmds, catalog_cmds, audit_cmds, approvals_cmds, cost_cmds, top_cmds):
         module.register(sub, common)
     return parser
 

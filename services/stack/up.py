@@ -394,6 +394,11 @@ class Stack:
             "HARNESS_TRITON_ADDRS": ",".join(sim.address for sim in self.sims),
             "HARNESS_TRITON_METRICS": ",".join(sim.metrics_url for sim in self.sims),
         }
+        p = self.cfg.ports  # for `harness top`
+        env["HARNESS_ROUTER_METRICS"] = ",".join(
+            f"http://127.0.0.1:{port}/metrics" for port in p.router_metrics
+        )
+        env["HARNESS_COST_METRICS"] = f"http://127.0.0.1:{p.cost_metrics}/metrics"
         if self.cfg.prometheus:
             env["HARNESS_PROMETHEUS_URL"] = self.prometheus_url
         self.paths.env_file.write_text(env_file_text(env))
