@@ -125,11 +125,11 @@ class OpenAIFrontDoor:
     async def list_models(self, request: Request) -> Response:
         models = await self.router.allowed_models()
         data = [wire.model_object(m.name) for m in models]
-        return Response(wire._dumps({"object": "list", "data": data}), media_type=JSON)
+        return Response(wire.dumps({"object": "list", "data": data}), media_type=JSON)
 
     async def get_model(self, request: Request) -> Response:
         model = await self._model(request.path_params["model_id"])
-        return Response(wire._dumps(wire.model_object(model)), media_type=JSON)
+        return Response(wire.dumps(wire.model_object(model)), media_type=JSON)
 
     async def _model(self, name: str) -> str:
         """The catalog name of a model the calling agent may use (by catalog or Triton name)."""

@@ -20,7 +20,7 @@ from services.router.core import GenerationResult
 DONE = b"data: [DONE]\n\n"
 
 
-def _dumps(obj: Any) -> str:
+def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -50,7 +50,7 @@ class Shape:
         self.include_usage = include_usage
         head = {"id": self.id, "object": self.object_chunk, "created": self.created, "model": model}
         # Everything before the choices; usage is null on every chunk but the last when asked for.
-        self._head = _dumps(head)[:-1] + ',"system_fingerprint":null'
+        self._head = dumps(head)[:-1] + ',"system_fingerprint":null'
         if include_usage:
             self._head += ',"usage":null'
         self._delta_prefix, self._delta_suffix = self._delta_frame()
@@ -62,20 +62,20 @@ class Shape:
         raise NotImplementedError
 
     def _event(self, choices: list[dict[str, Any]], extra: str = "") -> bytes:
-        return f'data: {self._head},{extra}"choices":{_dumps(choices)}}}\n\n'.encode()
+        return f'data: {self._head},{extra}"choices":{dumps(choices)}}}\n\n'.encode()
 
     def start(self) -> bytes:
         """The first event, before any text (chat sends the assistant role there)."""
         return b""
 
     def delta(self, text: str) -> bytes:
-        return f"{self._delta_prefix}{_dumps(text)}{self._delta_suffix}".encode()
+        return f"{self._delta_prefix}{dumps(text)}{self._delta_suffix}".encode()
 
     def end(self, result: GenerationResult) -> bytes:
         out = self._event([self._choice(None, finish_reason(result))])
         if self.include_usage:
             head = self._head.removesuffix(',"usage":null')
-            out += f'data: {head},"choices":[],"usage":{_dumps(usage(result))}}}\n\n'.encode()
+            out += f'data: {head},"choices":[],"usage":{dumps(usage(result))}}}\n\n'.encode()
         return out + DONE
 
     def whole(self, text: str, result: GenerationResult) -> bytes:
@@ -88,7 +88,7 @@ class Shape:
             "usage": usage(result),
             "system_fingerprint": None,
         }
-        return _dumps(body).encode()
+        return dumps(body).encode()
 
 
 class ChatShape(Shape):
