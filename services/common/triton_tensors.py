@@ -101,6 +101,7 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     *PERF_METRIC_OUTPUTS,
 )
 _INPUTS_BY_NAME = {t.name: t for t in INPUTS}
+_REQUIRED_INPUTS = sum(1 for t in INPUTS if not t.optional)
 _OUTPUT_NAMES = {t.name for t in OUTPUTS}
 _OUTPUT_DTYPES = {t.name: t.datatype for t in OUTPUTS}
 _PACK = {"INT32": struct.Struct("<i").pack, "INT64": struct.Struct("<q").pack}
@@ -154,9 +155,10 @@ def decode_inputs(request: pb.ModelInferRequest, spec: TensorModel) -> dict[str,
         )
     names = [t.name for t in request.inputs]
     missing = [t.name for t in INPUTS if not t.optional and t.name not in names]
-    if missing:
+    if missing:  # Triton states the count it expects first, then names what is missing
         raise TensorError(
-            f"expected {len(missing) + len(names)} inputs but got {len(names)} inputs for model '{model}'. "
+            f"expected number of inputs between {_REQUIRED_INPUTS} and {len(INPUTS)} but got "
+            f"{len(names)} inputs for model '{model}'. "
             f"Got input(s) {names}, but missing required input(s) {missing}. "
             "Please provide all required input(s)."
         )

@@ -4,7 +4,10 @@
 
 It serves two Python-backend models with the TensorRT-LLM ensemble's exact tensors (names,
 dtypes, shapes, batch dimension first): ``llama-3-8b-instruct`` (decoupled: one response per
-token, ModelStreamInfer only) and ``llama-3-8b-instruct-awq`` (not decoupled). The text is the
+token, ModelStreamInfer only), ``llama-3-8b-instruct-awq`` and ``llama-3-8b-instruct-spare``
+(not decoupled). Unlike TensorRT-LLM, a PyTriton decoupled model sends its final flag in a
+separate empty response, which clients see only with ``triton_enable_empty_final_response``
+(the router always sets it). The text is the
 engine simulator's deterministic stand-in, so both backends answer the same prompts alike.
 It is what the test suite runs as "real Triton" and a quick way to try ``harness up --triton``.
 
@@ -37,6 +40,9 @@ from services.enginesim.text import TextGenerator, count_tokens
 
 DECOUPLED_MODEL = "llama-3-8b-instruct"
 PLAIN_MODEL = "llama-3-8b-instruct-awq"
+# A PyTriton model cannot serve again once unloaded (its inference proxy is gone after the
+# unload; a reload reports READY but fails every request), so unload tests use this one.
+SPARE_MODEL = "llama-3-8b-instruct-spare"
 MAX_BATCH_SIZE = 8
 MAX_TOKENS_CAP = 4096  # a toy: bounded work per request whatever a client asks
 _OUTPUTS = (
@@ -48,7 +54,7 @@ _NP = {"BYTES": bytes, "INT32": np.int32, "UINT64": np.uint64, "FP32": np.float3
 
 
 def _first(req: dict, name: str, default):
-    arr = req.get(name)
+    arr = req[name] if name in req else None  # PyTriton's Request: a mapping without .get
     if arr is None or arr.size == 0:
         return default
     item = arr.flat[0]
@@ -127,7 +133,8 @@ def serve(args: argparse.Namespace) -> None:
     )
     inputs = [_tensor(t) for t in INPUTS]
     outputs = [_tensor(t, output=True) for t in _OUTPUTS]
-    for name, fn, decoupled in ((DECOUPLED_MODEL, decoupled_infer, True), (PLAIN_MODEL, plain_infer, False)):
+    models = ((DECOUPLED_MODEL, decoupled_infer, True), (PLAIN_MODEL, plain_infer, False))
+    for name, fn, decoupled in (*models, (SPARE_MODEL, plain_infer, False)):
         triton.bind(
             model_name=name,
             infer_func=fn,
@@ -145,7 +152,7 @@ def serve(args: argparse.Namespace) -> None:
         "grpc_port": args.grpc_port,
         "http_port": args.http_port,
         "metrics_port": args.metrics_port,
-        "models": [DECOUPLED_MODEL, PLAIN_MODEL],
+        "models": [DECOUPLED_MODEL, PLAIN_MODEL, SPARE_MODEL],
         "access_token": security.access_token if args.restricted else None,
     }
     print(json.dumps(ready), flush=True)

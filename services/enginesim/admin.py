@@ -17,11 +17,13 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 
 from .faults import FaultInjector, FaultSettingsError
+from .metrics import exposition
 
 MAX_BODY = 64 * 1024
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the classic text format
 
 StartResponse = Callable[..., Any]
 
@@ -33,7 +35,10 @@ def _json(start_response: StartResponse, status: str, body: Any) -> list[bytes]:
 
 
 def build_http_app(registry: CollectorRegistry, faults: FaultInjector) -> Callable[..., Iterable[bytes]]:
-    metrics_app = make_wsgi_app(registry)
+    def metrics_app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        body = exposition(registry)
+        start_response("200 OK", [("Content-Type", METRICS_CONTENT_TYPE), ("Content-Length", str(len(body)))])
+        return [body]
 
     def faults_app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         method = environ["REQUEST_METHOD"]

@@ -3,11 +3,10 @@
 A custom collector on its own CollectorRegistry reads the simulator at scrape time, so the
 values always follow the simulated state and nothing has to be updated on the hot path.
 
-Triton's counters (``nv_inference_request_success`` ...) have no ``_total`` suffix. The
-Python client would add one to the HELP/TYPE lines of any ``counter``, leaving the samples
-under a family of another name, which strict parsers (Go's expfmt, used by llm-d's endpoint
-picker) reject; so those families are exposed as ``untyped`` under the exact Triton names.
-PromQL's rate()/increase() work the same on them.
+Triton's counters (``nv_inference_request_success`` ...) are typed ``counter`` but have no
+``_total`` suffix. The Python client would add one to the family of any ``counter``, so the
+collector builds them untyped and :func:`exposition` writes their TYPE lines as Triton does.
+Consumers must cope with that: Python's parser, for one, names such samples ``..._total``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from socket import AF_INET6
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
 
 from .engine import FAILURE_REASONS
@@ -164,6 +163,25 @@ class SimulatorCollector:
         if elapsed <= 0:
             return 0.0
         return min(1.0, (busy_total - start_busy) / elapsed)
+
+
+# The families Triton types as counters (checked on tritonserver 2.51).
+COUNTER_FAMILIES = (
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+)
+_RETYPE = {f"# TYPE {n} untyped".encode(): f"# TYPE {n} counter".encode() for n in COUNTER_FAMILIES}
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text format as Triton writes it: counters typed, sample names without ``_total``."""
+    lines = generate_latest(registry).split(b"\n")
+    return b"\n".join(_RETYPE.get(line, line) for line in lines)
 
 
 def build_registry(sim: Simulator) -> CollectorRegistry:

@@ -75,7 +75,7 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InsufficientMemoryError, grpc.StatusCode.INTERNAL),  # what Triton answers a failed load
     (InjectedUnavailable, grpc.StatusCode.UNAVAILABLE),
     (InjectedInternal, grpc.StatusCode.INTERNAL),
-    (UnknownRepositoryModelError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownRepositoryModelError, grpc.StatusCode.INTERNAL),  # Triton's answer to loading it
 )
 _HANDLED = tuple(exc for exc, _ in _STATUS)
 
@@ -183,7 +183,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
         try:
-            await self._sim.unload(request.model_name)
+            await self._sim.unload(request.model_name, wait=False)
         except _HANDLED as exc:
             await _abort(context, exc)
         return pb.RepositoryModelUnloadResponse()

@@ -29,10 +29,12 @@ class ModelState(StrEnum):  # Triton's ModelIndex.state strings
 
 
 class ModelNotFoundError(LookupError):
-    def __init__(self, name: str, version: str = "") -> None:
-        # Triton's exact wording; routers and tests match on it.
+    def __init__(self, name: str, version: str = "", *, unloaded: bool = False) -> None:
+        # Triton's exact wording; routers and tests match on it. A model that was loaded and
+        # is UNLOADING or UNAVAILABLE now "has no available versions".
         where = f"'{name}' version {version}" if version else f"'{name}'"
-        super().__init__(f"Request for unknown model: {where} is not found")
+        what = "has no available versions" if unloaded else "is not found"
+        super().__init__(f"Request for unknown model: {where} {what}")
 
 
 class ModelNotReadyError(RuntimeError):
@@ -105,10 +107,12 @@ class Simulator:
     def spec(self, name: str, version: str = "") -> ModelSpec:
         """Spec of a READY model, else the error Triton would give (NOT_FOUND / not ready)."""
         slot = self._slots.get(name)
-        if slot is None or slot.state == ModelState.UNAVAILABLE:
+        if slot is None:
             raise ModelNotFoundError(name)
         if version not in ("", slot.spec.version):
             raise ModelNotFoundError(name, version)
+        if slot.state in (ModelState.UNAVAILABLE, ModelState.UNLOADING):
+            raise ModelNotFoundError(name, unloaded=True)
         if slot.state != ModelState.READY or slot.engine is None:
             raise ModelNotReadyError(name, slot.spec.version)
         return slot.spec
@@ -198,18 +202,21 @@ class Simulator:
         finally:
             slot.transition = None
 
-    async def unload(self, name: str) -> None:
-        """RepositoryModelUnload: refuse new requests, let in-flight ones finish, free memory."""
-        if self.catalog.get(name) is None:
-            raise ModelNotFoundError(name)
+    async def unload(self, name: str, *, wait: bool = True) -> None:
+        """RepositoryModelUnload: refuse new requests, let in-flight ones finish, free memory.
+
+        Triton answers the RPC while the model is still UNLOADING (``wait=False``); its memory
+        is free only once the model is UNAVAILABLE. Unknown or unloaded models: OK, as Triton.
+        """
         slot = self._slots.get(name)
         while slot is not None and slot.transition is not None:
             await asyncio.shield(slot.transition)
         if slot is None or slot.state != ModelState.READY:
-            return  # Triton answers OK for a model that is not loaded
+            return
         slot.state = ModelState.UNLOADING
         slot.transition = asyncio.create_task(self._do_unload(slot))
-        await asyncio.shield(slot.transition)
+        if wait:
+            await asyncio.shield(slot.transition)
 
     async def _do_unload(self, slot: _Slot) -> None:
         try:

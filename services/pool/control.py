@@ -9,11 +9,15 @@ transport error, like the probes do.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+UNLOAD_POLL_S = 0.05  # first pause between RepositoryIndex polls while a model unloads
+UNLOAD_POLL_MAX_S = 1.0
 
 
 class ModelControlError(Exception):
@@ -61,12 +65,34 @@ class TritonControl:
         return time.monotonic() - started
 
     async def unload(self, address: str, model: str) -> None:
+        """Returns once the model has left UNLOADING: Triton answers the RPC while the model
+        still drains and holds its memory. Waits at most the unload timeout in all."""
+        deadline = time.monotonic() + self._unload_timeout
+        stub = self._stub(address)
         try:
-            await self._stub(address).RepositoryModelUnload(
+            await stub.RepositoryModelUnload(
                 service_pb2.RepositoryModelUnloadRequest(model_name=model), timeout=self._unload_timeout
             )
+            pause = UNLOAD_POLL_S
+            while await self._unloading(stub, model, deadline - time.monotonic()):
+                await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, UNLOAD_POLL_MAX_S)
         except grpc.aio.AioRpcError as exc:
             raise await self._fail(address, model, exc) from exc
+
+    # RepositoryIndex with a deadline of what is left; a model still UNLOADING then ends as
+    # DEADLINE_EXCEEDED (the RPC's own, or this one when no time is left at all).
+    @staticmethod
+    async def _unloading(stub: service_pb2_grpc.GRPCInferenceServiceStub, model: str, left: float) -> bool:
+        if left <= 0:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "still UNLOADING at the unload timeout",
+            )
+        index = await stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=left)
+        return any(m.name == model and m.state == "UNLOADING" for m in index.models)
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}

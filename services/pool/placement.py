@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from services.pool.state import GIB, HEALTHY, LOADING, READY, EndpointState
+from services.pool.state import GIB, HEALTHY, LOADING, READY, UNLOADING, EndpointState
 
 # (endpoint, gpu index) -> bytes of loads in flight that the endpoint's figures do not show yet
 Pending = Mapping[tuple[str, int], int]
@@ -86,7 +86,8 @@ def gpu_bins(state: EndpointState, footprint: Callable[[str], int], pending: Pen
         raw = [(0, state.spec.gpu_memory_bytes, 0, 0.0)]  # no figures yet: the registered size, empty
     else:
         return []  # memory unknown: nothing can be placed here safely
-    known = sum(footprint(m.name) for m in state.models if m.state in (READY, LOADING))
+    # An UNLOADING model still holds its memory (Triton answers the unload before it is freed).
+    known = sum(footprint(m.name) for m in state.models if m.state in (READY, LOADING, UNLOADING))
     reported = sum(used for _, _, used, _ in raw)
     bins = []
     for i, (index, total, used, util) in enumerate(raw):

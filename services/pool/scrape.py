@@ -29,6 +29,14 @@ _COUNTERS = {
 }
 
 
+def triton_sample_name(family_type: str, sample_name: str) -> str:
+    """The name Triton wrote. Triton types its request counters `counter` without the `_total`
+    suffix, and prometheus_client's parser then reports their samples as `..._total`."""
+    if family_type == "counter" and sample_name.endswith("_total"):
+        return sample_name[: -len("_total")]
+    return sample_name
+
+
 def _clamp01(value: float) -> float:
     return min(1.0, max(0.0, value))
 
@@ -44,17 +52,18 @@ def parse_triton_metrics(text: str, gpu_name: str = "") -> MetricsSample:
         for s in family.samples:
             labels = s.labels
             key = (labels.get("model", ""), labels.get("version", ""))
-            if s.name == "nv_trt_llm_request_metrics" and "request_type" in labels:
+            name = triton_sample_name(family.type, s.name)
+            if name == "nv_trt_llm_request_metrics" and "request_type" in labels:
                 requests[key][labels["request_type"]] = s.value
-            elif s.name == "nv_trt_llm_kv_cache_block_metrics" and "kv_cache_block_type" in labels:
+            elif name == "nv_trt_llm_kv_cache_block_metrics" and "kv_cache_block_type" in labels:
                 kv[key][labels["kv_cache_block_type"]] = s.value
-            elif s.name == "nv_inference_pending_request_count":
+            elif name == "nv_inference_pending_request_count":
                 pending[key] = s.value
-            elif s.name in _COUNTERS:
+            elif name in _COUNTERS:
                 # Summed over the other labels (failure has one series per `reason`).
-                counters[key][_COUNTERS[s.name]] += s.value
-            elif s.name in ("nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"):
-                gpu.setdefault(labels.get("gpu_uuid", ""), {})[s.name] = s.value
+                counters[key][_COUNTERS[name]] += s.value
+            elif name in ("nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"):
+                gpu.setdefault(labels.get("gpu_uuid", ""), {})[name] = s.value
 
     loads: dict[tuple[str, str], ModelLoad] = {}
     for key in set(requests) | set(kv) | set(pending) | set(counters):

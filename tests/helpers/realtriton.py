@@ -6,7 +6,6 @@ start on this CPU. Tests must leave it as they found it (reload what they unload
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,9 +14,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from services.devtools.pytriton_llm import DECOUPLED_MODEL, PLAIN_MODEL, SPARE_MODEL
 from tests.helpers.envoy import free_port
 
 START_TIMEOUT_S = 180.0
+MODELS = (DECOUPLED_MODEL, PLAIN_MODEL, SPARE_MODEL)
 
 
 class RealTritonUnavailable(RuntimeError):
@@ -31,7 +32,6 @@ class RealTriton:
     http_port: int
     metrics_port: int
     models: tuple[str, ...]
-    access_token: str | None = None
     log: deque = field(default_factory=lambda: deque(maxlen=400))
 
     @property
@@ -52,7 +52,7 @@ class RealTriton:
                 self.proc.wait(timeout=10)
 
 
-def start_real_triton(*, restricted: bool = False, attempts: int = 3) -> RealTriton:
+def start_real_triton(*, attempts: int = 3) -> RealTriton:
     """Start tritonserver on free ports; retries when a port was taken in between."""
     try:
         import pytriton  # noqa: F401
@@ -61,18 +61,16 @@ def start_real_triton(*, restricted: bool = False, attempts: int = 3) -> RealTri
     error: Exception | None = None
     for _ in range(attempts):
         try:
-            return _start_once(restricted)
+            return _start_once()
         except RealTritonUnavailable as exc:
             error = exc
     raise RealTritonUnavailable(f"tritonserver did not start after {attempts} attempts: {error}")
 
 
-def _start_once(restricted: bool) -> RealTriton:
+def _start_once() -> RealTriton:
     ports = [free_port() for _ in range(3)]
     cmd = [sys.executable, "-m", "services.devtools.pytriton_llm"]
     cmd += ["--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2])]
-    if restricted:
-        cmd.append("--restricted")
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -82,35 +80,48 @@ def _start_once(restricted: bool) -> RealTriton:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     log: deque = deque(maxlen=400)
-    ready: dict = {}
-    got_ready = threading.Event()
 
     def pump() -> None:  # keeps the pipe drained for the server's whole life
         assert proc.stdout is not None
         for line in proc.stdout:
             log.append(line.rstrip())
-            if line.startswith('{"ready"'):
-                ready.update(json.loads(line))
-                got_ready.set()
-        got_ready.set()
 
     threading.Thread(target=pump, name="realtriton-log", daemon=True).start()
+    server = RealTriton(proc, *ports, models=MODELS, log=log)
+    # Readiness is checked here over gRPC rather than by waiting for the devtool's ready line:
+    # PyTriton's own post-start model check sometimes waits its full 60 s per model.
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not got_ready.wait(0.5):
-        if time.monotonic() > deadline:
-            break
-    if not ready:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        tail = "\n".join(list(log)[-30:])
-        raise RealTritonUnavailable(f"tritonserver exited or timed out (rc={proc.returncode}):\n{tail}")
-    return RealTriton(
-        proc=proc,
-        grpc_port=ready["grpc_port"],
-        http_port=ready["http_port"],
-        metrics_port=ready["metrics_port"],
-        models=tuple(ready["models"]),
-        access_token=ready.get("access_token"),
-        log=log,
-    )
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _serves(server):
+            return server
+        time.sleep(0.5)
+    server.stop()
+    tail = "\n".join(list(log)[-30:])
+    raise RealTritonUnavailable(f"tritonserver exited or timed out (rc={proc.returncode}):\n{tail}")
+
+
+def _serves(server: RealTriton) -> bool:
+    """Ready, every model READY, and one inference answered (PyTriton's proxy is up)."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pbg
+
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pbg.GRPCInferenceServiceStub(channel)
+        try:
+            if not stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+                return False
+            index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=2)
+            if {m.name for m in index.models if m.state == "READY"} < set(server.models):
+                return False
+            req = pb.ModelInferRequest(model_name=PLAIN_MODEL)
+            for name, dtype, raw in (
+                ("text_input", "BYTES", b"\x02\x00\x00\x00hi"),
+                ("max_tokens", "INT32", b"\x01\x00\x00\x00"),
+            ):
+                req.inputs.add(name=name, datatype=dtype, shape=[1, 1])
+                req.raw_input_contents.append(raw)
+            stub.ModelInfer(req, timeout=10)
+        except grpc.RpcError:
+            return False
+    return True

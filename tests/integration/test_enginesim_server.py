@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, serialize_byte_tensor
 
 from services.enginesim.testing import EngineSimHandle, enginesim_server, write_catalog
+from services.pool.scrape import triton_sample_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STREAM_MODEL = "sim-stream"  # decoupled ensemble
@@ -185,12 +186,22 @@ async def test_repository_index_load_and_unload(client):
     result = await client.infer(COLD_MODEL, infer_inputs("hi", 2), request_id="r")
     assert result.get_response().id == "r"
 
-    await client.unload_model(COLD_MODEL)
+    await client.unload_model(COLD_MODEL)  # answered while UNLOADING, as Triton does
     assert not await client.is_model_ready(COLD_MODEL)
-    index = {m["name"]: m for m in (await client.get_model_repository_index(as_json=True))["models"]}
+    index = await unloaded(client, COLD_MODEL)
     assert index[COLD_MODEL]["state"] == "UNAVAILABLE" and index[COLD_MODEL]["reason"] == "unloaded"
-    with pytest.raises(InferenceServerException, match="is not found"):
+    with pytest.raises(InferenceServerException, match="has no available versions"):
         await client.infer(COLD_MODEL, infer_inputs("hi", 2))
+
+
+async def unloaded(client, *models: str) -> dict:
+    """The repository index once `models` have left UNLOADING (the unload RPC returns before)."""
+    for _ in range(500):
+        index = {m["name"]: m for m in (await client.get_model_repository_index(as_json=True))["models"]}
+        if all(index[m].get("state") != "UNLOADING" for m in models):
+            return index
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{models} still UNLOADING")
 
 
 async def test_load_fails_when_gpu_memory_is_short(sim, client):
@@ -206,6 +217,7 @@ async def test_load_fails_when_gpu_memory_is_short(sim, client):
     # Freeing memory makes the same load succeed.
     await client.unload_model(INFER_MODEL)
     await client.unload_model(SLOW_MODEL)
+    await unloaded(client, INFER_MODEL, SLOW_MODEL)  # memory is free once they are UNAVAILABLE
     await client.load_model(BIG_MODEL)
     assert await client.is_model_ready(BIG_MODEL)
 
@@ -335,7 +347,7 @@ async def scrape(sim: EngineSimHandle) -> tuple[str, Callable[..., float]]:
     """GET /metrics; returns the body and value(name, **labels) over the parsed samples."""
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(sim.metrics_url, timeout=5).read().decode())
     samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
+        (triton_sample_name(family.type, s.name), tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(body)
         for s in family.samples
     }

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from services.enginesim.testing import write_catalog
+from services.pool.scrape import triton_sample_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STREAM = "tc-stream"  # decoupled; prefill is the dominant cost, so prefix reuse is visible
@@ -127,7 +128,9 @@ def metric(sim: SimProcess, name: str, **labels: str) -> float:
     body = urllib.request.urlopen(sim.metrics_url, timeout=5).read().decode()
     for family in text_string_to_metric_families(body):
         for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+            if triton_sample_name(family.type, s.name) == name and all(
+                s.labels.get(k) == v for k, v in labels.items()
+            ):
                 return s.value
     raise KeyError(f"{name} {labels} not in /metrics")
 
@@ -203,8 +206,12 @@ def test_cold_start_takes_the_load_time_and_unload_frees_memory(sim, client):
     states = {m["name"]: m.get("state") for m in client.get_model_repository_index(as_json=True)["models"]}
     assert states[COLD] == "READY"
     assert metric(sim, "nv_gpu_memory_used_bytes") == used_before + 5 * 1024**3
-    client.unload_model(COLD)
+    client.unload_model(COLD)  # answered while UNLOADING; memory is free once UNAVAILABLE
     assert not client.is_model_ready(COLD)
+    for _ in range(500):
+        if metric(sim, "nv_gpu_memory_used_bytes") == used_before:
+            break
+        time.sleep(0.01)
     assert metric(sim, "nv_gpu_memory_used_bytes") == used_before
 
 

@@ -306,3 +306,17 @@ def test_models_from_yaml_and_flags(tmp_path):
     for bad in ({"headroom": 1.0}, {"max_replicas": 0}, {"models": (ModelSpec("a", "a", 1),) * 2}):
         with pytest.raises(ValueError):
             PoolConfig(**bad)
+
+
+def test_an_unloading_model_still_holds_its_memory():
+    """Triton answers an unload while the model is UNLOADING; its memory is not free until it
+    is UNAVAILABLE, even when the GPU figure has not caught up (no GPU metrics at all here)."""
+    table = EndpointTable(start_revision=1)
+    table.upsert(EndpointSpec.make("a", "a:1", gpu_memory_bytes=40 * GIB))
+    for state in ("UNLOADING", "UNAVAILABLE"):
+        index = (IndexEntry("mid-trt", "1", state),)
+        table.apply_probe("a", "a:1", ProbeResult(True, index, MetricsSample({}), None))
+        plan = plan_placement(
+            table.states(), "other-trt", 33 * GIB, 1, headroom=0.0, footprint=lambda _m: 33 * GIB
+        )
+        assert bool(plan.placements) == (state == "UNAVAILABLE"), state
