@@ -107,7 +107,7 @@ async def test_snapshot_then_live_deltas_over_grpc(served, jwt_keypair, mint_tok
             False,
         )
 
-        deny = pb.PolicyRule(ptype="p", values=["mallory", "ledger", "agent:*", "invoke", "deny"])
+        deny = pb.PolicyRule(ptype="p", values=["user:mallory", "ledger", "agent:*", "invoke", "deny"])
         await stub.AddPolicy(pb.AddPolicyRequest(rule=deny), metadata=admin)
         await stub.RemovePolicy(pb.RemovePolicyRequest(rule=deny), metadata=admin)
         added, removed = await watcher.until(store.last_revision())
