@@ -20,7 +20,7 @@ from typing import Any
 from google.protobuf import duration_pb2, json_format, struct_pb2
 from harness.audit.v1 import audit_pb2
 from harness.common.v1 import common_pb2
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, insert, or_, select, update
 
 from services.audit.models import approvals
 from services.audit.store import AuditStore, parse_page
@@ -76,6 +76,19 @@ def require_requester(identity: Identity) -> str:
     raise PermissionDenied(
         f"{_who(identity)} may not request approvals: only Harness services and admins may"
     )
+
+
+def requesting_user(identity: Identity, named: str) -> str:
+    """The user an approval is requested for. A Harness service calling as itself speaks for the
+    user it serves (the router names the caller it authenticated); a person asks only for
+    themselves, so they cannot open one "requested by bob" and then approve it."""
+    if identity.service and not identity.user:
+        return named
+    if named and named != identity.user:
+        raise PermissionDenied(
+            f"{identity.user} may not request an approval on behalf of {named!r}: the requester is the caller"
+        )
+    return identity.user
 
 
 def require_approval_reader(identity: Identity) -> None:
@@ -152,6 +165,7 @@ def approval_event(a: audit_pb2.Approval, what: str, time_us: int) -> common_pb2
         "requested": common_pb2.DECISION_PENDING_APPROVAL,
         "approved": common_pb2.DECISION_ALLOW,
         "rejected": common_pb2.DECISION_DENY,
+        "expired": common_pb2.DECISION_DENY,  # nobody approved in time: the call did not run
     }[what]
     ev = common_pb2.AuditEvent(
         event_id=f"approval-{a.id}-{what}",  # deterministic: one record per transition
@@ -176,6 +190,8 @@ def approval_event(a: audit_pb2.Approval, what: str, time_us: int) -> common_pb2
         details["risk"] = common_pb2.RiskClass.Name(a.risk).removeprefix("RISK_CLASS_").lower()
     if what == "requested":
         details["reason"] = a.reason
+    elif what == "expired":
+        details["comment"] = "nobody decided before the approval expired; the call did not run"
     else:
         details["approver"] = a.approver
         details["comment"] = a.comment
@@ -213,6 +229,7 @@ class Approvals:
         if len(arguments.encode()) > MAX_ARGUMENTS:
             raise InvalidArgument(f"approval.arguments is larger than {MAX_ARGUMENTS} bytes of JSON")
         row = {f: getattr(a.requester, f) for f in _ACTOR}
+        row["user"] = requesting_user(identity, a.requester.user)
         row.update({f: getattr(a.correlation, f) for f in _CORR})
         row.update(
             id=str(uuid.uuid4()),
@@ -264,6 +281,9 @@ class Approvals:
         while True:
             changed = self._changed
             approval = await asyncio.to_thread(self._get_sync, approval_id)
+            if approval.state == S.APPROVAL_STATE_EXPIRED:
+                await asyncio.to_thread(self._expire_sync, [approval_id], 1)  # on record now
+                return approval
             if approval.state != S.APPROVAL_STATE_PENDING:
                 return approval
             now = store.now_us()
@@ -294,8 +314,13 @@ class Approvals:
         conds = [A.seq > after]
         if state == S.APPROVAL_STATE_PENDING:
             conds += [A.state == S.APPROVAL_STATE_PENDING, A.expire_time_us > now]
-        elif state == S.APPROVAL_STATE_EXPIRED:
-            conds += [A.state == S.APPROVAL_STATE_PENDING, A.expire_time_us <= now]
+        elif state == S.APPROVAL_STATE_EXPIRED:  # stored as expired, or pending past its expiry
+            conds.append(
+                or_(
+                    A.state == S.APPROVAL_STATE_EXPIRED,
+                    and_(A.state == S.APPROVAL_STATE_PENDING, A.expire_time_us <= now),
+                )
+            )
         elif state:
             conds.append(A.state == state)
         stmt = select(approvals).where(*conds).order_by(A.seq).limit(size + 1)
@@ -334,24 +359,52 @@ class Approvals:
             if row is None:
                 raise NotFound(f"approval {approval_id!r} not found")
             current = effective_state(row, now)
-            if current != S.APPROVAL_STATE_PENDING:
-                by = f" by {row.approver}" if row.approver else ""
-                raise FailedPrecondition(
-                    f"approval {approval_id} is {state_name(current)}{by}: only a pending approval "
-                    "can be decided",
-                    trailers={"approval-state": state_name(current)},
-                )
-            if row.user and row.user == approver:
-                raise PermissionDenied(
-                    f"{approver} may not decide an approval of their own request (four eyes)"
-                )
-            new_state = S.APPROVAL_STATE_APPROVED if approve else S.APPROVAL_STATE_REJECTED
-            conn.execute(
-                update(approvals)
-                .where(A.id == approval_id, A.state == S.APPROVAL_STATE_PENDING)
-                .values(state=new_state, approver=approver, comment=comment, decide_time_us=now)
-            )
-            decided = to_approval(conn.execute(select(approvals).where(A.id == approval_id)).one(), now)
-            event = approval_event(decided, state_name(new_state), now)
-            store.append_rows(conn, [chain.row_from_event(event, now)], now)
-        return decided
+            if current == S.APPROVAL_STATE_PENDING:
+                if approver in (row.user, row.requested_by):
+                    raise PermissionDenied(
+                        f"{approver} may not decide an approval they requested (four eyes)"
+                    )
+                new_state = S.APPROVAL_STATE_APPROVED if approve else S.APPROVAL_STATE_REJECTED
+                return self._settle(conn, row, new_state, now, approver=approver, comment=comment)
+            if current == S.APPROVAL_STATE_EXPIRED:
+                self._settle(conn, row, current, now)  # commits: the expiry is on record either way
+        by = f" by {row.approver}" if row.approver else ""
+        raise FailedPrecondition(
+            f"approval {approval_id} is {state_name(current)}{by}: only a pending approval can be decided"
+            + (" (nobody decided before it expired; the caller was told and must ask again)"
+               if current == S.APPROVAL_STATE_EXPIRED else ""),
+            trailers={"approval-state": state_name(current)},
+        )  # fmt: skip
+
+    def _settle(self, conn, row: Any, state: int, now: int, approver: str = "", comment: str = ""):
+        """Stores the approval's final state and appends its audit record (in the caller's chain
+        transaction). EXPIRED is stored (and audited) once, by whoever first sees it expired."""
+        values: dict[str, Any] = {"state": state}
+        if state != S.APPROVAL_STATE_EXPIRED:
+            values.update(approver=approver, comment=comment, decide_time_us=now)
+        done = conn.execute(
+            update(approvals).where(A.id == row.id, A.state == S.APPROVAL_STATE_PENDING).values(**values)
+        )
+        settled = to_approval(conn.execute(select(approvals).where(A.id == row.id)).one(), now)
+        if done.rowcount:
+            event = approval_event(settled, state_name(state), now)
+            self._store.append_rows(conn, [chain.row_from_event(event, now)], now)
+        return settled
+
+    def _expire_sync(self, approval_ids: list[str] | None, limit: int) -> int:
+        """Records the expiry of pending approvals past their expire time (of `approval_ids`, or
+        any up to `limit`); returns how many."""
+        store = self._store
+        with store.chain_transaction() as conn:
+            now = store.now_us()
+            conds = [A.state == S.APPROVAL_STATE_PENDING, A.expire_time_us <= now]
+            if approval_ids is not None:
+                conds.append(A.id.in_(approval_ids))
+            rows = conn.execute(select(approvals).where(*conds).order_by(A.seq).limit(limit)).all()
+            for row in rows:
+                self._settle(conn, row, S.APPROVAL_STATE_EXPIRED, now)
+        return len(rows)
+
+    async def expire_due(self, limit: int = 100) -> int:
+        """Records every pending approval that expired (the service's sweep); returns how many."""
+        return await asyncio.to_thread(self._expire_sync, None, limit)

@@ -59,7 +59,8 @@ Index("ix_audit_request", audit_records.c.request_id)
 
 # Human approvals of governed tool calls. Mutable (pending -> approved/rejected), unlike the log;
 # every change is also appended to the chain as an AUDIT_EVENT_KIND_APPROVAL record in the same
-# transaction. EXPIRED is never stored: a pending row past expire_time_us reads as expired.
+# transaction. A pending row past expire_time_us reads as expired; EXPIRED is stored (with its
+# audit record) by whoever first sees it: the waiting caller, a late approver, or the sweep.
 approvals = Table(
     "approvals",
     metadata,
@@ -69,7 +70,7 @@ approvals = Table(
     # Caller's idempotency key ("" = none); unique per requesting principal when set.
     Column("request_key", String(256), **_S),
     Column("requested_by", Text, **_S),
-    Column("state", Integer, nullable=False),  # ApprovalState: PENDING, APPROVED or REJECTED
+    Column("state", Integer, nullable=False),  # ApprovalState: PENDING, APPROVED, REJECTED or EXPIRED
     Column("user", Text, **_S),
     Column("agent", Text, **_S),
     Column("agent_version", Text, **_S),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable
 
@@ -29,6 +30,8 @@ from services.common.context import Identity, current_identity
 from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.server import Registrar, RunningServer, registrar, start_server_owning
 
+log = logging.getLogger("harness.audit")
+EXPIRY_SWEEP_S = 30.0  # how often pending approvals past their expiry are recorded as expired
 SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name
 READER_ROLES = frozenset({"admin", "auditor"})
 _FAILURES = {
@@ -154,6 +157,11 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         )
 
     # ---- approvals (logic and access checks in approvals.py) ----
+
+    async def expire_approvals(self) -> float | None:
+        """One round of the expiry sweep (ShippingLoop step): 0 = more are due at once."""
+        batch = 100
+        return 0 if await self._approvals.expire_due(batch) >= batch else None
 
     async def RequestApproval(
         self, request: audit_pb2.RequestApprovalRequest, context

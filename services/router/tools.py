@@ -30,6 +30,7 @@ from harness.registry.v1 import registry_pb2
 from services.common import context as reqctx
 from services.common.access import agent_subject, subject_label, user_subject
 from services.common.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -102,6 +103,7 @@ class AuditApprovals:
                 return resp.approval
 
 
+APPROVAL_GRACE_S = 2.0  # waiting past the approval's expiry, to hear that it expired
 MAX_RESULT_BYTES = 4 * 1024 * 1024  # a tool's answer; larger ones are refused, not buffered
 
 
@@ -294,6 +296,13 @@ class ToolInvoker:
             self._record(facts, action.name, logged_args, counts, common_pb2.DECISION_PENDING_APPROVAL,
                          "PENDING", approval_id)  # fmt: skip
             return approval_id, True
+        if approved.state == audit_pb2.APPROVAL_STATE_EXPIRED:
+            self._record(facts, action.name, logged_args, counts, common_pb2.DECISION_DENY,
+                         "DEADLINE_EXCEEDED", approval_id)  # fmt: skip
+            raise DeadlineExceeded(
+                f"{tool.name}.{action.name} needs an approval and nobody decided in time: approval "
+                f"{approval_id} expired and can no longer be granted; call again to ask again"
+            )
         if approved.state != audit_pb2.APPROVAL_STATE_APPROVED:
             state = audit_pb2.ApprovalState.Name(approved.state).removeprefix("APPROVAL_STATE_").lower()
             self._record(facts, action.name, logged_args, counts, common_pb2.DECISION_DENY,
@@ -349,11 +358,11 @@ class ToolInvoker:
             risk=action.risk,
             arguments=args,
         )
+        # The approval lives as long as the caller waits: one granted later would run nothing.
+        ttl_s = min(call.approval_wait_s or self.default_approval_wait_s, self.approval_ttl_s)
         try:
-            approval_id = await self.approvals.request(approval, self.approval_ttl_s)
-            decided = await self.approvals.wait(
-                approval_id, call.approval_wait_s or self.default_approval_wait_s
-            )
+            approval_id = await self.approvals.request(approval, ttl_s)
+            decided = await self.approvals.wait(approval_id, ttl_s + APPROVAL_GRACE_S)
         except Exception as exc:  # AioRpcError and friends: no approval service, no risky call
             raise Unavailable(
                 f"{tool.name}.{action.name} needs an approval and the approval service failed: {exc}"

@@ -143,9 +143,14 @@ async def test_access_and_expiry(audit, mint_token):
         assert await code(listing) == grpc.StatusCode.PERMISSION_DENIED
         bad = S.RequestApprovalRequest(approval=S.Approval(tool="ledger"))
         assert await code(router.RequestApproval(bad)) == grpc.StatusCode.INVALID_ARGUMENT
-        # An admin may open one too.
-        by_admin = await people.RequestApproval(ask(), metadata=admin)
-        assert by_admin.approval.requested_by == "root"
+        # An admin may open one too, for herself only, and may not decide it.
+        assert await code(people.RequestApproval(ask(), metadata=admin)) == grpc.StatusCode.PERMISSION_DENIED
+        own = ask()
+        own.approval.requester.user = ""
+        by_admin = await people.RequestApproval(own, metadata=admin)
+        assert by_admin.approval.requested_by == "root" and by_admin.approval.requester.user == "root"
+        mine = S.DecideApprovalRequest(id=by_admin.approval.id, approve=True)
+        assert await code(people.DecideApproval(mine, metadata=admin)) == grpc.StatusCode.PERMISSION_DENIED
 
         # Nobody decided within the TTL: a long poll ends at the expiry, and deciding is refused.
         wait = S.GetApprovalRequest(id=short.id, wait=duration_pb2.Duration(seconds=10))

@@ -212,8 +212,14 @@ async def test_who_may_do_what(env):
     for who in (DAVE, BOB, AUDITOR, Identity(agent="rpa-bot")):
         with pytest.raises(PermissionDenied, match="may not request approvals"):
             await ap.request(who, ask())
-    opened = await ap.request(ADMIN, ask())
-    assert opened.requested_by == "root"
+    with pytest.raises(PermissionDenied, match="on behalf of 'alice'"):
+        await ap.request(ADMIN, ask())  # a person asks only for themselves, never "requested by bob"
+    own = ask()
+    own.approval.requester.user = ""
+    opened = await ap.request(ADMIN, own)
+    assert opened.requested_by == "root" and opened.requester.user == "root"
+    with pytest.raises(PermissionDenied, match="root may not decide an approval they requested"):
+        await ap.decide(ADMIN, opened.id, True, "self-service")
     with pytest.raises(PermissionDenied, match="may not read approvals"):
         await ap.get(DAVE, opened.id)
     with pytest.raises(PermissionDenied):
@@ -226,8 +232,9 @@ async def test_who_may_do_what(env):
     with pytest.raises(PermissionDenied, match="a user with"):
         await ap.decide(ROUTER, opened.id, True, "")  # a service is not a person
     alice = Identity(user="alice", roles=("approver",))
-    with pytest.raises(PermissionDenied, match="own request"):
-        await ap.decide(alice, opened.id, True, "")
+    for_alice = await ap.request(ROUTER, ask())  # the router asks for the user it serves
+    with pytest.raises(PermissionDenied, match="alice may not decide an approval they requested"):
+        await ap.decide(alice, for_alice.id, True, "")
     assert (await ap.get(AUDITOR, opened.id)).state == S.APPROVAL_STATE_PENDING
 
 
@@ -248,3 +255,31 @@ async def test_bad_requests(env):
         await ap.get(ROUTER, "")
     with pytest.raises(InvalidArgument):
         await ap.list(ROUTER, 99)
+
+
+async def test_an_expired_approval_is_recorded_once_and_cannot_be_granted(env):
+    """The waiting caller learns EXPIRED; a late approver gets FAILED_PRECONDITION saying so; the
+    log has one "expired" record, whoever saw it first (caller, approver or the sweep)."""
+    ap, store, clock = env
+    waited = await ap.request(ROUTER, ask(ttl_s=30))
+    late = await ap.request(ROUTER, ask(ttl_s=30))
+    swept = await ap.request(ROUTER, ask(ttl_s=30))
+    kept = await ap.request(ROUTER, ask(ttl_s=600))
+    clock.us += 30_000_000
+    assert (await ap.get(ROUTER, waited.id, wait_us=5_000_000)).state == S.APPROVAL_STATE_EXPIRED
+    with pytest.raises(FailedPrecondition, match=r"is expired.*nobody decided before it expired") as err:
+        await ap.decide(BOB, late.id, True, "too late")
+    assert err.value.trailers == {"approval-state": "expired"}
+    with pytest.raises(FailedPrecondition, match="is expired"):
+        await ap.decide(BOB, late.id, True, "again")
+    assert await ap.expire_due() == 1  # only `swept` was still unrecorded
+    assert await ap.expire_due() == 0
+    records = [r.event for r in await approval_records(store)]
+    expired = [e for e in records if e.event_id.endswith("-expired")]
+    assert sorted(e.details["approval_id"] for e in expired) == sorted([waited.id, late.id, swept.id])
+    assert all(e.decision == common_pb2.DECISION_DENY and e.details["state"] == "expired" for e in expired)
+    assert "did not run" in expired[0].details["comment"]
+    items, _ = await ap.list(AUDITOR, S.APPROVAL_STATE_EXPIRED)
+    assert sorted(a.id for a in items) == sorted([waited.id, late.id, swept.id])
+    assert (await ap.get(AUDITOR, kept.id)).state == S.APPROVAL_STATE_PENDING
+    assert (await store.verify()).ok
