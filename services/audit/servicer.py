@@ -29,6 +29,7 @@ from services.common.checkpoints import (
 from services.common.context import Identity, current_identity
 from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.server import Registrar, RunningServer, registrar, start_server_owning
+from services.common.shipping import ShippingLoop
 
 log = logging.getLogger("harness.audit")
 EXPIRY_SWEEP_S = 30.0  # how often pending approvals past their expiry are recorded as expired
@@ -218,6 +219,13 @@ async def start_audit(
     registry = metrics_registry or CollectorRegistry()
     store = await AuditStore.open(config.db_url, await asyncio.to_thread(open_anchor, config))
     servicer = AuditServicer(store, AuditMetrics(registry, store), config.ingest_services)
-    return await start_server_owning(
+    running = await start_server_owning(
         config.server, register(servicer), store.close, metrics_registry=registry
     )
+    sweep = ShippingLoop(
+        servicer.expire_approvals, name="approval-expiry", log=log, poll_s=EXPIRY_SWEEP_S,
+        failing_message="recording expired approvals failed (will retry): %s",
+    )  # fmt: skip
+    sweep.start()
+    running.on_stop(sweep.stop)  # before the store closes (on_stop runs in reverse)
+    return running

@@ -306,5 +306,5 @@ async def test_metrics_count_refused_ingests_verifications_and_pending_approvals
     assert registry.get_sample_value("harness_audit_ingest_rejected_total") == 1  # a good one is not
     await stub.Verify(audit_pb2.VerifyRequest(), metadata=admin)
     assert registry.get_sample_value("harness_audit_chain_verifications_total", {"result": "ok"}) == 1
-    await stub.RequestApproval(ask(), metadata=admin)
+    await writer.RequestApproval(ask())  # the router opens it for the user it serves
     assert registry.get_sample_value("harness_audit_approvals_pending") == 1

@@ -8,18 +8,13 @@ import asyncio
 import json
 from dataclasses import dataclass
 
-import grpc
 import pytest
 from google.protobuf import duration_pb2
-from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.audit.v1 import audit_pb2
 from harness.common.v1 import common_pb2
-from prometheus_client import CollectorRegistry
 
-from services.audit.config import AuditConfig
-from services.audit.servicer import start_audit
 from services.cli.main import main
-from services.common.config import ServerConfig
-from tests.helpers.grpc import user_metadata
+from tests.helpers.audit import start_tls_audit
 
 S = audit_pb2
 
@@ -45,29 +40,24 @@ def ask(step: str, action: str) -> S.RequestApprovalRequest:
 
 
 @pytest.fixture
-async def opened(tmp_path, test_auth, mint_token):
-    config = AuditConfig(
-        server=ServerConfig(name="audit", port=0, metrics_port=None, auth=test_auth),
-        db_url=f"sqlite:///{tmp_path / 'audit.db'}",
-    )
-    running = await start_audit(config, metrics_registry=CollectorRegistry())
-    admin = user_metadata(mint_token("svc", "admin"))
-    async with grpc.aio.insecure_channel(running.address) as ch:
-        stub = audit_pb2_grpc.AuditStub(ch)
-        ids = [(await stub.RequestApproval(ask(str(i), act), metadata=admin)).approval.id
-               for i, act in enumerate(("delete", "write"), start=1)]  # fmt: skip
-    yield running, ids
-    await running.stop(0)
+async def opened(tmp_path, test_auth):
+    """Two approvals the router opened (its own certificate) for alice's calls."""
+    mesh = await start_tls_audit(tmp_path, test_auth, certs_dir=tmp_path / "harness" / "certs")
+    router = mesh.stub("router")
+    ids = [(await router.RequestApproval(ask(str(i), act))).approval.id
+           for i, act in enumerate(("delete", "write"), start=1)]  # fmt: skip
+    yield mesh, ids
+    await mesh.close()
 
 
 @pytest.fixture
 def cli(opened, tmp_path, capsys, monkeypatch, mint_token):
-    running, _ = opened
+    mesh, _ = opened
     root = tmp_path / "harness"
     (root / "tokens").mkdir(parents=True)
     (root / "env").write_text(
-        f"export HARNESS_AUDIT_ADDR='{running.address}'\nexport HARNESS_REGISTRY_ADDR='127.0.0.1:1'\n"
-        "export HARNESS_PLAINTEXT='1'\n"
+        f"export HARNESS_AUDIT_ADDR='127.0.0.1:{mesh.running.port}'\nexport HARNESS_REGISTRY_ADDR='127.0.0.1:1'\n"
+        f"export HARNESS_CA='{mesh.certs.ca_cert}'\n"
     )
     for name, roles in (("bob", ("approver",)), ("carol", ("auditor",)), ("dave", ("analyst",))):
         (root / "tokens" / f"{name}.jwt").write_text(mint_token(name, *roles))
@@ -77,6 +67,11 @@ def cli(opened, tmp_path, capsys, monkeypatch, mint_token):
         "HARNESS_REGISTRY_ADDR",
         "HARNESS_TOKEN",
         "HARNESS_CA",
+        "HARNESS_OPS_CERT",
+        "HARNESS_OPS_KEY",
+        "HARNESS_CERT",
+        "HARNESS_KEY",
+        "HARNESS_PLAINTEXT",
     ):
         monkeypatch.delenv(name, raising=False)
 

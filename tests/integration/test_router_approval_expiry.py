@@ -5,6 +5,8 @@ later gets FAILED_PRECONDITION "expired" (nothing would run); the log says so.""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from harness.audit.v1 import audit_pb2
@@ -56,4 +58,33 @@ async def test_an_approval_nobody_decides_expires_with_the_callers_wait(tmp_path
         assert [r.event.details["event"] for r in listed.records] == ["requested", "expired"]
     finally:
         server.httpd.shutdown()
+        await mesh.close()
+
+
+async def test_the_service_sweeps_expired_approvals_into_the_log(
+    tmp_path, test_auth, mint_token, monkeypatch
+):
+    """Nobody polls and nobody decides: the audit service's own sweep records the expiry."""
+    monkeypatch.setattr("services.audit.servicer.EXPIRY_SWEEP_S", 0.2)
+    mesh = await start_tls_audit(tmp_path, test_auth)
+    try:
+        req = audit_pb2.RequestApprovalRequest(
+            approval=audit_pb2.Approval(
+                tool="ledger", action="delete", requester=common_pb2.Actor(user="alice")
+            )
+        )
+        req.ttl.FromMilliseconds(300)
+        opened = (await mesh.stub("router").RequestApproval(req)).approval
+        flt = audit_pb2.AuditFilter(kind=common_pb2.AUDIT_EVENT_KIND_APPROVAL)
+        auditor = user_metadata(mint_token("a", "auditor"))
+        people = mesh.stub("cli")
+        for _ in range(100):
+            listed = await people.Query(audit_pb2.QueryRequest(filter=flt), metadata=auditor)
+            if len(listed.records) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert [r.event.event_id for r in listed.records] == [
+            f"approval-{opened.id}-requested", f"approval-{opened.id}-expired",
+        ]  # fmt: skip
+    finally:
         await mesh.close()
