@@ -314,22 +314,29 @@ def _platform(spec: TensorModel) -> str:
     return "ensemble" if spec.layout == "ensemble" else "python"
 
 
-def model_config(spec: ConfiguredModel) -> mc.ModelConfig:
-    """The config Triton would report for the ensemble / BLS model of this spec."""
+def tensor_config(spec: TensorModel, decoupled: bool) -> mc.ModelConfig:
+    """Name, platform, batching, transaction policy and the ensemble tensors of a model."""
     cfg = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if spec.layout == "ensemble":
         cfg.platform = "ensemble"
     else:
         cfg.backend = "python"
-        # BLS models take a dynamic batcher; its queue policy is where Triton keeps the bound.
-        cfg.dynamic_batching.default_queue_policy.max_queue_size = spec.max_queue_size
-    cfg.model_transaction_policy.decoupled = spec.decoupled
+    cfg.model_transaction_policy.decoupled = decoupled
     for t in INPUTS:
         cfg.input.add(
             name=t.name, data_type=_CONFIG_TYPES[t.datatype], dims=list(t.dims), optional=t.optional
         )
     for t in OUTPUTS:
         cfg.output.add(name=t.name, data_type=_CONFIG_TYPES[t.datatype], dims=list(t.dims))
+    return cfg
+
+
+def model_config(spec: ConfiguredModel) -> mc.ModelConfig:
+    """The config Triton would report for the ensemble / BLS model of this spec."""
+    cfg = tensor_config(spec, spec.decoupled)
+    if spec.layout != "ensemble":
+        # BLS models take a dynamic batcher; its queue policy is where Triton keeps the bound.
+        cfg.dynamic_batching.default_queue_policy.max_queue_size = spec.max_queue_size
     # The tensorrt_llm step's parameters a scheduler reads (names as in its config.pbtxt).
     params = {
         "max_queue_size": spec.max_queue_size,

@@ -267,7 +267,9 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
 
     def register(server) -> list[str]:
         router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router, tools), server)
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(TritonFacadeServicer(router), server)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            TritonFacadeServicer(router, decoupled=triton.decoupled), server
+        )
         return [router_pb2.DESCRIPTOR.services_by_name["Router"].full_name, "inference.GRPCInferenceService"]
 
     # NOT_SERVING until the first registry copy arrives: without it every call would fail

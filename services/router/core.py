@@ -135,6 +135,16 @@ class RouterPolicy:
     redaction_workers: int = 1  # processes that redact large inputs off the event loop
 
 
+def require_caller(ident) -> None:
+    """A generation needs both an agent (its certificate) and a user (a token or API key)."""
+    if not ident.agent:
+        raise Unauthenticated(
+            "no agent identity: call through the Harness front door with an agent client certificate"
+        )
+    if not ident.user:
+        raise Unauthenticated("no user credentials: send 'authorization: Bearer <jwt>' or 'x-api-key'")
+
+
 class Router:
     def __init__(
         self,
@@ -181,12 +191,7 @@ class Router:
         ident = ctx.identity
         start = time.perf_counter()
         result.request_id = ctx.request_id
-        if not ident.agent:
-            raise Unauthenticated(
-                "no agent identity: call through the Harness front door with an agent client certificate"
-            )
-        if not ident.user:
-            raise Unauthenticated("no user credentials: send 'authorization: Bearer <jwt>' or 'x-api-key'")
+        require_caller(ident)
         prompt = render_prompt(inp)
         if not prompt.strip():
             raise InvalidArgument("the prompt is empty")

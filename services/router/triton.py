@@ -141,7 +141,9 @@ class TritonPool:
             stub = self._stubs[address] = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         return stub
 
-    async def _is_decoupled(self, address: str, model: str) -> bool:
+    async def decoupled(self, address: str, model: str) -> bool | None:
+        """Whether `model` on `address` is decoupled (from its ModelConfig, asked once);
+        None when the endpoint cannot tell now."""
         key = (address, model)
         known = self._decoupled.get(key)
         if known is None:
@@ -150,9 +152,13 @@ class TritonPool:
                     service_pb2.ModelConfigRequest(name=model), timeout=2.0
                 )
             except grpc.aio.AioRpcError:
-                return True  # let the inference call itself report what is wrong
+                return None
             known = self._decoupled[key] = resp.config.model_transaction_policy.decoupled
         return known
+
+    async def _is_decoupled(self, address: str, model: str) -> bool:
+        # Unknown: assume decoupled and let the inference call itself report what is wrong.
+        return await self.decoupled(address, model) is not False
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)

@@ -3,10 +3,12 @@ Harness instead of a Triton server and keep working.
 
 Every inference goes through the same path as Generate (identity, policy, admission, audit,
 cost); only the wire format differs. A model is named by its catalog name ("llama-3-8b") or
-by the Triton model it maps to ("llama-3-8b-instruct"). Unlike Triton, ModelInfer works for
-every model: the router always dispatches over ModelStreamInfer and answers once.
-Errors on ModelStreamInfer arrive as `error_message` on the stream (as Triton does); the
-stream itself stays open for the caller's next request.
+by the Triton model it maps to ("llama-3-8b-instruct"). A model is decoupled here when the
+engines serving it are (ModelConfig asks one of them), and then ModelInfer is UNIMPLEMENTED
+as on Triton: such models answer over ModelStreamInfer. Errors on ModelStreamInfer arrive as
+`error_message` on the stream (as Triton does); the stream itself stays open for the caller's
+next request. RPCs the front door has no use for (shared memory, trace and log settings,
+statistics, repository load/unload) are UNIMPLEMENTED, like a Triton built without them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +28,17 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from services.common import context as reqctx
 from services.common import triton_tensors as tensors
-from services.common.errors import HarnessError, InvalidArgument, NotFound
+from services.common.errors import HarnessError, InvalidArgument, NotFound, Unimplemented
 from services.common.streams import serve_concurrently
-from services.router.core import GenerationInput, GenerationResult, Router
+from services.router.core import GenerationInput, GenerationResult, Router, require_caller
+from services.router.triton_unsupported import UnsupportedTritonRpcs
 
 log = logging.getLogger("harness.router.triton")
 HOLD_S = 0.001  # longest a streamed delta waits to learn whether it is the last
-EXTENSIONS = ("model_repository", "parameters", "statistics")
+EXTENSIONS = ("model_repository", "model_configuration", "parameters")
+DECOUPLED_INFER_MESSAGE = "ModelInfer RPC doesn't support models with decoupled transaction policy"
+# Whether a Triton model is decoupled on a given endpoint address (None: cannot tell now).
+DecoupledLookup = Callable[[str, str], Awaitable[bool | None]]
 
 
 @dataclass(frozen=True)
@@ -59,10 +65,13 @@ def _input(model_name: str, values: dict[str, Any]) -> GenerationInput:
     )
 
 
-class TritonFacadeServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, router: Router, server_version: str = "harness") -> None:
+class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(
+        self, router: Router, server_version: str = "harness", decoupled: DecoupledLookup | None = None
+    ) -> None:
         self._router = router
         self._version = server_version
+        self._decoupled_on = decoupled
 
     # --- server and models ---------------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
@@ -79,10 +88,21 @@ class TritonFacadeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _model(self, name: str, version: str = "") -> registry_pb2.Model:
         """The calling agent's model by catalog or Triton name, else Triton's NOT_FOUND wording."""
+        _check_version(name, version)
         for model in await self._router.allowed_models():
-            if name in (model.name, model.triton_model) and version in ("", "1"):
+            if name and name in (model.name, model.triton_model):
                 return model
         raise NotFound(f"Request for unknown model: '{name}' is not found")
+
+    async def _decoupled(self, model: registry_pb2.Model) -> bool:
+        """As the engines serving the model say (the first that can tell); False when none can."""
+        if self._decoupled_on is None:
+            return False
+        for candidate in self._router.endpoints.candidates(model.triton_model)[:3]:
+            known = await self._decoupled_on(candidate.address, model.triton_model)
+            if known is not None:
+                return known
+        return False
 
     def _ready(self, model: registry_pb2.Model) -> bool:
         return bool(self._router.endpoints.candidates(model.triton_model))
@@ -99,6 +119,12 @@ class TritonFacadeServicer(pb_grpc.GRPCInferenceServiceServicer):
         """The TensorRT-LLM ensemble tensors, under the name the caller used."""
         await self._model(request.name, request.version)
         return tensors.model_metadata(FacadeModel(request.name))
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        """The ensemble tensors under the caller's name; decoupled as the serving engines are."""
+        model = await self._model(request.name, request.version)
+        facade = FacadeModel(request.name)
+        return pb.ModelConfigResponse(config=tensors.tensor_config(facade, await self._decoupled(model)))
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Any
@@ -145,7 +171,16 @@ class TritonFacadeServicer(pb_grpc.GRPCInferenceServiceServicer):
         return tensors.build_response(FacadeModel(request.model_name), request.id, chosen, final=final)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        """One answer for a whole generation, for any model (decoupled backends included)."""
+        """One answer for a whole generation of a model that is not decoupled."""
+        require_caller(reqctx.current().identity)  # who may ask comes before what is asked
+        _check_version(request.model_name, request.model_version)
+        if not request.model_name:
+            raise NotFound("Request for unknown model: '' is not found")
+        known = {m.name: m for m in await self._router.allowed_models()}
+        known.update({m.triton_model: m for m in known.values()})
+        model = known.get(request.model_name)  # others: Generate's own refusal (permission...)
+        if model is not None and await self._decoupled(model):
+            raise Unimplemented(DECOUPLED_INFER_MESSAGE)
         try:
             inp, outputs, _, _ = await self._prepare(request)
         except tensors.TensorError as exc:
@@ -244,6 +279,11 @@ class TritonFacadeServicer(pb_grpc.GRPCInferenceServiceServicer):
             # asked for, so code reading text_output from every response keeps working.
             send(pending or "", True)
             pending = None
+
+
+def _check_version(name: str, version: str) -> None:
+    if version not in ("", "1"):
+        raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
 
 
 def _wrap(resp: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:

@@ -271,9 +271,12 @@ def test_tritonclient_code_points_at_the_harness_unchanged(stack):
         return out
 
     # The Triton model name works too ("llama-3-8b-instruct" is what the agent called before).
+    # Its engines are decoupled, so ModelInfer is refused as Triton refuses it.
     for model in ("llama-3-8b", "llama-3-8b-instruct"):
-        result = client.infer(model, inputs("Summarise the ledger", False), headers=headers)
-        assert result.as_numpy("text_output").flat[0] and result.as_numpy("num_output_tokens").flat[0] == 6
+        assert client.get_model_config(model, headers=headers).config.model_transaction_policy.decoupled
+        with pytest.raises(InferenceServerException) as err:
+            client.infer(model, inputs("Summarise the ledger", False), headers=headers)
+        assert err.value.status() == "StatusCode.UNIMPLEMENTED" and "decoupled" in err.value.message()
 
     events: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: events.put((result, error)), headers=headers)

@@ -1,0 +1,138 @@
+"""Every RPC of Triton's GRPCInferenceService on the router's front door answers as Triton
+would, or UNIMPLEMENTED like a Triton without the feature: never INTERNAL. A real gRPC server
+with the services' interceptor, over a stand-in for the router core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from harness.registry.v1 import registry_pb2
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pbg
+
+from services.common.config import ServerConfig
+from services.common.server import start_server
+from services.router.triton_facade import TritonFacadeServicer
+from tests.helpers.grpc import agent_metadata
+from tests.realtriton.conformance import infer_request
+
+MODELS = [
+    registry_pb2.Model(name="chat", triton_model="chat-trt"),  # served by a decoupled engine
+    registry_pb2.Model(name="batch", triton_model="batch-trt"),  # served by a plain one
+]
+
+
+@dataclass
+class _Candidate:
+    address: str
+
+
+class _Endpoints:
+    ready = True
+
+    def candidates(self, triton_model: str) -> list[_Candidate]:
+        return [_Candidate(f"{triton_model}-host:8001")]
+
+
+class _Registry:
+    ready = True
+
+
+class StandInRouter:
+    registry, endpoints = _Registry(), _Endpoints()
+
+    def __init__(self) -> None:
+        self.generated: list[str] = []
+
+    async def allowed_models(self) -> list[registry_pb2.Model]:
+        return MODELS
+
+    async def generate(self, inp, result):
+        self.generated.append(inp.model)
+        result.text_parts.append(" done")
+        result.complete = True
+        yield " done"
+
+
+async def decoupled(address: str, triton_model: str) -> bool | None:
+    return {"chat-trt-host:8001": True, "batch-trt-host:8001": False}.get(address)
+
+
+@pytest.fixture
+async def front_door(test_auth, mint_token):
+    md = agent_metadata("bot", mint_token("alice"))
+    router = StandInRouter()
+
+    def register(server) -> list[str]:
+        facade = TritonFacadeServicer(router, decoupled=decoupled)  # type: ignore[arg-type]
+        pbg.add_GRPCInferenceServiceServicer_to_server(facade, server)
+        return ["inference.GRPCInferenceService"]
+
+    running = await start_server(ServerConfig(name="router", metrics_port=None, auth=test_auth), register)
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        yield pbg.GRPCInferenceServiceStub(channel), router, md
+    await running.stop(0)
+
+
+async def _code(call) -> tuple[grpc.StatusCode, str]:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+async def test_unserved_rpcs_are_unimplemented_never_internal(front_door):
+    stub, _, md = front_door
+    unserved = {
+        "ModelStatistics": pb.ModelStatisticsRequest(name="chat"),
+        "RepositoryModelLoad": pb.RepositoryModelLoadRequest(model_name="chat"),
+        "RepositoryModelUnload": pb.RepositoryModelUnloadRequest(model_name="chat"),
+        "SystemSharedMemoryStatus": pb.SystemSharedMemoryStatusRequest(),
+        "SystemSharedMemoryRegister": pb.SystemSharedMemoryRegisterRequest(name="x", key="/k", byte_size=8),
+        "SystemSharedMemoryUnregister": pb.SystemSharedMemoryUnregisterRequest(name="x"),
+        "CudaSharedMemoryStatus": pb.CudaSharedMemoryStatusRequest(),
+        "CudaSharedMemoryRegister": pb.CudaSharedMemoryRegisterRequest(name="x", byte_size=8),
+        "CudaSharedMemoryUnregister": pb.CudaSharedMemoryUnregisterRequest(name="x"),
+        "TraceSetting": pb.TraceSettingRequest(),
+        "LogSettings": pb.LogSettingsRequest(),
+    }
+    for rpc, request in unserved.items():
+        code, details = await _code(getattr(stub, rpc)(request, metadata=md))
+        assert code == grpc.StatusCode.UNIMPLEMENTED, (rpc, code, details)
+        assert "not supported by the Harness front door" in details
+
+
+async def test_model_config_reports_the_tensors_and_the_engines_transaction_policy(front_door):
+    stub, _, md = front_door
+    for name, is_decoupled in (("chat", True), ("chat-trt", True), ("batch", False)):
+        config = (await stub.ModelConfig(pb.ModelConfigRequest(name=name), metadata=md)).config
+        assert config.name == name and config.model_transaction_policy.decoupled is is_decoupled
+        assert {i.name for i in config.input if not i.optional} == {"text_input", "max_tokens"}
+    for name, version, words in (
+        ("nope", "", "Request for unknown model: 'nope' is not found"),
+        ("", "", "Request for unknown model: '' is not found"),
+        ("chat", "7", "Request for unknown model: 'chat' version 7 is not found"),
+    ):
+        code = await _code(stub.ModelConfig(pb.ModelConfigRequest(name=name, version=version), metadata=md))
+        assert code == (grpc.StatusCode.NOT_FOUND, words)
+
+
+async def test_model_infer_refuses_as_triton_does(front_door):
+    stub, router, md = front_door
+    code = await _code(stub.ModelInfer(infer_request("chat"), metadata=md))
+    assert code == (
+        grpc.StatusCode.UNIMPLEMENTED,
+        "ModelInfer RPC doesn't support models with decoupled transaction policy",
+    )
+    code = await _code(stub.ModelInfer(infer_request(""), metadata=md))
+    assert code == (grpc.StatusCode.NOT_FOUND, "Request for unknown model: '' is not found")
+    code = await _code(stub.ModelInfer(infer_request("batch", version="2"), metadata=md))
+    assert code == (grpc.StatusCode.NOT_FOUND, "Request for unknown model: 'batch' version 2 is not found")
+    assert router.generated == []  # none of them reached the router
+    resp = await stub.ModelInfer(infer_request("batch", version="1", request_id="r-7"), metadata=md)
+    assert resp.id == "r-7" and router.generated == ["batch"]
+    code, _ = await _code(stub.ModelInfer(infer_request("chat"), metadata=agent_metadata("bot")))
+    assert code == grpc.StatusCode.UNAUTHENTICATED  # no user token: refused before anything else
