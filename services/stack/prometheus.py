@@ -126,4 +126,4 @@ def targets(url: str) -> list[dict]:
 
 
 def banner_line(url: str) -> str:
-    return f"  Prometheus                {url}  (alerts {url}/alerts; `harness top` for a live view)\n"
+    return f"  {'Prometheus':<25} {url}  (alerts: {url}/alerts; live view: harness top)"

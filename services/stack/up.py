@@ -406,8 +406,8 @@ class Stack:
 
     def banner(self, env: dict[str, str]) -> str:
         shared = (self.cfg.redis_url, self.redis_prefix) if self.cfg.redis_url else None
-        text = banner(env, self.cfg.ports, self.paths, self.sims, shared)
-        return text + (prom.banner_line(self.prometheus_url) if self.cfg.prometheus else "")
+        extra = [prom.banner_line(self.prometheus_url)] if self.cfg.prometheus else []
+        return banner(env, self.cfg.ports, self.paths, self.sims, shared, extra)
 
     def stop(self) -> None:
         self.sup.stop_all()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from services.stack.banner import banner
 from services.stack.layout import StackPaths, StackPorts
+from services.stack.prometheus import banner_line
 from services.stack.up import DEFAULT_SIMULATORS, SimulatorInstance, env_file_text
 
 VENV_BIN = Path(sys.executable).parent
@@ -43,7 +44,8 @@ def _banner() -> tuple[str, StackPorts]:
         "HARNESS_ENVOY_ADMIN": "http://127.0.0.1:9901",
         "HARNESS_AGENT": "a",
     }
-    return banner(env, ports, StackPaths(Path(".harness")), sims), ports
+    prometheus = [banner_line(f"http://127.0.0.1:{ports.prometheus}")]  # as harness up passes it
+    return banner(env, ports, StackPaths(Path(".harness")), sims, extra=prometheus), ports
 
 
 def test_banner_lists_every_port_of_the_stack():
