@@ -260,12 +260,15 @@ class DeploymentManager:
         return out
 
     def _prune_pending(self) -> None:
+        """Forgets a finished load once the endpoint's index shows the model READY. An index that
+        shows it LOADING may come from a probe taken before the load returned, so it does not
+        count: forgetting the load then would report a ready replica as still loading."""
         now = time.monotonic()
         for key, (_, finished) in list(self._pending.items()):
             state = self.table.get(key[0])
             if state is None or state.health == UNHEALTHY:
                 del self._pending[key]
-            elif finished is not None and (has_model(state, key[2]) or now - finished > PENDING_GRACE_S):
+            elif finished is not None and (state.has_ready(key[2]) or now - finished > PENDING_GRACE_S):
                 del self._pending[key]
 
     def _healthy_placements(self, dep: Deployment) -> list[str]:

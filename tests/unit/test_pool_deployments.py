@@ -49,12 +49,12 @@ class World:
             self.total[name] = gib * GIB
             self.probe(name)
 
-    def probe(self, name: str, ok: bool = True) -> None:
+    def probe(self, name: str, ok: bool = True, index_state: str = "READY") -> None:
         models = self.loaded[name]
         used = sum(CATALOG.get(m).memory_bytes for m in models)
         loads = {(m, "1"): ModelLoad(requests=r) for m, r in models.items()}
         gpus = (GpuSample(0, "", "", self.total[name], used, self.utilization.get(name, 0.1)),)
-        index = tuple(IndexEntry(m, "1", "READY") for m in models)
+        index = tuple(IndexEntry(m, "1", index_state) for m in models)
         self.table.apply_probe(name, f"{name}:1", ProbeResult(ok, index, MetricsSample(loads), gpus))
 
     def probe_all(self) -> None:
@@ -178,6 +178,29 @@ async def test_pending_loads_count_before_the_figures_show_them():
         await m.deploy("big", 1, "x")
     w.probe_all()
     assert m.plan("small", 1).placements[0].endpoint == "a"
+
+
+async def test_a_probe_taken_mid_load_does_not_unready_a_finished_load():
+    """A probe that ran while a load was in progress shows the model LOADING; once the load has
+    returned (Triton answers when the model is READY), that stale LOADING must not turn the
+    replica back into "not ready" (seen as ready_replicas 1 of 2 under load)."""
+    w = World(("a", 80, ""), ("b", 80, ""))
+    load = w.load
+
+    async def load_seen_mid_way(address: str, model: str) -> float:
+        seconds = await load(address, model)
+        if address.startswith("b:"):  # b's probe ran mid-load and answered after it; a's not yet
+            w.probe("b", index_state="LOADING")
+        return seconds
+
+    w.load = load_seen_mid_way
+    m = w.manager()
+    await m.deploy("mid", 2, "agent:a")
+    view = await m.deploy("mid", 2, "agent:b")  # re-checks the placements: a's is not in its index
+    assert [p.state for p in view.placements] == [READY, READY]
+    assert [p.state for p in m.views()[0].placements] == [READY, READY]
+    w.probe_all()  # the next probes see it READY
+    assert [p.state for p in m.views()[0].placements] == [READY, READY]
 
 
 async def test_failed_load_moves_to_the_next_endpoint_and_all_failing_is_unavailable():
