@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import grpc
 from google.protobuf.message import Message
@@ -106,3 +108,13 @@ def key_value(text: str, what: str) -> tuple[str, str]:
     if not sep or not name.strip():
         raise UsageError(f"{what} must look like NAME=VALUE, got {text!r}")
     return name.strip(), value.strip()
+
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """`90s`, `90m`, `12h`, `30d`, `2w`; None when `text` is not a duration."""
+    m = _DURATION.match(text.strip())
+    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))}) if m else None

@@ -75,13 +75,18 @@ def tools_list(ctx: Ctx, args: argparse.Namespace) -> int:
 
 def policy_rule(ptype: str, values: list[str]) -> pb.PolicyRule:
     """The registry validates the values; the CLI checks the rule kind and the count, and writes
-    the subject as the registry stores it (a bare name is `user:<name>`)."""
+    the subject as the registry stores it (a bare name is `user:<name>`).
+
+    A role assignment is accepted in casbin's order (g USER ROLE DOMAIN) and in the order
+    `policies list` prints it (g USER DOMAIN ROLE): the role is the value named `role:...`."""
     if ptype not in ("p", "g"):
         raise UsageError(f"rule kind must be p (policy) or g (role assignment), got {ptype!r}")
     counts = (4, 5) if ptype == "p" else (3,)
     if len(values) not in counts:
         shape = "SUBJECT DOMAIN OBJECT ACTION [allow|deny]" if ptype == "p" else "SUBJECT ROLE DOMAIN"
         raise UsageError(f"a {ptype!r} rule is: {ptype} {shape} (got {len(values)} values)")
+    if ptype == "g" and values[2].startswith("role:") and not values[1].startswith("role:"):
+        values = [values[0], values[2], values[1]]
     return pb.PolicyRule(ptype=ptype, values=[_subject(values[0]), *values[1:]])
 
 

@@ -126,10 +126,16 @@ def _read_secret(path: Path, what: str) -> str:
         raise ConfigError(f"cannot read {what}: {exc}") from exc
 
 
+def stack_root(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Path:
+    """The local stack's directory: --root, else HARNESS_ROOT, else `.harness`."""
+    environ = os.environ if environ is None else environ
+    return Path(getattr(args, "root", None) or environ.get("HARNESS_ROOT") or DEFAULT_ROOT)
+
+
 def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Connection:
     """Builds the Connection from flags, the environment and `<root>/env`."""
     environ = os.environ if environ is None else environ
-    root = Path(getattr(args, "root", None) or environ.get("HARNESS_ROOT") or DEFAULT_ROOT)
+    root = stack_root(args, environ)
     filed = read_env_file(root / "env")
 
     def var(name: str) -> str:

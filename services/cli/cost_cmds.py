@@ -104,7 +104,7 @@ def write_report(resp: cost_pb2.ReportResponse, dims: list[str], fmt: str, out=N
         output.table(headers, rows, out=out)
         if t.unpriced_requests:
             print(f"note: {t.unpriced_requests} request(s) lack a price ({', '.join(t.unpriced)}); their "
-                  "cost is unknown and not in COST_USD: set it with SetPrice", file=sys.stderr)  # fmt: skip
+                  "cost is unknown and not in COST_USD: set it with `harness price set KIND SUBJECT --usd X`", file=sys.stderr)  # fmt: skip
 
 
 def build_report_request(args: argparse.Namespace) -> tuple[cost_pb2.ReportRequest, list[str]]:

@@ -21,6 +21,7 @@ from services.cli import (
     audit_cmds,
     catalog_cmds,
     cost_cmds,
+    credential_cmds,
     tenancy_cmds,
     top_cmds,
 )
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_args(common)
     for module in (agent_cmds, tenancy_cmds, catalog_cmds, audit_cmds, approvals_cmds, cost_cmds, top_cmds):
         module.register(sub, common)
+    credential_cmds.register(sub, common)
     return parser
 
 

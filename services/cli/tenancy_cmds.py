@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from harness.registry.v1 import registry_pb2 as pb
 
 from services.cli import output
-from services.cli.base import Ctx, UsageError
-
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+from services.cli.base import Ctx, UsageError, parse_duration
 
 
 def parse_expiry(text: str, now: datetime | None = None) -> Timestamp:
     """`30d`, `12h`, `90m`, `2w` from now, or an ISO-8601 time (UTC when no zone is given)."""
     now = now or datetime.now(UTC)
-    m = _DURATION.match(text.strip())
-    if m:
-        at = now + timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    ahead = parse_duration(text)
+    if ahead is not None:
+        at = now + ahead
     else:
         try:
             at = datetime.fromisoformat(text.strip())

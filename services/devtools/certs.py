@@ -310,34 +310,10 @@ def make_certs(
         usages=_SERVER_CLIENT,
     )
     svc_paths = {
-        name: _ensure_leaf(
-            out_dir / "services" / f"{name}.pem",
-            out_dir / "services" / f"{name}.key",
-            ca_cert,
-            ca_key,
-            force_leaves,
-            cn=name,
-            ou="service",
-            uris=[spiffe_uri(trust_domain, "service", name)],
-            dns=[*dict.fromkeys(["localhost", name])],
-            ips=["127.0.0.1"],
-            usages=_SERVER_CLIENT,
-        )
-        for name in services
+        name: _leaf(out_dir, ca_cert, ca_key, force_leaves, "service", name, trust_domain) for name in services
     }
     agent_paths = {
-        name: _ensure_leaf(
-            out_dir / "agents" / f"{name}.pem",
-            out_dir / "agents" / f"{name}.key",
-            ca_cert,
-            ca_key,
-            force_leaves,
-            cn=name,
-            ou="agent",
-            uris=[spiffe_uri(trust_domain, "agent", name)],
-            usages=_CLIENT_ONLY,
-        )
-        for name in agents
+        name: _leaf(out_dir, ca_cert, ca_key, force_leaves, "agent", name, trust_domain) for name in agents
     }
     jwt_priv, jwt_pub = ensure_jwt_keys(out_dir, force)
     return CertBundle(
@@ -351,3 +327,41 @@ def make_certs(
         jwt_private_key=jwt_priv,
         jwt_public_key=jwt_pub,
     )
+
+
+def _leaf(out_dir: Path, ca_cert, ca_key, force: bool, kind: str, name: str, trust_domain: str) -> LeafPaths:
+    """An agent's client certificate or a service's server+client one, under <out_dir>/<kind>s/."""
+    # Services also serve (localhost); agents are clients only.
+    server = {"dns": [*dict.fromkeys(["localhost", name])], "ips": ["127.0.0.1"]} if kind == "service" else {}
+    return _ensure_leaf(
+        out_dir / f"{kind}s" / f"{name}.pem",
+        out_dir / f"{kind}s" / f"{name}.key",
+        ca_cert,
+        ca_key,
+        force,
+        cn=name,
+        ou=kind,
+        uris=[spiffe_uri(trust_domain, kind, name)],
+        usages=_SERVER_CLIENT if server else _CLIENT_ONLY,
+        **server,
+    )
+
+
+class NoCertificateAuthority(Exception):
+    """There is no CA to sign with; the message says how to make one."""
+
+
+def issue_leaf(out_dir: Path, kind: str, name: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> LeafPaths:
+    """Signs (or reuses, while valid) the certificate of one more agent or service with the
+    existing CA under `out_dir`; never makes a CA, since nothing would trust a new one.
+    A bad name or trust domain is a ValueError."""
+    if kind not in ("agent", "service"):
+        raise ValueError(f"kind must be agent or service, got {kind!r}")
+    check_identity_names(trust_domain, [name] if kind == "agent" else [], [name] if kind == "service" else [])
+    loaded = _load_pair(out_dir / "ca.pem", out_dir / "ca.key")
+    if loaded is None:
+        raise NoCertificateAuthority(
+            f"no CA under {out_dir} (ca.pem and ca.key): start the local stack with `harness up` "
+            "(or `make certs`) first"
+        )
+    return _leaf(out_dir, *loaded, False, kind, name, trust_domain)

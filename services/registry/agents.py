@@ -16,8 +16,8 @@ from services.registry import limits
 from services.registry.domain import now
 from services.registry.models import AgentRow, AgentVersionRow, ModelRow, ProjectRow, ToolRow
 
-MAX_TRAFFIC_HISTORY = 20  # splits RollbackTrafficSplit can step back through
-_AGENT_HINT = "check the name with ListAgents or register it (CreateAgent)"
+MAX_TRAFFIC_HISTORY = 20  # splits a traffic rollback can step back through
+_AGENT_HINT = "check the name with `harness agents list` or create it with `harness agents create`"
 
 
 def _check_agent_fields(agent: d.Agent) -> None:
@@ -53,7 +53,7 @@ def _check_weights(name: str, weights: list[d.TrafficWeight], known: list[str]) 
         if w.version not in known:
             raise NotFound(
                 f"agent {name!r} has no version {w.version!r} (it has: {', '.join(known) or 'none'}); "
-                "add it first (CreateAgentVersion)"
+                f"add it first: harness versions create {name} {w.version} --model MODEL"
             )
     total = sum(w.weight for w in weights)
     if total != 100:
@@ -77,7 +77,13 @@ class AgentStore:
         _check_agent_fields(agent)
         spiffe_id = d.check_agent_spiffe_id(agent.spiffe_id, trust_domain, agent.name)
         with self._tx(f"agent {agent.name!r} already exists") as s:  # type: ignore[attr-defined]
-            self._need(s, ProjectRow, agent.project, "project", "create it first (CreateProject)")  # type: ignore[attr-defined]
+            self._need(
+                s,
+                ProjectRow,
+                agent.project,
+                "project",
+                "create it first: harness projects create NAME --team TEAM",
+            )  # type: ignore[attr-defined]
             if s.get(AgentRow, agent.name):
                 raise AlreadyExists(f"agent {agent.name!r} already exists; pick another name")
             row = AgentRow(
@@ -139,7 +145,7 @@ class AgentStore:
             for model in version.models:
                 if s.get(ModelRow, model) is None:
                     raise NotFound(
-                        f"model {model!r} is not in the catalog; register it first (RegisterModel)"
+                        f"model {model!r} is not in the catalog; register it first: harness models register {model} --triton-model TRITON_MODEL --memory-gib GIB"
                     )
             for ref in version.tools:
                 name, _, tool_version = ref.partition("@")
@@ -147,7 +153,9 @@ class AgentStore:
                 if tool_version:
                     stmt = stmt.where(ToolRow.version == tool_version)
                 if s.scalar(stmt.limit(1)) is None:
-                    raise NotFound(f"tool {ref!r} is not in the catalog; register it first (RegisterTool)")
+                    raise NotFound(
+                        f"tool {ref!r} is not in the catalog (`harness tools list` shows it); register it first"
+                    )
             row.versions.append(
                 AgentVersionRow(
                     version=version.version,
@@ -178,7 +186,7 @@ class AgentStore:
                 )
             if state == "online" and not row.versions:
                 raise FailedPrecondition(
-                    f"agent {agent!r} has no versions; add one (CreateAgentVersion) before going online"
+                    f"agent {agent!r} has no versions; add one before going online: harness versions create {agent} v1 --model MODEL"
                 )
             row.state = state
             return self._bump(s, row)
@@ -202,7 +210,7 @@ class AgentStore:
             history = list(row.traffic_history or [])
             if not history:
                 raise FailedPrecondition(
-                    f"agent {agent!r} has no earlier traffic split to roll back to; use SetTrafficSplit"
+                    f"agent {agent!r} has no earlier traffic split to roll back to; set one: harness traffic set {agent} v1=100"
                 )
             row.traffic = history.pop()
             row.traffic_history = history

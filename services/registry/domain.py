@@ -37,7 +37,8 @@ CHANGE_KINDS = ("team", "project", "user", "api_key", "agent", "model", "tool", 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "registered": ("online",),
     "online": ("draining",),
-    "draining": ("offline",),
+    # Draining back to online is how an operator cancels a drain (or ends a pause).
+    "draining": ("online", "offline"),
     "offline": ("online", "retired"),
     "retired": (),
 }

@@ -139,7 +139,11 @@ class Policy:
                         domain = rule.values[1] if rule.ptype == "p" else rule.values[2]
                         if domain != "*":
                             self._store.need(
-                                s, ProjectRow, domain, "project", "create it first (CreateProject)"
+                                s,
+                                ProjectRow,
+                                domain,
+                                "project",
+                                "create it first: harness projects create NAME --team TEAM",
                             )
                     self._refresh()
                     loaded = self._revision
@@ -189,7 +193,9 @@ class Policy:
         """(allowed, rule CSV that decided); the rule is "" when nothing matched (default deny)."""
         for name, value in (("subject", sub), ("domain", dom), ("object", obj), ("action", act)):
             if not value:
-                raise InvalidArgument(f"CheckAccess needs a {name}")
+                raise InvalidArgument(
+                    f"an access check needs a {name} (harness policies check SUBJECT DOMAIN OBJECT ACTION)"
+                )
         try:
             sub = policy_subject(sub)
         except ValueError as exc:

@@ -107,7 +107,7 @@ class Store(AgentStore, ChangeLog):
         d.check_label("project", project.name)
         limits.check_project(project)
         with self._tx(f"project {project.name!r} already exists") as s:
-            self._need(s, TeamRow, project.team, "team", "create the team first (CreateTeam)")
+            self._need(s, TeamRow, project.team, "team", "create the team first: harness teams create NAME")
             if s.get(ProjectRow, project.name):
                 raise AlreadyExists(f"project {project.name!r} already exists; pick another name")
             row = ProjectRow(
@@ -149,14 +149,28 @@ class Store(AgentStore, ChangeLog):
 
     def get_user(self, name: str) -> d.User:
         with self._sessions() as s:
-            return rows.user(self._need(s, UserRow, name, "user", "check the name or create it (CreateUser)"))
+            return rows.user(
+                self._need(
+                    s,
+                    UserRow,
+                    name,
+                    "user",
+                    "check the name (`harness users list`) or create it: harness users create NAME --team TEAM",
+                )
+            )
 
     def set_user_limits(self, name: str, rpm_limit: int, tpm_limit: int) -> d.User:
         """Replaces a user's rate limits (0 = unlimited); the same values again record no change."""
         d.check_rate_limits(f"user {name!r}", rpm_limit, tpm_limit)
         limits.check_rate_limits(f"user {name!r}", rpm_limit, tpm_limit)
         with self._tx() as s:
-            row = self._need(s, UserRow, name, "user", "check the name or create it (CreateUser)")
+            row = self._need(
+                s,
+                UserRow,
+                name,
+                "user",
+                "check the name (`harness users list`) or create it: harness users create NAME --team TEAM",
+            )
             if (row.rpm_limit, row.tpm_limit) != (rpm_limit, tpm_limit):
                 row.rpm_limit, row.tpm_limit = rpm_limit, tpm_limit
                 self._record(s, "user", name)
@@ -181,8 +195,16 @@ class Store(AgentStore, ChangeLog):
         key_id = secrets.token_hex(8)
         secret = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         with self._tx() as s:
-            self._need(s, UserRow, user, "user", "create the user first (CreateUser)")
-            self._need(s, ProjectRow, project, "project", "create the project first (CreateProject)")
+            self._need(
+                s, UserRow, user, "user", "create the user first: harness users create NAME --team TEAM"
+            )
+            self._need(
+                s,
+                ProjectRow,
+                project,
+                "project",
+                "create the project first: harness projects create NAME --team TEAM",
+            )
             row = ApiKeyRow(
                 id=key_id,
                 user=user,
@@ -216,11 +238,15 @@ class Store(AgentStore, ChangeLog):
         prefix, _, rest = secret.partition("_")
         key_id, _, _random = rest.partition("_")
         if prefix != KEY_PREFIX or not key_id:
-            raise Unauthenticated("API key is malformed: expected hk_<id>_<secret> as issued by CreateApiKey")
+            raise Unauthenticated(
+                "API key is malformed: expected hk_<id>_<secret> as issued by `harness keys create`"
+            )
         with self._sessions() as s:
             row = s.get(ApiKeyRow, key_id)
             if row is None or not hmac.compare_digest(row.secret_sha256, hash_secret(secret)):
-                raise Unauthenticated("API key is not valid; ask an admin for a new one (CreateApiKey)")
+                raise Unauthenticated(
+                    "API key is not valid; ask an admin for a new one (harness keys create USER --project PROJECT)"
+                )
             if row.revoke_time is not None:
                 raise Unauthenticated(f"API key {key_id} was revoked; ask an admin for a new one")
             if row.expire_time is not None and rows.utc(row.expire_time) <= now():
@@ -303,5 +329,5 @@ class Store(AgentStore, ChangeLog):
         with self._sessions() as s:
             row = s.get(JwtSettingsRow, 1)
             if row is None:
-                raise NotFound("JWT settings are not set; an admin sets them with SetJwtSettings")
+                raise NotFound("JWT settings are not set; `harness up` sets them for the local stack")
             return rows.jwt(row)

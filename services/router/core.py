@@ -207,7 +207,8 @@ class Router:
         if agent.state != common_pb2.AGENT_STATE_ONLINE:
             state = common_pb2.AgentState.Name(agent.state).removeprefix("AGENT_STATE_").lower()
             raise FailedPrecondition(
-                f"agent {agent.name!r} is {state}, not online; set it online in the registry"
+                f"agent {agent.name!r} is {state}, not online; an operator sets it online with "
+                f"`harness agents state {agent.name} online`"
             )
         if ident.project and ident.project != agent.project:
             raise PermissionDenied(

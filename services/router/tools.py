@@ -236,7 +236,10 @@ class ToolInvoker:
 
         agent = await self.registry.agent(reqctx.current().identity.agent)
         if agent.state != common_pb2.AGENT_STATE_ONLINE:
-            raise FailedPrecondition(f"agent {agent.name!r} is not online; set it online in the registry")
+            raise FailedPrecondition(
+                f"agent {agent.name!r} is not online; an operator sets it online with "
+                f"`harness agents state {agent.name} online`"
+            )
         version_label = pick_version(agent)
         version = next(v for v in agent.versions if v.version == version_label)
         team = await self.registry.project_team(agent.project)

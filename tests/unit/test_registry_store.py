@@ -139,6 +139,9 @@ def test_lifecycle_transitions(seeded):
     with pytest.raises(FailedPrecondition, match="can go to: draining"):
         seeded.set_agent_state("demo-agent", "retired")
     seeded.set_agent_state("demo-agent", "draining")
+    # A drain can be called off: draining -> online (what `harness agents state X online` does).
+    assert seeded.set_agent_state("demo-agent", "online").state == "online"
+    seeded.set_agent_state("demo-agent", "draining")
     seeded.set_agent_state("demo-agent", "offline")
     seeded.set_agent_state("demo-agent", "online")
     for s in ("draining", "offline", "retired"):
