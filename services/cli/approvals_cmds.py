@@ -59,6 +59,9 @@ def approvals_list(ctx: Ctx, args: argparse.Namespace) -> int:
         if not token or (args.limit and len(out.approvals) >= args.limit):
             break
     out.page.next_page_token = token  # non-empty when --limit cut the listing short
+    if args.ids:  # for scripts: APPROVAL=$(harness approvals list --state pending --ids --limit 1)
+        print("\n".join(a.id for a in out.approvals))
+        return 0
     return ctx.emit(out, lambda r: output.table(HEADERS, [row(a) for a in r.approvals]))
 
 
@@ -126,6 +129,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--state", type=APPROVAL_STATE, help="pending, approved, rejected or expired (default: all)"
     )
     p.add_argument("--limit", type=int, default=100, help="at most this many (0 = all; 100)")
+    p.add_argument("--ids", action="store_true", help="print only the ids, one a line (for scripts)")
     p.set_defaults(handler=approvals_list, **defaults)
     p = a.add_parser("show", parents=[common], help="one approval with its arguments")
     p.add_argument("id", help="approval id")

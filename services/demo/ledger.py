@@ -77,7 +77,9 @@ def handler_for(ledgers: Ledgers, prefix: str = "/ledger") -> type[BaseHTTPReque
         def do_POST(self) -> None:
             base, _, action = self.path.rstrip("/").rpartition("/")
             if base != prefix:
-                return self._answer(404, {"error": f"no tool at {self.path}; the ledger is at {prefix}/<action>"})
+                return self._answer(
+                    404, {"error": f"no tool at {self.path}; the ledger is at {prefix}/<action>"}
+                )
             try:
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:

@@ -310,7 +310,8 @@ def make_certs(
         usages=_SERVER_CLIENT,
     )
     svc_paths = {
-        name: _leaf(out_dir, ca_cert, ca_key, force_leaves, "service", name, trust_domain) for name in services
+        name: _leaf(out_dir, ca_cert, ca_key, force_leaves, "service", name, trust_domain)
+        for name in services
     }
     agent_paths = {
         name: _leaf(out_dir, ca_cert, ca_key, force_leaves, "agent", name, trust_domain) for name in agents

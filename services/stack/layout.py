@@ -28,6 +28,7 @@ class StackPorts:
     cost: int = 50101
     cost_metrics: int = 9501
     prometheus: int = 9090
+    demo_ledger: int = 18080  # the demo's ledger tool (HTTP)
 
     def named(self) -> list[tuple[str, int]]:
         """(what, port) for every port, for clear 'already in use' errors."""

@@ -30,6 +30,7 @@ from services.common.server import open_channel
 from services.devtools.certs import DEFAULT_SERVICES, CertBundle, make_certs
 from services.envoy.methods import idempotent_unary_methods
 from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, write_envoy_config
+from services.stack import demo_tools
 from services.stack import prometheus as prom
 from services.stack.banner import banner
 from services.stack.layout import StackPaths, StackPorts, ports_in_use, redis_prefix_for
@@ -101,7 +102,8 @@ class Stack:
         self.cfg = cfg
         self.paths = StackPaths(cfg.root)
         self.sup = Supervisor()
-        self.demo = yaml.safe_load(cfg.demo_file.read_text()) or {}
+        demo = yaml.safe_load(cfg.demo_file.read_text()) or {}
+        self.demo = demo_tools.with_ledger_at(demo, cfg.ports.demo_ledger)
         self.certs: CertBundle | None = None
         p = cfg.ports
         if not len(cfg.simulators) == len(p.enginesim) == len(p.enginesim_metrics):
@@ -156,6 +158,7 @@ class Stack:
 
     def _start_children(self) -> None:
         p, state, logs = self.cfg.ports, self.paths.state, self.paths.logs
+        self.sup.start(demo_tools.ledger_child(p.demo_ledger, logs))
         for i, sim in enumerate(self.sims):
             argv = _py(
                 "services.enginesim", "--host", "127.0.0.1", "--port", sim.port, "--metrics-port",
@@ -317,6 +320,10 @@ class Stack:
                 await self._until(f"engine simulator {name}", lambda ch=ch: self._serving(ch), deadline)
             for name, ch in channels.items():
                 await self._until(name, lambda ch=ch: self._serving(ch), deadline)
+            ledger = p.demo_ledger
+            await self._until(
+                "demo ledger tool", lambda: asyncio.to_thread(demo_tools.ledger_ready, ledger), deadline
+            )
             registry = registry_pb2_grpc.RegistryStub(channels["registry"])
             await seed_registry(registry, self.demo, ())
             # The registry holds the JWT settings; routers follow them through Watch.
@@ -393,6 +400,8 @@ class Stack:
             # The simulators, directly (plain gRPC, Triton's protocol), for ops and benchmarks.
             "HARNESS_TRITON_ADDRS": ",".join(sim.address for sim in self.sims),
             "HARNESS_TRITON_METRICS": ",".join(sim.metrics_url for sim in self.sims),
+            # The demo's ledger tool (agents reach it only through the router's InvokeTool).
+            "HARNESS_LEDGER_URL": demo_tools.ledger_url(self.cfg.ports.demo_ledger),
         }
         p = self.cfg.ports  # for `harness top`
         env["HARNESS_ROUTER_METRICS"] = ",".join(
@@ -406,7 +415,9 @@ class Stack:
 
     def banner(self, env: dict[str, str]) -> str:
         shared = (self.cfg.redis_url, self.redis_prefix) if self.cfg.redis_url else None
-        extra = [prom.banner_line(self.prometheus_url)] if self.cfg.prometheus else []
+        extra = [demo_tools.banner_line(self.cfg.ports.demo_ledger)]
+        if self.cfg.prometheus:
+            extra.append(prom.banner_line(self.prometheus_url))
         return banner(env, self.cfg.ports, self.paths, self.sims, shared, extra)
 
     def stop(self) -> None:

@@ -92,6 +92,8 @@ async def test_list_approve_reject_and_lineage(cli, opened):
     lines = res.out.splitlines()
     assert lines[0].split()[:4] == ["ID", "STATE", "CREATED", "EXPIRES"] and len(lines) == 3
     assert delete_id in lines[1] and "pending" in lines[1] and "rpa-bot@v3" in lines[1]
+    ids = await cli("approvals", "list", "--state", "pending", "--ids")
+    assert ids.rc == 0 and ids.out.split() == [delete_id, write_id]
 
     shown = await cli("approvals", "show", delete_id, user="carol")
     assert shown.rc == 0 and "reason:       ledger.delete requires approval" in shown.out

@@ -86,7 +86,7 @@ BAD_CALLS = [
     ("AddPolicy", pb.AddPolicyRequest(rule=_rule("g", "bob", "role:x", "nope")), NOT_FOUND, "project 'nope'"),
     ("SetJwtSettings", _jwt(public_key_pem="-----BEGIN PUBLIC KEY-----"), INVALID, "public_key_pem"),
     ("SetJwtSettings", _jwt(issuer=""), INVALID, "issuer"),
-    ("GetJwtSettings", pb.GetJwtSettingsRequest(), NOT_FOUND, "SetJwtSettings"),
+    ("GetJwtSettings", pb.GetJwtSettingsRequest(), NOT_FOUND, "harness up"),
     ("CreateTeam", pb.CreateTeamRequest(team=pb.Team(name="Finance!")), INVALID, "lowercase"),
     ("CreateTeam", pb.CreateTeamRequest(team=pb.Team(name="finance")), EXISTS, "finance"),
     ("CreateProject", pb.CreateProjectRequest(project=pb.Project(name="p", team="nope")), NOT_FOUND, "nope"),

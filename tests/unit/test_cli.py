@@ -97,8 +97,16 @@ def test_policy_rules():
     assert list(policy_rule("p", ["role:a", "ledger", "agent:x", "invoke"]).values)[-1] == "invoke"
     assert policy_rule("g", ["bob", "role:a", "ledger"]).ptype == "g"
     # `policies list` prints a role assignment as g USER DOMAIN ROLE; add takes that order too.
-    assert list(policy_rule("g", ["dave", "ledger", "role:analyst"]).values) == ["dave", "role:analyst", "ledger"]
-    assert list(policy_rule("g", ["dave", "role:analyst", "ledger"]).values) == ["dave", "role:analyst", "ledger"]
+    assert list(policy_rule("g", ["dave", "ledger", "role:analyst"]).values) == [
+        "dave",
+        "role:analyst",
+        "ledger",
+    ]
+    assert list(policy_rule("g", ["dave", "role:analyst", "ledger"]).values) == [
+        "dave",
+        "role:analyst",
+        "ledger",
+    ]
     with pytest.raises(UsageError, match="SUBJECT ROLE DOMAIN"):
         policy_rule("g", ["bob", "role:a"])
     with pytest.raises(UsageError, match=r"p \(policy\) or g"):

@@ -20,7 +20,9 @@ def test_certs_issue_signs_an_agent_certificate_with_the_stack_ca(tmp_path, caps
     ca = x509.load_pem_x509_certificate(bundle.ca_cert.read_bytes())
     cert.verify_directly_issued_by(ca)
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://harness.local/agent/payments-bot"]
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://harness.local/agent/payments-bot"
+    ]
     assert str(pem.resolve()) in out and (root / "certs" / "agents" / "payments-bot.key").is_file()
     # Issued again: the same valid certificate is kept.
     first = pem.read_bytes()

@@ -30,8 +30,13 @@ def post(url: str, body: bytes | dict) -> tuple[int, dict]:
 
 
 def test_write_read_delete(ledger_url):
-    assert post(f"{ledger_url}/read", {"ledger": "FY2024"}) == (200, {"ledger": "FY2024", "entries": [], "count": 0})
-    code, body = post(f"{ledger_url}/write", {"ledger": "FY2024", "account": "4000", "amount": 12.5, "memo": "x"})
+    assert post(f"{ledger_url}/read", {"ledger": "FY2024"}) == (
+        200,
+        {"ledger": "FY2024", "entries": [], "count": 0},
+    )
+    code, body = post(
+        f"{ledger_url}/write", {"ledger": "FY2024", "account": "4000", "amount": 12.5, "memo": "x"}
+    )
     assert code == 200 and body["entry"] == {"id": 1, "account": "4000", "amount": 12.5, "memo": "x"}
     assert post(f"{ledger_url}/read", {"ledger": "FY2024"})[1]["count"] == 1
     assert post(f"{ledger_url}/delete", {"ledger": "FY2024", "reason": "duplicate"})[1]["deleted"] == 1

@@ -9,12 +9,12 @@ from harness.audit.v1 import audit_pb2
 from harness.cost.v1 import cost_pb2
 from harness.pool.v1 import pool_pb2
 from harness.registry.v1 import registry_pb2
-from harness.router.v1 import router_pb2
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
+# The operators' RPCs (the router's Generate or InvokeTool are what agent developers call).
 RPCS = {
     method.name
-    for module in (audit_pb2, cost_pb2, pool_pb2, registry_pb2, router_pb2)
+    for module in (audit_pb2, cost_pb2, pool_pb2, registry_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
     for method in service.methods
 }
@@ -35,7 +35,9 @@ def _messages(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "print":
             if any(k.arg == "file" for k in node.keywords):
                 out += [(node.lineno, t) for t in _texts(node)]
-        elif isinstance(node, ast.Assign) and any(getattr(t, "id", "").endswith("_HINT") for t in node.targets):
+        elif isinstance(node, ast.Assign) and any(
+            getattr(t, "id", "").endswith("_HINT") for t in node.targets
+        ):
             out += [(node.lineno, t) for t in _texts(node.value)]
     return out
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services.stack import demo_tools
 from services.stack.banner import banner
 from services.stack.layout import StackPaths, StackPorts
 from services.stack.prometheus import banner_line
@@ -44,8 +45,9 @@ def _banner() -> tuple[str, StackPorts]:
         "HARNESS_ENVOY_ADMIN": "http://127.0.0.1:9901",
         "HARNESS_AGENT": "a",
     }
-    prometheus = [banner_line(f"http://127.0.0.1:{ports.prometheus}")]  # as harness up passes it
-    return banner(env, ports, StackPaths(Path(".harness")), sims, extra=prometheus), ports
+    # As `harness up` passes them: the demo's tools and Prometheus join the ports.
+    extra = [demo_tools.banner_line(ports.demo_ledger), banner_line(f"http://127.0.0.1:{ports.prometheus}")]
+    return banner(env, ports, StackPaths(Path(".harness")), sims, extra=extra), ports
 
 
 def test_banner_lists_every_port_of_the_stack():
