@@ -98,12 +98,12 @@ def test_policy_rules():
     assert policy_rule("g", ["bob", "role:a", "ledger"]).ptype == "g"
     # `policies list` prints a role assignment as g USER DOMAIN ROLE; add takes that order too.
     assert list(policy_rule("g", ["dave", "ledger", "role:analyst"]).values) == [
-        "dave",
+        "user:dave",
         "role:analyst",
         "ledger",
     ]
     assert list(policy_rule("g", ["dave", "role:analyst", "ledger"]).values) == [
-        "dave",
+        "user:dave",
         "role:analyst",
         "ledger",
     ]
