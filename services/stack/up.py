@@ -122,7 +122,12 @@ class Stack:
         if busy:
             raise StackError(
                 "cannot start: " + ", ".join(busy) + " already in use. Stop what holds them "
-                "(another `harness up`?) or choose other ports."
+                "(another `harness up`?) or choose other ports (--free-ports)"
+                + (
+                    ", or start without Prometheus (--no-prometheus)."
+                    if any("(prometheus)" in b for b in busy)
+                    else "."
+                )
             )
         if self.cfg.prometheus:  # before anything starts: say what is missing, or how to go without
             try:
