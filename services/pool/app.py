@@ -21,6 +21,7 @@ from services.common.config import ServerConfig
 from services.common.mirror_metrics import register_mirror_metrics
 from services.common.registry_mirror import RegistryMirror
 from services.common.server import RunningServer, open_channel, start_server
+from services.pool.access import NO_ACCESS
 from services.pool.catalog import ModelCatalog
 from services.pool.claims_store import ClaimStore
 from services.pool.config import PoolConfig
@@ -30,7 +31,7 @@ from services.pool.endpoints import EndpointTable, WatchBatch
 from services.pool.gpus import Nvml, list_gpus
 from services.pool.metrics import PoolCollector
 from services.pool.placement import PlacementPlan
-from services.pool.probe import ProbeSettings, ProbeSupervisor
+from services.pool.probe import EngineReach, ProbeSettings, ProbeSupervisor
 from services.pool.registry_follow import RegistryFollower
 from services.pool.scaling import Advice, ScalingLimits, advise
 from services.pool.servicer import PoolServicer
@@ -54,7 +55,12 @@ class PoolApp:
         self.table = EndpointTable(unhealthy_after=config.unhealthy_after)
         self.nvml = nvml if nvml is not None else Nvml(enabled=config.nvml)
         settings = ProbeSettings(config.probe_interval_s, config.probe_timeout_s, config.metrics_timeout_s)
-        self.probes = ProbeSupervisor(self.table, settings, self._nvml_override)
+        access = dict(config.engine_access)
+        self.engine_access = lambda address: access.get(address, NO_ACCESS)
+        reach = EngineReach(
+            self.engine_access, lambda: tuple(dict.fromkeys(m.triton_model for m in self.catalog.all()))
+        )
+        self.probes = ProbeSupervisor(self.table, settings, self._nvml_override, reach)
         self.metrics_registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
         self.follower: RegistryFollower | None = None  # set when following the registry
         self.catalog = ModelCatalog(config.models)
@@ -68,7 +74,9 @@ class PoolApp:
         self.deployments = DeploymentManager(
             self.table,
             self.catalog,
-            control if control is not None else TritonControl(config.load_timeout_s),
+            control
+            if control is not None
+            else TritonControl(config.load_timeout_s, access=self.engine_access),
             headroom=config.headroom,
             agent_idle_ttl_s=config.agent_idle_ttl_s,
             on_load=lambda model, s: self.load_seconds.labels(model).observe(s),

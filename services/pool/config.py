@@ -3,7 +3,8 @@
 Endpoints known at start come from the file's `endpoints:` list and from repeated
 `--endpoint name=sim-0,address=127.0.0.1:8001,metrics=http://127.0.0.1:8002/metrics,
 gpu_type=H100-80GB,gpus=1,memory_gb=80,label.zone=a` flags (a flag wins over a file entry
-of the same name). More can be added at run time with RegisterEndpoint.
+of the same name). `header.K=V` (repeatable), `tls=true` and `ca=PATH` say how the pool
+reaches that engine (YAML: `headers: {K: V}`, `tls: true`, `ca: PATH`); see access.py. More can be added at run time with RegisterEndpoint.
 
 Models the pool may deploy (catalog name, Triton name, GiB per loaded copy; see catalog.py)
 come from `models:` and repeated `--model name=llama-3-8b,triton_model=llama-3-8b-instruct,
@@ -34,15 +35,19 @@ import yaml
 
 from services.common.config import env
 from services.common.errors import InvalidArgument
+from services.pool.access import EngineAccess, access_from_mapping
 from services.pool.catalog import ModelSpec, model_from_mapping, parse_model_flag
 from services.pool.state import GIB, EndpointSpec, validate_spec
 
 _ENDPOINT_KEYS = {"name", "address", "metrics", "metrics_url", "gpu_type", "gpus", "memory_gb", "labels"}
+_ACCESS_KEYS = {"headers", "tls", "ca"}  # how the pool reaches the engine (access.py)
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     endpoints: tuple[EndpointSpec, ...] = ()
+    # (address, headers/TLS) for engines that need them; kept out of the endpoint table.
+    engine_access: tuple[tuple[str, EngineAccess], ...] = ()
     probe_interval_s: float = 0.5
     probe_timeout_s: float = 0.5  # deadline of each gRPC probe call
     metrics_timeout_s: float = 1.0  # HTTP timeout of a metrics scrape
@@ -79,9 +84,10 @@ class PoolConfig:
 
 def endpoint_from_mapping(raw: Mapping[str, object]) -> EndpointSpec:
     """One endpoint from a YAML mapping or a parsed --endpoint flag; ValueError when bad."""
-    unknown = set(raw) - _ENDPOINT_KEYS
+    unknown = set(raw) - _ENDPOINT_KEYS - _ACCESS_KEYS
     if unknown:
-        raise ValueError(f"unknown endpoint keys {sorted(unknown)} (known: {sorted(_ENDPOINT_KEYS)})")
+        known = sorted(_ENDPOINT_KEYS | _ACCESS_KEYS)
+        raise ValueError(f"unknown endpoint keys {sorted(unknown)} (known: {known})")
     try:
         labels = raw.get("labels") or {}
         if not isinstance(labels, Mapping):
@@ -101,20 +107,28 @@ def endpoint_from_mapping(raw: Mapping[str, object]) -> EndpointSpec:
 
 
 def parse_endpoint_flag(text: str) -> EndpointSpec:
-    """`name=sim-0,address=host:port,metrics=URL,gpu_type=T,gpus=1,memory_gb=80,label.k=v`."""
+    """`name=sim-0,address=host:port,metrics=URL,gpu_type=T,gpus=1,memory_gb=80,label.k=v`
+    (and `header.K=V`, `tls=true`, `ca=PATH`: see :func:`endpoint_flag_mapping`)."""
+    return endpoint_from_mapping(endpoint_flag_mapping(text))
+
+
+def endpoint_flag_mapping(text: str) -> dict[str, object]:
+    """The --endpoint flag as the mapping a YAML entry would be (`label.k`, `header.k` grouped)."""
     raw: dict[str, object] = {}
-    labels: dict[str, str] = {}
+    groups: dict[str, dict[str, str]] = {"label.": {}, "header.": {}}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         if not sep:
             raise ValueError(f"--endpoint: expected key=value, got {part!r}")
-        if key.startswith("label."):
-            labels[key[len("label.") :]] = value
+        prefix = next((p for p in groups if key.startswith(p)), None)
+        if prefix is not None:
+            groups[prefix][key[len(prefix) :]] = value
         else:
             raw[key] = value
-    if labels:
-        raw["labels"] = labels
-    return endpoint_from_mapping(raw)
+    for prefix, key in (("label.", "labels"), ("header.", "headers")):
+        if groups[prefix]:
+            raw[key] = groups[prefix]
+    return raw
 
 
 def load_file(path: str | Path) -> dict:
@@ -164,14 +178,14 @@ def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
     """File values, then flags on top. Raises ValueError with a readable message."""
     data = load_file(args.config) if args.config else {}
     endpoints: dict[str, EndpointSpec] = {}
-    for raw in data.get("endpoints") or []:
+    access: dict[str, EngineAccess] = {}
+    entries = list(data.get("endpoints") or [])
+    for raw in [*entries, *(endpoint_flag_mapping(flag) for flag in args.endpoint)]:
         if not isinstance(raw, Mapping):
             raise ValueError("each entry of endpoints: must be a mapping")
         spec = endpoint_from_mapping(raw)
         endpoints[spec.name] = spec
-    for flag in args.endpoint:
-        spec = parse_endpoint_flag(flag)
-        endpoints[spec.name] = spec
+        access[spec.address] = access_from_mapping(raw)
 
     models: dict[str, ModelSpec] = {}
     for raw in data.get("models") or []:
@@ -188,6 +202,7 @@ def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
 
     return PoolConfig(
         endpoints=tuple(endpoints.values()),
+        engine_access=tuple((a, x) for a, x in access.items() if x != EngineAccess()),
         probe_interval_s=pick(args.probe_interval, "probe_interval_s", 0.5, float),
         probe_timeout_s=pick(args.probe_timeout, "probe_timeout_s", 0.5, float),
         metrics_timeout_s=float(data.get("metrics_timeout_s", 1.0)),

@@ -1,9 +1,11 @@
 """Background probes: one task per endpoint, folding what it sees into the endpoint table.
 
 Each round runs, concurrently and with short deadlines:
-- gRPC: `grpc.health.v1.Health/Check`, `ServerReady` and `RepositoryIndex` on Triton's
-  GRPCInferenceService. These alone decide health (endpoints that do not serve the health
-  service at all, UNIMPLEMENTED, are judged by ServerReady).
+- gRPC: `grpc.health.v1.Health/Check` and `ServerReady` on Triton's GRPCInferenceService.
+  These alone decide health (endpoints that do not serve the health service at all,
+  UNIMPLEMENTED, are judged by ServerReady). The models come from `RepositoryIndex`; when
+  the engine refuses it (a restricted repository protocol), from `ModelReady` of each model
+  the pool's catalog knows. Calls carry the endpoint's configured headers (access.py).
 - HTTP: a GET of the metrics URL (in a worker thread, so the loop never blocks). A failed
   scrape only means "no fresh load figures": it never marks an endpoint down by itself.
 After a failed gRPC round the channel is dropped and the next round dials afresh, so a
@@ -22,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from services.pool.access import NO_ACCESS, EngineAccess
 from services.pool.endpoints import EndpointTable
 from services.pool.scrape import http_get_text, parse_triton_metrics
 from services.pool.state import HEALTHY, UNHEALTHY, EndpointSpec, GpuSample, IndexEntry, ProbeResult
@@ -30,6 +33,18 @@ log = logging.getLogger("harness.pool.probe")
 
 # Returns NVML figures for an endpoint name, or None when NVML does not cover it.
 GpuOverride = Callable[[str], tuple[GpuSample, ...] | None]
+
+
+MAX_READY_PROBES = 64  # ModelReady calls per round when RepositoryIndex is refused
+
+
+@dataclass(frozen=True)
+class EngineReach:
+    """Per-address headers/TLS, and the Triton models to ask ModelReady about when an engine
+    refuses RepositoryIndex (the catalog's)."""
+
+    access: Callable[[str], EngineAccess] = lambda _address: NO_ACCESS
+    models: Callable[[], tuple[str, ...]] = tuple
 
 
 @dataclass(frozen=True)
@@ -48,11 +63,13 @@ class Prober:
         table: EndpointTable,
         settings: ProbeSettings,
         gpu_override: GpuOverride | None = None,
+        reach: EngineReach | None = None,
     ) -> None:
         self.spec = spec
         self._table = table
         self._settings = settings
         self._gpu_override = gpu_override
+        self._reach = reach or EngineReach()
         self._channel: grpc.aio.Channel | None = None
 
     async def run(self) -> None:
@@ -85,16 +102,16 @@ class Prober:
         return ProbeResult(ok=ok, models=models, metrics=metrics, gpus=gpus, error=error)
 
     async def _probe_grpc(self) -> tuple[bool, tuple[IndexEntry, ...], str]:
+        access = self._reach.access(self.spec.address)
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.spec.address)
-        timeout = self._settings.timeout_s
+            self._channel = access.channel(self.spec.address)
+        timeout, md = self._settings.timeout_s, access.headers
         health = health_pb2_grpc.HealthStub(self._channel)
         triton = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         try:
-            check, ready, index = await asyncio.gather(
-                self._health_check(health, timeout),
-                triton.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout),
-                triton.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=False), timeout=timeout),
+            check, ready = await asyncio.gather(
+                self._health_check(health, timeout, md),
+                triton.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout, metadata=md),
             )
         except grpc.aio.AioRpcError as exc:
             await self._drop_channel()
@@ -103,13 +120,35 @@ class Prober:
             return False, (), "health check: NOT_SERVING"
         if not ready.ready:
             return False, (), "ServerReady: not ready"
-        models = tuple(IndexEntry(m.name, m.version, m.state) for m in index.models)
-        return True, models, ""
+        try:
+            return True, await self._models(triton, timeout, md), ""
+        except grpc.aio.AioRpcError as exc:
+            await self._drop_channel()
+            return False, (), f"{exc.code().name}: {exc.details()}"
+
+    async def _models(self, triton, timeout: float, md) -> tuple[IndexEntry, ...]:
+        try:
+            index = await triton.RepositoryIndex(
+                service_pb2.RepositoryIndexRequest(ready=False), timeout=timeout, metadata=md
+            )
+            return tuple(IndexEntry(m.name, m.version, m.state) for m in index.models)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            log.debug("RepositoryIndex on %s refused (%s): asking ModelReady", self.spec.name, exc.details())
+        names = self._reach.models()[:MAX_READY_PROBES]
+        answers = await asyncio.gather(
+            *(
+                triton.ModelReady(service_pb2.ModelReadyRequest(name=n), timeout=timeout, metadata=md)
+                for n in names
+            )
+        )
+        return tuple(IndexEntry(n, "1", "READY") for n, a in zip(names, answers, strict=True) if a.ready)
 
     @staticmethod
-    async def _health_check(stub: health_pb2_grpc.HealthStub, timeout: float) -> bool:
+    async def _health_check(stub: health_pb2_grpc.HealthStub, timeout: float, md) -> bool:
         try:
-            resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout, metadata=md)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return True  # no health service: ServerReady decides
@@ -138,11 +177,16 @@ class ProbeSupervisor:
     """Keeps exactly one probe task per registered endpoint."""
 
     def __init__(
-        self, table: EndpointTable, settings: ProbeSettings, gpu_override: GpuOverride | None = None
+        self,
+        table: EndpointTable,
+        settings: ProbeSettings,
+        gpu_override: GpuOverride | None = None,
+        reach: EngineReach | None = None,
     ) -> None:
         self._table = table
         self._settings = settings
         self._gpu_override = gpu_override
+        self._reach = reach
         self._tasks: dict[str, tuple[Prober, asyncio.Task]] = {}
 
     def ensure(self, spec: EndpointSpec) -> None:
@@ -154,7 +198,7 @@ class ProbeSupervisor:
                 prober.spec = spec  # labels/GPU type only: the running task picks them up
                 return
             task.cancel()
-        prober = Prober(spec, self._table, self._settings, self._gpu_override)
+        prober = Prober(spec, self._table, self._settings, self._gpu_override, self._reach)
         task = asyncio.get_running_loop().create_task(prober.run(), name=f"pool-probe-{spec.name}")
         task.add_done_callback(_log_crash)
         self._tasks[spec.name] = (prober, task)

@@ -34,7 +34,17 @@ class _Inference(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerLive(self, request, context):
         return service_pb2.ServerLiveResponse(live=True)
 
+    async def ModelReady(self, request, context):
+        return service_pb2.ModelReadyResponse(ready=self._fake.models.get(request.name) == "READY")
+
     async def RepositoryIndex(self, request, context):
+        header = self._fake.repository_header
+        if header and (header[0], header[1]) not in tuple(context.invocation_metadata() or ()):
+            # What a Triton with a restricted repository protocol answers.
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"This protocol is restricted, expecting header '{header[0]}'",
+            )
         entries = [
             service_pb2.RepositoryIndexResponse.ModelIndex(name=n, version="1", state=s)
             for n, s in sorted(self._fake.models.items())
@@ -93,6 +103,7 @@ class FakeTriton:
         self.loads: dict[str, tuple[int, int, float]] = {}  # model -> (active, waiting, kv fraction)
         self.gpu: tuple[int, int, float] = (80 * GIB, 20 * GIB, 0.25)  # total, used, utilisation
         self.ready = True
+        self.repository_header: tuple[str, str] | None = None  # (key, value) RepositoryIndex needs
         self.port = 0
         self._server: grpc.aio.Server | None = None
         registry = CollectorRegistry(auto_describe=False)
