@@ -6,13 +6,17 @@ import asyncio
 
 from services.audit.config import build_parser, config_from_args
 from services.audit.servicer import start_audit
+from services.common.jwt_settings import follow_registry_jwt_settings
 from services.common.server import run_until_signal, setup_logging
 
 
 async def _serve(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    running = await start_audit(config_from_args(args))
+    config = config_from_args(args)
+    running = await start_audit(config)
+    if config.registry_addr:
+        follow_registry_jwt_settings(running, config.registry_addr, config.server.tls)
     await run_until_signal(running)
 
 

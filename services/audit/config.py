@@ -31,6 +31,8 @@ class AuditConfig:
     witness: str = ""
     witness_key: str = ""
     ingest_services: tuple[str, ...] = DEFAULT_INGEST_SERVICES
+    # Registry host:port whose JWT settings user tokens are verified with ("" = the flags only).
+    registry_addr: str = ""
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -80,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated service identities (certificate names) allowed to append events "
         "(env HARNESS_AUDIT_INGEST_SERVICES); default %(default)s",
     )
+    parser.add_argument(
+        "--registry",
+        default=env("REGISTRY_ADDR"),
+        help="registry host:port: verify user tokens with its JWT settings while set (env "
+        "HARNESS_REGISTRY_ADDR); off when empty",
+    )
     return parser
 
 
@@ -90,4 +98,5 @@ def config_from_args(args: argparse.Namespace) -> AuditConfig:
         witness=args.witness,
         witness_key=args.witness_key,
         ingest_services=tuple(s.strip() for s in args.ingest_services.split(",") if s.strip()),
+        registry_addr=args.registry,
     )

@@ -22,6 +22,7 @@ from services.cli import (
     catalog_cmds,
     cost_cmds,
     credential_cmds,
+    jwt_cmds,
     tenancy_cmds,
     top_cmds,
 )
@@ -72,7 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_up)
     common = argparse.ArgumentParser(add_help=False)
     add_connection_args(common)
-    for module in (agent_cmds, tenancy_cmds, catalog_cmds, audit_cmds, approvals_cmds, cost_cmds, top_cmds):
+    modules = (
+        agent_cmds,
+        tenancy_cmds,
+        catalog_cmds,
+        jwt_cmds,
+        audit_cmds,
+        approvals_cmds,
+        cost_cmds,
+        top_cmds,
+    )
+    for module in modules:
         module.register(sub, common)
     credential_cmds.register(sub, common)
     return parser

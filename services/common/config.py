@@ -58,6 +58,16 @@ def add_server_args(parser: argparse.ArgumentParser, *, default_port: int, defau
     g.add_argument("--jwt-public-key", default=env("JWT_PUBLIC_KEY"))
     g.add_argument("--jwt-issuer", default=env("JWT_ISSUER", "harness"))
     g.add_argument("--jwt-audience", default=env("JWT_AUDIENCE", "harness"))
+    g.add_argument(
+        "--jwt-jwks-url",
+        default=env("JWT_JWKS_URL"),
+        help="verify user tokens with an OIDC issuer's JSON Web Key Set (instead of --jwt-public-key)",
+    )
+    g.add_argument(
+        "--jwt-oidc-discovery-url",
+        default=env("JWT_OIDC_DISCOVERY_URL"),
+        help="the issuer's <issuer>/.well-known/openid-configuration (its jwks_uri is used)",
+    )
     g.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
 
 
@@ -76,6 +86,8 @@ def server_config_from_args(name: str, args: argparse.Namespace, **extra) -> Ser
             jwt_public_key_path=args.jwt_public_key,
             jwt_issuer=args.jwt_issuer,
             jwt_audience=args.jwt_audience,
+            jwt_jwks_url=args.jwt_jwks_url,
+            jwt_oidc_discovery_url=args.jwt_oidc_discovery_url,
         ),
         **extra,
     )

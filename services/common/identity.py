@@ -3,7 +3,8 @@
 Agents: Envoy terminates mTLS and forwards the client certificate's URI SAN in
 `x-forwarded-client-cert` (XFCC) with SANITIZE_SET, so the header can be trusted only on
 connections whose own peer certificate is Envoy's. Services calling each other directly are
-identified by their own certificate. Users: an RS256 JWT in `authorization: Bearer ...`, or an
+identified by their own certificate. Users: a JWT in `authorization: Bearer ...` (signed by a
+configured RSA key or by a key of an OIDC issuer's JWKS, services/common/jwks.py), or an
 API key (`hk_...`) resolved by an `ApiKeyResolver` (the registry), sent as `x-api-key` or as the
 bearer token (where OpenAI clients put `api_key`). The same rules serve gRPC and HTTP callers:
 each protocol hands over the peer's certificate identities and its headers.
@@ -21,14 +22,15 @@ from pathlib import Path
 import grpc
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from services.common.context import Identity
 from services.common.errors import Unauthenticated
+from services.common.jwks import JwksKeys, KeySource, SigningKey, StaticKey
 from services.common.xfcc import XfccError, agent_from_xfcc, is_valid_name
 
 XFCC_KEY = "x-forwarded-client-cert"
 API_KEY_KEY = "x-api-key"
+MAX_TOKEN_CHARS = 16 * 1024
 API_KEY_PREFIX = "hk_"  # every registry-issued secret starts so; a JWT never does
 
 
@@ -45,6 +47,11 @@ class AuthConfig:
     jwt_issuer: str = "harness"
     jwt_audience: str = "harness"
     jwt_leeway_s: int = 30
+    # An OIDC issuer's keys instead of a key file: its JWKS URL, or its discovery document.
+    jwt_jwks_url: str = ""
+    jwt_oidc_discovery_url: str = ""
+    jwks_cache_ttl_s: float = 300.0  # refetch the key set this often (in the background)
+    jwks_min_refresh_s: float = 30.0  # at most one fetch this often, even for unknown kids
 
     def agent_prefix(self) -> str:
         return f"spiffe://{self.trust_domain}/agent/"
@@ -81,40 +88,85 @@ def _uri_sans(pem: bytes) -> tuple[str, ...]:
 
 
 class JwtVerifier:
-    """Verifies RS256 user tokens against one public key, issuer and audience."""
+    """Verifies user tokens: the signature (one configured RSA key, or the issuer's JWKS key the
+    token's `kid` names), issuer, audience and expiry."""
 
-    def __init__(self, public_key_pem: bytes, issuer: str, audience: str, leeway_s: int = 30) -> None:
-        self._key = serialization.load_pem_public_key(public_key_pem)
+    def __init__(self, keys: bytes | KeySource, issuer: str, audience: str, leeway_s: int = 30) -> None:
+        self._keys: KeySource = StaticKey(keys) if isinstance(keys, bytes) else keys
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_s
-        # Agents resend the same token on every call; an RSA verify per call costs ~0.1 ms.
-        # Entries are only served before the token's own expiry.
-        self._verified: dict[str, tuple[float, Identity]] = {}
+        # Agents resend the same token on every call; a signature check per call costs ~0.1 ms.
+        # Entries are only served before the token's own expiry, and while its key is current.
+        self._verified: dict[str, tuple[float, Identity, str]] = {}
+
+    @classmethod
+    def from_sources(
+        cls,
+        cfg: AuthConfig,
+        *,
+        issuer: str,
+        audience: str,
+        public_key_pem: bytes = b"",
+        jwks_url: str = "",
+        discovery_url: str = "",
+    ) -> JwtVerifier:
+        """A verifier for exactly one key source (PEM key, JWKS URL or OIDC discovery URL)."""
+        if sum(map(bool, (public_key_pem, jwks_url, discovery_url))) != 1:
+            raise ValueError(
+                "JWT keys need exactly one of a public key, a JWKS URL and an OIDC discovery URL"
+            )
+        if public_key_pem:
+            return cls(public_key_pem, issuer, audience, cfg.jwt_leeway_s)
+        keys = JwksKeys(
+            issuer=issuer,
+            jwks_url=jwks_url,
+            discovery_url=discovery_url,
+            cache_ttl_s=cfg.jwks_cache_ttl_s,
+            min_refresh_s=cfg.jwks_min_refresh_s,
+        )
+        return cls(keys, issuer, audience, cfg.jwt_leeway_s)
 
     @classmethod
     def from_config(cls, cfg: AuthConfig) -> JwtVerifier | None:
-        if not cfg.jwt_public_key_path:
+        """From the service's flags; None when no key source is configured."""
+        if not (cfg.jwt_public_key_path or cfg.jwt_jwks_url or cfg.jwt_oidc_discovery_url):
             return None
-        key = Path(cfg.jwt_public_key_path).read_bytes()
-        return cls(key, cfg.jwt_issuer, cfg.jwt_audience, cfg.jwt_leeway_s)
+        pem = Path(cfg.jwt_public_key_path).read_bytes() if cfg.jwt_public_key_path else b""
+        return cls.from_sources(
+            cfg,
+            issuer=cfg.jwt_issuer,
+            audience=cfg.jwt_audience,
+            public_key_pem=pem,
+            jwks_url=cfg.jwt_jwks_url,
+            discovery_url=cfg.jwt_oidc_discovery_url,
+        )
 
-    def verify(self, token: str) -> Identity:
+    async def verify(self, token: str) -> Identity:
         hit = self._verified.get(token)
-        if hit is not None and hit[0] > time.time():
+        if hit is not None and hit[0] > time.time() and self._keys.knows(hit[2]):
             return hit[1]
-        identity = self._verify(token)
+        if len(token) > MAX_TOKEN_CHARS:
+            raise Unauthenticated(f"bearer token is {len(token)} characters; at most {MAX_TOKEN_CHARS}")
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"bearer token rejected: {exc}") from exc
+        if kid is not None and not isinstance(kid, str):
+            raise Unauthenticated("bearer token rejected: its 'kid' header is not a string")
+        key = await self._keys.key_for(kid)
+        identity = self._decode(token, key)
         if len(self._verified) >= 10_000:
             self._verified.clear()
-        self._verified[token] = (float(identity.claims["exp"]) + self._leeway, identity)
+        self._verified[token] = (float(identity.claims["exp"]) + self._leeway, identity, key.kid)
         return identity
 
-    def _verify(self, token: str) -> Identity:
+    def _decode(self, token: str, key: SigningKey) -> Identity:
         try:
             claims = jwt.decode(
                 token,
-                self._key,
-                algorithms=["RS256"],
+                key.key,
+                algorithms=[key.algorithm],
                 issuer=self._issuer,
                 audience=self._audience,
                 leeway=self._leeway,
@@ -205,7 +257,7 @@ class Authenticator:
                 return await self._api_key(token)
             if self._jwt is None:
                 raise Unauthenticated("this service does not accept bearer tokens (no JWT key configured)")
-            return self._jwt.verify(token)
+            return await self._jwt.verify(token)
         if md.get(API_KEY_KEY):
             return await self._api_key(md[API_KEY_KEY])
         return Identity()

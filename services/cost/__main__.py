@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from services.common.jwt_settings import follow_registry_jwt_settings
 from services.common.server import run_until_signal, setup_logging
 from services.cost.config import build_parser, config_from_args
 from services.cost.fleet_source import live_fleet
@@ -22,6 +23,8 @@ async def _serve(argv: list[str] | None) -> None:
     running = await start_cost(config, fleet=fleet)
     if fleet is not None:
         running.on_stop(fleet.close)
+    if config.registry_addr:  # user tokens are verified with the registry's JWT settings
+        follow_registry_jwt_settings(running, config.registry_addr, config.server.tls)
     await run_until_signal(running)
 
 

@@ -18,6 +18,7 @@ from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 from prometheus_client import CollectorRegistry, Histogram
 
 from services.common.config import ServerConfig
+from services.common.jwt_settings import follow_jwt_settings
 from services.common.mirror_metrics import register_mirror_metrics
 from services.common.registry_mirror import RegistryMirror
 from services.common.server import RunningServer, open_channel, start_server
@@ -219,6 +220,8 @@ async def serve(
         register_mirror_metrics(app.metrics_registry, mirror)
         app.follower = RegistryFollower(app, pool_config.models)
         mirror.subscribe(app.follower)
+        if running.authenticator is not None:
+            follow_jwt_settings(mirror, running.authenticator, server_config.auth)
         mirror.start()
 
         async def stop_following() -> None:

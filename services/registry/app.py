@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from dataclasses import dataclass
 
 import grpc
@@ -11,6 +12,7 @@ from services.common.config import ServerConfig, add_server_args, env, server_co
 from services.common.server import RunningServer, open_channel, start_server_owning
 from services.registry.audit_feed import AuditFeed
 from services.registry.engine import DEFAULT_DB_URL
+from services.registry.jwt_follow import follow_stored_jwt_settings
 from services.registry.metrics import registry_metrics
 from services.registry.policy import Policy
 from services.registry.servicer import RegistryServicer
@@ -103,8 +105,20 @@ async def serve(config: RegistryConfig) -> RunningServer:
             await running.stop(0)
             raise
 
+    following: asyncio.Task | None = None
+    if running.authenticator is not None:
+        following = asyncio.get_running_loop().create_task(
+            follow_stored_jwt_settings(
+                servicer.hub, servicer.store, running.authenticator, config.server.auth
+            ),
+            name="registry-jwt-settings",
+        )
+
     async def end_watches() -> None:
         servicer.hub.shutdown()
+        if following is not None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
 
     running.on_stopping(end_watches)
     return running

@@ -177,7 +177,12 @@ def rule_pb(r: d.PolicyRule) -> pb.PolicyRule:
 
 def jwt_pb(j: d.JwtSettings) -> pb.JwtSettings:
     return pb.JwtSettings(
-        issuer=j.issuer, audience=j.audience, public_key_pem=j.public_key_pem, update_time=ts(j.update_time)
+        issuer=j.issuer,
+        audience=j.audience,
+        public_key_pem=j.public_key_pem,
+        update_time=ts(j.update_time),
+        jwks_url=j.jwks_url,
+        oidc_discovery_url=j.oidc_discovery_url,
     )
 
 
@@ -284,4 +289,6 @@ def rule_in(m: pb.PolicyRule) -> d.PolicyRule:
 
 
 def jwt_in(m: pb.JwtSettings) -> d.JwtSettings:
-    return d.JwtSettings(m.issuer, m.audience, m.public_key_pem)
+    return d.JwtSettings(
+        m.issuer, m.audience, m.public_key_pem, jwks_url=m.jwks_url, oidc_discovery_url=m.oidc_discovery_url
+    )

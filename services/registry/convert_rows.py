@@ -126,4 +126,11 @@ def agent(r: AgentRow) -> d.Agent:
 
 
 def jwt(r: JwtSettingsRow) -> d.JwtSettings:
-    return d.JwtSettings(r.issuer, r.audience, r.public_key_pem, utc(r.update_time))
+    return d.JwtSettings(
+        r.issuer,
+        r.audience,
+        r.public_key_pem,
+        utc(r.update_time),
+        jwks_url=r.jwks_url or "",
+        oidc_discovery_url=r.oidc_discovery_url or "",
+    )

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from services.common.errors import InvalidArgument
+from services.common.jwks import check_url
 
 # DNS-label style: these names end up in SPIFFE ids, casbin domains and metric labels.
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -119,11 +120,27 @@ def check_agent_spiffe_id(value: str, trust_domain: str, agent: str) -> str:
     return value
 
 
-def check_jwt_settings(issuer: str, audience: str, public_key_pem: str) -> None:
-    """Routers verify RS256 tokens with these settings, so the key must be an RSA public key."""
+def check_jwt_settings(
+    issuer: str, audience: str, public_key_pem: str, jwks_url: str = "", oidc_discovery_url: str = ""
+) -> None:
+    """Services verify tokens with these settings: exactly one key source, each usable."""
     check_required("jwt issuer", issuer.strip())
     check_required("jwt audience", audience.strip())
-    check_required("jwt public_key_pem", public_key_pem.strip())
+    sources = [name for name, value in (("public_key_pem", public_key_pem.strip()), ("jwks_url", jwks_url),
+                                        ("oidc_discovery_url", oidc_discovery_url)) if value]  # fmt: skip
+    if len(sources) != 1:
+        raise InvalidArgument(
+            "jwt settings need exactly one of public_key_pem, jwks_url and oidc_discovery_url"
+            + (f"; got {', '.join(sources)}" if sources else "")
+        )
+    for name, url in (("jwks_url", jwks_url), ("oidc_discovery_url", oidc_discovery_url)):
+        if url:
+            try:
+                check_url(url, f"jwt {name}")
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from exc
+    if not public_key_pem.strip():
+        return
     try:
         key = serialization.load_pem_public_key(public_key_pem.encode())
     except ValueError as exc:
@@ -291,12 +308,15 @@ class PolicyRule:
 
 @dataclass(frozen=True)
 class JwtSettings:
-    """How user tokens (JWT, RS256) are verified: expected issuer and audience, and the key."""
+    """How user tokens (JWT) are verified: expected issuer and audience, and exactly one key
+    source: an RSA public key (RS256), a JWKS URL, or an OIDC discovery URL."""
 
     issuer: str
     audience: str
     public_key_pem: str
     update_time: datetime | None = None
+    jwks_url: str = ""
+    oidc_discovery_url: str = ""
 
 
 Entity = Team | Project | User | ApiKey | Agent | Model | Tool | PolicyRule | JwtSettings

@@ -180,3 +180,6 @@ class JwtSettingsRow(Base):
     audience: Mapped[str] = mapped_column(String(255))
     public_key_pem: Mapped[str] = mapped_column(Text)
     update_time: Mapped[datetime] = mapped_column(Timestamp)
+    # An OIDC issuer's keys instead of public_key_pem ("" when unused; migration 0006).
+    jwks_url: Mapped[str] = mapped_column(String(2048), default="", server_default="")
+    oidc_discovery_url: Mapped[str] = mapped_column(String(2048), default="", server_default="")

@@ -311,16 +311,24 @@ class Store(AgentStore, ChangeLog):
     def set_jwt_settings(self, settings: d.JwtSettings) -> d.JwtSettings:
         """Replaces the settings; setting the same values again records no change."""
         limits.check_jwt(settings)
-        pem = settings.public_key_pem.strip() + "\n"
-        d.check_jwt_settings(settings.issuer, settings.audience, pem)
+        pem = settings.public_key_pem.strip() + "\n" if settings.public_key_pem.strip() else ""
+        jwks, discovery = settings.jwks_url, settings.oidc_discovery_url
+        d.check_jwt_settings(settings.issuer, settings.audience, pem, jwks, discovery)
+        wanted = (settings.issuer, settings.audience, pem, jwks, discovery)
         with self._tx("JWT settings were changed concurrently; read them again and retry") as s:
             row = s.get(JwtSettingsRow, 1)
             if row is None:
                 row = JwtSettingsRow(id=1)
                 s.add(row)
-            elif (row.issuer, row.audience, row.public_key_pem) == (settings.issuer, settings.audience, pem):
+            elif (
+                row.issuer,
+                row.audience,
+                row.public_key_pem,
+                row.jwks_url,
+                row.oidc_discovery_url,
+            ) == wanted:
                 return rows.jwt(row)
-            row.issuer, row.audience, row.public_key_pem = settings.issuer, settings.audience, pem
+            row.issuer, row.audience, row.public_key_pem, row.jwks_url, row.oidc_discovery_url = wanted
             row.update_time = now()
             self._record(s, "jwt", JWT_KEY)
             return rows.jwt(row)

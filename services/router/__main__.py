@@ -18,9 +18,9 @@ from tritonclient.grpc import service_pb2_grpc
 
 from services.common.config import ServerConfig, TlsFiles, add_server_args, env, server_config_from_args
 from services.common.http_server import start_http_server
-from services.common.identity import JwtVerifier
+from services.common.jwt_settings import follow_jwt_settings
 from services.common.mirror_metrics import register_mirror_metrics
-from services.common.registry_mirror import JwtSettingsChange, RegistryMirror
+from services.common.registry_mirror import RegistryMirror
 from services.common.server import RunningServer, open_channel, run_until_signal, setup_logging, start_server
 from services.router.agent_metrics import register_agent_metrics
 from services.router.budgets import BudgetEnforcer, MemoryBudgets, RedisBudgets
@@ -281,22 +281,10 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         metrics_registry=metrics,
         serving=False,
     )
-    auth_cfg = cfg.server.auth
-
-    def follow_jwt_settings(event: object) -> None:
-        # The registry's JWT settings (issuer, audience, key) replace the configured ones while
-        # set: rotating the signing key is a registry change, not a router restart.
-        if isinstance(event, JwtSettingsChange) and running.authenticator is not None:
-            s = event.settings
-            verifier = (
-                JwtVerifier(s.public_key_pem.encode(), s.issuer, s.audience, auth_cfg.jwt_leeway_s)
-                if s is not None
-                else JwtVerifier.from_config(auth_cfg)
-            )
-            running.authenticator.set_jwt_verifier(verifier)
-            log.info("JWT settings now %s", f"from the registry (issuer {s.issuer})" if s else "from config")
-
-    registry.subscribe(follow_jwt_settings)
+    if running.authenticator is not None:
+        # While set, the registry's JWT settings replace the flags: rotating keys or moving to
+        # another identity provider is a registry change, not a router restart.
+        follow_jwt_settings(registry, running.authenticator, cfg.server.auth)
     registry.start()
 
     async def serve_once_registry_copied() -> None:

@@ -185,6 +185,8 @@ class Stack:
                 argv += ["--audit", f"127.0.0.1:{p.audit}"]
             if name == "cost":  # the advisor reads the live fleet (pool) and the catalog (registry)
                 argv += ["--pool", f"127.0.0.1:{p.pool}", "--registry", f"127.0.0.1:{p.registry}"]
+            if name == "audit":  # user tokens follow the registry's JWT settings
+                argv += ["--registry", f"127.0.0.1:{p.registry}"]
             self.sup.start(Child(name, argv, logs / f"{name}.log"))
         endpoints = [
             arg

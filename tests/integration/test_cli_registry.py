@@ -288,3 +288,18 @@ async def test_ops_cert_over_mtls_acts_as_admin(test_auth, tmp_path, capsys, mon
     finally:
         await running.stop(0)
         store.close()
+
+
+async def test_jwt_show_and_set_an_oidc_issuer(cli):
+    res = await cli("jwt", "set", "--issuer", "https://idp.example/corp", "--audience", "harness",
+                    "--oidc-discovery-url", "https://idp.example/corp/.well-known/openid-configuration")  # fmt: skip
+    assert res.rc == 0 and "OIDC discovery https://idp.example/corp/.well-known" in res.out
+    shown = (await cli("jwt", "show", "--json")).json()["settings"]
+    assert shown["issuer"] == "https://idp.example/corp" and shown["oidc_discovery_url"].endswith(
+        "configuration"
+    )
+    res = await cli("jwt", "set", "--issuer", "i", "--audience", "a", "--jwks-url", "http://idp.example/jwks")
+    assert res.rc == 1 and "INVALID_ARGUMENT" in res.err and "https://" in res.err
+    res = await cli("jwt", "set", "--issuer", "i", "--audience", "a", "--jwks-url", "https://x/j",
+                    "--oidc-discovery-url", "https://x/d")  # fmt: skip
+    assert res.rc == 2 and "exactly one" in res.err

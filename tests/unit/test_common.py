@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 
@@ -11,17 +13,17 @@ from services.common.identity import JwtVerifier, mint_jwt
 from services.common.planned import planned
 
 
-def test_jwt_roundtrip_and_rejections(jwt_keypair):
+async def test_jwt_roundtrip_and_rejections(jwt_keypair):
     pub, private = jwt_keypair
     verifier = JwtVerifier(pub.read_bytes(), "harness", "harness")
-    ident = verifier.verify(mint_jwt(private, "alice", roles=("admin",)))
+    ident = await verifier.verify(mint_jwt(private, "alice", roles=("admin",)))
     assert ident.user == "alice" and ident.is_admin and ident.auth_method == "jwt"
     with pytest.raises(Unauthenticated, match="expired"):
-        verifier.verify(mint_jwt(private, "alice", ttl_s=-120))
+        await verifier.verify(mint_jwt(private, "alice", ttl_s=-120))
     with pytest.raises(Unauthenticated, match="rejected"):
-        verifier.verify(mint_jwt(private, "alice", audience="someone-else"))
+        await verifier.verify(mint_jwt(private, "alice", audience="someone-else"))
     with pytest.raises(Unauthenticated):
-        verifier.verify("not-a-token")
+        await verifier.verify("not-a-token")
 
 
 def test_context_keeps_caller_trace_and_ids():
@@ -63,15 +65,13 @@ async def test_planned_names_the_feature():
             pass
 
 
-def test_cached_jwt_still_expires(jwt_keypair):
+async def test_cached_jwt_still_expires(jwt_keypair):
     pub, private = jwt_keypair
     verifier = JwtVerifier(pub.read_bytes(), "harness", "harness", leeway_s=0)
     # exp has whole-second resolution: 2 s leaves at least 1 s of validity for the first checks.
     token = mint_jwt(private, "bob", ttl_s=2)
-    assert verifier.verify(token).user == "bob"
-    assert verifier.verify(token).user == "bob"  # served from the cache
-    import time
-
-    time.sleep(2.2)
+    assert (await verifier.verify(token)).user == "bob"
+    assert (await verifier.verify(token)).user == "bob"  # served from the cache
+    await asyncio.sleep(2.2)
     with pytest.raises(Unauthenticated, match="expired"):
-        verifier.verify(token)
+        await verifier.verify(token)

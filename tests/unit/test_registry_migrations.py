@@ -55,10 +55,14 @@ def _tables(engine) -> set[str]:
 def test_upgrade_from_empty_then_downgrade_to_base(engine):
     assert _tables(engine) == set() and migrate.current(engine) is None
     migrate.upgrade(engine)
-    assert migrate.current(engine) == migrate.head() == "0005"
+    assert migrate.current(engine) == migrate.head() == "0006"
     assert _tables(engine) == TABLES
     assert migrate.diff(engine) == []  # autogenerate finds nothing: migrations == models
 
+    migrate.downgrade(engine, "0005")
+    assert {c["name"] for c in inspect(engine).get_columns("jwt_settings")}.isdisjoint(
+        {"jwks_url", "oidc_discovery_url"}
+    )
     migrate.downgrade(engine, "0004")
     assert migrate.current(engine) == "0004" and _tables(engine) == TABLES
     migrate.downgrade(engine, "0003")
@@ -132,12 +136,12 @@ def test_pre_migration_database_is_adopted(engine, db_url):
 
 def test_ops_command_line(db_url, capsys):
     migrate.main(["--db-url", db_url, "upgrade"])
-    assert capsys.readouterr().out.strip() == "0005 (head 0005)"
+    assert capsys.readouterr().out.strip() == "0006 (head 0006)"
     with pytest.raises(SystemExit) as done:
         migrate.main(["--db-url", db_url, "check"])
     assert done.value.code == 0 and "in sync" in capsys.readouterr().out
     migrate.main(["--db-url", db_url, "downgrade"])
-    assert capsys.readouterr().out.strip() == "(empty) (head 0005)"
+    assert capsys.readouterr().out.strip() == "(empty) (head 0006)"
 
 
 def test_bare_user_subjects_are_namespaced_and_the_change_is_logged(engine):
