@@ -69,6 +69,11 @@ class RouterConfig:
     redaction_workers: int = 1  # processes that redact large inputs off the event loop
     redis_url: str = ""  # shared rate limits, result cache and budgets; "" keeps them in this process
     redis_prefix: str = "harness:"  # key prefix: routers sharing counters use the same one
+    redis_timeout_s: float = 0.25  # bound of every Redis call (budgets, rate limits, result cache)
+    # Redis not answering: budgets fail open (each router enforces its local share of every
+    # budget, so spend stays bounded) or closed (budgeted requests get UNAVAILABLE).
+    budget_fail_open: bool = True
+    budget_local_share: float = 0.5  # <= 1 / number of routers keeps an outage within the limit
     scheduler_profiles: str = ""  # YAML of scheduling profiles; "" = the packaged default
     # Durable audit/usage events (SQLite WAL), one file per router process; "" = under
     # .harness/state/, named by the port.
@@ -117,6 +122,26 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         "--redis-prefix",
         default=env("REDIS_PREFIX", "harness:"),
         help="prefix of this deployment's Redis keys (the same on every router replica)",
+    )
+    p.add_argument(
+        "--redis-timeout",
+        type=float,
+        default=float(env("ROUTER_REDIS_TIMEOUT_S", "0.25")),
+        help="seconds any Redis call (budgets, rate limits, result cache) may take before it counts as failed",
+    )
+    p.add_argument(
+        "--budget-on-redis-failure",
+        choices=("open", "closed"),
+        default=env("ROUTER_BUDGET_ON_REDIS_FAILURE", "open"),
+        help="when Redis does not answer: 'open' = this router enforces its local share of each budget "
+        "(--budget-local-share), 'closed' = budgeted requests get UNAVAILABLE (default %(default)s)",
+    )
+    p.add_argument(
+        "--budget-local-share",
+        type=float,
+        default=float(env("ROUTER_BUDGET_LOCAL_SHARE", "0.5")),
+        help="fraction of each budget (and of its spend so far) one router may use on its own while Redis is "
+        "down; 1/number of routers keeps an outage within the limit (default %(default)s)",
     )
     p.add_argument(
         "--budget-refresh",
@@ -180,6 +205,9 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         redaction_workers=max(1, a.redaction_workers),
         redis_url=a.redis,
         redis_prefix=a.redis_prefix,
+        redis_timeout_s=a.redis_timeout,
+        budget_fail_open=a.budget_on_redis_failure == "open",
+        budget_local_share=a.budget_local_share,
         budget_refresh_s=a.budget_refresh,
         budget_reservation_ttl_s=a.budget_reservation_ttl,
         scheduler_profiles=a.scheduler_profiles,
@@ -215,11 +243,17 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     )
     triton = TritonPool()
     if cfg.redis_url:
-        limiter: RateLimiter = RedisRateLimiter.from_url(cfg.redis_url, cfg.redis_prefix)
-        cache: ResultCache = RedisResultCache.from_url(cfg.redis_url, cfg.redis_prefix)
+        limiter: RateLimiter = RedisRateLimiter.from_url(
+            cfg.redis_url, cfg.redis_prefix, timeout_s=cfg.redis_timeout_s,
+            fail_open=cfg.budget_fail_open, local_share=cfg.budget_local_share,
+        )  # fmt: skip
+        cache: ResultCache = RedisResultCache.from_url(cfg.redis_url, cfg.redis_prefix, cfg.redis_timeout_s)
         budgets: BudgetEnforcer = RedisBudgets.from_url(
             cfg.redis_url,
             cfg.redis_prefix,
+            timeout_s=cfg.redis_timeout_s,
+            fail_open=cfg.budget_fail_open,
+            local_share=cfg.budget_local_share,
             timezone=cfg.budget_timezone,
             reservation_ttl_s=cfg.budget_reservation_ttl_s,
         )

@@ -124,10 +124,11 @@ class RedisResultCache:
         self._timeout = timeout_s
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "harness:") -> RedisResultCache:
+    def from_url(cls, url: str, prefix: str = "harness:", socket_timeout_s: float = 0.25) -> RedisResultCache:
         import redis.asyncio as redis
 
-        return cls(redis.from_url(url), prefix)
+        client = redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+        return cls(client, prefix)
 
     async def get(self, key: str) -> CachedResult | None:
         try:

@@ -104,7 +104,8 @@ async def run_load(
 def replicas_on(redis_url: str, prefix: str, ledger: Ledger, **kw) -> list[RedisBudgets]:
     out = []
     for _ in range(2):
-        r = RedisBudgets.from_url(redis_url, prefix, ledger=ledger.spent, **kw)
+        # A generous Redis timeout: on a loaded test machine slowness must not become refusals.
+        r = RedisBudgets.from_url(redis_url, prefix, ledger=ledger.spent, timeout_s=2.0, **kw)
         r.update(RULES, PRICES)
         out.append(r)
     return out

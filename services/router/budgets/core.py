@@ -73,6 +73,10 @@ class BudgetReservation:
     charges: tuple[Charge, ...] = ()
     settled: bool = False
     since_ms: float = 0.0  # when it was admitted
+    # Admitted against this router's local share (shared store unreachable): the local
+    # reservation, and the shared counters its cost is added to afterwards.
+    local: BudgetReservation | None = None
+    shared: tuple[Charge, ...] = ()
 
 
 # Backend answers to a reservation attempt.
@@ -191,8 +195,7 @@ class BudgetEnforcer(ABC):
                 a = await self._reserve(charges, rid, int(now + self.ttl_ms), now)
             except Unavailable:
                 if self._fail_open:
-                    log.warning("budget check skipped (fail-open): store unavailable")
-                    return BudgetReservation()
+                    return await self._reserve_unavailable(rules, cost, charges)
                 raise
             if a.epoch:
                 self.epoch = a.epoch
@@ -211,6 +214,25 @@ class BudgetEnforcer(ABC):
             await self._rebuild([charges[i] for i in a.missing], now)
             now = self._clock()
         raise Unavailable("budget counters could not be rebuilt; retry")
+
+    @property
+    def fail_open(self) -> bool:
+        return self._fail_open
+
+    @property
+    def degraded(self) -> bool:
+        """True while the shared store is unreachable (requests use the fallback)."""
+        return False
+
+    async def _reserve_unavailable(
+        self, rules: Sequence[BudgetRule], cost: int, charges: tuple[Charge, ...]
+    ) -> BudgetReservation:
+        """Fail-open admission while the store is unreachable (a backend bounds it: see RedisBudgets)."""
+        log.warning("budget check skipped (fail-open): store unavailable")
+        return BudgetReservation()
+
+    async def _settle_local(self, res: BudgetReservation, actual: int) -> None:  # noqa: B027 - hook
+        """Settles a reservation admitted by `_reserve_unavailable` (a backend's)."""
 
     async def _rebuild(self, charges: list[Charge], now: float) -> None:
         seeds = []
@@ -248,6 +270,9 @@ class BudgetEnforcer(ABC):
         if res.settled or not res.charges:
             return
         res.settled = True
+        if res.local is not None:
+            await self._settle_local(res, max(0, int(actual_micro_usd)))
+            return
         # Before the await: a renewal running meanwhile must see it gone (see `renew`).
         self._live.pop(res.id, None)
         try:

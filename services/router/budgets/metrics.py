@@ -5,6 +5,8 @@
   ledger (a new period, a restart, or a budget store that lost its data).
 - `harness_router_budget_reservations_reregistered_total`: in-flight reservations a renewal found
   gone from the budget store and registered again (the store lost data while they ran).
+- `harness_router_budget_fail_open`: the configured mode when Redis does not answer (1 open with
+  a local share, 0 closed); `harness_router_budget_store_degraded`: 1 while it does not answer.
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ class BudgetCollector(Collector):
             "harness_router_budget_counter_rebuilds",
             "Budget counters rebuilt from the ledger",
             value=e.rebuilds,
+        )
+        yield GaugeMetricFamily(
+            "harness_router_budget_fail_open",
+            "1: when the budget store does not answer, this router enforces its local share of each "
+            "budget; 0: budgeted requests are refused",
+            value=int(e.fail_open),
+        )
+        yield GaugeMetricFamily(
+            "harness_router_budget_store_degraded",
+            "1 while the shared budget store does not answer (the fail-open or fail-closed mode is in force)",
+            value=int(e.degraded),
         )
         yield CounterMetricFamily(
             "harness_router_budget_reservations_reregistered",

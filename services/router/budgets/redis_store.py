@@ -16,17 +16,21 @@ For Redis Cluster put a `{tag}` in the prefix so one request's keys share a slot
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.common.errors import Unavailable
 
-from .core import HOLD, MISSING, OK, OVER, Attempt, BudgetEnforcer, Charge
+from .core import HOLD, MISSING, OK, OVER, Attempt, BudgetEnforcer, BudgetReservation, Charge
+from .local_share import LocalShare
 
 log = logging.getLogger("harness.router.budgets")
+CALL_BOUND = 4  # a whole script call may take this many socket timeouts
 
 # KEYS: hold, epoch, then per counter: hash, expiry zset.
 # ARGV: now_ms, reservation id, expiry_ms, then per counter: cost, limit, ttl_ms (0 = none).
@@ -162,25 +166,107 @@ def _s(v) -> str:
 
 
 class RedisBudgets(BudgetEnforcer):
-    """Budget counters in Redis. Errors surface as UNAVAILABLE (fail closed) unless fail_open."""
+    """Budget counters in Redis. Every call is bounded by `timeout_s`. When Redis does not answer:
+    fail closed (UNAVAILABLE) or, with fail_open, enforce this router's local share of each
+    budget (local_share.py) until Redis answers again."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "harness:", **kw) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "harness:",
+        *,
+        timeout_s: float = 0.25,
+        local_share: float = 0.5,
+        **kw,
+    ) -> None:
         super().__init__(prefix, **kw)
         self._client = client
         self._owns_client = False
+        self._timeout_s = timeout_s
+        self._down = False  # the last call failed (cleared by the next that succeeds)
+        self._local = LocalShare(
+            local_share, timezone=self.tz.key, reservation_ttl_s=self.ttl_ms / 1000, clock_ms=self._clock
+        )
+        self._local.set_ledger(self._ledger)
         self._reserve_script = client.register_script(_RESERVE)
         self._seed_script = client.register_script(_SEED)
         self._settle_script = client.register_script(_SETTLE)
         self._renew_script = client.register_script(_RENEW)
         self._hold_key = f"{prefix}bud:hold"
         self._epoch_key = f"{prefix}bud:epoch"
+        mode = (
+            f"open: this router enforces {local_share:.0%} of each budget"
+            if self.fail_open
+            else "closed: UNAVAILABLE"
+        )
+        log.info("budgets in Redis; if Redis does not answer within %gs, budgets fail %s", timeout_s, mode)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "harness:", *, timeout_s: float = 0.25, **kw) -> RedisBudgets:
         client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        b = cls(client, prefix, **kw)
+        b = cls(client, prefix, timeout_s=timeout_s, **kw)
         b._owns_client = True
         return b
+
+    @property
+    def degraded(self) -> bool:
+        return self._down
+
+    @property
+    def local_reservations(self) -> int:
+        return self._local.reservations
+
+    def update(self, rules=None, prices=None) -> None:
+        super().update(rules, prices)
+        self._local.update(rules, prices)
+
+    def set_ledger(self, ledger) -> None:
+        super().set_ledger(ledger)
+        self._local.set_ledger(ledger)
+
+    async def _call(self, script, keys: list[str], args: list) -> Any:
+        """One script call, bounded; a failure is Unavailable (every call tries Redis again, so
+        an outage costs each request at most `timeout_s`)."""
+        try:
+            # Each socket operation is bounded by timeout_s (the client's socket timeouts); the
+            # whole call (a new connection's handshake, EVALSHA then EVAL) by a few of them.
+            async with asyncio.timeout(self._timeout_s * CALL_BOUND):
+                result = await script(keys=keys, args=args)
+        except (RedisError, TimeoutError) as e:
+            why = str(e) or type(e).__name__
+            if not self._down:
+                how = (
+                    f"enforcing this router's local share ({self._local.share:.0%})"
+                    if self.fail_open
+                    else "refusing budgeted requests"
+                )
+                log.error("budget store unavailable (%s): %s until it answers", why, how)
+            self._down = True
+            raise Unavailable(f"budget store unavailable: {why}") from e
+        if self._down:
+            log.warning("budget store reachable again: budgets are shared again")
+            self._down = False
+        return result
+
+    async def _reserve_unavailable(self, rules, cost, charges) -> BudgetReservation:
+        res = await self._local.reserve_cost(rules, cost)
+        res.shared = charges
+        return res
+
+    async def _settle_local(self, res: BudgetReservation, actual: int) -> None:
+        await self._local.settle(res, actual)
+        if not res.shared:
+            return
+        try:  # the spend also goes into the shared counters, once Redis answers
+            await self._call(self._settle_script, [k for c in res.shared for k in (c.key, f"{c.key}:x")],
+                             [res.id, actual] + [c.ttl_ms for c in res.shared])  # fmt: skip
+        except Unavailable:
+            log.warning("spend of %d micro-USD made on the local share is not in the shared counters (the "
+                        "ledger has it; counters rebuilt from the ledger include it)", actual)  # fmt: skip
+
+    def start(self) -> None:
+        super().start()
+        self._local.start()
 
     async def _reserve(self, charges: tuple[Charge, ...], rid: str, expiry_ms: int, now: float) -> Attempt:
         keys = [self._hold_key, self._epoch_key]
@@ -188,10 +274,7 @@ class RedisBudgets(BudgetEnforcer):
         for c in charges:
             keys += [c.key, f"{c.key}:x"]
             args += [c.cost, c.rule.limit_micro_usd, c.ttl_ms]
-        try:
-            r = [_s(v) for v in await self._reserve_script(keys=keys, args=args)]
-        except RedisError as e:
-            raise Unavailable(f"budget store unavailable: {e}") from e
+        r = [_s(v) for v in await self._call(self._reserve_script, keys, args)]
         status = r[0]
         if status == HOLD:
             return Attempt(HOLD, retry_ms=int(float(r[1])))
@@ -209,17 +292,14 @@ class RedisBudgets(BudgetEnforcer):
         args: list[str | int] = [self.epoch, uuid.uuid4().hex, self.hold_ms]
         for c, s in zip(charges, seeds, strict=True):
             args += [s, c.ttl_ms]
-        try:
-            epoch, n = await self._seed_script(keys=keys, args=args)
-        except RedisError as e:
-            raise Unavailable(f"budget store unavailable: {e}") from e
+        epoch, n = await self._call(self._seed_script, keys, args)
         return int(n), _s(epoch)
 
     async def _settle(self, charges: tuple[Charge, ...], rid: str, actual: int) -> list[tuple[int, int]]:
         keys: list[str] = []
         for c in charges:
             keys += [c.key, f"{c.key}:x"]
-        r = await self._settle_script(keys=keys, args=[rid, actual] + [c.ttl_ms for c in charges])
+        r = await self._call(self._settle_script, keys, [rid, actual] + [c.ttl_ms for c in charges])
         vals = [int(_s(v)) for v in r]
         return [(vals[2 * i], vals[2 * i + 1]) for i in range(len(charges))]
 
@@ -230,11 +310,9 @@ class RedisBudgets(BudgetEnforcer):
             for c in res.charges:
                 keys += [c.key, f"{c.key}:x"]
                 args += [res.id, c.cost, c.ttl_ms]
-        try:
-            return {_s(v) for v in await self._renew_script(keys=keys, args=args)}
-        except RedisError as e:
-            raise Unavailable(f"budget store unavailable: {e}") from e
+        return {_s(v) for v in await self._call(self._renew_script, keys, args)}
 
     async def _close(self) -> None:
+        await self._local.aclose()
         if self._owns_client:
             await self._client.aclose()

@@ -9,15 +9,17 @@ prefix (all limits then live on one shard).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from services.common.errors import Unavailable
+from services.common.errors import ResourceExhausted, Unavailable
 
-from .limits import PERIOD_MS, Cell, RateLimiter
+from .limits import PERIOD_MS, Cell, MemoryRateLimiter, RateLimiter
 
 log = logging.getLogger("harness.router.flow")
 
@@ -79,8 +81,9 @@ return 0
 
 
 class RedisRateLimiter(RateLimiter):
-    """GCRA cells in Redis. `fail_open`: when Redis is unreachable, admit (and log) rather than
-    fail every request; with fail_open=False the request gets UNAVAILABLE."""
+    """GCRA cells in Redis, every call bounded. When Redis does not answer: `fail_open` enforces
+    this router's `local_share` of each limit in memory (so an outage cannot lift the limits);
+    with fail_open=False the request gets UNAVAILABLE."""
 
     def __init__(
         self,
@@ -88,12 +91,20 @@ class RedisRateLimiter(RateLimiter):
         prefix: str = "harness:",
         *,
         fail_open: bool = True,
+        local_share: float = 1.0,
+        timeout_s: float = 0.25,
         clock_ms: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(prefix)
+        if not 0 < local_share <= 1:
+            raise ValueError("the local rate-limit share must be in (0, 1]")
         self._client = client
         self._fail_open = fail_open
+        self._share = local_share
+        self._local = MemoryRateLimiter(prefix)
+        self._bound_s = timeout_s * 4  # a whole call: a new connection's handshake, EVALSHA then EVAL
         self._clock = clock_ms
+        self.degraded = False  # the last call to Redis failed (local shares in force)
         self._owns_client = False  # a client passed in belongs to the caller
         # register_script: EVALSHA, falling back to EVAL once after a NOSCRIPT (e.g. restart).
         self._admit_script = client.register_script(_ADMIT)
@@ -105,9 +116,21 @@ class RedisRateLimiter(RateLimiter):
     ) -> RedisRateLimiter:
         # A short socket timeout bounds what a sick Redis can add to the hot path.
         client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        limiter = cls(client, prefix, **kw)
+        limiter = cls(client, prefix, timeout_s=timeout_s, **kw)
         limiter._owns_client = True
         return limiter
+
+    async def admit(self, agent: str, user: str, limits, tokens: int):
+        try:
+            return await super().admit(agent, user, limits, tokens)
+        except ResourceExhausted as exc:
+            if not self.degraded:
+                raise
+            raise ResourceExhausted(
+                f"the shared rate-limit store is unreachable, so this router enforces its share "
+                f"({self._share:.0%}) of each limit: {exc.message}",
+                retry_after_ms=int(exc.trailers.get("retry-after-ms", "1")),
+            ) from None
 
     def _now(self) -> str:
         return "" if self._clock is None else repr(self._clock())
@@ -117,9 +140,12 @@ class RedisRateLimiter(RateLimiter):
         for c in cells:
             args += [repr(c.interval_ms), c.cost]
         try:
-            idx, retry = await self._admit_script(keys=[c.key for c in cells], args=args)
-        except RedisError as e:
-            return self._failed("admit", e)
+            async with asyncio.timeout(self._bound_s):
+                idx, retry = await self._admit_script(keys=[c.key for c in cells], args=args)
+        except (RedisError, TimeoutError) as e:
+            self._failed("admit", e)
+            return await self._local._admit(self._shares(cells))
+        self.degraded = False
         return int(idx) - 1, float(retry)
 
     async def _adjust(self, deltas: list[tuple[Cell, int]]) -> None:
@@ -127,17 +153,24 @@ class RedisRateLimiter(RateLimiter):
         for c, d in deltas:
             args += [repr(c.interval_ms), d]
         try:
-            await self._adjust_script(keys=[c.key for c, _ in deltas], args=args)
-        except RedisError as e:
-            if not self._fail_open:
-                raise Unavailable(f"rate limiter store unavailable: {e}") from e
-            log.warning("rate limit settle skipped, Redis unavailable: %s", e)
+            async with asyncio.timeout(self._bound_s):
+                await self._adjust_script(keys=[c.key for c, _ in deltas], args=args)
+        except (RedisError, TimeoutError) as e:
+            self._failed("settle", e)
+            await self._local._adjust(
+                [(s, d) for s, (_, d) in zip(self._shares([c for c, _ in deltas]), deltas, strict=True)]
+            )
 
-    def _failed(self, what: str, e: RedisError) -> tuple[int, float]:
+    def _shares(self, cells) -> tuple[Cell, ...]:
+        return tuple(replace(c, limit=max(1, int(c.limit * self._share))) for c in cells)
+
+    def _failed(self, what: str, e: Exception) -> None:
+        why = str(e) or type(e).__name__
+        self.degraded = True
         if not self._fail_open:
-            raise Unavailable(f"rate limiter store unavailable: {e}") from e
-        log.warning("rate limit %s skipped (fail-open), Redis unavailable: %s", what, e)
-        return -1, 0.0
+            raise Unavailable(f"rate limiter store unavailable: {why}") from e
+        log.warning("rate limit %s: Redis unavailable (%s); enforcing this router's share (%.0f%%) locally",
+                    what, why, self._share * 100)  # fmt: skip
 
     async def aclose(self) -> None:
         if self._owns_client:
