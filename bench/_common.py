@@ -39,7 +39,7 @@ from harness.registry.v1 import registry_pb2  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from services.pool.scrape import http_get_text, parse_triton_metrics  # noqa: E402
-from services.router.core import GenerationInput, GenerationResult, Router, RouterPolicy  # noqa: E402
+from services.router.core import Call, GenerationInput, Router, RouterPolicy  # noqa: E402
 from services.router.dispatch import Dispatcher  # noqa: E402
 from services.router.flow import FlowController, MemoryRateLimiter  # noqa: E402
 from services.router.metrics import RouterMetrics  # noqa: E402
@@ -382,12 +382,9 @@ def build_router(
     return InProcessRouter(router, view, flow, scheduler, triton, channel, metrics)
 
 
-async def generate(
-    router: Router, prompt: str, max_tokens: int, timeout_s: float | None = None
-) -> GenerationResult:
+async def generate(router: Router, prompt: str, max_tokens: int, timeout_s: float | None = None) -> Call:
     """One Generate through the router core (the caller sets the request context first)."""
-    result = GenerationResult()
-    inp = GenerationInput(prompt=prompt, max_tokens=max_tokens, timeout_s=timeout_s)
-    async for _ in router.generate(inp, result):
+    call = Call(GenerationInput(prompt=prompt, max_tokens=max_tokens, timeout_s=timeout_s))
+    async for _ in router.run(call):
         pass
-    return result
+    return call

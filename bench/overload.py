@@ -57,7 +57,7 @@ from harness.common.v1 import common_pb2
 
 from services.common import context as reqctx
 from services.common.errors import HarnessError
-from services.router.core import GenerationInput, GenerationResult
+from services.router.core import Call, GenerationInput
 from services.router.flow import FlowConfig, FlowController
 from services.router.scheduling import Scheduler
 
@@ -120,9 +120,7 @@ async def run_mode(mode: str, probe_s: float, rate: float, catalog: Path, workdi
             start = time.perf_counter()
             first = False
             try:
-                async for _ in rt.router.generate(
-                    GenerationInput(prompt=text, max_tokens=args.max_tokens), GenerationResult()
-                ):
+                async for _ in rt.router.run(Call(GenerationInput(prompt=text, max_tokens=args.max_tokens))):
                     if not first:
                         first = True
                         st["ttft"].append((time.perf_counter() - start) * 1000)

@@ -36,7 +36,7 @@ from harness.registry.v1 import registry_pb2
 from bench._common import FakeRegistry, agent_record, build_router, pct, scheduler_with_default, stop_all
 from services.common import context as reqctx
 from services.common.errors import DeadlineExceeded, HarnessError, ResourceExhausted
-from services.router.core import GenerationInput, GenerationResult
+from services.router.core import Call, GenerationInput
 from services.router.flow import ClassBounds, FlowConfig, FlowController, FlowStats
 from services.router.scheduling import Scheduler
 
@@ -159,12 +159,12 @@ async def run_setup(
 
         async def one(i: int, req: Request) -> None:
             reqctx.set_current(reqctx.new_context(reqctx.Identity(agent=req.agent, user=f"user-{i % 97}")))
-            result, outcome = GenerationResult(), "ok"
+            outcome = "ok"
             deadline = DEADLINE_MS[req.slo] / 1000 / scale
-            inp = GenerationInput(prompt=req.prompt, max_tokens=req.max_tokens, timeout_s=deadline)
+            result = Call(GenerationInput(prompt=req.prompt, max_tokens=req.max_tokens, timeout_s=deadline))
             try:
                 async with asyncio.timeout(deadline):
-                    async for _ in rt.router.generate(inp, result):
+                    async for _ in rt.router.run(result):
                         pass
             except ResourceExhausted:
                 outcome = "shed"

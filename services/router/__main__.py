@@ -296,7 +296,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         AuditApprovals(audit_pb2_grpc.AuditStub(channels["audit"])),
         cache,
         budgets=budgets,
-        keys=router.producer.keys,  # keyed with the redaction key: the same on every replica
+        keys=router.cache.keys,  # keyed with the redaction key: the same on every replica
     )
 
     def register(server) -> list[str]:

@@ -10,26 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from services.common.errors import ResourceExhausted, Unavailable
-from services.router.flow import FlowController, SloClass
+from services.router.flow import FlowController
 from services.router.scheduling import Candidate, Decision, Outcome, Scheduler, SchedulingRequest
-from services.router.triton import TritonChunk, TritonPool, TritonRequest
+from services.router.triton import TritonChunk, TritonPool
 from services.router.views import EndpointView
 
-
-@dataclass
-class DispatchInfo:
-    """What happened to one dispatch (filled as it runs)."""
-
-    endpoint: Candidate | None = None
-    queue_s: float = 0.0
-    failed_over_from: str = ""
-    shed: bool = False  # flow control refused it (queue full, shed for higher priority, max wait)
-    # GPU time charged to this request: its time on the engine divided by the requests sharing
-    # the endpoint when it was dispatched (itself included). An estimate: a batch shares one GPU.
-    gpu_seconds: float = 0.0
+if TYPE_CHECKING:
+    from services.router.call import Call
 
 
 class Dispatcher:
@@ -54,12 +44,7 @@ class Dispatcher:
         return self.scheduler.pick(request, candidates)
 
     async def choose(
-        self,
-        request: SchedulingRequest,
-        slo: SloClass,
-        timeout_s: float | None,
-        info: DispatchInfo,
-        exclude: frozenset[str] = frozenset(),
+        self, request: SchedulingRequest, call: Call, exclude: frozenset[str] = frozenset()
     ) -> Candidate:
         decision = self._pick(request, exclude)
         if decision.outcome == Outcome.SATURATED:
@@ -68,9 +53,11 @@ class Dispatcher:
                 return self._pick(request, exclude).outcome == Outcome.SATURATED
 
             try:
-                info.queue_s += await self.flow.wait_turn(slo, request.agent, saturated, timeout_s)
+                call.queue_s += await self.flow.wait_turn(
+                    call.slo, request.agent, saturated, call.inp.timeout_s
+                )
             except ResourceExhausted:
-                info.shed = True
+                call.shed = True
                 raise
             decision = self._pick(request, exclude)
         if decision.endpoint is None:
@@ -81,23 +68,18 @@ class Dispatcher:
             )
         return decision.endpoint
 
-    async def stream(
-        self,
-        request: SchedulingRequest,
-        triton_request: TritonRequest,
-        slo: SloClass,
-        timeout_s: float | None,
-        info: DispatchInfo,
-    ) -> AsyncIterator[TritonChunk]:
+    async def stream(self, call: Call) -> AsyncIterator[TritonChunk]:
+        """The engine's chunks for `call`; fills in where it ran, its queue time and GPU share."""
+        request, engine_request = call.scheduling_request(), call.engine_request()
         tried: frozenset[str] = frozenset()
         while True:
-            target = await self.choose(request, slo, timeout_s, info, tried)
-            info.endpoint = target
+            target = await self.choose(request, call, tried)
+            call.endpoint = target
             self.scheduler.acquire(target)
             sharing = max(1, self.scheduler.memory.load(target))
             started, sent = time.perf_counter(), False
             try:
-                async for chunk in self.triton.stream(target.address, triton_request, self.backend_timeout_s):
+                async for chunk in self.triton.stream(target.address, engine_request, self.backend_timeout_s):
                     if chunk.text and not sent:
                         sent = True
                         self.scheduler.observe_ttft(target, time.perf_counter() - started)
@@ -108,8 +90,8 @@ class Dispatcher:
                 if sent or tried:  # text already went out, or this was the retry
                     raise
                 tried = frozenset({target.name})
-                info.failed_over_from = target.name
+                call.failed_over_from = target.name
             finally:
-                info.gpu_seconds += (time.perf_counter() - started) / sharing
+                call.gpu_seconds += (time.perf_counter() - started) / sharing
                 self.scheduler.release(target)
                 self.flow.capacity_changed(1)

@@ -47,6 +47,12 @@ class RouterMetrics:
             ["agent", "outcome", "frontdoor"],
             registry=registry,
         )
+        self.stage_errors = Counter(
+            "harness_router_stage_completion_errors",
+            "Completion hooks of the request pipeline that raised (the call's other hooks still ran)",
+            ["stage"],
+            registry=registry,
+        )
         self.shed = Counter(
             "harness_router_shed", "Requests shed by flow control", ["slo_class"], registry=registry
         )

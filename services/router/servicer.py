@@ -11,7 +11,7 @@ from harness.common.v1 import common_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
 from services.common.limits import check_struct, duration_seconds
-from services.router.core import GenerationInput, GenerationResult, Router
+from services.router.core import Call, GenerationInput, Router
 from services.router.tools import ToolCall, ToolInvoker
 
 
@@ -31,7 +31,7 @@ def to_input(req: router_pb2.GenerateRequest | router_pb2.CompleteRequest) -> Ge
     )
 
 
-def to_summary(r: GenerationResult) -> router_pb2.GenerationSummary:
+def to_summary(r: Call) -> router_pb2.GenerationSummary:
     return router_pb2.GenerationSummary(
         request_id=r.request_id,
         agent_version=r.agent_version,
@@ -82,18 +82,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         """Streams text deltas for the calling agent; the last message carries the summary."""
-        result = GenerationResult()
-        inp = dataclasses.replace(to_input(request), timeout_s=context.time_remaining())
-        async for delta in self._router.generate(inp, result):
-            yield router_pb2.GenerateResponse(text_delta=delta)
-        yield router_pb2.GenerateResponse(final=True, summary=to_summary(result))
+        call = Call(dataclasses.replace(to_input(request), timeout_s=context.time_remaining()))
+        async for chunk in self._router.run(call):
+            if chunk.text:
+                yield router_pb2.GenerateResponse(text_delta=chunk.text)
+        yield router_pb2.GenerateResponse(final=True, summary=to_summary(call))
 
     async def Complete(
         self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.CompleteResponse:
         """Runs a whole generation and answers once."""
-        result = GenerationResult()
-        inp = dataclasses.replace(to_input(request), timeout_s=context.time_remaining())
-        async for _ in self._router.generate(inp, result):
+        call = Call(dataclasses.replace(to_input(request), timeout_s=context.time_remaining()))
+        async for _ in self._router.run(call):
             pass
-        return router_pb2.CompleteResponse(text="".join(result.text_parts), summary=to_summary(result))
+        return router_pb2.CompleteResponse(text=call.text, summary=to_summary(call))

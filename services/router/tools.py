@@ -232,7 +232,7 @@ class ToolInvoker:
     async def _resolve(self, call: ToolCall, user: str) -> _Target:
         """The agent's version pins the tool (at an exact version), the action exists, and casbin
         lets the user invoke the agent and the agent use the tool at the action's risk class."""
-        from services.router.core import pick_version  # the same traffic split as Generate
+        from services.router.stages.resolve import pick_version  # the same traffic split as Generate
 
         agent = await self.registry.agent(reqctx.current().identity.agent)
         if agent.state != common_pb2.AGENT_STATE_ONLINE:

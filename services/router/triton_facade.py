@@ -30,7 +30,8 @@ from services.common import context as reqctx
 from services.common import triton_tensors as tensors
 from services.common.errors import HarnessError, InvalidArgument, NotFound, Unimplemented
 from services.common.streams import serve_concurrently
-from services.router.core import GenerationInput, GenerationResult, Router, require_caller
+from services.router.core import Call, GenerationInput, Router
+from services.router.stages.resolve import require_caller
 from services.router.triton_unsupported import UnsupportedTritonRpcs
 
 log = logging.getLogger("harness.router.triton")
@@ -159,7 +160,7 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         request: pb.ModelInferRequest,
         outputs: set[str],
         text: str,
-        result: GenerationResult,
+        result: Call,
         final: bool | None,
     ) -> pb.ModelInferResponse:
         values: dict[str, str | int] = {
@@ -185,10 +186,10 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
             inp, outputs, _, _ = await self._prepare(request)
         except tensors.TensorError as exc:
             raise InvalidArgument(str(exc)) from exc
-        result = GenerationResult()
-        async for _ in self._router.generate(inp, result):
+        call = Call(inp)
+        async for _ in self._router.run(call):
             pass
-        return self._response(request, outputs, "".join(result.text_parts), result, None)
+        return self._response(request, outputs, call.text, call, None)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -201,15 +202,15 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         # Each request on the stream is its own call: its own request id for audit and usage
         # (the task runs in a copy of the stream's context, so this stays local to it).
         reqctx.set_current(dataclasses.replace(reqctx.current(), request_id=str(uuid.uuid4())))
-        result = GenerationResult()
         try:
             inp, outputs, stream, empty_final = await self._prepare(request)
+            call = Call(inp)
             if stream:
-                await self._stream(request, inp, outputs, empty_final, result, emit)
+                await self._stream(request, call, outputs, empty_final, emit)
             else:
-                async for _ in self._router.generate(inp, result):
+                async for _ in self._router.run(call):
                     pass
-                emit(_wrap(self._response(request, outputs, "".join(result.text_parts), result, True)))
+                emit(_wrap(self._response(request, outputs, call.text, call, True)))
         except (HarnessError, tensors.TensorError) as exc:
             code = exc.code.name if isinstance(exc, HarnessError) else grpc.StatusCode.INVALID_ARGUMENT.name
             emit(
@@ -227,7 +228,7 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
                 )
             )
 
-    async def _stream(self, request, inp, outputs: set[str], empty_final: bool, result, emit) -> None:
+    async def _stream(self, request, call: Call, outputs: set[str], empty_final: bool, emit) -> None:
         """Streams deltas as Triton's decoupled TensorRT-LLM models do: the last response carries
         the final flag. Which delta is last is often only known when the engine's (empty) final
         response follows it, so a delta after the first is held until the next one arrives or
@@ -235,7 +236,7 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         last delta released by the timer is followed by a final response with empty text."""
 
         def send(text: str, final: bool, outs: set[str] = outputs) -> None:
-            emit(_wrap(self._response(request, outs, text, result, final)))
+            emit(_wrap(self._response(request, outs, text, call, final)))
 
         loop = asyncio.get_running_loop()
         pending: str | None = None
@@ -252,13 +253,17 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         try:
             # Drain the generator even after the final response went out: the router records
             # the call when it ends, and leaving early would read as a cancel.
-            async for delta in self._router.generate(inp, result):
+            async for chunk in self._router.run(call):
+                delta = chunk.text
                 if timer is not None:
                     timer.cancel()
+                    timer = None
+                if not delta:
+                    continue  # the empty final chunk: a held delta goes out as the final one below
                 release()
                 if finished:
                     log.warning("request %s: text after the final response was dropped", request.id)
-                elif result.complete and not empty_final:
+                elif chunk.final and not empty_final:
                     send(delta, True)
                     finished = True
                 elif first:

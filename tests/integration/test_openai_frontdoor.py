@@ -208,7 +208,7 @@ async def test_each_error_class_as_the_sdk_raises_it(front):
     assert bad.value.body["param"] == "n" and "n" in bad.value.message
     # The message is the gRPC path's, word for word.
     assert denied.value.body["message"] == (
-        "user 'alice' may not invoke agent:a1 in project 'p'; ask a project admin for a policy"
+        "user 'alice' may not invoke agent:a1 in project 'p'; ask a project admin for a policy (`harness policies add`)"
     )
 
 

@@ -5,7 +5,6 @@ tested in test_router_registry_mirror.py); everything else is the production cod
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import grpc
 import pytest
@@ -23,65 +22,15 @@ from services.common.errors import (
     Unavailable,
 )
 from services.enginesim.testing import start_enginesim
-from services.router.core import GenerationInput, GenerationResult, Router, RouterPolicy
+from services.router.core import Call, GenerationInput, Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
 from services.router.metrics import RouterMetrics
 from services.router.result_cache import MemoryResultCache
 from services.router.scheduling import Scheduler
 from services.router.triton import TritonPool, TritonRequest
-from services.router.views import AccessDecision, EndpointView
-
-MODEL, TRITON_MODEL = "llama-3-8b", "llama-3-8b-instruct"
-
-
-@dataclass
-class FakeRegistry:
-    agent_record: registry_pb2.Agent
-    context_length: int = 8192
-    denied: set[str] = field(default_factory=set)
-    users: dict[str, registry_pb2.User] = field(default_factory=dict)
-    teams: dict[str, str] = field(default_factory=dict)  # project -> owning team
-
-    async def agent(self, name: str) -> registry_pb2.Agent:
-        return self.agent_record
-
-    async def user(self, name: str) -> registry_pb2.User | None:
-        return self.users.get(name)
-
-    async def project_team(self, project: str) -> str:
-        return self.teams.get(project, "")
-
-    async def model(self, name: str) -> registry_pb2.Model:
-        return registry_pb2.Model(name=MODEL, triton_model=TRITON_MODEL, context_length=self.context_length)
-
-    async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
-        return AccessDecision(obj not in self.denied, "p, test")
-
-
-class Events:
-    def __init__(self) -> None:
-        self.audit, self.usage = [], []
-
-    def emit_audit(self, event) -> None:
-        self.audit.append(event)
-
-    def emit_usage(self, event) -> None:
-        self.usage.append(event)
-
-    def check_durable(self) -> None:
-        pass
-
-
-def agent(slo: int = common_pb2.SLO_CLASS_INTERACTIVE, rpm: int = 0) -> registry_pb2.Agent:
-    return registry_pb2.Agent(
-        name="a1",
-        project="p",
-        state=common_pb2.AGENT_STATE_ONLINE,
-        slo=registry_pb2.SloTargets(slo_class=slo),
-        versions=[registry_pb2.AgentVersion(version="v1", models=[MODEL])],
-        rpm_limit=rpm,
-    )
+from services.router.views import EndpointView
+from tests.helpers.router_fakes import MODEL, TRITON_MODEL, Events, FakeRegistry, agent
 
 
 def endpoint(name: str, address: str, waiting: int = 0) -> pool_pb2.Endpoint:
@@ -123,11 +72,11 @@ async def harness(sim):
     await channel.close()
 
 
-async def run(router: Router, **kwargs) -> GenerationResult:
-    result = GenerationResult()
-    async for _ in router.generate(GenerationInput(**{"prompt": "Summarise the ledger", **kwargs}), result):
+async def run(router: Router, **kwargs) -> Call:
+    call = Call(GenerationInput(**{"prompt": "Summarise the ledger", **kwargs}))
+    async for _ in router.run(call):
         pass
-    return result
+    return call
 
 
 def successes(sim) -> int:
@@ -159,7 +108,7 @@ async def test_identical_requests_in_flight_are_coalesced(harness, sim):
 async def test_the_result_cache_and_coalescing_never_cross_users_or_agents(harness, sim):
     router, registry, *_ = harness
 
-    async def as_caller(agent_name: str, user: str) -> GenerationResult:
+    async def as_caller(agent_name: str, user: str) -> Call:
         reqctx.set_current(reqctx.new_context(reqctx.Identity(agent=agent_name, user=user)))
         return await run(router, prompt="the same question")
 
@@ -216,11 +165,11 @@ async def test_sizes_and_the_context_length_are_checked_before_redaction(harness
     router, registry, _, _ = harness
     registry.agent_record = agent()
     registry.agent_record.data_policy.pii.add(kind="phone", mode=registry_pb2.MASK_MODE_MASK)
-    result = GenerationResult()
+    call = Call(GenerationInput(prompt="13812345678 " * 4000))
     with pytest.raises(InvalidArgument, match="context of 8192 tokens"):
-        async for _ in router.generate(GenerationInput(prompt="13812345678 " * 4000), result):
+        async for _ in router.run(call):
             pass
-    assert result.redactions == {}  # refused before any redaction work
+    assert call.redactions == {}  # refused before any redaction work
     with pytest.raises(InvalidArgument, match="the limit is 1000000"):
         await run(router, prompt="13812345678 " * 90_000)
 

@@ -14,8 +14,10 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.router.core import GenerationInput, GenerationResult, pick_version, render_prompt
+from services.router.call import Call, GenerationInput
 from services.router.servicer import to_input, to_summary
+from services.router.stages.admit import render_prompt
+from services.router.stages.resolve import pick_version
 from services.router.triton import TritonRequest, build_request, parse_response
 from services.router.views import EndpointView, TtlCache
 
@@ -142,6 +144,6 @@ def test_the_contract_carries_bypass_cache_in_and_cached_out():
     assert to_input(router_pb2.GenerateRequest(prompt="p", bypass_cache=True)).bypass_cache
     assert to_input(router_pb2.CompleteRequest(prompt="p", bypass_cache=True)).bypass_cache
     assert not to_input(router_pb2.GenerateRequest(prompt="p")).bypass_cache
-    assert to_summary(GenerationResult(cached="hit")).cached
-    assert to_summary(GenerationResult(cached="coalesced")).cached
-    assert not to_summary(GenerationResult()).cached
+    assert to_summary(Call(GenerationInput(), cached="hit")).cached
+    assert to_summary(Call(GenerationInput(), cached="coalesced")).cached
+    assert not to_summary(Call(GenerationInput())).cached

@@ -9,23 +9,28 @@ import time
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor
 
-from services.router.core import GenerationResult
+from services.router.call import Call, Chunk, GenerationInput
 from services.router.triton_facade import TritonFacadeServicer
 
 
 class ScriptedRouter:
-    """`generate` yields (pause before, text, producer knows it is the last) steps."""
+    """`run` yields (pause before, text, producer knows it is the last) steps as chunks, then an
+    empty final chunk when no step was the last (as the pipeline does when the engine's final
+    response carries no text)."""
 
     def __init__(self, steps: list[tuple[float, str, bool]], tail_s: float = 0.0) -> None:
         self.steps, self.tail_s, self.finished = steps, tail_s, False
 
-    async def generate(self, inp, result: GenerationResult):
+    async def run(self, call: Call):
+        ended = False
         for pause, text, last in self.steps:
             await asyncio.sleep(pause)
-            result.complete = last
-            result.text_parts.append(text)
-            yield text
-        await asyncio.sleep(self.tail_s)  # the router's own bookkeeping after the engine's end
+            call.text_parts.append(text)
+            ended = last
+            yield Chunk(text, last)
+        await asyncio.sleep(self.tail_s)  # the engine's end (its empty final response) comes later
+        if not ended:
+            yield Chunk("", True)
         self.finished = True
 
 
@@ -45,7 +50,7 @@ async def run(router: ScriptedRouter, empty_final: bool = False) -> list[tuple[f
         )
 
     facade = TritonFacadeServicer(router)  # type: ignore[arg-type]
-    await facade._stream(request, None, {"text_output"}, empty_final, GenerationResult(), emit)
+    await facade._stream(request, Call(GenerationInput()), {"text_output"}, empty_final, emit)
     assert router.finished  # drained: the router records the call as finished, not cancelled
     return out
 

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.applications import Starlette
@@ -26,7 +27,7 @@ from services.common import context as reqctx
 from services.common.errors import HarnessError, NotFound
 from services.common.http_server import PEER_IDS_KEY, TLS_KEY
 from services.common.identity import Authenticator
-from services.router.core import GenerationInput, GenerationResult, Router
+from services.router.core import Call, Chunk, GenerationInput, Router
 from services.router.openai_http import errors, schema, wire
 
 log = logging.getLogger("harness.router.openai")
@@ -155,12 +156,12 @@ class OpenAIFrontDoor:
         self, inp: GenerationInput, shape: type[wire.Shape], req: schema.Sampling
     ) -> Response:
         await self._model(inp.model)
-        result = GenerationResult()
-        deltas = self.router.generate(inp, result)
+        result = Call(inp)
+        deltas = _texts(self.router.run(result))
         if not req.stream:
             async for _ in deltas:
                 pass
-            body = shape(result.request_id, result.model).whole("".join(result.text_parts), result)
+            body = shape(result.request_id, result.model).whole(result.text, result)
             return Response(body, media_type=JSON, headers=_result_headers(result))
         # The first delta before the headers: an error before any text (policy, limits, no
         # endpoint) still gets its own HTTP status, as OpenAI answers them.
@@ -175,7 +176,7 @@ class OpenAIFrontDoor:
 
 
 async def _events(
-    shape: wire.Shape, first: str | None, deltas: AsyncIterator[str], result: GenerationResult
+    shape: wire.Shape, first: str | None, deltas: AsyncIterator[str], result: Call
 ) -> AsyncIterator[bytes]:
     try:
         yield shape.start()
@@ -194,7 +195,15 @@ async def _events(
         await deltas.aclose()  # a client that left cancels the generation (recorded as such)
 
 
-def _result_headers(result: GenerationResult) -> dict[str, str]:
+async def _texts(chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
+    """The pipeline's chunks as text deltas (closing this closes the pipeline's stream)."""
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            if chunk.text:
+                yield chunk.text
+
+
+def _result_headers(result: Call) -> dict[str, str]:
     headers = {"x-harness-cache": result.cached or "miss"}
     if result.deployment:
         headers["x-harness-deployment"] = result.deployment

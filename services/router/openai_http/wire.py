@@ -1,5 +1,5 @@
 """OpenAI's response bodies and server-sent events, built from the router's text deltas and
-GenerationResult. Chunks are what OpenAI sends: `data: {json}` events with `choices[0].delta`
+the finished call. Chunks are what OpenAI sends: `data: {json}` events with `choices[0].delta`
 (chat) or `choices[0].text` (completions), a last choice with `finish_reason`, an optional
 usage chunk with empty `choices`, then `data: [DONE]`.
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.common.v1 import common_pb2
 
-from services.router.core import GenerationResult
+from services.router.call import Call
 
 DONE = b"data: [DONE]\n\n"
 
@@ -24,11 +24,11 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def finish_reason(result: GenerationResult) -> str:
+def finish_reason(result: Call) -> str:
     return "length" if result.finish_reason == common_pb2.FINISH_REASON_LENGTH else "stop"
 
 
-def usage(result: GenerationResult) -> dict[str, int]:
+def usage(result: Call) -> dict[str, int]:
     return {
         "prompt_tokens": result.input_tokens,
         "completion_tokens": result.output_tokens,
@@ -71,14 +71,14 @@ class Shape:
     def delta(self, text: str) -> bytes:
         return f"{self._delta_prefix}{dumps(text)}{self._delta_suffix}".encode()
 
-    def end(self, result: GenerationResult) -> bytes:
+    def end(self, result: Call) -> bytes:
         out = self._event([self._choice(None, finish_reason(result))])
         if self.include_usage:
             head = self._head.removesuffix(',"usage":null')
             out += f'data: {head},"choices":[],"usage":{dumps(usage(result))}}}\n\n'.encode()
         return out + DONE
 
-    def whole(self, text: str, result: GenerationResult) -> bytes:
+    def whole(self, text: str, result: Call) -> bytes:
         body = {
             "id": self.id,
             "object": self.object_whole,

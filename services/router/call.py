@@ -1,0 +1,201 @@
+"""One call through the router's request path: what a front door asks for (`GenerationInput`),
+what every stage reads and fills in on the way (`Call`), and what the path streams back
+(`Chunk`). Front doors build the input from their protocol, run the pipeline, and read the
+chunks and the finished call; stages never see gRPC or HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from harness.common.v1 import common_pb2
+from harness.registry.v1 import registry_pb2
+
+from services.common.context import RequestContext
+from services.router import records
+from services.router.flow import SloClass
+from services.router.scheduling import Candidate, SchedulingRequest
+from services.router.triton import TritonRequest
+
+if TYPE_CHECKING:
+    from services.router.budgets import BudgetReservation
+    from services.router.flow import Reservation
+    from services.router.privacy import OutputRedaction
+    from services.router.result_cache import CachedResult
+
+
+@dataclass(frozen=True)
+class GenerationInput:
+    prompt: str = ""
+    messages: tuple[tuple[str, str], ...] = ()
+    max_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 0.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    model: str = ""
+    timeout_s: float | None = None  # time left before the caller's deadline (None: none)
+    bypass_cache: bool = False  # skip the exact-result cache (the fresh result refreshes it)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of the answer. `final` marks the last one (it may carry text or be empty);
+    `output_tokens` is the engine's count of output tokens so far (0 when not known yet)."""
+
+    text: str
+    final: bool = False
+    output_tokens: int = 0
+
+
+@dataclass
+class Call:
+    """The state of one call; each stage reads what earlier stages filled in and adds its part."""
+
+    inp: GenerationInput
+    ctx: RequestContext | None = None
+    started: float = field(default_factory=time.perf_counter)
+    # ResolveAgent
+    agent: registry_pb2.Agent | None = None
+    agent_version: str = ""
+    pinned: tuple[str, ...] = ()
+    team: str = ""
+    model: str = ""  # catalog name
+    catalog: registry_pb2.Model | None = None
+    rule: str = ""  # the casbin rule that let the user invoke the agent
+    audited: bool = False  # a refusal already wrote its own audit record (authorization)
+    # Validate / Redact
+    prompt: str = ""
+    max_tokens: int = 0
+    prompt_tokens: int = 0
+    slo: SloClass = SloClass.INTERACTIVE
+    redactions: dict[str, int] = field(default_factory=dict)  # PII kind -> count (prompt + output)
+    output: OutputRedaction | None = None
+    # RateAdmit / BudgetReserve
+    rate_hold: Reservation | None = None
+    budget_hold: BudgetReservation | None = None
+    gpu_cap_s: float | None = None  # the GPU share charged is bounded at admission
+    cost_micro_usd: int = 0  # what the budgets settled (0 without budgets or when not charged)
+    # CacheCoalesce
+    cached: str = ""  # "hit" (result cache) or "coalesced" (shared an identical in-flight call)
+    answer: CachedResult | None = None  # a cached answer: Dispatch streams it instead of an engine
+    cache_key: str = ""
+    cache_lead: asyncio.Future | None = None  # this call leads its key: followers wait for it
+    # Dispatch
+    dispatched: bool = False  # got as far as the Dispatch stage
+    reached_backend: bool = False
+    endpoint: Candidate | None = None
+    gpu_type: str = ""
+    queue_s: float = 0.0
+    failed_over_from: str = ""
+    shed: bool = False  # flow control refused it (queue full, shed for higher priority, max wait)
+    # GPU time on the engine divided by the requests sharing the endpoint when it was
+    # dispatched (itself included). An estimate: a batch shares one GPU.
+    gpu_seconds: float = 0.0
+    # Outcome
+    input_tokens: int = 0
+    output_tokens: int = 0
+    finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
+    status: str = "OK"
+    text_parts: list[str] = field(default_factory=list)
+    first_at: float = 0.0
+    last_at: float = 0.0
+    ended_at: float = 0.0
+
+    # --- derived -------------------------------------------------------------------------
+    @property
+    def request_id(self) -> str:
+        return self.ctx.request_id if self.ctx else ""
+
+    @property
+    def trace_id(self) -> str:
+        return self.ctx.trace_id if self.ctx else ""
+
+    @property
+    def frontdoor(self) -> str:
+        return self.ctx.frontdoor if self.ctx else ""
+
+    @property
+    def agent_name(self) -> str:
+        """The agent once the registry knows it (a bounded metrics label), else ""."""
+        return self.agent.name if self.agent is not None else ""
+
+    @property
+    def slo_class(self) -> str:
+        return self.slo.name.lower()
+
+    @property
+    def deployment(self) -> str:
+        return f"{self.model}@{self.endpoint.name}" if self.endpoint is not None else ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    @property
+    def e2e_ms(self) -> float:
+        return ((self.ended_at or time.perf_counter()) - self.started) * 1000
+
+    @property
+    def ttft_ms(self) -> float:
+        return (self.first_at - self.started) * 1000 if self.first_at else 0.0
+
+    @property
+    def tbt_ms(self) -> float:
+        pieces = len(self.text_parts)
+        return (self.last_at - self.first_at) * 1000 / (pieces - 1) if pieces > 1 else 0.0
+
+    @property
+    def queue_ms(self) -> float:
+        return self.queue_s * 1000
+
+    @property
+    def charged(self) -> bool:
+        """Whether the call is billed: a backend worked for it (not a result-cache answer)."""
+        return self.reached_backend and not self.cached
+
+    @property
+    def charged_gpu_s(self) -> float:
+        """The GPU share billed: what dispatch measured, up to the bound set at admission."""
+        if not self.charged:
+            return 0.0
+        return self.gpu_seconds if self.gpu_cap_s is None else min(self.gpu_seconds, self.gpu_cap_s)
+
+    # --- what other parts need, built from the call in one place ------------------------------
+    def facts(self) -> records.CallFacts:
+        agent = self.agent
+        name = agent.name if agent is not None else (self.ctx.identity.agent if self.ctx else "")
+        return records.CallFacts(
+            self.ctx, name, self.agent_version, agent.project if agent is not None else "", self.model,
+            self.deployment, self.gpu_type, status=self.status, rule=self.rule, team=self.team,
+        )  # fmt: skip
+
+    def engine_request(self) -> TritonRequest:
+        inp = self.inp
+        return TritonRequest(
+            model=self.catalog.triton_model if self.catalog else self.model,
+            prompt=self.prompt,
+            max_tokens=self.max_tokens,
+            temperature=inp.temperature,
+            top_p=inp.top_p,
+            top_k=inp.top_k,
+            seed=inp.seed,
+            stop=inp.stop,
+            request_id=self.request_id,
+        )
+
+    def scheduling_request(self) -> SchedulingRequest:
+        agent = self.agent
+        agent_type = common_pb2.AgentType.Name(agent.type) if agent is not None and agent.type else ""
+        return SchedulingRequest(
+            model=self.catalog.triton_model if self.catalog else self.model,
+            agent=agent.name if agent is not None else "",
+            agent_type=agent_type.removeprefix("AGENT_TYPE_").lower().replace("_", "-"),
+            slo_class=self.slo_class,
+            session_id=self.ctx.session_id if self.ctx else "",
+            prompt=self.prompt,
+        )

@@ -1,0 +1,146 @@
+"""What a call may cost before it runs: Validate (sizes, sampling, context length), RedactPrompt
+(the agent's data policy, before the model, the cache key and the log see the prompt),
+RateAdmit (RPM/TPM) and BudgetReserve (the maximum cost against every budget that applies)."""
+
+from __future__ import annotations
+
+from services.common.errors import InvalidArgument
+from services.common.registry_mirror import RegistryMirror
+from services.router.budgets import BudgetEnforcer, Subjects
+from services.router.call import Call, GenerationInput
+from services.router.flow import RateLimiter, RateLimits
+from services.router.pipeline import Stage
+from services.router.privacy import AgentRedactors, OutputRedaction
+
+MAX_PROMPT_CHARS = 1_000_000
+CHARS_PER_TOKEN = 4  # prompt size estimate for admission; the engine reports the real count
+
+
+def render_prompt(inp: GenerationInput) -> str:
+    if bool(inp.prompt) == bool(inp.messages):
+        raise InvalidArgument("set exactly one of `prompt` or `messages`")
+    if inp.prompt:
+        return inp.prompt
+    # A neutral template; per-model chat templates come with the model catalog later.
+    return "".join(f"<|{role}|>\n{content}\n" for role, content in inp.messages) + "<|assistant|>\n"
+
+
+def estimate_tokens(text: str) -> int:
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
+class Validate(Stage):
+    """Sizes, sampling and the context length, checked before any work is spent on the prompt."""
+
+    name = "validate"
+
+    def __init__(self, default_max_tokens: int) -> None:
+        self.default_max_tokens = default_max_tokens
+
+    async def enter(self, call: Call) -> None:
+        inp = call.inp
+        prompt = render_prompt(inp)
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if not prompt.strip():
+            raise InvalidArgument("the prompt is empty")
+        if inp.max_tokens < 0 or inp.temperature < 0 or not 0 <= inp.top_p <= 1 or inp.top_k < 0:
+            raise InvalidArgument(
+                "sampling: max_tokens, temperature and top_k must be >= 0 and top_p in [0, 1]"
+            )
+        version = next(v for v in call.agent.versions if v.version == call.agent_version)
+        call.max_tokens = inp.max_tokens or version.default_sampling.max_tokens or self.default_max_tokens
+        call.prompt, call.prompt_tokens = prompt, estimate_tokens(prompt)
+        check_context(call)
+
+
+def check_context(call: Call) -> None:
+    context = call.catalog.context_length
+    if context and call.prompt_tokens + call.max_tokens > context:
+        raise InvalidArgument(
+            f"prompt (~{call.prompt_tokens} tokens at {CHARS_PER_TOKEN} characters per token) plus "
+            f"max_tokens {call.max_tokens} exceeds model {call.model!r}'s context of {context} tokens"
+        )
+
+
+class RedactPrompt(Stage):
+    """Masks, hashes or drops PII in the prompt per the agent's data policy, and prepares the
+    output redaction that RedactOutput applies to the answer."""
+
+    name = "redact-prompt"
+
+    def __init__(self, redactors: AgentRedactors) -> None:
+        self.redactors = redactors
+
+    async def enter(self, call: Call) -> None:
+        call.prompt, call.output = await self.redactors.prompt(call.agent, call.prompt, call.redactions)
+        call.prompt_tokens = estimate_tokens(call.prompt)
+        check_context(call)  # hash mode lengthens values
+
+
+class RedactOutput(Stage):
+    """Redacts the answer as it streams (holding back only text that could begin a value)."""
+
+    name = "redact-output"
+
+    async def on_chunk(self, call: Call, chunk):
+        output: OutputRedaction | None = call.output
+        if output is None or call.answer is not None:  # a cached answer was redacted when stored
+            return chunk
+        text = await output.feed(chunk.text) if chunk.text else ""
+        if chunk.final:  # the engine's last word: release what redaction held with it
+            text += output.flush()
+        return type(chunk)(text, chunk.final, chunk.output_tokens)
+
+
+class RateAdmit(Stage):
+    """Charges one request and its estimated tokens against the agent's and user's limits; the
+    completion replaces the estimate with the real count (or refunds a call that never ran)."""
+
+    name = "rate-admit"
+
+    def __init__(self, registry: RegistryMirror, limiter: RateLimiter) -> None:
+        self.registry = registry
+        self.limiter = limiter
+
+    async def enter(self, call: Call) -> None:
+        agent, user_name = call.agent, call.ctx.identity.user
+        user = await self.registry.user(user_name)  # None: a JWT subject the registry does not list
+        limits = RateLimits(
+            agent_rpm=agent.rpm_limit,
+            agent_tpm=agent.tpm_limit,
+            user_rpm=user.rpm_limit if user else 0,
+            user_tpm=user.tpm_limit if user else 0,
+        )
+        tokens = call.prompt_tokens + call.max_tokens
+        call.rate_hold = await self.limiter.admit(agent.name, user_name, limits, tokens)
+
+    async def complete(self, call: Call, error: BaseException | None) -> None:
+        if call.rate_hold is None:
+            return
+        used = call.input_tokens + call.output_tokens if call.reached_backend else 0
+        await self.limiter.settle(call.rate_hold, used, refund_request=not call.reached_backend)
+
+
+class BudgetReserve(Stage):
+    """Reserves the call's maximum cost (tokens and its GPU-time bound) against every budget that
+    applies; the completion settles the actual cost (nothing for a refused or cached call)."""
+
+    name = "budget-reserve"
+
+    def __init__(self, budgets: BudgetEnforcer) -> None:
+        self.budgets = budgets
+
+    async def enter(self, call: Call) -> None:
+        agent, tokens = call.agent, call.prompt_tokens + call.max_tokens
+        call.gpu_cap_s = self.budgets.gpu_bound_s(call.model, tokens)
+        who = Subjects(call.ctx.identity.user, call.team, agent.project, agent.name)
+        call.budget_hold = await self.budgets.reserve(who, call.model, call.prompt_tokens, call.max_tokens)
+
+    async def complete(self, call: Call, error: BaseException | None) -> None:
+        if call.charged:  # learn from the real share, not the capped one
+            self.budgets.gpu.observe(call.model, call.input_tokens + call.output_tokens, call.gpu_seconds)
+            actual = (call.input_tokens, call.output_tokens, call.gpu_type, call.charged_gpu_s)
+            call.cost_micro_usd = self.budgets.cost(call.model, *actual)
+        if call.budget_hold is not None:
+            await self.budgets.settle(call.budget_hold, call.cost_micro_usd)

@@ -1,0 +1,73 @@
+"""In-memory stand-ins for the router's registry copy and its event shipper (unit and
+integration tests of the request path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.common.v1 import common_pb2
+from harness.registry.v1 import registry_pb2
+
+from services.router.views import AccessDecision
+
+MODEL, TRITON_MODEL = "llama-3-8b", "llama-3-8b-instruct"
+
+
+@dataclass
+class FakeRegistry:
+    agent_record: registry_pb2.Agent
+    context_length: int = 8192
+    denied: set[str] = field(default_factory=set)
+    users: dict[str, registry_pb2.User] = field(default_factory=dict)
+    teams: dict[str, str] = field(default_factory=dict)  # project -> owning team
+
+    async def agent(self, name: str) -> registry_pb2.Agent:
+        return self.agent_record
+
+    async def user(self, name: str) -> registry_pb2.User | None:
+        return self.users.get(name)
+
+    async def project_team(self, project: str) -> str:
+        return self.teams.get(project, "")
+
+    async def model(self, name: str) -> registry_pb2.Model:
+        return registry_pb2.Model(name=MODEL, triton_model=TRITON_MODEL, context_length=self.context_length)
+
+    async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
+        return AccessDecision(obj not in self.denied, "p, test")
+
+
+class Events:
+    def __init__(self) -> None:
+        self.audit, self.usage = [], []
+
+    def emit_audit(self, event) -> None:
+        self.audit.append(event)
+
+    def emit_usage(self, event) -> None:
+        self.usage.append(event)
+
+    def check_durable(self) -> None:
+        pass
+
+
+def agent(
+    slo: int = common_pb2.SLO_CLASS_INTERACTIVE,
+    rpm: int = 0,
+    *,
+    pii: bool = False,
+    state: int = common_pb2.AGENT_STATE_ONLINE,
+) -> registry_pb2.Agent:
+    """Agent a1 of project p pinning MODEL; `pii` masks phone numbers in its prompts and answers."""
+    policy = registry_pb2.DataPolicy()
+    if pii:
+        policy.pii.add(kind="phone", mode=registry_pb2.MASK_MODE_MASK)
+    return registry_pb2.Agent(
+        name="a1",
+        project="p",
+        state=state,
+        slo=registry_pb2.SloTargets(slo_class=slo),
+        versions=[registry_pb2.AgentVersion(version="v1", models=[MODEL])],
+        rpm_limit=rpm,
+        data_policy=policy,
+    )
