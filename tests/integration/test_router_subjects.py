@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common import context as reqctx
 from services.common.errors import HarnessError, PermissionDenied
-from services.router.core import GenerationInput, GenerationResult, Router, RouterPolicy
+from services.router.core import Call, GenerationInput, Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
 from services.router.metrics import RouterMetrics
@@ -48,7 +48,7 @@ async def router(setup):  # noqa: F811
 
 async def generate_as(router: Router, user: str) -> None:
     reqctx.set_current(reqctx.new_context(reqctx.Identity(agent="demo-agent", user=user, auth_method="jwt")))
-    async for _ in router.generate(GenerationInput(prompt="hello", max_tokens=4), GenerationResult()):
+    async for _ in router.run(Call(GenerationInput(prompt="hello", max_tokens=4))):
         pass
 
 

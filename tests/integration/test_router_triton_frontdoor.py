@@ -14,6 +14,7 @@ from tritonclient.grpc import service_pb2_grpc as pbg
 
 from services.common.config import ServerConfig
 from services.common.server import start_server
+from services.router.call import Call, Chunk
 from services.router.triton_facade import TritonFacadeServicer
 from tests.helpers.grpc import agent_metadata
 from tests.realtriton.conformance import infer_request
@@ -49,11 +50,10 @@ class StandInRouter:
     async def allowed_models(self) -> list[registry_pb2.Model]:
         return MODELS
 
-    async def generate(self, inp, result):
-        self.generated.append(inp.model)
-        result.text_parts.append(" done")
-        result.complete = True
-        yield " done"
+    async def run(self, call: Call):
+        self.generated.append(call.inp.model)
+        call.text_parts.append(" done")
+        yield Chunk(" done", True)
 
 
 async def decoupled(address: str, triton_model: str) -> bool | None:
