@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.identity import mint_jwt
 from tests.e2e.calls import bearer, generate
+from tests.e2e.promql import prometheus_url
 from tests.e2e.traffic import agent_channel
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +27,7 @@ BAD_UNIT_SUFFIXES = ("_ms", "_milliseconds", "_us", "_microseconds", "_kb", "_mb
 
 def metrics_urls(stack) -> list[str]:
     """Every service's /metrics: the targets harness up gave Prometheus, less Envoy's."""
+    prometheus_url(stack)  # its config lists them; fails under CI=true when Prometheus is missing
     config = yaml.safe_load((stack.root / "prometheus.yml").read_text())
     return [
         f"http://{target}{job['metrics_path']}"
