@@ -11,6 +11,7 @@ from harness.registry.v1 import registry_pb2 as pb
 
 from services.cli import output
 from services.cli.base import AGENT_STATE, AGENT_TYPE, SLO_CLASS, Ctx, UsageError, enum_arg, key_value, short
+from services.cli.delete_cmds import agent_deletes
 
 MASK_MODE = enum_arg(pb.MaskMode)
 
@@ -217,7 +218,7 @@ def traffic_show(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    agents = sub.add_parser("agents", help="agents: list, get, create, state")
+    agents = sub.add_parser("agents", help="agents: list, get, create, state, delete")
     a = agents.add_subparsers(dest="verb", required=True, metavar="ACTION")
     p = a.add_parser("list", parents=[common], help="list agents")
     p.add_argument("--project", help="only this project")
@@ -246,8 +247,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("state", type=AGENT_STATE, metavar="STATE", help="online, draining, offline, retired")
     p.set_defaults(handler=agents_state)
 
-    versions = sub.add_parser("versions", help="agent versions: list, create")
+    versions = sub.add_parser("versions", help="agent versions: list, create, delete")
     v = versions.add_subparsers(dest="verb", required=True, metavar="ACTION")
+    agent_deletes({"agents": a, "versions": v}, common)
     p = v.add_parser("list", parents=[common], help="versions of an agent with their weights")
     p.add_argument("agent")
     p.set_defaults(handler=versions_list)

@@ -9,6 +9,7 @@ from harness.registry.v1 import registry_pb2 as pb
 
 from services.cli import output
 from services.cli.base import Ctx, UsageError, short
+from services.cli.delete_cmds import catalog_deletes
 from services.common.access import policy_subject
 
 # --- models and tools -----------------------------------------------------------------------
@@ -147,7 +148,7 @@ def policies_check(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    models = sub.add_parser("models", help="model catalog: list, register")
+    models = sub.add_parser("models", help="model catalog: list, register, delete")
     t = models.add_subparsers(dest="verb", required=True, metavar="ACTION")
     t.add_parser("list", parents=[common], help="list catalog models").set_defaults(handler=models_list)
     p = t.add_parser("register", parents=[common], help="add a model to the catalog")
@@ -160,9 +161,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--context-length", type=int, default=0)
     p.set_defaults(handler=models_register)
 
-    tools = sub.add_parser("tools", help="tool catalog: list")
+    models_actions = t
+    tools = sub.add_parser("tools", help="tool catalog: list, delete")
     t = tools.add_subparsers(dest="verb", required=True, metavar="ACTION")
     t.add_parser("list", parents=[common], help="list catalog tools").set_defaults(handler=tools_list)
+    catalog_deletes({"models": models_actions, "tools": t}, common)
 
     policies = sub.add_parser("policies", help="casbin policy: list, add, remove, check")
     t = policies.add_subparsers(dest="verb", required=True, metavar="ACTION")

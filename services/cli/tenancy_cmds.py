@@ -11,6 +11,7 @@ from harness.registry.v1 import registry_pb2 as pb
 
 from services.cli import output
 from services.cli.base import Ctx, UsageError, parse_duration
+from services.cli.delete_cmds import tenancy_deletes
 
 
 def parse_expiry(text: str, now: datetime | None = None) -> Timestamp:
@@ -169,7 +170,7 @@ def keys_revoke(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    teams = sub.add_parser("teams", help="teams: list, create")
+    teams = sub.add_parser("teams", help="teams: list, create, delete")
     t = teams.add_subparsers(dest="verb", required=True, metavar="ACTION")
     t.add_parser("list", parents=[common], help="list teams").set_defaults(handler=teams_list)
     p = t.add_parser("create", parents=[common], help="create a team")
@@ -177,8 +178,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--display-name")
     p.set_defaults(handler=teams_create)
 
-    projects = sub.add_parser("projects", help="projects: list, create")
+    groups = {"teams": t}
+    projects = sub.add_parser("projects", help="projects: list, create, delete")
     t = projects.add_subparsers(dest="verb", required=True, metavar="ACTION")
+    groups["projects"] = t
     p = t.add_parser("list", parents=[common], help="list projects")
     p.add_argument("--team", help="only this team")
     p.set_defaults(handler=projects_list)
@@ -188,8 +191,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--display-name")
     p.set_defaults(handler=projects_create)
 
-    users = sub.add_parser("users", help="users: list, get, create, limits")
+    users = sub.add_parser("users", help="users: list, get, create, limits, delete")
     t = users.add_subparsers(dest="verb", required=True, metavar="ACTION")
+    groups["users"] = t
     p = t.add_parser("list", parents=[common], help="list users")
     p.add_argument("--team", help="only this team")
     p.set_defaults(handler=users_list)
@@ -210,6 +214,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--rpm", type=int, help="requests per minute (0 = unlimited; default: keep)")
     p.add_argument("--tpm", type=int, help="tokens per minute (0 = unlimited; default: keep)")
     p.set_defaults(handler=users_limits)
+
+    tenancy_deletes(groups, common)
 
     keys = sub.add_parser("keys", help="API keys: create (secret shown once), list, revoke")
     t = keys.add_subparsers(dest="verb", required=True, metavar="ACTION")

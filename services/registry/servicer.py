@@ -271,6 +271,50 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         )
         return pb.CheckAccessResponse(allowed=allowed, rule=rule)
 
+    # --- deletions -----------------------------------------------------------------------
+
+    async def DeleteTeam(self, request, context):
+        """Deletes a team without projects or users (FAILED_PRECONDITION names them)."""
+        _admin("DeleteTeam")
+        await _run(self.store.delete_team, request.name)
+        return pb.DeleteTeamResponse()
+
+    async def DeleteProject(self, request, context):
+        """Deletes a project no agent, API key or policy rule names."""
+        _admin("DeleteProject")
+        await _run(self.store.delete_project, request.name)
+        return pb.DeleteProjectResponse()
+
+    async def DeleteUser(self, request, context):
+        """Deletes a user and its API keys; refused while a role assignment names the user."""
+        _admin("DeleteUser")
+        keys = await _run(self.store.delete_user, request.name)
+        return pb.DeleteUserResponse(deleted_api_keys=keys)
+
+    async def DeleteAgent(self, request, context):
+        """Deletes a retired (or never started) agent."""
+        _admin("DeleteAgent")
+        await _run(self.store.delete_agent, request.name)
+        return pb.DeleteAgentResponse()
+
+    async def DeleteAgentVersion(self, request, context):
+        """Deletes a version that has no traffic."""
+        _admin("DeleteAgentVersion")
+        agent = await _run(self.store.delete_agent_version, request.agent, request.version)
+        return pb.DeleteAgentVersionResponse(agent=c.agent_pb(agent))
+
+    async def DeleteModel(self, request, context):
+        """Deletes a catalog model no agent version pins."""
+        _admin("DeleteModel")
+        await _run(self.store.delete_model, request.name)
+        return pb.DeleteModelResponse()
+
+    async def DeleteTool(self, request, context):
+        """Deletes a catalog tool version no agent version calls."""
+        _admin("DeleteTool")
+        await _run(self.store.delete_tool, request.name, request.version)
+        return pb.DeleteToolResponse()
+
     # --- JWT settings and watch ----------------------------------------------------------
 
     async def SetJwtSettings(self, request, context):

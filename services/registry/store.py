@@ -40,6 +40,7 @@ from services.registry.models import (
     ToolRow,
     UserRow,
 )
+from services.registry.removal import RemovalStore
 
 T = TypeVar("T")
 KEY_PREFIX = "hk"
@@ -50,9 +51,10 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class Store(AgentStore, ChangeLog):
+class Store(AgentStore, RemovalStore, ChangeLog):
     """Tenancy, API keys, catalogs and JWT settings here; agents, versions and traffic in
-    AgentStore; transactions, the change log and what Watch reads in ChangeLog."""
+    AgentStore; deletions in RemovalStore; transactions, the change log and what Watch reads
+    in ChangeLog."""
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -134,6 +134,13 @@ def bases() -> dict[str, object]:
         "Registry/ListPolicies": r.ListPoliciesRequest(domain="ledger"),
         "Registry/CheckAccess": r.CheckAccessRequest(subject="bob", domain="ledger", object="agent:demo-agent", action="invoke"),
         "Registry/SetJwtSettings": r.SetJwtSettingsRequest(settings=r.JwtSettings(issuer="i", audience="a", public_key_pem=_pem())),
+        "Registry/DeleteTeam": r.DeleteTeamRequest(name="fz-team"),
+        "Registry/DeleteProject": r.DeleteProjectRequest(name="fz-p"),
+        "Registry/DeleteUser": r.DeleteUserRequest(name="fz-u"),
+        "Registry/DeleteAgent": r.DeleteAgentRequest(name="fz-agent"),
+        "Registry/DeleteAgentVersion": r.DeleteAgentVersionRequest(agent="demo-agent", version="fz1"),
+        "Registry/DeleteModel": r.DeleteModelRequest(name="fz-model"),
+        "Registry/DeleteTool": r.DeleteToolRequest(name="fz-tool", version="1"),
         "Registry/Watch": r.WatchRequest(since_revision=0),
         "Pool/RegisterEndpoint": p.RegisterEndpointRequest(endpoint=p.Endpoint(
             name="fz-ep", address="127.0.0.1:9", metrics_url="http://127.0.0.1:9/metrics", labels={"zone": "a"},

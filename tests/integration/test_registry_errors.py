@@ -193,6 +193,13 @@ VALID = {
     "AddPolicy": pb.AddPolicyRequest(rule=_rule("g", "bob", "role:admin", "ledger")),
     "RemovePolicy": pb.RemovePolicyRequest(rule=_rule("g", "bob", "role:analyst", "ledger")),
     "SetJwtSettings": _jwt(public_key_pem="x"),
+    "DeleteTeam": pb.DeleteTeamRequest(name="finance"),
+    "DeleteProject": pb.DeleteProjectRequest(name="ledger"),
+    "DeleteUser": pb.DeleteUserRequest(name="mallory"),
+    "DeleteAgent": pb.DeleteAgentRequest(name="demo-agent"),
+    "DeleteAgentVersion": pb.DeleteAgentVersionRequest(agent="demo-agent", version="v1"),
+    "DeleteModel": pb.DeleteModelRequest(name="llama-3-8b"),
+    "DeleteTool": pb.DeleteToolRequest(name="ledger", version="1"),
 }
 
 
