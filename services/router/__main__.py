@@ -363,6 +363,7 @@ async def _serve_openai(cfg: RouterConfig, running: RunningServer, router: Route
     """The OpenAI HTTP API on its own port, same loop, TLS and authenticator as gRPC."""
     assert running.authenticator is not None
     front = OpenAIFrontDoor(router, running.authenticator, metrics)
+    front.ready = lambda: router.registry.ready  # 503 until the first registry copy, as gRPC health
     try:
         http = await start_http_server(front.app(), cfg.server.host, cfg.http_port or 0, cfg.server.tls)
     except BaseException:

@@ -1,10 +1,14 @@
-"""A router without a registry copy reports NOT_SERVING, so Envoy sends its traffic elsewhere;
-it turns SERVING as soon as the first copy arrives."""
+"""A router without a registry copy reports NOT_SERVING (gRPC health) and 503 (the OpenAI HTTP
+port's /healthz), so Envoy sends its traffic elsewhere; it turns SERVING as soon as the first
+copy arrives."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
+import urllib.error
+import urllib.request
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -35,6 +39,7 @@ async def test_not_serving_until_the_registry_copy_arrives(tmp_path, test_auth, 
         audit_addr=nowhere,
         cost_addr=nowhere,
         outbox_path=":memory:",
+        http_port=0,
     )
     router = await start_router(cfg)
     channel = open_channel(router.address, tls("router"))
@@ -43,10 +48,23 @@ async def test_not_serving_until_the_registry_copy_arrives(tmp_path, test_auth, 
     async def status(service: str = "") -> int:
         return (await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)).status
 
+    def http_health() -> int:
+        context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        pair = certs.services["router"]
+        context.load_cert_chain(str(pair.cert), str(pair.key))
+        context.check_hostname = False
+        url = f"https://127.0.0.1:{router.http_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
     try:
         for _ in range(3):
             assert await status() == NOT_SERVING
             assert await status("harness.router.v1.Router") == NOT_SERVING
+            assert await asyncio.to_thread(http_health) == 503
             await asyncio.sleep(0.2)
         await registry.start()
         deadline = time.monotonic() + 10
@@ -54,6 +72,7 @@ async def test_not_serving_until_the_registry_copy_arrives(tmp_path, test_auth, 
             assert time.monotonic() < deadline, "still NOT_SERVING 10 s after the registry came up"
             await asyncio.sleep(0.05)
         assert await status("harness.router.v1.Router") == SERVING
+        assert await asyncio.to_thread(http_health) == 200
     finally:
         await channel.close()
         await router.stop(grace=0)

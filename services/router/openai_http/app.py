@@ -73,6 +73,7 @@ class OpenAIFrontDoor:
         self.auth = auth
         self.metrics = HttpMetrics(metrics or CollectorRegistry())
         self.serving = True  # False once the service stops: Envoy's health check takes it out
+        self.ready: Callable[[], bool] = lambda: True  # False while the router cannot answer yet
 
     def app(self) -> Starlette:
         routes = [
@@ -120,7 +121,11 @@ class OpenAIFrontDoor:
         return Response(body, exc.status_code, media_type=JSON)
 
     async def health(self, request: Request) -> Response:
-        return Response(b"ok" if self.serving else b"stopping", 200 if self.serving else 503)
+        if not self.serving:
+            return Response(b"stopping", 503)
+        if not self.ready():  # e.g. no registry copy yet: every call would fail
+            return Response(b"no registry copy yet", 503)
+        return Response(b"ok", 200)
 
     # --- models ------------------------------------------------------------------------------
     async def list_models(self, request: Request) -> Response:
