@@ -8,6 +8,7 @@ Errors print the gRPC status code and message on stderr and exit 1; usage errors
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ from services.cli import (
     cost_cmds,
     credential_cmds,
     jwt_cmds,
+    pool_cmds,
     tenancy_cmds,
     top_cmds,
 )
@@ -32,10 +34,22 @@ from services.cli.connect import ConfigError, add_connection_args, resolve
 
 def _up(args: argparse.Namespace) -> int:
     from services.stack.layout import StackPorts
+    from services.stack.tritons import parse_triton_flags
     from services.stack.up import UpConfig, run_up
 
+    try:
+        tritons = parse_triton_flags(args.triton or [])
+    except ValueError as exc:
+        print(f"harness: {exc}", file=sys.stderr)
+        return 2
     ports = StackPorts.free() if args.free_ports else StackPorts()
+    extra = {}
+    if tritons and not args.with_simulators:  # the user's Tritons in place of the simulators
+        ports = dataclasses.replace(ports, enginesim=(), enginesim_metrics=())
+        extra["simulators"] = ()
     cfg = UpConfig(
+        tritons=tritons,
+        **extra,
         root=Path(args.root),
         ports=ports,
         demo_file=Path(args.demo),
@@ -65,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Redis URL the two routers share for rate limits, the result cache and budgets (env "
         "HARNESS_REDIS_URL; default: none, each router keeps them in memory and enforces them alone)",
     )
+    up.add_argument(
+        "--triton", action="append", metavar="NAME=HOST:PORT[,metrics=URL][,header=K:V]",
+        help="your own Triton server, registered with the pool in place of the simulators (repeatable; "
+        "options: metrics=URL, header=K:V, gpu_type=T, memory_gb=N)",
+    )  # fmt: skip
+    up.add_argument(
+        "--with-simulators", action="store_true", help="with --triton: start the engine simulators too"
+    )
     up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus with the stack")
     up.add_argument(
         "--prometheus-scrape-interval", type=float, default=5.0, metavar="SECONDS",
@@ -82,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         approvals_cmds,
         cost_cmds,
         top_cmds,
+        pool_cmds,
     )
     for module in modules:
         module.register(sub, common)

@@ -150,6 +150,7 @@ def endpoint_to_proto(s: EndpointState) -> pool_pb2.Endpoint:
             recent_ttft_ms=m.recent_ttft_ms,
             recent_latency_ms=m.recent_latency_ms,
             max_running_requests=m.max_running,
+            requests=m.requests,
         )
         if m.load_time_s > 0:
             pm.load_time.FromNanoseconds(int(m.load_time_s * 1e9))

@@ -35,6 +35,7 @@ from services.stack import prometheus as prom
 from services.stack.banner import banner
 from services.stack.layout import StackPaths, StackPorts, ports_in_use, redis_prefix_for
 from services.stack.procs import Child, Supervisor
+from services.stack.tritons import TritonServer
 
 log = logging.getLogger("harness.up")
 SERVICES_WITH_CERTS = (*DEFAULT_SERVICES, "cli")
@@ -87,6 +88,7 @@ class UpConfig:
     gpu_type: str = "H100-SXM-80GB"
     gpu_memory_gb: float = 80.0
     simulators: tuple[SimulatorSpec, ...] = DEFAULT_SIMULATORS  # one per ports.enginesim entry
+    tritons: tuple[TritonServer, ...] = ()  # the user's own Triton servers (`--triton`)
     # Shared by both routers (rate limits, result cache, budgets); "" = each router in memory.
     redis_url: str = ""
     prometheus: bool = True  # a Prometheus child scraping the whole stack, with the alert rules
@@ -115,6 +117,11 @@ class Stack:
             SimulatorInstance(spec, port, metrics)
             for spec, port, metrics in zip(cfg.simulators, p.enginesim, p.enginesim_metrics, strict=True)
         ]
+        clash = {s.name for s in cfg.simulators} & {t.name for t in cfg.tritons}
+        if clash:
+            raise StackError(f"--triton names {sorted(clash)} are taken by the simulators; choose others")
+        if not self.sims and not cfg.tritons:
+            raise StackError("no engines: keep the simulators or name your Triton servers with --triton")
 
     # --- start -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -197,6 +204,7 @@ class Stack:
                 f"gpu_type={self.cfg.gpu_type},gpus=1,memory_gb={self.cfg.gpu_memory_gb:g}",
             )
         ]
+        endpoints += [arg for t in self.cfg.tritons for arg in ("--endpoint", t.endpoint_flag())]
         # The pool follows the registry: agents going online get their models loaded, and the
         # deployable models (and their memory) are the registry's catalog.
         pool = _py(
@@ -343,6 +351,7 @@ class Stack:
             pool = pool_pb2_grpc.PoolStub(channels["pool"])
 
             wanted = {sim.spec.name: set(sim.spec.models) for sim in self.sims}
+            wanted.update({t.name: set() for t in self.cfg.tritons})  # healthy, whatever it serves
 
             async def models_ready() -> bool:
                 resp = await pool.ListEndpoints(pool_pb2.ListEndpointsRequest(), timeout=1.0)
@@ -351,7 +360,7 @@ class Stack:
                     for ep in resp.endpoints
                     if ep.health == pool_pb2.ENDPOINT_HEALTH_HEALTHY
                 }
-                return all(models <= seen.get(name, set()) for name, models in wanted.items())
+                return all(name in seen and models <= seen[name] for name, models in wanted.items())
 
             await self._until("every simulator's models ready in the pool", models_ready, deadline)
             self._start_envoy()
@@ -405,8 +414,18 @@ class Stack:
             "HARNESS_OPS_CERT": str(self.certs.services["cli"].cert.resolve()),
             "HARNESS_OPS_KEY": str(self.certs.services["cli"].key.resolve()),
             # The simulators, directly (plain gRPC, Triton's protocol), for ops and benchmarks.
-            "HARNESS_TRITON_ADDRS": ",".join(sim.address for sim in self.sims),
-            "HARNESS_TRITON_METRICS": ",".join(sim.metrics_url for sim in self.sims),
+            # Engines (simulators and --triton servers), directly (plain gRPC, Triton's protocol).
+            "HARNESS_TRITON_ADDRS": ",".join(
+                [*(s.address for s in self.sims), *(t.address for t in self.cfg.tritons)]
+            ),
+            "HARNESS_TRITON_METRICS": ",".join(
+                [
+                    *(s.metrics_url for s in self.sims),
+                    *(t.metrics_url for t in self.cfg.tritons if t.metrics_url),
+                ]
+            ),
+            # Every service directly (mTLS with the ops certificate), for ops tools and the CLI.
+            **service_addresses(self.cfg.ports),
             # The demo's ledger tool (agents reach it only through the router's InvokeTool).
             "HARNESS_LEDGER_URL": demo_tools.ledger_url(self.cfg.ports.demo_ledger),
         }
@@ -423,12 +442,24 @@ class Stack:
     def banner(self, env: dict[str, str]) -> str:
         shared = (self.cfg.redis_url, self.redis_prefix) if self.cfg.redis_url else None
         extra = [demo_tools.banner_line(self.cfg.ports.demo_ledger)]
+        extra += [f"Triton {t.name}: {t.address} (yours; `harness endpoints list`)" for t in self.cfg.tritons]
         if self.cfg.prometheus:
             extra.append(prom.banner_line(self.prometheus_url))
         return banner(env, self.cfg.ports, self.paths, self.sims, shared, extra)
 
     def stop(self) -> None:
         self.sup.stop_all()
+
+
+def service_addresses(p: StackPorts) -> dict[str, str]:
+    """HARNESS_<SERVICE>_ADDR for each service (the routers: a comma-separated list)."""
+    local = "127.0.0.1"
+    return {
+        "HARNESS_POOL_ADDR": f"{local}:{p.pool}",
+        "HARNESS_AUDIT_ADDR": f"{local}:{p.audit}",
+        "HARNESS_COST_ADDR": f"{local}:{p.cost}",
+        "HARNESS_ROUTER_ADDRS": ",".join(f"{local}:{port}" for port in p.routers),
+    }
 
 
 def env_file_text(env: dict[str, str]) -> str:
