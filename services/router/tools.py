@@ -28,19 +28,18 @@ from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 
 from services.common import context as reqctx
-from services.common.access import agent_subject, subject_label, user_subject
+from services.common.access import agent_subject, user_subject
 from services.common.errors import (
     DeadlineExceeded,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    Unauthenticated,
     Unavailable,
 )
 from services.router import records
 from services.router.budgets import BudgetEnforcer, BudgetReservation, Subjects
 from services.router.result_cache import CacheKeys, ResultCache
+from services.router.stages.resolve import check_access, online_agent, pick_version, require_caller
 from services.router.tool_cache import ToolResults
 
 RISK = {
@@ -174,10 +173,7 @@ class ToolInvoker:
     async def invoke(self, call: ToolCall) -> ToolOutcome:
         ctx = reqctx.current()
         ident = ctx.identity
-        if not ident.agent:
-            raise Unauthenticated("no agent identity: call with an agent client certificate")
-        if not ident.user:
-            raise Unauthenticated("no user credentials: send 'authorization: Bearer <jwt>' or 'x-api-key'")
+        require_caller(ident)
         if not call.tool or not call.action:
             raise InvalidArgument("tool and action are required")
         target = await self._resolve(call, ident.user)
@@ -232,14 +228,7 @@ class ToolInvoker:
     async def _resolve(self, call: ToolCall, user: str) -> _Target:
         """The agent's version pins the tool (at an exact version), the action exists, and casbin
         lets the user invoke the agent and the agent use the tool at the action's risk class."""
-        from services.router.stages.resolve import pick_version  # the same traffic split as Generate
-
-        agent = await self.registry.agent(reqctx.current().identity.agent)
-        if agent.state != common_pb2.AGENT_STATE_ONLINE:
-            raise FailedPrecondition(
-                f"agent {agent.name!r} is not online; an operator sets it online with "
-                f"`harness agents state {agent.name} online`"
-            )
+        agent = await online_agent(self.registry, reqctx.current().identity)
         version_label = pick_version(agent)
         version = next(v for v in agent.versions if v.version == version_label)
         team = await self.registry.project_team(agent.project)
@@ -375,15 +364,7 @@ class ToolInvoker:
         return approval_id, decided
 
     async def _authorize(self, facts: records.CallFacts, subject: str, obj: str, act: str):
-        decision = await self.registry.check(subject, facts.project, obj, act)
-        if not decision.allowed:
-            denied = records.CallFacts(**{**facts.__dict__, "rule": decision.rule})
-            self.events.emit_audit(records.authz_denied_event(denied, obj, act))
-            raise PermissionDenied(
-                f"{subject_label(subject)} may not {act} {obj} in project {facts.project!r}; "
-                "ask a project admin for a policy"
-            )
-        return decision
+        return await check_access(self.registry, self.events, facts, subject, obj, act)
 
     def _record(
         self, facts, action, args, counts, decision, status, approval_id, duration=0.0, cached=False

@@ -228,3 +228,12 @@ async def test_tool_calls_are_charged_to_budgets_and_refused_over_the_limit(worl
         await invoker.invoke(ToolCall("ledger", "write", {"entry": 3}))
     assert len(server.calls) == calls  # refused before the tool was called
     assert {u.actor.team for u in events.usage} == {"finance"}  # the project's team is charged
+
+
+async def test_an_api_key_scoped_to_another_project_cannot_call_the_agents_tools(world):
+    # The same refusal as Generate: the tool path shares the agent lookup (online_agent).
+    invoker, server, *_ = world
+    reqctx.set_current(reqctx.new_context(reqctx.Identity(agent="rpa", user="alice", project="marketing")))
+    with pytest.raises(PermissionDenied, match="scoped to project 'marketing'"):
+        await invoker.invoke(ToolCall("ledger", "read", {"account": "42"}))
+    assert server.calls == []

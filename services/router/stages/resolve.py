@@ -71,17 +71,7 @@ class ResolveAgent(Stage):
         self.registry = registry
 
     async def enter(self, call: Call) -> None:
-        ident = call.ctx.identity
-        agent = await self.registry.agent(ident.agent)
-        if agent.state != common_pb2.AGENT_STATE_ONLINE:
-            state = common_pb2.AgentState.Name(agent.state).removeprefix("AGENT_STATE_").lower()
-            raise FailedPrecondition(
-                f"agent {agent.name!r} is {state}, not online; run `harness agents state {agent.name} online`"
-            )
-        if ident.project and ident.project != agent.project:
-            raise PermissionDenied(
-                f"this API key is scoped to project {ident.project!r}, not {agent.project!r}"
-            )
+        agent = await online_agent(self.registry, call.ctx.identity)
         call.agent = agent
         call.agent_version = pick_version(agent)
         version = next(v for v in agent.versions if v.version == call.agent_version)
@@ -118,16 +108,43 @@ class Authorize(Stage):
         await self.check(call, agent_subject(agent), f"model:{call.model}")
 
     async def check(self, call: Call, subject: str, obj: str, action: str = "invoke") -> AccessDecision:
-        facts = call.facts()
-        decision = await self.registry.check(subject, facts.project, obj, action)
-        if not decision.allowed:
-            denied = records.CallFacts(**{**facts.__dict__, "rule": decision.rule})
+        try:
+            return await check_access(self.registry, self.events, call.facts(), subject, obj, action)
+        except PermissionDenied:
             call.audited = True
-            self.events.emit_audit(records.authz_denied_event(denied, obj, action))
             who = "agent" if subject.startswith("agent:") else "user"
-            self.metrics.authz_denials.labels(facts.agent, who).inc()
-            raise PermissionDenied(
-                f"{subject_label(subject)} may not {action} {obj} in project {facts.project!r}; "
-                "ask a project admin for a policy (`harness policies add`)"
-            )
-        return decision
+            self.metrics.authz_denials.labels(call.agent_name, who).inc()
+            raise
+
+
+async def online_agent(registry: RegistryMirror, ident: reqctx.Identity) -> registry_pb2.Agent:
+    """The calling agent's record, refused unless it is online and in the API key's project."""
+    agent = await registry.agent(ident.agent)
+    if agent.state != common_pb2.AGENT_STATE_ONLINE:
+        state = common_pb2.AgentState.Name(agent.state).removeprefix("AGENT_STATE_").lower()
+        raise FailedPrecondition(
+            f"agent {agent.name!r} is {state}, not online; run `harness agents state {agent.name} online`"
+        )
+    if ident.project and ident.project != agent.project:
+        raise PermissionDenied(f"this API key is scoped to project {ident.project!r}, not {agent.project!r}")
+    return agent
+
+
+async def check_access(
+    registry: RegistryMirror,
+    events: EventShipper,
+    facts: records.CallFacts,
+    subject: str,
+    obj: str,
+    action: str,
+) -> AccessDecision:
+    """casbin's decision; a denial is audited (with the rule that matched) and raised."""
+    decision = await registry.check(subject, facts.project, obj, action)
+    if not decision.allowed:
+        denied = records.CallFacts(**{**facts.__dict__, "rule": decision.rule})
+        events.emit_audit(records.authz_denied_event(denied, obj, action))
+        raise PermissionDenied(
+            f"{subject_label(subject)} may not {action} {obj} in project {facts.project!r}; "
+            "ask a project admin for a policy (`harness policies add`)"
+        )
+    return decision
