@@ -1,5 +1,5 @@
-"""The README, run as a new user would: every shell block of "Calling it", "Operating it" and
-"Onboard your own agent", in order, in one shell, against a fresh stack of its own."""
+"""The README, run as a new user would: every shell block of "Calling it", "Operating it",
+"Onboard your own agent" and "Monitoring", in order, in one shell, against a fresh stack of its own."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.stack import REPO, launch, shutdown
 
 pytestmark = pytest.mark.e2e
-SECTIONS = ("Calling it", "Operating it", "Onboard your own agent")
+SECTIONS = ("Calling it", "Operating it", "Onboard your own agent", "Monitoring")
 
 
 def readme_blocks(text: str, sections: tuple[str, ...] = SECTIONS) -> dict[str, list[str]]:
