@@ -28,6 +28,7 @@ from services.cli.top_view import Frame, render
 
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.2, 60.0
 MAX_METRICS_URLS = 64
+MIN_WIDTH, MAX_WIDTH = 40, 1000
 METRICS_ENV = ("HARNESS_ROUTER_METRICS", "HARNESS_COST_METRICS")
 
 
@@ -46,6 +47,9 @@ def metrics_urls(args: argparse.Namespace) -> list[str]:
         )
     if len(urls) > MAX_METRICS_URLS:
         raise UsageError(f"{len(urls)} metrics URLs; at most {MAX_METRICS_URLS}")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"metrics URL {url[:200]!r}: use http:// or https://")
     return urls
 
 
@@ -94,6 +98,8 @@ def frame(ctx: Ctx, stats: AgentStats, urls: list[str]) -> Frame:
 def top(ctx: Ctx, args: argparse.Namespace) -> int:
     if not MIN_INTERVAL_S <= args.interval <= MAX_INTERVAL_S:
         raise UsageError(f"--interval must be {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds")
+    if args.width and not MIN_WIDTH <= args.width <= MAX_WIDTH:
+        raise UsageError(f"--width must be {MIN_WIDTH} to {MAX_WIDTH} columns")
     urls = metrics_urls(args)
     stats = AgentStats()
     console = Console(width=args.width) if args.width else Console()

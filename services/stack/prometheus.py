@@ -107,6 +107,7 @@ def prometheus_child(root: Path, port: int, config_path: Path, logs: Path) -> Ch
         f"--config.file={config_path}",
         f"--storage.tsdb.path={root / 'prometheus'}",
         "--storage.tsdb.retention.time=7d",
+        "--storage.tsdb.retention.size=1GB",  # a laptop's disk is not the fleet's
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
     ]

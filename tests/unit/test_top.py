@@ -80,6 +80,8 @@ def test_old_scrapes_leave_the_window():
     [
         (["--interval", "0"], "--interval must be 0.2 to 60 seconds"),
         (["--metrics", "http://127.0.0.1:1/metrics"] * 65, "at most 64"),
+        (["--metrics", "file:///etc/passwd"], "use http:// or https://"),
+        (["--width", "10"], "--width must be 40 to 1000 columns"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_reason(tmp_path, capsys, argv, message):
