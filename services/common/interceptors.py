@@ -148,92 +148,81 @@ def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.Stat
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
 
+class _Guard:
+    """What every RPC of a service goes through: the request context and identity in, one mapping
+    of errors to statuses out, and the RPC's metrics. grpc.aio picks sync vs async handling by
+    inspecting the function, so the handlers made here are real coroutine / async-generator
+    functions (one layer: a streamed message passes through no extra generator)."""
+
+    def __init__(self, details: grpc.HandlerCallDetails, auth: Authenticator, metrics: RpcMetrics) -> None:
+        self.details, self.auth, self.metrics = details, auth, metrics
+        self.method = details.method
+
+    def _request(self, request_or_iterator: Any, streamed: bool) -> Any:
+        if streamed:
+            return _checked_stream(request_or_iterator, self.method)
+        return _checked(request_or_iterator, self.method)
+
+    def unary(self, behavior, streamed: bool):
+        async def handle(request, context):
+            code, start, token = [grpc.StatusCode.OK], time.perf_counter(), None
+            try:
+                token = await _enter(self.details, context, self.auth)
+                return await behavior(self._request(request, streamed), context)
+            except (Exception, asyncio.CancelledError) as exc:
+                await self._fail(exc, context, code)
+            finally:
+                self._leave(code[0], start, token)
+
+        return handle
+
+    def streaming(self, behavior, streamed: bool):
+        async def handle(request, context):
+            code, start, token = [grpc.StatusCode.OK], time.perf_counter(), None
+            try:
+                token = await _enter(self.details, context, self.auth)
+                async for item in behavior(self._request(request, streamed), context):
+                    yield item
+            except (Exception, asyncio.CancelledError) as exc:
+                await self._fail(exc, context, code)
+            finally:
+                self._leave(code[0], start, token)
+
+        return handle
+
+    async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, code: list) -> None:
+        """Ends the call for `exc` (always raises); `code` gets the status it ended with."""
+        if isinstance(exc, (grpc.aio.AbortError, grpc.RpcError)):  # the handler aborted on its own
+            code[0] = _code_of(exc, context)
+            raise exc
+        if isinstance(exc, asyncio.CancelledError):  # client cancelled or deadline passed
+            code[0] = grpc.StatusCode.CANCELLED
+            raise exc
+        code[0] = exc.code if isinstance(exc, HarnessError) else grpc.StatusCode.INTERNAL
+        await _fail(context, exc, self.method)
+
+    def _leave(self, code: grpc.StatusCode, start: float, token: Any) -> None:
+        self.metrics.observe(self.method, code, time.perf_counter() - start)
+        if token is not None:
+            reqctx.reset_current(token)
+
+
 def _wrap(
     handler: grpc.RpcMethodHandler,
     details: grpc.HandlerCallDetails,
     auth: Authenticator,
     metrics: RpcMetrics,
 ) -> grpc.RpcMethodHandler:
-    method = details.method
-    streamed_requests = bool(handler.stream_unary or handler.stream_stream)
-
-    def _request(request_or_iterator: Any) -> Any:
-        if streamed_requests:
-            return _checked_stream(request_or_iterator, method)
-        return _checked(request_or_iterator, method)
-
-    async def unary(behavior, request_or_iterator, context):
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        token = None
-        try:
-            token = await _enter(details, context, auth)
-            return await behavior(_request(request_or_iterator), context)
-        except HarnessError as exc:
-            code = exc.code
-            await _fail(context, exc, method)
-        except (grpc.aio.AbortError, grpc.RpcError) as exc:  # handler aborted on its own
-            code = _code_of(exc, context)
-            raise
-        except asyncio.CancelledError:  # client cancelled or deadline passed
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
-            await _fail(context, exc, method)
-        finally:
-            metrics.observe(method, code, time.perf_counter() - start)
-            if token is not None:
-                reqctx.reset_current(token)
-
-    async def streaming(behavior, request_or_iterator, context) -> AsyncIterator[Any]:
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        token = None
-        try:
-            token = await _enter(details, context, auth)
-            async for item in behavior(_request(request_or_iterator), context):
-                yield item
-        except HarnessError as exc:
-            code = exc.code
-            await _fail(context, exc, method)
-        except (grpc.aio.AbortError, grpc.RpcError) as exc:
-            code = _code_of(exc, context)
-            raise
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
-            await _fail(context, exc, method)
-        finally:
-            metrics.observe(method, code, time.perf_counter() - start)
-            if token is not None:
-                reqctx.reset_current(token)
-
-    # grpc.aio picks sync vs async handling by inspecting the function, so these must be real
-    # coroutine / async-generator functions, not lambdas returning one.
-    def bind_unary(behavior):
-        async def handle(req, ctx):
-            return await unary(behavior, req, ctx)
-
-        return handle
-
-    def bind_stream(behavior):
-        async def handle(req, ctx):
-            async for item in streaming(behavior, req, ctx):
-                yield item
-
-        return handle
+    guard = _Guard(details, auth, metrics)
 
     common = {
         "request_deserializer": tolerant_deserializer(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(bind_unary(handler.unary_unary), **common)
+        return grpc.unary_unary_rpc_method_handler(guard.unary(handler.unary_unary, False), **common)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(bind_unary(handler.stream_unary), **common)
+        return grpc.stream_unary_rpc_method_handler(guard.unary(handler.stream_unary, True), **common)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(bind_stream(handler.unary_stream), **common)
-    return grpc.stream_stream_rpc_method_handler(bind_stream(handler.stream_stream), **common)
+        return grpc.unary_stream_rpc_method_handler(guard.streaming(handler.unary_stream, False), **common)
+    return grpc.stream_stream_rpc_method_handler(guard.streaming(handler.stream_stream, True), **common)
