@@ -31,6 +31,7 @@ from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
 from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from services.router.metrics import RouterMetrics
+from services.router.openai_engine import OpenAIEngine
 from services.router.openai_http.app import OpenAIFrontDoor
 from services.router.outbox import Outbox
 from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache
@@ -241,7 +242,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         on_change=flow.capacity_changed,
         own_inflight=scheduler.memory.own,
     )
-    triton = TritonPool()
+    triton, openai_engine = TritonPool(), OpenAIEngine()
     if cfg.redis_url:
         limiter: RateLimiter = RedisRateLimiter.from_url(
             cfg.redis_url, cfg.redis_prefix, timeout_s=cfg.redis_timeout_s,
@@ -275,7 +276,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     router = Router(
         registry,
         endpoints,
-        Dispatcher(endpoints, scheduler, flow, triton),
+        Dispatcher(endpoints, scheduler, flow, triton, openai=openai_engine),
         events,
         limiter,
         cache,
@@ -345,6 +346,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         await cost_follower.stop()
         await events.drain(timeout=cfg.server.grace_s)
         await triton.close()
+        await openai_engine.close()
         router.redactors.close()
         await limiter.aclose()
         await budgets.aclose()

@@ -16,9 +16,9 @@ from harness.registry.v1 import registry_pb2
 
 from services.common.context import RequestContext
 from services.router import records
+from services.router.engine import EngineRequest
 from services.router.flow import SloClass
 from services.router.scheduling import Candidate, SchedulingRequest
-from services.router.triton import TritonRequest
 
 if TYPE_CHECKING:
     from services.router.budgets import BudgetReservation
@@ -99,6 +99,7 @@ class Call:
     # Outcome
     input_tokens: int = 0
     output_tokens: int = 0
+    usage_estimated: bool = False  # the engine gave no counts: they were estimated from text
     finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
     status: str = "OK"
     text_parts: list[str] = field(default_factory=list)
@@ -174,9 +175,9 @@ class Call:
             self.deployment, self.gpu_type, status=self.status, rule=self.rule, team=self.team,
         )  # fmt: skip
 
-    def engine_request(self) -> TritonRequest:
+    def engine_request(self) -> EngineRequest:
         inp = self.inp
-        return TritonRequest(
+        return EngineRequest(
             model=self.catalog.triton_model if self.catalog else self.model,
             prompt=self.prompt,
             max_tokens=self.max_tokens,

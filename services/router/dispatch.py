@@ -1,8 +1,9 @@
-"""Schedule, queue when saturated, dispatch to Triton, fail over once (no gRPC server here).
+"""Schedule, queue when saturated, dispatch to an engine, fail over once (no gRPC server here).
 
 schedule (filters -> scorers -> picker) -> if every candidate is saturated, wait in flow
-control (SLO-class queues) -> stream from the chosen endpoint -> if it fails before the first
-token, retry once on another endpoint (never after text was sent: that would duplicate it).
+control (SLO-class queues) -> stream from the chosen endpoint with the engine of its kind
+(Triton gRPC or OpenAI HTTP, engine.py) -> if it fails before the first token, retry once on
+another endpoint, of either kind (never after text was sent: that would duplicate it).
 Feedback flows back into the scheduler: in-flight counts, where a prefix/session went, TTFT.
 """
 
@@ -13,9 +14,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from services.common.errors import ResourceExhausted, Unavailable
+from services.router.engine import OPENAI, TRITON, Engine, EngineChunk
 from services.router.flow import FlowController
 from services.router.scheduling import Candidate, Decision, Outcome, Scheduler, SchedulingRequest
-from services.router.triton import TritonChunk, TritonPool
 from services.router.views import EndpointView
 
 if TYPE_CHECKING:
@@ -28,14 +29,25 @@ class Dispatcher:
         endpoints: EndpointView,
         scheduler: Scheduler,
         flow: FlowController,
-        triton: TritonPool,
+        triton: Engine,
         backend_timeout_s: float = 300.0,
+        openai: Engine | None = None,
     ) -> None:
         self.endpoints = endpoints
         self.scheduler = scheduler
         self.flow = flow
-        self.triton = triton
+        self.engines: dict[str, Engine] = {TRITON: triton}
+        if openai is not None:
+            self.engines[OPENAI] = openai
         self.backend_timeout_s = backend_timeout_s
+
+    def engine(self, target: Candidate) -> Engine:
+        engine = self.engines.get(target.kind or TRITON)
+        if engine is None:  # retryable: another endpoint of a kind this router speaks may serve it
+            raise Unavailable(
+                f"endpoint {target.name} speaks {target.kind!r}, which this router has no engine for"
+            )
+        return engine
 
     def _pick(self, request: SchedulingRequest, exclude: frozenset[str]) -> Decision:
         candidates = self.endpoints.candidates(request.model)
@@ -68,27 +80,37 @@ class Dispatcher:
             )
         return decision.endpoint
 
-    async def stream(self, call: Call) -> AsyncIterator[TritonChunk]:
+    async def stream(self, call: Call) -> AsyncIterator[EngineChunk]:
         """The engine's chunks for `call`; fills in where it ran, its queue time and GPU share."""
         request, engine_request = call.scheduling_request(), call.engine_request()
         tried: frozenset[str] = frozenset()
+        first_failure: Unavailable | None = None
         while True:
-            target = await self.choose(request, call, tried)
+            try:
+                target = await self.choose(request, call, tried)
+            except Unavailable as exc:
+                if first_failure is None:
+                    raise
+                raise Unavailable(
+                    f"{exc.message}; the first try failed: {first_failure.message}"
+                ) from first_failure
             call.endpoint = target
             self.scheduler.acquire(target)
             sharing = max(1, self.scheduler.memory.load(target))
             started, sent = time.perf_counter(), False
             try:
-                async for chunk in self.triton.stream(target.address, engine_request, self.backend_timeout_s):
+                engine = self.engine(target)
+                async for chunk in engine.stream(target.address, engine_request, self.backend_timeout_s):
                     if chunk.text and not sent:
                         sent = True
                         self.scheduler.observe_ttft(target, time.perf_counter() - started)
                     yield chunk
                 self.scheduler.record(target, request)
                 return
-            except Unavailable:
+            except Unavailable as exc:
                 if sent or tried:  # text already went out, or this was the retry
                     raise
+                first_failure = exc
                 tried = frozenset({target.name})
                 call.failed_over_from = target.name
             finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -21,28 +20,11 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from services.common.errors import InvalidArgument, Unavailable
+from services.router.engine import EngineChunk, EngineRequest
 
-
-@dataclass(frozen=True)
-class TritonRequest:
-    model: str
-    prompt: str
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 0.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    request_id: str = ""
-    stream: bool = True  # token by token; only decoupled models can
-
-
-@dataclass(frozen=True)
-class TritonChunk:
-    text: str
-    final: bool
-    input_tokens: int | None = None
-    output_tokens: int | None = None
+# The Triton engine's request and chunk are the engine seam's (engine.py).
+TritonRequest = EngineRequest
+TritonChunk = EngineChunk
 
 
 def _tensor(name: str, datatype: str, shape: list[int]) -> service_pb2.ModelInferRequest.InferInputTensor:
@@ -124,7 +106,7 @@ def _bytes_elements(raw: bytes) -> str:
 
 
 class TritonPool:
-    """One channel per Triton endpoint address, reused across requests."""
+    """The Triton gRPC `Engine`: one channel per endpoint address, reused across requests."""
 
     def __init__(self) -> None:
         self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}

@@ -97,6 +97,7 @@ class EndpointView(BackgroundFollower):
                             recent_ttft_s=m.recent_ttft_ms / 1000.0,
                             recent_latency_s=m.recent_latency_ms / 1000.0,
                             own_at_snapshot=self._stamps.get((ep.name, m.name), -1),
+                            kind=ep.kind or "triton",
                         )
                     )
         self._by_model = by_model

@@ -297,11 +297,11 @@ class PiiEngine:
 
 
 async def test_pii_is_redacted_before_the_engine_and_in_the_streamed_answer(front):
-    engine, real = PiiEngine(), front.router.dispatcher.triton
+    engine, real = PiiEngine(), front.router.dispatcher.engines["triton"]
     record = front.registry.agent_record
     record.data_policy.pii.add(kind="phone", mode=registry_pb2.MASK_MODE_MASK)
     record.revision += 1  # the router rebuilds its redactor per agent revision
-    front.router.dispatcher.triton = engine
+    front.router.dispatcher.engines["triton"] = engine
     try:
         async with front.client() as client:
             stream = await client.chat.completions.create(
@@ -309,7 +309,7 @@ async def test_pii_is_redacted_before_the_engine_and_in_the_streamed_answer(fron
             )
             text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     finally:
-        front.router.dispatcher.triton = real
+        front.router.dispatcher.engines["triton"] = real
         del record.data_policy.pii[:]
     assert "13912345678" not in engine.prompts[0] and "[PHONE]" in engine.prompts[0]
     assert "13812345678" not in text and "[PHONE]" in text and text.endswith("today.")

@@ -253,7 +253,7 @@ async def test_the_agents_data_policy_redacts_the_prompt_before_the_model_and_th
     # The model saw the redacted prompt: the simulator's text is a function of its prompt.
     redacted, _ = await router.redactors.prompt(registry.agent_record, prompt, {})
     assert "13812345678" not in redacted and "11010519491231002X" not in redacted and "[PHONE]" in redacted
-    direct = [c.text async for c in router.dispatcher.triton.stream(
+    direct = [c.text async for c in router.dispatcher.engines["triton"].stream(
         sim.address, TritonRequest(model=TRITON_MODEL, prompt=redacted, max_tokens=8, request_id="x"), 30
     )]  # fmt: skip
     assert "".join(result.text_parts) == "".join(direct)

@@ -75,6 +75,7 @@ class Candidate:
     recent_latency_s: float = 0.0
     labels: tuple[tuple[str, str], ...] = ()
     own_at_snapshot: int = -1
+    kind: str = "triton"  # the engine protocol: "triton" (gRPC) or "openai" (HTTP)
 
 
 @dataclass(frozen=True, slots=True)

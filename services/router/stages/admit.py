@@ -8,12 +8,12 @@ from services.common.errors import InvalidArgument
 from services.common.registry_mirror import RegistryMirror
 from services.router.budgets import BudgetEnforcer, Subjects
 from services.router.call import Call, GenerationInput
+from services.router.engine import CHARS_PER_TOKEN, estimate_tokens
 from services.router.flow import RateLimiter, RateLimits
 from services.router.pipeline import Stage
 from services.router.privacy import AgentRedactors, OutputRedaction
 
 MAX_PROMPT_CHARS = 1_000_000
-CHARS_PER_TOKEN = 4  # prompt size estimate for admission; the engine reports the real count
 
 
 def render_prompt(inp: GenerationInput) -> str:
@@ -23,10 +23,6 @@ def render_prompt(inp: GenerationInput) -> str:
         return inp.prompt
     # A neutral template; per-model chat templates come with the model catalog later.
     return "".join(f"<|{role}|>\n{content}\n" for role, content in inp.messages) + "<|assistant|>\n"
-
-
-def estimate_tokens(text: str) -> int:
-    return -(-len(text) // CHARS_PER_TOKEN)
 
 
 class Validate(Stage):

@@ -96,6 +96,7 @@ class Dispatch(Stage):
                         call.input_tokens = chunk.input_tokens
                     if chunk.output_tokens is not None:
                         call.output_tokens = max(call.output_tokens, chunk.output_tokens)
+                    call.usage_estimated = call.usage_estimated or chunk.estimated
                     yield Chunk(chunk.text, chunk.final, call.output_tokens)
             finally:
                 call.gpu_type = self.endpoints.gpu_type(call.endpoint.name) if call.endpoint else ""

@@ -1,0 +1,297 @@
+"""The OpenAI HTTP `Engine` (engine.py): vLLM, SGLang, TGI, Ollama and Triton's OpenAI frontend.
+
+Each generation is one streamed `POST {base}/v1/completions` (the router hands engines a
+rendered prompt, so the text endpoint fits every flavour) with
+``stream_options.include_usage``; the answer is server-sent events, ``data: {json}`` per
+chunk and ``data: [DONE]`` at the end. The parser takes either response shape
+(``choices[0].text`` or ``choices[0].delta.content``), usage wherever it comes (a last chunk
+with empty choices as vLLM/SGLang/Ollama send it, or on the finishing chunk), and error events
+mid-stream. Where an engine sends no usage, counts are estimated from the text and marked so.
+
+One pooled `httpx.AsyncClient` per endpoint: keep-alive connections, HTTP/2 when the server
+offers it over TLS (ALPN), the endpoint's headers (e.g. an API key) and TLS roots. Closing the
+stream early closes the response, which closes its connection (or resets its HTTP/2 stream):
+the engines abort a request whose client went away.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from services.common.errors import InvalidArgument, Unavailable
+from services.router.engine import EngineChunk, EngineRequest, estimate_tokens
+
+MAX_EVENT_BYTES = 1 << 20  # one SSE line; a token's chunk is a few hundred bytes
+MAX_STREAM_BYTES = 64 << 20  # a whole answer, like the Triton channel's message limit
+MAX_ERROR_BYTES = 64 << 10
+CONNECT_TIMEOUT_S = 5.0
+_HTTP2 = importlib.util.find_spec("h2") is not None
+
+
+@dataclass(frozen=True)
+class EndpointAccess:
+    """How to reach one OpenAI endpoint: extra headers (e.g. authorization) and, for https,
+    the PEM roots to verify it with ("" = the system's)."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+    ca_file: str = ""
+
+
+NO_ACCESS = EndpointAccess()
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Usage(_Lenient):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Delta(_Lenient):
+    content: str | None = None
+
+
+class _Choice(_Lenient):
+    text: str | None = None
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class StreamChunk(_Lenient):
+    """One event of a streamed completion, in any flavour's shape."""
+
+    choices: list[_Choice] = []
+    usage: _Usage | None = None
+    error: Any = None
+
+    @property
+    def text(self) -> str:
+        parts = []
+        for c in self.choices:
+            parts.append(c.text if c.text is not None else (c.delta.content if c.delta else None) or "")
+        return "".join(parts)
+
+    @property
+    def finished(self) -> bool:
+        return any(c.finish_reason for c in self.choices)
+
+
+def base_url(address: str) -> str:
+    """An endpoint's address as the API's base URL: a scheme is added when missing (http), a
+    trailing `/v1` is dropped (the paths carry it)."""
+    url = address if "://" in address else f"http://{address}"
+    url = url.rstrip("/")
+    return url.removesuffix("/v1")
+
+
+def request_body(req: EngineRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": req.model,
+        "prompt": req.prompt,
+        "max_tokens": req.max_tokens,
+        "temperature": req.temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if req.top_p > 0:
+        body["top_p"] = req.top_p
+    if req.top_k > 0:
+        body["top_k"] = req.top_k  # an extension vLLM, SGLang and TGI accept
+    if req.seed is not None:
+        body["seed"] = req.seed
+    if req.stop:
+        body["stop"] = list(req.stop)
+    return body
+
+
+def error_message(status: int, body: bytes) -> str:
+    """The engine's own words from an error body: OpenAI/vLLM/Ollama {"error": {"message"}},
+    older vLLM {"message"}, TGI {"error": "..."}; else the raw text, shortened."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:500]
+        for found in (err, obj.get("message"), obj.get("detail")):
+            if isinstance(found, str) and found:
+                return found[:500]
+    return body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}"
+
+
+def http_error(address: str, model: str, status: int, body: bytes) -> Exception:
+    message = error_message(status, body)
+    if status in (400, 422):  # the request itself: another endpoint would refuse it too
+        return InvalidArgument(f"model {model!r} rejected the request: {message}")
+    if status in (401, 403):
+        return Unavailable(f"backend {address} refused the router's credentials (HTTP {status}: {message}); "
+                           "check the endpoint's headers")  # fmt: skip
+    return Unavailable(f"backend {address} failed: HTTP {status}: {message}")
+
+
+class SseLines:
+    """`data:` payloads of a server-sent event stream, with every line and the total bounded."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._buf = b""
+        self._total = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._total += len(data)
+        if self._total > MAX_STREAM_BYTES:
+            raise Unavailable(f"backend {self.address} sent over {MAX_STREAM_BYTES} bytes for one answer")
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        if len(self._buf) > MAX_EVENT_BYTES:
+            raise Unavailable(f"backend {self.address} sent an event over {MAX_EVENT_BYTES} bytes")
+        out = []
+        for line in lines:
+            line = line.rstrip(b"\r")
+            if line.startswith(b"data:"):  # comments (':'), event:, id:, blank lines carry nothing here
+                out.append(line[5:].strip())
+        return out
+
+
+class CompletionStream:
+    """Folds one stream's events into engine chunks (the final one carries the usage)."""
+
+    def __init__(self, address: str, req: EngineRequest) -> None:
+        self.address, self.req = address, req
+        self.text_len = 0
+        self.texts: list[str] = []
+        self.usage: _Usage | None = None
+        self.finished = False
+
+    def event(self, payload: bytes) -> EngineChunk | None:
+        try:
+            chunk = StreamChunk.model_validate_json(payload)
+        except ValidationError as exc:
+            raise Unavailable(
+                f"backend {self.address} sent a malformed event: {exc.errors()[0]['msg']}"
+            ) from exc
+        if chunk.error is not None:
+            message = error_message(200, payload)
+            raise Unavailable(f"model {self.req.model!r} failed on {self.address}: {message}")
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        self.finished = self.finished or chunk.finished
+        text = chunk.text
+        if not text:
+            return None
+        self.texts.append(text)
+        return EngineChunk(text, False)
+
+    def final(self) -> EngineChunk:
+        u = self.usage
+        if u is not None and u.completion_tokens is not None and u.prompt_tokens is not None:
+            return EngineChunk("", True, u.prompt_tokens, u.completion_tokens)
+        text = "".join(self.texts)
+        return EngineChunk("", True, estimate_tokens(self.req.prompt), estimate_tokens(text), estimated=True)
+
+
+class OpenAIEngine:
+    """Streams completions from OpenAI-compatible endpoints, one pooled client per endpoint."""
+
+    def __init__(
+        self,
+        access: Callable[[str], EndpointAccess] = lambda _address: NO_ACCESS,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests replay recorded streams
+        max_connections: int = 256,
+    ) -> None:
+        self._access = access
+        self._transport = transport
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=64, keepalive_expiry=30.0
+        )
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def client(self, address: str) -> httpx.AsyncClient:
+        client = self._clients.get(address)
+        if client is None:
+            access = self._access(address)
+            verify: ssl.SSLContext | bool = (
+                ssl.create_default_context(cafile=access.ca_file) if access.ca_file else True
+            )
+            client = self._clients[address] = httpx.AsyncClient(
+                base_url=base_url(address),
+                headers=dict(access.headers),
+                verify=verify,
+                http2=_HTTP2 and self._transport is None,
+                limits=self._limits,
+                transport=self._transport,
+                timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
+            )
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    async def stream(
+        self, address: str, req: EngineRequest, timeout: float | None
+    ) -> AsyncIterator[EngineChunk]:
+        """Yields text chunks, then a final one with the usage. Errors -> Unavailable (retryable)
+        or InvalidArgument (the engine refused the request itself)."""
+        deadline = time.monotonic() + timeout if timeout else None
+        headers = {"x-request-id": req.request_id} if req.request_id else {}
+        request = self.client(address).build_request(
+            "POST", "/v1/completions", json=request_body(req), headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT_S, timeout or CONNECT_TIMEOUT_S)),
+        )  # fmt: skip
+        try:
+            response = await self.client(address).send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"backend {address} failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            if response.status_code != 200:
+                raise http_error(address, req.model, response.status_code, await _read_bounded(response))
+            async for chunk in self._events(address, req, response, deadline):
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"backend {address} failed mid-stream: {type(exc).__name__}: {exc}") from exc
+        finally:
+            await response.aclose()  # early: drops the connection, so the engine aborts the request
+
+    @staticmethod
+    async def _events(
+        address: str, req: EngineRequest, response: httpx.Response, deadline: float | None
+    ) -> AsyncIterator[EngineChunk]:
+        lines, stream = SseLines(address), CompletionStream(address, req)
+        async for data in response.aiter_bytes():
+            for payload in lines.feed(data):
+                if payload == b"[DONE]":
+                    yield stream.final()
+                    return
+                chunk = stream.event(payload)
+                if chunk is not None:
+                    yield chunk
+            if deadline is not None and time.monotonic() > deadline:
+                raise Unavailable(f"backend {address} did not finish within the deadline")
+        if stream.finished:  # a finish_reason without [DONE]: some servers just close
+            yield stream.final()
+            return
+        raise Unavailable(f"backend {address} closed the stream before the final response")
+
+
+async def _read_bounded(response: httpx.Response) -> bytes:
+    body = b""
+    async for data in response.aiter_bytes():
+        body += data
+        if len(body) >= MAX_ERROR_BYTES:
+            return body[:MAX_ERROR_BYTES]
+    return body
