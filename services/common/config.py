@@ -39,6 +39,9 @@ class ServerConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     # Extra service names listed by reflection (the router advertises the whole mesh API).
     reflection_extra: tuple[str, ...] = ()
+    # Share the port with other processes of the same service (SO_REUSEPORT: router workers);
+    # off, a port already in use is an error at start.
+    reuse_port: bool = False
 
 
 def env(name: str, default: str = "") -> str:

@@ -68,7 +68,9 @@ class HttpServer:
             self.sock.close()
 
 
-async def start_http_server(app, host: str, port: int, tls: TlsFiles) -> HttpServer:
+async def start_http_server(
+    app, host: str, port: int, tls: TlsFiles, *, reuse_port: bool = False
+) -> HttpServer:
     """Serves `app` on host:port (0 = a free port) with mTLS when `tls` is set; returns once it
     accepts connections."""
     # IPPROTO_TCP named explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose
@@ -76,6 +78,8 @@ async def start_http_server(app, host: str, port: int, tls: TlsFiles) -> HttpSer
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # router workers share the port; the kernel spreads connections over them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -148,7 +148,10 @@ async def start_server(
     auth = Authenticator(config.auth, JwtVerifier.from_config(config.auth), api_key_resolver)
     server = grpc.aio.server(
         interceptors=[HarnessServerInterceptor(auth, RpcMetrics(registry, config.name))],
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        options=[
+            ("grpc.so_reuseport", int(config.reuse_port)),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ],
     )
     services = tuple(register(server))
     health_servicer = health.aio.HealthServicer()

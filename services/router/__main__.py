@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from services.router.tools import AuditApprovals, ToolInvoker
 from services.router.triton import TritonPool
 from services.router.triton_facade import TritonFacadeServicer
 from services.router.views import EndpointView
+from services.router.workers import default_workers, supervise
 
 log = logging.getLogger("harness.router")
 
@@ -87,6 +89,7 @@ class RouterConfig:
     # data, budgeted requests pause this long so invisible in-flight reservations settle first.
     budget_reservation_ttl_s: float = 30.0
     http_port: int | None = None  # the OpenAI-compatible HTTP API (0: any free port; None: off)
+    workers: int = 1  # > 1: this process supervises that many router processes on one port
 
 
 def parse_args(argv: list[str] | None = None) -> RouterConfig:
@@ -192,10 +195,19 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         help="port of the OpenAI-compatible HTTP API (/v1/*), with the gRPC port's TLS; -1: off",
     )
     p.add_argument("--default-max-tokens", type=int, default=int(env("ROUTER_DEFAULT_MAX_TOKENS", "256")))
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(env("ROUTER_WORKERS", "0")),
+        help="router processes sharing the port (SO_REUSEPORT); 0: every core with --redis, else 1",
+    )
+    p.add_argument("--worker-index", type=int, default=-1, help=argparse.SUPPRESS)  # set by the supervisor
     a = p.parse_args(argv)
     setup_logging(a.log_level)
+    worker = a.worker_index >= 0
     return RouterConfig(
-        server=server_config_from_args("router", a, reflection_extra=MESH_SERVICES),
+        server=server_config_from_args("router", a, reflection_extra=MESH_SERVICES, reuse_port=worker),
+        workers=1 if worker else max(0, a.workers) or default_workers(a.redis),
         registry_addr=a.registry,
         pool_addr=a.pool,
         audit_addr=a.audit,
@@ -367,7 +379,9 @@ async def _serve_openai(cfg: RouterConfig, running: RunningServer, router: Route
     front = OpenAIFrontDoor(router, running.authenticator, metrics)
     front.ready = lambda: router.registry.ready  # 503 until the first registry copy, as gRPC health
     try:
-        http = await start_http_server(front.app(), cfg.server.host, cfg.http_port or 0, cfg.server.tls)
+        http = await start_http_server(
+            front.app(), cfg.server.host, cfg.http_port or 0, cfg.server.tls, reuse_port=cfg.server.reuse_port
+        )
     except BaseException:
         await running.stop(0)
         raise
@@ -394,7 +408,15 @@ async def amain(cfg: RouterConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    asyncio.run(amain(parse_args(argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse_args(argv)
+    if cfg.workers > 1:
+        s = cfg.server
+        supervise(
+            argv, cfg.workers, s.host, s.port, s.metrics_port, cfg.http_port, cfg.outbox_path, s.grace_s
+        )
+        return
+    asyncio.run(amain(cfg))
 
 
 if __name__ == "__main__":
