@@ -1,7 +1,7 @@
 """``python -m services.enginesim``: run the engine simulator as a process.
 
-Logs "ready grpc=HOST:PORT metrics=PORT" to stderr once serving (the bound ports, so port 0
-works for tests that start it as a subprocess). SIGTERM/SIGINT: stop being ready, give
+Logs "ready grpc=HOST:PORT metrics=PORT openai=URL" to stderr once serving (the bound ports,
+so port 0 works for tests that start it as a subprocess; "off" for a protocol not served). SIGTERM/SIGINT: stop being ready, give
 in-flight requests --shutdown-grace seconds, then exit 0.
 """
 
@@ -34,6 +34,18 @@ def parse_args(argv: list[str] | None = None) -> SimulatorConfig:
         type=int,
         default=defaults.metrics_port,
         help="HTTP /metrics port (0: any free port, -1: off)",
+    )
+    ap.add_argument(
+        "--protocol",
+        choices=("triton", "openai", "both"),
+        default=defaults.protocol,
+        help="Triton's gRPC protocol, the OpenAI HTTP API (vLLM's paths and metric names), or both",
+    )
+    ap.add_argument(
+        "--openai-port",
+        type=int,
+        default=defaults.openai_port,
+        help="OpenAI API port, /metrics in vLLM's names on it too (0: any free port)",
     )
     ap.add_argument(
         "--catalog", type=Path, default=None, help="model catalog YAML (default: packaged models.yaml)"
@@ -130,6 +142,8 @@ def parse_args(argv: list[str] | None = None) -> SimulatorConfig:
             startup_delay_s=args.startup_delay_s,
             faults=fault_settings,
             fault_seed=args.fault_seed,
+            protocol=args.protocol,
+            openai_port=args.openai_port,
         )
     except ValueError as exc:
         ap.error(str(exc))
@@ -152,7 +166,7 @@ async def run(config: SimulatorConfig) -> None:
         return
     stopping.cancel()
     server = starting.result()
-    log.info("ready grpc=%s metrics=%s", server.address, server.metrics_port)
+    log.info("ready %s", server.where())
     await stop.wait()
     log.info("shutting down (grace %.1fs)", config.shutdown_grace_s)
     await server.stop()

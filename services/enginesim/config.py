@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .faults import FaultSettings
 
+PROTOCOLS = ("triton", "openai", "both")
+
 
 @dataclass(frozen=True)
 class SimulatorConfig:
@@ -23,8 +25,22 @@ class SimulatorConfig:
     faults: FaultSettings = field(default_factory=FaultSettings)  # failure injection (faults.py)
     fault_seed: int | None = None  # makes the sequence of injected faults reproducible
     server_version: str = "2.59.0"  # reported by ServerMetadata, as a Triton release
+    protocol: str = "triton"  # "triton" (gRPC), "openai" (HTTP, vLLM-flavoured) or "both"
+    openai_port: int = 8000  # the OpenAI API and its vLLM /metrics; 0 picks a free port
+
+    @property
+    def serves_triton(self) -> bool:
+        return self.protocol in ("triton", "both")
+
+    @property
+    def serves_openai(self) -> bool:
+        return self.protocol in ("openai", "both")
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if not 0 <= self.openai_port <= 65535:
+            raise ValueError(f"openai_port must be in 0..65535, got {self.openai_port}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not -1 <= self.metrics_port <= 65535:

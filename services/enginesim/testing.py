@@ -29,10 +29,11 @@ from .config import SimulatorConfig
 @dataclass(frozen=True)
 class EngineSimHandle:
     address: str  # "127.0.0.1:PORT", what tritonclient and grpc channels take
-    port: int
+    port: int  # the gRPC port (0 with protocol="openai")
     metrics_port: int  # GET http://127.0.0.1:{metrics_port}/metrics
     stop: Callable[[], Awaitable[None]]  # stops the server (in-flight requests fail at once)
     server: RunningServer  # the running server and its Simulator, for white-box assertions
+    openai_url: str = ""  # "http://127.0.0.1:PORT" with protocol "openai" or "both"
 
     @property
     def metrics_url(self) -> str:
@@ -47,11 +48,13 @@ async def start_enginesim(
     load: tuple[str, ...] = (),
     preload: bool = True,
     metrics: bool = True,
+    protocol: str = "triton",
 ) -> EngineSimHandle:
     """Start a simulator on 127.0.0.1:0 and return once it is ready.
 
     ``time_scale`` defaults to 1000 so model loads (tens of seconds simulated) and steps take
-    milliseconds; pass 1.0 for real-time behaviour.
+    milliseconds; pass 1.0 for real-time behaviour. ``protocol`` "openai" or "both" also
+    serves the OpenAI API (on a free port: ``openai_url``).
     """
     config = SimulatorConfig(
         host="127.0.0.1",
@@ -63,6 +66,8 @@ async def start_enginesim(
         load=tuple(load),
         preload=preload,
         shutdown_grace_s=0.0,
+        protocol=protocol,
+        openai_port=0,
     )
     running = await start_server(config)
 
@@ -75,6 +80,7 @@ async def start_enginesim(
         metrics_port=running.metrics_port or 0,
         stop=stop,
         server=running,
+        openai_url=running.openai_url,
     )
 
 
