@@ -12,10 +12,10 @@ from services.router.scheduling import (
     BATCH,
     INTERACTIVE,
     REALTIME,
-    PluginRegistry,
     SchedulingRequest,
     load_config,
     parse_config,
+    scheduler_registry,
 )
 from services.router.scheduling.filters import NotSaturatedFilter
 
@@ -137,7 +137,7 @@ def test_config_errors_name_the_profile_and_plugin(change, message):
 
 
 def test_custom_plugins_register_with_a_decorator():
-    registry = PluginRegistry()
+    registry = scheduler_registry()
 
     @registry.register("scorer", "constant")
     @dataclass(frozen=True)

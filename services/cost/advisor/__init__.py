@@ -1,14 +1,13 @@
 """The cost advisor: rule plugins over ledger and fleet facts (no gRPC).
 
-Importing this package registers the built-in rules (consolidate, quantize, scale_to_zero,
-smaller_model, cut_max_tokens); `advise` gathers facts and runs them.
+The built-in rules (consolidate, quantize, scale_to_zero, smaller_model, cut_max_tokens) are
+listed in rules/__init__.py; `advise` gathers facts and runs them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from services.cost.advisor import rules as _rules  # noqa: F401  (registers the built-in rules)
 from services.cost.advisor.base import (
     CatalogModel,
     DayRow,
@@ -23,7 +22,7 @@ from services.cost.advisor.base import (
     UsageRow,
 )
 from services.cost.advisor.facts import gather
-from services.cost.advisor.registry import Advice, check_names, register, rules, run
+from services.cost.advisor.registry import RULES, Advice, check_names, rules, run
 
 
 async def advise(
@@ -36,6 +35,22 @@ async def advise(
 
 
 __all__ = [
-    "Advice", "CatalogModel", "DayRow", "Facts", "Fleet", "FleetDeployment", "FleetProvider", "FleetSnapshot",
-    "Recommendation", "Rule", "RuleResult", "UsageRow", "advise", "check_names", "gather", "register", "rules", "run",
+    "RULES",
+    "Advice",
+    "CatalogModel",
+    "DayRow",
+    "Facts",
+    "Fleet",
+    "FleetDeployment",
+    "FleetProvider",
+    "FleetSnapshot",
+    "Recommendation",
+    "Rule",
+    "RuleResult",
+    "UsageRow",
+    "advise",
+    "check_names",
+    "gather",
+    "rules",
+    "run",
 ]  # fmt: skip

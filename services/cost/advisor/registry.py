@@ -1,4 +1,5 @@
-"""Rule registry: plugins register by name; `run` applies them and ranks the result."""
+"""Rule registry (the built-in rules, listed in rules/__init__.py); `run` applies them and ranks
+the result."""
 
 from __future__ import annotations
 
@@ -6,20 +7,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
+from services.common.plugins import PluginRegistry
 from services.cost.advisor.base import Facts, Recommendation, Rule
+from services.cost.advisor.rules import BUILTIN_RULES
 
-_RULES: dict[str, Rule] = {}
-
-
-def register(rule: Rule) -> Rule:
-    if rule.name in _RULES:
-        raise ValueError(f"advisor rule {rule.name!r} is already registered")
-    _RULES[rule.name] = rule
-    return rule
+RULE = "rule"
+RULES = PluginRegistry((RULE,), {RULE: {rule.name: rule for rule in BUILTIN_RULES}})
+_RULES: dict[str, Rule] = {name: RULES.get(RULE, name) for name in RULES.names(RULE)}
 
 
 def rules() -> dict[str, Rule]:
-    """Registered rules by name, in registration order."""
+    """The rules by name, in the order they are listed."""
     return dict(_RULES)
 
 

@@ -12,13 +12,15 @@ canonical value (E.164, lower-case email, digits-only card...), so the same valu
 records without being stored; DROP -> removed.
 """
 
+from .builtin import RECOGNIZERS, create, recognizer_class, registered
 from .engine import RedactionResult, Redactor, UnknownKindError, resolve_overlaps
 from .pattern import PatternRecognizer, patterns_from_config
 from .policy import Mode, RedactionPolicy, parse_mode, policy_from_dict, policy_from_proto
-from .recognizers import Recognizer, Span, create, recognizer_class, register, registered
+from .recognizers import Recognizer, Span
 from .stream import StreamRedactor
 
 __all__ = [
+    "RECOGNIZERS",
     "Mode",
     "PatternRecognizer",
     "Recognizer",
@@ -34,7 +36,6 @@ __all__ = [
     "policy_from_dict",
     "policy_from_proto",
     "recognizer_class",
-    "register",
     "registered",
     "resolve_overlaps",
 ]

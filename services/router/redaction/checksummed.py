@@ -9,12 +9,11 @@ from collections.abc import Iterator
 from stdnum import luhn
 from stdnum.cn import ric
 
-from .recognizers import NOT_AFTER_ALNUM, NOT_BEFORE_ALNUM, Recognizer, Span, register
+from .recognizers import NOT_AFTER_ALNUM, NOT_BEFORE_ALNUM, Recognizer, Span
 
 _CN_ID = re.compile(NOT_AFTER_ALNUM + r"[1-9][0-9]{16}[0-9Xx]" + NOT_BEFORE_ALNUM)
 
 
-@register("cn_resident_id")
 class CnResidentId(Recognizer):
     """18-character resident identity number (GB 11643-1999).
 
@@ -64,7 +63,6 @@ _CARD = re.compile(
 )
 
 
-@register("bank_card")
 class BankCard(Recognizer):
     """Payment card number: 16-19 digits, Luhn check, issuer digit 2-6.
 

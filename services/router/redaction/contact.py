@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
-from .recognizers import NOT_BEFORE_ALNUM, Recognizer, Span, register
+from .recognizers import NOT_BEFORE_ALNUM, Recognizer, Span
 
 # Cheap candidate pass: an optional "+"/"(" then digits with common separators. phonenumbers
 # then decides (its own PhoneNumberMatcher is several times slower per KB).
@@ -28,7 +28,6 @@ def _trim(start: int, raw: str) -> tuple[int, str]:
     return start, raw
 
 
-@register("phone")
 class Phone(Recognizer):
     """Phone numbers, China-first.
 
@@ -106,7 +105,6 @@ _EMAIL = re.compile(
 )
 
 
-@register("email")
 class Email(Recognizer):
     """E-mail addresses with an ASCII local part and domain; canonical form is lower-case."""
 

@@ -17,11 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import checksummed, contact, network  # noqa: F401  (registers the built-in recognizers)
+from .builtin import create, registered
 from .glued import glued_spans
 from .normalize import normalize
 from .policy import Mode, RedactionPolicy
-from .recognizers import Recognizer, Span, create, registered
+from .recognizers import Recognizer, Span
 
 DEFAULT_HASH_CHARS = 16  # 64 bits of HMAC-SHA256: no practical collisions when joining
 

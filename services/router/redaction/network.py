@@ -6,14 +6,13 @@ import ipaddress
 import re
 from collections.abc import Iterator
 
-from .recognizers import Recognizer, Span, register
+from .recognizers import Recognizer, Span
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 # Not part of a longer dotted run ("1.2.3.4.5" is a version, not an address).
 _IPV4 = re.compile(rf"(?<![0-9A-Za-z.])(?:{_OCTET}\.){{3}}{_OCTET}(?![0-9A-Za-z]|\.[0-9])")
 
 
-@register("ipv4")
 class IPv4(Recognizer):
     kind = "ipv4"
     partial = r"[0-9][0-9.]*"
@@ -37,7 +36,6 @@ _IPV6 = re.compile(
 _HEX = re.compile(r"[0-9A-Fa-f]")
 
 
-@register("ipv6")
 class IPv6(Recognizer):
     """IPv6 addresses, incl. "::" compression and IPv4-mapped tails; canonical is compressed."""
 

@@ -6,10 +6,9 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .recognizers import Recognizer, Span, register
+from .recognizers import Recognizer, Span
 
 
-@register("pattern")
 class PatternRecognizer(Recognizer):
     """Flags every match of one configured regex as ``kind``.
 

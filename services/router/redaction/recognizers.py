@@ -1,4 +1,4 @@
-"""Recognizer plugin interface and registry.
+"""Recognizer plugin interface (the built-in recognizers are listed in builtin.py).
 
 A recognizer finds one kind of PII in text and returns spans. Each one is a cheap, precompiled
 regex pass that proposes candidates plus a validator (checksum, date, phone metadata) that
@@ -13,9 +13,9 @@ rather than ``\\d`` (which would also match full-width and other Unicode digits)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 # A match may not be glued to an ASCII letter or digit; anything else (CJK, punctuation,
 # whitespace, start/end of text) is a boundary.
@@ -59,33 +59,3 @@ class Recognizer(ABC):
     @abstractmethod
     def find(self, text: str) -> Iterator[Span]:
         """Yield spans in any order; overlaps are resolved by the engine."""
-
-
-_REGISTRY: dict[str, type[Recognizer]] = {}
-
-
-def register(name: str) -> Callable[[type[Recognizer]], type[Recognizer]]:
-    """Class decorator: make a recognizer available under ``name``."""
-
-    def deco(cls: type[Recognizer]) -> type[Recognizer]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"recognizer {name!r} is already registered")
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def recognizer_class(name: str) -> type[Recognizer]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"no recognizer named {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
-
-
-def create(name: str, **kwargs: Any) -> Recognizer:
-    return recognizer_class(name)(**kwargs)
-
-
-def registered() -> list[str]:
-    return sorted(_REGISTRY)

@@ -11,6 +11,7 @@ endpoint picker). Pure and synchronous: it runs on the hot path of every request
     else: ...                                         # NO_READY -> UNAVAILABLE
 """
 
+from services.router.scheduling.builtin import REGISTRY
 from services.router.scheduling.memory import MemoryConfig, SchedulerMemory
 from services.router.scheduling.profiles import (
     DEFAULT_PROFILES_PATH,
@@ -21,14 +22,11 @@ from services.router.scheduling.profiles import (
     parse_config,
 )
 from services.router.scheduling.registry import (
-    REGISTRY,
     Filter,
     Picker,
     PluginRegistry,
     Scorer,
-    register_filter,
-    register_picker,
-    register_scorer,
+    scheduler_registry,
 )
 from services.router.scheduling.scheduler import Scheduler
 from services.router.scheduling.types import (
@@ -68,8 +66,6 @@ __all__ = [
     "chained_block_hashes",
     "load_config",
     "parse_config",
-    "register_filter",
-    "register_picker",
-    "register_scorer",
+    "scheduler_registry",
     "text_block_hashes",
 ]

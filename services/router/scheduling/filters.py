@@ -6,11 +6,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from services.router.scheduling.memory import SchedulerMemory
-from services.router.scheduling.registry import register_filter
 from services.router.scheduling.types import Candidate, Outcome, SchedulingRequest
 
 
-@register_filter("model-ready")
 @dataclass(frozen=True)
 class ModelReadyFilter:
     """Keeps endpoints that have the request's model loaded and READY."""
@@ -24,7 +22,6 @@ class ModelReadyFilter:
         return [c for c in candidates if c.ready and c.model == model]
 
 
-@register_filter("healthy")
 @dataclass(frozen=True)
 class HealthyFilter:
     """Keeps endpoints whose last probe succeeded."""
@@ -37,7 +34,6 @@ class HealthyFilter:
         return [c for c in candidates if c.healthy]
 
 
-@register_filter("not-saturated")
 @dataclass(frozen=True)
 class NotSaturatedFilter:
     """Drops endpoints over a load threshold: more than ``max_waiting`` queued requests, or KV

@@ -6,7 +6,6 @@ import random
 from dataclasses import dataclass, field
 
 from services.router.scheduling.memory import SchedulerMemory
-from services.router.scheduling.registry import register_picker
 from services.router.scheduling.types import Candidate
 
 
@@ -19,7 +18,6 @@ def _random_best(values: list[float], rng: random.Random, tolerance: float) -> i
     return ties[0] if len(ties) == 1 else ties[rng.randrange(len(ties))]
 
 
-@register_picker("max-score")
 @dataclass(frozen=True)
 class MaxScorePicker:
     """Highest weighted total; ties (within ``tolerance``) broken at random."""
@@ -36,7 +34,6 @@ class MaxScorePicker:
         return _random_best(totals, rng, self.tolerance)
 
 
-@register_picker("random")
 @dataclass(frozen=True)
 class RandomPicker:
     """Uniformly random, ignoring scores (a benchmark baseline)."""
@@ -47,7 +44,6 @@ class RandomPicker:
         return rng.randrange(len(candidates))
 
 
-@register_picker("round-robin")
 @dataclass
 class RoundRobinPicker:
     """Next endpoint in name order after the last one picked, ignoring scores (a baseline).
@@ -70,7 +66,6 @@ class RoundRobinPicker:
         return chosen
 
 
-@register_picker("least-request")
 @dataclass(frozen=True)
 class LeastRequestPicker:
     """Fewest requests at the endpoint (see SchedulerMemory.load), random among ties; ignores

@@ -27,14 +27,11 @@ from typing import Any
 
 import yaml
 
-import services.router.scheduling.filters
-import services.router.scheduling.pickers
-import services.router.scheduling.scorers  # noqa: F401  (registers the built-in plugins)
+from services.router.scheduling.builtin import REGISTRY
 from services.router.scheduling.memory import MemoryConfig
 from services.router.scheduling.registry import (
     FILTER,
     PICKER,
-    REGISTRY,
     SCORER,
     Filter,
     Picker,

@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.router.scheduling.memory import SchedulerMemory
-from services.router.scheduling.registry import register_scorer
 from services.router.scheduling.types import Candidate, SchedulingRequest
 
 
-@register_scorer("queue-depth")
 @dataclass(frozen=True)
 class QueueDepthScorer:
     """Fewer requests at the endpoint (waiting + running, or the router's own in-flight count
@@ -31,7 +29,6 @@ class QueueDepthScorer:
         return [(hi - x) / span for x in loads]
 
 
-@register_scorer("kv-cache")
 @dataclass(frozen=True)
 class KvCacheScorer:
     """More free KV cache is better: 1 - fraction in use."""
@@ -42,7 +39,6 @@ class KvCacheScorer:
         return [1.0 - min(1.0, max(0.0, c.kv_cache_fraction)) for c in candidates]
 
 
-@register_scorer("prefix-cache")
 @dataclass(frozen=True)
 class PrefixCacheScorer:
     """Fraction of the request's leading prompt blocks recently sent to the endpoint (and so
@@ -60,7 +56,6 @@ class PrefixCacheScorer:
         return [matched(c.name, hashes) / n for c in candidates]
 
 
-@register_scorer("session-affinity")
 @dataclass(frozen=True)
 class SessionAffinityScorer:
     """1 for the endpoint the request's session last went to (its conversation is likely in
@@ -75,7 +70,6 @@ class SessionAffinityScorer:
         return [1.0 if c.name == last else 0.0 for c in candidates]
 
 
-@register_scorer("latency")
 @dataclass(frozen=True)
 class LatencyScorer:
     """Lower recent TTFT is better: best / own, so the fastest scores 1 and one twice as slow

@@ -1,13 +1,11 @@
-"""Built-in advisor rules; importing this package registers them."""
+"""The built-in advisor rules, listed in one place (registry.py builds the registry from them)."""
 
-from services.cost.advisor.registry import register
 from services.cost.advisor.rules.consolidate import Consolidate
 from services.cost.advisor.rules.cut_max_tokens import CutMaxTokens
 from services.cost.advisor.rules.quantize import Quantize
 from services.cost.advisor.rules.scale_to_zero import ScaleToZero
 from services.cost.advisor.rules.smaller_model import SmallerModel
 
-for _rule in (Consolidate(), Quantize(), ScaleToZero(), SmallerModel(), CutMaxTokens()):
-    register(_rule)
+BUILTIN_RULES = (Consolidate(), Quantize(), ScaleToZero(), SmallerModel(), CutMaxTokens())
 
-__all__ = ["Consolidate", "CutMaxTokens", "Quantize", "ScaleToZero", "SmallerModel"]
+__all__ = ["BUILTIN_RULES", "Consolidate", "CutMaxTokens", "Quantize", "ScaleToZero", "SmallerModel"]
