@@ -22,6 +22,7 @@ from services.router.scheduling import Candidate, SchedulingRequest
 
 if TYPE_CHECKING:
     from services.router.budgets import BudgetReservation
+    from services.router.call_journal import CallJournal
     from services.router.flow import Reservation
     from services.router.privacy import OutputRedaction
     from services.router.result_cache import CachedResult
@@ -85,6 +86,10 @@ class Call:
     answer: CachedResult | None = None  # a cached answer: Dispatch streams it instead of an engine
     cache_key: str = ""
     cache_lead: asyncio.Future | None = None  # this call leads its key: followers wait for it
+    # Journal: the call's start is durable; its records get these ids (see call_journal.py)
+    journal: CallJournal | None = None
+    audit_id: str = ""
+    usage_id: str = ""
     # Dispatch
     dispatched: bool = False  # got as far as the Dispatch stage
     reached_backend: bool = False
@@ -173,6 +178,7 @@ class Call:
         return records.CallFacts(
             self.ctx, name, self.agent_version, agent.project if agent is not None else "", self.model,
             self.deployment, self.gpu_type, status=self.status, rule=self.rule, team=self.team,
+            event_id=self.audit_id, usage_id=self.usage_id,
         )  # fmt: skip
 
     def engine_request(self) -> EngineRequest:

@@ -40,7 +40,7 @@ from services.router.stages.admit import (
     Validate,
 )
 from services.router.stages.produce import CacheCoalesce, Dispatch
-from services.router.stages.record import Observe, Record
+from services.router.stages.record import Journal, Observe, Record
 from services.router.stages.resolve import Authorize, Identify, ResolveAgent
 from services.router.views import EndpointView
 
@@ -98,6 +98,7 @@ class Router:
             BudgetReserve(self.budgets) if self.budgets is not None else None,
             self.cache,
             RedactOutput(),
+            Journal(self.events),
             Dispatch(self.dispatcher, self.endpoints),
         ]
         return [s for s in stages if s is not None]

@@ -25,6 +25,7 @@ from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.errors import Unavailable
+from services.router.call_journal import CallJournal
 from services.router.outbox import Outbox, OutboxError
 
 log = logging.getLogger("harness.router.events")
@@ -198,8 +199,15 @@ class EventShipper:
         self._usage = _Lane("usage", outbox, send_usage, batch, pending, shipped, linger_s, **lane_metrics)
 
     def start(self) -> None:
+        aborted = self.outbox.recover_calls()  # before the lanes count what waits
+        if aborted:
+            log.warning("%d calls were under way when this router last stopped: shipped as aborted", aborted)
         self._audit.start()
         self._usage.start()
+
+    def journal(self, call) -> CallJournal:
+        """A model call's durable start (call_journal.py); `start()` it before dispatch."""
+        return CallJournal(self.outbox, call, self.fail_closed)
 
     def check_durable(self) -> None:
         """Fail-closed admission: refuse while the outbox cannot take events."""

@@ -35,6 +35,12 @@ class Outbox:
             " seq INTEGER PRIMARY KEY AUTOINCREMENT, lane TEXT NOT NULL, payload BLOB NOT NULL)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, seq)")
+        # Calls under way: what to ship as an aborted call if this process dies before the call
+        # ends (its audit and usage events as known so far; see begin_call).
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS calls ("
+            " call_id TEXT PRIMARY KEY, started REAL NOT NULL, audit BLOB NOT NULL, usage BLOB NOT NULL)"
+        )
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if "created" not in columns:  # a file from before events had their time (NULL: unknown)
             self._db.execute("ALTER TABLE outbox ADD COLUMN created REAL")
@@ -84,6 +90,61 @@ class Outbox:
 
     def pending(self, lane: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM outbox WHERE lane = ?", (lane,)).fetchone()[0]
+
+    # ---- calls under way ----
+
+    def begin_call(self, call_id: str, audit: bytes, usage: bytes) -> None:
+        """Records, durably, that a call started: `audit` and `usage` are the events to ship if
+        the process dies before end_call (they carry the final events' ids, so when both reach
+        the receivers only the first stored counts)."""
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO calls (call_id, started, audit, usage) VALUES (?, ?, ?, ?)",
+                (call_id, time.time(), audit, usage),
+            )
+        except sqlite3.Error as exc:
+            self.failing = True
+            raise OutboxError(f"outbox {self.path}: {exc}") from exc
+
+    def progress_call(self, call_id: str, audit: bytes, usage: bytes) -> None:
+        """Updates what is known of a call under way (e.g. the tokens streamed so far)."""
+        try:
+            self._db.execute(
+                "UPDATE calls SET audit = ?, usage = ? WHERE call_id = ?", (audit, usage, call_id)
+            )
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: {exc}") from exc
+
+    def end_call(self, call_id: str) -> None:
+        """The call ended and its own events are in the outbox."""
+        try:
+            self._db.execute("DELETE FROM calls WHERE call_id = ?", (call_id,))
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: {exc}") from exc
+
+    def recover_calls(self) -> int:
+        """At start: the calls a previous process left unfinished become events in the audit and
+        usage lanes, in one transaction; returns how many."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = self._db.execute("SELECT call_id, audit, usage FROM calls ORDER BY started").fetchall()
+            now = time.time()
+            for _, audit, usage in rows:
+                self._db.execute(
+                    "INSERT INTO outbox (lane, payload, created) VALUES ('audit', ?, ?)", (audit, now)
+                )
+                self._db.execute(
+                    "INSERT INTO outbox (lane, payload, created) VALUES ('usage', ?, ?)", (usage, now)
+                )
+            self._db.execute("DELETE FROM calls")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return len(rows)
+
+    def calls_under_way(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()

@@ -28,6 +28,7 @@ class CallFacts:
     tool: str = ""  # "name@version" for tool calls
     event_id: str = ""  # the audit record's id when it must be known before it is written
     team: str = ""  # the team that owns the project (usage and team budgets are charged to it)
+    usage_id: str = ""  # the usage event's id when it must be known before it is written
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -61,7 +62,7 @@ def model_call_event(f: CallFacts, details: dict) -> common_pb2.AuditEvent:
     body = struct_pb2.Struct()
     body.update(details)
     return common_pb2.AuditEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=f.event_id or str(uuid.uuid4()),
         time=_now(),
         kind=common_pb2.AUDIT_EVENT_KIND_MODEL_CALL,
         actor=actor(f),
@@ -152,7 +153,7 @@ def tool_usage_event(f: CallFacts, action: str, cached: bool = False) -> common_
 
 def usage_event(f: CallFacts, usage: common_pb2.Usage, cached: bool = False) -> common_pb2.UsageEvent:
     return common_pb2.UsageEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=f.usage_id or str(uuid.uuid4()),
         time=_now(),
         actor=actor(f),
         correlation=correlation(f),

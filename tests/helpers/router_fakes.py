@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 
+from services.router.call_journal import CallJournal
+from services.router.outbox import Outbox
 from services.router.views import AccessDecision
 
 MODEL, TRITON_MODEL = "llama-3-8b", "llama-3-8b-instruct"
@@ -40,6 +42,10 @@ class FakeRegistry:
 class Events:
     def __init__(self) -> None:
         self.audit, self.usage = [], []
+        self.outbox = Outbox(":memory:")  # calls under way (the journal)
+
+    def journal(self, call) -> CallJournal:
+        return CallJournal(self.outbox, call, fail_closed=False)
 
     def emit_audit(self, event) -> None:
         self.audit.append(event)

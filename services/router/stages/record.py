@@ -8,7 +8,7 @@ import dataclasses
 from harness.common.v1 import common_pb2
 
 from services.router import records
-from services.router.call import Call
+from services.router.call import Call, Chunk
 from services.router.events import EventShipper
 from services.router.metrics import RouterMetrics
 from services.router.pipeline import Stage
@@ -30,6 +30,26 @@ class Observe(Stage):
             (call.agent_name, call.model, call.slo_class), call.e2e_ms, call.ttft_ms, call.tbt_ms,
             call.queue_s, call.shed, (call.input_tokens, call.output_tokens), call.redactions,
         )  # fmt: skip
+
+
+class Journal(Stage):
+    """Right before dispatch, makes the call's start durable (call_journal.py): a router killed
+    mid-stream ships the call as aborted at its next start. Record clears it once the call's
+    own events are in the outbox."""
+
+    name = "journal"
+
+    def __init__(self, events: EventShipper) -> None:
+        self.events = events
+
+    async def enter(self, call: Call) -> None:
+        call.journal = self.events.journal(call)
+        call.journal.start()
+
+    async def on_chunk(self, call: Call, chunk: Chunk) -> Chunk:
+        if call.journal is not None:
+            call.journal.progress()
+        return chunk
 
 
 class Record(Stage):
@@ -58,8 +78,10 @@ class Record(Stage):
                 emit(event)
             except Exception as exc:
                 failures.append(exc)
-        if failures:
+        if failures:  # the journal entry stays: the next start ships the call as aborted
             raise failures[0]
+        if call.journal is not None:
+            call.journal.finish()
 
     @staticmethod
     def _usage(call: Call, facts: records.CallFacts) -> common_pb2.UsageEvent | None:
