@@ -114,17 +114,19 @@ async def _enter(
     frontdoor = "triton" if details.method.startswith(TRITON_PREFIX) else "grpc"
     ctx = reqctx.context_from_metadata(details.invocation_metadata or (), frontdoor)
     token = reqctx.set_current(ctx)
+    # A response header (initial metadata), so a caller has it before the first message and on
+    # any error; the contracts say so.
+    await context.send_initial_metadata(((reqctx.REQUEST_ID_KEY, ctx.request_id),))
     identity = await auth.authenticate(context, md)
     reqctx.set_current(dataclasses.replace(ctx, identity=identity))
-    context.set_trailing_metadata(((reqctx.REQUEST_ID_KEY, ctx.request_id),))
     return token
 
 
 async def _fail(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> grpc.StatusCode:
     """Aborts the call with the status for `exc`; returns the code used."""
     if isinstance(exc, HarnessError):
-        trailers = [(reqctx.REQUEST_ID_KEY, reqctx.current().request_id), *exc.trailers.items()]
-        context.set_trailing_metadata(tuple(trailers))
+        if exc.trailers:
+            context.set_trailing_metadata(tuple(exc.trailers.items()))
         await context.abort(exc.code, _bounded(exc.message))
     log.exception("unexpected error in %s (request %s)", method, reqctx.current().request_id)
     await context.abort(

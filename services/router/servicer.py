@@ -38,9 +38,13 @@ def to_summary(r: Call) -> router_pb2.GenerationSummary:
         model=r.model,
         deployment=r.deployment,
         finish_reason=r.finish_reason,
-        usage=common_pb2.Usage(input_tokens=r.input_tokens, output_tokens=r.output_tokens),
+        usage=common_pb2.Usage(
+            input_tokens=r.input_tokens, output_tokens=r.output_tokens, gpu_seconds=r.charged_gpu_s
+        ),
         timing=common_pb2.Timing(ttft_ms=r.ttft_ms, tbt_ms=r.tbt_ms, e2e_ms=r.e2e_ms),
         cached=bool(r.cached),
+        cost_micro_usd=r.cost_micro_usd,
+        trace_id=r.trace_id,
     )
 
 

@@ -55,7 +55,9 @@ def test_every_readme_command_runs_as_printed(readme_stack):
     out = subprocess.run(
         ["bash", "-c", prologue + script], cwd=work, env=env, capture_output=True, text=True, timeout=420
     )
-    assert out.returncode == 0, f"stdout:\n{out.stdout[-6000:]}\nstderr:\n{out.stderr[-6000:]}"
+    assert out.returncode == 0, (
+        f"stdout:\n{out.stdout[:3000]}\n...\n{out.stdout[-4000:]}\nstderr:\n{out.stderr[-4000:]}"
+    )
     for section in SECTIONS:
         assert f"### README: {section}, block 1" in out.stdout
     assert '"deleted"' in out.stdout  # the approved delete reached the demo ledger

@@ -89,8 +89,20 @@ async def test_health_and_reflection(probe):
 async def test_identity_from_xfcc_and_jwt(probe, mint_token):
     _, channel = probe
     md = (*agent_metadata("demo-agent", mint_token("alice", "admin")), ("x-request-id", "r-42"))
-    body = await _call(channel, "Identity")(b"", metadata=md)
-    assert body.decode() == "demo-agent|alice|admin|r-42"
+    call = _call(channel, "Identity")(b"", metadata=md)
+    assert (await call).decode() == "demo-agent|alice|admin|r-42"
+    # x-request-id is a response header (initial metadata), not a trailer.
+    assert ("x-request-id", "r-42") in tuple(await call.initial_metadata())
+    assert "x-request-id" not in dict(await call.trailing_metadata())
+
+
+async def test_request_id_header_comes_with_errors_too(probe):
+    _, channel = probe
+    call = _call(channel, "NotFound")(b"", metadata=(("x-request-id", "r-nf"),))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert ("x-request-id", "r-nf") in tuple(await call.initial_metadata())
 
 
 async def test_bad_token_is_unauthenticated(probe, mint_token):

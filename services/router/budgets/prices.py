@@ -4,10 +4,11 @@ GPU share learned from settled requests."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from fractions import Fraction
 
 from harness.cost.v1 import cost_pb2
 
-from services.common.pricing import TOKENS_PER_UNIT
+from services.common.pricing import SECONDS_PER_HOUR, TOKENS_PER_UNIT, round_half_up
 
 
 class PriceTable:
@@ -51,8 +52,12 @@ class PriceTable:
         return (2 * (input_tokens * pin + output_tokens * pout) + TOKENS_PER_UNIT) // (2 * TOKENS_PER_UNIT)
 
     def gpu_cost(self, gpu_type: str, gpu_seconds: float) -> int:
-        """GPU time at the GPU type's hourly price, rounded half-up like the cost service."""
-        return int(gpu_seconds * self._gpu.get(gpu_type, 0) / 3600 + 0.5)
+        """GPU time at the GPU type's hourly price, with the cost service's arithmetic (exact
+        decimal seconds, rounded half-up), so a request's cost is the ledger's to the micro-USD."""
+        price = self._gpu.get(gpu_type, 0)
+        if gpu_seconds <= 0 or not price:
+            return 0
+        return round_half_up(Fraction(str(gpu_seconds)) * price / SECONDS_PER_HOUR)
 
     def max_gpu_hour(self) -> int:
         return max(self._gpu.values(), default=0)
