@@ -3,7 +3,7 @@
 One mTLS listener admits agents only (client cert from the Harness CA with a
 ``spiffe://<td>/agent/<name>`` URI SAN, the name in agent characters only) and forwards their
 identity in XFCC (SANITIZE_SET, so it cannot be forged). Routes go by gRPC service; only idempotent unary methods get retries. Plain
-HTTP routes go by path prefix (the OpenAI API under ``/v1/``) to HTTP/1.1 clusters; clients may
+HTTP routes go by path prefix (the OpenAI API under ``/v1/``, MCP at ``/mcp``) to HTTP/1.1 clusters; clients may
 speak HTTP/1.1 or HTTP/2 to the listener.
 Clusters speak HTTP/2 + mTLS to the services, with gRPC health checks, outlier detection,
 least-request balancing and a retry budget. The local rate limit is wired to runtime keys
@@ -40,8 +40,8 @@ DEFAULT_ROUTES: tuple[tuple[str, str], ...] = (
     ("/grpc.reflection.v1alpha.ServerReflection/", "router"),
     ("/grpc.health.v1.Health/", "router"),
 )
-# Path prefix -> cluster for plain HTTP (the router's OpenAI-compatible API).
-DEFAULT_HTTP_ROUTES: tuple[tuple[str, str], ...] = (("/v1/", "router_http"),)
+# Path prefix -> cluster for plain HTTP (the router's OpenAI-compatible API and its MCP endpoint).
+DEFAULT_HTTP_ROUTES: tuple[tuple[str, str], ...] = (("/v1/", "router_http"), ("/mcp", "router_http"))
 # Cluster -> the service whose certificate answers for it, where it is not the cluster's name.
 DEFAULT_IDENTITIES: dict[str, str] = {"router_http": "router"}
 HTTP_HEALTH_PATH = "/healthz"

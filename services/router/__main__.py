@@ -15,6 +15,7 @@ from harness.pool.v1 import pool_pb2
 from harness.registry.v1 import registry_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
 from prometheus_client import CollectorRegistry
+from starlette.routing import Route
 from tritonclient.grpc import service_pb2_grpc
 
 from services.common.config import ServerConfig, TlsFiles, add_server_args, env, server_config_from_args
@@ -31,6 +32,8 @@ from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
 from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from services.router.mcp_front import PATH as MCP_PATH
+from services.router.mcp_front import McpFrontDoor
 from services.router.metrics import RouterMetrics
 from services.router.openai_engine import OpenAIEngine
 from services.router.openai_http.app import OpenAIFrontDoor
@@ -369,20 +372,27 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
 
     running.on_stop(shutdown)
     if cfg.http_port is not None:
-        await _serve_openai(cfg, running, router, metrics)
+        await _serve_http(cfg, running, router, tools, metrics)
     return running
 
 
-async def _serve_openai(cfg: RouterConfig, running: RunningServer, router: Router, metrics) -> None:
-    """The OpenAI HTTP API on its own port, same loop, TLS and authenticator as gRPC."""
+async def _serve_http(
+    cfg: RouterConfig, running: RunningServer, router: Router, tools: ToolInvoker, metrics
+) -> None:
+    """The OpenAI HTTP API and the MCP endpoint (/mcp) on their own port, same loop, TLS and
+    authenticator as gRPC."""
     assert running.authenticator is not None
     front = OpenAIFrontDoor(router, running.authenticator, metrics)
     front.ready = lambda: router.registry.ready  # 503 until the first registry copy, as gRPC health
+    mcp = McpFrontDoor(tools, running.authenticator)
     try:
+        await mcp.start()
+        app = front.app([Route(MCP_PATH, mcp)])
         http = await start_http_server(
-            front.app(), cfg.server.host, cfg.http_port or 0, cfg.server.tls, reuse_port=cfg.server.reuse_port
+            app, cfg.server.host, cfg.http_port or 0, cfg.server.tls, reuse_port=cfg.server.reuse_port
         )
     except BaseException:
+        await mcp.stop()
         await running.stop(0)
         raise
     running.http_port = http.port
@@ -397,6 +407,7 @@ async def _serve_openai(cfg: RouterConfig, running: RunningServer, router: Route
             await stopped[0]
         else:
             await http.stop(0)
+        await mcp.stop()
 
     running.on_stopping(stopping)
     running.on_stop(stop)

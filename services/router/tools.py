@@ -41,12 +41,9 @@ from services.router.budgets import BudgetEnforcer, BudgetReservation, Subjects
 from services.router.result_cache import CacheKeys, ResultCache
 from services.router.stages.resolve import check_access, online_agent, pick_version, require_caller
 from services.router.tool_cache import ToolResults
+from services.router.tool_listing import risk_name
 
-RISK = {
-    common_pb2.RISK_CLASS_READ: "read",
-    common_pb2.RISK_CLASS_WRITE: "write",
-    common_pb2.RISK_CLASS_DELETE: "delete",
-}
+MAX_TOOL_ARGUMENTS_BYTES = 64 * 1024  # router.proto says the same; every front door refuses more
 
 
 @dataclass(frozen=True)
@@ -245,7 +242,7 @@ class ToolInvoker:
             raise NotFound(
                 f"tool {tool.name!r} has no action {call.action!r}; it has {[a.name for a in tool.actions]}"
             )
-        risk = RISK.get(action.risk, "write")  # an unclassified action is treated as a write
+        risk = risk_name(action)
         facts = records.CallFacts(**{**facts.__dict__, "tool": f"{tool.name}@{tool.version}"})
         await self._authorize(facts, user_subject(user), f"agent:{agent.name}", "invoke")
         decision = await self._authorize(facts, agent_subject(agent.name), f"tool:{tool.name}", risk)

@@ -221,11 +221,14 @@ def test_http_routes_go_by_path_to_http1_clusters_of_the_routers_identity(tmp_pa
     cfg = render_envoy_config(spec)
     assert hcm_of(cfg)["preserve_external_request_id"] is True  # x-request-id from the caller
     routes = routes_of(cfg)
-    assert routes[-1] == {
-        "name": "http/v1/",
-        "match": {"prefix": "/v1/"},  # no grpc match: plain HTTP requests
-        "route": {"cluster": "router_http", "timeout": "0s", "idle_timeout": "300s"},
-    }
+    assert routes[-2:] == [
+        {
+            "name": f"http{prefix}",
+            "match": {"prefix": prefix},  # no grpc match: plain HTTP requests (OpenAI API, MCP)
+            "route": {"cluster": "router_http", "timeout": "0s", "idle_timeout": "300s"},
+        }
+        for prefix in ("/v1/", "/mcp")
+    ]
     clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
     http = clusters["router_http"]
     opts = http["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]

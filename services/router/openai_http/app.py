@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from services.common import context as reqctx
 from services.common.errors import HarnessError, NotFound
@@ -34,7 +34,7 @@ log = logging.getLogger("harness.router.openai")
 FRONTDOOR = "openai"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a 1M-character prompt (the router's limit) fits, JSON-escaped
 JSON = "application/json"
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz")
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/mcp")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -75,13 +75,15 @@ class OpenAIFrontDoor:
         self.serving = True  # False once the service stops: Envoy's health check takes it out
         self.ready: Callable[[], bool] = lambda: True  # False while the router cannot answer yet
 
-    def app(self) -> Starlette:
+    def app(self, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+        """The API's routes, and `extra_routes` (other front doors on the same port: /mcp)."""
         routes = [
             Route("/v1/chat/completions", self._entry(self.chat), methods=["POST"]),
             Route("/v1/completions", self._entry(self.completions), methods=["POST"]),
             Route("/v1/models", self._entry(self.list_models), methods=["GET"]),
             Route("/v1/models/{model_id}", self._entry(self.get_model), methods=["GET"]),
             Route("/healthz", self.health, methods=["GET"]),
+            *extra_routes,
         ]
         app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
         return _Observed(app, self.metrics)

@@ -1,0 +1,205 @@
+"""The Model Context Protocol as a thin front door onto the governed tool path.
+
+Served at `/mcp` (streamable HTTP, stateless: every HTTP request stands alone, so identity is
+decided per request) by the official `mcp` SDK, on the router's HTTP port beside the OpenAI API.
+Each request: context from the headers (x-request-id, x-harness-session-id/step-id) -> identity
+exactly as the other front doors (agent from Envoy's XFCC on connections whose peer certificate is
+Envoy's; user from `Authorization: Bearer <JWT or API key>`; refused with 401 before MCP sees it)
+-> `tools/list`: the actions the agent and user may call (tool_listing.py), named `tool.action`
+-> `tools/call`: ToolInvoker.invoke, which decides everything (pins, casbin per risk class,
+redaction, cache and idempotency keys, approvals, budgets, audit and usage). A refusal of any kind
+is an MCP tool error (isError) carrying the router's message, never a protocol failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import mcp_types as types
+from mcp.server.lowlevel import Server
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.common import context as reqctx
+from services.common.errors import HarnessError, InvalidArgument
+from services.common.http_server import PEER_IDS_KEY, TLS_KEY
+from services.common.identity import Authenticator
+from services.router.openai_http import errors as http_errors
+from services.router.stages.resolve import require_caller
+from services.router.tool_listing import CallableAction, callable_actions
+from services.router.tools import MAX_TOOL_ARGUMENTS_BYTES, ToolCall, ToolInvoker, ToolOutcome
+
+log = logging.getLogger("harness.router.mcp")
+FRONTDOOR = "mcp"
+PATH = "/mcp"
+CONTEXT_KEY = "harness.context"
+IDEMPOTENCY_HEADER = "idempotency-key"
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+MAX_BODY_BYTES = MAX_TOOL_ARGUMENTS_BYTES + 16 * 1024  # the arguments and the JSON-RPC envelope
+PROGRESS_INTERVAL_S = 5.0  # while a call waits (an approval), the client hears it is alive
+
+
+class McpFrontDoor:
+    def __init__(
+        self, tools: ToolInvoker, auth: Authenticator, *, progress_interval_s: float = PROGRESS_INTERVAL_S
+    ) -> None:
+        self.tools = tools
+        self.auth = auth
+        self.progress_interval_s = progress_interval_s
+        server = Server("harness", on_list_tools=self._list_tools, on_call_tool=self._call_tool)
+        # Stateless: no MCP session outlives its HTTP request, so none can be reused by another caller.
+        self.sessions = StreamableHTTPSessionManager(
+            server, stateless=True, max_request_body_size=MAX_BODY_BYTES
+        )
+        self._mcp = StreamableHTTPASGIApp(self.sessions)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    # --- lifecycle: the SDK's session manager runs in its own task for the server's life ------
+    async def start(self) -> None:
+        started = asyncio.Event()
+
+        async def run() -> None:
+            async with self.sessions.run():
+                started.set()
+                await self._stop.wait()
+
+        self._task = asyncio.create_task(run(), name="mcp-sessions")
+        waiter = asyncio.create_task(started.wait())
+        await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if self._task.done():
+            self._task.result()  # raises what stopped it
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # --- the ASGI entry: identity first, then the SDK ----------------------------------------
+    async def __call__(self, scope, receive, send) -> None:
+        request = Request(scope)
+        ctx = reqctx.context_from_metadata(request.headers.items(), FRONTDOOR)
+        try:
+            identity = await self.auth.authenticate_peer(
+                scope.get(PEER_IDS_KEY, ()), scope.get(TLS_KEY, False), request.headers
+            )
+            require_caller(identity)  # every MCP method acts for an agent and a user
+        except HarnessError as exc:
+            status = http_errors.describe(exc)[0]
+            body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": exc.message}}
+            await Response(json.dumps(body), status, media_type="application/json")(scope, receive, send)
+            return
+        scope[CONTEXT_KEY] = dataclasses.replace(ctx, identity=identity)
+        await self._mcp(scope, receive, send)
+
+    # --- MCP methods ------------------------------------------------------------------------
+    async def _list_tools(self, ctx, params) -> types.ListToolsResult:
+        self._enter(ctx)
+        return types.ListToolsResult(
+            tools=[_describe(c) for c in await callable_actions(self.tools.registry)]
+        )
+
+    async def _call_tool(self, ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+        request_ctx = self._enter(ctx)
+        try:
+            call = _tool_call(params, ctx.request.headers.get(IDEMPOTENCY_HEADER, ""))
+            outcome = await self._invoke_reporting(ctx, call)
+        except HarnessError as exc:
+            return _tool_error(exc.message, exc.code.name)
+        except Exception:
+            log.exception(
+                "unexpected error in tools/call %s (request %s)", params.name, request_ctx.request_id
+            )
+            return _tool_error(f"internal error; quote request id {request_ctx.request_id}", "INTERNAL")
+        if outcome.result is None:
+            return _tool_error(
+                f"{params.name} is waiting for approval {outcome.approval_id} and nobody decided in time; "
+                "it runs only once approved: call again to ask again",
+                "PENDING_APPROVAL",
+            )
+        meta = {"harness/request_id": outcome.request_id, "harness/cached": outcome.cached}
+        if outcome.approval_id:
+            meta["harness/approval_id"] = outcome.approval_id
+        text = json.dumps(outcome.result, separators=(",", ":"), ensure_ascii=False)
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=text)], structured_content=outcome.result, _meta=meta
+        )
+
+    def _enter(self, ctx) -> reqctx.RequestContext:
+        """The request's context (identity included), current for the handler's task."""
+        request_ctx = ctx.request.scope[CONTEXT_KEY]
+        reqctx.set_current(request_ctx)
+        return request_ctx
+
+    async def _invoke_reporting(self, ctx, call: ToolCall) -> ToolOutcome:
+        """ToolInvoker.invoke; while it waits (an approval), progress notifications say so."""
+        task = asyncio.create_task(self.tools.invoke(call))
+        waited = 0.0
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.progress_interval_s)
+                if done:
+                    return task.result()
+                waited += self.progress_interval_s
+                with contextlib.suppress(Exception):  # a client that cannot hear progress still waits
+                    await ctx.session.report_progress(waited, None, f"still running after {waited:.0f}s")
+        finally:
+            if not task.done():  # the client left: the call is cancelled (and recorded as such)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+def _tool_call(params: types.CallToolRequestParams, idempotency_key: str) -> ToolCall:
+    tool, _, action = params.name.rpartition(".")
+    if not tool or not action:
+        raise InvalidArgument(
+            f"no tool {params.name!r}: tools are named `tool.action`; tools/list names them"
+        )
+    arguments: dict[str, Any] = params.arguments or {}
+    size = len(json.dumps(arguments, separators=(",", ":")).encode())
+    if size > MAX_TOOL_ARGUMENTS_BYTES:
+        raise InvalidArgument(
+            f"the arguments are {size} bytes as JSON; the limit is {MAX_TOOL_ARGUMENTS_BYTES}"
+        )
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidArgument(
+            f"the {IDEMPOTENCY_HEADER} header is over {MAX_IDEMPOTENCY_KEY_CHARS} characters"
+        )
+    return ToolCall(tool, action, arguments, idempotency_key=idempotency_key)
+
+
+def _describe(callable_action: CallableAction) -> types.Tool:
+    tool, action, risk = callable_action.tool, callable_action.action, callable_action.risk
+    approval = "; each call waits for a human approval" if action.requires_approval else ""
+    about = f"{tool.description} " if tool.description else ""
+    return types.Tool(
+        name=f"{tool.name}.{action.name}",
+        description=f"{about}[{tool.name}@{tool.version} {action.name}: risk {risk}{approval}]",
+        # The catalog keeps no argument schema yet: any JSON object is passed to the tool as is.
+        input_schema={"type": "object"},
+        annotations=types.ToolAnnotations(
+            title=f"{tool.name} {action.name}",
+            read_only_hint=risk == "read",
+            destructive_hint=risk == "delete",
+            idempotent_hint=action.idempotent,
+            open_world_hint=True,
+        ),
+        _meta={
+            "harness/risk": risk,
+            "harness/tool_version": tool.version,
+            "harness/requires_approval": action.requires_approval,
+        },
+    )
+
+
+def _tool_error(message: str, code: str) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=message)], is_error=True, _meta={"harness/code": code}
+    )
