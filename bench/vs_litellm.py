@@ -1,0 +1,217 @@
+"""The Harness next to LiteLLM, as users compare gateways: the official `openai` async client
+streaming the same chat completions (same messages, max_tokens 8) through
+  (d) nothing: straight to a minimal OpenAI-compatible engine (bench/_openai_fake.py),
+  (l) the LiteLLM proxy (no database, no callbacks, 2 workers) in front of that engine,
+  (h) the Harness (Envoy + router, mTLS, policy, audit, cost) in front of its engine simulator
+      (time scale 1000: 8 tokens cost it ~0.05 ms; the router speaks Triton to engines),
+at several concurrencies. "Added" is a path's p50 minus (d)'s: what the gateway costs on top
+of calling an engine directly with the same client. CPU per request is the gateway's
+processes (LiteLLM's, or both routers and Envoy), read from /proc.
+
+LiteLLM is installed by this script into a throwaway virtualenv (`--venv DIR` keeps and reuses
+one); it is never a dependency of the project. Needs network access to PyPI the first time.
+LiteLLM runs as its docs start it: `litellm --config` with 2 workers, a master key, no database
+and no callbacks.
+Targets: the Harness adds at most 1/10 of LiteLLM's latency at every level and uses at most
+1/5 of its CPU per request.
+
+Usage: python bench/vs_litellm.py [--quick] [--requests 200] [--concurrency 1,16,64] [--venv DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx2
+import openai
+from _common import pct
+from openai_frontdoor import Level, openai_call, run_level, stack_pids
+from router_overhead import env_of, start_stack
+
+LITELLM = "litellm==1.110.2"
+# What its proxy needs to start (the `proxy` extra, without the enterprise and cloud-vendor parts;
+# the extra itself also pins `litellm-proxy`, which not every package index carries).
+PROXY_DEPS = (
+    "fastapi>=0.136.3,<1.0", "uvicorn>=0.33.0,<1.0", "gunicorn>=23.0.0,<24.0", "backoff>=2.2.1,<3.0",
+    "rq>=2.7.0,<3.0", "orjson>=3.11.6,<4.0", "apscheduler>=3.11.2,<4.0", "pyjwt>=2.13.0,<3.0",
+    "python-multipart>=0.0.27,<1.0", "cryptography>=49.0.0,<51.0", "websockets>=15.0.1,<16.0",
+    "uvloop>=0.22.1,<1.0", "fastapi-sso>=0.19.0,<1.0", "pynacl>=1.6.2,<2.0", "email-validator",
+    "rich>=13.9.4,<14.0", "polars>=1.38.1,<2.0", "tomlkit", "semver>=3.0.4,<4", "expression>=5.6.0,<6.0",
+    "backports-zstd>=1.0.0,<2.0", "restrictedpython>=8.5,<9.0", "inquirerpy", "mcp>=2.3.0,<3", "boto3",
+    "azure-identity", "azure-storage-blob", "soundfile",
+)  # fmt: skip
+MASTER_KEY = "sk-harness-bench-" + os.urandom(8).hex()  # LiteLLM refuses to start without one
+MAX_TOKENS = 8
+PATHS = ("(d) direct", "(l) LiteLLM", "(h) Harness")
+
+
+def litellm_venv(where: Path) -> Path:
+    """A virtualenv with LiteLLM's proxy, made once under `where`."""
+    litellm = where / "bin" / "litellm"
+    if not litellm.exists():
+        print(f"installing {LITELLM} into a throwaway virtualenv {where} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
+        pip = [str(where / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, LITELLM, *PROXY_DEPS], check=True)
+    return litellm
+
+
+def start_fake() -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("_openai_fake.py"))], stdout=subprocess.PIPE, text=True
+    )
+    return proc, f"http://127.0.0.1:{proc.stdout.readline().strip()}/v1"  # type: ignore[union-attr]
+
+
+def start_litellm(litellm: Path, engine_url: str, tmp: Path) -> tuple[subprocess.Popen, str]:
+    config = tmp / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: llama-3-8b\n    litellm_params:\n"
+        f"      model: openai/llama-3-8b\n      api_base: {engine_url}\n      api_key: fake\n"
+        "litellm_settings:\n  telemetry: false\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp / "litellm.log").open("wb")
+    proc = subprocess.Popen(
+        [str(litellm), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "2"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={
+            **os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+            "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        },
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600  # its imports take minutes on a busy 2-core machine
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"litellm exited; see {tmp / 'litellm.log'}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{url}/health/liveliness", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, f"{url}/v1"
+        time.sleep(0.5)
+    raise SystemExit(f"litellm did not come up; see {tmp / 'litellm.log'}")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (LiteLLM's workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+async def measure(args, litellm_url: str, fake_url: str, litellm_pid: int, root: Path) -> dict:
+    env = env_of(root)
+    tls = ssl.create_default_context(cafile=env["HARNESS_CA"])
+    tls.load_cert_chain(env["HARNESS_CERT"], env["HARNESS_KEY"])
+    limits = httpx2.Limits(max_connections=256, max_keepalive_connections=256)
+
+    def client(base: str, key: str, verify: ssl.SSLContext | bool = True) -> openai.AsyncOpenAI:
+        http = httpx2.AsyncClient(verify=verify, limits=limits, timeout=120)
+        return openai.AsyncOpenAI(base_url=base, api_key=key, http_client=http, max_retries=0)
+
+    clients = {
+        "(d) direct": (client(fake_url, "fake"), []),
+        "(l) LiteLLM": (client(litellm_url, MASTER_KEY), process_tree(litellm_pid)),
+        "(h) Harness": (client(env["HARNESS_OPENAI_BASE_URL"], env["HARNESS_TOKEN"], tls), stack_pids(root)),
+    }
+    rows: dict[tuple[str, int], Level] = {}
+    for c in args.concurrency:
+        n = max(args.requests, 4 * c)
+        for label, (api, pids) in clients.items():
+            rows[(label, c)] = level = await run_level(openai_call(api, MAX_TOKENS), pids, c, n, label[1])
+            print(f"  {label:<12} c={c:<3} {n} requests in {level.seconds:.1f}s", flush=True)
+    for api, _ in clients.values():
+        await api.close()
+    return rows
+
+
+def report(rows: dict, args) -> None:
+    print(
+        f"\nHarness vs LiteLLM: openai async client streaming chat completions, max_tokens {MAX_TOKENS}; "
+        f"closed loop; {os.cpu_count()} CPUs shared by client, gateways and engines"
+    )
+    head = f"{'path':<13}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'added p50':>11}{'gw CPU ms':>11}"
+    print(head + "\n" + "-" * len(head))
+    verdicts = []
+    for c in args.concurrency:
+        d50 = pct(rows[("(d) direct", c)].latencies, 50)
+        for label in PATHS:
+            r = rows[(label, c)]
+            p50 = pct(r.latencies, 50)
+            cpu = f"{r.server_cpu_ms:>11.2f}" if label != "(d) direct" else f"{'-':>11}"
+            print(
+                f"{label:<13}{c:>5}{p50:>9.2f}{pct(r.latencies, 99):>9.2f}{r.rps:>8.0f}{p50 - d50:>11.2f}{cpu}"
+            )
+        lite = pct(rows[("(l) LiteLLM", c)].latencies, 50) - d50
+        ours = pct(rows[("(h) Harness", c)].latencies, 50) - d50
+        cpu_ratio = rows[("(h) Harness", c)].server_cpu_ms / rows[("(l) LiteLLM", c)].server_cpu_ms
+        verdicts.append((c, ours / lite if lite > 0 else float("inf"), cpu_ratio))
+    for c, latency_ratio, cpu_ratio in verdicts:
+        ok = latency_ratio <= 0.1 and cpu_ratio <= 0.2
+        print(
+            f"c={c}: {'PASS' if ok else 'FAIL'}: the Harness adds {latency_ratio:.2f}x LiteLLM's added p50 "
+            f"(target <= 0.1) and uses {cpu_ratio:.2f}x its CPU per request (target <= 0.2)"
+        )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="vs-litellm-") as tmp_name:
+        tmp = Path(tmp_name)
+        litellm = litellm_venv(Path(args.venv) if args.venv else tmp / "venv")
+        fake, fake_url = start_fake()
+        lite, lite_url = start_litellm(litellm, fake_url, tmp)
+        print("starting the local stack (harness up --free-ports, time scale 1000)...", flush=True)
+        stack = start_stack(tmp / ".harness", 1000.0)
+        try:
+            rows = await measure(args, lite_url, fake_url, lite.pid, tmp / ".harness")
+        finally:
+            stack.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(lite.pid, signal.SIGTERM)
+            fake.terminate()
+            for proc in (stack, lite, fake):
+                proc.wait(timeout=30)
+    report(rows, args)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer requests per level")
+    p.add_argument("--requests", type=int, default=None, help="requests per path and level (200; quick 100)")
+    p.add_argument("--concurrency", type=_ints, default=[1, 16, 64])
+    p.add_argument("--venv", default="", help="keep LiteLLM's virtualenv here and reuse it on later runs")
+    args = p.parse_args(argv)
+    if args.requests is None:
+        args.requests = 100 if args.quick else 200
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
