@@ -163,13 +163,13 @@ class OpenAIFrontDoor:
         self, inp: GenerationInput, shape: type[wire.Shape], req: schema.Sampling
     ) -> Response:
         await self._model(inp.model)
-        result = Call(inp)
-        deltas = _texts(self.router.run(result))
+        call = Call(inp)
+        deltas = _texts(self.router.run(call))
         if not req.stream:
             async for _ in deltas:
                 pass
-            body = shape(result.request_id, result.model).whole(result.text, result)
-            return Response(body, media_type=JSON, headers=_result_headers(result))
+            body = shape(call.request_id, call.model).whole(call.text, call)
+            return Response(body, media_type=JSON, headers=_call_headers(call))
         # The first delta before the headers: an error before any text (policy, limits, no
         # endpoint) still gets its own HTTP status, as OpenAI answers them.
         try:
@@ -177,13 +177,13 @@ class OpenAIFrontDoor:
         except StopAsyncIteration:
             first = None
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _events(shape(result.request_id, result.model, include_usage), first, deltas, result)
-        headers = {**_result_headers(result), "cache-control": "no-cache", "x-accel-buffering": "no"}
+        events = _events(shape(call.request_id, call.model, include_usage), first, deltas, call)
+        headers = {**_call_headers(call), "cache-control": "no-cache", "x-accel-buffering": "no"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 async def _events(
-    shape: wire.Shape, first: str | None, deltas: AsyncIterator[str], result: Call
+    shape: wire.Shape, first: str | None, deltas: AsyncIterator[str], call: Call
 ) -> AsyncIterator[bytes]:
     try:
         yield shape.start()
@@ -191,7 +191,7 @@ async def _events(
             yield shape.delta(first)
             async for delta in deltas:
                 yield shape.delta(delta)
-        yield shape.end(result)
+        yield shape.end(call)
     except HarnessError as exc:
         yield wire.error_event(errors.describe(exc)[1])
     except Exception:
@@ -210,10 +210,10 @@ async def _texts(chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
                 yield chunk.text
 
 
-def _result_headers(result: Call) -> dict[str, str]:
-    headers = {"x-harness-cache": result.cached or "miss"}
-    if result.deployment:
-        headers["x-harness-deployment"] = result.deployment
+def _call_headers(call: Call) -> dict[str, str]:
+    headers = {"x-harness-cache": call.cached or "miss"}
+    if call.deployment:
+        headers["x-harness-deployment"] = call.deployment
     return headers
 
 

@@ -24,15 +24,15 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def finish_reason(result: Call) -> str:
-    return "length" if result.finish_reason == common_pb2.FINISH_REASON_LENGTH else "stop"
+def finish_reason(call: Call) -> str:
+    return "length" if call.finish_reason == common_pb2.FINISH_REASON_LENGTH else "stop"
 
 
-def usage(result: Call) -> dict[str, int]:
+def usage(call: Call) -> dict[str, int]:
     return {
-        "prompt_tokens": result.input_tokens,
-        "completion_tokens": result.output_tokens,
-        "total_tokens": result.input_tokens + result.output_tokens,
+        "prompt_tokens": call.input_tokens,
+        "completion_tokens": call.output_tokens,
+        "total_tokens": call.input_tokens + call.output_tokens,
     }
 
 
@@ -71,21 +71,21 @@ class Shape:
     def delta(self, text: str) -> bytes:
         return f"{self._delta_prefix}{dumps(text)}{self._delta_suffix}".encode()
 
-    def end(self, result: Call) -> bytes:
-        out = self._event([self._choice(None, finish_reason(result))])
+    def end(self, call: Call) -> bytes:
+        out = self._event([self._choice(None, finish_reason(call))])
         if self.include_usage:
             head = self._head.removesuffix(',"usage":null')
-            out += f'data: {head},"choices":[],"usage":{dumps(usage(result))}}}\n\n'.encode()
+            out += f'data: {head},"choices":[],"usage":{dumps(usage(call))}}}\n\n'.encode()
         return out + DONE
 
-    def whole(self, text: str, result: Call) -> bytes:
+    def whole(self, text: str, call: Call) -> bytes:
         body = {
             "id": self.id,
             "object": self.object_whole,
             "created": self.created,
             "model": self.model,
-            "choices": [self._choice(text, finish_reason(result))],
-            "usage": usage(result),
+            "choices": [self._choice(text, finish_reason(call))],
+            "usage": usage(call),
             "system_fingerprint": None,
         }
         return dumps(body).encode()
