@@ -55,7 +55,14 @@ def banner(
     """`extra`: more "  what  where" lines (services of the demo) listed with the ports."""
     tls = '-cacert "$HARNESS_CA" -cert "$HARNESS_CERT" -key "$HARNESS_KEY"'
     ports = "\n".join([*port_lines(p, sims), *extra])
-    first = sims[0]
+    engines = (
+        "The simulators directly (Triton's protocol, no TLS; addresses in $HARNESS_TRITON_ADDRS):\n"
+        f"  grpcurl -plaintext {sims[0].address} inference.GRPCInferenceService/RepositoryIndex\n"
+        f"  curl -s {sims[0].metrics_url} | grep nv_inference\n"
+        if sims
+        else "Your Triton servers, as the pool sees them (addresses in $HARNESS_TRITON_ADDRS):\n"
+        "  harness endpoints list\n"
+    )
     return f"""
 Harness is up (Ctrl-C stops everything).
   front door (Envoy, mTLS)  {env["HARNESS_ADDR"]}
@@ -85,7 +92,4 @@ Operate it (the ops CLI reads {paths.env_file}):
   harness agents state {env["HARNESS_AGENT"]} online
   harness policies check agent:{env["HARNESS_AGENT"]} ledger model:llama-3-8b invoke
 
-The simulators directly (Triton's protocol, no TLS; addresses in $HARNESS_TRITON_ADDRS):
-  grpcurl -plaintext {first.address} inference.GRPCInferenceService/RepositoryIndex
-  curl -s {first.metrics_url} | grep nv_inference
-""" + shared_state(redis)
+{engines}""" + shared_state(redis)

@@ -79,12 +79,12 @@ def kill(pid: int, sig: int) -> None:
         pass
 
 
-def launch(root: Path, time_scale: float, redis_url: str = "") -> RunningStack:
+def launch(root: Path, time_scale: float, redis_url: str = "", extra: tuple[str, ...] = ()) -> RunningStack:
     """Starts `harness up` under `root` and returns once it printed "healthy in"; fails the test
     with every child's log tail otherwise. Routers re-read budgets every 0.5 s (not 5 s)."""
     harness = Path(sys.executable).parent / "harness"
     argv = [str(harness), "up", "--free-ports", "--root", str(root), "--timeout", "90"]
-    argv += ["--time-scale", str(time_scale), "--redis", redis_url]
+    argv += ["--time-scale", str(time_scale), "--redis", redis_url, *extra]
     # Prometheus scrapes every 2 s so the monitoring tests see data soon; without it installed
     # (a developer who skipped `make install`) the stack runs without it and those tests fail
     # under CI and skip elsewhere.

@@ -1,0 +1,158 @@
+"""The local stack against a real tritonserver: `harness up --triton real=HOST:PORT,metrics=URL`
+with no simulators. Generate and the Triton front door through Envoy are served by it, the
+pool CLI shows its request count rising, and a simulator registered beside it fails over to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import urllib.request
+
+import grpc
+import pytest
+import tritonclient.grpc as tritongrpc
+
+from services.enginesim.testing import start_enginesim
+from tests.e2e.calls import bearer, demo_channel, generate
+from tests.e2e.stack import REPO, RunningStack, launch, shutdown
+from tests.realtriton.conformance import DECOUPLED_MODEL, eventually
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def triton_stack(tmp_path_factory, real_triton) -> RunningStack:
+    flag = f"real={real_triton.address},metrics={real_triton.metrics_url}"
+    root = tmp_path_factory.mktemp("triton-stack") / ".harness"
+    running = launch(root, time_scale=10, extra=("--triton", flag, "--no-prometheus"))
+    yield running
+    shutdown(running)
+
+
+def harness(stack: RunningStack, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *argv, "--root", str(stack.root)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+
+
+def endpoint_models(stack: RunningStack) -> dict[str, dict[str, dict]]:
+    out = harness(stack, "endpoints", "list", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    return {
+        ep["name"]: {m["name"]: m for m in ep.get("models", [])}
+        for ep in json.loads(out.stdout).get("endpoints", [])
+    }
+
+
+def requests_on(stack: RunningStack, endpoint: str) -> int:
+    return int(endpoint_models(stack).get(endpoint, {}).get(DECOUPLED_MODEL, {}).get("requests", 0))
+
+
+def test_only_the_real_triton_is_an_engine(triton_stack):
+    assert triton_stack.env["HARNESS_TRITON_ADDRS"] == triton_stack.env["HARNESS_TRITON_ADDRS"].split(",")[0]
+    assert triton_stack.env["HARNESS_POOL_ADDR"].startswith("127.0.0.1:")
+    models = endpoint_models(triton_stack)
+    assert list(models) == ["real"] and models["real"][DECOUPLED_MODEL]["state"] == "MODEL_STATE_READY"
+
+
+async def test_generate_through_envoy_is_served_by_real_triton(triton_stack):
+    before = requests_on(triton_stack, "real")
+    md = bearer(triton_stack.token("alice"))
+    async with demo_channel(triton_stack) as ch:
+        for i in range(3):
+            msgs = await generate(ch, md, prompt=f"Summarise ledger entry {i}", max_tokens=5)
+            summary = msgs[-1].summary
+            assert summary.deployment.endswith("@real") and summary.usage.output_tokens == 5
+            assert "".join(m.text_delta for m in msgs).strip()
+
+    async def rose() -> bool:
+        return await asyncio.to_thread(requests_on, triton_stack, "real") >= before + 3
+
+    await eventually(rose, 30)  # `harness endpoints list` follows real Triton's counters
+
+
+def test_triton_front_door_through_envoy(triton_stack):
+    import numpy as np
+
+    env = triton_stack.env
+    client = tritongrpc.InferenceServerClient(
+        env["HARNESS_ADDR"], ssl=True, root_certificates=env["HARNESS_CA"],
+        private_key=env["HARNESS_KEY"], certificate_chain=env["HARNESS_CERT"],
+    )  # fmt: skip
+    headers = {"authorization": f"Bearer {triton_stack.token('alice')}"}
+    config = client.get_model_config("llama-3-8b", headers=headers).config
+    assert config.model_transaction_policy.decoupled  # as the real Triton model is
+    inputs = []
+    for name, arr, dtype in (
+        ("text_input", np.array([[b"Stream it"]], dtype=object), "BYTES"),
+        ("max_tokens", np.array([[4]], dtype=np.int32), "INT32"),
+        ("stream", np.array([[True]], dtype=bool), "BOOL"),
+    ):
+        tensor = tritongrpc.InferInput(name, list(arr.shape), dtype)
+        tensor.set_data_from_numpy(arr)
+        inputs.append(tensor)
+    import queue
+
+    events: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: events.put((result, error)), headers=headers)
+    client.async_stream_infer("llama-3-8b", inputs, enable_empty_final_response=True)
+    deltas = []
+    while True:
+        result, error = events.get(timeout=30)
+        assert error is None, error
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            break
+        deltas.append(result.as_numpy("text_output").flat[0].decode())
+    client.stop_stream()
+    client.close()
+    assert deltas and "".join(deltas).strip()
+
+
+async def test_a_failing_simulator_fails_over_to_the_real_triton(triton_stack):
+    """A simulator registered beside the real Triton answers every request UNAVAILABLE (its
+    fault injection): the router retries on the real Triton and no call fails."""
+    sim = await start_enginesim(time_scale=100, preload=False, load=(DECOUPLED_MODEL,))
+    try:
+        # The simulator serves from this event loop: CLI calls run in threads so it keeps answering.
+        reg = await asyncio.to_thread(harness, triton_stack, "endpoints", "register", "sim-x", sim.address, "--metrics", sim.metrics_url,
+                      "--gpu-type", "H100-SXM-80GB", "--gpus", "1", "--memory-gb", "80")  # fmt: skip
+        assert reg.returncode == 0, reg.stderr
+
+        async def sim_ready() -> bool:
+            models = await asyncio.to_thread(endpoint_models, triton_stack)
+            return models.get("sim-x", {}).get(DECOUPLED_MODEL, {}).get("state") == "MODEL_STATE_READY"
+
+        await eventually(sim_ready, 30)
+        await asyncio.sleep(1.0)  # the routers' endpoint watch
+        body = json.dumps({"rate": 1.0, "kinds": ["unavailable"]}).encode()
+        put = urllib.request.Request(sim.metrics_url.replace("/metrics", "/faults"), body, method="PUT")
+        await asyncio.to_thread(lambda: urllib.request.urlopen(put, timeout=5).read())
+        md = bearer(triton_stack.token("alice"))
+        async with demo_channel(triton_stack) as ch:
+            for i in range(8):
+                msgs = await generate(ch, md, prompt=f"Failover check number {i}", max_tokens=3)
+                assert msgs[-1].summary.deployment.endswith("@real")
+        failed = sim.server.sim.engines()[DECOUPLED_MODEL].stats.failures["BACKEND"]
+        assert failed >= 1, "the router never tried the simulator: no failover was exercised"
+    finally:
+        await asyncio.to_thread(harness, triton_stack, "endpoints", "deregister", "sim-x")
+        await sim.stop()
+
+
+def test_grpc_errors_are_not_internal(triton_stack):
+    """An unknown model on the front door is Triton's NOT_FOUND, not INTERNAL."""
+    env = triton_stack.env
+    client = tritongrpc.InferenceServerClient(
+        env["HARNESS_ADDR"], ssl=True, root_certificates=env["HARNESS_CA"],
+        private_key=env["HARNESS_KEY"], certificate_chain=env["HARNESS_CERT"],
+    )  # fmt: skip
+    headers = {"authorization": f"Bearer {triton_stack.token('alice')}"}
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as err:
+        client.get_model_config("nope", headers=headers)
+    assert err.value.status() == str(grpc.StatusCode.NOT_FOUND)
+    client.close()
