@@ -9,7 +9,8 @@ reconnects with the last revision it applied, so it gets exactly the changes it 
 fresh snapshot if the registry no longer has them).
 
 API keys are the exception: the stream carries key metadata, never secrets or their hashes,
-so a key is resolved by one AuthenticateApiKey call and cached briefly.
+so a key is resolved by one AuthenticateApiKey call and cached briefly; a revocation arrives
+on the stream like any change and the key is refused from then on, cached or not.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from services.common.streams import BackgroundFollower
 
 log = logging.getLogger("harness.registry_mirror")
 MAX_CACHED_DECISIONS = 100_000
+API_KEY_ID = "api_key_id"  # Identity.claims entry naming the key an identity was resolved from
+MAX_REVOKED_KEYS = 100_000
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -74,6 +77,9 @@ class TtlCache(Generic[K, V]):
 
     def invalidate(self, key: K) -> None:
         self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,9 @@ class RegistryMirror(BackgroundFollower):
         self._decisions: dict[tuple[str, str, str, str], AccessDecision] = {}  # until rules change
         self._listeners: list[Callable[[AgentChange | ModelsChange | JwtSettingsChange], None]] = []
         self._api_keys: TtlCache[str, Identity] = TtlCache(api_key_ttl_s, self._load_api_key)
+        # Key ids revoked (or deleted) as the watch reported them: a cached identity of one is
+        # refused at once, not when its cache entry expires.
+        self._revoked_keys: set[str] = set()
         self._changed = asyncio.Condition()  # notified after each applied message (tests wait on it)
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -187,7 +196,19 @@ class RegistryMirror(BackgroundFollower):
         return decision
 
     async def resolve_api_key(self, secret: str) -> Identity:
-        return await self._api_keys.get(secret)
+        ident = await self._api_keys.get(secret)
+        if ident.claims.get(API_KEY_ID) in self._revoked_keys:
+            self._api_keys.invalidate(secret)
+            raise Unauthenticated("API key rejected: unknown, revoked or expired")
+        return ident
+
+    def _api_key_change(self, change: registry_pb2.Change) -> None:
+        """A revoked or deleted key is refused from now on (its cached identities included)."""
+        if change.deleted or change.api_key.HasField("revoke_time"):
+            if len(self._revoked_keys) >= MAX_REVOKED_KEYS:  # bounded: forget, and re-ask the registry
+                self._revoked_keys.clear()
+                self._api_keys.clear()
+            self._revoked_keys.add(change.key)
 
     # --- the stream -------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -224,6 +245,8 @@ class RegistryMirror(BackgroundFollower):
             if self._pending is None:
                 self._pending = _Tables()
             for change in message.changes:
+                if change.kind == Kind.ENTITY_KIND_API_KEY:
+                    self._api_key_change(change)
                 self._pending.apply(change)
             if message.more:
                 return
@@ -248,6 +271,9 @@ class RegistryMirror(BackgroundFollower):
         else:
             models_changed = False
             for change in message.changes:
+                if change.kind == Kind.ENTITY_KIND_API_KEY:
+                    self._api_key_change(change)
+                    continue
                 if change.kind == Kind.ENTITY_KIND_POLICY:
                     rule = _policy_rule(change)
                     apply_rule(self._enforcer, rule[0], rule[1], change.deleted)
@@ -300,8 +326,9 @@ class RegistryMirror(BackgroundFollower):
                 raise Unauthenticated("API key rejected: unknown, revoked or expired") from exc
             raise map_registry_error(exc, "an API key") from exc
         return Identity(
-            user=resp.user.name, auth_method="api_key", roles=tuple(resp.user.roles), project=resp.key.project
-        )
+            user=resp.user.name, auth_method="api_key", roles=tuple(resp.user.roles), project=resp.key.project,
+            claims={API_KEY_ID: resp.key.id},
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

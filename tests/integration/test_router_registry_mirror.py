@@ -16,7 +16,7 @@ from harness.registry.v1 import registry_pb2 as pb
 from harness.registry.v1.registry_pb2_grpc import RegistryStub
 
 from services.common.config import ServerConfig, TlsFiles
-from services.common.errors import NotFound
+from services.common.errors import NotFound, Unauthenticated
 from services.common.registry_mirror import RegistryMirror
 from services.common.server import open_channel, start_server
 from services.devtools.certs import make_certs
@@ -168,3 +168,37 @@ async def test_a_change_that_cannot_be_applied_does_not_end_the_watch(setup, cap
 
     await eventually(draining, within_s=5.0)
     assert failures and any("applying a registry change failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_revoked_api_key_is_refused_as_soon_as_the_watch_says_so(tmp_path, test_auth, db_url):
+    """Resolved keys are cached (here for 5 minutes); a revocation must not wait for the cache."""
+    certs = make_certs(tmp_path / "certs", services=("registry", "router"), agents=())
+    pair = {n: TlsFiles(str(certs.services[n].cert), str(certs.services[n].key), str(certs.ca_cert))
+            for n in ("registry", "router")}  # fmt: skip
+    registry = Registry(db_url, test_auth, pair["registry"])
+    await registry.start()
+    channel = open_channel(f"127.0.0.1:{registry.port}", pair["router"])
+    stub = RegistryStub(channel)
+    await seed_registry(stub, DEMO, ())
+    mirror = RegistryMirror(channel, ready_timeout_s=5.0, max_backoff_s=0.2, api_key_ttl_s=300.0)
+    mirror.start()
+    try:
+        assert await mirror.wait_ready(5.0)
+        created = await stub.CreateApiKey(pb.CreateApiKeyRequest(user="bob", project="ledger"))
+        other = await stub.CreateApiKey(pb.CreateApiKeyRequest(user="bob", project="ledger"))
+        assert (await mirror.resolve_api_key(created.secret)).user == "bob"  # now cached
+        await stub.RevokeApiKey(pb.RevokeApiKeyRequest(id=created.key.id))
+
+        async def refused() -> bool:
+            try:
+                await mirror.resolve_api_key(created.secret)
+            except Unauthenticated:
+                return True
+            return False
+
+        assert await eventually(refused, within_s=2.0) < 2.0
+        assert (await mirror.resolve_api_key(other.secret)).user == "bob"  # other keys unaffected
+    finally:
+        await mirror.stop()
+        await channel.close()
+        await registry.stop()
