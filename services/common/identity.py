@@ -13,6 +13,7 @@ each protocol hands over the peer's certificate identities and its headers.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -98,7 +99,7 @@ class JwtVerifier:
         self._leeway = leeway_s
         # Agents resend the same token on every call; a signature check per call costs ~0.1 ms.
         # Entries are only served before the token's own expiry, and while its key is current.
-        self._verified: dict[str, tuple[float, Identity, str]] = {}
+        self._verified: dict[bytes, tuple[float, Identity, str]] = {}
 
     @classmethod
     def from_sources(
@@ -143,7 +144,8 @@ class JwtVerifier:
         )
 
     async def verify(self, token: str) -> Identity:
-        hit = self._verified.get(token)
+        digest = hashlib.sha256(token.encode()).digest()  # keys stay 32 bytes, whatever the token
+        hit = self._verified.get(digest)
         if hit is not None and hit[0] > time.time() and self._keys.knows(hit[2]):
             return hit[1]
         if len(token) > MAX_TOKEN_CHARS:
@@ -158,7 +160,7 @@ class JwtVerifier:
         identity = self._decode(token, key)
         if len(self._verified) >= 10_000:
             self._verified.clear()
-        self._verified[token] = (float(identity.claims["exp"]) + self._leeway, identity, key.kid)
+        self._verified[digest] = (float(identity.claims["exp"]) + self._leeway, identity, key.kid)
         return identity
 
     def _decode(self, token: str, key: SigningKey) -> Identity:
