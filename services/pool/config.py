@@ -39,7 +39,9 @@ from services.pool.access import EngineAccess, access_from_mapping
 from services.pool.catalog import ModelSpec, model_from_mapping, parse_model_flag
 from services.pool.state import GIB, EndpointSpec, validate_spec
 
-_ENDPOINT_KEYS = {"name", "address", "metrics", "metrics_url", "gpu_type", "gpus", "memory_gb", "labels"}
+_ENDPOINT_KEYS = {
+    "name", "address", "metrics", "metrics_url", "gpu_type", "gpus", "memory_gb", "labels", "kind", "flavour",
+}  # fmt: skip
 _ACCESS_KEYS = {"headers", "tls", "ca"}  # how the pool reaches the engine (access.py)
 
 
@@ -100,6 +102,8 @@ def endpoint_from_mapping(raw: Mapping[str, object]) -> EndpointSpec:
             gpu_type=str(raw.get("gpu_type", "") or ""),
             gpu_count=int(raw.get("gpus", 0) or 0),  # type: ignore[arg-type]
             gpu_memory_bytes=int(float(raw.get("memory_gb", 0) or 0) * GIB),  # type: ignore[arg-type]
+            kind=str(raw.get("kind", "") or "triton"),
+            flavour=str(raw.get("flavour", "") or ""),
         )
         return validate_spec(spec)
     except InvalidArgument as exc:
@@ -108,6 +112,7 @@ def endpoint_from_mapping(raw: Mapping[str, object]) -> EndpointSpec:
 
 def parse_endpoint_flag(text: str) -> EndpointSpec:
     """`name=sim-0,address=host:port,metrics=URL,gpu_type=T,gpus=1,memory_gb=80,label.k=v`
+    (an OpenAI-protocol server: `kind=openai,flavour=vllm,address=http://host:8000`)
     (and `header.K=V`, `tls=true`, `ca=PATH`: see :func:`endpoint_flag_mapping`)."""
     return endpoint_from_mapping(endpoint_flag_mapping(text))
 

@@ -366,7 +366,7 @@ class DeploymentManager:
     async def _unload(self, dep: Deployment, endpoint: str) -> None:
         dep.placements.pop(endpoint, None)
         state = self.table.get(endpoint)
-        if state is None:
+        if state is None or state.spec.fixed:  # a fixed deployment keeps serving: no model control
             return
         try:
             await self.control.unload(state.spec.address, dep.spec.triton_model)

@@ -126,7 +126,9 @@ def plan_placement(
     taken = {p.endpoint for p in chosen}
     zones = {dict(s.spec.labels).get("zone", "") for s in healthy if s.name in taken} - {""}
     added: dict[tuple[str, int], int] = {}
-    candidates = [s.name for s in healthy if s.name not in taken]
+    # Fixed deployments (OpenAI-protocol servers) count where they already serve the model but
+    # never receive a load.
+    candidates = [s.name for s in healthy if s.name not in taken and not s.spec.fixed]
     while len(chosen) < replicas:
         best = None
         for name in candidates:

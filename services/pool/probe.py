@@ -10,6 +10,10 @@ Each round runs, concurrently and with short deadlines:
   scrape only means "no fresh load figures": it never marks an endpoint down by itself.
 After a failed gRPC round the channel is dropped and the next round dials afresh, so a
 restarted server is seen on the next probe instead of after gRPC's reconnect backoff.
+
+OpenAI-protocol endpoints (kind "openai") are probed over HTTP instead (openai_probe.py): the
+flavour's health route and `GET /v1/models`; their metrics are read in the flavour's names
+(flavours.py).
 """
 
 from __future__ import annotations
@@ -21,13 +25,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from services.pool.access import NO_ACCESS, EngineAccess
 from services.pool.endpoints import EndpointTable
+from services.pool.flavours import flavour_of, parse_flavour_metrics
+from services.pool.openai_probe import http_client, probe_openai
 from services.pool.scrape import http_get_text, parse_triton_metrics
-from services.pool.state import HEALTHY, UNHEALTHY, EndpointSpec, GpuSample, IndexEntry, ProbeResult
+from services.pool.state import (
+    HEALTHY,
+    UNHEALTHY,
+    EndpointSpec,
+    GpuSample,
+    IndexEntry,
+    MetricsSample,
+    ProbeResult,
+)
 
 log = logging.getLogger("harness.pool.probe")
 
@@ -71,6 +86,7 @@ class Prober:
         self._gpu_override = gpu_override
         self._reach = reach or EngineReach()
         self._channel: grpc.aio.Channel | None = None
+        self._http: httpx.AsyncClient | None = None
 
     async def run(self) -> None:
         try:
@@ -95,11 +111,19 @@ class Prober:
                 log.info("endpoint %s is HEALTHY", self.spec.name)
 
     async def probe_once(self) -> ProbeResult:
-        (ok, models, error), metrics = await asyncio.gather(self._probe_grpc(), self._scrape())
+        engine = self._probe_http() if self.spec.kind == "openai" else self._probe_grpc()
+        (ok, models, error), text = await asyncio.gather(engine, self._scrape())
+        metrics = self._parse_metrics(text, models) if text is not None else None
         gpus = self._gpu_override(self.spec.name) if self._gpu_override else None
         if gpus is None and metrics is not None:
             gpus = metrics.gpus
         return ProbeResult(ok=ok, models=models, metrics=metrics, gpus=gpus, error=error)
+
+    async def _probe_http(self) -> tuple[bool, tuple[IndexEntry, ...], str]:
+        if self._http is None:
+            access = self._reach.access(self.spec.address)
+            self._http = http_client(self.spec.address, access, self._settings.timeout_s)
+        return await probe_openai(self._http, flavour_of(self.spec.flavour))
 
     async def _probe_grpc(self) -> tuple[bool, tuple[IndexEntry, ...], str]:
         access = self._reach.access(self.spec.address)
@@ -155,22 +179,36 @@ class Prober:
             raise
         return resp.status == health_pb2.HealthCheckResponse.SERVING
 
-    async def _scrape(self):
+    async def _scrape(self) -> str | None:
         if not self.spec.metrics_url:
             return None
         try:
-            text = await asyncio.to_thread(
+            return await asyncio.to_thread(
                 http_get_text, self.spec.metrics_url, self._settings.metrics_timeout_s
             )
-            return parse_triton_metrics(text, gpu_name=self.spec.gpu_type)
-        except Exception as exc:  # refused, timeout, HTTP error, malformed text: all "no figures"
+        except Exception as exc:  # refused, timeout, HTTP error: all "no figures"
             log.debug("metrics scrape of %s failed: %s", self.spec.name, exc)
+            return None
+
+    def _parse_metrics(self, text: str, models: tuple[IndexEntry, ...]) -> MetricsSample | None:
+        """Triton's names, or the flavour's for an OpenAI endpoint (a server without a model
+        label, TGI, gives its figures to the model it serves)."""
+        try:
+            if self.spec.kind == "openai":
+                served = tuple(m.name for m in models)
+                return parse_flavour_metrics(text, flavour_of(self.spec.flavour), served, self.spec.gpu_type)
+            return parse_triton_metrics(text, gpu_name=self.spec.gpu_type)
+        except Exception as exc:  # malformed text: "no figures", never "down"
+            log.debug("metrics of %s unreadable: %s", self.spec.name, exc)
             return None
 
     async def _drop_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close(grace=None)
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
 
 
 class ProbeSupervisor:
@@ -194,7 +232,8 @@ class ProbeSupervisor:
         current = self._tasks.get(spec.name)
         if current is not None:
             prober, task = current
-            if (prober.spec.address, prober.spec.metrics_url) == (spec.address, spec.metrics_url):
+            where = (spec.address, spec.metrics_url, spec.kind, spec.flavour)
+            if (prober.spec.address, prober.spec.metrics_url, prober.spec.kind, prober.spec.flavour) == where:
                 prober.spec = spec  # labels/GPU type only: the running task picks them up
                 return
             task.cancel()

@@ -124,6 +124,8 @@ def spec_from_proto(ep: pool_pb2.Endpoint) -> EndpointSpec:
         gpu_type=ep.gpu_type,
         gpu_count=ep.gpu_count,
         gpu_memory_bytes=ep.gpu_memory_bytes,
+        kind=ep.kind.strip() or "triton",
+        flavour=ep.flavour.strip(),
     )
 
 
@@ -131,6 +133,8 @@ def endpoint_to_proto(s: EndpointState) -> pool_pb2.Endpoint:
     ep = pool_pb2.Endpoint(
         name=s.name,
         address=s.spec.address,
+        kind=s.spec.kind,
+        flavour=s.spec.flavour,
         metrics_url=s.spec.metrics_url,
         labels=dict(s.spec.labels),
         gpu_type=s.spec.gpu_type,

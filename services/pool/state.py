@@ -43,15 +43,23 @@ def model_state(triton_state: str) -> int:
 
 @dataclass(frozen=True)
 class EndpointSpec:
-    """What an operator says about a Triton endpoint (RegisterEndpoint or config)."""
+    """What an operator says about an engine endpoint (RegisterEndpoint or config)."""
 
     name: str
-    address: str  # host:port of GRPCInferenceService
+    address: str  # host:port of GRPCInferenceService; for kind "openai" the API's base URL
     metrics_url: str = ""  # "" = no scrape (load figures stay 0)
     labels: tuple[tuple[str, str], ...] = ()
     gpu_type: str = ""
     gpu_count: int = 0
     gpu_memory_bytes: int = 0
+    kind: str = "triton"  # "triton" (gRPC) or "openai" (HTTP)
+    flavour: str = ""  # for kind "openai": vllm (default), sglang, tgi, ollama, triton-openai
+
+    @property
+    def fixed(self) -> bool:
+        """A fixed deployment: the pool routes to it and reports it, never loads or unloads
+        models there (OpenAI-protocol servers have no model control)."""
+        return self.kind == "openai"
 
     @staticmethod
     def make(name: str, address: str, *, labels: Mapping[str, str] | None = None, **kw) -> EndpointSpec:
@@ -82,13 +90,42 @@ def _check_address(address: str) -> None:
         raise InvalidArgument(f"bad host in endpoint address {address!r}")
 
 
+KINDS = ("triton", "openai")
+OPENAI_FLAVOURS = ("vllm", "sglang", "tgi", "ollama", "triton-openai")
+
+
+def _check_base_url(address: str) -> None:
+    check_length("endpoint address", address, 300)
+    try:
+        url = urlparse(address)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+        raise InvalidArgument(
+            f"an openai endpoint's address is the API's base URL, e.g. http://10.0.0.5:8000, got {address!r}"
+        )
+
+
 def validate_spec(spec: EndpointSpec) -> EndpointSpec:
     """Raises InvalidArgument naming the first bad field; returns the spec unchanged."""
     if not _NAME.match(spec.name):
         raise InvalidArgument(
             f"endpoint name must be 1-63 of [A-Za-z0-9._-] starting with a letter or digit, got {spec.name!r}"
         )
-    _check_address(spec.address)
+    if spec.kind not in KINDS:
+        raise InvalidArgument(f"endpoint kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
+    if spec.kind == "openai":
+        if spec.flavour and spec.flavour not in OPENAI_FLAVOURS:
+            raise InvalidArgument(
+                f"flavour must be one of {', '.join(OPENAI_FLAVOURS)}, got {spec.flavour!r}"
+            )
+        _check_base_url(spec.address)
+    else:
+        if spec.flavour:
+            raise InvalidArgument(
+                f"flavour is for openai endpoints; a triton endpoint has none, got {spec.flavour!r}"
+            )
+        _check_address(spec.address)
     if spec.metrics_url:
         check_length("metrics_url", spec.metrics_url, MAX_URL_CHARS)
         try:
