@@ -86,21 +86,34 @@ def mint_token(jwt_keypair) -> Callable[..., str]:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test (dropped afterwards)."""
+def new_postgres_db() -> Iterator[Callable[[], str]]:
+    """Makes fresh, empty PostgreSQL databases for one test (all dropped afterwards)."""
     if not _reachable(PG_HOST, PG_PORT):
         _missing(f"PostgreSQL at {PG_HOST}:{PG_PORT}")
     import psycopg
 
-    name = f"harness_test_{uuid.uuid4().hex[:12]}"
     admin = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=test"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"harness_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        return f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+
     try:
-        yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+        yield create
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for name in names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(new_postgres_db) -> str:
+    """A fresh, empty PostgreSQL database for one test (dropped afterwards)."""
+    return new_postgres_db()
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.common import context as reqctx
@@ -44,7 +46,7 @@ class UndecodableRequest:
     def error(self, method: str) -> InvalidArgument:
         return InvalidArgument(
             f"the request to {method} is not a valid protobuf message ({self.reason}); check the "
-            "encoding (strings must be UTF-8, nesting at most 100 levels)"
+            "encoding (strings must be UTF-8 without NUL characters, nesting at most 100 levels)"
         )
 
 
@@ -54,11 +56,39 @@ def tolerant_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callabl
 
     def parse(raw: bytes) -> Any:
         try:
-            return deserialize(raw)
+            request = deserialize(raw)
         except Exception as exc:  # DecodeError, RecursionError, ...: all mean "bad bytes"
             return UndecodableRequest(type(exc).__name__)
+        where = nul_field(request) if isinstance(request, Message) else None
+        if where is not None:
+            return UndecodableRequest(f"string field {where} holds a NUL character")
+        return request
 
     return parse
+
+
+def nul_field(message: Message, prefix: str = "") -> str | None:
+    """The first string field (path) holding U+0000, which no database stores or compares;
+    None when there is none. Only fields that are set are visited."""
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.type == FieldDescriptor.TYPE_STRING:
+            values = value if field.is_repeated else (value,)
+            if any("\x00" in v for v in values):
+                return path
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                items = value.items()
+                if any(isinstance(k, str) and "\x00" in k for k, _ in items):
+                    return path
+                children = [v for _, v in items if isinstance(v, (Message, str))]
+            else:
+                children = list(value) if field.is_repeated else [value]
+            for child in children:
+                found = ("\x00" in child and path) if isinstance(child, str) else nul_field(child, f"{path}.")
+                if found:
+                    return found
+    return None
 
 
 def _checked(request: Any, method: str) -> Any:

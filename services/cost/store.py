@@ -24,12 +24,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument, NotFound
-from services.common.limits import check_range, timestamp_us
+from services.common.limits import check_length, check_range, timestamp_us
 from services.common.pricing import PriceBook, local_day, period_bounds, price_event, to_us
 from services.cost import aggregates, migrate
 from services.cost.alerts import AlertBook, AlertRow
 from services.cost.models import budgets, ledger, prices
-from services.cost.validation import MAX_MICRO_USD, ts_to_us, us_to_ts, validate_budget, validate_usage
+from services.cost.validation import (
+    MAX_MICRO_USD,
+    MAX_NAME_CHARS,
+    ts_to_us,
+    us_to_ts,
+    validate_budget,
+    validate_usage,
+)
 
 log = logging.getLogger("harness.cost.store")
 L = ledger.c
@@ -101,6 +108,7 @@ class CostStore:
         if price.micro_usd < 0:
             raise InvalidArgument("price.micro_usd must not be negative")
         check_range("price.micro_usd", price.micro_usd, 0, MAX_MICRO_USD)
+        check_length("price.subject", price.subject, MAX_NAME_CHARS)
         now = self._now_us()
         effective = (
             timestamp_us("price.effective_time", price.effective_time)

@@ -10,13 +10,15 @@ from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
 
 from services.common.errors import InvalidArgument
-from services.common.limits import check_range, timestamp_us
+from services.common.limits import check_count, check_length, check_range, timestamp_us
 
 MAX_EVENT_ID = 128
 # Per usage event: more would be a bug or a probe, and the ledger's sums must stay in int64.
 MAX_TOKENS = 10**9
 MAX_GPU_SECONDS = 10**7
 MAX_MICRO_USD = 10**12  # a price or a budget limit: a million dollars
+MAX_NAME_CHARS = 256  # budget names and subjects, price subjects
+MAX_URL_CHARS = 2048
 DEFAULT_ALERT_PERCENT = (50, 80, 95)
 SCOPES = (
     cost_pb2.BUDGET_SCOPE_USER,
@@ -57,6 +59,10 @@ def validate_budget(b: cost_pb2.Budget) -> tuple[int, ...]:
     """Checks a budget; returns its alert thresholds (defaults filled in, sorted, unique)."""
     if not b.name:
         raise InvalidArgument("budget.name is required")
+    check_length("budget.name", b.name, MAX_NAME_CHARS)
+    check_length("budget.subject", b.subject, MAX_NAME_CHARS)
+    check_length("budget.webhook_url", b.webhook_url, MAX_URL_CHARS)
+    check_count("budget.alert_percent", b.alert_percent, 100)
     if b.scope not in SCOPES:
         raise InvalidArgument("budget.scope is required (user, team, project or agent)")
     if not b.subject:

@@ -45,7 +45,8 @@ MAX_TOOL_ACTIONS = 64
 ACTION_NAME_CHARS = 64
 MAX_CACHE_TTL_S = 7 * 24 * 3600
 POLICY_VALUE_CHARS = 96  # five of them still fit the change log's 512-character key
-JWT_FIELD_CHARS = 1024
+JWT_FIELD_CHARS = 255
+JWT_URL_CHARS = 2048
 JWT_KEY_CHARS = 16 * 1024
 JWT_URL_CHARS = 2048
 QUERY_CHARS = 256  # names and filters in reads (CheckAccess, Get*, List* filters)
@@ -135,6 +136,8 @@ def check_jwt(settings: d.JwtSettings) -> None:
     check_length("jwt issuer", settings.issuer, JWT_FIELD_CHARS)
     check_length("jwt audience", settings.audience, JWT_FIELD_CHARS)
     check_length("jwt public_key_pem", settings.public_key_pem, JWT_KEY_CHARS)
+    check_length("jwt jwks_url", settings.jwks_url, JWT_URL_CHARS)
+    check_length("jwt oidc_discovery_url", settings.oidc_discovery_url, JWT_URL_CHARS)
     check_length("jwt jwks_url", settings.jwks_url, JWT_URL_CHARS)
     check_length("jwt oidc_discovery_url", settings.oidc_discovery_url, JWT_URL_CHARS)
 

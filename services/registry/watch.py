@@ -25,6 +25,7 @@ from services.registry.convert import change_size
 from services.registry.store import Store
 
 log = logging.getLogger("harness.registry.watch")
+MAX_REVISION = 2**31 - 1
 
 
 class WatchHub:
@@ -113,7 +114,8 @@ class WatchHub:
         (first read only) an empty message saying it is current."""
         # Changes before the window: a compaction after this read shows up as a raised floor,
         # which errs toward a snapshot, never toward a gap.
-        new = first and held == 0
+        # Beyond any revision the log can hold (32-bit in PostgreSQL): unknown here, so a snapshot.
+        new = first and (held == 0 or held > MAX_REVISION)
         changes = [] if new else self._store.changes_since(held, self._batch + 1)
         floor, head = self._store.change_window()
         if new or held > head or floor > held + 1 or head - held > self._max_backlog:

@@ -55,7 +55,14 @@ class Mesh:
             close()
 
 
-async def start_mesh(root: Path, auth, mint_token) -> Mesh:
+async def start_mesh(root: Path, auth, mint_token, db_urls: dict[str, str] | None = None) -> Mesh:
+    """`db_urls` names each store's database (registry, audit, cost); default SQLite under root."""
+    db = {
+        "registry": f"sqlite:///{root / 'registry.db'}",
+        "audit": f"sqlite:///{root / 'a' / 'audit.db'}",
+        "cost": f"sqlite:///{root / 'c' / 'cost.db'}",
+        **(db_urls or {}),
+    }
     certs = make_certs(root / "certs", services=SERVICES, agents=())
 
     def tls(name: str) -> TlsFiles:
@@ -65,7 +72,7 @@ async def start_mesh(root: Path, auth, mint_token) -> Mesh:
     def server(name: str) -> ServerConfig:
         return ServerConfig(name=name, port=0, metrics_port=None, auth=auth, tls=tls(name))
 
-    store = Store(f"sqlite:///{root / 'registry.db'}")
+    store = Store(db["registry"])
     servicer = RegistryServicer(store, Policy(store), auth.trust_domain)
     servers = {
         "registry": await start_server(
@@ -76,12 +83,14 @@ async def start_mesh(root: Path, auth, mint_token) -> Mesh:
         endpoints=(), nvml=False, models=(ModelSpec("llama-3-8b", "llama-3-8b-instruct", 16 * GIB),)
     )
     servers["pool"], _app = await serve_pool(pool_config, server("pool"))
-    servers["audit"] = await start_audit(
-        AuditConfig(server=server("audit"), db_url=f"sqlite:///{root / 'a' / 'audit.db'}")
+    audit = AuditConfig(
+        server=server("audit"),
+        db_url=db["audit"],
+        witness=str(root / "witness"),
+        witness_key=str(root / "checkpoint.key"),
     )
-    servers["cost"] = await start_cost(
-        CostConfig(server=server("cost"), db_url=f"sqlite:///{root / 'c' / 'cost.db'}")
-    )
+    servers["audit"] = await start_audit(audit)
+    servers["cost"] = await start_cost(CostConfig(server=server("cost"), db_url=db["cost"]))
     address = {name: f"127.0.0.1:{running.port}" for name, running in servers.items()}
     router_config = RouterConfig(
         server=ServerConfig(name="router", port=0, metrics_port=None, auth=auth),  # behind "Envoy"

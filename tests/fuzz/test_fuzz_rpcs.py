@@ -211,9 +211,15 @@ async def _call(
     return grpc.StatusCode.OK, ""
 
 
-@pytest.fixture
-async def mesh(tmp_path, test_auth, mint_token):
-    mesh = await start_mesh(tmp_path, test_auth, mint_token)
+@pytest.fixture(params=["sqlite", "postgres"])
+async def mesh(request, tmp_path, test_auth, mint_token):
+    """The services over SQLite and, in a second run, PostgreSQL (whose column widths and types
+    are strict where SQLite's are not)."""
+    urls = None
+    if request.param == "postgres":
+        new_db = request.getfixturevalue("new_postgres_db")
+        urls = {name: new_db() for name in ("registry", "audit", "cost")}
+    mesh = await start_mesh(tmp_path, test_auth, mint_token, urls)
     deadline = time.monotonic() + 30
     while await mesh.serving("router") != health_pb2.HealthCheckResponse.SERVING:
         assert time.monotonic() < deadline, "the router never got its registry copy"

@@ -55,3 +55,14 @@ async def test_undecodable_request_is_refused_before_authentication(pool_channel
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call(CASES["truncated"], timeout=5)
     assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def test_nul_in_any_string_is_invalid_argument(pool_channel, mint_token):
+    """PostgreSQL can neither store nor compare text holding U+0000: refused before any handler."""
+    ep = pool_pb2.Endpoint(name="e1", address="127.0.0.1:9", labels={"zone": "a\x00"})
+    call = _raw(pool_channel, "/harness.pool.v1.Pool/RegisterEndpoint")
+    body = pool_pb2.RegisterEndpointRequest(endpoint=ep).SerializeToString()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(body, metadata=user_metadata(mint_token("ops", "admin")), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "endpoint.labels" in err.value.details() and "NUL" in err.value.details()
