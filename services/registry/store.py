@@ -44,6 +44,7 @@ from services.registry.removal import RemovalStore
 
 T = TypeVar("T")
 KEY_PREFIX = "hk"
+TOOL_ENDPOINT_SCHEMES = ("http://", "https://", "mcp+http://", "mcp+https://")
 
 
 def hash_secret(secret: str) -> str:
@@ -282,8 +283,11 @@ class Store(AgentStore, RemovalStore, ChangeLog):
         d.check_catalog_name("tool", tool.name)
         if tool.version:
             d.check_version_label(tool.version, "tool version")  # no '@': refs are name@version
-        if tool.endpoint and not tool.endpoint.startswith(("http://", "https://")):
-            raise InvalidArgument(f"tool endpoint {tool.endpoint!r} must be an http:// or https:// URL")
+        if tool.endpoint and not tool.endpoint.startswith(TOOL_ENDPOINT_SCHEMES):
+            raise InvalidArgument(
+                f"tool endpoint {tool.endpoint!r} must be an http:// or https:// URL (HTTP JSON), "
+                "or mcp+http:// or mcp+https:// (an MCP server)"
+            )
         limits.check_tool(tool)
         names = [a.name for a in tool.actions]
         if not names or len(set(names)) != len(names) or not all(names):

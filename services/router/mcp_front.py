@@ -109,7 +109,8 @@ class McpFrontDoor:
     async def _call_tool(self, ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
         request_ctx = self._enter(ctx)
         try:
-            call = _tool_call(params, ctx.request.headers.get(IDEMPOTENCY_HEADER, ""))
+            tool, action = await self._split(params.name)
+            call = _tool_call(tool, action, params, ctx.request.headers.get(IDEMPOTENCY_HEADER, ""))
             outcome = await self._invoke_reporting(ctx, call)
         except HarnessError as exc:
             return _tool_error(exc.message, exc.code.name)
@@ -131,6 +132,17 @@ class McpFrontDoor:
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=text)], structured_content=outcome.result, _meta=meta
         )
+
+    async def _split(self, name: str) -> tuple[str, str]:
+        """`tool.action` -> (tool, action). Both may hold dots (an MCP server's tool imported as an
+        action is often `ledger.read`): the first prefix that names a catalog tool wins."""
+        parts = name.split(".")
+        for i in range(1, min(len(parts), 8)):
+            tool = ".".join(parts[:i])
+            if await self.tools.registry.tool(tool) is not None:
+                return tool, ".".join(parts[i:])
+        tool, _, action = name.rpartition(".")
+        return tool, action
 
     def _enter(self, ctx) -> reqctx.RequestContext:
         """The request's context (identity included), current for the handler's task."""
@@ -156,8 +168,7 @@ class McpFrontDoor:
                 await asyncio.gather(task, return_exceptions=True)
 
 
-def _tool_call(params: types.CallToolRequestParams, idempotency_key: str) -> ToolCall:
-    tool, _, action = params.name.rpartition(".")
+def _tool_call(tool: str, action: str, params: types.CallToolRequestParams, idempotency_key: str) -> ToolCall:
     if not tool or not action:
         raise InvalidArgument(
             f"no tool {params.name!r}: tools are named `tool.action`; tools/list names them"

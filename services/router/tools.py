@@ -6,7 +6,8 @@ action exists in the catalog -> casbin: the user may invoke the agent, the agent
 the tool -> idempotency key / result cache (tool_cache.py: per agent and user, bound to the raw
 arguments; a hit is redacted again for the reader and audited)
 -> approval when the action requires one (waits, bounded, for a decision made through the audit
-service's approval RPCs) -> POST the arguments as JSON to `<endpoint>/<action>` -> the result,
+service's approval RPCs) -> POST the arguments as JSON to `<endpoint>/<action>` (an `mcp+http(s)://`
+endpoint: the MCP server's tool named as the action, through the `mcp` SDK) -> the result,
 redacted per the agent's data policy -> audit (arguments redacted; kinds and counts only) and a
 usage record (tool calls are priced).
 """
@@ -36,6 +37,8 @@ from services.common.errors import (
     PermissionDenied,
     Unavailable,
 )
+from services.common.mcp_client import call_tool as mcp_call_tool
+from services.common.mcp_client import is_mcp_endpoint
 from services.router import records
 from services.router.budgets import BudgetEnforcer, BudgetReservation, Subjects
 from services.router.result_cache import CacheKeys, ResultCache
@@ -314,9 +317,14 @@ class ToolInvoker:
         started = time.perf_counter()
         status = "OK"
         try:
-            url = f"{tool.endpoint.rstrip('/')}/{action.name}"
-            raw = await asyncio.to_thread(post_json, url, call.arguments, self.http_timeout_s)
-        except (InvalidArgument, Unavailable) as exc:
+            if is_mcp_endpoint(tool.endpoint):  # an MCP server: the action is its tool's name
+                raw = await mcp_call_tool(
+                    tool.endpoint, action.name, call.arguments, self.http_timeout_s, MAX_RESULT_BYTES
+                )
+            else:
+                url = f"{tool.endpoint.rstrip('/')}/{action.name}"
+                raw = await asyncio.to_thread(post_json, url, call.arguments, self.http_timeout_s)
+        except (InvalidArgument, Unavailable, DeadlineExceeded) as exc:
             status = exc.code.name
             raise
         except BaseException:

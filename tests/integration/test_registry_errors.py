@@ -140,6 +140,14 @@ BAD_CALLS = [
     ("RegisterTool", pb.RegisterToolRequest(tool=pb.Tool(name="t")), INVALID, "action"),
     (
         "RegisterTool",
+        pb.RegisterToolRequest(
+            tool=pb.Tool(name="t", endpoint="ftp://x", actions=[{"name": "a", "risk": 1}])
+        ),
+        INVALID,
+        "or mcp+http:// or mcp+https:// (an MCP server)",
+    ),
+    (
+        "RegisterTool",
         pb.RegisterToolRequest(tool=pb.Tool(name="t", actions=[{"name": "a"}])),
         INVALID,
         "risk",
