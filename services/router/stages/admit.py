@@ -5,6 +5,7 @@ RateAdmit (RPM/TPM) and BudgetReserve (the maximum cost against every budget tha
 from __future__ import annotations
 
 from services.common.errors import InvalidArgument
+from services.common.limits import check_count, check_length, check_range
 from services.common.registry_mirror import RegistryMirror
 from services.router.budgets import BudgetEnforcer, Subjects
 from services.router.call import Call, GenerationInput
@@ -14,6 +15,11 @@ from services.router.pipeline import Stage
 from services.router.privacy import AgentRedactors, OutputRedaction
 
 MAX_PROMPT_CHARS = 1_000_000
+MAX_MESSAGES = 1_000
+MAX_OUTPUT_TOKENS = 1_000_000
+MAX_TEMPERATURE = 100.0
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 256
 
 
 def render_prompt(inp: GenerationInput) -> str:
@@ -44,10 +50,22 @@ class Validate(Stage):
             raise InvalidArgument(
                 "sampling: max_tokens, temperature and top_k must be >= 0 and top_p in [0, 1]"
             )
+        check_sampling_bounds(inp)
         version = next(v for v in call.agent.versions if v.version == call.agent_version)
         call.max_tokens = inp.max_tokens or version.default_sampling.max_tokens or self.default_max_tokens
         call.prompt, call.prompt_tokens = prompt, estimate_tokens(prompt)
         check_context(call)
+
+
+def check_sampling_bounds(inp: GenerationInput) -> None:
+    """The limits router.proto and common.proto write on sampling (NaN passes the sign checks)."""
+    check_range("sampling.temperature", inp.temperature, 0, MAX_TEMPERATURE)
+    check_range("sampling.max_tokens", inp.max_tokens, 0, MAX_OUTPUT_TOKENS)
+    check_range("sampling.top_k", inp.top_k, 0, MAX_OUTPUT_TOKENS)
+    check_count("sampling.stop", inp.stop, MAX_STOP_SEQUENCES)
+    for stop in inp.stop:
+        check_length("sampling.stop entry", stop, MAX_STOP_CHARS)
+    check_count("messages", inp.messages, MAX_MESSAGES)
 
 
 def check_context(call: Call) -> None:
