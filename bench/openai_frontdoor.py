@@ -71,6 +71,7 @@ class Level:
     seconds: float
     server_cpu_ms: float  # per request: routers + Envoy
     client_cpu_ms: float  # per request: this process
+    errors: int = 0  # calls that failed (not in the latencies)
 
     @property
     def rps(self) -> float:
@@ -140,9 +141,15 @@ async def run_level(call: Call, pids: list[int], concurrency: int, requests: int
     ttfts: list[float] = []
     counter = iter(range(requests))
 
+    errors: list[str] = []
+
     async def worker() -> None:
         for i in counter:
-            ttft, e2e = await call(f"{tag} c{concurrency} request {i}: summarise the ledger policy")
+            try:
+                ttft, e2e = await call(f"{tag} c{concurrency} request {i}: summarise the ledger policy")
+            except (openai.APIError, httpx2.HTTPError, grpc.aio.AioRpcError, RuntimeError) as exc:
+                errors.append(type(exc).__name__)  # counted; a failed call has no latency
+                continue
             latencies.append(e2e)
             ttfts.append(ttft)
 
@@ -151,7 +158,12 @@ async def run_level(call: Call, pids: list[int], concurrency: int, requests: int
     seconds = time.perf_counter() - t0
     server = (cpu_seconds(pids) - server0) * 1000 / requests
     client = (time.process_time() - client0) * 1000 / requests
-    return Level(latencies, ttfts, seconds, server, client)
+    if errors:
+        print(
+            f"  {tag}: {len(errors)} of {requests} calls failed ({', '.join(sorted(set(errors)))})",
+            flush=True,
+        )
+    return Level(latencies, ttfts, seconds, server, client, len(errors))
 
 
 async def measure(root: Path, args: argparse.Namespace) -> dict[tuple[str, int], Level]:

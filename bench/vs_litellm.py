@@ -152,7 +152,10 @@ def report(rows: dict, args) -> None:
         f"\nHarness vs LiteLLM: openai async client streaming chat completions, max_tokens {MAX_TOKENS}; "
         f"closed loop; {os.cpu_count()} CPUs shared by client, gateways and engines"
     )
-    head = f"{'path':<13}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'added p50':>11}{'gw CPU ms':>11}"
+    head = (
+        f"{'path':<13}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}{'added p50':>11}"
+        f"{'gw CPU ms':>11}"
+    )
     print(head + "\n" + "-" * len(head))
     verdicts = []
     for c in args.concurrency:
@@ -180,10 +183,12 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="vs-litellm-") as tmp_name:
         tmp = Path(tmp_name)
         litellm = litellm_venv(Path(args.venv) if args.venv else tmp / "venv")
-        fake, fake_url = start_fake()
-        lite, lite_url = start_litellm(litellm, fake_url, tmp)
+        # The stack first: `harness up` waits 60 s for health, LiteLLM's start takes minutes of CPU.
         print("starting the local stack (harness up --free-ports, time scale 1000)...", flush=True)
         stack = start_stack(tmp / ".harness", 1000.0)
+        fake, fake_url = start_fake()
+        print("starting LiteLLM...", flush=True)
+        lite, lite_url = start_litellm(litellm, fake_url, tmp)
         try:
             rows = await measure(args, lite_url, fake_url, lite.pid, tmp / ".harness")
         finally:

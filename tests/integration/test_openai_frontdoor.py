@@ -182,8 +182,11 @@ async def test_models_are_listed_and_looked_up_by_catalog_or_engine_name(front):
         by_engine_name = await client.models.retrieve("llama-3-8b-instruct")
         with pytest.raises(openai.NotFoundError) as missing:
             await client.models.retrieve("gpt-4o")
+        with pytest.raises(openai.NotFoundError) as slashed:  # Hugging Face style names
+            await client.models.retrieve("meta-llama/Llama-3-8B")
     assert listed == [MODEL] and by_engine_name.id == MODEL
     assert "'gpt-4o' does not exist" in missing.value.message
+    assert "'meta-llama/Llama-3-8B' does not exist" in slashed.value.message
 
 
 async def test_each_error_class_as_the_sdk_raises_it(front):

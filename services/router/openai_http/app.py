@@ -81,7 +81,7 @@ class OpenAIFrontDoor:
             Route("/v1/chat/completions", self._entry(self.chat), methods=["POST"]),
             Route("/v1/completions", self._entry(self.completions), methods=["POST"]),
             Route("/v1/models", self._entry(self.list_models), methods=["GET"]),
-            Route("/v1/models/{model_id}", self._entry(self.get_model), methods=["GET"]),
+            Route("/v1/models/{model_id:path}", self._entry(self.get_model), methods=["GET"]),
             Route("/healthz", self.health, methods=["GET"]),
             *extra_routes,
         ]
