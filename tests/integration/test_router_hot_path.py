@@ -1,6 +1,8 @@
 """The router core over real engine simulators: cache, coalescing, failover, admission, flow
-control, bad input, metrics. The registry is a small in-memory stand-in (its real mirror is
-tested in test_router_registry_mirror.py); everything else is the production code."""
+control, bad input, metrics. Every test runs against a simulator speaking Triton's gRPC protocol
+and one speaking the OpenAI API (vLLM-flavoured), and failover goes across kinds. The registry is
+a small in-memory stand-in (its real mirror is tested in test_router_registry_mirror.py);
+everything else is the production code."""
 
 from __future__ import annotations
 
@@ -24,19 +26,23 @@ from services.common.errors import (
 from services.enginesim.testing import start_enginesim
 from services.router.core import Call, GenerationInput, Router, RouterPolicy
 from services.router.dispatch import Dispatcher
+from services.router.engine import EngineRequest
 from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
 from services.router.metrics import RouterMetrics
+from services.router.openai_engine import OpenAIEngine
 from services.router.result_cache import MemoryResultCache
 from services.router.scheduling import Scheduler
-from services.router.triton import TritonPool, TritonRequest
+from services.router.triton import TritonPool
 from services.router.views import EndpointView
 from tests.helpers.router_fakes import MODEL, TRITON_MODEL, Events, FakeRegistry, agent
 
 
-def endpoint(name: str, address: str, waiting: int = 0) -> pool_pb2.Endpoint:
+def endpoint(name: str, address: str, waiting: int = 0, kind: str = "triton") -> pool_pb2.Endpoint:
     return pool_pb2.Endpoint(
         name=name,
         address=address,
+        kind=kind,
+        flavour="vllm" if kind == "openai" else "",
         health=pool_pb2.ENDPOINT_HEALTH_HEALTHY,
         models=[
             pool_pb2.EndpointModel(
@@ -46,11 +52,31 @@ def endpoint(name: str, address: str, waiting: int = 0) -> pool_pb2.Endpoint:
     )
 
 
-@pytest.fixture
-async def sim():
-    handle = await start_enginesim(time_scale=1000.0)
+@pytest.fixture(params=["triton", "openai"])
+async def sim(request):
+    handle = await start_enginesim(time_scale=1000.0, protocol=request.param)
     yield handle
     await handle.stop()
+
+
+def kind_of(sim) -> str:
+    return "openai" if sim.openai_url else "triton"
+
+
+def address_of(sim) -> str:
+    return sim.openai_url or sim.address
+
+
+def at(sim, name: str = "sim-0", waiting: int = 0) -> pool_pb2.Endpoint:
+    """The simulator as the pool reports it, in its protocol."""
+    return endpoint(name, address_of(sim), waiting, kind_of(sim))
+
+
+def dead_other_kind(sim) -> pool_pb2.Endpoint:
+    """An endpoint of the other protocol that refuses connections: failover crosses kinds."""
+    if kind_of(sim) == "openai":
+        return endpoint("dead", "127.0.0.1:1")
+    return endpoint("dead", "http://127.0.0.1:1", kind="openai")
 
 
 @pytest.fixture
@@ -58,17 +84,18 @@ async def harness(sim):
     channel = grpc.aio.insecure_channel("127.0.0.1:1")  # the view is fed directly
     flow = FlowController(FlowConfig(initial_grant_interval_s=0.0))
     view = EndpointView(channel, on_change=flow.capacity_changed)
-    view.apply([endpoint("sim-0", sim.address)])
-    triton = TritonPool()
+    view.apply([at(sim)])
+    triton, openai = TritonPool(), OpenAIEngine()
     registry = FakeRegistry(agent())
     metrics = CollectorRegistry()
     router = Router(
-        registry, view, Dispatcher(view, Scheduler(seed=1), flow, triton), Events(), MemoryRateLimiter(),
+        registry, view, Dispatcher(view, Scheduler(seed=1), flow, triton, openai=openai), Events(), MemoryRateLimiter(),
         MemoryResultCache(), RouterMetrics(metrics), RouterPolicy(default_max_tokens=8, redaction_key="k"),
     )  # fmt: skip
     reqctx.set_current(reqctx.new_context(reqctx.Identity(agent="a1", user="alice")))
     yield router, registry, view, metrics
     await triton.close()
+    await openai.close()
     await channel.close()
 
 
@@ -138,10 +165,11 @@ async def test_bypass_cache_dispatches_again_and_refreshes_the_entry(harness, si
 async def test_an_endpoint_failing_before_the_first_token_fails_over_once(harness, sim):
     router, _, view, _ = harness
     # The dead endpoint looks idle, so the scheduler tries it first.
-    view.apply([endpoint("dead", "127.0.0.1:1"), endpoint("sim-0", sim.address, waiting=1)])
+    view.apply([dead_other_kind(sim), at(sim, waiting=1)])
     result = await run(router, temperature=0.5)
     assert result.deployment == f"{MODEL}@sim-0" and result.output_tokens == 8
-    view.apply([endpoint("dead", "127.0.0.1:1")])
+    assert result.failed_over_from == "dead" and not result.usage_estimated
+    view.apply([dead_other_kind(sim)])
     with pytest.raises(Unavailable):
         await run(router, temperature=0.5)
 
@@ -201,11 +229,11 @@ async def test_a_user_rate_limit_from_the_registry_applies_across_agents(harness
 
 async def test_saturated_endpoints_queue_the_request_until_capacity_frees(harness, sim):
     router, _, view, metrics = harness
-    view.apply([endpoint("sim-0", sim.address, waiting=50)])  # over the not-saturated threshold
+    view.apply([at(sim, waiting=50)])  # over the not-saturated threshold
     waiting = asyncio.create_task(run(router, temperature=0.5))
     await asyncio.sleep(0.05)
     assert not waiting.done() and router.dispatcher.flow.queued() == 1
-    view.apply([endpoint("sim-0", sim.address, waiting=0)])  # the pool reports room
+    view.apply([at(sim, waiting=0)])  # the pool reports room
     result = await asyncio.wait_for(waiting, 10)
     assert result.queue_ms > 0 and result.output_tokens == 8
     assert (
@@ -218,7 +246,7 @@ async def test_saturated_endpoints_queue_the_request_until_capacity_frees(harnes
 
 async def test_a_deadline_shorter_than_the_queue_is_refused_without_dispatch(harness, sim):
     router, _, view, _ = harness
-    view.apply([endpoint("sim-0", sim.address, waiting=50)])
+    view.apply([at(sim, waiting=50)])
     with pytest.raises(DeadlineExceeded):
         await run(router, temperature=0.5, timeout_s=0.05)
     assert router.dispatcher.flow.queued() == 0
@@ -253,8 +281,8 @@ async def test_the_agents_data_policy_redacts_the_prompt_before_the_model_and_th
     # The model saw the redacted prompt: the simulator's text is a function of its prompt.
     redacted, _ = await router.redactors.prompt(registry.agent_record, prompt, {})
     assert "13812345678" not in redacted and "11010519491231002X" not in redacted and "[PHONE]" in redacted
-    direct = [c.text async for c in router.dispatcher.engines["triton"].stream(
-        sim.address, TritonRequest(model=TRITON_MODEL, prompt=redacted, max_tokens=8, request_id="x"), 30
+    direct = [c.text async for c in router.dispatcher.engines[kind_of(sim)].stream(
+        address_of(sim), EngineRequest(model=TRITON_MODEL, prompt=redacted, max_tokens=8, request_id="x"), 30
     )]  # fmt: skip
     assert "".join(result.text_parts) == "".join(direct)
     events = router.events.audit
