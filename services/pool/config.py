@@ -182,15 +182,17 @@ def add_pool_args(parser: argparse.ArgumentParser) -> None:
 def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
     """File values, then flags on top. Raises ValueError with a readable message."""
     data = load_file(args.config) if args.config else {}
-    endpoints: dict[str, EndpointSpec] = {}
-    access: dict[str, EngineAccess] = {}
+    endpoints: dict[str, tuple[EndpointSpec, EngineAccess]] = {}
     entries = list(data.get("endpoints") or [])
     for raw in [*entries, *(endpoint_flag_mapping(flag) for flag in args.endpoint)]:
         if not isinstance(raw, Mapping):
             raise ValueError("each entry of endpoints: must be a mapping")
         spec = endpoint_from_mapping(raw)
-        endpoints[spec.name] = spec
-        access[spec.address] = access_from_mapping(raw)
+        endpoints[spec.name] = (spec, access_from_mapping(raw))  # a flag replaces a file entry
+    access: dict[str, EngineAccess] = {}
+    for spec, how in endpoints.values():
+        if access.setdefault(spec.address, how) != how:  # access is looked up by address
+            raise ValueError(f"endpoints at {spec.address} are given different headers or TLS settings")
 
     models: dict[str, ModelSpec] = {}
     for raw in data.get("models") or []:
@@ -206,7 +208,7 @@ def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
         return cast(flag_value if flag_value is not None else data.get(key, default))
 
     return PoolConfig(
-        endpoints=tuple(endpoints.values()),
+        endpoints=tuple(spec for spec, _ in endpoints.values()),
         engine_access=tuple((a, x) for a, x in access.items() if x != EngineAccess()),
         probe_interval_s=pick(args.probe_interval, "probe_interval_s", 0.5, float),
         probe_timeout_s=pick(args.probe_timeout, "probe_timeout_s", 0.5, float),

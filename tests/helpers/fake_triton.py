@@ -104,6 +104,7 @@ class FakeTriton:
         self.gpu: tuple[int, int, float] = (80 * GIB, 20 * GIB, 0.25)  # total, used, utilisation
         self.ready = True
         self.repository_header: tuple[str, str] | None = None  # (key, value) RepositoryIndex needs
+        self.tls: tuple[bytes, bytes] | None = None  # (key PEM, cert PEM) to serve TLS
         self.port = 0
         self._server: grpc.aio.Server | None = None
         registry = CollectorRegistry(auto_describe=False)
@@ -123,7 +124,11 @@ class FakeTriton:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(_Inference(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(_Health(self), server)
-        port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        address = f"127.0.0.1:{self.port}"
+        if self.tls is not None:  # (key PEM, cert PEM): server-side TLS, as a Triton with --grpc-use-ssl
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([self.tls]))
+        else:
+            port = server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"fake triton cannot bind 127.0.0.1:{self.port}")
         await server.start()

@@ -12,13 +12,14 @@ import pytest
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 
 from services.common.config import ServerConfig
+from services.devtools.certs import make_certs
 from services.pool.app import serve
 from services.pool.catalog import ModelSpec
 from services.pool.config import add_pool_args, pool_config_from_args
 from services.pool.state import GIB
 from tests.helpers.fake_triton import FakeTriton
 from tests.helpers.grpc import user_metadata
-from tests.integration.test_pool_server import HEALTHY, READY, endpoint, wait_for
+from tests.integration.test_pool_server import HEALTHY, READY, UNHEALTHY, endpoint, wait_for
 
 HEADER = ("triton-grpc-protocol-triton-access-token", "s3cret")
 
@@ -73,3 +74,42 @@ def test_bad_engine_access_settings_are_refused(tmp_path):
     ):
         with pytest.raises(ValueError, match=words):
             pool_config_from_args(parser.parse_args(["--endpoint", flag]))
+
+
+async def test_tls_to_the_engine(test_auth, mint_token, tmp_path):
+    """A Triton serving TLS: reached with tls=true and the CA; plaintext fails (UNHEALTHY)."""
+    certs = make_certs(tmp_path / "certs", agents=["a"], services=["cli"])
+    fake = FakeTriton({"llama-trt": "READY"})
+    fake.tls = (certs.envoy.key.read_bytes(), certs.envoy.cert.read_bytes())  # SAN 127.0.0.1
+    await fake.start()
+    md = user_metadata(mint_token("alice"))
+    tls = f"name=t,address={fake.address},memory_gb=80,tls=true,ca={certs.ca_cert}"
+    plain = f"name=t,address={fake.address},memory_gb=80"
+    try:
+        for flag, healthy in ((tls, True), (plain, False)):
+            running, _app = await _pool(test_auth, ["--endpoint", flag])
+            try:
+                async with grpc.aio.insecure_channel(running.address) as channel:
+                    stub = pool_pb2_grpc.PoolStub(channel)
+                    if healthy:
+                        ep = await wait_for(
+                            endpoint(stub, md, "t"), lambda e: e is not None and bool(e.models)
+                        )
+                        assert ep.health == HEALTHY
+                        assert {m.name: m.state for m in ep.models} == {"llama-trt": READY}
+                    else:
+                        await wait_for(
+                            endpoint(stub, md, "t"), lambda e: e is not None and e.health == UNHEALTHY
+                        )
+            finally:
+                await running.stop(grace=0)
+    finally:
+        await fake.close()
+
+
+def test_one_address_cannot_have_two_ways_in():
+    parser = argparse.ArgumentParser()
+    add_pool_args(parser)
+    flags = ["--endpoint", "name=a,address=h:1,header.k=v", "--endpoint", "name=b,address=h:1"]
+    with pytest.raises(ValueError, match="h:1"):
+        pool_config_from_args(parser.parse_args(flags))
