@@ -6,6 +6,9 @@
 - `harness_audit_chain_verifications_total{result}`: Verify runs, result "ok" or "broken".
 - `harness_audit_approvals_pending`: approvals waiting for a decision (not expired), read from
   the store at scrape time.
+- `harness_audit_witness_discontinuities_total`: appends that found the log changed outside the
+  service since its last signed checkpoint (records written, deleted or rewritten in the
+  database); any increase means tampering, and `harness audit verify` says what.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Iterable
 
 from harness.audit.v1 import audit_pb2
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
@@ -48,6 +51,19 @@ class PendingApprovalsCollector(Collector):
         )
 
 
+class WitnessCollector(Collector):
+    def __init__(self, store: AuditStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterable[Metric]:
+        anchor = self._store.anchor
+        yield CounterMetricFamily(
+            "harness_audit_witness_discontinuities",
+            "Appends that found the log changed outside the service since its last signed checkpoint",
+            value=anchor.discontinuities if anchor is not None else 0,
+        )
+
+
 class AuditMetrics:
     def __init__(self, registry: CollectorRegistry, store: AuditStore | None = None) -> None:
         self.records = Counter("harness_audit_records", "Audit records newly stored", registry=registry)
@@ -65,3 +81,4 @@ class AuditMetrics:
         )
         if store is not None:
             registry.register(PendingApprovalsCollector(store))
+            registry.register(WitnessCollector(store))

@@ -163,6 +163,7 @@ async def test_tampering_stays_visible_after_the_service_appends_again(mesh, min
     await ingest(writer, 11, 10)
     v = await verdict(reader, admin)
     assert not v.ok and v.failure == F.VERIFY_FAILURE_FORGED_APPEND and "records 11..11" in v.reason
+    assert m.metrics.get_sample_value("harness_audit_witness_discontinuities_total") == 1
     await asyncio.to_thread(truncate_tail, db_url, 15)
     await ingest(writer, 21, 5)
     v = await verdict(reader, admin)  # the first anomaly is still the forged record
