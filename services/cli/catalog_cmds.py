@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2 as pb
@@ -11,6 +12,8 @@ from services.cli import output
 from services.cli.base import Ctx, UsageError, short
 from services.cli.delete_cmds import catalog_deletes
 from services.common.access import policy_subject
+from services.common.errors import HarnessError
+from services.common.mcp_client import SCHEMES, catalog_actions, is_mcp_endpoint, list_tools
 
 # --- models and tools -----------------------------------------------------------------------
 
@@ -69,6 +72,78 @@ def tools_list(ctx: Ctx, args: argparse.Namespace) -> int:
         output.table(("NAME", "VERSION", "ENDPOINT", "ACTIONS"), rows)
 
     return ctx.emit(resp, human)
+
+
+def tools_show(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = ctx.list_all("ListTools", pb.ListToolsRequest(), "tools")
+    found = [t for t in resp.tools if t.name == args.name and args.version in ("", t.version)]
+    if not found:
+        at = f" version {args.version!r}" if args.version else ""
+        raise UsageError(f"no tool {args.name!r}{at} in the catalog; `harness tools list` lists them")
+    shown = pb.ListToolsResponse(tools=found)
+
+    def human(r) -> None:
+        for t in r.tools:
+            kind = "MCP server" if is_mcp_endpoint(t.endpoint) else "HTTP JSON"
+            print(f"{t.name}@{t.version}  {kind} at {t.endpoint}")
+            if t.description:
+                print(f"  {t.description}")
+            for a in t.actions:
+                print(f"  {_action_text(a)}")
+
+    return ctx.emit(shown, human)
+
+
+def _overrides(pairs: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"{flag} takes ACTION=VALUE, got {pair!r}")
+        out[name] = value
+    return out
+
+
+def tools_import_mcp(ctx: Ctx, args: argparse.Namespace) -> int:
+    """Registers an MCP server's tools as the actions of one catalog tool (read-only ones `read`,
+    the rest `write` with approval, unless --risk / --no-approval say otherwise)."""
+    endpoint = args.url if is_mcp_endpoint(args.url) else f"mcp+{args.url}"
+    if not endpoint.startswith(SCHEMES):
+        raise UsageError(f"{args.url!r} is not an MCP server URL: use http(s)://host/mcp")
+    risks = _overrides(args.risk or [], "--risk")
+    try:
+        listed = asyncio.run(list_tools(endpoint, timeout_s=ctx.conn.timeout_s))  # bounded by --timeout
+    except HarnessError as exc:
+        raise UsageError(exc.message) from exc
+    actions = catalog_actions(listed)
+    names = {a.name for a in actions}
+    unknown = sorted((set(risks) | set(args.no_approval or [])) - names)
+    if unknown:
+        raise UsageError(f"the server has no tools {unknown}; it has {sorted(names)}")
+    for action in actions:
+        if action.name in risks:
+            action.risk = _risk(risks[action.name])
+        if action.name in (args.no_approval or []):
+            action.requires_approval = False
+    tool = pb.Tool(
+        name=args.name, version=args.version, endpoint=endpoint, description=args.description or ""
+    )
+    tool.actions.extend(actions)
+    resp = ctx.call("RegisterTool", pb.RegisterToolRequest(tool=tool))
+
+    def human(r) -> None:
+        print(f"imported {len(r.tool.actions)} actions from {endpoint} as {r.tool.name}@{r.tool.version}:")
+        for a in r.tool.actions:
+            print(f"  {_action_text(a)}")
+
+    return ctx.emit(resp, human)
+
+
+def _risk(value: str) -> int:
+    try:
+        return common_pb2.RiskClass.Value(f"RISK_CLASS_{value.upper()}")
+    except ValueError:
+        raise UsageError(f"risk must be read, write or delete, got {value!r}") from None
 
 
 # --- policies -------------------------------------------------------------------------------
@@ -162,9 +237,25 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(handler=models_register)
 
     models_actions = t
-    tools = sub.add_parser("tools", help="tool catalog: list, delete")
+    tools = sub.add_parser("tools", help="tool catalog: list, show, import-mcp, delete")
     t = tools.add_subparsers(dest="verb", required=True, metavar="ACTION")
     t.add_parser("list", parents=[common], help="list catalog tools").set_defaults(handler=tools_list)
+    p = t.add_parser("show", parents=[common], help="one tool's versions and actions")
+    p.add_argument("name")
+    p.add_argument("--version", default="", help="only this version")
+    p.set_defaults(handler=tools_show)
+    p = t.add_parser(
+        "import-mcp", parents=[common], help="register an MCP server's tools as a tool's actions"
+    )
+    p.add_argument("url", help="the server's streamable HTTP URL, e.g. https://ledger.internal/mcp")
+    p.add_argument("--name", required=True, help="catalog name of the tool")
+    p.add_argument("--version", default="1")
+    p.add_argument("--description")
+    p.add_argument(
+        "--risk", action="append", metavar="ACTION=CLASS", help="read, write or delete (repeatable)"
+    )
+    p.add_argument("--no-approval", action="append", metavar="ACTION", help="no human approval (repeatable)")
+    p.set_defaults(handler=tools_import_mcp)
     catalog_deletes({"models": models_actions, "tools": t}, common)
 
     policies = sub.add_parser("policies", help="casbin policy: list, add, remove, check")
