@@ -34,21 +34,24 @@ from services.cli.connect import ConfigError, add_connection_args, resolve
 
 def _up(args: argparse.Namespace) -> int:
     from services.stack.layout import StackPorts
+    from services.stack.openai_engines import parse_openai_engine_flags
     from services.stack.tritons import parse_triton_flags
     from services.stack.up import UpConfig, run_up
 
     try:
         tritons = parse_triton_flags(args.triton or [])
+        openai_engines = parse_openai_engine_flags(args.openai_engine or [])
     except ValueError as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return 2
     ports = StackPorts.free() if args.free_ports else StackPorts()
     extra = {}
-    if tritons and not args.with_simulators:  # the user's Tritons in place of the simulators
+    if (tritons or openai_engines) and not args.with_simulators:  # the user's engines replace the simulators
         ports = dataclasses.replace(ports, enginesim=(), enginesim_metrics=())
         extra["simulators"] = ()
     cfg = UpConfig(
         tritons=tritons,
+        openai_engines=openai_engines,
         **extra,
         root=Path(args.root),
         ports=ports,
@@ -85,8 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
         "options: metrics=URL, header=K:V, gpu_type=T, memory_gb=N)",
     )  # fmt: skip
     up.add_argument(
-        "--with-simulators", action="store_true", help="with --triton: start the engine simulators too"
-    )
+        "--openai-engine", action="append", metavar="NAME=URL[,flavour=vllm][,header=K:V]",
+        help="your own OpenAI-compatible server (vLLM, SGLang, TGI, Ollama, Triton's OpenAI frontend), "
+        "registered with the pool in place of the simulators (repeatable; options: flavour=vllm|sglang|tgi|"
+        "ollama|triton-openai, header=K:V, metrics=URL)",
+    )  # fmt: skip
+    up.add_argument(
+        "--with-simulators", action="store_true",
+        help="with --triton/--openai-engine: start the engine simulators too",
+    )  # fmt: skip
     up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus with the stack")
     up.add_argument(
         "--prometheus-scrape-interval", type=float, default=5.0, metavar="SECONDS",

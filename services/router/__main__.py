@@ -35,7 +35,7 @@ from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter,
 from services.router.mcp_front import PATH as MCP_PATH
 from services.router.mcp_front import McpFrontDoor
 from services.router.metrics import RouterMetrics
-from services.router.openai_engine import OpenAIEngine
+from services.router.openai_engine import NO_ACCESS, EndpointAccess, OpenAIEngine, parse_engine_access
 from services.router.openai_http.app import OpenAIFrontDoor
 from services.router.outbox import Outbox
 from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache
@@ -93,6 +93,9 @@ class RouterConfig:
     budget_reservation_ttl_s: float = 30.0
     http_port: int | None = None  # the OpenAI-compatible HTTP API (0: any free port; None: off)
     workers: int = 1  # > 1: this process supervises that many router processes on one port
+    # Per OpenAI-protocol endpoint (its address as the pool reports it): headers such as an API
+    # key and TLS roots. Secrets: never in the pool's endpoint table, so each router has its own.
+    engine_access: tuple[tuple[str, EndpointAccess], ...] = ()
 
 
 def parse_args(argv: list[str] | None = None) -> RouterConfig:
@@ -205,7 +208,18 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         help="router processes sharing the port (SO_REUSEPORT); 0: every core with --redis, else 1",
     )
     p.add_argument("--worker-index", type=int, default=-1, help=argparse.SUPPRESS)  # set by the supervisor
+    p.add_argument(
+        "--engine-access",
+        action="append",
+        default=[],
+        metavar="BASE_URL,header.K=V[,ca=PATH]",
+        help="headers (e.g. an API key) and TLS roots for an OpenAI-protocol engine; repeatable",
+    )
     a = p.parse_args(argv)
+    try:
+        engine_access = tuple(parse_engine_access(v) for v in a.engine_access)
+    except ValueError as exc:
+        p.error(str(exc))
     setup_logging(a.log_level)
     worker = a.worker_index >= 0
     return RouterConfig(
@@ -232,6 +246,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         redaction_key=Path(a.redaction_key_file).read_text().strip() if a.redaction_key_file else "",
         budget_timezone=a.budget_timezone,
         http_port=a.http_port if a.http_port >= 0 else None,
+        engine_access=engine_access,
     )
 
 
@@ -257,7 +272,8 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         on_change=flow.capacity_changed,
         own_inflight=scheduler.memory.own,
     )
-    triton, openai_engine = TritonPool(), OpenAIEngine()
+    access = dict(cfg.engine_access)
+    triton, openai_engine = TritonPool(), OpenAIEngine(lambda address: access.get(address, NO_ACCESS))
     if cfg.redis_url:
         limiter: RateLimiter = RedisRateLimiter.from_url(
             cfg.redis_url, cfg.redis_prefix, timeout_s=cfg.redis_timeout_s,

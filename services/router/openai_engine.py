@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,6 +49,45 @@ class EndpointAccess:
 
 
 NO_ACCESS = EndpointAccess()
+MAX_HEADERS = 16
+_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+
+
+def parse_engine_access(text: str) -> tuple[str, EndpointAccess]:
+    """One `--engine-access BASE_URL,header.K=V,...[,ca=PATH]`: the endpoint's address as the
+    pool reports it, and what to send it. ValueError says what is wrong."""
+    address, *options = [p.strip() for p in text.split(",")]
+    if not address.startswith(("http://", "https://")):
+        raise ValueError(
+            f"--engine-access {text!r}: expected BASE_URL,header.K=V[,ca=PATH] with an http(s) URL"
+        )
+    headers: list[tuple[str, str]] = []
+    ca = ""
+    for option in options:
+        key, sep, value = option.partition("=")
+        if key == "ca" and sep:
+            if not Path(value).is_file():
+                raise ValueError(f"--engine-access {address}: ca {value!r} is not a readable file")
+            if not address.startswith("https://"):
+                raise ValueError(f"--engine-access {address}: ca is for https endpoints")
+            ca = value
+        elif key.startswith("header.") and sep:
+            name = key.removeprefix("header.").lower()
+            if (
+                not _HEADER_NAME.match(name)
+                or len(value) > 4096
+                or not value.isascii()
+                or not value.isprintable()
+            ):
+                raise ValueError(
+                    f"--engine-access {address}: header {name!r} needs a token name and a printable value"
+                )
+            headers.append((name, value))
+        else:
+            raise ValueError(f"--engine-access {address}: option {option!r} is not header.K=V or ca=PATH")
+    if len(headers) > MAX_HEADERS:
+        raise ValueError(f"--engine-access {address}: at most {MAX_HEADERS} headers")
+    return address, EndpointAccess(tuple(headers), ca)
 
 
 class _Lenient(BaseModel):

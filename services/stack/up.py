@@ -34,6 +34,7 @@ from services.stack import demo_tools
 from services.stack import prometheus as prom
 from services.stack.banner import banner
 from services.stack.layout import StackPaths, StackPorts, ports_in_use, redis_prefix_for
+from services.stack.openai_engines import OpenAIServer
 from services.stack.procs import Child, Supervisor
 from services.stack.tritons import TritonServer
 
@@ -89,6 +90,7 @@ class UpConfig:
     gpu_memory_gb: float = 80.0
     simulators: tuple[SimulatorSpec, ...] = DEFAULT_SIMULATORS  # one per ports.enginesim entry
     tritons: tuple[TritonServer, ...] = ()  # the user's own Triton servers (`--triton`)
+    openai_engines: tuple[OpenAIServer, ...] = ()  # the user's OpenAI-compatible servers (`--openai-engine`)
     # Shared by both routers (rate limits, result cache, budgets); "" = each router in memory.
     redis_url: str = ""
     prometheus: bool = True  # a Prometheus child scraping the whole stack, with the alert rules
@@ -117,11 +119,14 @@ class Stack:
             SimulatorInstance(spec, port, metrics)
             for spec, port, metrics in zip(cfg.simulators, p.enginesim, p.enginesim_metrics, strict=True)
         ]
-        clash = {s.name for s in cfg.simulators} & {t.name for t in cfg.tritons}
+        names = [s.name for s in cfg.simulators] + [t.name for t in (*cfg.tritons, *cfg.openai_engines)]
+        clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
-            raise StackError(f"--triton names {sorted(clash)} are taken by the simulators; choose others")
-        if not self.sims and not cfg.tritons:
-            raise StackError("no engines: keep the simulators or name your Triton servers with --triton")
+            raise StackError(f"engine names {clash} are used twice (simulators, --triton, --openai-engine)")
+        if not self.sims and not cfg.tritons and not cfg.openai_engines:
+            raise StackError(
+                "no engines: keep the simulators or name your servers with --triton / --openai-engine"
+            )
 
     # --- start -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -205,6 +210,7 @@ class Stack:
             )
         ]
         endpoints += [arg for t in self.cfg.tritons for arg in ("--endpoint", t.endpoint_flag())]
+        endpoints += [arg for o in self.cfg.openai_engines for arg in ("--endpoint", o.endpoint_flag())]
         # The pool follows the registry: agents going online get their models loaded, and the
         # deployable models (and their memory) are the registry's catalog.
         pool = _py(
@@ -225,6 +231,12 @@ class Stack:
             )  # fmt: skip
             if self.cfg.redis_url:
                 argv += ["--redis", self.cfg.redis_url, "--redis-prefix", self.redis_prefix]
+            argv += [
+                a
+                for o in self.cfg.openai_engines
+                if o.router_flag()
+                for a in ("--engine-access", o.router_flag())
+            ]
             self.sup.start(Child(f"router-{i + 1}", argv, logs / f"router-{i + 1}.log"))
 
     @property
@@ -351,7 +363,8 @@ class Stack:
             pool = pool_pb2_grpc.PoolStub(channels["pool"])
 
             wanted = {sim.spec.name: set(sim.spec.models) for sim in self.sims}
-            wanted.update({t.name: set() for t in self.cfg.tritons})  # healthy, whatever it serves
+            # Healthy, whatever they serve.
+            wanted.update({t.name: set() for t in (*self.cfg.tritons, *self.cfg.openai_engines)})
 
             async def models_ready() -> bool:
                 resp = await pool.ListEndpoints(pool_pb2.ListEndpointsRequest(), timeout=1.0)
@@ -443,6 +456,10 @@ class Stack:
         shared = (self.cfg.redis_url, self.redis_prefix) if self.cfg.redis_url else None
         extra = [demo_tools.banner_line(self.cfg.ports.demo_ledger)]
         extra += [f"Triton {t.name}: {t.address} (yours; `harness endpoints list`)" for t in self.cfg.tritons]
+        extra += [
+            f"OpenAI engine {o.name}: {o.url} ({o.flavour}, yours; `harness endpoints list`)"
+            for o in self.cfg.openai_engines
+        ]
         if self.cfg.prometheus:
             extra.append(prom.banner_line(self.prometheus_url))
         return banner(env, self.cfg.ports, self.paths, self.sims, shared, extra)

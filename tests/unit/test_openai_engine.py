@@ -237,3 +237,20 @@ async def test_an_endpoint_of_a_kind_without_an_engine_is_unavailable():
     assert "first try failed: endpoint vllm speaks 'openai', which this router has no engine for" in str(
         caught.value
     )
+
+
+def test_engine_access_flags_are_parsed_and_bad_ones_refused(tmp_path):
+    address, access = openai_engine.parse_engine_access("https://vllm:8000,header.Authorization=Bearer k")
+    assert address == "https://vllm:8000" and access.headers == (("authorization", "Bearer k"),)
+    for text, words in (
+        ("vllm:8000,header.a=b", "http\\(s\\) URL"),
+        ("http://v:1,header.bad name=x", "needs a token name"),
+        ("http://v:1,ca=/nonexistent.pem", "not a readable file"),
+        ("http://v:1,tls=true", "not header.K=V or ca=PATH"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            openai_engine.parse_engine_access(text)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    with pytest.raises(ValueError, match="ca is for https"):
+        openai_engine.parse_engine_access(f"http://v:1,ca={ca}")
