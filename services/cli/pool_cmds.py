@@ -59,10 +59,11 @@ def endpoints_list(ctx: Ctx, args: argparse.Namespace) -> int:
             seen = output.when(ep.last_seen) if ep.HasField("last_seen") else "-"
             models = ep.models or [pb.EndpointModel()]
             for i, m in enumerate(models):
+                kind = f"openai/{ep.flavour or 'vllm'}" if ep.kind == "openai" else "triton"
                 head = (
-                    [ep.name, ep.address, _health(ep.health), f"{ep.gpu_utilization:.0%}", seen]
+                    [ep.name, kind, ep.address, _health(ep.health), f"{ep.gpu_utilization:.0%}", seen]
                     if i == 0
-                    else [""] * 5
+                    else [""] * 6
                 )
                 model = [
                     m.name or "-",
@@ -74,7 +75,7 @@ def endpoints_list(ctx: Ctx, args: argparse.Namespace) -> int:
                 ]
                 rows.append(head + model)  # fmt: skip
         output.table(
-            ("ENDPOINT", "ADDRESS", "HEALTH", "GPU UTIL", "LAST SEEN", "MODEL", "STATE", "REQUESTS", "ACTIVE", "WAITING", "KV"),
+            ("ENDPOINT", "KIND", "ADDRESS", "HEALTH", "GPU UTIL", "LAST SEEN", "MODEL", "STATE", "REQUESTS", "ACTIVE", "WAITING", "KV"),
             rows,
         )  # fmt: skip
 
@@ -91,6 +92,8 @@ def endpoints_register(ctx: Ctx, args: argparse.Namespace) -> int:
         gpu_type=args.gpu_type or "",
         gpu_count=args.gpus,
         gpu_memory_bytes=int(args.memory_gb * GIB),
+        kind=args.kind,
+        flavour=args.flavour or "",
     )
     resp = _call(ctx, "RegisterEndpoint", pb.RegisterEndpointRequest(endpoint=ep))
     return _emit(
@@ -220,7 +223,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p = verb(e, "register", endpoints_register, "add (or update) a Triton endpoint")
     p.add_argument("name", help="endpoint name, e.g. triton-0")
-    p.add_argument("address", help="host:port of its GRPCInferenceService")
+    p.add_argument(
+        "address", help="host:port of its GRPCInferenceService; for --kind openai, the API's base URL"
+    )
+    p.add_argument(
+        "--kind", choices=("triton", "openai"), default="triton",
+        help="triton (gRPC) or openai (vLLM, SGLang, TGI, Ollama, Triton's OpenAI frontend: a fixed deployment)",
+    )  # fmt: skip
+    p.add_argument(
+        "--flavour", choices=("vllm", "sglang", "tgi", "ollama", "triton-openai"),
+        help="with --kind openai: which server (its health route and metric names; default vllm)",
+    )  # fmt: skip
     p.add_argument("--metrics", help="its metrics URL, e.g. http://host:8002/metrics")
     p.add_argument("--gpu-type", help="e.g. H100-SXM-80GB")
     p.add_argument("--gpus", type=int, default=0, help="number of GPUs")
