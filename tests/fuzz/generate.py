@@ -25,7 +25,7 @@ UINTS32 = [2**32 - 1]
 UINTS64 = [2**64 - 1]
 DOUBLES = [float("nan"), float("inf"), float("-inf"), 1e308, -1e308, -0.0, 5e-324]
 FLOATS = [float("nan"), float("inf"), -3.4e38]
-REPEAT = 5_000  # elements in an oversized repeated field or map
+REPEAT = 2_000  # elements in an oversized repeated field or map (over every count limit)
 
 _SCALARS = {
     F.TYPE_STRING: STRINGS,
