@@ -61,6 +61,17 @@ class StackPorts:
         return cls(**values)
 
 
+def service_addresses(p: StackPorts) -> dict[str, str]:
+    """HARNESS_<SERVICE>_ADDR for each service (the routers: a comma-separated list)."""
+    local = "127.0.0.1"
+    return {
+        "HARNESS_POOL_ADDR": f"{local}:{p.pool}",
+        "HARNESS_AUDIT_ADDR": f"{local}:{p.audit}",
+        "HARNESS_COST_ADDR": f"{local}:{p.cost}",
+        "HARNESS_ROUTER_ADDRS": ",".join(f"{local}:{port}" for port in p.routers),
+    }
+
+
 def ports_in_use(ports: StackPorts, host: str = "127.0.0.1") -> list[str]:
     busy = []
     for what, port in ports.named():

@@ -33,7 +33,7 @@ from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, wr
 from services.stack import demo_tools
 from services.stack import prometheus as prom
 from services.stack.banner import banner
-from services.stack.layout import StackPaths, StackPorts, ports_in_use, redis_prefix_for
+from services.stack.layout import StackPaths, StackPorts, ports_in_use, redis_prefix_for, service_addresses
 from services.stack.openai_engines import OpenAIServer
 from services.stack.procs import Child, Supervisor
 from services.stack.tritons import TritonServer
@@ -466,17 +466,6 @@ class Stack:
 
     def stop(self) -> None:
         self.sup.stop_all()
-
-
-def service_addresses(p: StackPorts) -> dict[str, str]:
-    """HARNESS_<SERVICE>_ADDR for each service (the routers: a comma-separated list)."""
-    local = "127.0.0.1"
-    return {
-        "HARNESS_POOL_ADDR": f"{local}:{p.pool}",
-        "HARNESS_AUDIT_ADDR": f"{local}:{p.audit}",
-        "HARNESS_COST_ADDR": f"{local}:{p.cost}",
-        "HARNESS_ROUTER_ADDRS": ",".join(f"{local}:{port}" for port in p.routers),
-    }
 
 
 def env_file_text(env: dict[str, str]) -> str:

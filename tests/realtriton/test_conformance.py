@@ -13,6 +13,7 @@ from services.pool.control import TritonControl
 from services.pool.scrape import parse_triton_metrics
 from services.router.triton import parse_response
 from tests.realtriton.conformance import (
+    eventually,
     final,
     index_states,
     infer_request,
@@ -155,3 +156,30 @@ async def test_unload_answers_before_the_model_is_gone_and_the_pool_waits(backen
         assert (await index_states(stub))[backend.spare] == "READY"
     finally:
         await control.close()
+
+
+async def test_a_cancelled_stream_leaves_the_server_serving(backend, stub):
+    """The router cancels the upstream stream when its caller goes away: the server drops the
+    request (nothing left pending) and serves the next one. (How the cancelled request is
+    counted differs: see services/enginesim/README.md.)"""
+    call = stub.ModelStreamInfer(
+        iter([infer_request(backend.decoupled, "a long one", 400, stream=True, empty_final=True)]), timeout=60
+    )
+    got = 0
+    async for resp in call:
+        assert not resp.error_message
+        got += 1
+        if got == 2:
+            break
+    call.cancel()
+
+    async def drained() -> bool:
+        loads = parse_triton_metrics(await scrape(backend.metrics_url)).loads
+        load = loads.get((backend.decoupled, "1"))
+        return load is None or load.waiting == 0
+
+    await eventually(drained, 30)
+    *deltas, last = await stream_all(
+        stub, infer_request(backend.decoupled, "next", 2, stream=True, empty_final=True)
+    )
+    assert len(deltas) == 2 and final(last.infer_response) is True

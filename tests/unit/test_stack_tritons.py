@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 
 from services.pool.config import endpoint_flag_mapping, parse_endpoint_flag
-from services.stack.layout import StackPorts
+from services.stack.layout import StackPorts, service_addresses
 from services.stack.tritons import parse_triton_flag, parse_triton_flags
-from services.stack.up import service_addresses
 
 
 def test_a_triton_flag_becomes_a_pool_endpoint_with_its_headers():
