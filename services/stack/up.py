@@ -416,6 +416,8 @@ class Stack:
             "HARNESS_ADDR": f"localhost:{self.cfg.ports.envoy}",
             # The OpenAI-compatible API, through the same Envoy listener (same certificate).
             "HARNESS_OPENAI_BASE_URL": f"https://localhost:{self.cfg.ports.envoy}/v1",
+            # The MCP endpoint (streamable HTTP), same listener: the agent's governed tools.
+            "HARNESS_MCP_URL": f"https://localhost:{self.cfg.ports.envoy}/mcp",
             "HARNESS_CA": str(self.certs.ca_cert.resolve()),
             "HARNESS_CERT": str(leaf.cert.resolve()),
             "HARNESS_KEY": str(leaf.key.resolve()),

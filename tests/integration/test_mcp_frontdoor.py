@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -260,3 +263,25 @@ async def test_identity_comes_from_the_connection_and_the_bearer_only(front):
         )  # fmt: skip
     assert anonymous.status_code == 401 and "no user credentials" in anonymous.json()["error"]["message"]
     assert forged.status_code == 401
+
+
+async def test_the_readme_snippet_runs_as_printed(front):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("<!-- mcp-snippet -->", 1)[1].split("<!-- /mcp-snippet -->", 1)[0]
+    code = block.split("```python\n", 1)[1].rsplit("```", 1)[0]
+    leaf = front.certs.agent("rpa")
+    env = {
+        **os.environ, "HARNESS_CA": str(front.certs.ca_cert), "HARNESS_CERT": str(leaf.cert),
+        "HARNESS_KEY": str(leaf.key), "HARNESS_TOKEN": front.tokens["alice"], "HARNESS_MCP_URL": front.url,
+    }  # fmt: skip
+    front.events.audit.clear()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert any(line.startswith("ledger.read read-only") for line in lines), lines
+    assert lines[-1].startswith("result: {") and "'owner_phone': '[PHONE]'" in lines[-1]
+    [record] = [e for e in front.events.audit if e.kind == common_pb2.AUDIT_EVENT_KIND_TOOL_CALL]
+    assert (record.correlation.session_id, record.correlation.step_id) == ("case-1234", "2")
