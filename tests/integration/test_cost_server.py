@@ -232,3 +232,31 @@ async def test_router_starts_its_gpu_bound_from_the_rates_the_ledger_charged(cos
     assert budgets.gpu_bound_s("llama-3-8b", 100) == pytest.approx(2 * 0.001 * 100)
     budgets.gpu.observe("llama-3-8b", 100, 0.3)  # what this router sees itself comes first
     assert budgets.gpu.rate("llama-3-8b") == pytest.approx(0.003)
+
+
+async def test_huge_usage_and_times_are_invalid_argument_not_internal(cost, admin):
+    """gpu_seconds 1e308 priced at a GPU-hour rate overflowed to INTERNAL; Timestamps beyond
+    what the ledger holds did the same in Record, SetPrice, ListPrices and Report."""
+    stub, _ = cost
+    price = cost_pb2.Price(kind=cost_pb2.PRICE_KIND_GPU_HOUR, subject="H100-80GB", micro_usd=2_000_000)
+    price.effective_time.CopyFrom(now_ts(-60))
+    await stub.SetPrice(cost_pb2.SetPriceRequest(price=price), metadata=admin)
+    huge = usage("huge", gpu=1e308)
+    huge.gpu_type = "H100-80GB"
+    far = usage("far")
+    far.time.seconds = 2**62
+    for events, needle in (([huge], "gpu_seconds"), ([far], "time")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Record(batches(events), metadata=admin)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.details()
+    future = timestamp_pb2.Timestamp(seconds=2**62)
+    calls = [
+        stub.ListPrices(cost_pb2.ListPricesRequest(at_time=future), metadata=admin),
+        stub.Report(cost_pb2.ReportRequest(group_by=["project"], start_time=future), metadata=admin),
+        stub.SetPrice(cost_pb2.SetPriceRequest(price=cost_pb2.Price(
+            kind=cost_pb2.PRICE_KIND_GPU_HOUR, subject="x", micro_usd=1, effective_time=future)), metadata=admin),
+    ]  # fmt: skip
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "1970" in err.value.details()
