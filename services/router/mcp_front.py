@@ -33,7 +33,13 @@ from services.common.identity import Authenticator
 from services.router.openai_http import errors as http_errors
 from services.router.stages.resolve import require_caller
 from services.router.tool_listing import CallableAction, callable_actions
-from services.router.tools import MAX_TOOL_ARGUMENTS_BYTES, ToolCall, ToolInvoker, ToolOutcome
+from services.router.tools import (
+    MAX_APPROVAL_WAIT_S,
+    MAX_TOOL_ARGUMENTS_BYTES,
+    ToolCall,
+    ToolInvoker,
+    ToolOutcome,
+)
 
 log = logging.getLogger("harness.router.mcp")
 FRONTDOOR = "mcp"
@@ -41,6 +47,7 @@ PATH = "/mcp"
 CONTEXT_KEY = "harness.context"
 IDEMPOTENCY_HEADER = "idempotency-key"
 MAX_IDEMPOTENCY_KEY_CHARS = 128
+APPROVAL_WAIT_HEADER = "x-harness-approval-wait-s"
 MAX_BODY_BYTES = MAX_TOOL_ARGUMENTS_BYTES + 16 * 1024  # the arguments and the JSON-RPC envelope
 PROGRESS_INTERVAL_S = 5.0  # while a call waits (an approval), the client hears it is alive
 
@@ -110,7 +117,7 @@ class McpFrontDoor:
         request_ctx = self._enter(ctx)
         try:
             tool, action = await self._split(params.name)
-            call = _tool_call(tool, action, params, ctx.request.headers.get(IDEMPOTENCY_HEADER, ""))
+            call = _tool_call(tool, action, params, ctx.request.headers)
             outcome = await self._invoke_reporting(ctx, call)
         except HarnessError as exc:
             return _tool_error(exc.message, exc.code.name)
@@ -168,7 +175,8 @@ class McpFrontDoor:
                 await asyncio.gather(task, return_exceptions=True)
 
 
-def _tool_call(tool: str, action: str, params: types.CallToolRequestParams, idempotency_key: str) -> ToolCall:
+def _tool_call(tool: str, action: str, params: types.CallToolRequestParams, headers) -> ToolCall:
+    idempotency_key = headers.get(IDEMPOTENCY_HEADER, "")
     if not tool or not action:
         raise InvalidArgument(
             f"no tool {params.name!r}: tools are named `tool.action`; tools/list names them"
@@ -183,7 +191,25 @@ def _tool_call(tool: str, action: str, params: types.CallToolRequestParams, idem
         raise InvalidArgument(
             f"the {IDEMPOTENCY_HEADER} header is over {MAX_IDEMPOTENCY_KEY_CHARS} characters"
         )
-    return ToolCall(tool, action, arguments, idempotency_key=idempotency_key)
+    return ToolCall(
+        tool, action, arguments, idempotency_key=idempotency_key, approval_wait_s=_wait_s(headers)
+    )
+
+
+def _wait_s(headers) -> float:
+    """How long a call may wait for its approval (0: the router's default), bounded."""
+    value = headers.get(APPROVAL_WAIT_HEADER, "")
+    if not value:
+        return 0.0
+    try:
+        wait_s = float(value)
+    except ValueError:
+        wait_s = -1.0
+    if not 0 < wait_s <= MAX_APPROVAL_WAIT_S:  # NaN fails this too
+        raise InvalidArgument(
+            f"{APPROVAL_WAIT_HEADER} must be seconds in (0, {MAX_APPROVAL_WAIT_S:g}], got {value[:32]!r}"
+        )
+    return wait_s
 
 
 def _describe(callable_action: CallableAction) -> types.Tool:

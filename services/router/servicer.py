@@ -12,7 +12,7 @@ from harness.router.v1 import router_pb2, router_pb2_grpc
 
 from services.common.limits import check_struct, duration_seconds
 from services.router.core import Call, GenerationInput, Router
-from services.router.tools import MAX_TOOL_ARGUMENTS_BYTES, ToolCall, ToolInvoker
+from services.router.tools import MAX_APPROVAL_WAIT_S, MAX_TOOL_ARGUMENTS_BYTES, ToolCall, ToolInvoker
 
 
 def to_input(req: router_pb2.GenerateRequest | router_pb2.CompleteRequest) -> GenerationInput:
@@ -46,9 +46,6 @@ def to_summary(r: Call) -> router_pb2.GenerationSummary:
         cost_micro_usd=r.cost_micro_usd,
         trace_id=r.trace_id,
     )
-
-
-MAX_APPROVAL_WAIT_S = 600.0
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):

@@ -47,6 +47,7 @@ from services.router.tool_cache import ToolResults
 from services.router.tool_listing import risk_name
 
 MAX_TOOL_ARGUMENTS_BYTES = 64 * 1024  # router.proto says the same; every front door refuses more
+MAX_APPROVAL_WAIT_S = 600.0  # the longest a caller may ask a call to wait for its approval
 
 
 @dataclass(frozen=True)

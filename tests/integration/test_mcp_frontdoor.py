@@ -285,3 +285,15 @@ async def test_the_readme_snippet_runs_as_printed(front):
     assert lines[-1].startswith("result: {") and "'owner_phone': '[PHONE]'" in lines[-1]
     [record] = [e for e in front.events.audit if e.kind == common_pb2.AUDIT_EVENT_KIND_TOOL_CALL]
     assert (record.correlation.session_id, record.correlation.step_id) == ("case-1234", "2")
+
+
+async def test_an_undecided_approval_ends_within_the_wait_the_caller_asked_for(front):
+    async with front.session("rpa", headers={"x-harness-approval-wait-s": "0.3"}) as session:
+        pending = await session.call_tool("ledger.delete", {"ledger": "2025"})
+    assert pending.is_error and pending.meta["harness/code"] == "PENDING_APPROVAL"
+    assert f"waiting for approval ap-{len(front.gate.requests)} and nobody decided in time" in _text(pending)
+    for bad in ("abc", "0", "601", "nan"):
+        async with front.session("rpa", headers={"x-harness-approval-wait-s": bad}) as session:
+            refused = await session.call_tool("ledger.delete", {"ledger": "2025"})
+        assert refused.is_error and "x-harness-approval-wait-s must be seconds in (0, 600]" in _text(refused)
+    assert ("/delete", {"ledger": "2025"}) not in front.tool.calls

@@ -1,6 +1,6 @@
 """A router without a registry copy reports NOT_SERVING (gRPC health) and 503 (the OpenAI HTTP
 port's /healthz), so Envoy sends its traffic elsewhere; it turns SERVING as soon as the first
-copy arrives."""
+copy arrives. The same port serves /mcp."""
 
 from __future__ import annotations
 
@@ -48,23 +48,23 @@ async def test_not_serving_until_the_registry_copy_arrives(tmp_path, test_auth, 
     async def status(service: str = "") -> int:
         return (await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)).status
 
-    def http_health() -> int:
+    def http_health(path: str = "/healthz", body: bytes | None = None) -> tuple[int, bytes]:
         context = ssl.create_default_context(cafile=str(certs.ca_cert))
         pair = certs.services["router"]
         context.load_cert_chain(str(pair.cert), str(pair.key))
         context.check_hostname = False
-        url = f"https://127.0.0.1:{router.http_port}/healthz"
+        request = urllib.request.Request(f"https://127.0.0.1:{router.http_port}{path}", data=body)
         try:
-            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
-                return resp.status
+            with urllib.request.urlopen(request, timeout=2, context=context) as resp:
+                return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
-            return exc.code
+            return exc.code, exc.read()
 
     try:
         for _ in range(3):
             assert await status() == NOT_SERVING
             assert await status("harness.router.v1.Router") == NOT_SERVING
-            assert await asyncio.to_thread(http_health) == 503
+            assert (await asyncio.to_thread(http_health))[0] == 503
             await asyncio.sleep(0.2)
         await registry.start()
         deadline = time.monotonic() + 10
@@ -72,7 +72,12 @@ async def test_not_serving_until_the_registry_copy_arrives(tmp_path, test_auth, 
             assert time.monotonic() < deadline, "still NOT_SERVING 10 s after the registry came up"
             await asyncio.sleep(0.05)
         assert await status("harness.router.v1.Router") == SERVING
-        assert await asyncio.to_thread(http_health) == 200
+        assert (await asyncio.to_thread(http_health))[0] == 200
+        # The MCP endpoint shares the port; it acts only for an agent (this is a service's cert).
+        status_mcp, body = await asyncio.to_thread(
+            http_health, "/mcp", b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+        )
+        assert status_mcp == 401 and b"no agent identity" in body
     finally:
         await channel.close()
         await router.stop(grace=0)
