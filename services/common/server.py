@@ -113,6 +113,24 @@ class RunningServer:
         for name in ("", *self.services):
             await self.health.set(name, status)
 
+    def serve_after(self, ready: Callable[[], Awaitable[object]], what: str) -> None:
+        """Turns health SERVING once `ready()` returns (start the server with serving=False);
+        stopping first cancels the wait, so a stopping server never turns SERVING again."""
+
+        async def wait() -> None:
+            await ready()
+            await self.set_serving(True)
+            log.info("%s: %s; serving", self.config.name, what)
+
+        task = asyncio.create_task(wait(), name=f"{self.config.name}-serve-after")
+
+        async def cancel() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await self.set_serving(False)  # in case it flipped while stopping began
+
+        self._on_stopping.insert(0, cancel)
+
     async def stop(self, grace: float | None = None) -> None:
         await self.set_serving(False)
         for callback in self._on_stopping:

@@ -353,19 +353,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         follow_jwt_settings(registry, running.authenticator, cfg.server.auth)
     registry.start()
 
-    async def serve_once_registry_copied() -> None:
-        await registry.wait_ready(timeout=None)
-        await running.set_serving(True)
-        log.info("registry copy at revision %d: serving", registry.revision)
-
-    serving_task = asyncio.create_task(serve_once_registry_copied(), name="router-serving")
-
-    async def stop_serving_task() -> None:
-        serving_task.cancel()
-        await asyncio.gather(serving_task, return_exceptions=True)
-        await running.set_serving(False)  # in case it flipped while stopping began
-
-    running.on_stopping(stop_serving_task)
+    running.serve_after(lambda: registry.wait_ready(timeout=None), "holds a copy of the registry")
     endpoints.start()
     events.start()
     cost_follower.start()
