@@ -23,6 +23,7 @@ from typing import Any
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -49,6 +50,7 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 APPROVAL_WAIT_HEADER = "x-harness-approval-wait-s"
 MAX_BODY_BYTES = MAX_TOOL_ARGUMENTS_BYTES + 16 * 1024  # the arguments and the JSON-RPC envelope
+REFUSED = -32001  # JSON-RPC server error: the request was refused (the status in `data`)
 PROGRESS_INTERVAL_S = 5.0  # while a call waits (an approval), the client hears it is alive
 
 
@@ -109,9 +111,11 @@ class McpFrontDoor:
     # --- MCP methods ------------------------------------------------------------------------
     async def _list_tools(self, ctx, params) -> types.ListToolsResult:
         self._enter(ctx)
-        return types.ListToolsResult(
-            tools=[_describe(c) for c in await callable_actions(self.tools.registry)]
-        )
+        try:
+            found = await callable_actions(self.tools.registry)
+        except HarnessError as exc:  # the SDK would answer any other exception "Internal server error"
+            raise MCPError(REFUSED, exc.message, {"status": exc.code.name}) from exc
+        return types.ListToolsResult(tools=[_describe(c) for c in found])
 
     async def _call_tool(self, ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
         request_ctx = self._enter(ctx)

@@ -25,6 +25,7 @@ from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from starlette.routing import Route
 
 from services.common.config import TlsFiles
@@ -297,3 +298,17 @@ async def test_an_undecided_approval_ends_within_the_wait_the_caller_asked_for(f
             refused = await session.call_tool("ledger.delete", {"ledger": "2025"})
         assert refused.is_error and "x-harness-approval-wait-s must be seconds in (0, 600]" in _text(refused)
     assert ("/delete", {"ledger": "2025"}) not in front.tool.calls
+
+
+async def test_a_user_who_may_not_invoke_the_agent_gets_a_refusal_not_an_internal_error(front):
+    front.registry.denied_for.add(("user:bob", "agent:rpa", "invoke"))
+    try:
+        async with front.session("rpa", "bob") as session:
+            with pytest.raises(MCPError) as refused:
+                await session.list_tools()
+            denied = await session.call_tool("ledger.read", {"account": "1"})
+    finally:
+        front.registry.denied_for.discard(("user:bob", "agent:rpa", "invoke"))
+    assert refused.value.error.code == -32001 and refused.value.error.data == {"status": "PERMISSION_DENIED"}
+    assert "user 'bob' may not invoke agent 'rpa'" in refused.value.error.message
+    assert denied.is_error and "may not invoke agent:rpa" in _text(denied)
