@@ -316,3 +316,46 @@ async def test_pii_is_redacted_before_the_engine_and_in_the_streamed_answer(fron
         del record.data_policy.pii[:]
     assert "13912345678" not in engine.prompts[0] and "[PHONE]" in engine.prompts[0]
     assert "13812345678" not in text and "[PHONE]" in text and text.endswith("today.")
+
+
+class SlowEngine:
+    """An engine that keeps talking (a chunk every 20 ms) until it is cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+
+    async def stream(self, address: str, req: TritonRequest, timeout: float | None):
+        try:
+            for i in range(500):
+                yield TritonChunk(f" word{i}", False)
+                await asyncio.sleep(0.02)
+            yield TritonChunk("", True, input_tokens=5, output_tokens=500)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled.set()
+            raise
+
+
+async def test_a_client_that_leaves_mid_stream_cancels_the_generation(front):
+    engine, real = SlowEngine(), front.router.dispatcher.engines["triton"]
+    front.router.dispatcher.engines["triton"] = engine
+    front.events.audit.clear()
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 500, "stream": True}
+    headers = {"authorization": f"Bearer {front.token}", "x-request-id": "leaves-early"}
+    try:
+        async with httpx2.AsyncClient(verify=front.tls()) as http:
+            async with http.stream(
+                "POST", front.base_url + "/chat/completions", json=body, headers=headers
+            ) as resp:
+                async for line in resp.aiter_lines():
+                    if '"content":" word' in line:
+                        break  # leave after the first words: the response is closed unread
+        await asyncio.wait_for(engine.cancelled.wait(), 10)
+        for _ in range(100):
+            calls = [e for e in front.events.audit if e.correlation.request_id == "leaves-early"]
+            if calls:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        front.router.dispatcher.engines["triton"] = real
+    [call] = calls
+    assert call.status == "CANCELLED"
