@@ -281,8 +281,9 @@ async def test_models_on_one_gpu_share_its_compute():
     together, busy_together = await run(shared=True)
     # Each model: 200 steps of (5 + 1) ms = 1.2 s simulated = 12 ms wall.
     assert busy_apart == pytest.approx(2 * 0.012, rel=0.01) and busy_together == pytest.approx(busy_apart)
-    assert apart == pytest.approx(0.012, rel=0.5)
-    assert together >= 1.8 * 0.012 and together > 1.5 * apart
+    # One-sided wall-clock bounds only (a busy machine can only make runs slower): sharing one
+    # GPU serialises the two models' steps, so together takes at least about twice one model.
+    assert apart >= 0.012 * 0.9 and together >= 1.8 * 0.012
 
 
 def test_gpu_utilization_is_measured_over_a_window_whoever_scrapes(monkeypatch):

@@ -84,7 +84,8 @@ async def test_snapshot_then_live_deltas_wake_at_once(store):
         await asyncio.to_thread(store.set_agent_state, "demo-agent", "online")
         batch = await stream.next()
         latency = time.perf_counter() - start
-        assert latency < 0.1, f"live delta took {latency * 1000:.0f} ms"
+        # Woken by the commit, not the 60 s poll (a generous bound: the machine may be busy).
+        assert latency < 10, f"live delta took {latency * 1000:.0f} ms"
         (change,) = batch.changes
         assert (change.kind, change.key, change.entity.state) == ("agent", "demo-agent", "online")
         assert batch.revision == change.revision == store.last_revision() and not batch.snapshot
