@@ -77,7 +77,10 @@ def start_fake() -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{proc.stdout.readline().strip()}/v1"  # type: ignore[union-attr]
 
 
-def start_litellm(litellm: Path, engine_url: str, tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_litellm(
+    litellm: Path, engine_url: str, tmp: Path, started: list[subprocess.Popen]
+) -> tuple[subprocess.Popen, str]:
+    """Starts the proxy (its own process group, with its workers; added to `started` at once)."""
     config = tmp / "litellm.yaml"
     config.write_text(
         "model_list:\n  - model_name: llama-3-8b\n    litellm_params:\n"
@@ -96,6 +99,7 @@ def start_litellm(litellm: Path, engine_url: str, tmp: Path) -> tuple[subprocess
             "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         },
     )  # fmt: skip
+    started.append(proc)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600  # its imports take minutes on a busy 2-core machine
     while time.monotonic() < deadline:
@@ -183,21 +187,28 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="vs-litellm-") as tmp_name:
         tmp = Path(tmp_name)
         litellm = litellm_venv(Path(args.venv) if args.venv else tmp / "venv")
-        # The stack first: `harness up` waits 60 s for health, LiteLLM's start takes minutes of CPU.
-        print("starting the local stack (harness up --free-ports, time scale 1000)...", flush=True)
-        stack = start_stack(tmp / ".harness", 1000.0)
-        fake, fake_url = start_fake()
-        print("starting LiteLLM...", flush=True)
-        lite, lite_url = start_litellm(litellm, fake_url, tmp)
+        started: list[subprocess.Popen] = []
         try:
+            # The stack first: `harness up` waits 60 s for health, LiteLLM's start takes minutes.
+            print("starting the local stack (harness up --free-ports, time scale 1000)...", flush=True)
+            started.append(start_stack(tmp / ".harness", 1000.0))
+            fake, fake_url = start_fake()
+            started.append(fake)
+            print("starting LiteLLM...", flush=True)
+            lite, lite_url = start_litellm(litellm, fake_url, tmp, started)
             rows = await measure(args, lite_url, fake_url, lite.pid, tmp / ".harness")
-        finally:
-            stack.terminate()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(lite.pid, signal.SIGTERM)
-            fake.terminate()
-            for proc in (stack, lite, fake):
-                proc.wait(timeout=30)
+        finally:  # whatever failed, nothing this run started is left behind
+            for proc in started:
+                with contextlib.suppress(ProcessLookupError):
+                    if proc.args[0] == str(litellm):  # its own session: the workers go with it
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    else:
+                        proc.terminate()
+            for proc in started:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     report(rows, args)
 
 
