@@ -19,6 +19,10 @@ def shared_state(redis: tuple[str, str] | None) -> str:
     return f"  shared router state       {redis[0]} (keys {redis[1]}*)\n"
 
 
+def _openai(sim: Any) -> bool:
+    return getattr(sim, "openai", False)
+
+
 def port_lines(p: StackPorts, sims: Sequence[Any]) -> list[str]:
     """One line per process: its gRPC address and its Prometheus /metrics URL."""
     local = "127.0.0.1"
@@ -39,6 +43,11 @@ def port_lines(p: StackPorts, sims: Sequence[Any]) -> list[str]:
     ]
     lines += [
         f"  engine simulator {s.spec.name:<8} {s.address:<16} metrics {s.metrics_url}  ({', '.join(s.spec.models)})"
+        + (
+            f"  OpenAI API (vLLM); Triton-named metrics and /faults on :{s.metrics_port}"
+            if _openai(s)
+            else ""
+        )
         for s in sims
     ]
     return lines

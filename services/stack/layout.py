@@ -13,9 +13,10 @@ from pathlib import Path
 class StackPorts:
     envoy: int = 8443
     envoy_admin: int = 9901
-    # One gRPC and one metrics port per engine simulator instance (sim-0, sim-1, ...).
-    enginesim: tuple[int, ...] = (8001, 8011)
-    enginesim_metrics: tuple[int, ...] = (8002, 8012)
+    # One gRPC (an OpenAI simulator: its HTTP API) and one metrics port per engine simulator
+    # instance (sim-0, sim-1, sim-2).
+    enginesim: tuple[int, ...] = (8001, 8011, 8021)
+    enginesim_metrics: tuple[int, ...] = (8002, 8012, 8022)
     routers: tuple[int, ...] = (50061, 50062)
     router_metrics: tuple[int, ...] = (9461, 9462)
     router_http: tuple[int, ...] = (50063, 50064)  # each router's OpenAI-compatible HTTP API

@@ -48,17 +48,22 @@ class StackError(Exception):
 
 @dataclass(frozen=True)
 class SimulatorSpec:
-    """One engine simulator instance: its pool endpoint name and the models it loads at start."""
+    """One engine simulator instance: its pool endpoint name, the models it loads at start and
+    the protocol it speaks (Triton's gRPC, or the OpenAI API as vLLM serves it)."""
 
     name: str
     models: tuple[str, ...]
+    protocol: str = "triton"
 
 
 # Different model sets, so the router's per-model endpoint choice is visible: the AWQ 8B runs on
-# both, the FP16 8B only on sim-0, the 70B only on sim-1 (memory: 33+15 and 15+63 of 80 GB).
+# sim-0 and sim-1, the FP16 8B on sim-0 and sim-2, the 70B only on sim-1 (memory: 33+15, 15+63
+# and 33 of 80 GB). sim-2 speaks the OpenAI API as vLLM does, so the demo's model is served by
+# both kinds of engine and a request for it may fail over from one kind to the other.
 DEFAULT_SIMULATORS: tuple[SimulatorSpec, ...] = (
     SimulatorSpec("sim-0", ("llama-3-8b-instruct", "llama-3-8b-instruct-awq")),
     SimulatorSpec("sim-1", ("llama-3-8b-instruct-awq", "llama-3-70b-instruct-awq")),
+    SimulatorSpec("sim-2", ("llama-3-8b-instruct",), protocol="openai"),
 )
 
 
@@ -69,12 +74,35 @@ class SimulatorInstance:
     metrics_port: int
 
     @property
+    def openai(self) -> bool:
+        return self.spec.protocol == "openai"
+
+    @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """gRPC host:port, or the OpenAI API's base URL."""
+        return f"http://127.0.0.1:{self.port}" if self.openai else f"127.0.0.1:{self.port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        """The metrics the pool reads: vLLM's names on the API port for an OpenAI simulator."""
+        return f"{self.address}/metrics" if self.openai else f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def endpoint_flag(self, gpu_type: str, memory_gb: float) -> str:
+        """The pool's --endpoint value for this simulator."""
+        kind = "kind=openai,flavour=vllm," if self.openai else ""
+        return (
+            f"name={self.spec.name},{kind}address={self.address},metrics={self.metrics_url},"
+            f"gpu_type={gpu_type},gpus=1,memory_gb={memory_gb:g}"
+        )
+
+    def argv(self, time_scale: float, memory_gb: float) -> list[str]:
+        """`python -m services.enginesim` arguments: an OpenAI simulator serves its API on `port`."""
+        ports = ["--protocol", "openai", "--openai-port", str(self.port), "--port", "0"] if self.openai else [
+            "--port", str(self.port)]  # fmt: skip
+        return [
+            "--host", "127.0.0.1", *ports, "--metrics-port", str(self.metrics_port), "--time-scale", str(time_scale),
+            "--gpu-memory-gb", str(memory_gb), "--no-preload", "--load", *self.spec.models,
+        ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -177,11 +205,7 @@ class Stack:
         p, state, logs = self.cfg.ports, self.paths.state, self.paths.logs
         self.sup.start(demo_tools.ledger_child(p.demo_ledger, logs))
         for i, sim in enumerate(self.sims):
-            argv = _py(
-                "services.enginesim", "--host", "127.0.0.1", "--port", sim.port, "--metrics-port",
-                sim.metrics_port, "--time-scale", self.cfg.time_scale, "--gpu-memory-gb", self.cfg.gpu_memory_gb,
-                "--no-preload", "--load", *sim.spec.models,
-            )  # fmt: skip
+            argv = _py("services.enginesim", *sim.argv(self.cfg.time_scale, self.cfg.gpu_memory_gb))
             self.sup.start(Child(f"enginesim-{i}", argv, logs / f"enginesim-{i}.log"))
         for name, port, metrics in (
             ("registry", p.registry, p.registry_metrics),
@@ -203,11 +227,7 @@ class Stack:
         endpoints = [
             arg
             for sim in self.sims
-            for arg in (
-                "--endpoint",
-                f"name={sim.spec.name},address={sim.address},metrics={sim.metrics_url},"
-                f"gpu_type={self.cfg.gpu_type},gpus=1,memory_gb={self.cfg.gpu_memory_gb:g}",
-            )
+            for arg in ("--endpoint", sim.endpoint_flag(self.cfg.gpu_type, self.cfg.gpu_memory_gb))
         ]
         endpoints += [arg for t in self.cfg.tritons for arg in ("--endpoint", t.endpoint_flag())]
         endpoints += [arg for o in self.cfg.openai_engines for arg in ("--endpoint", o.endpoint_flag())]
@@ -336,7 +356,8 @@ class Stack:
         p = self.cfg.ports
         deadline = time.monotonic() + self.cfg.timeout_s
         tls = self._cli_tls()
-        sims = {sim.spec.name: grpc.aio.insecure_channel(sim.address) for sim in self.sims}
+        # Triton-protocol simulators answer gRPC health; OpenAI ones are awaited through the pool.
+        sims = {sim.spec.name: grpc.aio.insecure_channel(sim.address) for sim in self.sims if not sim.openai}
         targets = {
             "registry": p.registry, "pool": p.pool, "audit": p.audit, "cost": p.cost,
             **{f"router-{i + 1}": port for i, port in enumerate(p.routers)},
@@ -431,11 +452,11 @@ class Stack:
             # The simulators, directly (plain gRPC, Triton's protocol), for ops and benchmarks.
             # Engines (simulators and --triton servers), directly (plain gRPC, Triton's protocol).
             "HARNESS_TRITON_ADDRS": ",".join(
-                [*(s.address for s in self.sims), *(t.address for t in self.cfg.tritons)]
+                [*(s.address for s in self.sims if not s.openai), *(t.address for t in self.cfg.tritons)]
             ),
             "HARNESS_TRITON_METRICS": ",".join(
                 [
-                    *(s.metrics_url for s in self.sims),
+                    *(s.metrics_url for s in self.sims if not s.openai),
                     *(t.metrics_url for t in self.cfg.tritons if t.metrics_url),
                 ]
             ),

@@ -38,7 +38,7 @@ class RunningStack:
 
     @property
     def triton_addrs(self) -> list[str]:
-        """gRPC host:port of each engine simulator (sim-0, sim-1), from .harness/env."""
+        """gRPC host:port of each Triton-protocol engine simulator (sim-0, sim-1), from .harness/env."""
         return self.env["HARNESS_TRITON_ADDRS"].split(",")
 
     @property
