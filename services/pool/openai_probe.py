@@ -5,6 +5,7 @@ carry the endpoint's headers (an API key) and verify TLS with its CA; answers ar
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 
 import httpx
@@ -15,6 +16,8 @@ from services.pool.state import IndexEntry
 
 MAX_MODELS_BYTES = 1 << 20
 MAX_MODELS = 1024
+# httpx logs every request at INFO: per engine call and per probe, that is noise, not news.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def http_client(base_url: str, access: EngineAccess, timeout_s: float) -> httpx.AsyncClient:

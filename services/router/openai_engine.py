@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import re
 import ssl
 import time
@@ -37,6 +38,8 @@ MAX_STREAM_BYTES = 64 << 20  # a whole answer, like the Triton channel's message
 MAX_ERROR_BYTES = 64 << 10
 CONNECT_TIMEOUT_S = 5.0
 _HTTP2 = importlib.util.find_spec("h2") is not None
+# httpx logs every request at INFO: per engine call and per probe, that is noise, not news.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
