@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 
 import grpc
+import httpx
 import pytest
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 
@@ -52,6 +53,14 @@ async def test_an_openai_endpoint_is_probed_reported_and_never_loaded(test_auth,
             assert [(m.name, m.state) for m in ep.models] == [(MODEL, READY)]
             listed = await stub.ListEndpoints(pool_pb2.ListEndpointsRequest(), metadata=md)
             assert "Bearer k" not in str(listed)  # the header is a secret: never listed
+            # Load comes from vLLM's metric names: a finished request moves the request count.
+            async with httpx.AsyncClient(base_url=url) as http:
+                done = await http.post(
+                    "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 3}
+                )
+                assert done.status_code == 200
+            ep = await wait_for(endpoint(stub, md, "v"), lambda e: e.models[0].requests >= 1)
+            assert ep.models[0].active_requests == 0 and ep.models[0].waiting_requests == 0
             dep = await stub.Deploy(pool_pb2.DeployRequest(model="llama", replicas=1), metadata=md)
             assert [p.endpoint for p in dep.deployment.placements] == ["v"]
             await stub.Undeploy(pool_pb2.UndeployRequest(model="llama"), metadata=md)
