@@ -144,6 +144,7 @@ class FakeDispatcher:
     texts: list[str] = field(default_factory=lambda: ["Hello", " world"])
     fail: Exception | None = None
     calls: int = 0
+    estimated: bool = False  # the engine gave no usage: the final chunk's counts are estimates
 
     async def stream(self, call: Call):
         self.calls += 1
@@ -153,7 +154,7 @@ class FakeDispatcher:
         for i, text in enumerate(self.texts):
             yield TritonChunk(text, False, 3, i + 1)
         call.gpu_seconds += 0.5
-        yield TritonChunk("", True, 3, len(self.texts))
+        yield TritonChunk("", True, 3, len(self.texts), estimated=self.estimated)
 
 
 PRICES = [
@@ -227,6 +228,16 @@ async def test_the_last_chunk_says_final_and_the_call_holds_the_summary():
     assert call.finish_reason == common_pb2.FINISH_REASON_STOP
     assert [e.kind for e in r.events.audit] == [common_pb2.AUDIT_EVENT_KIND_MODEL_CALL]
     assert r.events.usage[0].usage.output_tokens == 2
+
+
+async def test_estimated_usage_is_marked_on_the_call_and_in_the_audit_record():
+    r = rig(dispatcher=FakeDispatcher(estimated=True), cache_ttl_s=0)
+    call, _ = await run(r)
+    assert call.usage_estimated and call.output_tokens == 2
+    assert r.events.audit[-1].details["usage_estimated"] is True
+    exact = rig(cache_ttl_s=0)
+    await run(exact)
+    assert "usage_estimated" not in exact.events.audit[-1].details
 
 
 async def test_settlement_failures_still_settle_the_budget_and_record_usage_and_audit():

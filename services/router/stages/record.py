@@ -111,6 +111,8 @@ class Record(Stage):
             details["refused"] = str(error)[:500]  # the reason given to the caller, never the prompt
         if call.redactions:  # kinds and counts only, never the values
             details["redactions"] = dict(call.redactions)
+        if call.usage_estimated:  # the engine gave no counts: billed from an estimate of the text
+            details["usage_estimated"] = True
         decision = common_pb2.DECISION_ALLOW if call.dispatched else common_pb2.DECISION_DENY
         events = [records.model_call_event(dataclasses.replace(facts, decision=decision), details)]
         if call.redactions:
