@@ -303,8 +303,9 @@ def test_tritonclient_code_points_at_the_harness_unchanged(stack):
     client.close()
 
 
+@pytest.mark.stops_stack
 def test_zz_sigterm_stops_every_child(stack):
-    """Runs last (name order within the module): stopping the stack leaves no process behind."""
+    """Runs last of the session (the stops_stack marker): stopping the stack leaves no process behind."""
     pids = stack.pids()
     children = {"enginesim-0", "enginesim-1", "registry", "pool", "audit", "cost", "router-1", "router-2"}
     assert children | {"envoy"} <= set(pids)
