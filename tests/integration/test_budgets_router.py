@@ -16,11 +16,12 @@ from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
 from services.router.metrics import RouterMetrics
+from services.router.openai_engine import OpenAIEngine
 from services.router.result_cache import MemoryResultCache
 from services.router.scheduling import Scheduler
 from services.router.triton import TritonPool
 from services.router.views import EndpointView
-from tests.integration.test_router_hot_path import MODEL, Events, FakeRegistry, agent, endpoint, run, sim  # noqa: F401
+from tests.integration.test_router_hot_path import MODEL, Events, FakeRegistry, agent, at, run, sim  # noqa: F401
 
 PRICES = [
     cost_pb2.Price(kind=cost_pb2.PRICE_KIND_MODEL_INPUT_TOKENS, subject=MODEL, micro_usd=1_000_000),
@@ -40,20 +41,21 @@ async def wired(sim):  # noqa: F811
     channel = grpc.aio.insecure_channel("127.0.0.1:1")
     flow = FlowController(FlowConfig(initial_grant_interval_s=0.0))
     view = EndpointView(channel, on_change=flow.capacity_changed)
-    view.apply([endpoint("sim-0", sim.address)])
-    triton = TritonPool()
+    view.apply([at(sim)])  # each test runs on a Triton-protocol and an OpenAI-protocol simulator
+    triton, openai = TritonPool(), OpenAIEngine()
     events = Events()
     budgets = MemoryBudgets()
     follower = CostFollower(channel, budgets)
     limiter = MemoryRateLimiter()
     router = Router(
-        FakeRegistry(agent()), view, Dispatcher(view, Scheduler(seed=1), flow, triton), events, limiter,
+        FakeRegistry(agent()), view, Dispatcher(view, Scheduler(seed=1), flow, triton, openai=openai), events, limiter,
         MemoryResultCache(), RouterMetrics(CollectorRegistry()), RouterPolicy(default_max_tokens=8, redaction_key="k"),
         budgets=budgets,
     )  # fmt: skip
     reqctx.set_current(reqctx.new_context(reqctx.Identity(agent="a1", user="alice")))
     yield router, follower, budgets, events, limiter
     await triton.close()
+    await openai.close()
     await channel.close()
 
 
