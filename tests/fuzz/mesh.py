@@ -27,7 +27,8 @@ from services.registry.policy import Policy
 from services.registry.seed import seed_registry
 from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
-from services.router.__main__ import RouterConfig, start_router
+from services.router.__main__ import start_router
+from services.router.config import RouterConfig
 from tests.helpers.grpc import agent_metadata, user_metadata
 from tests.integration.test_registry_server import DEMO
 

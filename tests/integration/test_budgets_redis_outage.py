@@ -156,7 +156,7 @@ async def test_rate_limits_fail_open_to_the_local_share_too(hanging):
 
 
 def test_the_mode_is_a_flag_and_in_the_config():
-    from services.router.__main__ import parse_args
+    from services.router.config import parse_args
 
     cfg = parse_args(
         ["--budget-on-redis-failure", "closed", "--redis-timeout", "0.1", "--budget-local-share", "0.25"]

@@ -15,7 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.config import ServerConfig, TlsFiles
 from services.common.server import open_channel
 from services.devtools.certs import make_certs
-from services.router.__main__ import RouterConfig, start_router
+from services.router.__main__ import start_router
+from services.router.config import RouterConfig
 from tests.integration.test_router_registry_mirror import Registry
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING

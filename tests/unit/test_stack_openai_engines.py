@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.pool.config import endpoint_flag_mapping, parse_endpoint_flag
-from services.router.__main__ import parse_args as router_args
+from services.router.config import parse_args as router_args
 from services.stack.openai_engines import parse_openai_engine_flag, parse_openai_engine_flags
 
 
