@@ -21,6 +21,8 @@ polls for other replicas' rows, so any cost replica on the same database may del
   still at least once (a crash after the POST but before recording it sends it again), hence the
   id header for receivers that deduplicate.
 - sweep: at start and every `sweep_s`, every budget's current period is checked (alerts.py).
+- admin: price and budget changes (admin_changes.py) go over `Audit.Ingest` as ADMIN_CHANGE
+  events the same way, from their own outbox table.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
 
 from services.common.shipping import ShippingLoop
+from services.cost import admin_changes
 from services.cost.alerts import HARD_LIMIT_PERCENT, SCOPE_FIELD, AlertRow
 from services.cost.config import AlertConfig
 from services.cost.store import CostStore
@@ -128,6 +131,12 @@ class AlertDelivery:
         ]  # fmt: skip
         if self._audit is not None:
             self._loops.append(
+                ShippingLoop(self._admin_step, name="cost-admin-audit", log=log, poll_s=c.poll_s,
+                             min_backoff_s=c.min_backoff_s, max_backoff_s=c.max_backoff_s,
+                             failing_message="price and budget changes cannot be shipped to the audit "
+                                             "service (will retry): %s")
+            )  # fmt: skip
+            self._loops.append(
                 ShippingLoop(self._audit_step, name="cost-alert-audit", log=log, poll_s=c.poll_s,
                              min_backoff_s=c.min_backoff_s, max_backoff_s=c.max_backoff_s,
                              failing_message="budget alerts cannot be shipped to the audit service "
@@ -143,6 +152,7 @@ class AlertDelivery:
                 "listed and sent to webhooks but not shipped to the audit log"
             )
         self._unlisten = self._book.add_listener(lambda _new: self.wake())
+        self._store.admin_listeners.append(self.wake)
         for loop in self._loops:
             loop.start()
 
@@ -150,6 +160,8 @@ class AlertDelivery:
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None
+        if self.wake in self._store.admin_listeners:
+            self._store.admin_listeners.remove(self.wake)
         for loop in self._loops:
             await loop.stop()
 
@@ -178,6 +190,21 @@ class AlertDelivery:
         resp = await self._audit.Ingest(requests(), timeout=self._config.audit_timeout_s)
         await asyncio.to_thread(self._book.mark_audit_shipped, [a.id for a in rows])
         log.debug("budget alerts shipped to audit: %d new, %d resent", resp.accepted, resp.duplicates)
+        return 0 if len(rows) >= batch else None
+
+    async def _admin_step(self) -> float | None:
+        assert self._audit is not None
+        batch = self._config.batch_size
+        rows = await asyncio.to_thread(self._store.pending_admin_changes, batch)
+        if not rows:
+            return None
+        events = [admin_changes.audit_event(r) for r in rows]
+
+        async def requests() -> AsyncIterator[audit_pb2.IngestRequest]:
+            yield audit_pb2.IngestRequest(events=events)
+
+        await self._audit.Ingest(requests(), timeout=self._config.audit_timeout_s)
+        await asyncio.to_thread(self._store.mark_admin_changes_shipped, [r.id for r in rows])
         return 0 if len(rows) >= batch else None
 
     async def _webhook_step(self) -> float | None:

@@ -150,3 +150,25 @@ budget_alerts = Table(
 Index("ix_budget_alerts_created", budget_alerts.c.created_us)
 Index("ix_budget_alerts_audit", budget_alerts.c.audit_shipped_us)
 Index("ix_budget_alerts_webhook", budget_alerts.c.webhook_state, budget_alerts.c.webhook_next_us)
+
+# Admin changes (prices, budgets): written in the change's own transaction, shipped to the audit
+# log as ADMIN_CHANGE events (services/cost/admin_changes.py). `details` is JSON of what changed,
+# never a secret (a budget's webhook URL is reported as present or not).
+admin_changes = Table(
+    "admin_changes",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("time_us", BigInteger, nullable=False),
+    Column("object", Text, nullable=False),  # price:<kind>:<subject>, budget:<name>
+    Column("action", String(32), nullable=False),  # set, delete
+    Column("actor_user", Text, **_S),
+    Column("actor_agent", Text, **_S),
+    Column("actor_service", Text, **_S),
+    Column("auth_method", String(32), **_S),
+    Column("request_id", Text, **_S),
+    Column("trace_id", String(64), **_S),
+    Column("details", Text, nullable=False, default="{}"),
+    Column("audit_shipped_us", BigInteger, nullable=False, default=0),  # 0 = not yet acknowledged
+)
+Index("ix_admin_changes_audit", admin_changes.c.audit_shipped_us, admin_changes.c.id)

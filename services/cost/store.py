@@ -26,7 +26,7 @@ from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument, NotFound
 from services.common.limits import check_length, check_range, timestamp_us
 from services.common.pricing import PriceBook, local_day, period_bounds, price_event, to_us
-from services.cost import aggregates, migrate
+from services.cost import admin_changes, aggregates, migrate
 from services.cost.alerts import AlertBook, AlertRow
 from services.cost.models import budgets, ledger, prices
 from services.cost.validation import (
@@ -78,6 +78,8 @@ class CostStore:
             self._engine.dispose()
             raise
         self.alerts = AlertBook(self._engine, tz=self.tz, now_us=self._now_us, spend=aggregates.spend)
+        # Called (from a worker thread) after a price or budget change committed: ship it now.
+        self.admin_listeners: list[Callable[[], None]] = []
 
     @classmethod
     async def open(cls, url: str, **kwargs) -> CostStore:
@@ -91,6 +93,16 @@ class CostStore:
         conn = self._engine.connect()
         conn.execution_options(**{IMMEDIATE: True})
         return conn
+
+    def _changed(self) -> None:
+        for listener in list(self.admin_listeners):
+            listener()
+
+    def pending_admin_changes(self, limit: int) -> list:
+        return admin_changes.pending(self._engine, limit)
+
+    def mark_admin_changes_shipped(self, ids) -> None:
+        admin_changes.mark_shipped(self._write, ids, self._now_us())
 
     def _insert(self, table):
         return (postgresql.insert if self._pg else sqlite.insert)(table)
@@ -122,9 +134,15 @@ class CostStore:
             set_={"micro_usd": price.micro_usd, "set_us": now},
         )
 
+        kind_name = cost_pb2.PriceKind.Name(price.kind).removeprefix("PRICE_KIND_").lower()
+        change = {"kind": kind_name, "subject": price.subject, "micro_usd": price.micro_usd,
+                  "effective_us": effective}  # fmt: skip
+
         def run():
             with self._write() as conn, conn.begin():
                 conn.execute(stmt)
+                admin_changes.record(conn, now, f"price:{kind_name}:{price.subject}", "set", change)
+            self._changed()
 
         await asyncio.to_thread(run)
         return cost_pb2.Price(**values, effective_time=us_to_ts(effective))
@@ -218,12 +236,17 @@ class CostStore:
         replace = {k: v for k, v in values.items() if k != "name"}
         stmt = stmt.on_conflict_do_update(index_elements=["name"], set_=replace)
 
+        change = {k: v for k, v in values.items() if k not in ("webhook_url", "alert_percent", "updated_us")}
+        change.update(alert_percent=list(alerts), webhook=bool(b.webhook_url))  # the URL may hold a token
+
         def run():
             with self._write() as conn, conn.begin():
                 conn.execute(stmt)
                 budget = self._budget(
                     conn, conn.execute(select(budgets).where(budgets.c.name == b.name)).one()
                 )
+                admin_changes.record(conn, values["updated_us"], f"budget:{b.name}", "set", change)
+            self._changed()
             try:  # a lowered limit may already be reached
                 self.alerts.check_current([b.name])
             except Exception:
@@ -262,7 +285,12 @@ class CostStore:
 
         def run():
             with self._write() as conn, conn.begin():
-                return conn.execute(delete(budgets).where(budgets.c.name == name)).rowcount
+                deleted = conn.execute(delete(budgets).where(budgets.c.name == name)).rowcount
+                if deleted:
+                    admin_changes.record(conn, self._now_us(), f"budget:{name}", "delete", {"name": name})
+            if deleted:
+                self._changed()
+            return deleted
 
         if not await asyncio.to_thread(run):
             raise NotFound(f"budget {name!r} does not exist")

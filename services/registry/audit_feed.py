@@ -20,10 +20,10 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf import struct_pb2, timestamp_pb2
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
 
+from services.common.admin_audit import ChangeActor, admin_change_event
 from services.common.shipping import ShippingLoop
 from services.registry import convert_rows as rows
 from services.registry.models import ChangeRow
@@ -41,30 +41,21 @@ def event_id(revision: int) -> str:
 
 def change_event(change: ChangeRow) -> common_pb2.AuditEvent:
     """The ADMIN_CHANGE event for one change row."""
-    time = timestamp_pb2.Timestamp()
-    time.FromDatetime(rows.utc(change.time))
-    details = struct_pb2.Struct()
-    details.update(
-        {"revision": change.revision, "kind": change.kind, "key": change.key, "deleted": bool(change.deleted)}
-    )
-    if change.actor_service:  # the Actor message has no service field
-        details.update({"service": change.actor_service})
-    action = change.action or ("delete" if change.deleted else "update")
-    return common_pb2.AuditEvent(
+    actor = ChangeActor(
+        change.actor_user, change.actor_agent, change.actor_service, change.auth_method,
+        change.request_id, change.trace_id,
+    )  # fmt: skip
+    return admin_change_event(
         event_id=event_id(change.revision),
-        time=time,
-        kind=common_pb2.AUDIT_EVENT_KIND_ADMIN_CHANGE,
-        actor=common_pb2.Actor(
-            user=change.actor_user, agent=change.actor_agent, auth_method=change.auth_method
-        ),
-        correlation=common_pb2.Correlation(request_id=change.request_id, trace_id=change.trace_id),
-        object=f"{change.kind}:{change.key}",
-        action=action,
-        decision=common_pb2.DECISION_ALLOW,
-        status="OK",
+        time_us=round(rows.utc(change.time).timestamp() * 1_000_000),
         source=SOURCE,
-        details=details,
-    )
+        obj=f"{change.kind}:{change.key}",
+        action=change.action or ("delete" if change.deleted else "update"),
+        actor=actor,
+        details={
+            "revision": change.revision, "kind": change.kind, "key": change.key, "deleted": bool(change.deleted),
+        },
+    )  # fmt: skip
 
 
 class AuditFeed:

@@ -41,7 +41,15 @@ from tests.helpers.migrations import (
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_714_564_800  # 2024-05-01T12:00:00Z
-COST_TABLES = {"prices", "usage_ledger", "budgets", "budget_alerts", "cost_totals", "spend_buckets"}
+COST_TABLES = {
+    "prices",
+    "usage_ledger",
+    "budgets",
+    "budget_alerts",
+    "cost_totals",
+    "spend_buckets",
+    "admin_changes",
+}
 AUDIT_TABLES = {"audit_records", "approvals"}
 REGISTRY_TABLES = {t for md in registry_migrate.target_metadata() for t in md.tables}
 VERSION_TABLES = {"alembic_version", "alembic_version_cost", "alembic_version_audit"}
@@ -157,8 +165,10 @@ async def test_pre_migration_cost_database_is_adopted(db_url, engine):
     """A cost DB made by the old create_all (no version table), in a database the registry
     already migrated: its `alembic_version` must not be taken for the cost service's."""
     RegistryStore(db_url).close()
-    # What create_all made before migrations: the 0001 tables (0002 and 0003 added the sums).
-    old = [t for t in cost_models.metadata.sorted_tables if t.name not in ("cost_totals", "spend_buckets")]
+    # What create_all made before migrations: the 0001 tables (0002 and 0003 added the sums, 0004
+    # the admin changes).
+    later = ("cost_totals", "spend_buckets", "admin_changes")
+    old = [t for t in cost_models.metadata.sorted_tables if t.name not in later]
     cost_models.metadata.create_all(engine, tables=old)
     with engine.begin() as conn:
         conn.execute(
