@@ -55,7 +55,7 @@ class RemovalStore:
 
     def delete_team(self, name: str) -> None:
         with self._tx() as s:  # type: ignore[attr-defined]
-            row = self._need(s, TeamRow, name, "team", "list teams with ListTeams")  # type: ignore[attr-defined]
+            row = self._need(s, TeamRow, name, "team", "list teams with `harness teams list`")  # type: ignore[attr-defined]
             projects = list(
                 s.scalars(select(ProjectRow.name).where(ProjectRow.team == name).limit(SHOWN + 1))
             )
@@ -67,7 +67,7 @@ class RemovalStore:
 
     def delete_project(self, name: str) -> None:
         with self._tx() as s:  # type: ignore[attr-defined]
-            row = self._need(s, ProjectRow, name, "project", "list projects with ListProjects")  # type: ignore[attr-defined]
+            row = self._need(s, ProjectRow, name, "project", "list projects with `harness projects list`")  # type: ignore[attr-defined]
             agents = s.scalars(select(AgentRow.name).where(AgentRow.project == name).limit(SHOWN + 1))
             keys = s.scalars(select(ApiKeyRow.id).where(ApiKeyRow.project == name).limit(SHOWN + 1))
             rules = _rule_csvs(
@@ -87,7 +87,7 @@ class RemovalStore:
     def delete_user(self, name: str) -> list[str]:
         """Deletes the user and its API keys; returns the deleted keys' ids."""
         with self._tx() as s:  # type: ignore[attr-defined]
-            row = self._need(s, UserRow, name, "user", "list users with ListUsers")  # type: ignore[attr-defined]
+            row = self._need(s, UserRow, name, "user", "list users with `harness users list`")  # type: ignore[attr-defined]
             rules = _rule_csvs(s, CasbinRule.v0.in_((user_subject(name), name)))  # bare: older rules
             _refuse_if(f"user {name!r}", [f"rule '{r}'" for r in rules], "remove them first (RemovePolicy)")
             keys = list(s.scalars(select(ApiKeyRow).where(ApiKeyRow.user == name).order_by(ApiKeyRow.id)))
@@ -101,11 +101,11 @@ class RemovalStore:
 
     def delete_agent(self, name: str) -> None:
         with self._tx() as s:  # type: ignore[attr-defined]
-            row = self._need(s, AgentRow, name, "agent", "list agents with ListAgents")  # type: ignore[attr-defined]
+            row = self._need(s, AgentRow, name, "agent", "list agents with `harness agents list`")  # type: ignore[attr-defined]
             if row.state not in ("retired", "registered"):
                 raise FailedPrecondition(
-                    f"agent {name!r} is {row.state}; retire it first (SetAgentState: draining, offline, "
-                    "retired) so no router still sends it traffic"
+                    f"agent {name!r} is {row.state}; retire it first (harness agents state {name} draining, "
+                    "then offline, then retired) so no router still sends it traffic"
                 )
             s.delete(row)
             self._record(s, "agent", name, deleted=True)  # type: ignore[attr-defined]
@@ -113,7 +113,7 @@ class RemovalStore:
     def delete_agent_version(self, agent: str, version: str) -> d.Agent:
         d.check_version_label(version)
         with self._tx() as s:  # type: ignore[attr-defined]
-            row = self._need(s, AgentRow, agent, "agent", "list agents with ListAgents")  # type: ignore[attr-defined]
+            row = self._need(s, AgentRow, agent, "agent", "list agents with `harness agents list`")  # type: ignore[attr-defined]
             found = next((v for v in row.versions if v.version == version), None)
             if found is None:
                 known = ", ".join(v.version for v in row.versions) or "none"
@@ -122,7 +122,7 @@ class RemovalStore:
             if weight:
                 raise FailedPrecondition(
                     f"version {version!r} of agent {agent!r} has {weight}% of its traffic; move it to "
-                    "another version first (SetTrafficSplit)"
+                    f"another version first (harness traffic set {agent} VERSION=100)"
                 )
             row.versions.remove(found)
             # Splits kept for rollback must not bring back a version that no longer exists.
@@ -133,7 +133,7 @@ class RemovalStore:
 
     def delete_model(self, name: str) -> None:
         with self._tx() as s:  # type: ignore[attr-defined]
-            row = self._need(s, ModelRow, name, "model", "list models with ListModels")  # type: ignore[attr-defined]
+            row = self._need(s, ModelRow, name, "model", "list models with `harness models list`")  # type: ignore[attr-defined]
             pins = _pinning(s, lambda models, _tools: name in models)
             _refuse_if(f"model {name!r}", [f"agent version {p}" for p in pins], "delete those versions first")
             s.delete(row)
@@ -146,7 +146,7 @@ class RemovalStore:
                 d.check_required("tool name", name)
             row = s.get(ToolRow, (name, version))
             if row is None:
-                raise NotFound(f"tool {label!r} is not in the catalog; list tools with ListTools")
+                raise NotFound(f"tool {label!r} is not in the catalog; list tools with `harness tools list`")
             others = s.scalars(
                 select(ToolRow.version).where(ToolRow.name == name, ToolRow.version != version)
             )

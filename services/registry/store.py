@@ -230,7 +230,9 @@ class Store(AgentStore, RemovalStore, ChangeLog):
 
     def revoke_api_key(self, key_id: str) -> d.ApiKey:
         with self._tx() as s:
-            row = self._need(s, ApiKeyRow, key_id, "API key", "list keys with ListApiKeys")
+            row = self._need(
+                s, ApiKeyRow, key_id, "API key", "list keys with `harness keys list --owner USER`"
+            )
             if row.revoke_time is None:  # revoking twice keeps the first time
                 row.revoke_time = now()
                 self._record(s, "api_key", key_id)

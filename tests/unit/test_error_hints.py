@@ -32,6 +32,8 @@ def _messages(path: Path) -> list[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Raise) and node.exc is not None:
             out += [(node.lineno, t) for t in _texts(node.exc)]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "_need":  # not-found hints
+            out += [(node.lineno, t) for t in _texts(node)]
         elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "print":
             if any(k.arg == "file" for k in node.keywords):
                 out += [(node.lineno, t) for t in _texts(node)]
