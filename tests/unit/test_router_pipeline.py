@@ -273,6 +273,9 @@ async def test_a_draining_agent_is_refused_with_the_command_that_brings_it_back(
     r = rig(agent(state=common_pb2.AGENT_STATE_DRAINING))
     with pytest.raises(FailedPrecondition, match="harness agents state a1 online"):
         await run(r)
+    refusal = r.events.audit[-1]  # the refusal is in the audit log, with its reason
+    assert refusal.status == "FAILED_PRECONDITION" and refusal.decision == common_pb2.DECISION_DENY
+    assert "draining" in refusal.details["refused"] and not r.events.usage
     assert r.events.audit[-1].status == "FAILED_PRECONDITION"  # refusals are audited too
 
 
