@@ -122,6 +122,13 @@ def endpoints_drain(ctx: Ctx, args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.wait
     while True:
         busy = _in_flight(ep.metrics_url)
+        if busy < 0:
+            print(
+                f"harness: cannot read {ep.metrics_url}: endpoint {args.name} is deregistered, but whether "
+                "requests are still in flight is unknown; check the server before stopping it",
+                file=sys.stderr,
+            )
+            return 1
         if busy == 0:
             print(f"endpoint {args.name} drained: no requests in flight")
             return 0
