@@ -11,7 +11,8 @@ from services.stack import demo_tools
 from services.stack.banner import banner
 from services.stack.layout import StackPaths, StackPorts
 from services.stack.prometheus import banner_line
-from services.stack.up import DEFAULT_SIMULATORS, SimulatorInstance, env_file_text
+from services.stack.simulators import DEFAULT_SIMULATORS, SimulatorInstance
+from services.stack.up import env_file_text
 
 VENV_BIN = Path(sys.executable).parent
 
