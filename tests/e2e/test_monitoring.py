@@ -8,13 +8,23 @@ import time
 
 import pytest
 
+from services.stack.simulators import DEFAULT_SIMULATORS
 from tests.e2e.dashboards import dashboards, panel_queries
 from tests.e2e.promql import api, eventually, instant, prometheus_url
 from tests.e2e.traffic import AGENTS, demo_traffic
 
 pytestmark = pytest.mark.e2e
 PICKED_AGENT = "ledger-rpa"  # the demo agent with RPM/TPM limits and a refused user
-JOBS = {"router": 2, "registry": 1, "pool": 1, "audit": 1, "cost": 1, "engine": 2, "envoy": 1}
+# One engine target per simulator of the default stack (Triton and OpenAI protocol alike).
+JOBS = {
+    "router": 2,
+    "registry": 1,
+    "pool": 1,
+    "audit": 1,
+    "cost": 1,
+    "engine": len(DEFAULT_SIMULATORS),
+    "envoy": 1,
+}
 
 
 def test_harness_up_prints_a_prometheus_whose_targets_are_all_up(stack):
