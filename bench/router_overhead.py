@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tritonclient.grpc.aio as tgrpc_aio
-from _common import REPO, pct, stream_one
+from _common import REPO, closed_loop_parser, pct, run_closed_loop, stream_one
 
 MODEL = "llama-3-8b-instruct"  # sim-0's Triton model; the router maps it to catalog llama-3-8b
 
@@ -172,22 +171,11 @@ async def main_async(args: argparse.Namespace) -> None:
     )
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer requests per level (for `make bench`)")
-    p.add_argument("--requests", type=int, default=None, help="requests per path and level (300; quick 150)")
-    p.add_argument("--concurrency", type=_ints, default=[1, 16, 64])
+    p = closed_loop_parser(__doc__.splitlines()[0], (300, 150), "fewer requests per level (for `make bench`)")
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--time-scale", type=float, default=1000.0)
-    args = p.parse_args(argv)
-    if args.requests is None:
-        args.requests = 150 if args.quick else 300
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main_async(args))
+    run_closed_loop(p, argv, main_async)
 
 
 if __name__ == "__main__":

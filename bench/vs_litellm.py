@@ -21,7 +21,6 @@ Usage: python bench/vs_litellm.py [--quick] [--requests 200] [--concurrency 1,16
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import signal
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx2
 import openai
-from _common import pct
+from _common import closed_loop_parser, pct, run_closed_loop
 from openai_frontdoor import Level, openai_call, run_level, stack_pids
 from router_overhead import env_of, start_stack
 
@@ -212,21 +211,10 @@ async def main_async(args: argparse.Namespace) -> None:
     report(rows, args)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer requests per level")
-    p.add_argument("--requests", type=int, default=None, help="requests per path and level (200; quick 100)")
-    p.add_argument("--concurrency", type=_ints, default=[1, 16, 64])
+    p = closed_loop_parser(__doc__.splitlines()[0], (200, 100), "fewer requests per level")
     p.add_argument("--venv", default="", help="keep LiteLLM's virtualenv here and reuse it on later runs")
-    args = p.parse_args(argv)
-    if args.requests is None:
-        args.requests = 100 if args.quick else 200
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main_async(args))
+    run_closed_loop(p, argv, main_async)
 
 
 if __name__ == "__main__":
