@@ -316,9 +316,11 @@ class OpenAIEngine:
         address: str, req: EngineRequest, response: httpx.Response, deadline: float | None
     ) -> AsyncIterator[EngineChunk]:
         lines, stream = SseLines(address), CompletionStream(address, req)
-        async for data in response.aiter_bytes():
+        body = response.aiter_bytes()
+        async for data in body:
             for payload in lines.feed(data):
                 if payload == b"[DONE]":
+                    await _drain(body)  # read to the body's end: the connection is kept for reuse
                     yield stream.final()
                     return
                 chunk = stream.event(payload)
@@ -330,6 +332,17 @@ class OpenAIEngine:
             yield stream.final()
             return
         raise Unavailable(f"backend {address} closed the stream before the final response")
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Reads what is left of a finished stream (the chunked encoding's end), so closing the
+    response returns its connection to the pool instead of dropping it (a new TCP connection
+    per request otherwise); a server that keeps sending past [DONE] is cut off."""
+    left = MAX_ERROR_BYTES
+    async for data in body:
+        left -= len(data)
+        if left < 0:
+            return
 
 
 async def _read_bounded(response: httpx.Response) -> bytes:

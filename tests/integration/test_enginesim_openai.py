@@ -152,3 +152,19 @@ async def test_openai_only_serves_no_grpc():
             assert (await http.get("/v1/models")).json()["data"][0]["id"] == MODEL
     finally:
         await handle.stop()
+
+
+async def test_finished_streams_reuse_one_connection(sim):
+    # Closing a response before its body's end drops the connection: every request paid a TCP
+    # connect (and the router's CPU for it). Read to the end, the pool keeps one connection.
+    transport = httpx.AsyncHTTPTransport()
+    engine = OpenAIEngine(transport=transport)
+    req = EngineRequest(model=MODEL, prompt="hello", max_tokens=4)
+    try:
+        for _ in range(3):
+            chunks = [c async for c in engine.stream(sim.openai_url, req, 30)]
+            assert chunks[-1].final
+        pool = transport._pool  # httpcore's pool: the only place the connections are visible
+        assert len(pool.connections) == 1 and pool.connections[0].is_idle()
+    finally:
+        await engine.close()
