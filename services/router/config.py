@@ -14,7 +14,7 @@ from harness.registry.v1 import registry_pb2
 from services.common.config import ServerConfig, add_server_args, env, server_config_from_args
 from services.common.server import setup_logging
 from services.router.openai_engine import EndpointAccess, parse_engine_access
-from services.router.workers import default_workers
+from services.router.workers import workers_for
 
 # The router is the front door's reflection target: it lists the whole mesh API.
 MESH_SERVICES = tuple(
@@ -175,7 +175,7 @@ def _add_state_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        default=int(env("ROUTER_WORKERS", "0")),
+        default=int(env("ROUTER_WORKERS", "1")),
         help="router processes sharing the port (SO_REUSEPORT); 0: every core with --redis, else 1",
     )
     p.add_argument("--worker-index", type=int, default=-1, help=argparse.SUPPRESS)  # set by the supervisor
@@ -203,7 +203,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     worker = a.worker_index >= 0
     return RouterConfig(
         server=server_config_from_args("router", a, reflection_extra=MESH_SERVICES, reuse_port=worker),
-        workers=1 if worker else max(0, a.workers) or default_workers(a.redis),
+        workers=1 if worker else workers_for(a.workers, a.redis),
         registry_addr=a.registry,
         pool_addr=a.pool,
         audit_addr=a.audit,

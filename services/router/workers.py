@@ -25,10 +25,15 @@ log = logging.getLogger("harness.router.workers")
 RESTART_DELAY_S = 1.0
 
 
-def default_workers(redis_url: str) -> int:
-    """Every core when the routers share their counters in Redis; else 1, since without Redis
-    each process would enforce rate limits and budgets alone (N processes, N times the limit)."""
-    return (os.cpu_count() or 1) if redis_url else 1
+def workers_for(requested: int, redis_url: str) -> int:
+    """`--workers`: 1 unless asked (each worker's metrics are on their own port, which a scrape
+    config must list); 0 asks for every core, which needs Redis: without it each process would
+    enforce rate limits and budgets alone (N processes, N times the limit)."""
+    if requested > 0:
+        return requested
+    if requested == 0 and redis_url:
+        return os.cpu_count() or 1
+    return 1
 
 
 def free_port(host: str) -> int:

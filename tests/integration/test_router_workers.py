@@ -14,7 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.router.workers import worker_argv, worker_outbox
+from services.router.config import parse_args
+from services.router.workers import worker_argv, worker_outbox, workers_for
 from tests.helpers.envoy import free_port
 
 
@@ -90,3 +91,10 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
+
+
+def test_one_worker_unless_asked_and_every_core_only_with_redis():
+    assert workers_for(1, "redis://r") == 1 and workers_for(3, "") == 3
+    assert workers_for(0, "redis://r") == (os.cpu_count() or 1)
+    assert workers_for(0, "") == 1  # without Redis each process would enforce limits alone
+    assert parse_args(["--redis", "redis://r"]).workers == 1  # the default: one process, one metrics port
