@@ -10,9 +10,7 @@ pool's probe does, and feeds the router's EndpointView the same fields the pool 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import os
 import re
 import signal
@@ -49,34 +47,6 @@ from services.router.result_cache import MemoryResultCache  # noqa: E402
 from services.router.scheduling import Scheduler  # noqa: E402
 from services.router.triton import TritonPool  # noqa: E402
 from services.router.views import AccessDecision, EndpointView  # noqa: E402
-
-
-def closed_loop_parser(
-    description: str, requests: tuple[int, int], quick_help: str
-) -> argparse.ArgumentParser:
-    """The options every closed-loop bench takes: --quick, --requests (full, quick) and --concurrency."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help=quick_help)
-    p.add_argument(
-        "--requests",
-        type=int,
-        default=None,
-        help=f"requests per path and level ({requests[0]}; quick {requests[1]})",
-    )
-    p.add_argument(
-        "--concurrency", type=lambda t: [int(x) for x in t.split(",") if x.strip()], default=[1, 16, 64]
-    )
-    p.set_defaults(_requests=requests)
-    return p
-
-
-def run_closed_loop(p: argparse.ArgumentParser, argv: list[str] | None, main_async) -> None:
-    """Parses, fills --requests from --quick, and runs `main_async(args)` (Ctrl-C stops it quietly)."""
-    args = p.parse_args(argv)
-    if args.requests is None:
-        args.requests = args._requests[1] if args.quick else args._requests[0]
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main_async(args))
 
 
 def pct(values: list[float], p: float) -> float:

@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpc
 import httpx2
 import openai
-from _common import closed_loop_parser, pct, run_closed_loop
+from _cli import closed_loop_parser, run_closed_loop
+from _common import pct
 from harness.common.v1 import common_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
 from router_overhead import env_of, start_stack

@@ -31,7 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tritonclient.grpc.aio as tgrpc_aio
-from _common import REPO, closed_loop_parser, pct, run_closed_loop, stream_one
+from _cli import closed_loop_parser, run_closed_loop
+from _common import REPO, pct, stream_one
 
 MODEL = "llama-3-8b-instruct"  # sim-0's Triton model; the router maps it to catalog llama-3-8b
 

@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx2
 import openai
-from _common import closed_loop_parser, pct, run_closed_loop
+from _cli import closed_loop_parser, run_closed_loop
+from _common import pct
 from openai_frontdoor import Level, openai_call, run_level, stack_pids
 from router_overhead import env_of, start_stack
 
