@@ -71,11 +71,12 @@ def endpoints_list(ctx: Ctx, args: argparse.Namespace) -> int:
                     m.requests,
                     m.active_requests,
                     m.waiting_requests,
-                    f"{m.kv_cache_fraction:.0%}",
+                    "-" if m.kv_cache_unknown or not m.name else f"{m.kv_cache_fraction:.0%}",
+                    f"{m.prefix_cache_hit_rate:.0%}" if m.HasField("prefix_cache_hit_rate") else "-",
                 ]
                 rows.append(head + model)  # fmt: skip
         output.table(
-            ("ENDPOINT", "KIND", "ADDRESS", "HEALTH", "GPU UTIL", "LAST SEEN", "MODEL", "STATE", "REQUESTS", "ACTIVE", "WAITING", "KV"),
+            ("ENDPOINT", "KIND", "ADDRESS", "HEALTH", "GPU UTIL", "LAST SEEN", "MODEL", "STATE", "REQUESTS", "ACTIVE", "WAITING", "KV", "PREFIX HITS"),
             rows,
         )  # fmt: skip
 

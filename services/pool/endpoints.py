@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from services.common.errors import NotFound
 from services.pool.state import (
     LOADING,
+    NO_FIGURES,
     READY,
     UNAVAILABLE,
     UNHEALTHY,
@@ -75,6 +76,8 @@ def materially_changed(old: EndpointState, new: EndpointState) -> bool:
             return True
         if not _close(a.kv_cache_fraction, b.kv_cache_fraction) or abs(a.load_time_s - b.load_time_s) > 1e-3:
             return True
+        if a.kv_cache_known != b.kv_cache_known or _rate_moved(a.prefix_hit_rate, b.prefix_hit_rate):
+            return True
         if _latency_moved(a.recent_latency_ms, b.recent_latency_ms) or _latency_moved(
             a.recent_ttft_ms, b.recent_ttft_ms
         ):
@@ -93,7 +96,36 @@ def _load_of(m: ModelStatus) -> ModelLoad:
         m.ttft_ms_sum,
         m.ttft_count,
         max_running=m.max_running,
+        kv_cache_known=m.kv_cache_known,
+        prefix_queries=m.prefix_queries,
+        prefix_hits=m.prefix_hits,
     )
+
+
+def _rate_moved(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return (a is None) != (b is None)
+    return not _close(a, b)
+
+
+def _prefix_hit_rate(old: ModelStatus | None, load: ModelLoad) -> float | None:
+    """The engine's recent prefix-cache hit rate: its own gauge when it has one (SGLang), else
+    an EWMA of hits over lookups between scrapes (vLLM's counters). Counters that did not move
+    keep the last rate; a restarted engine (counters went back) starts over."""
+    if load.prefix_hit_rate is not None:
+        return min(1.0, max(0.0, load.prefix_hit_rate))
+    if load.prefix_queries is None or load.prefix_hits is None:
+        return None
+    last = old.prefix_hit_rate if old is not None else None
+    before_q = old.prefix_queries if old is not None and old.prefix_queries is not None else 0.0
+    before_h = old.prefix_hits if old is not None and old.prefix_hits is not None else 0.0
+    if load.prefix_queries < before_q or load.prefix_hits < before_h:
+        before_q, before_h, last = 0.0, 0.0, None
+    looked = load.prefix_queries - before_q
+    if looked <= 0:
+        return last
+    sample = min(1.0, max(0.0, (load.prefix_hits - before_h) / looked))
+    return sample if last is None else (1 - LATENCY_ALPHA) * last + LATENCY_ALPHA * sample
 
 
 def _recent_latency(old: ModelStatus | None, load: ModelLoad) -> tuple[float, float]:
@@ -208,7 +240,10 @@ class EndpointTable:
         elif health == UNHEALTHY:
             # Nothing on a dead endpoint is servable, whatever it said last.
             models = tuple(
-                replace(m, state=UNAVAILABLE, waiting=0, active=0, kv_cache_fraction=0.0) for m in prev.models
+                replace(
+                    m, state=UNAVAILABLE, waiting=0, active=0, kv_cache_fraction=0.0, kv_cache_known=False
+                )
+                for m in prev.models
             )
             self._forget_loading(name)
         else:
@@ -243,7 +278,7 @@ class EndpointTable:
             if load is None and result.metrics is None and old is not None:
                 load = _load_of(old)  # scrape failed: keep the last figures
             elif load is None:
-                load = ModelLoad()
+                load = NO_FIGURES
             waiting, active, kv = load.waiting, load.active, load.kv_cache_fraction
             load_time = old.load_time_s if old is not None else 0.0
             lkey = (prev.name, *key)
@@ -271,6 +306,10 @@ class EndpointTable:
                     load.ttft_ms_sum,
                     load.ttft_count,
                     max_running=load.max_running,
+                    kv_cache_known=load.kv_cache_known,
+                    prefix_hit_rate=_prefix_hit_rate(old, load),
+                    prefix_queries=load.prefix_queries,
+                    prefix_hits=load.prefix_hits,
                 )
             )
         return tuple(out)

@@ -5,9 +5,14 @@ its Prometheus metrics carry the load figures the scheduler needs.
 |---------------|----------------------------|---------------------------|----------------------------|---------------------------------------------------------|--------------------------------------------------------------------------|
 | vllm          | GET /health 200            | vllm:num_requests_running | vllm:num_requests_waiting  | vllm:kv_cache_usage_perc (older vllm:gpu_cache_usage_perc) | vllm:e2e_request_latency_seconds / vllm:time_to_first_token_seconds      |
 | sglang        | GET /health 200            | sglang:num_running_reqs   | sglang:num_queue_reqs      | sglang:token_usage                                      | sglang:e2e_request_latency_seconds / sglang:time_to_first_token_seconds  |
-| tgi           | GET /health 200            | tgi_batch_current_size    | tgi_queue_size             | (none)                                                  | tgi_request_duration / (none)                                            |
+| tgi           | GET /health 200            | tgi_batch_current_size    | tgi_queue_size             | (none: unknown, never 0)                                | tgi_request_duration / (none)                                            |
 | ollama        | GET /v1/models 200         | (no Prometheus metrics)   |                            |                                                         |                                                                          |
 | triton-openai | GET /health/ready 200      | Triton's own nv_* names (scrape.py)                                                                                                                                        |
+
+Prefix-cache hit rate: vLLM's counters `vllm:prefix_cache_hits_total` over
+`vllm:prefix_cache_queries_total` (prompt tokens found / looked up; V0's gauge
+`vllm:gpu_prefix_cache_hit_rate` otherwise), SGLang's gauge `sglang:cache_hit_rate`; TGI, Ollama
+and Triton export none (unknown).
 
 Every flavour lists its models at GET /v1/models (`data[].id`). Sources: vLLM
 docs.vllm.ai/en/stable/usage/metrics/ (and v0.5.0/serving/metrics.html for
@@ -41,6 +46,9 @@ class Flavour:
     ttft: str = ""
     model_label: str = "model_name"  # "" = one model per server: figures belong to it
     triton_metrics: bool = False  # Triton's own names (the OpenAI frontend in front of Triton)
+    prefix_queries: str = ""  # cumulative prompt tokens looked up in the prefix cache (counter)
+    prefix_hits: str = ""  # ... and found there
+    prefix_hit_rate: tuple[str, ...] = ()  # a hit-rate gauge in [0, 1], where the engine has one
 
 
 FLAVOURS: dict[str, Flavour] = {
@@ -50,10 +58,13 @@ FLAVOURS: dict[str, Flavour] = {
             "vllm", "/health", ("vllm:num_requests_running",), ("vllm:num_requests_waiting",),
             ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
             "vllm:e2e_request_latency_seconds", "vllm:time_to_first_token_seconds",
+            prefix_queries="vllm:prefix_cache_queries_total", prefix_hits="vllm:prefix_cache_hits_total",
+            prefix_hit_rate=("vllm:gpu_prefix_cache_hit_rate",),
         ),
         Flavour(
             "sglang", "/health", ("sglang:num_running_reqs",), ("sglang:num_queue_reqs",), ("sglang:token_usage",),
             "sglang:e2e_request_latency_seconds", "sglang:time_to_first_token_seconds",
+            prefix_hit_rate=("sglang:cache_hit_rate",),
         ),
         Flavour("tgi", "/health", ("tgi_batch_current_size",), ("tgi_queue_size",), (), "tgi_request_duration",
                 model_label=""),
@@ -97,6 +108,10 @@ def parse_flavour_metrics(
             waiting=max(0, int(waiting)),
             active=max(0, int(running)),
             kv_cache_fraction=min(1.0, max(0.0, kv)) if kv is not None else 0.0,
+            kv_cache_known=kv is not None,
+            prefix_queries=v.get(flavour.prefix_queries) if flavour.prefix_queries else None,
+            prefix_hits=v.get(flavour.prefix_hits) if flavour.prefix_hits else None,
+            prefix_hit_rate=_first(v, flavour.prefix_hit_rate),
             requests=count,
             successes=count,
             request_us=int(v.get(f"{flavour.latency}_sum", 0.0) * 1e6) if flavour.latency else 0,

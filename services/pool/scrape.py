@@ -68,12 +68,13 @@ def parse_triton_metrics(text: str, gpu_name: str = "") -> MetricsSample:
     loads: dict[tuple[str, str], ModelLoad] = {}
     for key in set(requests) | set(kv) | set(pending) | set(counters):
         req, blocks, cnt = requests.get(key, {}), kv.get(key, {}), counters.get(key, {})
+        kv_known = True
         if "fraction" in blocks:
             fraction = blocks["fraction"]
         elif blocks.get("max", 0) > 0:
             fraction = blocks.get("used", 0.0) / blocks["max"]
-        else:
-            fraction = 0.0
+        else:  # not a TensorRT-LLM model (or no KV metrics): unknown, not empty
+            fraction, kv_known = 0.0, False
         # TRT-LLM's own waiting count when present; Triton's pending count otherwise.
         waiting = req.get("waiting", pending.get(key, 0.0))
         loads[key] = ModelLoad(
@@ -86,6 +87,7 @@ def parse_triton_metrics(text: str, gpu_name: str = "") -> MetricsSample:
             ttft_ms_sum=float(cnt.get("ttft_sum", 0.0)),
             ttft_count=int(cnt.get("ttft_count", 0)),
             max_running=max(0, int(req.get("max", 0))),
+            kv_cache_known=kv_known,
         )
 
     gpus = tuple(

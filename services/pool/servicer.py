@@ -155,7 +155,10 @@ def endpoint_to_proto(s: EndpointState) -> pool_pb2.Endpoint:
             recent_latency_ms=m.recent_latency_ms,
             max_running_requests=m.max_running,
             requests=m.requests,
+            kv_cache_unknown=not m.kv_cache_known,
         )
+        if m.prefix_hit_rate is not None:
+            pm.prefix_cache_hit_rate = m.prefix_hit_rate
         if m.load_time_s > 0:
             pm.load_time.FromNanoseconds(int(m.load_time_s * 1e9))
     if s.last_seen is not None:

@@ -160,6 +160,15 @@ class ModelLoad:
     ttft_ms_sum: float = 0.0
     ttft_count: int = 0
     max_running: int = 0  # the engine's running-sequence limit (request_type="max"); 0 = unknown
+    kv_cache_known: bool = True  # False: the engine exports no KV figure (0 above means nothing)
+    # Prefix cache: cumulative prompt tokens looked up and found (vLLM's counters), or the
+    # engine's own recent hit rate (SGLang's gauge); None = the engine exports neither.
+    prefix_queries: float | None = None
+    prefix_hits: float | None = None
+    prefix_hit_rate: float | None = None
+
+
+NO_FIGURES = ModelLoad(kv_cache_known=False)  # a model the metrics say nothing about
 
 
 @dataclass(frozen=True)
@@ -235,6 +244,10 @@ class ModelStatus:
     ttft_ms_sum: float = 0.0
     ttft_count: int = 0
     max_running: int = 0  # the engine's running-sequence limit; 0 = unknown
+    kv_cache_known: bool = True  # False: kv_cache_fraction is 0 because nothing measured it
+    prefix_hit_rate: float | None = None  # recent prefix-cache hit rate, [0, 1]; None = unknown
+    prefix_queries: float | None = None  # the raw cumulative prefix counters of the last scrape
+    prefix_hits: float | None = None
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,12 @@ class RouterMetrics:
             ["kind"],
             registry=registry,
         )
+        self.estimated_usage = Counter(
+            "harness_router_estimated_usage",
+            "Answered calls whose engine reported no token counts (usage counted from the text)",
+            ["agent", "model"],
+            registry=registry,
+        )
         # Known label values start at 0, so dashboards and rate() see the series before the
         # first event instead of "no data".
         for slo_class in ("realtime", "interactive", "batch"):

@@ -39,7 +39,10 @@ def to_summary(r: Call) -> router_pb2.GenerationSummary:
         deployment=r.deployment,
         finish_reason=r.finish_reason,
         usage=common_pb2.Usage(
-            input_tokens=r.input_tokens, output_tokens=r.output_tokens, gpu_seconds=r.charged_gpu_s
+            input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens,
+            gpu_seconds=r.charged_gpu_s,
+            estimated=r.usage_estimated,
         ),
         timing=common_pb2.Timing(ttft_ms=r.ttft_ms, tbt_ms=r.tbt_ms, e2e_ms=r.e2e_ms),
         cached=bool(r.cached),

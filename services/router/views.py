@@ -98,6 +98,10 @@ class EndpointView(BackgroundFollower):
                             recent_latency_s=m.recent_latency_ms / 1000.0,
                             own_at_snapshot=self._stamps.get((ep.name, m.name), -1),
                             kind=ep.kind or "triton",
+                            kv_cache_known=not m.kv_cache_unknown,
+                            prefix_hit_rate=m.prefix_cache_hit_rate
+                            if m.HasField("prefix_cache_hit_rate")
+                            else -1.0,
                         )
                     )
         self._by_model = by_model

@@ -61,6 +61,20 @@ async def test_an_openai_endpoint_is_probed_reported_and_never_loaded(test_auth,
                 assert done.status_code == 200
             ep = await wait_for(endpoint(stub, md, "v"), lambda e: e.models[0].requests >= 1)
             assert ep.models[0].active_requests == 0 and ep.models[0].waiting_requests == 0
+            assert not ep.models[0].kv_cache_unknown  # vLLM exports its KV use
+            # A repeated long prompt is found in the engine's prefix cache: vLLM's hit counters
+            # become the hit rate routers weigh prefix affinity with.
+            async with httpx.AsyncClient(base_url=url) as http:
+                for _ in range(2):
+                    body = {"model": MODEL, "prompt": "the general ledger " * 200, "max_tokens": 2}
+                    assert (await http.post("/v1/completions", json=body)).status_code == 200
+            ep = await wait_for(
+                endpoint(stub, md, "v"),
+                lambda e: (
+                    e.models[0].HasField("prefix_cache_hit_rate") and e.models[0].prefix_cache_hit_rate > 0
+                ),
+            )
+            assert ep.models[0].prefix_cache_hit_rate <= 1.0
             dep = await stub.Deploy(pool_pb2.DeployRequest(model="llama", replicas=1), metadata=md)
             assert [p.endpoint for p in dep.deployment.placements] == ["v"]
             await stub.Undeploy(pool_pb2.UndeployRequest(model="llama"), metadata=md)

@@ -11,9 +11,10 @@ from services.common.context import Identity
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from services.pool.config import PoolConfig, add_pool_args, parse_endpoint_flag, pool_config_from_args
 from services.pool.endpoints import EndpointTable, materially_changed
+from services.pool.flavours import FLAVOURS, parse_flavour_metrics
 from services.pool.gpus import Nvml, list_gpus
 from services.pool.scrape import parse_triton_metrics
-from services.pool.servicer import require_caller, require_operator
+from services.pool.servicer import endpoint_to_proto, require_caller, require_operator
 from services.pool.state import (
     GIB,
     HEALTH_UNKNOWN,
@@ -305,3 +306,54 @@ def test_authorization_rules():
         require_operator(Identity(agent="a"))
     require_operator(Identity(user="ops", roles=("admin",)))
     require_operator(Identity(service="router"))
+
+
+def _openai_round(table: EndpointTable, spec: EndpointSpec, text: str, flavour: str):
+    metrics = parse_flavour_metrics(text, FLAVOURS[flavour], ["llama"])
+    state, _ = table.apply_probe(
+        spec.name, spec.address, ProbeResult(True, (IndexEntry("llama", "", "READY"),), metrics)
+    )
+    return state
+
+
+def test_unknown_kv_use_reaches_the_routers_as_unknown():
+    t = _table()
+    tgi = EndpointSpec.make("tgi-0", "http://127.0.0.1:9000", kind="openai", flavour="tgi")
+    t.upsert(tgi)
+    state = _openai_round(t, tgi, "tgi_queue_size 1\ntgi_batch_current_size 2\n", "tgi")
+    model = endpoint_to_proto(state).models[0]
+    assert model.kv_cache_unknown and model.waiting_requests == 1
+    assert not model.HasField("prefix_cache_hit_rate")
+    t.upsert(SPEC)  # a Triton model with TensorRT-LLM's KV metrics is known
+    kv = 'nv_trt_llm_kv_cache_block_metrics{model="m",version="1",kv_cache_block_type="fraction"} 0.4\n'
+    state, _ = t.apply_probe("sim-0", SPEC.address, _ok(parse_triton_metrics(kv).load_for("m", "1")))
+    assert not endpoint_to_proto(state).models[0].kv_cache_unknown
+    # A scrape that says nothing about the model (no TensorRT-LLM KV metrics): unknown.
+    said_nothing = ProbeResult(True, (IndexEntry("m", "1", "READY"),), MetricsSample({}))
+    state, _ = t.apply_probe("sim-0", SPEC.address, said_nothing)
+    assert endpoint_to_proto(state).models[0].kv_cache_unknown
+
+
+VLLM_PREFIX = (
+    'vllm:num_requests_running{model_name="llama"} 1\nvllm:num_requests_waiting{model_name="llama"} 0\n'
+    '# TYPE vllm:prefix_cache_queries counter\nvllm:prefix_cache_queries_total{model_name="llama"} %d\n'
+    '# TYPE vllm:prefix_cache_hits counter\nvllm:prefix_cache_hits_total{model_name="llama"} %d\n'
+)
+
+
+def test_prefix_hit_rate_is_the_recent_share_of_looked_up_tokens_found():
+    t = _table()
+    vllm = EndpointSpec.make("vllm-0", "http://127.0.0.1:9001", kind="openai", flavour="vllm")
+    t.upsert(vllm)
+    first = _openai_round(t, vllm, VLLM_PREFIX % (1000, 800), "vllm")
+    assert first.models[0].prefix_hit_rate == pytest.approx(0.8)
+    # 1000 more tokens looked up, none found: the rate falls (EWMA), it does not jump to 0.
+    second = _openai_round(t, vllm, VLLM_PREFIX % (2000, 800), "vllm")
+    assert 0.0 < second.models[0].prefix_hit_rate < 0.8
+    assert endpoint_to_proto(second).models[0].prefix_cache_hit_rate == pytest.approx(
+        second.models[0].prefix_hit_rate
+    )
+    idle = _openai_round(t, vllm, VLLM_PREFIX % (2000, 800), "vllm")  # nothing looked up: kept
+    assert idle.models[0].prefix_hit_rate == second.models[0].prefix_hit_rate
+    restarted = _openai_round(t, vllm, VLLM_PREFIX % (100, 25), "vllm")  # counters went back
+    assert restarted.models[0].prefix_hit_rate == pytest.approx(0.25)

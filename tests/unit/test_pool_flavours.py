@@ -62,3 +62,31 @@ def test_a_missing_queue_metric_is_unknown_not_zero():
 def test_triton_openai_frontend_reads_tritons_names():
     text = 'nv_trt_llm_request_metrics{model="ens",version="1",request_type="waiting"} 6\n'
     assert parse_flavour_metrics(text, FLAVOURS["triton-openai"], ["ens"]).load_for("ens", "1").waiting == 6
+
+
+VLLM_PREFIX = """# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="llama"} 1.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{model_name="llama"} 0.0
+# TYPE vllm:prefix_cache_queries counter
+vllm:prefix_cache_queries_total{model_name="llama"} %d
+# TYPE vllm:prefix_cache_hits counter
+vllm:prefix_cache_hits_total{model_name="llama"} %d
+"""
+
+
+def test_tgi_kv_use_is_unknown_not_zero():
+    t = parse_flavour_metrics(TGI, FLAVOURS["tgi"], ["mistral"]).load_for("mistral", "")
+    assert not t.kv_cache_known  # TGI exports no KV figure: 0 would look like an empty cache
+    s = parse_flavour_metrics(SGLANG, FLAVOURS["sglang"], ["qwen"]).load_for("qwen", "")
+    assert s.kv_cache_known
+
+
+def test_prefix_cache_figures_per_flavour():
+    v = parse_flavour_metrics(VLLM_PREFIX % (400, 100), FLAVOURS["vllm"], ["llama"]).load_for("llama", "")
+    assert (v.prefix_queries, v.prefix_hits, v.prefix_hit_rate) == (400, 100, None)
+    gauge = SGLANG + '# TYPE sglang:cache_hit_rate gauge\nsglang:cache_hit_rate{model_name="qwen"} 0.625\n'
+    s = parse_flavour_metrics(gauge, FLAVOURS["sglang"], ["qwen"]).load_for("qwen", "")
+    assert s.prefix_hit_rate == 0.625 and s.prefix_queries is None
+    t = parse_flavour_metrics(TGI, FLAVOURS["tgi"], ["mistral"]).load_for("mistral", "")
+    assert (t.prefix_queries, t.prefix_hits, t.prefix_hit_rate) == (None, None, None)

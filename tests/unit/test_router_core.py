@@ -138,6 +138,19 @@ async def test_endpoint_view_keeps_ready_healthy_models_and_applies_deltas():
     await channel.close()
 
 
+async def test_endpoint_view_carries_unknown_kv_use_and_the_prefix_hit_rate():
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never dialled: state is applied directly
+    view = EndpointView(channel)
+    healthy, ready = pool_pb2.ENDPOINT_HEALTH_HEALTHY, pool_pb2.MODEL_STATE_READY
+    tgi, vllm = _endpoint("tgi", "m", ready, healthy), _endpoint("vllm", "m", ready, healthy)
+    tgi.models[0].kv_cache_unknown = True
+    vllm.models[0].prefix_cache_hit_rate = 0.0  # present and zero is not unknown
+    view.apply([tgi, vllm])
+    got = {c.name: (c.kv_cache_known, c.prefix_hit_rate) for c in view.candidates("m")}
+    assert got == {"tgi": (False, -1.0), "vllm": (True, 0.0)}
+    await channel.close()
+
+
 def test_the_contract_carries_bypass_cache_in_and_cached_out():
     from harness.router.v1 import router_pb2
 

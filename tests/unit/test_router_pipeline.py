@@ -26,9 +26,11 @@ from services.router.call import Call, Chunk, GenerationInput
 from services.router.core import Router, RouterPolicy
 from services.router.flow import MemoryRateLimiter
 from services.router.metrics import RouterMetrics
+from services.router.openai_http.wire import usage as openai_usage
 from services.router.pipeline import Director, Stage
 from services.router.result_cache import MemoryResultCache
 from services.router.scheduling import Candidate
+from services.router.servicer import to_summary
 from services.router.triton import TritonChunk
 from tests.helpers.router_fakes import MODEL, Events, FakeRegistry, agent
 
@@ -230,14 +232,29 @@ async def test_the_last_chunk_says_final_and_the_call_holds_the_summary():
     assert r.events.usage[0].usage.output_tokens == 2
 
 
-async def test_estimated_usage_is_marked_on_the_call_and_in_the_audit_record():
+async def test_estimated_usage_is_marked_on_the_call_the_records_the_answers_and_a_metric():
     r = rig(dispatcher=FakeDispatcher(estimated=True), cache_ttl_s=0)
     call, _ = await run(r)
     assert call.usage_estimated and call.output_tokens == 2
     assert r.events.audit[-1].details["usage_estimated"] is True
+    assert r.events.usage[0].usage.estimated  # the usage record the cost service bills from
+    assert to_summary(call).usage.estimated  # the final Generate chunk
+    assert openai_usage(call)["estimated"] is True  # the OpenAI API's usage object
+    counted = r.metrics.get_sample_value(
+        "harness_router_estimated_usage_total", {"agent": "a1", "model": MODEL}
+    )
+    assert counted == 1
     exact = rig(cache_ttl_s=0)
-    await run(exact)
+    exact_call, _ = await run(exact)
     assert "usage_estimated" not in exact.events.audit[-1].details
+    assert not exact.events.usage[0].usage.estimated and not to_summary(exact_call).usage.estimated
+    assert "estimated" not in openai_usage(exact_call)
+    assert (
+        exact.metrics.get_sample_value(
+            "harness_router_estimated_usage_total", {"agent": "a1", "model": MODEL}
+        )
+        is None
+    )
 
 
 async def test_settlement_failures_still_settle_the_budget_and_record_usage_and_audit():

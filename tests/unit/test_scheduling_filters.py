@@ -42,6 +42,15 @@ def test_not_saturated_excludes_long_queues_and_full_kv_caches():
     assert names(f.filter(REQ, cands, MEM)) == ["ok"]
 
 
+def test_not_saturated_judges_an_engine_without_kv_figures_on_its_queue_alone():
+    f = NotSaturatedFilter(max_waiting=5, max_kv_fraction=0.8)
+    cands = [
+        Candidate("tgi", kv_cache_fraction=0.95, kv_cache_known=False),
+        Candidate("tgi-queued", waiting=6, kv_cache_known=False),
+    ]
+    assert names(f.filter(REQ, cands, MEM)) == ["tgi"]
+
+
 def test_not_saturated_returns_empty_when_all_are_saturated_and_says_so():
     f = NotSaturatedFilter(max_waiting=0)
     assert f.filter(REQ, [Candidate("a", waiting=1), Candidate("b", waiting=3)], MEM) == []

@@ -62,6 +62,22 @@ def test_kv_cache_prefers_lower_fraction_and_clamps():
     assert scores == [pytest.approx(0.1), pytest.approx(0.9), 0.0]
 
 
+def test_kv_cache_unknown_scores_the_mean_of_the_measured_ones():
+    # A TGI (no KV figure, reported as 0) must not look like the emptiest cache.
+    cands = [
+        Candidate("a", kv_cache_fraction=0.8),
+        Candidate("b", kv_cache_fraction=0.2),
+        Candidate("tgi", kv_cache_known=False),
+    ]
+    assert KvCacheScorer().score(REQ, cands, SchedulerMemory()) == [
+        pytest.approx(0.2),
+        pytest.approx(0.8),
+        pytest.approx(0.5),
+    ]
+    unknown = [Candidate("x", kv_cache_known=False), Candidate("y", kv_cache_known=False)]
+    assert KvCacheScorer().score(REQ, unknown, SchedulerMemory()) == [1.0, 1.0]  # no preference
+
+
 # --- prefix cache --------------------------------------------------------------------------
 def tokens(n: int, start: int = 0) -> list[str]:
     return [f"t{i}" for i in range(start, start + n)]
@@ -91,6 +107,22 @@ def test_prefix_cache_sends_a_repeated_prefix_to_the_endpoint_that_served_it():
     # Same 12-token prefix, different tail: 3 of its 4 blocks are on b.
     again = SchedulingRequest("llama", tokens=tokens(12) + tokens(4, 900))
     assert PrefixCacheScorer().score(again, THREE, memory) == [0.0, 0.75, 0.0]
+
+
+def test_prefix_affinity_is_weighted_by_how_well_each_engines_cache_keeps_prefixes():
+    memory = small_memory()
+    first = SchedulingRequest("llama", tokens=tokens(16))
+    for name in ("keeps", "thrashes", "triton", "off"):
+        memory.prefix.record(name, memory.block_hashes(first))
+    cands = [
+        Candidate("keeps", prefix_hit_rate=0.8),
+        Candidate("thrashes", prefix_hit_rate=0.2),
+        Candidate("triton"),  # exports no hit rate: the guess stands
+        Candidate("off", prefix_hit_rate=0.0),  # prefix caching off: no affinity at all
+    ]
+    scores = PrefixCacheScorer().score(first, cands, memory)
+    assert scores == [1.0, pytest.approx(0.25), 1.0, 0.0]
+    assert PrefixCacheScorer().score(first, [Candidate("keeps"), Candidate("triton")], memory) == [1.0, 1.0]
 
 
 def test_prefix_cache_on_text_prompts():

@@ -28,12 +28,15 @@ def finish_reason(call: Call) -> str:
     return "length" if call.finish_reason == common_pb2.FINISH_REASON_LENGTH else "stop"
 
 
-def usage(call: Call) -> dict[str, int]:
-    return {
+def usage(call: Call) -> dict[str, int | bool]:
+    out: dict[str, int | bool] = {
         "prompt_tokens": call.input_tokens,
         "completion_tokens": call.output_tokens,
         "total_tokens": call.input_tokens + call.output_tokens,
     }
+    if call.usage_estimated:  # the engine reported no counts: these come from the text's length
+        out["estimated"] = True
+    return out
 
 
 class Shape:

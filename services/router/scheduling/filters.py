@@ -42,7 +42,8 @@ class NotSaturatedFilter:
     A request only waits in TRT-LLM when the running batch or the KV cache is full, so a queue
     means the next request pays at least one full generation before its first token. When every
     candidate is dropped the scheduler reports SATURATED and the router's flow control decides
-    (queue by SLO class, or shed)."""
+    (queue by SLO class, or shed). An engine that exports no KV figure is judged on its queue
+    alone."""
 
     empty_outcome: ClassVar[Outcome] = Outcome.SATURATED
     max_waiting: int = 5
@@ -59,4 +60,8 @@ class NotSaturatedFilter:
     ) -> list[Candidate]:
         max_waiting, max_kv = self.max_waiting, self.max_kv_fraction
         waiting = memory.waiting
-        return [c for c in candidates if c.kv_cache_fraction <= max_kv and waiting(c) <= max_waiting]
+        return [
+            c
+            for c in candidates
+            if (c.kv_cache_fraction <= max_kv or not c.kv_cache_known) and waiting(c) <= max_waiting
+        ]

@@ -31,19 +31,29 @@ class QueueDepthScorer:
 
 @dataclass(frozen=True)
 class KvCacheScorer:
-    """More free KV cache is better: 1 - fraction in use."""
+    """More free KV cache is better: 1 - fraction in use. An engine that exports no KV figure
+    (TGI, Ollama) scores the mean of the measured ones: neither preferred as if empty nor
+    avoided as if full."""
 
     def score(
         self, request: SchedulingRequest, candidates: list[Candidate], memory: SchedulerMemory
     ) -> list[float]:
-        return [1.0 - min(1.0, max(0.0, c.kv_cache_fraction)) for c in candidates]
+        scores = [1.0 - min(1.0, max(0.0, c.kv_cache_fraction)) for c in candidates]
+        known = [s for s, c in zip(scores, candidates, strict=True) if c.kv_cache_known]
+        if len(known) == len(scores):
+            return scores
+        neutral = sum(known) / len(known) if known else 1.0
+        return [s if c.kv_cache_known else neutral for s, c in zip(scores, candidates, strict=True)]
 
 
 @dataclass(frozen=True)
 class PrefixCacheScorer:
     """Fraction of the request's leading prompt blocks recently sent to the endpoint (and so
     likely still in its KV cache, sparing their prefill). Blocks are chain-hashed as the
-    engine's KV cache hashes them; a prompt shorter than one block scores 0 everywhere."""
+    engine's KV cache hashes them; a prompt shorter than one block scores 0 everywhere.
+
+    The guess is weighted by how well each engine's cache keeps prefixes, from the prefix-cache
+    hit rate it reports (vLLM, SGLang): see :func:`prefix_confidence`."""
 
     def score(
         self, request: SchedulingRequest, candidates: list[Candidate], memory: SchedulerMemory
@@ -53,7 +63,25 @@ class PrefixCacheScorer:
             return [0.0] * len(candidates)
         n = len(hashes)
         matched = memory.prefix.matched
-        return [matched(c.name, hashes) / n for c in candidates]
+        scores = [matched(c.name, hashes) / n for c in candidates]
+        confidence = prefix_confidence(candidates)
+        if confidence is None:
+            return scores
+        return [s * w for s, w in zip(scores, confidence, strict=True)]
+
+
+def prefix_confidence(candidates: list[Candidate]) -> list[float] | None:
+    """How far to trust "these blocks went there, so they are cached there", per candidate:
+    its engine's prefix-cache hit rate over the best one's among the candidates (they serve the
+    same model to the same traffic, so a lower rate means a cache that keeps less). Unknown
+    (Triton, TGI) counts as full trust; None when no candidate reports a rate. An engine whose
+    cache finds nothing at all (prefix caching off) gets no affinity."""
+    rates = [c.prefix_hit_rate for c in candidates]
+    known = [r for r in rates if r >= 0.0]
+    if not known:
+        return None
+    best = max(known)
+    return [1.0 if r < 0.0 else (r / best if best > 0.0 else 0.0) for r in rates]
 
 
 @dataclass(frozen=True)

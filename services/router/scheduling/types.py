@@ -57,6 +57,7 @@ class Candidate:
 
     Load figures are per (endpoint, model). ``max_running`` is the engine's running-sequence
     limit (0 = unknown); ``recent_ttft_s`` is the pool's EWMA of time to first token (0 = none).
+    ``kv_cache_known`` False means ``kv_cache_fraction`` is a placeholder, not a measurement.
     ``own_at_snapshot`` is this router's in-flight count at the endpoint when the figures
     arrived (-1 = unknown): what we dispatched or finished since then corrects the stale figures.
     """
@@ -76,6 +77,8 @@ class Candidate:
     labels: tuple[tuple[str, str], ...] = ()
     own_at_snapshot: int = -1
     kind: str = "triton"  # the engine protocol: "triton" (gRPC) or "openai" (HTTP)
+    kv_cache_known: bool = True  # False: the engine exports no KV figure (TGI, Ollama)
+    prefix_hit_rate: float = -1.0  # the engine's recent prefix-cache hit rate; -1 = unknown
 
 
 @dataclass(frozen=True, slots=True)

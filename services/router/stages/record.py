@@ -30,6 +30,8 @@ class Observe(Stage):
             (call.agent_name, call.model, call.slo_class), call.e2e_ms, call.ttft_ms, call.tbt_ms,
             call.queue_s, call.shed, (call.input_tokens, call.output_tokens), call.redactions,
         )  # fmt: skip
+        if call.usage_estimated:
+            self.metrics.estimated_usage.labels(call.agent_name, call.model).inc()
 
 
 class Journal(Stage):
@@ -88,7 +90,10 @@ class Record(Stage):
         if not call.dispatched:
             return None
         usage = common_pb2.Usage(
-            input_tokens=call.input_tokens, output_tokens=call.output_tokens, gpu_seconds=call.charged_gpu_s
+            input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens,
+            gpu_seconds=call.charged_gpu_s,
+            estimated=call.usage_estimated,
         )
         return records.usage_event(facts, usage, cached=bool(call.cached))
 
