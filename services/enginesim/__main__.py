@@ -47,6 +47,17 @@ def parse_args(argv: list[str] | None = None) -> SimulatorConfig:
         default=defaults.openai_port,
         help="OpenAI API port, /metrics in vLLM's names on it too (0: any free port)",
     )
+    kv = ap.add_argument_group("KV-cache events (vLLM's ZeroMQ stream, as --kv-events-config publishes it)")
+    kv.add_argument("--kv-events-port", type=int, default=defaults.kv_events_port,
+                    help="PUB port (-1: off, 0: any free port)")  # fmt: skip
+    kv.add_argument("--kv-events-replay-port", type=int, default=defaults.kv_events_replay_port,
+                    help="replay ROUTER port (-1: off, 0: any free port)")  # fmt: skip
+    kv.add_argument("--kv-events-pod", default=defaults.kv_events_pod,
+                    help="pod name in the topic kv@<pod>@<model>")  # fmt: skip
+    kv.add_argument("--kv-events-format", choices=("map", "array"), default=defaults.kv_events_format,
+                    help="event encoding: map (vLLM after PR #42892) or array (before)")  # fmt: skip
+    kv.add_argument("--kv-hash-seed", default=defaults.kv_hash_seed,
+                    help="seed of the block hash chain (vLLM's PYTHONHASHSEED, sha256_cbor)")  # fmt: skip
     ap.add_argument(
         "--catalog", type=Path, default=None, help="model catalog YAML (default: packaged models.yaml)"
     )
@@ -144,6 +155,11 @@ def parse_args(argv: list[str] | None = None) -> SimulatorConfig:
             fault_seed=args.fault_seed,
             protocol=args.protocol,
             openai_port=args.openai_port,
+            kv_events_port=args.kv_events_port,
+            kv_events_replay_port=args.kv_events_replay_port,
+            kv_events_pod=args.kv_events_pod,
+            kv_events_format=args.kv_events_format,
+            kv_hash_seed=args.kv_hash_seed,
         )
     except ValueError as exc:
         ap.error(str(exc))

@@ -19,6 +19,7 @@ from .admin import build_http_app
 from .catalog import Catalog, load_catalog
 from .config import SimulatorConfig
 from .faults import FaultInjector
+from .kv_events import KvEventPublisher
 from .metrics import MetricsServer, build_registry
 from .openai_api import OpenAIApi
 from .server import SERVICE_NAME, InferenceServicer
@@ -40,6 +41,7 @@ class RunningServer:
     metrics: MetricsServer | None
     faults: FaultInjector
     openai: HttpServer | None = None
+    kv_events: KvEventPublisher | None = None
 
     @property
     def address(self) -> str:
@@ -58,7 +60,9 @@ class RunningServer:
         """The bound addresses, as the startup log lines print them."""
         grpc_at = self.address if self.server is not None else "off"
         openai_at = self.openai_url or "off"
-        return f"grpc={grpc_at} metrics={self.metrics_port} openai={openai_at}"
+        kv = self.kv_events
+        kv_at = f" kv-events={kv.endpoint} kv-replay={kv.replay_endpoint or 'off'}" if kv else ""
+        return f"grpc={grpc_at} metrics={self.metrics_port} openai={openai_at}{kv_at}"
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Not ready at once; in-flight requests get ``grace_s`` to finish; then close."""
@@ -73,6 +77,9 @@ class RunningServer:
         if self.metrics:
             await asyncio.to_thread(self.metrics.close)
             self.metrics = None
+        if self.kv_events is not None:
+            await self.kv_events.close()
+            self.kv_events = None
 
 
 async def start_server(config: SimulatorConfig, catalog: Catalog | None = None) -> RunningServer:
@@ -85,7 +92,20 @@ async def start_server(config: SimulatorConfig, catalog: Catalog | None = None) 
     unknown = [n for n in config.load if catalog.get(n) is None]
     if unknown:
         raise ValueError(f"--load names model(s) not in the catalog {catalog.source}: {unknown}")
-    sim = Simulator(catalog, config.gpu_memory_gb, config.time_scale)
+    publisher = None
+    if config.kv_events_port >= 0:
+        publisher = KvEventPublisher(
+            config.host, config.kv_events_port, config.kv_events_replay_port,
+            config.kv_events_pod, config.kv_events_format,
+        )  # fmt: skip
+        publisher.start()
+    sim = Simulator(
+        catalog,
+        config.gpu_memory_gb,
+        config.time_scale,
+        kv_events=publisher.publish if publisher is not None else None,
+        kv_hash_seed=config.kv_hash_seed,
+    )
     faults = FaultInjector(config.faults, config.fault_seed)
     health_servicer = health.aio.HealthServicer()
     server, port = None, 0
@@ -95,7 +115,7 @@ async def start_server(config: SimulatorConfig, catalog: Catalog | None = None) 
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     if server is not None:
         await server.start()
-    running = RunningServer(config, sim, server, health_servicer, port, None, faults)
+    running = RunningServer(config, sim, server, health_servicer, port, None, faults, kv_events=publisher)
     try:
         if config.metrics_port >= 0:
             app = build_http_app(build_registry(sim), faults)

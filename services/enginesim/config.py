@@ -27,6 +27,14 @@ class SimulatorConfig:
     server_version: str = "2.59.0"  # reported by ServerMetadata, as a Triton release
     protocol: str = "triton"  # "triton" (gRPC), "openai" (HTTP, vLLM-flavoured) or "both"
     openai_port: int = 8000  # the OpenAI API and its vLLM /metrics; 0 picks a free port
+    # KV-cache events in vLLM's format (kv_events.py): ZeroMQ PUB port, -1 off, 0 a free port;
+    # the replay ROUTER port likewise; the pod name in the topic kv@<pod>@<model>; the event
+    # encoding ("map": vLLM after PR #42892, "array": before); the block hash chain's seed.
+    kv_events_port: int = -1
+    kv_events_replay_port: int = -1
+    kv_events_pod: str = "enginesim"
+    kv_events_format: str = "map"
+    kv_hash_seed: str = "0"
 
     @property
     def serves_triton(self) -> bool:
@@ -41,6 +49,11 @@ class SimulatorConfig:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if not 0 <= self.openai_port <= 65535:
             raise ValueError(f"openai_port must be in 0..65535, got {self.openai_port}")
+        for name in ("kv_events_port", "kv_events_replay_port"):
+            if not -1 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be in -1..65535, got {getattr(self, name)}")
+        if self.kv_events_format not in ("map", "array"):
+            raise ValueError(f"kv_events_format must be map or array, got {self.kv_events_format!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not -1 <= self.metrics_port <= 65535:

@@ -25,12 +25,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from services.common.kv_blocks import BlockHasher, sim_token_ids
+from services.common.kv_events_wire import KvEvent
+
 from .catalog import ModelSpec
-from .kv_cache import KvAllocation, KvBlockCache, prefix_block_hashes
-from .text import TextGenerator, tokenize
+from .kv_cache import KvAllocation, KvBlockCache
+from .text import TextGenerator
 
 QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"  # Triton's wording, clients match on it
 MAX_LAG_S = 0.05
@@ -109,7 +112,7 @@ class Sequence:
 
     def __init__(self, engine: ModelEngine, request: GenerationRequest) -> None:
         spec = engine.spec
-        tokens = tokenize(request.prompt)
+        tokens = sim_token_ids(request.prompt)
         self.request = request
         self.input_tokens = max(1, len(tokens))  # the BOS token of an empty prompt
         self.output_tokens = 0
@@ -117,7 +120,9 @@ class Sequence:
         self.arrival_ms = engine.sim_now_ms
         self.admitted_ms = 0.0
         self.reserved_blocks = spec.kv_blocks_for(self.input_tokens + request.max_tokens)
-        self.prompt_block_hashes = prefix_block_hashes(tokens, spec.kv_block_size)
+        # vLLM's block hash chain (the digests the KV events announce; services/common/kv_blocks).
+        self.prompt_block_hashes = tuple(engine.hasher.digests(tokens))
+        self.prompt_token_ids = tokens
         self.kv: KvAllocation | None = None  # held from admission to the end
         self.reused_blocks = 0  # prompt blocks found in the KV cache on admission
         # Wall-clock nanoseconds, as TRT-LLM's perf-metric outputs report them.
@@ -207,7 +212,14 @@ class ModelEngine:
     engine's schedule and the GPU allow, so two busy co-located models each run slower.
     """
 
-    def __init__(self, spec: ModelSpec, time_scale: float = 1.0, gpu: GpuClock | None = None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        time_scale: float = 1.0,
+        gpu: GpuClock | None = None,
+        kv_events: Callable[[list[KvEvent]], None] | None = None,
+        hash_seed: str = "0",
+    ) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
         self.spec = spec
@@ -218,7 +230,14 @@ class ModelEngine:
         self._waiting: deque[Sequence] = deque()
         self._prefill: list[Sequence] = []  # admitted, prefilled in the next step
         self._running: list[Sequence] = []
-        self.kv_cache = KvBlockCache(spec.kv_capacity_blocks, spec.kv_block_size, spec.kv_cache_reuse)
+        self.kv_cache = KvBlockCache(
+            spec.kv_capacity_blocks,
+            spec.kv_block_size,
+            spec.kv_cache_reuse,
+            record_events=kv_events is not None,
+        )
+        self.hasher = BlockHasher(spec.kv_block_size, hash_seed)
+        self._kv_events = kv_events  # publishes the KV cache's events (vLLM's format), once per step
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -275,6 +294,7 @@ class ModelEngine:
         self._prefill.clear()
         self._running.clear()
         self.kv_cache.reset()
+        self._publish_kv_events()
         self._idle.set()
 
     # --- requests --------------------------------------------------------------------------
@@ -303,7 +323,7 @@ class ModelEngine:
         """Admit ``seq`` if a slot is free and its KV blocks can be reserved."""
         if self.running >= self.spec.max_running_sequences:
             return False
-        seq.kv = self.kv_cache.allocate(seq.prompt_block_hashes, seq.reserved_blocks)
+        seq.kv = self.kv_cache.allocate(seq.prompt_block_hashes, seq.reserved_blocks, seq.prompt_token_ids)
         if seq.kv is None:
             return False
         seq.reused_blocks = seq.kv.reused
@@ -339,11 +359,18 @@ class ModelEngine:
         while self._waiting and self._try_admit(self._waiting[0]):
             self._waiting.popleft()
 
+    def _publish_kv_events(self) -> None:
+        if self._kv_events is not None:
+            events = self.kv_cache.take_events()
+            if events:
+                self._kv_events(events)
+
     # --- the step loop ---------------------------------------------------------------------
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self._admit_waiting()
+            self._publish_kv_events()  # one batch per step, as vLLM's scheduler publishes them
             if not self._prefill and not self._running:
                 self._wake.clear()
                 await self._wake.wait()

@@ -23,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.common.kv_events_wire import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent
+
 
 def prefix_block_hashes(tokens: Sequence[str], block_size: int) -> tuple[int, ...]:
     """Chained hashes of the *full* blocks of ``tokens`` (a partial tail block is not shareable)."""
@@ -48,7 +50,9 @@ class KvAllocation:
 
 
 class KvBlockCache:
-    def __init__(self, capacity_blocks: int, block_size: int, enable_reuse: bool = True) -> None:
+    def __init__(
+        self, capacity_blocks: int, block_size: int, enable_reuse: bool = True, record_events: bool = False
+    ) -> None:
         if capacity_blocks < 1 or block_size < 1:
             raise ValueError("capacity_blocks and block_size must be >= 1")
         self.capacity = capacity_blocks
@@ -59,6 +63,16 @@ class KvBlockCache:
         self._private = 0
         self.reused_total = 0  # blocks served from the cache, cumulative
         self.evicted_total = 0
+        # What changed since the last take_events(), as vLLM's KV events (only when recording).
+        self._events: list[KvEvent] | None = [] if record_events else None
+
+    def take_events(self) -> list[KvEvent]:
+        """The BlockStored/BlockRemoved/AllBlocksCleared events since the last call, in order."""
+        events = self._events
+        if not events:
+            return []
+        self._events = []
+        return events
 
     # --- counts ---------------------------------------------------------------------------
     @property
@@ -88,11 +102,14 @@ class KvBlockCache:
         return n
 
     # --- allocation -----------------------------------------------------------------------
-    def allocate(self, hashes: Sequence[int], total_blocks: int) -> KvAllocation | None:
+    def allocate(
+        self, hashes: Sequence[int], total_blocks: int, token_ids: Sequence[int] = ()
+    ) -> KvAllocation | None:
         """Reserve ``total_blocks`` for a sequence whose full prompt blocks are ``hashes``.
 
         Returns None (and changes nothing) when even evicting every cached block would not
-        make room. ``total_blocks`` counts every block, shared ones included.
+        make room. ``total_blocks`` counts every block, shared ones included. ``token_ids`` (the
+        prompt's) go into the BlockStored event of the blocks this sequence adds.
         """
         reused = self.cached_prefix_blocks(hashes)
         shared = tuple(hashes) if self.enable_reuse else ()
@@ -108,16 +125,35 @@ class KvBlockCache:
             self._evictable.pop(h, None)
             self._refs[h] += 1
         reusing = set(shared[:reused])
+        evicted = []
         while needed > self.capacity - len(self._refs) - self._private:
             victim = next(h for h in self._evictable if h not in reusing)
             del self._evictable[victim]
             del self._refs[victim]
+            evicted.append(victim)
             self.evicted_total += 1
         for h in new_shared:
             self._refs[h] = 1
+        if self._events is not None:
+            self._record(evicted, shared, reused, token_ids)
         self._private += private
         self.reused_total += reused
         return KvAllocation(shared=shared, private=private, reused=reused)
+
+    def _record(self, evicted: list, shared: tuple, reused: int, token_ids: Sequence[int]) -> None:
+        events = self._events
+        if evicted:
+            events.append(BlockRemoved(tuple(evicted)))
+        if len(shared) > reused:
+            bs = self.block_size
+            events.append(
+                BlockStored(
+                    block_hashes=shared[reused:],
+                    parent_block_hash=shared[reused - 1] if reused else None,
+                    token_ids=tuple(token_ids[reused * bs : len(shared) * bs]),
+                    block_size=bs,
+                )
+            )
 
     def release(self, alloc: KvAllocation) -> None:
         """The sequence ended: private blocks are freed, shared ones stay cached (LRU)."""
@@ -133,3 +169,5 @@ class KvBlockCache:
         self._refs.clear()
         self._evictable.clear()
         self._private = 0
+        if self._events is not None:
+            self._events = [AllBlocksCleared()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -71,7 +72,14 @@ class _Slot:
 class Simulator:
     """Everything a Triton server holds, minus the protocol."""
 
-    def __init__(self, catalog: Catalog, gpu_memory_gb: float = 80.0, time_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        gpu_memory_gb: float = 80.0,
+        time_scale: float = 1.0,
+        kv_events: Callable[[str, list], None] | None = None,
+        kv_hash_seed: str = "0",
+    ) -> None:
         if gpu_memory_gb <= 0:
             raise ValueError(f"gpu_memory_gb must be > 0, got {gpu_memory_gb}")
         if time_scale <= 0:
@@ -82,6 +90,9 @@ class Simulator:
         self.gpu = GpuClock()  # one simulated GPU: the loaded models share its compute
         self.ready = False  # ServerReady: startup loads done and not shutting down
         self._slots: dict[str, _Slot] = {}  # models ever touched by a load
+        # (model, KV events) -> published (kv_events.py); None: the engines record no events.
+        self._kv_events = kv_events
+        self.kv_hash_seed = kv_hash_seed  # the PYTHONHASHSEED of vLLM's block hash chain
 
     # --- state ------------------------------------------------------------------------------
     @property
@@ -192,7 +203,14 @@ class Simulator:
     async def _do_load(self, slot: _Slot) -> None:
         try:
             await asyncio.sleep(slot.spec.load_time_s / self.time_scale)
-            engine = ModelEngine(slot.spec, self.time_scale, self.gpu)
+            name, publish = slot.spec.name, self._kv_events
+            engine = ModelEngine(
+                slot.spec,
+                self.time_scale,
+                self.gpu,
+                kv_events=(lambda events: publish(name, events)) if publish is not None else None,
+                hash_seed=self.kv_hash_seed,
+            )
             engine.start()
             slot.engine, slot.state, slot.reason = engine, ModelState.READY, ""
             log.info("loaded model %s", slot.spec.name)

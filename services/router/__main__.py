@@ -27,6 +27,7 @@ from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
 from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from services.router.kv_events import EVENTS_LABEL, REPLAY_LABEL, KvEventFollower
 from services.router.mcp_front import PATH as MCP_PATH
 from services.router.mcp_front import McpFrontDoor
 from services.router.metrics import RouterMetrics
@@ -61,10 +62,18 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     flow = FlowController()
     # A pool change may free capacity: let queued requests re-check their endpoints.
     scheduler = Scheduler(load_config(cfg.scheduler_profiles or None))
+    # Engines that publish KV events (pool labels kv-events, kv-events-replay) are followed by
+    # this process into the precise prefix scorer's index.
+    kv_follower = KvEventFollower(scheduler.memory.engine_blocks)
+
+    def pool_changed() -> None:
+        flow.capacity_changed()
+        kv_follower.sync(endpoints.kv_event_sources(EVENTS_LABEL, REPLAY_LABEL))
+
     endpoints = EndpointView(
         channels["pool"],
         cfg.endpoint_refresh_s,
-        on_change=flow.capacity_changed,
+        on_change=pool_changed,
         own_inflight=scheduler.memory.own,
     )
     access = dict(cfg.engine_access)
@@ -157,6 +166,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     async def shutdown() -> None:
         await registry.stop()
         await endpoints.stop()
+        await kv_follower.close()
         await cost_follower.stop()
         await events.drain(timeout=cfg.server.grace_s)
         await triton.close()

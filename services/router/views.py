@@ -58,6 +58,16 @@ class EndpointView(BackgroundFollower):
         """Endpoints that have the model READY and are healthy (the scheduler filters further)."""
         return self._by_model.get(triton_model, [])
 
+    def kv_event_sources(self, events_label: str, replay_label: str) -> dict[str, tuple[str, str]]:
+        """endpoint -> (KV events address, replay address or "") from the endpoints' pool labels,
+        for the endpoints that name one."""
+        out = {}
+        for name, ep in self._endpoints.items():
+            address = ep.labels.get(events_label, "")
+            if address:
+                out[name] = (address, ep.labels.get(replay_label, ""))
+        return out
+
     def gpu_type(self, endpoint: str) -> str:
         ep = self._endpoints.get(endpoint)
         return ep.gpu_type if ep else ""

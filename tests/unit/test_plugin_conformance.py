@@ -8,6 +8,8 @@ import random
 
 import pytest
 
+from services.common.kv_blocks import BlockHasher, sim_token_ids
+from services.common.kv_events_wire import BlockStored, EventBatch
 from services.common.plugins import PluginRegistry
 from services.cost.advisor import RULES, Facts, Fleet, Recommendation, RuleResult
 from services.cost.advisor.registry import RULE
@@ -66,6 +68,13 @@ def test_scorers_give_one_score_in_0_1_per_candidate(name):
         scores = plugin.score(REQUEST, CANDIDATES, scheduler.memory)
         assert len(scores) == len(CANDIDATES) and all(0.0 <= s <= 1.0 for s in scores)
         scheduler.record(CANDIDATES[1], REQUEST)
+    # ... and once an engine's KV events said it holds part of the request's prefix
+    tokens = sim_token_ids(REQUEST.prompt)
+    held = BlockHasher(16).digests(tokens)[:3]
+    stored = BlockStored(tuple(held), None, tuple(tokens[: 3 * 16]), 16)
+    scheduler.memory.engine_blocks.apply("c", "", EventBatch(0.0, (stored,)))
+    scores = plugin.score(REQUEST, CANDIDATES, scheduler.memory)
+    assert len(scores) == len(CANDIDATES) and all(0.0 <= s <= 1.0 for s in scores)
 
 
 @pytest.mark.parametrize("name", plugins(REGISTRY, PICKER))

@@ -24,7 +24,7 @@ def test_pick_returns_an_endpoint_with_scores_per_plugin_and_the_profile():
     assert decision.ok and decision.outcome is Outcome.PICKED and decision.profile == "default"
     assert decision.endpoint in FLEET and decision.considered == 4
     assert [name for name, _ in decision.scores] == [
-        "prefix-cache",
+        "precise-prefix-cache",
         "queue-depth",
         "kv-cache",
         "session-affinity",
@@ -67,7 +67,7 @@ def test_shared_prefix_requests_follow_the_endpoint_that_served_the_prefix():
     for user in range(2, 12):
         req = SchedulingRequest("llama", prompt=SYSTEM + f"Question from user {user}?")
         again = s.pick(req, FLEET)
-        assert again.endpoint == d.endpoint and dict(again.scores)["prefix-cache"] > 0.9
+        assert again.endpoint == d.endpoint and dict(again.scores)["precise-prefix-cache"] > 0.9
         s.record(again.endpoint, req)
 
 
@@ -158,4 +158,4 @@ def test_given_token_ids_are_hashed_instead_of_the_text():
     ids = list(range(64 * 3))
     s.record("sim-2", SchedulingRequest("llama", tokens=ids))
     d = s.pick(SchedulingRequest("llama", tokens=[*ids[:128], 7, 7, 7]), FLEET)
-    assert d.endpoint.name == "sim-2" and dict(d.scores)["prefix-cache"] == 1.0
+    assert d.endpoint.name == "sim-2" and dict(d.scores)["precise-prefix-cache"] == 1.0

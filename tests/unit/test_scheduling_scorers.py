@@ -204,8 +204,13 @@ def test_latency_falls_back_to_the_pools_figure_and_is_optimistic_about_unknown_
 
 
 def test_scorers_are_registered_and_take_no_params():
-    assert {"queue-depth", "kv-cache", "prefix-cache", "session-affinity", "latency"} <= set(
-        REGISTRY.names("scorer")
-    )
+    assert {
+        "queue-depth",
+        "kv-cache",
+        "prefix-cache",
+        "precise-prefix-cache",
+        "session-affinity",
+        "latency",
+    } <= set(REGISTRY.names("scorer"))
     with pytest.raises(ValueError, match="unknown param"):
         REGISTRY.build("scorer", "latency", {"alpha": 0.1})

@@ -15,6 +15,7 @@ SCORERS = {
     "queue-depth": scorers.QueueDepthScorer,
     "kv-cache": scorers.KvCacheScorer,
     "prefix-cache": scorers.PrefixCacheScorer,
+    "precise-prefix-cache": scorers.PrecisePrefixCacheScorer,
     "session-affinity": scorers.SessionAffinityScorer,
     "latency": scorers.LatencyScorer,
 }

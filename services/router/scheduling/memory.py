@@ -12,7 +12,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
+from services.common.kv_blocks import BlockHasher, sim_token_ids
+from services.router.scheduling.engine_blocks import EngineBlockIndex
 from services.router.scheduling.types import Candidate, SchedulingRequest
+
+# Tokenizers the precise prefix scorer can hash prompts with (it must be the engine's own).
+TOKENIZERS = {"enginesim": sim_token_ids}
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,15 @@ class MemoryConfig:
     prefix_lru_blocks: int = 65_536  # block hashes remembered per endpoint
     sessions_max: int = 100_000
     ttft_ewma_alpha: float = 0.2
+    # The precise prefix scorer (engines' KV events): the engines' tokenizer and block hash seed
+    # (vLLM's PYTHONHASHSEED; the hash is sha256_cbor), the prompt tokens hashed per request, the
+    # block hashes kept per (endpoint, model), and how long an index that lost events is not
+    # trusted while it rebuilds.
+    kv_events_tokenizer: str = "enginesim"
+    kv_events_hash_seed: str = "0"
+    kv_events_max_tokens: int = 32_768
+    kv_events_max_blocks: int = 262_144
+    kv_events_resync_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -35,11 +49,19 @@ class MemoryConfig:
             "prefix_chars_per_token",
             "prefix_lru_blocks",
             "sessions_max",
+            "kv_events_max_tokens",
+            "kv_events_max_blocks",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"memory.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.ttft_ewma_alpha <= 1.0:
             raise ValueError(f"memory.ttft_ewma_alpha must be in (0, 1], got {self.ttft_ewma_alpha}")
+        if self.kv_events_tokenizer not in TOKENIZERS:
+            raise ValueError(
+                f"memory.kv_events_tokenizer must be one of {sorted(TOKENIZERS)}, got {self.kv_events_tokenizer!r}"
+            )
+        if self.kv_events_resync_s < 0:
+            raise ValueError(f"memory.kv_events_resync_s must be >= 0, got {self.kv_events_resync_s}")
 
     @staticmethod
     def from_mapping(raw: Mapping[str, object] | None) -> MemoryConfig:
@@ -149,6 +171,24 @@ class SchedulerMemory:
         # pool's figures are per model too (an endpoint may serve several). They arrive by
         # scrape (seconds old); this is exact for our own traffic.
         self.inflight: dict[tuple[str, str], int] = {}
+        cfg = self.config
+        self.engine_blocks = EngineBlockIndex(cfg.kv_events_max_blocks, cfg.kv_events_resync_s)
+        self._tokenize = TOKENIZERS[cfg.kv_events_tokenizer]
+        self._hashers: dict[int, BlockHasher] = {}
+
+    def engine_block_hashes(self, request: SchedulingRequest, block_size: int) -> tuple[int, ...]:
+        """The request's prompt blocks hashed as the engine hashes them (its tokenizer, its block
+        size, vLLM's chain), computed once per request and block size."""
+        key = (-1, block_size, 0)
+        hit = request._hashes.get(key)
+        if hit is None:
+            hasher = self._hashers.get(block_size)
+            if hasher is None:
+                hasher = self._hashers[block_size] = BlockHasher(block_size, self.config.kv_events_hash_seed)
+            tokens = request.tokens or self._tokenize(request.prompt)
+            max_blocks = self.config.kv_events_max_tokens // block_size
+            hit = request._hashes[key] = hasher.hashes(tokens, max_blocks)
+        return hit
 
     def own(self, endpoint: str, model: str) -> int:
         """This router's in-flight requests for `model` at `endpoint`."""
@@ -184,6 +224,7 @@ class SchedulerMemory:
         """Drop what is known about endpoints that left the pool."""
         for name in endpoints:
             self.prefix.forget(name)
+            self.engine_blocks.forget(name)
             self.latency.forget(name)
             for key in [k for k in self.inflight if k[0] == name]:
                 del self.inflight[key]

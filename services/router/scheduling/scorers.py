@@ -85,6 +85,38 @@ def prefix_confidence(candidates: list[Candidate]) -> list[float] | None:
 
 
 @dataclass(frozen=True)
+class PrecisePrefixCacheScorer:
+    """Fraction of the request's leading prompt blocks the endpoint's engine holds, as its KV
+    events say (``memory.engine_blocks``): the prompt hashed with the engine's tokenizer, block
+    size and hash chain, looked up in what the engine announced it stored and not yet evicted.
+
+    An endpoint whose engine publishes no events, or whose index is resyncing after lost
+    events, is scored as the approximate ``prefix-cache`` scorer scores it (the router's own
+    record of where prompts went), so a profile can use this scorer over any mix of engines.
+    While no engine publishes, the prompt is not tokenized at all."""
+
+    def score(
+        self, request: SchedulingRequest, candidates: list[Candidate], memory: SchedulerMemory
+    ) -> list[float]:
+        index = memory.engine_blocks
+        approx: list[float] | None = None
+        out = []
+        for i, c in enumerate(candidates):
+            entry = index.live(c.name, c.model)
+            if entry is None:
+                if approx is None:
+                    approx = _APPROXIMATE.score(request, candidates, memory)
+                out.append(approx[i])
+                continue
+            hashes = memory.engine_block_hashes(request, entry.block_size)
+            out.append(entry.matched(hashes) / len(hashes) if hashes else 0.0)
+        return out
+
+
+_APPROXIMATE = PrefixCacheScorer()
+
+
+@dataclass(frozen=True)
 class SessionAffinityScorer:
     """1 for the endpoint the request's session last went to (its conversation is likely in
     that KV cache), 0 elsewhere; 0 everywhere without a session id."""
