@@ -7,20 +7,21 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
 
-.PHONY: install system-deps proto run test test-fast lint bench bench-fleet certs clean help
+.PHONY: install system-deps proto run test test-fast lint bench bench-fleet certs clean help example-rag
 
 help:
 	@echo "make run    - install, generate, make certs, start the local stack (Ctrl-C stops it)"
 	@echo "make test   - the full test suite (PostgreSQL and Redis on their default ports)"
 	@echo "make lint   - ruff (style) and import-linter (services never import each other; no cycles)"
 	@echo "make bench  - benchmarks in bench/"
+	@echo "make example-rag - the LangGraph RAG agent (examples/rag_agent) against the stack of make run"
 	@echo "make bench-fleet - fleet scenario: static per-agent GPUs vs the pooled Harness (~3 min; charts in bench/fleet/out/)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24,<27"
-	$(PY) -m pip install --quiet -e ".[dev,triton]"
+	$(PY) -m pip install --quiet -e ".[dev,triton,examples]"
 	@# Generated stubs live in gen/ (not committed); put it on the venv's path.
 	echo "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/harness_gen.pth
 	touch $(STAMP)
@@ -56,7 +57,7 @@ test-fast: system-deps proto
 
 lint: proto
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/ruff format --check services tests bench examples
 	$(VENV)/bin/lint-imports
 
 bench: proto
@@ -70,6 +71,10 @@ bench: proto
 
 bench-fleet: proto
 	$(PY) -m bench.fleet $(ARGS)
+
+# The example RAG agent against a running `make run` stack (reads .harness/env); ARGS passes options.
+example-rag: $(STAMP)
+	$(PY) -m examples.rag_agent $(ARGS)
 
 clean:
 	rm -rf gen .harness .pytest_cache
