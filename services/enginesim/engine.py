@@ -33,7 +33,8 @@ from services.common.kv_events_wire import KvEvent
 
 from .catalog import ModelSpec
 from .kv_cache import KvAllocation, KvBlockCache
-from .text import TextGenerator
+from .text import END_OF_SCRIPT, TextGenerator
+from .tool_calls import tool_call_script
 
 QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"  # Triton's wording, clients match on it
 MAX_LAG_S = 0.05
@@ -134,7 +135,8 @@ class Sequence:
         self._pieces: list[str] = []
         self._tail = ""  # last characters, for stop-word matching without re-joining the text
         self._tail_len = max((len(w) for w in request.stop_words), default=0)
-        self._gen = TextGenerator(request.prompt, request.seed, request.temperature)
+        script = tool_call_script(request.prompt)  # a prompt offering functions gets a call
+        self._gen = TextGenerator(request.prompt, request.seed, request.temperature, script)
         self._events: asyncio.Queue[TokenChunk | EngineError] = asyncio.Queue()
 
     @property
@@ -178,6 +180,8 @@ class Sequence:
     def _next_chunk(self) -> TokenChunk:
         token_id, piece = self._gen.next_token()
         req = self.request
+        if token_id == END_OF_SCRIPT:
+            return TokenChunk("", -1, self.output_tokens, final=True, finish_reason="stop")
         may_stop = self.output_tokens >= req.min_tokens
         if may_stop and req.end_id is not None and token_id == req.end_id:
             return TokenChunk("", -1, self.output_tokens, final=True, finish_reason="end_id")

@@ -53,14 +53,25 @@ def _rng(prompt: str, seed: int, temperature: float) -> random.Random:
     return random.Random(int.from_bytes(digest[:16], "little"))
 
 
-class TextGenerator:
-    """Yields (token_id, text piece) pairs for one sequence, deterministically."""
+SCRIPTED_ID = len(VOCAB)  # the id of a scripted piece: outside the vocabulary, never an end_id
+END_OF_SCRIPT = -2  # a scripted answer is complete: the sequence stops ("stop")
+_PIECE_RE = re.compile(r"\s*(?:\w+|[^\w\s])")
 
-    def __init__(self, prompt: str, seed: int = 0, temperature: float = 0.0) -> None:
+
+class TextGenerator:
+    """Yields (token_id, text piece) pairs for one sequence, deterministically; with a `script`,
+    the script's pieces (their concatenation is the script, spaces kept) and then END_OF_SCRIPT."""
+
+    def __init__(
+        self, prompt: str, seed: int = 0, temperature: float = 0.0, script: str | None = None
+    ) -> None:
         self._rng = _rng(prompt, seed, temperature)
         self._prev_punct = True  # no punctuation at the very start
+        self._script = _PIECE_RE.findall(script) if script else None
 
     def next_token(self) -> tuple[int, str]:
+        if self._script is not None:
+            return (SCRIPTED_ID, self._script.pop(0)) if self._script else (END_OF_SCRIPT, "")
         while True:
             token_id = self._rng.randrange(len(VOCAB))
             word = VOCAB[token_id]

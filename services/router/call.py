@@ -16,6 +16,7 @@ from harness.registry.v1 import registry_pb2
 
 from services.common.context import RequestContext
 from services.router import records
+from services.router.chat import ChatMessage, ChatTemplate, ToolChoice, ToolSpec
 from services.router.engine import EngineRequest
 from services.router.flow import SloClass
 from services.router.scheduling import Candidate, SchedulingRequest
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class GenerationInput:
     prompt: str = ""
-    messages: tuple[tuple[str, str], ...] = ()
+    messages: tuple[ChatMessage | tuple[str, str], ...] = ()  # (role, content) pairs or ChatMessage
     max_tokens: int = 0
     temperature: float = 0.0
     top_p: float = 0.0
@@ -41,6 +42,8 @@ class GenerationInput:
     model: str = ""
     timeout_s: float | None = None  # time left before the caller's deadline (None: none)
     bypass_cache: bool = False  # skip the exact-result cache (the fresh result refreshes it)
+    tools: tuple[ToolSpec, ...] = ()  # functions the model may call (rendered by the chat template)
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Call:
     rule: str = ""  # the casbin rule that let the user invoke the agent
     audited: bool = False  # a refusal already wrote its own audit record (authorization)
     # Validate / Redact
+    template: ChatTemplate | None = None  # the model family's chat template (messages only)
     prompt: str = ""
     max_tokens: int = 0
     prompt_tokens: int = 0

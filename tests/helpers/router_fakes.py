@@ -22,6 +22,7 @@ class FakeRegistry:
     denied: set[str] = field(default_factory=set)
     users: dict[str, registry_pb2.User] = field(default_factory=dict)
     teams: dict[str, str] = field(default_factory=dict)  # project -> owning team
+    family: str = ""  # the model's family (its chat template; "" is the neutral one)
 
     async def agent(self, name: str) -> registry_pb2.Agent:
         return self.agent_record
@@ -33,7 +34,9 @@ class FakeRegistry:
         return self.teams.get(project, "")
 
     async def model(self, name: str) -> registry_pb2.Model:
-        return registry_pb2.Model(name=MODEL, triton_model=TRITON_MODEL, context_length=self.context_length)
+        return registry_pb2.Model(
+            name=MODEL, triton_model=TRITON_MODEL, context_length=self.context_length, family=self.family
+        )
 
     async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
         return AccessDecision(obj not in self.denied, "p, test")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from services.router.chat import AUTO, NONE, ChatMessage, ToolChoice
 from services.router.openai_http.schema import (
     BadRequest,
     ChatCompletionRequest,
@@ -34,10 +35,10 @@ def test_chat_body_becomes_the_same_input_as_grpc_generate():
     )
     inp = chat_input(req)
     assert inp.messages == (
-        ("system", "Be brief."),
-        ("user", "Sum up"),
-        ("assistant", "Sure."),
-        ("tool", "42"),
+        ChatMessage("system", "Be brief."),
+        ChatMessage("user", "Sum up"),
+        ChatMessage("assistant", "Sure."),
+        ChatMessage("tool", "42", tool_call_id="c1"),
     )
     assert (inp.max_tokens, inp.stop, inp.seed, inp.top_p, inp.model) == (7, ("END",), 3, 0.5, "llama-3-8b")
     assert inp.temperature == 1.0  # OpenAI's default when the body leaves it out
@@ -85,12 +86,57 @@ def test_bad_bodies_name_the_field(body, param, code):
     assert bad.value.http_status == 400
 
 
-def test_tools_are_refused_unless_tool_choice_is_none():
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
-    with pytest.raises(BadRequest) as refused:
-        chat_input(parse(ChatCompletionRequest, chat(tools=tools)))
-    assert refused.value.param == "tools" and "does not support tool calls" in refused.value.message
-    assert chat_input(parse(ChatCompletionRequest, chat(tools=tools, tool_choice="none"))).messages
+TOOLS = [
+    {"type": "function", "function": {"name": "lookup", "description": "Find an account",
+                                      "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}},
+    {"type": "function", "function": {"name": "close"}},
+]  # fmt: skip
+
+
+def test_tools_tool_choice_and_a_tool_round_trip_reach_the_input():
+    inp = chat_input(parse(ChatCompletionRequest, chat(tools=TOOLS)))
+    assert [t.name for t in inp.tools] == ["lookup", "close"] and inp.tool_choice == ToolChoice(AUTO)
+    assert inp.tools[0].parameters["properties"] == {"id": {"type": "string"}}
+    named = {"type": "function", "function": {"name": "close"}}
+    assert chat_input(parse(ChatCompletionRequest, chat(tools=TOOLS, tool_choice=named))).tool_choice == (
+        ToolChoice(AUTO, "close")
+    )
+    assert (
+        chat_input(parse(ChatCompletionRequest, chat(tools=TOOLS, tool_choice="none"))).tool_choice.mode
+        == NONE
+    )
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"id": "7"}'}}
+    history = [
+        {"role": "user", "content": "find 7"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"balance": 3}'},
+    ]
+    inp = chat_input(parse(ChatCompletionRequest, chat(messages=history, tools=TOOLS)))
+    assert inp.messages[1].tool_calls[0].name == "lookup" and inp.messages[1].tool_calls[0].id == "call_1"
+    assert inp.messages[2] == ChatMessage("tool", '{"balance": 3}', tool_call_id="call_1")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (chat(tools=[{"type": "function", "function": {"name": "bad name"}}]), "tools[0].function.name"),
+        (chat(tools=[{"type": "retrieval"}]), "tools[0].type"),
+        (chat(tools=TOOLS, tool_choice="sometimes"), "tool_choice"),
+        (chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice"),
+        (chat(tool_choice="required"), "tool_choice"),
+        (chat(tools=[TOOLS[1], TOOLS[1]]), "tools"),
+        (chat(messages=[{"role": "tool", "content": "x"}]), "messages[0].tool_call_id"),
+        (
+            chat(messages=[{"role": "assistant", "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]),
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_tools_name_the_field(body, param):
+    with pytest.raises(BadRequest) as bad:
+        chat_input(parse(ChatCompletionRequest, body))
+    assert bad.value.param == param and bad.value.http_status == 400
 
 
 def test_conflicting_token_limits_and_empty_stop_are_refused():

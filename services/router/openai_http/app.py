@@ -27,6 +27,8 @@ from services.common import context as reqctx
 from services.common.errors import HarnessError, NotFound
 from services.common.http_server import PEER_IDS_KEY, TLS_KEY
 from services.common.identity import Authenticator
+from services.router.chat import ToolCallOut, ToolCallStream
+from services.router.chat.templates import offered
 from services.router.core import Call, Chunk, GenerationInput, Router
 from services.router.openai_http import errors, schema, wire
 
@@ -165,10 +167,13 @@ class OpenAIFrontDoor:
         await self._model(inp.model)
         call = Call(inp)
         deltas = _texts(self.router.run(call))
+        calls: list[ToolCallOut] = []  # filled once the answer ended, when it called tools
+        tools = offered(inp.tools, inp.tool_choice)
+        if tools:
+            deltas = _split_tool_calls(deltas, call, tools, calls)
         if not req.stream:
-            async for _ in deltas:
-                pass
-            body = shape(call.request_id, call.model).whole(call.text, call)
+            text = "".join([delta async for delta in deltas])
+            body = shape(call.request_id, call.model).whole(text, call, tuple(calls))
             return Response(body, media_type=JSON, headers=_call_headers(call))
         # The first delta before the headers: an error before any text (policy, limits, no
         # endpoint) still gets its own HTTP status, as OpenAI answers them.
@@ -177,13 +182,13 @@ class OpenAIFrontDoor:
         except StopAsyncIteration:
             first = None
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _events(shape(call.request_id, call.model, include_usage), first, deltas, call)
+        events = _events(shape(call.request_id, call.model, include_usage), first, deltas, call, calls)
         headers = {**_call_headers(call), "cache-control": "no-cache", "x-accel-buffering": "no"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 async def _events(
-    shape: wire.Shape, first: str | None, deltas: AsyncIterator[str], call: Call
+    shape: wire.Shape, first: str | None, deltas: AsyncIterator[str], call: Call, calls: list[ToolCallOut]
 ) -> AsyncIterator[bytes]:
     try:
         yield shape.start()
@@ -191,7 +196,9 @@ async def _events(
             yield shape.delta(first)
             async for delta in deltas:
                 yield shape.delta(delta)
-        yield shape.end(call)
+        if calls:
+            yield shape.tool_calls(tuple(calls))
+        yield shape.end(call, tuple(calls))
     except HarnessError as exc:
         yield wire.error_event(errors.describe(exc)[1])
     except Exception:
@@ -208,6 +215,24 @@ async def _texts(chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
         async for chunk in chunks:
             if chunk.text:
                 yield chunk.text
+
+
+async def _split_tool_calls(
+    deltas: AsyncIterator[str], call: Call, tools, found: list[ToolCallOut]
+) -> AsyncIterator[str]:
+    """Text deltas with the model's tool calls taken out (into `found`, at the end), read in
+    the model family's format (its template is known once the call was validated)."""
+    splitter: ToolCallStream | None = None
+    async with aclosing(deltas):
+        async for text in deltas:
+            splitter = splitter or ToolCallStream(call.template, tools)
+            if out := splitter.feed(text):
+                yield out
+    if splitter is not None:
+        parsed = splitter.finish()
+        found.extend(parsed.tool_calls)
+        if parsed.content:
+            yield parsed.content
 
 
 def _call_headers(call: Call) -> dict[str, str]:

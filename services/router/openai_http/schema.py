@@ -8,11 +8,13 @@ not define are refused as OpenAI refuses them. Every size is bounded.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from services.common.errors import InvalidArgument
+from services.router.chat import AUTO, NONE, ChatMessage, ToolCallOut, ToolChoice, ToolSpec
 from services.router.core import GenerationInput
 
 MAX_MESSAGES = 2048
@@ -21,6 +23,8 @@ MAX_STOP = 4
 MAX_STOP_CHARS = 256
 MAX_ID_CHARS = 256
 MAX_TOOLS = 128
+MAX_TOOL_CALLS = 128
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
 INT32_MAX = 2**31 - 1
 UINT64 = 2**64  # the engine's seed tensor is UINT64
 
@@ -47,13 +51,51 @@ class TextPart(_Body):
     text: StrictStr
 
 
+FunctionName = Annotated[StrictStr, Field(pattern=FUNCTION_NAME)]
+
+
+class CalledFunction(_Body):
+    name: FunctionName
+    arguments: StrictStr  # JSON text, as the model wrote it
+
+
+class MessageToolCall(_Body):
+    id: Short
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class Message(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | Annotated[list[TextPart], Field(max_length=MAX_PARTS)] | None = None
     name: Short | None = None
     tool_call_id: Short | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: Annotated[list[MessageToolCall], Field(max_length=MAX_TOOL_CALLS)] | None = None
     refusal: StrictStr | None = None
+    # What an answer's message carries when a client sends it back as history (ignored).
+    annotations: Annotated[list[dict[str, Any]], Field(max_length=MAX_PARTS)] | None = None
+    function_call: None = None
+
+
+class FunctionDefinition(_Body):
+    name: FunctionName
+    description: Annotated[StrictStr, Field(max_length=8192)] | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema object, shown to the model as is
+    strict: StrictBool | None = None
+
+
+class FunctionTool(_Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Body):
+    name: FunctionName
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Body):
@@ -92,8 +134,8 @@ class ChatCompletionRequest(Sampling):
     max_completion_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
     top_logprobs: Literal[0] | None = None
     response_format: ResponseFormat | None = None
-    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
-    tool_choice: StrictStr | dict[str, Any] | None = None
+    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
 
 
@@ -137,7 +179,15 @@ def _param(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "list[TextPart]", "list[str]", "dict[str,any]", "int", "float"):
+        elif part in (
+            "str",
+            "list[TextPart]",
+            "list[str]",
+            "dict[str,any]",
+            "int",
+            "float",
+            "NamedToolChoice",
+        ):
             continue
         elif "[" in str(part) or "'" in str(part):  # a union/literal branch label
             continue
@@ -173,26 +223,58 @@ def _sampling(req: Sampling, max_tokens: int | None) -> dict[str, Any]:
     }
 
 
-def chat_input(req: ChatCompletionRequest) -> GenerationInput:
-    if req.tools and req.tool_choice != "none":
-        raise BadRequest(
-            f"model {req.model!r} does not support tool calls through this endpoint (its engine takes a "
-            "rendered prompt); leave out 'tools', or call governed tools with the Harness InvokeTool API",
-            "tools",
-            "unsupported_parameter",
-        )
-    messages = []
-    for i, m in enumerate(req.messages):
-        if m.tool_calls:
+def _message(m: Message, i: int) -> ChatMessage:
+    role = "system" if m.role == "developer" else m.role
+    if m.tool_calls:
+        if role != "assistant":
+            raise BadRequest("only assistant messages carry tool_calls", f"messages[{i}].tool_calls")
+        calls = []
+        for j, c in enumerate(m.tool_calls):
+            try:
+                args = json.loads(c.function.arguments or "{}")
+            except ValueError:
+                args = None
+            if not isinstance(args, dict):
+                param = f"messages[{i}].tool_calls[{j}].function.arguments"
+                raise BadRequest("a tool call's arguments must be a JSON object, as text", param)
+            calls.append(ToolCallOut(c.function.name, c.function.arguments, c.id))
+        content = _text(m.content, "") if m.content is not None else ""
+        return ChatMessage(role, content, tool_calls=tuple(calls))
+    if role == "tool" and not m.tool_call_id:
+        raise BadRequest("a tool message needs the tool_call_id it answers", f"messages[{i}].tool_call_id")
+    content = _text(m.content, f"messages[{i}].content")
+    return ChatMessage(role, content, tool_call_id=m.tool_call_id or "", name=m.name or "")
+
+
+def _tools(req: ChatCompletionRequest) -> tuple[tuple[ToolSpec, ...], ToolChoice]:
+    tools = tuple(
+        ToolSpec(t.function.name, t.function.description or "", t.function.parameters or {})
+        for t in req.tools or ()
+    )
+    if len({t.name for t in tools}) != len(tools):
+        raise BadRequest("each tool needs a distinct function name", "tools")
+    choice = req.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in {t.name for t in tools}:
             raise BadRequest(
-                "assistant tool_calls are not supported by this endpoint", f"messages[{i}].tool_calls"
+                f"tool_choice names {choice.function.name!r}, which is not among the tools", "tool_choice"
             )
-        role = "system" if m.role == "developer" else m.role
-        messages.append((role, _text(m.content, f"messages[{i}].content")))
+        return tools, ToolChoice(AUTO, choice.function.name)
+    if choice not in (None, NONE) and not tools:
+        raise BadRequest(f"tool_choice {choice!r} needs tools", "tool_choice")
+    return tools, ToolChoice(choice or (AUTO if tools else NONE))
+
+
+def chat_input(req: ChatCompletionRequest) -> GenerationInput:
+    messages = tuple(_message(m, i) for i, m in enumerate(req.messages))
     if req.max_tokens and req.max_completion_tokens and req.max_tokens != req.max_completion_tokens:
         raise BadRequest("set max_completion_tokens or max_tokens, not both", "max_tokens")
+    tools, choice = _tools(req)
     return GenerationInput(
-        messages=tuple(messages), **_sampling(req, req.max_completion_tokens or req.max_tokens)
+        messages=messages,
+        tools=tools,
+        tool_choice=choice,
+        **_sampling(req, req.max_completion_tokens or req.max_tokens),
     )
 
 

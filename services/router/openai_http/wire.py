@@ -16,6 +16,7 @@ from typing import Any
 from harness.common.v1 import common_pb2
 
 from services.router.call import Call
+from services.router.chat import ToolCallOut
 
 DONE = b"data: [DONE]\n\n"
 
@@ -24,7 +25,9 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def finish_reason(call: Call) -> str:
+def finish_reason(call: Call, tool_calls: tuple[ToolCallOut, ...] = ()) -> str:
+    if tool_calls:
+        return "tool_calls"
     return "length" if call.finish_reason == common_pb2.FINISH_REASON_LENGTH else "stop"
 
 
@@ -61,8 +64,14 @@ class Shape:
     def _delta_frame(self) -> tuple[str, str]:
         raise NotImplementedError
 
-    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+    def _choice(
+        self, text: str | None, finish: str | None, tool_calls: tuple[ToolCallOut, ...] = ()
+    ) -> dict[str, Any]:
         raise NotImplementedError
+
+    def tool_calls(self, calls: tuple[ToolCallOut, ...]) -> bytes:
+        """The tool calls the answer made, before the closing chunk (chat only)."""
+        return b""
 
     def _event(self, choices: list[dict[str, Any]], extra: str = "") -> bytes:
         return f'data: {self._head},{extra}"choices":{dumps(choices)}}}\n\n'.encode()
@@ -74,20 +83,20 @@ class Shape:
     def delta(self, text: str) -> bytes:
         return f"{self._delta_prefix}{dumps(text)}{self._delta_suffix}".encode()
 
-    def end(self, call: Call) -> bytes:
-        out = self._event([self._choice(None, finish_reason(call))])
+    def end(self, call: Call, tool_calls: tuple[ToolCallOut, ...] = ()) -> bytes:
+        out = self._event([self._choice(None, finish_reason(call, tool_calls))])
         if self.include_usage:
             head = self._head.removesuffix(',"usage":null')
             out += f'data: {head},"choices":[],"usage":{dumps(usage(call))}}}\n\n'.encode()
         return out + DONE
 
-    def whole(self, text: str, call: Call) -> bytes:
+    def whole(self, text: str, call: Call, tool_calls: tuple[ToolCallOut, ...] = ()) -> bytes:
         body = {
             "id": self.id,
             "object": self.object_whole,
             "created": self.created,
             "model": self.model,
-            "choices": [self._choice(text, finish_reason(call))],
+            "choices": [self._choice(text, finish_reason(call, tool_calls), tool_calls)],
             "usage": usage(call),
             "system_fingerprint": None,
         }
@@ -107,11 +116,27 @@ class ChatShape(Shape):
         delta = {"role": "assistant", "content": "", "refusal": None}
         return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
-    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+    def _choice(
+        self, text: str | None, finish: str | None, tool_calls: tuple[ToolCallOut, ...] = ()
+    ) -> dict[str, Any]:
         if text is None:  # the closing chunk: an empty delta with the reason
             return {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}
-        message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+        message: dict[str, Any] = {
+            "role": "assistant", "content": (text or None) if tool_calls else text, "refusal": None,
+            "annotations": [],
+        }  # fmt: skip
+        if tool_calls:
+            message["tool_calls"] = [c.as_openai() for c in tool_calls]
         return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+
+    def tool_calls(self, calls: tuple[ToolCallOut, ...]) -> bytes:
+        # One chunk per call with its id, name and whole arguments: clients join a call's
+        # argument fragments by index, and one fragment is a valid split.
+        out = b""
+        for i, call in enumerate(calls):
+            delta = {"tool_calls": [{"index": i, **call.as_openai()}]}
+            out += self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+        return out
 
 
 class TextShape(Shape):
@@ -124,7 +149,9 @@ class TextShape(Shape):
             ',"logprobs":null,"finish_reason":null}]}\n\n',
         )
 
-    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+    def _choice(
+        self, text: str | None, finish: str | None, tool_calls: tuple[ToolCallOut, ...] = ()
+    ) -> dict[str, Any]:
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
 

@@ -9,6 +9,7 @@ from services.common.limits import check_count, check_length, check_range
 from services.common.registry_mirror import RegistryMirror
 from services.router.budgets import BudgetEnforcer, Subjects
 from services.router.call import Call, GenerationInput
+from services.router.chat import NONE, ChatTemplate, as_message, template_for
 from services.router.engine import CHARS_PER_TOKEN, estimate_tokens
 from services.router.flow import RateLimiter, RateLimits
 from services.router.pipeline import Stage
@@ -22,13 +23,32 @@ MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 256
 
 
-def render_prompt(inp: GenerationInput) -> str:
+def render_prompt(inp: GenerationInput, template: ChatTemplate | None = None) -> str:
+    """The prompt as given, or the messages (and tools) in the model family's chat format."""
     if bool(inp.prompt) == bool(inp.messages):
         raise InvalidArgument("set exactly one of `prompt` or `messages`")
     if inp.prompt:
+        if inp.tools:
+            raise InvalidArgument("tools need `messages`: a raw prompt has no place for them")
         return inp.prompt
-    # A neutral template; per-model chat templates come with the model catalog later.
-    return "".join(f"<|{role}|>\n{content}\n" for role, content in inp.messages) + "<|assistant|>\n"
+    template = template or template_for("")
+    return template.render([as_message(m) for m in inp.messages], inp.tools, inp.tool_choice)
+
+
+def choose_template(call: Call) -> ChatTemplate:
+    """The catalog model's family's template; tools only where the family has a tool format."""
+    family = call.catalog.family if call.catalog is not None else ""
+    template = template_for(family)
+    inp = call.inp
+    if inp.tools and inp.tool_choice.mode != NONE and not template.supports_tools:
+        raise InvalidArgument(
+            f"model {call.model!r} (family {family or 'not set'!r}) has no tool-call format this router "
+            "knows (llama-3, qwen, mistral and related families have one); leave out the tools or pick "
+            "another model"
+        )
+    if inp.tool_choice.function and inp.tool_choice.function not in {t.name for t in inp.tools}:
+        raise InvalidArgument(f"tool_choice names {inp.tool_choice.function!r}, which is not among the tools")
+    return template
 
 
 class Validate(Stage):
@@ -41,7 +61,8 @@ class Validate(Stage):
 
     async def enter(self, call: Call) -> None:
         inp = call.inp
-        prompt = render_prompt(inp)
+        call.template = choose_template(call)
+        prompt = render_prompt(inp, call.template)
         if len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument(f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
         if not prompt.strip():

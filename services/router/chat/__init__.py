@@ -1,0 +1,50 @@
+"""Chat templates per model family (templates.py), the tool-call types the OpenAI front door
+and the engines' prompts share (types.py), and tool calls in streamed answers (stream.py).
+
+Templates are plugins: listed once here, chosen by the catalog model's `family` (its prefix,
+case-insensitive); a family not listed gets the neutral template, which offers no tools."""
+
+from __future__ import annotations
+
+from services.common.plugins import PluginRegistry
+from services.router.chat.stream import ToolCallStream
+from services.router.chat.templates import ChatML, ChatTemplate, Llama3, Mistral, Neutral
+from services.router.chat.types import (
+    AUTO,
+    NONE,
+    REQUIRED,
+    ChatMessage,
+    Parsed,
+    ToolCallOut,
+    ToolChoice,
+    ToolSpec,
+    as_message,
+)
+
+TEMPLATE = "chat-template"
+TEMPLATES = PluginRegistry(
+    (TEMPLATE,),
+    {TEMPLATE: {"neutral": Neutral, "llama-3": Llama3, "chatml": ChatML, "mistral": Mistral}},
+)
+# family prefix -> template; the first match wins
+FAMILIES: tuple[tuple[str, str], ...] = (
+    ("llama-3", "llama-3"),
+    ("llama3", "llama-3"),
+    ("qwen", "chatml"),
+    ("yi", "chatml"),
+    ("hermes", "chatml"),
+    ("mistral", "mistral"),
+    ("mixtral", "mistral"),
+)
+
+
+def template_for(family: str) -> ChatTemplate:
+    family = family.lower()
+    name = next((t for prefix, t in FAMILIES if family.startswith(prefix)), "neutral")
+    return TEMPLATES.build(TEMPLATE, name)
+
+
+__all__ = [
+    "AUTO", "NONE", "REQUIRED", "TEMPLATE", "TEMPLATES", "ChatMessage", "ChatTemplate", "Parsed",
+    "ToolCallOut", "ToolCallStream", "ToolChoice", "ToolSpec", "as_message", "template_for",
+]  # fmt: skip

@@ -1,0 +1,101 @@
+"""What a chat call carries besides text: messages with tool calls and tool results, the tools
+offered to the model, and the tool calls read back from its answer."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+AUTO, NONE, REQUIRED = "auto", "none", "required"
+
+
+@dataclass(frozen=True)
+class ToolCallOut:
+    """One function call the model asked for (OpenAI's `tool_calls[i]`); `arguments` is JSON text."""
+
+    name: str
+    arguments: str
+    id: str = field(default_factory=lambda: "call_" + secrets.token_urlsafe(18))
+
+    def as_openai(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # system | user | assistant | tool
+    content: str = ""
+    tool_calls: tuple[ToolCallOut, ...] = ()  # an assistant turn that called tools
+    tool_call_id: str = ""  # a tool turn: the call it answers
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the caller offers the model: name, description, JSON Schema of its arguments."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The OpenAI function definition, as chat templates print it to the model."""
+        fn: dict[str, Any] = {"name": self.name}
+        if self.description:
+            fn["description"] = self.description
+        fn["parameters"] = self.parameters or {"type": "object", "properties": {}}
+        return {"type": "function", "function": fn}
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """`auto` (the model decides), `none` (no tools shown), `required` (must call one), or a
+    function name (must call that one)."""
+
+    mode: str = AUTO
+    function: str = ""
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """An answer read back: its text, and the tool calls it made (none: a plain answer)."""
+
+    content: str
+    tool_calls: tuple[ToolCallOut, ...] = ()
+
+
+def as_message(message: ChatMessage | tuple[str, str]) -> ChatMessage:
+    """gRPC callers send (role, content) pairs; the OpenAI front door sends ChatMessage."""
+    if isinstance(message, ChatMessage):
+        return message
+    role, content = message
+    return ChatMessage(role, content)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def call_object(text: str, names: frozenset[str], args_keys: tuple[str, ...]) -> ToolCallOut | None:
+    """A JSON object `{"name": ..., <args key>: {...}}` naming one of `names`, as a tool call."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or obj.get("name") not in names:
+        return None
+    args = next((obj[k] for k in args_keys if k in obj), {})
+    if isinstance(args, str):  # some models write the arguments as a JSON string already
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    return ToolCallOut(obj["name"], json.dumps(args, ensure_ascii=False))
