@@ -23,6 +23,7 @@ from services.common.mirror_metrics import register_mirror_metrics
 from services.common.registry_mirror import RegistryMirror
 from services.common.server import RunningServer, open_channel, start_server
 from services.pool.access import NO_ACCESS
+from services.pool.admin_changes import AuditShipper, ChangeLog, memory_engine
 from services.pool.catalog import ModelCatalog
 from services.pool.claims_store import ClaimStore
 from services.pool.config import PoolConfig
@@ -81,8 +82,10 @@ class PoolApp:
             headroom=config.headroom,
             agent_idle_ttl_s=config.agent_idle_ttl_s,
             on_load=lambda model, s: self.load_seconds.labels(model).observe(s),
-            store=ClaimStore(config.db_url) if config.db_url else None,
+            store=ClaimStore(config.db_url) if config.db_url else None,  # admin changes go there too
         )
+        store = self.deployments.store
+        self.changes = ChangeLog(store.engine if store is not None else memory_engine())
         self.scaling_limits = ScalingLimits(max_replicas=config.max_replicas)
         self.metrics_registry.register(
             PoolCollector(self.table, self.gpu_rows, self.deployments.cached_views)
@@ -128,6 +131,8 @@ class PoolApp:
         self.nvml.close()
         if self.deployments.store is not None:
             self.deployments.store.close()
+        else:
+            self.changes.engine.dispose()
         self._started = False
 
     async def _nvml_loop(self) -> None:
@@ -155,18 +160,21 @@ class PoolApp:
         return None
 
     # ---- operations (called by the servicer after authorization) -----------------------------
+    # Each change is in the audit outbox (admin_changes.py) before the caller hears it is done.
 
-    def register_endpoint(self, spec: EndpointSpec) -> EndpointState:
+    async def register_endpoint(self, spec: EndpointSpec) -> EndpointState:
         state = self.table.upsert(validate_spec(spec))
         if self._started:
             self.probes.ensure(spec)
         log.info("endpoint %s registered at %s", spec.name, spec.address)
+        await self.changes.record(f"endpoint:{spec.name}", "register", endpoint_details(spec))
         return state
 
     async def deregister_endpoint(self, name: str) -> None:
-        self.table.remove(name)
+        gone = self.table.remove(name)
         await self.probes.stop(name)
         log.info("endpoint %s deregistered", name)
+        await self.changes.record(f"endpoint:{name}", "deregister", {"address": gone.spec.address})
 
     def list_endpoints(self, model: str = "") -> tuple[EndpointState, ...]:
         return self.table.list(model)
@@ -181,11 +189,15 @@ class PoolApp:
     async def deploy(self, model: str, replicas: int, owner: str, idle_ttl_s: float) -> DeploymentView:
         view = await self.deployments.deploy(model, replicas, owner, idle_ttl_s)
         self.deployments.views()
+        placed = sorted({p.endpoint for p in view.placements})
+        details = {"owner": owner, "replicas": replicas, "idle_ttl_s": idle_ttl_s, "endpoints": placed}
+        await self.changes.record(f"deployment:{model}", "deploy", details)
         return view
 
     async def undeploy(self, model: str, owner: str, drop_all: bool) -> None:
         await self.deployments.undeploy(model, owner, drop_all)
         self.deployments.views()
+        await self.changes.record(f"deployment:{model}", "undeploy", {"owner": owner, "all": drop_all})
 
     def list_deployments(self) -> tuple[DeploymentView, ...]:
         return self.deployments.views()
@@ -194,11 +206,25 @@ class PoolApp:
         return self.deployments.plan(model, replicas)
 
     async def advise_scaling(self, apply: bool) -> list[Advice]:
-        return await advise(self.deployments, self.scaling_limits, apply)
+        advice = await advise(self.deployments, self.scaling_limits, apply)
+        moved = [{"model": a.model, "from": a.current, "to": a.advised} for a in advice if a.applied]
+        if moved:  # advice alone changes nothing
+            await self.changes.record("scaling", "apply", {"moves": moved})
+        return advice
 
     async def on_agent_online(self, models, agent: str = "") -> dict[str, str]:
         """Warm-up hook for the registry watch (agent went online): loads its models now."""
         return await self.deployments.on_agent_online(models, agent)
+
+
+def endpoint_details(spec: EndpointSpec) -> dict:
+    """What an audit record says about a registered endpoint: where and what it is, never its
+    metrics URL (it may carry a token), only whether it has one."""
+    return {
+        "address": spec.address, "kind": spec.kind, "flavour": spec.flavour, "labels": dict(spec.labels),
+        "gpu_type": spec.gpu_type, "gpu_count": spec.gpu_count, "gpu_memory_bytes": spec.gpu_memory_bytes,
+        "metrics": bool(spec.metrics_url),
+    }  # fmt: skip
 
 
 async def serve(
@@ -214,6 +240,18 @@ async def serve(
     running = await start_server(server_config, app.register, metrics_registry=app.metrics_registry)
     running.on_stop(app.stop)
     await app.start()
+    if pool_config.audit_addr:
+        audit_channel = open_channel(pool_config.audit_addr, server_config.tls)
+        shipper = AuditShipper(app.changes, audit_channel)
+        shipper.start()
+
+        async def stop_shipping() -> None:
+            await shipper.stop()
+            await audit_channel.close()
+
+        running.on_stop(stop_shipping)
+    else:
+        log.warning("no audit service (--audit, HARNESS_AUDIT_ADDR): pool changes are not audited")
     if pool_config.registry_addr:
         channel = open_channel(pool_config.registry_addr, server_config.tls)
         mirror = RegistryMirror(channel)

@@ -63,6 +63,7 @@ class PoolConfig:
     idle_check_interval_s: float = 1.0  # how often idle deployments are looked for
     max_replicas: int = 8  # AdviseScaling never goes above this per model
     registry_addr: str = ""  # follow the registry (agent warm-up, model table); "" = config only
+    audit_addr: str = ""  # where admin changes are shipped (ADMIN_CHANGE events); "" = not audited
     db_url: str = ""  # where deployment claims persist (SQLAlchemy URL); "" = memory only
 
     def __post_init__(self) -> None:
@@ -177,6 +178,11 @@ def add_pool_args(parser: argparse.ArgumentParser) -> None:
         default=env("REGISTRY_ADDR", ""),
         help="registry address: agents going online get their models loaded; models follow its catalog",
     )
+    g.add_argument(
+        "--audit",
+        default=env("AUDIT_ADDR", ""),
+        help="audit service address: every endpoint, deployment and scaling change is shipped there",
+    )
 
 
 def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
@@ -223,5 +229,6 @@ def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
         idle_check_interval_s=float(data.get("idle_check_interval_s", 1.0)),
         max_replicas=int(data.get("max_replicas", 8)),
         registry_addr=args.registry or str(data.get("registry_addr", "")),
+        audit_addr=args.audit or str(data.get("audit_addr", "")),
         db_url=args.db_url or str(data.get("db_url", "")),
     )

@@ -198,7 +198,7 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
         require_operator(current_identity())
         if not request.HasField("endpoint"):
             raise InvalidArgument("endpoint is required")
-        state = self._app.register_endpoint(spec_from_proto(request.endpoint))
+        state = await self._app.register_endpoint(spec_from_proto(request.endpoint))
         return pool_pb2.RegisterEndpointResponse(endpoint=endpoint_to_proto(state))
 
     async def DeregisterEndpoint(self, request, context):

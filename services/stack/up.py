@@ -177,7 +177,7 @@ class Stack:
         # deployable models (and their memory) are the registry's catalog.
         pool = _py(
             "services.pool", *self._service_flags("pool", p.pool, p.pool_metrics), *endpoints,
-            "--registry", f"127.0.0.1:{p.registry}",
+            "--registry", f"127.0.0.1:{p.registry}", "--audit", f"127.0.0.1:{p.audit}",
             "--db-url", f"sqlite:///{(self.paths.state / 'pool.db').resolve()}",
         )  # fmt: skip
         self.sup.start(Child("pool", pool, logs / "pool.log"))

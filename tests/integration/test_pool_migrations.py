@@ -38,7 +38,7 @@ from tests.helpers.migrations import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-POOL_TABLES = {"pool_claims"}
+POOL_TABLES = {"pool_claims", "pool_admin_changes"}
 POOL_VERSION = "alembic_version_pool"
 OTHER_MIGRATES = (registry_migrate, cost_migrate, audit_migrate)
 OTHER_VERSIONS = {"alembic_version", "alembic_version_cost", "alembic_version_audit"}
@@ -80,8 +80,7 @@ def test_fresh_database_upgrades_to_head_in_sync_and_back(engine):
 
 
 def test_migrations_make_what_create_all_makes(engine):
-    """Column for column, stricter than `diff`. While the head is the baseline this is also the
-    adoption premise: revision 0001 is exactly the schema the old create_all made."""
+    """Column for column, stricter than `diff`."""
     pool_migrate.upgrade(engine)
     migrated = schema(engine, POOL_TABLES)
     assert migrated["pool_claims"][1] == ["model", "owner"]  # one claim per (model, owner)
@@ -163,7 +162,7 @@ def test_pre_migration_database_is_adopted_with_its_claims(db_url, engine):
     """A claims DB made by the old create_all (no version table) holding a claim, in a database
     the registry already migrated: its `alembic_version` must not be taken for the pool's."""
     RegistryStore(db_url).close()
-    metadata.create_all(engine)
+    metadata.create_all(engine, tables=[ClaimRow.__table__])  # all the old create_all made
     with Session(engine) as s, s.begin():
         s.add(ClaimRow(model="llama", owner="team:x", replicas=2, idle_ttl_s=30.0, scaled_to_zero=True))
     assert pool_migrate.current(engine) is None

@@ -1,0 +1,125 @@
+"""The pool's admin changes and their ADMIN_CHANGE audit events: every endpoint registered or
+removed, every deployment claimed or dropped, every scaling advice applied.
+
+`ChangeLog.record` writes a row before the RPC answers, so no change is acknowledged without a
+row to ship; `AuditShipper` ships pending rows over Audit.Ingest (event ids are random per
+change, so a resend is a duplicate, never a second record) and marks them shipped. The rows
+live in the pool's database (`--db-url`) beside the claims; a pool without one keeps them in
+memory, shipped as long as the process lives. Details name what changed, never a secret (an
+endpoint's headers and TLS settings are pool-side configuration, never in the API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import grpc
+from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.common.v1 import common_pb2
+from sqlalchemy import Engine, create_engine, insert, select, update
+from sqlalchemy.pool import StaticPool
+
+from services.common.admin_audit import ChangeActor, admin_change_event
+from services.common.shipping import ShippingLoop
+from services.pool import migrate
+from services.pool.claims_schema import AdminChangeRow
+
+SOURCE = "pool"
+BATCH = 200
+log = logging.getLogger("harness.pool.audit")
+T = AdminChangeRow.__table__
+
+
+def memory_engine() -> Engine:
+    """One in-memory SQLite database shared by every thread (the shipper reads in a worker)."""
+    engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+    migrate.upgrade(engine)
+    return engine
+
+
+class ChangeLog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.listeners: list[Callable[[], None]] = []  # told after each new row (the shipper)
+
+    async def record(self, obj: str, action: str, details: dict[str, Any]) -> None:
+        """Adds the change made by the caller of the RPC being served (read here, in its context)."""
+        actor = ChangeActor.current()
+        await asyncio.to_thread(self._insert, obj, action, details, actor)
+        for wake in self.listeners:
+            wake()
+
+    def _insert(self, obj: str, action: str, details: dict[str, Any], a: ChangeActor) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(T).values(
+                    event_id=f"pool-change-{uuid.uuid4().hex}", time_us=time.time_ns() // 1000, object=obj,
+                    action=action, actor_user=a.user, actor_agent=a.agent, actor_service=a.service,
+                    auth_method=a.auth_method, request_id=a.request_id, trace_id=a.trace_id,
+                    details=json.dumps(details, sort_keys=True), audit_shipped_us=0,
+                )
+            )  # fmt: skip
+
+    def pending(self, limit: int) -> list:
+        stmt = select(T).where(T.c.audit_shipped_us == 0).order_by(T.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt).all())
+
+    def mark_shipped(self, ids: Sequence[int]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(T).where(T.c.id.in_(list(ids))).values(audit_shipped_us=time.time_ns() // 1000)
+            )
+
+
+def audit_event(row) -> common_pb2.AuditEvent:
+    actor = ChangeActor(
+        row.actor_user, row.actor_agent, row.actor_service, row.auth_method, row.request_id, row.trace_id
+    )
+    return admin_change_event(
+        event_id=row.event_id, time_us=row.time_us, source=SOURCE, obj=row.object, action=row.action,
+        actor=actor, details=json.loads(row.details),
+    )  # fmt: skip
+
+
+class AuditShipper:
+    """Ships the change log to the audit service, at least once, in order; retries with backoff
+    while the audit service is away (the rows wait)."""
+
+    def __init__(self, changes: ChangeLog, channel: grpc.aio.Channel, timeout_s: float = 10.0) -> None:
+        self._changes = changes
+        self._audit = audit_pb2_grpc.AuditStub(channel)
+        self._timeout_s = timeout_s
+        self._loop = ShippingLoop(
+            self._step, name="pool-admin-audit", log=log,
+            failing_message="pool changes cannot be shipped to the audit service (will retry): %s",
+            recovered=lambda: "pool changes: audit service reachable again",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self._changes.listeners.append(self._loop.wake)
+        self._loop.start()
+
+    async def stop(self) -> None:
+        if self._loop.wake in self._changes.listeners:
+            self._changes.listeners.remove(self._loop.wake)
+        await self._loop.stop()
+
+    async def _step(self) -> float | None:
+        rows = await asyncio.to_thread(self._changes.pending, BATCH)
+        if not rows:
+            return None
+        events = [audit_event(r) for r in rows]
+
+        async def requests() -> AsyncIterator[audit_pb2.IngestRequest]:
+            yield audit_pb2.IngestRequest(events=events)
+
+        await self._audit.Ingest(requests(), timeout=self._timeout_s)
+        await asyncio.to_thread(self._changes.mark_shipped, [r.id for r in rows])
+        return 0 if len(rows) >= BATCH else None
