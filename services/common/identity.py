@@ -225,6 +225,12 @@ class Authenticator:
         settings changed: the next call is verified with the new ones."""
         self._jwt = verifier
 
+    def is_proxy(self, peer_ids: tuple[str, ...], tls: bool) -> bool:
+        """Whether this peer is the proxy whose XFCC header is trusted (Envoy)."""
+        return any(pid in self._cfg.trusted_proxies for pid in peer_ids) or (
+            not tls and self._cfg.trust_xfcc_without_tls
+        )
+
     async def authenticate(self, context: grpc.aio.ServicerContext, md: Mapping[str, str]) -> Identity:
         peer_ids = peer_spiffe_ids(context)
         tls = bool(peer_ids) or bool((context.auth_context() or {}).get("x509_pem_cert"))
@@ -271,9 +277,8 @@ class Authenticator:
 
     def _caller(self, peer_ids: tuple[str, ...], tls: bool, md: Mapping[str, str]) -> tuple[str, str, str]:
         """(agent, agent SPIFFE id, service) from the peer certificate and, behind Envoy, XFCC."""
-        from_proxy = any(pid in self._cfg.trusted_proxies for pid in peer_ids)
         prefix = self._cfg.agent_prefix()
-        if from_proxy or (not tls and self._cfg.trust_xfcc_without_tls):
+        if self.is_proxy(peer_ids, tls):
             header = md.get(XFCC_KEY, "")
             try:
                 agent_id = agent_from_xfcc(header, prefix) if header else ""

@@ -236,7 +236,10 @@ class _Guard:
     def _leave(self, code: grpc.StatusCode, start: float, token: Any) -> None:
         self.metrics.observe(self.method, code, time.perf_counter() - start)
         if token is not None:
-            reqctx.reset_current(token)
+            try:
+                reqctx.reset_current(token)
+            except ValueError:  # a stream closed from another task: its own context is dropped anyway
+                pass
 
 
 def _wrap(

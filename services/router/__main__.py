@@ -10,6 +10,7 @@ from harness.audit.v1 import audit_pb2_grpc
 from harness.router.v1 import router_pb2, router_pb2_grpc
 from prometheus_client import CollectorRegistry
 from starlette.routing import Route
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from tritonclient.grpc import service_pb2_grpc
 
 from services.common.config import TlsFiles
@@ -36,6 +37,7 @@ from services.router.openai_http.app import OpenAIFrontDoor
 from services.router.outbox import Outbox
 from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache
 from services.router.scheduling import Scheduler, load_config
+from services.router.extproc.servicer import ExtProcServicer
 from services.router.servicer import RouterServicer
 from services.router.tools import AuditApprovals, ToolInvoker
 from services.router.triton import TritonPool
@@ -140,8 +142,13 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             TritonFacadeServicer(router, decoupled=triton.decoupled), server
         )
+        # Envoy's ext_proc endpoint picker (extproc/): answers Envoy's own certificate only.
+        ep_grpc.add_ExternalProcessorServicer_to_server(
+            ExtProcServicer(router, lambda: running.authenticator if running else None), server
+        )
         return [router_pb2.DESCRIPTOR.services_by_name["Router"].full_name, "inference.GRPCInferenceService"]
 
+    running: RunningServer | None = None
     # NOT_SERVING until the first registry copy arrives: without it every call would fail
     # UNAVAILABLE, so Envoy must send traffic to another router meanwhile.
     running = await start_server(

@@ -24,6 +24,7 @@ from services.router.scheduling import Candidate, SchedulingRequest
 if TYPE_CHECKING:
     from services.router.budgets import BudgetReservation
     from services.router.call_journal import CallJournal
+    from services.router.extproc.relay import RelayLink
     from services.router.flow import Reservation
     from services.router.privacy import OutputRedaction
     from services.router.result_cache import CachedResult
@@ -92,6 +93,7 @@ class Call:
     cache_lead: asyncio.Future | None = None  # this call leads its key: followers wait for it
     # Journal: the call's start is durable; its records get these ids (see call_journal.py)
     journal: CallJournal | None = None
+    relay: RelayLink | None = None  # the ext_proc path: the front door's side of the relay
     audit_id: str = ""
     usage_id: str = ""
     # Dispatch

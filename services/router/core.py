@@ -26,6 +26,7 @@ from services.router.budgets import BudgetEnforcer
 from services.router.call import Call, Chunk, GenerationInput
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
+from services.router.extproc.relay import EnvoyRelay, NoOutputPolicy
 from services.router.flow import RateLimiter
 from services.router.metrics import RouterMetrics
 from services.router.pipeline import Director, Stage
@@ -83,6 +84,8 @@ class Router:
         self.authorize = Authorize(registry, events, metrics)
         stages = self.generate_stages()
         self.director = Director(stages, stages[-1], metrics.stage_errors)
+        relay = self.relay_stages()
+        self.relay_director = Director(relay, relay[-1], metrics.stage_errors)
 
     def generate_stages(self) -> list[Stage]:
         """The request path, in order; the last stage is the source of the chunks."""
@@ -102,6 +105,23 @@ class Router:
             Dispatch(self.dispatcher, self.endpoints),
         ]
         return [s for s in stages if s is not None]
+
+    def relay_stages(self) -> list[Stage]:
+        """The ext_proc path (extproc/): the same stages, but Envoy carries the answer, so no
+        result cache and no output redaction (an agent that needs it is refused), and the
+        source picks the endpoint and reads the chunks Envoy relays."""
+        stages: list[Stage] = []
+        for stage in self.generate_stages()[:-1]:
+            if isinstance(stage, CacheCoalesce | RedactOutput):
+                continue
+            stages.append(stage)
+            if isinstance(stage, RedactPrompt):
+                stages.append(NoOutputPolicy())
+        return [*stages, EnvoyRelay(self.dispatcher, self.endpoints)]
+
+    def relay(self, call: Call) -> AsyncIterator[Chunk]:
+        """`run` for the ext_proc path: `call.relay` links it to the front door."""
+        return self.relay_director.run(call)
 
     def run(self, call: Call) -> AsyncIterator[Chunk]:
         """The answer's chunks; `call` holds the summary once the iterator ends."""

@@ -38,6 +38,11 @@ class OutputRedaction:
         self.fingerprint = fingerprint
         self._counts = counts
 
+    @property
+    def active(self) -> bool:
+        """Whether the agent's policy redacts output at all."""
+        return self._stream is not None
+
     async def feed(self, text: str) -> str:
         """The redacted text now safe to release. A large chunk (an engine's whole answer at once)
         is fed in pieces, yielding the event loop between them: its cost is spread, never a stall."""

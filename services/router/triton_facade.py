@@ -52,7 +52,7 @@ class FacadeModel:
     layout: str = "ensemble"
 
 
-def _input(model_name: str, values: dict[str, Any]) -> GenerationInput:
+def generation_input(model_name: str, values: dict[str, Any]) -> GenerationInput:
     seed = tensors.scalar(values, "seed")
     return GenerationInput(
         prompt=tensors.scalar(values, "text_input", ""),
@@ -147,7 +147,7 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
     # --- inference -------------------------------------------------------------------------
     async def _prepare(self, request: pb.ModelInferRequest) -> tuple[GenerationInput, set[str], bool, bool]:
         values = tensors.decode_inputs(request, FacadeModel(request.model_name))
-        inp = _input(request.model_name, values)
+        inp = generation_input(request.model_name, values)
         if not inp.prompt:
             raise InvalidArgument("text_input is empty: send the prompt in text_input")
         outputs = tensors.select_outputs(request, FacadeModel(request.model_name), values)
