@@ -6,11 +6,11 @@ import asyncio
 import logging
 import sys
 
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from harness.audit.v1 import audit_pb2_grpc
 from harness.router.v1 import router_pb2, router_pb2_grpc
 from prometheus_client import CollectorRegistry
 from starlette.routing import Route
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from tritonclient.grpc import service_pb2_grpc
 
 from services.common.config import TlsFiles
@@ -27,6 +27,7 @@ from services.router.config import RouterConfig, parse_args
 from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
+from services.router.extproc.servicer import ExtProcServicer
 from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from services.router.kv_events import EVENTS_LABEL, REPLAY_LABEL, KvEventFollower
 from services.router.mcp_front import PATH as MCP_PATH
@@ -37,7 +38,6 @@ from services.router.openai_http.app import OpenAIFrontDoor
 from services.router.outbox import Outbox
 from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache
 from services.router.scheduling import Scheduler, load_config
-from services.router.extproc.servicer import ExtProcServicer
 from services.router.servicer import RouterServicer
 from services.router.tools import AuditApprovals, ToolInvoker
 from services.router.triton import TritonPool

@@ -24,10 +24,10 @@ from services.router.scheduling import Candidate, SchedulingRequest
 if TYPE_CHECKING:
     from services.router.budgets import BudgetReservation
     from services.router.call_journal import CallJournal
-    from services.router.extproc.relay import RelayLink
     from services.router.flow import Reservation
     from services.router.privacy import OutputRedaction
     from services.router.result_cache import CachedResult
+    from services.router.stages.relay import RelayLink
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from services.router.budgets import BudgetEnforcer
 from services.router.call import Call, Chunk, GenerationInput
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
-from services.router.extproc.relay import EnvoyRelay, NoOutputPolicy
 from services.router.flow import RateLimiter
 from services.router.metrics import RouterMetrics
 from services.router.pipeline import Director, Stage
@@ -42,6 +41,7 @@ from services.router.stages.admit import (
 )
 from services.router.stages.produce import CacheCoalesce, Dispatch
 from services.router.stages.record import Journal, Observe, Record
+from services.router.stages.relay import EnvoyRelay, NoOutputPolicy
 from services.router.stages.resolve import Authorize, Identify, ResolveAgent
 from services.router.views import EndpointView
 

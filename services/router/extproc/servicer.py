@@ -34,8 +34,8 @@ from services.common.errors import HarnessError, InvalidArgument, PermissionDeni
 from services.common.identity import XFCC_KEY, Authenticator, peer_spiffe_ids
 from services.router.core import Call, Router
 from services.router.engine import EngineChunk
-from services.router.extproc.relay import RelayLink, unavailable
 from services.router.extproc.wire import Frames, frame, replace_text
+from services.router.stages.relay import RelayLink, unavailable
 from services.router.triton import build_request, parse_response
 from services.router.triton_facade import FacadeModel, generation_input
 
