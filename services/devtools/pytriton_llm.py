@@ -19,7 +19,9 @@ Three settings make PyTriton's tritonserver usable here (each checked on PyTrito
 - ``local_model_store=True``, or models bound with config overrides are missing from
   RepositoryIndex;
 - ``restricted_endpoints=[]``, or the repository protocol needs PyTriton's access-token
-  header (``--restricted`` keeps that default, to try the pool's per-endpoint headers).
+  header (``--restricted`` keeps that default, to try the pool's per-endpoint headers;
+  ``--restrict inference,model-config --access-token T`` puts those protocols behind the header
+  ``triton-grpc-protocol-triton-access-token: T``, to try the routers' per-endpoint headers).
 """
 
 from __future__ import annotations
@@ -124,8 +126,25 @@ def serve(args: argparse.Namespace) -> None:
         metrics_port=args.metrics_port,
         exit_on_error=True,
         log_verbose=0,
+        **(
+            {
+                "grpc_use_ssl": True,
+                "grpc_server_cert": args.grpc_tls_cert,
+                "grpc_server_key": args.grpc_tls_key,
+            }
+            if args.grpc_tls_cert
+            else {}
+        ),
     )
-    security = TritonSecurityConfig() if args.restricted else TritonSecurityConfig(restricted_endpoints=[])
+    if args.restrict:
+        protocols = [p.strip() for p in args.restrict.split(",") if p.strip()]
+        security = TritonSecurityConfig(
+            access_token=args.access_token or None, restricted_endpoints=protocols
+        )
+    elif args.restricted:
+        security = TritonSecurityConfig(access_token=args.access_token or None)
+    else:
+        security = TritonSecurityConfig(restricted_endpoints=[])
     triton = Triton(
         config=config,
         triton_lifecycle_policy=TritonLifecyclePolicy(local_model_store=True),
@@ -153,7 +172,7 @@ def serve(args: argparse.Namespace) -> None:
         "http_port": args.http_port,
         "metrics_port": args.metrics_port,
         "models": [DECOUPLED_MODEL, PLAIN_MODEL, SPARE_MODEL],
-        "access_token": security.access_token if args.restricted else None,
+        "access_token": security.access_token if args.restricted or args.restrict else None,
     }
     print(json.dumps(ready), flush=True)
     stop.wait()
@@ -171,6 +190,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--restricted", action="store_true", help="keep PyTriton's access token on the repository protocol"
     )
+    p.add_argument(
+        "--restrict",
+        default="",
+        metavar="PROTOCOLS",
+        help="protocols behind the access-token header instead, e.g. inference,model-config",
+    )
+    p.add_argument("--access-token", default="", help="the token (default: a random one, printed)")
+    p.add_argument("--grpc-tls-cert", default="", help="serve gRPC over TLS with this PEM certificate")
+    p.add_argument("--grpc-tls-key", default="", help="... and this PEM key")
     args = p.parse_args(argv)
     try:
         import pytriton  # noqa: F401

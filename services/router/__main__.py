@@ -33,7 +33,7 @@ from services.router.kv_events import EVENTS_LABEL, REPLAY_LABEL, KvEventFollowe
 from services.router.mcp_front import PATH as MCP_PATH
 from services.router.mcp_front import McpFrontDoor
 from services.router.metrics import RouterMetrics
-from services.router.openai_engine import NO_ACCESS, OpenAIEngine
+from services.router.openai_engine import NO_ACCESS, EndpointAccess, OpenAIEngine
 from services.router.openai_http.app import OpenAIFrontDoor
 from services.router.outbox import Outbox
 from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache
@@ -79,7 +79,11 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         own_inflight=scheduler.memory.own,
     )
     access = dict(cfg.engine_access)
-    triton, openai_engine = TritonPool(), OpenAIEngine(lambda address: access.get(address, NO_ACCESS))
+
+    def reach(address: str) -> EndpointAccess:
+        return access.get(address, NO_ACCESS)
+
+    triton, openai_engine = TritonPool(reach), OpenAIEngine(reach)
     if cfg.redis_url:
         limiter: RateLimiter = RedisRateLimiter.from_url(
             cfg.redis_url, cfg.redis_prefix, timeout_s=cfg.redis_timeout_s,

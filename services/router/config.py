@@ -183,8 +183,9 @@ def _add_state_args(p: argparse.ArgumentParser) -> None:
         "--engine-access",
         action="append",
         default=[],
-        metavar="BASE_URL,header.K=V[,ca=PATH]",
-        help="headers (e.g. an API key) and TLS roots for an OpenAI-protocol engine; repeatable",
+        metavar="ADDRESS,header.K=V[,ca=PATH][,tls=true]",
+        help="headers (an API key, a Triton access token) and TLS for one engine: an OpenAI server's "
+        "base URL or a Triton's HOST:PORT as the pool lists it; repeatable",
     )
 
 

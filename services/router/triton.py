@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -21,6 +22,7 @@ from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.router.engine import EngineChunk, EngineRequest
+from services.router.openai_engine import NO_ACCESS, EndpointAccess
 
 # The Triton engine's request and chunk are the engine seam's (engine.py).
 TritonRequest = EngineRequest
@@ -106,22 +108,38 @@ def _bytes_elements(raw: bytes) -> str:
 
 
 class TritonPool:
-    """The Triton gRPC `Engine`: one channel per endpoint address, reused across requests."""
+    """The Triton gRPC `Engine`: one channel per endpoint address, reused across requests.
 
-    def __init__(self) -> None:
+    `access(address)` says how to reach an endpoint (the router's `--engine-access`): headers
+    sent on every call (a Triton with a restricted inference protocol wants its
+    `triton-grpc-protocol-<key>: <value>`) and TLS with the given roots."""
+
+    def __init__(self, access: Callable[[str], EndpointAccess] | None = None) -> None:
+        self._access = access or (lambda _address: NO_ACCESS)
         self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._metadata: dict[str, tuple[tuple[str, str], ...]] = {}
         self._decoupled: dict[tuple[str, str], bool] = {}  # (address, model) -> from ModelConfig
 
     def stub(self, address: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(
-                address, options=[("grpc.max_receive_message_length", 64 << 20)]
-            )
+            access = self._access(address)
+            options = [("grpc.max_receive_message_length", 64 << 20)]
+            if access.tls:
+                roots = Path(access.ca_file).read_bytes() if access.ca_file else None
+                credentials = grpc.ssl_channel_credentials(roots)
+                channel = grpc.aio.secure_channel(address, credentials, options=options)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=options)
             self._channels[address] = channel
+            self._metadata[address] = access.headers
             stub = self._stubs[address] = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         return stub
+
+    def metadata(self, address: str) -> tuple[tuple[str, str], ...]:
+        """The endpoint's headers (after `stub(address)` made its channel)."""
+        return self._metadata.get(address, ())
 
     async def decoupled(self, address: str, model: str) -> bool | None:
         """Whether `model` on `address` is decoupled (from its ModelConfig, asked once);
@@ -131,7 +149,7 @@ class TritonPool:
         if known is None:
             try:
                 resp = await self.stub(address).ModelConfig(
-                    service_pb2.ModelConfigRequest(name=model), timeout=2.0
+                    service_pb2.ModelConfigRequest(name=model), timeout=2.0, metadata=self.metadata(address)
                 )
             except grpc.aio.AioRpcError:
                 return None
@@ -146,6 +164,7 @@ class TritonPool:
         await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)
         self._channels.clear()
         self._stubs.clear()
+        self._metadata.clear()
 
     async def stream(
         self, address: str, req: TritonRequest, timeout: float | None
@@ -153,7 +172,10 @@ class TritonPool:
         """Yields chunks until the final response. Errors before any text -> Unavailable (retryable)."""
         if req.stream and not await self._is_decoupled(address, req.model):
             req = dataclasses.replace(req, stream=False)
-        call = self.stub(address).ModelStreamInfer(iter([build_request(req)]), timeout=timeout)
+        stub = self.stub(address)
+        call = stub.ModelStreamInfer(
+            iter([build_request(req)]), timeout=timeout, metadata=self.metadata(address)
+        )
         got_final = False
         try:
             async for resp in call:

@@ -193,9 +193,9 @@ class Stack:
             )  # fmt: skip
             if self.cfg.redis_url:
                 argv += ["--redis", self.cfg.redis_url, "--redis-prefix", self.redis_prefix]
-            argv += [
+            argv += [  # headers and TLS of the user's engines (the pool keeps its own copy)
                 a
-                for o in self.cfg.openai_engines
+                for o in (*self.cfg.openai_engines, *self.cfg.tritons)
                 if o.router_flag()
                 for a in ("--engine-access", o.router_flag())
             ]

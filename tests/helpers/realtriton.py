@@ -18,6 +18,7 @@ from services.devtools.pytriton_llm import DECOUPLED_MODEL, PLAIN_MODEL, SPARE_M
 from tests.helpers.envoy import free_port
 
 START_TIMEOUT_S = 180.0
+ACCESS_HEADER = "triton-grpc-protocol-triton-access-token"  # PyTriton's restricted-protocol header
 MODELS = (DECOUPLED_MODEL, PLAIN_MODEL, SPARE_MODEL)
 
 
@@ -33,6 +34,12 @@ class RealTriton:
     metrics_port: int
     models: tuple[str, ...]
     log: deque = field(default_factory=lambda: deque(maxlen=400))
+    access_token: str = ""  # sent as ACCESS_HEADER when some protocols are restricted
+    tls_ca: str = ""  # gRPC over TLS: the PEM roots that verify the server's certificate
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((ACCESS_HEADER, self.access_token),) if self.access_token else ()
 
     @property
     def address(self) -> str:
@@ -52,8 +59,12 @@ class RealTriton:
                 self.proc.wait(timeout=10)
 
 
-def start_real_triton(*, attempts: int = 3) -> RealTriton:
-    """Start tritonserver on free ports; retries when a port was taken in between."""
+def start_real_triton(
+    *, attempts: int = 3, restrict: str = "", access_token: str = "", tls: tuple[str, str, str] | None = None
+) -> RealTriton:
+    """Start tritonserver on free ports; retries when a port was taken in between. `restrict`
+    (e.g. "inference,model-config") puts those protocols behind `access_token`; `tls` (cert, key,
+    CA files) serves gRPC over TLS."""
     try:
         import pytriton  # noqa: F401
     except ImportError as exc:
@@ -61,16 +72,22 @@ def start_real_triton(*, attempts: int = 3) -> RealTriton:
     error: Exception | None = None
     for _ in range(attempts):
         try:
-            return _start_once()
+            return _start_once(restrict, access_token, tls)
         except RealTritonUnavailable as exc:
             error = exc
     raise RealTritonUnavailable(f"tritonserver did not start after {attempts} attempts: {error}")
 
 
-def _start_once() -> RealTriton:
+def _start_once(
+    restrict: str = "", access_token: str = "", tls: tuple[str, str, str] | None = None
+) -> RealTriton:
     ports = [free_port() for _ in range(3)]
     cmd = [sys.executable, "-m", "services.devtools.pytriton_llm"]
     cmd += ["--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    if restrict:
+        cmd += ["--restrict", restrict, "--access-token", access_token]
+    if tls is not None:
+        cmd += ["--grpc-tls-cert", tls[0], "--grpc-tls-key", tls[1]]
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -87,7 +104,10 @@ def _start_once() -> RealTriton:
             log.append(line.rstrip())
 
     threading.Thread(target=pump, name="realtriton-log", daemon=True).start()
-    server = RealTriton(proc, *ports, models=MODELS, log=log)
+    server = RealTriton(
+        proc, *ports, models=MODELS, log=log, access_token=access_token if restrict else "",
+        tls_ca=tls[2] if tls is not None else "",
+    )  # fmt: skip
     # Readiness is checked here over gRPC rather than by waiting for the devtool's ready line:
     # PyTriton's own post-start model check sometimes waits its full 60 s per model.
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -106,12 +126,19 @@ def _serves(server: RealTriton) -> bool:
     from tritonclient.grpc import service_pb2 as pb
     from tritonclient.grpc import service_pb2_grpc as pbg
 
-    with grpc.insecure_channel(server.address) as channel:
+    md = server.metadata
+    if server.tls_ca:
+        with open(server.tls_ca, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(f.read())
+        channel_cm = grpc.secure_channel(server.address, credentials)
+    else:
+        channel_cm = grpc.insecure_channel(server.address)
+    with channel_cm as channel:
         stub = pbg.GRPCInferenceServiceStub(channel)
         try:
-            if not stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+            if not stub.ServerReady(pb.ServerReadyRequest(), timeout=2, metadata=md).ready:
                 return False
-            index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=2)
+            index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=2, metadata=md)
             if {m.name for m in index.models if m.state == "READY"} < set(server.models):
                 return False
             req = pb.ModelInferRequest(model_name=PLAIN_MODEL)
@@ -121,7 +148,7 @@ def _serves(server: RealTriton) -> bool:
             ):
                 req.inputs.add(name=name, datatype=dtype, shape=[1, 1])
                 req.raw_input_contents.append(raw)
-            stub.ModelInfer(req, timeout=10)
+            stub.ModelInfer(req, timeout=10, metadata=md)
         except grpc.RpcError:
             return False
     return True

@@ -243,14 +243,25 @@ def test_engine_access_flags_are_parsed_and_bad_ones_refused(tmp_path):
     address, access = openai_engine.parse_engine_access("https://vllm:8000,header.Authorization=Bearer k")
     assert address == "https://vllm:8000" and access.headers == (("authorization", "Bearer k"),)
     for text, words in (
-        ("vllm:8000,header.a=b", "http\\(s\\) URL"),
+        ("vllm/v1,header.a=b", "expected BASE_URL .* or HOST:PORT"),
         ("http://v:1,header.bad name=x", "needs a token name"),
         ("http://v:1,ca=/nonexistent.pem", "not a readable file"),
-        ("http://v:1,tls=true", "not header.K=V or ca=PATH"),
+        ("http://v:1,tls=true", "not header.K=V, ca=PATH$"),  # an URL's scheme says it
+        ("10.0.0.5:8001,header.token-bin=x", "needs a token name"),  # gRPC binary headers: no
+        ("10.0.0.5:8001,mode=fast", "or tls=true"),
     ):
         with pytest.raises(ValueError, match=words):
             openai_engine.parse_engine_access(text)
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
-    with pytest.raises(ValueError, match="ca is for https"):
+    with pytest.raises(ValueError, match="ca is for TLS endpoints"):
         openai_engine.parse_engine_access(f"http://v:1,ca={ca}")
+    with pytest.raises(ValueError, match="ca is for TLS endpoints"):
+        openai_engine.parse_engine_access(f"10.0.0.5:8001,ca={ca}")
+    # A Triton's gRPC address as the pool lists it: headers (a restricted protocol's token), TLS.
+    address, access = openai_engine.parse_engine_access(
+        f"10.0.0.5:8001,header.triton-grpc-protocol-key=v,tls=true,ca={ca}"
+    )
+    assert address == "10.0.0.5:8001" and access.headers == (("triton-grpc-protocol-key", "v"),)
+    assert access.tls and access.ca_file == str(ca)
+    assert not openai_engine.parse_engine_access("https://v:1")[1].tls  # tls is a Triton setting
