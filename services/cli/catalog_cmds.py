@@ -31,10 +31,13 @@ def models_list(ctx: Ctx, args: argparse.Namespace) -> int:
                 m.quantization,
                 f"{m.memory_gib:g}",
                 m.context_length,
+                short(pb.ModelKind, m.kind) or "generation",
+                m.dimensions or "",
             ]
             for m in r.models
         ]
-        output.table(("NAME", "TRITON MODEL", "FAMILY", "PARAMS", "QUANT", "MEM GIB", "CONTEXT"), rows)
+        header = ("NAME", "TRITON MODEL", "FAMILY", "PARAMS", "QUANT", "MEM GIB", "CONTEXT", "KIND", "DIMS")
+        output.table(header, rows)
 
     return ctx.emit(resp, human)
 
@@ -48,6 +51,8 @@ def models_register(ctx: Ctx, args: argparse.Namespace) -> int:
         quantization=args.quantization or "",
         memory_gib=args.memory_gib,
         context_length=args.context_length,
+        kind=pb.ModelKind.Value(f"MODEL_KIND_{args.kind.upper()}"),
+        dimensions=args.dimensions,
     )
     resp = ctx.call("RegisterModel", pb.RegisterModelRequest(model=model))
     return ctx.emit(resp, lambda r: print(f"registered model {r.model.name} -> {r.model.triton_model}"))
@@ -233,7 +238,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--parameters-b", type=float, default=0.0, help="parameter count, billions")
     p.add_argument("--quantization", help="fp16, fp8, awq-int4, ...")
     p.add_argument("--memory-gib", type=float, default=0.0, help="GPU memory per replica")
-    p.add_argument("--context-length", type=int, default=0)
+    p.add_argument("--context-length", type=int, default=0, help="tokens (of each input, for embedding)")
+    p.add_argument("--kind", choices=("generation", "embedding"), default="generation")
+    p.add_argument("--dimensions", type=int, default=0, help="an embedding model's vector length")
     p.set_defaults(handler=models_register)
 
     models_actions = t

@@ -17,6 +17,7 @@ import yaml
 
 DEFAULT_CATALOG_PATH = Path(__file__).with_name("models.yaml")
 LAYOUTS = ("ensemble", "bls")
+KINDS = ("generation", "embedding")  # embedding: the tensors of services/common/embedding_tensors.py
 
 
 class CatalogError(ValueError):
@@ -51,6 +52,12 @@ class ModelSpec:
     kv_cache_reuse: bool = True  # prefix reuse (TRT-LLM's enable_kv_cache_reuse)
     gpu: str = ""  # the GPU the latency profile describes (documentation only)
     version: str = "1"  # the simulator serves a single version per model, like most TRT-LLM repos
+    kind: str = "generation"
+    dimensions: int = 0  # an embedding model's vector length
+
+    @property
+    def embedding(self) -> bool:
+        return self.kind == "embedding"
 
     def kv_blocks_for(self, tokens: int) -> int:
         """KV blocks needed to hold ``tokens`` tokens of one sequence."""
@@ -118,6 +125,8 @@ _MODEL_KEYS = {
     "max_batch_size",
     "preload",
     "kv_cache_reuse",
+    "kind",
+    "dimensions",
 }
 _LATENCY_KEYS = {"prefill_ms_per_token", "decode_ms_per_token", "step_overhead_ms"}
 
@@ -141,6 +150,12 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
     unknown = set(latency) - _LATENCY_KEYS
     if unknown:
         raise CatalogError(f"{where}: unknown latency field(s) {sorted(unknown)}")
+    kind = entry.get("kind", "generation")
+    if kind not in KINDS:
+        raise CatalogError(f"{where}: 'kind' must be one of {list(KINDS)}, got {kind!r}")
+    dimensions = _int(entry, "dimensions", where, minimum=1 if kind == "embedding" else 0, default=0)
+    if kind == "embedding" and entry.get("decoupled"):
+        raise CatalogError(f"{where}: an embedding model answers ModelInfer once: 'decoupled' must be false")
     profile = LatencyProfile(
         prefill_ms_per_token=_number(latency, "prefill_ms_per_token", where),
         decode_ms_per_token=_number(latency, "decode_ms_per_token", where),
@@ -161,6 +176,8 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
         preload=_bool(entry, "preload", where, default=False),
         gpu=_string(entry, "gpu", where),
         kv_cache_reuse=_bool(entry, "kv_cache_reuse", where, default=True),
+        kind=kind,
+        dimensions=dimensions,
     )
 
 

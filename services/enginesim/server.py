@@ -17,9 +17,11 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from services.common import embedding_tensors
 from services.common import triton_tensors as tensors
 from services.common.streams import serve_concurrently
 
+from . import embedder
 from .catalog import ModelSpec
 from .config import SimulatorConfig
 from .engine import (
@@ -68,6 +70,7 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (ModelNotReadyError, grpc.StatusCode.UNAVAILABLE),
     (tensors.TensorError, grpc.StatusCode.INVALID_ARGUMENT),
+    (embedding_tensors.EmbeddingTensorError, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFullError, grpc.StatusCode.UNAVAILABLE),
     (EngineStoppedError, grpc.StatusCode.UNAVAILABLE),
@@ -120,15 +123,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         try:
-            return tensors.model_metadata(self._sim.spec(request.name, request.version))
+            spec = self._sim.spec(request.name, request.version)
+            if spec.embedding:
+                return embedding_tensors.model_metadata(spec)
+            return tensors.model_metadata(spec)
         except _HANDLED as exc:
             await _abort(context, exc)
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         try:
-            return pb.ModelConfigResponse(
-                config=tensors.model_config(self._sim.spec(request.name, request.version))
-            )
+            spec = self._sim.spec(request.name, request.version)
+            if spec.embedding:
+                return pb.ModelConfigResponse(
+                    config=embedding_tensors.model_config(spec, spec.max_queue_size)
+                )
+            return pb.ModelConfigResponse(config=tensors.model_config(spec))
         except _HANDLED as exc:
             await _abort(context, exc)
 
@@ -270,7 +279,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         try:
-            if self._sim.spec(request.model_name, request.model_version).decoupled:
+            spec = self._sim.spec(request.model_name, request.model_version)
+            if spec.embedding:
+                return await self._embed(request, context)
+            if spec.decoupled:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, DECOUPLED_INFER_MESSAGE)
             p = self._prepare(request)
             if p.stream:
@@ -289,6 +301,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return tensors.build_response(
             p.spec, request.id, self._outputs(p, seq, self._full_text(p, seq), seq.output_tokens)
         )
+
+    async def _embed(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        """An embedding model's batch: every text through the engine, then the vectors."""
+        engine = self._sim.engine(request.model_name, request.model_version)
+        texts = embedding_tensors.decode_texts(request, engine.spec)
+        fault = self._faults.draw(engine.spec.name)
+        if fault is not None and fault.kind in ("unavailable", "internal"):
+            engine.stats.failures["BACKEND"] += 1
+            raise (
+                InjectedUnavailable() if fault.kind == "unavailable" else InjectedInternal(INJECTED_INTERNAL)
+            )
+        vectors, tokens = await embedder.embed(engine, texts, request.id)
+        return embedding_tensors.build_response(engine.spec, request.id, vectors, tokens)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any

@@ -152,6 +152,8 @@ def model_pb(m: d.Model) -> pb.Model:
         quantization=m.quantization,
         memory_gib=m.memory_gib,
         context_length=m.context_length,
+        kind=short_to_enum(pb.ModelKind, m.kind),
+        dimensions=m.dimensions,
     )
 
 
@@ -265,9 +267,11 @@ def version_in(m: pb.AgentVersion) -> d.AgentVersion:
 
 
 def model_in(m: pb.Model) -> d.Model:
+    kind = enum_to_short(pb.ModelKind, m.kind) or "generation"
     return d.Model(
-        m.name, m.triton_model, m.family, m.parameters_b, m.quantization, m.memory_gib, m.context_length
-    )
+        m.name, m.triton_model, m.family, m.parameters_b, m.quantization, m.memory_gib, m.context_length,
+        kind, m.dimensions,
+    )  # fmt: skip
 
 
 def tool_in(m: pb.Tool) -> d.Tool:

@@ -61,13 +61,16 @@ def model_row(m: d.Model) -> ModelRow:
         quantization=m.quantization,
         memory_gib=m.memory_gib,
         context_length=m.context_length,
+        kind=m.kind,
+        dimensions=m.dimensions,
     )
 
 
 def model(r: ModelRow) -> d.Model:
     return d.Model(
-        r.name, r.triton_model, r.family, r.parameters_b, r.quantization, r.memory_gib, r.context_length
-    )
+        r.name, r.triton_model, r.family, r.parameters_b, r.quantization, r.memory_gib, r.context_length,
+        r.kind or "generation", r.dimensions or 0,
+    )  # fmt: skip
 
 
 def tool_row(t: d.Tool) -> ToolRow:

@@ -277,6 +277,8 @@ class Model:
     quantization: str = ""
     memory_gib: float = 0.0
     context_length: int = 0
+    kind: str = "generation"  # or "embedding" (MODEL_KIND_* without the prefix, lower case)
+    dimensions: int = 0  # an embedding model's vector length
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ FAMILY_CHARS = 64
 QUANTIZATION_CHARS = 32
 MAX_PARAMETERS_B = 100_000.0
 MAX_MEMORY_GIB = 4096.0
+MAX_EMBEDDING_DIMENSIONS = 65_536
+MODEL_KINDS = ("generation", "embedding")
 MAX_CONTEXT_LENGTH = 10_000_000
 TOOL_ENDPOINT_CHARS = 1024
 TOOL_DESCRIPTION_CHARS = 1024
@@ -115,6 +117,13 @@ def check_model(model: d.Model) -> None:
     check_range("model parameters_b", model.parameters_b, 0, MAX_PARAMETERS_B)
     check_range("model memory_gib", model.memory_gib, 0, MAX_MEMORY_GIB)
     check_range("model context_length", model.context_length, 0, MAX_CONTEXT_LENGTH)
+    check_range("model dimensions", model.dimensions, 0, MAX_EMBEDDING_DIMENSIONS)
+    if model.kind not in MODEL_KINDS:
+        raise InvalidArgument(f"model kind {model.kind!r} is unknown: use one of {', '.join(MODEL_KINDS)}")
+    if model.dimensions and model.kind != "embedding":
+        raise InvalidArgument(
+            "model dimensions are for embedding models; set kind to embedding or leave them 0"
+        )
 
 
 def check_tool(tool: d.Tool) -> None:

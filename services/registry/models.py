@@ -128,6 +128,8 @@ class ModelRow(Base):
     quantization: Mapped[str] = mapped_column(String(32), default="")
     memory_gib: Mapped[float] = mapped_column(Float, default=0.0)
     context_length: Mapped[int] = mapped_column(Integer, default=0)
+    kind: Mapped[str] = mapped_column(String(16), default="generation")
+    dimensions: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ToolRow(Base):

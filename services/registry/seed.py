@@ -152,7 +152,10 @@ async def seed_registry(stub, data: dict, metadata: Sequence[tuple[str, str]] | 
             report, stub.CreateUser(pb.CreateUserRequest(user=user), metadata=md), f"user {u['name']}"
         )
     for m in section.get("models", []):
-        model = pb.Model(**{k: v for k, v in m.items() if k in pb.Model.DESCRIPTOR.fields_by_name})
+        fields = {k: v for k, v in m.items() if k in pb.Model.DESCRIPTOR.fields_by_name}
+        if isinstance(fields.get("kind"), str):  # `kind: embedding` in the file
+            fields["kind"] = pb.ModelKind.Value("MODEL_KIND_" + fields["kind"].upper())
+        model = pb.Model(**fields)
         req = pb.RegisterModelRequest(model=model)
         await _create(report, stub.RegisterModel(req, metadata=md), f"model {m['name']}")
     for t in section.get("tools", []):

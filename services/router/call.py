@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 
@@ -48,6 +49,16 @@ class GenerationInput:
 
 
 @dataclass(frozen=True)
+class EmbeddingInput:
+    """What an embedding call asks for: one vector per text, in order."""
+
+    inputs: tuple[str, ...]
+    model: str = ""  # empty: the first embedding model the agent version pins
+    dimensions: int = 0  # 0: the model's own length (no other length is served)
+    timeout_s: float | None = None  # time left before the caller's deadline (None: none)
+
+
+@dataclass(frozen=True)
 class Chunk:
     """A piece of the answer. `final` marks the last one (it may carry text or be empty);
     `output_tokens` is the engine's count of output tokens so far (0 when not known yet)."""
@@ -61,7 +72,7 @@ class Chunk:
 class Call:
     """The state of one call; each stage reads what earlier stages filled in and adds its part."""
 
-    inp: GenerationInput
+    inp: GenerationInput | EmbeddingInput
     ctx: RequestContext | None = None
     started: float = field(default_factory=time.perf_counter)
     # ResolveAgent
@@ -80,6 +91,7 @@ class Call:
     prompt_tokens: int = 0
     slo: SloClass = SloClass.INTERACTIVE
     redactions: dict[str, int] = field(default_factory=dict)  # PII kind -> count (prompt + output)
+    texts: tuple[str, ...] = ()  # an embedding call's inputs, validated and redacted
     output: OutputRedaction | None = None
     # RateAdmit / BudgetReserve
     rate_hold: Reservation | None = None
@@ -114,6 +126,7 @@ class Call:
     finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
     status: str = "OK"
     text_parts: list[str] = field(default_factory=list)
+    vectors: np.ndarray | None = None  # an embedding call's answer: float32 [len(texts), D]
     first_at: float = 0.0
     last_at: float = 0.0
     ended_at: float = 0.0
@@ -143,6 +156,10 @@ class Call:
     @property
     def deployment(self) -> str:
         return f"{self.model}@{self.endpoint.name}" if self.endpoint is not None else ""
+
+    @property
+    def embedding(self) -> bool:
+        return isinstance(self.inp, EmbeddingInput)
 
     @property
     def text(self) -> str:

@@ -23,7 +23,7 @@ from services.common import context as reqctx
 from services.common.errors import NotFound, Unauthenticated
 from services.common.registry_mirror import RegistryMirror
 from services.router.budgets import BudgetEnforcer
-from services.router.call import Call, Chunk, GenerationInput
+from services.router.call import Call, Chunk, EmbeddingInput, GenerationInput
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
 from services.router.flow import RateLimiter
@@ -39,13 +39,14 @@ from services.router.stages.admit import (
     RedactPrompt,
     Validate,
 )
+from services.router.stages.embed import EmbedDispatch, RedactInputs, ValidateInputs
 from services.router.stages.produce import CacheCoalesce, Dispatch
 from services.router.stages.record import Journal, Observe, Record
 from services.router.stages.relay import EnvoyRelay, NoOutputPolicy
 from services.router.stages.resolve import Authorize, Identify, ResolveAgent
 from services.router.views import EndpointView
 
-__all__ = ["Call", "Chunk", "GenerationInput", "Router", "RouterPolicy"]
+__all__ = ["Call", "Chunk", "EmbeddingInput", "GenerationInput", "Router", "RouterPolicy"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class Router:
         self.director = Director(stages, stages[-1], metrics.stage_errors)
         relay = self.relay_stages()
         self.relay_director = Director(relay, relay[-1], metrics.stage_errors)
+        embedding = self.embed_stages()
+        self.embed_director = Director(embedding, embedding[-1], metrics.stage_errors)
 
     def generate_stages(self) -> list[Stage]:
         """The request path, in order; the last stage is the source of the chunks."""
@@ -123,9 +126,33 @@ class Router:
         """`run` for the ext_proc path: `call.relay` links it to the front door."""
         return self.relay_director.run(call)
 
+    def embed_stages(self) -> list[Stage]:
+        """An embedding call's path: the generation path's identity, policy, admission and
+        records, with its own validation, input redaction and source (no result cache: the
+        vectors are cheap to make and large to keep)."""
+        stages: list[Stage | None] = [
+            Observe(self.metrics),
+            Identify(),
+            Record(self.events),
+            ResolveAgent(self.registry),
+            self.authorize,
+            ValidateInputs(),
+            RedactInputs(self.redactors),
+            RateAdmit(self.registry, self.limiter),
+            BudgetReserve(self.budgets) if self.budgets is not None else None,
+            Journal(self.events),
+            EmbedDispatch(self.dispatcher, self.endpoints),
+        ]
+        return [s for s in stages if s is not None]
+
     def run(self, call: Call) -> AsyncIterator[Chunk]:
         """The answer's chunks; `call` holds the summary once the iterator ends."""
         return self.director.run(call)
+
+    async def embed(self, call: Call) -> None:
+        """Runs an embedding call (`call.inp` an EmbeddingInput); `call.vectors` holds the answer."""
+        async for _ in self.embed_director.run(call):
+            pass
 
     async def allowed_models(self) -> list[registry_pb2.Model]:
         """Catalog models the calling agent's current versions pin and its policy allows."""

@@ -14,7 +14,15 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from services.common.errors import ResourceExhausted, Unavailable
-from services.router.engine import OPENAI, TRITON, Engine, EngineChunk
+from services.router.engine import (
+    OPENAI,
+    TRITON,
+    Embedder,
+    EmbeddingRequest,
+    EmbeddingResult,
+    Engine,
+    EngineChunk,
+)
 from services.router.flow import FlowController
 from services.router.scheduling import Candidate, Decision, Outcome, Scheduler, SchedulingRequest
 from services.router.views import EndpointView
@@ -48,6 +56,14 @@ class Dispatcher:
                 f"endpoint {target.name} speaks {target.kind!r}, which this router has no engine for"
             )
         return engine
+
+    def embedder(self, target: Candidate) -> Embedder:
+        engine = self.engine(target)
+        if not hasattr(engine, "embed"):  # retryable: a Triton endpoint may serve the model
+            raise Unavailable(
+                f"endpoint {target.name} speaks {target.kind!r}, which this router cannot embed on"
+            )
+        return engine  # type: ignore[return-value]
 
     def _pick(self, request: SchedulingRequest, exclude: frozenset[str]) -> Decision:
         candidates = self.endpoints.candidates(request.model)
@@ -86,14 +102,7 @@ class Dispatcher:
         tried: frozenset[str] = frozenset()
         first_failure: Unavailable | None = None
         while True:
-            try:
-                target = await self.choose(request, call, tried)
-            except Unavailable as exc:
-                if first_failure is None:
-                    raise
-                raise Unavailable(
-                    f"{exc.message}; the first try failed: {first_failure.message}"
-                ) from first_failure
+            target = await self._choose_again(request, call, tried, first_failure)
             call.endpoint = target
             self.scheduler.acquire(target)
             sharing = max(1, self.scheduler.memory.load(target))
@@ -113,6 +122,45 @@ class Dispatcher:
                 first_failure = exc
                 tried = frozenset({target.name})
                 call.failed_over_from = target.name
+            finally:
+                call.gpu_seconds += (time.perf_counter() - started) / sharing
+                self.scheduler.release(target)
+                self.flow.capacity_changed(1)
+
+    async def _choose_again(
+        self, request: SchedulingRequest, call: Call, tried: frozenset[str], first_failure: Unavailable | None
+    ) -> Candidate:
+        """The endpoint for a first try, or for the one retry after `first_failure`."""
+        try:
+            return await self.choose(request, call, tried)
+        except Unavailable as exc:
+            if first_failure is None:
+                raise
+            raise Unavailable(
+                f"{exc.message}; the first try failed: {first_failure.message}"
+            ) from first_failure
+
+    async def embed(self, call: Call) -> EmbeddingResult:
+        """An embedding call's vectors from one endpoint; one retry elsewhere if it is unavailable.
+        Fills in where it ran, its queue time and GPU share, as `stream` does."""
+        request = call.scheduling_request()
+        req = EmbeddingRequest(model=request.model, texts=call.texts, request_id=call.request_id)
+        tried: frozenset[str] = frozenset()
+        first_failure: Unavailable | None = None
+        while True:
+            target = await self._choose_again(request, call, tried, first_failure)
+            call.endpoint = target
+            self.scheduler.acquire(target)
+            sharing = max(1, self.scheduler.memory.load(target))
+            started = time.perf_counter()
+            try:
+                result = await self.embedder(target).embed(target.address, req, self.backend_timeout_s)
+                self.scheduler.record(target, request)
+                return result
+            except Unavailable as exc:
+                if tried:
+                    raise
+                first_failure, tried, call.failed_over_from = exc, frozenset({target.name}), target.name
             finally:
                 call.gpu_seconds += (time.perf_counter() - started) / sharing
                 self.scheduler.release(target)

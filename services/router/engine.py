@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 TRITON = "triton"
 OPENAI = "openai"
 KINDS = (TRITON, OPENAI)
@@ -51,6 +53,27 @@ class EngineChunk:
     input_tokens: int | None = None
     output_tokens: int | None = None
     estimated: bool = False  # the counts were estimated from text: the engine gave none
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str  # the engine's model name
+    texts: tuple[str, ...]
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    vectors: np.ndarray  # float32 [N, D]: row i is the vector of text i
+    input_tokens: int
+    estimated: bool = False  # the engine gave no token counts: estimated from the texts
+
+
+class Embedder(Protocol):
+    """An engine that embeds too. Errors as for generations: `Unavailable` is retryable on
+    another endpoint, `InvalidArgument` is the engine refusing the request itself."""
+
+    async def embed(self, address: str, req: EmbeddingRequest, timeout: float | None) -> EmbeddingResult: ...
 
 
 class Engine(Protocol):

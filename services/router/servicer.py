@@ -11,7 +11,7 @@ from harness.common.v1 import common_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
 from services.common.limits import check_struct, duration_seconds
-from services.router.core import Call, GenerationInput, Router
+from services.router.core import Call, EmbeddingInput, GenerationInput, Router
 from services.router.tools import MAX_APPROVAL_WAIT_S, MAX_TOOL_ARGUMENTS_BYTES, ToolCall, ToolInvoker
 
 
@@ -99,3 +99,20 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         async for _ in self._router.run(call):
             pass
         return router_pb2.CompleteResponse(text=call.text, summary=to_summary(call))
+
+    async def Embed(
+        self, request: router_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.EmbedResponse:
+        """One vector per input, through the embedding path (policy, redaction, budgets, audit)."""
+        inp = EmbeddingInput(
+            inputs=tuple(request.inputs),
+            model=request.model,
+            dimensions=request.dimensions,
+            timeout_s=context.time_remaining(),
+        )
+        call = Call(inp)
+        await self._router.embed(call)
+        resp = router_pb2.EmbedResponse(summary=to_summary(call))
+        for row in call.vectors:
+            resp.embeddings.add().values.extend(row.tolist())
+        return resp

@@ -20,8 +20,15 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
+from services.common import embedding_tensors
 from services.common.errors import InvalidArgument, Unavailable
-from services.router.engine import EngineChunk, EngineRequest
+from services.router.engine import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    EngineChunk,
+    EngineRequest,
+    estimate_tokens,
+)
 from services.router.openai_engine import NO_ACCESS, EndpointAccess
 
 # The Triton engine's request and chunk are the engine seam's (engine.py).
@@ -160,6 +167,10 @@ class TritonPool:
         # Unknown: assume decoupled and let the inference call itself report what is wrong.
         return await self.decoupled(address, model) is not False
 
+    async def embed(self, address: str, req: EmbeddingRequest, timeout: float | None) -> EmbeddingResult:
+        stub = self.stub(address)
+        return await embed(stub, address, req, timeout, self.metadata(address))
+
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)
         self._channels.clear()
@@ -199,3 +210,27 @@ def _stream_error(message: str, model: str) -> Exception:
     if "unexpected" in message.lower() or "invalid" in message.lower() or "expected" in message.lower():
         return InvalidArgument(f"model {model!r} rejected the request: {message}")
     return Unavailable(f"model {model!r} failed: {message}")
+
+
+async def embed(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+    address: str,
+    req: EmbeddingRequest,
+    timeout: float | None,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> EmbeddingResult:
+    """One ModelInfer of an embedding model (services/common/embedding_tensors.py)."""
+    msg = embedding_tensors.build_request(req.model, req.texts, req.request_id)
+    try:
+        resp = await stub.ModelInfer(msg, timeout=timeout, metadata=metadata)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidArgument(f"model {req.model!r} rejected the request: {exc.details()}") from exc
+        raise Unavailable(f"backend {address} failed: {exc.code().name}: {exc.details()}") from exc
+    try:
+        out = embedding_tensors.parse_response(resp, len(req.texts))
+    except embedding_tensors.EmbeddingTensorError as exc:
+        raise Unavailable(f"backend {address}: {exc}") from exc
+    if out.tokens is None:
+        return EmbeddingResult(out.vectors, sum(estimate_tokens(t) for t in req.texts), True)
+    return EmbeddingResult(out.vectors, sum(out.tokens))

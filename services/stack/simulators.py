@@ -18,11 +18,11 @@ class SimulatorSpec:
 
 # Different model sets, so the router's per-model endpoint choice is visible: the AWQ 8B runs on
 # sim-0 and sim-1, the FP16 8B on sim-0 and sim-2, the 70B only on sim-1 (memory: 33+15, 15+63
-# and 33 of 80 GB). sim-2 speaks the OpenAI API as vLLM does, so the demo's model is served by
+# and 33 of 80 GB); the embedding model runs on sim-1 (1 GB more). sim-2 speaks the OpenAI API as vLLM does, so the demo's model is served by
 # both kinds of engine and a request for it may fail over from one kind to the other.
 DEFAULT_SIMULATORS: tuple[SimulatorSpec, ...] = (
     SimulatorSpec("sim-0", ("llama-3-8b-instruct", "llama-3-8b-instruct-awq")),
-    SimulatorSpec("sim-1", ("llama-3-8b-instruct-awq", "llama-3-70b-instruct-awq")),
+    SimulatorSpec("sim-1", ("llama-3-8b-instruct-awq", "llama-3-70b-instruct-awq", "all-minilm-l6-v2")),
     SimulatorSpec("sim-2", ("llama-3-8b-instruct",), protocol="openai"),
 )
 

@@ -108,7 +108,7 @@ def test_sync_sdk_and_langchain_get_answers(stack):
         raw.headers["x-harness-deployment"] in (f"{MODEL}@sim-0", f"{MODEL}@sim-2")
         and raw.headers["x-request-id"]
     )
-    assert models == [MODEL]  # what demo-agent's policy lets it use
+    assert models == [MODEL, "all-minilm-l6-v2"]  # what demo-agent's policy lets it use
     llm = ChatOpenAI(
         model=MODEL, base_url=base, api_key=token, max_tokens=8, max_retries=0,
         http_client=httpx2.Client(verify=_tls(stack)), http_async_client=httpx2.AsyncClient(verify=_tls(stack)),

@@ -109,7 +109,7 @@ async def test_generate_streams_and_records_one_audit_and_one_usage_record(stack
 
 SIM_MODELS = [
     {"llama-3-8b-instruct", "llama-3-8b-instruct-awq"},  # sim-0
-    {"llama-3-8b-instruct-awq", "llama-3-70b-instruct-awq"},  # sim-1
+    {"llama-3-8b-instruct-awq", "llama-3-70b-instruct-awq", "all-minilm-l6-v2"},  # sim-1
 ]
 
 

@@ -13,6 +13,14 @@ from services.router.outbox import Outbox
 from services.router.views import AccessDecision
 
 MODEL, TRITON_MODEL = "llama-3-8b", "llama-3-8b-instruct"
+EMBED_MODEL, EMBED_TRITON_MODEL, EMBED_DIMENSIONS = "minilm", "all-minilm-l6-v2", 384
+
+
+def embedding_model(context_length: int = 512) -> registry_pb2.Model:
+    return registry_pb2.Model(
+        name=EMBED_MODEL, triton_model=EMBED_TRITON_MODEL, kind=registry_pb2.MODEL_KIND_EMBEDDING,
+        dimensions=EMBED_DIMENSIONS, context_length=context_length,
+    )  # fmt: skip
 
 
 @dataclass
@@ -23,6 +31,7 @@ class FakeRegistry:
     users: dict[str, registry_pb2.User] = field(default_factory=dict)
     teams: dict[str, str] = field(default_factory=dict)  # project -> owning team
     family: str = ""  # the model's family (its chat template; "" is the neutral one)
+    models: dict[str, registry_pb2.Model] = field(default_factory=dict)  # besides MODEL
 
     async def agent(self, name: str) -> registry_pb2.Agent:
         return self.agent_record
@@ -34,6 +43,8 @@ class FakeRegistry:
         return self.teams.get(project, "")
 
     async def model(self, name: str) -> registry_pb2.Model:
+        if name in self.models:
+            return self.models[name]
         return registry_pb2.Model(
             name=MODEL, triton_model=TRITON_MODEL, context_length=self.context_length, family=self.family
         )

@@ -35,6 +35,7 @@ registry:
   models:
     - {name: llama-3-8b, triton_model: llama-3-8b-instruct, family: llama-3, parameters_b: 8,
        quantization: fp16, memory_gib: 16, context_length: 8192}
+    - {name: minilm, kind: embedding, dimensions: 384, memory_gib: 1, context_length: 512}
   tools:
     - name: ledger
       version: "1"
@@ -201,6 +202,8 @@ async def test_lists_filter_and_page(demo, admin):
     assert [p.name for p in projects] == ["ledger"]
     models = (await stub.ListModels(pb.ListModelsRequest(), metadata=admin)).models
     assert models[0].triton_model == "llama-3-8b-instruct" and models[0].context_length == 8192
+    assert models[0].kind == pb.MODEL_KIND_GENERATION
+    assert (models[1].name, models[1].kind, models[1].dimensions) == ("minilm", pb.MODEL_KIND_EMBEDDING, 384)
 
 
 async def test_lifecycle_and_traffic_over_rpc(demo, admin):

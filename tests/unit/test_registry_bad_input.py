@@ -145,6 +145,12 @@ CASES = [
      ["memory_gib"]),
     ("negative context", lambda s, p: s.register_model(d.Model("m", context_length=-1)), InvalidArgument,
      ["context_length"]),
+    ("unknown model kind", lambda s, p: s.register_model(d.Model("m", kind="vision")), InvalidArgument,
+     ["kind 'vision'", "generation, embedding"]),
+    ("dimensions of a generation model", lambda s, p: s.register_model(d.Model("m", dimensions=8)),
+     InvalidArgument, ["dimensions are for embedding models"]),
+    ("huge dimensions", lambda s, p: s.register_model(d.Model("m", kind="embedding", dimensions=10**6)),
+     InvalidArgument, ["dimensions"]),
     ("negative cache ttl", lambda s, p: s.register_tool(
         d.Tool("t", actions=(d.ToolAction("r", "read", cache_ttl_s=-5),))), InvalidArgument, ["cache_ttl_s"]),
     ("bad risk", lambda s, p: s.register_tool(d.Tool("t", actions=(d.ToolAction("r", "boom"),))),

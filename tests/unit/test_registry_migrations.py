@@ -55,10 +55,12 @@ def _tables(engine) -> set[str]:
 def test_upgrade_from_empty_then_downgrade_to_base(engine):
     assert _tables(engine) == set() and migrate.current(engine) is None
     migrate.upgrade(engine)
-    assert migrate.current(engine) == migrate.head() == "0006"
+    assert migrate.current(engine) == migrate.head() == "0007"
     assert _tables(engine) == TABLES
     assert migrate.diff(engine) == []  # autogenerate finds nothing: migrations == models
 
+    migrate.downgrade(engine, "0006")
+    assert {c["name"] for c in inspect(engine).get_columns("models")}.isdisjoint({"kind", "dimensions"})
     migrate.downgrade(engine, "0005")
     assert {c["name"] for c in inspect(engine).get_columns("jwt_settings")}.isdisjoint(
         {"jwks_url", "oidc_discovery_url"}
@@ -112,6 +114,8 @@ def test_pre_migration_database_is_adopted(engine, db_url):
             conn.execute(text(f"ALTER TABLE users DROP COLUMN {column}"))
         for column in ACTOR_COLUMNS:
             conn.execute(text(f"ALTER TABLE changes DROP COLUMN {column}"))
+        for column in ("kind", "dimensions"):
+            conn.execute(text(f"ALTER TABLE models DROP COLUMN {column}"))
     CasbinRule.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(
@@ -130,18 +134,20 @@ def test_pre_migration_database_is_adopted(engine, db_url):
         assert store.get_user("zed").rpm_limit == 3 and migrate.diff(store.engine) == []
         assert store.change_records(0, 10)[-1].action == "create"  # and 0004's
         assert store.set_audit_cursor(2) == 2 and store.audit_cursor() == 2
+        store.register_model(d.Model("e5", kind="embedding", dimensions=768))  # and 0007's
+        assert store.list_models(d.Page())[0][0].kind == "embedding"
     finally:
         store.close()
 
 
 def test_ops_command_line(db_url, capsys):
     migrate.main(["--db-url", db_url, "upgrade"])
-    assert capsys.readouterr().out.strip() == "0006 (head 0006)"
+    assert capsys.readouterr().out.strip() == "0007 (head 0007)"
     with pytest.raises(SystemExit) as done:
         migrate.main(["--db-url", db_url, "check"])
     assert done.value.code == 0 and "in sync" in capsys.readouterr().out
     migrate.main(["--db-url", db_url, "downgrade"])
-    assert capsys.readouterr().out.strip() == "(empty) (head 0006)"
+    assert capsys.readouterr().out.strip() == "(empty) (head 0007)"
 
 
 def test_bare_user_subjects_are_namespaced_and_the_change_is_logged(engine):

@@ -30,13 +30,13 @@ from services.common.identity import Authenticator
 from services.router.chat import ToolCallOut, ToolCallStream
 from services.router.chat.templates import offered
 from services.router.core import Call, Chunk, GenerationInput, Router
-from services.router.openai_http import errors, schema, wire
+from services.router.openai_http import embeddings, errors, schema, wire
 
 log = logging.getLogger("harness.router.openai")
 FRONTDOOR = "openai"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a 1M-character prompt (the router's limit) fits, JSON-escaped
 JSON = "application/json"
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/mcp")
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/mcp")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -82,6 +82,7 @@ class OpenAIFrontDoor:
         routes = [
             Route("/v1/chat/completions", self._entry(self.chat), methods=["POST"]),
             Route("/v1/completions", self._entry(self.completions), methods=["POST"]),
+            Route("/v1/embeddings", self._entry(self.embeddings), methods=["POST"]),
             Route("/v1/models", self._entry(self.list_models), methods=["GET"]),
             Route("/v1/models/{model_id:path}", self._entry(self.get_model), methods=["GET"]),
             Route("/healthz", self.health, methods=["GET"]),
@@ -160,6 +161,15 @@ class OpenAIFrontDoor:
     async def completions(self, request: Request) -> Response:
         req = schema.parse(schema.CompletionRequest, await _body(request))
         return await self._generate(schema.completion_input(req), wire.TextShape, req)
+
+    async def embeddings(self, request: Request) -> Response:
+        req = schema.parse(embeddings.EmbeddingRequest, await _body(request))
+        inp = embeddings.embedding_input(req)
+        await self._model(inp.model)
+        call = Call(inp)
+        await self.router.embed(call)
+        headers = {"x-harness-deployment": call.deployment} if call.deployment else {}
+        return Response(embeddings.response_body(call, req.encoding_format), media_type=JSON, headers=headers)
 
     async def _generate(
         self, inp: GenerationInput, shape: type[wire.Shape], req: schema.Sampling

@@ -4,6 +4,8 @@ RateAdmit (RPM/TPM) and BudgetReserve (the maximum cost against every budget tha
 
 from __future__ import annotations
 
+from harness.registry.v1 import registry_pb2
+
 from services.common.errors import InvalidArgument
 from services.common.limits import check_count, check_length, check_range
 from services.common.registry_mirror import RegistryMirror
@@ -61,6 +63,11 @@ class Validate(Stage):
 
     async def enter(self, call: Call) -> None:
         inp = call.inp
+        if call.catalog.kind == registry_pb2.MODEL_KIND_EMBEDDING:
+            raise InvalidArgument(
+                f"model {call.model!r} is an embedding model: it makes vectors, not text; "
+                "call Embed (POST /v1/embeddings) with it, or generate with another model"
+            )
         call.template = choose_template(call)
         prompt = render_prompt(inp, call.template)
         if len(prompt) > MAX_PROMPT_CHARS:

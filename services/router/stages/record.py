@@ -104,6 +104,8 @@ class Record(Stage):
         if call.audited:  # a refusal that wrote its own record (authorization)
             return []
         details: dict = {"frontdoor": call.frontdoor}
+        if call.embedding:  # how many texts, never the texts
+            details.update(operation="embed", inputs=len(call.inp.inputs))
         if call.dispatched:
             details.update(
                 deployment=call.deployment,

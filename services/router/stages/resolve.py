@@ -78,7 +78,7 @@ class ResolveAgent(Stage):
         call.pinned = tuple(version.models)
         call.team = await self.registry.project_team(agent.project)
         call.slo = SloClass.from_proto(agent.slo.slo_class)
-        model = call.inp.model or (version.models[0] if version.models else "")
+        model = call.inp.model or await self.default_model(call)
         if not model:
             raise FailedPrecondition(f"agent {agent.name!r} version {call.agent_version} pins no model")
         if model not in call.pinned:
@@ -90,6 +90,22 @@ class ResolveAgent(Stage):
                 f"agent {agent.name!r} version {call.agent_version} may use {list(call.pinned)}, not {model!r}"
             )
         call.catalog = await self.registry.model(model)
+
+    async def default_model(self, call: Call) -> str:
+        """The model of a call that names none: the version's first (its primary), or for an
+        embedding call the first embedding model it pins."""
+        if not call.embedding:
+            return call.pinned[0] if call.pinned else ""
+        for name in call.pinned:
+            try:
+                if (await self.registry.model(name)).kind == registry_pb2.MODEL_KIND_EMBEDDING:
+                    return name
+            except NotFound:
+                continue
+        raise FailedPrecondition(
+            f"agent {call.agent.name!r} version {call.agent_version} pins no embedding model; "
+            f"pin one (`harness versions create {call.agent.name} VERSION --model EMBEDDING_MODEL`)"
+        )
 
 
 class Authorize(Stage):
