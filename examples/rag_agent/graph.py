@@ -64,40 +64,40 @@ def ledger_named(question: str) -> str | None:
     return next((g.upper() for g in match.groups() if g), None) if match else None
 
 
+def filter_hits(state: RunState) -> RunState:
+    """Drop chunks that neither share a term with the question nor sit close to it in the
+    embedding space; keep at most PER_DOCUMENT chunks of each document."""
+    kept, per_doc = [], {}
+    for hit in state["hits"]:
+        relevant = lexical.coverage(state["question"], hit.chunk.text) > 0 or hit.dense_score >= DENSE_FLOOR
+        if relevant and per_doc.get(hit.chunk.doc, 0) < PER_DOCUMENT:
+            per_doc[hit.chunk.doc] = per_doc.get(hit.chunk.doc, 0) + 1
+            kept.append(hit)
+    return {"kept": kept}
+
+
+def rerank(state: RunState) -> RunState:
+    """Order by how much of the question a chunk covers, then by fused retrieval rank; a
+    chunk in the question's language gets a small lift (an answer quoting it reads better)."""
+    best = max((h.fused for h in state["kept"]), default=1.0) or 1.0
+    lang = language(state["question"])
+    scored = [
+        (
+            0.6 * lexical.coverage(state["question"], h.chunk.text)
+            + 0.3 * h.fused / best
+            + (0.1 if h.chunk.lang == lang else 0.0),
+            h,
+        )
+        for h in state["kept"]
+    ]
+    scored.sort(key=lambda pair: pair[0], reverse=True)
+    return {"ranked": scored[:TOP_N]}
+
+
 def build_graph(parts: AgentParts) -> Any:
     async def retrieve(state: RunState) -> RunState:
         [vector] = await parts.embeddings.embed([state["question"]], step(state, "retrieve"))
         return {"hits": parts.index.search(state["question"], vector, RETRIEVE_LIMIT)}
-
-    def filter_hits(state: RunState) -> RunState:
-        """Drop chunks that neither share a term with the question nor sit close to it in the
-        embedding space; keep at most PER_DOCUMENT chunks of each document."""
-        kept, per_doc = [], {}
-        for hit in state["hits"]:
-            relevant = (
-                lexical.coverage(state["question"], hit.chunk.text) > 0 or hit.dense_score >= DENSE_FLOOR
-            )
-            if relevant and per_doc.get(hit.chunk.doc, 0) < PER_DOCUMENT:
-                per_doc[hit.chunk.doc] = per_doc.get(hit.chunk.doc, 0) + 1
-                kept.append(hit)
-        return {"kept": kept}
-
-    def rerank(state: RunState) -> RunState:
-        """Order by how much of the question a chunk covers, then by fused retrieval rank; a
-        chunk in the question's language gets a small lift (an answer quoting it reads better)."""
-        best = max((h.fused for h in state["kept"]), default=1.0) or 1.0
-        lang = language(state["question"])
-        scored = [
-            (
-                0.6 * lexical.coverage(state["question"], h.chunk.text)
-                + 0.3 * h.fused / best
-                + (0.1 if h.chunk.lang == lang else 0.0),
-                h,
-            )
-            for h in state["kept"]
-        ]
-        scored.sort(key=lambda pair: pair[0], reverse=True)
-        return {"ranked": scored[:TOP_N]}
 
     async def lookup_ledger(state: RunState) -> RunState:
         ledger = ledger_named(state["question"])

@@ -30,6 +30,11 @@ def open_client(where: str) -> QdrantClient:
     return QdrantClient(path=where)
 
 
+def point_id(ref: str) -> str:
+    """A chunk's point id: stable, so indexing the same chunk again overwrites it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, ref))
+
+
 @dataclass(frozen=True)
 class Hit:
     chunk: Chunk
@@ -62,7 +67,7 @@ class PolicyIndex:
             ids, weights = sparse_vector(chunk.text)
             points.append(
                 models.PointStruct(
-                    id=str(uuid.uuid5(uuid.NAMESPACE_URL, chunk.ref)),
+                    id=point_id(chunk.ref),
                     vector={DENSE: list(vector), LEXICAL: models.SparseVector(indices=ids, values=weights)},
                     payload={
                         "doc": chunk.doc,

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from examples.rag_agent import app, corpus, lexical
-from examples.rag_agent.graph import AgentParts, build_graph, ledger_named, prompt
+from examples.rag_agent.graph import AgentParts, build_graph, filter_hits, ledger_named, prompt, rerank
 from examples.rag_agent.harness_calls import ToolResult
 from examples.rag_agent.settings import Harness, SettingsError
-from examples.rag_agent.store import PolicyIndex, open_client
+from examples.rag_agent.store import Hit, PolicyIndex, open_client
 from services.router.redaction import Redactor, policy_from_dict
 
 
@@ -127,6 +127,23 @@ async def test_the_graph_runs_each_step_with_its_lineage_id(tmp_path):
     for state in (plain, ledger):
         docs = [h.chunk.doc for h in state["kept"]]
         assert len(state["ranked"]) <= 3 and all(docs.count(d) <= 2 for d in docs)
+
+
+def test_filter_keeps_relevant_chunks_and_rerank_prefers_coverage():
+    def hit(doc: str, index: int, text: str, dense: float, fused: float) -> Hit:
+        return Hit(corpus.Chunk(doc, "T", corpus.language(text), index, text), dense, 0.0, fused)
+
+    hits = [
+        hit("a.md", 0, "hotel nights are capped", 0.1, 0.030),  # a term, far in the embedding space
+        hit("b.md", 0, "parental leave", 0.9, 0.020),  # no term, but close: a paraphrase
+        hit("c.md", 0, "parental leave", 0.1, 0.016),  # neither: dropped
+        hit("a.md", 1, "hotel booking", 0.1, 0.015),
+        hit("a.md", 2, "hotel tiers", 0.1, 0.014),  # a third chunk of a.md: dropped
+    ]
+    kept = filter_hits({"question": "hotel cap?", "hits": hits})["kept"]
+    assert [(h.chunk.doc, h.chunk.index) for h in kept] == [("a.md", 0), ("b.md", 0), ("a.md", 1)]
+    ranked = rerank({"question": "hotel cap?", "kept": kept})["ranked"]
+    assert [h.chunk.ref for _, h in ranked] == ["a.md#0", "a.md#1", "b.md#0"]
 
 
 def test_ledger_names_and_an_empty_context():
