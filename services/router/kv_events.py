@@ -139,13 +139,13 @@ class KvEventSubscriber:
             batches = []
             for _ in range(MAX_REPLAY_BATCHES):
                 frames = await asyncio.wait_for(sock.recv_multipart(), REPLAY_TIMEOUT_S)
-                if len(frames) != 3:
+                if len(frames) not in (3, 4):  # vLLM: ["", seq, payload]; TensorRT-LLM adds the topic
                     return False
-                seq = parse_seq(frames[1])
+                seq = parse_seq(frames[-2])
                 if seq < 0:
                     break
                 if start <= seq < stop:
-                    batches.append((seq, decode_batch(frames[2])))
+                    batches.append((seq, decode_batch(frames[-1])))
         except (TimeoutError, KvEventDecodeError, zmq.ZMQError):
             return False
         finally:

@@ -1,0 +1,191 @@
+"""Precise prefix routing end to end: engine simulators (real processes) publish their KV-cache
+events over real ZeroMQ sockets, the router follows them (found through the endpoints' pool
+labels) and routes a shared-prefix request to the engine that holds the prefix, though the router
+never sent that prefix anywhere itself; when the engine evicts the blocks, the router stops
+preferring it. And the router's hashes of a prompt are the simulator's own cache keys."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from harness.pool.v1 import pool_pb2
+from prometheus_client import CollectorRegistry
+
+from services.common import context as reqctx
+from services.common.kv_blocks import external_hash, sim_token_ids
+from services.enginesim.app import start_server
+from services.enginesim.config import SimulatorConfig
+from services.router.core import Call, GenerationInput, Router, RouterPolicy
+from services.router.dispatch import Dispatcher
+from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
+from services.router.kv_events import EVENTS_LABEL, REPLAY_LABEL, KvEventFollower
+from services.router.metrics import RouterMetrics
+from services.router.result_cache import MemoryResultCache
+from services.router.scheduling import Scheduler, SchedulingRequest
+from services.router.triton import TritonPool, TritonRequest
+from services.router.views import EndpointView
+from tests.helpers.router_fakes import TRITON_MODEL, Events, FakeRegistry, agent
+
+REPO = Path(__file__).resolve().parents[2]
+BLOCK = 16
+PREFIX = "Shared context of the billing team, read it carefully before answering. " * 12
+
+
+def catalog(path: Path) -> Path:
+    model = {
+        "name": TRITON_MODEL, "decoupled": True, "layout": "ensemble", "memory_gb": 1, "load_time_s": 0,
+        "latency": {"step_overhead_ms": 1.0, "decode_ms_per_token": 0.01, "prefill_ms_per_token": 0.01},
+        "max_running_sequences": 8, "max_queue_size": 64, "kv_block_size": BLOCK,
+        "kv_capacity_blocks": 40, "kv_cache_reuse": True,
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump({"models": [model]}))
+    return path
+
+
+def start_sim(name: str, catalog_path: Path, log: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    argv = [
+        sys.executable, "-m", "services.enginesim", "--port", "0", "--metrics-port", "-1",
+        "--catalog", str(catalog_path), "--time-scale", "50", "--no-preload", "--load", TRITON_MODEL,
+        "--shutdown-grace", "0", "--kv-events-port", "0", "--kv-events-replay-port", "0",
+        "--kv-events-pod", name,
+    ]  # fmt: skip
+    out = open(log, "wb")
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        m = re.search(r"ready grpc=(\S+) .* kv-events=(\S+) kv-replay=(\S+)", log.read_text(errors="replace"))
+        if m:
+            return proc, {"address": m.group(1), EVENTS_LABEL: m.group(2), REPLAY_LABEL: m.group(3)}
+        assert proc.poll() is None, log.read_text(errors="replace")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"simulator {name} did not start: {log.read_text(errors='replace')}")
+
+
+@pytest.fixture
+async def fleet(tmp_path):
+    cat = catalog(tmp_path / "catalog.yaml")
+    procs, endpoints = [], []
+    try:
+        for i in range(2):
+            proc, info = await asyncio.to_thread(start_sim, f"sim-{i}", cat, tmp_path / f"sim-{i}.log")
+            procs.append(proc)
+            labels = {EVENTS_LABEL: info[EVENTS_LABEL], REPLAY_LABEL: info[REPLAY_LABEL]}
+            endpoints.append(
+                pool_pb2.Endpoint(
+                    name=f"sim-{i}",
+                    address=info["address"],
+                    labels=labels,
+                    health=pool_pb2.ENDPOINT_HEALTH_HEALTHY,
+                    models=[pool_pb2.EndpointModel(name=TRITON_MODEL, state=pool_pb2.MODEL_STATE_READY)],
+                )
+            )
+        yield endpoints
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+async def until(condition, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_router_routes_by_what_engines_announce_they_hold(fleet):
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # the view is fed directly, as by the pool
+    flow = FlowController(FlowConfig(initial_grant_interval_s=0.0))
+    scheduler = Scheduler(seed=3)
+    follower = KvEventFollower(scheduler.memory.engine_blocks)
+    view = EndpointView(
+        channel, on_change=lambda: follower.sync(view.kv_event_sources(EVENTS_LABEL, REPLAY_LABEL))
+    )
+    view.apply(fleet)  # as the pool's watch stream delivers them; the follower subscribes
+    triton = TritonPool()
+    router = Router(
+        FakeRegistry(agent()), view, Dispatcher(view, scheduler, flow, triton), Events(), MemoryRateLimiter(),
+        MemoryResultCache(), RouterMetrics(CollectorRegistry()), RouterPolicy(default_max_tokens=4, redaction_key="k"),
+    )  # fmt: skip
+    blocks = scheduler.memory.engine_blocks
+    try:
+        await asyncio.sleep(0.5)  # SUB sockets connect
+        # Warm sim-1's cache behind the router's back: the router has no record of it.
+        holder = fleet[1]
+        async for _ in triton.stream(
+            holder.address,
+            TritonRequest(model=TRITON_MODEL, prompt=PREFIX + "first question?", max_tokens=2),
+            30,
+        ):
+            pass
+        await until(lambda: blocks.live("sim-1", TRITON_MODEL) is not None)
+        assert blocks.live("sim-0", TRITON_MODEL) is None  # sim-0 announced nothing yet
+        assert scheduler.memory.prefix.size("sim-1") == 0
+
+        reqctx.set_current(reqctx.new_context(reqctx.Identity(agent="a1", user="alice")))
+        for user in range(3):
+            call = Call(GenerationInput(prompt=PREFIX + f"question from user {user}?", max_tokens=2))
+            async for _ in router.run(call):
+                pass
+            assert call.deployment.endswith("sim-1"), call.deployment
+
+        # Fill sim-1's small cache with other prompts: it evicts the prefix and says so.
+        for i in range(6):
+            other = f"Unrelated document {i} " * 40
+            async for _ in triton.stream(
+                holder.address, TritonRequest(model=TRITON_MODEL, prompt=other, max_tokens=2), 30
+            ):
+                pass
+        req = SchedulingRequest(TRITON_MODEL, prompt=PREFIX + "late question?")
+        entry = blocks.live("sim-1", TRITON_MODEL)
+        await until(lambda: entry.matched(scheduler.memory.engine_block_hashes(req, BLOCK)) == 0)
+        assert entry.removed > 0 and follower.subscriber("sim-1").resyncs == 0
+    finally:
+        await follower.close()
+        await triton.close()
+        await channel.close()
+
+
+async def test_the_routers_hashes_are_the_simulators_cache_keys():
+    config = SimulatorConfig(
+        port=0, metrics_port=-1, time_scale=200, load=(TRITON_MODEL,), preload=False, shutdown_grace_s=0,
+        kv_events_port=0, kv_events_replay_port=0, kv_events_pod="sim", kv_events_format="array",
+    )  # fmt: skip
+    running = await start_server(config)
+    scheduler = Scheduler()
+    follower = KvEventFollower(scheduler.memory.engine_blocks)
+    triton = TritonPool()
+    try:
+        follower.sync({"sim": (running.kv_events.endpoint, running.kv_events.replay_endpoint)})
+        await asyncio.sleep(0.5)
+        prompt = (
+            PREFIX * 4 + "what changed in the ledger policy this quarter?"
+        )  # the catalog's 64-token blocks
+        async for _ in triton.stream(
+            running.address, TritonRequest(model=TRITON_MODEL, prompt=prompt, max_tokens=3), 30
+        ):
+            pass
+        blocks = scheduler.memory.engine_blocks
+        await until(lambda: blocks.live("sim", TRITON_MODEL) is not None)
+        entry = blocks.live("sim", TRITON_MODEL)
+        engine = running.sim.engines()[TRITON_MODEL]
+        router_hashes = scheduler.memory.engine_block_hashes(
+            SchedulingRequest(TRITON_MODEL, prompt=prompt), entry.block_size
+        )
+        cache_keys = {external_hash(h) for h in engine.kv_cache._refs}
+        assert entry.block_size == engine.spec.kv_block_size
+        assert len(router_hashes) == len(sim_token_ids(prompt)) // entry.block_size >= 8
+        assert set(router_hashes) == cache_keys == set(entry.blocks)
+    finally:
+        await follower.close()
+        await triton.close()
+        await running.stop(0)
