@@ -280,10 +280,12 @@ def endpoint_msg(
     active: int = 0,
     kv_fraction: float = 0.0,
     max_running: int = 0,
+    labels: dict[str, str] | None = None,
 ) -> pool_pb2.Endpoint:
     return pool_pb2.Endpoint(
         name=name,
         address=address,
+        labels=labels or {},
         health=pool_pb2.ENDPOINT_HEALTH_HEALTHY,
         models=[
             pool_pb2.EndpointModel(
@@ -303,9 +305,15 @@ class PoolStandIn:
     active requests and KV fraction, scraped from its /metrics every ``interval_s``."""
 
     def __init__(
-        self, view: EndpointView, sims: list[SimProcess], triton_model: str, interval_s: float
+        self,
+        view: EndpointView,
+        sims: list[SimProcess],
+        triton_model: str,
+        interval_s: float,
+        labels: dict[str, dict[str, str]] | None = None,  # endpoint -> its pool labels
     ) -> None:
         self.view, self.sims, self.model, self.interval_s = view, sims, triton_model, interval_s
+        self.labels = labels or {}
         self._task: asyncio.Task | None = None
 
     async def refresh(self) -> None:
@@ -317,8 +325,9 @@ class PoolStandIn:
             load = parse_triton_metrics(text).loads.get((self.model, "1")) or next(
                 iter(parse_triton_metrics(text).loads.values()), None
             )
+            labels = self.labels.get(sim.name)
             if load is None:
-                eps.append(endpoint_msg(sim.name, sim.address, self.model))
+                eps.append(endpoint_msg(sim.name, sim.address, self.model, labels=labels))
             else:
                 eps.append(
                     endpoint_msg(
@@ -329,6 +338,7 @@ class PoolStandIn:
                         load.active,
                         load.kv_cache_fraction,
                         load.max_running,  # as the pool publishes it
+                        labels=labels,
                     )
                 )
         self.view.apply(eps)
