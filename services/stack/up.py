@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import shlex
 import signal
 import sys
 import time
@@ -25,7 +24,6 @@ from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 from harness.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.common.config import TlsFiles
-from services.common.identity import mint_jwt
 from services.common.server import open_channel
 from services.devtools.certs import DEFAULT_SERVICES, CertBundle, make_certs
 from services.envoy.methods import idempotent_unary_methods
@@ -33,10 +31,12 @@ from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, wr
 from services.stack import demo_tools
 from services.stack import prometheus as prom
 from services.stack.banner import banner
-from services.stack.layout import StackPaths, StackPorts, ports_in_use, redis_prefix_for, service_addresses
+from services.stack.catalog_map import map_demo_catalog, served_models
+from services.stack.layout import StackPaths, StackPorts, ports_in_use, redis_prefix_for
 from services.stack.openai_engines import OpenAIServer
 from services.stack.procs import Child, Supervisor
 from services.stack.simulators import DEFAULT_SIMULATORS, SimulatorInstance, SimulatorSpec
+from services.stack.stack_env import env_file_text, stack_env
 from services.stack.tritons import TritonServer
 
 log = logging.getLogger("harness.up")
@@ -79,6 +79,7 @@ class Stack:
         demo = yaml.safe_load(cfg.demo_file.read_text()) or {}
         self.demo = demo_tools.with_ledger_at(demo, cfg.ports.demo_ledger)
         self.certs: CertBundle | None = None
+        self.catalog_lines: list[str] = []  # how the demo catalog maps onto the user's models
         p = cfg.ports
         if not len(cfg.simulators) == len(p.enginesim) == len(p.enginesim_metrics):
             raise StackError(
@@ -314,6 +315,8 @@ class Stack:
             await self._until(
                 "demo ledger tool", lambda: asyncio.to_thread(demo_tools.ledger_ready, ledger), deadline
             )
+            pool = pool_pb2_grpc.PoolStub(channels["pool"])
+            await self._map_catalog(pool, deadline)
             registry = registry_pb2_grpc.RegistryStub(channels["registry"])
             await seed_registry(registry, self.demo, ())
             # The registry holds the JWT settings; routers follow them through Watch.
@@ -323,7 +326,6 @@ class Stack:
             )
             await registry.SetJwtSettings(registry_pb2.SetJwtSettingsRequest(settings=settings), timeout=5.0)
             await seed_cost(cost_pb2_grpc.CostStub(channels["cost"]), self.demo, ())
-            pool = pool_pb2_grpc.PoolStub(channels["pool"])
 
             wanted = {sim.spec.name: set(sim.spec.models) for sim in self.sims}
             # Healthy, whatever they serve.
@@ -349,6 +351,19 @@ class Stack:
             for ch in (*sims.values(), *channels.values()):
                 await ch.close()
 
+    async def _map_catalog(self, pool: pool_pb2_grpc.PoolStub, deadline: float) -> None:
+        """The user's servers' models into the demo catalog, before it is seeded (catalog_map.py)."""
+        names = {t.name for t in (*self.cfg.tritons, *self.cfg.openai_engines)}
+        if not names:
+            return
+        served = await served_models(pool, names, deadline)
+        if served is None:
+            raise StackError(
+                f"your engines {sorted(names)} are not healthy in the pool after {self.cfg.timeout_s:.0f}s; "
+                f"check their addresses and see {self.paths.logs}/pool.log"
+            )
+        self.demo, self.catalog_lines = map_demo_catalog(self.demo, served, keep_demo_models=bool(self.sims))
+
     async def _envoy_ready(self) -> bool:
         return await asyncio.to_thread(self._envoy_clusters_healthy)
 
@@ -363,57 +378,8 @@ class Stack:
 
     # --- after start -------------------------------------------------------------------------
     def write_env(self) -> dict[str, str]:
-        assert self.certs is not None
-        users = [u["name"] for u in self.demo.get("registry", {}).get("users", [])]
-        private = self.certs.jwt_private_key.read_bytes()  # type: ignore[union-attr]
-        tokens_dir = self.paths.root / "tokens"
-        tokens_dir.mkdir(exist_ok=True)
-        for user in users:
-            roles = next(
-                (tuple(u.get("roles", ())) for u in self.demo["registry"]["users"] if u["name"] == user), ()
-            )
-            (tokens_dir / f"{user}.jwt").write_text(mint_jwt(private, user, roles=roles))
-        agent = next(iter(self.certs.agents))
-        leaf = self.certs.agents[agent]
-        env = {
-            "HARNESS_ADDR": f"localhost:{self.cfg.ports.envoy}",
-            # The OpenAI-compatible API, through the same Envoy listener (same certificate).
-            "HARNESS_OPENAI_BASE_URL": f"https://localhost:{self.cfg.ports.envoy}/v1",
-            # The MCP endpoint (streamable HTTP), same listener: the agent's governed tools.
-            "HARNESS_MCP_URL": f"https://localhost:{self.cfg.ports.envoy}/mcp",
-            "HARNESS_CA": str(self.certs.ca_cert.resolve()),
-            "HARNESS_CERT": str(leaf.cert.resolve()),
-            "HARNESS_KEY": str(leaf.key.resolve()),
-            "HARNESS_AGENT": agent,
-            "HARNESS_TOKEN": (tokens_dir / f"{self.cfg.demo_user}.jwt").read_text(),
-            "HARNESS_ENVOY_ADMIN": f"http://127.0.0.1:{self.cfg.ports.envoy_admin}",
-            # The registry directly, with the ops certificate (acts as admin): `harness agents ...`.
-            "HARNESS_REGISTRY_ADDR": f"127.0.0.1:{self.cfg.ports.registry}",
-            "HARNESS_OPS_CERT": str(self.certs.services["cli"].cert.resolve()),
-            "HARNESS_OPS_KEY": str(self.certs.services["cli"].key.resolve()),
-            # The simulators, directly (plain gRPC, Triton's protocol), for ops and benchmarks.
-            # Engines (simulators and --triton servers), directly (plain gRPC, Triton's protocol).
-            "HARNESS_TRITON_ADDRS": ",".join(
-                [*(s.address for s in self.sims if not s.openai), *(t.address for t in self.cfg.tritons)]
-            ),
-            "HARNESS_TRITON_METRICS": ",".join(
-                [
-                    *(s.metrics_url for s in self.sims if not s.openai),
-                    *(t.metrics_url for t in self.cfg.tritons if t.metrics_url),
-                ]
-            ),
-            # Every service directly (mTLS with the ops certificate), for ops tools and the CLI.
-            **service_addresses(self.cfg.ports),
-            # The demo's ledger tool (agents reach it only through the router's InvokeTool).
-            "HARNESS_LEDGER_URL": demo_tools.ledger_url(self.cfg.ports.demo_ledger),
-        }
-        p = self.cfg.ports  # for `harness top`
-        env["HARNESS_ROUTER_METRICS"] = ",".join(
-            f"http://127.0.0.1:{port}/metrics" for port in p.router_metrics
-        )
-        env["HARNESS_COST_METRICS"] = f"http://127.0.0.1:{p.cost_metrics}/metrics"
-        if self.cfg.prometheus:
-            env["HARNESS_PROMETHEUS_URL"] = self.prometheus_url
+        """Writes .harness/env (and the demo users' tokens); returns what it exports."""
+        env = stack_env(self)
         self.paths.env_file.write_text(env_file_text(env))
         return env
 
@@ -425,19 +391,13 @@ class Stack:
             f"OpenAI engine {o.name}: {o.url} ({o.flavour}, yours; `harness endpoints list`)"
             for o in self.cfg.openai_engines
         ]
+        extra += self.catalog_lines
         if self.cfg.prometheus:
             extra.append(prom.banner_line(self.prometheus_url))
         return banner(env, self.cfg.ports, self.paths, self.sims, shared, extra)
 
     def stop(self) -> None:
         self.sup.stop_all()
-
-
-def env_file_text(env: dict[str, str]) -> str:
-    """`export NAME='value'` lines, after one that puts the virtualenv's `harness`, `grpcurl` and
-    `envoy` first on PATH, so every command the README and the banner print runs as printed."""
-    venv_bin = shlex.quote(str(Path(sys.executable).parent))
-    return f'export PATH={venv_bin}:"$PATH"\n' + "".join(f"export {k}='{v}'\n" for k, v in env.items())
 
 
 def run_up(cfg: UpConfig) -> int:

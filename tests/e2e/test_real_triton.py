@@ -13,11 +13,13 @@ import urllib.request
 import grpc
 import pytest
 import tritonclient.grpc as tritongrpc
+from harness.common.v1 import common_pb2
+from harness.router.v1 import router_pb2, router_pb2_grpc
 
 from services.enginesim.testing import start_enginesim
 from tests.e2e.calls import bearer, demo_channel, generate
 from tests.e2e.stack import REPO, RunningStack, launch, shutdown
-from tests.realtriton.conformance import DECOUPLED_MODEL, eventually
+from tests.realtriton.conformance import DECOUPLED_MODEL, SPARE_MODEL, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +74,24 @@ async def test_generate_through_envoy_is_served_by_real_triton(triton_stack):
         return await asyncio.to_thread(requests_on, triton_stack, "real") >= before + 3
 
     await eventually(rose, 30)  # `harness endpoints list` follows real Triton's counters
+
+
+async def test_a_served_model_the_catalog_did_not_name_is_mapped_in_and_served(triton_stack):
+    # The demo catalog's llama-3-70b-awq is served nowhere here: `harness up` pointed it at the
+    # server's model the catalog did not know, and the demo agents may ask for it by its name.
+    banner = "\n".join(triton_stack.output)
+    assert "catalog model llama-3-70b-awq -> your model llama-3-8b-instruct-spare" in banner
+    stub = router_pb2_grpc.RouterStub
+    req = router_pb2.GenerateRequest(
+        prompt="Summarise the ledger", model=SPARE_MODEL, sampling=common_pb2.SamplingParams(max_tokens=3)
+    )
+    async with demo_channel(triton_stack) as ch:
+        msgs = [
+            m async for m in stub(ch).Generate(req, metadata=bearer(triton_stack.token("alice")), timeout=30)
+        ]
+    summary = msgs[-1].summary
+    assert (summary.model, summary.deployment) == ("llama-3-70b-awq", "llama-3-70b-awq@real")
+    assert summary.usage.output_tokens == 3
 
 
 def test_triton_front_door_through_envoy(triton_stack):
