@@ -2,13 +2,19 @@
 against (a) the simulator directly, (r) a bare grpc.aio relay in front of it (bench/_grpc_relay.py:
 the floor of any Python gRPC hop), (b) a router's Triton-compatible front door directly (mTLS
 with the agent's own certificate: the router takes the agent identity from the peer
-certificate), (c) Envoy + router (mTLS to Envoy, which forwards the agent identity in XFCC).
+certificate), (c) Envoy + router (mTLS to Envoy, which forwards the agent identity in XFCC),
+(d) Envoy + the router as its ext_proc endpoint picker (a second Envoy built from the stack's
+own bootstrap by services/envoy/extproc.py: the router decides, Envoy carries the tokens; the
+response body still streams through the router, which counts and redacts it, as the demo agent's
+PII policy needs).
 
 Starts the local stack (`harness up --free-ports`, simulator time scale 1000 so an 8-token
 generation costs the engine ~0.05 ms) in a temporary directory. Closed loop of C workers per
 concurrency level; every request has a distinct prompt so the router's result cache never
 answers (each call is dispatched to the engine). Prints p50/p99 latency, throughput and the
-ratios to (a). Target: the router adds < 1 ms at p50 at concurrency 1.
+ratios to (a), and the CPU the Harness processes on each path spent per request and per token
+(from /proc: the relay; router-1; Envoy and both routers; the ext_proc Envoy and both routers).
+Target: the router adds < 1 ms at p50 at concurrency 1.
 
 Caveat: client, two routers, Envoy, the simulators and the other services share this
 machine's cores, so the higher concurrencies measure the machine as much as the router.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,8 +38,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tritonclient.grpc.aio as tgrpc_aio
+import yaml
 from _cli import closed_loop_parser, run_closed_loop
 from _common import REPO, pct, stream_one
+
+from services.envoy.extproc import with_extproc
 
 MODEL = "llama-3-8b-instruct"  # sim-0's Triton model; the router maps it to catalog llama-3-8b
 
@@ -56,6 +66,46 @@ def start_relay(upstream: str) -> tuple[subprocess.Popen, str]:
         text=True,
     )
     return relay, f"127.0.0.1:{relay.stdout.readline().strip()}"  # type: ignore[union-attr]
+
+
+def start_extproc_envoy(root: Path) -> tuple[subprocess.Popen, str]:
+    """A second Envoy: the stack's bootstrap with the ext_proc picker on a free port."""
+    port, admin = free_port(), free_port()
+    cfg = with_extproc(yaml.safe_load((root / "envoy.yaml").read_text()), port, admin, count_tokens=True)
+    path = root / "envoy-extproc.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log = (root / "logs" / "envoy-extproc.log").open("w")
+    envoy = Path(sys.executable).parent / "envoy"
+    proc = subprocess.Popen(
+        [str(envoy), "-c", str(path), "--disable-hot-restart", "--concurrency", "2"], stdout=log, stderr=log
+    )
+    for _ in range(300):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"127.0.0.1:{port}"
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"the ext_proc Envoy did not listen; see {root / 'logs' / 'envoy-extproc.log'}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes so far (from /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def stack_pids(root: Path) -> dict[str, int]:
+    lines = (root / "stack.pids").read_text().splitlines()
+    return {name: int(pid) for name, pid in (line.split() for line in lines if line.strip())}
 
 
 def env_of(root: Path) -> dict[str, str]:
@@ -97,6 +147,7 @@ async def run_level(make_client, headers, concurrency: int, requests: int, max_t
 
 async def main_async(args: argparse.Namespace) -> None:
     rows: dict[tuple[str, int], tuple[list[float], float, list[float]]] = {}
+    cpu: dict[tuple[str, int], float] = {}  # ms of the path's Harness processes per request (incl. warm-up)
     with tempfile.TemporaryDirectory(prefix="router-overhead-") as tmp:
         root = Path(tmp) / ".harness"
         print(
@@ -115,6 +166,16 @@ async def main_async(args: argparse.Namespace) -> None:
             }
             auth = {"authorization": f"Bearer {env['HARNESS_TOKEN']}"}
             relay, relay_addr = start_relay(sim_addr)
+            extproc, extproc_addr = start_extproc_envoy(root)
+            pids = stack_pids(root)
+            routers = [pids["router-1"], pids["router-2"]]
+            spenders = {
+                "(a) direct": [],
+                "(r) bare relay": [relay.pid],
+                "(b) router": [pids["router-1"]],
+                "(c) envoy+router": [pids["envoy"], *routers],
+                "(d) envoy+ext_proc": [extproc.pid, *routers],
+            }
             paths = {
                 "(a) direct": (lambda: tgrpc_aio.InferenceServerClient(sim_addr), None),
                 "(r) bare relay": (lambda: tgrpc_aio.InferenceServerClient(relay_addr), None),
@@ -123,16 +184,21 @@ async def main_async(args: argparse.Namespace) -> None:
                     lambda: tgrpc_aio.InferenceServerClient(env["HARNESS_ADDR"], **tls),
                     auth,
                 ),
+                "(d) envoy+ext_proc": (lambda: tgrpc_aio.InferenceServerClient(extproc_addr, **tls), auth),
             }
             for c in args.concurrency:
                 n = max(args.requests, 4 * c)
                 for label, (make, headers) in paths.items():
+                    before = cpu_seconds(spenders[label])
                     rows[(label, c)] = await run_level(make, headers, c, n, args.max_tokens, label[1])
+                    cpu[(label, c)] = (cpu_seconds(spenders[label]) - before) * 1000 / n
                     lat, secs, _ = rows[(label, c)]
                     print(f"  {label:<18} c={c:<3} {len(lat)} requests in {secs:.1f}s", flush=True)
         finally:
             if "relay" in locals():
                 relay.kill()
+            if "extproc" in locals():
+                extproc.kill()
             proc.terminate()
             proc.wait(timeout=30)
 
@@ -144,12 +210,14 @@ async def main_async(args: argparse.Namespace) -> None:
     head = (
         f"{'path':<18}{'conc':>5}{'reqs':>6}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}"
         f"{'+p50 ms':>9}{'p50 x':>7}{'p99 x':>7}{'req/s x':>9}{'TTFT p50':>10}{'+TTFT':>7}"
+        f"{'CPU ms/req':>11}{'ms/token':>9}"
     )
     print(head + "\n" + "-" * len(head))
+    paths_in_order = ("(a) direct", "(r) bare relay", "(b) router", "(c) envoy+router", "(d) envoy+ext_proc")
     for c in args.concurrency:
         base_lat, base_s, base_ttft = rows[("(a) direct", c)]
         b50, b99, brps = pct(base_lat, 50), pct(base_lat, 99), len(base_lat) / base_s
-        for label in ("(a) direct", "(r) bare relay", "(b) router", "(c) envoy+router"):
+        for label in paths_in_order:
             lat, secs, ttft = rows[(label, c)]
             p50, p99, rps = pct(lat, 50), pct(lat, 99), len(lat) / secs
             t50 = pct(ttft, 50)
@@ -157,18 +225,23 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{label:<18}{c:>5}{len(lat):>6}{p50:>9.2f}{p99:>9.2f}{rps:>8.0f}"
                 f"{p50 - b50:>9.2f}{p50 / b50:>7.2f}{p99 / b99:>7.2f}{rps / brps:>9.2f}"
                 f"{t50:>10.2f}{t50 - pct(base_ttft, 50):>7.2f}"
+                f"{cpu[(label, c)]:>11.2f}{cpu[(label, c)] / args.max_tokens:>9.3f}"
             )
     c1 = min(args.concurrency)
     added_b = pct(rows[("(b) router", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
     added_c = pct(rows[("(c) envoy+router", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
     added_r = pct(rows[("(r) bare relay", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
+    added_d = pct(rows[("(d) envoy+ext_proc", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
     ok = added_b < 1.0
     print(
         f"verdict: {'PASS' if ok else 'FAIL'}: the router adds {added_b:.2f} ms at p50 at concurrency {c1} "
         f"(target < 1 ms; includes mTLS + auth on the router hop); Envoy + router add {added_c:.2f} ms. "
         "Provisional: one run on a shared machine.\n"
         f"floor: a bare grpc.aio relay with no logic adds {added_r:.2f} ms; the router's own work adds "
-        f"{added_b - added_r:.2f} ms above it."
+        f"{added_b - added_r:.2f} ms above it.\n"
+        f"ext_proc: Envoy + the router as its endpoint picker add {added_d:.2f} ms "
+        f"(vs {added_c:.2f} ms through Envoy + router); CPU per request of the Harness processes "
+        f"{cpu[('(d) envoy+ext_proc', c1)]:.2f} ms vs {cpu[('(c) envoy+router', c1)]:.2f} ms."
     )
 
 

@@ -92,3 +92,42 @@ def with_extproc(
         engines_cluster()
     ]
     return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    p = argparse.ArgumentParser(
+        prog="python -m services.envoy.extproc",
+        description="Derive the ext_proc endpoint-picker Envoy config from the front door's envoy.yaml",
+    )
+    p.add_argument("--from", dest="source", type=Path, default=Path(".harness/envoy.yaml"))
+    p.add_argument("--port", type=int, required=True, help="the listener's port (mTLS, as the front door's)")
+    p.add_argument("--admin-port", type=int, required=True, help="Envoy's admin port (127.0.0.1)")
+    p.add_argument(
+        "--no-response-body",
+        action="store_true",
+        help="do not stream responses through the router: no per-chunk cost, usage estimated at "
+        "max_tokens, and agents with an output redaction policy refused",
+    )
+    p.add_argument("--out", type=Path, help="write here instead of stdout")
+    args = p.parse_args(argv)
+    cfg = with_extproc(
+        yaml.safe_load(args.source.read_text()),
+        args.port,
+        args.admin_port,
+        count_tokens=not args.no_response_body,
+    )
+    text = yaml.safe_dump(cfg, sort_keys=False, width=120)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

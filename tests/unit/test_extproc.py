@@ -126,3 +126,35 @@ def test_the_envoy_config_routes_streams_through_the_picker_and_nothing_else():
     assert first["match"]["path"] == STREAM_INFER_PATH and first["route"]["cluster"] == ENGINES_CLUSTER
     assert all(r["typed_per_filter_config"][EXTPROC_FILTER]["disabled"] for r in rest)
     assert base["static_resources"]["listeners"][0]["name"] == "harness_ingress"  # the input is untouched
+
+
+def test_the_command_derives_a_listener_from_the_front_doors_config(tmp_path):
+    import yaml
+
+    from services.envoy import extproc
+
+    spec = EnvoySpec("127.0.0.1", 8443, 9901, EnvoyCerts("ca", "cert", "key"), {"router": [("127.0.0.1", 1)]},
+                     routes=(("/", "router"),))  # fmt: skip
+    source = tmp_path / "envoy.yaml"
+    source.write_text(yaml.safe_dump(render_envoy_config(spec)))
+    out = tmp_path / "extproc.yaml"
+    args = [
+        "--from",
+        str(source),
+        "--port",
+        "8444",
+        "--admin-port",
+        "9902",
+        "--no-response-body",
+        "--out",
+        str(out),
+    ]
+    assert extproc.main(args) == 0
+    cfg = yaml.safe_load(out.read_text())
+    listener = cfg["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"]["port_value"] == 8444
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    mode = next(f for f in hcm["http_filters"] if f["name"] == EXTPROC_FILTER)["typed_config"][
+        "processing_mode"
+    ]
+    assert mode["response_body_mode"] == "NONE"
