@@ -6,7 +6,9 @@ certificate), (c) Envoy + router (mTLS to Envoy, which forwards the agent identi
 (d) Envoy + the router as its ext_proc endpoint picker (a second Envoy built from the stack's
 own bootstrap by services/envoy/extproc.py: the router decides, Envoy carries the tokens; the
 response body still streams through the router, which counts and redacts it, as the demo agent's
-PII policy needs).
+PII policy needs), then (e) Envoy + router and (f) the ext_proc Envoy with the response body
+bypassing the router entirely (`--no-response-body`), both as risk-agent, whose policy redacts
+no output (the only kind of agent that path serves).
 
 Starts the local stack (`harness up --free-ports`, simulator time scale 1000 so an 8-token
 generation costs the engine ~0.05 ms) in a temporary directory. Closed loop of C workers per
@@ -68,13 +70,15 @@ def start_relay(upstream: str) -> tuple[subprocess.Popen, str]:
     return relay, f"127.0.0.1:{relay.stdout.readline().strip()}"  # type: ignore[union-attr]
 
 
-def start_extproc_envoy(root: Path) -> tuple[subprocess.Popen, str]:
-    """A second Envoy: the stack's bootstrap with the ext_proc picker on a free port."""
+def start_extproc_envoy(root: Path, count_tokens: bool) -> tuple[subprocess.Popen, str]:
+    """Another Envoy: the stack's bootstrap with the ext_proc picker on a free port."""
     port, admin = free_port(), free_port()
-    cfg = with_extproc(yaml.safe_load((root / "envoy.yaml").read_text()), port, admin, count_tokens=True)
-    path = root / "envoy-extproc.yaml"
+    cfg = with_extproc(
+        yaml.safe_load((root / "envoy.yaml").read_text()), port, admin, count_tokens=count_tokens
+    )
+    path = root / f"envoy-extproc-{count_tokens}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    log = (root / "logs" / "envoy-extproc.log").open("w")
+    log = (root / "logs" / f"envoy-extproc-{count_tokens}.log").open("w")
     envoy = Path(sys.executable).parent / "envoy"
     proc = subprocess.Popen(
         [str(envoy), "-c", str(path), "--disable-hot-restart", "--concurrency", "2"], stdout=log, stderr=log
@@ -155,6 +159,7 @@ async def main_async(args: argparse.Namespace) -> None:
             flush=True,
         )
         proc = start_stack(root, args.time_scale)
+        started: list[subprocess.Popen] = []
         try:
             env = env_of(root)
             sim_addr = env["HARNESS_TRITON_ADDRS"].split(",")[0]  # sim-0 serves llama-3-8b-instruct
@@ -166,7 +171,13 @@ async def main_async(args: argparse.Namespace) -> None:
             }
             auth = {"authorization": f"Bearer {env['HARNESS_TOKEN']}"}
             relay, relay_addr = start_relay(sim_addr)
-            extproc, extproc_addr = start_extproc_envoy(root)
+            started.append(relay)
+            extproc, extproc_addr = start_extproc_envoy(root, count_tokens=True)
+            started.append(extproc)
+            bypass, bypass_addr = start_extproc_envoy(root, count_tokens=False)
+            started.append(bypass)
+            risk = dict(tls, private_key=str(root / "certs/agents/risk-agent.key"),
+                        certificate_chain=str(root / "certs/agents/risk-agent.pem"))  # fmt: skip
             pids = stack_pids(root)
             routers = [pids["router-1"], pids["router-2"]]
             spenders = {
@@ -175,6 +186,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 "(b) router": [pids["router-1"]],
                 "(c) envoy+router": [pids["envoy"], *routers],
                 "(d) envoy+ext_proc": [extproc.pid, *routers],
+                "(e) envoy+router*": [pids["envoy"], *routers],
+                "(f) ext_proc bypass*": [bypass.pid, *routers],
             }
             paths = {
                 "(a) direct": (lambda: tgrpc_aio.InferenceServerClient(sim_addr), None),
@@ -185,6 +198,11 @@ async def main_async(args: argparse.Namespace) -> None:
                     auth,
                 ),
                 "(d) envoy+ext_proc": (lambda: tgrpc_aio.InferenceServerClient(extproc_addr, **tls), auth),
+                "(e) envoy+router*": (
+                    lambda: tgrpc_aio.InferenceServerClient(env["HARNESS_ADDR"], **risk),
+                    auth,
+                ),
+                "(f) ext_proc bypass*": (lambda: tgrpc_aio.InferenceServerClient(bypass_addr, **risk), auth),
             }
             for c in args.concurrency:
                 n = max(args.requests, 4 * c)
@@ -195,10 +213,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     lat, secs, _ = rows[(label, c)]
                     print(f"  {label:<18} c={c:<3} {len(lat)} requests in {secs:.1f}s", flush=True)
         finally:
-            if "relay" in locals():
-                relay.kill()
-            if "extproc" in locals():
-                extproc.kill()
+            for helper in started:
+                helper.kill()
             proc.terminate()
             proc.wait(timeout=30)
 
@@ -213,7 +229,10 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{'CPU ms/req':>11}{'ms/token':>9}"
     )
     print(head + "\n" + "-" * len(head))
-    paths_in_order = ("(a) direct", "(r) bare relay", "(b) router", "(c) envoy+router", "(d) envoy+ext_proc")
+    paths_in_order = (
+        "(a) direct", "(r) bare relay", "(b) router", "(c) envoy+router", "(d) envoy+ext_proc",
+        "(e) envoy+router*", "(f) ext_proc bypass*",
+    )  # fmt: skip
     for c in args.concurrency:
         base_lat, base_s, base_ttft = rows[("(a) direct", c)]
         b50, b99, brps = pct(base_lat, 50), pct(base_lat, 99), len(base_lat) / base_s
@@ -232,6 +251,8 @@ async def main_async(args: argparse.Namespace) -> None:
     added_c = pct(rows[("(c) envoy+router", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
     added_r = pct(rows[("(r) bare relay", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
     added_d = pct(rows[("(d) envoy+ext_proc", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
+    added_e = pct(rows[("(e) envoy+router*", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
+    added_f = pct(rows[("(f) ext_proc bypass*", c1)][0], 50) - pct(rows[("(a) direct", c1)][0], 50)
     ok = added_b < 1.0
     print(
         f"verdict: {'PASS' if ok else 'FAIL'}: the router adds {added_b:.2f} ms at p50 at concurrency {c1} "
@@ -241,7 +262,10 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{added_b - added_r:.2f} ms above it.\n"
         f"ext_proc: Envoy + the router as its endpoint picker add {added_d:.2f} ms "
         f"(vs {added_c:.2f} ms through Envoy + router); CPU per request of the Harness processes "
-        f"{cpu[('(d) envoy+ext_proc', c1)]:.2f} ms vs {cpu[('(c) envoy+router', c1)]:.2f} ms."
+        f"{cpu[('(d) envoy+ext_proc', c1)]:.2f} ms vs {cpu[('(c) envoy+router', c1)]:.2f} ms.\n"
+        f"* risk-agent (no output policy): with the response bypassing the router, Envoy + picker add "
+        f"{added_f:.2f} ms (vs {added_e:.2f} ms through Envoy + router); CPU per request "
+        f"{cpu[('(f) ext_proc bypass*', c1)]:.2f} ms vs {cpu[('(e) envoy+router*', c1)]:.2f} ms."
     )
 
 
