@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
+# npm ci writes this file; the Node.js client's packages are reinstalled when the lock changes.
+NODE_STAMP := clients/node/node_modules/.package-lock.json
 
 .PHONY: install system-deps proto run test test-fast lint bench bench-fleet certs clean help example-rag
 
@@ -27,12 +29,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian packages the stack and the tests run: Prometheus (brings promtool) for `harness up`'s
-# monitoring and the alert-rule tests.
+# monitoring and the alert-rule tests; Node.js and npm for the Node.js client (clients/node).
 system-deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
 
-install: system-deps $(STAMP)
+# The Node.js client's exact dependency tree, from its committed package-lock.json.
+$(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+install: system-deps $(STAMP) $(NODE_STAMP)
 
 $(GEN_STAMP): $(STAMP) $(PROTOS)
 	rm -rf gen && mkdir -p gen
@@ -49,10 +58,10 @@ certs: proto
 run: system-deps proto
 	$(VENV)/bin/harness up
 
-test: system-deps proto
+test: system-deps proto $(NODE_STAMP)
 	$(PY) -m pytest -q
 
-test-fast: system-deps proto
+test-fast: system-deps proto $(NODE_STAMP)
 	$(PY) -m pytest -q -m "not e2e"
 
 lint: proto
