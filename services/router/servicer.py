@@ -10,7 +10,8 @@ from google.protobuf import json_format
 from harness.common.v1 import common_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
-from services.common.limits import check_struct, duration_seconds
+from services.common import context as reqctx
+from services.common.limits import check_length, check_struct, duration_seconds
 from services.router.core import Call, EmbeddingInput, GenerationInput, Router
 from services.router.tools import MAX_APPROVAL_WAIT_S, MAX_TOOL_ARGUMENTS_BYTES, ToolCall, ToolInvoker
 
@@ -29,6 +30,21 @@ def to_input(req: router_pb2.GenerateRequest | router_pb2.CompleteRequest) -> Ge
         model=req.model,
         bypass_cache=req.bypass_cache,
     )
+
+
+MAX_LINEAGE_ID_CHARS = 256  # as much of x-harness-session-id / x-harness-step-id as is kept
+
+
+def adopt_lineage(session_id: str, step_id: str) -> None:
+    """The request's session and step ids, where set, replace the x-harness-session-id /
+    x-harness-step-id headers' for this call (audit and usage lineage, session affinity): the
+    contract offers both, and a client that fills the fields must not lose them."""
+    check_length("session_id", session_id, MAX_LINEAGE_ID_CHARS)
+    check_length("step_id", step_id, MAX_LINEAGE_ID_CHARS)
+    if session_id or step_id:
+        ctx = reqctx.current()
+        lineage = {"session_id": session_id or ctx.session_id, "step_id": step_id or ctx.step_id}
+        reqctx.set_current(dataclasses.replace(ctx, **lineage))  # the interceptor resets it after the call
 
 
 def to_summary(r: Call) -> router_pb2.GenerationSummary:
@@ -61,6 +77,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> router_pb2.InvokeToolResponse:
         """Calls a catalog tool's action for the calling agent: policy, approval, cache, audit."""
         check_struct("arguments", request.arguments, max_bytes=MAX_TOOL_ARGUMENTS_BYTES)
+        adopt_lineage(request.session_id, request.step_id)
         call = ToolCall(
             tool=request.tool,
             action=request.action,
@@ -85,6 +102,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         """Streams text deltas for the calling agent; the last message carries the summary."""
+        adopt_lineage(request.session_id, request.step_id)
         call = Call(dataclasses.replace(to_input(request), timeout_s=context.time_remaining()))
         async for chunk in self._router.run(call):
             if chunk.text:
@@ -95,6 +113,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.CompleteResponse:
         """Runs a whole generation and answers once."""
+        adopt_lineage(request.session_id, request.step_id)
         call = Call(dataclasses.replace(to_input(request), timeout_s=context.time_remaining()))
         async for _ in self._router.run(call):
             pass

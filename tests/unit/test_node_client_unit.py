@@ -16,7 +16,9 @@ CLIENT = Path(__file__).resolve().parents[2] / "clients" / "node"
 def test_node_client_unit_tests_pass():
     node = shutil.which("node")
     if not node or not (CLIENT / "node_modules").is_dir():
-        missing = "node is not on PATH" if not node else "clients/node/node_modules is missing (run `make install`)"
+        missing = (
+            "node is not on PATH" if not node else "clients/node/node_modules is missing (run `make install`)"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(f"the Node.js client tests need Node in CI: {missing}")
         pytest.skip(missing)
