@@ -4,7 +4,7 @@ The demo's agents pin catalog models (`llama-3-8b` -> Triton model `llama-3-8b-i
 user's server most likely does not serve under those names. Before the registry is seeded,
 the served model names the pool reports are mapped in:
 
-- without the simulators, each demo catalog model that no server of the stack serves is
+- without the simulators, each demo catalog generation model that no server of the stack serves is
   pointed (in catalog order) at a served model the catalog does not know (in name order), so
   the demo agents and every README command run on the user's models; the demo agents pin and
   may use each re-pointed model;
@@ -52,6 +52,8 @@ def map_demo_catalog(demo: dict, served: list[str], keep_demo_models: bool) -> t
         for model in catalog:
             if (model.get("triton_model") or model["name"]) in served or not unknown:
                 continue
+            if model.get("kind", "generation") != "generation":
+                continue  # an embedding model is never stood in for by a served (generation) one
             target = unknown.pop(0)
             model["triton_model"] = target
             _allow(registry, model["name"])
