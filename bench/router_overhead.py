@@ -152,6 +152,7 @@ async def run_level(make_client, headers, concurrency: int, requests: int, max_t
 async def main_async(args: argparse.Namespace) -> None:
     rows: dict[tuple[str, int], tuple[list[float], float, list[float]]] = {}
     cpu: dict[tuple[str, int], float] = {}  # ms of the path's Harness processes per request (incl. warm-up)
+    others: dict[tuple[str, int], float] = {}  # ms of registry, pool, audit and cost per request
     with tempfile.TemporaryDirectory(prefix="router-overhead-") as tmp:
         root = Path(tmp) / ".harness"
         print(
@@ -180,6 +181,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         certificate_chain=str(root / "certs/agents/risk-agent.pem"))  # fmt: skip
             pids = stack_pids(root)
             routers = [pids["router-1"], pids["router-2"]]
+            services = [pids[name] for name in ("registry", "pool", "audit", "cost")]
             spenders = {
                 "(a) direct": [],
                 "(r) bare relay": [relay.pid],
@@ -207,9 +209,10 @@ async def main_async(args: argparse.Namespace) -> None:
             for c in args.concurrency:
                 n = max(args.requests, 4 * c)
                 for label, (make, headers) in paths.items():
-                    before = cpu_seconds(spenders[label])
+                    before, others_before = cpu_seconds(spenders[label]), cpu_seconds(services)
                     rows[(label, c)] = await run_level(make, headers, c, n, args.max_tokens, label[1])
                     cpu[(label, c)] = (cpu_seconds(spenders[label]) - before) * 1000 / n
+                    others[(label, c)] = (cpu_seconds(services) - others_before) * 1000 / n
                     lat, secs, _ = rows[(label, c)]
                     print(f"  {label:<18} c={c:<3} {len(lat)} requests in {secs:.1f}s", flush=True)
         finally:
@@ -265,7 +268,10 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{cpu[('(d) envoy+ext_proc', c1)]:.2f} ms vs {cpu[('(c) envoy+router', c1)]:.2f} ms.\n"
         f"* risk-agent (no output policy): with the response bypassing the router, Envoy + picker add "
         f"{added_f:.2f} ms (vs {added_e:.2f} ms through Envoy + router); CPU per request "
-        f"{cpu[('(f) ext_proc bypass*', c1)]:.2f} ms vs {cpu[('(e) envoy+router*', c1)]:.2f} ms."
+        f"{cpu[('(f) ext_proc bypass*', c1)]:.2f} ms vs {cpu[('(e) envoy+router*', c1)]:.2f} ms.\n"
+        "the other services (registry, pool, audit, cost) spent, per request through Envoy + router: "
+        + ", ".join(f"{others[('(c) envoy+router', c)]:.2f} ms at c={c}" for c in args.concurrency)
+        + " (audit and cost ingest each call's events; the registry and pool serve the routers' watches)"
     )
 
 
