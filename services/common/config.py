@@ -72,9 +72,20 @@ def add_server_args(parser: argparse.ArgumentParser, *, default_port: int, defau
         help="the issuer's <issuer>/.well-known/openid-configuration (its jwks_uri is used)",
     )
     g.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
+    g.add_argument(
+        "--schema",
+        choices=("upgrade", "check"),
+        default=env("SCHEMA", "upgrade"),
+        help="at start, 'upgrade' brings the service's database schema to this release; 'check' only "
+        "verifies it is there, when migrations run once in a separate job (env HARNESS_SCHEMA)",
+    )
 
 
 def server_config_from_args(name: str, args: argparse.Namespace, **extra) -> ServerConfig:
+    from services.common import migrate
+
+    # Process-wide: the stores of this service open their databases with it.
+    migrate.STARTUP.upgrade = getattr(args, "schema", "upgrade") == "upgrade"
     td = args.trust_domain
     return ServerConfig(
         name=name,

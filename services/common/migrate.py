@@ -40,6 +40,22 @@ ACTIONS = ("upgrade", "downgrade", "current", "check", "revision")
 _IN_PROCESS = threading.Lock()
 
 
+@dataclass
+class StartupSchema:
+    """What a store does to its schema when it opens the database. `upgrade` (the default): bring
+    it to this release's head. Off (`--schema check`): only verify it is at head, for deployments
+    that migrate once in a separate job (the Kubernetes migration Job) instead of at every start."""
+
+    upgrade: bool = True
+
+
+STARTUP = StartupSchema()
+
+
+class SchemaNotAtHead(RuntimeError):
+    """`--schema check` and the database is not at the code's head revision."""
+
+
 @dataclass(frozen=True)
 class Migrations:
     """One service's migrations. Frozen module-level value: the service's `migrate.py` builds it."""
@@ -117,6 +133,20 @@ class Migrations:
             if self.sentinel in tables and self.version_table not in tables:
                 command.stamp(cfg, self.baseline)
             command.upgrade(cfg, revision)
+
+    def open_schema(self, engine: Engine) -> None:
+        """Called by a store opening its database: upgrade, or (STARTUP.upgrade off) verify."""
+        if STARTUP.upgrade:
+            self.upgrade(engine)
+            return
+        at, head = self.current(engine), self.head()
+        if at != head:
+            service = self.version_table.removeprefix("alembic_version_")
+            raise SchemaNotAtHead(
+                f"the {service} database is at revision {at or '(none)'} and this release needs {head}: "
+                f"run `python -m services.{service}.migrate upgrade` (the migration Job) first, "
+                "or start with --schema upgrade"
+            )
 
     def downgrade(self, engine: Engine, revision: str = "base") -> None:
         """Takes the schema down to `revision` ("base" drops every table of this service)."""

@@ -18,6 +18,7 @@ MIGRATIONS = Migrations.beside(
 
 # What the store, the CLI and the tests call (bound to this service's migrations).
 upgrade, downgrade = MIGRATIONS.upgrade, MIGRATIONS.downgrade
+open_schema = MIGRATIONS.open_schema  # what the store calls when it opens the database
 head, current, diff = MIGRATIONS.head, MIGRATIONS.current, MIGRATIONS.diff
 
 

@@ -73,7 +73,7 @@ class CostStore:
         self.tz = ZoneInfo(timezone)
         self._now_us = now_us or (lambda: time.time_ns() // 1000)
         try:
-            migrate.upgrade(self._engine)  # the schema follows the code (see migrate.py)
+            migrate.open_schema(self._engine)  # the schema follows the code, or is checked (see migrate.py)
         except BaseException:
             self._engine.dispose()
             raise

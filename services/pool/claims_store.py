@@ -32,7 +32,7 @@ class ClaimStore:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         try:
-            migrate.upgrade(self.engine)  # the schema follows the code (see migrate.py)
+            migrate.open_schema(self.engine)  # the schema follows the code, or is checked (see migrate.py)
         except BaseException:
             self.engine.dispose()
             raise

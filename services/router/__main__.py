@@ -28,11 +28,11 @@ from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
 from services.router.extproc.servicer import ExtProcServicer
-from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter, SloClass
 from services.router.kv_events import EVENTS_LABEL, REPLAY_LABEL, KvEventFollower
 from services.router.mcp_front import PATH as MCP_PATH
 from services.router.mcp_front import McpFrontDoor
-from services.router.metrics import RouterMetrics
+from services.router.metrics import RouterMetrics, export_queue_depth
 from services.router.openai_engine import NO_ACCESS, EndpointAccess, OpenAIEngine
 from services.router.openai_http.app import OpenAIFrontDoor
 from services.router.outbox import Outbox
@@ -106,6 +106,9 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     register_budget_metrics(metrics, budgets)
     register_mirror_metrics(metrics, registry)
     register_agent_metrics(metrics, registry)
+    export_queue_depth(
+        metrics, lambda name: flow.queued(SloClass[name.upper()]), [c.name.lower() for c in SloClass]
+    )
     events = EventShipper(
         channels["audit"],
         channels["cost"],

@@ -7,9 +7,9 @@ PII recognizer of the router's list. Never a request id, a user name or raw inpu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LABELS = ("agent", "model", "slo_class")
 # TTFT/queue waits span sub-millisecond cache hits to tens of seconds under overload.
@@ -114,3 +114,17 @@ class RouterMetrics:
         self.tokens.labels(*labels[:2], "output").inc(tokens[1])
         for kind, count in redactions.items():
             self.redactions.labels(kind).inc(count)
+
+
+def export_queue_depth(registry: CollectorRegistry, queued: Callable[[str], int], classes: list[str]) -> None:
+    """`harness_router_queued_requests{slo_class}`: requests waiting in flow control right now,
+    read at scrape time. The Kubernetes HPA scales routers on it (a queue forms before CPU
+    saturates when engines are the bottleneck, and CPU alone would not add routers then)."""
+    gauge = Gauge(
+        "harness_router_queued_requests",
+        "Requests waiting in flow control for endpoint capacity now, by SLO class",
+        ["slo_class"],
+        registry=registry,
+    )
+    for name in classes:
+        gauge.labels(name).set_function(lambda name=name: queued(name))
