@@ -69,7 +69,7 @@ def endpoints_table(endpoints: list[pool_pb2.Endpoint]) -> Table:
     for ep in sorted(endpoints, key=lambda e: e.name)[:MAX_ENDPOINTS]:
         healthy = ep.health == pool_pb2.ENDPOINT_HEALTH_HEALTHY
         ready = [m for m in ep.models if m.state == pool_pb2.MODEL_STATE_READY]
-        kv = max((m.kv_cache_fraction for m in ready), default=None)
+        kv = max((m.kv_cache_fraction for m in ready if not m.kv_cache_unknown), default=None)
         t.add_row(
             ep.name,
             Text("ok" if healthy else "DOWN", style="" if healthy else "red"),

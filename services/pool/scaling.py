@@ -36,7 +36,7 @@ class Signals:
     replicas: int  # READY on healthy endpoints
     waiting: int
     active: int
-    kv_fraction: float
+    kv_fraction: float | None  # mean over the replicas that report KV use; None: none does
     utilization: float
 
 
@@ -54,15 +54,13 @@ def advise_one(model: str, s: Signals, limits: ScalingLimits, endpoints: int) ->
         return Advice(model, 0, 0, "no ready replica: nothing to measure (scaled to zero or loading)")
     per_q = s.waiting / s.replicas
     per_a = s.active / s.replicas
-    figures = (
-        f"waiting/replica {per_q:.1f}, active/replica {per_a:.1f}, kv {s.kv_fraction:.2f}, "
-        f"util {s.utilization:.2f}"
-    )
+    kv = f"{s.kv_fraction:.2f}" if s.kv_fraction is not None else "unknown"
+    figures = f"waiting/replica {per_q:.1f}, active/replica {per_a:.1f}, kv {kv}, util {s.utilization:.2f}"
     ceiling = min(limits.max_replicas, endpoints)
     hot = []
     if per_q >= limits.queue_high:
         hot.append(f"waiting/replica >= {limits.queue_high:g}")
-    if s.kv_fraction >= limits.kv_high:
+    if s.kv_fraction is not None and s.kv_fraction >= limits.kv_high:
         hot.append(f"kv >= {limits.kv_high:g}")
     if s.utilization >= limits.util_high:
         hot.append(f"util >= {limits.util_high:g}")
@@ -77,7 +75,7 @@ def advise_one(model: str, s: Signals, limits: ScalingLimits, endpoints: int) ->
         return Advice(model, s.replicas, s.replicas + 1, f"{figures}: {', '.join(hot)}")
     cold = (
         s.waiting == 0
-        and s.kv_fraction < limits.kv_low
+        and (s.kv_fraction is None or s.kv_fraction < limits.kv_low)  # unknown: the other figures decide
         and s.utilization < limits.util_low
         and per_a < limits.active_low
     )
@@ -88,7 +86,7 @@ def advise_one(model: str, s: Signals, limits: ScalingLimits, endpoints: int) ->
 
 def signals_of(manager: DeploymentManager, model: str) -> Signals:
     dep = manager.get(model)
-    waiting = active = replicas = 0
+    waiting = active = replicas = kv_known = 0
     kv = util = 0.0
     if dep is not None:
         for endpoint in dep.placements:
@@ -101,10 +99,12 @@ def signals_of(manager: DeploymentManager, model: str) -> Signals:
             replicas += 1
             waiting += m.waiting
             active += m.active
-            kv += m.kv_cache_fraction
+            if m.kv_cache_known:
+                kv += m.kv_cache_fraction
+                kv_known += 1
             util += state.gpu_utilization
     n = max(1, replicas)
-    return Signals(replicas, waiting, active, kv / n, util / n)
+    return Signals(replicas, waiting, active, kv / kv_known if kv_known else None, util / n)
 
 
 async def advise(manager: DeploymentManager, limits: ScalingLimits, apply: bool = False) -> list[Advice]:

@@ -268,6 +268,11 @@ def test_advice_rules():
     assert advise_one("m", Signals(2, 0, 0, 0.1, 0.1), limits, 4).advised == 1  # cold
     assert advise_one("m", Signals(1, 0, 0, 0.1, 0.1), limits, 4).advised == 1  # min
     assert advise_one("m", Signals(0, 0, 0, 0, 0), limits, 4).advised == 0
+    # No replica reports KV use (an engine without KV metrics): the other figures decide.
+    unknown = advise_one("m", Signals(1, 0, 1, None, 0.2), limits, 4)
+    assert unknown.advised == 1 and "kv unknown" in unknown.reason
+    assert advise_one("m", Signals(2, 0, 0, None, 0.1), limits, 4).advised == 1  # cold all the same
+    assert advise_one("m", Signals(1, 5, 8, None, 0.5), limits, 4).advised == 2  # its queue still counts
 
 
 def test_catalog_and_model_flag():

@@ -96,3 +96,20 @@ def test_no_metrics_known_names_the_fix(tmp_path, capsys, monkeypatch):
     (tmp_path / "env").write_text("export HARNESS_ADDR='127.0.0.1:1'\n")
     assert main(["top", "--once", "--root", str(tmp_path)]) == 2
     assert "run `harness up`" in capsys.readouterr().err
+
+
+def test_endpoints_table_shows_unknown_kv_use_as_a_dash():
+    from harness.pool.v1 import pool_pb2
+    from rich.console import Console
+
+    from services.cli.top_view import endpoints_table
+
+    ready, healthy = pool_pb2.MODEL_STATE_READY, pool_pb2.ENDPOINT_HEALTH_HEALTHY
+    tgi = pool_pb2.Endpoint(name="tgi", health=healthy)
+    tgi.models.add(name="m", state=ready, kv_cache_unknown=True)
+    vllm = pool_pb2.Endpoint(name="vllm", health=healthy)
+    vllm.models.add(name="m", state=ready, kv_cache_fraction=0.42)
+    console = Console(width=120, record=True)
+    console.print(endpoints_table([tgi, vllm]))
+    rows = {cols[0]: cols for cols in (line.split() for line in console.export_text().splitlines()) if cols}
+    assert rows["tgi"][3] == "-" and rows["vllm"][3] == "42%"  # the KV column
