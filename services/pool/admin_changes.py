@@ -1,5 +1,6 @@
 """The pool's admin changes and their ADMIN_CHANGE audit events: every endpoint registered or
-removed, every deployment claimed or dropped, every scaling advice applied.
+removed, every deployment claimed or dropped, every scaling advice applied, and the changes the
+pool makes on its own (agent warm-up and release, idle scale to zero; actor service `pool`).
 
 `ChangeLog.record` writes a row before the RPC answers, so no change is acknowledged without a
 row to ship; `AuditShipper` ships pending rows over Audit.Ingest (event ids are random per
@@ -31,6 +32,7 @@ from services.pool import migrate
 from services.pool.claims_schema import AdminChangeRow
 
 SOURCE = "pool"
+POOL_ITSELF = ChangeActor(service="pool")  # changes the pool makes on its own (idle, agent warm-up)
 BATCH = 200
 log = logging.getLogger("harness.pool.audit")
 T = AdminChangeRow.__table__
@@ -48,9 +50,12 @@ class ChangeLog:
         self.engine = engine
         self.listeners: list[Callable[[], None]] = []  # told after each new row (the shipper)
 
-    async def record(self, obj: str, action: str, details: dict[str, Any]) -> None:
-        """Adds the change made by the caller of the RPC being served (read here, in its context)."""
-        actor = ChangeActor.current()
+    async def record(
+        self, obj: str, action: str, details: dict[str, Any], actor: ChangeActor | None = None
+    ) -> None:
+        """Adds the change made by `actor`, by default the caller of the RPC being served (read
+        here, in its context)."""
+        actor = actor or ChangeActor.current()
         await asyncio.to_thread(self._insert, obj, action, details, actor)
         for wake in self.listeners:
             wake()

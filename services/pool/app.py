@@ -23,7 +23,7 @@ from services.common.mirror_metrics import register_mirror_metrics
 from services.common.registry_mirror import RegistryMirror
 from services.common.server import RunningServer, open_channel, start_server
 from services.pool.access import NO_ACCESS
-from services.pool.admin_changes import AuditShipper, ChangeLog, memory_engine
+from services.pool.admin_changes import POOL_ITSELF, AuditShipper, ChangeLog, memory_engine
 from services.pool.catalog import ModelCatalog
 from services.pool.claims_store import ClaimStore
 from services.pool.config import PoolConfig
@@ -147,7 +147,10 @@ class PoolApp:
         while True:
             await asyncio.sleep(self.config.idle_check_interval_s)
             try:
-                await self.deployments.sweep_idle()
+                for model in await self.deployments.sweep_idle():
+                    dep = self.deployments.get(model)
+                    details = {"reason": "idle", "idle_ttl_s": dep.idle_ttl_s if dep is not None else 0.0}
+                    await self.changes.record(f"deployment:{model}", "scale_to_zero", details, POOL_ITSELF)
                 await self.deployments.reconcile()
                 self.deployments.views()  # refreshes what the metrics thread reads
             except Exception:  # one bad sweep must not end scale-to-zero for good
@@ -214,7 +217,21 @@ class PoolApp:
 
     async def on_agent_online(self, models, agent: str = "") -> dict[str, str]:
         """Warm-up hook for the registry watch (agent went online): loads its models now."""
-        return await self.deployments.on_agent_online(models, agent)
+        results = await self.deployments.on_agent_online(models, agent)
+        for model, error in results.items():
+            if not error:
+                details = {"owner": f"agent:{agent}", "reason": "agent online"}
+                await self.changes.record(f"deployment:{model}", "deploy", details, POOL_ITSELF)
+        return results
+
+    async def on_agent_offline(self, agent: str) -> None:
+        """The registry watch's hook (agent left online): its warm-up claims are dropped."""
+        owner = f"agent:{agent}"
+        held = [d.model for d in self.deployments.views() if owner in d.owners]
+        await self.deployments.on_agent_offline(agent)
+        for model in held:
+            details = {"owner": owner, "reason": "agent offline"}
+            await self.changes.record(f"deployment:{model}", "undeploy", details, POOL_ITSELF)
 
 
 def endpoint_details(spec: EndpointSpec) -> dict:

@@ -53,7 +53,7 @@ class RegistryFollower:
                 self._spawn(self._app.on_agent_online(models, event.name), f"warm {event.name}")
         elif _gone(event.after) and event.before is not None and not _gone(event.before):
             # Draining keeps the models (in-flight work finishes); offline or retired frees them.
-            self._spawn(self._app.deployments.on_agent_offline(event.name), f"release {event.name}")
+            self._spawn(self._app.on_agent_offline(event.name), f"release {event.name}")
 
     def _replace_models(self, models: tuple[registry_pb2.Model, ...]) -> None:
         table = {m.name: m for m in self._static}

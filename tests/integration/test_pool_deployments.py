@@ -306,6 +306,15 @@ async def test_idle_unload_and_agent_warm_up_before_first_request(world, admin):
     assert vram_used(sim0) + vram_used(sim1) == (15 + 33) * GIB
     d = await listed()
     assert not d.scaled_to_zero and "agent:bot" in d.owners
+    # The pool's own changes wait in its audit outbox, made by the pool itself, not by a caller.
+    own = [(r.object, r.action, r.actor_service, r.actor_user) for r in app.changes.pending(100)]
+    assert ("deployment:small", "scale_to_zero", "pool", "") in own
+    assert {("deployment:small", "deploy", "pool", ""), ("deployment:mid", "deploy", "pool", "")} <= set(own)
+    await app.on_agent_offline("bot")
+    undeployed = {
+        r.object for r in app.changes.pending(100) if r.action == "undeploy" and r.actor_service == "pool"
+    }
+    assert undeployed == {"deployment:small", "deployment:mid"}
     watcher.close()
 
 
