@@ -114,6 +114,15 @@ export class HarnessClient {
     return { ...response, result: fromStruct(result), durationMs: durationMs(duration) };
   }
 
+  /**
+   * Embeds texts with an embedding model the agent pins: {inputs, model, dimensions}. Resolves
+   * to {vectors (one array of numbers per input, in order), summary (usage, cost, requestId)}.
+   */
+  async embed(request, options = {}) {
+    const { embeddings, summary } = await this.#unary("Embed", request, options);
+    return { vectors: embeddings.map((e) => e.values), summary };
+  }
+
   close() {
     this.router.close();
   }

@@ -97,6 +97,20 @@ describe("the Router through Envoy", { skip }, () => {
     seen.cancelledRequestId = requestId;
   });
 
+  test("embeds texts with the embedding model the agent pins", async () => {
+    const texts = ["expense policy", "差旅报销标准"];
+    const { vectors, summary } = await client.embed({ inputs: texts, model: "all-minilm-l6-v2" });
+    assert.equal(vectors.length, texts.length);
+    for (const vector of vectors) {
+      assert.equal(vector.length, 384);
+      const norm = Math.hypot(...vector);
+      assert.ok(Math.abs(norm - 1) < 1e-3, `an L2-normalised vector, norm ${norm}`);
+    }
+    assert.notDeepEqual(vectors[0], vectors[1]);
+    assert.equal(summary.model, "all-minilm-l6-v2");
+    assert.ok(summary.usage.inputTokens > 0 && summary.usage.outputTokens === 0);
+  });
+
   test("InvokeTool reads the demo ledger and the agent's policy refuses a write", async () => {
     const read = await client.invokeTool({
       tool: "ledger",

@@ -78,7 +78,7 @@ test("tool arguments round-trip through google.protobuf.Struct", () => {
 test("the Router contract loads from the repository's protos", () => {
   assert.match(DEFAULT_PROTOS, /protos$/);
   const router = loadRouter();
-  for (const method of ["Generate", "Complete", "InvokeTool"]) assert.ok(router.service[method], method);
+  for (const method of ["Generate", "Complete", "InvokeTool", "Embed"]) assert.ok(router.service[method], method);
   assert.equal(router.service.Generate.responseStream, true);
 });
 
