@@ -5,6 +5,7 @@ that the front door must refuse."""
 from __future__ import annotations
 
 import argparse
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,15 @@ from services.devtools.certs import (
 from services.devtools.drill_certs import make_foreign_ca_client, make_wrong_san_client
 
 
+def ensure_redaction_key(path: Path) -> Path:
+    """32 random bytes (hex), mode 0600, made once: replacing it would change every pseudonym."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m services.devtools.certs_cli", description=__doc__.split("\n")[0]
@@ -31,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="remake everything, including the CA")
     p.add_argument("--foreign-client", metavar="NAME", help="also make a drill cert from another CA")
     p.add_argument("--wrong-san-client", metavar="NAME", help="also make a drill cert with a non-agent SAN")
+    p.add_argument(
+        "--redaction-key", type=Path, metavar="FILE",
+        help="also write the HMAC key every router replica shares for hash-mode PII redaction "
+        "(--redaction-key-file), once: an existing key is kept",
+    )  # fmt: skip
     args = p.parse_args(argv)
 
     td = args.trust_domain
@@ -50,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, leaf in {**bundle.services, **bundle.agents}.items():
         print(f"{name}: {leaf.cert}")
     print(f"jwt: {bundle.jwt_private_key} / {bundle.jwt_public_key}")
+    if args.redaction_key:
+        print(f"redaction key: {ensure_redaction_key(args.redaction_key)}")
     if args.foreign_client:
         drill = make_foreign_ca_client(args.out, args.foreign_client, trust_domain=td)
         print(f"foreign-CA drill: {drill.cert}")
