@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = asyncio.run(run_agent(harness, args.questions, options))
     except openai.APIStatusError as exc:  # the Harness's refusal, in the OpenAI error shape
-        print(f"rag_agent: the Harness answered {exc.status_code}: {exc.message}", file=sys.stderr)
+        body = exc.body if isinstance(exc.body, dict) else {}
+        print(
+            f"rag_agent: the Harness answered {exc.status_code}: {body.get('message', exc.message)}",
+            file=sys.stderr,
+        )
         return 1
     except openai.APIConnectionError as exc:
         print(

@@ -71,6 +71,16 @@ def test_each_answer_comes_with_its_sources(rag_run):
     assert tool["ok"] and tool["tool"] == "ledger.read" and json.loads(tool["text"])["ledger"] == "FY2024"
 
 
+def test_a_user_the_policy_does_not_allow_is_refused_with_the_reason(stack, tmp_path):
+    argv = [sys.executable, "-m", "examples.rag_agent", "--env", str(stack.root / "env"), "--user", "mallory",
+            "--qdrant", str(tmp_path / "qdrant"), "What is the hotel cap?"]  # fmt: skip
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and not out.stdout
+    assert out.stderr.startswith(
+        "rag_agent: the Harness answered 403: user 'mallory' may not invoke agent:policy-rag"
+    )
+
+
 async def _session_events(stack, session: str, at_least: int) -> list[common_pb2.AuditEvent]:
     query = audit_pb2.QueryRequest(
         filter=audit_pb2.AuditFilter(session_id=session), page=common_pb2.PageRequest(page_size=1000)
