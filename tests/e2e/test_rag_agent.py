@@ -18,6 +18,7 @@ from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from qdrant_client import QdrantClient
 
 from examples.rag_agent.corpus import load_chunks
+from examples.rag_agent.harness_calls import EMBED_BATCH
 from examples.rag_agent.store import DENSE, point_id
 from services.enginesim.embedder import vector as simulator_vector
 from services.router.redaction import Redactor, policy_from_dict
@@ -30,7 +31,7 @@ AGENT, CHAT, EMBEDDING = "policy-rag", "llama-3-8b", "all-minilm-l6-v2"
 MASKS = Redactor(
     policy_from_dict({"email": "mask", "phone": "mask"}), key=b"unused-by-mask-mode-----------32"
 )
-INGEST_CALLS = 3  # 48 chunks in batches of 16
+INGEST_CALLS = -(-len(load_chunks()) // EMBED_BATCH)  # POST /v1/embeddings calls of the ingest
 
 
 async def cost_rows(stack) -> dict[str, cost_pb2.ReportRow]:

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from examples.rag_agent import app, corpus, lexical
 from examples.rag_agent.graph import AgentParts, build_graph, filter_hits, ledger_named, prompt, rerank
@@ -14,6 +15,8 @@ from examples.rag_agent.harness_calls import ToolResult
 from examples.rag_agent.settings import Harness, SettingsError
 from examples.rag_agent.store import Hit, PolicyIndex, open_client
 from services.router.redaction import Redactor, policy_from_dict
+from services.router.scheduling.profiles import load_config
+from services.router.scheduling.types import SchedulingRequest
 
 
 def fake_vector(text: str) -> list[float]:
@@ -153,6 +156,18 @@ def test_ledger_names_and_an_empty_context():
     )
     assert ledger_named("the ledger policy") is None
     assert "(no policy matched the question)" in prompt({"question": "q", "ranked": [], "tool": None})
+
+
+def test_the_demo_registers_the_agent_as_rag_so_the_prefix_heavy_profile_schedules_it():
+    demo = yaml.safe_load((Path(__file__).resolve().parents[2] / "compose" / "demo.yaml").read_text())
+    [agent] = [a for a in demo["registry"]["agents"] if a["name"] == "policy-rag"]
+    request = SchedulingRequest(model="llama-3-8b", agent="policy-rag", agent_type=agent["type"],
+                                slo_class=agent["slo"]["slo_class"])  # fmt: skip
+    assert load_config().selector.select(request) == "prefix-heavy"
+    [version] = agent["versions"]
+    assert {"llama-3-8b", "all-minilm-l6-v2"} <= set(version["models"]) and "ledger" in version["tools"]
+    kinds = {rule["kind"]: rule["mode"] for rule in agent["data_policy"]["pii"]}
+    assert kinds["email"] == kinds["phone"] == "mask"
 
 
 def test_settings_come_from_the_env_file_and_name_what_is_missing(tmp_path):
