@@ -95,9 +95,10 @@ async def test_node_client_streams_calls_tools_and_maps_errors(stack, node, tmp_
     assert tool and {(e.tool, e.action) for e in tool} == {("ledger@1", "read")}, tool
     assert {(e.correlation.session_id, e.correlation.step_id) for e in tool} == {("node-session", "2")}
 
-    # Leaving the stream cancelled the generation on the router, long before its max_tokens.
+    # Leaving the stream cancelled the generation on the router, long before its max_tokens, and
+    # what was sent is on the record (estimated where the engine reports usage only at the end).
     [cancelled] = await audit_events_of_kind(stack, seen["cancelledRequestId"], MODEL_CALL)
-    assert cancelled.status == "CANCELLED" and cancelled.details["output_tokens"] < LONG, cancelled
+    assert cancelled.status == "CANCELLED" and 2 <= cancelled.details["output_tokens"] < LONG, cancelled
 
 
 def test_client_readme_example_runs_as_printed(stack, node):

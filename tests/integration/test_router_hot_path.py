@@ -7,6 +7,7 @@ everything else is the production code."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 
 import grpc
 import pytest
@@ -187,6 +188,23 @@ async def test_rate_limit_and_context_length_are_checked_before_dispatch(harness
         await run(router, prompt="x" * 400)
     with pytest.raises(InvalidArgument, match="prompt is empty"):
         await run(router, prompt="   ")
+
+
+async def test_a_stream_left_early_is_charged_for_what_was_sent(harness, sim):
+    """An OpenAI-protocol engine reports usage only in its last event, which a caller who leaves
+    early never lets arrive: the router then estimates the counts from the text (marked so)
+    instead of recording, and charging, zero tokens."""
+    router, *_ = harness
+    call = Call(GenerationInput(prompt="Summarise the ledger", max_tokens=2000, bypass_cache=True))
+    pieces = 0
+    async with aclosing(router.run(call)) as chunks:
+        async for chunk in chunks:
+            pieces += bool(chunk.text)
+            if pieces == 3:
+                break
+    assert call.status == "CANCELLED"
+    assert 3 <= call.output_tokens < 2000 and call.input_tokens > 0, (call.input_tokens, call.output_tokens)
+    assert call.usage_estimated == (kind_of(sim) == "openai")
 
 
 async def test_sizes_and_the_context_length_are_checked_before_redaction(harness, sim):

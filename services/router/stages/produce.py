@@ -11,6 +11,7 @@ from harness.common.v1 import common_pb2
 
 from services.router.call import Call, Chunk
 from services.router.dispatch import Dispatcher
+from services.router.engine import estimate_tokens
 from services.router.metrics import RouterMetrics
 from services.router.pipeline import Stage
 from services.router.result_cache import CachedResult, CacheKeys, Coalescer, ResultCache, is_deterministic
@@ -73,6 +74,15 @@ class CacheCoalesce(Stage):
             await self.cache.put(call.cache_key, outcome, self.ttl_s)
 
 
+def estimate_cut_usage(call: Call) -> None:
+    """A stream cut before the engine's usage arrived (an OpenAI-protocol engine sends it in its
+    last event, which a caller who leaves early never lets come): the counts are estimated from
+    the prompt and the text already sent, and marked so, rather than recorded and charged as 0."""
+    call.input_tokens = call.input_tokens or call.prompt_tokens
+    call.output_tokens = max(len(call.text_parts), estimate_tokens(call.text))
+    call.usage_estimated = True
+
+
 class Dispatch(Stage):
     """Streams the answer: a cached one, or the engine's (dispatcher.py: schedule, flow control,
     one failover before the first token)."""
@@ -100,6 +110,8 @@ class Dispatch(Stage):
                     yield Chunk(chunk.text, chunk.final, call.output_tokens)
             finally:
                 call.gpu_type = self.endpoints.gpu_type(call.endpoint.name) if call.endpoint else ""
+                if call.text_parts and not call.output_tokens:
+                    estimate_cut_usage(call)
         call.reached_backend = True
         length = call.output_tokens >= call.max_tokens
         call.finish_reason = common_pb2.FINISH_REASON_LENGTH if length else common_pb2.FINISH_REASON_STOP
