@@ -11,9 +11,16 @@ from harness.registry.v1 import registry_pb2 as pb
 from services.cli import output
 from services.cli.base import Ctx, UsageError, short
 from services.cli.delete_cmds import catalog_deletes
+from services.cli.secret_cmds import read_secret
 from services.common.access import policy_subject
 from services.common.errors import HarnessError
-from services.common.mcp_client import SCHEMES, catalog_actions, is_mcp_endpoint, list_tools
+from services.common.mcp_client import (
+    DEFAULT_CREDENTIAL_HEADER,
+    SCHEMES,
+    catalog_actions,
+    is_mcp_endpoint,
+    list_tools,
+)
 
 # --- models and tools -----------------------------------------------------------------------
 
@@ -93,8 +100,14 @@ def tools_show(ctx: Ctx, args: argparse.Namespace) -> int:
             print(f"{t.name}@{t.version}  {kind} at {t.endpoint}")
             if t.description:
                 print(f"  {t.description}")
+            if t.credential:
+                print(
+                    f"  credential: secret {t.credential} in {t.credential_header or DEFAULT_CREDENTIAL_HEADER}"
+                )
             for a in t.actions:
-                print(f"  {_action_text(a)}")
+                print(f"  {_action_text(a)}{'  ' + a.description if a.description else ''}")
+                if a.input_schema:
+                    print(f"    arguments: {a.input_schema}")
 
     return ctx.emit(shown, human)
 
@@ -116,8 +129,15 @@ def tools_import_mcp(ctx: Ctx, args: argparse.Namespace) -> int:
     if not endpoint.startswith(SCHEMES):
         raise UsageError(f"{args.url!r} is not an MCP server URL: use http(s)://host/mcp")
     risks = _overrides(args.risk or [], "--risk")
+    if args.credential_file and not args.credential:
+        raise UsageError("--credential-file needs --credential NAME (the secret it is stored as)")
+    headers = {}
+    if args.credential_file:  # the server wants it to list its tools too; stored for the routers
+        value = read_secret(args.credential_file)
+        ctx.call("SetSecret", pb.SetSecretRequest(name=args.credential, value=value))
+        headers = {args.credential_header or DEFAULT_CREDENTIAL_HEADER: value}
     try:
-        listed = asyncio.run(list_tools(endpoint, timeout_s=ctx.conn.timeout_s))  # bounded by --timeout
+        listed = asyncio.run(list_tools(endpoint, timeout_s=ctx.conn.timeout_s, headers=headers))
     except HarnessError as exc:
         raise UsageError(exc.message) from exc
     actions = catalog_actions(listed)
@@ -131,8 +151,9 @@ def tools_import_mcp(ctx: Ctx, args: argparse.Namespace) -> int:
         if action.name in (args.no_approval or []):
             action.requires_approval = False
     tool = pb.Tool(
-        name=args.name, version=args.version, endpoint=endpoint, description=args.description or ""
-    )
+        name=args.name, version=args.version, endpoint=endpoint, description=args.description or "",
+        credential=args.credential or "", credential_header=args.credential_header or "",
+    )  # fmt: skip
     tool.actions.extend(actions)
     resp = ctx.call("RegisterTool", pb.RegisterToolRequest(tool=tool))
 
@@ -262,6 +283,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--risk", action="append", metavar="ACTION=CLASS", help="read, write or delete (repeatable)"
     )
     p.add_argument("--no-approval", action="append", metavar="ACTION", help="no human approval (repeatable)")
+    p.add_argument(
+        "--credential",
+        metavar="SECRET",
+        help="the secret (`harness secrets set`) the routers send the server",
+    )
+    p.add_argument(
+        "--credential-file", metavar="PATH",
+        help="store PATH's content as that secret first (and list the server's tools with it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--credential-header", metavar="NAME", help="header that carries it (default authorization)"
+    )
     p.set_defaults(handler=tools_import_mcp)
     catalog_deletes({"models": models_actions, "tools": t}, common)
 

@@ -25,6 +25,7 @@ from services.cli import (
     credential_cmds,
     jwt_cmds,
     pool_cmds,
+    secret_cmds,
     tenancy_cmds,
     top_cmds,
 )
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         cost_cmds,
         top_cmds,
         pool_cmds,
+        secret_cmds,
     )
     for module in modules:
         module.register(sub, common)

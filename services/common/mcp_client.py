@@ -24,6 +24,8 @@ from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailabl
 
 SCHEMES = ("mcp+http://", "mcp+https://")
 MAX_LISTED_TOOLS = 64  # what one catalog tool can hold as actions
+MAX_DESCRIPTION_CHARS = 1024  # an action's description in the catalog
+DEFAULT_CREDENTIAL_HEADER = "authorization"  # where a tool's credential goes (Tool.credential_header)
 
 
 def is_mcp_endpoint(endpoint: str) -> bool:
@@ -36,15 +38,21 @@ def http_url(endpoint: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _session(url: str, timeout_s: float, max_bytes: int) -> AsyncIterator[ClientSession]:
-    http = httpx2.AsyncClient(timeout=timeout_s)
+async def _session(
+    url: str, timeout_s: float, max_bytes: int, headers: dict[str, str] | None, failures: list[int]
+) -> AsyncIterator[ClientSession]:
+    async def note(response: httpx2.Response) -> None:  # the SDK's error hides the HTTP status
+        if response.status_code >= 400:
+            failures.append(response.status_code)
+
+    http = httpx2.AsyncClient(timeout=timeout_s, headers=headers or {}, event_hooks={"response": [note]})
     async with http, streamable_http_client(url, http_client=http, max_sse_event_size=max_bytes) as streams:
         async with ClientSession(*streams) as session:
             await session.initialize()
             yield session
 
 
-async def _bounded(url: str, timeout_s: float, work) -> Any:
+async def _bounded(url: str, timeout_s: float, work, failures: list[int]) -> Any:
     try:
         async with asyncio.timeout(timeout_s):
             return await work()
@@ -53,7 +61,11 @@ async def _bounded(url: str, timeout_s: float, work) -> Any:
     except (InvalidArgument, Unavailable, DeadlineExceeded):
         raise
     except Exception as exc:  # connection refused, TLS, HTTP status, protocol errors (in a group)
-        raise Unavailable(f"the MCP server at {url} failed: {_reason(exc)}") from exc
+        status = f" (HTTP {failures[-1]})" if failures else ""
+        hint = ""
+        if failures and failures[-1] in (401, 403):
+            hint = "; it refused the credentials: give the tool a credential (`harness secrets set`)"
+        raise Unavailable(f"the MCP server at {url} failed{status}: {_reason(exc)}{hint}") from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -63,17 +75,23 @@ def _reason(exc: BaseException) -> str:
 
 
 async def call_tool(
-    endpoint: str, name: str, arguments: dict[str, Any], timeout_s: float, max_bytes: int
+    endpoint: str,
+    name: str,
+    arguments: dict[str, Any],
+    timeout_s: float,
+    max_bytes: int,
+    headers: dict[str, str] | None = None,
 ) -> dict:
     """The tool's answer as a JSON object: its structured content, else {"content": text}.
-    A tool error is InvalidArgument in the server's words."""
-    url = http_url(endpoint)
+    A tool error is InvalidArgument in the server's words. `headers` go with every request (a
+    tool's upstream credential)."""
+    url, failures = http_url(endpoint), []
 
     async def work() -> types.CallToolResult:
-        async with _session(url, timeout_s, max_bytes) as session:
+        async with _session(url, timeout_s, max_bytes, headers, failures) as session:
             return await session.call_tool(name, arguments)
 
-    result: types.CallToolResult = await _bounded(url, timeout_s, work)
+    result: types.CallToolResult = await _bounded(url, timeout_s, work, failures)
     text = " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
     if result.is_error:
         raise InvalidArgument(f"the tool refused the call: {text[:300]}")
@@ -83,12 +101,14 @@ async def call_tool(
     return dict(answer)
 
 
-async def list_tools(endpoint: str, timeout_s: float, max_bytes: int = 4 * 1024 * 1024) -> list[types.Tool]:
+async def list_tools(
+    endpoint: str, timeout_s: float, max_bytes: int = 4 * 1024 * 1024, headers: dict[str, str] | None = None
+) -> list[types.Tool]:
     """The server's tools (first pages, at most MAX_LISTED_TOOLS)."""
-    url = http_url(endpoint)
+    url, failures = http_url(endpoint), []
 
     async def work() -> list[types.Tool]:
-        async with _session(url, timeout_s, max_bytes) as session:
+        async with _session(url, timeout_s, max_bytes, headers, failures) as session:
             tools: list[types.Tool] = []
             cursor = None
             while len(tools) <= MAX_LISTED_TOOLS:
@@ -100,7 +120,7 @@ async def list_tools(endpoint: str, timeout_s: float, max_bytes: int = 4 * 1024 
                     break
             return tools
 
-    tools = await _bounded(url, timeout_s, work)
+    tools = await _bounded(url, timeout_s, work, failures)
     if len(tools) > MAX_LISTED_TOOLS:
         raise InvalidArgument(
             f"the MCP server at {url} lists more than {MAX_LISTED_TOOLS} tools (a tool's limit)"
@@ -115,16 +135,14 @@ def catalog_actions(tools: list[types.Tool]) -> list[registry_pb2.ToolAction]:
     actions = []
     for tool in tools:
         hints = tool.annotations
+        action = registry_pb2.ToolAction(
+            name=tool.name,
+            description=(tool.description or "")[:MAX_DESCRIPTION_CHARS],
+            input_schema=json.dumps(tool.input_schema, separators=(",", ":")) if tool.input_schema else "",
+        )
         if hints is not None and hints.read_only_hint:
-            actions.append(
-                registry_pb2.ToolAction(
-                    name=tool.name, risk=common_pb2.RISK_CLASS_READ, idempotent=bool(hints.idempotent_hint)
-                )
-            )
+            action.risk, action.idempotent = common_pb2.RISK_CLASS_READ, bool(hints.idempotent_hint)
         else:
-            actions.append(
-                registry_pb2.ToolAction(
-                    name=tool.name, risk=common_pb2.RISK_CLASS_WRITE, requires_approval=True
-                )
-            )
+            action.risk, action.requires_approval = common_pb2.RISK_CLASS_WRITE, True
+        actions.append(action)
     return actions

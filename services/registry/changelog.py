@@ -38,6 +38,7 @@ from services.registry.models import (
     JwtSettingsRow,
     ModelRow,
     ProjectRow,
+    SecretRow,
     TeamRow,
     ToolRow,
     UserRow,
@@ -57,6 +58,7 @@ _KEYED = {
     "api_key": (ApiKeyRow, ApiKeyRow.id, rows.api_key),
     "model": (ModelRow, ModelRow.name, rows.model),
     "agent": (AgentRow, AgentRow.name, rows.agent),
+    "secret": (SecretRow, SecretRow.name, rows.secret_info),  # never the value
 }
 
 

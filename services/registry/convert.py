@@ -165,12 +165,22 @@ def tool_pb(t: d.Tool) -> pb.Tool:
             idempotent=a.idempotent,
             cache_ttl_s=a.cache_ttl_s,
             requires_approval=a.requires_approval,
+            description=a.description,
+            input_schema=a.input_schema,
         )
         for a in t.actions
     ]
     return pb.Tool(
-        name=t.name, version=t.version, endpoint=t.endpoint, description=t.description, actions=actions
-    )
+        name=t.name, version=t.version, endpoint=t.endpoint, description=t.description, actions=actions,
+        credential=t.credential, credential_header=t.credential_header,
+    )  # fmt: skip
+
+
+def secret_pb(s: d.SecretInfo) -> pb.SecretInfo:
+    out = pb.SecretInfo(name=s.name, updated_by=s.updated_by)
+    if s.update_time is not None:
+        out.update_time.FromDatetime(s.update_time)
+    return out
 
 
 def rule_pb(r: d.PolicyRule) -> pb.PolicyRule:
@@ -199,6 +209,7 @@ _ENTITIES = {
     "tool": (pb.ENTITY_KIND_TOOL, "tool", tool_pb),
     "policy": (pb.ENTITY_KIND_POLICY, "policy", rule_pb),
     "jwt": (pb.ENTITY_KIND_JWT_SETTINGS, "jwt_settings", jwt_pb),
+    "secret": (pb.ENTITY_KIND_SECRET, "secret", secret_pb),
 }
 
 
@@ -282,10 +293,12 @@ def tool_in(m: pb.Tool) -> d.Tool:
             a.idempotent,
             a.cache_ttl_s,
             a.requires_approval,
+            a.description,
+            a.input_schema,
         )
         for a in m.actions
     )
-    return d.Tool(m.name, m.version, m.endpoint, m.description, actions)
+    return d.Tool(m.name, m.version, m.endpoint, m.description, actions, m.credential, m.credential_header)
 
 
 def rule_in(m: pb.PolicyRule) -> d.PolicyRule:

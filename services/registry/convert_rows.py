@@ -12,6 +12,7 @@ from services.registry.models import (
     JwtSettingsRow,
     ModelRow,
     ProjectRow,
+    SecretRow,
     TeamRow,
     ToolRow,
     UserRow,
@@ -81,18 +82,26 @@ def tool_row(t: d.Tool) -> ToolRow:
             "idempotent": a.idempotent,
             "cache_ttl_s": a.cache_ttl_s,
             "requires_approval": a.requires_approval,
+            "description": a.description,
+            "input_schema": a.input_schema,
         }
         for a in t.actions
     ]
     return ToolRow(
-        name=t.name, version=t.version, endpoint=t.endpoint, description=t.description, actions=actions
-    )
+        name=t.name, version=t.version, endpoint=t.endpoint, description=t.description, actions=actions,
+        credential=t.credential, credential_header=t.credential_header,
+    )  # fmt: skip
 
 
 def tool(r: ToolRow) -> d.Tool:
     return d.Tool(
-        r.name, r.version, r.endpoint, r.description, tuple(d.ToolAction(**a) for a in r.actions or ())
-    )
+        r.name, r.version, r.endpoint, r.description, tuple(d.ToolAction(**a) for a in r.actions or ()),
+        r.credential or "", r.credential_header or "",
+    )  # fmt: skip
+
+
+def secret_info(r: SecretRow) -> d.SecretInfo:
+    return d.SecretInfo(r.name, utc(r.update_time), r.updated_by)
 
 
 def traffic_json(weights: tuple[d.TrafficWeight, ...] | list[d.TrafficWeight]) -> list[dict]:

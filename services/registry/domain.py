@@ -32,7 +32,7 @@ SLO_CLASSES = ("realtime", "interactive", "batch")
 RISK_CLASSES = ("read", "write", "delete")
 MASK_MODES = ("mask", "hash", "drop")
 # Kinds of entity in the change log (changes.kind) and the watch stream.
-CHANGE_KINDS = ("team", "project", "user", "api_key", "agent", "model", "tool", "policy", "jwt")
+CHANGE_KINDS = ("team", "project", "user", "api_key", "agent", "model", "tool", "policy", "jwt", "secret")
 
 # Lifecycle (common.proto AgentState): the only moves SetAgentState accepts.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -288,6 +288,8 @@ class ToolAction:
     idempotent: bool = False
     cache_ttl_s: int = 0
     requires_approval: bool = False
+    description: str = ""
+    input_schema: str = ""  # JSON Schema text; "" = any object
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,17 @@ class Tool:
     endpoint: str = ""
     description: str = ""
     actions: tuple[ToolAction, ...] = ()
+    credential: str = ""  # the name of a secret, never its value
+    credential_header: str = ""
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """A stored secret without its value (the value never leaves the store but to a router)."""
+
+    name: str
+    update_time: datetime | None = None
+    updated_by: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,11 @@ the registry.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
+import jsonschema
 from harness.common.v1 import common_pb2
 
 from services.common.errors import InvalidArgument
@@ -46,6 +49,12 @@ TOOL_DESCRIPTION_CHARS = 1024
 MAX_TOOL_ACTIONS = 64
 ACTION_NAME_CHARS = 64
 MAX_CACHE_TTL_S = 7 * 24 * 3600
+ACTION_DESCRIPTION_CHARS = 1024
+INPUT_SCHEMA_CHARS = 64 * 1024
+CREDENTIAL_HEADER_CHARS = 64
+SECRET_VALUE_CHARS = 8192
+_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # an HTTP header name, lowercase
+_FORBIDDEN_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
 POLICY_VALUE_CHARS = 96  # five of them still fit the change log's 512-character key
 JWT_FIELD_CHARS = 255
 JWT_URL_CHARS = 2048
@@ -133,6 +142,58 @@ def check_tool(tool: d.Tool) -> None:
     for action in tool.actions:
         check_length("tool action name", action.name, ACTION_NAME_CHARS)
         check_range(f"cache_ttl_s of action {action.name!r}", action.cache_ttl_s, 0, MAX_CACHE_TTL_S)
+        check_length(f"description of action {action.name!r}", action.description, ACTION_DESCRIPTION_CHARS)
+        check_input_schema(action.name, action.input_schema)
+    if tool.credential:
+        d.check_label("credential secret", tool.credential)
+    check_length("tool credential_header", tool.credential_header, CREDENTIAL_HEADER_CHARS)
+    header = tool.credential_header
+    if header and (not _HEADER_NAME.match(header) or header in _FORBIDDEN_HEADERS):
+        raise InvalidArgument(
+            f"credential_header {header!r} must be a lowercase HTTP header name other than "
+            f"{', '.join(sorted(_FORBIDDEN_HEADERS))} (default: authorization)"
+        )
+    if header and not tool.credential:
+        raise InvalidArgument("credential_header needs a credential (the secret whose value it carries)")
+
+
+def check_input_schema(action: str, text: str) -> None:
+    """An action's input schema: a JSON object that is a valid JSON Schema (its declared draft,
+    else 2020-12) describing an object, so MCP clients can show it as the tool's arguments."""
+    if not text:
+        return
+    check_length(f"input_schema of action {action!r}", text, INPUT_SCHEMA_CHARS)
+    try:
+        schema = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past Python's stack
+        raise InvalidArgument(f"input_schema of action {action!r} is not JSON: {str(exc)[:200]}") from None
+    if not isinstance(schema, dict):
+        raise InvalidArgument(f"input_schema of action {action!r} must be a JSON object (a JSON Schema)")
+    if schema.get("type", "object") != "object":
+        raise InvalidArgument(
+            f'input_schema of action {action!r} must describe an object ("type": "object"): '
+            "a tool's arguments are named"
+        )
+    try:
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(
+            schema
+        )
+    except RecursionError:
+        raise InvalidArgument(f"input_schema of action {action!r} is nested too deeply") from None
+    except jsonschema.SchemaError as exc:
+        raise InvalidArgument(
+            f"input_schema of action {action!r} is not a valid JSON Schema: {exc.message[:300]}"
+        ) from None
+
+
+def check_secret_value(name: str, value: str) -> None:
+    if not value:
+        raise InvalidArgument(f"secret {name!r} needs a value")
+    check_length(f"secret {name!r}", value, SECRET_VALUE_CHARS)
+    if not value.isascii() or not value.isprintable():
+        raise InvalidArgument(
+            f"secret {name!r} must be printable ASCII (it is sent in an HTTP header); no newlines"
+        )
 
 
 def check_policy_values(values: tuple[str, ...]) -> None:

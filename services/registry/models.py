@@ -141,6 +141,19 @@ class ToolRow(Base):
     endpoint: Mapped[str] = mapped_column(String(1024), default="")
     description: Mapped[str] = mapped_column(String(1024), default="")
     actions: Mapped[list] = mapped_column(JSON, default=list)
+    credential: Mapped[str] = mapped_column(String(63), default="")  # a SecretRow's name
+    credential_header: Mapped[str] = mapped_column(String(64), default="")
+
+
+class SecretRow(Base):
+    """A value the routers send upstream (a tool's credential). Never returned by a read RPC."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[str] = mapped_column(String(8192))
+    update_time: Mapped[datetime] = mapped_column(Timestamp)
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
 
 
 class ChangeRow(Base):

@@ -8,6 +8,7 @@ walking legal lifecycle moves from wherever the agent is now.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ def _tool_pb(t: dict) -> pb.Tool:
             idempotent=bool(x.get("idempotent", False)),
             cache_ttl_s=int(x.get("cache_ttl_s", 0)),
             requires_approval=bool(x.get("requires_approval", False)),
+            description=x.get("description", ""),
+            input_schema=_schema_text(x.get("input_schema")),
         )
         for x in t.get("actions", [])
     ]
@@ -85,7 +88,16 @@ def _tool_pb(t: dict) -> pb.Tool:
         endpoint=t.get("endpoint", ""),
         description=t.get("description", ""),
         actions=actions,
+        credential=t.get("credential", ""),
+        credential_header=t.get("credential_header", ""),
     )
+
+
+def _schema_text(schema) -> str:
+    """An action's input schema as the catalog keeps it: JSON text (YAML may write it as a mapping)."""
+    if not schema:
+        return ""
+    return schema if isinstance(schema, str) else json.dumps(schema, separators=(",", ":"))
 
 
 async def _seed_agent(stub, a: dict, md, report: SeedReport) -> None:

@@ -28,6 +28,7 @@ from services.registry.watch import WatchHub
 
 T = TypeVar("T")
 SERVICE = pb.DESCRIPTOR.services_by_name["Registry"]
+ROUTER_SERVICE = "router"  # the only caller that may read a secret's value
 
 
 def _caller() -> Identity:
@@ -333,3 +334,35 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         _admin("Watch", "streams every registry entity (it is for routers)")
         async for batch in self.hub.watch(request.since_revision):
             yield c.watch_pb(batch)
+
+    # --- secrets (tools' upstream credentials) --------------------------------------------
+
+    async def SetSecret(self, request, context):
+        """Stores a secret's value under its name; the answer has the name only."""
+        _admin("SetSecret")
+        info = await _run(self.store.set_secret, request.name, request.value)
+        return pb.SetSecretResponse(secret=c.secret_pb(info))
+
+    async def ListSecrets(self, request, context):
+        """Names and when they were set; never values."""
+        _admin("ListSecrets", "lists secrets")
+        return pb.ListSecretsResponse(secrets=[c.secret_pb(s) for s in await _run(self.store.list_secrets)])
+
+    async def DeleteSecret(self, request, context):
+        """Deletes a secret no tool names."""
+        _admin("DeleteSecret")
+        await _run(self.store.delete_secret, request.name)
+        return pb.DeleteSecretResponse()
+
+    async def RevealSecret(self, request, context):
+        """A secret's value, for the routers only (they send it to a tool's endpoint)."""
+        ident = _caller()
+        if ident.service != ROUTER_SERVICE:
+            who = f"service {ident.service!r}" if ident.service else f"user {ident.user!r}" if ident.user else (
+                f"agent {ident.agent!r}"
+            )  # fmt: skip
+            raise PermissionDenied(
+                f"RevealSecret is for the routers (the {ROUTER_SERVICE!r} service certificate); {who} may "
+                "set and list secrets but never read one back"
+            )
+        return pb.RevealSecretResponse(value=await _run(self.store.reveal_secret, request.name))

@@ -41,6 +41,7 @@ from services.registry.models import (
     UserRow,
 )
 from services.registry.removal import RemovalStore
+from services.registry.secrets import SecretStore
 
 T = TypeVar("T")
 KEY_PREFIX = "hk"
@@ -52,7 +53,7 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class Store(AgentStore, RemovalStore, ChangeLog):
+class Store(AgentStore, RemovalStore, SecretStore, ChangeLog):
     """Tenancy, API keys, catalogs and JWT settings here; agents, versions and traffic in
     AgentStore; deletions in RemovalStore; transactions, the change log and what Watch reads
     in ChangeLog."""
@@ -304,6 +305,11 @@ class Store(AgentStore, RemovalStore, ChangeLog):
         with self._tx(f"tool {label!r} already exists") as s:
             if s.get(ToolRow, (tool.name, tool.version)):
                 raise AlreadyExists(f"tool {label!r} is already in the catalog; register a new version")
+            if tool.credential and not self.secret_exists(s, tool.credential):
+                raise NotFound(
+                    f"tool {label!r} names credential {tool.credential!r}, which is not a stored secret; "
+                    f"set it first with `harness secrets set {tool.credential}`"
+                )
             row = rows.tool_row(tool)
             s.add(row)
             self._record(s, "tool", label)

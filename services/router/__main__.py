@@ -8,6 +8,7 @@ import sys
 
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from harness.audit.v1 import audit_pb2_grpc
+from harness.registry.v1 import registry_pb2_grpc
 from harness.router.v1 import router_pb2, router_pb2_grpc
 from prometheus_client import CollectorRegistry
 from starlette.routing import Route
@@ -39,6 +40,7 @@ from services.router.outbox import Outbox
 from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache
 from services.router.scheduling import Scheduler, load_config
 from services.router.servicer import RouterServicer
+from services.router.tool_upstream import Credentials, reveal_from
 from services.router.tools import AuditApprovals, ToolInvoker
 from services.router.triton import TritonPool
 from services.router.triton_facade import TritonFacadeServicer
@@ -142,6 +144,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         cache,
         budgets=budgets,
         keys=router.cache.keys,  # keyed with the redaction key: the same on every replica
+        credentials=Credentials(reveal_from(registry_pb2_grpc.RegistryStub(channels["registry"]))),
     )
 
     def register(server) -> list[str]:

@@ -219,12 +219,12 @@ def _wait_s(headers) -> float:
 def _describe(callable_action: CallableAction) -> types.Tool:
     tool, action, risk = callable_action.tool, callable_action.action, callable_action.risk
     approval = "; each call waits for a human approval" if action.requires_approval else ""
-    about = f"{tool.description} " if tool.description else ""
+    about = " ".join(d for d in (tool.description, action.description) if d)
     return types.Tool(
         name=f"{tool.name}.{action.name}",
-        description=f"{about}[{tool.name}@{tool.version} {action.name}: risk {risk}{approval}]",
-        # The catalog keeps no argument schema yet: any JSON object is passed to the tool as is.
-        input_schema={"type": "object"},
+        description=f"{about} [{tool.name}@{tool.version} {action.name}: risk {risk}{approval}]".lstrip(),
+        # The action's schema from the catalog (calls are checked against it); none: any object.
+        input_schema=json.loads(action.input_schema) if action.input_schema else {"type": "object"},
         annotations=types.ToolAnnotations(
             title=f"{tool.name} {action.name}",
             read_only_hint=risk == "read",

@@ -45,6 +45,7 @@ from services.router.result_cache import CacheKeys, ResultCache
 from services.router.stages.resolve import check_access, online_agent, pick_version, require_caller
 from services.router.tool_cache import ToolResults
 from services.router.tool_listing import risk_name
+from services.router.tool_upstream import Credentials, check_arguments
 
 MAX_TOOL_ARGUMENTS_BYTES = 64 * 1024  # router.proto says the same; every front door refuses more
 MAX_APPROVAL_WAIT_S = 600.0  # the longest a caller may ask a call to wait for its approval
@@ -107,10 +108,13 @@ APPROVAL_GRACE_S = 2.0  # waiting past the approval's expiry, to hear that it ex
 MAX_RESULT_BYTES = 4 * 1024 * 1024  # a tool's answer; larger ones are refused, not buffered
 
 
-def post_json(url: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def post_json(
+    url: str, body: dict[str, Any], timeout_s: float, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One tool call over HTTP (blocking; run in a worker thread)."""
     data = json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    req = urllib.request.Request(url, data=data, method="POST", headers=sent)
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             answer = resp.read(MAX_RESULT_BYTES + 1)
@@ -160,8 +164,10 @@ class ToolInvoker:
         http_timeout_s: float = 30.0,
         budgets: BudgetEnforcer | None = None,
         keys: CacheKeys | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.budgets = budgets
+        self.credentials = credentials or Credentials(None)
         self.registry = registry
         self.events = events
         self.redactors = redactors
@@ -179,6 +185,7 @@ class ToolInvoker:
             raise InvalidArgument("tool and action are required")
         target = await self._resolve(call, ident.user)
         tool, action = target.tool, target.action
+        check_arguments(tool, action, call.arguments)  # before approval, cache or the tool see them
         found = self.redactors.for_agent(target.agent)
         redactor = found[0] if found is not None else None
         counts: dict[str, int] = {}
@@ -318,13 +325,14 @@ class ToolInvoker:
         started = time.perf_counter()
         status = "OK"
         try:
+            headers = await self.credentials.headers(tool)
             if is_mcp_endpoint(tool.endpoint):  # an MCP server: the action is its tool's name
                 raw = await mcp_call_tool(
-                    tool.endpoint, action.name, call.arguments, self.http_timeout_s, MAX_RESULT_BYTES
+                    tool.endpoint, action.name, call.arguments, self.http_timeout_s, MAX_RESULT_BYTES, headers
                 )
             else:
                 url = f"{tool.endpoint.rstrip('/')}/{action.name}"
-                raw = await asyncio.to_thread(post_json, url, call.arguments, self.http_timeout_s)
+                raw = await asyncio.to_thread(post_json, url, call.arguments, self.http_timeout_s, headers)
         except (InvalidArgument, Unavailable, DeadlineExceeded) as exc:
             status = exc.code.name
             raise

@@ -126,7 +126,10 @@ def bases() -> dict[str, object]:
         "Registry/ListModels": r.ListModelsRequest(page=page),
         "Registry/RegisterTool": r.RegisterToolRequest(tool=r.Tool(
             name="fz-tool", version="1", endpoint="http://127.0.0.1:9/x", description="d",
-            actions=[r.ToolAction(name="read", risk=common.RISK_CLASS_READ, idempotent=True, cache_ttl_s=5)],
+            actions=[r.ToolAction(
+                name="read", risk=common.RISK_CLASS_READ, idempotent=True, cache_ttl_s=5, description="d",
+                input_schema='{"type":"object","properties":{"a":{"type":"string","pattern":"^x"}}}',
+            )],
         )),
         "Registry/ListTools": r.ListToolsRequest(page=page),
         "Registry/AddPolicy": r.AddPolicyRequest(rule=r.PolicyRule(ptype="p", values=["role:fz", "ledger", "agent:demo-agent", "invoke", "allow"])),
@@ -142,6 +145,10 @@ def bases() -> dict[str, object]:
         "Registry/DeleteModel": r.DeleteModelRequest(name="fz-model"),
         "Registry/DeleteTool": r.DeleteToolRequest(name="fz-tool", version="1"),
         "Registry/Watch": r.WatchRequest(since_revision=0),
+        "Registry/SetSecret": r.SetSecretRequest(name="fz-secret", value="Bearer fz"),
+        "Registry/ListSecrets": r.ListSecretsRequest(),
+        "Registry/DeleteSecret": r.DeleteSecretRequest(name="fz-secret"),
+        "Registry/RevealSecret": r.RevealSecretRequest(name="fz-secret"),
         "Pool/RegisterEndpoint": p.RegisterEndpointRequest(endpoint=p.Endpoint(
             name="fz-ep", address="127.0.0.1:9", metrics_url="http://127.0.0.1:9/metrics", labels={"zone": "a"},
             gpu_type="H100-80GB", gpu_count=1, gpu_memory_bytes=80 << 30,

@@ -1,6 +1,7 @@
 """A ledger tool that is an MCP server, built with the official `mcp` SDK (streamable HTTP,
 served by uvicorn on a free port): `ledger.read` (read-only), `ledger.delete` (destructive) and
-`ledger.hang` (never answers: a server that hangs)."""
+`ledger.hang` (never answers: a server that hangs). With `token`, it answers only requests that
+carry `authorization: Bearer <token>` (an upstream that needs a credential), else 401."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from services.common.config import TlsFiles
@@ -20,7 +23,7 @@ TOOLS = [
     types.Tool(
         name="ledger.read",
         description="Read a ledger's balance",
-        input_schema={"type": "object", "properties": {"ledger": {"type": "string"}}},
+        input_schema={"type": "object", "properties": {"ledger": {"type": "string"}}, "required": ["ledger"]},
         annotations=types.ToolAnnotations(read_only_hint=True, idempotent_hint=True),
     ),
     types.Tool(
@@ -36,6 +39,8 @@ TOOLS = [
 @dataclass
 class McpLedger:
     calls: list[tuple[str, dict]] = field(default_factory=list)
+    token: str = ""
+    refused: int = 0  # requests without the token
     http: HttpServer | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
@@ -77,7 +82,7 @@ class McpLedger:
 
         self._task = asyncio.create_task(run())
         await started.wait()
-        app = Starlette(routes=[Route("/mcp", StreamableHTTPASGIApp(sessions))])
+        app = Starlette(routes=[Route("/mcp", _Guarded(self, StreamableHTTPASGIApp(sessions)))])
         self.http = await start_http_server(app, "127.0.0.1", 0, TlsFiles())
         return self
 
@@ -87,3 +92,18 @@ class McpLedger:
         self._stop.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+class _Guarded:
+    """The MCP app behind a bearer-token check (an ASGI app, as Starlette's Route takes one)."""
+
+    def __init__(self, ledger: McpLedger, app) -> None:
+        self.ledger, self.app = ledger, app
+
+    async def __call__(self, scope, receive, send) -> None:
+        token = self.ledger.token
+        if token and Request(scope).headers.get("authorization") != f"Bearer {token}":
+            self.ledger.refused += 1
+            await Response("a bearer token is required", 401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import ssl
 import sys
@@ -118,10 +119,19 @@ class Front:
                 yield session
 
 
+WRITE_SCHEMA = (
+    '{"type":"object","properties":{"account":{"type":"string"},"amount":{"type":"number"}},'
+    '"required":["account","amount"]}'
+)
+
+
 def catalog(url: str) -> tuple[registry_pb2.Tool, registry_pb2.Tool]:
     crm = registry_pb2.Tool(name="crm", version="1", endpoint=url, description="Customer records")
     crm.actions.add(name="read", risk=common_pb2.RISK_CLASS_READ, idempotent=True, cache_ttl_s=60)
-    return ledger(url), crm
+    books = ledger(url)
+    write = next(a for a in books.actions if a.name == "write")
+    write.description, write.input_schema = "Append an entry", WRITE_SCHEMA
+    return books, crm
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -179,7 +189,10 @@ async def test_list_shows_only_what_the_agent_pins_and_may_call_with_risk_hints(
     assert not write.annotations.read_only_hint and not write.annotations.destructive_hint
     assert "risk delete; each call waits for a human approval" in delete.description
     assert delete.meta["harness/risk"] == "delete" and delete.meta["harness/tool_version"] == "1"
-    assert read.input_schema["type"] == "object"
+    assert read.input_schema == {"type": "object"}  # no schema in the catalog: any object
+    assert write.input_schema == json.loads(WRITE_SCHEMA) and write.description.startswith(
+        "Append an entry ["
+    )
     async with front.session("clerk") as session:  # policy denies clerk writes and deletes
         names = sorted(t.name for t in (await session.list_tools()).tools)
     assert "ledger.delete" not in names and "ledger.write" not in names and "ledger.read" in names
@@ -312,3 +325,13 @@ async def test_a_user_who_may_not_invoke_the_agent_gets_a_refusal_not_an_interna
     assert refused.value.error.code == -32001 and refused.value.error.data == {"status": "PERMISSION_DENIED"}
     assert "user 'bob' may not invoke agent 'rpa'" in refused.value.error.message
     assert denied.is_error and "may not invoke agent:rpa" in _text(denied)
+
+
+async def test_arguments_that_break_the_schema_are_a_tool_error_naming_the_field(front):
+    front.tool.calls.clear()
+    async with front.session("rpa") as session:
+        wrong = await session.call_tool("ledger.write", {"account": "a-1", "amount": "ten"})
+        missing = await session.call_tool("ledger.write", {"account": "a-1"})
+    assert wrong.is_error and "arguments.amount: 'ten' is not of type 'number'" in _text(wrong)
+    assert missing.is_error and "'amount' is a required property" in _text(missing)
+    assert wrong.meta["harness/code"] == "INVALID_ARGUMENT" and front.tool.calls == []

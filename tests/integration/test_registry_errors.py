@@ -218,6 +218,8 @@ VALID = {
     "DeleteAgentVersion": pb.DeleteAgentVersionRequest(agent="demo-agent", version="v1"),
     "DeleteModel": pb.DeleteModelRequest(name="llama-3-8b"),
     "DeleteTool": pb.DeleteToolRequest(name="ledger", version="1"),
+    "SetSecret": pb.SetSecretRequest(name="books-token", value="v"),
+    "DeleteSecret": pb.DeleteSecretRequest(name="books-token"),
 }
 
 

@@ -28,6 +28,7 @@ TABLES = {
     "casbin_rule",
     "jwt_settings",
     "audit_cursor",
+    "secrets",
 }
 
 ACTOR_COLUMNS = (
@@ -55,10 +56,15 @@ def _tables(engine) -> set[str]:
 def test_upgrade_from_empty_then_downgrade_to_base(engine):
     assert _tables(engine) == set() and migrate.current(engine) is None
     migrate.upgrade(engine)
-    assert migrate.current(engine) == migrate.head() == "0007"
+    assert migrate.current(engine) == migrate.head() == "0008"
     assert _tables(engine) == TABLES
     assert migrate.diff(engine) == []  # autogenerate finds nothing: migrations == models
 
+    migrate.downgrade(engine, "0007")
+    assert _tables(engine) == TABLES - {"secrets"}
+    assert {c["name"] for c in inspect(engine).get_columns("tools")}.isdisjoint(
+        {"credential", "credential_header"}
+    )
     migrate.downgrade(engine, "0006")
     assert {c["name"] for c in inspect(engine).get_columns("models")}.isdisjoint({"kind", "dimensions"})
     migrate.downgrade(engine, "0005")
@@ -66,15 +72,19 @@ def test_upgrade_from_empty_then_downgrade_to_base(engine):
         {"jwks_url", "oidc_discovery_url"}
     )
     migrate.downgrade(engine, "0004")
-    assert migrate.current(engine) == "0004" and _tables(engine) == TABLES
+    assert migrate.current(engine) == "0004" and _tables(engine) == TABLES - {"secrets"}
     migrate.downgrade(engine, "0003")
-    assert migrate.current(engine) == "0003" and _tables(engine) == TABLES - {"audit_cursor"}
+    assert migrate.current(engine) == "0003" and _tables(engine) == TABLES - {"audit_cursor", "secrets"}
     assert {c["name"] for c in inspect(engine).get_columns("changes")}.isdisjoint(ACTOR_COLUMNS)
     migrate.downgrade(engine, "0002")
-    assert migrate.current(engine) == "0002" and _tables(engine) == TABLES - {"audit_cursor"}
+    assert migrate.current(engine) == "0002" and _tables(engine) == TABLES - {"audit_cursor", "secrets"}
     assert {c["name"] for c in inspect(engine).get_columns("users")}.isdisjoint({"rpm_limit", "tpm_limit"})
     migrate.downgrade(engine, "0001")
-    assert migrate.current(engine) == "0001" and _tables(engine) == TABLES - {"jwt_settings", "audit_cursor"}
+    assert migrate.current(engine) == "0001" and _tables(engine) == TABLES - {
+        "jwt_settings",
+        "audit_cursor",
+        "secrets",
+    }
     migrate.downgrade(engine)
     assert migrate.current(engine) is None and _tables(engine) == set()
 
@@ -107,7 +117,8 @@ def test_store_migrates_on_open_and_reopens(db_url):
 
 def test_pre_migration_database_is_adopted(engine, db_url):
     """A registry DB made by the thin slice's create_all (0001's tables, no alembic_version)."""
-    legacy = [t for t in Base.metadata.sorted_tables if t.name not in {"jwt_settings", "audit_cursor"}]
+    later = {"jwt_settings", "audit_cursor", "secrets"}
+    legacy = [t for t in Base.metadata.sorted_tables if t.name not in later]
     Base.metadata.create_all(engine, tables=legacy)
     with engine.begin() as conn:  # columns added after 0001 were not there either
         for column in ("rpm_limit", "tpm_limit"):
@@ -116,6 +127,8 @@ def test_pre_migration_database_is_adopted(engine, db_url):
             conn.execute(text(f"ALTER TABLE changes DROP COLUMN {column}"))
         for column in ("kind", "dimensions"):
             conn.execute(text(f"ALTER TABLE models DROP COLUMN {column}"))
+        for column in ("credential", "credential_header"):
+            conn.execute(text(f"ALTER TABLE tools DROP COLUMN {column}"))
     CasbinRule.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(
@@ -142,12 +155,12 @@ def test_pre_migration_database_is_adopted(engine, db_url):
 
 def test_ops_command_line(db_url, capsys):
     migrate.main(["--db-url", db_url, "upgrade"])
-    assert capsys.readouterr().out.strip() == "0007 (head 0007)"
+    assert capsys.readouterr().out.strip() == "0008 (head 0008)"
     with pytest.raises(SystemExit) as done:
         migrate.main(["--db-url", db_url, "check"])
     assert done.value.code == 0 and "in sync" in capsys.readouterr().out
     migrate.main(["--db-url", db_url, "downgrade"])
-    assert capsys.readouterr().out.strip() == "(empty) (head 0007)"
+    assert capsys.readouterr().out.strip() == "(empty) (head 0008)"
 
 
 def test_bare_user_subjects_are_namespaced_and_the_change_is_logged(engine):
