@@ -82,7 +82,7 @@ async def test_node_client_streams_calls_tools_and_maps_errors(stack, node, tmp_
     )
     out = (await asyncio.wait_for(proc.communicate(), timeout=300))[0].decode()
     assert proc.returncode == 0, out[-6000:]
-    assert "# fail 0" in out and "# skipped 0" in out and "# pass 7" in out, out[-3000:]
+    assert "# fail 0" in out and "# skipped 0" in out and "# pass 8" in out, out[-3000:]
     seen = json.loads(report.read_text())
 
     [call] = await audit_events_of_kind(stack, seen["generateRequestId"], MODEL_CALL)

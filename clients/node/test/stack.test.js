@@ -53,6 +53,13 @@ describe("the Router through Envoy", { skip }, () => {
     seen.generateRequestId = summary.requestId;
   });
 
+  test("completes a generation in one answer", async () => {
+    const { text, summary } = await client.complete({ prompt: "What is a ledger?", sampling: { maxTokens: 8 } });
+    assert.ok(text.trim(), "some text");
+    assert.equal(summary.usage.outputTokens, 8);
+    assert.equal(summary.finishReason, "FINISH_REASON_LENGTH");
+  });
+
   test("mallory, who has no role on the agent's project, is refused with PERMISSION_DENIED", async () => {
     const denied = await collectError(client.generate({ prompt: "hi" }, { token: env.HARNESS_MALLORY_TOKEN }));
     assert.ok(denied instanceof PermissionDeniedError, `got ${denied}`);
