@@ -35,6 +35,7 @@ MEASURES = (
     "cost_usd",
     "cost_micro_usd",
     "unpriced",
+    "estimated",
 )
 SCOPE = enum_arg(cost_pb2.BudgetScope)
 PERIOD = enum_arg(cost_pb2.BudgetPeriod)
@@ -72,6 +73,7 @@ def report_records(resp: cost_pb2.ReportResponse, dims: list[str]) -> list[dict]
             requests=r.requests, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
             gpu_seconds=r.gpu_seconds, cost_usd=usd(r.cost_micro_usd), cost_micro_usd=r.cost_micro_usd,
             unpriced=f"{r.unpriced_requests} ({', '.join(r.unpriced)})" if r.unpriced_requests else "",
+            estimated=r.estimated_requests,
         )  # fmt: skip
         out.append(rec)
     return out
@@ -105,6 +107,9 @@ def write_report(resp: cost_pb2.ReportResponse, dims: list[str], fmt: str, out=N
         if t.unpriced_requests:
             print(f"note: {t.unpriced_requests} request(s) lack a price ({', '.join(t.unpriced)}); their "
                   "cost is unknown and not in COST_USD: set it with `harness price set KIND SUBJECT --usd X`", file=sys.stderr)  # fmt: skip
+        if t.estimated_requests:
+            print(f"note: {t.estimated_requests} request(s) were billed on token counts estimated from the text "
+                  "(their engine reported none)", file=sys.stderr)  # fmt: skip
 
 
 def build_report_request(args: argparse.Namespace) -> tuple[cost_pb2.ReportRequest, list[str]]:

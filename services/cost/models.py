@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -70,6 +71,8 @@ ledger = Table(
     # Prices that were missing when the event was priced ("gpu_hour:A100", ...); "" = fully priced.
     Column("unpriced", Text, **_S),
     Column("recorded_us", BigInteger, nullable=False),
+    # The engine reported no token counts: the router estimated them from the text.
+    Column("usage_estimated", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 # Cost of the whole ledger per label set of harness_cost_usd_total, kept in the transaction that

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
-from sqlalchemy import delete, func, select
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import IMMEDIATE, is_sqlite, make_engine
@@ -220,6 +220,7 @@ class CostStore:
             "cached": ev.cached, "token_micro_usd": priced.token_micro_usd,
             "gpu_micro_usd": priced.gpu_micro_usd, "tool_micro_usd": priced.tool_micro_usd,
             "cost_micro_usd": priced.total, "unpriced": ",".join(priced.unpriced), "recorded_us": now,
+            "usage_estimated": u.estimated,
         }  # fmt: skip
 
     # ---- budgets ----
@@ -340,6 +341,7 @@ class CostStore:
             func.coalesce(func.sum(L.output_tokens), 0).label("output_tokens"),
             func.coalesce(func.sum(L.gpu_seconds), 0.0).label("gpu_seconds"),
             func.coalesce(func.sum(L.cost_micro_usd), 0).label("cost_micro_usd"),
+            func.coalesce(func.sum(case((L.usage_estimated, 1), else_=0)), 0).label("estimated_requests"),
         ]
         stmt = select(*cols, *measures).where(L.time_us >= start_us, L.time_us < end)
         if cols:
@@ -375,6 +377,7 @@ class CostStore:
             row = out.rows.add(
                 requests=m["requests"], input_tokens=int(m["input_tokens"]), output_tokens=int(m["output_tokens"]),
                 gpu_seconds=float(m["gpu_seconds"]), cost_micro_usd=int(m["cost_micro_usd"]),
+                estimated_requests=int(m["estimated_requests"]),
             )  # fmt: skip
             for d in dims:
                 row.group[d] = m[d] or ""
@@ -388,5 +391,6 @@ class CostStore:
             total.output_tokens += row.output_tokens
             total.gpu_seconds += row.gpu_seconds
             total.cost_micro_usd += row.cost_micro_usd
+            total.estimated_requests += row.estimated_requests
         total.unpriced.extend(sorted(all_missing))
         return out

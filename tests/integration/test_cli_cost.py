@@ -114,7 +114,7 @@ async def test_report_in_three_formats(cli):
     res = await cli(*by, "--format", "csv")
     assert res.rc == 0, res.err
     assert res.out.splitlines()[0] == (
-        "agent,model,requests,input_tokens,output_tokens,gpu_seconds,cost_usd,cost_micro_usd,unpriced"
+        "agent,model,requests,input_tokens,output_tokens,gpu_seconds,cost_usd,cost_micro_usd,unpriced,estimated"
     )
     got = list(csv.DictReader(io.StringIO(res.out)))
     assert [(r["agent"], r["model"], r["cost_usd"]) for r in got] == [

@@ -166,7 +166,7 @@ async def test_pre_migration_cost_database_is_adopted(db_url, engine):
     already migrated: its `alembic_version` must not be taken for the cost service's."""
     RegistryStore(db_url).close()
     # What create_all made before migrations: the 0001 tables (0002 and 0003 added the sums, 0004
-    # the admin changes).
+    # the admin changes, 0005 the ledger's usage_estimated).
     later = ("cost_totals", "spend_buckets", "admin_changes")
     old = [t for t in cost_models.metadata.sorted_tables if t.name not in later]
     cost_models.metadata.create_all(engine, tables=old)
@@ -182,6 +182,7 @@ async def test_pre_migration_cost_database_is_adopted(db_url, engine):
               "project": "p", "agent": "a", "model": "m", "cost_micro_usd": micro}
              for i, micro in enumerate((300, 400, 0))],
         )  # fmt: skip
+        conn.execute(text("ALTER TABLE usage_ledger DROP COLUMN usage_estimated"))  # came in 0005
     assert cost_migrate.current(engine) is None
 
     store = await CostStore.open(db_url)

@@ -97,13 +97,13 @@ def test_report_formats():
     rows = json.loads(buf.getvalue())
     assert rows[0] == {"agent": "ledger-bot", "model": "llama-3-8b", "requests": 3, "input_tokens": 2_000_000,
                        "output_tokens": 500_000, "gpu_seconds": 3600.0, "cost_usd": 3.601,
-                       "cost_micro_usd": 3_601_000, "unpriced": ""}  # fmt: skip
+                       "cost_micro_usd": 3_601_000, "unpriced": "", "estimated": 0}  # fmt: skip
     assert rows[1]["cost_usd"] == 0.000005 and len(rows) == 2
     buf = io.StringIO()
     write_report(resp, dims, "csv", out=buf)
     got = list(csv.DictReader(io.StringIO(buf.getvalue())))
     assert buf.getvalue().splitlines()[0] == (
-        "agent,model,requests,input_tokens,output_tokens,gpu_seconds,cost_usd,cost_micro_usd,unpriced"
+        "agent,model,requests,input_tokens,output_tokens,gpu_seconds,cost_usd,cost_micro_usd,unpriced,estimated"
     )
     assert got[1]["agent"] == "rpa, inc" and got[0]["cost_usd"] == "3.601000" and len(got) == 2
     buf = io.StringIO()

@@ -339,6 +339,20 @@ async def test_report_groups_by_dimensions_over_a_half_open_range(db_url, clock)
         await s.close()
 
 
+async def test_report_counts_requests_billed_on_estimated_tokens(db_url, clock):
+    s = await CostStore.open(db_url, now_us=lambda: clock["now"])
+    try:
+        await demo_prices(s)
+        guessed = usage("g", "2024-06-01T15:00:00Z", out=1_000_000, user="alice")
+        guessed.usage.estimated = True  # the engine sent no counts: the router counted the text
+        await s.record([guessed, usage("e", "2024-06-01T16:00:00Z", out=1_000_000, user="bob")])
+        r = await s.report(["user"], us("2024-06-01T00:00:00Z"), us("2024-06-02T00:00:00Z"))
+        assert {x.group["user"]: x.estimated_requests for x in r.rows} == {"alice": 1, "bob": 0}
+        assert r.total.estimated_requests == 1 and r.total.requests == 2
+    finally:
+        await s.close()
+
+
 @pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York"])
 async def test_budget_spend_from_buckets_equals_the_ledgers_in_any_timezone(db_url, clock, zone):
     """Quarter-hour buckets give exactly the ledger's spend for every calendar period, in zones
