@@ -9,7 +9,7 @@ GEN_STAMP := gen/.stamp
 # npm ci writes this file; the Node.js client's packages are reinstalled when the lock changes.
 NODE_STAMP := clients/node/node_modules/.package-lock.json
 
-.PHONY: install system-deps proto run test test-fast lint bench bench-fleet certs clean help example-rag
+.PHONY: install system-deps proto run test test-fast lint bench bench-fleet bench-capacity certs clean help example-rag
 
 help:
 	@echo "make run    - install, generate, make certs, start the local stack (Ctrl-C stops it)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint   - ruff (style) and import-linter (services never import each other; no cycles)"
 	@echo "make bench  - benchmarks in bench/"
 	@echo "make example-rag - the LangGraph RAG agent (examples/rag_agent) against the stack of make run"
+	@echo "make bench-capacity - what one router, audit and cost replica handle, Redis commands per request (~2 min; README, Scaling out)"
 	@echo "make bench-fleet - fleet scenario: static per-agent GPUs vs the pooled Harness (~3 min; charts in bench/fleet/out/)"
 
 $(STAMP): pyproject.toml
@@ -77,6 +78,9 @@ bench: proto
 	$(PY) bench/overload.py --quick
 	$(PY) bench/pii_corpus.py
 	$(PY) bench/cost_reads.py --rows 20000
+
+bench-capacity: proto
+	$(PY) bench/capacity.py $(ARGS)
 
 bench-fleet: proto
 	$(PY) -m bench.fleet $(ARGS)

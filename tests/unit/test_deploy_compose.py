@@ -226,3 +226,20 @@ def test_certs_cli_makes_the_shared_redaction_key_once(tmp_path, flag):
     assert len(first) == 64 and oct(key.stat().st_mode)[-3:] == "600"
     main(["--out", str(tmp_path / "certs"), flag, str(key)])
     assert key.read_text() == first
+
+
+def test_mint_token_signs_what_the_services_verify(tmp_path, capsys):
+    import jwt as pyjwt
+
+    from services.devtools.certs import make_certs
+    from services.devtools.mint_token import main
+
+    bundle = make_certs(tmp_path / "certs")
+    assert (
+        main(["--key", str(bundle.jwt_private_key), "--user", "alice", "--role", "admin", "--ttl", "60"]) == 0
+    )
+    token = capsys.readouterr().out.strip()
+    claims = pyjwt.decode(
+        token, bundle.jwt_public_key.read_bytes(), algorithms=["RS256"], audience="harness", issuer="harness"
+    )
+    assert claims["sub"] == "alice" and claims["roles"] == ["admin"] and claims["exp"] - claims["iat"] == 60
