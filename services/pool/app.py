@@ -24,6 +24,7 @@ from services.common.registry_mirror import RegistryMirror
 from services.common.server import RunningServer, open_channel, start_server
 from services.pool.access import NO_ACCESS
 from services.pool.admin_changes import POOL_ITSELF, AuditShipper, ChangeLog, memory_engine
+from services.pool.autoscale import Autoscaler
 from services.pool.catalog import ModelCatalog
 from services.pool.claims_store import ClaimStore
 from services.pool.config import PoolConfig
@@ -87,6 +88,8 @@ class PoolApp:
         store = self.deployments.store
         self.changes = ChangeLog(store.engine if store is not None else memory_engine())
         self.scaling_limits = ScalingLimits(max_replicas=config.max_replicas)
+        self.autoscaler = Autoscaler(self.deployments, self.scaling_limits, config.autoscale)
+        self._autoscale_task: asyncio.Task | None = None
         self.metrics_registry.register(
             PoolCollector(self.table, self.gpu_rows, self.deployments.cached_views)
         )
@@ -110,18 +113,23 @@ class PoolApp:
         for state in self.table.states():
             self.probes.ensure(state.spec)
         self._idle_task = asyncio.get_running_loop().create_task(self._idle_loop(), name="pool-idle")
+        if self.config.autoscale.interval_s > 0:
+            self._autoscale_task = asyncio.get_running_loop().create_task(
+                self.autoscaler.run(), name="pool-autoscale"
+            )
         if self.nvml.available:
             await self.nvml.refresh()
             self._nvml_task = asyncio.get_running_loop().create_task(self._nvml_loop(), name="pool-nvml")
 
     async def stop(self) -> None:
         await self.probes.close()
-        for task in (self._idle_task,):
+        for task in (self._idle_task, self._autoscale_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._idle_task = None
+        self._idle_task = self._autoscale_task = None
+        await self.autoscaler.close()
         await self.deployments.control.close()
         if self._nvml_task is not None:
             self._nvml_task.cancel()

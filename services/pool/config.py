@@ -17,6 +17,8 @@ YAML:
     agent_idle_ttl_s: 600     # warm-up claims (agent online) scale to zero after this idle time
     load_timeout_s: 600
     max_replicas: 8           # AdviseScaling's ceiling per model
+    autoscale:                # the scaling loop (autoscale.py); interval_s 0 = off
+      {interval_s: 5, up_after_s: 5, down_after_s: 120, cooldown_s: 30}
     models:
       - {name: llama-3-8b, triton_model: llama-3-8b-instruct, memory_gb: 33}
     endpoints:
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -36,6 +38,7 @@ import yaml
 from services.common.config import env
 from services.common.errors import InvalidArgument
 from services.pool.access import EngineAccess, access_from_mapping
+from services.pool.autoscale import AutoscaleSettings
 from services.pool.catalog import ModelSpec, model_from_mapping, parse_model_flag
 from services.pool.state import GIB, EndpointSpec, validate_spec
 
@@ -62,6 +65,7 @@ class PoolConfig:
     agent_idle_ttl_s: float = 600.0  # idle TTL of the claims agent warm-up makes; 0 = never
     idle_check_interval_s: float = 1.0  # how often idle deployments are looked for
     max_replicas: int = 8  # AdviseScaling never goes above this per model
+    autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)  # interval 0: on request only
     registry_addr: str = ""  # follow the registry (agent warm-up, model table); "" = config only
     audit_addr: str = ""  # where admin changes are shipped (ADMIN_CHANGE events); "" = not audited
     db_url: str = ""  # where deployment claims persist (SQLAlchemy URL); "" = memory only
@@ -169,6 +173,12 @@ def add_pool_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--headroom", type=float, default=None, help="GPU fraction placement keeps free (0.05)")
     g.add_argument("--agent-idle-ttl", type=float, default=None, help="idle TTL of agent warm-up, s (600)")
     g.add_argument(
+        "--autoscale-interval",
+        type=float,
+        default=None,
+        help="seconds between scaling-loop evaluations (0: off, advice only on request; default 0)",
+    )
+    g.add_argument(
         "--db-url",
         default=env("POOL_DB", ""),
         help="SQLAlchemy URL where deployment claims persist across restarts (default: memory only)",
@@ -228,7 +238,21 @@ def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
         agent_idle_ttl_s=pick(args.agent_idle_ttl, "agent_idle_ttl_s", 600.0, float),
         idle_check_interval_s=float(data.get("idle_check_interval_s", 1.0)),
         max_replicas=int(data.get("max_replicas", 8)),
+        autoscale=autoscale_settings(data.get("autoscale") or {}, args.autoscale_interval),
         registry_addr=args.registry or str(data.get("registry_addr", "")),
         audit_addr=args.audit or str(data.get("audit_addr", "")),
         db_url=args.db_url or str(data.get("db_url", "")),
     )
+
+
+def autoscale_settings(raw: object, interval_flag: float | None) -> AutoscaleSettings:
+    """The `autoscale:` mapping, the --autoscale-interval flag on top; ValueError when bad."""
+    if not isinstance(raw, Mapping):
+        raise ValueError("autoscale: must be a mapping")
+    unknown = set(raw) - {"interval_s", "up_after_s", "down_after_s", "cooldown_s"}
+    if unknown:
+        raise ValueError(f"unknown autoscale keys {sorted(unknown)}")
+    values = {k: float(v) for k, v in raw.items()}
+    if interval_flag is not None:
+        values["interval_s"] = interval_flag
+    return AutoscaleSettings(**values)

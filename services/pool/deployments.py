@@ -37,14 +37,12 @@ from services.pool.deployment_types import (
     model_status,
 )
 from services.pool.endpoints import EndpointTable
-from services.pool.placement import PlacementPlan, PlannedReplica, has_model, plan_placement
-from services.pool.state import HEALTHY, LOADING, UNHEALTHY
+from services.pool.pending import PendingLoads
+from services.pool.placement import PlacementPlan, PlannedReplica, has_model, plan_placement, scale_in_victims
+from services.pool.state import HEALTHY, LOADING
 
 log = logging.getLogger("harness.pool.deployments")
 
-# A finished load counts as placed until the endpoint's index shows it, or for this long at
-# most (a few probe rounds): after that, an index without the model means it is really gone.
-PENDING_GRACE_S = 3.0
 RECONCILE_BACKOFF_S = 5.0
 
 
@@ -70,9 +68,7 @@ class DeploymentManager:
         self._wall = wall_clock
         self._deps: dict[str, Deployment] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        # (endpoint, gpu, triton model) -> (bytes, monotonic time it finished or None) of loads
-        # this pool began and the endpoint's figures may not show yet
-        self._pending: dict[tuple[str, int, str], tuple[int, float | None]] = {}
+        self.pending = PendingLoads(table)  # loads this pool began that the figures may not show
         self._views: tuple[DeploymentView, ...] = ()
         self.store = store
         # Claims read back at startup whose model the catalog does not know yet (the registry's
@@ -95,7 +91,14 @@ class DeploymentManager:
         """The last views built, for the metrics thread (which must not touch live state)."""
         return self._views
 
-    def plan(self, model: str, replicas: int, exclude: Iterable[str] = ()) -> PlacementPlan:
+    def loading(self, model: str) -> bool:
+        """Whether a load of `model` this pool began has not returned yet."""
+        spec = self.catalog.find(model)
+        return spec is not None and self.pending.running(spec.triton_model)
+
+    def plan(
+        self, model: str, replicas: int, exclude: Iterable[str] = (), compute_share: float = 0.0
+    ) -> PlacementPlan:
         check_replicas(replicas)
         spec = self.catalog.get(model)
         dep = self._deps.get(spec.name)
@@ -106,9 +109,11 @@ class DeploymentManager:
             replicas,
             headroom=self.headroom,
             footprint=self._footprint,
-            pending=self._pending_bytes(),
+            pending=self.pending.bytes_by_gpu(),
             holders=set(dep.placements) if dep else (),
             exclude=set(exclude),
+            compute_share=compute_share,
+            pending_compute=self.pending.compute_by_gpu(),
         )
 
     # ---- deploy / undeploy -------------------------------------------------------------------
@@ -161,14 +166,19 @@ class DeploymentManager:
             self._deps.pop(dep.spec.name, None)
             log.info("deployment %s removed", dep.spec.name)
 
-    async def scale_to(self, model: str, replicas: int) -> None:
-        """The autoscaler's lever: a replica count that overrides max(claims) until the next Deploy."""
+    async def scale_to(self, model: str, replicas: int, compute_share: float = 0.0) -> None:
+        """The autoscaler's lever: a replica count that overrides max(claims) until the next
+        Deploy. `compute_share`: what one new replica is expected to keep busy of a GPU."""
         dep = self.get(model)
         if dep is None:
             raise NotFound(f"model {model!r} is not deployed")
         async with self._lock(dep.spec.name):
-            dep.target = replicas
-            await self._scale(dep, replicas)
+            previous, dep.target = dep.target, replicas
+            try:
+                await self._scale(dep, replicas, compute_share)
+            except HarnessError:
+                dep.target = previous  # nothing was placed: the old count still stands
+                raise
 
     # ---- cold starts -------------------------------------------------------------------------
 
@@ -249,28 +259,6 @@ class DeploymentManager:
         spec = self.catalog.find(triton_model)
         return spec.memory_bytes if spec else 0
 
-    def _pending_bytes(self) -> dict[tuple[str, int], int]:
-        """Reserved memory of loads the endpoints' figures do not show yet; prunes finished ones."""
-        self._prune_pending()
-        out: dict[tuple[str, int], int] = {}
-        for (endpoint, gpu, model), (size, _) in self._pending.items():
-            state = self.table.get(endpoint)
-            if state is not None and not has_model(state, model):
-                out[(endpoint, gpu)] = out.get((endpoint, gpu), 0) + size
-        return out
-
-    def _prune_pending(self) -> None:
-        """Forgets a finished load once the endpoint's index shows the model READY. An index that
-        shows it LOADING may come from a probe taken before the load returned, so it does not
-        count: forgetting the load then would report a ready replica as still loading."""
-        now = time.monotonic()
-        for key, (_, finished) in list(self._pending.items()):
-            state = self.table.get(key[0])
-            if state is None or state.health == UNHEALTHY:
-                del self._pending[key]
-            elif finished is not None and (state.has_ready(key[2]) or now - finished > PENDING_GRACE_S):
-                del self._pending[key]
-
     def _healthy_placements(self, dep: Deployment) -> list[str]:
         """Placements that serve now. Forgets those whose endpoint is gone, or is healthy but
         no longer has the model (a restarted Triton comes back empty), so they are re-placed."""
@@ -280,15 +268,11 @@ class DeploymentManager:
             if state is None:
                 del dep.placements[name]
             elif state.health == HEALTHY:
-                if has_model(state, dep.spec.triton_model) or self._loaded_recently(name, dep):
+                if has_model(state, dep.spec.triton_model) or self.pending.on(name, dep.spec.triton_model):
                     live.append(name)
                 else:
                     del dep.placements[name]
         return live
-
-    def _loaded_recently(self, endpoint: str, dep: Deployment) -> bool:
-        self._prune_pending()
-        return any(k[0] == endpoint and k[2] == dep.spec.triton_model for k in self._pending)
 
     async def reconcile(self) -> None:
         """Brings deployments that lost replicas (endpoint died or restarted empty) back to
@@ -311,7 +295,7 @@ class DeploymentManager:
                     dep.retry_at, dep.retry_for = now + RECONCILE_BACKOFF_S, healthy
                     log.info("deployment %s still short of replicas: %s", dep.spec.name, exc.message)
 
-    async def _scale(self, dep: Deployment, n: int) -> None:
+    async def _scale(self, dep: Deployment, n: int, compute_share: float = 0.0) -> None:
         live = self._healthy_placements(dep)
         if len(live) > n:
             await self._scale_down(dep, live, n)
@@ -321,8 +305,8 @@ class DeploymentManager:
         excluded: set[str] = set()
         errors: list[str] = []
         for attempt in range(3):
-            plan = self.plan(dep.spec.name, n, exclude=excluded)
-            if plan.shortfall_bytes and attempt == 0 and not errors:
+            plan = self.plan(dep.spec.name, n, exclude=excluded, compute_share=compute_share)
+            if plan.reason and attempt == 0 and not errors:
                 raise ResourceExhausted(plan.reason)
             for p in plan.placements:
                 if not p.new:
@@ -331,7 +315,9 @@ class DeploymentManager:
             if not new:
                 break
             for p in new:  # reserve before the first await: concurrent plans see it
-                self._pending[(p.endpoint, p.gpu, dep.spec.triton_model)] = (dep.spec.memory_bytes, None)
+                self.pending.begin(
+                    (p.endpoint, p.gpu, dep.spec.triton_model), dep.spec.memory_bytes, compute_share
+                )
             results = await asyncio.gather(*(self._load(dep, p) for p in new))
             failed = [(p, err) for p, err in zip(new, results, strict=True) if err]
             if not failed:
@@ -353,10 +339,10 @@ class DeploymentManager:
                 )
             seconds = await self.control.load(state.spec.address, dep.spec.triton_model)
         except ModelControlError as exc:
-            self._pending.pop(key, None)
+            self.pending.failed(key)
             log.warning("load of %s on %s failed: %s", dep.spec.triton_model, p.endpoint, exc)
             return f"{p.endpoint}: {exc.code}: {exc.details}"
-        self._pending[key] = (dep.spec.memory_bytes, time.monotonic())
+        self.pending.finished(key, dep.spec.memory_bytes)
         dep.placements[p.endpoint] = Placement(p.gpu, seconds)
         dep.last_load_time_s = seconds
         self._on_load(dep.spec.name, seconds)
@@ -375,12 +361,13 @@ class DeploymentManager:
             log.warning("unload of %s on %s failed: %s", dep.spec.triton_model, endpoint, exc)
 
     async def _scale_down(self, dep: Deployment, live: list[str], n: int) -> None:
-        def load(endpoint: str) -> tuple[int, str]:
-            state = self.table.get(endpoint)
-            m = next((m for m in state.models if m.name == dep.spec.triton_model), None) if state else None
-            return ((m.waiting + m.active) if m else 0, endpoint)
-
-        victims = sorted(live, key=load)[: len(live) - n]  # the least busy go first
+        victims = scale_in_victims(
+            [self.table.get(e) for e in live if self.table.get(e) is not None],
+            dep.spec.triton_model,
+            len(live) - n,
+            self._footprint,
+            order=list(dep.placements),
+        )
         await asyncio.gather(*(self._unload(dep, e) for e in victims))
 
     async def _unload_all(self, dep: Deployment) -> None:
@@ -396,4 +383,4 @@ class DeploymentManager:
         return tuple(sig), busy
 
     def _view(self, dep: Deployment) -> DeploymentView:
-        return deployment_view(dep, self.table, self._pending)
+        return deployment_view(dep, self.table, self.pending.loads)

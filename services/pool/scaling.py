@@ -2,9 +2,16 @@
 
 Signals per deployment, over its READY replicas on healthy endpoints (from the scraped Triton
 metrics): waiting requests per replica (queue depth), mean KV-cache fraction, mean GPU
-utilisation, active requests per replica. One step at a time (+1 or -1 replica per call), so
-an advice loop converges without overshooting on a noisy sample; the bounds are
-`min_replicas`..`max_replicas` and the number of healthy endpoints.
+utilisation, active requests per replica, and the GPU compute the model itself uses (each
+GPU's utilisation split among the models on it by their active requests: co-located models
+take turns on one GPU). One step at a time (+1 or -1 replica per call), so an advice loop
+converges without overshooting on a noisy sample; the bounds are `min_replicas`..`max_replicas`
+and the number of healthy endpoints.
+
+A replica can go when everything is below the low marks, or when nothing waits and the others
+would absorb its share: utilisation and KV fraction scaled by n/(n-1) stay under the `absorb_`
+marks (well under the high marks, so the shrunk deployment is not hot at once). The autoscale
+loop (autoscale.py) applies the advice after it has held for a while.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from dataclasses import dataclass
 
 from services.common.errors import HarnessError
 from services.pool.deployments import DeploymentManager
-from services.pool.state import HEALTHY, READY
+from services.pool.state import HEALTHY, READY, EndpointState
 
 log = logging.getLogger("harness.pool.scaling")
 
@@ -29,6 +36,8 @@ class ScalingLimits:
     kv_low: float = 0.30  # below all the lows (and nothing waiting) one replica can go
     util_low: float = 0.30
     active_low: float = 1.0  # active requests per replica
+    absorb_util: float = 0.6  # n-1 replicas may take the load if it leaves them under these
+    absorb_kv: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,7 @@ class Signals:
     active: int
     kv_fraction: float | None  # mean over the replicas that report KV use; None: none does
     utilization: float
+    compute: float = 0.0  # GPU compute the model's replicas use, in GPUs (0..replicas)
 
 
 @dataclass(frozen=True)
@@ -79,15 +89,24 @@ def advise_one(model: str, s: Signals, limits: ScalingLimits, endpoints: int) ->
         and s.utilization < limits.util_low
         and per_a < limits.active_low
     )
-    if cold and s.replicas > limits.min_replicas:
-        return Advice(model, s.replicas, s.replicas - 1, f"{figures}: all below the low marks")
+    if s.replicas > limits.min_replicas:
+        if cold:
+            return Advice(model, s.replicas, s.replicas - 1, f"{figures}: all below the low marks")
+        grow = s.replicas / (s.replicas - 1)
+        kv_after = (s.kv_fraction or 0.0) * grow  # unknown: the other figures decide
+        if s.waiting == 0 and s.utilization * grow <= limits.absorb_util and kv_after <= limits.absorb_kv:
+            return Advice(
+                model, s.replicas, s.replicas - 1,
+                f"{figures}: {s.replicas - 1} replica(s) can absorb the load (util {s.utilization * grow:.2f}, "
+                f"kv {kv_after:.2f} after)",
+            )  # fmt: skip
     return Advice(model, s.replicas, s.replicas, f"{figures}: within bounds")
 
 
 def signals_of(manager: DeploymentManager, model: str) -> Signals:
     dep = manager.get(model)
     waiting = active = replicas = kv_known = 0
-    kv = util = 0.0
+    kv = util = compute = 0.0
     if dep is not None:
         for endpoint in dep.placements:
             state = manager.table.get(endpoint)
@@ -103,18 +122,37 @@ def signals_of(manager: DeploymentManager, model: str) -> Signals:
                 kv += m.kv_cache_fraction
                 kv_known += 1
             util += state.gpu_utilization
+            compute += model_compute(state, m.name)
     n = max(1, replicas)
-    return Signals(replicas, waiting, active, kv / kv_known if kv_known else None, util / n)
+    return Signals(replicas, waiting, active, kv / kv_known if kv_known else None, util / n, compute)
+
+
+def new_replica_share(s: Signals, replicas: int) -> float:
+    """What one replica is expected to keep busy once the load is spread over `replicas`."""
+    return s.compute / replicas if replicas > s.replicas > 0 else 0.0
+
+
+def model_compute(state: EndpointState, triton_model: str) -> float:
+    """The share of the endpoint's GPU compute `triton_model` uses: the utilisation split among
+    the READY models by active requests (evenly when none is active)."""
+    ready = [m for m in state.models if m.state == READY]
+    mine = next((m for m in ready if m.name == triton_model), None)
+    if mine is None:
+        return 0.0
+    total = sum(m.active for m in ready)
+    weight = mine.active / total if total else 1 / len(ready)
+    return state.gpu_utilization * weight
 
 
 async def advise(manager: DeploymentManager, limits: ScalingLimits, apply: bool = False) -> list[Advice]:
     endpoints = sum(1 for s in manager.table.states() if s.health == HEALTHY)
     out = []
     for view in manager.views():
-        a = advise_one(view.model, signals_of(manager, view.model), limits, endpoints)
+        s = signals_of(manager, view.model)
+        a = advise_one(view.model, s, limits, endpoints)
         if apply and a.advised != a.current and a.current > 0:
             try:
-                await manager.scale_to(view.model, a.advised)
+                await manager.scale_to(view.model, a.advised, new_replica_share(s, a.advised))
                 a = Advice(a.model, a.current, a.advised, a.reason, applied=True)
             except HarnessError as exc:
                 a = Advice(a.model, a.current, a.advised, f"{a.reason}; not applied: {exc.message}")

@@ -1,0 +1,145 @@
+"""The pool's scaling loop: replica advice (scaling.py) applied once it has held for a while.
+
+Every `interval_s` each deployment gets its advice from the live signals. A scale-out is
+applied once the deployment has been hot for `up_after_s`, a scale-in once it has been cold
+for `down_after_s` (longer: a lull inside a surge must not cost a cold start when the load
+comes back); after either, `cooldown_s` passes before the next change, so the new replica
+takes its share of the traffic and the figures show it before they are read again. Nothing
+changes while one of the deployment's loads is still running (its replica is not READY, so
+the signals would still call for one). The floor is the largest claim (what agents and
+operators asked for) and `min_replicas`; the ceiling `max_replicas` and the healthy endpoints.
+
+A scale-out passes the new replica's expected compute share (the model's measured GPU compute
+spread over one more replica) to placement, which then picks a GPU with the compute to spare,
+not only the memory (placement.py). Changes run as background tasks, one per deployment at a
+time, so a cold start of minutes never holds up the loop or the other deployments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from services.common.errors import HarnessError
+from services.pool.deployments import DeploymentManager
+from services.pool.scaling import Advice, ScalingLimits, advise_one, new_replica_share, signals_of
+from services.pool.state import HEALTHY
+
+log = logging.getLogger("harness.pool.autoscale")
+MAX_EVENTS = 512  # scaling events kept for reading (ListDeployments-style views, benchmarks)
+
+
+@dataclass(frozen=True)
+class AutoscaleSettings:
+    interval_s: float = 0.0  # 0 = the loop is off (advice only on request)
+    up_after_s: float = 5.0  # hot this long before one more replica
+    down_after_s: float = 120.0  # cold this long before one less
+    cooldown_s: float = 30.0  # after a change, before the next one
+
+    def __post_init__(self) -> None:
+        if self.interval_s < 0 or self.up_after_s < 0 or self.down_after_s < 0 or self.cooldown_s < 0:
+            raise ValueError("autoscale interval, windows and cooldown must be >= 0")
+
+
+@dataclass
+class Trend:
+    """How long a deployment's advice has pointed the same way, and when it last changed."""
+
+    direction: int = 0  # +1 out, -1 in, 0 hold
+    since: float = 0.0
+    changed_at: float = -math.inf
+
+
+@dataclass(frozen=True)
+class ScalingEvent:
+    at: float  # the loop's clock
+    model: str
+    before: int
+    after: int
+    reason: str
+    error: str = ""  # why it was not applied ("" = applied)
+
+
+def decide(
+    advice: Advice, trend: Trend, now: float, settings: AutoscaleSettings, loading: bool
+) -> int | None:
+    """The replica count to scale to now, or None to hold; updates `trend`."""
+    direction = (advice.advised > advice.current) - (advice.advised < advice.current)
+    if direction != trend.direction:
+        trend.direction, trend.since = direction, now
+    if direction == 0 or loading or now - trend.changed_at < settings.cooldown_s:
+        return None
+    held = now - trend.since
+    if held < (settings.up_after_s if direction > 0 else settings.down_after_s):
+        return None
+    return advice.advised
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        manager: DeploymentManager,
+        limits: ScalingLimits,
+        settings: AutoscaleSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.manager, self.limits, self.settings, self.clock = manager, limits, settings, clock
+        self.trends: dict[str, Trend] = {}
+        self.events: deque[ScalingEvent] = deque(maxlen=MAX_EVENTS)
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    def step(self) -> list[tuple[str, int]]:
+        """One evaluation; starts the changes it decides on and returns them (model, replicas)."""
+        now = self.clock()
+        endpoints = sum(1 for s in self.manager.table.states() if s.health == HEALTHY)
+        started = []
+        for view in self.manager.views():
+            model = view.model
+            if model in self._tasks:
+                continue
+            dep = self.manager.get(model)
+            floor = max([self.limits.min_replicas, *(c.replicas for c in dep.claims.values())]) if dep else 1
+            signals = signals_of(self.manager, model)
+            advice = advise_one(model, signals, replace(self.limits, min_replicas=floor), endpoints)
+            trend = self.trends.setdefault(model, Trend(since=now))
+            target = decide(advice, trend, now, self.settings, self.manager.loading(model))
+            if target is None:
+                continue
+            trend.changed_at = now
+            share = new_replica_share(signals, target)
+            task = asyncio.get_running_loop().create_task(self._apply(advice, target, share, now))
+            self._tasks[model] = task
+            task.add_done_callback(lambda _t, m=model: self._tasks.pop(m, None))
+            started.append((model, target))
+        return started
+
+    async def _apply(self, advice: Advice, target: int, share: float, now: float) -> None:
+        error = ""
+        try:
+            await self.manager.scale_to(advice.model, target, share)
+            log.info("scaled %s %d -> %d: %s", advice.model, advice.current, target, advice.reason)
+        except HarnessError as exc:
+            error = exc.message
+            log.warning("scaling %s %d -> %d not applied: %s", advice.model, advice.current, target, error)
+        self.events.append(ScalingEvent(now, advice.model, advice.current, target, advice.reason, error))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.interval_s)
+            try:
+                self.step()
+            except Exception:  # one bad evaluation must not end autoscaling for good
+                log.exception("autoscale step failed")
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
