@@ -141,7 +141,7 @@ class Migrations:
             return
         at, head = self.current(engine), self.head()
         if at != head:
-            service = self.version_table.removeprefix("alembic_version_")
+            service = self.script_dir.parent.name  # services/<service>/migrations
             raise SchemaNotAtHead(
                 f"the {service} database is at revision {at or '(none)'} and this release needs {head}: "
                 f"run `python -m services.{service}.migrate upgrade` (the migration Job) first, "

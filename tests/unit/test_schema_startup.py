@@ -32,6 +32,17 @@ def test_check_refuses_an_unmigrated_database_and_names_the_job(tmp_path, schema
     AuditStore(url)  # now at head: opens
 
 
+def test_the_message_names_each_services_own_command(tmp_path, schema_check):
+    from services.registry import migrate as registry_migrate
+
+    engine = make_engine(
+        f"sqlite:///{tmp_path / 'registry.db'}"
+    )  # its version table is plain alembic_version
+    with pytest.raises(migrate.SchemaNotAtHead, match=r"python -m services\.registry\.migrate upgrade"):
+        registry_migrate.open_schema(engine)
+    engine.dispose()
+
+
 def test_the_flag_sets_the_startup_policy():
     import argparse
 
