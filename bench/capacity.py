@@ -61,13 +61,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def redis_commands(url: str) -> int:
+def redis_commands(url: str) -> tuple[int, dict[str, int]]:
+    """(commands clients sent, calls per command name). Commandstats also counts the commands a
+    Lua script runs inside Redis; total_commands_processed counts what clients sent (round trips)."""
     client = redis.Redis.from_url(url)
     try:
-        stats = client.info("commandstats")
+        stats, sent = client.info("commandstats"), client.info("stats")["total_commands_processed"]
     finally:
         client.close()
-    return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+    return sent, {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items() if k != "cmdstat_info"}
 
 
 async def router_loop(mesh, seconds: float, concurrency: int) -> tuple[int, int, float]:
@@ -99,6 +101,34 @@ async def router_loop(mesh, seconds: float, concurrency: int) -> tuple[int, int,
     wall = time.monotonic() - started
     await channel.close()
     return ok, failed, wall
+
+
+async def shipped_per_call(mesh) -> tuple[float, float]:
+    """Audit records and ledger rows per answered call, once the router's outbox has drained."""
+    import sqlalchemy as sa
+
+    def counts() -> tuple[int, int, int]:
+        out = []
+        for service, q in (
+            ("audit", "SELECT count(*) FROM audit_records WHERE source = 'router'"),
+            ("cost", "SELECT count(*), count(DISTINCT request_id) FROM usage_ledger"),
+        ):
+            engine = sa.create_engine(mesh.db_urls[service])
+            try:
+                with engine.connect() as conn:
+                    out.extend(conn.execute(sa.text(q)).one())
+            finally:
+                engine.dispose()
+        return out[0], out[1], out[2]
+
+    last, stable = None, 0
+    while stable < 3:  # the same counts three seconds running: shipped
+        await asyncio.sleep(1.0)
+        now = await asyncio.to_thread(counts)
+        stable = stable + 1 if now == last else 0
+        last = now
+    audits, rows, calls = last
+    return audits / max(calls, 1), rows / max(calls, 1)
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -181,10 +211,20 @@ async def run(args: argparse.Namespace, urls: dict[str, str], redis_url: str, tm
         router_pid = mesh.procs["router-0"].popen.pid
         cmds0, cpu0 = redis_commands(redis_url), cpu_seconds(router_pid)
         ok, failed, wall = await router_loop(mesh, args.seconds, args.concurrency)
-        cpu, cmds = cpu_seconds(router_pid) - cpu0, redis_commands(redis_url) - cmds0
+        cpu, cmds1 = cpu_seconds(router_pid) - cpu0, redis_commands(redis_url)
+        sent = cmds1[0] - cmds0[0] - 2  # less the two INFO calls of this measurement
+        per_name = {k: n - cmds0[1].get(k, 0) for k, n in cmds1[1].items() if n - cmds0[1].get(k, 0) > 0}
         print(f"router: {ok} calls ({failed} failed) in {wall:.1f} s = {ok / wall:.0f} req/s; "
               f"router CPU {cpu:.1f} s = {ok / max(cpu, 1e-9):.0f} req per CPU-second", flush=True)  # fmt: skip
-        print(f"redis: {cmds / max(ok, 1):.1f} commands per request", flush=True)
+        top = ", ".join(
+            f"{k} {n / max(ok, 1):.1f}" for k, n in sorted(per_name.items(), key=lambda kv: -kv[1])[:8]
+        )
+        print(
+            f"redis: {sent / max(ok, 1):.1f} commands sent per request; executed per request: {top}",
+            flush=True,
+        )
+        audits, usages = await shipped_per_call(mesh)
+        print(f"events per call: {audits:.2f} audit records, {usages:.2f} usage rows", flush=True)
         for service in ("audit", "cost"):
             rate, per_cpu = await ingest(mesh, service, args.events)
             print(f"{service} ingest: {rate:.0f} events/s, {per_cpu:.0f} events per CPU-second", flush=True)
