@@ -222,8 +222,32 @@ async def test_catalog_and_tenancy_lists(cli):
     users = (await cli("users", "list", "--json")).json()["users"]
     assert [u["name"] for u in users] == ["bob"]
     assert "bob@example.com" in (await cli("users", "get", "bob")).out
+    register = (
+        "models",
+        "register",
+        "minilm",
+        "--kind",
+        "embedding",
+        "--dimensions",
+        "384",
+        "--context-length",
+        "512",
+    )
+    assert (await cli(*register)).rc == 0
     models = (await cli("models", "list")).out.splitlines()
-    assert models[1].split() == ["llama-3-8b", "llama-3-8b-instruct", "llama-3", "8B", "fp16", "0", "8192"]
+    assert models[1].split() == [
+        "llama-3-8b",
+        "llama-3-8b-instruct",
+        "llama-3",
+        "8B",
+        "fp16",
+        "0",
+        "8192",
+        "generation",
+    ]
+    assert models[2].split() == ["minilm", "minilm", "0B", "0", "512", "embedding", "384"]
+    bad = await cli("models", "register", "m2", "--dimensions", "8")
+    assert bad.rc != 0 and "dimensions are for embedding models" in bad.err
     assert (await cli("tools", "list")).out.strip() == "(none)"
 
 

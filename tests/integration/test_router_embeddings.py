@@ -10,14 +10,17 @@ import grpc
 import numpy as np
 import pytest
 from harness.common.v1 import common_pb2
+from harness.cost.v1 import cost_pb2
 from harness.pool.v1 import pool_pb2
 from harness.registry.v1 import registry_pb2
 from prometheus_client import CollectorRegistry
 
 from services.common import context as reqctx
-from services.common.errors import InvalidArgument, PermissionDenied, Unavailable
+from services.common.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable
 from services.enginesim.embedder import vector
 from services.enginesim.testing import start_enginesim
+from services.router.budgets import MemoryBudgets, Subjects
+from services.router.budgets.follower import CostFollower
 from services.router.core import Call, EmbeddingInput, GenerationInput, Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
@@ -181,3 +184,35 @@ async def test_more_inputs_than_the_models_max_batch_size_are_sent_in_batches(ha
     assert call.vectors.shape == (150, EMBED_DIMENSIONS)
     assert np.allclose(call.vectors[149], vector(texts[149], EMBED_DIMENSIONS))
     assert engine_successes(sim, EMBED_TRITON_MODEL) == 150 and call.input_tokens == 150 * 3
+
+
+async def test_budgets_reserve_and_bill_input_tokens_only(harness, sim):
+    """A budget of 30 micro-USD at 1 micro-USD per input token: a call is billed its engine-counted
+    input tokens; one whose estimate exceeds what is left is refused before the engine."""
+    _, registry, view, events = harness
+    budgets = MemoryBudgets()
+    follower = CostFollower(grpc.aio.insecure_channel("127.0.0.1:1"), budgets)
+    per_token = cost_pb2.Price(
+        kind=cost_pb2.PRICE_KIND_MODEL_INPUT_TOKENS, subject=EMBED_MODEL, micro_usd=1_000_000
+    )
+    rule = cost_pb2.Budget(
+        name="p-daily", scope=cost_pb2.BUDGET_SCOPE_PROJECT, subject="p", period=cost_pb2.BUDGET_PERIOD_DAILY,
+        limit_micro_usd=30,
+    )  # fmt: skip
+    follower.apply([rule], [per_token])
+    triton = TritonPool()
+    flow = FlowController(FlowConfig(initial_grant_interval_s=0.0))
+    router = Router(
+        registry, view, Dispatcher(view, Scheduler(seed=1), flow, triton), events, MemoryRateLimiter(),
+        MemoryResultCache(), RouterMetrics(CollectorRegistry()), RouterPolicy(redaction_key="k"), budgets=budgets,
+    )  # fmt: skip
+    try:
+        call = await embed(router, "The ledger policy covers refunds", "Weather in Lisbon")
+        assert call.input_tokens == 8 and call.cost_micro_usd == 8  # the engine's count, input only
+        [charge] = budgets.table.applicable(Subjects(project="p"))
+        assert budgets.spent(budgets.charge(charge, budgets._clock(), 0).key) == 8
+        with pytest.raises(ResourceExhausted, match="budget 'p-daily'"):
+            await embed(router, "refund " * 20)  # ~35 tokens estimated, 22 micro-USD left
+        assert engine_successes(sim, EMBED_TRITON_MODEL) == 2
+    finally:
+        await triton.close()
