@@ -50,9 +50,7 @@ def external_hash(value: bytes | int) -> int:
     return int.from_bytes(value[-8:], "big")
 
 
-def sim_token_ids(text: str) -> list[int]:
-    """The engine simulator's token ids of ``text`` (``\\w+`` runs and single punctuation marks;
-    a token's id is a stable 31-bit hash of its text, so every process agrees)."""
+def _chunk_token_ids(text: str) -> tuple[int, ...]:
     ids = _TOKEN_IDS
     out = []
     for tok in _TOKEN_RE.findall(text):
@@ -63,6 +61,36 @@ def sim_token_ids(text: str) -> list[int]:
             if len(ids) < _TOKEN_IDS_MAX:
                 ids[tok] = i
         out.append(i)
+    return tuple(out)
+
+
+_CHUNK_CHARS = 2048
+_CHUNKS: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+_CHUNKS_MAX = 8192  # ~16 MiB of text at most
+
+
+def sim_token_ids(text: str) -> list[int]:
+    """The engine simulator's token ids of ``text`` (``\\w+`` runs and single punctuation marks;
+    a token's id is a stable 31-bit hash of its text, so every process agrees).
+
+    Prompts that share a long prefix are tokenized once: no token contains a space, so the text
+    is cut after the first space past every ``_CHUNK_CHARS`` characters (the same cuts for the
+    same prefix) and each chunk's ids are remembered in a bounded LRU. The ids depend on the
+    text alone and never leave the scheduler."""
+    chunks, out, start, n = _CHUNKS, [], 0, len(text)
+    while start < n:
+        cut = text.find(" ", start + _CHUNK_CHARS)
+        end = n if cut < 0 else cut + 1
+        chunk = text[start:end]
+        ids = chunks.get(chunk)
+        if ids is None:
+            ids = chunks[chunk] = _chunk_token_ids(chunk)
+            if len(chunks) > _CHUNKS_MAX:
+                chunks.popitem(last=False)
+        else:
+            chunks.move_to_end(chunk)
+        out.extend(ids)
+        start = end
     return out
 
 

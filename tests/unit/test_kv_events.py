@@ -5,12 +5,13 @@ precise prefix scorer with its fallback."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import msgspec
 import pytest
 import zmq.asyncio
 
-from services.common.kv_blocks import BlockHasher, external_hash, sha256_cbor, sim_token_ids
+from services.common.kv_blocks import BlockHasher, _chunk_token_ids, external_hash, sha256_cbor, sim_token_ids
 from services.common.kv_events_wire import (
     ARRAY,
     MAP,
@@ -87,6 +88,15 @@ def test_hashes_follow_vllms_sha256_cbor_chain():
     assert hasher.hashes([1, 2, 3, 4]) == tuple(int.from_bytes(d[-8:], "big") for d in digests)
     assert BlockHasher(2, seed="1").digests([1, 2]) != digests[:1]  # another engine seed
     assert sim_token_ids("Hello, world") == sim_token_ids("Hello ,world") and len(sim_token_ids("a b.")) == 3
+
+
+def test_tokenizing_in_remembered_chunks_gives_the_ids_of_the_whole_text():
+    rng = random.Random(5)
+    alphabet = "abcdefghij  ..,;\n\t!?é中"
+    for _ in range(100):
+        text = "".join(rng.choices(alphabet, k=rng.randint(0, 9000)))
+        assert sim_token_ids(text) == list(_chunk_token_ids(text))
+        assert sim_token_ids(text + " tail") == list(_chunk_token_ids(text + " tail"))  # a remembered prefix
 
 
 def test_the_simulators_cache_announces_stores_evictions_and_clears():
