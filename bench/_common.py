@@ -328,19 +328,11 @@ class PoolStandIn:
             labels = self.labels.get(sim.name)
             if load is None:
                 eps.append(endpoint_msg(sim.name, sim.address, self.model, labels=labels))
-            else:
+            else:  # the figures the pool publishes
                 eps.append(
-                    endpoint_msg(
-                        sim.name,
-                        sim.address,
-                        self.model,
-                        load.waiting,
-                        load.active,
-                        load.kv_cache_fraction,
-                        load.max_running,  # as the pool publishes it
-                        labels=labels,
-                    )
-                )
+                    endpoint_msg(sim.name, sim.address, self.model, load.waiting, load.active,
+                                 load.kv_cache_fraction, load.max_running, labels=labels)
+                )  # fmt: skip
         self.view.apply(eps)
 
     async def _run(self) -> None:

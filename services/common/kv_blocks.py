@@ -64,9 +64,9 @@ def _chunk_token_ids(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-_CHUNK_CHARS = 2048
+_CHUNK_CHARS = 512
 _CHUNKS: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-_CHUNKS_MAX = 8192  # ~16 MiB of text at most
+_CHUNKS_MAX = 32768  # ~16 MiB of text at most
 
 
 def sim_token_ids(text: str) -> list[int]:
