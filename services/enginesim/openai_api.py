@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API over the same simulated engines, as vLLM serves it.
 
 ``GET /health`` (200 once ready, 503 before and while stopping), ``GET /v1/models`` (the READY
-models), ``POST /v1/completions`` and ``/v1/chat/completions`` (streamed as server-sent events
+models), ``POST /v1/embeddings`` (an embedding model's vectors, as floats, with usage),
+``POST /v1/completions`` and ``/v1/chat/completions`` (streamed as server-sent events
 or whole; ``stream_options.include_usage`` adds vLLM's usage chunk with empty ``choices``
 before ``data: [DONE]``) and ``GET /metrics`` with vLLM's metric names (vllm_metrics.py).
 Errors are vLLM's body, ``{"error": {"message", "type", "param", "code"}}``, with its statuses:
@@ -25,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from . import embedder
 from .engine import EngineError, GenerationRequest, InvalidRequestError, QueueFullError, Sequence
 from .faults import (
     INJECTED_INTERNAL,
@@ -61,6 +63,14 @@ class _Request(BaseModel):
 
 class CompletionBody(_Request):
     prompt: str | list[str]
+
+
+class EmbeddingBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float"] = "float"
 
 
 class _Message(BaseModel):
@@ -104,6 +114,7 @@ class OpenAIApi:
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
                 Route("/metrics", self.prometheus, methods=["GET"]),
             ]
         )
@@ -127,6 +138,38 @@ class OpenAIApi:
 
     async def chat(self, request: Request) -> Response:
         return await self._generate(request, chat=True)
+
+    async def embeddings(self, request: Request) -> Response:
+        raw = await _bounded_body(request)
+        if raw is None:
+            return _error(413, f"request body over {MAX_BODY} bytes", "BadRequestError")
+        try:
+            body = EmbeddingBody.model_validate_json(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            param = ".".join(str(p) for p in err["loc"]) or None
+            return _error(400, f"{param}: {err['msg']}" if param else err["msg"], "BadRequestError", param)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        try:
+            engine = self.sim.engine(body.model)
+            if not engine.spec.embedding:
+                return _error(
+                    400, f"The model `{body.model}` does not support the Embeddings API", "BadRequestError"
+                )
+            vectors, tokens = await embedder.embed(engine, texts, request.headers.get("x-request-id", ""))
+        except (ModelNotFoundError, ModelNotReadyError):
+            return _error(404, f"The model `{body.model}` does not exist.", "NotFoundError", "model")
+        except InvalidRequestError as exc:
+            return _error(400, str(exc), "BadRequestError")
+        except QueueFullError as exc:
+            return _error(503, str(exc), "ServiceUnavailableError")
+        except EngineError as exc:
+            return _error(500, str(exc), "InternalServerError")
+        data = [
+            {"object": "embedding", "index": i, "embedding": row.tolist()} for i, row in enumerate(vectors)
+        ]
+        usage = {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}
+        return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
 
     async def _generate(self, request: Request, chat: bool) -> Response:
         raw = await _bounded_body(request)

@@ -31,7 +31,14 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.router.engine import EngineChunk, EngineRequest, estimate_tokens
+from services.router import openai_embed
+from services.router.engine import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    EngineChunk,
+    EngineRequest,
+    estimate_tokens,
+)
 
 MAX_EVENT_BYTES = 1 << 20  # one SSE line; a token's chunk is a few hundred bytes
 MAX_STREAM_BYTES = 64 << 20  # a whole answer, like the Triton channel's message limit
@@ -299,6 +306,14 @@ class OpenAIEngine:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
+
+    async def embed(self, address: str, req: EmbeddingRequest, timeout: float | None) -> EmbeddingResult:
+        """The batch's vectors from the endpoint's `/v1/embeddings` (openai_embed.py)."""
+
+        def errors(status: int, body: bytes) -> Exception:
+            return http_error(address, req.model, status, body)
+
+        return await openai_embed.embed(self.client(address), address, req, timeout, errors)
 
     async def stream(
         self, address: str, req: EngineRequest, timeout: float | None

@@ -23,8 +23,10 @@ from services.router.budgets import MemoryBudgets, Subjects
 from services.router.budgets.follower import CostFollower
 from services.router.core import Call, EmbeddingInput, GenerationInput, Router, RouterPolicy
 from services.router.dispatch import Dispatcher
+from services.router.engine import EmbeddingRequest
 from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
 from services.router.metrics import RouterMetrics
+from services.router.openai_engine import OpenAIEngine
 from services.router.result_cache import MemoryResultCache
 from services.router.scheduling import Scheduler
 from services.router.triton import TritonPool
@@ -216,3 +218,35 @@ async def test_budgets_reserve_and_bill_input_tokens_only(harness, sim):
         assert engine_successes(sim, EMBED_TRITON_MODEL) == 2
     finally:
         await triton.close()
+
+
+async def test_an_openai_protocol_engine_embeds_too_and_a_dead_triton_fails_over_to_it(harness):
+    """vLLM's `/v1/embeddings` as the simulator serves it: the same vectors and counts, and
+    failover across kinds."""
+    _, registry, view, events = harness
+    load = (EMBED_TRITON_MODEL, "llama-3-8b-instruct-awq")
+    sim = await start_enginesim(time_scale=1000.0, preload=False, load=load, protocol="openai")
+    openai_engine, triton = OpenAIEngine(), TritonPool()
+    flow = FlowController(FlowConfig(initial_grant_interval_s=0.0))
+    dispatcher = Dispatcher(view, Scheduler(seed=1), flow, triton, openai=openai_engine)
+    router = Router(
+        registry, view, dispatcher, events, MemoryRateLimiter(), MemoryResultCache(),
+        RouterMetrics(CollectorRegistry()), RouterPolicy(redaction_key="k"),
+    )  # fmt: skip
+    vllm = endpoint("vllm-0", sim.openai_url)
+    vllm.kind, vllm.flavour = "openai", "vllm"
+    try:
+        view.apply([vllm])
+        call = await embed(router, "The ledger policy covers refunds", "Weather in Lisbon")
+        assert call.deployment == f"{EMBED_MODEL}@vllm-0" and not call.usage_estimated
+        assert np.allclose(call.vectors[1], vector("Weather in Lisbon", EMBED_DIMENSIONS), atol=1e-6)
+        assert call.input_tokens == 8
+        view.apply([endpoint("dead", "127.0.0.1:1"), vllm])
+        for _ in range(4):
+            assert (await embed(router, "one")).endpoint.name == "vllm-0"
+        with pytest.raises(InvalidArgument, match="does not support the Embeddings API"):
+            await openai_engine.embed(sim.openai_url, EmbeddingRequest("llama-3-8b-instruct-awq", ("a",)), 10)
+    finally:
+        await openai_engine.close()
+        await triton.close()
+        await sim.stop()
