@@ -95,6 +95,12 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
                 return model
         raise NotFound(f"Request for unknown model: '{name}' is not found")
 
+    async def _generation_model(self, name: str, version: str = "") -> registry_pb2.Model:
+        """`_model`, refusing an embedding model: this front door serves the TensorRT-LLM tensors."""
+        model = await self._model(name, version)
+        _refuse_embedding(model)
+        return model
+
     async def _decoupled(self, model: registry_pb2.Model) -> bool:
         """As the engines serving the model say (the first that can tell); False when none can."""
         if self._decoupled_on is None:
@@ -118,12 +124,12 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         """The TensorRT-LLM ensemble tensors, under the name the caller used."""
-        await self._model(request.name, request.version)
+        await self._generation_model(request.name, request.version)
         return tensors.model_metadata(FacadeModel(request.name))
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         """The ensemble tensors under the caller's name; decoupled as the serving engines are."""
-        model = await self._model(request.name, request.version)
+        model = await self._generation_model(request.name, request.version)
         facade = FacadeModel(request.name)
         return pb.ModelConfigResponse(config=tensors.tensor_config(facade, await self._decoupled(model)))
 
@@ -180,6 +186,8 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         known = {m.name: m for m in await self._router.allowed_models()}
         known.update({m.triton_model: m for m in known.values()})
         model = known.get(request.model_name)  # others: Generate's own refusal (permission...)
+        if model is not None:
+            _refuse_embedding(model)
         if model is not None and await self._decoupled(model):
             raise Unimplemented(DECOUPLED_INFER_MESSAGE)
         try:
@@ -293,3 +301,11 @@ def _check_version(name: str, version: str) -> None:
 
 def _wrap(resp: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:
     return pb.ModelStreamInferResponse(infer_response=resp)
+
+
+def _refuse_embedding(model: registry_pb2.Model) -> None:
+    if model.kind == registry_pb2.MODEL_KIND_EMBEDDING:
+        raise Unimplemented(
+            f"model '{model.name}' is an embedding model; the Harness's Triton front door serves "
+            "generation models: call harness.router.v1.Router/Embed or POST /v1/embeddings"
+        )

@@ -255,7 +255,7 @@ def test_tritonclient_code_points_at_the_harness_unchanged(stack):
     headers = {"authorization": f"Bearer {stack.token('alice')}"}
     assert client.is_server_live(headers=headers) and client.is_server_ready(headers=headers)
     index = client.get_model_repository_index(headers=headers, as_json=True)["models"]
-    assert {m["name"]: m["state"] for m in index} == {"llama-3-8b": "READY"}  # what demo-agent may use
+    assert {m["name"]: m["state"] for m in index} == {"llama-3-8b": "READY", "all-minilm-l6-v2": "READY"}
 
     def inputs(prompt: str, stream: bool) -> list:
         out = []

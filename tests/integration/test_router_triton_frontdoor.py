@@ -22,6 +22,7 @@ from tests.realtriton.conformance import infer_request
 MODELS = [
     registry_pb2.Model(name="chat", triton_model="chat-trt"),  # served by a decoupled engine
     registry_pb2.Model(name="batch", triton_model="batch-trt"),  # served by a plain one
+    registry_pb2.Model(name="minilm", triton_model="minilm-trt", kind=registry_pb2.MODEL_KIND_EMBEDDING),
 ]
 
 
@@ -136,3 +137,15 @@ async def test_model_infer_refuses_as_triton_does(front_door):
     assert resp.id == "r-7" and router.generated == ["batch"]
     code, _ = await _code(stub.ModelInfer(infer_request("chat"), metadata=agent_metadata("bot")))
     assert code == grpc.StatusCode.UNAUTHENTICATED  # no user token: refused before anything else
+
+
+async def test_an_embedding_model_is_refused_with_where_to_embed(front_door):
+    stub, router, md = front_door
+    for call in (
+        stub.ModelConfig(pb.ModelConfigRequest(name="minilm"), metadata=md),
+        stub.ModelMetadata(pb.ModelMetadataRequest(name="minilm-trt"), metadata=md),
+        stub.ModelInfer(infer_request("minilm"), metadata=md),
+    ):
+        code, details = await _code(call)
+        assert code == grpc.StatusCode.UNIMPLEMENTED and "Router/Embed or POST /v1/embeddings" in details
+    assert router.generated == []
