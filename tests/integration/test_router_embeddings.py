@@ -250,3 +250,12 @@ async def test_an_openai_protocol_engine_embeds_too_and_a_dead_triton_fails_over
         await openai_engine.close()
         await triton.close()
         await sim.stop()
+
+
+async def test_tokens_per_minute_count_the_inputs(harness, sim):
+    router, registry, _, _ = harness
+    registry.agent_record.tpm_limit = 40  # input tokens: an embedding call has no output
+    await embed(router, "refund " * 20)  # ~35 tokens estimated, 20 counted by the engine
+    with pytest.raises(ResourceExhausted):
+        await embed(router, "refund " * 20)
+    assert engine_successes(sim, EMBED_TRITON_MODEL) == 1
