@@ -61,15 +61,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def redis_commands(url: str) -> tuple[int, dict[str, int]]:
-    """(commands clients sent, calls per command name). Commandstats also counts the commands a
-    Lua script runs inside Redis; total_commands_processed counts what clients sent (round trips)."""
+def redis_round_trips(url: str, stop_at: float) -> tuple[int, int, dict[str, int]]:
+    """MONITOR until `stop_at`: (commands clients sent, commands Lua scripts ran inside Redis,
+    sent per command name). Only clients' commands are round trips."""
+    sent, inner, names = 0, 0, {}
     client = redis.Redis.from_url(url)
     try:
-        stats, sent = client.info("commandstats"), client.info("stats")["total_commands_processed"]
+        with client.monitor() as monitor:
+            for cmd in monitor.listen():
+                if time.monotonic() > stop_at:
+                    break
+                if cmd.get("client_type") == "lua":
+                    inner += 1
+                    continue
+                sent += 1
+                name = cmd["command"].split(" ", 1)[0].lower()
+                names[name] = names.get(name, 0) + 1
     finally:
         client.close()
-    return sent, {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items() if k != "cmdstat_info"}
+    return sent, inner, names
 
 
 async def router_loop(mesh, seconds: float, concurrency: int) -> tuple[int, int, float]:
@@ -129,6 +139,28 @@ async def shipped_per_call(mesh) -> tuple[float, float]:
         last = now
     audits, rows, calls = last
     return audits / max(calls, 1), rows / max(calls, 1)
+
+
+async def bytes_per_row(mesh) -> str:
+    """PostgreSQL bytes per row (table + indexes + TOAST) of the two tables that grow with traffic."""
+    import sqlalchemy as sa
+
+    def read() -> str:
+        out = []
+        for service, table in (("audit", "audit_records"), ("cost", "usage_ledger")):
+            engine = sa.create_engine(mesh.db_urls[service])
+            try:
+                with engine.connect() as conn:
+                    conn.execute(sa.text(f"ANALYZE {table}"))
+                    size, rows = conn.execute(
+                        sa.text(f"SELECT pg_total_relation_size('{table}'), count(*) FROM {table}")
+                    ).one()
+            finally:
+                engine.dispose()
+            out.append(f"{table} {size / max(rows, 1):.0f} bytes/row ({rows} rows)")
+        return ", ".join(out)
+
+    return await asyncio.to_thread(read)
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -209,22 +241,26 @@ async def run(args: argparse.Namespace, urls: dict[str, str], redis_url: str, tm
         print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
         await router_loop(mesh, 3, 4)  # warm-up: watch streams, connections, budgets read
         router_pid = mesh.procs["router-0"].popen.pid
-        cmds0, cpu0 = redis_commands(redis_url), cpu_seconds(router_pid)
+        cpu0 = cpu_seconds(router_pid)
+        watch = asyncio.create_task(
+            asyncio.to_thread(redis_round_trips, redis_url, time.monotonic() + args.seconds)
+        )
         ok, failed, wall = await router_loop(mesh, args.seconds, args.concurrency)
-        cpu, cmds1 = cpu_seconds(router_pid) - cpu0, redis_commands(redis_url)
-        sent = cmds1[0] - cmds0[0] - 2  # less the two INFO calls of this measurement
-        per_name = {k: n - cmds0[1].get(k, 0) for k, n in cmds1[1].items() if n - cmds0[1].get(k, 0) > 0}
+        cpu = cpu_seconds(router_pid) - cpu0
+        sent, inner, per_name = await watch
         print(f"router: {ok} calls ({failed} failed) in {wall:.1f} s = {ok / wall:.0f} req/s; "
               f"router CPU {cpu:.1f} s = {ok / max(cpu, 1e-9):.0f} req per CPU-second", flush=True)  # fmt: skip
         top = ", ".join(
             f"{k} {n / max(ok, 1):.1f}" for k, n in sorted(per_name.items(), key=lambda kv: -kv[1])[:8]
         )
         print(
-            f"redis: {sent / max(ok, 1):.1f} commands sent per request; executed per request: {top}",
+            f"redis: {sent / max(ok, 1):.1f} round trips per request ({top}); "
+            f"{inner / max(ok, 1):.1f} more commands run inside scripts",
             flush=True,
         )
         audits, usages = await shipped_per_call(mesh)
         print(f"events per call: {audits:.2f} audit records, {usages:.2f} usage rows", flush=True)
+        print(f"storage of the routed calls: {await bytes_per_row(mesh)}", flush=True)
         for service in ("audit", "cost"):
             rate, per_cpu = await ingest(mesh, service, args.events)
             print(f"{service} ingest: {rate:.0f} events/s, {per_cpu:.0f} events per CPU-second", flush=True)
