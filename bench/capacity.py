@@ -226,7 +226,9 @@ def drop_databases(admin: str, urls: dict[str, str]) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
-async def run(args: argparse.Namespace, urls: dict[str, str], redis_url: str, tmp: Path) -> None:
+async def run(
+    args: argparse.Namespace, urls: dict[str, str], redis_url: str, redis_pid: int, tmp: Path
+) -> None:
     migrate(urls)
     mesh = build_mesh(tmp, urls, redis_url, "bench:", routers=1, audits=1, costs=1)
     try:
@@ -258,6 +260,11 @@ async def run(args: argparse.Namespace, urls: dict[str, str], redis_url: str, tm
             f"{inner / max(ok, 1):.1f} more commands run inside scripts",
             flush=True,
         )
+        # Redis's own CPU per request, in a loop without MONITOR (which costs Redis CPU itself)
+        rcpu0 = cpu_seconds(redis_pid)
+        ok2, _, _ = await router_loop(mesh, args.seconds / 2, args.concurrency)
+        rcpu = cpu_seconds(redis_pid) - rcpu0
+        print(f"redis CPU: {1e6 * rcpu / max(ok2, 1):.0f} us per request ({ok2} requests)", flush=True)
         audits, usages = await shipped_per_call(mesh)
         print(f"events per call: {audits:.2f} audit records, {usages:.2f} usage rows", flush=True)
         print(f"storage of the routed calls: {await bytes_per_row(mesh)}", flush=True)
@@ -284,7 +291,7 @@ def main() -> None:
     urls = make_databases(admin, ["registry", "pool", "audit", "cost"])
     tmp = Path(tempfile.mkdtemp(prefix="harness-capacity-"))
     try:
-        asyncio.run(run(args, urls, f"redis://127.0.0.1:{port}/0", tmp))
+        asyncio.run(run(args, urls, f"redis://127.0.0.1:{port}/0", redis_server.pid, tmp))
     finally:
         redis_server.terminate()
         redis_server.wait(timeout=30)
