@@ -55,6 +55,10 @@ def print_agent(agent: pb.Agent) -> None:
             ("pii", pii or "-"),
             ("limits", f"rpm {agent.rpm_limit or 'unlimited'}, tpm {agent.tpm_limit or 'unlimited'}"),
             ("traffic", traffic_text(agent) or "-"),
+            (
+                "api key auth",
+                "on (agent-bound keys stand in for its certificate)" if agent.api_key_auth else "off",
+            ),
             ("revision", agent.revision),
             ("description", agent.description),
         ]
@@ -123,6 +127,17 @@ def agents_state(ctx: Ctx, args: argparse.Namespace) -> int:
 
     def human(r) -> None:
         print(f"{r.agent.name}: {short(common_pb2.AgentState, r.agent.state)}")
+
+    return ctx.emit(resp, human)
+
+
+def agents_api_key_auth(ctx: Ctx, args: argparse.Namespace) -> int:
+    req = pb.SetAgentApiKeyAuthRequest(agent=args.name, enabled=args.switch == "on")
+    resp = ctx.call("SetAgentApiKeyAuth", req)
+
+    def human(r) -> None:
+        state = "accepts" if r.agent.api_key_auth else "does not accept"
+        print(f"{r.agent.name} {state} agent-bound API keys in place of its certificate")
 
     return ctx.emit(resp, human)
 
@@ -246,6 +261,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("name")
     p.add_argument("state", type=AGENT_STATE, metavar="STATE", help="online, draining, offline, retired")
     p.set_defaults(handler=agents_state)
+    p = a.add_parser(
+        "api-key-auth", parents=[common],
+        help="let agent-bound API keys stand in for the agent's certificate (on) or not (off, the default)",
+    )  # fmt: skip
+    p.add_argument("name")
+    p.add_argument("switch", choices=("on", "off"))
+    p.set_defaults(handler=agents_api_key_auth)
 
     versions = sub.add_parser("versions", help="agent versions: list, create, delete")
     v = versions.add_subparsers(dest="verb", required=True, metavar="ACTION")

@@ -143,7 +143,9 @@ KEY_HEADERS = ("ID", "USER", "PROJECT", "STATUS", "EXPIRES", "CREATED", "DESCRIP
 
 
 def keys_create(ctx: Ctx, args: argparse.Namespace) -> int:
-    req = pb.CreateApiKeyRequest(user=args.owner, project=args.project, description=args.description or "")
+    req = pb.CreateApiKeyRequest(
+        user=args.owner, project=args.project, description=args.description or "", agent=args.agent or ""
+    )
     if args.expires:
         req.expire_time.CopyFrom(parse_expiry(args.expires))
     resp = ctx.call("CreateApiKey", req)
@@ -152,6 +154,9 @@ def keys_create(ctx: Ctx, args: argparse.Namespace) -> int:
         output.table(KEY_HEADERS, _key_rows([r.key]))
         print(f"\nsecret: {r.secret}")
         print("This secret is shown only now; store it. Send it as the x-api-key header.", file=sys.stderr)
+        if r.key.agent:
+            print(f"It is bound to agent {r.key.agent}: it acts only as that agent, with or without its "
+                  "certificate.", file=sys.stderr)  # fmt: skip
 
     return ctx.emit(resp, human)
 
@@ -224,6 +229,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--project", required=True, help="project the key is scoped to")
     p.add_argument("--description")
     p.add_argument("--expires", help="30d, 12h, 90m, 2w or an ISO time (default never)")
+    p.add_argument(
+        "--agent", help="bind the key to this agent (it must allow it: harness agents api-key-auth AGENT on)"
+    )
     p.set_defaults(handler=keys_create)
     p = t.add_parser("list", parents=[common], help="list keys (never secrets)")
     p.add_argument("--owner", help="only keys of this user")

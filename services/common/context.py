@@ -21,6 +21,10 @@ STEP_KEY = "x-harness-step-id"
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
 
+BOUND_AGENT = "bound_agent"  # Identity.claims: the agent an API key is bound to ("" = none)
+AGENT_BY_KEY = "agent_by_key"  # Identity.claims: the agent was named by its bound API key, not a cert
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who is calling, as established from the connection and credentials (never from the body)."""

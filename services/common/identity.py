@@ -24,7 +24,7 @@ import grpc
 import jwt
 from cryptography import x509
 
-from services.common.context import Identity
+from services.common.context import AGENT_BY_KEY, BOUND_AGENT, Identity
 from services.common.errors import Unauthenticated
 from services.common.jwks import JwksKeys, KeySource, SigningKey, StaticKey
 from services.common.xfcc import XfccError, agent_from_xfcc, is_valid_name
@@ -243,6 +243,17 @@ class Authenticator:
         plaintext connection, `tls` False) and these lower-case headers."""
         agent, agent_id, service = self._caller(peer_ids, tls, md)
         user = await self._user(md)
+        claims = user.claims
+        bound = user.claims.get(BOUND_AGENT, "") if user.auth_method == "api_key" else ""
+        if bound:  # an agent-bound key acts only as its agent
+            if service or (agent and agent != bound):
+                caller = f"agent {agent!r}" if agent else f"service {service!r}"
+                raise Unauthenticated(
+                    f"this API key is bound to agent {bound!r} and cannot act for {caller} (the client "
+                    "certificate); use a key of that agent, or none bound"
+                )
+            if not agent:  # no certificate (a server-TLS listener): the key names the agent
+                agent, claims = bound, {**claims, AGENT_BY_KEY: True}
         return Identity(
             agent=agent,
             agent_spiffe_id=agent_id,
@@ -251,7 +262,7 @@ class Authenticator:
             auth_method=user.auth_method,
             roles=user.roles,
             project=user.project,
-            claims=user.claims,
+            claims=claims,
         )
 
     async def _user(self, md: Mapping[str, str]) -> Identity:

@@ -26,7 +26,7 @@ import grpc
 from harness.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.common.access import apply_rule, explain, new_memory_enforcer
-from services.common.context import Identity, outgoing_metadata
+from services.common.context import BOUND_AGENT, Identity, outgoing_metadata
 from services.common.errors import NotFound, Unauthenticated, Unavailable
 from services.common.streams import BackgroundFollower
 
@@ -200,6 +200,15 @@ class RegistryMirror(BackgroundFollower):
         if ident.claims.get(API_KEY_ID) in self._revoked_keys:
             self._api_keys.invalidate(secret)
             raise Unauthenticated("API key rejected: unknown, revoked or expired")
+        bound = ident.claims.get(BOUND_AGENT)
+        if bound:  # the agent's switch, as the Watch stream last said: turning it off takes effect now
+            agent = self._agents.get(bound)
+            if agent is None or not agent.api_key_auth:
+                self._api_keys.invalidate(secret)
+                raise Unauthenticated(
+                    f"API key {ident.claims.get(API_KEY_ID)} is bound to agent {bound!r}, which does not "
+                    "accept API keys (now)"
+                )
         return ident
 
     def _api_key_change(self, change: registry_pb2.Change) -> None:
@@ -327,7 +336,7 @@ class RegistryMirror(BackgroundFollower):
             raise map_registry_error(exc, "an API key") from exc
         return Identity(
             user=resp.user.name, auth_method="api_key", roles=tuple(resp.user.roles), project=resp.key.project,
-            claims={API_KEY_ID: resp.key.id},
+            claims={API_KEY_ID: resp.key.id, BOUND_AGENT: resp.key.agent},
         )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from services.envoy import stats
+from services.envoy.key_listener import key_listener
 
 RUNTIME_RL_ENABLED = "local_rate_limit_enabled"
 RUNTIME_RL_ENFORCED = "local_rate_limit_enforced"
@@ -99,6 +100,9 @@ class EnvoySpec:
     # A listener serving only /stats/prometheus (plain HTTP, on listen_host) for a Prometheus in
     # another container; None = none (the local stack's Prometheus reads the admin port).
     stats_port: int | None = None
+    # A server-TLS listener (no client certificate) with only the HTTP routes, for agents that
+    # authenticate with an agent-bound API key (key_listener.py); None = none, 0 = a free port.
+    key_listen_port: int | None = None
 
     def __post_init__(self) -> None:
         missing = sorted({c for _, c in (*self.routes, *self.http_routes)} - set(self.upstreams))
@@ -399,6 +403,15 @@ def _cluster(spec: EnvoySpec, name: str, hosts: Sequence[tuple[str, int]]) -> di
     return cluster
 
 
+def _key_listeners(spec: EnvoySpec) -> list[dict[str, Any]]:
+    if spec.key_listen_port is None or not spec.http_routes:
+        return []
+    routes = [_http_route(spec, p, c) for p, c in spec.http_routes]
+    idle = _dur(spec.stream_idle_timeout_s)
+    certs = _tls_certificates(spec.certs)
+    return [key_listener(spec.listen_host, spec.key_listen_port, certs, routes, _http_filters(spec), idle)]
+
+
 def render_envoy_config(spec: EnvoySpec) -> dict[str, Any]:
     """The full bootstrap as plain dicts (YAML/JSON-ready)."""
     stats_listeners, stats_clusters = [], []
@@ -416,7 +429,7 @@ def render_envoy_config(spec: EnvoySpec) -> dict[str, Any]:
             ]
         },
         "static_resources": {
-            "listeners": [_listener(spec), *stats_listeners],
+            "listeners": [_listener(spec), *_key_listeners(spec), *stats_listeners],
             "clusters": [
                 *(_cluster(spec, name, hosts) for name, hosts in spec.upstreams.items()),
                 *stats_clusters,

@@ -191,6 +191,15 @@ class AgentStore:
             row.state = state
             return self._bump(s, row)
 
+    def set_agent_api_key_auth(self, agent: str, enabled: bool) -> d.Agent:
+        """Allows or stops agent-bound API keys for the agent (a change in the log: audited)."""
+        with self._tx() as s:  # type: ignore[attr-defined]
+            row = self._agent_row(s, agent)
+            if bool(row.api_key_auth) == enabled:
+                return rows.agent(row)
+            row.api_key_auth = enabled
+            return self._bump(s, row)
+
     def set_traffic_split(self, agent: str, weights: list[d.TrafficWeight]) -> d.Agent:
         """Replaces the split (the old one is kept for rollback); an identical split is a no-op."""
         with self._tx() as s:  # type: ignore[attr-defined]

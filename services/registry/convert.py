@@ -106,6 +106,7 @@ def api_key_pb(k: d.ApiKey) -> pb.ApiKey:
         create_time=ts(k.create_time),
         expire_time=ts(k.expire_time),
         revoke_time=ts(k.revoke_time),
+        agent=k.agent,
     )
 
 
@@ -140,6 +141,7 @@ def agent_pb(a: d.Agent) -> pb.Agent:
         rpm_limit=a.rpm_limit,
         tpm_limit=a.tpm_limit,
         revision=a.revision,
+        api_key_auth=a.api_key_auth,
     )
 
 

@@ -49,8 +49,9 @@ def user(r: UserRow) -> d.User:
 
 def api_key(r: ApiKeyRow) -> d.ApiKey:
     return d.ApiKey(
-        r.id, r.user, r.project, r.description, utc(r.create_time), utc(r.expire_time), utc(r.revoke_time)
-    )
+        r.id, r.user, r.project, r.description, utc(r.create_time), utc(r.expire_time), utc(r.revoke_time),
+        r.agent or "",
+    )  # fmt: skip
 
 
 def model_row(m: d.Model) -> ModelRow:
@@ -134,6 +135,7 @@ def agent(r: AgentRow) -> d.Agent:
         rpm_limit=r.rpm_limit,
         tpm_limit=r.tpm_limit,
         revision=r.revision,
+        api_key_auth=bool(r.api_key_auth),
     )
 
 

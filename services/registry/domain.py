@@ -218,6 +218,7 @@ class ApiKey:
     create_time: datetime | None = None
     expire_time: datetime | None = None
     revoke_time: datetime | None = None
+    agent: str = ""  # bound to this agent ("" = not bound)
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ class Agent:
     rpm_limit: int = 0
     tpm_limit: int = 0
     revision: int = 0
+    api_key_auth: bool = False  # agent-bound API keys may stand in for its certificate
 
 
 @dataclass(frozen=True)

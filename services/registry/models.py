@@ -79,6 +79,7 @@ class ApiKeyRow(Base):
     create_time: Mapped[datetime] = mapped_column(Timestamp)
     expire_time: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     revoke_time: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    agent: Mapped[str] = mapped_column(String(63), default="")  # bound to this agent ("" = none)
 
 
 class AgentRow(Base):
@@ -98,6 +99,7 @@ class AgentRow(Base):
     rpm_limit: Mapped[int] = mapped_column(BigInteger, default=0)
     tpm_limit: Mapped[int] = mapped_column(BigInteger, default=0)
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    api_key_auth: Mapped[bool] = mapped_column(Boolean, default=False)
 
     versions: Mapped[list[AgentVersionRow]] = relationship(
         order_by="AgentVersionRow.id", lazy="selectin", cascade="all, delete-orphan"

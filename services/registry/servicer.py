@@ -17,7 +17,7 @@ from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2 as pb
 from harness.registry.v1 import registry_pb2_grpc as pb_grpc
 
-from services.common.context import Identity, current_identity
+from services.common.context import BOUND_AGENT, Identity, current_identity
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.registry import convert as c
 from services.registry import domain as d
@@ -76,7 +76,9 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         Global roles are not carried: a project-scoped key must not administer the registry.
         """
         key, user = await _run(self.store.authenticate_api_key, secret)
-        return Identity(user=user.name, auth_method="api_key", project=key.project)
+        return Identity(
+            user=user.name, auth_method="api_key", project=key.project, claims={BOUND_AGENT: key.agent}
+        )
 
     # --- tenancy -------------------------------------------------------------------------
 
@@ -138,6 +140,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             request.project,
             request.description,
             c.from_ts(request, "expire_time"),
+            request.agent,
         )
         return pb.CreateApiKeyResponse(key=c.api_key_pb(key), secret=secret)
 
@@ -203,6 +206,12 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         state = c.enum_to_short(common_pb2.AgentState, request.state)
         agent = await _run(self.store.set_agent_state, request.agent, state)
         return pb.SetAgentStateResponse(agent=c.agent_pb(agent))
+
+    async def SetAgentApiKeyAuth(self, request, context):
+        """Allows or stops agent-bound API keys for an agent."""
+        _admin("SetAgentApiKeyAuth")
+        agent = await _run(self.store.set_agent_api_key_auth, request.agent, request.enabled)
+        return pb.SetAgentApiKeyAuthResponse(agent=c.agent_pb(agent))
 
     async def SetTrafficSplit(self, request, context):
         """Replaces the split (weights sum to 100, versions exist); keeps the old one."""

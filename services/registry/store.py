@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unauthenticated,
@@ -32,6 +33,7 @@ from services.registry.changelog import JWT_KEY, ChangeLog, tool_key
 from services.registry.domain import now
 from services.registry.engine import make_engine
 from services.registry.models import (
+    AgentRow,
     ApiKeyRow,
     JwtSettingsRow,
     ModelRow,
@@ -46,6 +48,22 @@ from services.registry.secrets import SecretStore
 T = TypeVar("T")
 KEY_PREFIX = "hk"
 TOOL_ENDPOINT_SCHEMES = ("http://", "https://", "mcp+http://", "mcp+https://")
+
+
+def _check_bindable(agent_row, agent: str, project: str) -> None:
+    """A key may be bound to an agent of its own project that accepts API keys."""
+    if agent_row is None:
+        raise NotFound(f"no agent {agent!r} to bind the key to; `harness agents list` lists them")
+    if agent_row.project != project:
+        raise InvalidArgument(
+            f"agent {agent!r} belongs to project {agent_row.project!r}; a key bound to it must be scoped to "
+            "that project"
+        )
+    if not agent_row.api_key_auth:
+        raise FailedPrecondition(
+            f"agent {agent!r} does not accept API keys in place of its certificate; an admin allows it "
+            f"first with `harness agents api-key-auth {agent} on` (audited)"
+        )
 
 
 def hash_secret(secret: str) -> str:
@@ -190,7 +208,12 @@ class Store(AgentStore, RemovalStore, SecretStore, ChangeLog):
     # --- API keys ------------------------------------------------------------------------
 
     def create_api_key(
-        self, user: str, project: str, description: str = "", expire_time: datetime | None = None
+        self,
+        user: str,
+        project: str,
+        description: str = "",
+        expire_time: datetime | None = None,
+        agent: str = "",
     ) -> tuple[d.ApiKey, str]:
         """Returns the key and its secret `hk_<id>_<random>`; only the secret's hash is kept."""
         limits.check_length("API key description", description, limits.API_KEY_DESCRIPTION_CHARS)
@@ -209,6 +232,8 @@ class Store(AgentStore, RemovalStore, SecretStore, ChangeLog):
                 "project",
                 "create the project first: harness projects create NAME --team TEAM",
             )
+            if agent:
+                _check_bindable(s.get(AgentRow, agent), agent, project)
             row = ApiKeyRow(
                 id=key_id,
                 user=user,
@@ -217,6 +242,7 @@ class Store(AgentStore, RemovalStore, SecretStore, ChangeLog):
                 secret_sha256=hash_secret(secret),
                 create_time=now(),
                 expire_time=expire_time,
+                agent=agent,
             )
             s.add(row)
             self._record(s, "api_key", key_id)
@@ -258,6 +284,13 @@ class Store(AgentStore, RemovalStore, SecretStore, ChangeLog):
             if row.expire_time is not None and rows.utc(row.expire_time) <= now():
                 raise Unauthenticated(f"API key {key_id} has expired; ask an admin for a new one")
             user = self._need(s, UserRow, row.user, "user", "the key's user was removed")
+            if row.agent:
+                bound = s.get(AgentRow, row.agent)
+                if bound is None or not bound.api_key_auth:
+                    raise Unauthenticated(
+                        f"API key {key_id} is bound to agent {row.agent!r}, which does not accept API keys "
+                        f"(now): an admin allows it with `harness agents api-key-auth {row.agent} on`"
+                    )
             return rows.api_key(row), rows.user(user)
 
     # --- catalogs ------------------------------------------------------------------------

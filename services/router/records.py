@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from google.protobuf import struct_pb2, timestamp_pb2
 from harness.common.v1 import common_pb2
 
-from services.common.context import RequestContext
+from services.common.context import AGENT_BY_KEY, RequestContext
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ def actor(f: CallFacts) -> common_pb2.Actor:
         agent_version=f.agent_version,
         project=f.project,
         team=f.team,
-        auth_method=ident.auth_method,
+        # An agent named by its bound API key (no certificate) says so in every record.
+        auth_method="agent_api_key" if ident.claims.get(AGENT_BY_KEY) else ident.auth_method,
     )
 
 

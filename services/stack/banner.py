@@ -76,6 +76,7 @@ def banner(
 Harness is up (Ctrl-C stops everything).
   front door (Envoy, mTLS)  {env["HARNESS_ADDR"]}
   OpenAI API (same door)    {env["HARNESS_OPENAI_BASE_URL"]}
+  OpenAI API, agent keys    {env["HARNESS_OPENAI_KEY_BASE_URL"]} (TLS; an agent-bound API key, no client cert)
   Envoy admin               {env["HARNESS_ENVOY_ADMIN"]}
 {ports}
   logs {paths.logs}/   state {paths.state}/

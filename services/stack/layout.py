@@ -13,6 +13,7 @@ from pathlib import Path
 class StackPorts:
     envoy: int = 8443
     envoy_admin: int = 9901
+    envoy_keys: int = 8444  # server-TLS: agents that authenticate with an agent-bound API key
     # One gRPC (an OpenAI simulator: its HTTP API) and one metrics port per engine simulator
     # instance (sim-0, sim-1, sim-2).
     enginesim: tuple[int, ...] = (8001, 8011, 8021)

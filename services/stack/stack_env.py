@@ -36,6 +36,8 @@ def stack_env(stack: Stack) -> dict[str, str]:
         "HARNESS_OPENAI_BASE_URL": f"https://localhost:{stack.cfg.ports.envoy}/v1",
         # The MCP endpoint (streamable HTTP), same listener: the agent's governed tools.
         "HARNESS_MCP_URL": f"https://localhost:{stack.cfg.ports.envoy}/mcp",
+        # The same APIs for agents without a client certificate: an agent-bound API key (TLS only).
+        "HARNESS_OPENAI_KEY_BASE_URL": f"https://localhost:{stack.cfg.ports.envoy_keys}/v1",
         "HARNESS_CA": str(stack.certs.ca_cert.resolve()),
         "HARNESS_CERT": str(leaf.cert.resolve()),
         "HARNESS_KEY": str(leaf.key.resolve()),

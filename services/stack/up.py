@@ -222,6 +222,7 @@ class Stack:
             listen_host=self.cfg.listen_host,
             listen_port=p.envoy,
             admin_port=p.envoy_admin,
+            key_listen_port=p.envoy_keys,
             certs=EnvoyCerts(self.certs.ca_cert, self.certs.envoy.cert, self.certs.envoy.key),
             upstreams={
                 "router": [(local, port) for port in p.routers],

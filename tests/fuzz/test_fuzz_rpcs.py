@@ -146,6 +146,7 @@ def bases() -> dict[str, object]:
         "Registry/DeleteTool": r.DeleteToolRequest(name="fz-tool", version="1"),
         "Registry/Watch": r.WatchRequest(since_revision=0),
         "Registry/SetSecret": r.SetSecretRequest(name="fz-secret", value="Bearer fz"),
+        "Registry/SetAgentApiKeyAuth": r.SetAgentApiKeyAuthRequest(agent="demo-agent", enabled=False),
         "Registry/ListSecrets": r.ListSecretsRequest(),
         "Registry/DeleteSecret": r.DeleteSecretRequest(name="fz-secret"),
         "Registry/RevealSecret": r.RevealSecretRequest(name="fz-secret"),

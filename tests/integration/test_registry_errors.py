@@ -219,6 +219,7 @@ VALID = {
     "DeleteModel": pb.DeleteModelRequest(name="llama-3-8b"),
     "DeleteTool": pb.DeleteToolRequest(name="ledger", version="1"),
     "SetSecret": pb.SetSecretRequest(name="books-token", value="v"),
+    "SetAgentApiKeyAuth": pb.SetAgentApiKeyAuthRequest(agent="demo-agent", enabled=True),
     "DeleteSecret": pb.DeleteSecretRequest(name="books-token"),
 }
 

@@ -56,10 +56,13 @@ def _tables(engine) -> set[str]:
 def test_upgrade_from_empty_then_downgrade_to_base(engine):
     assert _tables(engine) == set() and migrate.current(engine) is None
     migrate.upgrade(engine)
-    assert migrate.current(engine) == migrate.head() == "0008"
+    assert migrate.current(engine) == migrate.head() == "0009"
     assert _tables(engine) == TABLES
     assert migrate.diff(engine) == []  # autogenerate finds nothing: migrations == models
 
+    migrate.downgrade(engine, "0008")
+    assert {c["name"] for c in inspect(engine).get_columns("api_keys")}.isdisjoint({"agent"})
+    assert {c["name"] for c in inspect(engine).get_columns("agents")}.isdisjoint({"api_key_auth"})
     migrate.downgrade(engine, "0007")
     assert _tables(engine) == TABLES - {"secrets"}
     assert {c["name"] for c in inspect(engine).get_columns("tools")}.isdisjoint(
@@ -129,6 +132,8 @@ def test_pre_migration_database_is_adopted(engine, db_url):
             conn.execute(text(f"ALTER TABLE models DROP COLUMN {column}"))
         for column in ("credential", "credential_header"):
             conn.execute(text(f"ALTER TABLE tools DROP COLUMN {column}"))
+        conn.execute(text("ALTER TABLE api_keys DROP COLUMN agent"))
+        conn.execute(text("ALTER TABLE agents DROP COLUMN api_key_auth"))
     CasbinRule.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(
@@ -155,12 +160,12 @@ def test_pre_migration_database_is_adopted(engine, db_url):
 
 def test_ops_command_line(db_url, capsys):
     migrate.main(["--db-url", db_url, "upgrade"])
-    assert capsys.readouterr().out.strip() == "0008 (head 0008)"
+    assert capsys.readouterr().out.strip() == "0009 (head 0009)"
     with pytest.raises(SystemExit) as done:
         migrate.main(["--db-url", db_url, "check"])
     assert done.value.code == 0 and "in sync" in capsys.readouterr().out
     migrate.main(["--db-url", db_url, "downgrade"])
-    assert capsys.readouterr().out.strip() == "(empty) (head 0008)"
+    assert capsys.readouterr().out.strip() == "(empty) (head 0009)"
 
 
 def test_bare_user_subjects_are_namespaced_and_the_change_is_logged(engine):

@@ -43,6 +43,7 @@ def _banner() -> tuple[str, StackPorts]:
     env = {
         "HARNESS_ADDR": "localhost:8443",
         "HARNESS_OPENAI_BASE_URL": "https://localhost:8443/v1",
+        "HARNESS_OPENAI_KEY_BASE_URL": "https://localhost:8444/v1",
         "HARNESS_ENVOY_ADMIN": "http://127.0.0.1:9901",
         "HARNESS_AGENT": "a",
     }
