@@ -6,8 +6,9 @@ utilisation, fewer GPUs, SLOs kept through a month-end surge, lower cost.
 
   workload.py  the agents (kind, SLO class, model, rates, prompt/output lengths, shared system
                prompts), the tidal calendar and the month-end 10x surge; the clocks
-  plan.py      the GPUs each set-up holds: one per agent (static) or the pool's placement of
-               shared deployments (harness)
+  plan.py      the GPUs each set-up holds: one per agent (static) or the pool's inventory
+  pooled.py    the harness's pool: the production PoolApp in-process, its placement and scaling
+               loop acting during the run
   probe.py     simulator processes (one per GPU) and the probe that feeds the router and
                integrates each GPU's busy time
   runner.py    one set-up: in-process router core, the schedule, the live progress line
@@ -36,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import charts, plan, report, runner, workload
+from . import charts, plan, pooled, report, runner, timeline, workload
 
 SCALES = {"quick": (2.0, 45.0), "long": (2.0, 600.0), "full": (1.0, workload.DAY_HOURS * 3600)}
 
@@ -74,6 +75,11 @@ def describe_plans(plans: list[plan.FleetPlan]) -> str:
             gpus = f"one GPU per agent ({len(p.gpus)}): " + ", ".join(
                 sorted({m.split("--")[-1] for g in p.gpus for m in g.models})
             )
+        else:
+            gpus = (
+                f"an inventory of {len(p.gpus)} empty GPUs; the pool places the agents' models and its "
+                f"scaling loop adds and removes replicas (at most {pooled.MAX_REPLICAS} per model)"
+            )
         out.append(f"  {p.setup:<8} {gpus}")
     return "GPUs (simulated H100 SXM 80GB, one simulator process each):\n" + "\n".join(out)
 
@@ -83,7 +89,7 @@ async def main_async(args: argparse.Namespace) -> int:
     schedule = workload.build_schedule(args.day_s, args.time_scale, args.seed)
     gc.collect()
     gc.freeze()  # the schedule and the imports are permanent: keep them out of every GC pass
-    plans = [plan.static_plan(), plan.harness_plan(len(workload.AGENTS), args.placement == "exclusive")]
+    plans = [plan.static_plan(), plan.harness_plan(pooled.INVENTORY)]
     print(describe(args, schedule) + "\n" + describe_plans(plans), flush=True)
     results: dict[str, runner.SetupResult] = {}
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
@@ -102,6 +108,10 @@ async def main_async(args: argparse.Namespace) -> int:
             report.table(figs),
             "",
             *(f"verdict: {v}" for v in report.verdicts(figs)),
+            "",
+            "harness GPUs over the calendar:",
+            timeline.gpu_table(results["harness"]),
+            timeline.events_text(results["harness"]),
             "Provisional: one run on a shared machine; every wall-clock hiccup is multiplied by the time scale.",
         ]
     )
@@ -128,8 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--drain-s", type=float, default=15.0, help="wall seconds after the last arrival before cutting"
     )
-    p.add_argument("--placement", choices=("shared", "exclusive"), default="shared",
-                   help="harness: the pool's memory placement (shared GPUs) or one GPU per replica")  # fmt: skip
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
         "--out", default=str(plan.REPO / "bench/fleet/out"), help="directory for the PNGs and report"

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 
 from bench._common import pct
 
+from . import timeline
 from .report import SURGE
 from .runner import SetupResult
 from .workload import AGENTS, DAY_HOURS, DAYS, SLO_CLASSES, TTFT_TARGET_MS, Request, multiplier, sim_hours
@@ -51,7 +52,8 @@ def render(res: SetupResult, schedule: list[Request], figs: dict, path: Path, bi
     ax1.set_ylabel("offered load, req/s\n(engine time)")
     ax1.legend(loc="upper left", fontsize=8)
     ax1.set_title(
-        f"{res.plan.setup}: {figs['gpus']} GPUs, mean utilisation {figs['util']:.0%}, "
+        f"{res.plan.setup}: {figs['gpus_mean']:.2f} GPUs held on average ({figs['gpus']} at most), "
+        f"utilisation {figs['util']:.0%}, "
         f"${figs['cost_1k']:.2f} per 1k requests, {figs['served']:,}/{figs['sent']:,} served "
         f"(time scale {scale:g}, one business day = {day_s:g} s wall)"
     )
@@ -73,23 +75,29 @@ def render(res: SetupResult, schedule: list[Request], figs: dict, path: Path, bi
     ax2.legend(loc="upper left", fontsize=8)
     _axis(ax2)
 
-    mean_x, mean_y = [], []
     for gpu, s in sorted(res.series.items()):
+        if not any(s.held):
+            continue
         hours = [t / day_s * DAY_HOURS for t in s.t]
         k = max(1, len(s.util) // nbins)  # smooth to about one point per bin
-        xs = [sum(hours[i : i + k]) / len(hours[i : i + k]) for i in range(0, len(hours), k)]
-        ys = [sum(s.util[i : i + k]) / len(s.util[i : i + k]) for i in range(0, len(s.util), k)]
-        models = ", ".join(m.split("--")[-1] for m in next(g for g in res.plan.gpus if g.name == gpu).models)
-        label = f"{gpu}: {models}" if len(res.series) <= 4 else None
-        ax3.plot(xs, [100 * y for y in ys], lw=0.8, alpha=0.6, label=label)
-        if not mean_x:
-            mean_x, mean_y = xs, [0.0] * len(ys)
-        for i in range(min(len(mean_y), len(ys))):
-            mean_y[i] += ys[i] / len(res.series)
-    ax3.plot(mean_x, [100 * y for y in mean_y], color="black", lw=2, label="mean over GPUs held")
+        xs, ys = [], []
+        for i in range(0, len(hours), k):
+            held = [u for u, h in zip(s.util[i : i + k], s.held[i : i + k], strict=True) if h]
+            xs.append(sum(hours[i : i + k]) / len(hours[i : i + k]))
+            ys.append(100 * sum(held) / len(held) if held else float("nan"))  # a gap: not held
+        models = ", ".join(sorted(m.split("--")[-1] for m in s.models))
+        label = f"{gpu}: {models}" if len(res.series) <= 6 else None
+        ax3.plot(xs, ys, lw=0.8, alpha=0.7, label=label)
     ax3.axhline(60, color="grey", ls=":", lw=1)
     ax3.set_ylim(0, 105)
-    ax3.set_ylabel("GPU utilisation, %\n(simulator busy time)")
+    ax3.set_ylabel("GPU utilisation while held, %\n(simulator busy time)")
+    counts = timeline.held_counts(res)
+    held_ax = ax3.twinx()
+    held_ax.step([t / day_s * DAY_HOURS for t, _ in counts], [n for _, n in counts], where="post",
+                 color="black", lw=1.5, label="GPUs held (right axis)")  # fmt: skip
+    held_ax.set_ylim(0, max(n for _, n in counts) + 1)
+    held_ax.set_ylabel("GPUs held")
+    held_ax.legend(loc="upper right", fontsize=7)
     ax3.set_xlabel("simulated calendar: weekday 08-20h | month-end 08-20h (shaded: 10x surge window)")
     ax3.legend(loc="upper left", fontsize=7, ncol=2)
     _axis(ax3)

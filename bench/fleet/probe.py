@@ -7,7 +7,9 @@ Every ``interval_s`` it (1) feeds the router's EndpointView what the pool's Watc
 carry: each model's waiting/active requests, KV fraction and running limit, parsed with the
 pool's own parser; (2) records each GPU's utilisation x the interval, which integrates to the
 GPU's busy time (the simulator's ``busy_real_s``: the step time its engines used; co-located
-models share the GPU, their steps run one at a time, so the sum stays within 100%).
+models share the GPU, their steps run one at a time, so the sum stays within 100%), and
+whether the GPU is held (some model's memory is allocated on it: loaded or loading). The
+harness's view is fed by the pool instead (pooled.py): there the probe only records.
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ def engine_counters(text: str) -> dict[str, dict[str, float]]:
 class GpuSeries:
     t: list[float] = field(default_factory=list)  # wall seconds since the run started
     util: list[float] = field(default_factory=list)  # share of the interval ending at t
+    held: list[bool] = field(default_factory=list)  # a model loaded or loading at t
     busy_s: float = 0.0  # integral of util dt (wall seconds)
     observed_s: float = 0.0
+    models: set[str] = field(default_factory=set)  # every model seen on it
     counters: list[tuple[float, dict[str, dict[str, float]]]] = field(default_factory=list)  # (t, per model)
     max_waiting: dict[str, int] = field(default_factory=dict)  # per model: the engine queue's peak seen
 
@@ -74,13 +78,13 @@ class Probe:
         self._task: asyncio.Task | None = None
         self.t0 = time.perf_counter()
 
-    def _one(self, sim: SimProcess) -> tuple[float, pool_pb2.Endpoint | None, float | None, dict]:
+    def _one(self, sim: SimProcess) -> tuple[float, pool_pb2.Endpoint | None, float | None, dict, bool]:
         """Runs in a worker thread: GET + parse (the pool's parser)."""
         try:
             text = http_get_text(sim.metrics_url, 2.0)
             sample = parse_triton_metrics(text)
         except (OSError, ValueError):
-            return time.perf_counter(), None, None, {}
+            return time.perf_counter(), None, None, {}, False
         now = time.perf_counter()
         models = [
             pool_pb2.EndpointModel(
@@ -95,12 +99,13 @@ class Probe:
             name=sim.name, address=sim.address, gpu_type=GPU_TYPE, gpu_count=1,
             health=pool_pb2.ENDPOINT_HEALTH_HEALTHY, models=models, gpu_utilization=util,
         )  # fmt: skip
-        return now, ep, util, engine_counters(text)
+        held = bool(sample.gpus and sample.gpus[0].memory_used_bytes > 0)
+        return now, ep, util, engine_counters(text), held
 
     async def refresh(self, record: bool = True, keep: bool = False) -> None:
         results = await asyncio.gather(*(asyncio.to_thread(self._one, s) for s in self.sims))
         eps = []
-        for sim, (now, ep, util, counters) in zip(self.sims, results, strict=True):
+        for sim, (now, ep, util, counters, held) in zip(self.sims, results, strict=True):
             if ep is None:
                 continue
             eps.append(ep)
@@ -111,11 +116,13 @@ class Probe:
                 s.counters.append((now - self.t0, counters))
             for m in ep.models:
                 s.max_waiting[m.name] = max(s.max_waiting.get(m.name, 0), m.waiting_requests)
+                s.models.add(m.name)
             if record and last is not None and util is not None:
                 s.t.append(now - self.t0)
                 s.util.append(util)
+                s.held.append(held)
                 s.busy_s += util * (now - last)
-                s.observed_s += now - last
+                s.observed_s += (now - last) if held else 0.0
         if self.view is not None and eps:
             self.view.apply(eps)
 
@@ -140,4 +147,5 @@ class Probe:
         await self.refresh(keep=True)  # closes the last window and keeps the final counters
 
     def utilisation(self) -> dict[str, float]:
+        """Per GPU: busy time / time held (a GPU never held has none)."""
         return {n: (s.busy_s / s.observed_s if s.observed_s else 0.0) for n, s in self.series.items()}

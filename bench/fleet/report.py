@@ -1,10 +1,11 @@
 """Figures, the printed table and the verdicts.
 
 Definitions (engine time = wall x time scale; see workload.py):
-  GPUs held        the GPUs the set-up's plan fills (plan.py); VRAM held = GPUs x 80 GiB,
-                   VRAM used = the loaded models' memory_gb.
-  GPU utilisation  per GPU, the simulator's busy time (nv_gpu_utilization integrated over the
-                   probe's windows) / time observed; the mean is over the GPUs held. The
+  GPUs held        a GPU is held while a model is loaded or loading on it (timeline.py): static
+                   holds its ten all the time; the harness what the pool's placement and
+                   scaling loop use. Mean = GPU-hours held / calendar hours; peak = most at once.
+  GPU utilisation  the simulators' busy time (nv_gpu_utilization integrated over the probe's
+                   windows) / time held, summed over the GPUs (a time-weighted mean). The
                    simulator credits a step's time when the step ends and caps each window at
                    100%, so steps longer than the probe interval (the 70B's long prefills) lose
                    some busy time: a slight under-count, larger at the harness's 0.25 s probe.
@@ -17,7 +18,7 @@ Definitions (engine time = wall x time scale; see workload.py):
                    queueing included), x time scale.
   SLO attainment   requests with TTFT <= the class target / requests sent (shed, timed out,
                    failed and cut requests count as misses).
-  cost per 1k      GPUs x the calendar's length in engine hours x $/GPU-hour / requests served.
+  cost per 1k      GPU-hours held (engine time) x $/GPU-hour / requests served.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import yaml
 
 from bench._common import pct
 
-from .plan import GPU_GIB, REPO, profiles
+from . import timeline
+from .plan import REPO, profiles
 from .runner import Record, SetupResult
 from .workload import AGENTS, DAYS, SLO_CLASSES, TTFT_TARGET_MS
 
@@ -61,14 +63,6 @@ def class_figures(records: list[Record], cls: str) -> dict:
         "sent": len(sent), "p50": pct(ttft, 50), "p99": pct(ttft, 99),
         "attain": met / len(sent) if sent else float("nan"),
     }  # fmt: skip
-
-
-def _window_util(res: SetupResult, t0: float, t1: float) -> float:
-    vals = []
-    for s in res.series.values():
-        us = [u for t, u in zip(s.t, s.util, strict=True) if t0 <= t < t1]
-        vals.append(sum(us) / len(us) if us else 0.0)
-    return sum(vals) / len(vals) if vals else 0.0
 
 
 def _counters_at(series, t: float) -> dict:
@@ -113,24 +107,26 @@ def compute_demand(res: SetupResult, window: tuple[float, float] | None = None) 
 def figures(res: SetupResult) -> dict:
     usd, _ = gpu_hour_usd()
     recs = res.records
-    gpus = len(res.plan.gpus)
     served = sum(1 for r in recs if r.outcome == "ok")
-    hours = len(DAYS) * res.day_s * res.time_scale / 3600  # engine hours the GPUs are held
+    hours = len(DAYS) * res.day_s * res.time_scale / 3600  # engine hours of the calendar
+    gpu_h = timeline.gpu_hours(res)
+    counts = [n for _, n in timeline.held_counts(res)]
     day = res.day_s
     surge_w = (day + (SURGE[1] - 8) / 12 * day, day + (SURGE[2] - 8) / 12 * day)
     demand, surge_demand = compute_demand(res), compute_demand(res, surge_w)
     lags = res.loop_lag_ms or [0.0]
     rt_models = {res.plan.agent_model[a.name][1] for a in AGENTS if a.slo == "realtime"}
     return {
-        "setup": res.plan.setup, "time_scale": res.time_scale, "gpus": gpus,
-        "colocated": [g.name for g in res.plan.gpus if len(g.models) > 1], "vram_held": gpus * GPU_GIB, "vram_used": res.plan.vram_used_gib,
-        "util": sum(res.util.values()) / max(1, len(res.util)), "util_per_gpu": res.util,
-        "util_days": [_window_util(res, d * day, (d + 1) * day) for d in range(len(DAYS))],
-        "util_surge": _window_util(res, *surge_w),
+        "setup": res.plan.setup, "time_scale": res.time_scale, "gpus": max(counts), "gpus_mean": gpu_h / hours,
+        "colocated": [n for n, s in res.series.items() if len(s.models) > 1],
+        "util": timeline.utilisation(res), "util_per_gpu": res.util,
+        "util_days": [timeline.utilisation(res, d * day, (d + 1) * day) for d in range(len(DAYS))],
+        "util_surge": timeline.utilisation(res, *surge_w),
         "sent": len(recs), "served": served,
         **{k: sum(1 for r in recs if r.outcome == k) for k in ("shed", "timeout", "failed", "cut")},
-        "gpu_hours": gpus * hours, "cost_1k": gpus * hours * usd / served * 1000 if served else float("nan"),
-        "monthly_usd": gpus * 730 * usd,
+        "gpu_hours": gpu_h, "cost_1k": gpu_h * usd / served * 1000 if served else float("nan"),
+        "monthly_usd": gpu_h / hours * 730 * usd, "events": len(res.events or []),
+        "events_failed": sum(1 for e in res.events or [] if e[5]), "warmup_s": res.warmup_s,
         "classes": {c: class_figures(recs, c) for c in SLO_CLASSES},
         "surge": {c: class_figures([r for r in recs if in_surge(r)], c) for c in SLO_CLASSES},
         "demand": demand, "surge_demand": surge_demand,
@@ -150,9 +146,9 @@ def table(figs: dict[str, dict]) -> str:
     s, h = figs["static"], figs["harness"]
     usd, src = gpu_hour_usd()
     rows = [
-        ("GPUs held (H100 SXM 80GB)", f"{s['gpus']}", f"{h['gpus']}"),
-        ("VRAM held / used by models, GiB", f"{s['vram_held']} / {s['vram_used']:.0f}", f"{h['vram_held']} / {h['vram_used']:.0f}"),
-        ("mean GPU utilisation (busy time)", f"{s['util']:.0%}", f"{h['util']:.0%}"),
+        ("GPUs held (H100 SXM 80GB), mean / peak", f"{s['gpus_mean']:.2f} / {s['gpus']}", f"{h['gpus_mean']:.2f} / {h['gpus']}"),
+        ("scaling changes (refused)", "-", f"{h['events']} ({h['events_failed']})"),
+        ("mean GPU utilisation (busy / held time)", f"{s['util']:.0%}", f"{h['util']:.0%}"),
         ("  weekday / month-end / surge 13-17h", "{:.0%} / {:.0%} / {:.0%}".format(*s["util_days"], s["util_surge"]),
          "{:.0%} / {:.0%} / {:.0%}".format(*h["util_days"], h["util_surge"])),
         ("GPU compute demand (est.), busiest: run / surge", f"{max(s['demand'].values()):.0%} / {max(s['surge_demand'].values()):.0%}",
@@ -162,7 +158,7 @@ def table(figs: dict[str, dict]) -> str:
          f"{s['shed']} / {s['timeout']} / {s['failed']} / {s['cut']}", f"{h['shed']} / {h['timeout']} / {h['failed']} / {h['cut']}"),
         ("GPU-hours held (engine time)", f"{s['gpu_hours']:.2f}", f"{h['gpu_hours']:.2f}"),
         (f"cost per 1k requests (${usd:.2f}/GPU-h)", f"${s['cost_1k']:.2f}", f"${h['cost_1k']:.2f}"),
-        ("GPU bill per month (730 h)", f"${s['monthly_usd']:,.0f}", f"${h['monthly_usd']:,.0f}"),
+        ("GPU bill per month (730 h at the mean)", f"${s['monthly_usd']:,.0f}", f"${h['monthly_usd']:,.0f}"),
         ("router event-loop lag p99 / max, wall ms", f"{s['lag_p99']:.0f} / {s['lag_max']:.0f}", f"{h['lag_p99']:.0f} / {h['lag_max']:.0f}"),
     ]  # fmt: skip
     w0 = max(len(r[0]) for r in rows) + 2

@@ -2,20 +2,21 @@
 
 The router core is the production code (Router + Dispatcher + Scheduler + FlowController, as
 bench/_common.build_router assembles it) over a stand-in registry that knows the ten agents and
-the catalog models, and the Probe (probe.py) in place of the pool's watch stream.
+the catalog models. Static's endpoint view is fed by the Probe (probe.py); the harness's by
+the production pool running in this process (pooled.py), whose scaling loop acts during the run.
 
   static   every agent pinned to its own deployment (a per-agent Triton model name on its own
            GPU); the 'round-robin' baseline profile for every request. It has no not-saturated
            filter, so flow control never engages: requests queue in the engine (and fail when
            its queue is full).
-  harness  shared deployments where the pool placed them; the packaged profiles.yaml as the
+  harness  shared deployments the pool places and scales; the packaged profiles.yaml as the
            router ships it (realtime -> low-latency, batch -> throughput, RAG -> prefix-heavy,
            else default) and flow control by SLO class.
 
 Every wall-clock setting of the router is divided by the time scale so it means the same in
 engine time: the flow-control class waits (realtime 2 s, interactive 15 s, batch 120 s), the
-pool's 0.5 s probe interval (harness; static's round-robin needs no figures, so its GPUs are read
-once a wall second, for utilisation only) and the callers' deadlines (workload.DEADLINE_MS).
+pool's probe interval and scaling windows (pooled.py) and the callers' deadlines
+(workload.DEADLINE_MS).
 
 A request's outcome: ok; shed (RESOURCE_EXHAUSTED: flow control refused or evicted it, or it
 waited its class's maximum); timeout (its deadline passed: DEADLINE_EXCEEDED or the caller gave
@@ -41,10 +42,11 @@ from services.router.flow import ClassBounds, FlowConfig, FlowController, FlowSt
 from services.router.scheduling import Scheduler
 
 from .plan import FleetPlan
+from .pooled import PooledFleet
 from .probe import GpuSeries, Probe, start_gpus
 from .workload import AGENTS, DAY_HOURS, DAY_START_H, DAYS, DEADLINE_MS, SLO_PROTO, Request
 
-POOL_PROBE_S = 0.5  # the pool's default probe interval (engine time here)
+RECORD_S = 1.0  # wall seconds between the harness's utilisation records
 STATIC_PROBE_S = 1.0  # wall seconds
 
 
@@ -75,6 +77,9 @@ class SetupResult:
     flow: FlowStats | None = None
     wall_total_s: float = 0.0  # including start-up and shut-down
     loop_lag_ms: list[float] | None = None  # the router process's event-loop lag (wall ms)
+    # harness: the pool's scaling events (wall s since the start, model, before, after, reason, error)
+    events: list[tuple[float, str, int, int, str, str]] | None = None
+    warmup_s: float = 0.0  # harness: the agents' warm-up loads before the run
 
 
 class FleetRegistry(FakeRegistry):
@@ -137,6 +142,7 @@ async def run_setup(
     logs.mkdir(parents=True, exist_ok=True)
     print(f"{plan.setup}: starting {len(plan.gpus)} simulated GPUs ...", file=sys.stderr, flush=True)
     sims = await asyncio.to_thread(start_gpus, catalog, plan.gpus, scale, logs)
+    fleet: PooledFleet | None = None
     try:
         agents = {}
         for a in AGENTS:
@@ -147,12 +153,16 @@ async def run_setup(
         flow = FlowController(scaled_flow(scale))
         scheduler = scheduler_with_default("round-robin") if plan.setup == "static" else Scheduler(seed=1)
         rt = build_router(registry, scheduler, flow, max_tokens=256)
-        # The harness routes on the probe's figures: the pool's interval in engine time. Static
-        # round-robin ignores them, so its (10) GPUs are read once a wall second, for utilisation
-        # only: scraping them as often would cost this process CPU that the static router does
-        # not need (in production the pool scrapes, in its own process).
-        interval = POOL_PROBE_S / scale if plan.setup == "harness" else STATIC_PROBE_S
-        probe = Probe(sims, rt.view, interval, keep_every_s=args.day_s / 240)  # 3 simulated minutes
+        # The harness routes on the pool's figures (its own probes, pooled.py); this probe only
+        # records, once a wall second. Static round-robin ignores figures, so its (10) GPUs are
+        # read once a wall second, for utilisation only.
+        if plan.setup == "harness":
+            fleet = PooledFleet(sims, rt.view, scale)
+            warmup = await fleet.start()
+            print(f"harness: agents online, the pool loaded their models in {warmup:.1f} s", file=sys.stderr)
+        view = None if fleet else rt.view
+        interval = RECORD_S if fleet else STATIC_PROBE_S
+        probe = Probe(sims, view, interval, keep_every_s=args.day_s / 240)  # 3 simulated minutes
         records: list[Record] = []
         horizon = len(DAYS) * args.day_s
         progress = Progress(plan.setup, len(schedule), horizon, args.day_s)
@@ -175,6 +185,11 @@ async def run_setup(
             except asyncio.CancelledError:
                 outcome = "cut"
                 raise
+            except Exception as exc:  # a bug, not a refusal: counted, and said once
+                outcome = "failed"
+                if not bugs:
+                    print(f"\nrequest failed unexpectedly: {exc!r}", file=sys.stderr)
+                bugs.append(exc)
             finally:
                 gpu = result.deployment.rsplit("@", 1)[-1] if result.deployment else ""
                 records.append(
@@ -185,7 +200,10 @@ async def run_setup(
                     )
                 )  # fmt: skip
 
+        bugs: list[Exception] = []
         t0 = time.perf_counter()
+        if fleet:
+            fleet.mark_start()
         await probe.start(t0)
         tasks: set[asyncio.Task] = set()
         sent = 0
@@ -227,10 +245,14 @@ async def run_setup(
         await asyncio.gather(shower, lagger, return_exceptions=True)
         last = [s.util[-1] for s in probe.series.values() if s.util]
         progress.show(run_wall, sent, records, 0, sum(last) / max(1, len(last)), final=True)
+        events = fleet.events() if fleet else None
         await rt.close()
     finally:
+        if fleet:
+            await fleet.stop()
         stop_all(sims)
     return SetupResult(
         plan, scale, args.day_s, records, probe.series, probe.utilisation(), run_wall,
-        flow.stats if plan.setup != "static" else None, time.perf_counter() - started, lags,
+        flow.stats if plan.setup != "static" else None, time.perf_counter() - started, lags, events,
+        warmup if fleet else 0.0,
     )  # fmt: skip

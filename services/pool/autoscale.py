@@ -64,6 +64,7 @@ class ScalingEvent:
     after: int
     reason: str
     error: str = ""  # why it was not applied ("" = applied)
+    done: bool = False  # False while the load or unload runs
 
 
 def decide(
@@ -120,6 +121,8 @@ class Autoscaler:
         return started
 
     async def _apply(self, advice: Advice, target: int, share: float, now: float) -> None:
+        event = ScalingEvent(now, advice.model, advice.current, target, advice.reason)
+        self.events.append(event)  # seen at once: a cold start can take minutes
         error = ""
         try:
             await self.manager.scale_to(advice.model, target, share)
@@ -127,7 +130,8 @@ class Autoscaler:
         except HarnessError as exc:
             error = exc.message
             log.warning("scaling %s %d -> %d not applied: %s", advice.model, advice.current, target, error)
-        self.events.append(ScalingEvent(now, advice.model, advice.current, target, advice.reason, error))
+        with contextlib.suppress(ValueError):  # pushed out of the bounded deque meanwhile
+            self.events[self.events.index(event)] = replace(event, error=error, done=True)
 
     async def run(self) -> None:
         while True:

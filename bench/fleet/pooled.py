@@ -1,0 +1,130 @@
+"""The harness set-up's pool: the production PoolApp, in this process, over an inventory of
+empty simulated GPUs.
+
+Nothing is placed by the benchmark. Before the run each agent comes online and the pool's
+``on_agent_online`` deploys its model (one claim per agent; agents on the same model share the
+deployment), placed by the pool's placement over the inventory and loaded with real
+RepositoryModelLoad calls (the catalog's load times: cold starts are paid). During the run the
+pool's own probes scrape the simulators, its scaling loop (services/pool/autoscale.py) adds and
+removes replicas from what they see, placing new ones by memory and compute, and the router's
+endpoint view follows the pool's endpoint table through its watch stream, as a router follows
+WatchEndpoints. A GPU with no model loaded is not held (a cloud node given back); one that is
+loading is held and idle.
+
+Every pool setting that is a duration in engine time is divided by the time scale, like the
+router's (runner.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from prometheus_client import CollectorRegistry
+
+from bench._common import SimProcess
+from services.pool.app import PoolApp
+from services.pool.autoscale import AutoscaleSettings
+from services.pool.catalog import ModelSpec
+from services.pool.config import PoolConfig
+from services.pool.gpus import Nvml
+from services.pool.servicer import endpoint_to_proto
+from services.pool.state import GIB, HEALTHY, READY, EndpointSpec
+from services.router.views import EndpointView
+
+from .plan import GPU_GIB, GPU_TYPE, HEADROOM, profiles
+from .workload import AGENTS, MODELS
+
+INVENTORY = 5  # simulated GPUs the pool may use: two hold the fleet at rest, three are spare
+MAX_REPLICAS = 2  # per model
+# Engine seconds (divided by the time scale for the wall clock):
+PROBE_S = 1.0  # the pool's probe interval (its default is 0.5 s; 1 s halves the probes' CPU here)
+AUTOSCALE = {"interval_s": 1.0, "up_after_s": 2.0, "down_after_s": 8.0, "cooldown_s": 6.0}
+
+
+def pool_config(sims: list[SimProcess], time_scale: float) -> PoolConfig:
+    prof = profiles()
+    endpoints = tuple(
+        EndpointSpec.make(
+            s.name, s.address, metrics_url=s.metrics_url, gpu_type=GPU_TYPE, gpu_count=1,
+            gpu_memory_bytes=GPU_GIB * GIB,
+        )
+        for s in sims
+    )  # fmt: skip
+    models = tuple(
+        ModelSpec(name, triton, int(prof[triton]["memory_gb"] * GIB)) for name, triton in MODELS.items()
+    )
+    return PoolConfig(
+        endpoints=endpoints,
+        probe_interval_s=PROBE_S / time_scale,
+        # Network deadlines stay wall-clock and generous: a loaded machine must not make a
+        # healthy simulator look dead.
+        probe_timeout_s=2.0,
+        metrics_timeout_s=2.0,
+        unhealthy_after=3,
+        nvml=False,
+        models=models,
+        headroom=HEADROOM,
+        agent_idle_ttl_s=0.0,  # the agents stay online all run
+        max_replicas=MAX_REPLICAS,
+        autoscale=AutoscaleSettings(**{k: v / time_scale for k, v in AUTOSCALE.items()}),
+    )
+
+
+class PooledFleet:
+    def __init__(self, sims: list[SimProcess], view: EndpointView, time_scale: float) -> None:
+        self.app = PoolApp(pool_config(sims, time_scale), CollectorRegistry(), nvml=Nvml(enabled=False))
+        self.view = view
+        self._mirror: asyncio.Task | None = None
+        self.t0 = time.monotonic()  # the autoscaler's clock at the run's start
+
+    async def start(self) -> float:
+        """Probes, the agents' warm-up loads (waited for), the view; returns the seconds it took."""
+        started = time.monotonic()
+        await self.app.start()
+        await self._until(lambda: all(s.health == HEALTHY for s in self.app.table.states()), 60)
+        # In this order, as the registry's watch would announce them: each deploy plans and
+        # reserves before its first await, so the loads overlap but the placement is sequential.
+        results = await asyncio.gather(*(self.app.on_agent_online([a.model], a.name) for a in AGENTS))
+        for agent, errors in zip(AGENTS, results, strict=True):
+            if any(errors.values()):
+                raise SystemExit(f"pool warm-up failed for {agent.name}: {errors}")
+        wanted = {MODELS[a.model] for a in AGENTS}
+        await self._until(lambda: wanted <= self.ready_models(), 120)
+        self._mirror = asyncio.create_task(self._follow())
+        await self._until(lambda: all(self.view.candidates(m) for m in MODELS.values()), 30)
+        return time.monotonic() - started
+
+    def ready_models(self) -> set[str]:
+        return {m.name for s in self.app.table.states() for m in s.models if m.state == READY}
+
+    async def _follow(self) -> None:
+        async for batch in self.app.watch(0):
+            eps = [endpoint_to_proto(s) for s in batch.endpoints]
+            self.view.apply(eps, list(batch.removed), snapshot=batch.snapshot)
+
+    @staticmethod
+    async def _until(cond, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not cond():
+            if time.monotonic() > deadline:
+                raise SystemExit("the pool did not get ready in time (see the simulators' logs)")
+            await asyncio.sleep(0.05)
+
+    def mark_start(self) -> None:
+        self.t0 = time.monotonic()
+
+    def events(self) -> list[tuple[float, str, int, int, str, str]]:
+        """(wall seconds since the run's start, model, before, after, reason, error)."""
+        return [
+            (e.at - self.t0, e.model, e.before, e.after, e.reason, e.error)
+            for e in self.app.autoscaler.events
+        ]
+
+    async def stop(self) -> None:
+        if self._mirror is not None:
+            self._mirror.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._mirror
+        await self.app.stop()
