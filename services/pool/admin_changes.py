@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -48,6 +49,10 @@ def memory_engine() -> Engine:
 class ChangeLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # One writer at a time: the in-memory database is one SQLite connection shared by the
+        # worker threads, and two transactions on it at once fail ("cannot start a transaction
+        # within a transaction": concurrent agent warm-ups did).
+        self._write = threading.Lock()
         self.listeners: list[Callable[[], None]] = []  # told after each new row (the shipper)
 
     async def record(
@@ -61,7 +66,7 @@ class ChangeLog:
             wake()
 
     def _insert(self, obj: str, action: str, details: dict[str, Any], a: ChangeActor) -> None:
-        with self.engine.begin() as conn:
+        with self._write, self.engine.begin() as conn:
             conn.execute(
                 insert(T).values(
                     event_id=f"pool-change-{uuid.uuid4().hex}", time_us=time.time_ns() // 1000, object=obj,
@@ -73,11 +78,11 @@ class ChangeLog:
 
     def pending(self, limit: int) -> list:
         stmt = select(T).where(T.c.audit_shipped_us == 0).order_by(T.c.id).limit(limit)
-        with self.engine.connect() as conn:
+        with self._write, self.engine.connect() as conn:
             return list(conn.execute(stmt).all())
 
     def mark_shipped(self, ids: Sequence[int]) -> None:
-        with self.engine.begin() as conn:
+        with self._write, self.engine.begin() as conn:
             conn.execute(
                 update(T).where(T.c.id.in_(list(ids))).values(audit_shipped_us=time.time_ns() // 1000)
             )

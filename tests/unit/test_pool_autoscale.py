@@ -220,3 +220,14 @@ async def wait_tasks(scaler: Autoscaler) -> None:
     while scaler._tasks:
         await asyncio.gather(*scaler._tasks.values())
         await asyncio.sleep(0)  # the done callbacks that forget the tasks
+
+
+async def test_concurrent_change_records_on_the_memory_database():
+    from services.pool.admin_changes import POOL_ITSELF, ChangeLog, memory_engine
+
+    log = ChangeLog(memory_engine())
+    try:
+        await asyncio.gather(*(log.record(f"deployment:m{i}", "deploy", {}, POOL_ITSELF) for i in range(20)))
+        assert sorted(r.object for r in log.pending(100)) == sorted(f"deployment:m{i}" for i in range(20))
+    finally:
+        log.engine.dispose()
