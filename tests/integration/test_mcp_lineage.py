@@ -1,4 +1,5 @@
-"""An MCP tool call's story, read back from the real audit service: the ledger delete over MCP
+"""An MCP tool call's story, read back from the real audit service: a ledger MCP server (built
+with the `mcp` SDK) imported into the catalog as tool `books`; its `ledger.delete` over MCP
 waits for an approval, bob rejects it with `harness approvals reject`, the agent gets the
 rejection as a tool error, and `harness audit lineage` shows user -> agent@version -> step ->
 tool call -> approval. The router's real event shipper and approval client talk to an audit
@@ -14,6 +15,7 @@ import grpc
 import httpx2
 import pytest
 from harness.audit.v1 import audit_pb2_grpc
+from harness.registry.v1 import registry_pb2
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from prometheus_client import CollectorRegistry
@@ -22,6 +24,7 @@ from starlette.routing import Route
 from services.common.config import TlsFiles
 from services.common.http_server import start_http_server
 from services.common.identity import Authenticator, JwtVerifier
+from services.common.mcp_client import catalog_actions, list_tools
 from services.common.server import open_channel
 from services.router.events import EventShipper
 from services.router.mcp_front import PATH, McpFrontDoor
@@ -31,8 +34,9 @@ from services.router.privacy import AgentRedactors
 from services.router.result_cache import MemoryResultCache
 from services.router.tools import AuditApprovals, ToolInvoker
 from tests.helpers.grpc import agent_metadata
+from tests.helpers.mcp_ledger import McpLedger
 from tests.integration.test_cli_approvals import cli  # noqa: F401 (the CLI fixture)
-from tests.integration.test_router_tools import FakeRegistry, ToolServer, ledger, rpa_agent
+from tests.integration.test_router_tools import FakeRegistry, rpa_agent
 
 pytestmark = pytest.mark.asyncio
 
@@ -54,9 +58,11 @@ async def test_an_mcp_tool_calls_lineage_is_in_the_audit_log(opened, cli, test_a
         Outbox(str(tmp_path / "outbox.db")), linger_s=0.01,
     )  # fmt: skip
     events.start()
-    tool = ToolServer()
-    registry = FakeRegistry(ledger(tool.url))
-    registry.agents = {"rpa": rpa_agent()}
+    server = await McpLedger().start()
+    tool = registry_pb2.Tool(name="books", version="1", endpoint=server.endpoint)
+    tool.actions.extend(catalog_actions(await list_tools(server.endpoint, timeout_s=10)))
+    registry = FakeRegistry(tool)
+    registry.agents = {"rpa": rpa_agent(tools=("books@1",))}
     invoker = ToolInvoker(
         registry, events, AgentRedactors(), AuditApprovals(audit_pb2_grpc.AuditStub(audit_channel)),
         MemoryResultCache(), default_approval_wait_s=60.0,
@@ -84,7 +90,9 @@ async def test_an_mcp_tool_calls_lineage_is_in_the_audit_log(opened, cli, test_a
             ):
                 async with ClientSession(*s) as session:
                     await session.initialize()
-                    return await session.call_tool("ledger.delete", {"ledger": "FY2024"})
+                    listed = {t.name: t for t in (await session.list_tools()).tools}
+                    assert listed["books.ledger.read"].input_schema["required"] == ["ledger"]
+                    return await session.call_tool("books.ledger.delete", {"ledger": "FY2024"})
 
         call = asyncio.create_task(delete())
         approval_id = ""
@@ -100,7 +108,7 @@ async def test_an_mcp_tool_calls_lineage_is_in_the_audit_log(opened, cli, test_a
         result = await asyncio.wait_for(call, 60)
         text = " ".join(c.text for c in result.content)
         assert result.is_error and "rejected by bob: never delete a ledger" in text
-        assert not any(path.endswith("/delete") for path, _ in tool.calls)  # never reached the tool
+        assert server.calls == []  # the MCP server never saw the delete
         await events.drain(10.0)
 
         tree = await cli("audit", "lineage", "--trace", trace, user="carol")
@@ -116,11 +124,14 @@ async def test_an_mcp_tool_calls_lineage_is_in_the_audit_log(opened, cli, test_a
             return len(lines[i]) - len(lines[i].lstrip(" |`-"))
 
         user, agent, step = at("user:alice"), at("agent:rpa@v1"), at("step:step-4")
-        tool_call, approval = at("tool:ledger@1 delete deny"), at("approval:ledger@1 delete deny by:bob")
+        tool_call, approval = (
+            at("tool:books@1 ledger.delete deny"),
+            at("approval:books@1 ledger.delete deny by:bob"),
+        )
         assert user < agent < step < tool_call < approval, tree.out
         assert depth(user) < depth(agent) < depth(step) < depth(tool_call) < depth(approval), tree.out
     finally:
         await http.stop(1)
         await front.stop()
-        tool.httpd.shutdown()
+        await server.stop()
         await audit_channel.close()
