@@ -16,6 +16,7 @@ from harness.registry.v1 import registry_pb2 as pb
 from harness.registry.v1.registry_pb2_grpc import RegistryStub
 
 from services.common.config import ServerConfig, TlsFiles
+from services.common.context import BOUND_AGENT
 from services.common.errors import NotFound, Unauthenticated
 from services.common.registry_mirror import RegistryMirror
 from services.common.server import open_channel, start_server
@@ -202,3 +203,29 @@ async def test_a_revoked_api_key_is_refused_as_soon_as_the_watch_says_so(tmp_pat
         await mirror.stop()
         await channel.close()
         await registry.stop()
+
+
+async def test_an_agent_bound_key_names_its_agent_until_the_agents_switch_goes_off(setup):
+    """The router's copy: a bound key resolves with its agent; the switch turned off refuses it as
+    soon as the Watch stream says so (the resolved key stays cached otherwise)."""
+    _, stub, mirror = setup
+    await stub.SetAgentApiKeyAuth(pb.SetAgentApiKeyAuthRequest(agent=AGENT, enabled=True))
+    created = await stub.CreateApiKey(pb.CreateApiKeyRequest(user="bob", project="ledger", agent=AGENT))
+
+    async def switch_is(on: bool) -> bool:
+        agent = await mirror.agent(AGENT)
+        return agent.api_key_auth is on
+
+    await eventually(lambda: switch_is(True), within_s=2.0)
+    resolved = await mirror.resolve_api_key(created.secret)
+    assert (resolved.user, resolved.claims[BOUND_AGENT]) == ("bob", AGENT)
+    await stub.SetAgentApiKeyAuth(pb.SetAgentApiKeyAuthRequest(agent=AGENT, enabled=False))
+
+    async def refused() -> bool:
+        try:
+            await mirror.resolve_api_key(created.secret)
+        except Unauthenticated as exc:
+            return "does not accept API keys" in exc.message
+        return False
+
+    assert await eventually(refused, within_s=2.0) < 2.0
