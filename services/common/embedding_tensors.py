@@ -125,14 +125,16 @@ def decode_texts(request: pb.ModelInferRequest, spec: EmbeddingModel) -> list[st
 
 
 def build_response(
-    spec: EmbeddingModel, request_id: str, vectors: np.ndarray, tokens: Sequence[int]
+    spec: EmbeddingModel, request_id: str, vectors: np.ndarray, tokens: Sequence[int] | None
 ) -> pb.ModelInferResponse:
+    """The answer; `num_input_tokens` only when the counts per text are known (`tokens`)."""
     resp = pb.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request_id)
-    count = len(tokens)
+    count = vectors.shape[0]
     resp.outputs.add(name=EMBEDDING, datatype="FP32", shape=[count, vectors.shape[1]])
     resp.raw_output_contents.append(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
-    resp.outputs.add(name=NUM_INPUT_TOKENS, datatype="INT32", shape=[count, 1])
-    resp.raw_output_contents.append(np.asarray(tokens, dtype="<i4").tobytes())
+    if tokens is not None:
+        resp.outputs.add(name=NUM_INPUT_TOKENS, datatype="INT32", shape=[count, 1])
+        resp.raw_output_contents.append(np.asarray(tokens, dtype="<i4").tobytes())
     return resp
 
 

@@ -92,6 +92,7 @@ class Call:
     slo: SloClass = SloClass.INTERACTIVE
     redactions: dict[str, int] = field(default_factory=dict)  # PII kind -> count (prompt + output)
     texts: tuple[str, ...] = ()  # an embedding call's inputs, validated and redacted
+    text_tokens: tuple[int, ...] | None = None  # the engine's token count of each input, if given
     output: OutputRedaction | None = None
     # RateAdmit / BudgetReserve
     rate_hold: Reservation | None = None

@@ -67,6 +67,7 @@ class EmbeddingResult:
     vectors: np.ndarray  # float32 [N, D]: row i is the vector of text i
     input_tokens: int
     estimated: bool = False  # the engine gave no token counts: estimated from the texts
+    per_text: tuple[int, ...] | None = None  # the engine's count for each text, when it gives them
 
 
 class Embedder(Protocol):

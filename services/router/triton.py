@@ -181,10 +181,12 @@ class TritonPool:
             dataclasses.replace(req, texts=req.texts[i : i + size]) for i in range(0, len(req.texts), size)
         ]
         results = await asyncio.gather(*(embed(stub, address, p, timeout, metadata) for p in parts))
+        counted = all(r.per_text is not None for r in results)
         return EmbeddingResult(
             np.concatenate([r.vectors for r in results]),
             sum(r.input_tokens for r in results),
             any(r.estimated for r in results),
+            tuple(n for r in results for n in r.per_text or ()) if counted else None,
         )
 
     async def close(self) -> None:
@@ -249,4 +251,4 @@ async def embed(
         raise Unavailable(f"backend {address}: {exc}") from exc
     if out.tokens is None:
         return EmbeddingResult(out.vectors, sum(estimate_tokens(t) for t in req.texts), True)
-    return EmbeddingResult(out.vectors, sum(out.tokens))
+    return EmbeddingResult(out.vectors, sum(out.tokens), per_text=out.tokens)

@@ -27,10 +27,12 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from services.common import context as reqctx
+from services.common import embedding_tensors
 from services.common import triton_tensors as tensors
 from services.common.errors import HarnessError, InvalidArgument, NotFound, Unimplemented
 from services.common.streams import serve_concurrently
-from services.router.core import Call, GenerationInput, Router
+from services.router.core import Call, EmbeddingInput, GenerationInput, Router
+from services.router.stages.embed import MAX_INPUTS
 from services.router.stages.resolve import require_caller
 from services.router.triton_unsupported import UnsupportedTritonRpcs
 
@@ -50,6 +52,16 @@ class FacadeModel:
     version: str = "1"
     max_batch_size: int = 1
     layout: str = "ensemble"
+
+
+@dataclass(frozen=True)
+class FacadeEmbeddingModel:
+    """A catalog embedding model as the embedding tensors see it (services/common/embedding_tensors.py)."""
+
+    name: str
+    dimensions: int
+    version: str = "1"
+    max_batch_size: int = MAX_INPUTS  # the router batches for the engines behind it
 
 
 def generation_input(model_name: str, values: dict[str, Any]) -> GenerationInput:
@@ -95,12 +107,6 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
                 return model
         raise NotFound(f"Request for unknown model: '{name}' is not found")
 
-    async def _generation_model(self, name: str, version: str = "") -> registry_pb2.Model:
-        """`_model`, refusing an embedding model: this front door serves the TensorRT-LLM tensors."""
-        model = await self._model(name, version)
-        _refuse_embedding(model)
-        return model
-
     async def _decoupled(self, model: registry_pb2.Model) -> bool:
         """As the engines serving the model say (the first that can tell); False when none can."""
         if self._decoupled_on is None:
@@ -124,12 +130,17 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         """The TensorRT-LLM ensemble tensors, under the name the caller used."""
-        await self._generation_model(request.name, request.version)
+        model = await self._model(request.name, request.version)
+        if model.kind == registry_pb2.MODEL_KIND_EMBEDDING:
+            return embedding_tensors.model_metadata(FacadeEmbeddingModel(request.name, model.dimensions))
         return tensors.model_metadata(FacadeModel(request.name))
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         """The ensemble tensors under the caller's name; decoupled as the serving engines are."""
-        model = await self._generation_model(request.name, request.version)
+        model = await self._model(request.name, request.version)
+        if model.kind == registry_pb2.MODEL_KIND_EMBEDDING:
+            config = embedding_tensors.model_config(FacadeEmbeddingModel(request.name, model.dimensions))
+            return pb.ModelConfigResponse(config=config)
         facade = FacadeModel(request.name)
         return pb.ModelConfigResponse(config=tensors.tensor_config(facade, await self._decoupled(model)))
 
@@ -186,8 +197,8 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         known = {m.name: m for m in await self._router.allowed_models()}
         known.update({m.triton_model: m for m in known.values()})
         model = known.get(request.model_name)  # others: Generate's own refusal (permission...)
-        if model is not None:
-            _refuse_embedding(model)
+        if model is not None and model.kind == registry_pb2.MODEL_KIND_EMBEDDING:
+            return await self._embed(request, model, context.time_remaining())
         if model is not None and await self._decoupled(model):
             raise Unimplemented(DECOUPLED_INFER_MESSAGE)
         try:
@@ -198,6 +209,19 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         async for _ in self._router.run(call):
             pass
         return self._response(request, outputs, call.text, call, None)
+
+    async def _embed(
+        self, request: pb.ModelInferRequest, model: registry_pb2.Model, timeout_s: float | None
+    ) -> pb.ModelInferResponse:
+        """An embedding model's batch (the embedding tensors) through the router's Embed path."""
+        spec = FacadeEmbeddingModel(request.model_name, model.dimensions)
+        try:
+            texts = embedding_tensors.decode_texts(request, spec)
+        except embedding_tensors.EmbeddingTensorError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        call = Call(EmbeddingInput(tuple(texts), model=request.model_name, timeout_s=timeout_s))
+        await self._router.embed(call)
+        return embedding_tensors.build_response(spec, request.id, call.vectors, call.text_tokens)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -301,11 +325,3 @@ def _check_version(name: str, version: str) -> None:
 
 def _wrap(resp: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:
     return pb.ModelStreamInferResponse(infer_response=resp)
-
-
-def _refuse_embedding(model: registry_pb2.Model) -> None:
-    if model.kind == registry_pb2.MODEL_KIND_EMBEDDING:
-        raise Unimplemented(
-            f"model '{model.name}' is an embedding model; the Harness's Triton front door serves "
-            "generation models: call harness.router.v1.Router/Embed or POST /v1/embeddings"
-        )

@@ -89,3 +89,27 @@ def test_the_readme_embeddings_snippet_runs_as_printed(stack):
     lines = [line for line in out.stdout.splitlines() if line.strip()]
     count, dims, tokens = lines[0].split()
     assert (count, dims, lines[1]) == ("2", "384", "384") and int(tokens) > 0, out.stdout
+
+
+def test_tritonclient_embeds_through_the_harness_triton_front_door(stack):
+    import tritonclient.grpc as tritongrpc
+
+    env = stack.env
+    client = tritongrpc.InferenceServerClient(
+        env["HARNESS_ADDR"], ssl=True, root_certificates=env["HARNESS_CA"],
+        private_key=env["HARNESS_KEY"], certificate_chain=env["HARNESS_CERT"],
+    )  # fmt: skip
+    headers = {"authorization": f"Bearer {stack.token('alice')}"}
+    try:
+        config = client.get_model_config(EMBED_MODEL, headers=headers).config
+        assert [o.name for o in config.output] == ["embedding", "num_input_tokens"]
+        texts = np.array([[b"ledger refunds"], [b"weather in Lisbon"]], dtype=object)
+        tensor = tritongrpc.InferInput("text_input", list(texts.shape), "BYTES")
+        tensor.set_data_from_numpy(texts)
+        result = client.infer(EMBED_MODEL, [tensor], headers=headers)
+    finally:
+        client.close()
+    vectors = result.as_numpy("embedding")
+    assert vectors.shape == (2, DIMENSIONS)
+    assert np.allclose(vectors[1], vector("weather in Lisbon", DIMENSIONS), atol=1e-6)
+    assert result.as_numpy("num_input_tokens").ravel().tolist() == [2, 3]

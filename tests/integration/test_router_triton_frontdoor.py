@@ -7,11 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 import pytest
 from harness.registry.v1 import registry_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pbg
 
+from services.common import embedding_tensors
 from services.common.config import ServerConfig
 from services.common.server import start_server
 from services.router.call import Call, Chunk
@@ -22,7 +24,9 @@ from tests.realtriton.conformance import infer_request
 MODELS = [
     registry_pb2.Model(name="chat", triton_model="chat-trt"),  # served by a decoupled engine
     registry_pb2.Model(name="batch", triton_model="batch-trt"),  # served by a plain one
-    registry_pb2.Model(name="minilm", triton_model="minilm-trt", kind=registry_pb2.MODEL_KIND_EMBEDDING),
+    registry_pb2.Model(
+        name="minilm", triton_model="minilm-trt", kind=registry_pb2.MODEL_KIND_EMBEDDING, dimensions=4
+    ),
 ]
 
 
@@ -50,6 +54,11 @@ class StandInRouter:
 
     async def allowed_models(self) -> list[registry_pb2.Model]:
         return MODELS
+
+    async def embed(self, call: Call) -> None:
+        self.generated.append(f"embed:{call.inp.model}:{'|'.join(call.inp.inputs)}")
+        call.vectors = np.arange(4 * len(call.inp.inputs), dtype=np.float32).reshape(-1, 4)
+        call.text_tokens = tuple(len(t) for t in call.inp.inputs)
 
     async def run(self, call: Call):
         self.generated.append(call.inp.model)
@@ -139,13 +148,18 @@ async def test_model_infer_refuses_as_triton_does(front_door):
     assert code == grpc.StatusCode.UNAUTHENTICATED  # no user token: refused before anything else
 
 
-async def test_an_embedding_model_is_refused_with_where_to_embed(front_door):
+async def test_an_embedding_model_is_served_with_the_embedding_tensors(front_door):
     stub, router, md = front_door
-    for call in (
-        stub.ModelConfig(pb.ModelConfigRequest(name="minilm"), metadata=md),
-        stub.ModelMetadata(pb.ModelMetadataRequest(name="minilm-trt"), metadata=md),
-        stub.ModelInfer(infer_request("minilm"), metadata=md),
-    ):
-        code, details = await _code(call)
-        assert code == grpc.StatusCode.UNIMPLEMENTED and "Router/Embed or POST /v1/embeddings" in details
-    assert router.generated == []
+    config = (await stub.ModelConfig(pb.ModelConfigRequest(name="minilm"), metadata=md)).config
+    assert [i.name for i in config.input] == ["text_input"] and not config.model_transaction_policy.decoupled
+    assert {o.name: list(o.dims) for o in config.output} == {"embedding": [4], "num_input_tokens": [1]}
+    meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="minilm-trt"), metadata=md)
+    assert [o.name for o in meta.outputs] == ["embedding", "num_input_tokens"]
+    resp = await stub.ModelInfer(
+        embedding_tensors.build_request("minilm-trt", ("ab", "cde"), "r-e"), metadata=md
+    )
+    out = embedding_tensors.parse_response(resp, 2)
+    assert resp.id == "r-e" and out.vectors.shape == (2, 4) and out.tokens == (2, 3)
+    assert router.generated == ["embed:minilm-trt:ab|cde"]
+    code, details = await _code(stub.ModelInfer(infer_request("minilm"), metadata=md))  # LLM tensors
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "unexpected inference input" in details

@@ -122,6 +122,7 @@ class EmbedDispatch(Stage):
             call.gpu_type = self.endpoints.gpu_type(call.endpoint.name) if call.endpoint else ""
         call.reached_backend = True
         call.input_tokens, call.usage_estimated = result.input_tokens, result.estimated
+        call.text_tokens = result.per_text
         vectors = result.vectors
         native = call.catalog.dimensions
         if native and vectors.shape[1] != native:
