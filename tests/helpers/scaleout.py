@@ -209,6 +209,7 @@ def build_mesh(
     mesh.procs["registry"].argv += ["--audit", mesh.addr(audit_names[0])]
     sim = mesh.procs["sim"]
     add("pool", "pool", "services.pool", "--db-url", db_urls["pool"], "--schema", "check", "--registry", registry,
+        "--audit", mesh.addr(audit_names[0]),
         "--no-nvml", "--endpoint", f"name=sim-0,address=127.0.0.1:{sim.port},metrics=http://127.0.0.1:{sim.metrics}"
         "/metrics,gpu_type=H100-SXM-80GB,gpus=1,memory_gb=80")  # fmt: skip
     cost_names = [f"cost-{i}" for i in range(costs)]

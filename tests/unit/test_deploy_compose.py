@@ -26,6 +26,7 @@ from tests.helpers.cmdline import accepts, flags_used
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose/docker-compose.yml"
 HARNESS = ("audit", "registry", "cost", "pool", "router-1", "router-2")
+PEERED = {f"services.{s}" for s in ("router", "registry", "pool", "audit", "cost")}
 
 
 @cache
@@ -81,6 +82,13 @@ def test_every_command_line_is_accepted_by_its_service():
             verdict = _verdict(module, tuple(args))
             assert verdict.accepted, f"{name}: `python -m {module}` refuses:\n{verdict.output[-1500:]}"
             assert set(flags_used(args)) <= verdict.flags(), f"{name}: flags not in {module}'s --help"
+            if line is svc.get("command") and module in PEERED:  # every peer it can talk to is wired
+                missing = ({"--registry", "--pool", "--audit", "--cost"} & verdict.flags()) - set(
+                    flags_used(args)
+                )
+                assert not missing, (
+                    f"{name}: {module} offers {missing} but the compose file leaves them unset"
+                )
             checked.add(module)
     assert checked >= {
         "services.router", "services.registry", "services.pool", "services.audit", "services.cost",

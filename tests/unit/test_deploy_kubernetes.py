@@ -29,6 +29,9 @@ from tests.helpers.cmdline import accepts, flags_used
 REPO = Path(__file__).resolve().parents[2]
 KUBE = REPO / "deploy/kubernetes"
 OVERLAYS = ("dev", "production")
+# Flags naming another Harness service: a service that offers one uses it (shipping audit events,
+# following the registry...), so a manifest that leaves it out silently loses that.
+PEER_FLAGS = {"--registry", "--pool", "--audit", "--cost"}
 K8S_VERSION = "1.35.0"  # a current release; kubernetes-validate 1.37 carries 1.22 to 1.37
 
 
@@ -273,6 +276,9 @@ def test_every_harness_command_line_is_accepted_by_its_service(overlay):
             assert used or f"env {e['name']}" in " ".join(verdict.help.split()), (
                 f"{where}: env {e['name']} is unused"
             )
+        if module in {f"services.{s}" for s in SERVICE_PORTS}:  # a peer the service can talk to is wired
+            missing = (PEER_FLAGS & verdict.flags()) - set(flags_used(args))
+            assert not missing, f"{where}: {module} offers {missing} but the manifest leaves them unset"
         seen.add(module)
     expected = {f"services.{s}" for s in SERVICE_PORTS} | {
         f"services.{s}.migrate" for s in ("registry", "pool", "audit", "cost")
