@@ -172,10 +172,15 @@ def test_curl_shows_the_event_stream_over_http1(stack):
 
 def test_the_readme_snippet_runs_as_printed(stack):
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = readme.split("<!-- openai-snippet -->", 1)[1].split("<!-- /openai-snippet -->", 1)[0]
-    code = block.split("```python\n", 1)[1].rsplit("```", 1)[0]
+
+    def block(marker: str) -> str:
+        text = readme.split(f"<!-- {marker} -->", 1)[1].split(f"<!-- /{marker} -->", 1)[0]
+        return text.split("```python\n", 1)[1].rsplit("```", 1)[0]
+
+    # The tools snippet continues the first: the demo model (llama-3 family) calls the function.
+    code = block("openai-snippet") + block("openai-tools-snippet")
     env = {**os.environ, **stack.env, "HARNESS_TOKEN": stack.token("alice")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.strip()]
-    assert len(lines) == 3, out.stdout  # the answer, the streamed answer, LangChain's answer
+    assert len(lines) == 4, out.stdout  # the answer, the streamed one, LangChain's, the one after the tool
