@@ -51,13 +51,22 @@ def accepts(module: str, args: list[str], env: dict[str, str] | None = None) -> 
         text=True,
         timeout=120,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
+            **(env or {}),
+        },
     )
     out = proc.stdout + proc.stderr
     if proc.returncode != 0 or "@@ACCEPTED@@" not in proc.stdout:
         return Verdict(False, "", out)
     help_text = proc.stdout.split("@@HELP@@", 1)[1].split("@@ACCEPTED@@", 1)[0]
     return Verdict(True, help_text, out)
+
+
+def _path() -> str:
+    """This checkout first, then the caller's path (e.g. freshly generated stubs)."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
 
 
 def flags_used(args: list[str]) -> list[str]:

@@ -75,6 +75,12 @@ DATA = {
 }
 
 
+def child_env() -> dict[str, str]:
+    """This checkout first on the path, then whatever the caller had (e.g. freshly generated stubs)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 @dataclass
 class Proc:
     name: str
@@ -89,7 +95,7 @@ class Proc:
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+                env=child_env(), start_new_session=True,
             )  # fmt: skip
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -141,7 +147,7 @@ def migrate(db_urls: dict[str, str]) -> None:
     for service, url in db_urls.items():
         subprocess.run(
             _py(f"services.{service}.migrate", "--db-url", url, "upgrade"), cwd=REPO, check=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=300,
+            env=child_env(), capture_output=True, timeout=300,
         )  # fmt: skip
 
 
