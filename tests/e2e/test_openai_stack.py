@@ -5,10 +5,12 @@ user's JWT as the API key. Same identity, policy, redaction, audit and cost as t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -184,3 +186,48 @@ def test_the_readme_snippet_runs_as_printed(stack):
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.strip()]
     assert len(lines) == 4, out.stdout  # the answer, the streamed one, LangChain's, the one after the tool
+
+
+def _harness(stack, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *argv, "--root", str(stack.root)],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+
+
+def test_an_agent_bound_key_calls_without_a_certificate_on_the_key_listener(stack):
+    """harness agents api-key-auth + keys create --agent, then the SDK with only the Harness CA
+    (no client certificate) on $HARNESS_OPENAI_KEY_BASE_URL; off again refuses the key."""
+    refused = _harness(stack, "keys", "create", "alice", "--project", "ledger", "--agent", "demo-agent")
+    assert refused.returncode == 1 and "api-key-auth demo-agent on" in refused.stderr
+    assert _harness(stack, "agents", "api-key-auth", "demo-agent", "on").returncode == 0
+    try:
+        made = _harness(
+            stack, "keys", "create", "alice", "--project", "ledger", "--agent", "demo-agent", "--json"
+        )
+        assert made.returncode == 0, made.stderr
+        secret = json.loads(made.stdout)["secret"]
+        ca_only = ssl.create_default_context(cafile=stack.env["HARNESS_CA"])
+        url = stack.env["HARNESS_OPENAI_KEY_BASE_URL"]
+        client = openai.OpenAI(
+            base_url=url, api_key=secret, http_client=httpx2.Client(verify=ca_only), max_retries=0
+        )
+        with client:
+            answer = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4)
+            assert answer.choices[0].message.content
+            with pytest.raises(openai.AuthenticationError):  # alice's JWT names no agent there
+                client.with_options(api_key=stack.token("alice")).chat.completions.create(
+                    model=MODEL, messages=ASK, max_tokens=4
+                )
+        assert _harness(stack, "agents", "api-key-auth", "demo-agent", "off").returncode == 0
+        client = openai.OpenAI(
+            base_url=url, api_key=secret, http_client=httpx2.Client(verify=ca_only), max_retries=0
+        )
+        with client, pytest.raises(openai.AuthenticationError) as off:
+            for _ in range(50):  # the routers hear the switch on their Watch stream
+                client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4)
+                time.sleep(0.1)
+        # A router that had the key cached says why; one that asks the registry says only "rejected".
+        assert any(m in off.value.message for m in ("does not accept API keys", "API key rejected"))
+    finally:
+        _harness(stack, "agents", "api-key-auth", "demo-agent", "off")
