@@ -8,9 +8,12 @@ take turns on one GPU). One step at a time (+1 or -1 replica per call), so an ad
 converges without overshooting on a noisy sample; the bounds are `min_replicas`..`max_replicas`
 and the number of healthy endpoints.
 
-A replica can go when everything is below the low marks, or when nothing waits and the others
-would absorb its share: utilisation and KV fraction scaled by n/(n-1) stay under the `absorb_`
-marks (well under the high marks, so the shrunk deployment is not hot at once). The autoscale
+A busy GPU calls for a replica only when requests wait or another busy model shares it (an
+engine alone on its GPU is busy whenever one sequence runs). A replica can go when everything
+is below the low marks, or when nothing waits and the others would absorb its share: their
+GPU's utilisation plus the leaving replica's compute spread over them, and the KV fraction
+scaled by n/(n-1), stay under the `absorb_` marks (well under the high marks, so the shrunk
+deployment is not hot at once). The autoscale
 loop (autoscale.py) applies the advice after it has held for a while.
 """
 
@@ -48,6 +51,7 @@ class Signals:
     kv_fraction: float | None  # mean over the replicas that report KV use; None: none does
     utilization: float
     compute: float = 0.0  # GPU compute the model's replicas use, in GPUs (0..replicas)
+    contended: bool = False  # a replica's GPU also runs another model that is busy
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,11 @@ def advise_one(model: str, s: Signals, limits: ScalingLimits, endpoints: int) ->
         hot.append(f"waiting/replica >= {limits.queue_high:g}")
     if s.kv_fraction is not None and s.kv_fraction >= limits.kv_high:
         hot.append(f"kv >= {limits.kv_high:g}")
-    if s.utilization >= limits.util_high:
-        hot.append(f"util >= {limits.util_high:g}")
+    # A busy GPU is a bottleneck when requests wait or when co-located models take turns on it.
+    # Alone and with nothing waiting, it is not: an engine running one long sequence is busy
+    # the whole time, and continuous batching would take many more.
+    if s.utilization >= limits.util_high and (s.waiting > 0 or s.contended):
+        hot.append(f"util >= {limits.util_high:g}" + (" on a shared GPU" if s.contended else ""))
     if hot:
         if s.replicas >= ceiling:
             return Advice(
@@ -92,12 +99,13 @@ def advise_one(model: str, s: Signals, limits: ScalingLimits, endpoints: int) ->
     if s.replicas > limits.min_replicas:
         if cold:
             return Advice(model, s.replicas, s.replicas - 1, f"{figures}: all below the low marks")
-        grow = s.replicas / (s.replicas - 1)
-        kv_after = (s.kv_fraction or 0.0) * grow  # unknown: the other figures decide
-        if s.waiting == 0 and s.utilization * grow <= limits.absorb_util and kv_after <= limits.absorb_kv:
+        # The leaving replica's share of the model's compute moves to the others' GPUs.
+        util_after = s.utilization + s.compute / (s.replicas * (s.replicas - 1))
+        kv_after = (s.kv_fraction or 0.0) * s.replicas / (s.replicas - 1)  # unknown: the others decide
+        if s.waiting == 0 and util_after <= limits.absorb_util and kv_after <= limits.absorb_kv:
             return Advice(
                 model, s.replicas, s.replicas - 1,
-                f"{figures}: {s.replicas - 1} replica(s) can absorb the load (util {s.utilization * grow:.2f}, "
+                f"{figures}: {s.replicas - 1} replica(s) can absorb the load (util {util_after:.2f}, "
                 f"kv {kv_after:.2f} after)",
             )  # fmt: skip
     return Advice(model, s.replicas, s.replicas, f"{figures}: within bounds")
@@ -107,6 +115,7 @@ def signals_of(manager: DeploymentManager, model: str) -> Signals:
     dep = manager.get(model)
     waiting = active = replicas = kv_known = 0
     kv = util = compute = 0.0
+    contended = False
     if dep is not None:
         for endpoint in dep.placements:
             state = manager.table.get(endpoint)
@@ -123,8 +132,13 @@ def signals_of(manager: DeploymentManager, model: str) -> Signals:
                 kv_known += 1
             util += state.gpu_utilization
             compute += model_compute(state, m.name)
+            contended = contended or any(
+                o.name != m.name and o.state == READY and o.active for o in state.models
+            )
     n = max(1, replicas)
-    return Signals(replicas, waiting, active, kv / kv_known if kv_known else None, util / n, compute)
+    return Signals(
+        replicas, waiting, active, kv / kv_known if kv_known else None, util / n, compute, contended
+    )
 
 
 def new_replica_share(s: Signals, replicas: int) -> float:

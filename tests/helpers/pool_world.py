@@ -35,6 +35,7 @@ class World:
         self.total = {}
         self.utilization: dict[str, float] = {}  # endpoint -> its GPU's utilisation (default 0.1)
         self.active: dict[tuple[str, str], int] = {}  # (endpoint, triton model) -> active requests
+        self.waiting: dict[tuple[str, str], int] = {}  # (endpoint, triton model) -> queued requests
         self.calls: list[tuple[str, str, str]] = []
         self.refuse: set[str] = set()
         for name, gib, zone in endpoints:
@@ -47,7 +48,10 @@ class World:
         models = self.loaded[name]
         used = sum(CATALOG.get(m).memory_bytes for m in models)
         loads = {
-            (m, "1"): ModelLoad(requests=r, active=self.active.get((name, m), 0)) for m, r in models.items()
+            (m, "1"): ModelLoad(
+                requests=r, active=self.active.get((name, m), 0), waiting=self.waiting.get((name, m), 0)
+            )
+            for m, r in models.items()
         }
         gpus = (GpuSample(0, "", "", self.total[name], used, self.utilization.get(name, 0.1)),)
         index = tuple(IndexEntry(m, "1", index_state) for m in models)

@@ -117,17 +117,27 @@ def test_model_compute_splits_a_shared_gpu_by_active_requests():
 
 def test_scale_in_when_the_others_can_absorb_the_load():
     limits = ScalingLimits(max_replicas=4)
-    # Two replicas at 25% each: one would run at 50% (under 60%): one can go.
-    a = advise_one("m", Signals(2, 0, 6, 0.2, 0.25), limits, 4)
+    # Two replicas on GPUs at 35%, the model using 0.5 of a GPU in all: the one left would see
+    # 35% + 25% = 60%: one can go.
+    a = advise_one("m", Signals(2, 0, 6, 0.2, 0.35, 0.5), limits, 4)
     assert a.advised == 1 and "can absorb" in a.reason
-    # At 35% each, one would run at 70%: stay.
-    assert advise_one("m", Signals(2, 0, 6, 0.2, 0.35), limits, 4).advised == 2
+    # Using 0.7 in all: 35% + 35% = 70%: stay.
+    assert advise_one("m", Signals(2, 0, 6, 0.2, 0.35, 0.7), limits, 4).advised == 2
     # Something waiting: stay, however low the rest.
-    assert advise_one("m", Signals(2, 1, 6, 0.2, 0.2), limits, 4).advised == 2
-    # Three at 38%: two would run at 57%: one can go.
-    assert advise_one("m", Signals(3, 0, 6, 0.2, 0.38), limits, 4).advised == 2
+    assert advise_one("m", Signals(2, 1, 6, 0.2, 0.2, 0.1), limits, 4).advised == 2
+    # Three at 38% using 1.14: two would run at 38% + 19% = 57%: one can go.
+    assert advise_one("m", Signals(3, 0, 6, 0.2, 0.38, 1.14), limits, 4).advised == 2
     # KV the others could not hold: stay.
-    assert advise_one("m", Signals(2, 0, 6, 0.4, 0.2), limits, 4).advised == 2
+    assert advise_one("m", Signals(2, 0, 6, 0.4, 0.2, 0.2), limits, 4).advised == 2
+
+
+def test_a_busy_gpu_calls_for_a_replica_only_when_requests_wait_or_models_take_turns():
+    limits = ScalingLimits(max_replicas=4)
+    # One long sequence keeps an engine alone on its GPU busy: not a reason for another GPU.
+    assert advise_one("m", Signals(1, 0, 1, 0.05, 0.99, 0.99), limits, 4).advised == 1
+    assert advise_one("m", Signals(1, 2, 3, 0.05, 0.99, 0.99), limits, 4).advised == 2  # queueing
+    shared = advise_one("m", Signals(1, 0, 1, 0.05, 0.99, 0.5, contended=True), limits, 4)
+    assert shared.advised == 2 and "shared GPU" in shared.reason
 
 
 def test_decide_waits_out_the_windows_and_the_cooldown():
@@ -199,6 +209,7 @@ async def test_autoscaler_records_a_refused_scale_out_and_retries_after_the_cool
     scaler = Autoscaler(m, ScalingLimits(max_replicas=2), AutoscaleSettings(1, 0, 4, 2), lambda: clock[0])
     w.utilization.update(a=0.99, b=0.95)
     w.active[("a", "big-trt")] = 9
+    w.waiting[("a", "big-trt")] = 4
     w.probe_all()
     assert scaler.step() == [("big", 2)]
     await wait_tasks(scaler)
