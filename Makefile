@@ -18,7 +18,7 @@ help:
 	@echo "make bench  - benchmarks in bench/"
 	@echo "make example-rag - the LangGraph RAG agent (examples/rag_agent) against the stack of make run"
 	@echo "make bench-capacity - what one router, audit and cost replica handle, Redis commands per request (~2 min; README, Scaling out)"
-	@echo "make bench-fleet - fleet scenario: static per-agent GPUs vs the pooled Harness (~3 min; charts in bench/fleet/out/)"
+	@echo "make bench-fleet - fleet scenario: static per-agent GPUs vs the pooled Harness with its scaling loop (~4 min; charts in bench/fleet/out/)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
