@@ -31,6 +31,7 @@ from services.router.events import EventShipper
 from services.router.extproc.servicer import ExtProcServicer
 from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter, SloClass
 from services.router.kv_events import EVENTS_LABEL, REPLAY_LABEL, KvEventFollower
+from services.router.kv_events_metrics import register_kv_event_metrics
 from services.router.mcp_front import PATH as MCP_PATH
 from services.router.mcp_front import McpFrontDoor
 from services.router.metrics import RouterMetrics, export_queue_depth
@@ -108,6 +109,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
     register_budget_metrics(metrics, budgets)
     register_mirror_metrics(metrics, registry)
     register_agent_metrics(metrics, registry)
+    register_kv_event_metrics(metrics, kv_follower)
     export_queue_depth(
         metrics, lambda name: flow.queued(SloClass[name.upper()]), [c.name.lower() for c in SloClass]
     )

@@ -60,7 +60,7 @@ class KvEventSubscriber:
         self._index, self._ctx = index, ctx
         self.last_seq = -1
         self.models: set[str] = set()
-        self.gaps = self.replayed = self.resyncs = self.restarts = self.bad = 0
+        self.batches = self.gaps = self.replayed = self.resyncs = self.restarts = self.bad = 0
 
     async def run(self) -> None:
         sock = self._ctx.socket(zmq.SUB)
@@ -113,6 +113,7 @@ class KvEventSubscriber:
             self._gap, self._pending = (seq, model), batch
             return
         self.last_seq = seq
+        self.batches += 1
         self._index.apply(self.endpoint, model, batch)
 
     async def _recover(self, seq: int, model: str) -> None:
@@ -127,6 +128,7 @@ class KvEventSubscriber:
             log.info("%s: KV events %d..%d lost; resyncing", self.endpoint, self.last_seq + 1, seq - 1)
             self._index.lost(self.endpoint)
         self.last_seq = seq
+        self.batches += 1
         self._index.apply(self.endpoint, model, pending)
 
     async def _replay(self, start: int, stop: int, model: str) -> bool:
@@ -155,6 +157,7 @@ class KvEventSubscriber:
         for _, batch in batches:
             self._index.apply(self.endpoint, model, batch)
         self.replayed += len(batches)
+        self.batches += len(batches)
         return True
 
 
@@ -190,6 +193,12 @@ class KvEventFollower:
     def subscriber(self, endpoint: str) -> KvEventSubscriber | None:
         entry = self._tasks.get(endpoint)
         return entry[3] if entry else None
+
+    def subscribers(self) -> list[KvEventSubscriber]:
+        return [entry[3] for entry in self._tasks.values()]
+
+    def indexed_blocks(self, endpoint: str) -> int:
+        return self._index.size(endpoint)
 
     async def _follow(self, sub: KvEventSubscriber) -> None:
         while True:

@@ -27,6 +27,7 @@ from services.router.core import Call, GenerationInput, Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
 from services.router.kv_events import EVENTS_LABEL, REPLAY_LABEL, KvEventFollower
+from services.router.kv_events_metrics import register_kv_event_metrics
 from services.router.metrics import RouterMetrics
 from services.router.result_cache import MemoryResultCache
 from services.router.scheduling import Scheduler, SchedulingRequest
@@ -149,6 +150,14 @@ async def test_the_router_routes_by_what_engines_announce_they_hold(fleet):
         entry = blocks.live("sim-1", TRITON_MODEL)
         await until(lambda: entry.matched(scheduler.memory.engine_block_hashes(req, BLOCK)) == 0)
         assert entry.removed > 0 and follower.subscriber("sim-1").resyncs == 0
+        scraped = CollectorRegistry()
+        register_kv_event_metrics(scraped, follower)
+        sample = scraped.get_sample_value
+        assert sample("harness_router_kv_events_batches_total", {"endpoint": "sim-1"}) >= 4
+        assert (
+            sample("harness_router_kv_events_gaps_total", {"endpoint": "sim-1", "outcome": "resynced"}) == 0
+        )
+        assert sample("harness_router_kv_events_blocks", {"endpoint": "sim-1"}) == len(entry.blocks) > 0
     finally:
         await follower.close()
         await triton.close()

@@ -113,6 +113,10 @@ class EngineBlockIndex:
                 entry.clear()
                 entry.resync_until = until
 
+    def size(self, endpoint: str) -> int:
+        """Block hashes held for the endpoint, all models together."""
+        return sum(len(e.blocks) for k, e in self._entries.items() if k[0] == endpoint)
+
     def forget(self, endpoint: str) -> None:
         for key in [k for k in self._entries if k[0] == endpoint]:
             del self._entries[key]
