@@ -48,7 +48,9 @@ def _up(args: argparse.Namespace) -> int:
     ports = StackPorts.free() if args.free_ports else StackPorts()
     extra = {}
     if (tritons or openai_engines) and not args.with_simulators:  # the user's engines replace the simulators
-        ports = dataclasses.replace(ports, enginesim=(), enginesim_metrics=())
+        ports = dataclasses.replace(
+            ports, enginesim=(), enginesim_metrics=(), enginesim_kv_events=(), enginesim_kv_replay=()
+        )
         extra["simulators"] = ()
     cfg = UpConfig(
         tritons=tritons,

@@ -48,6 +48,11 @@ def port_lines(p: StackPorts, sims: Sequence[Any]) -> list[str]:
             if _openai(s)
             else ""
         )
+        + (
+            f"  KV events tcp://{local}:{s.kv_events_port} (replay :{s.kv_replay_port})"
+            if getattr(s, "kv_events_port", 0)
+            else ""
+        )
         for s in sims
     ]
     return lines

@@ -18,6 +18,10 @@ class StackPorts:
     # instance (sim-0, sim-1, sim-2).
     enginesim: tuple[int, ...] = (8001, 8011, 8021)
     enginesim_metrics: tuple[int, ...] = (8002, 8012, 8022)
+    # Each simulator's KV-cache events (vLLM's ZeroMQ stream: PUB, replay ROUTER), which the
+    # routers follow for precise prefix routing (the pool labels kv-events, kv-events-replay).
+    enginesim_kv_events: tuple[int, ...] = (8003, 8013, 8023)
+    enginesim_kv_replay: tuple[int, ...] = (8004, 8014, 8024)
     routers: tuple[int, ...] = (50061, 50062)
     router_metrics: tuple[int, ...] = (9461, 9462)
     router_http: tuple[int, ...] = (50063, 50064)  # each router's OpenAI-compatible HTTP API

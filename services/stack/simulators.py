@@ -32,6 +32,8 @@ class SimulatorInstance:
     spec: SimulatorSpec
     port: int
     metrics_port: int
+    kv_events_port: int = 0  # 0: publishes no KV events
+    kv_replay_port: int = 0
 
     @property
     def openai(self) -> bool:
@@ -50,16 +52,26 @@ class SimulatorInstance:
     def endpoint_flag(self, gpu_type: str, memory_gb: float) -> str:
         """The pool's --endpoint value for this simulator."""
         kind = "kind=openai,flavour=vllm," if self.openai else ""
+        labels = ""
+        if self.kv_events_port:  # where routers find its KV events (precise prefix routing)
+            labels = f",label.kv-events=tcp://127.0.0.1:{self.kv_events_port}"
+            if self.kv_replay_port:
+                labels += f",label.kv-events-replay=tcp://127.0.0.1:{self.kv_replay_port}"
         return (
             f"name={self.spec.name},{kind}address={self.address},metrics={self.metrics_url},"
-            f"gpu_type={gpu_type},gpus=1,memory_gb={memory_gb:g}"
+            f"gpu_type={gpu_type},gpus=1,memory_gb={memory_gb:g}{labels}"
         )
 
     def argv(self, time_scale: float, memory_gb: float) -> list[str]:
         """`python -m services.enginesim` arguments: an OpenAI simulator serves its API on `port`."""
         ports = ["--protocol", "openai", "--openai-port", str(self.port), "--port", "0"] if self.openai else [
             "--port", str(self.port)]  # fmt: skip
+        kv = []
+        if self.kv_events_port:
+            kv = ["--kv-events-port", str(self.kv_events_port), "--kv-events-pod", self.spec.name]
+            if self.kv_replay_port:
+                kv += ["--kv-events-replay-port", str(self.kv_replay_port)]
         return [
             "--host", "127.0.0.1", *ports, "--metrics-port", str(self.metrics_port), "--time-scale", str(time_scale),
-            "--gpu-memory-gb", str(memory_gb), "--no-preload", "--load", *self.spec.models,
+            "--gpu-memory-gb", str(memory_gb), *kv, "--no-preload", "--load", *self.spec.models,
         ]  # fmt: skip

@@ -86,9 +86,15 @@ class Stack:
                 f"{len(cfg.simulators)} simulators need as many enginesim ports and metrics ports; "
                 f"got {p.enginesim} and {p.enginesim_metrics}"
             )
+        # KV events where every simulator has its two ports (none when the ports were cleared).
+        n = len(cfg.simulators)
+        kv = p.enginesim_kv_events if len(p.enginesim_kv_events) == n else (0,) * n
+        replay = p.enginesim_kv_replay if len(p.enginesim_kv_replay) == n else (0,) * n
         self.sims = [
-            SimulatorInstance(spec, port, metrics)
-            for spec, port, metrics in zip(cfg.simulators, p.enginesim, p.enginesim_metrics, strict=True)
+            SimulatorInstance(spec, port, metrics, kv_port, replay_port)
+            for spec, port, metrics, kv_port, replay_port in zip(
+                cfg.simulators, p.enginesim, p.enginesim_metrics, kv, replay, strict=True
+            )
         ]
         names = [s.name for s in cfg.simulators] + [t.name for t in (*cfg.tritons, *cfg.openai_engines)]
         clash = sorted({n for n in names if names.count(n) > 1})

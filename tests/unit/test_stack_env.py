@@ -35,9 +35,14 @@ def test_sourcing_the_env_file_puts_the_virtualenvs_tools_on_path(tmp_path):
 def _banner() -> tuple[str, StackPorts]:
     ports = StackPorts()
     sims = [
-        SimulatorInstance(spec, port, metrics)
-        for spec, port, metrics in zip(
-            DEFAULT_SIMULATORS, ports.enginesim, ports.enginesim_metrics, strict=True
+        SimulatorInstance(spec, port, metrics, kv, replay)
+        for spec, port, metrics, kv, replay in zip(
+            DEFAULT_SIMULATORS,
+            ports.enginesim,
+            ports.enginesim_metrics,
+            ports.enginesim_kv_events,
+            ports.enginesim_kv_replay,
+            strict=True,
         )
     ]
     env = {
