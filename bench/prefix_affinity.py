@@ -30,7 +30,10 @@ the step, over the step's length: what the cluster delivered while the load last
 reuse (prompt blocks the simulators served from cache, of all full prompt blocks of the step's
 requests, from nv_trt_llm_kv_cache_block_metrics).
 
-Usage: python bench/prefix_affinity.py [--quick] [--rates 4,8,12,16,20] [--step-s 20] ...
+With --routers N the requests take turns over N router replicas, each with its own memory of
+where prompts went (what the approximate scorer knows) and, for precise, its own subscribers.
+
+Usage: python bench/prefix_affinity.py [--quick] [--rates 4,8,12,16,20] [--step-s 20] [--routers 1] ...
 """
 
 from __future__ import annotations
@@ -119,41 +122,44 @@ async def run_policy(policy: str, reqs, catalog: Path, workdir: Path, args) -> l
     kv_args = ("--kv-events-port", "0", "--kv-events-replay-port", "0")
     specs = [(f"{policy}-{i}", [TRITON_MODEL]) for i in range(ENDPOINTS)]
     sims = await asyncio.to_thread(start_simulator_set, catalog, specs, args.time_scale, workdir, kv_args)
-    follower = None
+    routers, pools, followers = [], [], []
     try:
         registry = FakeRegistry({"chat": agent_record("chat", MODEL)}, MODEL, TRITON_MODEL)
-        flow = FlowController(FlowConfig(initial_grant_interval_s=0.0))
-        rt = build_router(
-            registry, scheduler_with_default(POLICIES[policy]), flow, max_tokens=args.max_tokens
-        )
         labels = kv_addresses(sims) if policy == "precise" else {}
-        pool = PoolStandIn(rt.view, sims, TRITON_MODEL, 0.5, labels)
-        await pool.start()
-        if policy == "precise":  # as the router does on each pool change (services/router/__main__.py)
-            follower = KvEventFollower(rt.scheduler.memory.engine_blocks)
-            follower.sync(rt.view.kv_event_sources(EVENTS_LABEL, REPLAY_LABEL))
-            await asyncio.sleep(0.5)  # let the SUB sockets connect before the first events
+        for _ in range(args.routers):  # each router: its own scheduler memory, pool view and followers
+            flow = FlowController(FlowConfig(initial_grant_interval_s=0.0))
+            rt = build_router(
+                registry, scheduler_with_default(POLICIES[policy]), flow, max_tokens=args.max_tokens
+            )
+            routers.append(rt)
+            pools.append(PoolStandIn(rt.view, sims, TRITON_MODEL, 0.5, labels))
+            await pools[-1].start()
+            if policy == "precise":  # as the router does on each pool change (services/router/__main__.py)
+                followers.append(KvEventFollower(rt.scheduler.memory.engine_blocks))
+                followers[-1].sync(rt.view.kv_event_sources(EVENTS_LABEL, REPLAY_LABEL))
+        await asyncio.sleep(0.5)  # let the SUB sockets connect before the first events
         steps = []
         for step in range(len(args.rates)):
-            steps.append(await run_step(rt, sims, [r for r in reqs if r[0] == step], step, args))
+            steps.append(await run_step(routers, sims, [r for r in reqs if r[0] == step], step, args))
             print(f"  {policy} step {step + 1}: {steps[-1]['done']}/{steps[-1]['sent']} done", flush=True)
-        await pool.stop()
-        await rt.close()
+        for pool, rt in zip(pools, routers, strict=True):
+            await pool.stop()
+            await rt.close()
     finally:
-        if follower is not None:
+        for follower in followers:
             await follower.close()
         stop_all(sims)
     return steps
 
 
-async def run_step(rt, sims, reqs, step: int, args) -> dict:
+async def run_step(routers, sims, reqs, step: int, args) -> dict:
     before = await asyncio.gather(*(scrape(s) for s in sims))
     ttfts: list[float] = []
     out_tokens = completed = 0
     t0 = time.perf_counter()
     base = step * args.step_s
 
-    async def one(offset: float, prompt: str) -> None:
+    async def one(offset: float, prompt: str, rt) -> None:
         nonlocal out_tokens, completed
         await asyncio.sleep(max(0.0, t0 + offset - base - time.perf_counter()))
         reqctx.set_current(reqctx.new_context(reqctx.Identity(agent="chat", user="u")))
@@ -171,7 +177,10 @@ async def run_step(rt, sims, reqs, step: int, args) -> dict:
         if time.perf_counter() - t0 <= args.step_s:  # throughput delivered within the step
             out_tokens += call.output_tokens
 
-    tasks = [asyncio.create_task(one(off, p)) for _, off, p in reqs]
+    # Requests take turns over the routers (as Envoy's least-request spreads them over replicas).
+    tasks = [
+        asyncio.create_task(one(off, p, routers[i % len(routers)])) for i, (_, off, p) in enumerate(reqs)
+    ]
     _, pending = await asyncio.wait(tasks, timeout=args.step_s + args.drain_s) if tasks else ((), ())
     for task in pending:
         task.cancel()
@@ -197,7 +206,7 @@ def report(results: dict[str, list[dict]], args) -> None:
         f"{args.groups} groups x {args.users} users, {args.prefix_tokens}-token shared prefix + {args.suffix_tokens}-"
         f"token suffix, {args.max_tokens} output tokens; prefixes = {prefix_blocks / args.kv_blocks:.1f}x one "
         f"endpoint's cache, {100 * prefix_blocks / (ENDPOINTS * args.kv_blocks):.0f}% of the cluster's; Poisson "
-        f"steps of {args.step_s:g} s at {', '.join(f'{r:g}' for r in args.rates)} req/s; time scale {args.time_scale:g}"
+        f"steps of {args.step_s:g} s at {', '.join(f'{r:g}' for r in args.rates)} req/s; time scale {args.time_scale:g}; {args.routers} router(s)"
     )
     head = f"{'policy':<14}{'req/s':>6}{'done/sent':>11}{'TTFT p50':>10}{'TTFT p90':>10}{'out tok/s':>10}{'KV reuse':>9}"
     print(head + "\n" + "-" * len(head))
@@ -271,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--kv-blocks", type=int, default=200, help="KV cache blocks per endpoint")
     p.add_argument("--time-scale", type=float, default=1.0)
+    p.add_argument("--routers", type=int, default=1, help="router replicas the requests take turns over")
     p.add_argument("--policies", type=lambda t: [x for x in t.split(",") if x], default=list(POLICIES))
     args = p.parse_args(argv)
     args.rates = args.rates or ([4.0, 12.0, 20.0] if args.quick else [4.0, 8.0, 12.0, 16.0, 20.0])
