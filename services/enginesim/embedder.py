@@ -18,7 +18,8 @@ import hashlib
 
 import numpy as np
 
-from .engine import GenerationRequest, ModelEngine, Sequence
+from .engine import ModelEngine
+from .sequence import GenerationRequest, Sequence
 from .text import tokenize
 
 BIGRAM_WEIGHT = 0.5

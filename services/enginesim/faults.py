@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .engine import EngineError
+from .sequence import EngineError
 
 FAULT_KINDS = ("unavailable", "internal", "midstream", "slow_start")
 

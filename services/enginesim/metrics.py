@@ -22,7 +22,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
 
-from .engine import FAILURE_REASONS
+from .sequence import FAILURE_REASONS
 from .simulator import GIB, Simulator
 
 UTIL_WINDOW_S = 1.0  # Triton's GPU metrics are sampled per metrics interval (default 2 s)

@@ -27,7 +27,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from . import embedder
-from .engine import EngineError, GenerationRequest, InvalidRequestError, QueueFullError, Sequence
 from .faults import (
     INJECTED_INTERNAL,
     INJECTED_MIDSTREAM,
@@ -35,6 +34,7 @@ from .faults import (
     InjectedInternal,
     InjectedUnavailable,
 )
+from .sequence import EngineError, GenerationRequest, InvalidRequestError, QueueFullError, Sequence
 from .simulator import ModelNotFoundError, ModelNotReadyError, Simulator
 
 MAX_BODY = 8 << 20

@@ -24,16 +24,7 @@ from services.common.streams import serve_concurrently
 from . import embedder
 from .catalog import ModelSpec
 from .config import SimulatorConfig
-from .engine import (
-    EngineStoppedError,
-    GenerationRequest,
-    InvalidRequestError,
-    ModelEngine,
-    QueueFullError,
-    RequestCancelledError,
-    Sequence,
-    TokenChunk,
-)
+from .engine import ModelEngine
 from .faults import (
     INJECTED_INTERNAL,
     INJECTED_MIDSTREAM,
@@ -41,6 +32,15 @@ from .faults import (
     FaultInjector,
     InjectedInternal,
     InjectedUnavailable,
+)
+from .sequence import (
+    EngineStoppedError,
+    GenerationRequest,
+    InvalidRequestError,
+    QueueFullError,
+    RequestCancelledError,
+    Sequence,
+    TokenChunk,
 )
 from .simulator import (
     InsufficientMemoryError,

@@ -19,11 +19,11 @@ from services.enginesim.catalog import (
     load_catalog,
     parse_catalog,
 )
-from services.enginesim.engine import (
+from services.enginesim.engine import ModelEngine
+from services.enginesim.sequence import (
     QUEUE_FULL_MESSAGE,
     GenerationRequest,
     InvalidRequestError,
-    ModelEngine,
     QueueFullError,
     RequestCancelledError,
 )

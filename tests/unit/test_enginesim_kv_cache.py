@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from services.enginesim.catalog import LatencyProfile, ModelSpec
-from services.enginesim.engine import GenerationRequest, ModelEngine
+from services.enginesim.engine import ModelEngine
 from services.enginesim.kv_cache import KvBlockCache, prefix_block_hashes
+from services.enginesim.sequence import GenerationRequest
 
 
 def words(n: int, start: int = 0) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from services.enginesim.engine import GenerationRequest
+from services.enginesim.sequence import GenerationRequest
 from services.enginesim.tool_calls import OFFER, tool_call_script
 from tests.unit.test_enginesim_engine import make_engine  # noqa: F401 (the fixture)
 
