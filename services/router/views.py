@@ -15,7 +15,7 @@ from typing import TypeVar
 import grpc
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 
-from services.common.registry_mirror import AccessDecision, TtlCache  # noqa: F401 (re-exported)
+from services.common.registry_mirror import AccessDecision  # noqa: F401 (re-exported)
 from services.common.streams import BackgroundFollower
 from services.router.scheduling import Candidate
 

@@ -14,12 +14,13 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.ttl_cache import TtlCache
 from services.router.call import Call, GenerationInput
 from services.router.servicer import to_input, to_summary
 from services.router.stages.admit import render_prompt
 from services.router.stages.resolve import pick_version
 from services.router.triton import TritonRequest, build_request, parse_response
-from services.router.views import EndpointView, TtlCache
+from services.router.views import EndpointView
 
 
 def test_render_prompt_needs_exactly_one_input():
