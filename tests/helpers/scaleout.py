@@ -137,6 +137,15 @@ class Mesh:
     def logs(self) -> str:
         return "\n".join(p.tail() for p in self.procs.values())
 
+    def warnings(self, prefix: str = "router-") -> str:
+        """WARNING/ERROR lines of the processes named `prefix*` (why a budget or limit moved)."""
+        out = []
+        for p in self.procs.values():
+            if p.name.startswith(prefix) and p.log.exists():
+                out += [f"{p.name}: {line}" for line in p.log.read_text(errors="replace").splitlines()
+                        if " WARNING " in line or " ERROR " in line]  # fmt: skip
+        return "\n".join(out[-60:])
+
 
 def _py(module: str, *args: object) -> list[str]:
     return [sys.executable, "-m", module, *map(str, args)]
@@ -227,7 +236,10 @@ def build_mesh(
             "--pool", mesh.addr("pool"), "--audit", mesh.addr(audit_names[i % audits]),
             "--cost", mesh.addr(cost_names[i % costs]), "--outbox", root / f"router-{i}-outbox.db",
             "--redis", redis_url, "--redis-prefix", redis_prefix, "--redaction-key-file", key,
-            "--budget-refresh", "0.5", "--budget-local-share", f"{1 / routers:.3f}")  # fmt: skip
+            "--budget-refresh", "0.5", "--budget-local-share", f"{1 / routers:.3f}",
+            # A loaded test machine must not pass for a Redis outage (which fails open to each
+            # router's local share): outages have their own tests (test_budgets_redis_outage.py).
+            "--redis-timeout", "3")  # fmt: skip
     return mesh
 
 
