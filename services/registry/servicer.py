@@ -371,7 +371,8 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                 f"agent {ident.agent!r}"
             )  # fmt: skip
             raise PermissionDenied(
-                f"RevealSecret is for the routers (the {ROUTER_SERVICE!r} service certificate); {who} may "
-                "set and list secrets but never read one back"
+                f"a secret's value is only given to the routers (the {ROUTER_SERVICE!r} service "
+                f"certificate); {who} may set and list secrets (harness secrets set|list) but never read "
+                "one back"
             )
         return pb.RevealSecretResponse(value=await _run(self.store.reveal_secret, request.name))

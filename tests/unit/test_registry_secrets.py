@@ -43,7 +43,7 @@ async def test_only_the_router_reads_a_secret_and_nothing_else_returns_it(servic
     assert any(ch.kind == "secret" for ch in changes)  # the change is audited, by name
     for who in ({"user": "alice", "roles": ("admin",)}, {"agent": "demo-agent"}, {"service": "cli"}):
         act_as(**who)
-        with pytest.raises(PermissionDenied, match="RevealSecret is for the routers"):
+        with pytest.raises(PermissionDenied, match="only given to the routers"):
             await servicer.RevealSecret(pb.RevealSecretRequest(name="books-token"), None)
     act_as(service="router")
     assert (await servicer.RevealSecret(pb.RevealSecretRequest(name="books-token"), None)).value == VALUE
