@@ -11,16 +11,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from services.envoy.render import _T, _addr, _protocol_options
+from services.envoy.parts import HTTP_OPTS_KEY, TYPE_PREFIX, addr, protocol_options
 from services.envoy.stats import ADMIN_CLUSTER
 
 EXTPROC_FILTER = "envoy.filters.http.ext_proc"
 STREAM_INFER_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"  # the Gateway API Inference Extension's name
 ENGINES_CLUSTER = "engines_picked"
-_EXT_PROC = _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor"
-_EXT_PROC_PER_ROUTE = _T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
-_HTTP_OPTS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_EXT_PROC = TYPE_PREFIX + "extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_EXT_PROC_PER_ROUTE = TYPE_PREFIX + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 
 
 def extproc_filter(picker_cluster: str, count_tokens: bool, timeout_s: float) -> dict[str, Any]:
@@ -55,7 +54,7 @@ def engines_cluster() -> dict[str, Any]:
         "lb_policy": "CLUSTER_PROVIDED",
         "connect_timeout": "1s",
         "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_HEADER},
-        "typed_extension_protocol_options": {_HTTP_OPTS_KEY: _protocol_options(http1=False)},
+        "typed_extension_protocol_options": {HTTP_OPTS_KEY: protocol_options(http1=False)},
     }
 
 
@@ -69,11 +68,11 @@ def with_extproc(
 ) -> dict[str, Any]:
     """The front door's bootstrap turned into the ext_proc data path (a new dict)."""
     cfg = copy.deepcopy(config)
-    cfg["admin"]["address"] = _addr("127.0.0.1", admin_port)
+    cfg["admin"]["address"] = addr("127.0.0.1", admin_port)
     resources = cfg["static_resources"]
     listener = resources["listeners"][0]
     host = listener["address"]["socket_address"]["address"]
-    listener.update(name="harness_extproc", address=_addr(host, listen_port))
+    listener.update(name="harness_extproc", address=addr(host, listen_port))
     resources["listeners"] = [listener]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["stat_prefix"] = "harness_extproc"

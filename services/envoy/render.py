@@ -14,7 +14,6 @@ CLI (the compose stack's file): ``python -m services.envoy.compose --out compose
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,21 @@ import yaml
 
 from services.envoy import stats
 from services.envoy.key_listener import key_listener
+from services.envoy.parts import (
+    DOWNSTREAM_TLS,
+    HCM,
+    HTTP_OPTS_KEY,
+    LOCAL_RL,
+    PREVIOUS_HOSTS,
+    ROUTER,
+    UPSTREAM_TLS,
+    addr,
+    dur,
+    is_ip,
+    protocol_options,
+    tls_certificates,
+    uri_san,
+)
 
 RUNTIME_RL_ENABLED = "local_rate_limit_enabled"
 RUNTIME_RL_ENFORCED = "local_rate_limit_enforced"
@@ -48,16 +62,6 @@ DEFAULT_IDENTITIES: dict[str, str] = {"router_http": "router"}
 HTTP_HEALTH_PATH = "/healthz"
 # Retry on what a different (or recovered) host can fix; never on app errors like INVALID_ARGUMENT.
 RETRY_ON = "unavailable,resource-exhausted,cancelled,connect-failure,refused-stream,reset"
-
-
-_T = "type.googleapis.com/envoy."
-_HCM = _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_DOWNSTREAM_TLS = _T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext"
-_UPSTREAM_TLS = _T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-_HTTP_OPTS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-_LOCAL_RL = _T + "extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
-_ROUTER = _T + "extensions.filters.http.router.v3.Router"
-_PREVIOUS_HOSTS = _T + "extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
 
 @dataclass(frozen=True)
@@ -130,31 +134,6 @@ class EnvoySpec:
         return any(c == cluster for _, c in self.http_routes)
 
 
-def _dur(seconds: float) -> str:
-    """Protobuf Duration JSON ("0.025s", "300s"); never exponent notation."""
-    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
-
-
-def _addr(host: str, port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": host, "port_value": port}}
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _tls_certificates(certs: EnvoyCerts) -> list[dict[str, Any]]:
-    return [{"certificate_chain": {"filename": str(certs.cert)}, "private_key": {"filename": str(certs.key)}}]
-
-
-def _uri_san(match: str, value: Any) -> list[dict[str, Any]]:
-    return [{"san_type": "URI", "matcher": {match: value}}]
-
-
 def agent_san_regex(trust_domain: str) -> str:
     """RE2 for an agent's URI SAN: the prefix and one name of agent characters, nothing after.
 
@@ -169,13 +148,13 @@ def _downstream_tls(spec: EnvoySpec) -> dict[str, Any]:
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
-            "@type": _DOWNSTREAM_TLS,
+            "@type": DOWNSTREAM_TLS,
             "require_client_certificate": True,
             "common_tls_context": {
-                "tls_certificates": _tls_certificates(spec.certs),
+                "tls_certificates": tls_certificates(spec.certs),
                 "validation_context": {
                     "trusted_ca": {"filename": str(spec.certs.ca)},
-                    "match_typed_subject_alt_names": _uri_san(
+                    "match_typed_subject_alt_names": uri_san(
                         "safe_regex", {"regex": agent_san_regex(spec.trust_domain)}
                     ),
                 },
@@ -189,14 +168,14 @@ def _upstream_tls(spec: EnvoySpec, cluster: str) -> dict[str, Any]:
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
-            "@type": _UPSTREAM_TLS,
+            "@type": UPSTREAM_TLS,
             "sni": spec.upstream_sni.get(cluster, spec.identity(cluster)),
             "common_tls_context": {
-                "tls_certificates": _tls_certificates(spec.certs),
+                "tls_certificates": tls_certificates(spec.certs),
                 "validation_context": {
                     "trusted_ca": {"filename": str(spec.certs.ca)},
                     # Only the real service may answer for its cluster, not any cert from our CA.
-                    "match_typed_subject_alt_names": _uri_san(
+                    "match_typed_subject_alt_names": uri_san(
                         "exact", f"spiffe://{spec.trust_domain}/service/{spec.identity(cluster)}"
                     ),
                 },
@@ -212,18 +191,18 @@ def _retry_route(spec: EnvoySpec, method: str) -> dict[str, Any]:
         "match": {"path": method, "grpc": {}},
         "route": {
             "cluster": spec.cluster_for(method),
-            "timeout": _dur(spec.unary_timeout_s),
+            "timeout": dur(spec.unary_timeout_s),
             # Honour the client's deadline (grpc-timeout), capped at the route timeout.
-            "max_stream_duration": {"grpc_timeout_header_max": _dur(spec.unary_timeout_s)},
+            "max_stream_duration": {"grpc_timeout_header_max": dur(spec.unary_timeout_s)},
             "retry_policy": {
                 "retry_on": RETRY_ON,
                 "num_retries": spec.num_retries,
-                "per_try_timeout": _dur(spec.per_try_timeout_s),
+                "per_try_timeout": dur(spec.per_try_timeout_s),
                 "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
                 "retry_host_predicate": [
                     {
                         "name": "envoy.retry_host_predicates.previous_hosts",
-                        "typed_config": {"@type": _PREVIOUS_HOSTS},
+                        "typed_config": {"@type": PREVIOUS_HOSTS},
                     }
                 ],
                 "host_selection_retry_max_attempts": 3,
@@ -240,7 +219,7 @@ def _prefix_route(spec: EnvoySpec, prefix: str, cluster: str) -> dict[str, Any]:
         "route": {
             "cluster": cluster,
             "timeout": "0s",
-            "idle_timeout": _dur(spec.stream_idle_timeout_s),
+            "idle_timeout": dur(spec.stream_idle_timeout_s),
             "max_stream_duration": {"grpc_timeout_header_max": "0s"},  # client deadline, uncapped
         },
     }
@@ -252,7 +231,7 @@ def _http_route(spec: EnvoySpec, prefix: str, cluster: str) -> dict[str, Any]:
     return {
         "name": f"http{prefix}",
         "match": {"prefix": prefix},
-        "route": {"cluster": cluster, "timeout": "0s", "idle_timeout": _dur(spec.stream_idle_timeout_s)},
+        "route": {"cluster": cluster, "timeout": "0s", "idle_timeout": dur(spec.stream_idle_timeout_s)},
     }
 
 
@@ -272,25 +251,25 @@ def _http_filters(spec: EnvoySpec) -> list[dict[str, Any]]:
         {
             "name": "envoy.filters.http.local_ratelimit",
             "typed_config": {
-                "@type": _LOCAL_RL,
+                "@type": LOCAL_RL,
                 "stat_prefix": "harness_local_rate_limit",
                 "token_bucket": {
                     "max_tokens": rl.max_tokens,
                     "tokens_per_fill": rl.tokens_per_fill,
-                    "fill_interval": _dur(rl.fill_interval_s),
+                    "fill_interval": dur(rl.fill_interval_s),
                 },
                 "filter_enabled": _fraction(RUNTIME_RL_ENABLED),
                 "filter_enforced": _fraction(RUNTIME_RL_ENFORCED),
                 "rate_limited_as_resource_exhausted": True,
             },
         },
-        {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
     ]
 
 
 def _listener(spec: EnvoySpec) -> dict[str, Any]:
     hcm = {
-        "@type": _HCM,
+        "@type": HCM,
         "stat_prefix": "harness_ingress",
         "codec_type": "AUTO",
         # Every caller is external, so Envoy strips x-envoy-* control headers (x-envoy-retry-on,
@@ -303,7 +282,7 @@ def _listener(spec: EnvoySpec) -> dict[str, Any]:
         "preserve_external_request_id": True,
         "forward_client_cert_details": "SANITIZE_SET",
         "set_current_client_cert_details": {"uri": True, "subject": True},
-        "stream_idle_timeout": _dur(spec.stream_idle_timeout_s),
+        "stream_idle_timeout": dur(spec.stream_idle_timeout_s),
         "route_config": {
             "name": "harness",
             "virtual_hosts": [{"name": "harness", "domains": ["*"], "routes": _routes(spec)}],
@@ -312,7 +291,7 @@ def _listener(spec: EnvoySpec) -> dict[str, Any]:
     }
     return {
         "name": "harness_ingress",
-        "address": _addr(spec.listen_host, spec.listen_port),
+        "address": addr(spec.listen_host, spec.listen_port),
         "filter_chains": [
             {
                 "transport_socket": _downstream_tls(spec),
@@ -322,27 +301,8 @@ def _listener(spec: EnvoySpec) -> dict[str, Any]:
     }
 
 
-def _protocol_options(http1: bool) -> dict[str, Any]:
-    if http1:
-        return {
-            "@type": "type.googleapis.com/" + _HTTP_OPTS_KEY,
-            # Closed before the upstream's own keep-alive (75 s) drops it under a request.
-            "common_http_protocol_options": {"idle_timeout": "60s"},
-            "explicit_http_config": {"http_protocol_options": {}},
-        }
-    return {
-        "@type": "type.googleapis.com/" + _HTTP_OPTS_KEY,
-        "explicit_http_config": {
-            "http2_protocol_options": {
-                # PINGs find a dead peer on an idle pooled connection before a request does.
-                "connection_keepalive": {"interval": "30s", "timeout": "5s"},
-            }
-        },
-    }
-
-
 def _cluster(spec: EnvoySpec, name: str, hosts: Sequence[tuple[str, int]]) -> dict[str, Any]:
-    static = all(_is_ip(h) for h, _ in hosts)
+    static = all(is_ip(h) for h, _ in hosts)
     interval = spec.health_check_interval_s
     cluster: dict[str, Any] = {
         "name": name,
@@ -353,16 +313,16 @@ def _cluster(spec: EnvoySpec, name: str, hosts: Sequence[tuple[str, int]]) -> di
         "least_request_lb_config": {"choice_count": 2},
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(h, p)}} for h, p in hosts]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(h, p)}} for h, p in hosts]}],
         },
-        "typed_extension_protocol_options": {_HTTP_OPTS_KEY: _protocol_options(spec.is_http(name))},
+        "typed_extension_protocol_options": {HTTP_OPTS_KEY: protocol_options(spec.is_http(name))},
         "transport_socket": _upstream_tls(spec, name),
         "health_checks": [
             {
-                "timeout": _dur(max(interval, 1.0)),
-                "interval": _dur(interval),
+                "timeout": dur(max(interval, 1.0)),
+                "interval": dur(interval),
                 # Default is 60s while a cluster is idle; ops want an idle service's state fresh.
-                "no_traffic_interval": _dur(max(5 * interval, 5.0)),
+                "no_traffic_interval": dur(max(5 * interval, 5.0)),
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
                 **(
@@ -407,8 +367,8 @@ def _key_listeners(spec: EnvoySpec) -> list[dict[str, Any]]:
     if spec.key_listen_port is None or not spec.http_routes:
         return []
     routes = [_http_route(spec, p, c) for p, c in spec.http_routes]
-    idle = _dur(spec.stream_idle_timeout_s)
-    certs = _tls_certificates(spec.certs)
+    idle = dur(spec.stream_idle_timeout_s)
+    certs = tls_certificates(spec.certs)
     return [key_listener(spec.listen_host, spec.key_listen_port, certs, routes, _http_filters(spec), idle)]
 
 
@@ -419,7 +379,7 @@ def render_envoy_config(spec: EnvoySpec) -> dict[str, Any]:
         stats_listeners = [stats.stats_listener(spec.listen_host, spec.stats_port)]
         stats_clusters = [stats.admin_cluster(spec.admin_port)]
     return {
-        "admin": {"address": _addr("127.0.0.1", spec.admin_port)},
+        "admin": {"address": addr("127.0.0.1", spec.admin_port)},
         "layered_runtime": {
             "layers": [
                 # Listed so GET /runtime shows the switches; 0 = off (a percentage).
