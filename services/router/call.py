@@ -18,7 +18,7 @@ from harness.registry.v1 import registry_pb2
 from services.common.context import RequestContext
 from services.router import records
 from services.router.chat import ChatMessage, ChatTemplate, ToolChoice, ToolSpec
-from services.router.engine import EngineRequest
+from services.router.engine import EngineChunk, EngineRequest
 from services.router.flow import SloClass
 from services.router.scheduling import Candidate, SchedulingRequest
 
@@ -194,6 +194,23 @@ class Call:
         if not self.charged:
             return 0.0
         return self.gpu_seconds if self.gpu_cap_s is None else min(self.gpu_seconds, self.gpu_cap_s)
+
+    # --- what the source of the answer records ---------------------------------------------
+    def take(self, chunk: EngineChunk) -> Chunk:
+        """Records an engine chunk's counts (the engine's own, else estimates) and returns the
+        pipeline's chunk for it."""
+        self.reached_backend = True
+        if chunk.input_tokens is not None:
+            self.input_tokens = chunk.input_tokens
+        if chunk.output_tokens is not None:
+            self.output_tokens = max(self.output_tokens, chunk.output_tokens)
+        self.usage_estimated = self.usage_estimated or chunk.estimated
+        return Chunk(chunk.text, chunk.final, self.output_tokens)
+
+    def ended_normally(self) -> None:
+        """The answer is complete: LENGTH when it used every token it could, else STOP."""
+        length = self.output_tokens >= self.max_tokens
+        self.finish_reason = common_pb2.FINISH_REASON_LENGTH if length else common_pb2.FINISH_REASON_STOP
 
     # --- what other parts need, built from the call in one place ------------------------------
     def facts(self) -> records.CallFacts:

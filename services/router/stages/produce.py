@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from harness.common.v1 import common_pb2
-
 from services.router.call import Call, Chunk
 from services.router.dispatch import Dispatcher
 from services.router.engine import estimate_tokens
@@ -101,17 +99,10 @@ class Dispatch(Stage):
         else:
             try:
                 async for chunk in self.dispatcher.stream(call):
-                    call.reached_backend = True
-                    if chunk.input_tokens is not None:
-                        call.input_tokens = chunk.input_tokens
-                    if chunk.output_tokens is not None:
-                        call.output_tokens = max(call.output_tokens, chunk.output_tokens)
-                    call.usage_estimated = call.usage_estimated or chunk.estimated
-                    yield Chunk(chunk.text, chunk.final, call.output_tokens)
+                    yield call.take(chunk)
             finally:
                 call.gpu_type = self.endpoints.gpu_type(call.endpoint.name) if call.endpoint else ""
                 if call.text_parts and not call.output_tokens:
                     estimate_cut_usage(call)
         call.reached_backend = True
-        length = call.output_tokens >= call.max_tokens
-        call.finish_reason = common_pb2.FINISH_REASON_LENGTH if length else common_pb2.FINISH_REASON_STOP
+        call.ended_normally()

@@ -13,8 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from harness.common.v1 import common_pb2
-
 from services.common.errors import FailedPrecondition, Unavailable
 from services.router.call import Call, Chunk
 from services.router.dispatch import Dispatcher
@@ -85,16 +83,10 @@ class EnvoyRelay(Stage):
                 item = await link.chunks.get()
                 if isinstance(item, BaseException):
                     raise item
-                call.reached_backend = True
                 if item.text and not sent:
                     sent = True
                     scheduler.observe_ttft(target, time.perf_counter() - started)
-                if item.input_tokens is not None:
-                    call.input_tokens = item.input_tokens
-                if item.output_tokens is not None:
-                    call.output_tokens = max(call.output_tokens, item.output_tokens)
-                call.usage_estimated = call.usage_estimated or item.estimated
-                yield Chunk(item.text, item.final, call.output_tokens)
+                yield call.take(item)
                 if item.final:
                     break
             scheduler.record(target, request)
@@ -103,8 +95,7 @@ class EnvoyRelay(Stage):
             call.gpu_type = self.endpoints.gpu_type(target.name)
             scheduler.release(target)
             self.dispatcher.flow.capacity_changed(1)
-        length = call.output_tokens >= call.max_tokens
-        call.finish_reason = common_pb2.FINISH_REASON_LENGTH if length else common_pb2.FINISH_REASON_STOP
+        call.ended_normally()
 
 
 def unavailable(why: str) -> Unavailable:
