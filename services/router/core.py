@@ -90,18 +90,30 @@ class Router:
         embedding = self.embed_stages()
         self.embed_director = Director(embedding, embedding[-1], metrics.stage_errors)
 
-    def generate_stages(self) -> list[Stage]:
-        """The request path, in order; the last stage is the source of the chunks."""
-        stages: list[Stage | None] = [
+    def _resolve_stages(self) -> list[Stage]:
+        """Every path starts so: metrics, who calls, the records, which agent, may it."""
+        return [
             Observe(self.metrics),
             Identify(),
             Record(self.events),
             ResolveAgent(self.registry),
             self.authorize,
-            Validate(self.policy.default_max_tokens),
-            RedactPrompt(self.redactors),
+        ]
+
+    def _admit_stages(self) -> list[Stage | None]:
+        """Rate limits, then budgets (when the router enforces any)."""
+        return [
             RateAdmit(self.registry, self.limiter),
             BudgetReserve(self.budgets) if self.budgets is not None else None,
+        ]
+
+    def generate_stages(self) -> list[Stage]:
+        """The request path, in order; the last stage is the source of the chunks."""
+        stages: list[Stage | None] = [
+            *self._resolve_stages(),
+            Validate(self.policy.default_max_tokens),
+            RedactPrompt(self.redactors),
+            *self._admit_stages(),
             self.cache,
             RedactOutput(),
             Journal(self.events),
@@ -131,15 +143,10 @@ class Router:
         records, with its own validation, input redaction and source (no result cache: the
         vectors are cheap to make and large to keep)."""
         stages: list[Stage | None] = [
-            Observe(self.metrics),
-            Identify(),
-            Record(self.events),
-            ResolveAgent(self.registry),
-            self.authorize,
+            *self._resolve_stages(),
             ValidateInputs(),
             RedactInputs(self.redactors),
-            RateAdmit(self.registry, self.limiter),
-            BudgetReserve(self.budgets) if self.budgets is not None else None,
+            *self._admit_stages(),
             Journal(self.events),
             EmbedDispatch(self.dispatcher, self.endpoints),
         ]
