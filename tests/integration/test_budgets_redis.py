@@ -26,7 +26,9 @@ rule, FakeLedger = suite.rule, suite.FakeLedger
 
 @pytest.fixture
 async def client(redis_url) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
+    # A command stuck on a connection fails after 10 s instead of hanging the test (as the
+    # router's own client does with --redis-timeout).
+    c = aioredis.Redis.from_url(redis_url, socket_timeout=10)
     yield c
     await c.aclose()
 
