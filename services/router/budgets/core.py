@@ -331,6 +331,8 @@ class BudgetEnforcer(ABC):
             try:
                 await self.renew()
             except Exception as e:  # a store outage: reservations live on until their expiry
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise asyncio.CancelledError from e  # aclose() asked it to stop
                 log.warning("budget reservation renewal failed (%s); retrying", e)
 
     async def aclose(self) -> None:

@@ -233,6 +233,11 @@ class RedisBudgets(BudgetEnforcer):
             async with asyncio.timeout(self._timeout_s * CALL_BOUND):
                 result = await script(keys=keys, args=args)
         except (RedisError, TimeoutError) as e:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Cancelled as the bound expired: asyncio.timeout may report it as TimeoutError,
+                # and the renewal loop would then retry forever instead of stopping.
+                raise asyncio.CancelledError from e
             why = str(e) or type(e).__name__
             if not self._down:
                 how = (
