@@ -103,23 +103,27 @@ async def test_the_router_engine_client_gets_the_same_text_over_both_protocols(s
     assert final.input_tokens == max(c.input_tokens or 0 for c in over_grpc)
 
 
-async def test_closing_the_stream_cancels_the_sequence_in_the_engine(sim):
+async def test_closing_the_stream_cancels_the_sequence_in_the_engine():
+    # Its own simulator at a slow clock: 2000 tokens take seconds, so under a loaded machine the
+    # sequence cannot finish on its own before the server notices the disconnect.
+    slow = await start_enginesim(time_scale=5.0, load=(MODEL,), protocol="both")
     engine = OpenAIEngine()
-    sim_engine = sim.server.sim.engine(MODEL)
+    sim_engine = slow.server.sim.engine(MODEL)
     req = EngineRequest(model=MODEL, prompt="long answer please", max_tokens=2000)
     try:
-        agen = engine.stream(sim.openai_url, req, 30)
+        agen = engine.stream(slow.openai_url, req, 30)
         first = await agen.__anext__()
         assert first.text and sim_engine.running == 1
         await agen.aclose()
-        for _ in range(400):  # the server sees the disconnect and cancels the sequence
-            if sim_engine.running == 0:
-                break
-            await asyncio.sleep(0.01)
+        deadline = asyncio.get_running_loop().time() + 20
+        while sim_engine.running and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # the server sees the disconnect and cancels the sequence
         assert sim_engine.running == 0
         assert sim_engine.stats.failures["CANCELED"] == 1
+        assert sim_engine.stats.success == 0
     finally:
         await engine.close()
+        await slow.stop()
 
 
 async def test_a_midstream_fault_is_an_error_event_and_unavailable_to_the_router(sim):
