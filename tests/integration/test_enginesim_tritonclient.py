@@ -325,7 +325,9 @@ def test_runtime_faults_midstream_and_slow_start(client, faults):
     faults(kinds=["slow_start"], slow_start_ms=3000)  # 3 s simulated = 0.3 s real
     slow = stream(client, "slow or not", 2)
     assert slow.error is None and slow.chunks == baseline.chunks
-    assert slow.ttft_s >= baseline.ttft_s + 0.3
+    # The delay itself is the floor (a loaded machine can only add to it); comparing with the
+    # baseline's TTFT failed when load slowed the baseline.
+    assert slow.ttft_s >= 0.3
 
 
 def test_bad_fault_settings_are_rejected_with_the_reason(sim):
