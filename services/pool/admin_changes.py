@@ -13,21 +13,25 @@ endpoint's headers and TLS settings are pool-side configuration, never in the AP
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
-from sqlalchemy import Engine, create_engine, insert, select, update
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import StaticPool
 
-from services.common.admin_audit import ChangeActor, admin_change_event
+from services.common.admin_audit import (
+    ChangeActor,
+    change_row_event,
+    insert_change,
+    mark_changes_shipped,
+    pending_changes,
+)
 from services.common.shipping import ShippingLoop
 from services.pool import migrate
 from services.pool.claims_schema import AdminChangeRow
@@ -67,35 +71,19 @@ class ChangeLog:
 
     def _insert(self, obj: str, action: str, details: dict[str, Any], a: ChangeActor) -> None:
         with self._write, self.engine.begin() as conn:
-            conn.execute(
-                insert(T).values(
-                    event_id=f"pool-change-{uuid.uuid4().hex}", time_us=time.time_ns() // 1000, object=obj,
-                    action=action, actor_user=a.user, actor_agent=a.agent, actor_service=a.service,
-                    auth_method=a.auth_method, request_id=a.request_id, trace_id=a.trace_id,
-                    details=json.dumps(details, sort_keys=True), audit_shipped_us=0,
-                )
-            )  # fmt: skip
+            insert_change(conn, T, SOURCE, time.time_ns() // 1000, obj, action, details, a)
 
     def pending(self, limit: int) -> list:
-        stmt = select(T).where(T.c.audit_shipped_us == 0).order_by(T.c.id).limit(limit)
         with self._write, self.engine.connect() as conn:
-            return list(conn.execute(stmt).all())
+            return pending_changes(conn, T, limit)
 
     def mark_shipped(self, ids: Sequence[int]) -> None:
         with self._write, self.engine.begin() as conn:
-            conn.execute(
-                update(T).where(T.c.id.in_(list(ids))).values(audit_shipped_us=time.time_ns() // 1000)
-            )
+            mark_changes_shipped(conn, T, ids, time.time_ns() // 1000)
 
 
 def audit_event(row) -> common_pb2.AuditEvent:
-    actor = ChangeActor(
-        row.actor_user, row.actor_agent, row.actor_service, row.auth_method, row.request_id, row.trace_id
-    )
-    return admin_change_event(
-        event_id=row.event_id, time_us=row.time_us, source=SOURCE, obj=row.object, action=row.action,
-        actor=actor, details=json.loads(row.details),
-    )  # fmt: skip
+    return change_row_event(row, SOURCE)
 
 
 class AuditShipper:
