@@ -7,13 +7,16 @@ CLI: ``python -m services.envoy.compose --out compose/envoy.yaml`` (or ``--check
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from services.envoy.generated import generated_config_main
 from services.envoy.methods import idempotent_unary_methods
-from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, dump_envoy_config
+from services.envoy.render import (
+    DEFAULT_HTTP_ROUTES,
+    EnvoyCerts,
+    EnvoySpec,
+    dump_envoy_config,
+)
 
 COMPOSE_CERTS_DIR = "/etc/harness/certs"
 COMPOSE_LISTEN_PORT = 8443
@@ -62,23 +65,8 @@ def compose_spec(idempotent_methods: Sequence[str] | None = None) -> EnvoySpec:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m services.envoy.compose", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, help="write here instead of stdout")
-    p.add_argument("--check", type=Path, metavar="FILE", help="exit 1 if FILE differs from the rendering")
-    args = p.parse_args(argv)
-
     text = dump_envoy_config(compose_spec(), HEADER)
-    if args.check:
-        if not args.check.exists() or args.check.read_text() != text:
-            print(f"{args.check} is stale; regenerate with --out {args.check}", file=sys.stderr)
-            return 1
-        return 0
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return generated_config_main("python -m services.envoy.compose", __doc__.split("\n")[0], text, argv)
 
 
 if __name__ == "__main__":

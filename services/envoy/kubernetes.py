@@ -11,10 +11,7 @@ CLI: ``python -m services.envoy.kubernetes --out deploy/kubernetes/base/config/e
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from services.envoy.compose import (
     COMPOSE_ADMIN_PORT,
@@ -23,8 +20,14 @@ from services.envoy.compose import (
     COMPOSE_SERVICE_PORTS,
     COMPOSE_STATS_PORT,
 )
+from services.envoy.generated import generated_config_main
 from services.envoy.methods import idempotent_unary_methods
-from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, dump_envoy_config
+from services.envoy.render import (
+    DEFAULT_HTTP_ROUTES,
+    EnvoyCerts,
+    EnvoySpec,
+    dump_envoy_config,
+)
 
 TLS_DIR = "/etc/harness/tls"  # where every pod mounts its cert-manager Secret
 # The pods listen on the compose stack's ports; the manifests must agree (a test checks).
@@ -63,24 +66,8 @@ def kubernetes_spec(idempotent_methods: Sequence[str] | None = None) -> EnvoySpe
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m services.envoy.kubernetes", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--out", type=Path, help="write here instead of stdout")
-    p.add_argument("--check", type=Path, metavar="FILE", help="exit 1 if FILE differs from the rendering")
-    args = p.parse_args(argv)
     text = dump_envoy_config(kubernetes_spec(), HEADER)
-    if args.check:
-        if not args.check.exists() or args.check.read_text() != text:
-            print(f"{args.check} is stale; regenerate with --out {args.check}", file=sys.stderr)
-            return 1
-        return 0
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return generated_config_main("python -m services.envoy.kubernetes", __doc__.split("\n")[0], text, argv)
 
 
 if __name__ == "__main__":
