@@ -22,6 +22,20 @@ def demo_channel(stack) -> grpc.aio.Channel:
     return channel(stack, Path(stack.env["HARNESS_CERT"]), Path(stack.env["HARNESS_KEY"]))
 
 
+def triton_client(stack, address: str | None = None, *, aio: bool = False):
+    """tritonclient's gRPC client as an agent runs it: the demo agent's certificate, the stack's
+    CA, Envoy's address unless another listener's is given."""
+    if aio:
+        import tritonclient.grpc.aio as client_module
+    else:
+        import tritonclient.grpc as client_module
+    env = stack.env
+    return client_module.InferenceServerClient(
+        address or env["HARNESS_ADDR"], ssl=True, root_certificates=env["HARNESS_CA"],
+        private_key=env["HARNESS_KEY"], certificate_chain=env["HARNESS_CERT"],
+    )  # fmt: skip
+
+
 def bearer(token: str):
     return (("authorization", f"Bearer {token}"),)
 

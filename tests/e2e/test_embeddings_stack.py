@@ -18,7 +18,7 @@ from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
 from services.enginesim.embedder import vector
-from tests.e2e.calls import bearer, demo_channel
+from tests.e2e.calls import bearer, demo_channel, triton_client
 from tests.e2e.stack import REPO
 from tests.e2e.test_openai_stack import _async_client, _records
 
@@ -94,11 +94,7 @@ def test_the_readme_embeddings_snippet_runs_as_printed(stack):
 def test_tritonclient_embeds_through_the_harness_triton_front_door(stack):
     import tritonclient.grpc as tritongrpc
 
-    env = stack.env
-    client = tritongrpc.InferenceServerClient(
-        env["HARNESS_ADDR"], ssl=True, root_certificates=env["HARNESS_CA"],
-        private_key=env["HARNESS_KEY"], certificate_chain=env["HARNESS_CERT"],
-    )  # fmt: skip
+    client = triton_client(stack)
     headers = {"authorization": f"Bearer {stack.token('alice')}"}
     try:
         config = client.get_model_config(EMBED_MODEL, headers=headers).config

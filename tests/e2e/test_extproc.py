@@ -19,7 +19,7 @@ from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 
 from bench._common import stream_one
 from services.envoy.extproc import with_extproc
-from tests.e2e.calls import bearer, demo_channel
+from tests.e2e.calls import bearer, demo_channel, triton_client
 from tests.helpers.envoy import start_envoy
 
 pytestmark = pytest.mark.e2e
@@ -44,11 +44,7 @@ def counting_envoy(stack, tmp_path_factory):
 
 
 def _client(stack, port: int) -> tgrpc_aio.InferenceServerClient:
-    env = stack.env
-    return tgrpc_aio.InferenceServerClient(
-        f"127.0.0.1:{port}", ssl=True, root_certificates=env["HARNESS_CA"],
-        private_key=env["HARNESS_KEY"], certificate_chain=env["HARNESS_CERT"],
-    )  # fmt: skip
+    return triton_client(stack, f"127.0.0.1:{port}", aio=True)
 
 
 async def _audit(stack, request_id: str) -> list:

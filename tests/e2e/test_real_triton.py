@@ -18,7 +18,7 @@ from harness.common.v1 import common_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
 from services.enginesim.testing import start_enginesim
-from tests.e2e.calls import bearer, demo_channel, generate
+from tests.e2e.calls import bearer, demo_channel, generate, triton_client
 from tests.e2e.stack import REPO, RunningStack, launch, shutdown
 from tests.realtriton.conformance import DECOUPLED_MODEL, SPARE_MODEL, eventually
 
@@ -98,11 +98,7 @@ async def test_a_served_model_the_catalog_did_not_name_is_mapped_in_and_served(t
 def test_triton_front_door_through_envoy(triton_stack):
     import numpy as np
 
-    env = triton_stack.env
-    client = tritongrpc.InferenceServerClient(
-        env["HARNESS_ADDR"], ssl=True, root_certificates=env["HARNESS_CA"],
-        private_key=env["HARNESS_KEY"], certificate_chain=env["HARNESS_CERT"],
-    )  # fmt: skip
+    client = triton_client(triton_stack)
     headers = {"authorization": f"Bearer {triton_stack.token('alice')}"}
     config = client.get_model_config("llama-3-8b", headers=headers).config
     assert config.model_transaction_policy.decoupled  # as the real Triton model is
@@ -165,11 +161,7 @@ async def test_a_failing_simulator_fails_over_to_the_real_triton(triton_stack):
 
 def test_grpc_errors_are_not_internal(triton_stack):
     """An unknown model on the front door is Triton's NOT_FOUND, not INTERNAL."""
-    env = triton_stack.env
-    client = tritongrpc.InferenceServerClient(
-        env["HARNESS_ADDR"], ssl=True, root_certificates=env["HARNESS_CA"],
-        private_key=env["HARNESS_KEY"], certificate_chain=env["HARNESS_CERT"],
-    )  # fmt: skip
+    client = triton_client(triton_stack)
     headers = {"authorization": f"Bearer {triton_stack.token('alice')}"}
     from tritonclient.utils import InferenceServerException
 
