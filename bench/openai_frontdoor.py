@@ -104,11 +104,11 @@ def grpc_call(stub: router_pb2_grpc.RouterStub, token: str, max_tokens: int) -> 
     return call
 
 
-def openai_call(client: openai.AsyncOpenAI, max_tokens: int) -> Call:
+def openai_call(client: openai.AsyncOpenAI, max_tokens: int, model: str = MODEL) -> Call:
     async def call(prompt: str) -> tuple[float, float]:
         start, ttft = time.perf_counter(), 0.0
         stream = await client.chat.completions.create(
-            model=MODEL, messages=messages(prompt), max_tokens=max_tokens, temperature=0, stream=True
+            model=model, messages=messages(prompt), max_tokens=max_tokens, temperature=0, stream=True
         )
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content and not ttft:

@@ -1,9 +1,10 @@
 """The Harness next to LiteLLM, as users compare gateways: the official `openai` async client
 streaming the same chat completions (same messages, max_tokens 8) through
-  (d) nothing: straight to a minimal OpenAI-compatible engine (bench/_openai_fake.py),
-  (l) the LiteLLM proxy (no database, no callbacks, 2 workers) in front of that engine,
-  (h) the Harness (Envoy + router, mTLS, policy, audit, cost) in front of its engine simulator
-      (time scale 1000: 8 tokens cost it ~0.05 ms; the router speaks Triton to engines),
+  (d) nothing: straight to the local stack's OpenAI-protocol engine simulator (sim-2, the
+      vLLM-flavoured HTTP API; time scale 1000: 8 tokens cost it ~0.05 ms),
+  (l) the LiteLLM proxy (no database, no callbacks, 2 workers) in front of that same simulator,
+  (h) the Harness (Envoy + router, mTLS, policy, audit, cost) in front of the stack's simulators
+      (the same simulator code and time scale; the router picks one of them per request),
 at several concurrencies. "Added" is a path's p50 minus (d)'s: what the gateway costs on top
 of calling an engine directly with the same client. CPU per request is the gateway's
 processes (LiteLLM's, or both routers and Envoy), read from /proc.
@@ -56,6 +57,8 @@ PROXY_DEPS = (
 )  # fmt: skip
 MASTER_KEY = "sk-harness-bench-" + os.urandom(8).hex()  # LiteLLM refuses to start without one
 MAX_TOKENS = 8
+OPENAI_SIM = "sim-2"  # the stack's simulator that speaks the OpenAI HTTP API
+ENGINE_MODEL = "llama-3-8b-instruct"  # its model name (the Harness's catalog calls it llama-3-8b)
 PATHS = ("(d) direct", "(l) LiteLLM", "(h) Harness")
 
 
@@ -70,11 +73,12 @@ def litellm_venv(where: Path) -> Path:
     return litellm
 
 
-def start_fake() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("_openai_fake.py"))], stdout=subprocess.PIPE, text=True
-    )
-    return proc, f"http://127.0.0.1:{proc.stdout.readline().strip()}/v1"  # type: ignore[union-attr]
+def simulator_openai_url(root: Path) -> str:
+    """The stack's OpenAI-protocol simulator's base URL, from its startup log line."""
+    for line in (root / "logs" / f"{OPENAI_SIM}.log").read_text().splitlines():
+        if " openai=http" in line:
+            return line.split(" openai=", 1)[1].split()[0] + "/v1"
+    raise SystemExit(f"no OpenAI URL in {root / 'logs' / f'{OPENAI_SIM}.log'}")
 
 
 def start_litellm(
@@ -84,7 +88,7 @@ def start_litellm(
     config = tmp / "litellm.yaml"
     config.write_text(
         "model_list:\n  - model_name: llama-3-8b\n    litellm_params:\n"
-        f"      model: openai/llama-3-8b\n      api_base: {engine_url}\n      api_key: fake\n"
+        f"      model: openai/{ENGINE_MODEL}\n      api_base: {engine_url}\n      api_key: fake\n"
         "litellm_settings:\n  telemetry: false\n"
     )
     with socket.socket() as s:
@@ -125,7 +129,7 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-async def measure(args, litellm_url: str, fake_url: str, litellm_pid: int, root: Path) -> dict:
+async def measure(args, litellm_url: str, engine_url: str, litellm_pid: int, root: Path) -> dict:
     env = env_of(root)
     tls = ssl.create_default_context(cafile=env["HARNESS_CA"])
     tls.load_cert_chain(env["HARNESS_CERT"], env["HARNESS_KEY"])
@@ -136,17 +140,22 @@ async def measure(args, litellm_url: str, fake_url: str, litellm_pid: int, root:
         return openai.AsyncOpenAI(base_url=base, api_key=key, http_client=http, max_retries=0)
 
     clients = {
-        "(d) direct": (client(fake_url, "fake"), []),
-        "(l) LiteLLM": (client(litellm_url, MASTER_KEY), process_tree(litellm_pid)),
-        "(h) Harness": (client(env["HARNESS_OPENAI_BASE_URL"], env["HARNESS_TOKEN"], tls), stack_pids(root)),
+        "(d) direct": (client(engine_url, "unused"), [], ENGINE_MODEL),
+        "(l) LiteLLM": (client(litellm_url, MASTER_KEY), process_tree(litellm_pid), "llama-3-8b"),
+        "(h) Harness": (
+            client(env["HARNESS_OPENAI_BASE_URL"], env["HARNESS_TOKEN"], tls),
+            stack_pids(root),
+            "llama-3-8b",
+        ),
     }
     rows: dict[tuple[str, int], Level] = {}
     for c in args.concurrency:
         n = max(args.requests, 4 * c)
-        for label, (api, pids) in clients.items():
-            rows[(label, c)] = level = await run_level(openai_call(api, MAX_TOKENS), pids, c, n, label[1])
+        for label, (api, pids, model) in clients.items():
+            call = openai_call(api, MAX_TOKENS, model)
+            rows[(label, c)] = level = await run_level(call, pids, c, n, label[1])
             print(f"  {label:<12} c={c:<3} {n} requests in {level.seconds:.1f}s", flush=True)
-    for api, _ in clients.values():
+    for api, _, _ in clients.values():
         await api.close()
     return rows
 
@@ -192,11 +201,10 @@ async def main_async(args: argparse.Namespace) -> None:
             # The stack first: `harness up` waits 60 s for health, LiteLLM's start takes minutes.
             print("starting the local stack (harness up --free-ports, time scale 1000)...", flush=True)
             started.append(start_stack(tmp / ".harness", 1000.0))
-            fake, fake_url = start_fake()
-            started.append(fake)
+            engine_url = simulator_openai_url(tmp / ".harness")
             print("starting LiteLLM...", flush=True)
-            lite, lite_url = start_litellm(litellm, fake_url, tmp, started)
-            rows = await measure(args, lite_url, fake_url, lite.pid, tmp / ".harness")
+            lite, lite_url = start_litellm(litellm, engine_url, tmp, started)
+            rows = await measure(args, lite_url, engine_url, lite.pid, tmp / ".harness")
         finally:  # whatever failed, nothing this run started is left behind
             for proc in started:
                 with contextlib.suppress(ProcessLookupError):
