@@ -147,6 +147,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         budgets=budgets,
         keys=router.cache.keys,  # keyed with the redaction key: the same on every replica
         credentials=Credentials(reveal_from(registry_pb2_grpc.RegistryStub(channels["registry"]))),
+        metrics=router.metrics,  # denials and stage failures count with the model path's
     )
 
     def register(server) -> list[str]:

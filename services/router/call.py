@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from harness.common.v1 import common_pb2
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from services.router.privacy import OutputRedaction
     from services.router.result_cache import CachedResult
     from services.router.stages.relay import RelayLink
+    from services.router.tool_cache import ToolScope
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,38 @@ class EmbeddingInput:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """What a governed tool call asks for: one action of a tool the agent version pins."""
+
+    tool: str
+    action: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
+    idempotency_key: str = ""
+    approval_wait_s: float = 0.0  # 0 = the router's default
+
+
+@dataclass
+class ToolRun:
+    """A tool call's own state (`Call.tool`), filled in by the tool stages (stages/tool.py)."""
+
+    tool: registry_pb2.Tool | None = None
+    action: registry_pb2.ToolAction | None = None
+    risk: str = ""  # the action's risk class: the casbin action the agent needs on the tool
+    redactor: Any = None  # the agent's data policy (None: nothing to redact)
+    logged_args: dict[str, Any] = field(default_factory=dict)  # the arguments, redacted
+    scope: ToolScope | None = None  # result cache / idempotency identity
+    raw: dict[str, Any] | None = None  # the answer as the tool (or the cache) gave it
+    result: dict[str, Any] | None = None  # the answer, redacted for the caller
+    cached: bool = False  # answered from the result cache or an idempotency key
+    decision: int | None = None  # set once the call must leave a tool-call record
+    pending: bool = False  # waits for an approval: nothing ran
+    approval_id: str = ""
+    called_ok: bool = False  # the tool answered (the call is priced)
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class Chunk:
     """A piece of the answer. `final` marks the last one (it may carry text or be empty);
     `output_tokens` is the engine's count of output tokens so far (0 when not known yet)."""
@@ -72,12 +105,13 @@ class Chunk:
 class Call:
     """The state of one call; each stage reads what earlier stages filled in and adds its part."""
 
-    inp: GenerationInput | EmbeddingInput
+    inp: GenerationInput | EmbeddingInput | ToolCall
     ctx: RequestContext | None = None
     started: float = field(default_factory=time.perf_counter)
     # ResolveAgent
     agent: registry_pb2.Agent | None = None
     agent_version: str = ""
+    version: registry_pb2.AgentVersion | None = None  # the agent's record of that version
     pinned: tuple[str, ...] = ()
     team: str = ""
     model: str = ""  # catalog name
@@ -107,6 +141,7 @@ class Call:
     # Journal: the call's start is durable; its records get these ids (see call_journal.py)
     journal: CallJournal | None = None
     relay: RelayLink | None = None  # the ext_proc path: the front door's side of the relay
+    tool: ToolRun | None = None  # a tool call's own state (the tool path only)
     audit_id: str = ""
     usage_id: str = ""
     # Dispatch
@@ -216,10 +251,12 @@ class Call:
     def facts(self) -> records.CallFacts:
         agent = self.agent
         name = agent.name if agent is not None else (self.ctx.identity.agent if self.ctx else "")
+        tool = self.tool.tool if self.tool is not None else None
         return records.CallFacts(
             self.ctx, name, self.agent_version, agent.project if agent is not None else "", self.model,
             self.deployment, self.gpu_type, status=self.status, rule=self.rule, team=self.team,
             event_id=self.audit_id, usage_id=self.usage_id,
+            tool=f"{tool.name}@{tool.version}" if tool is not None else "",
         )  # fmt: skip
 
     def engine_request(self) -> EngineRequest:

@@ -10,23 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 
 from services.common import context as reqctx
 from services.common.access import agent_subject, user_subject
 from services.common.errors import PermissionDenied
 from services.router.stages.resolve import online_agent, require_caller
-
-RISK = {
-    common_pb2.RISK_CLASS_READ: "read",
-    common_pb2.RISK_CLASS_WRITE: "write",
-    common_pb2.RISK_CLASS_DELETE: "delete",
-}
-
-
-def risk_name(action: registry_pb2.ToolAction) -> str:
-    return RISK.get(action.risk, "write")  # an unclassified action is treated as a write
+from services.router.stages.tool import risk_name
 
 
 @dataclass(frozen=True)

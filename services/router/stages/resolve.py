@@ -71,13 +71,7 @@ class ResolveAgent(Stage):
         self.registry = registry
 
     async def enter(self, call: Call) -> None:
-        agent = await online_agent(self.registry, call.ctx.identity)
-        call.agent = agent
-        call.agent_version = pick_version(agent)
-        version = next(v for v in agent.versions if v.version == call.agent_version)
-        call.pinned = tuple(version.models)
-        call.team = await self.registry.project_team(agent.project)
-        call.slo = SloClass.from_proto(agent.slo.slo_class)
+        agent = (await self.resolve_version(call)).agent
         model = call.inp.model or await self.default_model(call)
         if not model:
             raise FailedPrecondition(f"agent {agent.name!r} version {call.agent_version} pins no model")
@@ -90,6 +84,18 @@ class ResolveAgent(Stage):
                 f"agent {agent.name!r} version {call.agent_version} may use {list(call.pinned)}, not {model!r}"
             )
         call.catalog = await self.registry.model(model)
+
+    async def resolve_version(self, call: Call) -> Call:
+        """The agent (online, in the key's project), its version (canary split) and the version's
+        pins, its team and SLO class: what every path needs before it looks at its own input."""
+        agent = await online_agent(self.registry, call.ctx.identity)
+        call.agent = agent
+        call.agent_version = pick_version(agent)
+        call.version = next(v for v in agent.versions if v.version == call.agent_version)
+        call.pinned = tuple(call.version.models)
+        call.team = await self.registry.project_team(agent.project)
+        call.slo = SloClass.from_proto(agent.slo.slo_class)
+        return call
 
     async def default_model(self, call: Call) -> str:
         """The model of a call that names none: the version's first (its primary), or for an
@@ -113,7 +119,7 @@ class Authorize(Stage):
 
     name = "authorize"
 
-    def __init__(self, registry: RegistryMirror, events: EventShipper, metrics: RouterMetrics) -> None:
+    def __init__(self, registry: RegistryMirror, events: EventShipper, metrics: RouterMetrics | None) -> None:
         self.registry = registry
         self.events = events
         self.metrics = metrics
@@ -129,7 +135,8 @@ class Authorize(Stage):
         except PermissionDenied:
             call.audited = True
             who = "agent" if subject.startswith("agent:") else "user"
-            self.metrics.authz_denials.labels(call.agent_name, who).inc()
+            if self.metrics is not None:
+                self.metrics.authz_denials.labels(call.agent_name, who).inc()
             raise
 
 
