@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import cbor2
 
@@ -69,29 +69,47 @@ _CHUNKS: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 _CHUNKS_MAX = 32768  # ~16 MiB of text at most
 
 
+def sim_text_chunks(text: str) -> Iterator[tuple[str, int]]:
+    """``text`` cut where :func:`sim_token_ids` cuts it: (chunk, offset in ``text`` after it).
+    No token contains a space, so a chunk ends after the first space past ``_CHUNK_CHARS``
+    characters: prompts that share a prefix are cut the same way along it."""
+    start, n = 0, len(text)
+    while start < n:
+        cut = text.find(" ", start + _CHUNK_CHARS)
+        end = n if cut < 0 else cut + 1
+        yield text[start:end], end
+        start = end
+
+
+def sim_chunk_ids(chunk: str) -> tuple[int, ...]:
+    """The token ids of one chunk from :func:`sim_text_chunks`, remembered in a bounded LRU."""
+    chunks = _CHUNKS
+    ids = chunks.get(chunk)
+    if ids is None:
+        ids = chunks[chunk] = _chunk_token_ids(chunk)
+        if len(chunks) > _CHUNKS_MAX:
+            chunks.popitem(last=False)
+    else:
+        chunks.move_to_end(chunk)
+    return ids
+
+
 def sim_token_ids(text: str) -> list[int]:
     """The engine simulator's token ids of ``text`` (``\\w+`` runs and single punctuation marks;
     a token's id is a stable 31-bit hash of its text, so every process agrees).
 
-    Prompts that share a long prefix are tokenized once: no token contains a space, so the text
-    is cut after the first space past every ``_CHUNK_CHARS`` characters (the same cuts for the
-    same prefix) and each chunk's ids are remembered in a bounded LRU. The ids depend on the
-    text alone and never leave the scheduler."""
-    chunks, out, start, n = _CHUNKS, [], 0, len(text)
-    while start < n:
-        cut = text.find(" ", start + _CHUNK_CHARS)
-        end = n if cut < 0 else cut + 1
-        chunk = text[start:end]
-        ids = chunks.get(chunk)
-        if ids is None:
-            ids = chunks[chunk] = _chunk_token_ids(chunk)
-            if len(chunks) > _CHUNKS_MAX:
-                chunks.popitem(last=False)
-        else:
-            chunks.move_to_end(chunk)
-        out.extend(ids)
-        start = end
+    Prompts that share a long prefix are tokenized once: the text is cut in chunks (the same
+    cuts for the same prefix, :func:`sim_text_chunks`) and each chunk's ids are remembered. The
+    ids depend on the text alone and never leave the process."""
+    out: list[int] = []
+    for chunk, _ in sim_text_chunks(text):
+        out.extend(sim_chunk_ids(chunk))
     return out
+
+
+def count_sim_tokens(text: str) -> int:
+    """How many tokens :func:`sim_token_ids` finds in ``text`` (a C regex scan, no ids made)."""
+    return len(_TOKEN_RE.findall(text))
 
 
 class BlockHasher:
@@ -110,25 +128,28 @@ class BlockHasher:
         self._memo: OrderedDict[tuple[bytes, tuple[int, ...]], bytes] = OrderedDict()
         self._memo_max = memo_blocks
 
+    def digest(self, parent: bytes, block: tuple[int, ...]) -> bytes:
+        """The digest of ``block`` (a full block's token ids) chained after ``parent``."""
+        memo = self._memo
+        key = (parent, block)
+        digest = memo.get(key)
+        if digest is None:
+            digest = memo[key] = sha256_cbor((parent, block, None))
+            if len(memo) > self._memo_max:
+                memo.popitem(last=False)
+        return digest
+
     def digests(self, token_ids: Sequence[int], max_blocks: int = 0) -> list[bytes]:
         """Digest of every full block of ``token_ids`` (a partial last block has none)."""
         bs = self.block_size
         n = len(token_ids) // bs
         if max_blocks > 0:
             n = min(n, max_blocks)
-        memo, out = self._memo, []
+        out = []
         parent = self.root
         for i in range(n):
-            block = tuple(token_ids[i * bs : (i + 1) * bs])
-            key = (parent, block)
-            digest = memo.get(key)
-            if digest is None:
-                digest = sha256_cbor((parent, block, None))
-                memo[key] = digest
-                if len(memo) > self._memo_max:
-                    memo.popitem(last=False)
-            out.append(digest)
-            parent = digest
+            parent = self.digest(parent, tuple(token_ids[i * bs : (i + 1) * bs]))
+            out.append(parent)
         return out
 
     def hashes(self, token_ids: Sequence[int], max_blocks: int = 0) -> tuple[int, ...]:

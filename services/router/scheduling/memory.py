@@ -9,15 +9,22 @@ All structures are bounded: the router runs for weeks.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
-from services.common.kv_blocks import BlockHasher, sim_token_ids
-from services.router.scheduling.engine_blocks import EngineBlockIndex
+from services.common.kv_blocks import BlockHasher, count_sim_tokens, sim_chunk_ids, sim_text_chunks
+from services.router.scheduling.engine_blocks import (
+    ChainMemo,
+    EndpointBlocks,
+    EngineBlockIndex,
+    PromptChain,
+    longest_matches,
+)
 from services.router.scheduling.types import Candidate, SchedulingRequest
 
-# Tokenizers the precise prefix scorer can hash prompts with (it must be the engine's own).
-TOKENIZERS = {"enginesim": sim_token_ids}
+# Tokenizers the precise prefix scorer can hash prompts with (it must be the engine's own): where
+# it cuts a prompt in chunks, a chunk's token ids, and a token count for the rest of a prompt.
+TOKENIZERS = {"enginesim": (sim_text_chunks, sim_chunk_ids, count_sim_tokens)}
 
 
 @dataclass(frozen=True)
@@ -173,22 +180,36 @@ class SchedulerMemory:
         self.inflight: dict[tuple[str, str], int] = {}
         cfg = self.config
         self.engine_blocks = EngineBlockIndex(cfg.kv_events_max_blocks, cfg.kv_events_resync_s)
-        self._tokenize = TOKENIZERS[cfg.kv_events_tokenizer]
-        self._hashers: dict[int, BlockHasher] = {}
+        self._text_chunks, self._chunk_ids, self._count_tokens = TOKENIZERS[cfg.kv_events_tokenizer]
+        self._chains: dict[int, ChainMemo] = {}  # per block size
+
+    def engine_prefix_matches(
+        self, request: SchedulingRequest, entries: Sequence[EndpointBlocks]
+    ) -> tuple[list[int], int]:
+        """(leading prompt blocks each entry's engine holds, the prompt's blocks), the prompt
+        hashed as the engine hashes it. The entries share one block size. One walk for all
+        entries, up to the first block none holds (see ``PromptChain``)."""
+        chain = self.prompt_chain(request, entries[0].block_size)
+        matched = longest_matches(entries, chain)
+        return matched, chain.block_count()
 
     def engine_block_hashes(self, request: SchedulingRequest, block_size: int) -> tuple[int, ...]:
-        """The request's prompt blocks hashed as the engine hashes them (its tokenizer, its block
-        size, vLLM's chain), computed once per request and block size."""
-        key = (-1, block_size, 0)
-        hit = request._hashes.get(key)
-        if hit is None:
-            hasher = self._hashers.get(block_size)
-            if hasher is None:
-                hasher = self._hashers[block_size] = BlockHasher(block_size, self.config.kv_events_hash_seed)
-            tokens = request.tokens or self._tokenize(request.prompt)
-            max_blocks = self.config.kv_events_max_tokens // block_size
-            hit = request._hashes[key] = hasher.hashes(tokens, max_blocks)
-        return hit
+        """All of the prompt's block hashes as the engine hashes them (no early stop)."""
+        return tuple(self.prompt_chain(request, block_size))
+
+    def prompt_chain(self, request: SchedulingRequest, block_size: int) -> PromptChain:
+        """The prompt's engine block chain (its tokenizer, its block size, vLLM's hash), lazily."""
+        memo = self._chains.get(block_size)
+        if memo is None:
+            hasher = BlockHasher(block_size, self.config.kv_events_hash_seed)
+            memo = self._chains[block_size] = ChainMemo(hasher, self._chunk_ids)
+        max_blocks = self.config.kv_events_max_tokens // block_size
+        if request.tokens:
+            tokens = request.tokens
+            return PromptChain(memo.token_blocks(tokens), lambda at: len(tokens) - at, block_size, max_blocks)
+        prompt, count = request.prompt, self._count_tokens
+        batches = memo.text_blocks(prompt, self._text_chunks)
+        return PromptChain(batches, lambda at: count(prompt[at:]), block_size, max_blocks)
 
     def own(self, endpoint: str, model: str) -> int:
         """This router's in-flight requests for `model` at `endpoint`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.router.scheduling.engine_blocks import EndpointBlocks
 from services.router.scheduling.memory import SchedulerMemory
 from services.router.scheduling.types import Candidate, SchedulingRequest
 
@@ -99,17 +100,24 @@ class PrecisePrefixCacheScorer:
         self, request: SchedulingRequest, candidates: list[Candidate], memory: SchedulerMemory
     ) -> list[float]:
         index = memory.engine_blocks
-        approx: list[float] | None = None
-        out = []
+        out = [0.0] * len(candidates)
+        by_block_size: dict[int, list[tuple[int, EndpointBlocks]]] = {}
+        silent = []
         for i, c in enumerate(candidates):
             entry = index.live(c.name, c.model)
             if entry is None:
-                if approx is None:
-                    approx = _APPROXIMATE.score(request, candidates, memory)
-                out.append(approx[i])
-                continue
-            hashes = memory.engine_block_hashes(request, entry.block_size)
-            out.append(entry.matched(hashes) / len(hashes) if hashes else 0.0)
+                silent.append(i)
+            else:
+                by_block_size.setdefault(entry.block_size, []).append((i, entry))
+        if silent:
+            approx = _APPROXIMATE.score(request, candidates, memory)
+            for i in silent:
+                out[i] = approx[i]
+        for live in by_block_size.values():
+            matched, blocks = memory.engine_prefix_matches(request, [entry for _, entry in live])
+            if blocks:
+                for (i, _), m in zip(live, matched, strict=True):
+                    out[i] = m / blocks
         return out
 
 
