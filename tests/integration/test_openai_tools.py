@@ -11,8 +11,11 @@ import os
 import sys
 from pathlib import Path
 
+import httpx2
 import openai
 import pytest
+from langchain_openai import ChatOpenAI
+from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from tests.helpers.router_fakes import MODEL
 from tests.integration.test_openai_frontdoor import MESSAGES, front  # noqa: F401 (the fixture)
@@ -65,19 +68,90 @@ async def test_a_tool_call_comes_back_and_its_result_goes_to_the_model(llama):
     assert not second.choices[0].message.tool_calls
 
 
-async def test_a_streamed_tool_call_as_openai_streams_it(llama):
-    async with llama.client() as client:
+@pytest.fixture(params=["llama-3", "qwen2.5", "mistral"])
+def family(front, request):  # noqa: F811
+    front.registry.family = request.param  # the simulator answers in the family's call format
+    yield front
+    front.registry.family = ""
+
+
+async def _stream(front, **kw) -> list:  # noqa: F811
+    async with front.client() as client:
         stream = await client.chat.completions.create(
-            model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=64, stream=True,
-            tool_choice={"type": "function", "function": {"name": "close_ledger"}},
-        )  # fmt: skip
-        chunks = [c async for c in stream]
+            model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=64, stream=True, **kw
+        )
+        return [c async for c in stream]
+
+
+async def test_a_streamed_tool_call_as_openai_streams_it(family):
+    chunks = await _stream(family, tool_choice={"type": "function", "function": {"name": "read_ledger"}})
     assert chunks[0].choices[0].delta.role == "assistant"
     assert not "".join(c.choices[0].delta.content or "" for c in chunks)  # the call is not text
     deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
-    assert [d.index for d in deltas] == [0] and deltas[0].function.name == "close_ledger"
-    assert json.loads(deltas[0].function.arguments) == {}
+    head, *fragments = deltas
+    # OpenAI's shape: a first piece with the id, type and name, then argument fragments by index
+    assert head.index == 0 and head.id.startswith("call_") and head.type == "function"
+    assert head.function.name == "read_ledger" and head.function.arguments == ""
+    assert len(fragments) > 3  # the arguments stream as the model writes them
+    assert all(
+        d.index == 0 and d.id is None and d.type is None and d.function.name is None for d in fragments
+    )
+    arguments = "".join(d.function.arguments for d in fragments)
+    assert json.loads(arguments) == {"account": "sample", "year": 1}
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["tool_calls"]
+    # what the SDK's own stream accumulation makes of it
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(chunk)
+    [call] = state.get_final_completion().choices[0].message.tool_calls
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
+        head.id, "read_ledger", {"account": "sample", "year": 1},
+    )  # fmt: skip
+
+
+BOTH = [{"role": "user", "content": "Call read_ledger, then close_ledger"}]
+
+
+async def _calls(front, stream: bool, **kw) -> list[tuple[int, str, dict]]:  # noqa: F811
+    async with front.client() as client:
+        answer = await client.chat.completions.create(
+            model=MODEL, messages=BOTH, tools=TOOLS, max_tokens=128, stream=stream, **kw
+        )
+        if not stream:
+            message = answer.choices[0].message
+            assert answer.choices[0].finish_reason == "tool_calls" and not message.content
+            return [
+                (i, c.function.name, json.loads(c.function.arguments))
+                for i, c in enumerate(message.tool_calls)
+            ]
+        state = ChatCompletionStreamState()
+        async for chunk in answer:
+            state.handle_chunk(chunk)
+    final = state.get_final_completion().choices[0]
+    assert final.finish_reason == "tool_calls" and not final.message.content
+    return [(c.index, c.function.name, json.loads(c.function.arguments)) for c in final.message.tool_calls]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_parallel_tool_calls_false_keeps_only_the_first_call(family, stream):
+    both = [(0, "read_ledger", {"account": "sample", "year": 1}), (1, "close_ledger", {})]
+    assert await _calls(family, stream) == both  # absent: every call
+    assert await _calls(family, stream, parallel_tool_calls=True) == both
+    assert await _calls(family, stream, parallel_tool_calls=False) == both[:1]
+
+
+async def test_langchain_accumulates_the_streamed_calls(llama):
+    llm = ChatOpenAI(
+        model=MODEL, base_url=llama.base_url, api_key=llama.token, max_tokens=128, max_retries=0,
+        http_async_client=httpx2.AsyncClient(verify=llama.tls()),
+    ).bind_tools(TOOLS)  # fmt: skip
+    message = None
+    async for chunk in llm.astream(BOTH[0]["content"]):
+        message = chunk if message is None else message + chunk
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [
+        ("read_ledger", {"account": "sample", "year": 1}), ("close_ledger", {}),
+    ]  # fmt: skip
+    assert all(c["id"].startswith("call_") for c in message.tool_calls)
 
 
 async def test_tool_choice_none_answers_in_text(llama):

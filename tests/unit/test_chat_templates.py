@@ -18,6 +18,7 @@ from services.router.chat import (
     ToolCallStream,
     ToolChoice,
     ToolSpec,
+    assemble,
     template_for,
 )
 
@@ -79,8 +80,8 @@ def test_a_plain_answer_stays_text_whole_and_streamed(name):
     template = TEMPLATES.build(TEMPLATE, name)
     assert template.parse(PLAIN, TOOLS).tool_calls == ()
     stream = ToolCallStream(template, TOOLS)
-    sent = "".join(stream.feed(c) for c in PLAIN)
-    assert sent + stream.finish().content == PLAIN
+    pieces = [p for c in PLAIN for p in stream.feed(c)] + stream.finish()
+    assert all(isinstance(p, str) for p in pieces) and "".join(pieces) == PLAIN
 
 
 @pytest.mark.parametrize("name", [n for n in templates() if TEMPLATES.build(TEMPLATE, n).supports_tools])
@@ -91,10 +92,9 @@ def test_the_familys_call_format_is_read_back_whole_and_streamed(name):
     assert parsed.content == TEXT_BEFORE_CALL.get(name, "")
     assert parsed.tool_calls[0].id.startswith("call_")
     stream = ToolCallStream(template, TOOLS)
-    sent = "".join(stream.feed(c) for c in text)  # one character at a time
-    end = stream.finish()
-    assert sent.strip() == TEXT_BEFORE_CALL.get(name, "") and end.content == ""
-    assert [(c.name, json.loads(c.arguments)) for c in end.tool_calls] == [("lookup", {"id": "42"})]
+    streamed = assemble([p for c in text for p in stream.feed(c)] + stream.finish())  # a character at a time
+    assert streamed.content.strip() == TEXT_BEFORE_CALL.get(name, "")
+    assert [(c.name, json.loads(c.arguments)) for c in streamed.tool_calls] == [("lookup", {"id": "42"})]
     # a call of a function that was not offered is not a call: it stays text
     assert template.parse(text.replace("lookup", "drop_tables"), TOOLS).tool_calls == ()
 

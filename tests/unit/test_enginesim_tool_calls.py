@@ -1,12 +1,16 @@
-"""The simulator answers a Llama 3 prompt that offers functions with a call, as Llama 3.1 writes
-one, and a prompt whose last turn is a tool result with text."""
+"""The simulator answers a prompt that offers functions with calls, in the format of the chat
+template that rendered it (Llama 3.1, Hermes/Qwen ChatML, Mistral), and a prompt whose last turn
+is a tool result with text."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from services.enginesim.sequence import GenerationRequest
 from services.enginesim.tool_calls import OFFER, tool_call_script
+from services.router.chat import ChatMessage, ToolCallOut, ToolSpec, template_for
 from tests.unit.test_enginesim_engine import make_engine  # noqa: F401 (the fixture)
 
 FUNCTION = {
@@ -50,3 +54,36 @@ async def test_the_engine_streams_the_call_and_stops(make_engine):  # noqa: F811
     chunks = [c async for c in seq.stream()]
     assert json.loads(seq.text)["name"] == "read_ledger"
     assert chunks[-1].final and chunks[-1].finish_reason == "stop" and len(chunks) > 5
+
+
+TOOLS = (
+    ToolSpec("read_ledger", "", FUNCTION["function"]["parameters"]),
+    ToolSpec("close_ledger", "", {"type": "object", "properties": {}}),
+)
+
+
+@pytest.mark.parametrize("family", ["llama-3", "qwen2.5", "mistral"])
+def test_each_family_gets_calls_in_its_own_format_which_its_template_reads(family):
+    template = template_for(family)
+    ask = (ChatMessage("system", "Be brief."), ChatMessage("user", "Read account 7"))
+    script = tool_call_script(template.render(ask, TOOLS))
+    assert script is not None and script.startswith(FORMAT_START[family])
+    calls = template.parse(script, TOOLS).tool_calls
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("read_ledger", {"account": "sample", "kind": "cash"})
+    ]
+    # the functions the user's last turn names, in the order offered
+    both = (ChatMessage("user", "close_ledger, after read_ledger"),)
+    calls = template.parse(tool_call_script(template.render(both, TOOLS)) or "", TOOLS).tool_calls
+    assert [c.name for c in calls] == ["read_ledger", "close_ledger"]
+    # after the tool's result, text; without tools, text
+    result = (
+        *ask,
+        ChatMessage("assistant", "", tool_calls=(ToolCallOut("read_ledger", "{}", "call_1"),)),
+        ChatMessage("tool", "42", tool_call_id="call_1"),
+    )
+    assert tool_call_script(template.render(result, TOOLS)) is None
+    assert tool_call_script(template.render(ask)) is None
+
+
+FORMAT_START = {"llama-3": '{"name": ', "qwen2.5": "<tool_call>\n{", "mistral": "[TOOL_CALLS] [{"}

@@ -7,7 +7,7 @@ case-insensitive); a family not listed gets the neutral template, which offers n
 from __future__ import annotations
 
 from services.common.plugins import PluginRegistry
-from services.router.chat.stream import ToolCallStream
+from services.router.chat.stream import Piece, ToolCallStream, assemble
 from services.router.chat.templates import ChatML, ChatTemplate, Llama3, Mistral, Neutral
 from services.router.chat.types import (
     AUTO,
@@ -15,6 +15,7 @@ from services.router.chat.types import (
     REQUIRED,
     ChatMessage,
     Parsed,
+    ToolCallDelta,
     ToolCallOut,
     ToolChoice,
     ToolSpec,
@@ -45,6 +46,7 @@ def template_for(family: str) -> ChatTemplate:
 
 
 __all__ = [
-    "AUTO", "NONE", "REQUIRED", "TEMPLATE", "TEMPLATES", "ChatMessage", "ChatTemplate", "Parsed",
-    "ToolCallOut", "ToolCallStream", "ToolChoice", "ToolSpec", "as_message", "template_for",
+    "AUTO", "NONE", "REQUIRED", "TEMPLATE", "TEMPLATES", "ChatMessage", "ChatTemplate", "Parsed", "Piece",
+    "ToolCallDelta", "ToolCallOut", "ToolCallStream", "ToolChoice", "ToolSpec", "as_message", "assemble",
+    "template_for",
 ]  # fmt: skip

@@ -11,18 +11,16 @@ prompt themselves, and a second one degrades the answer.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 
+from services.router.chat.stream import read_calls
 from services.router.chat.types import (
     NONE,
     REQUIRED,
     ChatMessage,
     Parsed,
-    ToolCallOut,
     ToolChoice,
     ToolSpec,
-    call_object,
     dumps,
 )
 
@@ -36,18 +34,20 @@ def offered(tools: Sequence[ToolSpec], choice: ToolChoice) -> list[ToolSpec]:
     return list(tools)
 
 
-def _names(tools: Sequence[ToolSpec]) -> frozenset[str]:
-    return frozenset(t.name for t in tools)
-
-
 class ChatTemplate:
-    """One family's format. `call_markers`: how an answer that calls a tool begins (held back
-    while streaming until it is known); `markers_anywhere`: a call may also follow some text."""
+    """One family's format. How the model writes calls (stream.py reads them): `call_markers`
+    begin a group of calls (held back while streaming until it is known), at the start of the
+    answer or, with `markers_anywhere`, after some text too; then `call_open` (optional), JSON
+    objects `{"name": ..., "arguments"|"parameters": {...}}` between `call_separators`, and
+    `call_close`."""
 
     name = ""
     supports_tools = False
     call_markers: tuple[str, ...] = ()
     markers_anywhere = False
+    call_open = ""
+    call_separators = " \t\r\n"
+    call_close = ""
 
     def render(
         self,
@@ -58,9 +58,9 @@ class ChatTemplate:
         raise NotImplementedError
 
     def parse(self, text: str, tools: Sequence[ToolSpec]) -> Parsed:
-        """The answer's text and tool calls; anything that is not a well-formed call of an
-        offered tool stays text."""
-        return Parsed(text)
+        """The answer's text and tool calls; anything that is not a call of an offered tool
+        stays text."""
+        return read_calls(self, text, tools) if self.supports_tools else Parsed(text)
 
 
 class Neutral(ChatTemplate):
@@ -86,6 +86,7 @@ class Llama3(ChatTemplate):
     name = "llama-3"
     supports_tools = True
     call_markers = ("{", "<|python_tag|>")
+    call_separators = " \t\r\n;"  # several calls: `{...}; {...}`
 
     @staticmethod
     def _block(role: str, content: str) -> str:
@@ -136,25 +137,6 @@ class Llama3(ChatTemplate):
             lines += [dumps(tool.as_json()), ""]
         return "\n".join(lines) + "\n"
 
-    def parse(self, text: str, tools: Sequence[ToolSpec]) -> Parsed:
-        body = text.strip().removeprefix("<|python_tag|>").strip()
-        if not body.startswith("{"):
-            return Parsed(text)
-        calls, decoder, pos, names = [], json.JSONDecoder(), 0, _names(tools)
-        while pos < len(body):
-            try:
-                _, end = decoder.raw_decode(body, pos)
-            except ValueError:
-                return Parsed(text)
-            call = call_object(body[pos:end], names, ("parameters", "arguments"))
-            if call is None:
-                return Parsed(text)
-            calls.append(call)
-            pos = end
-            while pos < len(body) and body[pos] in " \t\r\n;":  # several calls: `{...}; {...}`
-                pos += 1
-        return Parsed("", tuple(calls))
-
 
 class ChatML(ChatTemplate):
     """Qwen 2 / 2.5 / 3, Yi, Hermes: <|im_start|>role ... <|im_end|> blocks. Tools as Hermes
@@ -165,7 +147,7 @@ class ChatML(ChatTemplate):
     supports_tools = True
     call_markers = ("<tool_call>",)
     markers_anywhere = True
-    _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+    call_close = "</tool_call>"
 
     def render(self, messages, tools=(), choice=ToolChoice()) -> str:
         shown = offered(tools, choice)
@@ -199,16 +181,6 @@ class ChatML(ChatTemplate):
             out.append("<|im_start|>user\n" + "\n".join(results) + "<|im_end|>\n")
         return "".join(out) + "<|im_start|>assistant\n"
 
-    def parse(self, text: str, tools: Sequence[ToolSpec]) -> Parsed:
-        found = self._CALL.findall(text)
-        if not found:
-            return Parsed(text)
-        names = _names(tools)
-        calls = [call_object(inner, names, ("arguments", "parameters")) for inner in found]
-        if any(c is None for c in calls):
-            return Parsed(text)
-        return Parsed(text[: text.index("<tool_call>")].strip(), tuple(c for c in calls if c is not None))
-
 
 class Mistral(ChatTemplate):
     """Mistral / Mixtral Instruct (v3 tokenizer): [INST] ... [/INST] turns, the system prompt in
@@ -218,6 +190,7 @@ class Mistral(ChatTemplate):
     name = "mistral"
     supports_tools = True
     call_markers = ("[TOOL_CALLS]",)
+    call_open, call_separators, call_close = "[", " \t\r\n,", "]"
 
     def render(self, messages, tools=(), choice=ToolChoice()) -> str:
         shown = offered(tools, choice)
@@ -247,18 +220,3 @@ class Mistral(ChatTemplate):
             else:
                 out.append(f" {m.content}</s>")
         return "".join(out)
-
-    def parse(self, text: str, tools: Sequence[ToolSpec]) -> Parsed:
-        body = text.strip()
-        if not body.startswith("[TOOL_CALLS]"):
-            return Parsed(text)
-        try:
-            found = json.loads(body.removeprefix("[TOOL_CALLS]").strip())
-        except ValueError:
-            return Parsed(text)
-        found = found if isinstance(found, list) else [found]
-        names = _names(tools)
-        calls = [call_object(dumps(c), names, ("arguments", "parameters")) for c in found]
-        if not calls or any(c is None for c in calls):
-            return Parsed(text)
-        return Parsed("", tuple(c for c in calls if isinstance(c, ToolCallOut)))

@@ -11,13 +11,17 @@ from typing import Any
 AUTO, NONE, REQUIRED = "auto", "none", "required"
 
 
+def new_call_id() -> str:
+    return "call_" + secrets.token_urlsafe(18)
+
+
 @dataclass(frozen=True)
 class ToolCallOut:
     """One function call the model asked for (OpenAI's `tool_calls[i]`); `arguments` is JSON text."""
 
     name: str
     arguments: str
-    id: str = field(default_factory=lambda: "call_" + secrets.token_urlsafe(18))
+    id: str = field(default_factory=new_call_id)
 
     def as_openai(self) -> dict[str, Any]:
         return {
@@ -25,6 +29,24 @@ class ToolCallOut:
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments},
         }
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call, as OpenAI streams one: the call's first piece carries its
+    `id` and `name` (and no arguments), the next ones fragments of its JSON `arguments`; `index`
+    says which call of the answer a piece belongs to."""
+
+    index: int
+    arguments: str = ""
+    id: str = ""
+    name: str = ""
+
+    def as_openai(self) -> dict[str, Any]:
+        if self.id:
+            fn = {"name": self.name, "arguments": self.arguments}
+            return {"index": self.index, "id": self.id, "type": "function", "function": fn}
+        return {"index": self.index, "function": {"arguments": self.arguments}}
 
 
 @dataclass(frozen=True)

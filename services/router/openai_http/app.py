@@ -27,7 +27,7 @@ from services.common import context as reqctx
 from services.common.errors import HarnessError, NotFound
 from services.common.http_server import PEER_IDS_KEY, TLS_KEY
 from services.common.identity import Authenticator
-from services.router.chat import ToolCallOut, ToolCallStream
+from services.router.chat import Piece, ToolCallStream, ToolSpec, assemble
 from services.router.chat.templates import offered
 from services.router.core import Call, Chunk, GenerationInput, Router
 from services.router.openai_http import embeddings, errors, schema, wire
@@ -156,7 +156,8 @@ class OpenAIFrontDoor:
     # --- generation --------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
         req = schema.parse(schema.ChatCompletionRequest, await _body(request))
-        return await self._generate(schema.chat_input(req), wire.ChatShape, req)
+        max_calls = 1 if req.parallel_tool_calls is False else 0  # false: the first call only
+        return await self._generate(schema.chat_input(req), wire.ChatShape, req, max_calls)
 
     async def completions(self, request: Request) -> Response:
         req = schema.parse(schema.CompletionRequest, await _body(request))
@@ -172,43 +173,43 @@ class OpenAIFrontDoor:
         return Response(embeddings.response_body(call, req.encoding_format), media_type=JSON, headers=headers)
 
     async def _generate(
-        self, inp: GenerationInput, shape: type[wire.Shape], req: schema.Sampling
+        self, inp: GenerationInput, shape: type[wire.Shape], req: schema.Sampling, max_calls: int = 0
     ) -> Response:
         await self._model(inp.model)
         call = Call(inp)
-        deltas = _texts(self.router.run(call))
-        calls: list[ToolCallOut] = []  # filled once the answer ended, when it called tools
+        texts = _texts(self.router.run(call))
         tools = offered(inp.tools, inp.tool_choice)
-        if tools:
-            deltas = _split_tool_calls(deltas, call, tools, calls)
+        pieces = _split_tool_calls(texts, call, tools, max_calls) if tools else texts
         if not req.stream:
-            text = "".join([delta async for delta in deltas])
-            body = shape(call.request_id, call.model).whole(text, call, tuple(calls))
+            answer = assemble([piece async for piece in pieces])
+            body = shape(call.request_id, call.model).whole(answer.content, call, answer.tool_calls)
             return Response(body, media_type=JSON, headers=_call_headers(call))
-        # The first delta before the headers: an error before any text (policy, limits, no
+        # The first piece before the headers: an error before any text (policy, limits, no
         # endpoint) still gets its own HTTP status, as OpenAI answers them.
         try:
-            first: str | None = await anext(deltas)
+            first: Piece | None = await anext(pieces)
         except StopAsyncIteration:
             first = None
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _events(shape(call.request_id, call.model, include_usage), first, deltas, call, calls)
+        events = _events(shape(call.request_id, call.model, include_usage), first, pieces, call)
         headers = {**_call_headers(call), "cache-control": "no-cache", "x-accel-buffering": "no"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 async def _events(
-    shape: wire.Shape, first: str | None, deltas: AsyncIterator[str], call: Call, calls: list[ToolCallOut]
+    shape: wire.Shape, first: Piece | None, pieces: AsyncIterator[Piece], call: Call
 ) -> AsyncIterator[bytes]:
+    called = False  # a tool call went out: the answer finishes with "tool_calls"
     try:
         yield shape.start()
         if first is not None:
-            yield shape.delta(first)
-            async for delta in deltas:
-                yield shape.delta(delta)
-        if calls:
-            yield shape.tool_calls(tuple(calls))
-        yield shape.end(call, tuple(calls))
+            async for piece in _chain(first, pieces):
+                if isinstance(piece, str):
+                    yield shape.delta(piece)
+                else:
+                    called = True
+                    yield shape.tool_call(piece)
+        yield shape.end(call, called)
     except HarnessError as exc:
         yield wire.error_event(errors.describe(exc)[1])
     except Exception:
@@ -216,7 +217,13 @@ async def _events(
         log.exception("unexpected error while streaming (request %s)", request_id)
         yield wire.error_event(errors.internal(request_id)[1])
     finally:
-        await deltas.aclose()  # a client that left cancels the generation (recorded as such)
+        await pieces.aclose()  # a client that left cancels the generation (recorded as such)
+
+
+async def _chain(first: Piece, rest: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
+    yield first
+    async for piece in rest:
+        yield piece
 
 
 async def _texts(chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
@@ -228,21 +235,18 @@ async def _texts(chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
 
 
 async def _split_tool_calls(
-    deltas: AsyncIterator[str], call: Call, tools, found: list[ToolCallOut]
-) -> AsyncIterator[str]:
-    """Text deltas with the model's tool calls taken out (into `found`, at the end), read in
-    the model family's format (its template is known once the call was validated)."""
-    splitter: ToolCallStream | None = None
-    async with aclosing(deltas):
-        async for text in deltas:
-            splitter = splitter or ToolCallStream(call.template, tools)
-            if out := splitter.feed(text):
-                yield out
-    if splitter is not None:
-        parsed = splitter.finish()
-        found.extend(parsed.tool_calls)
-        if parsed.content:
-            yield parsed.content
+    texts: AsyncIterator[str], call: Call, tools: Sequence[ToolSpec], max_calls: int
+) -> AsyncIterator[Piece]:
+    """Text deltas with the model's tool calls read out as they are written, in the model
+    family's format (its template is known once the call was validated)."""
+    reader: ToolCallStream | None = None
+    async with aclosing(texts):
+        async for text in texts:
+            reader = reader or ToolCallStream(call.template, tools, max_calls)
+            for piece in reader.feed(text):
+                yield piece
+    for piece in reader.finish() if reader is not None else ():
+        yield piece
 
 
 def _call_headers(call: Call) -> dict[str, str]:

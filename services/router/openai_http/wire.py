@@ -16,7 +16,7 @@ from typing import Any
 from harness.common.v1 import common_pb2
 
 from services.router.call import Call
-from services.router.chat import ToolCallOut
+from services.router.chat import ToolCallDelta, ToolCallOut
 
 DONE = b"data: [DONE]\n\n"
 
@@ -25,8 +25,8 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def finish_reason(call: Call, tool_calls: tuple[ToolCallOut, ...] = ()) -> str:
-    if tool_calls:
+def finish_reason(call: Call, called: bool = False) -> str:
+    if called:
         return "tool_calls"
     return "length" if call.finish_reason == common_pb2.FINISH_REASON_LENGTH else "stop"
 
@@ -69,8 +69,8 @@ class Shape:
     ) -> dict[str, Any]:
         raise NotImplementedError
 
-    def tool_calls(self, calls: tuple[ToolCallOut, ...]) -> bytes:
-        """The tool calls the answer made, before the closing chunk (chat only)."""
+    def tool_call(self, piece: ToolCallDelta) -> bytes:
+        """A piece of a tool call the answer makes (chat only)."""
         return b""
 
     def _event(self, choices: list[dict[str, Any]], extra: str = "") -> bytes:
@@ -83,8 +83,8 @@ class Shape:
     def delta(self, text: str) -> bytes:
         return f"{self._delta_prefix}{dumps(text)}{self._delta_suffix}".encode()
 
-    def end(self, call: Call, tool_calls: tuple[ToolCallOut, ...] = ()) -> bytes:
-        out = self._event([self._choice(None, finish_reason(call, tool_calls))])
+    def end(self, call: Call, called: bool = False) -> bytes:
+        out = self._event([self._choice(None, finish_reason(call, called))])
         if self.include_usage:
             head = self._head.removesuffix(',"usage":null')
             out += f'data: {head},"choices":[],"usage":{dumps(usage(call))}}}\n\n'.encode()
@@ -96,7 +96,7 @@ class Shape:
             "object": self.object_whole,
             "created": self.created,
             "model": self.model,
-            "choices": [self._choice(text, finish_reason(call, tool_calls), tool_calls)],
+            "choices": [self._choice(text, finish_reason(call, bool(tool_calls)), tool_calls)],
             "usage": usage(call),
             "system_fingerprint": None,
         }
@@ -129,14 +129,11 @@ class ChatShape(Shape):
             message["tool_calls"] = [c.as_openai() for c in tool_calls]
         return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
 
-    def tool_calls(self, calls: tuple[ToolCallOut, ...]) -> bytes:
-        # One chunk per call with its id, name and whole arguments: clients join a call's
-        # argument fragments by index, and one fragment is a valid split.
-        out = b""
-        for i, call in enumerate(calls):
-            delta = {"tool_calls": [{"index": i, **call.as_openai()}]}
-            out += self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
-        return out
+    def tool_call(self, piece: ToolCallDelta) -> bytes:
+        # OpenAI's pieces: the first `{index, id, type, function: {name, arguments: ""}}`, then
+        # `{index, function: {arguments: fragment}}`; clients join a call's fragments by index.
+        delta = {"tool_calls": [piece.as_openai()]}
+        return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
 
 class TextShape(Shape):
