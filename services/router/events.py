@@ -1,7 +1,8 @@
 """Ships audit and usage events to the audit and cost services, from the durable outbox.
 
 `emit_*` writes the event into the outbox (outbox.py) on the caller's path, so it is durable
-before the request's answer completes; a lane per destination sends the oldest events in
+before the request's answer completes (serialized there, once: the lanes send the stored bytes
+as they are, packed into the request without parsing them again); a lane per destination sends the oldest events in
 batches over the `Audit.Ingest` / `Cost.Record` client streams, deletes them once the
 receiver acknowledged, and retries with backoff while the receiver is down. Receivers
 deduplicate by event id, so a resend after a crash is harmless.
@@ -19,9 +20,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
-from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.audit.v1 import audit_pb2
 from harness.common.v1 import common_pb2
-from harness.cost.v1 import cost_pb2, cost_pb2_grpc
+from harness.cost.v1 import cost_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.errors import Unavailable
@@ -155,6 +156,39 @@ class _Lane:
             log.warning("%s: %d events stay in the outbox for the next start", self.name, left)
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+EVENTS_FIELD = 1  # `repeated ... events = 1` of IngestRequest and RecordRequest
+_EVENTS_TAG = _varint(EVENTS_FIELD << 3 | 2)  # field 1, length-delimited
+
+
+def packed_events(payloads: list[bytes]) -> bytes:
+    """An IngestRequest / RecordRequest holding `payloads` (serialized events) as its `events`,
+    in protobuf's wire format: a repeated message field is each element's bytes behind its tag
+    and length, so the outbox's bytes are sent as they are, never parsed and serialized again."""
+    return b"".join(_EVENTS_TAG + _varint(len(p)) + p for p in payloads)
+
+
+def _packed_sender(channel: grpc.aio.Channel, module, service: str, method: str, response) -> Callable:
+    """`method`'s client stream, sending one already-serialized request (packed_events)."""
+    full_name = module.DESCRIPTOR.services_by_name[service].methods_by_name[method].full_name
+    path = "/" + full_name.rpartition(".")[0] + "/" + method
+    # No request serializer: the request is the bytes themselves.
+    call = channel.stream_unary(path, request_serializer=None, response_deserializer=response.FromString)
+
+    async def send(payloads: list[bytes]) -> None:
+        await call(iter([packed_events(payloads)]), timeout=10.0)
+
+    return send
+
+
 class EventShipper:
     def __init__(
         self,
@@ -167,8 +201,8 @@ class EventShipper:
         linger_s: float = 0.05,
         fail_closed: bool = False,
     ) -> None:
-        audit = audit_pb2_grpc.AuditStub(audit_channel)
-        cost = cost_pb2_grpc.CostStub(cost_channel)
+        send_audit = _packed_sender(audit_channel, audit_pb2, "Audit", "Ingest", audit_pb2.IngestResponse)
+        send_usage = _packed_sender(cost_channel, cost_pb2, "Cost", "Record", cost_pb2.RecordResponse)
         pending = Gauge("harness_router_events_pending", "Events waiting to ship", ["lane"], registry=metrics)
         shipped = Counter("harness_router_events_shipped", "Events shipped", ["lane"], registry=metrics)
         failures = Counter(
@@ -183,14 +217,6 @@ class EventShipper:
             ["lane"],
             registry=metrics,
         )
-
-        async def send_audit(payloads: list[bytes]) -> None:
-            events = [common_pb2.AuditEvent.FromString(p) for p in payloads]
-            await audit.Ingest(iter([audit_pb2.IngestRequest(events=events)]), timeout=10.0)
-
-        async def send_usage(payloads: list[bytes]) -> None:
-            events = [common_pb2.UsageEvent.FromString(p) for p in payloads]
-            await cost.Record(iter([cost_pb2.RecordRequest(events=events)]), timeout=10.0)
 
         self.outbox = outbox
         self.fail_closed = fail_closed
