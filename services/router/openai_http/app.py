@@ -203,7 +203,9 @@ async def _events(
     try:
         yield shape.start()
         if first is not None:
-            async for piece in _chain(first, pieces):
+            called = not isinstance(first, str)
+            yield shape.delta(first) if isinstance(first, str) else shape.tool_call(first)
+            async for piece in pieces:
                 if isinstance(piece, str):
                     yield shape.delta(piece)
                 else:
@@ -218,12 +220,6 @@ async def _events(
         yield wire.error_event(errors.internal(request_id)[1])
     finally:
         await pieces.aclose()  # a client that left cancels the generation (recorded as such)
-
-
-async def _chain(first: Piece, rest: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
-    yield first
-    async for piece in rest:
-        yield piece
 
 
 async def _texts(chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
