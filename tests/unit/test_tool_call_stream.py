@@ -6,6 +6,7 @@ call when parallel calls are off."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -119,3 +120,30 @@ def test_other_shapes_the_models_write(family, text, content, found):
 def test_an_answer_cut_short_inside_the_arguments_keeps_what_was_sent():
     pieces = run("qwen2.5", ['<tool_call>{"name": "lookup", "arguments": {"id": "1'])
     assert [(p.name, p.arguments) for p in pieces] == [("lookup", ""), ("", '{"id": "1')]
+
+
+FRAGMENTS = (
+    "<tool_call>", "</tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "{", "}", "[", "]", '"', "\\", ",", ";",
+    ":", " ", "\n", '"name"', '"arguments"', '"parameters"', '"lookup"', '"close_account"', '"x"', "1", "ok",
+)  # fmt: skip
+
+
+def raw(pieces: list) -> tuple[str, list[tuple[str, str]]]:
+    parsed = assemble(pieces)
+    return parsed.content, [(c.name, c.arguments) for c in parsed.tool_calls]
+
+
+@pytest.mark.parametrize("family", sorted(TWO_CALLS))
+def test_random_answers_read_the_same_however_split_and_text_is_never_lost(family):
+    rng = random.Random(family)
+    for _ in range(300):
+        text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randrange(1, 30)))
+        if rng.random() < 0.5:  # a well-formed call somewhere, among the noise
+            text = text[: len(text) // 2] + answer(family) + text[len(text) // 2 :]
+        content, found = raw(run(family, [text]))
+        cuts = sorted(rng.sample(range(len(text) + 1), min(4, len(text) + 1)))
+        split = run(family, [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)])
+        check_openai_order(split)
+        assert raw(split) == (content, found), text
+        if not found:
+            assert content == text, text

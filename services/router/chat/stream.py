@@ -85,7 +85,8 @@ class ToolCallStream:
         self.opened = False  # the group began with the family's opening bracket
         self.group_objects = self.group_calls = self.calls = 0
         self.obj: _Object | None = None
-        self.blank = ""  # whitespace after a call: sent only if more text follows
+        self.after_call = False  # nothing but whitespace was said since the last call
+        self.blank = ""  # that whitespace: sent only if more text follows
         self.out: list[Piece] = []
 
     def feed(self, text: str) -> list[Piece]:
@@ -234,7 +235,7 @@ class ToolCallStream:
         obj.index = self.calls
         self.calls += 1
         self.group_calls += 1
-        self.held, self.blank = "", ""
+        self.held, self.blank, self.after_call = "", "", True
         self._send(ToolCallDelta(obj.index, "", new_call_id(), name))
 
     def _send_arguments(self, obj: _Object) -> None:
@@ -258,11 +259,11 @@ class ToolCallStream:
     def _say(self, text: str) -> None:
         if not text:
             return
-        if self.calls:  # after a call, whitespace alone (between or after calls) is no answer
+        if self.after_call:  # whitespace right after a call (between or after calls) is no answer
             self.blank += text
             if not self.blank.strip():
                 return
-            text, self.blank = self.blank, ""
+            text, self.blank, self.after_call = self.blank, "", False
         if self.out and isinstance(self.out[-1], str):
             self.out[-1] += text
         else:
