@@ -6,6 +6,8 @@ case-insensitive); a family not listed gets the neutral template, which offers n
 
 from __future__ import annotations
 
+from functools import cache
+
 from services.common.plugins import PluginRegistry
 from services.router.chat.stream import Piece, ToolCallStream, assemble
 from services.router.chat.templates import ChatML, ChatTemplate, Llama3, Mistral, Neutral
@@ -41,7 +43,14 @@ FAMILIES: tuple[tuple[str, str], ...] = (
 
 def template_for(family: str) -> ChatTemplate:
     family = family.lower()
-    name = next((t for prefix, t in FAMILIES if family.startswith(prefix)), "neutral")
+    return _built(next((t for prefix, t in FAMILIES if family.startswith(prefix)), "neutral"))
+
+
+@cache
+def _built(name: str) -> ChatTemplate:
+    """One instance per template, shared by every call: templates hold no state, and building
+    one per request (the registry checks the factory's signature) was a measurable part of the
+    router's CPU per request."""
     return TEMPLATES.build(TEMPLATE, name)
 
 
