@@ -51,14 +51,21 @@ def add(conn, insert: Callable, new: Sequence[LedgerEntry]) -> None:
 
 
 def _add(conn, insert: Callable, table: Table, key_columns: tuple[str, ...], sums: dict[tuple, int]) -> None:
-    for key, micro in sorted(sums.items()):
-        stmt = insert(table).values(**dict(zip(key_columns, key, strict=True)), cost_micro_usd=micro)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=list(key_columns),
-                set_={"cost_micro_usd": table.c.cost_micro_usd + stmt.excluded.cost_micro_usd},
-            )
-        )
+    if not sums:
+        return
+    rows = [
+        {**dict(zip(key_columns, key, strict=True)), "cost_micro_usd": micro}
+        for key, micro in sorted(sums.items())
+    ]
+    stmt = insert(table)
+    # One statement executed for every key (in key order), not one built per key.
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=list(key_columns),
+            set_={"cost_micro_usd": table.c.cost_micro_usd + stmt.excluded.cost_micro_usd},
+        ),
+        rows,
+    )
 
 
 def spend(conn, scope: int, subject: str, start_us: int | None, end_us: int | None) -> int:
