@@ -6,9 +6,9 @@ Definitions (engine time = wall x time scale; see workload.py):
                    scaling loop use. Mean = GPU-hours held / calendar hours; peak = most at once.
   GPU utilisation  the simulators' busy time (nv_gpu_utilization integrated over the probe's
                    windows) / time held, summed over the GPUs (a time-weighted mean). The
-                   simulator credits a step's time when the step ends and caps each window at
-                   100%, so steps longer than the probe interval (the 70B's long prefills) lose
-                   some busy time: a slight under-count, larger at the harness's 0.25 s probe.
+                   simulator counts the part of a step in progress already run, so a long step
+                   (the 70B's prefills) is spread over the windows it spans, not credited at
+                   its end into one window that clips at 100%.
   compute demand   per GPU, the summed step time of its engines, rebuilt from their counters:
                    steps x step_overhead + decode_ms x output tokens + prefill_ms x prompt tokens
                    not served from the KV cache. Co-located engines share their simulated GPU

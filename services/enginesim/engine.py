@@ -250,8 +250,10 @@ class ModelEngine:
             # The step starts when this engine is due and the GPU is free of other models' steps.
             start = max(self._deadline, self.gpu.free_at if self.gpu.free_at > now - MAX_LAG_S else now)
             self._deadline = self.gpu.free_at = start + step_s
+            self.stats.busy_clock = (self.stats.busy_real_s, start, self._deadline)
             await asyncio.sleep(max(0.0, self._deadline - now))
             self.stats.busy_real_s += step_s  # GPU time this model used (not time spent waiting)
+            self.stats.busy_clock = (self.stats.busy_real_s, 0.0, 0.0)
             self.sim_now_ms += step_ms
             self.stats.execution_count += 1
 

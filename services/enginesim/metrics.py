@@ -22,11 +22,18 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
 
-from .sequence import FAILURE_REASONS
+from .sequence import FAILURE_REASONS, EngineStats
 from .simulator import GIB, Simulator
 
 UTIL_WINDOW_S = 1.0  # Triton's GPU metrics are sampled per metrics interval (default 2 s)
 GPU_UUID = "GPU-enginesim-0"  # one simulated GPU; Triton labels GPU metrics by gpu_uuid
+
+
+def busy_seconds(stats: EngineStats, now: float) -> float:
+    """GPU seconds the engine has used up to ``now`` (its event loop's clock): its finished
+    steps, and the part of the step in progress already run."""
+    done, start, end = stats.busy_clock
+    return done + min(max(0.0, now - start), end - start)
 
 
 class SimulatorCollector:
@@ -85,6 +92,7 @@ class SimulatorCollector:
             "nv_trt_llm_general_metrics", "General TRT LLM metrics", ["model", "version", "general_type"]
         )
         now_us = int(time.time() * 1e6)
+        now_mono = time.monotonic()  # the engines' event-loop clock
         busy_total = 0.0
         for name, engine in engines:
             spec, st = engine.spec, engine.stats
@@ -119,7 +127,7 @@ class SimulatorCollector:
                 kv.add_metric([*mv, kind], value)
             general.add_metric([*mv, "timestamp"], now_us)
             general.add_metric([*mv, "iteration_counter"], st.execution_count)
-            busy_total += st.busy_real_s
+            busy_total += busy_seconds(st, now_mono)
         yield from (
             success,
             failure,

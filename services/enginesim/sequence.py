@@ -82,7 +82,12 @@ class EngineStats:
     input_tokens: int = 0
     output_tokens: int = 0
     last_inference_ms: int = 0  # wall clock, ms since the epoch, like Triton
-    busy_real_s: float = 0.0  # real time spent inside steps (GPU utilization)
+    busy_real_s: float = 0.0  # real time spent inside finished steps (GPU utilization)
+    # (busy_real_s before the step in progress, its start, its end) in the event loop's
+    # (monotonic) time; (busy_real_s, 0, 0) between steps. One tuple, replaced whole, so a
+    # scrape from another thread reads a consistent triple and counts the part of a long step
+    # already run instead of all of it when it ends (which a 1 s utilisation window clips).
+    busy_clock: tuple[float, float, float] = (0.0, 0.0, 0.0)
     last_step_batch: int = 0
     last_step_context: int = 0
 

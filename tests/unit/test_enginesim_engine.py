@@ -308,3 +308,23 @@ def test_gpu_utilization_is_measured_over_a_window_whoever_scrapes(monkeypatch):
     assert all(0.35 <= u <= 0.65 for u in pool_view), pool_view
     clock["t"] += 0.1
     assert collector._utilization(0.0) == 0.0  # a model unloaded: the window restarts
+
+
+async def test_busy_time_counts_the_part_of_a_long_step_already_run():
+    """A scrape in the middle of a long step (a 70B's prefill) counts the part already run: the
+    utilisation window then follows the GPU instead of getting the whole step when it ends."""
+    from services.enginesim.metrics import busy_seconds
+
+    scale = 10.0  # one step: 5 ms + 1 ms + 3,000 prompt tokens x 0.5 ms = 1.506 s simulated, 0.15 s wall
+    engine = ModelEngine(make_spec(max_running_sequences=1), time_scale=scale)
+    engine.start()
+    loop = asyncio.get_running_loop()
+    try:
+        seq = engine.submit(GenerationRequest(" ".join(VOCAB[i % 50] for i in range(3000)), max_tokens=1))
+        await asyncio.sleep(0.075)
+        mid = busy_seconds(engine.stats, loop.time())
+        assert engine.stats.busy_real_s == 0.0 and 0.02 <= mid <= 0.151
+        await seq.collect()
+        assert busy_seconds(engine.stats, loop.time() + 10) == pytest.approx(engine.stats.busy_real_s)
+    finally:
+        await engine.stop()
