@@ -1,9 +1,10 @@
 """The pool's scaling loop: replica advice (scaling.py) applied once it has held for a while.
 
 Every `interval_s` each deployment gets its advice from the live signals. A scale-out is
-applied once the deployment has been hot for `up_after_s`, a scale-in once it has been cold
-for `down_after_s` (longer: a lull inside a surge must not cost a cold start when the load
-comes back); after either, `cooldown_s` passes before the next change, so the new replica
+applied once the deployment has been hot for `up_after_s`, a scale-in once nothing has been
+hot for `down_after_s` and most of that window (`down_share`) was cold (longer: a lull inside
+a surge must not cost a cold start when the load comes back; but a bursty load's samples
+between the marks must not keep an idle replica for ever); after either, `cooldown_s` passes before the next change, so the new replica
 takes its share of the traffic and the figures show it before they are read again. Nothing
 changes while one of the deployment's loads is still running (its replica is not READY, so
 the signals would still call for one). The floor is the largest claim (what agents and
@@ -24,7 +25,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from services.common.errors import HarnessError
 from services.pool.deployments import DeploymentManager
@@ -41,19 +42,31 @@ class AutoscaleSettings:
     up_after_s: float = 5.0  # hot this long before one more replica
     down_after_s: float = 120.0  # cold this long before one less
     cooldown_s: float = 30.0  # after a change, before the next one
+    # Share of the evaluations in the last down_after_s that must advise one less (none may
+    # advise one more): a sample between the marks does not restart the scale-in window.
+    down_share: float = 0.8
 
     def __post_init__(self) -> None:
         if self.interval_s < 0 or self.up_after_s < 0 or self.down_after_s < 0 or self.cooldown_s < 0:
             raise ValueError("autoscale interval, windows and cooldown must be >= 0")
+        if not 0.0 < self.down_share <= 1.0:
+            raise ValueError(f"autoscale down_share must be in (0, 1], got {self.down_share}")
 
 
 @dataclass
 class Trend:
-    """How long a deployment's advice has pointed the same way, and when it last changed."""
+    """How long a deployment's advice has pointed the same way, when it last advised one more
+    replica, the advice of the last ``down_after_s``, and when the replicas last changed."""
 
     direction: int = 0  # +1 out, -1 in, 0 hold
     since: float = 0.0
     changed_at: float = -math.inf
+    hot_at: float | None = None  # the last advice of one more; None: since = the trend's start
+    recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, direction)
+
+    def __post_init__(self) -> None:
+        if self.hot_at is None:
+            self.hot_at = self.since
 
 
 @dataclass(frozen=True)
@@ -70,16 +83,29 @@ class ScalingEvent:
 def decide(
     advice: Advice, trend: Trend, now: float, settings: AutoscaleSettings, loading: bool
 ) -> int | None:
-    """The replica count to scale to now, or None to hold; updates `trend`."""
+    """The replica count to scale to now, or None to hold; updates `trend`.
+
+    One more replica once the advice has said so for `up_after_s` without a break. One less once
+    nothing advised more for `down_after_s` and at least `down_share` of that window's
+    evaluations advised less (one hot sample restarts the window; one in between does not)."""
     direction = (advice.advised > advice.current) - (advice.advised < advice.current)
     if direction != trend.direction:
         trend.direction, trend.since = direction, now
+    if direction > 0:
+        trend.hot_at = now
+    recent = trend.recent
+    recent.append((now, direction))
+    while recent[0][0] <= now - settings.down_after_s:
+        recent.popleft()
     if direction == 0 or loading or now - trend.changed_at < settings.cooldown_s:
         return None
-    held = now - trend.since
-    if held < (settings.up_after_s if direction > 0 else settings.down_after_s):
+    if direction > 0:
+        return advice.advised if now - trend.since >= settings.up_after_s else None
+    calm_since = max(trend.hot_at, trend.changed_at)  # type: ignore[type-var]
+    if now - calm_since < settings.down_after_s:
         return None
-    return advice.advised
+    cold = sum(1 for _, d in recent if d < 0)  # the window starts after calm_since
+    return advice.advised if cold >= settings.down_share * len(recent) else None
 
 
 class Autoscaler:

@@ -18,7 +18,7 @@ YAML:
     load_timeout_s: 600
     max_replicas: 8           # AdviseScaling's ceiling per model
     autoscale:                # the scaling loop (autoscale.py); interval_s 0 = off
-      {interval_s: 5, up_after_s: 5, down_after_s: 120, cooldown_s: 30}
+      {interval_s: 5, up_after_s: 5, down_after_s: 120, cooldown_s: 30, down_share: 0.8}
     models:
       - {name: llama-3-8b, triton_model: llama-3-8b-instruct, memory_gb: 33}
     endpoints:
@@ -249,7 +249,7 @@ def autoscale_settings(raw: object, interval_flag: float | None) -> AutoscaleSet
     """The `autoscale:` mapping, the --autoscale-interval flag on top; ValueError when bad."""
     if not isinstance(raw, Mapping):
         raise ValueError("autoscale: must be a mapping")
-    unknown = set(raw) - {"interval_s", "up_after_s", "down_after_s", "cooldown_s"}
+    unknown = set(raw) - {"interval_s", "up_after_s", "down_after_s", "cooldown_s", "down_share"}
     if unknown:
         raise ValueError(f"unknown autoscale keys {sorted(unknown)}")
     values = {k: float(v) for k, v in raw.items()}
