@@ -47,6 +47,7 @@ class GenerationInput:
     bypass_cache: bool = False  # skip the exact-result cache (the fresh result refreshes it)
     tools: tuple[ToolSpec, ...] = ()  # functions the model may call (rendered by the chat template)
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    min_chunk_interval_ms: int = 0  # merge text deltas sent closer than this (chunk_interval.py); 0: never
 
 
 @dataclass(frozen=True)

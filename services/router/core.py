@@ -24,6 +24,7 @@ from services.common.errors import NotFound, Unauthenticated
 from services.common.registry_mirror import RegistryMirror
 from services.router.budgets import BudgetEnforcer
 from services.router.call import Call, Chunk, EmbeddingInput, GenerationInput
+from services.router.chunk_interval import merge_deltas
 from services.router.dispatch import Dispatcher
 from services.router.events import EventShipper
 from services.router.flow import RateLimiter
@@ -153,8 +154,11 @@ class Router:
         return [s for s in stages if s is not None]
 
     def run(self, call: Call) -> AsyncIterator[Chunk]:
-        """The answer's chunks; `call` holds the summary once the iterator ends."""
-        return self.director.run(call)
+        """The answer's chunks; `call` holds the summary once the iterator ends. A client that
+        asked for a minimum interval between chunks gets its deltas merged (chunk_interval.py)."""
+        chunks = self.director.run(call)
+        interval_ms = call.inp.min_chunk_interval_ms if isinstance(call.inp, GenerationInput) else 0
+        return merge_deltas(chunks, interval_ms / 1000) if interval_ms > 0 else chunks
 
     async def embed(self, call: Call) -> None:
         """Runs an embedding call (`call.inp` an EmbeddingInput); `call.vectors` holds the answer."""

@@ -12,6 +12,7 @@ from harness.router.v1 import router_pb2, router_pb2_grpc
 
 from services.common import context as reqctx
 from services.common.limits import check_length, check_struct, duration_seconds
+from services.router import chunk_interval
 from services.router.core import Call, EmbeddingInput, GenerationInput, Router
 from services.router.tools import MAX_APPROVAL_WAIT_S, MAX_TOOL_ARGUMENTS_BYTES, ToolCall, ToolInvoker
 
@@ -103,7 +104,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         """Streams text deltas for the calling agent; the last message carries the summary."""
         adopt_lineage(request.session_id, request.step_id)
-        call = Call(dataclasses.replace(to_input(request), timeout_s=context.time_remaining()))
+        interval_ms = chunk_interval.interval_ms(context.invocation_metadata())
+        inp = dataclasses.replace(
+            to_input(request), timeout_s=context.time_remaining(), min_chunk_interval_ms=interval_ms
+        )
+        call = Call(inp)
         async for chunk in self._router.run(call):
             if chunk.text:
                 yield router_pb2.GenerateResponse(text_delta=chunk.text)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,7 @@ from services.common import embedding_tensors
 from services.common import triton_tensors as tensors
 from services.common.errors import HarnessError, InvalidArgument, NotFound, Unimplemented
 from services.common.streams import serve_concurrently
+from services.router import chunk_interval
 from services.router.core import Call, EmbeddingInput, GenerationInput, Router
 from services.router.stages.embed import MAX_INPUTS
 from services.router.stages.resolve import require_caller
@@ -227,10 +229,13 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on one stream run concurrently; each answers as Triton's decoupled models do."""
-        async for response in serve_concurrently(request_iterator, self._one):
+        interval_ms = chunk_interval.interval_ms(context.invocation_metadata())  # for the whole stream
+        async for response in serve_concurrently(
+            request_iterator, functools.partial(self._one, interval_ms=interval_ms)
+        ):
             yield response
 
-    async def _one(self, request: pb.ModelInferRequest, emit) -> None:
+    async def _one(self, request: pb.ModelInferRequest, emit, interval_ms: int = 0) -> None:
         # Each request on the stream is its own call: its own request id for audit and usage
         # (the task runs in a copy of the stream's context, so this stays local to it).
         reqctx.set_current(dataclasses.replace(reqctx.current(), request_id=str(uuid.uuid4())))
@@ -238,6 +243,7 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
             inp, outputs, stream, empty_final = await self._prepare(request)
             call = Call(inp)
             if stream:
+                call.inp = dataclasses.replace(inp, min_chunk_interval_ms=interval_ms)
                 await self._stream(request, call, outputs, empty_final, emit)
             else:
                 async for _ in self._router.run(call):

@@ -29,6 +29,7 @@ from services.common.identity import AuthConfig, Authenticator, JwtVerifier, min
 from services.devtools.certs import CertBundle, make_certs
 from services.enginesim.testing import start_enginesim
 from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, write_envoy_config
+from services.router.chunk_interval import HEADER
 from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
 from services.router.flow import FlowConfig, FlowController, MemoryRateLimiter
@@ -160,6 +161,31 @@ async def test_streaming_with_usage_as_openai_emits_it(front):
     assert finishes == ["length"]
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
     assert all(c.usage is None for c in chunks[:-1])
+
+
+async def test_a_minimum_chunk_interval_merges_the_streamed_deltas_and_a_bad_one_is_400(front):
+    async def deltas(**headers: str) -> list[str]:
+        async with front.client() as client:
+            stream = await client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, max_tokens=6, stream=True, extra_headers=headers,
+                temperature=0.7,  # sampled: not answered from the result cache
+            )  # fmt: skip
+            return [
+                c.choices[0].delta.content async for c in stream if c.choices and c.choices[0].delta.content
+            ]
+
+    plain = await deltas()
+    merged = await deltas(**{HEADER: "1000"})
+    # The first token alone (never held), then the other five with the final chunk: the
+    # simulator streams the whole answer in far less than the second asked for.
+    assert len(plain) == 6 and len(merged) == 2
+    assert len(merged[0].split()) == 1 and len(merged[1].split()) == 5
+    async with front.client() as client:
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, stream=True, extra_headers={HEADER: "soon"}
+            )
+    assert bad.value.status_code == 400 and HEADER in bad.value.message
 
 
 async def test_sync_client_and_text_completions_with_an_api_key_as_bearer(front):

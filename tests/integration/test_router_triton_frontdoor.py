@@ -17,6 +17,7 @@ from services.common import embedding_tensors
 from services.common.config import ServerConfig
 from services.common.server import start_server
 from services.router.call import Call, Chunk
+from services.router.chunk_interval import HEADER
 from services.router.triton_facade import TritonFacadeServicer
 from tests.helpers.grpc import agent_metadata
 from tests.realtriton.conformance import infer_request
@@ -51,6 +52,7 @@ class StandInRouter:
 
     def __init__(self) -> None:
         self.generated: list[str] = []
+        self.intervals: list[int] = []  # each generation's min_chunk_interval_ms
 
     async def allowed_models(self) -> list[registry_pb2.Model]:
         return MODELS
@@ -62,6 +64,7 @@ class StandInRouter:
 
     async def run(self, call: Call):
         self.generated.append(call.inp.model)
+        self.intervals.append(call.inp.min_chunk_interval_ms)
         call.text_parts.append(" done")
         yield Chunk(" done", True)
 
@@ -163,3 +166,14 @@ async def test_an_embedding_model_is_served_with_the_embedding_tensors(front_doo
     assert router.generated == ["embed:minilm-trt:ab|cde"]
     code, details = await _code(stub.ModelInfer(infer_request("minilm"), metadata=md))  # LLM tensors
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "unexpected inference input" in details
+
+
+async def test_a_stream_asks_for_a_minimum_chunk_interval_for_each_streamed_request(front_door):
+    stub, router, md = front_door
+    requests = [infer_request("chat", stream=True, request_id="s-1"), infer_request("chat", request_id="s-2")]
+    answers = [r async for r in stub.ModelStreamInfer(iter(requests), metadata=(*md, (HEADER, "250")))]
+    assert len(answers) == 2 and not any(a.error_message for a in answers)
+    assert sorted(router.intervals) == [0, 250]  # a request not streamed answers once: nothing to merge
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        [r async for r in stub.ModelStreamInfer(iter(requests), metadata=(*md, (HEADER, "-5")))]
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and HEADER in bad.value.details()

@@ -27,6 +27,7 @@ from services.common import context as reqctx
 from services.common.errors import HarnessError, NotFound
 from services.common.http_server import PEER_IDS_KEY, TLS_KEY
 from services.common.identity import Authenticator
+from services.router import chunk_interval
 from services.router.chat import Piece, ToolCallStream, ToolSpec, assemble
 from services.router.chat.templates import offered
 from services.router.core import Call, Chunk, GenerationInput, Router
@@ -155,13 +156,18 @@ class OpenAIFrontDoor:
 
     # --- generation --------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
+        interval_ms = chunk_interval.interval_ms(request.headers.items())
         req = schema.parse(schema.ChatCompletionRequest, await _body(request))
         max_calls = 1 if req.parallel_tool_calls is False else 0  # false: the first call only
-        return await self._generate(schema.chat_input(req), wire.ChatShape, req, max_calls)
+        inp = _streamed(schema.chat_input(req), req, interval_ms)
+        return await self._generate(inp, wire.ChatShape, req, max_calls)
 
     async def completions(self, request: Request) -> Response:
+        interval_ms = chunk_interval.interval_ms(request.headers.items())
         req = schema.parse(schema.CompletionRequest, await _body(request))
-        return await self._generate(schema.completion_input(req), wire.TextShape, req)
+        return await self._generate(
+            _streamed(schema.completion_input(req), req, interval_ms), wire.TextShape, req
+        )
 
     async def embeddings(self, request: Request) -> Response:
         req = schema.parse(embeddings.EmbeddingRequest, await _body(request))
@@ -194,6 +200,11 @@ class OpenAIFrontDoor:
         events = _events(shape(call.request_id, call.model, include_usage), first, pieces, call)
         headers = {**_call_headers(call), "cache-control": "no-cache", "x-accel-buffering": "no"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+def _streamed(inp: GenerationInput, req: schema.Sampling, interval_ms: int) -> GenerationInput:
+    """A streamed answer's minimum interval between chunks (a whole answer has one chunk)."""
+    return dataclasses.replace(inp, min_chunk_interval_ms=interval_ms) if req.stream else inp
 
 
 async def _events(
