@@ -1,7 +1,7 @@
 """How `harness up` waits for its children and seeds them: each service until it answers gRPC
-health, the demo ledger, the user's servers' models into the demo catalog, the registry and cost
-seeds, every simulator's models ready in the pool, then Envoy and Prometheus (a part of `Stack`,
-up.py)."""
+health, the demo ledger, the user's servers' models into the demo catalog, every simulator's
+models ready in the pool, the registry and cost seeds, then Envoy and Prometheus (a part of
+`Stack`, up.py)."""
 
 from __future__ import annotations
 
@@ -79,16 +79,8 @@ class StartupChecks:
             )
             pool = pool_pb2_grpc.PoolStub(channels["pool"])
             await self._map_catalog(pool, deadline)
-            registry = registry_pb2_grpc.RegistryStub(channels["registry"])
-            await seed_registry(registry, self.demo, ())
-            # The registry holds the JWT settings; routers follow them through Watch.
-            assert self.certs is not None and self.certs.jwt_public_key is not None
-            settings = registry_pb2.JwtSettings(
-                issuer="harness", audience="harness", public_key_pem=self.certs.jwt_public_key.read_text()
-            )
-            await registry.SetJwtSettings(registry_pb2.SetJwtSettingsRequest(settings=settings), timeout=5.0)
-            await seed_cost(cost_pb2_grpc.CostStub(channels["cost"]), self.demo, ())
-
+            # Before the seeds: a seeded agent's warm-up asks the pool for its models, and a
+            # simulator the pool has not yet probed healthy would get a needless second replica.
             wanted = {sim.spec.name: set(sim.spec.models) for sim in self.sims}
             # Healthy, whatever they serve.
             wanted.update({t.name: set() for t in (*self.cfg.tritons, *self.cfg.openai_engines)})
@@ -103,6 +95,16 @@ class StartupChecks:
                 return all(name in seen and models <= seen[name] for name, models in wanted.items())
 
             await self._until("every simulator's models ready in the pool", models_ready, deadline)
+            registry = registry_pb2_grpc.RegistryStub(channels["registry"])
+            await seed_registry(registry, self.demo, ())
+            # The registry holds the JWT settings; routers follow them through Watch.
+            assert self.certs is not None and self.certs.jwt_public_key is not None
+            settings = registry_pb2.JwtSettings(
+                issuer="harness", audience="harness", public_key_pem=self.certs.jwt_public_key.read_text()
+            )
+            await registry.SetJwtSettings(registry_pb2.SetJwtSettingsRequest(settings=settings), timeout=5.0)
+            await seed_cost(cost_pb2_grpc.CostStub(channels["cost"]), self.demo, ())
+
             self._start_envoy()
             await self._until("envoy", self._envoy_ready, deadline)
             if self.cfg.prometheus:
