@@ -119,6 +119,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         metrics,
         Outbox(cfg.outbox_path or f".harness/state/router-{cfg.server.port}-outbox.db"),
         fail_closed=cfg.outbox_fail_closed,
+        linger_s=cfg.event_linger_s,
     )
     cost_follower = CostFollower(channels["cost"], budgets, cfg.budget_refresh_s)
     router = Router(

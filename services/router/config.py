@@ -52,6 +52,9 @@ class RouterConfig:
     # .harness/state/, named by the port.
     outbox_path: str = ""
     outbox_fail_closed: bool = False  # refuse requests when events cannot be made durable
+    # How long events wait in the outbox before a batch ships: one Audit.Ingest / Cost.Record
+    # call (and one signed audit checkpoint) carries every event of that window.
+    event_linger_s: float = 0.25
     redaction_key: str = ""  # HMAC key for HASH-mode PII redaction; the same on every router
     budget_timezone: str = "UTC"  # the cost service's timezone (calendar budget periods)
     budget_refresh_s: float = 5.0  # how often budgets and prices are read from the cost service
@@ -151,6 +154,13 @@ def _add_state_args(p: argparse.ArgumentParser) -> None:
         help="refuse requests while audit/usage events cannot be made durable (default: serve and log)",
     )
     p.add_argument(
+        "--event-linger",
+        type=float,
+        default=float(env("ROUTER_EVENT_LINGER_S", "0.25")),
+        help="seconds audit/usage events wait before a batch ships to the audit and cost services "
+        "(default 0.25): longer means fewer, larger batches (less CPU there per request), later records",
+    )
+    p.add_argument(
         "--redaction-key-file",
         default=env("REDACTION_KEY_FILE", ""),
         help="file holding the HMAC key for hash-mode PII redaction (the same on every router replica)",
@@ -196,6 +206,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     _add_mesh_args(p)
     _add_state_args(p)
     a = p.parse_args(argv)
+    if not 0 <= a.event_linger <= 60:
+        p.error(f"--event-linger {a.event_linger:g}: use 0 to 60 seconds")
     try:
         engine_access = tuple(parse_engine_access(v) for v in a.engine_access)
     except ValueError as exc:
@@ -223,6 +235,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         scheduler_profiles=a.scheduler_profiles,
         outbox_path=a.outbox,
         outbox_fail_closed=a.outbox_fail_closed,
+        event_linger_s=a.event_linger,
         redaction_key=Path(a.redaction_key_file).read_text().strip() if a.redaction_key_file else "",
         budget_timezone=a.budget_timezone,
         http_port=a.http_port if a.http_port >= 0 else None,
