@@ -59,9 +59,19 @@ def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
     )
 
 
+KEEPALIVE_MS = 30_000  # how often a service's channel pings an idle connection
+# What a server accepts: pings as often as its peers send them, also on connections whose only
+# call is a long-lived Watch stream. gRPC's default (one per 5 minutes without data) answered
+# our 30 s pings with GOAWAY "too_many_pings", breaking every Watch stream every few minutes.
+SERVER_KEEPALIVE_OPTIONS = [
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
 def open_channel(target: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
     """Channel from one Harness service to another, with this service's cert when TLS is on."""
-    options = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_permit_without_calls", 1)]
+    options = [("grpc.keepalive_time_ms", KEEPALIVE_MS), ("grpc.keepalive_permit_without_calls", 1)]
     if tls is not None and tls.enabled:
         return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
     return grpc.aio.insecure_channel(target, options=options)
@@ -169,6 +179,7 @@ async def start_server(
         options=[
             ("grpc.so_reuseport", int(config.reuse_port)),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            *SERVER_KEEPALIVE_OPTIONS,
         ],
     )
     services = tuple(register(server))

@@ -75,3 +75,13 @@ async def test_cached_jwt_still_expires(jwt_keypair):
     await asyncio.sleep(2.2)
     with pytest.raises(Unauthenticated, match="expired"):
         await verifier.verify(token)
+
+
+def test_servers_accept_the_keepalive_pings_our_channels_send():
+    # A server that allows fewer pings than a channel sends answers with GOAWAY "too_many_pings"
+    # and breaks every long-lived Watch stream on that connection.
+    from services.common.server import KEEPALIVE_MS, SERVER_KEEPALIVE_OPTIONS
+
+    options = dict(SERVER_KEEPALIVE_OPTIONS)
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] <= KEEPALIVE_MS
+    assert options["grpc.keepalive_permit_without_calls"] == 1
