@@ -114,12 +114,19 @@ class FakeRegistry:
 class Events:
     def __init__(self) -> None:
         self.audit, self.usage = [], []
+        self.failing = False
 
     def emit_audit(self, e) -> None:
         self.audit.append(e)
 
     def emit_usage(self, e) -> None:
         self.usage.append(e)
+
+    def check_durable(self) -> None:
+        if self.failing:  # as a fail-closed shipper whose outbox cannot write
+            raise Unavailable(
+                "the audit outbox cannot record events durably; requests are refused (fail-closed)"
+            )
 
 
 class Gate:

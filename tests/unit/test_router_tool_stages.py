@@ -137,3 +137,11 @@ async def test_a_call_waiting_for_approval_is_recorded_pending_and_reserves_noth
     [record] = tool_records(events)
     assert record.status == "PENDING" and record.details["approval_id"] == "ap-1"
     assert invoker.budgets.reserved == [] and events.usage == []
+
+
+async def test_a_fail_closed_outbox_that_cannot_write_refuses_the_call_before_the_tool_runs():
+    invoker, events, _ = invoker_with(fails(AssertionError("the tool must not be called")))
+    events.failing = True
+    with pytest.raises(Unavailable, match="fail-closed"):
+        await invoker.invoke(ToolCall("ledger", "write", {"entry": 1}))
+    assert events.audit == [] and invoker.budgets.reserved == []

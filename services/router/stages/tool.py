@@ -77,8 +77,9 @@ class ValidateToolCall(Stage):
 
 
 class RecordToolCall(Stage):
-    """The tool-call audit record (arguments redacted; kinds and counts only) and, when it
-    succeeded, a usage record (tool calls are priced); written after budgets settled."""
+    """Refuses tool calls while the outbox cannot make events durable (fail-closed), as Record
+    does model calls, and writes the tool-call audit record (arguments redacted; kinds and counts
+    only) and, when it succeeded, a usage record (tool calls are priced), after budgets settled."""
 
     name = "record-tool"
 
@@ -86,6 +87,7 @@ class RecordToolCall(Stage):
         self.events = events
 
     async def enter(self, call: Call) -> None:
+        self.events.check_durable()  # fail-closed: no tool runs while its record cannot be kept
         call.audit_id = str(uuid.uuid4())  # known up front: an approval hangs under it (lineage)
 
     async def complete(self, call: Call, error: BaseException | None) -> None:
