@@ -243,11 +243,15 @@ async def test_each_error_class_as_the_sdk_raises_it(front):
 
 async def test_rate_limit_is_429_with_retry_after(front):
     front.registry.agent_record.rpm_limit = 1
+    # Prompts no other test sends: an answer from the result cache never reaches an engine, so
+    # its request is refunded to the RPM limit and the second call would pass.
+    first = [{"role": "user", "content": "rate limit probe one"}]
+    second = [{"role": "user", "content": "rate limit probe two"}]
     try:
         async with front.client() as client:
-            await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)
+            await client.chat.completions.create(model=MODEL, messages=first, max_tokens=2)
             with pytest.raises(openai.RateLimitError) as limited:
-                await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)
+                await client.chat.completions.create(model=MODEL, messages=second, max_tokens=2)
     finally:
         front.registry.agent_record.rpm_limit = 0
     assert limited.value.status_code == 429 and limited.value.body["type"] == "rate_limit_error"
