@@ -1,4 +1,4 @@
-"""Small pieces of Envoy's v3 configuration shared by the front door's renderer (render.py), its
+"""Small pieces of Envoy's v3 configuration shared by the front door's renderer (render.py, clusters.py), its
 key listener and the ext_proc listener (extproc.py): type URLs, durations, addresses, TLS
 certificates and the HTTP protocol options of an upstream cluster."""
 

@@ -5,7 +5,7 @@ One mTLS listener admits agents only (client cert from the Harness CA with a
 identity in XFCC (SANITIZE_SET, so it cannot be forged). Routes go by gRPC service; only idempotent unary methods get retries. Plain
 HTTP routes go by path prefix (the OpenAI API under ``/v1/``, MCP at ``/mcp``) to HTTP/1.1 clusters; clients may
 speak HTTP/1.1 or HTTP/2 to the listener.
-Clusters speak HTTP/2 + mTLS to the services, with gRPC health checks, outlier detection,
+Clusters (clusters.py) speak HTTP/2 + mTLS to the services, with gRPC health checks, outlier detection,
 least-request balancing and a retry budget. The local rate limit is wired to runtime keys
 and off by default; ops flip it with ``POST /runtime_modify`` on the loopback admin port.
 
@@ -23,19 +23,16 @@ from typing import Any
 import yaml
 
 from services.envoy import stats
+from services.envoy.clusters import upstream_cluster
 from services.envoy.key_listener import key_listener
 from services.envoy.parts import (
     DOWNSTREAM_TLS,
     HCM,
-    HTTP_OPTS_KEY,
     LOCAL_RL,
     PREVIOUS_HOSTS,
     ROUTER,
-    UPSTREAM_TLS,
     addr,
     dur,
-    is_ip,
-    protocol_options,
     tls_certificates,
     uri_san,
 )
@@ -59,7 +56,6 @@ DEFAULT_ROUTES: tuple[tuple[str, str], ...] = (
 DEFAULT_HTTP_ROUTES: tuple[tuple[str, str], ...] = (("/v1/", "router_http"), ("/mcp", "router_http"))
 # Cluster -> the service whose certificate answers for it, where it is not the cluster's name.
 DEFAULT_IDENTITIES: dict[str, str] = {"router_http": "router"}
-HTTP_HEALTH_PATH = "/healthz"
 # Retry on what a different (or recovered) host can fix; never on app errors like INVALID_ARGUMENT.
 RETRY_ON = "unavailable,resource-exhausted,cancelled,connect-failure,refused-stream,reset"
 
@@ -159,27 +155,6 @@ def _downstream_tls(spec: EnvoySpec) -> dict[str, Any]:
                     ),
                 },
                 "alpn_protocols": ["h2", "http/1.1"],
-            },
-        },
-    }
-
-
-def _upstream_tls(spec: EnvoySpec, cluster: str) -> dict[str, Any]:
-    return {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": UPSTREAM_TLS,
-            "sni": spec.upstream_sni.get(cluster, spec.identity(cluster)),
-            "common_tls_context": {
-                "tls_certificates": tls_certificates(spec.certs),
-                "validation_context": {
-                    "trusted_ca": {"filename": str(spec.certs.ca)},
-                    # Only the real service may answer for its cluster, not any cert from our CA.
-                    "match_typed_subject_alt_names": uri_san(
-                        "exact", f"spiffe://{spec.trust_domain}/service/{spec.identity(cluster)}"
-                    ),
-                },
-                "alpn_protocols": ["http/1.1"] if spec.is_http(cluster) else ["h2"],
             },
         },
     }
@@ -301,68 +276,6 @@ def _listener(spec: EnvoySpec) -> dict[str, Any]:
     }
 
 
-def _cluster(spec: EnvoySpec, name: str, hosts: Sequence[tuple[str, int]]) -> dict[str, Any]:
-    static = all(is_ip(h) for h, _ in hosts)
-    interval = spec.health_check_interval_s
-    cluster: dict[str, Any] = {
-        "name": name,
-        # STRICT_DNS keeps every A record (e.g. compose's 2 router replicas) as its own host.
-        "type": "STATIC" if static else "STRICT_DNS",
-        "connect_timeout": "1s",
-        "lb_policy": "LEAST_REQUEST",
-        "least_request_lb_config": {"choice_count": 2},
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(h, p)}} for h, p in hosts]}],
-        },
-        "typed_extension_protocol_options": {HTTP_OPTS_KEY: protocol_options(spec.is_http(name))},
-        "transport_socket": _upstream_tls(spec, name),
-        "health_checks": [
-            {
-                "timeout": dur(max(interval, 1.0)),
-                "interval": dur(interval),
-                # Default is 60s while a cluster is idle; ops want an idle service's state fresh.
-                "no_traffic_interval": dur(max(5 * interval, 5.0)),
-                "unhealthy_threshold": 2,
-                "healthy_threshold": 1,
-                **(
-                    {"http_health_check": {"path": HTTP_HEALTH_PATH}}
-                    if spec.is_http(name)
-                    else {"grpc_health_check": {}}
-                ),
-            }
-        ],
-        "outlier_detection": {
-            # gRPC statuses count via their HTTP mapping (UNAVAILABLE=503, DEADLINE_EXCEEDED=504).
-            "consecutive_gateway_failure": 3,
-            "enforcing_consecutive_gateway_failure": 100,  # default 0 = detect but never eject
-            "consecutive_5xx": 10,  # app errors (INTERNAL, UNIMPLEMENTED) eject only when persistent
-            "interval": "5s",
-            "base_ejection_time": "15s",
-            "max_ejection_time": "120s",
-            # With 1-2 hosts the default 10% ejects nothing. If all are out, the 50% panic
-            # threshold routes to every host again rather than failing everything.
-            "max_ejection_percent": 100,
-        },
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "priority": "DEFAULT",
-                    "max_connections": 4096,
-                    "max_pending_requests": 4096,
-                    "max_requests": 8192,
-                    # Retries may add at most 20% load on top of live requests (retry storms).
-                    "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 4},
-                    "track_remaining": True,
-                }
-            ]
-        },
-    }
-    if not static:
-        cluster["dns_lookup_family"] = "V4_ONLY"
-    return cluster
-
-
 def _key_listeners(spec: EnvoySpec) -> list[dict[str, Any]]:
     if spec.key_listen_port is None or not spec.http_routes:
         return []
@@ -391,7 +304,7 @@ def render_envoy_config(spec: EnvoySpec) -> dict[str, Any]:
         "static_resources": {
             "listeners": [_listener(spec), *_key_listeners(spec), *stats_listeners],
             "clusters": [
-                *(_cluster(spec, name, hosts) for name, hosts in spec.upstreams.items()),
+                *(upstream_cluster(spec, name, hosts) for name, hosts in spec.upstreams.items()),
                 *stats_clusters,
             ],
         },
