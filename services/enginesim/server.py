@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -22,25 +21,20 @@ from services.common import triton_tensors as tensors
 from services.common.streams import serve_concurrently
 
 from . import embedder
-from .catalog import ModelSpec
 from .config import SimulatorConfig
-from .engine import ModelEngine
 from .faults import (
     INJECTED_INTERNAL,
-    INJECTED_MIDSTREAM,
     Fault,
     FaultInjector,
     InjectedInternal,
     InjectedUnavailable,
 )
+from .infer_request import Prepared, chunks, full_text, prepare, response_outputs
 from .sequence import (
     EngineStoppedError,
-    GenerationRequest,
     InvalidRequestError,
     QueueFullError,
     RequestCancelledError,
-    Sequence,
-    TokenChunk,
 )
 from .simulator import (
     InsufficientMemoryError,
@@ -87,17 +81,6 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
     code = next(code for kind, code in _STATUS if isinstance(exc, kind))
     await context.abort(code, str(exc))
     raise AssertionError("unreachable")  # context.abort raises
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    spec: ModelSpec
-    engine: ModelEngine
-    gen: GenerationRequest
-    outputs: set[str]
-    stream: bool
-    exclude_input: bool
-    empty_final: bool
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -198,56 +181,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     # --- inference -------------------------------------------------------------------------
-    def _prepare(self, request: pb.ModelInferRequest) -> _Prepared:
-        engine = self._sim.engine(request.model_name, request.model_version)
-        spec = engine.spec
-        values = tensors.decode_inputs(request, spec)
-        for name in ("num_return_sequences", "beam_width"):
-            if tensors.scalar(values, name, 1) > 1:
-                raise tensors.TensorError(f"'{name}' > 1 is not supported by the engine simulator")
-        max_tokens = int(tensors.scalar(values, "max_tokens"))
-        end_id = tensors.scalar(values, "end_id")
-        gen = GenerationRequest(
-            prompt=tensors.scalar(values, "text_input", ""),
-            max_tokens=max_tokens,
-            seed=int(tensors.scalar(values, "seed", 0)),
-            temperature=float(tensors.scalar(values, "temperature", 0.0)),
-            end_id=int(end_id) if end_id is not None else None,
-            stop_words=tensors.strings(values, "stop_words"),
-            min_tokens=int(tensors.scalar(values, "min_tokens", 0)),
-            request_id=request.id,
-        )
-        param = request.parameters.get("triton_enable_empty_final_response")
-        return _Prepared(
-            spec=spec,
-            engine=engine,
-            gen=gen,
-            outputs=tensors.select_outputs(request, spec, values),
-            stream=bool(tensors.scalar(values, "stream", False)),
-            exclude_input=bool(tensors.scalar(values, "exclude_input_in_output", False)),
-            empty_final=bool(param is not None and param.bool_param),
-        )
-
-    @staticmethod
-    def _outputs(p: _Prepared, seq: Sequence, text: str, output_tokens: int) -> dict[str, str | int]:
-        values: dict[str, str | int] = {
-            "text_output": text,
-            "num_input_tokens": seq.input_tokens,
-            "num_output_tokens": output_tokens,
-        }
-        if "kv_cache_reused_blocks" in p.outputs:  # return_perf_metrics
-            values.update(
-                kv_cache_alloc_new_blocks=seq.reserved_blocks - seq.reused_blocks,
-                kv_cache_reused_blocks=seq.reused_blocks,
-                kv_cache_alloc_total_blocks=seq.reserved_blocks,
-                arrival_time_ns=seq.arrival_time_ns,
-                first_scheduled_time_ns=seq.first_scheduled_time_ns,
-                first_token_time_ns=seq.first_token_time_ns,
-                last_token_time_ns=seq.last_token_time_ns,
-            )
-        return {k: v for k, v in values.items() if k in p.outputs}
-
-    async def _inject(self, p: _Prepared) -> Fault | None:
+    async def _inject(self, p: Prepared) -> Fault | None:
         """Apply this request's drawn fault before it is queued; a midstream one is returned."""
         fault = self._faults.draw(p.spec.name)
         if fault is None:
@@ -262,21 +196,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await asyncio.sleep(fault.slow_start_ms / 1000.0 / self._sim.time_scale)
         return fault
 
-    @staticmethod
-    async def _chunks(seq: Sequence, fault: Fault | None) -> AsyncIterator[TokenChunk]:
-        """The sequence's chunks; a midstream fault ends it with an error after N tokens."""
-        limit = fault.after_tokens if fault is not None and fault.kind == "midstream" else None
-        if limit == 0:
-            seq.fail(InjectedInternal(INJECTED_MIDSTREAM.format(n=0)))
-        async for chunk in seq.stream():
-            yield chunk
-            if limit is not None and chunk.index >= limit and not chunk.final:
-                seq.fail(InjectedInternal(INJECTED_MIDSTREAM.format(n=chunk.index)))
-
-    def _full_text(self, p: _Prepared, seq: Sequence) -> str:
-        # TRT-LLM returns prompt + completion unless exclude_input_in_output is set (or streaming).
-        return seq.text if p.exclude_input else p.gen.prompt + seq.text
-
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         try:
             spec = self._sim.spec(request.model_name, request.model_version)
@@ -284,7 +203,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 return await self._embed(request, context)
             if spec.decoupled:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, DECOUPLED_INFER_MESSAGE)
-            p = self._prepare(request)
+            p = prepare(self._sim, request)
             if p.stream:
                 raise tensors.TensorError(STREAMING_NEEDS_DECOUPLED)
             fault = await self._inject(p)
@@ -292,14 +211,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except _HANDLED as exc:
             await _abort(context, exc)
         try:
-            async for _ in self._chunks(seq, fault):
+            async for _ in chunks(seq, fault):
                 pass
         except _HANDLED as exc:
             await _abort(context, exc)
         finally:
             seq.cancel()  # no-op when finished; frees the slot if the client went away
         return tensors.build_response(
-            p.spec, request.id, self._outputs(p, seq, self._full_text(p, seq), seq.output_tokens)
+            p.spec, request.id, response_outputs(p, seq, full_text(p, seq), seq.output_tokens)
         )
 
     async def _embed(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
@@ -341,7 +260,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
 
         try:
-            p = self._prepare(request)
+            p = prepare(self._sim, request)
             if p.stream and not p.spec.decoupled:
                 raise tensors.TensorError(STREAMING_NEEDS_DECOUPLED)
             fault = await self._inject(p)
@@ -353,15 +272,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         empty_final = p.empty_final and p.spec.decoupled
         try:
             if p.stream:
-                async for chunk in self._chunks(seq, fault):
+                async for chunk in chunks(seq, fault):
                     if chunk.token_id >= 0 or not empty_final:
                         respond(
-                            self._outputs(p, seq, chunk.text, chunk.index), chunk.final and not empty_final
+                            response_outputs(p, seq, chunk.text, chunk.index), chunk.final and not empty_final
                         )
             else:
-                async for _ in self._chunks(seq, fault):
+                async for _ in chunks(seq, fault):
                     pass
-                respond(self._outputs(p, seq, self._full_text(p, seq), seq.output_tokens), not empty_final)
+                respond(response_outputs(p, seq, full_text(p, seq), seq.output_tokens), not empty_final)
             if empty_final:
                 respond({}, True)
         except _HANDLED as exc:
