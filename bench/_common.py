@@ -1,11 +1,10 @@
 """Shared pieces of the router benchmarks (bench/router_overhead.py, prefix_affinity.py,
-overload.py): simulator subprocesses, the tritonclient stream call, percentiles, an in-process
-Router over a small stand-in registry, and a stand-in for the pool's endpoint watch.
+overload.py): simulator subprocesses, the tritonclient stream call, percentiles, and a stand-in
+for the pool's endpoint watch. The in-process Router they drive is in ``_inproc_router.py``.
 
-Not a benchmark itself. Everything here is the production code except two stand-ins:
-``FakeRegistry`` (the registry mirror: one agent record per name, every policy check allowed)
-and ``PoolStandIn`` (the pool: scrapes each simulator's /metrics every ``interval_s``, as the
-pool's probe does, and feeds the router's EndpointView the same fields the pool would).
+Not a benchmark itself. ``PoolStandIn`` stands in for the pool: it scrapes each simulator's
+/metrics every ``interval_s``, as the pool's probe does, and feeds the router's EndpointView the
+same fields the pool would.
 """
 
 from __future__ import annotations
@@ -18,12 +17,11 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-import grpc
 import numpy as np
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
@@ -33,20 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from harness.common.v1 import common_pb2  # noqa: E402
 from harness.pool.v1 import pool_pb2  # noqa: E402
-from harness.registry.v1 import registry_pb2  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
 
 from services.pool.scrape import http_get_text, parse_triton_metrics  # noqa: E402
-from services.router.core import Call, GenerationInput, Router, RouterPolicy  # noqa: E402
-from services.router.dispatch import Dispatcher  # noqa: E402
-from services.router.flow import FlowController, MemoryRateLimiter  # noqa: E402
-from services.router.metrics import RouterMetrics  # noqa: E402
-from services.router.result_cache import MemoryResultCache  # noqa: E402
-from services.router.scheduling import Scheduler  # noqa: E402
-from services.router.triton import TritonPool  # noqa: E402
-from services.router.views import AccessDecision, EndpointView  # noqa: E402
+from services.router.views import EndpointView  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -210,68 +198,7 @@ async def stream_one(
     return ttft, (time.perf_counter() - start) * 1000, chunks
 
 
-# --- an in-process Router over a stand-in registry -----------------------------------------
-@dataclass
-class FakeRegistry:
-    """The registry mirror's interface: agents by name, one catalog model, every check allowed."""
-
-    agents: dict[str, registry_pb2.Agent]
-    model_name: str
-    triton_model: str
-    context_length: int = 8192
-
-    async def agent(self, name: str) -> registry_pb2.Agent:
-        return self.agents[name]
-
-    async def model(self, name: str) -> registry_pb2.Model:
-        return registry_pb2.Model(
-            name=self.model_name, triton_model=self.triton_model, context_length=self.context_length
-        )
-
-    async def user(self, name: str) -> None:
-        return None  # no per-user limits in the benchmarks
-
-    async def project_team(self, project: str) -> str:
-        return ""
-
-    async def check(self, subject: str, domain: str, obj: str, action: str) -> AccessDecision:
-        return AccessDecision(True, "p, bench")
-
-
-class NullEvents:
-    """No audit, usage or durable call journal in the benches (the stages still run): the
-    object is its own journal."""
-
-    def journal(self, call) -> NullEvents:
-        return self
-
-    def start(self) -> None:
-        pass
-
-    progress = finish = start
-
-    def emit_audit(self, event) -> None:
-        pass
-
-    def emit_usage(self, event) -> None:
-        pass
-
-    def check_durable(self) -> None:
-        pass
-
-
-def agent_record(
-    name: str, model: str, slo_class: int = common_pb2.SLO_CLASS_INTERACTIVE
-) -> registry_pb2.Agent:
-    return registry_pb2.Agent(
-        name=name,
-        project="bench",
-        state=common_pb2.AGENT_STATE_ONLINE,
-        slo=registry_pb2.SloTargets(slo_class=slo_class),
-        versions=[registry_pb2.AgentVersion(version="v1", models=[model])],
-    )
-
-
+# --- a stand-in for the pool's endpoint watch ----------------------------------------------
 def endpoint_msg(
     name: str,
     address: str,
@@ -351,53 +278,3 @@ class PoolStandIn:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-
-
-@dataclass
-class InProcessRouter:
-    router: Router
-    view: EndpointView
-    flow: FlowController
-    scheduler: Scheduler
-    triton: TritonPool
-    channel: grpc.aio.Channel
-    metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    async def close(self) -> None:
-        await self.triton.close()
-        await self.channel.close()
-
-
-def scheduler_with_default(profile: str, seed: int = 1) -> Scheduler:
-    """The packaged profiles.yaml, but every request goes to ``profile`` (a baseline, or the
-    packaged 'default'), whatever its SLO class or agent type."""
-    raw = yaml.safe_load(Path(REPO / "services/router/scheduling/profiles.yaml").read_text())
-    raw["selection"] = {"default": profile}
-    return Scheduler.from_mapping(raw, seed=seed)
-
-
-def build_router(
-    registry: FakeRegistry, scheduler: Scheduler, flow: FlowController, *, max_tokens: int
-) -> InProcessRouter:
-    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # unused: the view is fed by PoolStandIn/apply
-    view = EndpointView(
-        channel,
-        on_change=flow.capacity_changed,
-        own_inflight=scheduler.memory.own,  # as the router wires it
-    )
-    triton = TritonPool()
-    metrics = CollectorRegistry()
-    router = Router(
-        registry, view, Dispatcher(view, scheduler, flow, triton), NullEvents(), MemoryRateLimiter(),
-        MemoryResultCache(), RouterMetrics(metrics),
-        RouterPolicy(default_max_tokens=max_tokens, cache_ttl_s=0.0),  # no result cache: every call dispatches
-    )  # fmt: skip
-    return InProcessRouter(router, view, flow, scheduler, triton, channel, metrics)
-
-
-async def generate(router: Router, prompt: str, max_tokens: int, timeout_s: float | None = None) -> Call:
-    """One Generate through the router core (the caller sets the request context first)."""
-    call = Call(GenerationInput(prompt=prompt, max_tokens=max_tokens, timeout_s=timeout_s))
-    async for _ in router.run(call):
-        pass
-    return call

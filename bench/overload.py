@@ -40,19 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (
-    FakeRegistry,
-    PoolStandIn,
-    agent_record,
-    build_router,
-    model_entry,
-    pct,
-    scheduler_with_default,
-    start_simulators,
-    stop_all,
-    stream_one,
-    write_catalog,
-)
+from _common import PoolStandIn, model_entry, pct, start_simulators, stop_all, stream_one, write_catalog
+from _inproc_router import FakeRegistry, agent_record, build_router, scheduler_with_default
 from harness.common.v1 import common_pb2
 
 from services.common import context as reqctx

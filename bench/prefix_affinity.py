@@ -51,20 +51,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
-    FakeRegistry,
     PoolStandIn,
-    agent_record,
-    build_router,
-    generate,
     kv_metric,
     model_entry,
     pct,
-    scheduler_with_default,
     scrape,
     start_simulator_set,
     stop_all,
     write_catalog,
 )
+from _inproc_router import FakeRegistry, agent_record, build_router, generate, scheduler_with_default
 
 from services.common import context as reqctx
 from services.enginesim.text import count_tokens

@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import pct, scheduler_with_default
+from _common import pct
+from _inproc_router import scheduler_with_default
 
 from services.common.kv_blocks import BlockHasher, sim_token_ids
 from services.common.kv_events_wire import BlockStored, EventBatch

@@ -1,7 +1,7 @@
 """Runs one set-up: its simulated GPUs, an in-process router core, the schedule, a live line.
 
 The router core is the production code (Router + Dispatcher + Scheduler + FlowController, as
-bench/_common.build_router assembles it) over a stand-in registry that knows the ten agents and
+bench/_inproc_router.build_router assembles it) over a stand-in registry that knows the ten agents and
 the catalog models. Static's endpoint view is fed by the Probe (probe.py); the harness's by
 the production pool running in this process (pooled.py), whose scaling loop acts during the run.
 
@@ -34,7 +34,8 @@ from pathlib import Path
 
 from harness.registry.v1 import registry_pb2
 
-from bench._common import FakeRegistry, agent_record, build_router, pct, scheduler_with_default, stop_all
+from bench._common import pct, stop_all
+from bench._inproc_router import FakeRegistry, agent_record, build_router, scheduler_with_default
 from services.common import context as reqctx
 from services.common.errors import DeadlineExceeded, HarnessError, ResourceExhausted
 from services.router.core import Call, GenerationInput
