@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 
 from prometheus_client import CollectorRegistry
 
@@ -15,15 +14,10 @@ from services.pool.autoscale import AutoscaleSettings
 from services.pool.catalog import ModelSpec
 from services.pool.config import PoolConfig
 from services.pool.gpus import Nvml
-from services.pool.scrape import parse_triton_metrics
 from services.pool.state import GIB, HEALTHY, EndpointSpec
+from tests.helpers.pool_server import vram_used
 
 SIM_MODELS = [{"name": "small-trt", "memory_gb": 15, "load_time_s": 1, "preload": False}]
-
-
-def vram_used(sim) -> int:
-    with urllib.request.urlopen(sim.metrics_url, timeout=2) as resp:
-        return sum(g.memory_used_bytes for g in parse_triton_metrics(resp.read().decode()).gpus)
 
 
 async def until(cond, timeout_s: float = 20.0) -> None:

@@ -7,9 +7,7 @@ VRAM figures are read from each simulator's own /metrics (nv_gpu_memory_used_byt
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import urllib.request
 
 import grpc
 import pytest
@@ -25,9 +23,9 @@ from services.enginesim.testing import start_enginesim, write_catalog
 from services.pool.app import serve
 from services.pool.catalog import ModelSpec
 from services.pool.config import PoolConfig
-from services.pool.scrape import parse_triton_metrics
 from services.pool.state import GIB, EndpointSpec
 from tests.helpers.grpc import agent_metadata, user_metadata
+from tests.helpers.pool_server import Watcher, code_of, vram_used, wait_for
 
 HEALTHY = pool_pb2.ENDPOINT_HEALTH_HEALTHY
 UNHEALTHY = pool_pb2.ENDPOINT_HEALTH_UNHEALTHY
@@ -92,68 +90,17 @@ def admin(mint_token):
     return user_metadata(mint_token("ops", "admin"))
 
 
-async def wait_for(fetch, predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await fetch()
-        if predicate(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last value: {value}")
-        await asyncio.sleep(0.05)
-
-
-def vram_used(sim) -> int:
-    with urllib.request.urlopen(sim.metrics_url, timeout=2) as resp:
-        return sum(g.memory_used_bytes for g in parse_triton_metrics(resp.read().decode()).gpus)
-
-
 async def all_healthy(stub, md):
     eps = (await stub.ListEndpoints(pool_pb2.ListEndpointsRequest(), metadata=md)).endpoints
     assert len(eps) == 2 and all(e.health == HEALTHY for e in eps), eps
 
 
-async def code_of(call) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    return err.value.code(), err.value.details()
-
-
-class Watcher:
-    """Follows WatchEndpoints into a name -> Endpoint picture, as a router would."""
-
-    def __init__(self, stub, md) -> None:
-        self.eps: dict[str, pool_pb2.Endpoint] = {}
-        self.revision = 0
-        self._call = stub.WatchEndpoints(pool_pb2.WatchEndpointsRequest(), metadata=md)
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            await self._follow()
-
-    async def _follow(self) -> None:
-        async for msg in self._call:
-            if msg.snapshot:
-                self.eps = {}
-            self.eps.update({e.name: e for e in msg.endpoints})
-            for name in msg.removed:
-                self.eps.pop(name, None)
-            self.revision = msg.revision
-
-    def model_state(self, endpoint: str, model: str) -> int | None:
-        ep = self.eps.get(endpoint)
-        m = next((m for m in ep.models if m.name == model), None) if ep else None
-        return m.state if m else None
-
-    async def until(self, predicate, timeout: float = 5.0) -> None:
-        async def fetch():
-            return self
-
-        await wait_for(fetch, predicate, timeout)
-
-    def close(self) -> None:
-        self._call.cancel()
+async def all_healthy_ok(stub, md) -> bool:
+    try:
+        await all_healthy(stub, md)
+        return True
+    except AssertionError:
+        return False
 
 
 async def test_five_agents_share_one_load_per_endpoint_and_memory_is_respected(world, admin):
@@ -206,14 +153,6 @@ async def test_five_agents_share_one_load_per_endpoint_and_memory_is_respected(w
     reg = world["app"].metrics_registry
     assert reg.get_sample_value("harness_pool_model_load_seconds_count", {"model": "mid"}) == 2
     watcher.close()
-
-
-async def all_healthy_ok(stub, md) -> bool:
-    try:
-        await all_healthy(stub, md)
-        return True
-    except AssertionError:
-        return False
 
 
 async def test_bad_inputs(world, admin, mint_token):

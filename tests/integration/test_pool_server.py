@@ -15,6 +15,7 @@ from services.pool.config import PoolConfig
 from services.pool.state import GIB, EndpointSpec
 from tests.helpers.fake_triton import FakeTriton
 from tests.helpers.grpc import user_metadata
+from tests.helpers.pool_server import wait_for
 
 HEALTHY = pool_pb2.ENDPOINT_HEALTH_HEALTHY
 UNHEALTHY = pool_pb2.ENDPOINT_HEALTH_UNHEALTHY
@@ -58,17 +59,6 @@ def user(mint_token):
 @pytest.fixture
 def admin(mint_token):
     return user_metadata(mint_token("ops", "admin"))
-
-
-async def wait_for(fetch, predicate, timeout: float = 4.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await fetch()
-        if predicate(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last value: {value}")
-        await asyncio.sleep(0.05)
 
 
 def endpoint(stub, md, name: str = "sim-0"):
