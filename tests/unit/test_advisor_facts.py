@@ -9,7 +9,7 @@ from services.common.errors import InvalidArgument
 from services.cost.advisor import Fleet, advise, gather
 from services.cost.advisor.base import US_PER_DAY
 from services.cost.store import CostStore
-from tests.unit.test_cost_store import demo_prices, us, usage
+from tests.helpers.cost_usage import demo_prices, us, usage
 
 NOW = us("2024-06-30T12:00:00Z")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from google.protobuf import timestamp_pb2
 from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
 from sqlalchemy import select
@@ -19,17 +18,11 @@ from services.cost.alert_delivery import audit_event, webhook_payload
 from services.cost.alerts import crossed, thresholds
 from services.cost.models import budget_alerts
 from services.cost.store import CostStore
-from tests.unit.test_cost_store import us
+from tests.helpers.cost_usage import ts, us
 
 K = cost_pb2
 USD = 1_000_000
 _seq = iter(range(1_000_000))
-
-
-def ts(at: str) -> timestamp_pb2.Timestamp:
-    t = timestamp_pb2.Timestamp()
-    t.FromJsonString(at)
-    return t
 
 
 def ev(at: str = "2024-06-15T10:00:00Z", *, event_id: str = "", user="alice", team="fin", project="ledger",
