@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from services.common import context as reqctx
@@ -32,6 +32,7 @@ from services.router.chat import Piece, ToolCallStream, ToolSpec, assemble
 from services.router.chat.templates import offered
 from services.router.core import Call, Chunk, GenerationInput, Router
 from services.router.openai_http import embeddings, errors, schema, wire
+from services.router.openai_http.sse import EventStream
 
 log = logging.getLogger("harness.router.openai")
 FRONTDOOR = "openai"
@@ -61,6 +62,18 @@ class HttpMetrics:
             registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}  # bounded: routes x statuses
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        children = self._children.get((route, status))
+        if children is None:  # a label lookup takes a lock and builds a tuple: once per pair
+            children = (
+                self.requests.labels(FRONTDOOR, route, str(status)),
+                self.duration.labels(FRONTDOOR, route),
+            )
+            self._children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def _route(path: str) -> str:
@@ -80,17 +93,20 @@ class OpenAIFrontDoor:
 
     def app(self, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
         """The API's routes, and `extra_routes` (other front doors on the same port: /mcp)."""
+        posts = {
+            "/v1/chat/completions": self._entry(self.chat),
+            "/v1/completions": self._entry(self.completions),
+            "/v1/embeddings": self._entry(self.embeddings),
+        }
         routes = [
-            Route("/v1/chat/completions", self._entry(self.chat), methods=["POST"]),
-            Route("/v1/completions", self._entry(self.completions), methods=["POST"]),
-            Route("/v1/embeddings", self._entry(self.embeddings), methods=["POST"]),
+            *(Route(path, handler, methods=["POST"]) for path, handler in posts.items()),
             Route("/v1/models", self._entry(self.list_models), methods=["GET"]),
             Route("/v1/models/{model_id:path}", self._entry(self.get_model), methods=["GET"]),
             Route("/healthz", self.health, methods=["GET"]),
             *extra_routes,
         ]
         app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
-        return _Observed(app, self.metrics)
+        return _Observed(app, self.metrics, posts)
 
     # --- the per-request entry (what the gRPC interceptor does for gRPC) ----------------------
     def _entry(self, handler: Handler) -> Handler:
@@ -199,7 +215,7 @@ class OpenAIFrontDoor:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         events = _events(shape(call.request_id, call.model, include_usage), first, pieces, call)
         headers = {**_call_headers(call), "cache-control": "no-cache", "x-accel-buffering": "no"}
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        return EventStream(events, media_type="text/event-stream", headers=headers)
 
 
 def _streamed(inp: GenerationInput, req: schema.Sampling, interval_ms: int) -> GenerationInput:
@@ -283,26 +299,35 @@ async def _body(request: Request) -> bytes:
 
 
 class _Observed:
-    """Counts each request by route and status, timed until its last byte was sent."""
+    """Counts each request by route and status, timed until its last byte was sent.
 
-    def __init__(self, app: Starlette, metrics: HttpMetrics) -> None:
+    The POST endpoints are called directly, past Starlette's routing and its two exception
+    middlewares: their entry already turns every exception into a response, and the layers
+    cost a wrapper call per streamed event. Everything else goes through Starlette."""
+
+    def __init__(self, app: Starlette, metrics: HttpMetrics, posts: dict[str, Handler]) -> None:
         self.app = app
         self.metrics = metrics
+        self.posts = posts
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start, status = time.perf_counter(), [500]
-
-        async def observed_send(message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
+        handler = self.posts.get(scope["path"]) if scope["method"] == "POST" else None
         try:
+            if handler is not None and not scope.get("root_path"):
+                response = await handler(Request(scope, receive))
+                status[0] = response.status_code
+                await response(scope, receive, send)
+                return
+
+            async def observed_send(message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
             await self.app(scope, receive, observed_send)
         finally:
-            route = _route(scope["path"])
-            self.metrics.requests.labels(FRONTDOOR, route, str(status[0])).inc()
-            self.metrics.duration.labels(FRONTDOOR, route).observe(time.perf_counter() - start)
+            self.metrics.observe(_route(scope["path"]), status[0], time.perf_counter() - start)

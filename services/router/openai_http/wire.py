@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from json.encoder import encode_basestring
 from typing import Any
 
 from harness.common.v1 import common_pb2
@@ -81,7 +82,8 @@ class Shape:
         return b""
 
     def delta(self, text: str) -> bytes:
-        return f"{self._delta_prefix}{dumps(text)}{self._delta_suffix}".encode()
+        # encode_basestring is what dumps(text) runs for a str, without building an encoder.
+        return f"{self._delta_prefix}{encode_basestring(text)}{self._delta_suffix}".encode()
 
     def end(self, call: Call, called: bool = False) -> bytes:
         out = self._event([self._choice(None, finish_reason(call, called))])
