@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import FakeRegistry, NullEvents, agent_record
+from _inproc_router import FakeRegistry, NullEvents, agent_record
 from prometheus_client import CollectorRegistry
 
 from services.common import context as reqctx
