@@ -172,18 +172,17 @@ class OpenAIFrontDoor:
 
     # --- generation --------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
-        interval_ms = chunk_interval.interval_ms(request.headers.items())
+        interval_ms = _interval_ms(request)
         req = schema.parse(schema.ChatCompletionRequest, await _body(request))
         max_calls = 1 if req.parallel_tool_calls is False else 0  # false: the first call only
-        inp = _streamed(schema.chat_input(req), req, interval_ms)
+        inp = schema.chat_input(req, interval_ms if req.stream else 0)
         return await self._generate(inp, wire.ChatShape, req, max_calls)
 
     async def completions(self, request: Request) -> Response:
-        interval_ms = chunk_interval.interval_ms(request.headers.items())
+        interval_ms = _interval_ms(request)
         req = schema.parse(schema.CompletionRequest, await _body(request))
-        return await self._generate(
-            _streamed(schema.completion_input(req), req, interval_ms), wire.TextShape, req
-        )
+        inp = schema.completion_input(req, interval_ms if req.stream else 0)
+        return await self._generate(inp, wire.TextShape, req)
 
     async def embeddings(self, request: Request) -> Response:
         req = schema.parse(embeddings.EmbeddingRequest, await _body(request))
@@ -218,9 +217,11 @@ class OpenAIFrontDoor:
         return EventStream(events, media_type="text/event-stream", headers=headers)
 
 
-def _streamed(inp: GenerationInput, req: schema.Sampling, interval_ms: int) -> GenerationInput:
-    """A streamed answer's minimum interval between chunks (a whole answer has one chunk)."""
-    return dataclasses.replace(inp, min_chunk_interval_ms=interval_ms) if req.stream else inp
+def _interval_ms(request: Request) -> int:
+    """The minimum interval between streamed chunks the request asks for (a whole answer has
+    one chunk, so only streams use it)."""
+    value = request.headers.get(chunk_interval.HEADER)
+    return 0 if value is None else chunk_interval.parse_interval_ms(value)
 
 
 async def _events(

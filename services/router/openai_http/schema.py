@@ -265,7 +265,7 @@ def _tools(req: ChatCompletionRequest) -> tuple[tuple[ToolSpec, ...], ToolChoice
     return tools, ToolChoice(choice or (AUTO if tools else NONE))
 
 
-def chat_input(req: ChatCompletionRequest) -> GenerationInput:
+def chat_input(req: ChatCompletionRequest, min_chunk_interval_ms: int = 0) -> GenerationInput:
     messages = tuple(_message(m, i) for i, m in enumerate(req.messages))
     if req.max_tokens and req.max_completion_tokens and req.max_tokens != req.max_completion_tokens:
         raise BadRequest("set max_completion_tokens or max_tokens, not both", "max_tokens")
@@ -274,10 +274,13 @@ def chat_input(req: ChatCompletionRequest) -> GenerationInput:
         messages=messages,
         tools=tools,
         tool_choice=choice,
+        min_chunk_interval_ms=min_chunk_interval_ms,
         **_sampling(req, req.max_completion_tokens or req.max_tokens),
     )
 
 
-def completion_input(req: CompletionRequest) -> GenerationInput:
+def completion_input(req: CompletionRequest, min_chunk_interval_ms: int = 0) -> GenerationInput:
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    return GenerationInput(prompt=prompt, **_sampling(req, req.max_tokens))
+    return GenerationInput(
+        prompt=prompt, min_chunk_interval_ms=min_chunk_interval_ms, **_sampling(req, req.max_tokens)
+    )

@@ -22,8 +22,12 @@ from services.router.chat import ToolCallDelta, ToolCallOut
 DONE = b"data: [DONE]\n\n"
 
 
+# What json.dumps(obj, separators=(",", ":"), ensure_ascii=False) builds on every call, once.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(obj)
 
 
 def finish_reason(call: Call, called: bool = False) -> str:
@@ -49,6 +53,7 @@ class Shape:
     object_whole = ""
     object_chunk = ""
     id_prefix = ""
+    _closing: dict[str, str]  # finish reason -> the closing chunk's choices, as JSON
 
     def __init__(self, request_id: str, model: str, include_usage: bool = False) -> None:
         self.id = f"{self.id_prefix}{request_id}"
@@ -86,7 +91,11 @@ class Shape:
         return f"{self._delta_prefix}{encode_basestring(text)}{self._delta_suffix}".encode()
 
     def end(self, call: Call, called: bool = False) -> bytes:
-        out = self._event([self._choice(None, finish_reason(call, called))])
+        finish = finish_reason(call, called)
+        closing = self._closing.get(finish)
+        if closing is None:  # the same few bytes for every answer that finishes so
+            closing = self._closing[finish] = dumps([self._choice(None, finish)])
+        out = f'data: {self._head},"choices":{closing}}}\n\n'.encode()
         if self.include_usage:
             head = self._head.removesuffix(',"usage":null')
             out += f'data: {head},"choices":[],"usage":{dumps(usage(call))}}}\n\n'.encode()
@@ -114,9 +123,10 @@ class ChatShape(Shape):
             '},"logprobs":null,"finish_reason":null}]}\n\n',
         )
 
+    _closing: dict[str, str] = {}  # noqa: RUF012 (a cache shared by every chat answer)
+
     def start(self) -> bytes:
-        delta = {"role": "assistant", "content": "", "refusal": None}
-        return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+        return f'data: {self._head},"choices":{_CHAT_START}}}\n\n'.encode()
 
     def _choice(
         self, text: str | None, finish: str | None, tool_calls: tuple[ToolCallOut, ...] = ()
@@ -138,9 +148,16 @@ class ChatShape(Shape):
         return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
 
+_CHAT_START = dumps([{
+    "index": 0, "delta": {"role": "assistant", "content": "", "refusal": None}, "logprobs": None,
+    "finish_reason": None,
+}])  # fmt: skip
+
+
 class TextShape(Shape):
     object_whole = object_chunk = "text_completion"
     id_prefix = "cmpl-"
+    _closing: dict[str, str] = {}  # noqa: RUF012 (a cache shared by every text answer)
 
     def _delta_frame(self) -> tuple[str, str]:
         return (
