@@ -11,13 +11,19 @@ decides *when* to look at it:
 - A `step()` that raises is retried with exponential backoff (`min_backoff_s` doubling up to
   `max_backoff_s`); the failure is logged once per outage, and the recovery once.
 - `wake()` may be called from any thread (a store's commit listener runs in a worker thread).
+
+`ingest_batch` is the send of such a round when it goes to the audit service (the registry's
+feed, the pool's admin changes, the cost service's alerts and admin changes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.common.v1 import common_pb2
 
 
 class ShippingLoop:
@@ -102,3 +108,14 @@ class ShippingLoop:
                 await self._wakeup.wait()
         except TimeoutError:
             pass
+
+
+async def ingest_batch(
+    stub: audit_pb2_grpc.AuditStub, events: Sequence[common_pb2.AuditEvent], timeout_s: float
+) -> audit_pb2.IngestResponse:
+    """Sends one batch to Audit.Ingest (a client stream) as its only message."""
+
+    async def requests() -> AsyncIterator[audit_pb2.IngestRequest]:
+        yield audit_pb2.IngestRequest(events=events)
+
+    return await stub.Ingest(requests(), timeout=timeout_s)

@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
-from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.audit.v1 import audit_pb2_grpc
 from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
 
-from services.common.shipping import ShippingLoop
+from services.common.shipping import ShippingLoop, ingest_batch
 from services.cost import admin_changes
 from services.cost.alerts import HARD_LIMIT_PERCENT, SCOPE_FIELD, AlertRow
 from services.cost.config import AlertConfig
@@ -184,10 +184,7 @@ class AlertDelivery:
             return None
         events = [audit_event(a) for a in rows]
 
-        async def requests() -> AsyncIterator[audit_pb2.IngestRequest]:
-            yield audit_pb2.IngestRequest(events=events)
-
-        resp = await self._audit.Ingest(requests(), timeout=self._config.audit_timeout_s)
+        resp = await ingest_batch(self._audit, events, self._config.audit_timeout_s)
         await asyncio.to_thread(self._book.mark_audit_shipped, [a.id for a in rows])
         log.debug("budget alerts shipped to audit: %d new, %d resent", resp.accepted, resp.duplicates)
         return 0 if len(rows) >= batch else None
@@ -200,10 +197,7 @@ class AlertDelivery:
             return None
         events = [admin_changes.audit_event(r) for r in rows]
 
-        async def requests() -> AsyncIterator[audit_pb2.IngestRequest]:
-            yield audit_pb2.IngestRequest(events=events)
-
-        await self._audit.Ingest(requests(), timeout=self._config.audit_timeout_s)
+        await ingest_batch(self._audit, events, self._config.audit_timeout_s)
         await asyncio.to_thread(self._store.mark_admin_changes_shipped, [r.id for r in rows])
         return 0 if len(rows) >= batch else None
 

@@ -16,11 +16,11 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.audit.v1 import audit_pb2_grpc
 from harness.common.v1 import common_pb2
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import StaticPool
@@ -32,7 +32,7 @@ from services.common.admin_audit import (
     mark_changes_shipped,
     pending_changes,
 )
-from services.common.shipping import ShippingLoop
+from services.common.shipping import ShippingLoop, ingest_batch
 from services.pool import migrate
 from services.pool.claims_schema import AdminChangeRow
 
@@ -115,9 +115,6 @@ class AuditShipper:
             return None
         events = [audit_event(r) for r in rows]
 
-        async def requests() -> AsyncIterator[audit_pb2.IngestRequest]:
-            yield audit_pb2.IngestRequest(events=events)
-
-        await self._audit.Ingest(requests(), timeout=self._timeout_s)
+        await ingest_batch(self._audit, events, self._timeout_s)
         await asyncio.to_thread(self._changes.mark_shipped, [r.id for r in rows])
         return 0 if len(rows) >= BATCH else None

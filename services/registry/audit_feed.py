@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import grpc
-from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.audit.v1 import audit_pb2_grpc
 from harness.common.v1 import common_pb2
 
 from services.common.admin_audit import ChangeActor, admin_change_event
-from services.common.shipping import ShippingLoop
+from services.common.shipping import ShippingLoop, ingest_batch
 from services.registry import convert_rows as rows
 from services.registry.models import ChangeRow
 from services.registry.store import Store
@@ -120,10 +119,7 @@ class AuditFeed:
             )
         events = [change_event(c) for c in changes]
 
-        async def requests() -> AsyncIterator[audit_pb2.IngestRequest]:
-            yield audit_pb2.IngestRequest(events=events)
-
-        resp = await self._stub.Ingest(requests(), timeout=self._timeout_s)
+        resp = await ingest_batch(self._stub, events, self._timeout_s)
         self.shipped = await asyncio.to_thread(self._store.set_audit_cursor, changes[-1].revision)
         log.debug(
             "registry audit feed: revisions %d..%d (%d new, %d resent)",
