@@ -229,16 +229,20 @@ async def _events(
 ) -> AsyncIterator[bytes]:
     called = False  # a tool call went out: the answer finishes with "tool_calls"
     try:
-        yield shape.start()
-        if first is not None:
-            called = not isinstance(first, str)
-            yield shape.delta(first) if isinstance(first, str) else shape.tool_call(first)
-            async for piece in pieces:
-                if isinstance(piece, str):
-                    yield shape.delta(piece)
-                else:
-                    called = True
-                    yield shape.tool_call(piece)
+        # The opening event (chat's role) goes out with the first piece, already here: one
+        # write instead of two (text completions have none: no empty body message either).
+        opening = shape.start()
+        if first is None:
+            yield opening + shape.end(call, called)
+            return
+        called = not isinstance(first, str)
+        yield opening + (shape.delta(first) if isinstance(first, str) else shape.tool_call(first))
+        async for piece in pieces:
+            if isinstance(piece, str):
+                yield shape.delta(piece)
+            else:
+                called = True
+                yield shape.tool_call(piece)
         yield shape.end(call, called)
     except HarnessError as exc:
         yield wire.error_event(errors.describe(exc)[1])
