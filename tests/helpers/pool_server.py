@@ -1,12 +1,11 @@
 """Helpers for tests against the pool's real gRPC server and in-process engine simulators:
-polling until a condition holds, a simulator's VRAM as its /metrics reports it, a failed call's
-status, and a WatchEndpoints follower."""
+a simulator's VRAM as its /metrics reports it, a failed call's
+status, the pool's specs for the simulators, and a WatchEndpoints follower."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import urllib.request
 
 import grpc
@@ -14,17 +13,16 @@ import pytest
 from harness.pool.v1 import pool_pb2
 
 from services.pool.scrape import parse_triton_metrics
+from services.pool.state import EndpointSpec
+from tests.helpers.polling import wait_for
 
 
-async def wait_for(fetch, predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await fetch()
-        if predicate(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last value: {value}")
-        await asyncio.sleep(0.05)
+def sim_endpoints(sims, gpu_type: str = "H100-80GB") -> tuple[EndpointSpec, ...]:
+    """The pool's endpoints for running simulators, named sim-0, sim-1, ... (one GPU each)."""
+    return tuple(
+        EndpointSpec.make(f"sim-{i}", s.address, metrics_url=s.metrics_url, gpu_type=gpu_type, gpu_count=1)
+        for i, s in enumerate(sims)
+    )
 
 
 def vram_used(sim) -> int:

@@ -29,10 +29,10 @@ from services.enginesim.testing import start_enginesim
 from services.pool.app import serve
 from services.pool.catalog import ModelSpec
 from services.pool.config import PoolConfig
-from services.pool.state import EndpointSpec
 from services.registry.seed import seed_registry
 from tests.helpers.cost import start_test_cost
 from tests.helpers.grpc import user_metadata
+from tests.helpers.pool_server import sim_endpoints
 from tests.integration.test_advisor_server import GPU, PRICES, month_of_usage
 from tests.integration.test_router_registry_mirror import Registry
 
@@ -88,10 +88,7 @@ async def live(tmp_path, test_auth, mint_token):
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", test_auth, tls("registry"))
     await registry.start()
     sims = [await start_enginesim(time_scale=1000, preload=False) for _ in range(5)]  # 80 GiB GPU each
-    endpoints = tuple(
-        EndpointSpec.make(f"sim-{i}", s.address, metrics_url=s.metrics_url, gpu_type=GPU, gpu_count=1)
-        for i, s in enumerate(sims)
-    )
+    endpoints = sim_endpoints(sims, GPU)
     cfg = PoolConfig(
         endpoints=endpoints, nvml=False, models=(ModelSpec("llama-3-8b", "llama-3-8b-instruct", 33 * GIB),),
         headroom=0.0, probe_interval_s=0.1, idle_check_interval_s=0.1, agent_idle_ttl_s=0.0,

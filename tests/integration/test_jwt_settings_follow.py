@@ -5,9 +5,6 @@ Routers follow through the same helper as the pool (services/common/jwt_settings
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import grpc
 import pytest
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -29,6 +26,7 @@ from services.pool.app import serve as serve_pool
 from services.pool.config import PoolConfig
 from services.registry.app import RegistryConfig, serve
 from tests.helpers.jwks_server import IdpKey, JwksServer
+from tests.helpers.polling import eventually
 
 
 @pytest.fixture
@@ -44,13 +42,6 @@ async def code_of(call) -> grpc.StatusCode:
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
-
-
-async def eventually(predicate, within_s: float = 10.0) -> None:
-    started = time.monotonic()
-    while not await predicate():
-        assert time.monotonic() - started < within_s, f"not true within {within_s} s"
-        await asyncio.sleep(0.05)
 
 
 async def test_every_service_verifies_tokens_from_the_issuers_jwks(tmp_path, jwt_keypair, mint_token, idp):

@@ -33,6 +33,7 @@ from services.router.result_cache import MemoryResultCache
 from services.router.scheduling import Scheduler, SchedulingRequest
 from services.router.triton import TritonPool, TritonRequest
 from services.router.views import EndpointView
+from tests.helpers.polling import until
 from tests.helpers.router_fakes import TRITON_MODEL, Events, FakeRegistry, agent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,13 +95,6 @@ async def fleet(tmp_path):
         for proc in procs:
             proc.kill()
             proc.wait()
-
-
-async def until(condition, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_the_router_routes_by_what_engines_announce_they_hold(fleet):

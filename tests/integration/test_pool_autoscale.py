@@ -4,7 +4,6 @@ the probes' figures and loads/unloads over Triton's model control."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from prometheus_client import CollectorRegistry
 
@@ -14,26 +13,17 @@ from services.pool.autoscale import AutoscaleSettings
 from services.pool.catalog import ModelSpec
 from services.pool.config import PoolConfig
 from services.pool.gpus import Nvml
-from services.pool.state import GIB, HEALTHY, EndpointSpec
-from tests.helpers.pool_server import vram_used
+from services.pool.state import GIB, HEALTHY
+from tests.helpers.polling import until
+from tests.helpers.pool_server import sim_endpoints, vram_used
 
 SIM_MODELS = [{"name": "small-trt", "memory_gb": 15, "load_time_s": 1, "preload": False}]
-
-
-async def until(cond, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_the_loop_gives_back_an_idle_replica_down_to_the_claims(tmp_path):
     catalog = write_catalog(tmp_path / "models.yaml", SIM_MODELS)
     sims = [await start_enginesim(catalog_path=catalog, time_scale=1000, preload=False) for _ in range(2)]
-    specs = tuple(
-        EndpointSpec.make(f"sim-{i}", s.address, metrics_url=s.metrics_url, gpu_type="H100-80GB", gpu_count=1)
-        for i, s in enumerate(sims)
-    )
+    specs = sim_endpoints(sims)
     cfg = PoolConfig(
         endpoints=specs,
         nvml=False,

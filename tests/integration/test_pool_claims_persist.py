@@ -3,22 +3,13 @@ claims back and re-places what the endpoints lost; a scaled-to-zero deployment s
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from services.common.config import ServerConfig
 from services.enginesim.testing import start_enginesim, write_catalog
 from services.pool.app import serve
 from services.pool.catalog import ModelSpec
 from services.pool.config import PoolConfig
 from services.pool.state import GIB, EndpointSpec
-
-
-async def until(predicate, timeout: float = 10.0) -> None:
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < timeout, "condition not reached"
-        await asyncio.sleep(0.02)
+from tests.helpers.polling import until
 
 
 async def test_claims_survive_a_pool_restart(tmp_path, test_auth, db_url):

@@ -23,9 +23,10 @@ from services.enginesim.testing import start_enginesim, write_catalog
 from services.pool.app import serve
 from services.pool.catalog import ModelSpec
 from services.pool.config import PoolConfig
-from services.pool.state import GIB, EndpointSpec
+from services.pool.state import GIB
 from tests.helpers.grpc import agent_metadata, user_metadata
-from tests.helpers.pool_server import Watcher, code_of, vram_used, wait_for
+from tests.helpers.polling import wait_for
+from tests.helpers.pool_server import Watcher, code_of, sim_endpoints, vram_used
 
 HEALTHY = pool_pb2.ENDPOINT_HEALTH_HEALTHY
 UNHEALTHY = pool_pb2.ENDPOINT_HEALTH_UNHEALTHY
@@ -62,10 +63,7 @@ async def world(tmp_path, test_auth):
         await start_enginesim(catalog_path=catalog, gpu_memory_gb=gb, time_scale=1000, preload=False)
         for gb in (80, 40)
     ]
-    specs = tuple(
-        EndpointSpec.make(f"sim-{i}", s.address, metrics_url=s.metrics_url, gpu_type="H100-80GB", gpu_count=1)
-        for i, s in enumerate(sims)
-    )
+    specs = sim_endpoints(sims)
     cfg = PoolConfig(
         endpoints=specs,
         nvml=False,

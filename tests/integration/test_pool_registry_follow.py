@@ -3,9 +3,6 @@ first request, going offline releases them, and the deployable models are the re
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2 as pb
 from harness.registry.v1.registry_pb2_grpc import RegistryStub
@@ -18,18 +15,11 @@ from services.pool.app import serve
 from services.pool.config import PoolConfig
 from services.pool.state import EndpointSpec
 from services.registry.seed import seed_registry
+from tests.helpers.polling import until
 from tests.integration.test_registry_server import DEMO
 from tests.integration.test_router_registry_mirror import Registry
 
 TRITON_MODEL = "llama-3-8b-instruct"  # DEMO's llama-3-8b
-
-
-async def until(predicate, timeout: float = 10.0) -> float:
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < timeout, "condition not reached"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 async def test_agent_lifecycle_drives_model_loads(tmp_path, test_auth):

@@ -15,7 +15,7 @@ from services.pool.config import PoolConfig
 from services.pool.state import GIB, EndpointSpec
 from tests.helpers.fake_triton import FakeTriton
 from tests.helpers.grpc import user_metadata
-from tests.helpers.pool_server import wait_for
+from tests.helpers.polling import wait_for
 
 HEALTHY = pool_pb2.ENDPOINT_HEALTH_HEALTHY
 UNHEALTHY = pool_pb2.ENDPOINT_HEALTH_UNHEALTHY

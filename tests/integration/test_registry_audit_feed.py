@@ -4,7 +4,6 @@ one ADMIN_CHANGE record naming who made it, also across an audit outage and a re
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 
 import pytest
@@ -23,6 +22,7 @@ from services.registry.app import RegistryConfig, serve
 from services.registry.seed import seed_registry
 from services.registry.store import Store
 from tests.helpers.grpc import user_metadata
+from tests.helpers.polling import eventually
 from tests.integration.test_registry_server import DEMO
 
 ADMIN_CHANGE = common_pb2.AUDIT_EVENT_KIND_ADMIN_CHANGE
@@ -95,13 +95,6 @@ async def mesh(tmp_path, test_auth, db_url, mint_token):
         if server.running is not None:
             await server.stop()
     store.close()
-
-
-async def eventually(predicate, within_s: float) -> None:
-    started = time.monotonic()
-    while not await predicate():
-        assert time.monotonic() - started < within_s, f"not true within {within_s} s"
-        await asyncio.sleep(0.05)
 
 
 async def admin_records(m) -> list[audit_pb2.AuditRecord]:

@@ -26,6 +26,7 @@ from services.devtools.certs import make_certs
 from services.router.events import EventShipper
 from services.router.outbox import Outbox, OutboxError
 from tests.helpers.grpc import user_metadata
+from tests.helpers.polling import eventually
 
 
 def audit_event(i: int) -> common_pb2.AuditEvent:
@@ -113,13 +114,6 @@ async def stored(channels, md) -> tuple[int, int]:
     return len(records.records), sum(row.requests for row in report.rows)
 
 
-async def until(predicate, timeout: float = 10.0) -> None:
-    started = time.monotonic()
-    while not await predicate():
-        assert time.monotonic() - started < timeout, "condition not reached"
-        await asyncio.sleep(0.05)
-
-
 async def test_events_survive_receiver_outages_and_a_router_restart(receivers, tmp_path, mint_token):
     md = user_metadata(mint_token("auditor", "admin"))
     start, stop, channels = receivers
@@ -151,7 +145,7 @@ async def test_events_survive_receiver_outages_and_a_router_restart(receivers, t
     async def all_stored() -> bool:
         return await stored(channels, md) == (25, 25)
 
-    await until(all_stored)
+    await eventually(all_stored)
     assert restarted.outbox.pending("audit") == restarted.outbox.pending("usage") == 0
     await restarted.drain(1.0)
 

@@ -7,9 +7,6 @@ the registry is down, then catches up).
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2 as pb
@@ -25,6 +22,7 @@ from services.registry.policy import Policy
 from services.registry.seed import seed_registry
 from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
+from tests.helpers.polling import eventually
 from tests.integration.test_registry_server import DEMO
 
 AGENT = "demo-agent"
@@ -74,15 +72,6 @@ async def setup(tmp_path, test_auth, db_url):
     await channel.close()
     if registry.running is not None:
         await registry.stop()
-
-
-async def eventually(predicate, within_s: float) -> float:
-    """Seconds until ``predicate()`` (async) holds; fails after ``within_s``."""
-    started = time.monotonic()
-    while not await predicate():
-        assert time.monotonic() - started < within_s, f"not true within {within_s} s"
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
 
 
 async def test_snapshot_holds_agents_models_and_rules(setup):
