@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +159,13 @@ def migrate(db_urls: dict[str, str]) -> None:
             _py(f"services.{service}.migrate", "--db-url", url, "upgrade"), cwd=REPO, check=True,
             env=child_env(), capture_output=True, timeout=300,
         )  # fmt: skip
+
+
+def migrated_databases(new_db: Callable[[], str]) -> dict[str, str]:
+    """A fresh database for each service that keeps one, migrated before anything starts."""
+    urls = {name: new_db() for name in ("registry", "pool", "audit", "cost")}
+    migrate(urls)
+    return urls
 
 
 def build_mesh(

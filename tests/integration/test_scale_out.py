@@ -33,7 +33,7 @@ from tests.helpers.scaleout import (
     Mesh,
     agent_channel,
     build_mesh,
-    migrate,
+    migrated_databases,
     seed,
     start_all,
     token,
@@ -48,13 +48,7 @@ MAX_COST = re.compile(r"this request may cost up to \$([0-9.,]+)")
 
 @pytest.fixture
 async def mesh(tmp_path: Path, new_postgres_db, redis_url):
-    urls = {
-        "registry": new_postgres_db(),
-        "pool": new_postgres_db(),
-        "audit": new_postgres_db(),
-        "cost": new_postgres_db(),
-    }
-    migrate(urls)
+    urls = migrated_databases(new_postgres_db)
     prefix = f"harness-test:{uuid.uuid4().hex[:10]}:"
     m = build_mesh(tmp_path / "mesh", urls, redis_url, prefix, routers=4, audits=2, costs=2)
     try:

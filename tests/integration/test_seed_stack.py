@@ -17,7 +17,7 @@ from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from harness.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.common.server import open_channel
-from tests.helpers.scaleout import REPO, build_mesh, child_env, migrate, start_all
+from tests.helpers.scaleout import REPO, build_mesh, child_env, migrated_databases, start_all
 
 pytestmark = pytest.mark.postgres
 
@@ -44,13 +44,7 @@ def run(argv: list[str]) -> subprocess.CompletedProcess:
 
 
 async def test_seed_as_compose_runs_it(tmp_path, new_postgres_db, redis_url):
-    urls = {
-        "registry": new_postgres_db(),
-        "pool": new_postgres_db(),
-        "audit": new_postgres_db(),
-        "cost": new_postgres_db(),
-    }
-    migrate(urls)
+    urls = migrated_databases(new_postgres_db)
     mesh = build_mesh(tmp_path / "mesh", urls, redis_url, "unused:", routers=0, audits=1, costs=1)
     try:
         await start_all(mesh)
