@@ -27,6 +27,9 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, write_envoy_config
 
 
 def envoy_binary() -> str:
@@ -255,3 +258,17 @@ def start_envoy(
     except BaseException:
         handle.stop()
         raise
+
+
+def start_http_front_door_envoy(certs, http_port: int, config_dir: Path, **spec: Any) -> EnvoyProcess:
+    """Envoy in front of a router HTTP server on ``http_port`` (the OpenAI API and MCP routes); its
+    gRPC route goes to a closed port. ``certs`` from ``make_certs``; ``spec`` adds EnvoySpec fields.
+    Not yet ready: wait for the ``router_http`` cluster."""
+    envoy_spec = EnvoySpec(
+        listen_host="127.0.0.1", listen_port=0, admin_port=0,
+        certs=EnvoyCerts(ca=certs.ca_cert, cert=certs.envoy.cert, key=certs.envoy.key),
+        upstreams={"router": [("127.0.0.1", 1)], "router_http": [("127.0.0.1", http_port)]},
+        routes=(("/harness.router.v1.Router/", "router"),), http_routes=DEFAULT_HTTP_ROUTES,
+        **spec,
+    )  # fmt: skip
+    return start_envoy(write_envoy_config(envoy_spec, config_dir / "envoy.yaml"))

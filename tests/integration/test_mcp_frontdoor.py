@@ -33,14 +33,13 @@ from services.common.config import TlsFiles
 from services.common.http_server import HttpServer, start_http_server
 from services.common.identity import AuthConfig, Authenticator, JwtVerifier, mint_jwt
 from services.devtools.certs import CertBundle, make_certs
-from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, write_envoy_config
 from services.router.mcp_front import PATH, McpFrontDoor
 from services.router.openai_http.app import OpenAIFrontDoor
 from services.router.privacy import AgentRedactors
 from services.router.result_cache import CacheKeys, MemoryResultCache
 from services.router.tools import MAX_TOOL_ARGUMENTS_BYTES, ToolInvoker
 from services.router.views import AccessDecision
-from tests.helpers.envoy import EnvoyProcess, start_envoy
+from tests.helpers.envoy import EnvoyProcess, start_http_front_door_envoy
 from tests.integration.test_router_tools import Events, FakeRegistry, ToolServer, ledger, rpa_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -156,13 +155,7 @@ async def front(tmp_path_factory, jwt_keypair) -> AsyncIterator[Front]:
     tls = TlsFiles(str(leaf.cert), str(leaf.key), str(certs.ca_cert))
     app = OpenAIFrontDoor(None, auth).app([Route(PATH, mcp)])  # type: ignore[arg-type]
     http = await start_http_server(app, "127.0.0.1", 0, tls)
-    spec = EnvoySpec(
-        listen_host="127.0.0.1", listen_port=0, admin_port=0,
-        certs=EnvoyCerts(ca=certs.ca_cert, cert=certs.envoy.cert, key=certs.envoy.key),
-        upstreams={"router": [("127.0.0.1", 1)], "router_http": [("127.0.0.1", http.port)]},
-        routes=(("/harness.router.v1.Router/", "router"),), http_routes=DEFAULT_HTTP_ROUTES,
-    )  # fmt: skip
-    envoy = start_envoy(write_envoy_config(spec, tmp_path_factory.mktemp("envoy") / "envoy.yaml"))
+    envoy = start_http_front_door_envoy(certs, http.port, tmp_path_factory.mktemp("envoy"))
     try:
         await envoy.wait_ready_async(clusters=["router_http"])
         tokens = {u: mint_jwt(private, u) for u in ("alice", "bob")}

@@ -25,13 +25,12 @@ from services.common.http_server import start_http_server
 from services.common.identity import AuthConfig, Authenticator, JwtVerifier
 from services.devtools.certs import DEFAULT_TRUST_DOMAIN, issue_leaf
 from services.envoy.key_listener import NAME as KEY_LISTENER
-from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, write_envoy_config
 from services.router.mcp_front import PATH, McpFrontDoor
 from services.router.openai_http.app import OpenAIFrontDoor
 from services.router.privacy import AgentRedactors
 from services.router.result_cache import MemoryResultCache
 from services.router.tools import ToolInvoker
-from tests.helpers.envoy import start_envoy
+from tests.helpers.envoy import start_http_front_door_envoy
 from tests.helpers.router_fakes import MODEL
 from tests.integration.test_openai_frontdoor import MESSAGES, front  # noqa: F401 (the fixture)
 from tests.integration.test_router_tools import Events, FakeRegistry, Gate, ToolServer, ledger, rpa_agent
@@ -68,13 +67,9 @@ async def key_door(front, tmp_path_factory, jwt_keypair) -> AsyncIterator[tuple[
     app = OpenAIFrontDoor(front.router, auth).app([Route(PATH, mcp)])
     http = await start_http_server(app, "127.0.0.1", 0, tls)
     certs = front.certs
-    spec = EnvoySpec(
-        listen_host="127.0.0.1", listen_port=0, admin_port=0, key_listen_port=0,
-        certs=EnvoyCerts(ca=certs.ca_cert, cert=certs.envoy.cert, key=certs.envoy.key),
-        upstreams={"router": [("127.0.0.1", 1)], "router_http": [("127.0.0.1", http.port)]},
-        routes=(("/harness.router.v1.Router/", "router"),), http_routes=DEFAULT_HTTP_ROUTES,
-    )  # fmt: skip
-    envoy = start_envoy(write_envoy_config(spec, tmp_path_factory.mktemp("envoy-keys") / "envoy.yaml"))
+    envoy = start_http_front_door_envoy(
+        certs, http.port, tmp_path_factory.mktemp("envoy-keys"), key_listen_port=0
+    )
     try:
         await envoy.wait_ready_async(clusters=["router_http"])
         key_url = f"https://localhost:{envoy.listener_port(KEY_LISTENER)}/v1"

@@ -28,7 +28,6 @@ from services.common.http_server import HttpServer, start_http_server
 from services.common.identity import AuthConfig, Authenticator, JwtVerifier, mint_jwt
 from services.devtools.certs import CertBundle, make_certs
 from services.enginesim.testing import start_enginesim
-from services.envoy.render import DEFAULT_HTTP_ROUTES, EnvoyCerts, EnvoySpec, write_envoy_config
 from services.router.chunk_interval import HEADER
 from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
@@ -39,7 +38,7 @@ from services.router.result_cache import MemoryResultCache
 from services.router.scheduling import Scheduler
 from services.router.triton import TritonChunk, TritonPool, TritonRequest
 from services.router.views import EndpointView
-from tests.helpers.envoy import EnvoyProcess, start_envoy
+from tests.helpers.envoy import EnvoyProcess, start_http_front_door_envoy
 from tests.integration.test_router_hot_path import MODEL, Events, FakeRegistry, agent, endpoint
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -102,14 +101,7 @@ async def front(tmp_path_factory, jwt_keypair) -> AsyncIterator[Front]:
     leaf = certs.service("router")
     tls = TlsFiles(str(leaf.cert), str(leaf.key), str(certs.ca_cert))
     http = await start_http_server(OpenAIFrontDoor(router, auth, metrics).app(), "127.0.0.1", 0, tls)
-    spec = EnvoySpec(
-        listen_host="127.0.0.1", listen_port=0, admin_port=0,
-        certs=EnvoyCerts(ca=certs.ca_cert, cert=certs.envoy.cert, key=certs.envoy.key),
-        upstreams={"router": [("127.0.0.1", 1)], "router_http": [("127.0.0.1", http.port)]},
-        routes=(("/harness.router.v1.Router/", "router"),), http_routes=DEFAULT_HTTP_ROUTES,
-    )  # fmt: skip
-    path = write_envoy_config(spec, tmp_path_factory.mktemp("envoy") / "envoy.yaml")
-    envoy = start_envoy(path)
+    envoy = start_http_front_door_envoy(certs, http.port, tmp_path_factory.mktemp("envoy"))
     try:
         await envoy.wait_ready_async(clusters=["router_http"])
         token = mint_jwt(private, "alice")
