@@ -74,6 +74,7 @@ bench: proto
 	$(PY) bench/enginesim.py
 	$(PY) bench/router_overhead.py --quick
 	$(PY) bench/openai_frontdoor.py --quick
+	$(PY) bench/openai_asgi.py
 	$(PY) bench/scheduling_decision.py --quick
 	$(PY) bench/prefix_affinity.py --quick
 	$(PY) bench/overload.py --quick
