@@ -7,14 +7,16 @@ which separates the front door's cost from the SDK's own (its pydantic models pe
 (the routers and Envoy, read from /proc; and this client process), with (o)/(g) ratios.
 
 Starts the local stack (`harness up --free-ports`, simulator time scale 1000) in a temporary
-directory. Target: the HTTP front door adds at most 1 ms p50 over gRPC at concurrency 1.
+directory. At each concurrency the paths take turns (--rounds, 3), so the stack's warm-up and
+busy spells on the machine do not fall on one path. Target: the HTTP front door adds at most
+1 ms p50 over gRPC at concurrency 1.
 
 Caveat: client, two routers, Envoy, the simulators and the other services share this machine's
 cores, so the higher concurrencies measure the machine (and the clients' own CPU) as much as
 the front doors.
 
 Usage: python bench/openai_frontdoor.py [--quick] [--requests 200] [--concurrency 1,16,64]
-       [--max-tokens 8] [--time-scale 1000]
+       [--max-tokens 8] [--time-scale 1000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -196,10 +198,42 @@ async def measure(root: Path, args: argparse.Namespace) -> dict[tuple[str, int],
             }
             for c in args.concurrency:
                 n = max(args.requests, 4 * c)
-                for label, call in paths.items():
-                    rows[(label, c)] = level = await run_level(call, pids, c, n, label[1])
-                    print(f"  {label:<11} c={c:<3} {n} requests in {level.seconds:.1f}s", flush=True)
+                rows.update(await interleaved(paths, pids, c, n, args.rounds))
     return rows
+
+
+async def interleaved(
+    paths: dict[str, Call], pids: list[int], concurrency: int, requests: int, rounds: int
+) -> dict[tuple[str, int], Level]:
+    """Each path's level in `rounds` turns taken in rotation, so neither the stack's warm-up
+    nor a busy spell on the machine falls on one path only."""
+    parts: dict[str, list[Level]] = {label: [] for label in paths}
+    per_round = -(-requests // rounds)
+    for r in range(rounds):
+        for label, call in paths.items():
+            parts[label].append(await run_level(call, pids, concurrency, per_round, f"{label[1]}{r}"))
+    rows = {}
+    for label, levels in parts.items():
+        rows[(label, concurrency)] = level = merged(levels)
+        print(
+            f"  {label:<11} c={concurrency:<3} {len(level.latencies)} requests in {level.seconds:.1f}s",
+            flush=True,
+        )
+    return rows
+
+
+def merged(levels: list[Level]) -> Level:
+    """One level from its rounds: latencies pooled, CPU per request weighted by the calls made."""
+    calls = [len(lv.latencies) + lv.errors for lv in levels]
+    total = sum(calls) or 1
+    return Level(
+        [x for lv in levels for x in lv.latencies],
+        [x for lv in levels for x in lv.ttfts],
+        sum(lv.seconds for lv in levels),
+        sum(lv.server_cpu_ms * n for lv, n in zip(levels, calls, strict=True)) / total,
+        sum(lv.client_cpu_ms * n for lv, n in zip(levels, calls, strict=True)) / total,
+        sum(lv.errors for lv in levels),
+    )
 
 
 def report(rows: dict[tuple[str, int], Level], args: argparse.Namespace) -> None:
@@ -255,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     p = closed_loop_parser(__doc__.splitlines()[0], (200, 100), "fewer requests per level (for `make bench`)")
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--time-scale", type=float, default=1000.0)
+    p.add_argument("--rounds", type=int, default=3, help="turns each path takes per level, in rotation")
     run_closed_loop(p, argv, main_async)
 
 
