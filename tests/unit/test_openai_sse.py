@@ -78,3 +78,25 @@ async def test_a_server_stop_still_cancels_the_request():
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await serving
+
+
+async def test_a_failed_send_closes_the_generator_at_once():
+    closed = asyncio.Event()
+
+    async def events():
+        try:
+            yield b"data: first\n\n"
+            yield b"data: second\n\n"
+        finally:
+            closed.set()
+
+    conn = Connection()
+
+    async def broken_send(message: dict) -> None:
+        if message.get("body"):
+            raise OSError("connection reset")
+        await conn.send(message)
+
+    with pytest.raises(OSError):
+        await EventStream(events())({"type": "http"}, conn.receive, broken_send)
+    assert closed.is_set()  # not left for the garbage collector: the generation stops now

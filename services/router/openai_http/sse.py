@@ -42,13 +42,14 @@ class EventStream(StreamingResponse):
             state["done"] = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not state["left"]:
-                raise  # the server is stopping: not ours to swallow
-            task.uncancel()
+            # Ours only if the client left and nobody else (the server stopping) cancelled too.
+            if not state["left"] or task.uncancel():
+                raise
         finally:
+            ended = state["done"]
             state["done"] = True
             watcher.cancel()
-            if state["left"]:
+            if not ended:  # the client left, a send failed, or the server stops
                 await _close(self.body_iterator)
 
 
