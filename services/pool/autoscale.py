@@ -1,10 +1,10 @@
 """The pool's scaling loop: replica advice (scaling.py) applied once it has held for a while.
 
 Every `interval_s` each deployment gets its advice from the live signals. A scale-out is
-applied once the deployment has been hot for `up_after_s`, a scale-in once nothing has been
-hot for `down_after_s` and most of that window (`down_share`) was cold (longer: a lull inside
-a surge must not cost a cold start when the load comes back; but a bursty load's samples
-between the marks must not keep an idle replica for ever); after either, `cooldown_s` passes before the next change, so the new replica
+applied once the deployment has been hot for `up_after_s`, a scale-in once it has not been hot
+that long for `down_after_s` and most of that window (`down_share`) was cold (longer: a lull
+inside a surge must not cost a cold start when the load comes back; but a bursty load's lone
+samples above the low marks must not keep an idle replica for ever); after either, `cooldown_s` passes before the next change, so the new replica
 takes its share of the traffic and the figures show it before they are read again. Nothing
 changes while one of the deployment's loads is still running (its replica is not READY, so
 the signals would still call for one). The floor is the largest claim (what agents and
@@ -61,7 +61,7 @@ class Trend:
     direction: int = 0  # +1 out, -1 in, 0 hold
     since: float = 0.0
     changed_at: float = -math.inf
-    hot_at: float | None = None  # the last advice of one more; None: since = the trend's start
+    hot_at: float | None = None  # the last time hot for up_after_s; None: since = the trend's start
     recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, direction)
 
     def __post_init__(self) -> None:
@@ -86,13 +86,14 @@ def decide(
     """The replica count to scale to now, or None to hold; updates `trend`.
 
     One more replica once the advice has said so for `up_after_s` without a break. One less once
-    nothing advised more for `down_after_s` and at least `down_share` of that window's
-    evaluations advised less (one hot sample restarts the window; one in between does not)."""
+    the advice has not said "one more" for `up_after_s` without a break (what a scale-out needs)
+    within `down_after_s`, and at least `down_share` of that window's evaluations advised less:
+    a lone hot or in-between sample counts against the share but does not restart the window."""
     direction = (advice.advised > advice.current) - (advice.advised < advice.current)
     if direction != trend.direction:
         trend.direction, trend.since = direction, now
-    if direction > 0:
-        trend.hot_at = now
+    if direction > 0 and now - trend.since >= settings.up_after_s:
+        trend.hot_at = now  # hot long enough to call for a replica: no scale-in for a while
     recent = trend.recent
     recent.append((now, direction))
     while recent[0][0] <= now - settings.down_after_s:

@@ -159,23 +159,25 @@ def test_decide_waits_out_the_windows_and_the_cooldown():
     assert decide(back, t, 29.0, s, loading=False) == 1
 
 
-def test_scale_in_window_tolerates_samples_between_the_marks_but_not_hot_ones():
+def test_scale_in_window_tolerates_lone_samples_above_the_low_marks_but_not_a_hot_stretch():
     s = AutoscaleSettings(interval_s=1, up_after_s=2, down_after_s=10, cooldown_s=5, down_share=0.8)
     out, hold, back = Advice("m", 2, 3, "hot"), Advice("m", 2, 2, "ok"), Advice("m", 2, 1, "cold")
 
-    def run(samples: list[Advice]) -> int | None:
+    def run(samples: list[Advice], loading_at: tuple[int, ...] = ()) -> int | None:
         """Evaluations 1 s apart after a change at 0; the first decision that is not None, or None."""
         t = Trend(since=0.0, changed_at=0.0)
         for i, advice in enumerate(samples, start=1):
-            target = decide(advice, t, float(i), s, loading=False)
+            target = decide(advice, t, float(i), s, loading=i in loading_at)
             if target is not None:
                 return i
         return None
 
     # Cold, with two bursty samples between the marks: scale in 10 s after the change.
     assert run([back] * 4 + [hold] + [back] * 3 + [hold] + [back] * 6) == 10
-    # A hot sample at 5 s restarts the window: not before 15 s.
-    assert run([back] * 4 + [out] + [back] * 20) == 15
+    # A lone hot sample counts against the share only; hot for up_after_s (5-7 s) restarts it.
+    assert run([back] * 4 + [out] + [back] * 20) == 10
+    # (a load still running, so the hot stretch is not acted on)
+    assert run([back] * 4 + [out] * 3 + [back] * 20, loading_at=(5, 6, 7)) == 17
     # Mostly between the marks: never.
     assert run([back, hold, hold] * 10) is None
     with pytest.raises(ValueError, match="down_share"):
