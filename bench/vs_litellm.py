@@ -57,7 +57,7 @@ PROXY_DEPS = (
 )  # fmt: skip
 MASTER_KEY = "sk-harness-bench-" + os.urandom(8).hex()  # LiteLLM refuses to start without one
 MAX_TOKENS = 8
-OPENAI_SIM = "sim-2"  # the stack's simulator that speaks the OpenAI HTTP API
+OPENAI_SIM_LOG = "enginesim-2.log"  # sim-2, the stack's simulator that speaks the OpenAI HTTP API
 ENGINE_MODEL = "llama-3-8b-instruct"  # its model name (the Harness's catalog calls it llama-3-8b)
 PATHS = ("(d) direct", "(l) LiteLLM", "(h) Harness")
 
@@ -75,10 +75,11 @@ def litellm_venv(where: Path) -> Path:
 
 def simulator_openai_url(root: Path) -> str:
     """The stack's OpenAI-protocol simulator's base URL, from its startup log line."""
-    for line in (root / "logs" / f"{OPENAI_SIM}.log").read_text().splitlines():
+    log = root / "logs" / OPENAI_SIM_LOG
+    for line in log.read_text().splitlines():
         if " openai=http" in line:
             return line.split(" openai=", 1)[1].split()[0] + "/v1"
-    raise SystemExit(f"no OpenAI URL in {root / 'logs' / f'{OPENAI_SIM}.log'}")
+    raise SystemExit(f"no OpenAI URL in {log}")
 
 
 def start_litellm(
@@ -178,7 +179,8 @@ def report(rows: dict, args) -> None:
             p50 = pct(r.latencies, 50)
             cpu = f"{r.server_cpu_ms:>11.2f}" if label != "(d) direct" else f"{'-':>11}"
             print(
-                f"{label:<13}{c:>5}{p50:>9.2f}{pct(r.latencies, 99):>9.2f}{r.rps:>8.0f}{p50 - d50:>11.2f}{cpu}"
+                f"{label:<13}{c:>5}{p50:>9.2f}{pct(r.latencies, 99):>9.2f}{r.rps:>8.0f}{r.errors:>8}"
+                f"{p50 - d50:>11.2f}{cpu}"
             )
         lite = pct(rows[("(l) LiteLLM", c)].latencies, 50) - d50
         ours = pct(rows[("(h) Harness", c)].latencies, 50) - d50
