@@ -195,7 +195,10 @@ def _prefix_route(spec: EnvoySpec, prefix: str, cluster: str) -> dict[str, Any]:
             "cluster": cluster,
             "timeout": "0s",
             "idle_timeout": dur(spec.stream_idle_timeout_s),
-            "max_stream_duration": {"grpc_timeout_header_max": "0s"},  # client deadline, uncapped
+            # No max_stream_duration: Envoy forwards the client's grpc-timeout and the service
+            # ends the call with DEADLINE_EXCEEDED in its trailers. Envoy's own timer, once the
+            # response headers are out, can only reset the stream (RST_STREAM INTERNAL_ERROR),
+            # which a client whose timer fires a moment later reports as INTERNAL.
         },
     }
 
