@@ -165,26 +165,31 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-EVENTS_FIELD = 1  # `repeated ... events = 1` of IngestRequest and RecordRequest
-_EVENTS_TAG = _varint(EVENTS_FIELD << 3 | 2)  # field 1, length-delimited
+def events_tag(request_type) -> bytes:
+    """The wire tag of `request_type`'s repeated `events` field (length-delimited)."""
+    return _varint(request_type.DESCRIPTOR.fields_by_name["events"].number << 3 | 2)
 
 
-def packed_events(payloads: list[bytes]) -> bytes:
-    """An IngestRequest / RecordRequest holding `payloads` (serialized events) as its `events`,
-    in protobuf's wire format: a repeated message field is each element's bytes behind its tag
-    and length, so the outbox's bytes are sent as they are, never parsed and serialized again."""
-    return b"".join(_EVENTS_TAG + _varint(len(p)) + p for p in payloads)
+def packed_events(payloads: list[bytes], request_type=audit_pb2.IngestRequest) -> bytes:
+    """A `request_type` (IngestRequest, RecordRequest) holding `payloads` (serialized events) as
+    its `events`, in protobuf's wire format: a repeated message field is each element's bytes
+    behind its tag and length, so the outbox's bytes are sent as they are, never parsed and
+    serialized again."""
+    tag = events_tag(request_type)
+    return b"".join(tag + _varint(len(p)) + p for p in payloads)
 
 
-def _packed_sender(channel: grpc.aio.Channel, module, service: str, method: str, response) -> Callable:
+def _packed_sender(channel: grpc.aio.Channel, module, service: str, method: str) -> Callable:
     """`method`'s client stream, sending one already-serialized request (packed_events)."""
-    full_name = module.DESCRIPTOR.services_by_name[service].methods_by_name[method].full_name
-    path = "/" + full_name.rpartition(".")[0] + "/" + method
+    desc = module.DESCRIPTOR.services_by_name[service].methods_by_name[method]
+    request_type = getattr(module, desc.input_type.name)
+    response_type = getattr(module, desc.output_type.name)
+    path = f"/{desc.containing_service.full_name}/{method}"
     # No request serializer: the request is the bytes themselves.
-    call = channel.stream_unary(path, request_serializer=None, response_deserializer=response.FromString)
+    call = channel.stream_unary(path, request_serializer=None, response_deserializer=response_type.FromString)
 
     async def send(payloads: list[bytes]) -> None:
-        await call(iter([packed_events(payloads)]), timeout=10.0)
+        await call(iter([packed_events(payloads, request_type)]), timeout=10.0)
 
     return send
 
@@ -201,8 +206,8 @@ class EventShipper:
         linger_s: float = 0.05,
         fail_closed: bool = False,
     ) -> None:
-        send_audit = _packed_sender(audit_channel, audit_pb2, "Audit", "Ingest", audit_pb2.IngestResponse)
-        send_usage = _packed_sender(cost_channel, cost_pb2, "Cost", "Record", cost_pb2.RecordResponse)
+        send_audit = _packed_sender(audit_channel, audit_pb2, "Audit", "Ingest")
+        send_usage = _packed_sender(cost_channel, cost_pb2, "Cost", "Record")
         pending = Gauge("harness_router_events_pending", "Events waiting to ship", ["lane"], registry=metrics)
         shipped = Counter("harness_router_events_shipped", "Events shipped", ["lane"], registry=metrics)
         failures = Counter(

@@ -46,6 +46,9 @@ def test_packed_events_is_the_request_protobuf_would_build():
     assert audit_pb2.IngestRequest.FromString(packed) == audit_pb2.IngestRequest(events=events)
     assert packed == audit_pb2.IngestRequest(events=events).SerializeToString()
     assert packed_events([]) == b""
+    usage = [common_pb2.UsageEvent(event_id="u1")]
+    packed_usage = packed_events([u.SerializeToString() for u in usage], cost_pb2.RecordRequest)
+    assert packed_usage == cost_pb2.RecordRequest(events=usage).SerializeToString()
 
 
 async def test_each_event_is_serialized_once_and_shipped_as_the_bytes_the_outbox_holds():
@@ -69,7 +72,9 @@ async def test_each_event_is_serialized_once_and_shipped_as_the_bytes_the_outbox
     await shipper.drain(timeout=1.0)
     assert (audit.serialized, usage.serialized) == (1, 1)
     assert audit_channel.sent == {"/harness.audit.v1.Audit/Ingest": [packed_events(stored["audit"])]}
-    assert cost_channel.sent == {"/harness.cost.v1.Cost/Record": [packed_events(stored["usage"])]}
+    assert cost_channel.sent == {
+        "/harness.cost.v1.Cost/Record": [packed_events(stored["usage"], cost_pb2.RecordRequest)]
+    }
     assert cost_pb2.RecordRequest.FromString(cost_channel.sent["/harness.cost.v1.Cost/Record"][0]).events == [
         usage.message
     ]
