@@ -37,13 +37,7 @@ class EndpointBlocks:
 
     def matched(self, hashes: Sequence[int]) -> int:
         """Leading blocks of ``hashes`` the engine holds (a chain: the first miss ends it)."""
-        blocks = self.blocks
-        n = 0
-        for h in hashes:
-            if h not in blocks:
-                break
-            n += 1
-        return n
+        return longest_matches([self], hashes)[0]
 
     def clear(self) -> None:
         self.blocks.clear()
