@@ -128,21 +128,9 @@ def post_json(
     return payload if isinstance(payload, dict) else {"result": payload}
 
 
-def _setting(name: str) -> property:
-    """An invoker attribute that is one of the stages' shared settings (callers may change it)."""
-    return property(
-        lambda self: getattr(self.settings, name), lambda self, v: setattr(self.settings, name, v)
-    )
-
-
 class ToolInvoker:
     """The tool path's front: a `ToolCall` runs through `tool_stages` on the director
     (pipeline.py), as a generation does through the router's stages."""
-
-    default_approval_wait_s = _setting("default_approval_wait_s")
-    approval_ttl_s = _setting("approval_ttl_s")
-    http_timeout_s = _setting("http_timeout_s")
-    budgets = _setting("budgets")
 
     def __init__(
         self,

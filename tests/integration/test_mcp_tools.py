@@ -68,7 +68,7 @@ async def test_a_rejected_delete_never_reaches_the_mcp_server(world):
 async def test_a_hanging_mcp_server_is_bounded_by_the_calls_deadline(world):
     invoker, server, _, events, gate = world
     gate.state = audit_pb2.APPROVAL_STATE_APPROVED
-    invoker.http_timeout_s = 3.0
+    invoker.settings.http_timeout_s = 3.0
     with pytest.raises(DeadlineExceeded, match="did not answer within 3s"):
         await invoker.invoke(ToolCall("books", "ledger.hang", {}))
     assert server.calls == [("ledger.hang", {})]

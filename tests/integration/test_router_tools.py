@@ -220,7 +220,7 @@ async def test_tool_failures_have_clear_statuses(world):
 
 async def test_tool_calls_are_charged_to_budgets_and_refused_over_the_limit(world):
     invoker, server, _, events, _ = world
-    invoker.budgets = budgets = MemoryBudgets()
+    invoker.settings.budgets = budgets = MemoryBudgets()
     team = cost_pb2.BUDGET_SCOPE_TEAM
     budgets.update(
         [BudgetRule("finance-day", team, "finance", cost_pb2.BUDGET_PERIOD_DAILY, 2500)],

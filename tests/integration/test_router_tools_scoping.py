@@ -108,7 +108,7 @@ async def test_a_failed_call_releases_its_key_and_a_stale_claim_is_waited_for_bo
         with pytest.raises(Unavailable, match="the tool failed"):
             await invoker.invoke(ToolCall("ledger", "fail", {"n": 1}, idempotency_key="k3"))
     assert len(server.calls) == 2
-    invoker.default_approval_wait_s = invoker.http_timeout_s = 0.05
+    invoker.settings.default_approval_wait_s = invoker.settings.http_timeout_s = 0.05
     scope = invoker.results.scope("rpa", "alice", "ledger", "1", "write", {"n": 2}, "k4")
     assert await invoker.results.cache.add(
         scope.idempotency_key, CachedResult("", 0, 0, RUNNING, "", scope.binding), 60

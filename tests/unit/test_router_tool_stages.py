@@ -82,7 +82,7 @@ async def test_a_tool_call_that_raises_is_still_recorded_settled_uncharged_and_r
     [record] = tool_records(events)
     assert record.status == "UNAVAILABLE" and record.decision == common_pb2.DECISION_ALLOW
     assert events.usage == []  # a failed call is not priced
-    assert invoker.budgets.reserved == ["ledger"] and invoker.budgets.settled == [0]
+    assert invoker.settings.budgets.reserved == ["ledger"] and invoker.settings.budgets.settled == [0]
     invoker.director.source.post_json = echo  # the key was released: a retry runs the tool
     again = await invoker.invoke(call)
     assert not again.cached and again.result["echo"] == {"entry": 1}
@@ -96,7 +96,7 @@ async def test_a_tool_call_that_breaks_is_recorded_as_internal_and_a_cancelled_o
     with pytest.raises(asyncio.CancelledError):
         await invoker.invoke(ToolCall("ledger", "write", {"entry": 2}))
     assert [r.status for r in tool_records(events)] == ["INTERNAL", "CANCELLED"]
-    assert invoker.budgets.settled == [0, 0]
+    assert invoker.settings.budgets.settled == [0, 0]
 
 
 async def test_records_are_written_even_when_a_later_completion_hook_raises():
@@ -109,7 +109,7 @@ async def test_records_are_written_even_when_a_later_completion_hook_raises():
     assert outcome.result["phone"] == "[PHONE]"  # the caller's answer does not depend on the cache
     [record] = tool_records(events)
     assert record.status == "OK" and [u.tool_action for u in events.usage] == ["read"]
-    assert invoker.budgets.settled == [1000]
+    assert invoker.settings.budgets.settled == [1000]
     errors = {"stage": ToolResultCache.name}
     assert metrics.get_sample_value("harness_router_stage_completion_errors_total", errors) == 1
 
@@ -127,7 +127,7 @@ async def test_a_call_outside_the_pins_is_recorded_as_an_authorization_denial_an
         (kind, "tool:crm", "read", "PERMISSION_DENIED", "agent version v1 pins ['ledger']"),
         (kind, "tool:ledger@2", "read", "PERMISSION_DENIED", "agent version v1 pins ledger@1"),
     ]
-    assert events.usage == [] and invoker.budgets.reserved == []
+    assert events.usage == [] and invoker.settings.budgets.reserved == []
 
 
 async def test_a_call_waiting_for_approval_is_recorded_pending_and_reserves_nothing():
@@ -136,7 +136,7 @@ async def test_a_call_waiting_for_approval_is_recorded_pending_and_reserves_noth
     assert outcome.decision == common_pb2.DECISION_PENDING_APPROVAL and outcome.approval_id == "ap-1"
     [record] = tool_records(events)
     assert record.status == "PENDING" and record.details["approval_id"] == "ap-1"
-    assert invoker.budgets.reserved == [] and events.usage == []
+    assert invoker.settings.budgets.reserved == [] and events.usage == []
 
 
 async def test_a_fail_closed_outbox_that_cannot_write_refuses_the_call_before_the_tool_runs():
@@ -144,4 +144,4 @@ async def test_a_fail_closed_outbox_that_cannot_write_refuses_the_call_before_th
     events.failing = True
     with pytest.raises(Unavailable, match="fail-closed"):
         await invoker.invoke(ToolCall("ledger", "write", {"entry": 1}))
-    assert events.audit == [] and invoker.budgets.reserved == []
+    assert events.audit == [] and invoker.settings.budgets.reserved == []
