@@ -41,13 +41,13 @@ from pathlib import Path
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no gRPC core INFO lines (GOAWAY at shutdown)
 
-import numpy as np
-import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python bench/enginesim.py` from anywhere
+
+from _common import build_inputs, pct  # noqa: E402  (bench/ is on the path: python bench/enginesim.py)
 
 from services.enginesim.text import count_tokens  # noqa: E402  (the simulator's tokenizer)
 
@@ -132,17 +132,6 @@ def start_simulator(catalog: Path, models: list[str], time_scale: float, workdir
 
 
 # --- one streamed request through tritonclient.grpc.aio ----------------------------------------
-def build_inputs(prompt: str, max_tokens: int) -> list[tgrpc.InferInput]:
-    """The TensorRT-LLM ensemble inputs services/router/triton.py build_request sends."""
-    text = tgrpc.InferInput("text_input", [1, 1], "BYTES")
-    text.set_data_from_numpy(np.array([[prompt.encode()]], dtype=object))
-    tokens = tgrpc.InferInput("max_tokens", [1, 1], "INT32")
-    tokens.set_data_from_numpy(np.array([[max_tokens]], dtype=np.int32))
-    stream = tgrpc.InferInput("stream", [1, 1], "BOOL")
-    stream.set_data_from_numpy(np.array([[True]], dtype=bool))
-    return [text, tokens, stream]
-
-
 @dataclass
 class StreamTiming:
     ttft_ms: float = 0.0
@@ -188,11 +177,6 @@ def make_prompt(rng: random.Random, tag: str, tokens: int) -> str:
     prompt = f"{tag} " + " ".join(words)
     assert count_tokens(prompt) == tokens, (count_tokens(prompt), tokens)
     return prompt
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 # --- (a) ceiling ---------------------------------------------------------------------------
