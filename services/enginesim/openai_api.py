@@ -4,7 +4,8 @@
 models), ``POST /v1/embeddings`` (an embedding model's vectors, as floats, with usage),
 ``POST /v1/completions`` and ``/v1/chat/completions`` (streamed as server-sent events
 or whole; ``stream_options.include_usage`` adds vLLM's usage chunk with empty ``choices``
-before ``data: [DONE]``) and ``GET /metrics`` with vLLM's metric names (vllm_metrics.py).
+before ``data: [DONE]``; chat with ``tools`` answers with tool calls, openai_tools.py) and
+``GET /metrics`` with vLLM's metric names (vllm_metrics.py).
 Errors are vLLM's body, ``{"error": {"message", "type", "param", "code"}}``, with its statuses:
 400 for a bad request, 404 for an unknown model, 503 when the queue is full or the model is
 going away. A fault drawn mid-stream ends the stream with an ``error`` event, as vLLM does
@@ -34,8 +35,10 @@ from .faults import (
     InjectedInternal,
     InjectedUnavailable,
 )
+from .openai_tools import MAX_TOOLS, CallScript, FunctionTool, ToolChoice, planned_calls
 from .sequence import EngineError, GenerationRequest, InvalidRequestError, QueueFullError, Sequence
 from .simulator import ModelNotFoundError, ModelNotReadyError, Simulator
+from .text import script_tokens
 
 MAX_BODY = 8 << 20
 MAX_STOP = 16
@@ -77,10 +80,33 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: str = Field(max_length=64)
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
+
+    def text(self) -> str:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        calls = "".join(json.dumps(c.get("function")) for c in self.tool_calls or ())
+        return (content or "") + calls
 
 
 class ChatBody(_Request):
     messages: list[_Message] = Field(min_length=1, max_length=4096)
+    tools: list[FunctionTool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice = None
+    parallel_tool_calls: bool | None = None
+
+    def prompt(self) -> str:
+        """The conversation as the simulator's neutral template writes it (tools first)."""
+        tools = [t.model_dump(exclude_none=True) for t in self.tools or ()]
+        head = f"<|tools|>\n{json.dumps(tools)}\n" if tools else ""
+        return head + "".join(f"<|{m.role}|>\n{m.text()}\n" for m in self.messages) + "<|assistant|>\n"
+
+    def calls(self) -> CallScript | None:
+        """The tool calls that answer it, or None (a text answer)."""
+        turns = [(m.role, m.text()) for m in self.messages]
+        calls = planned_calls(self.tools, self.tool_choice, self.parallel_tool_calls, turns)
+        return CallScript(calls) if calls else None
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
@@ -93,14 +119,37 @@ def _error_event(message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "InternalServerError", "param": None, "code": 500}}
 
 
-def _chat_prompt(messages: list[_Message]) -> str:
-    parts = []
-    for m in messages:
-        content = m.content
-        if isinstance(content, list):
-            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        parts.append(f"<|{m.role}|>\n{content or ''}\n")
-    return "".join(parts) + "<|assistant|>\n"
+def _invalid(exc: ValidationError) -> JSONResponse:
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err["loc"]) or None
+    return _error(400, f"{param}: {err['msg']}" if param else err["msg"], "BadRequestError", param)
+
+
+def _generation(
+    body: CompletionBody | ChatBody, request_id: str
+) -> tuple[GenerationRequest, CallScript | None]:
+    """What the engine is asked, and the calls it answers with (chat with tools only)."""
+    calls = None
+    if isinstance(body, ChatBody):
+        prompt, calls = body.prompt(), body.calls()
+    elif isinstance(body.prompt, list):
+        if len(body.prompt) != 1:
+            raise InvalidRequestError("prompt: the simulator takes one prompt per request")
+        prompt = body.prompt[0]
+    else:
+        prompt = body.prompt
+    script = calls.text if calls else None
+    default = script_tokens(script) + 1 if script else 16  # the call whole, then its end
+    gen = GenerationRequest(
+        prompt=prompt,
+        max_tokens=body.max_completion_tokens or body.max_tokens or default,
+        seed=body.seed or 0,
+        temperature=body.temperature,
+        stop_words=body.stops(),
+        request_id=request_id,
+        script=script,
+    )
+    return gen, calls
 
 
 class OpenAIApi:
@@ -146,9 +195,7 @@ class OpenAIApi:
         try:
             body = EmbeddingBody.model_validate_json(raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            param = ".".join(str(p) for p in err["loc"]) or None
-            return _error(400, f"{param}: {err['msg']}" if param else err["msg"], "BadRequestError", param)
+            return _invalid(exc)
         texts = [body.input] if isinstance(body.input, str) else body.input
         try:
             engine = self.sim.engine(body.model)
@@ -178,27 +225,11 @@ class OpenAIApi:
         try:
             body: CompletionBody | ChatBody = (ChatBody if chat else CompletionBody).model_validate_json(raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            param = ".".join(str(p) for p in err["loc"]) or None
-            return _error(400, f"{param}: {err['msg']}" if param else err["msg"], "BadRequestError", param)
+            return _invalid(exc)
+        request_id = request.headers.get("x-request-id", "")
         try:
             engine = self.sim.engine(body.model)
-            if isinstance(body, ChatBody):
-                prompt = _chat_prompt(body.messages)
-            elif isinstance(body.prompt, list):
-                if len(body.prompt) != 1:
-                    raise InvalidRequestError("prompt: the simulator takes one prompt per request")
-                prompt = body.prompt[0]
-            else:
-                prompt = body.prompt
-            gen = GenerationRequest(
-                prompt=prompt,
-                max_tokens=body.max_completion_tokens or body.max_tokens or 16,
-                seed=body.seed or 0,
-                temperature=body.temperature,
-                stop_words=body.stops(),
-                request_id=request.headers.get("x-request-id", ""),
-            )
+            gen, calls = _generation(body, request_id)
             fault = self.faults.draw(body.model)
             if fault is not None and fault.kind in ("unavailable", "internal"):
                 engine.stats.failures["BACKEND"] += 1
@@ -211,13 +242,13 @@ class OpenAIApi:
         except (ModelNotFoundError, ModelNotReadyError):
             return _error(404, f"The model `{body.model}` does not exist.", "NotFoundError", "model")
         except InvalidRequestError as exc:
-            return _error(400, str(exc), "BadRequestError")
+            return _error(400, str(exc), "BadRequestError", getattr(exc, "param", None))
         except (QueueFullError, InjectedUnavailable) as exc:
             return _error(503, str(exc), "ServiceUnavailableError")
         except EngineError as exc:
             return _error(500, str(exc), "InternalServerError")
         limit = fault.after_tokens if fault is not None and fault.kind == "midstream" else None
-        shape = _Shape(body.model, chat, request.headers.get("x-request-id", ""))
+        shape = _Shape(body.model, chat, request_id, calls)
         if not body.stream:
             return await self._whole(seq, shape, limit)
         usage = bool((body.stream_options or {}).get("include_usage"))
@@ -249,8 +280,8 @@ class OpenAIApi:
                 reason = (
                     None if not chunk.final else ("stop" if chunk.finish_reason != "length" else "length")
                 )
-                if chunk.text or reason:
-                    yield shape.event(shape.choice(shape.delta(chunk.text), reason))
+                for choice in shape.pieces(chunk.text, reason):
+                    yield shape.event(choice)
             if usage:
                 yield shape.event({**shape.head(), "choices": [], "usage": shape.usage(seq)})
             yield b"data: [DONE]\n\n"
@@ -263,8 +294,8 @@ class OpenAIApi:
 class _Shape:
     """One response's JSON shapes (text or chat completion), as vLLM writes them."""
 
-    def __init__(self, model: str, chat: bool, request_id: str) -> None:
-        self.model, self.chat = model, chat
+    def __init__(self, model: str, chat: bool, request_id: str, calls: CallScript | None = None) -> None:
+        self.model, self.chat, self.calls = model, chat, calls
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id or uuid.uuid4().hex}"
         self.created = int(time.time())
 
@@ -284,6 +315,16 @@ class _Shape:
             entry = {"index": 0, **delta, "logprobs": None, "finish_reason": reason, "stop_reason": None}
         return {**self.head(), "choices": [entry]}
 
+    def finish(self, reason: str | None) -> str:
+        return "length" if reason == "length" else "tool_calls" if self.calls else "stop"
+
+    def pieces(self, text: str, reason: str | None) -> list[dict[str, Any]]:
+        """The chunks for one step's text (one a tool-call piece), the last one with `reason`."""
+        if self.calls is None:
+            return [self.choice(self.delta(text), reason)] if text or reason else []
+        out = [self.choice({"tool_calls": [d]}, None) for d in self.calls.deltas(text)]
+        return [*out, self.choice({}, self.finish(reason))] if reason else out
+
     @staticmethod
     def usage(seq: Sequence) -> dict[str, int]:
         return {
@@ -297,13 +338,12 @@ class _Shape:
         return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
     def whole(self, seq: Sequence, reason: str | None) -> dict[str, Any]:
-        finish = "length" if reason == "length" else "stop"
+        finish = self.finish(reason)
         if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": seq.text},
-                "finish_reason": finish,
-            }
+            message: dict[str, Any] = {"role": "assistant", "content": seq.text}
+            if self.calls:
+                message = {**message, "content": None, "tool_calls": self.calls.message_calls(seq.text)}
+            choice = {"index": 0, "message": message, "finish_reason": finish}
             kind = "chat.completion"
         else:
             choice = {"index": 0, "text": seq.text, "logprobs": None, "finish_reason": finish}

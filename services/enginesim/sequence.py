@@ -53,6 +53,7 @@ class GenerationRequest:
     stop_words: tuple[str, ...] = ()
     min_tokens: int = 0
     request_id: str = ""
+    script: str | None = None  # the answer, fixed (the OpenAI API's tool calls); else generated
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,9 @@ class Sequence:
         self._pieces: list[str] = []
         self._tail = ""  # last characters, for stop-word matching without re-joining the text
         self._tail_len = max((len(w) for w in request.stop_words), default=0)
-        script = tool_call_script(request.prompt)  # a prompt offering functions gets a call
+        script = request.script
+        if script is None:
+            script = tool_call_script(request.prompt)  # a prompt offering functions gets a call
         self._gen = TextGenerator(request.prompt, request.seed, request.temperature, script)
         self._events: asyncio.Queue[TokenChunk | EngineError] = asyncio.Queue()
 

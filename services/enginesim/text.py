@@ -58,6 +58,11 @@ END_OF_SCRIPT = -2  # a scripted answer is complete: the sequence stops ("stop")
 _PIECE_RE = re.compile(r"\s*(?:\w+|[^\w\s])")
 
 
+def script_tokens(script: str) -> int:
+    """How many tokens a scripted answer streams as."""
+    return len(_PIECE_RE.findall(script))
+
+
 class TextGenerator:
     """Yields (token_id, text piece) pairs for one sequence, deterministically; with a `script`,
     the script's pieces (their concatenation is the script, spaces kept) and then END_OF_SCRIPT."""

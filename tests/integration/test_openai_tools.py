@@ -1,7 +1,8 @@
 """Tool calling through the OpenAI front door (real Envoy with mTLS, the official `openai` SDK,
 the router's real core over the engine simulator): the tools reach the model in its family's
 chat format, its call comes back as `tool_calls` (whole and streamed), and the tool's result
-goes back to the model on the next turn."""
+goes back to the model on the next turn; the same when the engine speaks the OpenAI protocol
+(the simulator as vLLM)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,16 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+import pytest_asyncio
 from langchain_openai import ChatOpenAI
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
+from services.enginesim.testing import start_enginesim
+from services.router.engine import OPENAI
+from services.router.openai_engine import OpenAIEngine
 from tests.helpers.router_fakes import MODEL
 from tests.integration.test_openai_frontdoor import MESSAGES, front  # noqa: F401 (the fixture)
+from tests.integration.test_router_hot_path import endpoint
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 TOOLS = [
@@ -55,7 +61,7 @@ async def test_a_tool_call_comes_back_and_its_result_goes_to_the_model(llama):
         [call] = choice.message.tool_calls
         assert call.type == "function" and call.id.startswith("call_")
         assert call.function.name == "read_ledger"
-        assert json.loads(call.function.arguments) == {"account": "sample", "year": 1}
+        assert json.loads(call.function.arguments) == {"account": "policy", "year": 1}
         history = [
             *MESSAGES,
             choice.message.model_dump(exclude_none=True),
@@ -97,7 +103,7 @@ async def test_a_streamed_tool_call_as_openai_streams_it(family):
         d.index == 0 and d.id is None and d.type is None and d.function.name is None for d in fragments
     )
     arguments = "".join(d.function.arguments for d in fragments)
-    assert json.loads(arguments) == {"account": "sample", "year": 1}
+    assert json.loads(arguments) == {"account": "policy", "year": 1}
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["tool_calls"]
     # what the SDK's own stream accumulation makes of it
     state = ChatCompletionStreamState()
@@ -105,7 +111,7 @@ async def test_a_streamed_tool_call_as_openai_streams_it(family):
         state.handle_chunk(chunk)
     [call] = state.get_final_completion().choices[0].message.tool_calls
     assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
-        head.id, "read_ledger", {"account": "sample", "year": 1},
+        head.id, "read_ledger", {"account": "policy", "year": 1},
     )  # fmt: skip
 
 
@@ -196,3 +202,27 @@ async def test_the_readme_snippets_run_as_printed(llama):
     assert proc.returncode == 0, err.decode()[-3000:]
     lines = [line for line in out.decode().splitlines() if line.strip()]
     assert len(lines) == 4, lines  # the answer, the streamed answer, LangChain's, the answer after the tool
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def vllm(llama):
+    """The front door's router with one endpoint, an OpenAI-protocol engine: the simulator as vLLM."""
+    sim = await start_enginesim(time_scale=1000.0, protocol="openai")
+    engine = llama.router.dispatcher.engines[OPENAI] = OpenAIEngine()
+    llama.view.apply([endpoint("vllm-0", sim.openai_url, kind="openai")])
+    yield llama, sim
+    llama.view.apply([endpoint("sim-0", llama.sim_address)])
+    del llama.router.dispatcher.engines[OPENAI]
+    await engine.close()
+    await sim.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tool_calls_come_back_from_an_openai_protocol_engine(vllm, stream):
+    front, sim = vllm  # noqa: F811
+    engines = sim.server.sim.engines().values()
+    before = sum(e.stats.success for e in engines)
+    both = [(0, "read_ledger", {"account": "sample", "year": 1}), (1, "close_ledger", {})]
+    assert await _calls(front, stream) == both
+    assert await _calls(front, stream, parallel_tool_calls=False) == both[:1]
+    assert sum(e.stats.success for e in engines) == before + 2  # the OpenAI-protocol engine answered

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from services.enginesim.sequence import GenerationRequest
-from services.enginesim.tool_calls import OFFER, tool_call_script
+from services.enginesim.tool_calls import OFFER, ArgumentValues, choose_calls, tool_call_script
 from services.router.chat import ChatMessage, ToolCallOut, ToolSpec, template_for
 from tests.unit.test_enginesim_engine import make_engine  # noqa: F401 (the fixture)
 
@@ -39,7 +39,7 @@ OFFERED = f"{header('user')}{OFFER} ...\n\n{json.dumps(FUNCTION)}\n\nRead accoun
 
 def test_a_user_turn_offering_functions_gets_a_call_of_the_first():
     script = tool_call_script(OFFERED + header("assistant"))
-    assert json.loads(script) == {"name": "read_ledger", "parameters": {"account": "sample", "kind": "cash"}}
+    assert json.loads(script) == {"name": "read_ledger", "parameters": {"account": "Read", "kind": "cash"}}
 
 
 def test_after_a_tool_result_or_without_functions_the_answer_is_text():
@@ -70,7 +70,7 @@ def test_each_family_gets_calls_in_its_own_format_which_its_template_reads(famil
     assert script is not None and script.startswith(FORMAT_START[family])
     calls = template.parse(script, TOOLS).tool_calls
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [
-        ("read_ledger", {"account": "sample", "kind": "cash"})
+        ("read_ledger", {"account": "Read", "kind": "cash"})
     ]
     # the functions the user's last turn names, in the order offered
     both = (ChatMessage("user", "close_ledger, after read_ledger"),)
@@ -87,3 +87,32 @@ def test_each_family_gets_calls_in_its_own_format_which_its_template_reads(famil
 
 
 FORMAT_START = {"llama-3": '{"name": ', "qwen2.5": "<tool_call>\n{", "mistral": "[TOOL_CALLS] [{"}
+
+
+def test_arguments_follow_the_schema_with_the_users_words_and_numbers():
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 3},
+            "note": {"type": "string"},
+            "days": {"type": "integer"},
+            "ratio": {"type": ["null", "number"]},
+            "unit": {"enum": ["celsius", "fahrenheit"]},
+            "hourly": {"type": "boolean"},
+            "version": {"const": 2},
+            "where": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+            "tags": {"type": "array", "items": {"type": "integer"}},
+            "detail": {"type": "object", "properties": {"deep": {"type": "boolean"}}, "required": ["deep"]},
+        },
+    }
+    said = 'Forecast "New York" in fahrenheit for 3 days at 0.5, not hourly'
+    assert ArgumentValues(said, frozenset(["celsius", "fahrenheit"])).arguments(schema) == {
+        "city": "New", "note": "hourly", "days": 3, "ratio": 0.5, "unit": "fahrenheit", "hourly": False,
+        "version": 2, "where": "days", "tags": [3], "detail": {"deep": False},
+    }  # fmt: skip
+    assert ArgumentValues("").arguments(schema)["city"] == "sam"  # nothing said: the type's sample
+    # the names of the functions, parameters and enum values are not taken for values
+    [call] = choose_calls(
+        [{"name": "get_weather", "parameters": schema}], "get_weather days in Oslo, celsius"
+    )
+    assert call["arguments"]["city"] == "Osl" and call["arguments"]["unit"] == "celsius"
