@@ -67,7 +67,7 @@ def describe(args: argparse.Namespace, schedule: list[workload.Request]) -> str:
     return "\n".join(lines)
 
 
-def describe_plans(plans: list[plan.FleetPlan]) -> str:
+def describe_plans(plans: list[plan.FleetPlan], args: argparse.Namespace) -> str:
     out = []
     for p in plans:
         gpus = "; ".join(f"{g.name}: {', '.join(m.split('--')[-1] for m in g.models)}" for g in p.gpus)
@@ -78,7 +78,9 @@ def describe_plans(plans: list[plan.FleetPlan]) -> str:
         else:
             gpus = (
                 f"an inventory of {len(p.gpus)} empty GPUs; the pool places the agents' models and its "
-                f"scaling loop adds and removes replicas (at most {pooled.MAX_REPLICAS} per model)"
+                f"scaling loop adds and removes replicas (at most {args.max_replicas} per model; a replica "
+                f"goes after {pooled.scale_in_window_s(args.time_scale, args.day_s):g} s engine time with "
+                "the load down)"
             )
         out.append(f"  {p.setup:<8} {gpus}")
     return "GPUs (simulated H100 SXM 80GB, one simulator process each):\n" + "\n".join(out)
@@ -90,7 +92,7 @@ async def main_async(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()  # the schedule and the imports are permanent: keep them out of every GC pass
     plans = [plan.static_plan(), plan.harness_plan(pooled.INVENTORY)]
-    print(describe(args, schedule) + "\n" + describe_plans(plans), flush=True)
+    print(describe(args, schedule) + "\n" + describe_plans(plans, args), flush=True)
     results: dict[str, runner.SetupResult] = {}
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
         catalog = plan.write_catalog(Path(tmp) / "catalog.yaml", plans)
@@ -117,7 +119,7 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     print(text)
     report.write_text(
-        out / "fleet-report.txt", describe(args, schedule) + "\n" + describe_plans(plans) + "\n" + text
+        out / "fleet-report.txt", describe(args, schedule) + "\n" + describe_plans(plans, args) + "\n" + text
     )
     (out / "fleet-figures.json").write_text(json.dumps(figs, indent=1, default=str) + "\n")
     print(f"charts: {', '.join(str(p) for p in pngs)}; report: {out / 'fleet-report.txt'}")
@@ -140,9 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
+        "--max-replicas", type=int, default=pooled.MAX_REPLICAS,
+        help="the pool's replicas per model (1: never scale out, the GPUs the models need at rest)",
+    )  # fmt: skip
+    p.add_argument(
         "--out", default=str(plan.REPO / "bench/fleet/out"), help="directory for the PNGs and report"
     )
     args = p.parse_args(argv)
+    if args.max_replicas < 1:
+        p.error(f"--max-replicas must be at least 1, got {args.max_replicas}")
     scale, day = SCALES[args.scale]
     args.time_scale = args.time_scale or scale
     args.day_s = args.day_s or day

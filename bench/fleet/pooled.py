@@ -12,7 +12,12 @@ WatchEndpoints. A GPU with no model loaded is not held (a cloud node given back)
 loading is held and idle.
 
 Every pool setting that is a duration in engine time is divided by the time scale, like the
-router's (runner.py).
+router's (runner.py). The scale-in window is the exception: how long the load must have fallen
+before a replica goes is a span of the calendar (the load's shape), like an autoscaler's
+cooldown (KEDA's default: 300 s), so it is set in calendar minutes and converted with the run's
+compression, but never shorter than a few of the loop's evaluations (the figures are sampled
+once per engine second). The probe, the hot window and the cooldown measure the engines and
+the probes' lag, so they stay in engine time.
 """
 
 from __future__ import annotations
@@ -34,16 +39,27 @@ from services.pool.state import GIB, HEALTHY, READY, EndpointSpec
 from services.router.views import EndpointView
 
 from .plan import GPU_GIB, GPU_TYPE, HEADROOM, profiles
-from .workload import AGENTS, MODELS
+from .workload import AGENTS, DAY_HOURS, MODELS
 
 INVENTORY = 5  # simulated GPUs the pool may use: two hold the fleet at rest, three are spare
 MAX_REPLICAS = 2  # per model
 # Engine seconds (divided by the time scale for the wall clock):
 PROBE_S = 1.0  # the pool's probe interval (its default is 0.5 s; 1 s halves the probes' CPU here)
-AUTOSCALE = {"interval_s": 1.0, "up_after_s": 2.0, "down_after_s": 8.0, "cooldown_s": 6.0}
+AUTOSCALE = {"interval_s": 1.0, "up_after_s": 2.0, "cooldown_s": 6.0}
+SCALE_IN_CALENDAR_S = 300.0  # calendar seconds the load must have fallen before a replica goes
+SCALE_IN_EVALUATIONS = 3  # the window's floor, in evaluations of the loop
 
 
-def pool_config(sims: list[SimProcess], time_scale: float) -> PoolConfig:
+def scale_in_window_s(time_scale: float, day_s: float) -> float:
+    """Engine seconds of the scale-in window: SCALE_IN_CALENDAR_S of the compressed calendar, at
+    least SCALE_IN_EVALUATIONS evaluations (quick scale: 3 s engine, 24 calendar minutes)."""
+    compression = DAY_HOURS * 3600 / (day_s * time_scale)  # calendar seconds per engine second
+    return max(SCALE_IN_CALENDAR_S / compression, SCALE_IN_EVALUATIONS * AUTOSCALE["interval_s"])
+
+
+def pool_config(
+    sims: list[SimProcess], time_scale: float, day_s: float, max_replicas: int = MAX_REPLICAS
+) -> PoolConfig:
     prof = profiles()
     endpoints = tuple(
         EndpointSpec.make(
@@ -67,14 +83,20 @@ def pool_config(sims: list[SimProcess], time_scale: float) -> PoolConfig:
         models=models,
         headroom=HEADROOM,
         agent_idle_ttl_s=0.0,  # the agents stay online all run
-        max_replicas=MAX_REPLICAS,
-        autoscale=AutoscaleSettings(**{k: v / time_scale for k, v in AUTOSCALE.items()}),
+        max_replicas=max_replicas,
+        autoscale=AutoscaleSettings(
+            **{k: v / time_scale for k, v in AUTOSCALE.items()},
+            down_after_s=scale_in_window_s(time_scale, day_s) / time_scale,
+        ),
     )
 
 
 class PooledFleet:
-    def __init__(self, sims: list[SimProcess], view: EndpointView, time_scale: float) -> None:
-        self.app = PoolApp(pool_config(sims, time_scale), CollectorRegistry(), nvml=Nvml(enabled=False))
+    def __init__(
+        self, sims: list[SimProcess], view: EndpointView, time_scale: float, day_s: float, max_replicas: int
+    ) -> None:
+        config = pool_config(sims, time_scale, day_s, max_replicas)
+        self.app = PoolApp(config, CollectorRegistry(), nvml=Nvml(enabled=False))
         self.view = view
         self._mirror: asyncio.Task | None = None
         self.t0 = time.monotonic()  # the autoscaler's clock at the run's start

@@ -158,7 +158,7 @@ async def run_setup(
         # records, once a wall second. Static round-robin ignores figures, so its (10) GPUs are
         # read once a wall second, for utilisation only.
         if plan.setup == "harness":
-            fleet = PooledFleet(sims, rt.view, scale)
+            fleet = PooledFleet(sims, rt.view, scale, args.day_s, args.max_replicas)
             warmup = await fleet.start()
             print(f"harness: agents online, the pool loaded their models in {warmup:.1f} s", file=sys.stderr)
         view = None if fleet else rt.view

@@ -17,11 +17,13 @@ BLOCK_H = 2.0  # hours of the calendar per column of the per-GPU table
 
 
 def _steps(s: GpuSeries, t0: float, t1: float):
-    """(dt, util, held) per sample interval ending in [t0, t1); the first starts at the run's start."""
+    """(dt, util, held) per sample interval, the part of it inside [t0, t1) (an interval that
+    spans a column's edge counts in both, each its own part); the first starts at the run's start."""
     prev = 0.0
     for t, u, h in zip(s.t, s.util, s.held, strict=True):
-        if t0 <= t < t1:
-            yield t - max(prev, t0), u, h
+        dt = min(t, t1) - max(prev, t0)
+        if dt > 0:
+            yield dt, u, h
         prev = t
 
 
