@@ -174,6 +174,10 @@ async def test_a_stream_asks_for_a_minimum_chunk_interval_for_each_streamed_requ
     answers = [r async for r in stub.ModelStreamInfer(iter(requests), metadata=(*md, (HEADER, "250")))]
     assert len(answers) == 2 and not any(a.error_message for a in answers)
     assert sorted(router.intervals) == [0, 250]  # a request not streamed answers once: nothing to merge
-    with pytest.raises(grpc.aio.AioRpcError) as bad:
-        [r async for r in stub.ModelStreamInfer(iter(requests), metadata=(*md, (HEADER, "-5")))]
-    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and HEADER in bad.value.details()
+    # The header alone refuses the stream, before any request is read. The refused stream sends
+    # none: grpc.aio reports a write the server's refusal overtook as INTERNAL "Internal error from
+    # Core" instead of the server's status (about 1 in 600 refusals of a two-request stream on a
+    # loaded machine).
+    refused = stub.ModelStreamInfer(metadata=(*md, (HEADER, "-5")), timeout=30)  # never left open
+    assert await refused.code() == grpc.StatusCode.INVALID_ARGUMENT and HEADER in await refused.details()
+    assert len(router.generated) == 2  # the refused stream ran nothing
