@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -16,6 +17,7 @@ from services.router.result_cache import (
     RedisResultCache,
     is_deterministic,
 )
+from tests.helpers.polling import eventually
 
 RESULT = CachedResult("four", input_tokens=5, output_tokens=1, finish_reason="length", deployment="m@sim-0")
 
@@ -64,12 +66,18 @@ def test_keys_are_keyed_hashes_shared_only_with_the_same_secret():
 async def test_put_get_and_expiry(cache):
     key = CacheKeys("k").generation("a", "u", "m", {"max_tokens": 1}, "2+2?")
     assert await cache.get(key) is None
-    await cache.put(key, RESULT, ttl_s=0.2)
+    # 1 s: the read right after the write must land inside it even on a loaded machine.
+    written = time.monotonic()
+    await cache.put(key, RESULT, ttl_s=1.0)
     assert await cache.get(key) == RESULT
     await cache.put("other", RESULT, ttl_s=0)  # TTL 0: not cached at all
     assert await cache.get("other") is None
-    await asyncio.sleep(0.3)
-    assert await cache.get(key) is None
+
+    async def expired() -> bool:
+        return await cache.get(key) is None
+
+    await eventually(expired, within_s=10.0)
+    assert time.monotonic() - written >= 0.9  # gone once its TTL ran out, not before
 
 
 async def test_add_stores_only_when_absent_and_delete_frees_the_key(cache):
