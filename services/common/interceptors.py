@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from services.common import context as reqctx
 from services.common.errors import HarnessError, InvalidArgument
 from services.common.identity import Authenticator
+from services.common.metric_children import Children
 
 log = logging.getLogger("harness.rpc")
 
@@ -115,10 +116,11 @@ class RpcMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.service = service
+        self._requests, self._duration = Children(self.requests), Children(self.duration)
 
     def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        self.requests.labels(self.service, method, code.name).inc()
-        self.duration.labels(self.service, method).observe(seconds)
+        self._requests(self.service, method, code.name).inc()
+        self._duration(self.service, method).observe(seconds)
 
 
 class HarnessServerInterceptor(grpc.aio.ServerInterceptor):

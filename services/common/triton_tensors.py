@@ -103,6 +103,7 @@ OUTPUTS: tuple[TensorSpec, ...] = (
 _INPUTS_BY_NAME = {t.name: t for t in INPUTS}
 _REQUIRED_INPUTS = sum(1 for t in INPUTS if not t.optional)
 _OUTPUT_NAMES = {t.name for t in OUTPUTS}
+_OUTPUT_ORDER = tuple(t.name for t in OUTPUTS)  # schema order, so responses are stable
 _OUTPUT_DTYPES = {t.name: t.datatype for t in OUTPUTS}
 _PACK = {"INT32": struct.Struct("<i").pack, "INT64": struct.Struct("<q").pack}
 
@@ -277,10 +278,10 @@ def build_response(
 ) -> pb.ModelInferResponse:
     """A ModelInferResponse with raw_output_contents; ``final`` adds triton_final_response."""
     resp = pb.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request_id)
-    for name in (t.name for t in OUTPUTS):  # schema order, so responses are stable
-        if name not in outputs:
+    for name in _OUTPUT_ORDER:
+        value = outputs.get(name)
+        if value is None:
             continue
-        value = outputs[name]
         tensor = resp.outputs.add(name=name, shape=[1, 1])
         # One element per tensor: pack by hand (numpy costs ~10 us per tiny array, per token).
         if isinstance(value, str):

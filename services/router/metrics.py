@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common.metric_children import Children
+
 LABELS = ("agent", "model", "slo_class")
 # TTFT/queue waits span sub-millisecond cache hits to tens of seconds under overload.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -89,6 +91,14 @@ class RouterMetrics:
             self.shed.labels(slo_class)
         for kind in ("hit", "coalesced"):
             self.cache_hits.labels(kind)
+        # Each call observes the same few series: their children, looked up once.
+        self._request, self._ttft, self._tbt = Children(self.request), Children(self.ttft), Children(self.tbt)
+        self._queue, self._tokens, self._redactions = (
+            Children(self.queue),
+            Children(self.tokens),
+            Children(self.redactions),
+        )
+        self.requests_of = Children(self.requests)
 
     def observe_call(
         self,
@@ -102,18 +112,18 @@ class RouterMetrics:
         redactions: Mapping[str, int],
     ) -> None:
         """One finished call: latencies (agent, model, slo_class), tokens in/out, PII redactions."""
-        self.request.labels(*labels).observe(e2e_ms / 1000)
+        self._request(*labels).observe(e2e_ms / 1000)
         if ttft_ms:
-            self.ttft.labels(*labels).observe(ttft_ms / 1000)
+            self._ttft(*labels).observe(ttft_ms / 1000)
         if tbt_ms:
-            self.tbt.labels(*labels).observe(tbt_ms / 1000)
-        self.queue.labels(*labels).observe(queue_s)  # 0 when not queued: percentiles cover every call
+            self._tbt(*labels).observe(tbt_ms / 1000)
+        self._queue(*labels).observe(queue_s)  # 0 when not queued: percentiles cover every call
         if shed:
             self.shed.labels(labels[2]).inc()
-        self.tokens.labels(*labels[:2], "input").inc(tokens[0])
-        self.tokens.labels(*labels[:2], "output").inc(tokens[1])
+        self._tokens(*labels[:2], "input").inc(tokens[0])
+        self._tokens(*labels[:2], "output").inc(tokens[1])
         for kind, count in redactions.items():
-            self.redactions.labels(kind).inc(count)
+            self._redactions(kind).inc(count)
 
 
 def export_queue_depth(registry: CollectorRegistry, queued: Callable[[str], int], classes: list[str]) -> None:

@@ -278,14 +278,24 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
 
         loop = asyncio.get_running_loop()
         pending: str | None = None
+        held_at = 0.0
+        # One timer for the stream, not one per delta: it stays armed while deltas come and
+        # go, and when it fires with a younger delta held, it waits out that one's HOLD_S.
         timer: asyncio.TimerHandle | None = None
 
         def release() -> None:
-            nonlocal pending, timer
-            timer = None
+            nonlocal pending
             if pending is not None:
                 send(pending, False)
                 pending = None
+
+        def on_timer() -> None:
+            nonlocal timer
+            timer = None
+            if pending is not None and loop.time() < held_at + HOLD_S:
+                timer = loop.call_at(held_at + HOLD_S, on_timer)
+            else:
+                release()
 
         first, finished = True, False
         try:
@@ -293,11 +303,11 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
             # the call when it ends, and leaving early would read as a cancel.
             async for chunk in self._router.run(call):
                 delta = chunk.text
-                if timer is not None:
-                    timer.cancel()
-                    timer = None
                 if not delta:
-                    continue  # the empty final chunk: a held delta goes out as the final one below
+                    if timer is not None:  # the empty final chunk: a held delta goes out as
+                        timer.cancel()  # the final one below
+                        timer = None
+                    continue
                 release()
                 if finished:
                     log.warning("request %s: text after the final response was dropped", request.id)
@@ -308,7 +318,9 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
                     send(delta, False)
                     first = False
                 else:
-                    pending, timer = delta, loop.call_later(HOLD_S, release)
+                    pending, held_at = delta, loop.time()
+                    if timer is None:
+                        timer = loop.call_at(held_at + HOLD_S, on_timer)
         finally:
             if timer is not None:
                 timer.cancel()

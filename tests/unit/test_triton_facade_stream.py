@@ -85,3 +85,17 @@ async def test_empty_final_requested():
 async def test_no_text_at_all_still_ends_with_a_final_response():
     out = await run(ScriptedRouter([]))
     assert [(t, f) for _, t, f in out] == [("", True)]
+
+
+async def test_deltas_in_a_burst_each_go_out_once_in_order_and_the_last_before_the_end():
+    # One hold timer serves the stream: armed for " b", it finds " d" held instead and waits
+    # out d's own hold; nothing is sent twice, dropped or reordered.
+    steps = [(0.0, "a", False), (0.0, " b", False), (0.0, " c", False), (0.0005, " d", False)]
+    out = await run(ScriptedRouter(steps, tail_s=0.03))
+    assert [(t, f) for _, t, f in out] == [
+        ("a", False),
+        (" b", False),
+        (" c", False),
+        (" d", False),
+        ("", True),
+    ]

@@ -23,7 +23,7 @@ class Observe(Stage):
         self.metrics = metrics
 
     async def complete(self, call: Call, error: BaseException | None) -> None:
-        self.metrics.requests.labels(call.agent_name, call.status, call.frontdoor).inc()
+        self.metrics.requests_of(call.agent_name, call.status, call.frontdoor).inc()
         if not call.dispatched:
             return
         self.metrics.observe_call(
