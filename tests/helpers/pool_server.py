@@ -26,7 +26,7 @@ def sim_endpoints(sims, gpu_type: str = "H100-80GB") -> tuple[EndpointSpec, ...]
 
 
 def vram_used(sim) -> int:
-    with urllib.request.urlopen(sim.metrics_url, timeout=2) as resp:
+    with urllib.request.urlopen(sim.metrics_url, timeout=10) as resp:
         return sum(g.memory_used_bytes for g in parse_triton_metrics(resp.read().decode()).gpus)
 
 

@@ -204,13 +204,13 @@ async def test_watch_snapshot_then_live_updates(pool, fake, admin, user):
     stub, _ = pool
     await wait_for(endpoint(stub, user), lambda e: healthy(e) and e.models[0].active_requests == 3)
     call = stub.WatchEndpoints(pool_pb2.WatchEndpointsRequest(since_revision=0), metadata=user)
-    first = await asyncio.wait_for(call.read(), 2)
+    first = await asyncio.wait_for(call.read(), 10)
     assert first.snapshot and [e.name for e in first.endpoints] == ["sim-0"] and first.revision > 0
     assert first.endpoints[0].health == HEALTHY
 
     fake.models["mistral"] = "READY"
     while True:  # the next change is ours (nothing else moves in the fake)
-        msg = await asyncio.wait_for(call.read(), 3)
+        msg = await asyncio.wait_for(call.read(), 10)
         assert not msg.snapshot and msg.revision > first.revision
         states = {m.name: m.state for e in msg.endpoints if e.name == "sim-0" for m in e.models}
         if states.get("mistral") == READY:
@@ -221,11 +221,11 @@ async def test_watch_snapshot_then_live_updates(pool, fake, admin, user):
     live = stub.WatchEndpoints(pool_pb2.WatchEndpointsRequest(since_revision=msg.revision), metadata=user)
     ep = pool_pb2.Endpoint(name="late", address="127.0.0.1:1")
     await stub.RegisterEndpoint(pool_pb2.RegisterEndpointRequest(endpoint=ep), metadata=admin)
-    nxt = await asyncio.wait_for(live.read(), 2)
+    nxt = await asyncio.wait_for(live.read(), 10)
     assert not nxt.snapshot and [e.name for e in nxt.endpoints] == ["late"] and nxt.revision > msg.revision
     await stub.DeregisterEndpoint(pool_pb2.DeregisterEndpointRequest(name="late"), metadata=admin)
     while True:
-        gone = await asyncio.wait_for(live.read(), 2)
+        gone = await asyncio.wait_for(live.read(), 10)
         if gone.removed:
             break
     assert list(gone.removed) == ["late"]
@@ -233,7 +233,7 @@ async def test_watch_snapshot_then_live_updates(pool, fake, admin, user):
 
     # A revision this process cannot replay (an earlier pool process's) gets a snapshot.
     old = stub.WatchEndpoints(pool_pb2.WatchEndpointsRequest(since_revision=5), metadata=user)
-    snap = await asyncio.wait_for(old.read(), 2)
+    snap = await asyncio.wait_for(old.read(), 10)
     assert snap.snapshot and [e.name for e in snap.endpoints] == ["sim-0"]
     old.cancel()
 

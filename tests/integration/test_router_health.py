@@ -47,7 +47,7 @@ async def test_not_serving_until_the_registry_copy_arrives(tmp_path, test_auth, 
     health = health_pb2_grpc.HealthStub(channel)
 
     async def status(service: str = "") -> int:
-        return (await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)).status
+        return (await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)).status
 
     def http_health(path: str = "/healthz", body: bytes | None = None) -> tuple[int, bytes]:
         context = ssl.create_default_context(cafile=str(certs.ca_cert))
@@ -56,7 +56,7 @@ async def test_not_serving_until_the_registry_copy_arrives(tmp_path, test_auth, 
         context.check_hostname = False
         request = urllib.request.Request(f"https://127.0.0.1:{router.http_port}{path}", data=body)
         try:
-            with urllib.request.urlopen(request, timeout=2, context=context) as resp:
+            with urllib.request.urlopen(request, timeout=10, context=context) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

@@ -201,7 +201,7 @@ async def test_long_poll_returns_on_decision_or_at_its_bound(env):
     await asyncio.sleep(0.05)
     assert not waiter.done()
     await ap.decide(BOB, opened.id, False, "no")
-    got = await asyncio.wait_for(waiter, 2)
+    got = await asyncio.wait_for(waiter, 10)
     assert got.state == S.APPROVAL_STATE_REJECTED
 
 

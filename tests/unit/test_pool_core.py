@@ -198,7 +198,7 @@ async def test_watch_snapshot_then_coalesced_live_changes():
     assert not nxt.done()  # nothing changed yet
     t.apply_probe("sim-0", SPEC.address, _ok(ModelLoad(1, 0, 0.0)))
     t.upsert(EndpointSpec.make("b", "127.0.0.1:2"))
-    batch = await asyncio.wait_for(nxt, 1)
+    batch = await asyncio.wait_for(nxt, 10)
     assert not batch.snapshot and batch.revision == t.revision
     assert {s.name for s in batch.endpoints} <= {"sim-0", "b"}
     # A watcher at the current revision gets only what happens next.
@@ -207,7 +207,7 @@ async def test_watch_snapshot_then_coalesced_live_changes():
     await asyncio.sleep(0.01)
     assert not nxt.done()
     t.remove("b")
-    batch = await asyncio.wait_for(nxt, 1)
+    batch = await asyncio.wait_for(nxt, 10)
     assert batch.removed == ("b",) and batch.endpoints == ()
     await stream.aclose()
     await live.aclose()
