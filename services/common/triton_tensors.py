@@ -282,19 +282,48 @@ def build_response(
         value = outputs.get(name)
         if value is None:
             continue
-        tensor = resp.outputs.add(name=name, shape=[1, 1])
-        # One element per tensor: pack by hand (numpy costs ~10 us per tiny array, per token).
-        if isinstance(value, str):
-            tensor.datatype = "BYTES"
-            encoded = value.encode("utf-8")
-            data = len(encoded).to_bytes(4, "little") + encoded  # Triton's length-prefixed BYTES
-        else:
-            tensor.datatype = _OUTPUT_DTYPES[name]
-            data = _PACK[tensor.datatype](value)
-        resp.raw_output_contents.append(data)
+        datatype = "BYTES" if isinstance(value, str) else _OUTPUT_DTYPES[name]
+        resp.outputs.add(name=name, datatype=datatype, shape=[1, 1])
+        resp.raw_output_contents.append(_packed(datatype, value))
     if final is not None:
         resp.parameters["triton_final_response"].bool_param = final
     return resp
+
+
+def _packed(datatype: str, value: str | int) -> bytes:
+    """One element per tensor: packed by hand (numpy costs ~10 us per tiny array, per token)."""
+    if isinstance(value, str):
+        encoded = value.encode("utf-8")
+        return len(encoded).to_bytes(4, "little") + encoded  # Triton's length-prefixed BYTES
+    return _PACK[datatype](value)
+
+
+class StreamedResponses:
+    """The streamed responses of one request, as `build_response` wrapped in a
+    ModelStreamInferResponse makes them, for outputs whose values keep their types (text a str,
+    counts ints): the model, id and tensors (names, types, shapes) are built once, and each
+    response is a copy of them plus its contents (a third of the CPU, per token)."""
+
+    def __init__(self, spec: TensorModel, request_id: str, types: Mapping[str, type]) -> None:
+        self._shell = pb.ModelStreamInferResponse()
+        resp = self._shell.infer_response
+        resp.model_name, resp.model_version, resp.id = spec.name, spec.version, request_id
+        self._tensors = tuple(
+            (name, "BYTES" if types[name] is str else _OUTPUT_DTYPES[name])
+            for name in _OUTPUT_ORDER
+            if name in types
+        )
+        for name, datatype in self._tensors:
+            resp.outputs.add(name=name, datatype=datatype, shape=[1, 1])
+
+    def response(self, values: Mapping[str, str | int], final: bool | None) -> pb.ModelStreamInferResponse:
+        out = pb.ModelStreamInferResponse()
+        out.CopyFrom(self._shell)
+        resp = out.infer_response
+        resp.raw_output_contents.extend([_packed(datatype, values[name]) for name, datatype in self._tensors])
+        if final is not None:
+            resp.parameters["triton_final_response"].bool_param = final
+        return out
 
 
 def model_metadata(spec: TensorModel) -> pb.ModelMetadataResponse:

@@ -44,6 +44,8 @@ EXTENSIONS = ("model_repository", "model_configuration", "parameters")
 DECOUPLED_INFER_MESSAGE = "ModelInfer RPC doesn't support models with decoupled transaction policy"
 # Whether a Triton model is decoupled on a given endpoint address (None: cannot tell now).
 DecoupledLookup = Callable[[str, str], Awaitable[bool | None]]
+# The outputs the front door fills in (`_response`), with their values' types.
+VALUE_TYPES: dict[str, type] = {"text_output": str, "num_input_tokens": int, "num_output_tokens": int}
 
 
 @dataclass(frozen=True)
@@ -273,8 +275,19 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         HOLD_S passes; the first goes out at once (time to first token is what callers feel). A
         last delta released by the timer is followed by a final response with empty text."""
 
-        def send(text: str, final: bool, outs: set[str] = outputs) -> None:
-            emit(_wrap(self._response(request, outs, text, call, final)))
+        shaped = tensors.StreamedResponses(
+            FacadeModel(request.model_name),
+            request.id,
+            {k: t for k, t in VALUE_TYPES.items() if k in outputs},
+        )
+
+        def send(text: str, final: bool) -> None:
+            values = {
+                "text_output": text,
+                "num_input_tokens": call.input_tokens,
+                "num_output_tokens": call.output_tokens,
+            }
+            emit(shaped.response(values, final))
 
         loop = asyncio.get_running_loop()
         pending: str | None = None
@@ -328,7 +341,7 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
             return
         if empty_final:
             release()
-            send("", True, set())
+            emit(_wrap(self._response(request, set(), "", call, True)))
         else:
             # The last delta if still held; else an empty final that still carries the outputs
             # asked for, so code reading text_output from every response keeps working.
