@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 
 from tests.e2e.calls import bearer, demo_channel, generate
+from tests.helpers.router_budgets import until_routers_read_budgets
 
 BUDGET = "e2e-alice-daily"
 # The budget fits this many requests at the most one may cost when the run starts. That most is
@@ -28,20 +29,20 @@ def prompt(i: int) -> str:
     return f"Summarise ledger note {i:02d}"  # all of one length, so all of one maximum cost
 
 
-async def set_limit(cost, admin, budget, headroom: int) -> None:
+async def set_limit(cost, admin, budget, headroom: int, routers: list[str]) -> None:
     """Sets the budget's limit to alice's spend today plus `headroom`; waits until both routers
-    have it (they re-read budgets every 0.5 s in the test stack)."""
+    (their metrics URLs) have read it (they re-read budgets every 0.5 s in the test stack)."""
     budget.limit_micro_usd = 10**12
     got = await cost.SetBudget(cost_pb2.SetBudgetRequest(budget=budget), metadata=admin, timeout=10)
     budget.limit_micro_usd = got.budget.spent_micro_usd + headroom
     await cost.SetBudget(cost_pb2.SetBudgetRequest(budget=budget), metadata=admin, timeout=10)
-    await asyncio.sleep(1.5)
+    await until_routers_read_budgets(routers)
 
 
-async def most_one_request_may_cost(channel, cost, admin, budget) -> int:
+async def most_one_request_may_cost(channel, cost, admin, budget, routers: list[str]) -> int:
     """Micro-USD the routers reserve for one load request now, read from the refusals of a
     budget with no headroom (one probe per router behind Envoy, keeping the smallest)."""
-    await set_limit(cost, admin, budget, 1)
+    await set_limit(cost, admin, budget, 1, routers)
     seen = []
     for _ in range(4):
         try:
@@ -61,6 +62,7 @@ async def run_budgeted_load(stack, budget_name: str, lose_redis_after: int = 0):
     finished), and returns (admitted, refusals, spent, limit) once every admitted request is in
     the ledger."""
     admin = bearer(stack.token("alice"))
+    routers = stack.env["HARNESS_ROUTER_METRICS"].split(",")
     async with demo_channel(stack) as channel:
         cost = cost_pb2_grpc.CostStub(channel)
         budget = cost_pb2.Budget(
@@ -69,8 +71,8 @@ async def run_budgeted_load(stack, budget_name: str, lose_redis_after: int = 0):
         )  # fmt: skip
         start = cost_pb2.ReportRequest(group_by=["user"])
         try:
-            each = await most_one_request_may_cost(channel, cost, admin, budget)
-            await set_limit(cost, admin, budget, FITS * each)
+            each = await most_one_request_may_cost(channel, cost, admin, budget, routers)
+            await set_limit(cost, admin, budget, FITS * each, routers)
             start.start_time.GetCurrentTime()
             finished = 0
             lost = asyncio.Event()
@@ -112,7 +114,7 @@ async def run_budgeted_load(stack, budget_name: str, lose_redis_after: int = 0):
             await cost.DeleteBudget(
                 cost_pb2.DeleteBudgetRequest(name=budget_name), metadata=admin, timeout=10
             )
-            await asyncio.sleep(1.0)  # let the routers forget it before other tests run as alice
+            await until_routers_read_budgets(routers)  # forgotten before other tests run as alice
 
 
 async def wipe(stack) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 import yaml
@@ -232,6 +234,31 @@ async def test_router_starts_its_gpu_bound_from_the_rates_the_ledger_charged(cos
     assert budgets.gpu_bound_s("llama-3-8b", 100) == pytest.approx(2 * 0.001 * 100)
     budgets.gpu.observe("llama-3-8b", 100, 0.3)  # what this router sees itself comes first
     assert budgets.gpu.rate("llama-3-8b") == pytest.approx(0.003)
+
+
+async def test_a_router_says_when_it_asked_for_the_budgets_it_enforces(cost_server, cost, admin):
+    """harness_router_budgets_as_of_timestamp_seconds: a budget set before that time is in force
+    on the router (what tests and operators wait on instead of guessing a refresh delay)."""
+    from services.router.budgets import MemoryBudgets, Subjects
+    from services.router.budgets.follower import CostFollower
+    from services.router.budgets.metrics import register_budget_metrics
+
+    stub, _ = cost
+    budgets, metrics = MemoryBudgets(), CollectorRegistry()
+    register_budget_metrics(metrics, budgets)
+    assert metrics.get_sample_value("harness_router_budgets_as_of_timestamp_seconds") == 0
+    b = cost_pb2.Budget(name="b1", scope=cost_pb2.BUDGET_SCOPE_USER, subject="alice",
+                        period=cost_pb2.BUDGET_PERIOD_DAILY, limit_micro_usd=10)  # fmt: skip
+    await stub.SetBudget(cost_pb2.SetBudgetRequest(budget=b), metadata=admin)
+    set_at = time.time()
+    channel = grpc.aio.insecure_channel(cost_server[0].address, interceptors=[_WithMetadata(admin)])
+    try:
+        await CostFollower(channel, budgets).poll_once()
+    finally:
+        await channel.close()
+    as_of = metrics.get_sample_value("harness_router_budgets_as_of_timestamp_seconds")
+    assert set_at <= as_of <= time.time()
+    assert [r.name for r in budgets.table.applicable(Subjects(user="alice"))] == ["b1"]
 
 
 async def test_huge_usage_and_times_are_invalid_argument_not_internal(cost, admin):

@@ -28,6 +28,7 @@ from harness.cost.v1 import cost_pb2, cost_pb2_grpc
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
 from services.common.server import open_channel
+from tests.helpers.router_budgets import until_routers_read_budgets
 from tests.helpers.scaleout import (
     RPM,
     Mesh,
@@ -97,15 +98,19 @@ async def until_routable(m: Mesh, channels, metadata) -> set[str]:
     return ids
 
 
+def router_metrics(m: Mesh) -> list[str]:
+    return [f"http://127.0.0.1:{r.metrics}/metrics" for r in m.routers]
+
+
 async def fan_out(channels, metadata, n: int) -> list:
     return await asyncio.gather(*(call(channels[i % len(channels)], metadata, i) for i in range(n)))
 
 
-async def per_call_max_cost(channel, cost, budget, metadata) -> int:
+async def per_call_max_cost(m: Mesh, channel, cost, budget, metadata) -> int:
     """Micro-USD a router reserves for one call, read from the refusal of a budget with no room."""
     budget.limit_micro_usd = 1
     await cost.SetBudget(cost_pb2.SetBudgetRequest(budget=budget), timeout=10)
-    await asyncio.sleep(1.5)  # routers re-read budgets every 0.5 s here
+    await until_routers_read_budgets(router_metrics(m))  # they re-read budgets every 0.5 s here
     got = await call(channel, metadata, 0)
     assert isinstance(got, grpc.aio.AioRpcError), "a budget of 1 micro-USD admitted a call"
     found = MAX_COST.search(got.details() or "")
@@ -127,12 +132,12 @@ async def test_budgets_rate_limits_and_exactly_once_across_replicas(mesh: Mesh):
             name="scale-budgeted", scope=cost_pb2.BUDGET_SCOPE_USER, subject="budgeted",
             period=cost_pb2.BUDGET_PERIOD_DAILY, limit_micro_usd=1,
         )  # fmt: skip
-        each = await per_call_max_cost(channels[0], cost, budget, budgeted)
+        each = await per_call_max_cost(m, channels[0], cost, budget, budgeted)
         room = FITS * each
         before = await spent(m, "budgeted")
         budget.limit_micro_usd = before + room
         await cost.SetBudget(cost_pb2.SetBudgetRequest(budget=budget), timeout=10)
-        await asyncio.sleep(1.5)
+        await until_routers_read_budgets(router_metrics(m))
 
         # Budget and rate limit under load, with one audit and one cost replica killed meanwhile.
         kill_and_restart = asyncio.create_task(crash_one_audit_and_one_cost(m))

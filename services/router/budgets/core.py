@@ -133,6 +133,8 @@ class BudgetEnforcer(ABC):
         self.epoch = ""  # the store's epoch as last seen ("" = none yet)
         self.rebuilds = 0  # counters this instance rebuilt (tests, metrics)
         self.reregistered = 0  # reservations a renewal found lost and registered again
+        # Unix time the cost service was asked for the budgets this copy holds (0: never).
+        self.budgets_as_of = 0.0
         self._live: dict[str, BudgetReservation] = {}  # admitted here, not settled yet
         self._renewing: asyncio.Task | None = None
 

@@ -106,9 +106,11 @@ class CostFollower(BackgroundFollower):
     async def poll_once(self) -> None:
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
+        asked = time.time()  # every change the cost service committed before this is in the answer
         budgets = await self._stub.ListBudgets(cost_pb2.ListBudgetsRequest(), timeout=5.0)
         prices = await self._stub.ListPrices(cost_pb2.ListPricesRequest(at_time=now), timeout=5.0)
         self.apply(list(budgets.budgets), list(prices.prices))
+        self._enforcer.budgets_as_of = asked
 
     async def poll_gpu_rates(self) -> dict[str, float]:
         """GPU seconds per token (input + output) each model was charged over the last day, from

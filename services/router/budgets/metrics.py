@@ -7,6 +7,8 @@
   gone from the budget store and registered again (the store lost data while they ran).
 - `harness_router_budget_fail_open`: the configured mode when Redis does not answer (1 open with
   a local share, 0 closed); `harness_router_budget_store_degraded`: 1 while it does not answer.
+- `harness_router_budgets_as_of_timestamp_seconds`: Unix time this router asked the cost service
+  for the budgets and prices it enforces (0 before its first answer): how stale its copy may be.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ class BudgetCollector(Collector):
             "harness_router_budget_reservations_reregistered",
             "In-flight reservations registered again after the budget store lost them",
             value=e.reregistered,
+        )
+        yield GaugeMetricFamily(
+            "harness_router_budgets_as_of_timestamp_seconds",
+            "Unix time this router asked the cost service for the budgets and prices it enforces "
+            "(0 before the first answer); changes committed before it are in force here",
+            value=e.budgets_as_of,
         )
 
 
