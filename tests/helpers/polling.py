@@ -28,7 +28,7 @@ async def eventually(
     return time.monotonic() - started
 
 
-async def wait_for(fetch, predicate, timeout: float = 5.0):
+async def wait_for(fetch, predicate, timeout: float = 20.0):
     """The first ``await fetch()`` that ``predicate`` accepts; fails after ``timeout`` with the last."""
     deadline = time.monotonic() + timeout
     while True:

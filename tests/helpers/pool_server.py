@@ -63,7 +63,7 @@ class Watcher:
         m = next((m for m in ep.models if m.name == model), None) if ep else None
         return m.state if m else None
 
-    async def until(self, predicate, timeout: float = 5.0) -> None:
+    async def until(self, predicate, timeout: float = 20.0) -> None:
         async def fetch():
             return self
 
