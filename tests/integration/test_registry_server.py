@@ -20,6 +20,7 @@ from services.registry.policy import Policy
 from services.registry.seed import seed_registry
 from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
+from services.registry.watch import WatchHub
 from tests.helpers.grpc import agent_metadata, user_metadata
 
 # The lead's demo YAML, verbatim in shape (enums in lowercase short form).
@@ -66,8 +67,8 @@ INVALID, NOT_FOUND, EXISTS = (
 PRECOND, UNAUTH = grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED
 
 
-async def _start(store: Store, auth, tls: TlsFiles | None = None):
-    servicer = RegistryServicer(store, Policy(store), auth.trust_domain)
+async def _start(store: Store, auth, tls: TlsFiles | None = None, hub: WatchHub | None = None):
+    servicer = RegistryServicer(store, Policy(store), auth.trust_domain, hub)
     cfg = ServerConfig(name="registry", port=0, metrics_port=None, auth=auth, tls=tls or TlsFiles())
     return await start_server(cfg, servicer.register, api_key_resolver=servicer.resolve_api_key)
 
