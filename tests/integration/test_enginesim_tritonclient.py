@@ -201,7 +201,7 @@ def test_cold_start_takes_the_load_time_and_unload_frees_memory(sim, client):
     started = time.perf_counter()
     client.load_model(COLD)
     took = time.perf_counter() - started
-    assert 2 / TIME_SCALE <= took < 2 / TIME_SCALE + 1.0  # 2 s simulated = 0.2 s real
+    assert 2 / TIME_SCALE <= took < 2.0  # 2 s simulated = 0.2 s real, and not the 2 s unscaled
     assert client.is_model_ready(COLD)
     states = {m["name"]: m.get("state") for m in client.get_model_repository_index(as_json=True)["models"]}
     assert states[COLD] == "READY"
@@ -226,8 +226,10 @@ def test_a_repeated_prefix_is_not_prefilled_again(sim, client):
     assert warm.outputs["kv_cache_reused_blocks"] == 20
     assert warm.outputs["kv_cache_alloc_new_blocks"] == warm.outputs["kv_cache_alloc_total_blocks"] - 20
     # Simulated TTFT: cold 5 + 0.1 + 2 * 322 = 649 ms; warm 5 + 0.1 + 2 * 2 = 9 ms (10x scaled).
+    # The floor holds on any machine. The warm one is compared as the server timed it: the
+    # client's clock adds two processes' scheduling (tens of ms on a loaded machine, against
+    # 1 ms real warm and 65 ms cold).
     assert cold.ttft_s >= 0.0649
-    assert warm.ttft_s < cold.ttft_s / 3
     server_ttft = warm.outputs["first_token_time_ns"] - warm.outputs["arrival_time_ns"]
     assert 0 < server_ttft < (cold.outputs["first_token_time_ns"] - cold.outputs["arrival_time_ns"]) / 3
     assert metric(sim, "nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="reused", model=STREAM) >= 20
