@@ -249,13 +249,15 @@ class Call:
         self.finish_reason = common_pb2.FINISH_REASON_LENGTH if length else common_pb2.FINISH_REASON_STOP
 
     # --- what other parts need, built from the call in one place ------------------------------
-    def facts(self) -> records.CallFacts:
+    def facts(self, status: str = "") -> records.CallFacts:
+        """What records say of the call; `status` in place of the call's own (the journal's
+        ABORTED twin)."""
         agent = self.agent
         name = agent.name if agent is not None else (self.ctx.identity.agent if self.ctx else "")
         tool = self.tool.tool if self.tool is not None else None
         return records.CallFacts(
             self.ctx, name, self.agent_version, agent.project if agent is not None else "", self.model,
-            self.deployment, self.gpu_type, status=self.status, rule=self.rule, team=self.team,
+            self.deployment, self.gpu_type, status=status or self.status, rule=self.rule, team=self.team,
             event_id=self.audit_id, usage_id=self.usage_id,
             tool=f"{tool.name}@{tool.version}" if tool is not None else "",
         )  # fmt: skip

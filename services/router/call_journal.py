@@ -10,7 +10,6 @@ once (they deduplicate by id).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -67,7 +66,7 @@ class CallJournal:
 
     def _events(self) -> tuple[bytes, bytes]:
         call = self._call
-        facts = dataclasses.replace(call.facts(), status="ABORTED")
+        facts = call.facts(status="ABORTED")
         output_tokens = max(call.output_tokens, len(call.text_parts))
         input_tokens = call.input_tokens or call.prompt_tokens
         details = {

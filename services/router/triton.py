@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -36,6 +37,10 @@ TritonRequest = EngineRequest
 TritonChunk = EngineChunk
 
 
+_INT32, _FP32, _UINT64 = struct.Struct("<i"), struct.Struct("<f"), struct.Struct("<Q")
+_TRUE, _FALSE = b"\x01", b"\x00"
+
+
 def _tensor(name: str, datatype: str, shape: list[int]) -> service_pb2.ModelInferRequest.InferInputTensor:
     t = service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=datatype)
     t.shape.extend(shape)
@@ -46,28 +51,27 @@ def build_request(req: TritonRequest) -> service_pb2.ModelInferRequest:
     """TensorRT-LLM ensemble inputs (batch dim first): text_input, max_tokens, stream, sampling."""
     msg = service_pb2.ModelInferRequest(model_name=req.model, id=req.request_id)
     msg.parameters["triton_enable_empty_final_response"].bool_param = True
+    # One element per tensor, packed by hand as numpy would (little-endian; BYTES length-prefixed):
+    # numpy costs some microseconds per tiny array, and this runs for every call.
+    prompt = req.prompt.encode()
     inputs: list[tuple[str, str, bytes]] = [
-        (
-            "text_input",
-            "BYTES",
-            serialize_byte_tensor(np.array([[req.prompt.encode()]], dtype=object)).item(),
-        ),
-        ("max_tokens", "INT32", np.array([[req.max_tokens]], dtype=np.int32).tobytes()),
-        ("stream", "BOOL", np.array([[req.stream]], dtype=bool).tobytes()),
+        ("text_input", "BYTES", len(prompt).to_bytes(4, "little") + prompt),
+        ("max_tokens", "INT32", _INT32.pack(req.max_tokens)),
+        ("stream", "BOOL", _TRUE if req.stream else _FALSE),
         # Without it a non-streamed TensorRT-LLM answer starts with the prompt.
-        ("exclude_input_in_output", "BOOL", np.array([[True]], dtype=bool).tobytes()),
+        ("exclude_input_in_output", "BOOL", _TRUE),
         # Usage is accounted from the engine's own counts, not re-tokenised here.
-        ("return_num_input_tokens", "BOOL", np.array([[True]], dtype=bool).tobytes()),
-        ("return_num_output_tokens", "BOOL", np.array([[True]], dtype=bool).tobytes()),
+        ("return_num_input_tokens", "BOOL", _TRUE),
+        ("return_num_output_tokens", "BOOL", _TRUE),
     ]
     if req.temperature > 0:
-        inputs.append(("temperature", "FP32", np.array([[req.temperature]], dtype=np.float32).tobytes()))
+        inputs.append(("temperature", "FP32", _FP32.pack(req.temperature)))
     if req.top_p > 0:
-        inputs.append(("top_p", "FP32", np.array([[req.top_p]], dtype=np.float32).tobytes()))
+        inputs.append(("top_p", "FP32", _FP32.pack(req.top_p)))
     if req.top_k > 0:
-        inputs.append(("top_k", "INT32", np.array([[req.top_k]], dtype=np.int32).tobytes()))
+        inputs.append(("top_k", "INT32", _INT32.pack(req.top_k)))
     if req.seed is not None:
-        inputs.append(("seed", "UINT64", np.array([[req.seed]], dtype=np.uint64).tobytes()))
+        inputs.append(("seed", "UINT64", _UINT64.pack(req.seed)))
     for name, dtype, raw in inputs:
         msg.inputs.append(_tensor(name, dtype, [1, 1]))
         msg.raw_input_contents.append(raw)
@@ -79,31 +83,29 @@ def build_request(req: TritonRequest) -> service_pb2.ModelInferRequest:
 
 
 def parse_response(resp: service_pb2.ModelInferResponse) -> TritonChunk:
-    outputs: dict[str, bytes] = {}
-    for i, out in enumerate(resp.outputs):
-        if i < len(resp.raw_output_contents):
-            outputs[out.name] = resp.raw_output_contents[i]
-    text = ""
-    raw_text = outputs.get("text_output")
-    if raw_text:
-        text = _bytes_elements(raw_text)
+    # One pass over the outputs, per token: no dict of them, no helper closure per response.
+    raw = resp.raw_output_contents
+    text, input_tokens, output_tokens = "", None, None
+    for out, data in zip(resp.outputs, raw, strict=False):  # outputs without contents carry nothing
+        name = out.name
+        if name == "text_output":
+            text = _bytes_elements(data) if data else ""
+        elif name == "num_input_tokens":
+            input_tokens = _count(data)
+        elif name == "num_output_tokens":
+            output_tokens = _count(data)
+    params = resp.parameters
+    final = params["triton_final_response"].bool_param if "triton_final_response" in params else False
+    return TritonChunk(text, final, input_tokens, output_tokens)
 
-    def count(name: str) -> int | None:
-        raw = outputs.get(name)
-        if not raw:
-            return None
-        return (
-            int.from_bytes(raw, "little", signed=True)
-            if len(raw) == 4
-            else int(np.frombuffer(raw, np.int32).sum())
-        )
 
-    final = (
-        resp.parameters["triton_final_response"].bool_param
-        if "triton_final_response" in resp.parameters
-        else False
-    )
-    return TritonChunk(text, final, count("num_input_tokens"), count("num_output_tokens"))
+def _count(raw: bytes) -> int | None:
+    """An INT32 count tensor's value (the sum when it has several elements); None when empty."""
+    if not raw:
+        return None
+    if len(raw) == 4:
+        return int.from_bytes(raw, "little", signed=True)
+    return int(np.frombuffer(raw, np.int32).sum())
 
 
 def _bytes_elements(raw: bytes) -> str:
