@@ -18,11 +18,16 @@ ratios to (a), and the CPU the Harness processes on each path spent per request 
 (from /proc: the relay; router-1; Envoy and both routers; the ext_proc Envoy and both routers).
 Target: the router adds < 1 ms at p50 at concurrency 1.
 
+The routers serve llama-3-8b from sim-0 (Triton's protocol) and sim-2 (the OpenAI API, over
+HTTP). The relay and the direct path only ever talk to sim-0, so by default the bench drains the
+stack's OpenAI-protocol simulators before it measures and every path reaches the same engine over
+the same protocol; `--engines all` keeps them (the router then sends part of the calls over HTTP).
+
 Caveat: client, two routers, Envoy, the simulators and the other services share this
 machine's cores, so the higher concurrencies measure the machine as much as the router.
 
 Usage: python bench/router_overhead.py [--quick] [--requests 300] [--concurrency 1,16,64]
-       [--max-tokens 8] [--time-scale 1000]
+       [--max-tokens 8] [--time-scale 1000] [--engines triton|all]
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from _cli import closed_loop_parser, run_closed_loop
 from _common import REPO, pct, stream_one
 
 from services.envoy.extproc import with_extproc
+from services.stack.simulators import DEFAULT_SIMULATORS
 
 MODEL = "llama-3-8b-instruct"  # sim-0's Triton model; the router maps it to catalog llama-3-8b
 
@@ -90,6 +96,19 @@ def start_extproc_envoy(root: Path, count_tokens: bool) -> tuple[subprocess.Pope
         time.sleep(0.1)
     proc.kill()
     raise SystemExit(f"the ext_proc Envoy did not listen; see {root / 'logs' / 'envoy-extproc.log'}")
+
+
+def drain_openai_simulators(root: Path, env: dict[str, str]) -> None:
+    """Takes the stack's OpenAI-protocol simulators out of the routers' choice (the pool's drain,
+    pushed to the routers by its watch), so the router reaches sim-0 as the relay does."""
+    harness = Path(sys.executable).parent / "harness"
+    for spec in DEFAULT_SIMULATORS:
+        if spec.protocol == "openai":
+            subprocess.run(
+                [str(harness), "endpoints", "drain", spec.name, "--wait", "10"],
+                cwd=root.parent, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+    time.sleep(2.0)  # the pool's watch carries the drain to both routers well within this
 
 
 def free_port() -> int:
@@ -171,6 +190,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 "certificate_chain": env["HARNESS_CERT"],
             }
             auth = {"authorization": f"Bearer {env['HARNESS_TOKEN']}"}
+            if args.engines == "triton":
+                drain_openai_simulators(root, env)
             relay, relay_addr = start_relay(sim_addr)
             started.append(relay)
             extproc, extproc_addr = start_extproc_envoy(root, count_tokens=True)
@@ -223,7 +244,8 @@ async def main_async(args: argparse.Namespace) -> None:
 
     print(
         f"\nRouter overhead: tritonclient.grpc.aio ModelStreamInfer, max_tokens {args.max_tokens}, simulator "
-        f"time scale {args.time_scale:g}; closed loop, distinct prompts (no result-cache hits); "
+        f"time scale {args.time_scale:g}; engines {args.engines}; closed loop, distinct prompts "
+        "(no result-cache hits); "
         f"{os.cpu_count()} CPUs shared by client and stack"
     )
     head = (
@@ -279,6 +301,10 @@ def main(argv: list[str] | None = None) -> None:
     p = closed_loop_parser(__doc__.splitlines()[0], (300, 150), "fewer requests per level (for `make bench`)")
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--time-scale", type=float, default=1000.0)
+    p.add_argument(
+        "--engines", choices=("triton", "all"), default="triton",
+        help="triton (default): the routers serve from sim-0 only, as the relay does; all: also sim-2 (OpenAI API)",
+    )  # fmt: skip
     run_closed_loop(p, argv, main_async)
 
 
