@@ -7,6 +7,7 @@ import pytest
 
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.router.flow import MemoryRateLimiter, RateLimiter, RateLimits
+from services.router.flow.limits import PERIOD_MS
 
 
 class FakeClock:
@@ -153,6 +154,21 @@ async def test_cost_over_limit_is_invalid(limiter):
         await limiter.admit("a", "u", RateLimits(agent_tpm=1000), 1001)
     with pytest.raises(InvalidArgument):
         await limiter.admit("a", "u", RateLimits(), -1)
+
+
+@pytest.mark.parametrize("now", [123_456_789.0, 4_220_250.123, 1_700_000_000_000.0, 1_764_684_000_123.457])
+@pytest.mark.parametrize("limit", [1, 3, 7, 13, 600])
+async def test_a_full_burst_is_admitted_whatever_the_clock_reads(limiter, clock, now, limit):
+    # Float times: with a limit of 7 the 7th request overran the window by a rounding error
+    # (3e-8 ms at 123456789.0) and was refused; a limit of 1 refused its only request at some
+    # readings. The whole limit passes at once, and the next request waits a full interval.
+    clock.now = now
+    limits = RateLimits(agent_rpm=limit)
+    for _ in range(limit):
+        await limiter.admit("a", "u", limits, 1)
+    with pytest.raises(ResourceExhausted) as e:
+        await limiter.admit("a", "u", limits, 1)
+    assert PERIOD_MS / limit - 1 <= e.value.retry_after_ms <= PERIOD_MS / limit + 1
 
 
 async def test_steady_rate_is_sustained(limiter, clock):

@@ -33,6 +33,7 @@ if not now then
   now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
 local period = tonumber(ARGV[2])
+local slack = period * 1e-6  -- limits.ROUNDING_SLACK_MS
 local new = {}
 local worst, worst_retry = 0, 0
 for i = 1, #KEYS do
@@ -42,7 +43,7 @@ for i = 1, #KEYS do
   if tat < now then tat = now end
   local nt = tat + cost * interval
   local over = nt - now - period
-  if over > 0 and over > worst_retry then
+  if over > slack and over > worst_retry then
     worst = i
     worst_retry = over
   end
