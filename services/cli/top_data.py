@@ -9,30 +9,14 @@ percentiles and the error share too while the agent has traffic, else since the 
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client.parser import text_string_to_metric_families
+from services.common.metrics_page import Key, scrape
 
 WINDOW_S = 60.0
-MAX_METRICS_BYTES = 16 * 1024 * 1024
 SERVER_ERRORS = frozenset({"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN", "DATA_LOSS"})
-Key = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
-
-
-def scrape(url: str, timeout_s: float = 2.0) -> dict[Key, float]:
-    """One /metrics page as {(name, labels): value}; raises OSError/ValueError when unreadable."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as r:
-        body = r.read(MAX_METRICS_BYTES + 1)
-    if len(body) > MAX_METRICS_BYTES:
-        raise ValueError(f"{url}: metrics page over {MAX_METRICS_BYTES} bytes")
-    out: dict[Key, float] = {}
-    for family in text_string_to_metric_families(body.decode("utf-8", "replace")):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 COUNTED = ("_total", "_bucket", "_count", "_sum")

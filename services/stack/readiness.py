@@ -1,7 +1,7 @@
 """How `harness up` waits for its children and seeds them: each service until it answers gRPC
 health, the demo ledger, the user's servers' models into the demo catalog, every simulator's
-models ready in the pool, the registry and cost seeds, then Envoy and Prometheus (a part of
-`Stack`, up.py)."""
+models ready in the pool, the registry and cost seeds, every router holding both, then Envoy
+and Prometheus (a part of `Stack`, up.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 from harness.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.common.config import TlsFiles
+from services.common.metrics_page import scrape
 from services.common.server import open_channel
 from services.stack import demo_tools
 from services.stack import prometheus as prom
@@ -104,6 +105,7 @@ class StartupChecks:
             )
             await registry.SetJwtSettings(registry_pb2.SetJwtSettingsRequest(settings=settings), timeout=5.0)
             await seed_cost(cost_pb2_grpc.CostStub(channels["cost"]), self.demo, ())
+            await self._routers_hold_the_seeds(time.time(), deadline)
 
             self._start_envoy()
             await self._until("envoy", self._envoy_ready, deadline)
@@ -114,6 +116,25 @@ class StartupChecks:
         finally:
             for ch in (*sims.values(), *channels.values()):
                 await ch.close()
+
+    async def _routers_hold_the_seeds(self, seeded_at: float, deadline: float) -> None:
+        """Every router has applied the seeded registry revision (its Watch) and asked the cost
+        service for budgets since they were seeded (its poll), so the first call after "healthy"
+        finds the demo agents and their budgets on whichever router it reaches."""
+        p = self.cfg.ports
+        page = f"http://127.0.0.1:{p.registry_metrics}/metrics"
+        revision = (await asyncio.to_thread(scrape, page)).get(("harness_registry_revision", ()), 0.0)
+
+        async def holds(url: str) -> bool:
+            got = await asyncio.to_thread(scrape, url)
+            return (
+                got.get(("harness_registry_mirror_revision", ()), -1.0) >= revision
+                and got.get(("harness_router_budgets_as_of_timestamp_seconds", ()), 0.0) >= seeded_at
+            )
+
+        for i, port in enumerate(p.router_metrics):
+            url = f"http://127.0.0.1:{port}/metrics"
+            await self._until(f"router-{i + 1} holding the seeds", lambda url=url: holds(url), deadline)
 
     async def _map_catalog(self, pool: pool_pb2_grpc.PoolStub, deadline: float) -> None:
         """The user's servers' models into the demo catalog, before it is seeded (catalog_map.py)."""

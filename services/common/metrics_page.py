@@ -1,0 +1,24 @@
+"""One Prometheus /metrics page read as {(sample name, sorted labels): value}, bounded in size
+(`harness top` and `harness up`'s readiness read the services' own pages this way)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+MAX_METRICS_BYTES = 16 * 1024 * 1024
+Key = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
+
+
+def scrape(url: str, timeout_s: float = 2.0) -> dict[Key, float]:
+    """One /metrics page as {(name, labels): value}; raises OSError/ValueError when unreadable."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as r:
+        body = r.read(MAX_METRICS_BYTES + 1)
+    if len(body) > MAX_METRICS_BYTES:
+        raise ValueError(f"{url}: metrics page over {MAX_METRICS_BYTES} bytes")
+    out: dict[Key, float] = {}
+    for family in text_string_to_metric_families(body.decode("utf-8", "replace")):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
