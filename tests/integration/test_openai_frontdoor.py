@@ -271,6 +271,14 @@ async def test_malformed_and_oversized_bodies(front):
         image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
         part = await http.post(url, headers=auth, json={"model": MODEL, "messages": image})
         huge = await http.post(url, headers=auth, content=b" " * (MAX_BODY_BYTES + 1))
+
+        async def blocks():  # no Content-Length: chunked, refused once past the limit
+            for _ in range(MAX_BODY_BYTES // 65536 + 2):
+                yield b" " * 65536
+
+        chunked = await http.post(url, headers=auth, content=blocks())
+    # The oversized bodies are answered, not reset: the server reads on before it refuses.
+    assert chunked.status_code == 413 and "limit" in chunked.json()["error"]["message"]
     assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "foo"
     assert part.status_code == 400 and part.json()["error"]["param"] == "messages[0].content[0].type"

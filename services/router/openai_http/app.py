@@ -37,6 +37,7 @@ from services.router.openai_http.sse import EventStream
 log = logging.getLogger("harness.router.openai")
 FRONTDOOR = "openai"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a 1M-character prompt (the router's limit) fits, JSON-escaped
+DRAIN_LIMIT_BYTES = 2 * MAX_BODY_BYTES  # read and dropped at most, to answer an oversized body
 JSON = "application/json"
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/mcp")
 
@@ -290,17 +291,30 @@ def _error(exc: HarnessError) -> Response:
 
 
 async def _body(request: Request) -> bytes:
-    """The request body, refused past MAX_BODY_BYTES without reading the rest."""
+    """The request body, refused past MAX_BODY_BYTES. An oversized body is read on (and dropped)
+    up to DRAIN_LIMIT_BYTES before the 413: a client still sending when the answer came and the
+    connection closed would otherwise see the connection reset instead of the answer."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        if int(declared) <= DRAIN_LIMIT_BYTES:
+            await _drain(request.stream(), 0)
         raise BodyTooLarge(f"the request body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
     parts, size = [], 0
-    async for chunk in request.stream():
+    chunks = request.stream()
+    async for chunk in chunks:
         size += len(chunk)
         if size > MAX_BODY_BYTES:
+            await _drain(chunks, size)
             raise BodyTooLarge(f"the request body is over the limit of {MAX_BODY_BYTES} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+async def _drain(chunks: AsyncIterator[bytes], size: int) -> None:
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > DRAIN_LIMIT_BYTES:
+            return
 
 
 class _Observed:
