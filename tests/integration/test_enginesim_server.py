@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.request
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -16,13 +14,11 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, serialize_byte_tensor
 
 from services.enginesim.testing import EngineSimHandle, enginesim_server, write_catalog
-from services.pool.scrape import triton_sample_name
 from tests.helpers.polling import until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -341,61 +337,3 @@ async def test_cancelling_the_stream_cancels_its_requests(sim, stub):
     call.cancel()
     await until(lambda: engine.running == 0)
     assert engine.stats.failures["CANCELED"] == 1
-
-
-# --- metrics and the process ----------------------------------------------------------------
-async def scrape(sim: EngineSimHandle) -> tuple[str, Callable[..., float]]:
-    """GET /metrics; returns the body and value(name, **labels) over the parsed samples."""
-    body = await asyncio.to_thread(lambda: urllib.request.urlopen(sim.metrics_url, timeout=5).read().decode())
-    samples = {
-        (triton_sample_name(family.type, s.name), tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(body)
-        for s in family.samples
-    }
-
-    def value(name: str, **labels: str) -> float:
-        return samples[(name, tuple(sorted(labels.items())))]
-
-    return body, value
-
-
-async def test_metrics_endpoint_shows_triton_names(sim, client):
-    await client.infer(INFER_MODEL, infer_inputs("count me", 3))
-    body, value = await scrape(sim)
-    # Triton's counter names exactly: no "_total" family added by the client library.
-    assert "nv_inference_request_success_total" not in body and "nv_inference_count_total" not in body
-    mv = {"model": INFER_MODEL, "version": "1"}
-    assert value("nv_inference_request_success", **mv) == 1
-    assert value("nv_inference_count", **mv) == 1
-    assert value("nv_inference_request_failure", reason="REJECTED", **mv) == 0
-    assert value("nv_inference_pending_request_count", **mv) == 0
-    assert value("nv_inference_request_duration_us", **mv) > 0
-    assert value("nv_inference_compute_infer_duration_us", **mv) > 0
-    assert value("nv_inference_queue_duration_us", **mv) >= 0
-    assert value("nv_trt_llm_request_metrics", request_type="max", **mv) == 8
-    assert value("nv_trt_llm_request_metrics", request_type="active", **mv) == 0
-    assert value("nv_trt_llm_request_metrics", request_type="waiting", **mv) == 0
-    assert value("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="max", **mv) == 1024
-    assert value("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="used", **mv) == 0
-    assert value("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="fraction", **mv) == 0
-    gpu = {"gpu_uuid": "GPU-enginesim-0"}
-    assert value("nv_gpu_memory_total_bytes", **gpu) == 40 * 1024**3
-    assert value("nv_gpu_memory_used_bytes", **gpu) == 30 * 1024**3  # three 10 GB models
-    assert 0 <= value("nv_gpu_utilization", **gpu) <= 1
-
-
-async def test_metrics_follow_running_and_waiting_requests(sim, client):
-    first = asyncio.create_task(client.infer(SLOW_MODEL, infer_inputs("a", 3)))
-    second = asyncio.create_task(client.infer(SLOW_MODEL, infer_inputs("b", 3)))
-    await asyncio.sleep(0.05)
-    _, value = await scrape(sim)
-    mv = {"model": SLOW_MODEL, "version": "1"}
-    assert value("nv_trt_llm_request_metrics", request_type="active", **mv) == 1
-    assert value("nv_trt_llm_request_metrics", request_type="waiting", **mv) == 1
-    assert value("nv_inference_pending_request_count", **mv) == 1
-    assert value("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="used", **mv) == 1
-    await asyncio.gather(first, second)
-    _, value = await scrape(sim)
-    assert value("nv_trt_llm_request_metrics", request_type="active", **mv) == 0
-    assert value("nv_inference_request_success", **mv) == 2
-    assert value("nv_inference_queue_duration_us", **mv) == 3 * 50_000_000  # 2nd waited 3 steps of 50 s
