@@ -81,6 +81,9 @@ class NullEvents:
     def emit_usage(self, event) -> None:
         pass
 
+    def emit_call(self, events, journal) -> None:
+        pass
+
     def check_durable(self) -> None:
         pass
 

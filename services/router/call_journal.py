@@ -55,6 +55,15 @@ class CallJournal:
             except OutboxError as exc:
                 log.warning("call %s: progress not recorded: %s", self._call.request_id, exc)
 
+    def open_id(self) -> str:
+        """The entry's id while it is open ("" once ended), for a transaction that ends it along
+        with the call's own events (EventShipper.emit_call, then `ended`)."""
+        return self.id if self._open else ""
+
+    def ended(self) -> None:
+        """The entry was deleted in the same transaction as the call's own events."""
+        self._open = False
+
     def finish(self) -> None:
         """After the call's own events are in the outbox."""
         if self._open:

@@ -87,6 +87,10 @@ class _Lane:
                 ) from exc
             log.error("%s: %s; holding the event in memory", self.name, exc)
             self._held.append(payload)
+        self.added()
+
+    def added(self) -> None:
+        """An event of this lane is in the outbox (or held): count it and wake the shipper."""
         if self._oldest is None:
             self._oldest = time.time()
         self._pending.inc()
@@ -253,6 +257,43 @@ class EventShipper:
     def emit_usage(self, event: common_pb2.UsageEvent) -> None:
         self._usage.put(event.SerializeToString(), self.fail_closed)
 
+    def emit_call(
+        self, events: list[common_pb2.AuditEvent | common_pb2.UsageEvent], journal: CallJournal | None
+    ) -> None:
+        """A finished call's events and the end of its journal entry, durable in one transaction
+        (one commit instead of one per event). If the outbox refuses it, each event is tried on
+        its own (`emit_each`)."""
+        lanes = [self._usage if isinstance(event, common_pb2.UsageEvent) else self._audit for event in events]
+        rows = [(lane.name, event.SerializeToString()) for lane, event in zip(lanes, events, strict=True)]
+        try:
+            self.outbox.append_call_end(rows, journal.open_id() if journal is not None else "")
+        except OutboxError:
+            emit_each(self, events, journal)
+            return
+        if journal is not None:
+            journal.ended()
+        for lane in lanes:
+            lane.added()
+
     async def drain(self, timeout: float = 5.0) -> None:
         await asyncio.gather(self._audit.drain(timeout), self._usage.drain(timeout))
         self.outbox.close()
+
+
+def emit_each(
+    shipper, events: list[common_pb2.AuditEvent | common_pb2.UsageEvent], journal: CallJournal | None
+) -> None:
+    """A finished call's events one by one (`shipper.emit_*`): one failing (fail-closed outbox)
+    must not skip the others, and then the journal entry stays, so the next start ships the
+    call as aborted; the first failure is raised once all were tried."""
+    failures: list[Exception] = []
+    for event in events:
+        emit = shipper.emit_usage if isinstance(event, common_pb2.UsageEvent) else shipper.emit_audit
+        try:
+            emit(event)
+        except Exception as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+    if journal is not None:
+        journal.finish()

@@ -67,6 +67,30 @@ class Outbox:
             raise OutboxError(f"outbox {self.path}: {exc}") from exc
         self.failing = False
 
+    def append_call_end(self, rows: list[tuple[str, bytes]], call_id: str = "") -> None:
+        """A call's own events (lane, payload) and, with `call_id`, the end of its journal entry,
+        in one transaction: one commit instead of one per event (each is a write to the WAL)."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                now = time.time()
+                db.executemany(
+                    "INSERT INTO outbox (lane, payload, created) VALUES (?, ?, ?)",
+                    [(lane, payload, now) for lane, payload in rows],
+                )
+                if call_id:
+                    db.execute("DELETE FROM calls WHERE call_id = ?", (call_id,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self.failing = True
+            raise OutboxError(f"outbox {self.path}: {exc}") from exc
+        self.failing = False
+
     def peek(self, lane: str, limit: int) -> list[tuple[int, bytes]]:
         """The oldest `limit` events of `lane` (seq, payload), still in the outbox."""
         return self._db.execute(

@@ -9,6 +9,7 @@ from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 
 from services.router.call_journal import CallJournal
+from services.router.events import emit_each
 from services.router.outbox import Outbox
 from services.router.views import AccessDecision
 
@@ -66,6 +67,9 @@ class Events:
 
     def emit_usage(self, event) -> None:
         self.usage.append(event)
+
+    def emit_call(self, events, journal) -> None:
+        emit_each(self, events, journal)
 
     def check_durable(self) -> None:
         pass

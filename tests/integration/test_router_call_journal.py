@@ -13,7 +13,7 @@ from services.common import context as reqctx
 from services.router.call import Call, GenerationInput
 from services.router.call_journal import CallJournal
 from services.router.events import EventShipper
-from services.router.outbox import Outbox
+from services.router.outbox import Outbox, OutboxError
 from tests.integration.test_router_hot_path import harness, run, sim  # noqa: F401
 
 
@@ -59,3 +59,48 @@ async def test_a_call_under_way_at_a_crash_ships_as_aborted_at_the_next_start(tm
         )
         await shipper.drain(0.1)
     assert Outbox(path).recover_calls() == 0  # shipped once, not at every start
+
+
+def _started_call(outbox: Outbox) -> tuple[Call, CallJournal]:
+    ctx = reqctx.new_context(reqctx.Identity(agent="demo-agent", user="alice"))
+    call = Call(GenerationInput(prompt="a short answer"), ctx=ctx, model="llama-3-8b", prompt_tokens=4)
+    journal = CallJournal(outbox, call, fail_closed=True)
+    journal.start()
+    return call, journal
+
+
+def _events_of(call: Call) -> list:
+    return [
+        common_pb2.UsageEvent(event_id=call.usage_id, model="llama-3-8b"),
+        common_pb2.AuditEvent(event_id=call.audit_id, status="OK"),
+    ]
+
+
+async def test_a_finished_calls_events_and_its_journal_end_are_written_together(tmp_path):
+    outbox = Outbox(str(tmp_path / "outbox.db"))
+    call, journal = _started_call(outbox)
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as ch:
+        shipper = EventShipper(ch, ch, CollectorRegistry(), outbox, fail_closed=True)
+        shipper.emit_call(_events_of(call), journal)
+        assert outbox.calls_under_way() == 0
+        [(_, usage)] = outbox.peek("usage", 10)
+        [(_, audit)] = outbox.peek("audit", 10)
+        assert common_pb2.UsageEvent.FromString(usage).event_id == call.usage_id
+        assert common_pb2.AuditEvent.FromString(audit).event_id == call.audit_id
+        journal.finish()  # already ended: nothing more to delete, no error
+        assert outbox.pending("audit") == 1
+
+
+async def test_when_the_one_transaction_fails_each_event_is_written_on_its_own(tmp_path, monkeypatch):
+    outbox = Outbox(str(tmp_path / "outbox.db"))
+    call, journal = _started_call(outbox)
+
+    def refuse(rows, call_id=""):
+        raise OutboxError("database is locked")
+
+    monkeypatch.setattr(outbox, "append_call_end", refuse)
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as ch:
+        shipper = EventShipper(ch, ch, CollectorRegistry(), outbox, fail_closed=True)
+        shipper.emit_call(_events_of(call), journal)
+        assert outbox.pending("usage") == 1 and outbox.pending("audit") == 1
+        assert outbox.calls_under_way() == 0  # every event made it: the entry ends

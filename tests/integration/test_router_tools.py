@@ -18,6 +18,7 @@ from harness.registry.v1 import registry_pb2
 from services.common import context as reqctx
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from services.router.budgets import BudgetRule, MemoryBudgets, PriceTable
+from services.router.events import emit_each
 from services.router.privacy import AgentRedactors
 from services.router.result_cache import MemoryResultCache
 from services.router.tools import ToolCall, ToolInvoker
@@ -121,6 +122,9 @@ class Events:
 
     def emit_usage(self, e) -> None:
         self.usage.append(e)
+
+    def emit_call(self, events, journal) -> None:
+        emit_each(self, events, journal)
 
     def check_durable(self) -> None:
         if self.failing:  # as a fail-closed shipper whose outbox cannot write

@@ -69,21 +69,15 @@ class Record(Stage):
 
     async def complete(self, call: Call, error: BaseException | None) -> None:
         facts = call.facts()
-        failures: list[Exception] = []
-        for event in self._usage(call, facts), *self._audit(call, facts, error):
-            if event is None:
-                continue
-            emit = (
-                self.events.emit_usage if isinstance(event, common_pb2.UsageEvent) else self.events.emit_audit
-            )
-            try:  # one event failing (fail-closed outbox) must not skip the others
-                emit(event)
-            except Exception as exc:
-                failures.append(exc)
-        if failures:  # the journal entry stays: the next start ships the call as aborted
-            raise failures[0]
-        if call.journal is not None:
-            call.journal.finish()
+        usage = self._usage(call, facts)
+        events = (
+            [usage, *self._audit(call, facts, error)]
+            if usage is not None
+            else self._audit(call, facts, error)
+        )
+        # One transaction with the end of the journal entry; an event failing (fail-closed
+        # outbox) skips none of the others, and the entry then stays (shipped as aborted).
+        self.events.emit_call(events, call.journal)
 
     @staticmethod
     def _usage(call: Call, facts: records.CallFacts) -> common_pb2.UsageEvent | None:
