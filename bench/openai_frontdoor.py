@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,12 +59,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
-def stack_pids(root: Path) -> list[int]:
+def gateway_pids(root: Path) -> dict[int, str]:
+    """The stack's gateway processes (both routers and Envoy), pid -> name."""
     pids = {}
     for line in (root / "stack.pids").read_text().splitlines():
         name, _, pid = line.partition(" ")
         pids[name] = int(pid)
-    return [pid for name, pid in pids.items() if name.startswith("router") or name == "envoy"]
+    return {pid: name for name, pid in pids.items() if name.startswith("router") or name == "envoy"}
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Level:
     server_cpu_ms: float  # per request: routers + Envoy
     client_cpu_ms: float  # per request: this process
     errors: int = 0  # calls that failed (not in the latencies)
+    by_process: dict[str, float] = field(default_factory=dict)  # server_cpu_ms by process name
 
     @property
     def rps(self) -> float:
@@ -137,7 +139,8 @@ def http_call(http: httpx2.AsyncClient, base_url: str, token: str, max_tokens: i
     return call
 
 
-async def run_level(call: Call, pids: list[int], concurrency: int, requests: int, tag: str) -> Level:
+async def run_level(call: Call, pids: dict[int, str], concurrency: int, requests: int, tag: str) -> Level:
+    """One closed loop; `pids` (pid -> process name) are the servers whose CPU is read."""
     for i in range(max(5, concurrency)):  # warm-up: connections, TLS, router caches
         await call(f"warm {tag} {i}: summarise the ledger policy")
     latencies: list[float] = []
@@ -156,21 +159,24 @@ async def run_level(call: Call, pids: list[int], concurrency: int, requests: int
             latencies.append(e2e)
             ttfts.append(ttft)
 
-    server0, client0, t0 = cpu_seconds(pids), time.process_time(), time.perf_counter()
+    server0, client0, t0 = {p: cpu_seconds([p]) for p in pids}, time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - t0
-    server = (cpu_seconds(pids) - server0) * 1000 / requests
+    by_process: dict[str, float] = {}
+    for p, name in pids.items():
+        by_process[name] = by_process.get(name, 0.0) + (cpu_seconds([p]) - server0[p]) * 1000 / requests
+    server = sum(by_process.values())
     client = (time.process_time() - client0) * 1000 / requests
     if errors:
         print(
             f"  {tag}: {len(errors)} of {requests} calls failed ({', '.join(sorted(set(errors)))})",
             flush=True,
         )
-    return Level(latencies, ttfts, seconds, server, client, len(errors))
+    return Level(latencies, ttfts, seconds, server, client, len(errors), by_process)
 
 
 async def measure(root: Path, args: argparse.Namespace) -> dict[tuple[str, int], Level]:
-    env, pids = env_of(root), stack_pids(root)
+    env, pids = env_of(root), gateway_pids(root)
     tls = ssl.create_default_context(cafile=env["HARNESS_CA"])
     tls.load_cert_chain(env["HARNESS_CERT"], env["HARNESS_KEY"])
     creds = grpc.ssl_channel_credentials(
@@ -203,7 +209,7 @@ async def measure(root: Path, args: argparse.Namespace) -> dict[tuple[str, int],
 
 
 async def interleaved(
-    paths: dict[str, Call], pids: list[int], concurrency: int, requests: int, rounds: int
+    paths: dict[str, Call], pids: dict[int, str], concurrency: int, requests: int, rounds: int
 ) -> dict[tuple[str, int], Level]:
     """Each path's level in `rounds` turns taken in rotation, so neither the stack's warm-up
     nor a busy spell on the machine falls on one path only."""
@@ -222,6 +228,11 @@ async def interleaved(
     return rows
 
 
+def cpu_split(level: Level) -> str:
+    """The server CPU per request process by process, e.g. `router-1 1.20 + router-2 0.95 + envoy 1.10`."""
+    return " + ".join(f"{name} {ms:.2f}" for name, ms in sorted(level.by_process.items()))
+
+
 def merged(levels: list[Level]) -> Level:
     """One level from its rounds: latencies pooled, CPU per request weighted by the calls made."""
     calls = [len(lv.latencies) + lv.errors for lv in levels]
@@ -233,6 +244,10 @@ def merged(levels: list[Level]) -> Level:
         sum(lv.server_cpu_ms * n for lv, n in zip(levels, calls, strict=True)) / total,
         sum(lv.client_cpu_ms * n for lv, n in zip(levels, calls, strict=True)) / total,
         sum(lv.errors for lv in levels),
+        {
+            name: sum(lv.by_process.get(name, 0.0) * n for lv, n in zip(levels, calls, strict=True)) / total
+            for name in levels[0].by_process
+        },
     )
 
 
@@ -258,6 +273,10 @@ def report(rows: dict[tuple[str, int], Level], args: argparse.Namespace) -> None
                 f"{r.server_cpu_ms:>11.2f}{r.client_cpu_ms:>11.2f}{p50 - g50:>9.2f}{p50 / g50:>7.2f}"
                 f"{p99 / g99:>7.2f}{r.rps / g.rps:>9.2f}{r.server_cpu_ms / g.server_cpu_ms:>10.2f}"
             )
+    print("server CPU ms per request, by process:")
+    for c in args.concurrency:
+        for label in ("(g) gRPC", "(o) OpenAI", "(h) raw HTTP"):
+            print(f"  {label:<12} c={c:<3} {cpu_split(rows[(label, c)])}")
     c1 = min(args.concurrency)
     g50 = pct(rows[("(g) gRPC", c1)].latencies, 50)
     added = pct(rows[("(o) OpenAI", c1)].latencies, 50) - g50

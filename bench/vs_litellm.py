@@ -7,7 +7,7 @@ streaming the same chat completions (same messages, max_tokens 8) through
       (the same simulator code and time scale; the router picks one of them per request),
 at several concurrencies. "Added" is a path's p50 minus (d)'s: what the gateway costs on top
 of calling an engine directly with the same client. CPU per request is the gateway's
-processes (LiteLLM's, or both routers and Envoy), read from /proc.
+processes (LiteLLM's, or both routers and Envoy), read from /proc; a table below gives it process by process.
 
 LiteLLM is installed by this script into a throwaway virtualenv (`--venv DIR` keeps and reuses
 one); it is never a dependency of the project. Needs network access to PyPI the first time.
@@ -40,7 +40,7 @@ import httpx2
 import openai
 from _cli import closed_loop_parser, run_closed_loop
 from _common import pct
-from openai_frontdoor import Level, openai_call, run_level, stack_pids
+from openai_frontdoor import Level, cpu_split, gateway_pids, openai_call, run_level
 from router_overhead import env_of, start_stack
 
 LITELLM = "litellm==1.110.2"
@@ -130,6 +130,11 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def litellm_pids(pid: int) -> dict[int, str]:
+    """LiteLLM's master and its workers, pid -> name."""
+    return {p: "litellm master" if p == pid else "litellm workers" for p in process_tree(pid)}
+
+
 async def measure(args, litellm_url: str, engine_url: str, litellm_pid: int, root: Path) -> dict:
     env = env_of(root)
     tls = ssl.create_default_context(cafile=env["HARNESS_CA"])
@@ -141,11 +146,11 @@ async def measure(args, litellm_url: str, engine_url: str, litellm_pid: int, roo
         return openai.AsyncOpenAI(base_url=base, api_key=key, http_client=http, max_retries=0)
 
     clients = {
-        "(d) direct": (client(engine_url, "unused"), [], ENGINE_MODEL),
-        "(l) LiteLLM": (client(litellm_url, MASTER_KEY), process_tree(litellm_pid), "llama-3-8b"),
+        "(d) direct": (client(engine_url, "unused"), {}, ENGINE_MODEL),
+        "(l) LiteLLM": (client(litellm_url, MASTER_KEY), litellm_pids(litellm_pid), "llama-3-8b"),
         "(h) Harness": (
             client(env["HARNESS_OPENAI_BASE_URL"], env["HARNESS_TOKEN"], tls),
-            stack_pids(root),
+            gateway_pids(root),
             "llama-3-8b",
         ),
     }
@@ -186,6 +191,10 @@ def report(rows: dict, args) -> None:
         ours = pct(rows[("(h) Harness", c)].latencies, 50) - d50
         cpu_ratio = rows[("(h) Harness", c)].server_cpu_ms / rows[("(l) LiteLLM", c)].server_cpu_ms
         verdicts.append((c, ours / lite if lite > 0 else float("inf"), cpu_ratio))
+    print("gateway CPU ms per request, by process:")
+    for c in args.concurrency:
+        for label in PATHS[1:]:
+            print(f"  {label:<12} c={c:<3} {cpu_split(rows[(label, c)])}")
     for c, latency_ratio, cpu_ratio in verdicts:
         ok = latency_ratio <= 0.1 and cpu_ratio <= 0.2
         print(
