@@ -219,8 +219,9 @@ async def _serve_http(
         await mcp.start()
         app = front.app([Route(MCP_PATH, mcp)])
         http = await start_http_server(
-            app, cfg.server.host, cfg.http_port or 0, cfg.server.tls, reuse_port=cfg.server.reuse_port
-        )
+            app, cfg.server.host, cfg.http_port or 0, cfg.server.tls, reuse_port=cfg.server.reuse_port,
+            coalesce_writes=True,  # a streamed answer's events that come together: one TLS record
+        )  # fmt: skip
     except BaseException:
         await mcp.stop()
         await running.stop(0)

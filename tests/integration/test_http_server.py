@@ -3,6 +3,7 @@ scope, client certificates required, and Nagle off on accepted connections."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
@@ -35,11 +36,13 @@ def _client_tls(certs, leaf=None) -> ssl.SSLContext:
     return ctx
 
 
-async def test_scope_carries_the_peer_certificate_and_connections_skip_nagle(certs):
+@pytest.mark.parametrize("coalesce_writes", [False, True])
+async def test_scope_carries_the_peer_certificate_and_connections_skip_nagle(certs, coalesce_writes):
     leaf = certs.service("router")
     server = await start_http_server(
-        peer_app, "127.0.0.1", 0, TlsFiles(str(leaf.cert), str(leaf.key), str(certs.ca_cert))
-    )
+        peer_app, "127.0.0.1", 0, TlsFiles(str(leaf.cert), str(leaf.key), str(certs.ca_cert)),
+        coalesce_writes=coalesce_writes,
+    )  # fmt: skip
     try:
         async with httpx2.AsyncClient(verify=_client_tls(certs, certs.agent("a1"))) as client:
             resp = await client.get(f"https://localhost:{server.port}/")
@@ -73,3 +76,28 @@ async def test_a_busy_port_is_named(certs):
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
             await start_http_server(peer_app, "127.0.0.1", port, TlsFiles())
+
+
+async def stream_app(scope, receive, send) -> None:
+    """A chunked answer written in several body messages, some in the same loop turn."""
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    for i in range(3):
+        await send({"type": "http.response.body", "body": f"event {i}\n".encode(), "more_body": True})
+    await asyncio.sleep(0.01)  # a later turn: its own write
+    await send({"type": "http.response.body", "body": b"end\n", "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def test_coalesced_writes_keep_the_bytes_and_the_connection(certs):
+    leaf = certs.service("router")
+    tls = TlsFiles(str(leaf.cert), str(leaf.key), str(certs.ca_cert))
+    server = await start_http_server(stream_app, "127.0.0.1", 0, tls, coalesce_writes=True)
+    try:
+        async with httpx2.AsyncClient(verify=_client_tls(certs, certs.agent("a1"))) as client:
+            for _ in range(2):  # the second request reuses the kept-alive connection
+                resp = await client.get(f"https://localhost:{server.port}/")
+                assert resp.status_code == 200
+                assert resp.text == "event 0\nevent 1\nevent 2\nend\n"
+            assert len(server.server.server_state.connections) == 1
+    finally:
+        await server.stop(1)
