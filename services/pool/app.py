@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.common.config import ServerConfig
 from services.common.jwt_settings import follow_jwt_settings
@@ -39,6 +39,7 @@ from services.pool.registry_follow import RegistryFollower
 from services.pool.scaling import Advice, ScalingLimits, advise
 from services.pool.servicer import PoolServicer
 from services.pool.state import EndpointSpec, EndpointState, GpuSample, validate_spec
+from services.pool.wake import Waker
 
 log = logging.getLogger("harness.pool")
 
@@ -82,11 +83,19 @@ class PoolApp:
             else TritonControl(config.load_timeout_s, access=self.engine_access),
             headroom=config.headroom,
             agent_idle_ttl_s=config.agent_idle_ttl_s,
+            model_idle_ttl_s=dict(config.model_idle_ttl_s),
             on_load=lambda model, s: self.load_seconds.labels(model).observe(s),
             store=ClaimStore(config.db_url) if config.db_url else None,  # admin changes go there too
         )
         store = self.deployments.store
         self.changes = ChangeLog(store.engine if store is not None else memory_engine())
+        self.wakes = Counter(
+            "harness_pool_wakes_total",
+            "Deployments woken from zero (ActivateDeployment), by outcome (loaded, failed)",
+            ["model", "outcome"],
+            registry=self.metrics_registry,
+        )
+        self.waker = Waker(self.deployments, self._woken)
         self.scaling_limits = ScalingLimits(max_replicas=config.max_replicas)
         self.autoscaler = Autoscaler(self.deployments, self.scaling_limits, config.autoscale)
         self._autoscale_task: asyncio.Task | None = None
@@ -130,6 +139,7 @@ class PoolApp:
                     await task
         self._idle_task = self._autoscale_task = None
         await self.autoscaler.close()
+        await self.waker.close()
         await self.deployments.control.close()
         if self._nvml_task is not None:
             self._nvml_task.cancel()
@@ -209,6 +219,16 @@ class PoolApp:
         await self.deployments.undeploy(model, owner, drop_all)
         self.deployments.views()
         await self.changes.record(f"deployment:{model}", "undeploy", {"owner": owner, "all": drop_all})
+
+    def activate(self, model: str) -> tuple[bool, DeploymentView]:
+        """ActivateDeployment: (whether a wake is under way, the deployment); returns at once."""
+        return self.waker.activate(model)
+
+    async def _woken(self, model: str, error: str) -> None:
+        self.wakes.labels(model, "failed" if error else "loaded").inc()
+        self.deployments.views()
+        details = {"reason": "activation", "error": error}
+        await self.changes.record(f"deployment:{model}", "wake", details, POOL_ITSELF)
 
     def list_deployments(self) -> tuple[DeploymentView, ...]:
         return self.deployments.views()

@@ -15,6 +15,8 @@ YAML:
     unhealthy_after: 2
     headroom: 0.05            # fraction of each GPU kept free by placement
     agent_idle_ttl_s: 600     # warm-up claims (agent online) scale to zero after this idle time
+    model_idle_ttl_s:         # per model, in place of agent_idle_ttl_s (0 = never to zero)
+      {llama-3-70b: 300, llama-3-8b: 0}
     load_timeout_s: 600
     max_replicas: 8           # AdviseScaling's ceiling per model
     autoscale:                # the scaling loop (autoscale.py); interval_s 0 = off
@@ -40,6 +42,7 @@ from services.common.errors import InvalidArgument
 from services.pool.access import EngineAccess, access_from_mapping
 from services.pool.autoscale import AutoscaleSettings
 from services.pool.catalog import ModelSpec, model_from_mapping, parse_model_flag
+from services.pool.deployment_types import MAX_IDLE_TTL_S
 from services.pool.state import GIB, EndpointSpec, validate_spec
 
 _ENDPOINT_KEYS = {
@@ -63,6 +66,9 @@ class PoolConfig:
     headroom: float = 0.05  # fraction of every GPU placement leaves free (lagging figures, growth)
     load_timeout_s: float = 600.0  # deadline of one RepositoryModelLoad (a 70B cold start is minutes)
     agent_idle_ttl_s: float = 600.0  # idle TTL of the claims agent warm-up makes; 0 = never
+    # Per model (catalog or Triton name): the idle TTL of agent warm-up claims on it, in place
+    # of agent_idle_ttl_s (e.g. a batch model scales to zero, a realtime one never: 0).
+    model_idle_ttl_s: tuple[tuple[str, float], ...] = ()
     idle_check_interval_s: float = 1.0  # how often idle deployments are looked for
     max_replicas: int = 8  # AdviseScaling never goes above this per model
     autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)  # interval 0: on request only
@@ -81,6 +87,9 @@ class PoolConfig:
             raise ValueError("load timeout and idle check interval must be > 0, agent idle TTL >= 0")
         if self.max_replicas < 1:
             raise ValueError("max_replicas must be >= 1")
+        for model, ttl in self.model_idle_ttl_s:
+            if not 0 <= ttl <= MAX_IDLE_TTL_S:
+                raise ValueError(f"model_idle_ttl_s of {model!r} must be in [0, {MAX_IDLE_TTL_S}], got {ttl}")
         models = [m.name for m in self.models]
         if len(models) != len(set(models)):
             raise ValueError(f"duplicate model names in {models}")
@@ -236,6 +245,7 @@ def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
         headroom=pick(args.headroom, "headroom", 0.05, float),
         load_timeout_s=float(data.get("load_timeout_s", 600.0)),
         agent_idle_ttl_s=pick(args.agent_idle_ttl, "agent_idle_ttl_s", 600.0, float),
+        model_idle_ttl_s=model_idle_ttls(data.get("model_idle_ttl_s") or {}),
         idle_check_interval_s=float(data.get("idle_check_interval_s", 1.0)),
         max_replicas=int(data.get("max_replicas", 8)),
         autoscale=autoscale_settings(data.get("autoscale") or {}, args.autoscale_interval),
@@ -243,6 +253,13 @@ def pool_config_from_args(args: argparse.Namespace) -> PoolConfig:
         audit_addr=args.audit or str(data.get("audit_addr", "")),
         db_url=args.db_url or str(data.get("db_url", "")),
     )
+
+
+def model_idle_ttls(raw: object) -> tuple[tuple[str, float], ...]:
+    """The `model_idle_ttl_s:` mapping (model -> seconds); ValueError when bad."""
+    if not isinstance(raw, Mapping):
+        raise ValueError("model_idle_ttl_s: must be a mapping of model name to seconds")
+    return tuple((str(k), float(v)) for k, v in raw.items())
 
 
 def autoscale_settings(raw: object, interval_flag: float | None) -> AutoscaleSettings:

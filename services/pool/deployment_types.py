@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from services.common.errors import InvalidArgument
 from services.pool.catalog import ModelSpec
-from services.pool.state import HEALTHY, READY, UNAVAILABLE
+from services.pool.state import HEALTHY, LOADING, READY, UNAVAILABLE
 
 # Contract limits (pool.proto says the same): a claim or plan asks for at most this many
 # replicas, an idle TTL is at most a week, an owner name at most 128 characters.
@@ -42,6 +42,7 @@ class Deployment:
     last_used: float = 0.0  # wall clock
     activity: tuple = ()  # request counters last seen, to tell idle from busy
     scaled_to_zero: bool = False
+    waking: bool = False  # woken from zero, no replica seen READY yet (routers still hold)
     last_load_time_s: float = 0.0
     retry_at: float = 0.0  # monotonic; when reconcile may try to re-place lost replicas again
     retry_for: tuple[str, ...] = ()  # the healthy endpoints when it last failed
@@ -90,6 +91,22 @@ class DeploymentView:
 def model_status(state, triton_model: str):
     """The endpoint state's entry for `triton_model` (None when unknown or not there)."""
     return next((m for m in state.models if m.name == triton_model), None) if state else None
+
+
+def activity(dep: Deployment, table) -> tuple[tuple, bool]:
+    """(the request counters of `dep`'s replicas, whether any is busy or loading now)."""
+    sig, busy = [], False
+    for endpoint in sorted(dep.placements):
+        m = model_status(table.get(endpoint), dep.spec.triton_model)
+        if m is not None:
+            sig.append((endpoint, m.requests))
+            busy = busy or m.waiting > 0 or m.active > 0 or m.state == LOADING
+    return tuple(sig), busy
+
+
+def has_ready(dep: Deployment, table) -> bool:
+    """Whether a healthy endpoint of `dep` has its model READY."""
+    return any((s := table.get(e)) is not None and s.has_ready(dep.spec.triton_model) for e in dep.placements)
 
 
 def deployment_view(dep: Deployment, table, pending: dict) -> DeploymentView:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from services.common.errors import HarnessError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.limits import check_length, check_range
@@ -32,14 +32,15 @@ from services.pool.deployment_types import (
     Deployment,
     DeploymentView,
     Placement,
+    activity,
     check_replicas,
     deployment_view,
-    model_status,
+    has_ready,
 )
 from services.pool.endpoints import EndpointTable
 from services.pool.pending import PendingLoads
 from services.pool.placement import PlacementPlan, PlannedReplica, has_model, plan_placement, scale_in_victims
-from services.pool.state import HEALTHY, LOADING
+from services.pool.state import HEALTHY
 
 log = logging.getLogger("harness.pool.deployments")
 
@@ -55,6 +56,7 @@ class DeploymentManager:
         *,
         headroom: float = 0.05,
         agent_idle_ttl_s: float = 0.0,
+        model_idle_ttl_s: Mapping[str, float] | None = None,
         on_load: Callable[[str, float], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
         store: ClaimStore | None = None,
@@ -64,6 +66,7 @@ class DeploymentManager:
         self.control = control
         self.headroom = headroom
         self.agent_idle_ttl_s = agent_idle_ttl_s
+        self.model_idle_ttl_s = dict(model_idle_ttl_s or {})  # per model (catalog or Triton name)
         self._on_load = on_load or (lambda _model, _seconds: None)
         self._wall = wall_clock
         self._deps: dict[str, Deployment] = {}
@@ -86,6 +89,10 @@ class DeploymentManager:
         """Fresh views (event loop only)."""
         self._views = tuple(self._view(d) for d in sorted(self._deps.values(), key=lambda d: d.spec.name))
         return self._views
+
+    def view(self, model: str) -> DeploymentView | None:
+        dep = self.get(model)
+        return self._view(dep) if dep is not None else None
 
     def cached_views(self) -> tuple[DeploymentView, ...]:
         """The last views built, for the metrics thread (which must not touch live state)."""
@@ -143,6 +150,7 @@ class DeploymentManager:
                 raise
             dep.scaled_to_zero = False
             dep.last_used = self._wall()
+            self._publish_cold()
             await self._persist("put", spec.name, owner, replicas, idle_ttl_s)
             return self._view(dep)
 
@@ -164,6 +172,7 @@ class DeploymentManager:
                 return
             await self._unload_all(dep)
             self._deps.pop(dep.spec.name, None)
+            self._publish_cold()
             log.info("deployment %s removed", dep.spec.name)
 
     async def scale_to(self, model: str, replicas: int, compute_share: float = 0.0) -> None:
@@ -190,7 +199,7 @@ class DeploymentManager:
 
         async def one(model: str) -> str:
             try:
-                await self.deploy(model, 1, owner, self.agent_idle_ttl_s)
+                await self.deploy(model, 1, owner, self.agent_idle_ttl(model))
                 return ""
             except Exception as exc:  # logged and returned: warm-up is best effort
                 log.warning("warm-up of %s for %s failed: %s", model, owner, exc)
@@ -199,6 +208,14 @@ class DeploymentManager:
         names = list(dict.fromkeys(models))
         results = await asyncio.gather(*(one(m) for m in names))
         return dict(zip(names, results, strict=True))
+
+    def agent_idle_ttl(self, model: str) -> float:
+        """The idle TTL of an agent warm-up claim on `model`: its own setting, else the pool's."""
+        spec = self.catalog.find(model)
+        names = (spec.name, spec.triton_model) if spec else (model,)
+        return next(
+            (self.model_idle_ttl_s[n] for n in names if n in self.model_idle_ttl_s), self.agent_idle_ttl_s
+        )
 
     async def on_agent_offline(self, agent: str) -> None:
         """Drops the agent's claims; models nobody else holds are unloaded."""
@@ -215,7 +232,7 @@ class DeploymentManager:
         for dep in list(self._deps.values()):
             if not dep.placements:
                 continue
-            signature, busy = self._activity(dep)
+            signature, busy = activity(dep, self.table)
             if busy or signature != dep.activity:
                 dep.activity, dep.last_used = signature, now
                 continue
@@ -228,10 +245,35 @@ class DeploymentManager:
                 log.info("deployment %s idle for %.1fs: scaling to zero", dep.spec.name, now - dep.last_used)
                 # Intent first: a pool stopped mid-sweep must not reload it on restart.
                 await self._persist("set_scaled_to_zero", dep.spec.name, True)
+                dep.scaled_to_zero, dep.waking = True, False
+                self._publish_cold()  # routers hold new requests from now on, not refuse them
                 await self._unload_all(dep)
-                dep.scaled_to_zero = True
                 scaled.append(dep.spec.name)
         return scaled
+
+    async def wake(self, model: str) -> None:
+        """Loads a deployment scaled to zero back to its claimed replicas (ActivateDeployment's
+        work, run as a task: wake.py). Routers keep holding its requests until a replica is
+        READY (`waking`, cleared by reconcile). Raises HarnessError when nothing could load."""
+        dep = self.get(model)
+        if dep is None:
+            return
+        async with self._lock(dep.spec.name):
+            if not dep.scaled_to_zero or not dep.claims:
+                return
+            dep.target = None
+            await self._scale(dep, dep.desired)
+            dep.scaled_to_zero, dep.waking = False, True
+            dep.last_used, dep.activity = self._wall(), ()
+            await self._persist("set_scaled_to_zero", dep.spec.name, False)
+            log.info("deployment %s woken from zero on %s", dep.spec.name, sorted(dep.placements))
+
+    def _publish_cold(self) -> None:
+        """Tells the endpoint table (and so the routers' watch) which models are at zero."""
+        cold = frozenset(
+            d.spec.triton_model for d in self._deps.values() if d.claims and (d.scaled_to_zero or d.waking)
+        )
+        self.table.set_scaled_to_zero(cold)
 
     # ---- internals ---------------------------------------------------------------------------
 
@@ -251,6 +293,7 @@ class DeploymentManager:
             dep.claims.setdefault(c.owner, Claim(c.replicas, c.idle_ttl_s))
             dep.scaled_to_zero = dep.scaled_to_zero or c.scaled_to_zero
         self._unrestored = waiting
+        self._publish_cold()
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -282,6 +325,11 @@ class DeploymentManager:
             self._restore()
         now = time.monotonic()
         healthy = tuple(s.name for s in self.table.states() if s.health == HEALTHY)
+        woken = [d for d in self._deps.values() if d.waking and has_ready(d, self.table)]
+        for dep in woken:
+            dep.waking = False
+        if woken:
+            self._publish_cold()
         for dep in list(self._deps.values()):
             # A change in the healthy set (an endpoint recovered) is worth an early retry.
             if dep.scaled_to_zero or not dep.claims or (now < dep.retry_at and healthy == dep.retry_for):
@@ -350,7 +398,9 @@ class DeploymentManager:
         return ""
 
     async def _unload(self, dep: Deployment, endpoint: str) -> None:
-        dep.placements.pop(endpoint, None)
+        placement = dep.placements.pop(endpoint, None)
+        if placement is not None:  # a load that just returned no longer holds memory in reserve
+            self.pending.failed((endpoint, placement.gpu, dep.spec.triton_model))
         state = self.table.get(endpoint)
         if state is None or state.spec.fixed:  # a fixed deployment keeps serving: no model control
             return
@@ -372,15 +422,6 @@ class DeploymentManager:
 
     async def _unload_all(self, dep: Deployment) -> None:
         await asyncio.gather(*(self._unload(dep, e) for e in list(dep.placements)))
-
-    def _activity(self, dep: Deployment) -> tuple[tuple, bool]:
-        sig, busy = [], False
-        for endpoint in sorted(dep.placements):
-            m = model_status(self.table.get(endpoint), dep.spec.triton_model)
-            if m is not None:
-                sig.append((endpoint, m.requests))
-                busy = busy or m.waiting > 0 or m.active > 0 or m.state == LOADING
-        return tuple(sig), busy
 
     def _view(self, dep: Deployment) -> DeploymentView:
         return deployment_view(dep, self.table, self.pending.loads)

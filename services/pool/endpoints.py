@@ -52,6 +52,8 @@ class WatchBatch:
     endpoints: tuple[EndpointState, ...]
     removed: tuple[str, ...]
     revision: int
+    # Triton models scaled to zero (or waking) with no READY replica: the full list, every batch.
+    scaled_to_zero: tuple[str, ...] = ()
 
 
 def _close(a: float, b: float) -> bool:
@@ -174,6 +176,8 @@ class EndpointTable:
         self._wall = wall_clock
         self._mono = monotonic
         self._changed = asyncio.Event()
+        self._cold: frozenset[str] = frozenset()  # set by the deployments (set_scaled_to_zero)
+        self._cold_at = 0  # the revision of its last change
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -193,6 +197,12 @@ class EndpointTable:
         states = self.states()
         return tuple(s for s in states if s.has_ready(model)) if model else states
 
+    def scaled_to_zero(self) -> tuple[str, ...]:
+        """The Triton models the deployments hold at zero (or are waking) that no healthy
+        endpoint has READY yet: what a router should hold requests for and wake."""
+        states = self.states()
+        return tuple(sorted(m for m in self._cold if not any(s.has_ready(m) for s in states)))
+
     # ---- writes ------------------------------------------------------------------------------
 
     def upsert(self, spec: EndpointSpec) -> EndpointState:
@@ -208,6 +218,14 @@ class EndpointTable:
         if prev is None or materially_changed(prev, state):
             self._bump(spec.name)
         return state
+
+    def set_scaled_to_zero(self, triton_models: frozenset[str]) -> None:
+        """The deployments' models at zero or waking; watchers hear of a change at once."""
+        if triton_models != self._cold:
+            self._cold = triton_models
+            self._revision += 1
+            self._cold_at = self._revision
+            self._notify()
 
     def remove(self, name: str) -> EndpointState:
         state = self._states.pop(name, None)
@@ -333,23 +351,27 @@ class EndpointTable:
 
     def changes_since(self, since: int) -> WatchBatch:
         """What a client holding `since` is missing: a delta, or a snapshot when it cannot be replayed."""
+        cold = self.scaled_to_zero()
         if since <= 0 or since < self._floor or since > self._revision:
-            return WatchBatch(True, self.states(), (), self._revision)
+            return WatchBatch(True, self.states(), (), self._revision, cold)
         changed = tuple(s for s in self.states() if self._changed_at.get(s.name, 0) > since)
         removed = tuple(n for n, rev in self._removed.items() if rev > since)
-        return WatchBatch(False, changed, removed, self._revision)
+        return WatchBatch(False, changed, removed, self._revision, cold)
+
+    def _news(self, batch: WatchBatch, since: int) -> bool:
+        return batch.snapshot or bool(batch.endpoints or batch.removed) or self._cold_at > since
 
     async def watch(self, since: int) -> AsyncIterator[WatchBatch]:
         """Snapshot (or catch-up delta), then live deltas. Changes that pile up while the client is
         slow are merged into one batch, so a slow watcher costs no memory here."""
         first = self.changes_since(since)
-        if first.snapshot or first.endpoints or first.removed:
+        if self._news(first, since):
             yield first
         held = first.revision
         while True:
             if self._revision == held:
                 await self._changed.wait()
             batch = self.changes_since(held)
-            if batch.snapshot or batch.endpoints or batch.removed:
+            if self._news(batch, held):
                 yield batch
             held = batch.revision

@@ -184,6 +184,7 @@ def batch_to_proto(b: WatchBatch) -> pool_pb2.WatchEndpointsResponse:
         endpoints=[endpoint_to_proto(s) for s in b.endpoints],
         removed=list(b.removed),
         revision=b.revision,
+        scaled_to_zero_models=list(b.scaled_to_zero),
     )
 
 
@@ -230,6 +231,15 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
             raise InvalidArgument("since_revision must be >= 0")
         async for batch in self._app.watch(request.since_revision):
             yield batch_to_proto(batch)
+
+    async def ActivateDeployment(self, request, context):
+        """Wakes a deployment scaled to zero and returns at once (any authenticated caller: it
+        restores only what claims hold). OK with `waking` false when it is not at zero;
+        NOT_FOUND for a model the catalog lacks or no claim holds."""
+        require_caller(current_identity())
+        _check_model(request.model)
+        waking, view = self._app.activate(request.model)
+        return pool_pb2.ActivateDeploymentResponse(waking=waking, deployment=deployment_to_proto(view))
 
     async def Deploy(self, request, context):
         """Claims `replicas` of a model for the owner and loads what is missing (operators only).

@@ -42,6 +42,7 @@ class Watcher:
     def __init__(self, stub, md) -> None:
         self.eps: dict[str, pool_pb2.Endpoint] = {}
         self.revision = 0
+        self.scaled_to_zero: tuple[str, ...] = ()  # the models the last message listed at zero
         self._call = stub.WatchEndpoints(pool_pb2.WatchEndpointsRequest(), metadata=md)
         self._task = asyncio.ensure_future(self._run())
 
@@ -56,6 +57,7 @@ class Watcher:
             self.eps.update({e.name: e for e in msg.endpoints})
             for name in msg.removed:
                 self.eps.pop(name, None)
+            self.scaled_to_zero = tuple(msg.scaled_to_zero_models)
             self.revision = msg.revision
 
     def model_state(self, endpoint: str, model: str) -> int | None:
