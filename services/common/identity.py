@@ -67,9 +67,15 @@ ApiKeyResolver = Callable[[str], Awaitable[Identity]]
 
 def peer_spiffe_ids(context: grpc.aio.ServicerContext) -> tuple[str, ...]:
     """URI SANs of the direct peer's TLS certificate (empty on plaintext connections)."""
+    return _peer_certificate(context)[1]
+
+
+def _peer_certificate(context: grpc.aio.ServicerContext) -> tuple[bool, tuple[str, ...]]:
+    """Whether the peer presented a TLS certificate, and its URI SANs (one read of the call's
+    auth context, which grpc builds anew on each read)."""
     auth = context.auth_context() or {}
     pems = auth.get("x509_pem_cert") or []
-    return _uri_sans(pems[0]) if pems else ()
+    return bool(pems), (_uri_sans(pems[0]) if pems else ())
 
 
 def peer_spiffe_ids_der(der: bytes | None) -> tuple[str, ...]:
@@ -232,8 +238,8 @@ class Authenticator:
         )
 
     async def authenticate(self, context: grpc.aio.ServicerContext, md: Mapping[str, str]) -> Identity:
-        peer_ids = peer_spiffe_ids(context)
-        tls = bool(peer_ids) or bool((context.auth_context() or {}).get("x509_pem_cert"))
+        has_cert, peer_ids = _peer_certificate(context)
+        tls = bool(peer_ids) or has_cert
         return await self.authenticate_peer(peer_ids, tls, md)
 
     async def authenticate_peer(

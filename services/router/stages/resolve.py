@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
@@ -131,7 +132,8 @@ class Authorize(Stage):
 
     async def check(self, call: Call, subject: str, obj: str, action: str = "invoke") -> AccessDecision:
         try:
-            return await check_access(self.registry, self.events, call.facts(), subject, obj, action)
+            project = call.agent.project if call.agent is not None else ""  # as call.facts() says
+            return await check_access(self.registry, self.events, project, call.facts, subject, obj, action)
         except PermissionDenied:
             call.audited = True
             who = "agent" if subject.startswith("agent:") else "user"
@@ -156,18 +158,20 @@ async def online_agent(registry: RegistryMirror, ident: reqctx.Identity) -> regi
 async def check_access(
     registry: RegistryMirror,
     events: EventShipper,
-    facts: records.CallFacts,
+    project: str,
+    facts_of: Callable[[], records.CallFacts],
     subject: str,
     obj: str,
     action: str,
 ) -> AccessDecision:
-    """casbin's decision; a denial is audited (with the rule that matched) and raised."""
-    decision = await registry.check(subject, facts.project, obj, action)
+    """casbin's decision in `project`; a denial is audited (with the rule that matched) and
+    raised. The call's facts (`facts_of`) are built only for that record."""
+    decision = await registry.check(subject, project, obj, action)
     if not decision.allowed:
-        denied = records.CallFacts(**{**facts.__dict__, "rule": decision.rule})
+        denied = records.CallFacts(**{**facts_of().__dict__, "rule": decision.rule})
         events.emit_audit(records.authz_denied_event(denied, obj, action))
         raise PermissionDenied(
-            f"{subject_label(subject)} may not {action} {obj} in project {facts.project!r}; "
+            f"{subject_label(subject)} may not {action} {obj} in project {project!r}; "
             "ask a project admin for a policy (`harness policies add`)"
         )
     return decision
