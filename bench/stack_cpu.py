@@ -1,13 +1,16 @@
 """CPU of every process of the local stack: at rest, then per request of a closed loop at
 concurrency 1 on router-1's Triton front door (as row (b) of bench/router_overhead.py), next to
 the same loop through a bare grpc.aio relay (bench/_grpc_relay.py, the floor of a Python hop).
+The relay only talks to sim-0, so by default the stack's OpenAI-protocol simulators are drained
+before the loop (as in router_overhead.py) and the router, too, reaches sim-0 over Triton's
+protocol only; `--engines all` keeps them.
 
 Read from /proc (user + system ticks), so less sensitive to other load on the machine than
 latency is. Prints ms of CPU per second at rest for each process, ms per request under load,
 the router's CPU per request as a multiple of the relay's (target <= 1.3x) and what the other
 services (registry, pool, audit, cost) spend per request (target < 1 ms at 100 req/s).
 
-Usage: python bench/stack_cpu.py [--idle-s 10] [--requests 1000] [--max-tokens 8]
+Usage: python bench/stack_cpu.py [--idle-s 10] [--requests 1000] [--max-tokens 8] [--engines triton|all]
 """
 
 from __future__ import annotations
@@ -24,7 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tritonclient.grpc.aio as tgrpc_aio
 from _common import stream_one
-from router_overhead import MODEL, cpu_seconds, env_of, router_address, stack_pids, start_relay, start_stack
+from router_overhead import (
+    MODEL,
+    cpu_seconds,
+    drain_openai_simulators,
+    env_of,
+    router_address,
+    stack_pids,
+    start_relay,
+    start_stack,
+)
 
 OTHERS = ("registry", "pool", "audit", "cost")
 
@@ -52,6 +64,8 @@ async def main_async(args: argparse.Namespace) -> None:
             before = {n: cpu_seconds([p]) for n, p in pids.items()}
             await asyncio.sleep(args.idle_s)
             idle = {n: (cpu_seconds([p]) - before[n]) * 1000 / args.idle_s for n, p in pids.items()}
+            if args.engines == "triton":
+                drain_openai_simulators(root, env)
             tls = {"ssl": True, "root_certificates": env["HARNESS_CA"], "private_key": env["HARNESS_KEY"],
                    "certificate_chain": env["HARNESS_CERT"]}  # fmt: skip
             auth = {"authorization": f"Bearer {env['HARNESS_TOKEN']}"}
@@ -70,7 +84,7 @@ async def main_async(args: argparse.Namespace) -> None:
             proc.terminate()
             proc.wait(timeout=30)
     rate = args.requests / secs
-    print(f"\nStack CPU (max_tokens {args.max_tokens}, {os.cpu_count()} CPUs, load average "
+    print(f"\nStack CPU (max_tokens {args.max_tokens}, engines {args.engines}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} at the end)")  # fmt: skip
     print(f"{'process':<14}{'at rest ms/s':>14}{'ms/request':>12}")
     for name in pids:
@@ -89,6 +103,10 @@ def main() -> None:
     p.add_argument("--idle-s", type=float, default=10.0)
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument(
+        "--engines", choices=("triton", "all"), default="triton",
+        help="triton (default): the router serves from sim-0 only, as the relay does; all: also the OpenAI-protocol simulator",
+    )  # fmt: skip
     asyncio.run(main_async(p.parse_args()))
 
 
