@@ -20,6 +20,7 @@ from services.common.jwt_settings import follow_jwt_settings
 from services.common.mirror_metrics import register_mirror_metrics
 from services.common.registry_mirror import RegistryMirror
 from services.common.server import RunningServer, open_channel, run_until_signal, start_server
+from services.router.activation import ActivationMetrics, Activator, pool_activate
 from services.router.agent_metrics import register_agent_metrics
 from services.router.budgets import BudgetEnforcer, MemoryBudgets, RedisBudgets
 from services.router.budgets.follower import CostFollower
@@ -121,11 +122,14 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         fail_closed=cfg.outbox_fail_closed,
         linger_s=cfg.event_linger_s,
     )
+    activator = Activator(
+        endpoints, pool_activate(channels["pool"]), cfg.activation_wait_s, ActivationMetrics(metrics)
+    )
     cost_follower = CostFollower(channels["cost"], budgets, cfg.budget_refresh_s)
     router = Router(
         registry,
         endpoints,
-        Dispatcher(endpoints, scheduler, flow, triton, openai=openai_engine),
+        Dispatcher(endpoints, scheduler, flow, triton, openai=openai_engine, activator=activator),
         events,
         limiter,
         cache,
@@ -188,6 +192,7 @@ async def start_router(cfg: RouterConfig, client_tls: TlsFiles | None = None) ->
         await registry.stop()
         await endpoints.stop()
         await kv_follower.close()
+        await activator.close()
         await cost_follower.stop()
         await events.drain(timeout=cfg.server.grace_s)
         await triton.close()

@@ -39,6 +39,9 @@ class RouterConfig:
     endpoint_refresh_s: float = 0.5
     default_max_tokens: int = 256
     result_cache_ttl_s: float = 300.0  # 0 disables the result cache
+    # How long a request for a model the pool scaled to zero is held while it wakes (bounded by
+    # the request's own deadline too); 0 refuses it at once (UNAVAILABLE), as before.
+    activation_wait_s: float = 120.0
     redaction_workers: int = 1  # processes that redact large inputs off the event loop
     redis_url: str = ""  # shared rate limits, result cache and budgets; "" keeps them in this process
     redis_prefix: str = "harness:"  # key prefix: routers sharing counters use the same one
@@ -86,6 +89,13 @@ def _add_mesh_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=float(env("ROUTER_RESULT_CACHE_TTL_S", "300")),
         help="seconds a deterministic result is cached (0: no result cache)",
+    )
+    p.add_argument(
+        "--activation-wait-s",
+        type=float,
+        default=float(env("ROUTER_ACTIVATION_WAIT_S", "120")),
+        help="seconds a request for a model scaled to zero waits while the pool loads it "
+        "(bounded by the request's deadline; 0: refuse it at once)",
     )
     p.add_argument(
         "--redaction-workers",
@@ -208,6 +218,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     a = p.parse_args(argv)
     if not 0 <= a.event_linger <= 60:
         p.error(f"--event-linger {a.event_linger:g}: use 0 to 60 seconds")
+    if not 0 <= a.activation_wait_s <= 3600:
+        p.error(f"--activation-wait-s {a.activation_wait_s:g}: use 0 to 3600 seconds")
     try:
         engine_access = tuple(parse_engine_access(v) for v in a.engine_access)
     except ValueError as exc:
@@ -224,6 +236,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         api_key_ttl_s=a.api_key_ttl,
         default_max_tokens=a.default_max_tokens,
         result_cache_ttl_s=a.result_cache_ttl,
+        activation_wait_s=a.activation_wait_s,
         redaction_workers=max(1, a.redaction_workers),
         redis_url=a.redis,
         redis_prefix=a.redis_prefix,

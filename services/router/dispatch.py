@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from services.common.errors import ResourceExhausted, Unavailable
+from services.router.activation import Activator
 from services.router.engine import (
     OPENAI,
     TRITON,
@@ -40,6 +41,7 @@ class Dispatcher:
         triton: Engine,
         backend_timeout_s: float = 300.0,
         openai: Engine | None = None,
+        activator: Activator | None = None,
     ) -> None:
         self.endpoints = endpoints
         self.scheduler = scheduler
@@ -48,6 +50,7 @@ class Dispatcher:
         if openai is not None:
             self.engines[OPENAI] = openai
         self.backend_timeout_s = backend_timeout_s
+        self.activator = activator  # None: a model with no ready endpoint is refused at once
 
     def engine(self, target: Candidate) -> Engine:
         engine = self.engines.get(target.kind or TRITON)
@@ -71,10 +74,20 @@ class Dispatcher:
             candidates = [c for c in candidates if c.name not in exclude]
         return self.scheduler.pick(request, candidates)
 
+    def _held(self, triton_model: str) -> bool:
+        return self.activator is not None and self.activator.holds(triton_model)
+
     async def choose(
         self, request: SchedulingRequest, call: Call, exclude: frozenset[str] = frozenset()
     ) -> Candidate:
         decision = self._pick(request, exclude)
+        if decision.outcome == Outcome.NO_READY and not exclude and self._held(request.model):
+            # Scaled to zero: wait for the wake instead of failing, within the call's deadline.
+            left = call.inp.timeout_s
+            if left is not None:
+                left -= time.perf_counter() - call.started
+            await self.activator.hold(request.model, left)  # type: ignore[union-attr]
+            decision = self._pick(request, exclude)
         if decision.outcome == Outcome.SATURATED:
 
             def saturated() -> bool:

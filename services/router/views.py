@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import grpc
@@ -52,11 +52,24 @@ class EndpointView(BackgroundFollower):
         # (endpoint, model) -> own in-flight when the endpoint's figures arrived
         self._stamps: dict[tuple[str, str], int] = {}
         self._by_model: dict[str, list[Candidate]] = {}
+        # Triton models the pool holds at zero (or is waking): requests wait instead of failing.
+        self._scaled_to_zero: frozenset[str] = frozenset()
+        self._changed = asyncio.Event()  # set and replaced on every apply
         self.revision = 0
 
     def candidates(self, triton_model: str) -> list[Candidate]:
         """Endpoints that have the model READY and are healthy (the scheduler filters further)."""
         return self._by_model.get(triton_model, [])
+
+    def scaled_to_zero(self, triton_model: str) -> bool:
+        """Whether the pool says the model's deployment is at zero (or waking, none READY yet)."""
+        return triton_model in self._scaled_to_zero
+
+    async def wait_for_candidates(self, triton_model: str) -> None:
+        """Returns once the model has a candidate; woken by each pool update, never polling.
+        The caller bounds the wait (asyncio.timeout)."""
+        while not self.candidates(triton_model):
+            await self._changed.wait()  # this update's event: the next apply sets it
 
     def kv_event_sources(self, events_label: str, replay_label: str) -> dict[str, tuple[str, str]]:
         """endpoint -> (KV events address, replay address or "") from the endpoints' pool labels,
@@ -73,9 +86,16 @@ class EndpointView(BackgroundFollower):
         return ep.gpu_type if ep else ""
 
     def apply(
-        self, endpoints: list[pool_pb2.Endpoint], removed: list[str] = (), snapshot: bool = True
+        self,
+        endpoints: list[pool_pb2.Endpoint],
+        removed: list[str] = (),
+        snapshot: bool = True,
+        scaled_to_zero: Iterable[str] | None = None,
     ) -> None:
+        """One pool update. `scaled_to_zero`: the pool's full list (None: keep the last one)."""
         own = self._own_inflight or (lambda _name, _model: -1)
+        if scaled_to_zero is not None:
+            self._scaled_to_zero = frozenset(scaled_to_zero)
         if snapshot:
             self._endpoints, self._stamps = {}, {}
         for ep in endpoints:
@@ -94,30 +114,31 @@ class EndpointView(BackgroundFollower):
                 continue
             for m in ep.models:
                 if m.state == pool_pb2.MODEL_STATE_READY:
-                    by_model.setdefault(m.name, []).append(
-                        Candidate(
-                            name=ep.name,
-                            address=ep.address,
-                            model=m.name,
-                            waiting=m.waiting_requests,
-                            active=m.active_requests,
-                            max_running=m.max_running_requests,
-                            kv_cache_fraction=m.kv_cache_fraction,
-                            gpu_utilization=ep.gpu_utilization,
-                            recent_ttft_s=m.recent_ttft_ms / 1000.0,
-                            recent_latency_s=m.recent_latency_ms / 1000.0,
-                            own_at_snapshot=self._stamps.get((ep.name, m.name), -1),
-                            kind=ep.kind or "triton",
-                            kv_cache_known=not m.kv_cache_unknown,
-                            prefix_hit_rate=m.prefix_cache_hit_rate
-                            if m.HasField("prefix_cache_hit_rate")
-                            else -1.0,
-                        )
-                    )
+                    by_model.setdefault(m.name, []).append(self._candidate(ep, m))
         self._by_model = by_model
         self._mark_ready()
+        self._changed.set()  # wakes requests held for a model scaled to zero
+        self._changed = asyncio.Event()
         if self._on_change is not None:
             self._on_change()
+
+    def _candidate(self, ep: pool_pb2.Endpoint, m: pool_pb2.EndpointModel) -> Candidate:
+        return Candidate(
+            name=ep.name,
+            address=ep.address,
+            model=m.name,
+            waiting=m.waiting_requests,
+            active=m.active_requests,
+            max_running=m.max_running_requests,
+            kv_cache_fraction=m.kv_cache_fraction,
+            gpu_utilization=ep.gpu_utilization,
+            recent_ttft_s=m.recent_ttft_ms / 1000.0,
+            recent_latency_s=m.recent_latency_ms / 1000.0,
+            own_at_snapshot=self._stamps.get((ep.name, m.name), -1),
+            kind=ep.kind or "triton",
+            kv_cache_known=not m.kv_cache_unknown,
+            prefix_hit_rate=m.prefix_cache_hit_rate if m.HasField("prefix_cache_hit_rate") else -1.0,
+        )
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -126,7 +147,9 @@ class EndpointView(BackgroundFollower):
                 call = self._stub.WatchEndpoints(pool_pb2.WatchEndpointsRequest(since_revision=self.revision))
                 async for msg in call:
                     backoff = 0.05
-                    self.apply(list(msg.endpoints), list(msg.removed), msg.snapshot)
+                    self.apply(
+                        list(msg.endpoints), list(msg.removed), msg.snapshot, msg.scaled_to_zero_models
+                    )
                     self.revision = msg.revision
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
