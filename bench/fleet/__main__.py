@@ -81,6 +81,12 @@ def describe_plans(plans: list[plan.FleetPlan], args: argparse.Namespace) -> str
                 f"scaling loop adds and removes replicas (at most {args.max_replicas} per model; a replica "
                 f"goes after {pooled.scale_in_window_s(args.time_scale, args.day_s):g} s engine time with "
                 "the load down)"
+                + (
+                    f"; the 70B batch model scales to zero after {pooled.scale_in_window_s(args.time_scale, args.day_s):g} s "
+                    "engine time idle and wakes for a held request"
+                    if args.scale_to_zero
+                    else "; nothing scales to zero"
+                )
             )
         out.append(f"  {p.setup:<8} {gpus}")
     return "GPUs (simulated H100 SXM 80GB, one simulator process each):\n" + "\n".join(out)
@@ -144,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-replicas", type=int, default=pooled.MAX_REPLICAS,
         help="the pool's replicas per model (1: never scale out, the GPUs the models need at rest)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-scale-to-zero", dest="scale_to_zero", action="store_false",
+        help="keep the 70B batch model loaded all run (by default the pool unloads it when idle and "
+        "the router holds a summary while it loads again)",
     )  # fmt: skip
     p.add_argument(
         "--out", default=str(plan.REPO / "bench/fleet/out"), help="directory for the PNGs and report"

@@ -18,12 +18,21 @@ cooldown (KEDA's default: 300 s), so it is set in calendar minutes and converted
 compression, but never shorter than a few of the loop's evaluations (the figures are sampled
 once per engine second). The probe, the hot window and the cooldown measure the engines and
 the probes' lag, so they stay in engine time.
+
+Scale to zero (on by default; `--no-scale-to-zero` turns it off): the batch model's warm-up
+claims get an idle TTL (the pool's `model_idle_ttl_s`), the scale-in window's calendar span, so
+the pool unloads the 70B once nothing has run on it that long and gives its GPU back. The router
+then holds a summary that arrives for it, asks the pool to wake it (ActivateDeployment's core,
+`PoolApp.activate`, in this process) and dispatches it once the woken replica is READY: the
+summary pays the 25 s cold start within its 60 s TTFT target. Only the batch model: the
+realtime and interactive models' targets (200 ms, 1 s) cannot absorb an 8-13 s cold start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 
 from prometheus_client import CollectorRegistry
@@ -48,6 +57,8 @@ PROBE_S = 1.0  # the pool's probe interval (its default is 0.5 s; 1 s halves the
 AUTOSCALE = {"interval_s": 1.0, "up_after_s": 2.0, "cooldown_s": 6.0}
 SCALE_IN_CALENDAR_S = 300.0  # calendar seconds the load must have fallen before a replica goes
 SCALE_IN_EVALUATIONS = 3  # the window's floor, in evaluations of the loop
+SCALE_TO_ZERO_MODELS = ("llama-3-70b-awq",)  # batch only: its 60 s TTFT target absorbs a cold start
+ACTIVATION_WAIT_S = 120.0  # engine seconds a held request waits for a wake (the router's default)
 
 
 def scale_in_window_s(time_scale: float, day_s: float) -> float:
@@ -58,9 +69,14 @@ def scale_in_window_s(time_scale: float, day_s: float) -> float:
 
 
 def pool_config(
-    sims: list[SimProcess], time_scale: float, day_s: float, max_replicas: int = MAX_REPLICAS
+    sims: list[SimProcess],
+    time_scale: float,
+    day_s: float,
+    max_replicas: int = MAX_REPLICAS,
+    scale_to_zero: bool = True,
 ) -> PoolConfig:
     prof = profiles()
+    idle_s = scale_in_window_s(time_scale, day_s) / time_scale  # wall seconds, like the window
     endpoints = tuple(
         EndpointSpec.make(
             s.name, s.address, metrics_url=s.metrics_url, gpu_type=GPU_TYPE, gpu_count=1,
@@ -82,7 +98,9 @@ def pool_config(
         nvml=False,
         models=models,
         headroom=HEADROOM,
-        agent_idle_ttl_s=0.0,  # the agents stay online all run
+        agent_idle_ttl_s=0.0,  # the agents stay online all run; only these models go to zero:
+        model_idle_ttl_s=tuple((m, idle_s) for m in SCALE_TO_ZERO_MODELS) if scale_to_zero else (),
+        idle_check_interval_s=PROBE_S / time_scale,
         max_replicas=max_replicas,
         autoscale=AutoscaleSettings(
             **{k: v / time_scale for k, v in AUTOSCALE.items()},
@@ -93,13 +111,24 @@ def pool_config(
 
 class PooledFleet:
     def __init__(
-        self, sims: list[SimProcess], view: EndpointView, time_scale: float, day_s: float, max_replicas: int
+        self,
+        sims: list[SimProcess],
+        view: EndpointView,
+        time_scale: float,
+        day_s: float,
+        max_replicas: int,
+        scale_to_zero: bool = True,
     ) -> None:
-        config = pool_config(sims, time_scale, day_s, max_replicas)
+        config = pool_config(sims, time_scale, day_s, max_replicas, scale_to_zero)
         self.app = PoolApp(config, CollectorRegistry(), nvml=Nvml(enabled=False))
         self.view = view
         self._mirror: asyncio.Task | None = None
         self.t0 = time.monotonic()  # the autoscaler's clock at the run's start
+        self.wall0 = time.time()  # the change log's clock at the run's start
+
+    async def activate(self, triton_model: str) -> None:
+        """What a router's ActivateDeployment call does, in this process."""
+        self.app.activate(triton_model)
 
     async def start(self) -> float:
         """Probes, the agents' warm-up loads (waited for), the view; returns the seconds it took."""
@@ -124,7 +153,9 @@ class PooledFleet:
     async def _follow(self) -> None:
         async for batch in self.app.watch(0):
             eps = [endpoint_to_proto(s) for s in batch.endpoints]
-            self.view.apply(eps, list(batch.removed), snapshot=batch.snapshot)
+            self.view.apply(
+                eps, list(batch.removed), snapshot=batch.snapshot, scaled_to_zero=batch.scaled_to_zero
+            )
 
     @staticmethod
     async def _until(cond, timeout_s: float) -> None:
@@ -135,14 +166,34 @@ class PooledFleet:
             await asyncio.sleep(0.05)
 
     def mark_start(self) -> None:
-        self.t0 = time.monotonic()
+        self.t0, self.wall0 = time.monotonic(), time.time()
 
     def events(self) -> list[tuple[float, str, int, int, str, str]]:
-        """(wall seconds since the run's start, model, before, after, reason, error)."""
-        return [
+        """(wall seconds since the run's start, model, before, after, reason, error): the scaling
+        loop's changes, and scale to zero and wakes from the pool's change log (when done)."""
+        out = [
             (e.at - self.t0, e.model, e.before, e.after, e.reason, e.error)
             for e in self.app.autoscaler.events
         ]
+        for row in self.app.changes.pending(10_000):
+            model = row.object.removeprefix("deployment:")
+            if row.action == "scale_to_zero":
+                out.append(
+                    (row.time_us / 1e6 - self.wall0, model, 1, 0, "idle: scaled to zero, GPU given back", "")
+                )
+            elif row.action == "wake":
+                error = json.loads(row.details or "{}").get("error", "")
+                out.append(
+                    (
+                        row.time_us / 1e6 - self.wall0,
+                        model,
+                        0,
+                        1,
+                        "woken for a held request (load done)",
+                        error,
+                    )
+                )
+        return sorted(out)
 
     async def stop(self) -> None:
         if self._mirror is not None:

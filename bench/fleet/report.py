@@ -119,7 +119,10 @@ def figures(res: SetupResult) -> dict:
     return {
         "setup": res.plan.setup, "time_scale": res.time_scale, "gpus": max(counts), "gpus_mean": gpu_h / hours,
         "colocated": [n for n, s in res.series.items() if len(s.models) > 1],
-        "util": timeline.utilisation(res), "util_per_gpu": res.util,
+        # Over the calendar, like the GPU-hours: the drain after 20:00 (which may wait out a
+        # held summary's cold start) is not part of the business days.
+        "util": timeline.utilisation(res, 0.0, len(DAYS) * day),
+        "util_per_gpu": timeline.gpu_utilisation(res, 0.0, len(DAYS) * day),
         "util_days": [timeline.utilisation(res, d * day, (d + 1) * day) for d in range(len(DAYS))],
         "util_surge": timeline.utilisation(res, *surge_w),
         "sent": len(recs), "served": served,

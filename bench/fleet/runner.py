@@ -38,12 +38,13 @@ from bench._common import pct, stop_all
 from bench._inproc_router import FakeRegistry, agent_record, build_router, scheduler_with_default
 from services.common import context as reqctx
 from services.common.errors import DeadlineExceeded, HarnessError, ResourceExhausted
+from services.router.activation import Activator
 from services.router.core import Call, GenerationInput
 from services.router.flow import ClassBounds, FlowConfig, FlowController, FlowStats
 from services.router.scheduling import Scheduler
 
 from .plan import FleetPlan
-from .pooled import PooledFleet
+from .pooled import ACTIVATION_WAIT_S, PooledFleet
 from .probe import GpuSeries, Probe, start_gpus
 from .workload import AGENTS, DAY_HOURS, DAY_START_H, DAYS, DEADLINE_MS, SLO_PROTO, Request
 
@@ -158,7 +159,10 @@ async def run_setup(
         # records, once a wall second. Static round-robin ignores figures, so its (10) GPUs are
         # read once a wall second, for utilisation only.
         if plan.setup == "harness":
-            fleet = PooledFleet(sims, rt.view, scale, args.day_s, args.max_replicas)
+            fleet = PooledFleet(sims, rt.view, scale, args.day_s, args.max_replicas, args.scale_to_zero)
+            if args.scale_to_zero:  # the router holds requests for the 70B while the pool wakes it
+                wait_s = ACTIVATION_WAIT_S / scale
+                rt.router.dispatcher.activator = Activator(rt.view, fleet.activate, wait_s)
             warmup = await fleet.start()
             print(f"harness: agents online, the pool loaded their models in {warmup:.1f} s", file=sys.stderr)
         view = None if fleet else rt.view

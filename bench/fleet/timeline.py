@@ -42,6 +42,18 @@ def utilisation(res: SetupResult, t0: float = 0.0, t1: float = float("inf")) -> 
     return busy / held if held else 0.0
 
 
+def gpu_utilisation(res: SetupResult, t0: float = 0.0, t1: float = float("inf")) -> dict[str, float]:
+    """Per GPU: busy / held time in [t0, t1) (0 for a GPU never held)."""
+    out = {}
+    for name, s in res.series.items():
+        busy = held = 0.0
+        for dt, u, h in _steps(s, t0, t1):
+            if h:
+                busy, held = busy + u * dt, held + dt
+        out[name] = busy / held if held else 0.0
+    return out
+
+
 def gpu_hours(res: SetupResult) -> float:
     """GPU-hours held over the calendar (engine time)."""
     _, held = busy_held(res, 0.0, len(DAYS) * res.day_s)
