@@ -76,9 +76,14 @@ def _events_of(call: Call) -> list:
     ]
 
 
-async def test_a_finished_calls_events_and_its_journal_end_are_written_together(tmp_path):
+async def test_a_finished_calls_events_and_its_journal_end_are_written_together(tmp_path, monkeypatch):
     outbox = Outbox(str(tmp_path / "outbox.db"))
     call, journal = _started_call(outbox)
+
+    def one_by_one(lane, payload):
+        raise AssertionError("written one by one, not in the call's one transaction")
+
+    monkeypatch.setattr(outbox, "append", one_by_one)
     async with grpc.aio.insecure_channel("127.0.0.1:1") as ch:
         shipper = EventShipper(ch, ch, CollectorRegistry(), outbox, fail_closed=True)
         shipper.emit_call(_events_of(call), journal)
