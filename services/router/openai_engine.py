@@ -16,6 +16,7 @@ the engines abort a request whose client went away.
 
 from __future__ import annotations
 
+import http.cookiejar
 import importlib.util
 import json
 import logging
@@ -268,6 +269,18 @@ class CompletionStream:
         return EngineChunk("", True, estimate_tokens(self.req.prompt), estimate_tokens(text), estimated=True)
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """A jar that keeps nothing: the client per endpoint is shared by every agent and user, so a
+    cookie one caller's response set must never ride on another's request (and parsing each
+    response's cookies is CPU for nothing)."""
+
+    def extract_cookies(self, response, request) -> None:  # type: ignore[override]
+        return None
+
+    def add_cookie_header(self, request) -> None:  # type: ignore[override]
+        return None
+
+
 class OpenAIEngine:
     """Streams completions from OpenAI-compatible endpoints, one pooled client per endpoint."""
 
@@ -299,6 +312,7 @@ class OpenAIEngine:
                 limits=self._limits,
                 transport=self._transport,
                 timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
+                cookies=_NoCookies(),
             )
         return client
 

@@ -265,3 +265,24 @@ def test_engine_access_flags_are_parsed_and_bad_ones_refused(tmp_path):
     assert address == "10.0.0.5:8001" and access.headers == (("triton-grpc-protocol-key", "v"),)
     assert access.tls and access.ca_file == str(ca)
     assert not openai_engine.parse_engine_access("https://v:1")[1].tls  # tls is a Triton setting
+
+
+async def test_a_cookie_an_engine_sets_never_rides_on_a_later_request():
+    """The client per endpoint is shared by every caller: nothing one response sets may reach
+    another caller's request."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        headers = {"content-type": "text/event-stream", "set-cookie": "session=alice-secret; Path=/"}
+        return httpx.Response(200, content=sse(text_chunk("ok", "stop")), headers=headers)
+
+    engine = engine_for(handler)
+    try:
+        for _ in range(2):
+            texts = [c.text async for c in engine.stream("http://eng:8000", REQ, 10)]
+            assert texts[0] == "ok"
+    finally:
+        await engine.close()
+    assert len(seen) == 2
+    assert "cookie" not in seen[1].headers
