@@ -78,3 +78,10 @@ class BackgroundFollower:
 
     async def _run(self) -> None:
         raise NotImplementedError
+
+
+async def cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancels background tasks (a service closing) and waits until each has ended."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from services.common.errors import HarnessError
+from services.common.streams import cancel_all
 from services.pool.deployments import DeploymentManager
 from services.pool.scaling import Advice, ScalingLimits, advise_one, new_replica_share, signals_of
 from services.pool.state import HEALTHY
@@ -169,8 +170,5 @@ class Autoscaler:
                 log.exception("autoscale step failed")
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all(list(self._tasks.values()))

@@ -29,6 +29,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from services.common.streams import cancel_all
 from services.pool.access import NO_ACCESS, EngineAccess
 from services.pool.endpoints import EndpointTable
 from services.pool.flavours import flavour_of, parse_flavour_metrics
@@ -251,9 +252,7 @@ class ProbeSupervisor:
     async def close(self) -> None:
         tasks = [t for _, t in self._tasks.values()]
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
 
 
 def _log_crash(task: asyncio.Task) -> None:

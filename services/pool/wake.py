@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from services.common.errors import HarnessError, NotFound
+from services.common.streams import cancel_all
 from services.pool.deployment_types import DeploymentView
 from services.pool.deployments import DeploymentManager
 
@@ -69,8 +70,5 @@ class Waker:
                 log.exception("recording the wake of %s failed", model)
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all(list(self._tasks.values()))

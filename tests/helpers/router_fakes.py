@@ -3,14 +3,17 @@ integration tests of the request path)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 
 from services.router.call_journal import CallJournal
+from services.router.engine import EngineRequest
 from services.router.events import emit_each
 from services.router.outbox import Outbox
+from services.router.scheduling import SchedulingRequest
 from services.router.views import AccessDecision
 
 MODEL, TRITON_MODEL = "llama-3-8b", "llama-3-8b-instruct"
@@ -95,3 +98,24 @@ def agent(
         rpm_limit=rpm,
         data_policy=policy,
     )
+
+
+class DispatchCall:
+    """The parts of a Call the dispatcher reads and fills in (a fixed model and prompt)."""
+
+    slo = None
+    endpoint = None
+    failed_over_from = ""
+    gpu_seconds = 0.0
+    queue_s = 0.0
+
+    def __init__(self, model: str, prompt: str = "p", timeout_s: float | None = 60.0) -> None:
+        self.model, self.prompt = model, prompt
+        self.inp = type("Inp", (), {"timeout_s": timeout_s})()
+        self.started = time.perf_counter()
+
+    def scheduling_request(self) -> SchedulingRequest:
+        return SchedulingRequest(model=self.model, prompt=self.prompt)
+
+    def engine_request(self) -> EngineRequest:
+        return EngineRequest(model=self.model, prompt=self.prompt, max_tokens=4)

@@ -6,7 +6,6 @@ to the simulator once the woken replica is READY."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import pytest
@@ -20,14 +19,14 @@ from services.pool.config import PoolConfig
 from services.pool.state import GIB, HEALTHY
 from services.router.activation import ActivationMetrics, Activator, pool_activate
 from services.router.dispatch import Dispatcher
-from services.router.engine import EngineRequest
 from services.router.flow import FlowController
-from services.router.scheduling import Scheduler, SchedulingRequest
+from services.router.scheduling import Scheduler
 from services.router.triton import TritonPool
 from services.router.views import EndpointView
 from tests.helpers.grpc import user_metadata
 from tests.helpers.polling import until
 from tests.helpers.pool_server import sim_endpoints
+from tests.helpers.router_fakes import DispatchCall
 
 MODEL = "small-trt"
 
@@ -56,24 +55,8 @@ class StreamWithMetadata(grpc.aio.UnaryStreamClientInterceptor):
         )
 
 
-class Call:
-    """The parts of a Call the dispatcher reads and fills in."""
-
-    slo = None
-    endpoint = None
-    failed_over_from = ""
-    gpu_seconds = 0.0
-    queue_s = 0.0
-
-    def __init__(self) -> None:
-        self.inp = type("Inp", (), {"timeout_s": 30.0})()
-        self.started = time.perf_counter()
-
-    def scheduling_request(self) -> SchedulingRequest:
-        return SchedulingRequest(model=MODEL, prompt="summarise the month")
-
-    def engine_request(self) -> EngineRequest:
-        return EngineRequest(model=MODEL, prompt="summarise the month", max_tokens=4)
+def Call() -> DispatchCall:
+    return DispatchCall(MODEL, "summarise the month", timeout_s=30.0)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ dispatcher, the activator and the endpoint view, with a fake engine and a fake p
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import pytest
@@ -16,8 +15,9 @@ from services.router.activation import ActivationMetrics, Activator
 from services.router.dispatch import Dispatcher
 from services.router.engine import EngineChunk, EngineRequest
 from services.router.flow import FlowController
-from services.router.scheduling import Scheduler, SchedulingRequest
+from services.router.scheduling import Scheduler
 from services.router.views import EndpointView
+from tests.helpers.router_fakes import DispatchCall
 
 MODEL = "big-trt"
 
@@ -31,24 +31,8 @@ class Engine:
         pass
 
 
-class Call:
-    """The parts of a Call the dispatcher reads and fills in."""
-
-    slo = None
-    endpoint = None
-    failed_over_from = ""
-    gpu_seconds = 0.0
-    queue_s = 0.0
-
-    def __init__(self, timeout_s: float | None = 60.0) -> None:
-        self.inp = type("Inp", (), {"timeout_s": timeout_s})()
-        self.started = time.perf_counter()
-
-    def scheduling_request(self) -> SchedulingRequest:
-        return SchedulingRequest(model=MODEL, prompt="p")
-
-    def engine_request(self) -> EngineRequest:
-        return EngineRequest(model=MODEL, prompt="p", max_tokens=4)
+def Call(timeout_s: float | None = 60.0) -> DispatchCall:
+    return DispatchCall(MODEL, timeout_s=timeout_s)
 
 
 class Pool:
