@@ -202,6 +202,21 @@ def deployments_undeploy(ctx: Ctx, args: argparse.Namespace) -> int:
     return 0
 
 
+def deployments_activate(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = _call(ctx, "ActivateDeployment", pb.ActivateDeploymentRequest(model=args.model))
+    d = resp.deployment
+
+    def human(r) -> None:
+        if r.waking:
+            print(
+                f"waking {d.model}: loading {d.replicas} replica(s); routers hold its requests until one is ready"
+            )
+        else:
+            print(f"{d.model} is not scaled to zero ({d.ready_replicas}/{d.replicas} ready): nothing to wake")
+
+    return _emit(ctx, args, resp, human)
+
+
 def gpus_list(ctx: Ctx, args: argparse.Namespace) -> int:
     resp = _call(ctx, "ListGpus", pb.ListGpusRequest(endpoint=args.endpoint or ""))
 
@@ -252,7 +267,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("name")
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for in-flight requests")
 
-    deps = sub.add_parser("deployments", help="model deployments: list, deploy, undeploy")
+    deps = sub.add_parser("deployments", help="model deployments: list, deploy, undeploy, activate")
     d = deps.add_subparsers(dest="verb", required=True, metavar="ACTION")
     verb(d, "list", deployments_list, "deployments with their placements and idle state")
     p = verb(d, "deploy", deployments_deploy, "load a catalog model on N replicas (a claim)")
@@ -266,6 +281,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("model")
     p.add_argument("--owner", help="whose claim (operators only; default: you)")
     p.add_argument("--all", action="store_true", help="drop every claim")
+    p = verb(d, "activate", deployments_activate, "wake a deployment scaled to zero (returns at once)")
+    p.add_argument("model", help="catalog or Triton model name")
 
     g = sub.add_parser("gpus", parents=[common], help="the pool's GPUs with memory and utilisation")
     g.add_argument("--endpoint", help="only this endpoint's GPUs")

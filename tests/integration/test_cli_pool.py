@@ -107,6 +107,13 @@ async def test_deployments_and_gpus(cli):
     assert table.rc == 0 and table.out.strip() == "(none)"  # no GPU figures: said, not an empty grid
     bad = await cli("deployments", "deploy", "nope")
     assert bad.rc == 1 and "NOT_FOUND" in bad.err
+    woken = await cli("deployments", "activate", "awq")
+    assert woken.rc == 0, woken.err
+    assert woken.out.strip() == "awq is not scaled to zero (1/1 ready): nothing to wake"
+    as_json = json.loads((await cli("deployments", "activate", "awq", "--format", "json")).out)
+    assert as_json["waking"] is False and as_json["deployment"]["ready_replicas"] == 1
+    unknown = await cli("deployments", "activate", "nope")
+    assert unknown.rc == 1 and "NOT_FOUND" in unknown.err
 
 
 async def _ready(cli) -> bool:
