@@ -23,6 +23,7 @@ from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.errors import Unavailable
+from services.common.streams import cancel_all
 from services.router.views import EndpointView
 
 log = logging.getLogger("harness.router.activation")
@@ -126,9 +127,7 @@ class Activator:
             log.warning("asking the pool to activate %s failed: %s", triton_model, exc)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(list(self._tasks))
 
 
 def pool_activate(channel: grpc.aio.Channel, timeout_s: float = 5.0) -> Callable[[str], Awaitable[object]]:
