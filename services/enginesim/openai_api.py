@@ -27,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from services.common.openai_tool_calls import MAX_TOOLS
+
 from . import embedder
 from .faults import (
     INJECTED_INTERNAL,
@@ -35,7 +37,7 @@ from .faults import (
     InjectedInternal,
     InjectedUnavailable,
 )
-from .openai_tools import MAX_TOOLS, CallScript, FunctionTool, ToolChoice, planned_calls
+from .openai_tools import CallScript, FunctionTool, ToolChoice, planned_calls
 from .sequence import EngineError, GenerationRequest, InvalidRequestError, QueueFullError, Sequence
 from .simulator import ModelNotFoundError, ModelNotReadyError, Simulator
 from .text import script_tokens

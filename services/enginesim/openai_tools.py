@@ -15,7 +15,8 @@ short by max_tokens keeps what was written, with finish_reason `length`.
 
 Bounds (400, vLLM's error body naming the field): at most MAX_TOOLS tools with distinct names
 of OpenAI's form; parameters a JSON Schema object of at most MAX_SCHEMA_BYTES and
-MAX_SCHEMA_DEPTH levels of nesting; a tool_choice other than `none` needs tools, and a named
+MAX_SCHEMA_DEPTH levels of nesting (the bounds the router's OpenAI front door applies too:
+services/common/openai_tool_calls.py); a tool_choice other than `none` needs tools, and a named
 one must be among them.
 """
 
@@ -27,14 +28,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.common.openai_tool_calls import FUNCTION_NAME, MAX_DESCRIPTION_CHARS, schema_bound_error
+
 from .sequence import InvalidRequestError
 from .tool_calls import choose_calls
-
-FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
-MAX_TOOLS = 128  # OpenAI's limit
-MAX_SCHEMA_BYTES = 64 << 10  # one function's parameters, as JSON
-MAX_SCHEMA_DEPTH = 32  # objects and arrays inside one another
-MAX_DESCRIPTION = 8192
 
 
 class ToolRequestError(InvalidRequestError):
@@ -45,19 +42,11 @@ class ToolRequestError(InvalidRequestError):
         self.param = param
 
 
-def _nested_deeper(obj: Any, levels: int) -> bool:
-    """Whether `obj` nests objects or arrays more than `levels` deep (stops looking there)."""
-    children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else None
-    if children is None:
-        return False
-    return levels <= 0 or any(_nested_deeper(c, levels - 1) for c in children)
-
-
 class FunctionDefinition(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(pattern=FUNCTION_NAME)
-    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
@@ -66,10 +55,8 @@ class FunctionDefinition(BaseModel):
     def _bounded_object_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
         if schema is None:
             return None
-        if _nested_deeper(schema, MAX_SCHEMA_DEPTH):
-            raise ValueError(f"a schema nested at most {MAX_SCHEMA_DEPTH} levels deep is accepted")
-        if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
-            raise ValueError(f"a schema of at most {MAX_SCHEMA_BYTES} bytes (as JSON) is accepted")
+        if problem := schema_bound_error(schema):
+            raise ValueError(problem)
         if schema.get("type", "object") != "object":
             raise ValueError('the parameters must be a JSON Schema of type "object"')
         return schema

@@ -10,7 +10,7 @@ import json
 import openai
 import pytest
 
-from services.enginesim.openai_tools import MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH, MAX_TOOLS
+from services.common.openai_tool_calls import MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH, MAX_TOOLS
 from services.enginesim.testing import start_enginesim
 
 MODEL = "llama-3-8b-instruct"

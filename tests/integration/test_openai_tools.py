@@ -19,6 +19,7 @@ import pytest_asyncio
 from langchain_openai import ChatOpenAI
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
+from services.common.openai_tool_calls import MAX_SCHEMA_DEPTH, nested_deeper
 from services.enginesim.testing import start_enginesim
 from services.router.engine import OPENAI
 from services.router.openai_engine import OpenAIEngine
@@ -180,6 +181,22 @@ async def test_a_model_family_without_a_tool_format_refuses_tools(front):  # noq
                 tool_choice={"type": "function", "function": {"name": "drop_tables"}},
             )  # fmt: skip
     assert unknown.value.body["param"] == "tool_choice"
+
+
+async def test_a_tool_schema_past_the_bounds_is_400_naming_the_tool(llama):
+    nested: list = []
+    for _ in range(MAX_SCHEMA_DEPTH - 3):  # one level past the limit, well within the context
+        nested = [nested]
+    too_deep = {"type": "object", "properties": {"x": {"type": "array", "default": nested}}}
+    assert nested_deeper(too_deep, MAX_SCHEMA_DEPTH) and not nested_deeper(too_deep, MAX_SCHEMA_DEPTH + 1)
+    tools = [*TOOLS, {"type": "function", "function": {"name": "probe", "parameters": too_deep}}]
+    async with llama.client() as client:  # a family with a tool format: the tools would be taken
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools)
+    assert refused.value.status_code == 400
+    error = refused.value.body
+    assert (error["type"], error["param"]) == ("invalid_request_error", "tools[2].function.parameters")
+    assert "tools[2]" in error["message"] and f"{MAX_SCHEMA_DEPTH} levels deep" in error["message"]
 
 
 async def test_the_readme_snippets_run_as_printed(llama):

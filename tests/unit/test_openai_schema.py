@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from services.common.openai_tool_calls import MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH, nested_deeper
 from services.router.chat import AUTO, NONE, ChatMessage, ToolChoice
 from services.router.openai_http.schema import (
     BadRequest,
@@ -137,6 +138,46 @@ def test_bad_tools_name_the_field(body, param):
     with pytest.raises(BadRequest) as bad:
         chat_input(parse(ChatCompletionRequest, body))
     assert bad.value.param == param and bad.value.http_status == 400
+
+
+def _levels_deep(levels: int) -> dict:
+    """An object schema nesting `levels` objects and arrays (the top object is the first)."""
+    inner: list = []
+    for _ in range(levels - 3):  # the top object, its properties and the innermost array
+        inner = [inner]
+    return {"type": "object", "properties": {"x": inner}}
+
+
+def _tools_with(parameters: dict) -> list[dict]:
+    """Three tools; the last offers `parameters`."""
+    return [*TOOLS, {"type": "function", "function": {"name": "probe", "parameters": parameters}}]
+
+
+def test_a_schema_at_the_bounds_is_taken():
+    at_depth = _levels_deep(MAX_SCHEMA_DEPTH)
+    assert not nested_deeper(at_depth, MAX_SCHEMA_DEPTH) and nested_deeper(at_depth, MAX_SCHEMA_DEPTH - 1)
+    padding = MAX_SCHEMA_BYTES - len(json.dumps({"type": "object", "description": ""}))
+    at_size = {"type": "object", "description": "x" * padding}
+    for schema in (at_depth, at_size):
+        inp = chat_input(parse(ChatCompletionRequest, chat(tools=_tools_with(schema))))
+        assert inp.tools[2].parameters == schema
+
+
+@pytest.mark.parametrize(
+    ("parameters", "limit"),
+    [
+        (_levels_deep(MAX_SCHEMA_DEPTH + 1), f"{MAX_SCHEMA_DEPTH} levels deep"),
+        ({"type": "object", "description": "x" * MAX_SCHEMA_BYTES}, f"{MAX_SCHEMA_BYTES} bytes"),
+    ],
+    ids=["too-deep", "too-large"],
+)
+def test_a_schema_past_the_bounds_is_refused_naming_the_tool_and_the_limit(parameters, limit):
+    with pytest.raises(BadRequest) as bad:
+        chat_input(parse(ChatCompletionRequest, chat(tools=_tools_with(parameters))))
+    assert (bad.value.param, bad.value.error_code, bad.value.http_status) == (
+        "tools[2].function.parameters", "invalid_value", 400,
+    )  # fmt: skip
+    assert "tools[2]" in bad.value.message and limit in bad.value.message
 
 
 def test_conflicting_token_limits_and_empty_stop_are_refused():

@@ -14,6 +14,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from services.common.errors import InvalidArgument
+from services.common.openai_tool_calls import (
+    FUNCTION_NAME,
+    MAX_DESCRIPTION_CHARS,
+    MAX_TOOLS,
+    schema_bound_error,
+)
 from services.router.chat import AUTO, NONE, ChatMessage, ToolCallOut, ToolChoice, ToolSpec
 from services.router.core import GenerationInput
 
@@ -22,9 +28,7 @@ MAX_PARTS = 256
 MAX_STOP = 4
 MAX_STOP_CHARS = 256
 MAX_ID_CHARS = 256
-MAX_TOOLS = 128
 MAX_TOOL_CALLS = 128
-FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
 INT32_MAX = 2**31 - 1
 UINT64 = 2**64  # the engine's seed tensor is UINT64
 
@@ -79,8 +83,9 @@ class Message(_Body):
 
 class FunctionDefinition(_Body):
     name: FunctionName
-    description: Annotated[StrictStr, Field(max_length=8192)] | None = None
-    parameters: dict[str, Any] | None = None  # a JSON Schema object, shown to the model as is
+    description: Annotated[StrictStr, Field(max_length=MAX_DESCRIPTION_CHARS)] | None = None
+    # A JSON Schema object, shown to the model as is; bounded in size and depth (_tools).
+    parameters: dict[str, Any] | None = None
     strict: StrictBool | None = None
 
 
@@ -247,6 +252,10 @@ def _message(m: Message, i: int) -> ChatMessage:
 
 
 def _tools(req: ChatCompletionRequest) -> tuple[tuple[ToolSpec, ...], ToolChoice]:
+    for i, tool in enumerate(req.tools or ()):
+        if tool.function.parameters and (problem := schema_bound_error(tool.function.parameters)):
+            param = f"tools[{i}].function.parameters"
+            raise BadRequest(f"Invalid value for '{param}': {problem}", param)
     tools = tuple(
         ToolSpec(t.function.name, t.function.description or "", t.function.parameters or {})
         for t in req.tools or ()

@@ -1,0 +1,33 @@
+"""OpenAI's tool calling as both OpenAI-compatible servers here speak it: the router's front door
+and the engine simulator (as vLLM). One definition of the bounds on the functions a request
+offers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
+MAX_TOOLS = 128  # OpenAI's limit on the functions one request offers
+MAX_DESCRIPTION_CHARS = 8192  # one function's description
+MAX_SCHEMA_BYTES = 64 << 10  # one function's parameters, as JSON
+MAX_SCHEMA_DEPTH = 32  # objects and arrays inside one another, in one function's parameters
+
+
+def nested_deeper(obj: Any, levels: int) -> bool:
+    """Whether `obj` nests objects or arrays more than `levels` deep (stops looking there)."""
+    children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else None
+    if children is None:
+        return False
+    return levels <= 0 or any(nested_deeper(c, levels - 1) for c in children)
+
+
+def schema_bound_error(schema: dict[str, Any]) -> str | None:
+    """Why a function's `parameters` schema is past the bounds, or None. Depth is checked
+    first: it stops at the limit, and measuring the size walks the whole schema."""
+    if nested_deeper(schema, MAX_SCHEMA_DEPTH):
+        return f"a schema nested at most {MAX_SCHEMA_DEPTH} levels deep is accepted"
+    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        return f"a schema of at most {MAX_SCHEMA_BYTES} bytes (as JSON) is accepted"
+    return None
+
