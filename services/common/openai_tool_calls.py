@@ -1,6 +1,12 @@
 """OpenAI's tool calling as both OpenAI-compatible servers here speak it: the router's front door
 and the engine simulator (as vLLM). One definition of the bounds on the functions a request
-offers."""
+offers, and of the JSON shapes of the calls an answer makes:
+
+- `message.tool_calls[i]`: `{"id", "type": "function", "function": {"name", "arguments"}}`;
+- streamed `delta.tool_calls[i]`: a call's first piece `{"index", "id", "type", "function":
+  {"name", "arguments"}}`, then `{"index", "function": {"arguments": fragment}}` pieces that
+  clients join by index.
+"""
 
 from __future__ import annotations
 
@@ -31,3 +37,18 @@ def schema_bound_error(schema: dict[str, Any]) -> str | None:
         return f"a schema of at most {MAX_SCHEMA_BYTES} bytes (as JSON) is accepted"
     return None
 
+
+def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    """One entry of `message.tool_calls`; `arguments` is JSON text."""
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def tool_call_start(index: int, call_id: str, name: str, arguments: str = "") -> dict[str, Any]:
+    """A streamed call's first `delta.tool_calls` entry: which call it is, its id and name."""
+    fn = {"name": name, "arguments": arguments}
+    return {"index": index, "id": call_id, "type": "function", "function": fn}
+
+
+def tool_call_fragment(index: int, arguments: str) -> dict[str, Any]:
+    """A later `delta.tool_calls` entry: the next fragment of call `index`'s arguments."""
+    return {"index": index, "function": {"arguments": arguments}}

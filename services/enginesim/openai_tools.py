@@ -28,7 +28,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.common.openai_tool_calls import FUNCTION_NAME, MAX_DESCRIPTION_CHARS, schema_bound_error
+from services.common.openai_tool_calls import (
+    FUNCTION_NAME,
+    MAX_DESCRIPTION_CHARS,
+    schema_bound_error,
+    tool_call,
+    tool_call_fragment,
+    tool_call_start,
+)
 
 from .sequence import InvalidRequestError
 from .tool_calls import choose_calls
@@ -128,11 +135,10 @@ class CallScript:
         for index, (call_id, name, arguments) in enumerate(self.calls):
             high = low + len(arguments)
             if start <= low < end:  # the call begins: its id and name come first
-                fn = {"name": name, "arguments": ""}
-                out.append({"index": index, "id": call_id, "type": "function", "function": fn})
+                out.append(tool_call_start(index, call_id, name))
             if low < end and start < high:
                 fragment = piece[max(low, start) - start : min(high, end) - start]
-                out.append({"index": index, "function": {"arguments": fragment}})
+                out.append(tool_call_fragment(index, fragment))
             low = high
         return out
 
@@ -143,6 +149,6 @@ class CallScript:
             if low >= len(text):
                 break
             written = text[low : low + len(arguments)]
-            out.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": written}})
+            out.append(tool_call(call_id, name, written))
             low += len(arguments)
         return out

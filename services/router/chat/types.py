@@ -8,6 +8,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.openai_tool_calls import tool_call, tool_call_fragment, tool_call_start
+
 AUTO, NONE, REQUIRED = "auto", "none", "required"
 
 
@@ -24,11 +26,7 @@ class ToolCallOut:
     id: str = field(default_factory=new_call_id)
 
     def as_openai(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments},
-        }
+        return tool_call(self.id, self.name, self.arguments)
 
 
 @dataclass(frozen=True)
@@ -44,9 +42,8 @@ class ToolCallDelta:
 
     def as_openai(self) -> dict[str, Any]:
         if self.id:
-            fn = {"name": self.name, "arguments": self.arguments}
-            return {"index": self.index, "id": self.id, "type": "function", "function": fn}
-        return {"index": self.index, "function": {"arguments": self.arguments}}
+            return tool_call_start(self.index, self.id, self.name, self.arguments)
+        return tool_call_fragment(self.index, self.arguments)
 
 
 @dataclass(frozen=True)
