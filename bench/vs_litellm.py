@@ -5,16 +5,22 @@ streaming the same chat completions (same messages, max_tokens 8) through
   (l) the LiteLLM proxy (no database, no callbacks, 2 workers) in front of that same simulator,
   (h) the Harness (Envoy + router, mTLS, policy, audit, cost) in front of the stack's simulators
       (the same simulator code and time scale; the router picks one of them per request),
+  (e) Envoy alone: a second Envoy with the front door's own mTLS listener (same TLS, codec,
+      timeouts and HTTP filters, built from the stack's bootstrap by bench/_envoy_floor.py) that
+      proxies /v1/* straight to sim-2, no router. Agents must come through that listener, so
+      (e) is the floor of the Harness's topology; the client presents the same certificate as (h),
 at several concurrencies. "Added" is a path's p50 minus (d)'s: what the gateway costs on top
 of calling an engine directly with the same client. CPU per request is the gateway's
-processes (LiteLLM's, or both routers and Envoy), read from /proc; a table below gives it process by process.
+processes (LiteLLM's; both routers and Envoy; the floor Envoy), read from /proc; a table below
+gives it process by process.
 
 LiteLLM is installed by this script into a throwaway virtualenv (`--venv DIR` keeps and reuses
 one); it is never a dependency of the project. Needs network access to PyPI the first time.
 LiteLLM runs as its docs start it: `litellm --config` with 2 workers, a master key, no database
 and no callbacks.
 Targets: the Harness adds at most 1/10 of LiteLLM's latency at every level and uses at most
-1/5 of its CPU per request.
+1/5 of its CPU per request. The floor line gives (e)'s added p50 as a share of LiteLLM's next to
+(h)'s: the least the mandated topology can score against that target.
 
 Usage: python bench/vs_litellm.py [--quick] [--requests 200] [--concurrency 1,16,64] [--venv DIR]
 """
@@ -40,6 +46,7 @@ import httpx2
 import openai
 from _cli import closed_loop_parser, run_closed_loop
 from _common import pct
+from _envoy_floor import start_floor_envoy
 from openai_frontdoor import Level, cpu_split, gateway_pids, openai_call, run_level
 from router_overhead import env_of, start_stack
 
@@ -59,7 +66,8 @@ MASTER_KEY = "sk-harness-bench-" + os.urandom(8).hex()  # LiteLLM refuses to sta
 MAX_TOKENS = 8
 OPENAI_SIM_LOG = "enginesim-2.log"  # sim-2, the stack's simulator that speaks the OpenAI HTTP API
 ENGINE_MODEL = "llama-3-8b-instruct"  # its model name (the Harness's catalog calls it llama-3-8b)
-PATHS = ("(d) direct", "(l) LiteLLM", "(h) Harness")
+Gateway = tuple[int, str]  # a gateway process's pid and its OpenAI base URL
+PATHS = ("(d) direct", "(l) LiteLLM", "(h) Harness", "(e) Envoy only")
 
 
 def litellm_venv(where: Path) -> Path:
@@ -135,7 +143,8 @@ def litellm_pids(pid: int) -> dict[int, str]:
     return {p: "litellm master" if p == pid else "litellm workers" for p in process_tree(pid)}
 
 
-async def measure(args, litellm_url: str, engine_url: str, litellm_pid: int, root: Path) -> dict:
+async def measure(args, root: Path, engine_url: str, litellm_at: Gateway, floor_at: Gateway) -> dict:
+    """Every path at every concurrency; `litellm_at` and `floor_at` are (pid, base URL)."""
     env = env_of(root)
     tls = ssl.create_default_context(cafile=env["HARNESS_CA"])
     tls.load_cert_chain(env["HARNESS_CERT"], env["HARNESS_KEY"])
@@ -147,12 +156,13 @@ async def measure(args, litellm_url: str, engine_url: str, litellm_pid: int, roo
 
     clients = {
         "(d) direct": (client(engine_url, "unused"), {}, ENGINE_MODEL),
-        "(l) LiteLLM": (client(litellm_url, MASTER_KEY), litellm_pids(litellm_pid), "llama-3-8b"),
+        "(l) LiteLLM": (client(litellm_at[1], MASTER_KEY), litellm_pids(litellm_at[0]), "llama-3-8b"),
         "(h) Harness": (
             client(env["HARNESS_OPENAI_BASE_URL"], env["HARNESS_TOKEN"], tls),
             gateway_pids(root),
             "llama-3-8b",
         ),
+        "(e) Envoy only": (client(floor_at[1], "unused", tls), {floor_at[0]: "floor envoy"}, ENGINE_MODEL),
     }
     rows: dict[tuple[str, int], Level] = {}
     for c in args.concurrency:
@@ -160,10 +170,19 @@ async def measure(args, litellm_url: str, engine_url: str, litellm_pid: int, roo
         for label, (api, pids, model) in clients.items():
             call = openai_call(api, MAX_TOKENS, model)
             rows[(label, c)] = level = await run_level(call, pids, c, n, label[1])
-            print(f"  {label:<12} c={c:<3} {n} requests in {level.seconds:.1f}s", flush=True)
+            print(f"  {label:<14} c={c:<3} {n} requests in {level.seconds:.1f}s", flush=True)
     for api, _, _ in clients.values():
         await api.close()
     return rows
+
+
+def added_p50(rows: dict, label: str, c: int) -> float:
+    """`label`'s p50 minus the direct path's at concurrency `c` (ms)."""
+    return pct(rows[(label, c)].latencies, 50) - pct(rows[("(d) direct", c)].latencies, 50)
+
+
+def share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else float("inf")
 
 
 def report(rows: dict, args) -> None:
@@ -172,34 +191,34 @@ def report(rows: dict, args) -> None:
         f"closed loop; {os.cpu_count()} CPUs shared by client, gateways and engines"
     )
     head = (
-        f"{'path':<13}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}{'added p50':>11}"
+        f"{'path':<15}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}{'added p50':>11}"
         f"{'gw CPU ms':>11}"
     )
     print(head + "\n" + "-" * len(head))
-    verdicts = []
     for c in args.concurrency:
-        d50 = pct(rows[("(d) direct", c)].latencies, 50)
         for label in PATHS:
             r = rows[(label, c)]
-            p50 = pct(r.latencies, 50)
             cpu = f"{r.server_cpu_ms:>11.2f}" if label != "(d) direct" else f"{'-':>11}"
             print(
-                f"{label:<13}{c:>5}{p50:>9.2f}{pct(r.latencies, 99):>9.2f}{r.rps:>8.0f}{r.errors:>8}"
-                f"{p50 - d50:>11.2f}{cpu}"
+                f"{label:<15}{c:>5}{pct(r.latencies, 50):>9.2f}{pct(r.latencies, 99):>9.2f}{r.rps:>8.0f}"
+                f"{r.errors:>8}{added_p50(rows, label, c):>11.2f}{cpu}"
             )
-        lite = pct(rows[("(l) LiteLLM", c)].latencies, 50) - d50
-        ours = pct(rows[("(h) Harness", c)].latencies, 50) - d50
-        cpu_ratio = rows[("(h) Harness", c)].server_cpu_ms / rows[("(l) LiteLLM", c)].server_cpu_ms
-        verdicts.append((c, ours / lite if lite > 0 else float("inf"), cpu_ratio))
     print("gateway CPU ms per request, by process:")
     for c in args.concurrency:
         for label in PATHS[1:]:
-            print(f"  {label:<12} c={c:<3} {cpu_split(rows[(label, c)])}")
-    for c, latency_ratio, cpu_ratio in verdicts:
+            print(f"  {label:<14} c={c:<3} {cpu_split(rows[(label, c)])}")
+    for c in args.concurrency:
+        lite = added_p50(rows, "(l) LiteLLM", c)
+        latency_ratio = share(added_p50(rows, "(h) Harness", c), lite)
+        cpu_ratio = share(rows[("(h) Harness", c)].server_cpu_ms, rows[("(l) LiteLLM", c)].server_cpu_ms)
         ok = latency_ratio <= 0.1 and cpu_ratio <= 0.2
         print(
             f"c={c}: {'PASS' if ok else 'FAIL'}: the Harness adds {latency_ratio:.2f}x LiteLLM's added p50 "
-            f"(target <= 0.1) and uses {cpu_ratio:.2f}x its CPU per request (target <= 0.2)"
+            f"(target <= 0.1) and uses {cpu_ratio:.2f}x its CPU per request (target <= 0.2)\n"
+            f"  floor: Envoy's mTLS hop alone adds {added_p50(rows, '(e) Envoy only', c):.2f} ms = "
+            f"{share(added_p50(rows, '(e) Envoy only', c), lite):.2f}x LiteLLM's added p50 "
+            f"(the Harness: {latency_ratio:.2f}x) and uses {rows[('(e) Envoy only', c)].server_cpu_ms:.2f} ms "
+            "of Envoy CPU per request"
         )
 
 
@@ -215,7 +234,12 @@ async def main_async(args: argparse.Namespace) -> None:
             engine_url = simulator_openai_url(tmp / ".harness")
             print("starting LiteLLM...", flush=True)
             lite, lite_url = start_litellm(litellm, engine_url, tmp, started)
-            rows = await measure(args, lite_url, engine_url, lite.pid, tmp / ".harness")
+            door_url = env_of(tmp / ".harness")["HARNESS_OPENAI_BASE_URL"]
+            floor, floor_url = start_floor_envoy(tmp / ".harness", engine_url, door_url)
+            started.append(floor)
+            rows = await measure(
+                args, tmp / ".harness", engine_url, (lite.pid, lite_url), (floor.pid, floor_url)
+            )
         finally:  # whatever failed, nothing this run started is left behind
             for proc in started:
                 with contextlib.suppress(ProcessLookupError):
