@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common import context as reqctx
 from services.common.kv_blocks import external_hash, sim_token_ids
+from services.common.kv_events_wire import AllBlocksCleared
 from services.enginesim.app import start_server
 from services.enginesim.config import SimulatorConfig
 from services.router.core import Call, GenerationInput, Router, RouterPolicy
@@ -72,6 +74,27 @@ def start_sim(name: str, catalog_path: Path, log: Path) -> tuple[subprocess.Pope
     raise AssertionError(f"simulator {name} did not start: {log.read_text(errors='replace')}")
 
 
+async def followed(
+    follower: KvEventFollower, endpoint: str, publish: Callable[[int], Awaitable[None]]
+) -> None:
+    """Waits (10 s at most) until the router's subscriber for ``endpoint`` has taken in a batch,
+    having the engine publish one after another meanwhile: a SUB socket receives only what is
+    published after its subscription reaches the publisher (ZeroMQ's slow joiner), so waiting
+    for one batch to arrive is the readiness signal; the batches before it come from the replay
+    socket. Fails if none arrives."""
+    sub = follower.subscriber(endpoint)
+    assert sub is not None, f"the router follows no KV events of {endpoint}"
+    deadline = time.monotonic() + 10
+    attempt = 0
+    while sub.batches == 0:
+        assert time.monotonic() < deadline, f"{endpoint}: no KV event reached the router within 10 s"
+        await publish(attempt)
+        attempt += 1
+        published = time.monotonic()
+        while sub.batches == 0 and time.monotonic() - published < 0.2:
+            await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def fleet(tmp_path):
     cat = catalog(tmp_path / "catalog.yaml")
@@ -112,17 +135,24 @@ async def test_the_router_routes_by_what_engines_announce_they_hold(fleet):
         MemoryResultCache(), RouterMetrics(CollectorRegistry()), RouterPolicy(default_max_tokens=4, redaction_key="k"),
     )  # fmt: skip
     blocks = scheduler.memory.engine_blocks
-    try:
-        await asyncio.sleep(0.5)  # SUB sockets connect
-        # Warm sim-1's cache behind the router's back: the router has no record of it.
-        holder = fleet[1]
-        async for _ in triton.stream(
-            holder.address,
-            TritonRequest(model=TRITON_MODEL, prompt=PREFIX + "first question?", max_tokens=2),
-            30,
-        ):
+    holder = fleet[1]
+
+    async def generate(prompt: str) -> None:  # on sim-1, behind the router's back
+        request = TritonRequest(model=TRITON_MODEL, prompt=prompt, max_tokens=2)
+        async for _ in triton.stream(holder.address, request, 30):
             pass
-        await until(lambda: blocks.live("sim-1", TRITON_MODEL) is not None)
+
+    try:
+        # Each probe stores a block or two of its own, unrelated to the prefix.
+        await followed(
+            follower, "sim-1", lambda n: generate(f"Readiness probe {n} of the event stream. " * 3)
+        )
+        # Warm sim-1's cache: the router has no record of it.
+        await generate(PREFIX + "first question?")
+        warmed = scheduler.memory.engine_block_hashes(SchedulingRequest(TRITON_MODEL, prompt=PREFIX), BLOCK)
+        await until(
+            lambda: (e := blocks.live("sim-1", TRITON_MODEL)) and e.matched(warmed) == len(warmed) > 0
+        )
         assert blocks.live("sim-0", TRITON_MODEL) is None  # sim-0 announced nothing yet
         assert scheduler.memory.prefix.size("sim-1") == 0
 
@@ -135,11 +165,7 @@ async def test_the_router_routes_by_what_engines_announce_they_hold(fleet):
 
         # Fill sim-1's small cache with other prompts: it evicts the prefix and says so.
         for i in range(6):
-            other = f"Unrelated document {i} " * 40
-            async for _ in triton.stream(
-                holder.address, TritonRequest(model=TRITON_MODEL, prompt=other, max_tokens=2), 30
-            ):
-                pass
+            await generate(f"Unrelated document {i} " * 40)
         req = SchedulingRequest(TRITON_MODEL, prompt=PREFIX + "late question?")
         entry = blocks.live("sim-1", TRITON_MODEL)
         await until(lambda: entry.matched(scheduler.memory.engine_block_hashes(req, BLOCK)) == 0)
@@ -169,7 +195,11 @@ async def test_the_routers_hashes_are_the_simulators_cache_keys():
     triton = TritonPool()
     try:
         follower.sync({"sim": (running.kv_events.endpoint, running.kv_events.replay_endpoint)})
-        await asyncio.sleep(0.5)
+
+        async def clear(_: int) -> None:  # true of the engine's cache, empty so far
+            running.kv_events.publish(TRITON_MODEL, [AllBlocksCleared()])
+
+        await followed(follower, "sim", clear)
         prompt = (
             PREFIX * 4 + "what changed in the ledger policy this quarter?"
         )  # the catalog's 64-token blocks
