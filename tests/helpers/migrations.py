@@ -47,21 +47,53 @@ def check_ops_command_line(migrate: ModuleType, db_url: str, capsys) -> None:
     assert capsys.readouterr().out.strip() == f"(empty) (head {head})"
 
 
-def start_together(opener: str, argvs: list[list[str]], cwd) -> list[str]:
-    """Runs `python -c opener *argv` once per argv, all released at the same moment (the opener
-    sleeps until the start time passed as its last argument); returns the failures' stderr."""
+def start_together(opener: str, argvs: list[list[str]], cwd, within_s: float = 30.0) -> list[str]:
+    """Runs `python -c opener *argv` once per argv and releases them all at one moment; returns the
+    failures' stderr. The opener prints a line once its imports are done, then reads its stdin to
+    the end: every process's stdin is one pipe, which closes once all have printed (``within_s``
+    at most), however long their imports took."""
+    import os
     import subprocess
     import sys
-    import time
 
-    start = str(time.time() + 4)  # ~1 s of imports, with room to spare
-    procs = [
-        subprocess.Popen([sys.executable, "-c", opener, *argv, start], cwd=cwd, stderr=subprocess.PIPE)
-        for argv in argvs
-    ]
+    go_read, go_write = os.pipe()
+    command = [sys.executable, "-c", opener]
+    pipes = {"stdin": go_read, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    try:
+        procs = [subprocess.Popen([*command, *argv], cwd=cwd, **pipes) for argv in argvs]
+    finally:
+        os.close(go_read)
+    try:
+        _await_lines(procs, within_s)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        os.close(go_write)  # every waiting process reads end of file at once
     failures = []
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         if proc.returncode:
             failures.append(err.decode()[-2000:])
     return failures
+
+
+def _await_lines(procs, within_s: float) -> None:
+    """Until each process has printed a line or ended (an import failed: its exit status says so)."""
+    import selectors
+    import time
+
+    deadline = time.monotonic() + within_s
+    with selectors.DefaultSelector() as waiting:
+        for proc in procs:
+            waiting.register(proc.stdout, selectors.EVENT_READ)
+        while waiting.get_map():
+            left = deadline - time.monotonic()
+            assert left > 0, (
+                f"{len(waiting.get_map())} of {len(procs)} processes not ready within {within_s} s"
+            )
+            for key, _ in waiting.select(left):
+                key.fileobj.readline()
+                waiting.unregister(key.fileobj)

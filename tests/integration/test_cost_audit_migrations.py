@@ -313,14 +313,16 @@ def test_stores_opening_one_database_together_do_not_fail(db_url, engine):
     at_head_and_in_sync(engine, *_migrates_of(engine))
 
 
-# Waits for a shared start time (imports done), then opens the store, so the opens really race.
+# Says it is ready (imports done), waits for the start (its stdin closes: all replicas' at once),
+# then opens the store, so the opens really race.
 OPENER = """
-import asyncio, sys, time
+import asyncio, sys
 from services.audit.store import AuditStore
 from services.cost.store import CostStore
 from services.registry.store import Store
-kind, url, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
-time.sleep(max(0.0, start - time.time()))
+kind, url = sys.argv[1], sys.argv[2]
+print("ready", flush=True)
+sys.stdin.read()
 store = {"cost": CostStore, "audit": AuditStore, "registry": Store}[kind](url)
 store.close() if kind == "registry" else asyncio.run(store.close())
 """

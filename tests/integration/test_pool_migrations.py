@@ -232,12 +232,14 @@ def test_stores_opening_one_database_together_do_not_fail(db_url, engine):
     at_head_and_in_sync(engine, pool_migrate, cost_migrate, audit_migrate)
 
 
-# Waits for a shared start time (imports done), then opens the store, so the opens really race.
+# Says it is ready (imports done), waits for the start (its stdin closes: all replicas' at once),
+# then opens the store, so the opens really race.
 OPENER = """
-import sys, time
+import sys
 from services.pool.claims_store import ClaimStore
-url, start = sys.argv[1], float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))
+url = sys.argv[1]
+print("ready", flush=True)
+sys.stdin.read()
 ClaimStore(url).close()
 """
 
