@@ -24,7 +24,7 @@ from services.cli.cost_client import _call, dollars, parse_usd, usd
 from services.cli.price_cmds import add_prices
 
 DIRECT_ADDR_ENV = "HARNESS_COST_ADDR"
-# Report dimensions the service accepts (services/cost/store.py DIMENSIONS).
+# Report dimensions the service accepts (services/cost/reports.py DIMENSIONS).
 DIMENSIONS = ("user", "team", "project", "agent", "agent_version", "model", "deployment", "tool", "day")
 REPORT_FORMATS = ("table", "json", "csv")
 MEASURES = (

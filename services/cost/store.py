@@ -1,4 +1,5 @@
-"""The cost store: price versions, the priced usage ledger, budgets, alerts and reports.
+"""The cost store: price versions, the priced usage ledger, budgets, alerts and reports (whose
+queries and response services/cost/reports.py builds).
 
 Core code: no gRPC. Blocking SQLAlchemy work runs in a worker thread. Recording is idempotent
 through the ledger's UNIQUE event_id and INSERT ... ON CONFLICT DO NOTHING, so concurrent
@@ -19,14 +20,14 @@ from zoneinfo import ZoneInfo
 
 from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import IMMEDIATE, is_sqlite, make_engine
 from services.common.errors import InvalidArgument, NotFound
 from services.common.limits import check_length, check_range, timestamp_us
 from services.common.pricing import PriceBook, local_day, period_bounds, price_event, to_us
-from services.cost import admin_changes, aggregates, migrate
+from services.cost import admin_changes, aggregates, migrate, reports
 from services.cost.alerts import AlertBook, AlertRow
 from services.cost.models import budgets, ledger, prices
 from services.cost.validation import (
@@ -40,8 +41,6 @@ from services.cost.validation import (
 
 log = logging.getLogger("harness.cost.store")
 L = ledger.c
-# Report dimensions -> ledger columns.
-DIMENSIONS = ("user", "team", "project", "agent", "agent_version", "model", "deployment", "tool", "day")
 
 
 @dataclass(frozen=True)
@@ -325,76 +324,18 @@ class CostStore:
         """Raises what every budget's current-period spend has reached (the sweep)."""
         return await asyncio.to_thread(self.alerts.check_current)
 
-    # ---- reports ----
+    # ---- reports (services/cost/reports.py) ----
 
     async def report(
         self, group_by: Sequence[str], start_us: int, end_us: int | None
     ) -> cost_pb2.ReportResponse:
         """Ledger totals over [start, end) grouped by dimensions (largest cost first), and a total."""
-        dims = list(dict.fromkeys(group_by))  # keep order, drop repeats
-        unknown = [d for d in dims if d not in DIMENSIONS]
-        if unknown:
-            raise InvalidArgument(f"unknown group_by dimension(s) {unknown}; valid: {', '.join(DIMENSIONS)}")
-        end = self._now_us() if end_us is None else end_us
-        if end <= start_us:
-            raise InvalidArgument("end_time must be after start_time")
-        cols = [L[d] for d in dims]
-        measures = [
-            func.count().label("requests"),
-            func.coalesce(func.sum(L.input_tokens), 0).label("input_tokens"),
-            func.coalesce(func.sum(L.output_tokens), 0).label("output_tokens"),
-            func.coalesce(func.sum(L.gpu_seconds), 0.0).label("gpu_seconds"),
-            func.coalesce(func.sum(L.cost_micro_usd), 0).label("cost_micro_usd"),
-            func.coalesce(func.sum(case((L.usage_estimated, 1), else_=0)), 0).label("estimated_requests"),
-        ]
-        stmt = select(*cols, *measures).where(L.time_us >= start_us, L.time_us < end)
-        if cols:
-            stmt = stmt.group_by(*cols).order_by(func.sum(L.cost_micro_usd).desc(), *cols)
+        query = reports.report_query(group_by, start_us, self._now_us() if end_us is None else end_us)
 
-        def run():
+        def run(stmt):
             with self._engine.connect() as conn:
                 return conn.execute(stmt).all()
 
-        # What could not be priced, per group: reported as unknown cost, never as zero.
-        gaps = select(*cols, L.unpriced, func.count().label("n")).where(
-            L.time_us >= start_us, L.time_us < end, L.unpriced != ""
-        )
-        gaps = gaps.group_by(*cols, L.unpriced)
-
-        def run_gaps():
-            with self._engine.connect() as conn:
-                return conn.execute(gaps).all()
-
-        rows = await asyncio.to_thread(run)
-        unpriced: dict[tuple, tuple[int, set[str]]] = {}
-        for g in await asyncio.to_thread(run_gaps):
-            key = tuple(g._mapping[d] or "" for d in dims)
-            n, missing = unpriced.get(key, (0, set()))
-            unpriced[key] = (n + g._mapping["n"], missing | set(g._mapping["unpriced"].split(",")))
-        out = cost_pb2.ReportResponse()
-        total = out.total
-        all_missing: set[str] = set()
-        for r in rows:
-            m = r._mapping
-            if not cols and not m["requests"]:
-                continue  # no grouping and nothing in range: no rows, zero total
-            row = out.rows.add(
-                requests=m["requests"], input_tokens=int(m["input_tokens"]), output_tokens=int(m["output_tokens"]),
-                gpu_seconds=float(m["gpu_seconds"]), cost_micro_usd=int(m["cost_micro_usd"]),
-                estimated_requests=int(m["estimated_requests"]),
-            )  # fmt: skip
-            for d in dims:
-                row.group[d] = m[d] or ""
-            n, missing = unpriced.get(tuple(m[d] or "" for d in dims), (0, set()))
-            row.unpriced_requests = n
-            row.unpriced.extend(sorted(missing))
-            total.unpriced_requests += n
-            all_missing |= missing
-            total.requests += row.requests
-            total.input_tokens += row.input_tokens
-            total.output_tokens += row.output_tokens
-            total.gpu_seconds += row.gpu_seconds
-            total.cost_micro_usd += row.cost_micro_usd
-            total.estimated_requests += row.estimated_requests
-        total.unpriced.extend(sorted(all_missing))
-        return out
+        rows = await asyncio.to_thread(run, query.totals)
+        gap_rows = await asyncio.to_thread(run, query.unpriced)
+        return reports.report_response(query.dims, rows, gap_rows)
