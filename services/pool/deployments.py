@@ -10,7 +10,8 @@ endpoints and a new Deploy adopts them (an endpoint that has the model counts as
 
 Everything runs on the event loop. Planning and reserving memory happen without an await in
 between, so concurrent deploys of different models never count the same free memory; deploys
-of one model are serialized by a per-model lock.
+of one model are serialized by a per-model lock. Placing, loading and unloading the replicas
+is services/pool/replicas.py's work.
 """
 
 from __future__ import annotations
@@ -20,18 +21,17 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from services.common.errors import HarnessError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from services.common.errors import HarnessError, InvalidArgument, NotFound
 from services.common.limits import check_length, check_range
 from services.pool.catalog import ModelCatalog
 from services.pool.claims_store import ClaimStore, StoredClaim
-from services.pool.control import ModelControl, ModelControlError
+from services.pool.control import ModelControl
 from services.pool.deployment_types import (
     MAX_IDLE_TTL_S,
     MAX_OWNER_CHARS,
     Claim,
     Deployment,
     DeploymentView,
-    Placement,
     activity,
     check_replicas,
     deployment_view,
@@ -39,7 +39,8 @@ from services.pool.deployment_types import (
 )
 from services.pool.endpoints import EndpointTable
 from services.pool.pending import PendingLoads
-from services.pool.placement import PlacementPlan, PlannedReplica, has_model, plan_placement, scale_in_victims
+from services.pool.placement import PlacementPlan
+from services.pool.replicas import ReplicaScaler
 from services.pool.state import HEALTHY
 
 log = logging.getLogger("harness.pool.deployments")
@@ -64,14 +65,16 @@ class DeploymentManager:
         self.table = table
         self.catalog = catalog
         self.control = control
-        self.headroom = headroom
         self.agent_idle_ttl_s = agent_idle_ttl_s
         self.model_idle_ttl_s = dict(model_idle_ttl_s or {})  # per model (catalog or Triton name)
-        self._on_load = on_load or (lambda _model, _seconds: None)
         self._wall = wall_clock
         self._deps: dict[str, Deployment] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.pending = PendingLoads(table)  # loads this pool began that the figures may not show
+        self._replicas = ReplicaScaler(
+            table, catalog, control, self.pending,
+            headroom=headroom, on_load=on_load or (lambda _model, _seconds: None),
+        )  # fmt: skip
         self._views: tuple[DeploymentView, ...] = ()
         self.store = store
         # Claims read back at startup whose model the catalog does not know yet (the registry's
@@ -106,22 +109,9 @@ class DeploymentManager:
     def plan(
         self, model: str, replicas: int, exclude: Iterable[str] = (), compute_share: float = 0.0
     ) -> PlacementPlan:
-        check_replicas(replicas)
-        spec = self.catalog.get(model)
-        dep = self._deps.get(spec.name)
-        return plan_placement(
-            self.table.states(),
-            spec.triton_model,
-            spec.memory_bytes,
-            replicas,
-            headroom=self.headroom,
-            footprint=self._footprint,
-            pending=self.pending.bytes_by_gpu(),
-            holders=set(dep.placements) if dep else (),
-            exclude=set(exclude),
-            compute_share=compute_share,
-            pending_compute=self.pending.compute_by_gpu(),
-        )
+        dep = self.get(model)
+        holders = dep.placements if dep is not None else ()
+        return self._replicas.plan(model, replicas, holders, exclude, compute_share)
 
     # ---- deploy / undeploy -------------------------------------------------------------------
 
@@ -139,7 +129,7 @@ class DeploymentManager:
             dep.claims[owner] = Claim(replicas, idle_ttl_s)
             dep.target = None
             try:
-                await self._scale(dep, dep.desired)
+                await self._replicas.scale(dep, dep.desired)
             except Exception:
                 if previous is None:
                     dep.claims.pop(owner, None)
@@ -168,9 +158,9 @@ class DeploymentManager:
             await self._persist("remove", dep.spec.name, None if drop_all else owner)
             if dep.claims:
                 dep.target = None
-                await self._scale(dep, dep.desired)
+                await self._replicas.scale(dep, dep.desired)
                 return
-            await self._unload_all(dep)
+            await self._replicas.unload_all(dep)
             self._deps.pop(dep.spec.name, None)
             self._publish_cold()
             log.info("deployment %s removed", dep.spec.name)
@@ -184,7 +174,7 @@ class DeploymentManager:
         async with self._lock(dep.spec.name):
             previous, dep.target = dep.target, replicas
             try:
-                await self._scale(dep, replicas, compute_share)
+                await self._replicas.scale(dep, replicas, compute_share)
             except HarnessError:
                 dep.target = previous  # nothing was placed: the old count still stands
                 raise
@@ -247,7 +237,7 @@ class DeploymentManager:
                 await self._persist("set_scaled_to_zero", dep.spec.name, True)
                 dep.scaled_to_zero, dep.waking = True, False
                 self._publish_cold()  # routers hold new requests from now on, not refuse them
-                await self._unload_all(dep)
+                await self._replicas.unload_all(dep)
                 scaled.append(dep.spec.name)
         return scaled
 
@@ -262,7 +252,7 @@ class DeploymentManager:
             if not dep.scaled_to_zero or not dep.claims:
                 return
             dep.target = None
-            await self._scale(dep, dep.desired)
+            await self._replicas.scale(dep, dep.desired)
             dep.scaled_to_zero, dep.waking = False, True
             dep.last_used, dep.activity = self._wall(), ()
             await self._persist("set_scaled_to_zero", dep.spec.name, False)
@@ -298,25 +288,6 @@ class DeploymentManager:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    def _footprint(self, triton_model: str) -> int:
-        spec = self.catalog.find(triton_model)
-        return spec.memory_bytes if spec else 0
-
-    def _healthy_placements(self, dep: Deployment) -> list[str]:
-        """Placements that serve now. Forgets those whose endpoint is gone, or is healthy but
-        no longer has the model (a restarted Triton comes back empty), so they are re-placed."""
-        live = []
-        for name in list(dep.placements):
-            state = self.table.get(name)
-            if state is None:
-                del dep.placements[name]
-            elif state.health == HEALTHY:
-                if has_model(state, dep.spec.triton_model) or self.pending.on(name, dep.spec.triton_model):
-                    live.append(name)
-                else:
-                    del dep.placements[name]
-        return live
-
     async def reconcile(self) -> None:
         """Brings deployments that lost replicas (endpoint died or restarted empty) back to
         their replica count where memory allows; scaled-to-zero ones stay cold. Retried at
@@ -334,94 +305,14 @@ class DeploymentManager:
             # A change in the healthy set (an endpoint recovered) is worth an early retry.
             if dep.scaled_to_zero or not dep.claims or (now < dep.retry_at and healthy == dep.retry_for):
                 continue
-            if len(self._healthy_placements(dep)) >= dep.desired:
+            if len(self._replicas.healthy_placements(dep)) >= dep.desired:
                 continue
             async with self._lock(dep.spec.name):
                 try:
-                    await self._scale(dep, dep.desired)
+                    await self._replicas.scale(dep, dep.desired)
                 except HarnessError as exc:
                     dep.retry_at, dep.retry_for = now + RECONCILE_BACKOFF_S, healthy
                     log.info("deployment %s still short of replicas: %s", dep.spec.name, exc.message)
-
-    async def _scale(self, dep: Deployment, n: int, compute_share: float = 0.0) -> None:
-        live = self._healthy_placements(dep)
-        if len(live) > n:
-            await self._scale_down(dep, live, n)
-            return
-        if len(live) == n:
-            return
-        excluded: set[str] = set()
-        errors: list[str] = []
-        for attempt in range(3):
-            plan = self.plan(dep.spec.name, n, exclude=excluded, compute_share=compute_share)
-            if plan.reason and attempt == 0 and not errors:
-                raise ResourceExhausted(plan.reason)
-            for p in plan.placements:
-                if not p.new:
-                    dep.placements.setdefault(p.endpoint, Placement(p.gpu))
-            new = plan.new
-            if not new:
-                break
-            for p in new:  # reserve before the first await: concurrent plans see it
-                self.pending.begin(
-                    (p.endpoint, p.gpu, dep.spec.triton_model), dep.spec.memory_bytes, compute_share
-                )
-            results = await asyncio.gather(*(self._load(dep, p) for p in new))
-            failed = [(p, err) for p, err in zip(new, results, strict=True) if err]
-            if not failed:
-                break
-            excluded |= {p.endpoint for p, _ in failed}
-            errors += [err for _, err in failed]
-        if not dep.placements and errors:
-            raise Unavailable(f"could not load {dep.spec.triton_model} anywhere: {'; '.join(errors)}")
-        if errors:
-            log.warning("deployment %s is short of replicas: %s", dep.spec.name, "; ".join(errors))
-
-    async def _load(self, dep: Deployment, p: PlannedReplica) -> str:
-        key = (p.endpoint, p.gpu, dep.spec.triton_model)
-        state = self.table.get(p.endpoint)
-        try:
-            if state is None:
-                raise ModelControlError(
-                    p.endpoint, dep.spec.triton_model, "NOT_FOUND", "endpoint deregistered"
-                )
-            seconds = await self.control.load(state.spec.address, dep.spec.triton_model)
-        except ModelControlError as exc:
-            self.pending.failed(key)
-            log.warning("load of %s on %s failed: %s", dep.spec.triton_model, p.endpoint, exc)
-            return f"{p.endpoint}: {exc.code}: {exc.details}"
-        self.pending.finished(key, dep.spec.memory_bytes)
-        dep.placements[p.endpoint] = Placement(p.gpu, seconds)
-        dep.last_load_time_s = seconds
-        self._on_load(dep.spec.name, seconds)
-        log.info("loaded %s on %s in %.3fs", dep.spec.triton_model, p.endpoint, seconds)
-        return ""
-
-    async def _unload(self, dep: Deployment, endpoint: str) -> None:
-        placement = dep.placements.pop(endpoint, None)
-        if placement is not None:  # a load that just returned no longer holds memory in reserve
-            self.pending.failed((endpoint, placement.gpu, dep.spec.triton_model))
-        state = self.table.get(endpoint)
-        if state is None or state.spec.fixed:  # a fixed deployment keeps serving: no model control
-            return
-        try:
-            await self.control.unload(state.spec.address, dep.spec.triton_model)
-        except ModelControlError as exc:
-            # A dead endpoint has nothing loaded to free; anything else is logged, not fatal.
-            log.warning("unload of %s on %s failed: %s", dep.spec.triton_model, endpoint, exc)
-
-    async def _scale_down(self, dep: Deployment, live: list[str], n: int) -> None:
-        victims = scale_in_victims(
-            [self.table.get(e) for e in live if self.table.get(e) is not None],
-            dep.spec.triton_model,
-            len(live) - n,
-            self._footprint,
-            order=list(dep.placements),
-        )
-        await asyncio.gather(*(self._unload(dep, e) for e in victims))
-
-    async def _unload_all(self, dep: Deployment) -> None:
-        await asyncio.gather(*(self._unload(dep, e) for e in list(dep.placements)))
 
     def _view(self, dep: Deployment) -> DeploymentView:
         return deployment_view(dep, self.table, self.pending.loads)
