@@ -1,6 +1,9 @@
 """`harness endpoints|deployments|gpus` against a real pool server on port 0 whose endpoint is
 a real tritonserver: the CLI finds the pool at HARNESS_POOL_ADDR, tables and JSON show live
-load, and the request count follows traffic (Triton's typed counters, read right)."""
+load, and the request count follows traffic (Triton's typed counters, read right). Scale to
+zero and `deployments activate` run against a pool over an engine simulator instead (its
+loads take milliseconds, and unloading a model of the shared tritonserver would upset the
+other tests)."""
 
 from __future__ import annotations
 
@@ -14,10 +17,12 @@ from tritonclient.grpc import service_pb2_grpc as pbg
 
 from services.cli.main import main
 from services.common.config import ServerConfig
+from services.enginesim.testing import start_enginesim, write_catalog
 from services.pool.app import serve
 from services.pool.catalog import ModelSpec
 from services.pool.config import PoolConfig
 from services.pool.state import GIB, EndpointSpec
+from tests.helpers.pool_server import sim_endpoints
 from tests.realtriton.conformance import PLAIN_MODEL, eventually, infer_request
 
 
@@ -43,11 +48,42 @@ async def pool(test_auth, real_triton):
 
 
 @pytest.fixture
+async def sim_pool(test_auth, tmp_path):
+    """A pool over one engine simulator whose catalog model 'small' is deployed by the test."""
+    catalog = write_catalog(
+        tmp_path / "models.yaml", [{"name": "small-trt", "memory_gb": 15, "load_time_s": 8, "preload": False}]
+    )
+    sim = await start_enginesim(catalog_path=catalog, gpu_memory_gb=80, time_scale=1000, preload=False)
+    cfg = PoolConfig(
+        endpoints=sim_endpoints([sim]),
+        nvml=False,
+        models=(ModelSpec("small", "small-trt", 15 * GIB),),
+        headroom=0.0,
+        probe_interval_s=0.1,
+        idle_check_interval_s=0.1,
+    )
+    running, _app = await serve(cfg, ServerConfig(name="pool", port=0, metrics_port=None, auth=test_auth))
+    yield running
+    await running.stop(grace=0)
+    await sim.stop()
+
+
+@pytest.fixture
 def cli(pool, tmp_path, capsys, monkeypatch, mint_token):
+    return cli_for(pool.address, tmp_path, capsys, monkeypatch, mint_token)
+
+
+@pytest.fixture
+def sim_cli(sim_pool, tmp_path, capsys, monkeypatch, mint_token):
+    return cli_for(sim_pool.address, tmp_path, capsys, monkeypatch, mint_token)
+
+
+def cli_for(pool_address: str, tmp_path, capsys, monkeypatch, mint_token):
+    """Runs `harness ...` as an operator against the pool at `pool_address`, capturing its output."""
     root = tmp_path / "harness"
     (root / "tokens").mkdir(parents=True)
     (root / "env").write_text(
-        f"export HARNESS_POOL_ADDR='{pool.address}'\nexport HARNESS_REGISTRY_ADDR='127.0.0.1:1'\n"
+        f"export HARNESS_POOL_ADDR='{pool_address}'\nexport HARNESS_REGISTRY_ADDR='127.0.0.1:1'\n"
         "export HARNESS_PLAINTEXT='1'\n"
     )
     (root / "tokens" / "ops.jwt").write_text(mint_token("ops", "operator"))
@@ -119,3 +155,34 @@ async def test_deployments_and_gpus(cli):
 async def _ready(cli) -> bool:
     res = await cli("endpoints", "list", "--format", "json")
     return res.rc == 0 and PLAIN_MODEL in res.out and "MODEL_STATE_READY" in res.out
+
+
+async def test_activate_wakes_a_deployment_scaled_to_zero(sim_cli):
+    async def healthy() -> bool:
+        res = await sim_cli("endpoints", "list", "--format", "json")
+        return res.rc == 0 and '"ENDPOINT_HEALTH_HEALTHY"' in res.out
+
+    await eventually(healthy, 30)
+    res = await sim_cli("deployments", "deploy", "small", "--idle-ttl", "1")
+    assert res.rc == 0 and "deployed small" in res.out, (res.out, res.err)
+
+    def small(res: Result) -> dict:
+        assert res.rc == 0, res.err
+        return next(d for d in json.loads(res.out)["deployments"] if d["model"] == "small")
+
+    async def at_zero() -> bool:  # idle for its TTL: the pool unloads it
+        d = small(await sim_cli("deployments", "list", "--format", "json"))
+        return d.get("scaled_to_zero", False) and d.get("ready_replicas", 0) == 0
+
+    await eventually(at_zero, 20)
+    woken = await sim_cli("deployments", "activate", "small")
+    assert woken.rc == 0, woken.err
+    assert woken.out.strip() == (
+        "waking small: loading 1 replica(s); routers hold its requests until one is ready"
+    )
+
+    async def loaded() -> bool:  # for its idle TTL (1 s) at least, before it may go to zero again
+        d = small(await sim_cli("deployments", "list", "--format", "json"))
+        return not d.get("scaled_to_zero", False) and d.get("ready_replicas", 0) == 1
+
+    await eventually(loaded, 20)
