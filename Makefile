@@ -67,7 +67,7 @@ test-fast: system-deps proto $(NODE_STAMP)
 
 lint: proto
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check services tests bench examples
+	$(VENV)/bin/ruff format --check services tests bench examples README.md
 	$(VENV)/bin/lint-imports
 
 bench: proto
