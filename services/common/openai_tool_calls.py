@@ -1,7 +1,11 @@
 """OpenAI's tool calling as both OpenAI-compatible servers here speak it: the router's front door
-and the engine simulator (as vLLM). One definition of the bounds on the functions a request
-offers, and of the JSON shapes of the calls an answer makes:
+and the engine simulator (as vLLM). One definition of the bounds on the functions a
+request offers, of a function definition's JSON, and of the JSON shapes of the calls an answer
+makes:
 
+- a tool definition: `{"type": "function", "function": {"name", "description", "parameters",
+  "strict"}}` (`function_tool`), as the router prints it into a chat-template prompt and the
+  simulator reads it back (`function_of`, from where `TOOL_JSON_START` begins one);
 - `message.tool_calls[i]`: `{"id", "type": "function", "function": {"name", "arguments"}}`;
 - streamed `delta.tool_calls[i]`: a call's first piece `{"index", "id", "type", "function":
   {"name", "arguments"}}`, then `{"index", "function": {"arguments": fragment}}` pieces that
@@ -36,6 +40,29 @@ def schema_bound_error(schema: dict[str, Any]) -> str | None:
     if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
         return f"a schema of at most {MAX_SCHEMA_BYTES} bytes (as JSON) is accepted"
     return None
+
+
+# How json.dumps, with its default separators, begins a `function_tool`: where a reader of a
+# prompt finds the definitions printed in it.
+TOOL_JSON_START = '{"type": "function"'
+
+
+def function_tool(
+    name: str,
+    description: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    strict: bool | None = None,
+) -> dict[str, Any]:
+    """A tool definition as OpenAI writes one, keys in OpenAI's order; None fields left out."""
+    fields = {"name": name, "description": description, "parameters": parameters, "strict": strict}
+    return {"type": "function", "function": {k: v for k, v in fields.items() if v is not None}}
+
+
+def function_of(tool: Any) -> dict[str, Any] | None:
+    """The function of a tool definition read back from JSON (`{name, parameters...}`), or None
+    when `tool` is not one."""
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    return fn if isinstance(fn, dict) and isinstance(fn.get("name"), str) else None
 
 
 def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:

@@ -100,7 +100,7 @@ class ChatBody(_Request):
 
     def prompt(self) -> str:
         """The conversation as the simulator's neutral template writes it (tools first)."""
-        tools = [t.model_dump(exclude_none=True) for t in self.tools or ()]
+        tools = [t.as_openai() for t in self.tools or ()]
         head = f"<|tools|>\n{json.dumps(tools)}\n" if tools else ""
         return head + "".join(f"<|{m.role}|>\n{m.text()}\n" for m in self.messages) + "<|assistant|>\n"
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from services.common.openai_tool_calls import (
     FUNCTION_NAME,
     MAX_DESCRIPTION_CHARS,
+    function_tool,
     schema_bound_error,
     tool_call,
     tool_call_fragment,
@@ -75,6 +76,11 @@ class FunctionTool(BaseModel):
     type: Literal["function"]
     function: FunctionDefinition
 
+    def as_openai(self) -> dict[str, Any]:
+        """The definition as sent (fields it left out stay out)."""
+        f = self.function
+        return function_tool(f.name, f.description, f.parameters, f.strict)
+
 
 class NamedFunction(BaseModel):
     name: str = Field(min_length=1, max_length=64)
@@ -100,7 +106,7 @@ def planned_calls(
         raise ToolRequestError("When using `tool_choice`, `tools` must be set.", "tool_choice")
     if not tools:
         return []
-    functions = [t.function.model_dump(exclude_none=True) for t in tools]
+    functions = [t.as_openai()["function"] for t in tools]
     if len({f["name"] for f in functions}) != len(functions):
         raise ToolRequestError("each tool needs a distinct function name", "tools")
     if isinstance(choice, NamedToolChoice):

@@ -24,6 +24,8 @@ import json
 import re
 from typing import Any
 
+from services.common.openai_tool_calls import TOOL_JSON_START, function_of
+
 OFFER = "Given the following functions, please respond with a JSON for a function call"
 _LLAMA_HEADER = re.compile(r"<\|start_header_id\|>(\w+)<\|end_header_id\|>\n\n")
 _CHATML_BLOCK = re.compile(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>\n", re.DOTALL)
@@ -111,17 +113,16 @@ class ArgumentValues:
 
 def _functions(text: str) -> tuple[list[dict[str, Any]], int]:
     """The OpenAI function definitions printed in `text`, and where the last one ends."""
-    decoder, found, end, pos = json.JSONDecoder(), [], 0, text.find('{"type": "function"')
+    decoder, found, end, pos = json.JSONDecoder(), [], 0, text.find(TOOL_JSON_START)
     while pos >= 0:
         try:
             obj, stop = decoder.raw_decode(text, pos)
         except ValueError:
             break
-        fn = obj.get("function") if isinstance(obj, dict) else None
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+        if (fn := function_of(obj)) is not None:
             found.append(fn)
         end = stop
-        pos = text.find('{"type": "function"', stop)
+        pos = text.find(TOOL_JSON_START, stop)
     return found, end
 
 

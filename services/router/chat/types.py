@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.openai_tool_calls import tool_call, tool_call_fragment, tool_call_start
+from services.common.openai_tool_calls import function_tool, tool_call, tool_call_fragment, tool_call_start
 
 AUTO, NONE, REQUIRED = "auto", "none", "required"
 
@@ -64,12 +64,10 @@ class ToolSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        """The OpenAI function definition, as chat templates print it to the model."""
-        fn: dict[str, Any] = {"name": self.name}
-        if self.description:
-            fn["description"] = self.description
-        fn["parameters"] = self.parameters or {"type": "object", "properties": {}}
-        return {"type": "function", "function": fn}
+        """The OpenAI function definition, as chat templates print it to the model: with no
+        parameters, an object schema with none, so the model sees the form it always does."""
+        parameters = self.parameters or {"type": "object", "properties": {}}
+        return function_tool(self.name, self.description or None, parameters)
 
 
 @dataclass(frozen=True)
