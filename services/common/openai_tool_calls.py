@@ -1,5 +1,5 @@
 """OpenAI's tool calling as both OpenAI-compatible servers here speak it: the router's front door
-and the engine simulator (as vLLM). One definition of the bounds on the functions a
+and the engine simulator (as vLLM). One definition of the rule and bounds on the functions a
 request offers, of a function definition's JSON, and of the JSON shapes of the calls an answer
 makes:
 
@@ -32,13 +32,16 @@ def nested_deeper(obj: Any, levels: int) -> bool:
     return levels <= 0 or any(nested_deeper(c, levels - 1) for c in children)
 
 
-def schema_bound_error(schema: dict[str, Any]) -> str | None:
-    """Why a function's `parameters` schema is past the bounds, or None. Depth is checked
-    first: it stops at the limit, and measuring the size walks the whole schema."""
+def parameters_error(schema: dict[str, Any]) -> str | None:
+    """Why a function's `parameters` cannot be taken, or None. OpenAI takes a JSON Schema object:
+    of type "object", or with no type (read as one). Depth is checked first: it stops at the
+    limit, and measuring the size walks the whole schema."""
     if nested_deeper(schema, MAX_SCHEMA_DEPTH):
         return f"a schema nested at most {MAX_SCHEMA_DEPTH} levels deep is accepted"
     if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
         return f"a schema of at most {MAX_SCHEMA_BYTES} bytes (as JSON) is accepted"
+    if schema.get("type", "object") != "object":
+        return 'a JSON Schema of type "object" is accepted (or one with no type, read as an object)'
     return None
 
 

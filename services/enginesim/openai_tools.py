@@ -15,7 +15,7 @@ short by max_tokens keeps what was written, with finish_reason `length`.
 
 Bounds (400, vLLM's error body naming the field): at most MAX_TOOLS tools with distinct names
 of OpenAI's form; parameters a JSON Schema object of at most MAX_SCHEMA_BYTES and
-MAX_SCHEMA_DEPTH levels of nesting (the bounds the router's OpenAI front door applies too:
+MAX_SCHEMA_DEPTH levels of nesting (the rule and bounds the router's OpenAI front door applies too:
 services/common/openai_tool_calls.py); a tool_choice other than `none` needs tools, and a named
 one must be among them.
 """
@@ -32,7 +32,7 @@ from services.common.openai_tool_calls import (
     FUNCTION_NAME,
     MAX_DESCRIPTION_CHARS,
     function_tool,
-    schema_bound_error,
+    parameters_error,
     tool_call,
     tool_call_fragment,
     tool_call_start,
@@ -61,12 +61,8 @@ class FunctionDefinition(BaseModel):
     @field_validator("parameters")
     @classmethod
     def _bounded_object_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        if schema is None:
-            return None
-        if problem := schema_bound_error(schema):
+        if schema is not None and (problem := parameters_error(schema)):
             raise ValueError(problem)
-        if schema.get("type", "object") != "object":
-            raise ValueError('the parameters must be a JSON Schema of type "object"')
         return schema
 
 

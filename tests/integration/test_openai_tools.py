@@ -183,20 +183,21 @@ async def test_a_model_family_without_a_tool_format_refuses_tools(front):  # noq
     assert unknown.value.body["param"] == "tool_choice"
 
 
-async def test_a_tool_schema_past_the_bounds_is_400_naming_the_tool(llama):
+async def test_a_tool_schema_past_the_bounds_or_not_an_object_is_400_naming_the_tool(llama):
     nested: list = []
     for _ in range(MAX_SCHEMA_DEPTH - 3):  # one level past the limit, well within the context
         nested = [nested]
     too_deep = {"type": "object", "properties": {"x": {"type": "array", "default": nested}}}
     assert nested_deeper(too_deep, MAX_SCHEMA_DEPTH) and not nested_deeper(too_deep, MAX_SCHEMA_DEPTH + 1)
-    tools = [*TOOLS, {"type": "function", "function": {"name": "probe", "parameters": too_deep}}]
-    async with llama.client() as client:  # a family with a tool format: the tools would be taken
-        with pytest.raises(openai.BadRequestError) as refused:
-            await client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools)
-    assert refused.value.status_code == 400
-    error = refused.value.body
-    assert (error["type"], error["param"]) == ("invalid_request_error", "tools[2].function.parameters")
-    assert "tools[2]" in error["message"] and f"{MAX_SCHEMA_DEPTH} levels deep" in error["message"]
+    for parameters, says in ((too_deep, f"{MAX_SCHEMA_DEPTH} levels deep"), ({"type": "string"}, '"object"')):
+        tools = [*TOOLS, {"type": "function", "function": {"name": "probe", "parameters": parameters}}]
+        async with llama.client() as client:  # a family with a tool format: the tools would be taken
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools)
+        assert refused.value.status_code == 400
+        error = refused.value.body
+        assert (error["type"], error["param"]) == ("invalid_request_error", "tools[2].function.parameters")
+        assert "tools[2]" in error["message"] and says in error["message"]
 
 
 async def test_the_readme_snippets_run_as_printed(llama):

@@ -180,6 +180,20 @@ def test_a_schema_past_the_bounds_is_refused_naming_the_tool_and_the_limit(param
     assert "tools[2]" in bad.value.message and limit in bad.value.message
 
 
+@pytest.mark.parametrize("parameters", [{"type": "string"}, {"type": ["object", "null"]}])
+def test_parameters_other_than_an_object_schema_are_refused_saying_what_is_taken(parameters):
+    with pytest.raises(BadRequest) as bad:
+        chat_input(parse(ChatCompletionRequest, chat(tools=_tools_with(parameters))))
+    assert (bad.value.param, bad.value.http_status) == ("tools[2].function.parameters", 400)
+    assert 'type "object" is accepted' in bad.value.message
+
+
+@pytest.mark.parametrize("parameters", [{}, {"properties": {"id": {"type": "string"}}}])
+def test_parameters_with_no_type_are_read_as_an_object_schema(parameters):
+    inp = chat_input(parse(ChatCompletionRequest, chat(tools=_tools_with(parameters))))
+    assert inp.tools[2].parameters == parameters
+
+
 def test_conflicting_token_limits_and_empty_stop_are_refused():
     with pytest.raises(BadRequest, match="not both"):
         chat_input(parse(ChatCompletionRequest, chat(max_tokens=5, max_completion_tokens=6)))

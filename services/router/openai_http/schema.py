@@ -18,7 +18,7 @@ from services.common.openai_tool_calls import (
     FUNCTION_NAME,
     MAX_DESCRIPTION_CHARS,
     MAX_TOOLS,
-    schema_bound_error,
+    parameters_error,
 )
 from services.router.chat import AUTO, NONE, ChatMessage, ToolCallOut, ToolChoice, ToolSpec
 from services.router.core import GenerationInput
@@ -84,7 +84,7 @@ class Message(_Body):
 class FunctionDefinition(_Body):
     name: FunctionName
     description: Annotated[StrictStr, Field(max_length=MAX_DESCRIPTION_CHARS)] | None = None
-    # A JSON Schema object, shown to the model as is; bounded in size and depth (_tools).
+    # A JSON Schema object, shown to the model as is; its type and bounds are checked in _tools.
     parameters: dict[str, Any] | None = None
     strict: StrictBool | None = None
 
@@ -253,7 +253,7 @@ def _message(m: Message, i: int) -> ChatMessage:
 
 def _tools(req: ChatCompletionRequest) -> tuple[tuple[ToolSpec, ...], ToolChoice]:
     for i, tool in enumerate(req.tools or ()):
-        if tool.function.parameters and (problem := schema_bound_error(tool.function.parameters)):
+        if tool.function.parameters and (problem := parameters_error(tool.function.parameters)):
             param = f"tools[{i}].function.parameters"
             raise BadRequest(f"Invalid value for '{param}': {problem}", param)
     tools = tuple(
