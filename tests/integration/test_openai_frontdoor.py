@@ -36,6 +36,7 @@ from services.router.metrics import RouterMetrics
 from services.router.openai_http.app import MAX_BODY_BYTES, OpenAIFrontDoor
 from services.router.result_cache import MemoryResultCache
 from services.router.scheduling import Scheduler
+from services.router.stages.admit import MAX_OUTPUT_TOKENS
 from services.router.triton import TritonChunk, TritonPool, TritonRequest
 from services.router.views import EndpointView
 from tests.helpers.envoy import EnvoyProcess, start_http_front_door_envoy
@@ -219,6 +220,12 @@ async def test_each_error_class_as_the_sdk_raises_it(front):
             await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
         with pytest.raises(openai.BadRequestError) as bad:
             await client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2)
+        with pytest.raises(openai.BadRequestError) as long_key:  # OpenAI's limit on a metadata key
+            await client.chat.completions.create(model=MODEL, messages=MESSAGES, metadata={"k" * 65: "v"})
+        with pytest.raises(openai.BadRequestError) as too_long:  # the router's limit, by OpenAI's name
+            await client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, max_tokens=MAX_OUTPUT_TOKENS + 1
+            )
         front.registry.denied.add("agent:a1")
         try:
             with pytest.raises(openai.PermissionDeniedError) as denied:
@@ -227,6 +234,8 @@ async def test_each_error_class_as_the_sdk_raises_it(front):
             front.registry.denied.discard("agent:a1")
     assert unknown.value.body["type"] == "not_found_error"
     assert bad.value.body["param"] == "n" and "n" in bad.value.message
+    assert long_key.value.body["param"] == "metadata" and "64 characters" in long_key.value.message
+    assert too_long.value.body["param"] == "max_tokens" and str(MAX_OUTPUT_TOKENS) in too_long.value.message
     # The message is the gRPC path's, word for word.
     assert denied.value.body["message"] == (
         "user 'alice' may not invoke agent:a1 in project 'p'; ask a project admin for a policy (`harness policies add`)"

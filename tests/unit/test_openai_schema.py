@@ -9,6 +9,10 @@ import pytest
 from services.common.openai_tool_calls import MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH, nested_deeper
 from services.router.chat import AUTO, NONE, ChatMessage, ToolChoice
 from services.router.openai_http.schema import (
+    MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_PAIRS,
+    MAX_METADATA_VALUE_CHARS,
+    MAX_PARTS,
     BadRequest,
     ChatCompletionRequest,
     CompletionRequest,
@@ -16,6 +20,7 @@ from services.router.openai_http.schema import (
     completion_input,
     parse,
 )
+from services.router.stages.admit import MAX_MESSAGES, MAX_OUTPUT_TOKENS
 
 
 def chat(**body) -> bytes:
@@ -192,6 +197,49 @@ def test_parameters_other_than_an_object_schema_are_refused_saying_what_is_taken
 def test_parameters_with_no_type_are_read_as_an_object_schema(parameters):
     inp = chat_input(parse(ChatCompletionRequest, chat(tools=_tools_with(parameters))))
     assert inp.tools[2].parameters == parameters
+
+
+def pairs(n: int, key_chars: int = MAX_METADATA_KEY_CHARS, value_chars: int = 1) -> dict[str, str]:
+    return {f"{i:0{key_chars}d}": "v" * value_chars for i in range(n)}
+
+
+LIMITS = [
+    (chat(metadata=pairs(MAX_METADATA_PAIRS + 1)), "metadata", f"at most {MAX_METADATA_PAIRS} items"),
+    (chat(metadata=pairs(1, MAX_METADATA_KEY_CHARS + 1)), "metadata",
+     f"Invalid key in 'metadata': String should have at most {MAX_METADATA_KEY_CHARS} characters"),
+    (chat(metadata={"k": "v" * (MAX_METADATA_VALUE_CHARS + 1)}), "metadata.k",
+     f"at most {MAX_METADATA_VALUE_CHARS} characters"),
+    (chat(messages=[{"role": "user", "content": "x"}] * (MAX_MESSAGES + 1)), "messages",
+     f"at most {MAX_MESSAGES} items"),
+    (chat(max_tokens=MAX_OUTPUT_TOKENS + 1), "max_tokens", f"less than or equal to {MAX_OUTPUT_TOKENS}"),
+    (chat(max_completion_tokens=MAX_OUTPUT_TOKENS + 1), "max_completion_tokens",
+     f"less than or equal to {MAX_OUTPUT_TOKENS}"),
+    (chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}] * (MAX_PARTS + 1)}]),
+     "messages[0].content", f"at most {MAX_PARTS} items"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "param", "says"), LIMITS, ids=[p for _, p, _ in LIMITS])
+def test_a_field_past_its_limit_is_refused_naming_it_and_the_limit(body, param, says):
+    with pytest.raises(BadRequest) as bad:
+        parse(ChatCompletionRequest, body)
+    assert (bad.value.param, bad.value.http_status) == (param, 400)
+    assert says in bad.value.message
+
+
+def test_fields_at_their_limits_are_taken():
+    body = chat(
+        metadata=pairs(MAX_METADATA_PAIRS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS),
+        messages=[{"role": "user", "content": "x"}] * MAX_MESSAGES,
+        max_completion_tokens=MAX_OUTPUT_TOKENS,
+    )
+    assert chat_input(parse(ChatCompletionRequest, body)).max_tokens == MAX_OUTPUT_TOKENS
+
+
+def test_a_long_key_the_caller_sent_is_cut_in_the_param():
+    with pytest.raises(BadRequest) as bad:
+        parse(ChatCompletionRequest, chat(logit_bias={"x" * 10_000: "not a number"}))
+    assert bad.value.param.startswith("logit_bias.xxx") and len(bad.value.param) <= 100
 
 
 def test_conflicting_token_limits_and_empty_stop_are_refused():

@@ -23,16 +23,22 @@ from services.common.openai_tool_calls import (
 from services.router.chat import AUTO, NONE, ChatMessage, ToolCallOut, ToolChoice, ToolSpec
 from services.router.core import GenerationInput
 
-MAX_MESSAGES = 2048
+# The router's own limits on messages and output tokens, held here too so that a request past
+# them is refused naming its field as OpenAI names it (not later, by the gRPC name).
+from services.router.stages.admit import MAX_MESSAGES, MAX_OUTPUT_TOKENS
+
 MAX_PARTS = 256
 MAX_STOP = 4
 MAX_STOP_CHARS = 256
 MAX_ID_CHARS = 256
 MAX_TOOL_CALLS = 128
-INT32_MAX = 2**31 - 1
+MAX_METADATA_PAIRS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS = 16, 64, 512  # OpenAI's
 UINT64 = 2**64  # the engine's seed tensor is UINT64
 
 Short = Annotated[StrictStr, Field(max_length=MAX_ID_CHARS)]
+MetadataKey = Annotated[StrictStr, Field(max_length=MAX_METADATA_KEY_CHARS)]
+MetadataValue = Annotated[StrictStr, Field(max_length=MAX_METADATA_VALUE_CHARS)]
+OutputTokens = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
 
 
 class BadRequest(InvalidArgument):
@@ -116,7 +122,7 @@ class Sampling(_Body):
     """What chat and text completions share."""
 
     model: Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
-    max_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    max_tokens: OutputTokens | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     seed: Annotated[int, Field(ge=0, lt=UINT64)] | None = None
@@ -129,14 +135,14 @@ class Sampling(_Body):
     frequency_penalty: Literal[0] | None = None
     logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
     logprobs: Literal[False] | None = None
-    metadata: Annotated[dict[str, Short], Field(max_length=16)] | None = None
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)] | None = None
     store: StrictBool | None = None
     service_tier: Short | None = None
 
 
 class ChatCompletionRequest(Sampling):
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
-    max_completion_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    max_completion_tokens: OutputTokens | None = None
     top_logprobs: Literal[0] | None = None
     response_format: ResponseFormat | None = None
     tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
@@ -161,8 +167,9 @@ def parse(model: type[BaseModel], body: bytes) -> Any:
 
 def _bad_request(exc: ValidationError) -> BadRequest:
     # The deepest location is the most telling: for a content part of the wrong type, its
-    # `type`, not "content should be a string" from the other branch of the union.
-    err = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
+    # `type`, not "content should be a string" from the other branch of the union; at the same
+    # depth, a broken bound (too many parts) rather than the other branch's type.
+    err = max(exc.errors(include_url=False), key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
     kind = err["type"]
     if kind == "json_invalid":
         return BadRequest(f"the request body is not valid JSON: {err['msg']}", None, "invalid_json")
@@ -173,9 +180,15 @@ def _bad_request(exc: ValidationError) -> BadRequest:
         return BadRequest(f"Unrecognized request argument supplied: {param}", param, "unknown_parameter")
     if kind == "missing":
         return BadRequest(f"Missing required parameter: '{param}'", param, "missing_required_parameter")
-    value = repr(err.get("input"))
-    value = value if len(value) <= 80 else value[:77] + "..."
+    value = _cut(repr(err.get("input")), 80)
+    if err["loc"][-1:] == ("[key]",):  # a key of a dict (metadata): name the dict, not the key
+        param = _param(err["loc"][:-2])
+        return BadRequest(f"Invalid key in '{param}': {err['msg']} (got {value})", param)
     return BadRequest(f"Invalid value for '{param}': {err['msg']} (got {value})", param)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _param(loc: tuple[Any, ...]) -> str:
@@ -196,8 +209,9 @@ def _param(loc: tuple[Any, ...]) -> str:
             continue
         elif "[" in str(part) or "'" in str(part):  # a union/literal branch label
             continue
-        else:
-            out += f".{part}" if out else str(part)
+        else:  # a field, or a key of a dict the caller sent (cut: it is theirs, of any length)
+            part = _cut(str(part), MAX_METADATA_KEY_CHARS)
+            out += f".{part}" if out else part
     return out
 
 
