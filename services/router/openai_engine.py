@@ -11,11 +11,16 @@ mid-stream. Where an engine sends no usage, counts are estimated from the text a
 One pooled `httpx.AsyncClient` per endpoint: keep-alive connections, HTTP/2 when the server
 offers it over TLS (ALPN), the endpoint's headers (e.g. an API key) and TLS roots. Closing the
 stream early closes the response, which closes its connection (or resets its HTTP/2 stream):
-the engines abort a request whose client went away.
+the engines abort a request whose client went away. Once `data: [DONE]` came, the answer is
+whole: the final chunk goes out at once, and the rest of the body (the chunked encoding's end,
+which servers send after a turn of their own) is read in the background, so the connection
+returns to the pool without the answer waiting for it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.cookiejar
 import importlib.util
 import json
@@ -45,6 +50,7 @@ MAX_EVENT_BYTES = 1 << 20  # one SSE line; a token's chunk is a few hundred byte
 MAX_STREAM_BYTES = 64 << 20  # a whole answer, like the Triton channel's message limit
 MAX_ERROR_BYTES = 64 << 10
 CONNECT_TIMEOUT_S = 5.0
+FINISH_TIMEOUT_S = 5.0  # reading a whole answer's body to its end, after [DONE]
 _HTTP2 = importlib.util.find_spec("h2") is not None
 # httpx logs every request at INFO: per engine call and per probe, that is noise, not news.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -296,6 +302,7 @@ class OpenAIEngine:
             max_connections=max_connections, max_keepalive_connections=64, keepalive_expiry=30.0
         )
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._finishing: set[asyncio.Task[None]] = set()  # whole answers' bodies read to their end
 
     def client(self, address: str) -> httpx.AsyncClient:
         client = self._clients.get(address)
@@ -317,6 +324,9 @@ class OpenAIEngine:
         return client
 
     async def close(self) -> None:
+        for task in list(self._finishing):
+            task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
@@ -344,26 +354,35 @@ class OpenAIEngine:
             response = await self.client(address).send(request, stream=True)
         except httpx.HTTPError as exc:
             raise Unavailable(f"backend {address} failed: {type(exc).__name__}: {exc}") from exc
+        body, whole = response.aiter_bytes(), [False]
         try:
             if response.status_code != 200:
                 raise http_error(address, req.model, response.status_code, await _read_bounded(response))
-            async for chunk in self._events(address, req, response, deadline):
+            async for chunk in self._events(address, req, body, deadline, whole):
                 yield chunk
         except httpx.HTTPError as exc:
             raise Unavailable(f"backend {address} failed mid-stream: {type(exc).__name__}: {exc}") from exc
         finally:
-            await response.aclose()  # early: drops the connection, so the engine aborts the request
+            if whole[0]:  # the rest of the body is read off the answer's path
+                task = asyncio.create_task(_finish(body, response))
+                self._finishing.add(task)
+                task.add_done_callback(self._finishing.discard)
+            else:  # early: drops the connection, so the engine aborts the request
+                await response.aclose()
 
     @staticmethod
     async def _events(
-        address: str, req: EngineRequest, response: httpx.Response, deadline: float | None
+        address: str,
+        req: EngineRequest,
+        body: AsyncIterator[bytes],
+        deadline: float | None,
+        whole: list[bool],
     ) -> AsyncIterator[EngineChunk]:
         lines, stream = SseLines(address), CompletionStream(address, req)
-        body = response.aiter_bytes()
         async for data in body:
             for payload in lines.feed(data):
                 if payload == b"[DONE]":
-                    await _drain(body)  # read to the body's end: the connection is kept for reuse
+                    whole[0] = True
                     yield stream.final()
                     return
                 chunk = stream.event(payload)
@@ -377,15 +396,22 @@ class OpenAIEngine:
         raise Unavailable(f"backend {address} closed the stream before the final response")
 
 
-async def _drain(body: AsyncIterator[bytes]) -> None:
-    """Reads what is left of a finished stream (the chunked encoding's end), so closing the
+async def _finish(body: AsyncIterator[bytes], response: httpx.Response) -> None:
+    """Reads what is left of a whole answer's body (the chunked encoding's end), so closing the
     response returns its connection to the pool instead of dropping it (a new TCP connection
-    per request otherwise); a server that keeps sending past [DONE] is cut off."""
-    left = MAX_ERROR_BYTES
-    async for data in body:
-        left -= len(data)
-        if left < 0:
-            return
+    per request otherwise); a server that keeps sending past [DONE], or stalls, is cut off."""
+    try:
+        left = MAX_ERROR_BYTES
+        async with asyncio.timeout(FINISH_TIMEOUT_S):
+            async for data in body:
+                left -= len(data)
+                if left < 0:
+                    break
+    except (httpx.HTTPError, TimeoutError):
+        pass  # the answer was whole; only the connection is lost
+    finally:
+        with contextlib.suppress(httpx.HTTPError):
+            await response.aclose()
 
 
 async def _read_bounded(response: httpx.Response) -> bytes:

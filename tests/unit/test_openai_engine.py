@@ -5,6 +5,7 @@ endpoint's kind and fails over across kinds."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -161,6 +162,50 @@ async def test_closing_the_stream_early_closes_the_upstream_response():
     await agen.aclose()
     assert body.closed
     await engine.close()
+
+
+class HeldEnd(Recorded):
+    """A body whose end (after [DONE]) comes only once `release` is set, as a server sends the
+    chunked encoding's end after a turn of its own."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        super().__init__(pieces)
+        self.release = asyncio.Event()
+        self.ended = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for p in self.pieces:
+            yield p
+        await self.release.wait()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.ended.set()
+
+
+async def test_the_final_chunk_does_not_wait_for_the_bodys_end():
+    body = HeldEnd(
+        [sse(text_chunk("one"), {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}})]
+    )
+    engine = engine_for(lambda _r: httpx.Response(200, stream=body))
+    chunks = await asyncio.wait_for(collect_open(engine), 10)
+    assert [c.text for c in chunks] == ["one", ""] and chunks[-1].final and chunks[-1].output_tokens == 1
+    assert not body.closed  # still being read to its end, off the answer's path
+    body.release.set()
+    await asyncio.wait_for(body.ended.wait(), 10)  # then closed: the connection goes back to the pool
+    await engine.close()
+
+
+async def test_closing_the_engine_stops_reading_whole_answers_ends():
+    body = HeldEnd([sse(text_chunk("one"))])
+    engine = engine_for(lambda _r: httpx.Response(200, stream=body))
+    await asyncio.wait_for(collect_open(engine), 10)
+    await asyncio.wait_for(engine.close(), 10)
+    assert body.closed
+
+
+async def collect_open(engine: OpenAIEngine) -> list[EngineChunk]:
+    return [c async for c in engine.stream("http://eng:8000", REQ, 10)]
 
 
 # --- the dispatcher picks the engine by the endpoint's kind -------------------------------------
