@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,9 @@ class Call:
     inp: GenerationInput | EmbeddingInput | ToolCall
     ctx: RequestContext | None = None
     started: float = field(default_factory=time.perf_counter)
+    # A front door that runs the stages' `release` hooks itself once the caller has the whole
+    # answer puts a list here; the director adds the work to it (None: it runs at the end).
+    after_answer: list[Callable[[], Awaitable[None]]] | None = None
     # ResolveAgent
     agent: registry_pb2.Agent | None = None
     agent_version: str = ""

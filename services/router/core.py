@@ -8,8 +8,10 @@ stages (`generate_stages`), run by the director (pipeline.py):
     -> RateAdmit -> BudgetReserve -> CacheCoalesce -> RedactOutput -> Dispatch
 
 Entry hooks run in that order; chunks and completion hooks travel back in reverse, so the
-answer is redacted before it is cached, budgets and limits settle before the call is recorded,
-and every completion runs even when another one failed.
+answer is redacted before it is cached, the call is priced before it is recorded, and every
+completion runs even when another one failed. Budget and rate-limit holds settle and metrics
+count after the records (release hooks), once the caller has the answer where the front door
+says when that is (the OpenAI front door: after its last byte).
 """
 
 from __future__ import annotations

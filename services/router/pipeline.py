@@ -7,10 +7,14 @@ Each stage has three hooks:
 - `await on_chunk(call, chunk)`: for every chunk, in reverse list order (the response travels back
   out through the stages, as through Envoy's filters); returns the chunk to pass on.
 - `complete(call, error)`: once the call ends (normally, by an error, or because the caller went
-  away), in reverse order, for every stage whose `enter` was called. Each runs even when an
-  earlier one raised: a failed budget settle must not skip the audit and usage records. A
-  completion error is logged and counted, never silently swallowed, and never replaces the
-  call's own outcome.
+  away), in reverse order, for every stage whose `enter` was called: what the call's records
+  need (its cost, then the records themselves).
+- `release(call, error)`: after every `complete`, in the same order: what the caller need not
+  wait for (budget and rate-limit holds settled, metrics counted). A front door may run these
+  once it has sent the answer's last byte (`Call.after_answer`); otherwise they run at once.
+Each completion and release runs even when an earlier one raised: a failed budget settle must
+not skip the others. Their errors are logged and counted, never silently swallowed, and never
+replace the call's own outcome.
 
 The last stage is the source: its `stream(call)` produces the engine's chunks.
 """
@@ -18,6 +22,7 @@ The last stage is the source: its `stream(call)` produces the engine's chunks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -44,6 +49,9 @@ class Stage:
         return chunk
 
     async def complete(self, call: Call, error: BaseException | None) -> None:
+        return None
+
+    async def release(self, call: Call, error: BaseException | None) -> None:
         return None
 
 
@@ -97,15 +105,24 @@ class Director:
         finally:
             call.ended_at = time.perf_counter()
             call.status = outcome_of(error)
-            await self._complete(entered, call, error)
+            await self._complete(entered, call, error, "complete")
+            release = functools.partial(self._complete, entered, call, error, "release")
+            if call.after_answer is not None:
+                call.after_answer.append(release)
+            else:
+                await release()
 
-    async def _complete(self, entered: list[Stage], call: Call, error: BaseException | None) -> None:
+    async def _complete(
+        self, entered: list[Stage], call: Call, error: BaseException | None, hook: str
+    ) -> None:
         for stage in reversed(entered):
+            if getattr(type(stage), hook) is getattr(Stage, hook):
+                continue  # the stage has nothing to do then
             try:
-                await stage.complete(call, error)
+                await getattr(stage, hook)(call, error)
             except BaseException as exc:
                 self._completion_errors.labels(stage.name).inc()
                 log.error(
-                    "stage %s failed completing request %s: %r", stage.name, call.request_id, exc,
+                    "stage %s failed (%s) for request %s: %r", stage.name, hook, call.request_id, exc,
                     exc_info=not isinstance(exc, HarnessError),
                 )  # fmt: skip

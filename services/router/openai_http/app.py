@@ -6,10 +6,14 @@ certificate is Envoy's; user from `Authorization: Bearer <JWT or API key>`) -> t
 parsed into the same GenerationInput the gRPC servicer builds -> Router.generate -> text deltas
 rendered as OpenAI JSON or server-sent events. Domain errors become OpenAI error objects (one
 mapping, errors.py); anything else is a 500 with a generic message and a server-side log.
+
+The call's records are in the outbox before the answer's last byte; what the caller need not
+wait for (budget and rate-limit settles, metrics: the stages' release hooks) runs after it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -30,7 +34,7 @@ from services.common.identity import Authenticator
 from services.router import chunk_interval
 from services.router.chat import Piece, ToolCallStream, ToolSpec, assemble
 from services.router.chat.templates import offered
-from services.router.core import Call, Chunk, GenerationInput, Router
+from services.router.core import Call, Chunk, EmbeddingInput, GenerationInput, Router
 from services.router.openai_http import embeddings, errors, schema, wire
 from services.router.openai_http.sse import EventStream
 
@@ -39,6 +43,7 @@ FRONTDOOR = "openai"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a 1M-character prompt (the router's limit) fits, JSON-escaped
 DRAIN_LIMIT_BYTES = 2 * MAX_BODY_BYTES  # read and dropped at most, to answer an oversized body
 JSON = "application/json"
+AFTER_ANSWER_KEY = "harness.after_answer"  # scope: work to run once the response's last byte is sent
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/mcp")
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -177,28 +182,29 @@ class OpenAIFrontDoor:
         req = schema.parse(schema.ChatCompletionRequest, await _body(request))
         max_calls = 1 if req.parallel_tool_calls is False else 0  # false: the first call only
         inp = schema.chat_input(req, interval_ms if req.stream else 0)
-        return await self._generate(inp, wire.ChatShape, req, max_calls)
+        return await self._generate(_call(inp, request), wire.ChatShape, req, max_calls)
 
     async def completions(self, request: Request) -> Response:
         interval_ms = _interval_ms(request)
         req = schema.parse(schema.CompletionRequest, await _body(request))
         inp = schema.completion_input(req, interval_ms if req.stream else 0)
-        return await self._generate(inp, wire.TextShape, req)
+        return await self._generate(_call(inp, request), wire.TextShape, req)
 
     async def embeddings(self, request: Request) -> Response:
         req = schema.parse(embeddings.EmbeddingRequest, await _body(request))
         inp = embeddings.embedding_input(req)
         await self._model(inp.model)
-        call = Call(inp)
+        call = _call(inp, request)
         await self.router.embed(call)
         headers = {"x-harness-deployment": call.deployment} if call.deployment else {}
         return Response(embeddings.response_body(call, req.encoding_format), media_type=JSON, headers=headers)
 
     async def _generate(
-        self, inp: GenerationInput, shape: type[wire.Shape], req: schema.Sampling, max_calls: int = 0
+        self, call: Call, shape: type[wire.Shape], req: schema.Sampling, max_calls: int = 0
     ) -> Response:
+        inp = call.inp
+        assert isinstance(inp, GenerationInput)
         await self._model(inp.model)
-        call = Call(inp)
         texts = _texts(self.router.run(call))
         tools = offered(inp.tools, inp.tool_choice)
         pieces = _split_tool_calls(texts, call, tools, max_calls) if tools else texts
@@ -216,6 +222,11 @@ class OpenAIFrontDoor:
         events = _events(shape(call.request_id, call.model, include_usage), first, pieces, call)
         headers = {**_call_headers(call), "cache-control": "no-cache", "x-accel-buffering": "no"}
         return EventStream(events, media_type="text/event-stream", headers=headers)
+
+
+def _call(inp: GenerationInput | EmbeddingInput, request: Request) -> Call:
+    """A call whose release hooks run after the response's last byte (see _Observed)."""
+    return Call(inp, after_answer=request.scope.get(AFTER_ANSWER_KEY))
 
 
 def _interval_ms(request: Request) -> int:
@@ -318,7 +329,8 @@ async def _drain(chunks: AsyncIterator[bytes], size: int) -> None:
 
 
 class _Observed:
-    """Counts each request by route and status, timed until its last byte was sent.
+    """Counts each request by route and status, timed until its last byte was sent, then runs
+    what its call left for after the answer (AFTER_ANSWER_KEY).
 
     The POST endpoints are called directly, past Starlette's routing and its two exception
     middlewares: their entry already turns every exception into a response, and the layers
@@ -335,6 +347,8 @@ class _Observed:
             return
         start, status = time.perf_counter(), [500]
         handler = self.posts.get(scope["path"]) if scope["method"] == "POST" else None
+        after: list[Callable[[], Awaitable[None]]] = []
+        scope[AFTER_ANSWER_KEY] = after
         try:
             if handler is not None and not scope.get("root_path"):
                 response = await handler(Request(scope, receive))
@@ -350,3 +364,16 @@ class _Observed:
             await self.app(scope, receive, observed_send)
         finally:
             self.metrics.observe(_route(scope["path"]), status[0], time.perf_counter() - start)
+            if after:
+                await _after_answer(after)
+
+
+async def _after_answer(work: list[Callable[[], Awaitable[None]]]) -> None:
+    """Runs each piece of work (each catches and counts its own errors), even if cancelled."""
+    try:
+        # The last bytes were only queued (the server coalesces a turn's writes and sends them
+        # at the end of the turn): one turn lets them go out first.
+        await asyncio.sleep(0)
+    finally:
+        for job in work:
+            await job()

@@ -157,7 +157,7 @@ class RateAdmit(Stage):
         tokens = call.prompt_tokens + call.max_tokens
         call.rate_hold = await self.limiter.admit(agent.name, user_name, limits, tokens)
 
-    async def complete(self, call: Call, error: BaseException | None) -> None:
+    async def release(self, call: Call, error: BaseException | None) -> None:
         if call.rate_hold is None:
             return
         used = call.input_tokens + call.output_tokens if call.reached_backend else 0
@@ -166,7 +166,8 @@ class RateAdmit(Stage):
 
 class BudgetReserve(Stage):
     """Reserves the call's maximum cost (tokens and its GPU-time bound) against every budget that
-    applies; the completion settles the actual cost (nothing for a refused or cached call)."""
+    applies; the completion prices the call (Record writes the cost), the release settles that
+    actual cost (nothing for a refused or cached call)."""
 
     name = "budget-reserve"
 
@@ -184,5 +185,7 @@ class BudgetReserve(Stage):
             self.budgets.gpu.observe(call.model, call.input_tokens + call.output_tokens, call.gpu_seconds)
             actual = (call.input_tokens, call.output_tokens, call.gpu_type, call.charged_gpu_s)
             call.cost_micro_usd = self.budgets.cost(call.model, *actual)
+
+    async def release(self, call: Call, error: BaseException | None) -> None:
         if call.budget_hold is not None:
             await self.budgets.settle(call.budget_hold, call.cost_micro_usd)

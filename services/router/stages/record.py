@@ -1,5 +1,5 @@
-"""What a call leaves behind: Observe (Prometheus) and Record (audit and usage events through the
-durable outbox). Both act in their completion hooks, after the budgets and limits settled."""
+"""What a call leaves behind: Observe (Prometheus, once the caller has the answer) and Record
+(audit and usage events through the durable outbox, before the answer's end, with its cost)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Observe(Stage):
     def __init__(self, metrics: RouterMetrics) -> None:
         self.metrics = metrics
 
-    async def complete(self, call: Call, error: BaseException | None) -> None:
+    async def release(self, call: Call, error: BaseException | None) -> None:
         self.metrics.requests_of(call.agent_name, call.status, call.frontdoor).inc()
         if not call.dispatched:
             return
