@@ -1,8 +1,11 @@
 """A model call's start, recorded durably right before dispatch, so a router killed mid-stream
 leaves a trace: on the next start the call is shipped as an aborted call (outbox.py).
 
-The journal entry holds the audit and usage events the call would have if it ended now: status
-ABORTED, the deployment and the tokens streamed so far (refreshed every PROGRESS_EVERY chunks).
+The entry is written once the call's endpoint is chosen (`placed`, by the dispatcher), so it
+names the deployment from the start, and no write stands between the engine's first token and
+the caller. It holds the audit and usage events the call would have if it ended now: status
+ABORTED, the deployment and the tokens streamed so far (refreshed every PROGRESS_EVERY chunks,
+and when a failover picks another endpoint).
 They carry the ids the call's own events will have (Call.audit_id, Call.usage_id), so if the
 process dies after writing those but before clearing the entry, the receivers store the call
 once (they deduplicate by id).
@@ -47,13 +50,24 @@ class CallJournal:
                 raise Unavailable(f"the call's start could not be recorded durably ({exc}); refused") from exc
             log.error("call %s starts without a durable trace: %s", self._call.request_id, exc)
 
+    def placed(self) -> None:
+        """The call's endpoint was chosen, right before dispatch: the entry is written now (or,
+        on a failover, refreshed with the new deployment). Fail-closed: raises as `start`."""
+        if self._open:
+            self._refresh()
+        else:
+            self.start()
+
     def progress(self) -> None:
         self._chunks += 1
-        if self._open and self._chunks % PROGRESS_EVERY == 1:
-            try:
-                self._outbox.progress_call(self.id, *self._events())
-            except OutboxError as exc:
-                log.warning("call %s: progress not recorded: %s", self._call.request_id, exc)
+        if self._open and self._chunks % PROGRESS_EVERY == 1 and self._chunks > 1:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        try:
+            self._outbox.progress_call(self.id, *self._events())
+        except OutboxError as exc:
+            log.warning("call %s: progress not recorded: %s", self._call.request_id, exc)
 
     def open_id(self) -> str:
         """The entry's id while it is open ("" once ended), for a transaction that ends it along

@@ -107,6 +107,9 @@ class Dispatcher:
                 f"no ready endpoint serves model {request.model!r}{tried}; "
                 "deploy it in the pool or wait for it to load"
             )
+        call.endpoint = decision.endpoint
+        if call.journal is not None:  # where it will run is known: its start is made durable now
+            call.journal.placed()
         return decision.endpoint
 
     async def stream(self, call: Call) -> AsyncIterator[EngineChunk]:

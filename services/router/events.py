@@ -241,7 +241,7 @@ class EventShipper:
         self._usage.start()
 
     def journal(self, call) -> CallJournal:
-        """A model call's durable start (call_journal.py); `start()` it before dispatch."""
+        """A model call's durable start (call_journal.py); the dispatcher writes it (`placed()`)."""
         return CallJournal(self.outbox, call, self.fail_closed)
 
     def check_durable(self) -> None:

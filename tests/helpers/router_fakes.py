@@ -105,6 +105,7 @@ class DispatchCall:
 
     slo = None
     endpoint = None
+    journal = None
     failed_over_from = ""
     gpu_seconds = 0.0
     queue_s = 0.0

@@ -109,3 +109,27 @@ async def test_when_the_one_transaction_fails_each_event_is_written_on_its_own(t
         shipper.emit_call(_events_of(call), journal)
         assert outbox.pending("usage") == 1 and outbox.pending("audit") == 1
         assert outbox.calls_under_way() == 0  # every event made it: the entry ends
+
+
+async def test_the_entry_is_written_once_the_endpoint_is_chosen_and_names_its_deployment(harness):  # noqa: F811
+    router = harness[0]
+    outbox = router.events.outbox
+    writes: list[tuple[str, str]] = []
+    begin, progress = outbox.begin_call, outbox.progress_call
+
+    def deployment(audit: bytes) -> str:
+        return common_pb2.AuditEvent.FromString(audit).details["deployment"]
+
+    def begin_call(call_id, audit, usage):
+        writes.append(("begin", deployment(audit)))
+        begin(call_id, audit, usage)
+
+    def progress_call(call_id, audit, usage):
+        writes.append(("progress", deployment(audit)))
+        progress(call_id, audit, usage)
+
+    outbox.begin_call, outbox.progress_call = begin_call, progress_call
+    call = await run(router)
+    assert call.output_tokens == 8 and outbox.calls_under_way() == 0
+    # One write, before dispatch, that already names where the call runs; none per token.
+    assert writes == [("begin", call.deployment)] and call.deployment.endswith("@sim-0")

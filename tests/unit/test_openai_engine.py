@@ -241,6 +241,7 @@ class FakeCall:
     slo = None
     inp = type("Inp", (), {"timeout_s": 5.0})()
     endpoint = None
+    journal = None
     failed_over_from = ""
     gpu_seconds = 0.0
     queue_s = 0.0

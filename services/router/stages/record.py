@@ -35,9 +35,10 @@ class Observe(Stage):
 
 
 class Journal(Stage):
-    """Right before dispatch, makes the call's start durable (call_journal.py): a router killed
-    mid-stream ships the call as aborted at its next start. Record clears it once the call's
-    own events are in the outbox."""
+    """Gives the call its journal (call_journal.py), whose entry the dispatcher writes durably
+    once it chose the endpoint, before any engine sees the call: a router killed mid-stream
+    ships the call as aborted at its next start. Record clears it once the call's own events
+    are in the outbox. (A cached answer reaches no engine, and writes no entry.)"""
 
     name = "journal"
 
@@ -46,7 +47,6 @@ class Journal(Stage):
 
     async def enter(self, call: Call) -> None:
         call.journal = self.events.journal(call)
-        call.journal.start()
 
     async def on_chunk(self, call: Call, chunk: Chunk) -> Chunk:
         if call.journal is not None:
