@@ -103,6 +103,33 @@ class Chunk:
     output_tokens: int = 0
 
 
+class AfterAnswer:
+    """Work a front door runs once the caller has the whole answer (the stages' releases).
+    Work deferred after that (a stream closed only later) is run at once by whoever defers it."""
+
+    def __init__(self) -> None:
+        self._jobs: list[Callable[[], Awaitable[None]]] = []
+        self._open = True
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._jobs)
+
+    def defer(self, job: Callable[[], Awaitable[None]]) -> bool:
+        """Keeps `job` for `run`; False once `run` has run (the caller must run it itself)."""
+        if self._open:
+            self._jobs.append(job)
+        return self._open
+
+    async def run(self) -> None:
+        """Runs the jobs in order (each catches and counts its own errors)."""
+        try:
+            for job in self._jobs:  # one deferred while another runs is in the list too
+                await job()
+        finally:
+            self._open = False
+
+
 @dataclass
 class Call:
     """The state of one call; each stage reads what earlier stages filled in and adds its part."""
@@ -111,8 +138,8 @@ class Call:
     ctx: RequestContext | None = None
     started: float = field(default_factory=time.perf_counter)
     # A front door that runs the stages' `release` hooks itself once the caller has the whole
-    # answer puts a list here; the director adds the work to it (None: it runs at the end).
-    after_answer: list[Callable[[], Awaitable[None]]] | None = None
+    # answer puts one here; the director defers the work to it (None: it runs at the end).
+    after_answer: AfterAnswer | None = None
     # ResolveAgent
     agent: registry_pb2.Agent | None = None
     agent_version: str = ""

@@ -107,9 +107,7 @@ class Director:
             call.status = outcome_of(error)
             await self._complete(entered, call, error, "complete")
             release = functools.partial(self._complete, entered, call, error, "release")
-            if call.after_answer is not None:
-                call.after_answer.append(release)
-            else:
+            if call.after_answer is None or not call.after_answer.defer(release):
                 await release()
 
     async def _complete(

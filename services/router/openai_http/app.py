@@ -32,6 +32,7 @@ from services.common.errors import HarnessError, NotFound
 from services.common.http_server import PEER_IDS_KEY, TLS_KEY
 from services.common.identity import Authenticator
 from services.router import chunk_interval
+from services.router.call import AfterAnswer
 from services.router.chat import Piece, ToolCallStream, ToolSpec, assemble
 from services.router.chat.templates import offered
 from services.router.core import Call, Chunk, EmbeddingInput, GenerationInput, Router
@@ -347,7 +348,7 @@ class _Observed:
             return
         start, status = time.perf_counter(), [500]
         handler = self.posts.get(scope["path"]) if scope["method"] == "POST" else None
-        after: list[Callable[[], Awaitable[None]]] = []
+        after = AfterAnswer()
         scope[AFTER_ANSWER_KEY] = after
         try:
             if handler is not None and not scope.get("root_path"):
@@ -364,16 +365,15 @@ class _Observed:
             await self.app(scope, receive, observed_send)
         finally:
             self.metrics.observe(_route(scope["path"]), status[0], time.perf_counter() - start)
-            if after:
-                await _after_answer(after)
+            await _after_answer(after)
 
 
-async def _after_answer(work: list[Callable[[], Awaitable[None]]]) -> None:
-    """Runs each piece of work (each catches and counts its own errors), even if cancelled."""
+async def _after_answer(after: AfterAnswer) -> None:
+    """Runs what the call left for after the answer, even if cancelled meanwhile."""
     try:
-        # The last bytes were only queued (the server coalesces a turn's writes and sends them
-        # at the end of the turn): one turn lets them go out first.
-        await asyncio.sleep(0)
+        if after.pending:
+            # The last bytes were only queued (the server coalesces a turn's writes and sends
+            # them at the end of the turn): one turn lets them go out first.
+            await asyncio.sleep(0)
     finally:
-        for job in work:
-            await job()
+        await after.run()
