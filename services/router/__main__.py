@@ -28,6 +28,7 @@ from services.router.budgets.metrics import register_budget_metrics
 from services.router.config import RouterConfig, parse_args
 from services.router.core import Router, RouterPolicy
 from services.router.dispatch import Dispatcher
+from services.router.engine_access import NO_ACCESS, EndpointAccess
 from services.router.events import EventShipper
 from services.router.extproc.servicer import ExtProcServicer
 from services.router.flow import FlowController, MemoryRateLimiter, RateLimiter, RedisRateLimiter, SloClass
@@ -36,7 +37,7 @@ from services.router.kv_events_metrics import register_kv_event_metrics
 from services.router.mcp_front import PATH as MCP_PATH
 from services.router.mcp_front import McpFrontDoor
 from services.router.metrics import RouterMetrics, export_queue_depth
-from services.router.openai_engine import NO_ACCESS, EndpointAccess, OpenAIEngine
+from services.router.openai_engine import OpenAIEngine
 from services.router.openai_http.app import OpenAIFrontDoor
 from services.router.outbox import Outbox
 from services.router.result_cache import MemoryResultCache, RedisResultCache, ResultCache

@@ -13,7 +13,7 @@ from harness.registry.v1 import registry_pb2
 
 from services.common.config import ServerConfig, add_server_args, env, server_config_from_args
 from services.common.server import setup_logging
-from services.router.openai_engine import EndpointAccess, parse_engine_access
+from services.router.engine_access import EndpointAccess, parse_engine_access
 from services.router.workers import workers_for
 
 # The router is the front door's reflection target: it lists the whole mesh API.

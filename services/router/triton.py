@@ -30,7 +30,7 @@ from services.router.engine import (
     EngineRequest,
     estimate_tokens,
 )
-from services.router.openai_engine import NO_ACCESS, EndpointAccess
+from services.router.engine_access import NO_ACCESS, EndpointAccess
 
 # The Triton engine's request and chunk are the engine seam's (engine.py).
 TritonRequest = EngineRequest

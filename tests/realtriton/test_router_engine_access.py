@@ -14,7 +14,7 @@ from tritonclient.grpc import service_pb2
 from services.common.errors import Unavailable
 from services.devtools.certs import make_certs
 from services.router.engine import EngineRequest
-from services.router.openai_engine import NO_ACCESS, EndpointAccess
+from services.router.engine_access import NO_ACCESS, EndpointAccess
 from services.router.triton import TritonPool
 from tests.helpers.realtriton import ACCESS_HEADER, RealTritonUnavailable, start_real_triton
 from tests.realtriton.conformance import DECOUPLED_MODEL

@@ -13,11 +13,12 @@ import httpx
 import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.router import openai_engine
+from services.router import engine_access, openai_engine
 from services.router.dispatch import Dispatcher
 from services.router.engine import EngineChunk, EngineRequest
+from services.router.engine_access import EndpointAccess
 from services.router.flow import FlowController
-from services.router.openai_engine import EndpointAccess, OpenAIEngine
+from services.router.openai_engine import OpenAIEngine
 from services.router.scheduling import Candidate, Scheduler
 
 REQ = EngineRequest(model="m", prompt="Summarise the ledger policy", max_tokens=8, request_id="req-1")
@@ -68,7 +69,7 @@ async def test_sends_a_streamed_completion_with_usage_and_the_endpoints_headers(
         return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
 
     access = {"http://eng:8000/v1": EndpointAccess(headers=(("authorization", "Bearer k1"),))}
-    engine = engine_for(handler, access=lambda a: access.get(a, openai_engine.NO_ACCESS))
+    engine = engine_for(handler, access=lambda a: access.get(a, engine_access.NO_ACCESS))
     chunks = await collect(engine, "http://eng:8000/v1")
     assert [c.text for c in chunks] == ["Hel", "lo", ""]
     assert chunks[-1] == EngineChunk("", True, 7, 2, estimated=False)
@@ -286,7 +287,7 @@ async def test_an_endpoint_of_a_kind_without_an_engine_is_unavailable():
 
 
 def test_engine_access_flags_are_parsed_and_bad_ones_refused(tmp_path):
-    address, access = openai_engine.parse_engine_access("https://vllm:8000,header.Authorization=Bearer k")
+    address, access = engine_access.parse_engine_access("https://vllm:8000,header.Authorization=Bearer k")
     assert address == "https://vllm:8000" and access.headers == (("authorization", "Bearer k"),)
     for text, words in (
         ("vllm/v1,header.a=b", "expected BASE_URL .* or HOST:PORT"),
@@ -297,20 +298,20 @@ def test_engine_access_flags_are_parsed_and_bad_ones_refused(tmp_path):
         ("10.0.0.5:8001,mode=fast", "or tls=true"),
     ):
         with pytest.raises(ValueError, match=words):
-            openai_engine.parse_engine_access(text)
+            engine_access.parse_engine_access(text)
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
     with pytest.raises(ValueError, match="ca is for TLS endpoints"):
-        openai_engine.parse_engine_access(f"http://v:1,ca={ca}")
+        engine_access.parse_engine_access(f"http://v:1,ca={ca}")
     with pytest.raises(ValueError, match="ca is for TLS endpoints"):
-        openai_engine.parse_engine_access(f"10.0.0.5:8001,ca={ca}")
+        engine_access.parse_engine_access(f"10.0.0.5:8001,ca={ca}")
     # A Triton's gRPC address as the pool lists it: headers (a restricted protocol's token), TLS.
-    address, access = openai_engine.parse_engine_access(
+    address, access = engine_access.parse_engine_access(
         f"10.0.0.5:8001,header.triton-grpc-protocol-key=v,tls=true,ca={ca}"
     )
     assert address == "10.0.0.5:8001" and access.headers == (("triton-grpc-protocol-key", "v"),)
     assert access.tls and access.ca_file == str(ca)
-    assert not openai_engine.parse_engine_access("https://v:1")[1].tls  # tls is a Triton setting
+    assert not engine_access.parse_engine_access("https://v:1")[1].tls  # tls is a Triton setting
 
 
 async def test_a_cookie_an_engine_sets_never_rides_on_a_later_request():
