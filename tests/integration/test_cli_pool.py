@@ -163,7 +163,9 @@ async def test_activate_wakes_a_deployment_scaled_to_zero(sim_cli):
         return res.rc == 0 and '"ENDPOINT_HEALTH_HEALTHY"' in res.out
 
     await eventually(healthy, 30)
-    res = await sim_cli("deployments", "deploy", "small", "--idle-ttl", "1")
+    # Idle for 10 s, it goes to zero; woken, it stays ready at least that long: long enough for
+    # this test's CLI processes (a second or more each on a loaded machine) to see it ready.
+    res = await sim_cli("deployments", "deploy", "small", "--idle-ttl", "10")
     assert res.rc == 0 and "deployed small" in res.out, (res.out, res.err)
 
     def small(res: Result) -> dict:
@@ -174,15 +176,15 @@ async def test_activate_wakes_a_deployment_scaled_to_zero(sim_cli):
         d = small(await sim_cli("deployments", "list", "--format", "json"))
         return d.get("scaled_to_zero", False) and d.get("ready_replicas", 0) == 0
 
-    await eventually(at_zero, 20)
+    await eventually(at_zero, 60)
     woken = await sim_cli("deployments", "activate", "small")
     assert woken.rc == 0, woken.err
     assert woken.out.strip() == (
         "waking small: loading 1 replica(s); routers hold its requests until one is ready"
     )
 
-    async def loaded() -> bool:  # for its idle TTL (1 s) at least, before it may go to zero again
+    async def loaded() -> bool:  # for its idle TTL (10 s) at least, before it may go to zero again
         d = small(await sim_cli("deployments", "list", "--format", "json"))
         return not d.get("scaled_to_zero", False) and d.get("ready_replicas", 0) == 1
 
-    await eventually(loaded, 20)
+    await eventually(loaded, 60)
