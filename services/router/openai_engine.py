@@ -34,6 +34,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.common.errors import InvalidArgument, Unavailable
+from services.common.streams import cancel_all
 from services.router import openai_embed
 from services.router.engine import (
     EmbeddingRequest,
@@ -257,9 +258,7 @@ class OpenAIEngine:
         return client
 
     async def close(self) -> None:
-        for task in list(self._finishing):
-            task.cancel()
-        await asyncio.gather(*self._finishing, return_exceptions=True)
+        await cancel_all(list(self._finishing))
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
