@@ -78,6 +78,11 @@ class Director:
         self.source = source
         # Only stages that change chunks take part in the per-chunk loop.
         self._chunk_stages = tuple(s for s in reversed(self.stages) if type(s).on_chunk is not Stage.on_chunk)
+        # Per completion hook, the stages that have work then (by id: stages need not be hashable).
+        self._hooked = {
+            hook: frozenset(id(s) for s in self.stages if getattr(type(s), hook) is not getattr(Stage, hook))
+            for hook in ("complete", "release")
+        }
         self._completion_errors = completion_errors
 
     async def run(self, call: Call) -> AsyncIterator[Chunk]:
@@ -113,8 +118,9 @@ class Director:
     async def _complete(
         self, entered: list[Stage], call: Call, error: BaseException | None, hook: str
     ) -> None:
+        hooked = self._hooked[hook]
         for stage in reversed(entered):
-            if getattr(type(stage), hook) is getattr(Stage, hook):
+            if id(stage) not in hooked:
                 continue  # the stage has nothing to do then
             try:
                 await getattr(stage, hook)(call, error)
