@@ -251,3 +251,90 @@ def test_conflicting_token_limits_and_empty_stop_are_refused():
     with pytest.raises(BadRequest) as missing:
         chat_input(parse(ChatCompletionRequest, chat(messages=[{"role": "assistant"}])))
     assert missing.value.param == "messages[0].content"
+
+
+# What pydantic's lax mode used to coerce, and OpenAI refuses with 400 invalid_type naming the field.
+COERCIONS = [
+    ({"temperature": True}, "temperature", "expected a number, but got a boolean"),
+    ({"temperature": "0.5"}, "temperature", "expected a number, but got a string"),
+    ({"top_p": "1"}, "top_p", "expected a number, but got a string"),
+    ({"max_tokens": 5.0}, "max_tokens", "expected an integer, but got a decimal number"),
+    ({"max_tokens": "5"}, "max_tokens", "expected an integer, but got a string"),
+    ({"max_completion_tokens": True}, "max_completion_tokens", "expected an integer, but got a boolean"),
+    ({"seed": 3.0}, "seed", "expected an integer, but got a decimal number"),
+    ({"n": True}, "n", "expected an integer, but got a boolean"),
+    ({"n": 1.0}, "n", "expected an integer, but got a decimal number"),
+    ({"presence_penalty": False}, "presence_penalty", "expected a number, but got a boolean"),
+    ({"frequency_penalty": "0"}, "frequency_penalty", "expected a number, but got a string"),
+    ({"logprobs": 0}, "logprobs", "expected a boolean, but got an integer"),
+    ({"top_logprobs": False}, "top_logprobs", "expected an integer, but got a boolean"),
+    ({"stream": "true"}, "stream", "expected a boolean, but got a string"),
+    ({"stream": True, "stream_options": {"include_usage": 1}}, "stream_options.include_usage",
+     "expected a boolean, but got an integer"),
+    ({"parallel_tool_calls": 1}, "parallel_tool_calls", "expected a boolean, but got an integer"),
+    ({"metadata": {"k": 1}}, "metadata.k", "expected a string, but got an integer"),
+    ({"stop": 5}, "stop", "expected a string or an array, but got an integer"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content",
+     "expected a string or an array, but got an integer"),
+    ({"messages": "hi"}, "messages", "expected an array, but got a string"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fields", "param", "says"), COERCIONS, ids=[repr(f) for f, _, _ in COERCIONS])
+def test_a_value_of_the_wrong_json_type_is_refused_not_coerced(fields, param, says):
+    with pytest.raises(BadRequest) as bad:
+        parse(ChatCompletionRequest, chat(**fields))
+    assert (bad.value.param, bad.value.error_code, bad.value.http_status) == (param, "invalid_type", 400)
+    assert bad.value.message == f"Invalid type for '{param}': {says} instead."
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"model": "m", "prompt": "x", "echo": 0}', "echo"),
+        (b'{"model": "m", "prompt": "x", "best_of": 1.0}', "best_of"),
+        (b'{"model": "m", "prompt": "x", "max_tokens": "5"}', "max_tokens"),
+        (b'{"model": "m", "prompt": 5}', "prompt"),
+    ],
+)
+def test_text_completions_check_types_as_strictly(body, param):
+    with pytest.raises(BadRequest) as bad:
+        parse(CompletionRequest, body)
+    assert (bad.value.param, bad.value.error_code) == (param, "invalid_type")
+
+
+def test_service_tier_takes_openais_values_only():
+    for tier in ("auto", "default", "flex", "scale", "priority"):
+        assert parse(ChatCompletionRequest, chat(service_tier=tier)).service_tier == tier
+    with pytest.raises(BadRequest) as bad:
+        parse(ChatCompletionRequest, chat(service_tier="whatever"))
+    assert (bad.value.param, bad.value.error_code) == ("service_tier", "invalid_value")
+    assert "'auto', 'default', 'flex', 'scale' or 'priority'" in bad.value.message
+
+
+@pytest.mark.parametrize("stream", [False, None, "absent"])
+def test_stream_options_without_stream_is_refused_as_openai_refuses_it(stream):
+    fields = {"stream_options": {"include_usage": True}} | ({} if stream == "absent" else {"stream": stream})
+    with pytest.raises(BadRequest) as bad:
+        chat_input(parse(ChatCompletionRequest, chat(**fields)))
+    assert bad.value.param == "stream_options" and bad.value.http_status == 400
+    assert bad.value.message == "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+
+
+ACCEPTED = [
+    {"temperature": 1, "top_p": 1},  # an integer is a number, for OpenAI too
+    {"temperature": 0.7, "top_p": 0.9, "seed": 3, "max_tokens": 5, "n": 1},
+    {"presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": False, "top_logprobs": 0},
+    {"stream": True, "stream_options": {"include_usage": True}},
+    {"stream": None, "stream_options": None},
+    {"temperature": None, "top_p": None, "seed": None, "max_tokens": None, "n": None, "stop": None,
+     "presence_penalty": None, "frequency_penalty": None, "logprobs": None, "service_tier": None,
+     "user": None, "metadata": None, "store": None, "tools": None, "tool_choice": None},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fields", ACCEPTED, ids=range(len(ACCEPTED)))
+def test_values_of_the_right_type_and_nulls_are_still_taken(fields):
+    inp = chat_input(parse(ChatCompletionRequest, chat(**fields)))
+    assert inp.temperature == (fields.get("temperature") if fields.get("temperature") is not None else 1.0)
+    assert isinstance(inp.temperature, float) and isinstance(inp.top_p, float)

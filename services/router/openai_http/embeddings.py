@@ -20,7 +20,7 @@ from pydantic import Field, StrictStr
 
 from services.router.call import Call, EmbeddingInput
 from services.router.openai_http import wire
-from services.router.openai_http.schema import MAX_ID_CHARS, BadRequest, Short, _Body
+from services.router.openai_http.schema import MAX_ID_CHARS, BadRequest, Short, _Body, invalid_type
 from services.router.stages.embed import MAX_DIMENSIONS, MAX_INPUTS
 
 TOKEN_ARRAYS_REFUSED = (
@@ -48,7 +48,7 @@ def embedding_input(req: EmbeddingRequest) -> EmbeddingInput:
         if isinstance(text, int | list) and not isinstance(text, bool):
             raise BadRequest(TOKEN_ARRAYS_REFUSED, "input", "unsupported_parameter")
         if not isinstance(text, str):
-            raise BadRequest(f"Invalid value for 'input[{i}]': expected a string", f"input[{i}]")
+            raise invalid_type(f"input[{i}]", "a string", text)
         if not text:
             raise BadRequest(f"'input[{i}]' is empty: every input must have text to embed", f"input[{i}]")
     return EmbeddingInput(inputs=texts, model=req.model, dimensions=req.dimensions or 0)

@@ -3,7 +3,9 @@ GenerationInput (the same call the gRPC Generate servicer makes).
 
 Fields OpenAI defines that this server cannot honour are accepted only at their neutral value
 (n=1, no logprobs, no penalties...) and refused otherwise, naming the field; fields OpenAI does
-not define are refused as OpenAI refuses them. Every size is bounded.
+not define are refused as OpenAI refuses them. Every size is bounded. JSON types are checked
+strictly (pydantic's strict mode), as OpenAI checks them: "0.5" or true for a number, 5.0 for an
+integer, 0 for a boolean are refused with `invalid_type`, never coerced; an integer is a number.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic_core import PydanticCustomError
 
 from services.common.errors import InvalidArgument
 from services.common.openai_tool_calls import (
@@ -39,6 +42,7 @@ Short = Annotated[StrictStr, Field(max_length=MAX_ID_CHARS)]
 MetadataKey = Annotated[StrictStr, Field(max_length=MAX_METADATA_KEY_CHARS)]
 MetadataValue = Annotated[StrictStr, Field(max_length=MAX_METADATA_VALUE_CHARS)]
 OutputTokens = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
+ServiceTier = Literal["auto", "default", "flex", "scale", "priority"]  # OpenAI's, taken and ignored
 
 
 class BadRequest(InvalidArgument):
@@ -53,7 +57,28 @@ class BadRequest(InvalidArgument):
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a JSON value of the wrong type is refused, not coerced (pydantic's lax mode would
+    # read "0.5" and true as numbers, 5.0 as 5, 0 as false). allow_inf_nan: NaN is not JSON.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _only(neutral: bool | int) -> AfterValidator:
+    """Accepts a field (already of its own type: strict) at `neutral` only, the value this
+    server honours. Not a Literal: Literal[1] compares by ==, so it takes true and 1.0 too."""
+    expected = json.dumps(neutral)
+
+    def check(value: Any) -> Any:
+        if value != neutral:
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return value
+
+    return AfterValidator(check)
+
+
+OnlyOne = Annotated[int, _only(1)]
+OnlyZero = Annotated[int, _only(0)]
+OnlyFalse = Annotated[bool, _only(False)]
+NoPenalty = Annotated[float, _only(0)]  # a number: 0 and 0.0 are both taken
 
 
 class TextPart(_Body):
@@ -127,23 +152,23 @@ class Sampling(_Body):
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     seed: Annotated[int, Field(ge=0, lt=UINT64)] | None = None
     stop: StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP)] | None = None
-    n: Literal[1] | None = None
-    stream: StrictBool = False
+    n: OnlyOne | None = None
+    stream: StrictBool | None = False  # null is OpenAI's default too
     stream_options: StreamOptions | None = None
     user: Short | None = None
-    presence_penalty: Literal[0] | None = None
-    frequency_penalty: Literal[0] | None = None
+    presence_penalty: NoPenalty | None = None
+    frequency_penalty: NoPenalty | None = None
     logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
-    logprobs: Literal[False] | None = None
+    logprobs: OnlyFalse | None = None
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)] | None = None
     store: StrictBool | None = None
-    service_tier: Short | None = None
+    service_tier: ServiceTier | None = None
 
 
 class ChatCompletionRequest(Sampling):
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: OutputTokens | None = None
-    top_logprobs: Literal[0] | None = None
+    top_logprobs: OnlyZero | None = None
     response_format: ResponseFormat | None = None
     tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -152,8 +177,8 @@ class ChatCompletionRequest(Sampling):
 
 class CompletionRequest(Sampling):
     prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=1)]
-    echo: Literal[False] | None = None
-    best_of: Literal[1] | None = None
+    echo: OnlyFalse | None = None
+    best_of: OnlyOne | None = None
     suffix: None = None
 
 
@@ -169,7 +194,8 @@ def _bad_request(exc: ValidationError) -> BadRequest:
     # The deepest location is the most telling: for a content part of the wrong type, its
     # `type`, not "content should be a string" from the other branch of the union; at the same
     # depth, a broken bound (too many parts) rather than the other branch's type.
-    err = max(exc.errors(include_url=False), key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
+    errors = exc.errors(include_url=False)
+    err = max(errors, key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
     kind = err["type"]
     if kind == "json_invalid":
         return BadRequest(f"the request body is not valid JSON: {err['msg']}", None, "invalid_json")
@@ -180,11 +206,53 @@ def _bad_request(exc: ValidationError) -> BadRequest:
         return BadRequest(f"Unrecognized request argument supplied: {param}", param, "unknown_parameter")
     if kind == "missing":
         return BadRequest(f"Missing required parameter: '{param}'", param, "missing_required_parameter")
-    value = _cut(repr(err.get("input")), 80)
+    if kind in _EXPECTED:  # every branch of a union refused the value's type: name them all
+        expected = dict.fromkeys(
+            _EXPECTED[e["type"]] for e in errors if e["type"] in _EXPECTED and _param(e["loc"]) == param
+        )
+        return invalid_type(param, " or ".join(expected), err.get("input"))
+    value = _cut(_json(err.get("input")), 80)
     if err["loc"][-1:] == ("[key]",):  # a key of a dict (metadata): name the dict, not the key
         param = _param(err["loc"][:-2])
         return BadRequest(f"Invalid key in '{param}': {err['msg']} (got {value})", param)
     return BadRequest(f"Invalid value for '{param}': {err['msg']} (got {value})", param)
+
+
+# What a field wanted, by pydantic's error type, in JSON's words (as OpenAI's messages put it).
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+}
+
+
+def invalid_type(param: str, expected: str, value: Any) -> BadRequest:
+    """OpenAI's refusal of a value of the wrong JSON type, e.g. "Invalid type for 'temperature':
+    expected a number, but got a string instead." (code invalid_type)."""
+    message = f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead."
+    return BadRequest(message, param, "invalid_type")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):  # before int: a bool is an int in Python
+        return "a boolean"
+    kinds = ((int, "an integer"), (float, "a decimal number"), (str, "a string"), (list, "an array"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), "an object")
+
+
+def _json(value: Any) -> str:
+    """The value as the client wrote it (JSON: true, not True)."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _cut(text: str, limit: int) -> str:
@@ -232,6 +300,10 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
 
 
 def _sampling(req: Sampling, max_tokens: int | None) -> dict[str, Any]:
+    if req.stream_options is not None and not req.stream:
+        # OpenAI's own refusal, word for word.
+        message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+        raise BadRequest(message, "stream_options")
     return {
         "max_tokens": max_tokens or 0,
         "temperature": 1.0 if req.temperature is None else req.temperature,
