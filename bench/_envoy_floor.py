@@ -7,6 +7,10 @@ its `/v1/` route, and that route's cluster (the router's HTTP cluster: same HTTP
 options, balancing, circuit breakers and outlier detection) pointed at the engine. The engine
 speaks plaintext HTTP, as it does to the routers, so this cluster has no upstream TLS; its health
 check asks the engine's /health. Envoy starts with the stack's own flags.
+
+With an https:// upstream the cluster stays the router's in full (mTLS pinned to the router's
+identity, its /healthz check) and only its address changes: that upstream stands in for a router
+(bench/_http_relay.py, serving with the router's certificate).
 """
 
 from __future__ import annotations
@@ -52,10 +56,15 @@ def floor_config(
 
 
 def engine_cluster(template: dict[str, Any], engine_url: str) -> dict[str, Any]:
-    """The router's HTTP cluster, reaching the engine instead (plaintext, as the engine speaks)."""
+    """The router's HTTP cluster, reaching the engine instead (plaintext, as the engine speaks),
+    or, for an https:// URL, a stand-in for the router (its TLS and health check kept)."""
     url = urlsplit(engine_url)
     cluster = copy.deepcopy(template)
-    cluster.pop("transport_socket", None)
+    if url.scheme != "https":
+        cluster.pop("transport_socket", None)
+        for check in cluster.get("health_checks", []):
+            check["http_health_check"] = {"path": "/health"}
+            check.pop("grpc_health_check", None)
     cluster.update(
         name=ENGINE_CLUSTER,
         type="STATIC",
@@ -65,9 +74,6 @@ def engine_cluster(template: dict[str, Any], engine_url: str) -> dict[str, Any]:
         },
     )
     cluster.pop("dns_lookup_family", None)
-    for check in cluster.get("health_checks", []):
-        check["http_health_check"] = {"path": "/health"}
-        check.pop("grpc_health_check", None)
     return cluster
 
 
@@ -77,14 +83,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_floor_envoy(root: Path, engine_url: str, door_url: str) -> tuple[subprocess.Popen, str]:
+def start_floor_envoy(
+    root: Path, engine_url: str, door_url: str, name: str = "envoy-floor"
+) -> tuple[subprocess.Popen, str]:
     """Starts the floor Envoy next to the stack; returns it and its OpenAI base URL: the front
-    door's (`door_url`, the same host name, which Envoy's certificate names) on the floor's port."""
+    door's (`door_url`, the same host name, which Envoy's certificate names) on the floor's port.
+    `name` names its config and log files (one per floor Envoy)."""
     port = free_port()
     cfg = floor_config(yaml.safe_load((root / "envoy.yaml").read_text()), port, free_port(), engine_url)
-    path = root / "envoy-floor.yaml"
+    path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False, width=120))
-    log_path = root / "logs" / "envoy-floor.log"
+    log_path = root / "logs" / f"{name}.log"
     envoy = Path(sys.executable).parent / "envoy"
     with log_path.open("w") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(

@@ -1,6 +1,9 @@
 """Router overhead: the stock tritonclient (grpc.aio, ModelStreamInfer, one stream per request)
 against (a) the simulator directly, (r) a bare grpc.aio relay in front of it (bench/_grpc_relay.py:
-the floor of any Python gRPC hop), (b) a router's Triton-compatible front door directly (mTLS
+the floor of any Python gRPC hop), (rt) the same relay listening as router-1's front door does
+(mTLS with router-1's certificate, key and CA, client certificate required, the router's server
+options; the client presents the agent's certificate as on (b)): the floor of any authenticating
+Python gRPC hop, (b) a router's Triton-compatible front door directly (mTLS
 with the agent's own certificate: the router takes the agent identity from the peer
 certificate), (c) Envoy + router (mTLS to Envoy, which forwards the agent identity in XFCC),
 (d) Envoy + the router as its ext_proc endpoint picker (a second Envoy built from the stack's
@@ -15,11 +18,12 @@ generation costs the engine ~0.05 ms) in a temporary directory. Closed loop of C
 concurrency level; every request has a distinct prompt so the router's result cache never
 answers (each call is dispatched to the engine). Prints p50/p99 latency, throughput and the
 ratios to (a), and the CPU the Harness processes on each path spent per request and per token
-(from /proc: the relay; router-1; Envoy and both routers; the ext_proc Envoy and both routers).
-Target: the router adds < 1 ms at p50 at concurrency 1.
+(from /proc: the relay; the TLS relay; router-1; Envoy and both routers; the ext_proc Envoy and both routers).
+Target: the router adds < 1 ms at p50 at concurrency 1. The last lines give the router's CPU per
+request and added p50 against (rt), the floor with the same transport security.
 
 The routers serve llama-3-8b from sim-0 (Triton's protocol) and sim-2 (the OpenAI API, over
-HTTP). The relay and the direct path only ever talk to sim-0, so by default the bench drains the
+HTTP). The relays and the direct path only ever talk to sim-0 (plaintext, as the routers do), so by default the bench drains the
 stack's OpenAI-protocol simulators before it measures and every path reaches the same engine over
 the same protocol; `--engines all` keeps them (the router then sends part of the calls over HTTP).
 
@@ -67,13 +71,24 @@ def start_stack(root: Path, time_scale: float) -> subprocess.Popen:
     raise SystemExit("stack did not start; see " + str(root / "logs"))
 
 
-def start_relay(upstream: str) -> tuple[subprocess.Popen, str]:
+def start_relay(upstream: str, tls_flags: list[str] = ()) -> tuple[subprocess.Popen, str]:
+    """bench/_grpc_relay.py in front of `upstream`; plaintext, or mTLS with `tls_flags`."""
     relay = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("_grpc_relay.py")), upstream],
+        [sys.executable, str(Path(__file__).with_name("_grpc_relay.py")), upstream, *tls_flags],
         stdout=subprocess.PIPE,
         text=True,
     )
     return relay, f"127.0.0.1:{relay.stdout.readline().strip()}"  # type: ignore[union-attr]
+
+
+def tls_flags_of(argv: list[str]) -> list[str]:
+    """The --tls-cert/--tls-key/--tls-ca flags and values in a service's command line."""
+    names = ("--tls-cert", "--tls-key", "--tls-ca")
+    return [part for i, flag in enumerate(argv[:-1]) if flag in names for part in (flag, argv[i + 1])]
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
 
 def start_extproc_envoy(root: Path, count_tokens: bool) -> tuple[subprocess.Popen, str]:
@@ -194,18 +209,22 @@ async def main_async(args: argparse.Namespace) -> None:
                 drain_openai_simulators(root, env)
             relay, relay_addr = start_relay(sim_addr)
             started.append(relay)
+            pids = stack_pids(root)
+            # router-1's own certificate, key and CA, as its command line names them
+            relay_tls, relay_tls_addr = start_relay(sim_addr, tls_flags_of(cmdline(pids["router-1"])))
+            started.append(relay_tls)
             extproc, extproc_addr = start_extproc_envoy(root, count_tokens=True)
             started.append(extproc)
             bypass, bypass_addr = start_extproc_envoy(root, count_tokens=False)
             started.append(bypass)
             risk = dict(tls, private_key=str(root / "certs/agents/risk-agent.key"),
                         certificate_chain=str(root / "certs/agents/risk-agent.pem"))  # fmt: skip
-            pids = stack_pids(root)
             routers = [pids["router-1"], pids["router-2"]]
             services = [pids[name] for name in ("registry", "pool", "audit", "cost")]
             spenders = {
                 "(a) direct": [],
                 "(r) bare relay": [relay.pid],
+                "(rt) relay mTLS": [relay_tls.pid],
                 "(b) router": [pids["router-1"]],
                 "(c) envoy+router": [pids["envoy"], *routers],
                 "(d) envoy+ext_proc": [extproc.pid, *routers],
@@ -215,6 +234,7 @@ async def main_async(args: argparse.Namespace) -> None:
             paths = {
                 "(a) direct": (lambda: tgrpc_aio.InferenceServerClient(sim_addr), None),
                 "(r) bare relay": (lambda: tgrpc_aio.InferenceServerClient(relay_addr), None),
+                "(rt) relay mTLS": (lambda: tgrpc_aio.InferenceServerClient(relay_tls_addr, **tls), auth),
                 "(b) router": (lambda: tgrpc_aio.InferenceServerClient(router_address(root), **tls), auth),
                 "(c) envoy+router": (
                     lambda: tgrpc_aio.InferenceServerClient(env["HARNESS_ADDR"], **tls),
@@ -231,7 +251,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 n = max(args.requests, 4 * c)
                 for label, (make, headers) in paths.items():
                     before, others_before = cpu_seconds(spenders[label]), cpu_seconds(services)
-                    rows[(label, c)] = await run_level(make, headers, c, n, args.max_tokens, label[1])
+                    rows[(label, c)] = await run_level(
+                        make, headers, c, n, args.max_tokens, label[1 : label.index(")")]
+                    )
                     cpu[(label, c)] = (cpu_seconds(spenders[label]) - before) * 1000 / n
                     others[(label, c)] = (cpu_seconds(services) - others_before) * 1000 / n
                     lat, secs, _ = rows[(label, c)]
@@ -255,7 +277,7 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     print(head + "\n" + "-" * len(head))
     paths_in_order = (
-        "(a) direct", "(r) bare relay", "(b) router", "(c) envoy+router", "(d) envoy+ext_proc",
+        "(a) direct", "(r) bare relay", "(rt) relay mTLS", "(b) router", "(c) envoy+router", "(d) envoy+ext_proc",
         "(e) envoy+router*", "(f) ext_proc bypass*",
     )  # fmt: skip
     for c in args.concurrency:
@@ -295,6 +317,23 @@ async def main_async(args: argparse.Namespace) -> None:
         + ", ".join(f"{others[('(c) envoy+router', c)]:.2f} ms at c={c}" for c in args.concurrency)
         + " (audit and cost ingest each call's events; the registry and pool serve the routers' watches)"
     )
+    print(relay_floors(rows, cpu, args.concurrency))
+
+
+def relay_floors(rows: dict, cpu: dict, concurrency: list[int]) -> str:
+    """The router (b) against both relays, per level: its CPU per request as a multiple of each
+    relay's, and the p50 it adds above each."""
+    lines = ["router (b) vs the relay floors: CPU per request ratio, p50 above the relay"]
+    for c in concurrency:
+        b50 = pct(rows[("(b) router", c)][0], 50)
+        parts = [
+            f"{name} {cpu[('(b) router', c)] / cpu[(label, c)]:.2f}x CPU "
+            f"({cpu[('(b) router', c)]:.2f} / {cpu[(label, c)]:.2f} ms), "
+            f"+{b50 - pct(rows[(label, c)][0], 50):.2f} ms p50"
+            for name, label in (("router/(r)", "(r) bare relay"), ("router/(rt)", "(rt) relay mTLS"))
+        ]
+        lines.append(f"  c={c}: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

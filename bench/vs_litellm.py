@@ -9,9 +9,14 @@ streaming the same chat completions (same messages, max_tokens 8) through
       timeouts and HTTP filters, built from the stack's bootstrap by bench/_envoy_floor.py) that
       proxies /v1/* straight to sim-2, no router. Agents must come through that listener, so
       (e) is the floor of the Harness's topology; the client presents the same certificate as (h),
+  (p) Envoy + a bare Python relay: the same floor Envoy, its upstream a raw ASGI app that relays
+      to sim-2 with httpx, served as the router serves its OpenAI front door (bench/_http_relay.py:
+      the router's uvicorn/httptools server, certificate and mTLS, so Envoy's cluster to it is the
+      router's own): the floor of "Envoy mTLS + any Python ASGI front door + httpx engine client",
 at several concurrencies. "Added" is a path's p50 minus (d)'s: what the gateway costs on top
 of calling an engine directly with the same client. CPU per request is the gateway's
-processes (LiteLLM's; both routers and Envoy; the floor Envoy), read from /proc; a table below
+processes (LiteLLM's; both routers and Envoy; the floor Envoy; the floor Envoy and the relay),
+read from /proc; a table below
 gives it process by process.
 
 LiteLLM is installed by this script into a throwaway virtualenv (`--venv DIR` keeps and reuses
@@ -20,7 +25,8 @@ LiteLLM runs as its docs start it: `litellm --config` with 2 workers, a master k
 and no callbacks.
 Targets: the Harness adds at most 1/10 of LiteLLM's latency at every level and uses at most
 1/5 of its CPU per request. The floor line gives (e)'s added p50 as a share of LiteLLM's next to
-(h)'s: the least the mandated topology can score against that target.
+(h)'s: the least the mandated topology can score against that target; the relay line gives (p)'s,
+the least any Python front door behind it can score.
 
 Usage: python bench/vs_litellm.py [--quick] [--requests 200] [--concurrency 1,16,64] [--venv DIR]
 """
@@ -48,7 +54,7 @@ from _cli import closed_loop_parser, run_closed_loop
 from _common import pct
 from _envoy_floor import start_floor_envoy
 from openai_frontdoor import Level, cpu_split, gateway_pids, openai_call, run_level
-from router_overhead import env_of, start_stack
+from router_overhead import cmdline, env_of, stack_pids, start_stack, tls_flags_of
 
 LITELLM = "litellm==1.110.2"
 # What its proxy needs to start (the `proxy` extra, without the enterprise and cloud-vendor parts;
@@ -67,7 +73,7 @@ MAX_TOKENS = 8
 OPENAI_SIM_LOG = "enginesim-2.log"  # sim-2, the stack's simulator that speaks the OpenAI HTTP API
 ENGINE_MODEL = "llama-3-8b-instruct"  # its model name (the Harness's catalog calls it llama-3-8b)
 Gateway = tuple[int, str]  # a gateway process's pid and its OpenAI base URL
-PATHS = ("(d) direct", "(l) LiteLLM", "(h) Harness", "(e) Envoy only")
+PATHS = ("(d) direct", "(l) LiteLLM", "(h) Harness", "(e) Envoy only", "(p) Envoy+relay")
 
 
 def litellm_venv(where: Path) -> Path:
@@ -143,8 +149,26 @@ def litellm_pids(pid: int) -> dict[int, str]:
     return {p: "litellm master" if p == pid else "litellm workers" for p in process_tree(pid)}
 
 
-async def measure(args, root: Path, engine_url: str, litellm_at: Gateway, floor_at: Gateway) -> dict:
-    """Every path at every concurrency; `litellm_at` and `floor_at` are (pid, base URL)."""
+def start_http_relay(root: Path, engine_url: str) -> tuple[subprocess.Popen, str]:
+    """bench/_http_relay.py in front of the engine, with router-1's certificate, key and CA (as its
+    command line names them); returns it and the https:// URL the floor Envoy reaches it at."""
+    flags = tls_flags_of(cmdline(stack_pids(root)["router-1"]))
+    relay = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("_http_relay.py")), engine_url, *flags],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    port = relay.stdout.readline().strip()  # type: ignore[union-attr]
+    if not port:
+        relay.kill()
+        raise SystemExit("the Python relay did not start")
+    return relay, f"https://127.0.0.1:{port}"
+
+
+async def measure(
+    args, root: Path, engine_url: str, litellm_at: Gateway, floor_at: Gateway, relay_at: tuple[int, Gateway]
+) -> dict:
+    """Every path at every concurrency; `litellm_at` and `floor_at` are (pid, base URL), `relay_at`
+    the relay's pid and its floor Envoy's (pid, base URL)."""
     env = env_of(root)
     tls = ssl.create_default_context(cafile=env["HARNESS_CA"])
     tls.load_cert_chain(env["HARNESS_CERT"], env["HARNESS_KEY"])
@@ -163,6 +187,11 @@ async def measure(args, root: Path, engine_url: str, litellm_at: Gateway, floor_
             "llama-3-8b",
         ),
         "(e) Envoy only": (client(floor_at[1], "unused", tls), {floor_at[0]: "floor envoy"}, ENGINE_MODEL),
+        "(p) Envoy+relay": (
+            client(relay_at[1][1], "unused", tls),
+            {relay_at[1][0]: "floor envoy", relay_at[0]: "python relay"},
+            ENGINE_MODEL,
+        ),
     }
     rows: dict[tuple[str, int], Level] = {}
     for c in args.concurrency:
@@ -170,7 +199,7 @@ async def measure(args, root: Path, engine_url: str, litellm_at: Gateway, floor_
         for label, (api, pids, model) in clients.items():
             call = openai_call(api, MAX_TOKENS, model)
             rows[(label, c)] = level = await run_level(call, pids, c, n, label[1])
-            print(f"  {label:<14} c={c:<3} {n} requests in {level.seconds:.1f}s", flush=True)
+            print(f"  {label:<15} c={c:<3} {n} requests in {level.seconds:.1f}s", flush=True)
     for api, _, _ in clients.values():
         await api.close()
     return rows
@@ -191,7 +220,7 @@ def report(rows: dict, args) -> None:
         f"closed loop; {os.cpu_count()} CPUs shared by client, gateways and engines"
     )
     head = (
-        f"{'path':<15}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}{'added p50':>11}"
+        f"{'path':<16}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}{'added p50':>11}"
         f"{'gw CPU ms':>11}"
     )
     print(head + "\n" + "-" * len(head))
@@ -200,13 +229,13 @@ def report(rows: dict, args) -> None:
             r = rows[(label, c)]
             cpu = f"{r.server_cpu_ms:>11.2f}" if label != "(d) direct" else f"{'-':>11}"
             print(
-                f"{label:<15}{c:>5}{pct(r.latencies, 50):>9.2f}{pct(r.latencies, 99):>9.2f}{r.rps:>8.0f}"
+                f"{label:<16}{c:>5}{pct(r.latencies, 50):>9.2f}{pct(r.latencies, 99):>9.2f}{r.rps:>8.0f}"
                 f"{r.errors:>8}{added_p50(rows, label, c):>11.2f}{cpu}"
             )
     print("gateway CPU ms per request, by process:")
     for c in args.concurrency:
         for label in PATHS[1:]:
-            print(f"  {label:<14} c={c:<3} {cpu_split(rows[(label, c)])}")
+            print(f"  {label:<15} c={c:<3} {cpu_split(rows[(label, c)])}")
     for c in args.concurrency:
         lite = added_p50(rows, "(l) LiteLLM", c)
         latency_ratio = share(added_p50(rows, "(h) Harness", c), lite)
@@ -220,6 +249,21 @@ def report(rows: dict, args) -> None:
             f"(the Harness: {latency_ratio:.2f}x) and uses {rows[('(e) Envoy only', c)].server_cpu_ms:.2f} ms "
             "of Envoy CPU per request"
         )
+        print("  " + floor_line(rows, "(p) Envoy+relay", "Envoy + a bare Python relay", c))
+        print("  " + floor_line(rows, "(e) Envoy only", "Envoy alone", c))
+
+
+def floor_line(rows: dict, label: str, what: str, c: int) -> str:
+    """A floor path's added p50 and CPU per request as shares of LiteLLM's, beside the Harness's."""
+    lite, harness, floor = rows[("(l) LiteLLM", c)], rows[("(h) Harness", c)], rows[(label, c)]
+    lite_added = added_p50(rows, "(l) LiteLLM", c)
+    return (
+        f"{label}: {what} adds {added_p50(rows, label, c):.2f} ms = "
+        f"{share(added_p50(rows, label, c), lite_added):.2f}x LiteLLM's added p50 "
+        f"(the Harness: {share(added_p50(rows, '(h) Harness', c), lite_added):.2f}x); CPU per request "
+        f"{floor.server_cpu_ms:.2f} ms = {share(floor.server_cpu_ms, lite.server_cpu_ms):.2f}x LiteLLM's "
+        f"(the Harness: {share(harness.server_cpu_ms, lite.server_cpu_ms):.2f}x)"
+    )
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -237,9 +281,16 @@ async def main_async(args: argparse.Namespace) -> None:
             door_url = env_of(tmp / ".harness")["HARNESS_OPENAI_BASE_URL"]
             floor, floor_url = start_floor_envoy(tmp / ".harness", engine_url, door_url)
             started.append(floor)
-            rows = await measure(
-                args, tmp / ".harness", engine_url, (lite.pid, lite_url), (floor.pid, floor_url)
+            relay, relay_url = start_http_relay(tmp / ".harness", engine_url)
+            started.append(relay)
+            relay_floor, relay_floor_url = start_floor_envoy(
+                tmp / ".harness", relay_url, door_url, name="envoy-floor-relay"
             )
+            started.append(relay_floor)
+            rows = await measure(
+                args, tmp / ".harness", engine_url, (lite.pid, lite_url), (floor.pid, floor_url),
+                (relay.pid, (relay_floor.pid, relay_floor_url)),
+            )  # fmt: skip
         finally:  # whatever failed, nothing this run started is left behind
             for proc in started:
                 with contextlib.suppress(ProcessLookupError):

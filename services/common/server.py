@@ -69,6 +69,16 @@ SERVER_KEEPALIVE_OPTIONS = [
 ]
 
 
+def server_options(reuse_port: bool) -> list[tuple[str, int]]:
+    """Every Harness gRPC server's channel options (also the bench's TLS relay's, so its floor
+    is measured with the router's own settings)."""
+    return [
+        ("grpc.so_reuseport", int(reuse_port)),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        *SERVER_KEEPALIVE_OPTIONS,
+    ]
+
+
 def open_channel(target: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
     """Channel from one Harness service to another, with this service's cert when TLS is on."""
     options = [("grpc.keepalive_time_ms", KEEPALIVE_MS), ("grpc.keepalive_permit_without_calls", 1)]
@@ -176,11 +186,7 @@ async def start_server(
     auth = Authenticator(config.auth, JwtVerifier.from_config(config.auth), api_key_resolver)
     server = grpc.aio.server(
         interceptors=[HarnessServerInterceptor(auth, RpcMetrics(registry, config.name))],
-        options=[
-            ("grpc.so_reuseport", int(config.reuse_port)),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            *SERVER_KEEPALIVE_OPTIONS,
-        ],
+        options=server_options(config.reuse_port),
     )
     services = tuple(register(server))
     health_servicer = health.aio.HealthServicer()

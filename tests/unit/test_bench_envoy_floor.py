@@ -44,3 +44,14 @@ def test_the_floor_keeps_the_front_doors_listener_and_sends_v1_to_the_engine_onl
     (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 5555}
     assert base["static_resources"]["listeners"][0]["name"] == "harness_ingress"  # the input is untouched
+
+
+def test_an_https_upstream_stands_in_for_the_router_with_its_tls_and_health_check():
+    base = front_door()
+    cfg = floor_config(base, listen_port=7000, admin_port=7001, engine_url="https://127.0.0.1:6666")
+    (cluster,) = cfg["static_resources"]["clusters"]
+    template = next(c for c in base["static_resources"]["clusters"] if c["name"] == "router_http")
+    assert cluster["transport_socket"] == template["transport_socket"]  # mTLS pinned to the router
+    assert cluster["health_checks"] == template["health_checks"]  # the router's /healthz
+    (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 6666}
