@@ -329,7 +329,7 @@ def relay_floors(rows: dict, cpu: dict, concurrency: list[int]) -> str:
         parts = [
             f"{name} {cpu[('(b) router', c)] / cpu[(label, c)]:.2f}x CPU "
             f"({cpu[('(b) router', c)]:.2f} / {cpu[(label, c)]:.2f} ms), "
-            f"+{b50 - pct(rows[(label, c)][0], 50):.2f} ms p50"
+            f"{b50 - pct(rows[(label, c)][0], 50):+.2f} ms p50"
             for name, label in (("router/(r)", "(r) bare relay"), ("router/(rt)", "(rt) relay mTLS"))
         ]
         lines.append(f"  c={c}: " + "; ".join(parts))
