@@ -8,42 +8,43 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
 
 from services.common.errors import Unavailable
 from services.router.engine import EmbeddingRequest, EmbeddingResult, estimate_tokens
+from services.router.engine_http import EngineSession, call_timeout, check_identity, failure
 
 MAX_EMBEDDINGS_BYTES = 64 << 20  # 2048 vectors of a few thousand floats, as JSON
-CONNECT_TIMEOUT_S = 5.0
 
 
 async def embed(
-    client: httpx.AsyncClient, address: str, req: EmbeddingRequest, timeout: float | None, errors
+    target: EngineSession, address: str, req: EmbeddingRequest, timeout: float | None, errors
 ) -> EmbeddingResult:
     """`errors(status, body)` turns an HTTP error into the engine seam's exception."""
-    headers = {"x-request-id": req.request_id} if req.request_id else {}
+    headers = {"x-request-id": req.request_id} if req.request_id else None
     body = {"model": req.model, "input": list(req.texts), "encoding_format": "float"}
-    request = client.build_request(
-        "POST", "/v1/embeddings", json=body, headers=headers,
-        timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT_S, timeout or CONNECT_TIMEOUT_S)),
-    )  # fmt: skip
     try:
-        response = await client.send(request, stream=True)
-        try:
+        async with target.session.post(
+            target.embeddings,
+            json=body,
+            headers=headers,
+            timeout=call_timeout(timeout),
+            allow_redirects=False,
+        ) as response:  # leaving it releases the connection: to the pool when the body was read whole
+            if (status := response.status) == 200:
+                check_identity(address, response)
             raw = await _read(response, address)
-        finally:
-            await response.aclose()
-    except httpx.HTTPError as exc:
-        raise Unavailable(f"backend {address} failed: {type(exc).__name__}: {exc}") from exc
-    if response.status_code != 200:
-        raise errors(response.status_code, raw[: 64 << 10])
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise Unavailable(f"backend {address} failed: {failure(exc)}") from exc
+    if status != 200:
+        raise errors(status, raw[: 64 << 10])
     return parse(address, req, raw)
 
 
-async def _read(response: httpx.Response, address: str) -> bytes:
+async def _read(response: aiohttp.ClientResponse, address: str) -> bytes:
     parts, size = [], 0
-    async for data in response.aiter_bytes():
+    async for data in response.content.iter_any():
         size += len(data)
         if size > MAX_EMBEDDINGS_BYTES:
             raise Unavailable(f"backend {address} answered embeddings over {MAX_EMBEDDINGS_BYTES} bytes")

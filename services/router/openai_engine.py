@@ -8,29 +8,24 @@ chunk and ``data: [DONE]`` at the end. The parser takes either response shape
 with empty choices as vLLM/SGLang/Ollama send it, or on the finishing chunk), and error events
 mid-stream. Where an engine sends no usage, counts are estimated from the text and marked so.
 
-One pooled `httpx.AsyncClient` per endpoint: keep-alive connections, HTTP/2 when the server
-offers it over TLS (ALPN), the endpoint's headers (e.g. an API key) and TLS roots. Closing the
-stream early closes the response, which closes its connection (or resets its HTTP/2 stream):
-the engines abort a request whose client went away. Once `data: [DONE]` came, the answer is
-whole: the final chunk goes out at once, and the rest of the body (the chunked encoding's end,
-which servers send after a turn of their own) is read in the background, so the connection
-returns to the pool without the answer waiting for it.
+One pooled aiohttp session per endpoint (engine_http.py: HTTP/1.1 keep-alive, the endpoint's
+headers and TLS roots, no cookies, bodies uncompressed). Closing the stream early closes the
+response and its connection: the engines abort a request whose client went away. Once
+`data: [DONE]` came, the answer is whole: the final chunk goes out at once, and the rest of the
+body (the chunked encoding's end, which servers send after a turn of their own) is read in the
+background unless it is already in, so the connection returns to the pool without the answer
+waiting for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import http.cookiejar
-import importlib.util
 import json
-import logging
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.common.errors import InvalidArgument, Unavailable
@@ -44,15 +39,13 @@ from services.router.engine import (
     estimate_tokens,
 )
 from services.router.engine_access import NO_ACCESS, EndpointAccess
+from services.router.engine_http import EngineSession, call_timeout, check_identity, failure, open_session
 
 MAX_EVENT_BYTES = 1 << 20  # one SSE line; a token's chunk is a few hundred bytes
 MAX_STREAM_BYTES = 64 << 20  # a whole answer, like the Triton channel's message limit
 MAX_ERROR_BYTES = 64 << 10
-CONNECT_TIMEOUT_S = 5.0
 FINISH_TIMEOUT_S = 5.0  # reading a whole answer's body to its end, after [DONE]
-_HTTP2 = importlib.util.find_spec("h2") is not None
-# httpx logs every request at INFO: per engine call and per probe, that is noise, not news.
-logging.getLogger("httpx").setLevel(logging.WARNING)
+_CALL_FAILED = (aiohttp.ClientError, TimeoutError)
 
 
 class _Lenient(BaseModel):
@@ -91,14 +84,6 @@ class StreamChunk(_Lenient):
     @property
     def finished(self) -> bool:
         return any(c.finish_reason for c in self.choices)
-
-
-def base_url(address: str) -> str:
-    """An endpoint's address as the API's base URL: a scheme is added when missing (http), a
-    trailing `/v1` is dropped (the paths carry it)."""
-    url = address if "://" in address else f"http://{address}"
-    url = url.rstrip("/")
-    return url.removesuffix("/v1")
 
 
 def request_body(req: EngineRequest) -> dict[str, Any]:
@@ -209,59 +194,32 @@ class CompletionStream:
         return EngineChunk("", True, estimate_tokens(self.req.prompt), estimate_tokens(text), estimated=True)
 
 
-class _NoCookies(http.cookiejar.CookieJar):
-    """A jar that keeps nothing: the client per endpoint is shared by every agent and user, so a
-    cookie one caller's response set must never ride on another's request (and parsing each
-    response's cookies is CPU for nothing)."""
-
-    def extract_cookies(self, response, request) -> None:  # type: ignore[override]
-        return None
-
-    def add_cookie_header(self, request) -> None:  # type: ignore[override]
-        return None
-
-
 class OpenAIEngine:
-    """Streams completions from OpenAI-compatible endpoints, one pooled client per endpoint."""
+    """Streams completions from OpenAI-compatible endpoints, one pooled session per endpoint."""
 
     def __init__(
         self,
         access: Callable[[str], EndpointAccess] = lambda _address: NO_ACCESS,
-        transport: httpx.AsyncBaseTransport | None = None,  # tests replay recorded streams
         max_connections: int = 256,
     ) -> None:
         self._access = access
-        self._transport = transport
-        self._limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=64, keepalive_expiry=30.0
-        )
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._max_connections = max_connections
+        self._sessions: dict[str, EngineSession] = {}
         self._finishing: set[asyncio.Task[None]] = set()  # whole answers' bodies read to their end
 
-    def client(self, address: str) -> httpx.AsyncClient:
-        client = self._clients.get(address)
-        if client is None:
-            access = self._access(address)
-            verify: ssl.SSLContext | bool = (
-                ssl.create_default_context(cafile=access.ca_file) if access.ca_file else True
+    def session(self, address: str) -> EngineSession:
+        target = self._sessions.get(address)
+        if target is None:
+            target = self._sessions[address] = open_session(
+                address, self._access(address), self._max_connections
             )
-            client = self._clients[address] = httpx.AsyncClient(
-                base_url=base_url(address),
-                headers=dict(access.headers),
-                verify=verify,
-                http2=_HTTP2 and self._transport is None,
-                limits=self._limits,
-                transport=self._transport,
-                timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
-                cookies=_NoCookies(),
-            )
-        return client
+        return target
 
     async def close(self) -> None:
         await cancel_all(list(self._finishing))
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.aclose()
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for target in sessions:
+            await target.session.close()
 
     async def embed(self, address: str, req: EmbeddingRequest, timeout: float | None) -> EmbeddingResult:
         """The batch's vectors from the endpoint's `/v1/embeddings` (openai_embed.py)."""
@@ -269,7 +227,7 @@ class OpenAIEngine:
         def errors(status: int, body: bytes) -> Exception:
             return http_error(address, req.model, status, body)
 
-        return await openai_embed.embed(self.client(address), address, req, timeout, errors)
+        return await openai_embed.embed(self.session(address), address, req, timeout, errors)
 
     async def stream(
         self, address: str, req: EngineRequest, timeout: float | None
@@ -277,30 +235,33 @@ class OpenAIEngine:
         """Yields text chunks, then a final one with the usage. Errors -> Unavailable (retryable)
         or InvalidArgument (the engine refused the request itself)."""
         deadline = time.monotonic() + timeout if timeout else None
-        headers = {"x-request-id": req.request_id} if req.request_id else {}
-        request = self.client(address).build_request(
-            "POST", "/v1/completions", json=request_body(req), headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT_S, timeout or CONNECT_TIMEOUT_S)),
-        )  # fmt: skip
+        target = self.session(address)
         try:
-            response = await self.client(address).send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"backend {address} failed: {type(exc).__name__}: {exc}") from exc
-        body, whole = response.aiter_bytes(), [False]
+            response = await target.session.post(
+                target.completions, json=request_body(req), allow_redirects=False,
+                headers={"x-request-id": req.request_id} if req.request_id else None,
+                timeout=call_timeout(timeout),
+            )  # fmt: skip
+        except _CALL_FAILED as exc:
+            raise Unavailable(f"backend {address} failed: {failure(exc)}") from exc
+        whole = [False]
         try:
-            if response.status_code != 200:
-                raise http_error(address, req.model, response.status_code, await _read_bounded(response))
-            async for chunk in self._events(address, req, body, deadline, whole):
+            if response.status != 200:
+                raise http_error(address, req.model, response.status, await _read_bounded(response))
+            check_identity(address, response)
+            async for chunk in self._events(address, req, response.content.iter_any(), deadline, whole):
                 yield chunk
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"backend {address} failed mid-stream: {type(exc).__name__}: {exc}") from exc
+        except _CALL_FAILED as exc:
+            raise Unavailable(f"backend {address} failed mid-stream: {failure(exc)}") from exc
         finally:
-            if whole[0]:  # the rest of the body is read off the answer's path
-                task = asyncio.create_task(_finish(body, response))
+            if not whole[0]:  # early: drops the connection, so the engine aborts the request
+                response.close()
+            elif response.content.is_eof():  # the body's end came with [DONE]: back to the pool
+                response.release()
+            else:  # the rest of the body is read off the answer's path
+                task = asyncio.create_task(_finish(response))
                 self._finishing.add(task)
                 task.add_done_callback(self._finishing.discard)
-            else:  # early: drops the connection, so the engine aborts the request
-                await response.aclose()
 
     @staticmethod
     async def _events(
@@ -328,27 +289,26 @@ class OpenAIEngine:
         raise Unavailable(f"backend {address} closed the stream before the final response")
 
 
-async def _finish(body: AsyncIterator[bytes], response: httpx.Response) -> None:
-    """Reads what is left of a whole answer's body (the chunked encoding's end), so closing the
+async def _finish(response: aiohttp.ClientResponse) -> None:
+    """Reads what is left of a whole answer's body (the chunked encoding's end), so releasing the
     response returns its connection to the pool instead of dropping it (a new TCP connection
     per request otherwise); a server that keeps sending past [DONE], or stalls, is cut off."""
     try:
         left = MAX_ERROR_BYTES
         async with asyncio.timeout(FINISH_TIMEOUT_S):
-            async for data in body:
+            async for data in response.content.iter_any():
                 left -= len(data)
                 if left < 0:
                     break
-    except (httpx.HTTPError, TimeoutError):
+    except _CALL_FAILED:
         pass  # the answer was whole; only the connection is lost
     finally:
-        with contextlib.suppress(httpx.HTTPError):
-            await response.aclose()
+        response.release()  # to the pool at the body's end; closed short of it
 
 
-async def _read_bounded(response: httpx.Response) -> bytes:
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
     body = b""
-    async for data in response.aiter_bytes():
+    async for data in response.content.iter_any():
         body += data
         if len(body) >= MAX_ERROR_BYTES:
             return body[:MAX_ERROR_BYTES]

@@ -1,18 +1,20 @@
-"""The OpenAI HTTP engine client over scripted HTTP (httpx.MockTransport): the request it sends,
-how it folds a stream into chunks, usage from the engine or estimated, errors, bounds, and
-closing the stream early closing the upstream response. The dispatcher picks an engine by the
-endpoint's kind and fails over across kinds."""
+"""The OpenAI HTTP engine client against a local server replaying recorded answers
+(tests/helpers/http_replay.py): the request it sends, how it folds a stream into chunks, usage
+from the engine or estimated, errors, bounds, closing the stream early closing the upstream
+response, and the connection going back to the pool once an answer is whole. The dispatcher
+picks an engine by the endpoint's kind and fails over across kinds."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
-from collections.abc import AsyncIterator
+import ssl
 
-import httpx
 import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
+from services.devtools.certs import make_certs
 from services.router import engine_access, openai_engine
 from services.router.dispatch import Dispatcher
 from services.router.engine import EngineChunk, EngineRequest
@@ -20,6 +22,7 @@ from services.router.engine_access import EndpointAccess
 from services.router.flow import FlowController
 from services.router.openai_engine import OpenAIEngine
 from services.router.scheduling import Candidate, Scheduler
+from tests.helpers.http_replay import ReplayServer, Reply
 
 REQ = EngineRequest(model="m", prompt="Summarise the ledger policy", max_tokens=8, request_id="req-1")
 
@@ -33,50 +36,36 @@ def text_chunk(text: str, finish: str | None = None) -> dict:
     return {"object": "text_completion", "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
 
 
-class Recorded(httpx.AsyncByteStream):
-    """A response body in pieces; remembers whether the client closed it."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for p in self.pieces:
-            yield p
-
-    async def aclose(self) -> None:
-        self.closed = True
+def answering(reply: Reply):
+    return ReplayServer(lambda _seen: reply)
 
 
-def engine_for(handler, **kw) -> OpenAIEngine:
-    return OpenAIEngine(transport=httpx.MockTransport(handler), **kw)
-
-
-async def collect(engine: OpenAIEngine, address: str = "http://eng:8000", req: EngineRequest = REQ):
+async def collect(engine: OpenAIEngine, address: str, req: EngineRequest = REQ):
     try:
         return [c async for c in engine.stream(address, req, 10)]
     finally:
         await engine.close()
 
 
+async def replay(reply: Reply) -> list[EngineChunk]:
+    async with answering(reply) as server:
+        return await collect(OpenAIEngine(), server.url)
+
+
 async def test_sends_a_streamed_completion_with_usage_and_the_endpoints_headers():
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        body = sse(text_chunk("Hel"), text_chunk("lo", "stop"), {"choices": [], "usage": {
-            "prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}})  # fmt: skip
-        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
-
-    access = {"http://eng:8000/v1": EndpointAccess(headers=(("authorization", "Bearer k1"),))}
-    engine = engine_for(handler, access=lambda a: access.get(a, engine_access.NO_ACCESS))
-    chunks = await collect(engine, "http://eng:8000/v1")
+    body = sse(text_chunk("Hel"), text_chunk("lo", "stop"), {"choices": [], "usage": {
+        "prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}})  # fmt: skip
+    async with answering(Reply(pieces=[body])) as server:
+        access = {f"{server.url}/v1": EndpointAccess(headers=(("authorization", "Bearer k1"),))}
+        engine = OpenAIEngine(access=lambda a: access.get(a, engine_access.NO_ACCESS))
+        chunks = await collect(engine, f"{server.url}/v1")
     assert [c.text for c in chunks] == ["Hel", "lo", ""]
     assert chunks[-1] == EngineChunk("", True, 7, 2, estimated=False)
-    (request,) = seen
-    assert str(request.url) == "http://eng:8000/v1/completions"
+    (request,) = server.seen
+    assert request.method == "POST" and request.url == f"{server.url}/v1/completions"
     assert request.headers["authorization"] == "Bearer k1" and request.headers["x-request-id"] == "req-1"
-    body = json.loads(request.content)
+    assert request.headers["accept-encoding"] == "identity"  # the byte bounds count what arrives
+    body = json.loads(request.body)
     assert body == {
         "model": "m", "prompt": REQ.prompt, "max_tokens": 8, "temperature": 0.0, "stream": True,
         "stream_options": {"include_usage": True},
@@ -84,10 +73,7 @@ async def test_sends_a_streamed_completion_with_usage_and_the_endpoints_headers(
 
 
 async def test_without_usage_the_counts_are_estimated_and_marked():
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=sse(text_chunk("four"), text_chunk(" more", "length")))
-
-    chunks = await collect(engine_for(handler))
+    chunks = await replay(Reply(pieces=[sse(text_chunk("four"), text_chunk(" more", "length"))]))
     final = chunks[-1]
     assert final.final and final.estimated
     assert final.input_tokens == openai_engine.estimate_tokens(REQ.prompt)
@@ -101,11 +87,7 @@ async def test_chat_shaped_deltas_and_a_close_after_finish_reason_are_accepted()
         {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
          "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
     ]  # fmt: skip
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=sse(*chat, done=False))
-
-    chunks = await collect(engine_for(handler))
+    chunks = await replay(Reply(pieces=[sse(*chat, done=False)]))
     assert [c.text for c in chunks] == ["Hi", ""] and chunks[-1] == EngineChunk("", True, 3, 1)
 
 
@@ -119,15 +101,14 @@ async def test_chat_shaped_deltas_and_a_close_after_finish_reason_are_accepted()
         (404, {"object": "error", "message": "The model `m` does not exist."}, Unavailable, "does not exist"),
         (401, {"error": {"message": "invalid api key"}}, Unavailable, "check the endpoint's headers"),
         (503, "upstream overloaded", Unavailable, "HTTP 503: upstream overloaded"),
+        (307, "", Unavailable, "HTTP 307"),  # a redirect is not followed
     ],
 )  # fmt: skip
 async def test_http_errors_say_what_the_engine_said(status, body, error, words):
-    def handler(request: httpx.Request) -> httpx.Response:
-        content = body if isinstance(body, str) else json.dumps(body)
-        return httpx.Response(status, content=content.encode())
-
+    content = body if isinstance(body, str) else json.dumps(body)
+    headers = {"location": "http://127.0.0.1:1/v1/completions"}
     with pytest.raises(error, match=words.replace("`", ".")):
-        await collect(engine_for(handler))
+        await replay(Reply(status, [content.encode()], headers))
 
 
 async def test_broken_streams_are_unavailable():
@@ -138,7 +119,7 @@ async def test_broken_streams_are_unavailable():
     }
     for words, content in cases.items():
         with pytest.raises(Unavailable, match=words):
-            await collect(engine_for(lambda _r, c=content: httpx.Response(200, content=c)))
+            await replay(Reply(pieces=[content]))
 
     with pytest.raises(Unavailable, match="failed: ConnectError"):
         await collect(OpenAIEngine(), "http://127.0.0.1:1")
@@ -146,67 +127,95 @@ async def test_broken_streams_are_unavailable():
 
 async def test_an_endless_line_is_refused(monkeypatch):
     monkeypatch.setattr(openai_engine, "MAX_EVENT_BYTES", 1024)
-    body = Recorded([b"data: " + b"x" * 600, b"y" * 600])
-    with pytest.raises(Unavailable, match="event over 1024 bytes"):
-        await collect(engine_for(lambda _r: httpx.Response(200, stream=body)))
-    assert body.closed
+    async with answering(Reply(pieces=[b"data: " + b"x" * 600, b"y" * 600], hang=True)) as server:
+        with pytest.raises(Unavailable, match="event over 1024 bytes"):
+            await collect(OpenAIEngine(), server.url)
+        await asyncio.wait_for(server.dropped.wait(), 10)  # the upstream response was closed
+
+
+async def test_error_bodies_are_read_up_to_a_bound(monkeypatch):
+    monkeypatch.setattr(openai_engine, "MAX_ERROR_BYTES", 1000)
+    async with answering(Reply(503, [b"x" * 800, b"y" * 800], hang=True)) as server:
+        with pytest.raises(Unavailable, match=r"HTTP 503: x{500}$"):  # the message is cut at 500
+            await collect(OpenAIEngine(), server.url)
+        await asyncio.wait_for(server.dropped.wait(), 10)  # not read to an end that never comes
+
+
+async def test_a_compressed_answer_is_refused_not_expanded():
+    # The router asks for identity: a bomb of a few KiB gzipped would otherwise expand past the
+    # byte bounds before they could count it.
+    body = gzip.compress(sse(text_chunk("a" * 100_000, "stop")))
+    headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+    with pytest.raises(Unavailable, match="Content-Encoding 'gzip'; the router asks for identity"):
+        await replay(Reply(pieces=[body], headers=headers))
 
 
 async def test_closing_the_stream_early_closes_the_upstream_response():
-    body = Recorded(
-        [sse(text_chunk("one"), done=False), sse(text_chunk("two"), done=False), b"data: [DONE]\n\n"]
-    )
-    engine = engine_for(lambda _r: httpx.Response(200, stream=body))
-    agen = engine.stream("http://eng:8000", REQ, 10)
-    first = await agen.__anext__()
-    assert first.text == "one" and not body.closed
-    await agen.aclose()
-    assert body.closed
-    await engine.close()
+    pieces = [sse(text_chunk("one"), done=False), sse(text_chunk("two"), done=False), b"data: [DONE]\n\n"]
+    async with answering(Reply(pieces=pieces, hang=True)) as server:
+        engine = OpenAIEngine()
+        agen = engine.stream(server.url, REQ, 10)
+        first = await agen.__anext__()
+        assert first.text == "one" and not server.dropped.is_set()
+        await agen.aclose()
+        await asyncio.wait_for(server.dropped.wait(), 10)  # the engine sees its client go away
+        await engine.close()
 
 
-class HeldEnd(Recorded):
-    """A body whose end (after [DONE]) comes only once `release` is set, as a server sends the
+def held_end(*pieces: bytes) -> Reply:
+    """A body whose end (after [DONE]) comes only once `end_after` is set, as a server sends the
     chunked encoding's end after a turn of its own."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        super().__init__(pieces)
-        self.release = asyncio.Event()
-        self.ended = asyncio.Event()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for p in self.pieces:
-            yield p
-        await self.release.wait()
-
-    async def aclose(self) -> None:
-        self.closed = True
-        self.ended.set()
+    return Reply(pieces=list(pieces), end_after=asyncio.Event())
 
 
 async def test_the_final_chunk_does_not_wait_for_the_bodys_end():
-    body = HeldEnd(
-        [sse(text_chunk("one"), {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}})]
+    reply = held_end(
+        sse(text_chunk("one"), {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
     )
-    engine = engine_for(lambda _r: httpx.Response(200, stream=body))
-    chunks = await asyncio.wait_for(collect_open(engine), 10)
-    assert [c.text for c in chunks] == ["one", ""] and chunks[-1].final and chunks[-1].output_tokens == 1
-    assert not body.closed  # still being read to its end, off the answer's path
-    body.release.set()
-    await asyncio.wait_for(body.ended.wait(), 10)  # then closed: the connection goes back to the pool
-    await engine.close()
+    async with answering(reply) as server:
+        engine = OpenAIEngine()
+        try:
+            chunks = await asyncio.wait_for(collect_open(engine, server.url), 10)
+            assert (
+                [c.text for c in chunks] == ["one", ""] and chunks[-1].final and chunks[-1].output_tokens == 1
+            )
+            assert not server.ended.is_set() and not server.dropped.is_set()  # still being read, off the path
+            reply.end_after.set()
+            await asyncio.wait_for(server.ended.wait(), 10)
+            for _ in range(1000):  # then released: the connection goes back to the pool
+                if not engine._finishing:
+                    break
+                await asyncio.sleep(0.01)
+            reply.end_after = None
+            await asyncio.wait_for(collect_open(engine, server.url), 10)
+        finally:
+            await engine.close()
+    first, second = server.seen
+    assert second.peer_port == first.peer_port and not server.dropped.is_set()
 
 
 async def test_closing_the_engine_stops_reading_whole_answers_ends():
-    body = HeldEnd([sse(text_chunk("one"))])
-    engine = engine_for(lambda _r: httpx.Response(200, stream=body))
-    await asyncio.wait_for(collect_open(engine), 10)
-    await asyncio.wait_for(engine.close(), 10)
-    assert body.closed
+    async with answering(held_end(sse(text_chunk("one")))) as server:
+        engine = OpenAIEngine()
+        await asyncio.wait_for(collect_open(engine, server.url), 10)
+        await asyncio.wait_for(engine.close(), 10)
+        await asyncio.wait_for(server.dropped.wait(), 10)
 
 
-async def collect_open(engine: OpenAIEngine) -> list[EngineChunk]:
-    return [c async for c in engine.stream("http://eng:8000", REQ, 10)]
+async def test_tls_endpoints_are_verified_with_the_endpoints_roots(tmp_path):
+    certs = make_certs(tmp_path, services=("engine",), agents=())
+    leaf = certs.services["engine"]
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(leaf.cert, leaf.key)
+    async with ReplayServer(lambda _seen: Reply(pieces=[sse(text_chunk("ok", "stop"))]), tls) as server:
+        with pytest.raises(Unavailable, match=r"failed: ConnectError: .*certificate verify failed"):
+            await collect(OpenAIEngine(), server.url)  # not the system's roots, nor certifi's
+        engine = OpenAIEngine(lambda _a: EndpointAccess(ca_file=str(certs.ca_cert)))
+        assert [c.text for c in await collect(engine, server.url)] == ["ok", ""]
+
+
+async def collect_open(engine: OpenAIEngine, address: str) -> list[EngineChunk]:
+    return [c async for c in engine.stream(address, REQ, 10)]
 
 
 # --- the dispatcher picks the engine by the endpoint's kind -------------------------------------
@@ -317,19 +326,14 @@ def test_engine_access_flags_are_parsed_and_bad_ones_refused(tmp_path):
 async def test_a_cookie_an_engine_sets_never_rides_on_a_later_request():
     """The client per endpoint is shared by every caller: nothing one response sets may reach
     another caller's request."""
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        headers = {"content-type": "text/event-stream", "set-cookie": "session=alice-secret; Path=/"}
-        return httpx.Response(200, content=sse(text_chunk("ok", "stop")), headers=headers)
-
-    engine = engine_for(handler)
-    try:
-        for _ in range(2):
-            texts = [c.text async for c in engine.stream("http://eng:8000", REQ, 10)]
-            assert texts[0] == "ok"
-    finally:
-        await engine.close()
-    assert len(seen) == 2
-    assert "cookie" not in seen[1].headers
+    headers = {"content-type": "text/event-stream", "set-cookie": "session=alice-secret; Path=/"}
+    async with answering(Reply(pieces=[sse(text_chunk("ok", "stop"))], headers=headers)) as server:
+        engine = OpenAIEngine()
+        try:
+            for _ in range(2):
+                texts = [c.text async for c in engine.stream(server.url, REQ, 10)]
+                assert texts[0] == "ok"
+        finally:
+            await engine.close()
+    assert len(server.seen) == 2
+    assert "cookie" not in server.seen[1].headers

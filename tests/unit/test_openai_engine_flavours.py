@@ -3,7 +3,8 @@
 Each transcript is what the server writes for a streamed `/v1/completions` (or chat) request,
 built from the project's documentation and source: chunk shapes, where usage comes (a last
 chunk with empty `choices`, on the finishing chunk, or not at all), how the stream ends, and
-error bodies. They are replayed in small, odd-sized pieces so events split across reads.
+error bodies. A local server (tests/helpers/http_replay.py) replays them in small, odd-sized
+pieces, each flushed on its own, so events split across reads.
 A flavour that changes its format breaks here, not in production.
 
 - vLLM: docs.vllm.ai serving/openai_compatible_server (usage chunk with `choices: []` under
@@ -23,14 +24,13 @@ A flavour that changes its format breaks here, not in production.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.router.engine import EngineRequest, estimate_tokens
 from services.router.openai_engine import OpenAIEngine
+from tests.helpers.http_replay import ReplayServer, Reply
 
 REQ = EngineRequest(model="m", prompt="Say hello", max_tokens=3)
 
@@ -92,24 +92,17 @@ TRITON_OPENAI = events(
 )  # fmt: skip
 
 
-class Pieces(httpx.AsyncByteStream):
-    def __init__(self, body: bytes, size: int = 7) -> None:
-        self.parts = [body[i : i + size] for i in range(0, len(body), size)]
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for p in self.parts:
-            yield p
+def pieces(body: bytes, size: int = 7) -> list[bytes]:
+    return [body[i : i + size] for i in range(0, len(body), size)]
 
 
 async def replay(status: int, body: bytes) -> list:
-    def handler(_request: httpx.Request) -> httpx.Response:
-        return httpx.Response(status, stream=Pieces(body), headers={"content-type": "text/event-stream"})
-
-    engine = OpenAIEngine(transport=httpx.MockTransport(handler))
-    try:
-        return [c async for c in engine.stream("http://engine:8000", REQ, 10)]
-    finally:
-        await engine.close()
+    async with ReplayServer(lambda _seen: Reply(status, pieces(body))) as server:
+        engine = OpenAIEngine()
+        try:
+            return [c async for c in engine.stream(server.url, REQ, 10)]
+        finally:
+            await engine.close()
 
 
 @pytest.mark.parametrize(
