@@ -26,6 +26,7 @@ import functools
 import os
 import ssl
 import urllib.request
+import warnings
 from dataclasses import dataclass
 
 import aiohttp
@@ -73,16 +74,20 @@ def open_session(address: str, access: EndpointAccess, max_connections: int) -> 
         keepalive_timeout=KEEPALIVE_S,
         ssl=ssl.create_default_context(cafile=access.ca_file) if access.ca_file else default_tls(),
     )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        headers={**dict(access.headers), "Accept-Encoding": "identity"},
-        cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=NO_CALL_LIMIT,
-        auto_decompress=False,
-        trust_env=False,
-        proxy=proxy.with_user(None) if proxy else None,
-        proxy_auth=aiohttp.BasicAuth.from_url(proxy) if proxy else None,
-    )
+    with warnings.catch_warnings():
+        # proxy_auth is deprecated for aiohttp 4; in 3.14 its replacement, proxy_headers, reaches
+        # only an https endpoint's CONNECT, not a plain request through the proxy.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            headers={**dict(access.headers), "Accept-Encoding": "identity"},
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=NO_CALL_LIMIT,
+            auto_decompress=False,
+            trust_env=False,
+            proxy=proxy.with_user(None) if proxy else None,
+            proxy_auth=aiohttp.BasicAuth.from_url(proxy) if proxy else None,
+        )
     return EngineSession(session, URL(f"{base}/v1/completions"), URL(f"{base}/v1/embeddings"))
 
 
