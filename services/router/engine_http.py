@@ -5,7 +5,8 @@ aiohttp, not httpx: the same streamed completion costs the client about a third 
 It speaks HTTP/1.1 only, as vLLM, SGLang, TGI, Ollama and Triton's OpenAI frontend serve it.
 What each session keeps from the httpx client it replaced:
 - keep-alive connections, at most `max_connections` per endpoint, idle ones closed after 30 s
-  (aiohttp has no separate cap on idle connections: httpx kept at most 64);
+  (aiohttp has no separate cap on idle connections: httpx kept at most 64); host names are
+  resolved once per 10 s (aiohttp's DNS cache), not per new connection;
 - no redirects followed (a 3xx is an engine error, as before) and no cookies kept: one session
   serves every agent and user, so a cookie one caller's response set must never ride on
   another's request;
