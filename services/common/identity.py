@@ -16,7 +16,7 @@ import functools
 import hashlib
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,19 @@ XFCC_KEY = "x-forwarded-client-cert"
 API_KEY_KEY = "x-api-key"
 MAX_TOKEN_CHARS = 16 * 1024
 API_KEY_PREFIX = "hk_"  # every registry-issued secret starts so; a JWT never does
+# Headers that say who calls: each at most once (two would leave the choice to whichever layer
+# reads them: HTTP servers keep the first, gRPC metadata dicts the last, a proxy may join them).
+CREDENTIAL_HEADERS = ("authorization", API_KEY_KEY, XFCC_KEY)
+
+
+def refuse_repeated_credentials(headers: Iterable[tuple[str, object]]) -> None:
+    """Unauthenticated when a credential header (lower-case names) comes more than once."""
+    seen: set[str] = set()
+    for name, _ in headers:
+        if name in CREDENTIAL_HEADERS:
+            if name in seen:
+                raise Unauthenticated(f"the {name} header is sent more than once: send it once")
+            seen.add(name)
 
 
 @dataclass(frozen=True)
@@ -278,6 +291,8 @@ class Authenticator:
             token = token.strip()
             if scheme.lower() != "bearer" or not token:
                 raise Unauthenticated("authorization must be 'Bearer <jwt or API key>'")
+            if "," in token:  # neither a JWT nor an API key has one: a proxy joined two headers
+                raise Unauthenticated("authorization holds more than one credential: send one bearer token")
             if token.startswith(API_KEY_PREFIX):
                 return await self._api_key(token)
             if self._jwt is None:

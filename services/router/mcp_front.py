@@ -30,7 +30,7 @@ from starlette.responses import Response
 from services.common import context as reqctx
 from services.common.errors import HarnessError, InvalidArgument
 from services.common.http_server import PEER_IDS_KEY, TLS_KEY
-from services.common.identity import Authenticator
+from services.common.identity import Authenticator, refuse_repeated_credentials
 from services.router.openai_http import errors as http_errors
 from services.router.stages.resolve import require_caller
 from services.router.tool_listing import CallableAction, callable_actions
@@ -96,6 +96,7 @@ class McpFrontDoor:
         request = Request(scope)
         ctx = reqctx.context_from_metadata(request.headers.items(), FRONTDOOR)
         try:
+            refuse_repeated_credentials(request.headers.items())
             identity = await self.auth.authenticate_peer(
                 scope.get(PEER_IDS_KEY, ()), scope.get(TLS_KEY, False), request.headers
             )
