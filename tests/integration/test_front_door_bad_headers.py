@@ -23,7 +23,10 @@ async def test_two_authorization_headers_are_401_directly_and_through_envoy(fron
         single = await http.get(direct, headers=headers[:1])
     assert single.status_code == 200
     assert at_router.status_code == 401, at_router.text
-    assert at_router.json()["error"]["message"] == "the authorization header is sent more than once: send it once"
+    assert (
+        at_router.json()["error"]["message"]
+        == "the authorization header is sent more than once: send it once"
+    )
     assert at_router.json()["error"]["type"] == "authentication_error"
     assert through_envoy.status_code == 401, through_envoy.text
     assert "more than one credential" in through_envoy.json()["error"]["message"]
