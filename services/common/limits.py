@@ -97,3 +97,19 @@ def check_struct(field: str, struct: Struct, *, max_bytes: int = 16 * 1024, max_
             stack.append((node.struct_value, depth))
         elif kind == "list_value":
             stack.extend((v, depth + 1) for v in node.list_value.values)
+
+
+def check_json(field: str, value: object, *, max_depth: int = 16) -> None:
+    """Parsed JSON held to check_struct's rules (finite numbers, the same nesting count), for
+    front doors that take JSON rather than a Struct: Python's parser reads NaN and Infinity."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise InvalidArgument(f"{field} nests deeper than {max_depth} levels")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise InvalidArgument(f"{field} holds {node}; JSON numbers must be finite")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)

@@ -31,6 +31,7 @@ from services.common import context as reqctx
 from services.common.errors import HarnessError, InvalidArgument
 from services.common.http_server import PEER_IDS_KEY, TLS_KEY
 from services.common.identity import Authenticator, refuse_repeated_credentials
+from services.common.limits import check_json
 from services.router.openai_http import errors as http_errors
 from services.router.stages.resolve import require_caller
 from services.router.tool_listing import CallableAction, callable_actions
@@ -93,6 +94,13 @@ class McpFrontDoor:
 
     # --- the ASGI entry: identity first, then the SDK ----------------------------------------
     async def __call__(self, scope, receive, send) -> None:
+        if scope["method"] != "POST":
+            # Stateless: no server-to-client stream to open on GET (the SDK would hold one open
+            # forever, with nothing ever to send) and no session to DELETE. The spec's answer: 405.
+            await _refusal(405, f"{scope['method']} is not served here: send each MCP request as a POST")(
+                scope, receive, send
+            )
+            return
         request = Request(scope)
         ctx = reqctx.context_from_metadata(request.headers.items(), FRONTDOOR)
         try:
@@ -102,9 +110,7 @@ class McpFrontDoor:
             )
             require_caller(identity)  # every MCP method acts for an agent and a user
         except HarnessError as exc:
-            status = http_errors.describe(exc)[0]
-            body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": exc.message}}
-            await Response(json.dumps(body), status, media_type="application/json")(scope, receive, send)
+            await _refusal(http_errors.describe(exc)[0], exc.message)(scope, receive, send)
             return
         scope[CONTEXT_KEY] = dataclasses.replace(ctx, identity=identity)
         await self._mcp(scope, receive, send)
@@ -180,6 +186,13 @@ class McpFrontDoor:
                 await asyncio.gather(task, return_exceptions=True)
 
 
+def _refusal(status: int, message: str) -> Response:
+    """A refusal before the SDK sees the request, as a JSON-RPC error (no request id known yet)."""
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": REFUSED, "message": message}}
+    headers = {"allow": "POST"} if status == 405 else None
+    return Response(json.dumps(body), status, headers=headers, media_type="application/json")
+
+
 def _tool_call(tool: str, action: str, params: types.CallToolRequestParams, headers) -> ToolCall:
     idempotency_key = headers.get(IDEMPOTENCY_HEADER, "")
     if not tool or not action:
@@ -187,6 +200,7 @@ def _tool_call(tool: str, action: str, params: types.CallToolRequestParams, head
             f"no tool {params.name!r}: tools are named `tool.action`; tools/list names them"
         )
     arguments: dict[str, Any] = params.arguments or {}
+    check_json("arguments", arguments)  # what the gRPC path's check_struct refuses, refused alike
     size = len(json.dumps(arguments, separators=(",", ":")).encode())
     if size > MAX_TOOL_ARGUMENTS_BYTES:
         raise InvalidArgument(

@@ -328,3 +328,37 @@ async def test_arguments_that_break_the_schema_are_a_tool_error_naming_the_field
     assert wrong.is_error and "arguments.amount: 'ten' is not of type 'number'" in _text(wrong)
     assert missing.is_error and "'amount' is a required property" in _text(missing)
     assert wrong.meta["harness/code"] == "INVALID_ARGUMENT" and front.tool.calls == []
+
+
+async def test_a_get_is_405_at_once_and_arguments_json_cannot_carry_are_a_tool_error(front):
+    """Stateless MCP has no server-to-client stream: a GET is refused, not held open forever.
+    NaN, Infinity and deep nesting, which the gRPC path's Struct check refuses, are refused alike."""
+    headers = {
+        "authorization": f"Bearer {front.tokens['alice']}",
+        "accept": "application/json, text/event-stream",
+    }
+
+    def call(arguments: str) -> bytes:
+        return (
+            b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"ledger.read","arguments":%s}}'
+            % (arguments.encode())
+        )
+
+    front.tool.calls.clear()
+    async with httpx2.AsyncClient(verify=front.tls("rpa"), timeout=10, headers=headers) as http:
+        get = await asyncio.wait_for(http.get(front.url), 5)
+        answers = [
+            await http.post(front.url, content=call(args), headers={"content-type": "application/json"})
+            for args in ('{"account":NaN}', '{"account":[-Infinity]}', '{"a":' * 16 + "1" + "}" * 16)
+        ]
+    assert get.status_code == 405 and get.headers["allow"] == "POST"
+    assert "send each MCP request as a POST" in get.json()["error"]["message"]
+    texts = []
+    for answer in answers:
+        data = json.loads(answer.text.split("data: ", 1)[1])
+        assert data["id"] == 7 and data["result"]["isError"], answer.text
+        texts.append(data["result"]["content"][0]["text"])
+    assert texts[0] == "arguments holds nan; JSON numbers must be finite"
+    assert texts[1] == "arguments holds -inf; JSON numbers must be finite"
+    assert texts[2] == "arguments nests deeper than 16 levels"
+    assert front.tool.calls == []
