@@ -167,14 +167,14 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
 
     # --- inference -------------------------------------------------------------------------
     async def _prepare(self, request: pb.ModelInferRequest) -> tuple[GenerationInput, set[str], bool, bool]:
+        _check_version(request.model_name, request.model_version)  # a stream's requests too
         values = tensors.decode_inputs(request, FacadeModel(request.model_name))
         inp = generation_input(request.model_name, values)
         if not inp.prompt:
             raise InvalidArgument("text_input is empty: send the prompt in text_input")
         outputs = tensors.select_outputs(request, FacadeModel(request.model_name), values)
         stream = bool(tensors.scalar(values, "stream", False))
-        param = request.parameters.get("triton_enable_empty_final_response")
-        return inp, outputs, stream, bool(param is not None and param.bool_param)
+        return inp, outputs, stream, _bool_parameter(request, "triton_enable_empty_final_response")
 
     @staticmethod
     def _response(
@@ -352,6 +352,18 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
 def _check_version(name: str, version: str) -> None:
     if version not in ("", "1"):
         raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
+
+
+def _bool_parameter(request: pb.ModelInferRequest, name: str) -> bool:
+    """A request parameter the front door reads, refused when of another type than bool (as
+    Triton refuses it) rather than read as false."""
+    param = request.parameters.get(name)
+    if param is None:
+        return False
+    kind = param.WhichOneof("parameter_choice")
+    if kind != "bool_param":
+        raise InvalidArgument(f"invalid value type for '{name}' parameter: expected bool_param, got {kind}")
+    return param.bool_param
 
 
 def _wrap(resp: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:

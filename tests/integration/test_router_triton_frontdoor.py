@@ -181,3 +181,22 @@ async def test_a_stream_asks_for_a_minimum_chunk_interval_for_each_streamed_requ
     refused = stub.ModelStreamInfer(metadata=(*md, (HEADER, "-5")), timeout=30)  # never left open
     assert await refused.code() == grpc.StatusCode.INVALID_ARGUMENT and HEADER in await refused.details()
     assert len(router.generated) == 2  # the refused stream ran nothing
+
+
+async def test_a_streamed_request_is_held_to_the_version_and_parameter_types_as_model_infer(front_door):
+    stub, router, md = front_door
+    wrong_type = infer_request("chat", request_id="s-p")
+    wrong_type.parameters["triton_enable_empty_final_response"].string_param = "true"
+    requests = [infer_request("chat", version="7", request_id="s-v"), wrong_type]
+    answers = {
+        a.infer_response.id: a.error_message async for a in stub.ModelStreamInfer(iter(requests), metadata=md)
+    }
+    assert answers == {
+        "s-v": "NOT_FOUND: Request for unknown model: 'chat' version 7 is not found",
+        "s-p": "INVALID_ARGUMENT: invalid value type for 'triton_enable_empty_final_response' parameter: "
+        "expected bool_param, got string_param",
+    }
+    wrong_type.model_name = "batch"
+    code = await _code(stub.ModelInfer(wrong_type, metadata=md))
+    assert code[0] == grpc.StatusCode.INVALID_ARGUMENT and "expected bool_param" in code[1]
+    assert router.generated == []
