@@ -92,6 +92,17 @@ def test_bad_bodies_name_the_field(body, param, code):
     assert bad.value.http_status == 400
 
 
+@pytest.mark.parametrize("escape", ["\\ud800", "\\ud800 and more", "\\udc00", "\\ud800\\u0041"])
+def test_a_lone_surrogate_is_refused_saying_what_is_wrong(escape):
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "%s"}]}' % escape.encode()
+    with pytest.raises(BadRequest) as bad:
+        parse(ChatCompletionRequest, body)
+    assert bad.value.error_code == "invalid_json" and bad.value.http_status == 400
+    assert "half of a surrogate pair" in bad.value.message and "lone surrogate" in bad.value.message
+    paired = parse(ChatCompletionRequest, body.replace(escape.encode(), b"\\ud83d\\ude00"))
+    assert paired.messages[0].content == "\U0001f600"
+
+
 TOOLS = [
     {"type": "function", "function": {"name": "lookup", "description": "Find an account",
                                       "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}},

@@ -198,7 +198,9 @@ def _bad_request(exc: ValidationError) -> BadRequest:
     err = max(errors, key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
     kind = err["type"]
     if kind == "json_invalid":
-        return BadRequest(f"the request body is not valid JSON: {err['msg']}", None, "invalid_json")
+        return BadRequest(
+            f"the request body is not valid JSON: {err['msg']}{_hint(err['msg'])}", None, "invalid_json"
+        )
     if kind == "model_type" and not err["loc"]:
         return BadRequest("the request body must be a JSON object", None, "invalid_json")
     param = _param(err["loc"])
@@ -216,6 +218,17 @@ def _bad_request(exc: ValidationError) -> BadRequest:
         param = _param(err["loc"][:-2])
         return BadRequest(f"Invalid key in '{param}': {err['msg']} (got {value})", param)
     return BadRequest(f"Invalid value for '{param}': {err['msg']} (got {value})", param)
+
+
+def _hint(parse_error: str) -> str:
+    """What the parser's words mean where they do not say it: a \\uD800-\\uDFFF escape not
+    paired (a lone surrogate) is "unexpected end of hex escape" when nothing follows it."""
+    if "hex escape" in parse_error or "surrogate" in parse_error:
+        return (
+            " (a \\uD800-\\uDFFF escape is half of a surrogate pair, high then low as in \\ud83d\\ude00: "
+            "a lone surrogate is not a character; send the text as UTF-8)"
+        )
+    return ""
 
 
 # What a field wanted, by pydantic's error type, in JSON's words (as OpenAI's messages put it).
