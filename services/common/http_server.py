@@ -35,8 +35,22 @@ PEER_IDS_KEY = "harness.peer_ids"
 TLS_KEY = "harness.tls"
 
 
+MAX_HEAD_BYTES = 64 * 1024  # a request line and headers past this are refused (Envoy's own limit is 60 KiB)
+HEAD_DRAIN_BYTES, HEAD_DRAIN_S = 4 * 1024 * 1024, 1.0  # read and dropped after a 431, at most
+HEAD_TOO_LARGE = (
+    b'{"error":{"message":"the request line and headers are over %d bytes","type":"invalid_request_error",'
+    b'"param":null,"code":"request_header_fields_too_large"}}' % MAX_HEAD_BYTES
+)
+
+
 class PeerAwareProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that puts the peer certificate's URI SANs into every request's scope."""
+    """HttpToolsProtocol that puts the peer certificate's URI SANs into every request's scope,
+    and refuses a request whose line and headers pass MAX_HEAD_BYTES with 431 (httptools keeps
+    however many it is sent, in memory, until the blank line that ends them)."""
+
+    _head_bytes = 0
+    _head_done = False  # the current request's headers are all in (or none has begun)
+    _head_refused = False  # answered 431: what still comes is dropped until the close
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -49,6 +63,32 @@ class PeerAwareProtocol(HttpToolsProtocol):
             await app(scope, receive, send)
 
         self.app = with_peer
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_refused:  # read and dropped, so the 431 is read before the close, not a reset
+            self._head_bytes += len(data)
+            if self._head_bytes > HEAD_DRAIN_BYTES:
+                self.transport.close()
+            return
+        super().data_received(data)
+        if self._head_done or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._head_refused = True
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(HEAD_TOO_LARGE), HEAD_TOO_LARGE)
+            )
+            self.loop.call_later(HEAD_DRAIN_S, self.transport.close)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes, self._head_done = 0, False
+
+    def on_headers_complete(self) -> None:
+        self._head_done = True
+        super().on_headers_complete()
 
 
 class CoalescedWrites:

@@ -12,7 +12,7 @@ import httpx2
 import pytest
 
 from services.common.config import TlsFiles
-from services.common.http_server import PEER_IDS_KEY, TLS_KEY, start_http_server
+from services.common.http_server import MAX_HEAD_BYTES, PEER_IDS_KEY, TLS_KEY, start_http_server
 from services.devtools.certs import make_certs
 
 
@@ -101,3 +101,34 @@ async def test_coalesced_writes_keep_the_bytes_and_the_connection(certs):
             assert len(server.server.server_state.connections) == 1
     finally:
         await server.stop(1)
+
+
+async def _exchange(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    answer = await asyncio.wait_for(reader.read(), 10)  # the server closes after answering
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize("coalesce_writes", [False, True])
+async def test_headers_past_the_limit_are_431_not_kept_in_memory(coalesce_writes):
+    """httptools keeps a request's headers until the blank line: a client sending megabytes of
+    them (one huge value, or thousands of small ones) is refused once past MAX_HEAD_BYTES, and
+    reads the 431 (the rest it sends is read and dropped before the close, not reset)."""
+    server = await start_http_server(peer_app, "127.0.0.1", 0, TlsFiles(), coalesce_writes=coalesce_writes)
+    head = b"GET / HTTP/1.1\r\nhost: x\r\n"
+    try:
+        one_huge = await _exchange(server.port, head + b"x-pad: " + b"a" * (4 * MAX_HEAD_BYTES))
+        many = await _exchange(server.port, head + b"".join(b"x-h%d: v\r\n" % i for i in range(30_000)))
+        async with httpx2.AsyncClient() as client:  # below the limit: still served
+            pad = {"x-pad": "a" * (MAX_HEAD_BYTES - 1024)}
+            near = await client.get(f"http://127.0.0.1:{server.port}/", headers=pad)
+    finally:
+        await server.stop(1)
+    for answer in (one_huge, many):
+        status, _, body = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 431 "), answer[:200]
+        message = json.loads(body)["error"]["message"]
+        assert message == f"the request line and headers are over {MAX_HEAD_BYTES} bytes"
+    assert near.status_code == 200
