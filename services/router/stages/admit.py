@@ -23,6 +23,7 @@ MAX_OUTPUT_TOKENS = 1_000_000
 MAX_TEMPERATURE = 100.0
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 256
+ROLES = ("system", "user", "assistant", "tool")  # common.proto's ChatMessage.role
 
 
 def render_prompt(inp: GenerationInput, template: ChatTemplate | None = None) -> str:
@@ -33,8 +34,13 @@ def render_prompt(inp: GenerationInput, template: ChatTemplate | None = None) ->
         if inp.tools:
             raise InvalidArgument("tools need `messages`: a raw prompt has no place for them")
         return inp.prompt
+    messages = [as_message(m) for m in inp.messages]
+    for i, m in enumerate(messages):
+        if m.role not in ROLES:  # a template writes the role into the prompt as is
+            shown = m.role[:32] + ("..." if len(m.role) > 32 else "")
+            raise InvalidArgument(f"messages[{i}].role is {shown!r}: use one of {', '.join(ROLES)}")
     template = template or template_for("")
-    return template.render([as_message(m) for m in inp.messages], inp.tools, inp.tool_choice)
+    return template.render(messages, inp.tools, inp.tool_choice)
 
 
 def choose_template(call: Call) -> ChatTemplate:
