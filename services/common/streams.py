@@ -12,21 +12,44 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
+# Bounds on one stream, so a client cannot make it grow without end: requests running at once
+# (past it, the next request is not read: HTTP/2 flow control holds the client back), and
+# responses waiting for a client that does not read them (past it, no new request starts).
+MAX_IN_FLIGHT = 256
+MAX_QUEUED = 4096
+
+
 async def serve_concurrently(
-    requests: AsyncIterator[Req], handle: Callable[[Req, Callable[[Resp], None]], Awaitable[None]]
+    requests: AsyncIterator[Req],
+    handle: Callable[[Req, Callable[[Resp], None]], Awaitable[None]],
+    *,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    max_queued: int = MAX_QUEUED,
 ) -> AsyncIterator[Resp]:
     """Runs `handle(request, emit)` for each request as it arrives and yields what they emit,
     interleaved. When the client half-closes, the stream ends after the running ones finish;
-    when the call ends early (client cancelled), whatever is still running is cancelled."""
+    when the call ends early (client cancelled), whatever is still running is cancelled. At most
+    `max_in_flight` run at once, and none starts while `max_queued` responses wait to be sent."""
     out: asyncio.Queue[Resp | None] = asyncio.Queue()
     tasks: set[asyncio.Task[None]] = set()
+    room = asyncio.Semaphore(max_in_flight)
+    drained = asyncio.Event()
+    drained.set()
+
+    def finished(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        room.release()
 
     async def read() -> None:
         try:
             async for request in requests:
+                await room.acquire()
+                if out.qsize() >= max_queued:
+                    drained.clear()
+                    await drained.wait()
                 task = asyncio.create_task(handle(request, out.put_nowait))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                task.add_done_callback(finished)
             while tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
@@ -35,6 +58,8 @@ async def serve_concurrently(
     reader = asyncio.create_task(read())
     try:
         while (item := await out.get()) is not None:
+            if not drained.is_set() and out.qsize() < max_queued // 2:
+                drained.set()
             yield item
         await reader  # surfaces a failure of the request stream itself
     finally:
