@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import socket
 import ssl
 from dataclasses import dataclass
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -36,21 +38,18 @@ TLS_KEY = "harness.tls"
 
 
 MAX_HEAD_BYTES = 64 * 1024  # a request line and headers past this are refused (Envoy's own limit is 60 KiB)
-HEAD_DRAIN_BYTES, HEAD_DRAIN_S = 4 * 1024 * 1024, 1.0  # read and dropped after a 431, at most
-HEAD_TOO_LARGE = (
-    b'{"error":{"message":"the request line and headers are over %d bytes","type":"invalid_request_error",'
-    b'"param":null,"code":"request_header_fields_too_large"}}' % MAX_HEAD_BYTES
-)
+HEAD_DRAIN_BYTES, HEAD_DRAIN_S = 4 * 1024 * 1024, 1.0  # read and dropped after a refusal, at most
 
 
 class PeerAwareProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that puts the peer certificate's URI SANs into every request's scope,
     and refuses a request whose line and headers pass MAX_HEAD_BYTES with 431 (httptools keeps
-    however many it is sent, in memory, until the blank line that ends them)."""
+    however many it is sent, in memory, until the blank line that ends them). Requests httptools
+    cannot parse get a 400 naming what it found, both with an OpenAI-shaped JSON error body."""
 
     _head_bytes = 0
     _head_done = False  # the current request's headers are all in (or none has begun)
-    _head_refused = False  # answered 431: what still comes is dropped until the close
+    _head_refused = False  # answered before any app: what still comes is dropped until the close
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -65,22 +64,44 @@ class PeerAwareProtocol(HttpToolsProtocol):
         self.app = with_peer
 
     def data_received(self, data: bytes) -> None:
-        if self._head_refused:  # read and dropped, so the 431 is read before the close, not a reset
+        if self._head_refused:  # read and dropped, so the answer is read before the close, not a reset
             self._head_bytes += len(data)
             if self._head_bytes > HEAD_DRAIN_BYTES:
                 self.transport.close()
             return
-        super().data_received(data)
+        self._unset_keepalive_if_required()
+        try:  # uvicorn's own data_received, but the 400 says what httptools found
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self.cycle is not None and self.cycle.response_started:  # a body broken under an answer begun
+                self.transport.close()
+            else:
+                self._refuse(b"400 Bad Request", f"the request is not valid HTTP/1.1: {exc}", "invalid_http")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
         if self._head_done or self.transport.is_closing():
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
-            self._head_refused = True
-            self.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(HEAD_TOO_LARGE), HEAD_TOO_LARGE)
-            )
-            self.loop.call_later(HEAD_DRAIN_S, self.transport.close)
+            message = f"the request line and headers are over {MAX_HEAD_BYTES} bytes"
+            self._refuse(b"431 Request Header Fields Too Large", message, "request_header_fields_too_large")
+
+    def _refuse(self, status: bytes, message: str, code: str) -> None:
+        """An answer before any app saw the request, as a JSON error in the API's shape; what the
+        client still sends is read and dropped (up to HEAD_DRAIN_BYTES or HEAD_DRAIN_S), then the
+        connection closes."""
+        self._head_refused = True
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+        body = json.dumps({"error": error}).encode()
+        self.transport.write(
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, len(body), body)
+        )
+        self.loop.call_later(HEAD_DRAIN_S, self.transport.close)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

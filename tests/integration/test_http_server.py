@@ -132,3 +132,24 @@ async def test_headers_past_the_limit_are_431_not_kept_in_memory(coalesce_writes
         message = json.loads(body)["error"]["message"]
         assert message == f"the request line and headers are over {MAX_HEAD_BYTES} bytes"
     assert near.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("request_head", "found"),
+    [
+        (b"x-request-id: a\x01b\r\n\r\n", "Invalid header value char"),
+        (b"content-length: abc\r\n\r\n{}", "Invalid character in Content-Length"),
+        (b"content-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "Content-Length"),
+    ],
+)
+async def test_a_request_httptools_cannot_parse_is_400_saying_what_it_found(request_head, found):
+    server = await start_http_server(peer_app, "127.0.0.1", 0, TlsFiles())
+    try:
+        answer = await _exchange(server.port, b"POST / HTTP/1.1\r\nhost: x\r\n" + request_head)
+    finally:
+        await server.stop(1)
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in status
+    error = json.loads(body)["error"]
+    assert error["message"].startswith("the request is not valid HTTP/1.1: ") and found in error["message"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http")
