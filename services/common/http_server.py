@@ -73,7 +73,7 @@ class PeerAwareProtocol(HttpToolsProtocol):
         try:  # uvicorn's own data_received, but the 400 says what httptools found
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if self.cycle is not None and self.cycle.response_started:  # a body broken under an answer begun
+            if self._head_done and self.cycle.response_started:  # a body broken under this request's answer
                 self.transport.close()
             else:
                 self._refuse(b"400 Bad Request", f"the request is not valid HTTP/1.1: {exc}", "invalid_http")
