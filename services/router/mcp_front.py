@@ -32,6 +32,7 @@ from services.common.errors import HarnessError, InvalidArgument
 from services.common.http_server import PEER_IDS_KEY, TLS_KEY
 from services.common.identity import Authenticator, refuse_repeated_credentials
 from services.common.limits import check_json
+from services.router.mcp_requests import BadMcpRequest, check_request, read_body
 from services.router.openai_http import errors as http_errors
 from services.router.stages.resolve import require_caller
 from services.router.tool_listing import CallableAction, callable_actions
@@ -113,7 +114,13 @@ class McpFrontDoor:
             await _refusal(http_errors.describe(exc)[0], exc.message)(scope, receive, send)
             return
         scope[CONTEXT_KEY] = dataclasses.replace(ctx, identity=identity)
-        await self._mcp(scope, receive, send)
+        try:
+            body = await read_body(receive, request.headers.get("content-length", ""), MAX_BODY_BYTES)
+            check_request(body)
+        except BadMcpRequest as exc:
+            await Response(exc.body(), exc.status, media_type="application/json")(scope, receive, send)
+            return
+        await self._mcp(scope, _replayed(body, receive), send)
 
     # --- MCP methods ------------------------------------------------------------------------
     async def _list_tools(self, ctx, params) -> types.ListToolsResult:
@@ -184,6 +191,16 @@ class McpFrontDoor:
             if not task.done():  # the client left: the call is cancelled (and recorded as such)
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+def _replayed(body: bytes, receive):
+    """`receive` for the SDK: the body already read, then the client's own messages (disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 def _refusal(status: int, message: str) -> Response:

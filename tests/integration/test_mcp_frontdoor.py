@@ -362,3 +362,39 @@ async def test_a_get_is_405_at_once_and_arguments_json_cannot_carry_are_a_tool_e
     assert texts[1] == "arguments holds -inf; JSON numbers must be finite"
     assert texts[2] == "arguments nests deeper than 16 levels"
     assert front.tool.calls == []
+
+
+async def test_a_body_that_is_not_one_json_rpc_request_is_refused_naming_what_is_wrong(front):
+    """Instead of the SDK's pydantic dump (-32602 for a batch), its bare "Invalid request
+    parameters" (arguments of the wrong type) and its plain-text 413."""
+    headers = {
+        "authorization": f"Bearer {front.tokens['alice']}",
+        "accept": "application/json, text/event-stream",
+    }
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call"}
+    bodies = {
+        "batch": [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}],
+        "number": 42,
+        "no version": {"id": 1, "method": "tools/list"},
+        "params a string": {**call, "params": "x"},
+        "arguments a string": {**call, "params": {"name": "ledger.read", "arguments": "account=1"}},
+        "name a number": {**call, "params": {"name": 5, "arguments": {}}},
+        "huge": {**call, "params": {"name": "ledger.read", "arguments": {"a": "x" * 200_000}}},
+    }
+    front.tool.calls.clear()
+    async with httpx2.AsyncClient(verify=front.tls("rpa"), timeout=10, headers=headers) as http:
+        answers = {name: await http.post(front.url, json=body) for name, body in bodies.items()}
+        async with front.session("rpa") as session:  # a well-formed call still goes through
+            fine = await session.call_tool("ledger.read", {"account": "1"})
+    errors = {name: (a.status_code, a.json()["id"], a.json()["error"]["code"]) for name, a in answers.items()}
+    assert errors == {
+        "batch": (400, None, -32600), "number": (400, None, -32600), "no version": (400, 1, -32600),
+        "params a string": (400, 3, -32602), "arguments a string": (400, 3, -32602),
+        "name a number": (400, 3, -32602), "huge": (413, None, -32600),
+    }  # fmt: skip
+    messages = {name: a.json()["error"]["message"] for name, a in answers.items()}
+    assert messages["batch"] == "batches are not supported: send one JSON-RPC message per POST"
+    assert messages["arguments a string"] == "tools/call: 'params.arguments' must be an object, got a string"
+    assert "'params.name' must be a string" in messages["name a number"]
+    assert "the limit is" in messages["huge"]
+    assert not fine.is_error and len(front.tool.calls) == 1
