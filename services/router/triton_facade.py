@@ -214,6 +214,12 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
             pass
         return self._response(request, outputs, call.text, call, None)
 
+    async def _embedding_model(self, name: str) -> registry_pb2.Model | None:
+        for model in await self._router.allowed_models():
+            if name in (model.name, model.triton_model) and model.kind == registry_pb2.MODEL_KIND_EMBEDDING:
+                return model
+        return None
+
     async def _embed(
         self, request: pb.ModelInferRequest, model: registry_pb2.Model, timeout_s: float | None
     ) -> pb.ModelInferResponse:
@@ -242,7 +248,18 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         # (the task runs in a copy of the stream's context, so this stays local to it).
         reqctx.set_current(dataclasses.replace(reqctx.current(), request_id=str(uuid.uuid4())))
         try:
-            inp, outputs, stream, empty_final = await self._prepare(request)
+            try:
+                inp, outputs, stream, empty_final = await self._prepare(request)
+            except tensors.TensorError:
+                # An embedding model's request has the embedding tensors, not these (looked up
+                # only now: the streamed generations, the hot path, pay no lookup for it).
+                model = await self._embedding_model(request.model_name)
+                if model is None:
+                    raise
+                answer = await self._embed(request, model, None)
+                answer.parameters["triton_final_response"].bool_param = True
+                emit(_wrap(answer))
+                return
             call = Call(inp)
             if stream:
                 call.inp = dataclasses.replace(inp, min_chunk_interval_ms=interval_ms)

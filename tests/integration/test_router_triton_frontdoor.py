@@ -200,3 +200,19 @@ async def test_a_streamed_request_is_held_to_the_version_and_parameter_types_as_
     code = await _code(stub.ModelInfer(wrong_type, metadata=md))
     assert code[0] == grpc.StatusCode.INVALID_ARGUMENT and "expected bool_param" in code[1]
     assert router.generated == []
+
+
+async def test_an_embedding_model_is_served_on_a_stream_too(front_door):
+    """As Triton serves a model that is not decoupled on ModelStreamInfer: one final response;
+    before, its request was read as the LLM tensors and refused for a missing max_tokens."""
+    stub, router, md = front_door
+    bad = embedding_tensors.build_request("minilm", ("cd",), "e-2")
+    bad.raw_input_contents[0] = b"\x99\x00"  # a broken length prefix: the embedding tensors' own refusal
+    requests = [embedding_tensors.build_request("minilm", ("ab",), "e-1"), bad]
+    answers = {a.infer_response.id: a async for a in stub.ModelStreamInfer(iter(requests), metadata=md)}
+    out = embedding_tensors.parse_response(answers["e-1"].infer_response, 1)
+    assert out.vectors.shape == (1, 4) and not answers["e-1"].error_message
+    assert answers["e-1"].infer_response.parameters["triton_final_response"].bool_param
+    assert answers["e-2"].error_message.startswith("INVALID_ARGUMENT: ")
+    assert "max_tokens" not in answers["e-2"].error_message
+    assert router.generated == ["embed:minilm:ab"]
