@@ -100,8 +100,9 @@ def check_struct(field: str, struct: Struct, *, max_bytes: int = 16 * 1024, max_
 
 
 def check_json(field: str, value: object, *, max_depth: int = 16) -> None:
-    """Parsed JSON held to check_struct's rules (finite numbers, the same nesting count), for
-    front doors that take JSON rather than a Struct: Python's parser reads NaN and Infinity."""
+    """Parsed JSON held to the rules a gRPC request's Struct is (check_struct, and the services'
+    interceptor's refusal of NUL in any string), for front doors that take JSON: Python's parser
+    reads NaN and Infinity, and a NUL would reach records no database can store."""
     stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -109,7 +110,10 @@ def check_json(field: str, value: object, *, max_depth: int = 16) -> None:
             raise InvalidArgument(f"{field} nests deeper than {max_depth} levels")
         if isinstance(node, float) and not math.isfinite(node):
             raise InvalidArgument(f"{field} holds {node}; JSON numbers must be finite")
+        if isinstance(node, str) and "\x00" in node:
+            raise InvalidArgument(f"{field} holds a string with a NUL character (\\u0000), which is refused")
         if isinstance(node, dict):
+            stack.extend((k, depth) for k in node)  # keys are strings too
             stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, list):
             stack.extend((v, depth + 1) for v in node)

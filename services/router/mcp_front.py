@@ -217,7 +217,8 @@ def _tool_call(tool: str, action: str, params: types.CallToolRequestParams, head
             f"no tool {params.name!r}: tools are named `tool.action`; tools/list names them"
         )
     arguments: dict[str, Any] = params.arguments or {}
-    check_json("arguments", arguments)  # what the gRPC path's check_struct refuses, refused alike
+    check_json("the tool's name", params.name)  # a NUL in it would reach the audit record of a denial
+    check_json("arguments", arguments)  # what the gRPC path refuses (check_struct, NUL), refused alike
     size = len(json.dumps(arguments, separators=(",", ":")).encode())
     if size > MAX_TOOL_ARGUMENTS_BYTES:
         raise InvalidArgument(
