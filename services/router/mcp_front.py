@@ -32,7 +32,7 @@ from services.common.errors import HarnessError, InvalidArgument
 from services.common.http_server import PEER_IDS_KEY, TLS_KEY
 from services.common.identity import Authenticator, refuse_repeated_credentials
 from services.common.limits import check_json
-from services.router.mcp_requests import BadMcpRequest, check_request, read_body
+from services.router.mcp_requests import BadMcpRequest, check_content_type, check_request, read_body
 from services.router.openai_http import errors as http_errors
 from services.router.stages.resolve import require_caller
 from services.router.tool_listing import CallableAction, callable_actions
@@ -115,6 +115,7 @@ class McpFrontDoor:
             return
         scope[CONTEXT_KEY] = dataclasses.replace(ctx, identity=identity)
         try:
+            check_content_type(request.headers.get("content-type", ""))
             body = await read_body(receive, request.headers.get("content-length", ""), MAX_BODY_BYTES)
             check_request(body)
         except BadMcpRequest as exc:

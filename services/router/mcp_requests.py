@@ -2,10 +2,10 @@
 
 The SDK answers a body that is not one JSON-RPC request with a pydantic dump (four validation
 errors of a union, with documentation links) as -32602, a tools/call whose `name` or `arguments`
-has the wrong type with a bare "Invalid request parameters", and a body over its limit with a
-plain-text 413. Here each is a JSON-RPC error naming what is wrong: -32600 for a body that is
-not one request (MCP 2025-06-18 has no batches), -32602 naming the parameter, and the 413 as
-JSON-RPC too. Anything else goes to the SDK unchanged, byte for byte.
+has the wrong type with a bare "Invalid request parameters", and a body over its limit or not
+declared JSON in plain text (413, 400). Here each is a JSON-RPC error naming what is wrong:
+-32600 for a body that is not one request (MCP 2025-06-18 has no batches), -32602 naming the
+parameter, 413 and 415 as JSON-RPC too. Anything else goes to the SDK unchanged, byte for byte.
 """
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ class BadMcpRequest(Exception):
     def body(self) -> bytes:
         error = {"code": self.code, "message": self.message}
         return json.dumps({"jsonrpc": "2.0", "id": self.request_id, "error": error}).encode()
+
+
+def check_content_type(value: str) -> None:
+    """BadMcpRequest (415) unless the body is declared JSON (the SDK answers in plain text)."""
+    if value.split(";", 1)[0].strip().lower() != "application/json":
+        shown = value[:64] or "none"
+        raise BadMcpRequest(415, INVALID_REQUEST, f"content-type must be application/json, got {shown}")
 
 
 async def read_body(receive, declared: str, limit: int) -> bytes:

@@ -69,6 +69,7 @@ async def test_a_body_that_is_not_one_json_rpc_request_is_refused_naming_what_is
     front.tool.calls.clear()
     async with httpx2.AsyncClient(verify=front.tls("rpa"), timeout=10, headers=headers) as http:
         answers = {name: await http.post(front.url, json=body) for name, body in bodies.items()}
+        form = await http.post(front.url, content=b"{}", headers={"content-type": "text/plain"})
         async with front.session("rpa") as session:  # a well-formed call still goes through
             fine = await session.call_tool("ledger.read", {"account": "1"})
     errors = {name: (a.status_code, a.json()["id"], a.json()["error"]["code"]) for name, a in answers.items()}
@@ -83,6 +84,10 @@ async def test_a_body_that_is_not_one_json_rpc_request_is_refused_naming_what_is
     assert "'params.name' must be a string" in messages["name a number"]
     assert "the limit is" in messages["huge"]
     assert not fine.is_error and len(front.tool.calls) == 1
+    assert form.status_code == 415 and form.json()["error"] == {
+        "code": -32600,
+        "message": "content-type must be application/json, got text/plain",
+    }
 
 
 async def test_a_nul_in_the_tool_name_or_arguments_is_refused_before_any_record(front):  # noqa: F811
