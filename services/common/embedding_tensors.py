@@ -20,7 +20,9 @@ from typing import Protocol
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+from tritonclient.utils import serialize_byte_tensor
+
+from services.common.triton_tensors import bytes_elements
 
 TEXT_INPUT = "text_input"
 EMBEDDING = "embedding"
@@ -111,9 +113,11 @@ def decode_texts(request: pb.ModelInferRequest, spec: EmbeddingModel) -> list[st
         )
     if request.raw_input_contents:
         try:
-            values = deserialize_bytes_tensor(request.raw_input_contents[index])
-        except Exception as exc:  # malformed length prefixes come out as assorted errors
-            raise EmbeddingTensorError(f"input '{TEXT_INPUT}': malformed BYTES tensor contents") from exc
+            values = np.array(bytes_elements(request.raw_input_contents[index], shape[0]), dtype=object)
+        except ValueError as exc:
+            raise EmbeddingTensorError(
+                f"input '{TEXT_INPUT}': malformed BYTES tensor contents ({exc})"
+            ) from None
     else:
         values = np.array(list(tensor.contents.bytes_contents), dtype=object)
     if values.size != shape[0]:

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.utils import deserialize_bytes_tensor
 
 
 class TensorModel(Protocol):
@@ -107,6 +106,8 @@ _OUTPUT_NAMES = {t.name for t in OUTPUTS}
 _OUTPUT_ORDER = tuple(t.name for t in OUTPUTS)  # schema order, so responses are stable
 _OUTPUT_DTYPES = {t.name: t.datatype for t in OUTPUTS}
 _PACK = {"INT32": struct.Struct("<i").pack, "INT64": struct.Struct("<q").pack}
+_U32 = struct.Struct("<I")
+MAX_BYTES_ELEMENTS = 4096  # strings in one BYTES input (a batch of 2048 texts, stop and bad words)
 
 _NP_DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -178,7 +179,7 @@ def decode_inputs(request: pb.ModelInferRequest, spec: TensorModel) -> dict[str,
             )
         shape = tuple(tensor.shape)
         dims_ok = len(shape) == len(schema.dims) + 1 and all(
-            want == -1 or got == want for got, want in zip(shape[1:], schema.dims, strict=True)
+            (want == -1 and got >= 0) or got == want for got, want in zip(shape[1:], schema.dims, strict=True)
         )
         if not dims_ok:
             raise TensorError(
@@ -202,18 +203,23 @@ def _tensor_array(
 ) -> np.ndarray:
     count = math.prod(shape)  # 1 for a scalar (); numpy's prod costs ~5 us per call
     if tensor.datatype == "BYTES":
+        if count > MAX_BYTES_ELEMENTS:
+            raise TensorError(
+                f"input '{tensor.name}' declares {count} string elements; at most {MAX_BYTES_ELEMENTS} are taken"
+            )
         if raw is not None:
             try:
-                arr = deserialize_bytes_tensor(raw)
-            except Exception as exc:  # malformed length prefixes come out as assorted errors
-                raise TensorError(f"input '{tensor.name}': malformed BYTES tensor contents") from exc
+                arr = np.array(bytes_elements(raw, count), dtype=object)
+            except ValueError as exc:
+                raise TensorError(f"input '{tensor.name}': malformed BYTES tensor contents ({exc})") from None
         else:
-            arr = np.array(list(tensor.contents.bytes_contents), dtype=object)
-        if arr.size != count:
-            raise TensorError(
-                f"unexpected number of string elements {arr.size} for inference input '{tensor.name}', "
-                f"expecting {count}"
-            )
+            contents = tensor.contents.bytes_contents
+            if len(contents) != count:  # counted before a million of them are copied
+                raise TensorError(
+                    f"unexpected number of string elements {len(contents)} for inference input "
+                    f"'{tensor.name}', expecting {count}"
+                )
+            arr = np.array(list(contents), dtype=object)
         return arr.reshape(shape)
     dtype = np.dtype(_NP_DTYPES[tensor.datatype])
     if raw is not None:
@@ -224,12 +230,34 @@ def _tensor_array(
             )
         arr = np.frombuffer(raw, dtype=dtype)
     else:
-        arr = np.array(list(getattr(tensor.contents, _CONTENTS_FIELD[tensor.datatype])), dtype=dtype)
-        if arr.size != count:
+        contents = getattr(tensor.contents, _CONTENTS_FIELD[tensor.datatype])
+        if len(contents) != count:
             raise TensorError(
-                f"unexpected number of elements {arr.size} for input '{tensor.name}', expecting {count}"
+                f"unexpected number of elements {len(contents)} for input '{tensor.name}', expecting {count}"
             )
+        arr = np.array(list(contents), dtype=dtype)
     return arr.reshape(shape)
+
+
+def bytes_elements(raw: bytes, count: int) -> list[bytes]:
+    """Triton's length-prefixed BYTES contents, read for the `count` elements the shape declares
+    and no more: tritonclient's deserializer reads all there are, so a request declaring one
+    element and sending a million empty ones held the event loop for half a second. ValueError
+    says where the contents break."""
+    out: list[bytes] = []
+    offset, end = 0, len(raw)
+    for i in range(count):
+        if offset + 4 > end:
+            raise ValueError(f"they end after {i} of the {count} elements declared")
+        (size,) = _U32.unpack_from(raw, offset)
+        offset += 4
+        if size > end - offset:
+            raise ValueError(f"element {i} declares {size} bytes and {end - offset} follow")
+        out.append(raw[offset : offset + size])
+        offset += size
+    if offset != end:
+        raise ValueError(f"{end - offset} bytes follow the {count} elements declared")
+    return out
 
 
 def scalar(values: Mapping[str, np.ndarray], name: str, default: Any = None) -> Any:
