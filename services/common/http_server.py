@@ -39,13 +39,15 @@ TLS_KEY = "harness.tls"
 
 MAX_HEAD_BYTES = 64 * 1024  # a request line and headers past this are refused (Envoy's own limit is 60 KiB)
 HEAD_DRAIN_BYTES, HEAD_DRAIN_S = 4 * 1024 * 1024, 1.0  # read and dropped after a refusal, at most
+HEAD_TIMEOUT_S = 30.0  # from a connection's opening or a request's first byte to its headers' end
 
 
 class PeerAwareProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that puts the peer certificate's URI SANs into every request's scope,
     and refuses a request whose line and headers pass MAX_HEAD_BYTES with 431 (httptools keeps
     however many it is sent, in memory, until the blank line that ends them). Requests httptools
-    cannot parse get a 400 naming what it found, both with an OpenAI-shaped JSON error body."""
+    cannot parse get a 400 naming what it found, and a head that does not arrive within
+    HEAD_TIMEOUT_S a 408, each with an OpenAI-shaped JSON error body."""
 
     _head_bytes = 0
     _head_done = False  # the current request's headers are all in (or none has begun)
@@ -62,6 +64,19 @@ class PeerAwareProtocol(HttpToolsProtocol):
             await app(scope, receive, send)
 
         self.app = with_peer
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        """A connection that opened, or began a request, and sent no whole head in time: 408
+        (uvicorn times out only idle kept-alive connections, so one that never finishes a
+        request line would stay open, as many as a client opens)."""
+        if not self._head_done and not self._head_refused and not self.transport.is_closing():
+            message = f"the request line and headers did not arrive within {HEAD_TIMEOUT_S:g} s"
+            self._refuse(b"408 Request Timeout", message, "request_timeout")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_timer.cancel()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._head_refused:  # read and dropped, so the answer is read before the close, not a reset
@@ -106,9 +121,12 @@ class PeerAwareProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes, self._head_done = 0, False
+        self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
         self._head_done = True
+        self._head_timer.cancel()
         super().on_headers_complete()
 
 

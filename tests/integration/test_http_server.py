@@ -11,6 +11,7 @@ import ssl
 import httpx2
 import pytest
 
+from services.common import http_server
 from services.common.config import TlsFiles
 from services.common.http_server import MAX_HEAD_BYTES, PEER_IDS_KEY, TLS_KEY, start_http_server
 from services.devtools.certs import make_certs
@@ -159,3 +160,25 @@ async def test_a_request_httptools_cannot_parse_is_400_saying_what_it_found(requ
     error = json.loads(body)["error"]
     assert error["message"].startswith("the request is not valid HTTP/1.1: ") and found in error["message"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http")
+
+
+async def test_a_head_that_does_not_arrive_in_time_is_408_and_the_connection_closes(monkeypatch):
+    """A connection that sends nothing, or half a request line, is not held open for ever."""
+    monkeypatch.setattr(http_server, "HEAD_TIMEOUT_S", 0.2)
+    server = await start_http_server(peer_app, "127.0.0.1", 0, TlsFiles())
+    try:
+        silent = await _exchange(server.port, b"")
+        half = await _exchange(server.port, b"GET / HTTP/1.1\r\nhost: ")
+        async with httpx2.AsyncClient() as client:  # a whole request, then idle: served as before
+            served = await client.get(f"http://127.0.0.1:{server.port}/")
+            await asyncio.sleep(0.4)
+            again = await client.get(f"http://127.0.0.1:{server.port}/")
+    finally:
+        await server.stop(1)
+    for answer in (silent, half):
+        status, _, body = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert (
+            json.loads(body)["error"]["message"] == "the request line and headers did not arrive within 0.2 s"
+        )
+    assert served.status_code == again.status_code == 200
