@@ -22,7 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import serialize_byte_tensor
 
-from services.common.triton_tensors import bytes_elements
+from services.common.bytes_tensor import bytes_elements
 
 TEXT_INPUT = "text_input"
 EMBEDDING = "embedding"

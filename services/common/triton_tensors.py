@@ -17,6 +17,8 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
+from services.common.bytes_tensor import MAX_BYTES_ELEMENTS, bytes_elements
+
 
 class TensorModel(Protocol):
     """What the tensor schema needs of a model (the simulator's ModelSpec, or the router's
@@ -106,8 +108,6 @@ _OUTPUT_NAMES = {t.name for t in OUTPUTS}
 _OUTPUT_ORDER = tuple(t.name for t in OUTPUTS)  # schema order, so responses are stable
 _OUTPUT_DTYPES = {t.name: t.datatype for t in OUTPUTS}
 _PACK = {"INT32": struct.Struct("<i").pack, "INT64": struct.Struct("<q").pack}
-_U32 = struct.Struct("<I")
-MAX_BYTES_ELEMENTS = 4096  # strings in one BYTES input (a batch of 2048 texts, stop and bad words)
 
 _NP_DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -237,27 +237,6 @@ def _tensor_array(
             )
         arr = np.array(list(contents), dtype=dtype)
     return arr.reshape(shape)
-
-
-def bytes_elements(raw: bytes, count: int) -> list[bytes]:
-    """Triton's length-prefixed BYTES contents, read for the `count` elements the shape declares
-    and no more: tritonclient's deserializer reads all there are, so a request declaring one
-    element and sending a million empty ones held the event loop for half a second. ValueError
-    says where the contents break."""
-    out: list[bytes] = []
-    offset, end = 0, len(raw)
-    for i in range(count):
-        if offset + 4 > end:
-            raise ValueError(f"they end after {i} of the {count} elements declared")
-        (size,) = _U32.unpack_from(raw, offset)
-        offset += 4
-        if size > end - offset:
-            raise ValueError(f"element {i} declares {size} bytes and {end - offset} follow")
-        out.append(raw[offset : offset + size])
-        offset += size
-    if offset != end:
-        raise ValueError(f"{end - offset} bytes follow the {count} elements declared")
-    return out
 
 
 def scalar(values: Mapping[str, np.ndarray], name: str, default: Any = None) -> Any:

@@ -10,7 +10,8 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from services.common import embedding_tensors
-from services.common.triton_tensors import MAX_BYTES_ELEMENTS, TensorError, bytes_elements, decode_inputs
+from services.common.bytes_tensor import MAX_BYTES_ELEMENTS, bytes_elements
+from services.common.triton_tensors import TensorError, decode_inputs
 from services.router.triton_facade import FacadeEmbeddingModel, FacadeModel
 
 
