@@ -40,6 +40,18 @@ TLS_KEY = "harness.tls"
 MAX_HEAD_BYTES = 64 * 1024  # a request line and headers past this are refused (Envoy's own limit is 60 KiB)
 HEAD_DRAIN_BYTES, HEAD_DRAIN_S = 4 * 1024 * 1024, 1.0  # read and dropped after a refusal, at most
 HEAD_TIMEOUT_S = 30.0  # from a connection's opening or a request's first byte to its headers' end
+BODY_TIMEOUT_S = 30.0  # from a request's headers' end to its body's end
+BODY_TIMED_OUT_KEY = "harness.body_timed_out"  # scope: set when the body missed BODY_TIMEOUT_S
+
+
+class BodyTimedOut(Exception):
+    """Raised by `receive` when a request's body did not all arrive within BODY_TIMEOUT_S. Each
+    front door answers it in its own error shape (408); an app that does not gets the server's
+    OpenAI-shaped 408. The connection closes after the answer either way."""
+
+    def __init__(self) -> None:
+        self.message = f"the request body did not arrive within {BODY_TIMEOUT_S:g} s"
+        super().__init__(self.message)
 
 
 class PeerAwareProtocol(HttpToolsProtocol):
@@ -47,7 +59,9 @@ class PeerAwareProtocol(HttpToolsProtocol):
     and refuses a request whose line and headers pass MAX_HEAD_BYTES with 431 (httptools keeps
     however many it is sent, in memory, until the blank line that ends them). Requests httptools
     cannot parse get a 400 naming what it found, and a head that does not arrive within
-    HEAD_TIMEOUT_S a 408, each with an OpenAI-shaped JSON error body."""
+    HEAD_TIMEOUT_S a 408, each with an OpenAI-shaped JSON error body. A body that does not arrive
+    within BODY_TIMEOUT_S of its headers is BodyTimedOut at the app's next `receive` (or, once
+    the app has answered without reading it, the connection is closed)."""
 
     _head_bytes = 0
     _head_done = False  # the current request's headers are all in (or none has begun)
@@ -61,10 +75,20 @@ class PeerAwareProtocol(HttpToolsProtocol):
 
         async def with_peer(scope, receive, send):
             scope[PEER_IDS_KEY], scope[TLS_KEY] = peer_ids, tls
-            await app(scope, receive, send)
+
+            async def receive_in_time():
+                message = await receive()
+                if BODY_TIMED_OUT_KEY in scope and message["type"] == "http.request":
+                    raise BodyTimedOut()
+                return message
+
+            try:
+                await app(scope, receive_in_time, send)
+            except BodyTimedOut as exc:  # an app with no answer of its own for it
+                await send_json_error(send, 408, exc.message, "request_timeout")
 
         self.app = with_peer
-        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
+        self._timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
 
     def _head_timed_out(self) -> None:
         """A connection that opened, or began a request, and sent no whole head in time: 408
@@ -74,8 +98,22 @@ class PeerAwareProtocol(HttpToolsProtocol):
             message = f"the request line and headers did not arrive within {HEAD_TIMEOUT_S:g} s"
             self._refuse(b"408 Request Timeout", message, "request_timeout")
 
+    def _body_timed_out(self) -> None:
+        """The body did not all arrive in time: the app reading it gets BodyTimedOut (its next
+        `receive` is woken), and the connection closes after the answer; once answered, at once
+        (a client trickling a body the app never read would hold it open for ever)."""
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None or not cycle.more_body:
+            return
+        if cycle.response_complete:
+            self.transport.close()
+            return
+        cycle.keep_alive = False
+        cycle.scope[BODY_TIMED_OUT_KEY] = True
+        cycle.message_event.set()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._head_timer.cancel()
+        self._timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -110,8 +148,7 @@ class PeerAwareProtocol(HttpToolsProtocol):
         client still sends is read and dropped (up to HEAD_DRAIN_BYTES or HEAD_DRAIN_S), then the
         connection closes."""
         self._head_refused = True
-        error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
-        body = json.dumps({"error": error}).encode()
+        body = _error_json(message, code)
         self.transport.write(
             b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s" % (status, len(body), body)
@@ -121,13 +158,31 @@ class PeerAwareProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes, self._head_done = 0, False
-        self._head_timer.cancel()
-        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
+        self._timer.cancel()
+        self._timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
         self._head_done = True
-        self._head_timer.cancel()
+        self._timer.cancel()
         super().on_headers_complete()
+        self._timer = self.loop.call_later(BODY_TIMEOUT_S, self._body_timed_out)
+
+    def on_message_complete(self) -> None:
+        self._timer.cancel()
+        super().on_message_complete()
+
+
+def _error_json(message: str, code: str) -> bytes:
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    return json.dumps({"error": error}).encode()
+
+
+async def send_json_error(send, status: int, message: str, code: str) -> None:
+    """An OpenAI-shaped JSON error as an ASGI response."""
+    body = _error_json(message, code)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class CoalescedWrites:

@@ -5,13 +5,15 @@ errors of a union, with documentation links) as -32602, a tools/call whose `name
 has the wrong type with a bare "Invalid request parameters", and a body over its limit or not
 declared JSON in plain text (413, 400). Here each is a JSON-RPC error naming what is wrong:
 -32600 for a body that is not one request (MCP 2025-06-18 has no batches), -32602 naming the
-parameter, 413 and 415 as JSON-RPC too. Anything else goes to the SDK unchanged, byte for byte.
+parameter, 408, 413 and 415 as JSON-RPC too. Anything else goes to the SDK unchanged, byte for byte.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from services.common.http_server import BodyTimedOut
 
 INVALID_REQUEST, INVALID_PARAMS = -32600, -32602
 
@@ -34,7 +36,15 @@ def check_content_type(value: str) -> None:
 
 
 async def read_body(receive, declared: str, limit: int) -> bytes:
-    """The request body, BadMcpRequest (413) past `limit` bytes."""
+    """The request body, BadMcpRequest past `limit` bytes (413) or when it does not all arrive
+    within the server's BODY_TIMEOUT_S (408; the server closes the connection after the answer)."""
+    try:
+        return await _bounded_body(receive, declared, limit)
+    except BodyTimedOut as exc:
+        raise BadMcpRequest(408, INVALID_REQUEST, exc.message) from None
+
+
+async def _bounded_body(receive, declared: str, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise BadMcpRequest(
             413, INVALID_REQUEST, f"the request body is {declared} bytes; the limit is {limit}"

@@ -4,6 +4,7 @@ scope, client certificates required, and Nagle off on accepted connections."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import ssl
@@ -182,3 +183,86 @@ async def test_a_head_that_does_not_arrive_in_time_is_408_and_the_connection_clo
             json.loads(body)["error"]["message"] == "the request line and headers did not arrive within 0.2 s"
         )
     assert served.status_code == again.status_code == 200
+
+
+async def body_app(scope, receive, send) -> None:
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size, more = size + len(message.get("body", b"")), message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"%d" % size})
+
+
+async def _post_slowly(port: int, declared: int, parts: list[bytes], gap_s: float) -> tuple[bytes, bytes]:
+    """What the server answers to a POST whose body comes in `parts`, `gap_s` apart (the last
+    part sent, the client keeps the connection open and says nothing); and what follows."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % declared)
+    for part in parts:
+        writer.write(part)
+        await asyncio.sleep(gap_s)
+    answer = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 10)
+    rest = await asyncio.wait_for(reader.read(), 10)  # b"" once the server closes
+    writer.close()
+    return answer, rest
+
+
+async def _trickle(port: int) -> bytes:
+    """A body of a million bytes sent a byte every 20 ms, for as long as the server listens."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
+
+    async def send_forever() -> None:
+        with contextlib.suppress(ConnectionError):
+            while not writer.is_closing():
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.02)
+
+    sending = asyncio.create_task(send_forever())
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        sending.cancel()
+        writer.close()
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408_and_the_connection_closes(monkeypatch):
+    """A body stalled after its headers, or trickled a byte at a time, is answered 408 once
+    BODY_TIMEOUT_S has passed since its headers, and the connection closes; one slower than a
+    burst but whole in time is served; one the app answered without reading is not waited for."""
+    monkeypatch.setattr(http_server, "BODY_TIMEOUT_S", 0.3)
+    server = await start_http_server(body_app, "127.0.0.1", 0, TlsFiles())
+    unread = await start_http_server(peer_app, "127.0.0.1", 0, TlsFiles())
+    try:
+        stalled = await _exchange(server.port, b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+        trickled = await _trickle(server.port)
+        slow, kept = await asyncio.wait_for(_served_slowly(server.port), 10)
+        answered, after = await _post_slowly(unread.port, 10, [b"abc"], 0)
+    finally:
+        await server.stop(1)
+        await unread.stop(1)
+    for answer in (stalled, trickled):
+        status, _, body = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 408 ") and b"connection: close" in status, answer[:200]
+        error = json.loads(body)["error"]
+        assert error["message"] == "the request body did not arrive within 0.3 s"
+        assert error["code"] == "request_timeout"
+    assert slow.startswith(b"HTTP/1.1 200 ") and slow.endswith(b"\r\n6\r\n0\r\n\r\n") and kept
+    assert answered.startswith(b"HTTP/1.1 200 ") and after == b""
+
+
+async def _served_slowly(port: int) -> tuple[bytes, bool]:
+    """A 6-byte body in two halves 0.15 s apart (inside the bound): the answer, and whether the
+    connection still serves a next request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 6\r\n\r\nabc")
+    await asyncio.sleep(0.15)
+    writer.write(b"def")
+    answer = await reader.readuntil(b"0\r\n\r\n")
+    await asyncio.sleep(0.3)  # past the bound: the finished body's timer is not left running
+    writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nx")
+    kept = (await reader.readuntil(b"0\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    writer.close()
+    return answer, kept

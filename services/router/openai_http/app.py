@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 
 from services.common import context as reqctx
 from services.common.errors import HarnessError, NotFound
-from services.common.http_server import PEER_IDS_KEY, TLS_KEY
+from services.common.http_server import PEER_IDS_KEY, TLS_KEY, BodyTimedOut
 from services.common.identity import Authenticator, refuse_repeated_credentials
 from services.router import chunk_interval
 from services.router.call import AfterAnswer
@@ -52,6 +52,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 class BodyTooLarge(schema.BadRequest):
     http_status = 413
+
+
+class BodyTooSlow(schema.BadRequest):
+    http_status = 408
 
 
 class HttpMetrics:
@@ -304,6 +308,15 @@ def _error(exc: HarnessError) -> Response:
 
 
 async def _body(request: Request) -> bytes:
+    """The request body, refused past MAX_BODY_BYTES, or when it does not all arrive within the
+    server's BODY_TIMEOUT_S (408; the server closes the connection after the answer)."""
+    try:
+        return await _bounded_body(request)
+    except BodyTimedOut as exc:
+        raise BodyTooSlow(exc.message, None, "request_timeout") from None
+
+
+async def _bounded_body(request: Request) -> bytes:
     """The request body, refused past MAX_BODY_BYTES. An oversized body is read on (and dropped)
     up to DRAIN_LIMIT_BYTES before the 413: a client still sending when the answer came and the
     connection closed would otherwise see the connection reset instead of the answer."""
