@@ -106,6 +106,12 @@ async def test_token_arrays_are_refused_saying_what_to_do(embed_front):
         ({"input": "a", "extra": 1}, 400, "extra", "Unrecognized request argument"),
         ({"input": "a", "dimensions": "384"}, 400, "dimensions", "expected an integer, but got a string"),
         ({"input": ["a", True]}, 400, "input[1]", "expected a string, but got a boolean"),
+        (
+            {"input": ["a", "b\u0000"]},
+            400,
+            None,
+            "input[1] holds a NUL character (\\u0000), which is refused",
+        ),
         ({"input": "a", "model": "llama-3-8b"}, 400, None, "is a generation model"),
         ({"input": "a", "model": "text-embedding-3-small"}, 404, None, "does not exist"),
     ],

@@ -1,6 +1,7 @@
 """`x-harness-min-chunk-interval-ms` through the router's real gRPC server (the services'
 interceptor, the Router servicer, the real core) over a real engine simulator: the text deltas
-arrive merged, the first token still alone, and a bad value is INVALID_ARGUMENT."""
+arrive merged, the first token still alone, and a bad value is INVALID_ARGUMENT. The core's other
+refusals reach a gRPC caller the same way (an empty stop string)."""
 
 from __future__ import annotations
 
@@ -52,9 +53,12 @@ async def generate(test_auth, mint_token):
     channel = grpc.aio.insecure_channel(running.address)
     stub = router_pb2_grpc.RouterStub(channel)
 
-    async def deltas(*extra: tuple[str, str]) -> tuple[list[str], router_pb2.GenerationSummary]:
+    async def deltas(
+        *extra: tuple[str, str], stop: tuple[str, ...] = ()
+    ) -> tuple[list[str], router_pb2.GenerationSummary]:
+        sampling = common_pb2.SamplingParams(max_tokens=TOKENS, stop=stop)
         request = router_pb2.GenerateRequest(
-            prompt="Summarise the ledger policy", sampling=common_pb2.SamplingParams(max_tokens=TOKENS),
+            prompt="Summarise the ledger policy", sampling=sampling,
             bypass_cache=True,
         )  # fmt: skip
         texts, summary = [], None
@@ -89,3 +93,13 @@ async def test_a_bad_interval_is_invalid_argument_with_what_to_send(generate):
         await generate((HEADER, "5000"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "whole number of milliseconds from 0 to 1000" in err.value.details()
+
+
+async def test_an_empty_stop_string_is_invalid_argument_naming_it(generate):
+    """The OpenAI door refuses "" in `stop`; gRPC Generate took it before the core refused it."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await generate(stop=("\n", ""))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "sampling.stop[1] is empty: a stop string needs at least one character"
+    texts, _ = await generate(stop=("\n",))
+    assert texts

@@ -11,7 +11,7 @@ from services.common.limits import check_count, check_length, check_range
 from services.common.registry_mirror import RegistryMirror
 from services.router.budgets import BudgetEnforcer, Subjects
 from services.router.call import Call, GenerationInput
-from services.router.chat import NONE, ChatTemplate, as_message, template_for
+from services.router.chat import NONE, ChatMessage, ChatTemplate, ToolSpec, as_message, template_for
 from services.router.engine import CHARS_PER_TOKEN, estimate_tokens
 from services.router.flow import RateLimiter, RateLimits
 from services.router.pipeline import Stage
@@ -27,12 +27,16 @@ ROLES = ("system", "user", "assistant", "tool")  # common.proto's ChatMessage.ro
 
 
 def render_prompt(inp: GenerationInput, template: ChatTemplate | None = None) -> str:
-    """The prompt as given, or the messages (and tools) in the model family's chat format."""
+    """The prompt as given, or the messages (and tools) in the model family's chat format. A NUL
+    character in it is refused, naming where it was sent: gRPC callers are refused it in every
+    string (the services' interceptor), so every front door refuses it alike."""
     if bool(inp.prompt) == bool(inp.messages):
         raise InvalidArgument("set exactly one of `prompt` or `messages`")
     if inp.prompt:
         if inp.tools:
             raise InvalidArgument("tools need `messages`: a raw prompt has no place for them")
+        if "\x00" in inp.prompt:
+            raise _holds_nul("prompt")
         return inp.prompt
     messages = [as_message(m) for m in inp.messages]
     for i, m in enumerate(messages):
@@ -40,7 +44,29 @@ def render_prompt(inp: GenerationInput, template: ChatTemplate | None = None) ->
             shown = m.role[:32] + ("..." if len(m.role) > 32 else "")
             raise InvalidArgument(f"messages[{i}].role is {shown!r}: use one of {', '.join(ROLES)}")
     template = template or template_for("")
-    return template.render(messages, inp.tools, inp.tool_choice)
+    prompt = template.render(messages, inp.tools, inp.tool_choice)
+    if "\x00" in prompt:  # one scan of the text the model would read; where, only when found
+        raise _holds_nul(_nul_field(messages, inp.tools))
+    return prompt
+
+
+def _nul_field(messages: list[ChatMessage], tools: tuple[ToolSpec, ...]) -> str:
+    """Where a NUL in the rendered prompt came from (templates write JSON, escaped, for tool
+    calls' arguments and tools' schemas, so those hold none)."""
+    for i, m in enumerate(messages):
+        for name in ("content", "name", "tool_call_id"):
+            if "\x00" in getattr(m, name):
+                return f"messages[{i}].{name}"
+        if any("\x00" in c.name or "\x00" in c.arguments for c in m.tool_calls):
+            return f"messages[{i}].tool_calls"
+    for i, tool in enumerate(tools):
+        if "\x00" in tool.name or "\x00" in tool.description:
+            return f"tools[{i}]"
+    return "the prompt"
+
+
+def _holds_nul(field: str) -> InvalidArgument:
+    return InvalidArgument(f"{field} holds a NUL character (\\u0000), which is refused")
 
 
 def choose_template(call: Call) -> ChatTemplate:
@@ -97,8 +123,12 @@ def check_sampling_bounds(inp: GenerationInput) -> None:
     check_range("sampling.max_tokens", inp.max_tokens, 0, MAX_OUTPUT_TOKENS)
     check_range("sampling.top_k", inp.top_k, 0, MAX_OUTPUT_TOKENS)
     check_count("sampling.stop", inp.stop, MAX_STOP_SEQUENCES)
-    for stop in inp.stop:
-        check_length("sampling.stop entry", stop, MAX_STOP_CHARS)
+    for i, stop in enumerate(inp.stop):
+        check_length(f"sampling.stop[{i}]", stop, MAX_STOP_CHARS)
+        if not stop:  # an engine would stop before the first token, or ignore it: neither asked for
+            raise InvalidArgument(f"sampling.stop[{i}] is empty: a stop string needs at least one character")
+        if "\x00" in stop:
+            raise _holds_nul(f"sampling.stop[{i}]")
     check_count("messages", inp.messages, MAX_MESSAGES)
 
 

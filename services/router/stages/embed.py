@@ -65,6 +65,8 @@ class ValidateInputs(Stage):
         for i, text in enumerate(inp.inputs):
             if not text.strip():
                 raise InvalidArgument(f"input[{i}] is empty; every input must have text to embed")
+            if "\x00" in text:  # as gRPC callers are refused it in every string (the interceptor)
+                raise InvalidArgument(f"input[{i}] holds a NUL character (\\u0000), which is refused")
         check_dimensions(call, inp.dimensions)
         check_input_context(call, inp.inputs)
         call.texts = inp.inputs
