@@ -19,6 +19,7 @@ SESSION_KEY = "x-harness-session-id"
 STEP_KEY = "x-harness-step-id"
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+MAX_REQUEST_ID_CHARS = 128  # a caller's longer id is cut to this
 
 
 BOUND_AGENT = "bound_agent"  # Identity.claims: the agent an API key is bound to ("" = none)
@@ -76,13 +77,17 @@ def context_from_metadata(
     metadata: Iterable[tuple[str, str | bytes]], frontdoor: str = "grpc"
 ) -> RequestContext:
     """Builds the context from incoming metadata (or HTTP headers, lower-case names); missing or
-    malformed ids are generated."""
+    malformed ids are generated. A request id is echoed in response headers and written in logs
+    and records: one holding anything but visible ASCII (a tab, a space, Latin-1 an HTTP header
+    may carry) is replaced, as a missing one is."""
     md = {k: v for k, v in metadata if isinstance(v, str)}
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
     match = _TRACEPARENT.match(md.get(TRACEPARENT_KEY, ""))
     if match:
         trace_id = match.group(1)  # keep the caller's trace; this hop gets a new span
-    request_id = md.get(REQUEST_ID_KEY, "")[:128] or str(uuid.uuid4())
+    request_id = md.get(REQUEST_ID_KEY, "")[:MAX_REQUEST_ID_CHARS]
+    if not _is_visible_ascii(request_id):
+        request_id = str(uuid.uuid4())
     return RequestContext(
         request_id=request_id,
         trace_id=trace_id,
@@ -91,6 +96,11 @@ def context_from_metadata(
         step_id=md.get(STEP_KEY, "")[:256],
         frontdoor=frontdoor,
     )
+
+
+def _is_visible_ascii(value: str) -> bool:
+    """'!' to '~' only, and at least one (isascii reads a flag; isprintable refuses controls)."""
+    return bool(value) and value.isascii() and value.isprintable() and " " not in value
 
 
 def current() -> RequestContext:

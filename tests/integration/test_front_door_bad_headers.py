@@ -1,8 +1,11 @@
 """Credentials a caller sends twice are refused at every front door, never resolved by whichever
 copy a layer happens to read (an HTTP server keeps the first, a gRPC metadata dict the last,
-Envoy joins the two with a comma)."""
+Envoy joins the two with a comma). A request id holding other than visible ASCII is replaced,
+never echoed."""
 
 from __future__ import annotations
+
+import uuid
 
 import grpc
 import httpx2
@@ -40,3 +43,22 @@ async def test_two_authorization_values_in_grpc_metadata_are_unauthenticated(fro
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "authorization header is sent more than once" in (refused.value.details() or "")
     assert (await stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=md)).models
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_request_id_with_a_tab_or_latin_1_is_replaced_not_echoed(front):  # noqa: F811
+    """httptools takes a tab and Latin-1 in a header value; the id is echoed in a response header."""
+    direct = f"https://localhost:{front.http.port}/v1/models"
+    auth = {"authorization": f"Bearer {front.token}"}
+    async with httpx2.AsyncClient(verify=front.tls()) as http:
+        answers = {
+            sent: await http.get(direct, headers={**auth, "x-request-id": sent})
+            for sent in (b"req\tone", b"caf\xe9", b"req-fine")
+        }
+    for sent, answer in answers.items():
+        assert answer.status_code == 200, answer.text
+        echoed = answer.headers["x-request-id"]
+        if sent == b"req-fine":
+            assert echoed == "req-fine"
+        else:
+            assert echoed != sent.decode("latin-1") and str(uuid.UUID(echoed)) == echoed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
@@ -85,3 +86,17 @@ def test_servers_accept_the_keepalive_pings_our_channels_send():
     options = dict(SERVER_KEEPALIVE_OPTIONS)
     assert options["grpc.http2.min_ping_interval_without_data_ms"] <= KEEPALIVE_MS
     assert options["grpc.keepalive_permit_without_calls"] == 1
+
+
+@pytest.mark.parametrize("sent", ["a\tb", "caf\u00e9", "a b", "x\x7f", "", "\u2028"])
+def test_a_request_id_of_other_than_visible_ascii_is_replaced_not_echoed(sent):
+    """The id is echoed in a response header and written in logs: a tab or Latin-1 character an
+    HTTP header carries gets a fresh id, as a missing one does."""
+    ctx = reqctx.context_from_metadata([("x-request-id", sent)])
+    assert ctx.request_id != sent and str(uuid.UUID(ctx.request_id)) == ctx.request_id
+
+
+def test_a_visible_ascii_request_id_is_kept_and_cut_to_128():
+    sent = "".join(chr(c) for c in range(0x21, 0x7F))  # all 94, then cut
+    assert reqctx.context_from_metadata([("x-request-id", sent)]).request_id == sent
+    assert reqctx.context_from_metadata([("x-request-id", "r" * 200)]).request_id == "r" * 128
