@@ -4,12 +4,14 @@ serves its OpenAI front door, behind the floor Envoy of bench/vs_litellm.py's pa
 The server is the router's own (services/common/http_server.py: uvicorn with httptools on the
 process's asyncio loop, access log off, Nagle off, keep-alive 75 s, writes of one loop turn
 coalesced, mTLS with the certificate, key and CA given, client certificates required), so Envoy
-reaches it exactly as it reaches a router. The app reads the request body, POSTs it with one
-shared `httpx.AsyncClient` (the router's OpenAI engine's pool limits and timeouts) to the
-engine's /chat/completions, streaming, and relays the response's bytes as they come.
+reaches it exactly as it reaches a router. The client is the router's too: one session from
+services/router/engine_http.py's `open_session` (the router's OpenAI engine's pool limit,
+keep-alive, headers, no cookies, `Accept-Encoding: identity`, no decompression) with the call
+limits of `call_timeout`. The app reads the request body, POSTs it to the engine's
+/v1/chat/completions and relays the response's bytes as they arrive (`iter_any`).
 `/healthz` answers 200 for Envoy's health check, as the router's does.
 
-This is the floor of "Envoy mTLS + any Python ASGI front door + an httpx engine client".
+This is the floor of "Envoy mTLS + any Python ASGI front door + the router's engine client".
 
 Usage: python bench/_http_relay.py ENGINE_BASE_URL --tls-cert C --tls-key K --tls-ca CA
        (ENGINE_BASE_URL ends in /v1; prints the port it listens on)
@@ -24,12 +26,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: this checkout's services
 
-import httpx
+from yarl import URL
 
 from services.common.config import TlsFiles
 from services.common.http_server import start_http_server
+from services.router.engine_access import NO_ACCESS
+from services.router.engine_http import EngineSession, base_url, call_timeout, open_session
 
 HEALTH_PATH = "/healthz"  # what Envoy's router_http cluster checks
+MAX_CONNECTIONS = 256  # the router's OpenAI engine's pool limit per endpoint (OpenAIEngine's default)
+JSON = {"content-type": "application/json"}
 
 
 async def read_body(receive) -> bytes:
@@ -41,8 +47,13 @@ async def read_body(receive) -> bytes:
     return b"".join(parts)
 
 
-def relay_app(client: httpx.AsyncClient, target: str):
-    """The raw ASGI app: every POST goes to `target`; the answer's bytes go back as they come."""
+def chat_url(engine_url: str) -> URL:
+    """The engine's chat completions, from its base URL (with or without /v1)."""
+    return URL(f"{base_url(engine_url)}/v1/chat/completions")
+
+
+def relay_app(engine: EngineSession, target: URL):
+    """The raw ASGI app: every POST goes to `target`; the answer's bytes go back as they arrive."""
 
     async def app(scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -52,42 +63,42 @@ def relay_app(client: httpx.AsyncClient, target: str):
             await send({"type": "http.response.body", "body": b""})
             return
         body = await read_body(receive)
-        request = client.build_request(
-            "POST", target, content=body, headers={"content-type": "application/json"}
+        response = await engine.session.post(
+            target, data=body, headers=JSON, allow_redirects=False, timeout=call_timeout(None)
         )
-        response = await client.send(request, stream=True)
+        whole = False
         try:
             kind = response.headers.get("content-type", "application/json").encode()
             await send(
                 {
                     "type": "http.response.start",
-                    "status": response.status_code,
+                    "status": response.status,
                     "headers": [(b"content-type", kind)],
                 }
             )
-            async for chunk in response.aiter_raw():
+            async for chunk in response.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+            whole = True
         finally:
-            await response.aclose()
+            if whole:  # the body was read to its end: the connection goes back to the pool
+                response.release()
+            else:  # the caller went away mid-answer: drop the connection, so the engine stops
+                response.close()
 
     return app
 
 
-def engine_client() -> httpx.AsyncClient:
-    """One pooled client, with the router's OpenAI engine's limits and timeouts (plaintext: the
-    engine speaks plain HTTP/1.1 to the routers too)."""
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=5.0))
-
-
 async def main(args: argparse.Namespace) -> None:
-    client = engine_client()
-    app = relay_app(client, args.engine_url.rstrip("/") + "/chat/completions")
+    engine = open_session(args.engine_url, NO_ACCESS, MAX_CONNECTIONS)
+    app = relay_app(engine, chat_url(args.engine_url))
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
     server = await start_http_server(app, "127.0.0.1", 0, tls, coalesce_writes=True)  # as the router's
     print(server.port, flush=True)
-    await server.task
+    try:
+        await server.task
+    finally:
+        await engine.session.close()
 
 
 if __name__ == "__main__":

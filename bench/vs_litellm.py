@@ -10,9 +10,10 @@ streaming the same chat completions (same messages, max_tokens 8) through
       proxies /v1/* straight to sim-2, no router. Agents must come through that listener, so
       (e) is the floor of the Harness's topology; the client presents the same certificate as (h),
   (p) Envoy + a bare Python relay: the same floor Envoy, its upstream a raw ASGI app that relays
-      to sim-2 with httpx, served as the router serves its OpenAI front door (bench/_http_relay.py:
-      the router's uvicorn/httptools server, certificate and mTLS, so Envoy's cluster to it is the
-      router's own): the floor of "Envoy mTLS + any Python ASGI front door + httpx engine client",
+      to sim-2 with the router's own engine client (engine_http.open_session's aiohttp session),
+      served as the router serves its OpenAI front door (bench/_http_relay.py: the router's
+      uvicorn/httptools server, certificate and mTLS, so Envoy's cluster to it is the router's
+      own): the floor of "Envoy mTLS + any Python ASGI front door + the router's engine client",
 at several concurrencies. "Added" is a path's p50 minus (d)'s: what the gateway costs on top
 of calling an engine directly with the same client. CPU per request is the gateway's
 processes (LiteLLM's; both routers and Envoy; the floor Envoy; the floor Envoy and the relay),
