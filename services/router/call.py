@@ -7,6 +7,7 @@ chunks and the finished call; stages never see gRPC or HTTP.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -136,6 +137,10 @@ class Call:
 
     inp: GenerationInput | EmbeddingInput | ToolCall
     ctx: RequestContext | None = None
+    # Makes the id an engine sees unique to this call: the request id may be the caller's own
+    # (x-request-id), and engines key their running requests by it (vLLM refuses a second one
+    # "already running", and aborts by id), so another caller could name a call in flight.
+    engine_nonce: str = field(default_factory=lambda: secrets.token_hex(8))
     started: float = field(default_factory=time.perf_counter)
     # A front door that runs the stages' `release` hooks itself once the caller has the whole
     # answer puts one here; the director defers the work to it (None: it runs at the end).
@@ -203,6 +208,12 @@ class Call:
     @property
     def request_id(self) -> str:
         return self.ctx.request_id if self.ctx else ""
+
+    @property
+    def engine_request_id(self) -> str:
+        """The id engines get: the request id (so their logs still say which call) and this
+        call's own nonce."""
+        return f"{self.request_id}-{self.engine_nonce}"
 
     @property
     def trace_id(self) -> str:
@@ -304,7 +315,7 @@ class Call:
             top_k=inp.top_k,
             seed=inp.seed,
             stop=inp.stop,
-            request_id=self.request_id,
+            request_id=self.engine_request_id,
         )
 
     def scheduling_request(self) -> SchedulingRequest:

@@ -160,7 +160,7 @@ class Dispatcher:
         """An embedding call's vectors from one endpoint; one retry elsewhere if it is unavailable.
         Fills in where it ran, its queue time and GPU share, as `stream` does."""
         request = call.scheduling_request()
-        req = EmbeddingRequest(model=request.model, texts=call.texts, request_id=call.request_id)
+        req = EmbeddingRequest(model=request.model, texts=call.texts, request_id=call.engine_request_id)
         tried: frozenset[str] = frozenset()
         first_failure: Unavailable | None = None
         while True:

@@ -4,6 +4,7 @@ stand-in, so policy, redaction and refusals can be set per test."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import grpc
@@ -259,3 +260,22 @@ async def test_tokens_per_minute_count_the_inputs(harness, sim):
     with pytest.raises(ResourceExhausted):
         await embed(router, "refund " * 20)
     assert engine_successes(sim, EMBED_TRITON_MODEL) == 1
+
+
+async def test_a_request_id_a_caller_chose_never_names_another_callers_engine_request(harness):
+    """As for generations: the engine's id is each call's own, whatever x-request-id said."""
+    router, *_ = harness
+    engine = router.dispatcher.engines["triton"]
+    seen: list[str] = []
+    real_embed = engine.embed
+
+    async def recording(address, req, timeout):
+        seen.append(req.request_id)
+        return await real_embed(address, req, timeout)
+
+    engine.embed = recording
+    for user in ("alice", "bob"):
+        ctx = reqctx.context_from_metadata([("x-request-id", "shared-id")])
+        reqctx.set_current(dataclasses.replace(ctx, identity=reqctx.Identity(agent="a1", user=user)))
+        assert (await embed(router, "The ledger policy")).request_id == "shared-id"
+    assert len(seen) == 2 and len(set(seen)) == 2 and all(s.startswith("shared-id-") for s in seen), seen

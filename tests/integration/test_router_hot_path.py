@@ -7,6 +7,7 @@ everything else is the production code."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from contextlib import aclosing
 
 import grpc
@@ -152,6 +153,28 @@ async def test_the_result_cache_and_coalescing_never_cross_users_or_agents(harne
     results = await asyncio.gather(*(as_caller("a2", u) for u in ("carol", "dave", "erin")))
     assert [r.cached for r in results] == ["", "", ""] and successes(sim) == before + 5
     assert (await as_caller("a2", "carol")).cached == "hit"  # each one's own entry
+
+
+async def test_a_request_id_a_caller_chose_never_names_another_callers_engine_request(harness, sim):
+    """x-request-id is the caller's to choose, and engines key running requests by the id they
+    get (vLLM refuses a second one "already running" and aborts by id): each call sends its own."""
+    router, *_ = harness
+    engine = router.dispatcher.engines[kind_of(sim)]
+    seen: list[str] = []
+    real_stream = engine.stream
+
+    def recording(address, req, timeout):
+        seen.append(req.request_id)
+        return real_stream(address, req, timeout)
+
+    engine.stream = recording
+    for user in ("alice", "bob"):
+        ctx = reqctx.context_from_metadata([("x-request-id", "shared-id")])
+        reqctx.set_current(dataclasses.replace(ctx, identity=reqctx.Identity(agent="a1", user=user)))
+        call = await run(router, temperature=0.5)
+        assert call.request_id == "shared-id"  # still what the caller reads back and records say
+    assert len(seen) == 2 and len(set(seen)) == 2, seen
+    assert all(s.startswith("shared-id-") for s in seen), seen  # the engine's logs still name the call
 
 
 async def test_bypass_cache_dispatches_again_and_refreshes_the_entry(harness, sim):
