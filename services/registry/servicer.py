@@ -113,8 +113,13 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         return pb.CreateUserResponse(user=c.user_pb(user))
 
     async def GetUser(self, request, context):
-        """Gets one user; NOT_FOUND names it."""
-        _caller()
+        """Gets one user; NOT_FOUND names it. A non-admin user reads only their own record."""
+        ident = _caller()
+        if not (ident.is_admin or ident.service or (ident.user and ident.user == request.name)):
+            # A user's email, roles and limits are theirs and the admins' to read, not every caller's.
+            raise PermissionDenied(
+                "only admins read other users' records; ask for your own (name = your user name)"
+            )
         return pb.GetUserResponse(user=c.user_pb(await _run(self.store.get_user, request.name)))
 
     async def SetUserLimits(self, request, context):
@@ -124,8 +129,8 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         return pb.SetUserLimitsResponse(user=c.user_pb(user))
 
     async def ListUsers(self, request, context):
-        """Lists users, optionally of one team."""
-        _caller()
+        """Lists users, optionally of one team (admins: it names every user's email and roles)."""
+        _admin("ListUsers", "names every user's email and roles")
         users, nxt = await _run(self.store.list_users, request.team, c.page_in(request.page))
         return pb.ListUsersResponse(users=[c.user_pb(u) for u in users], page=c.page_out(nxt))
 

@@ -271,6 +271,22 @@ async def test_api_key_lifecycle(demo, admin, bob):
     assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_a_user_reads_their_own_record_and_no_one_elses(demo, admin, bob):
+    """Emails, roles and limits are a user's own: another caller (a user, an API key, an agent
+    certificate) gets PERMISSION_DENIED for anyone else's record and for the list of users."""
+    stub = demo
+    own = (await stub.GetUser(pb.GetUserRequest(name="bob"), metadata=bob)).user
+    assert own.name == "bob"
+    for who in (bob, agent_metadata("demo-agent")):
+        code, msg = await _code(stub.GetUser(pb.GetUserRequest(name="alice"), metadata=who))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "only admins" in msg and "alice@" not in msg
+        code, msg = await _code(stub.ListUsers(pb.ListUsersRequest(), metadata=who))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "admin role" in msg
+    assert (
+        await stub.GetUser(pb.GetUserRequest(name="alice"), metadata=admin)
+    ).user.email == "alice@example.com"
+
+
 async def test_check_access_names_the_rule(demo, admin, bob):
     stub = demo
     deny = pb.PolicyRule(ptype="p", values=["mallory", "ledger", "agent:*", "invoke", "deny"])
