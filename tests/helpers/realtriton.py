@@ -1,7 +1,8 @@
 """A real tritonserver for tests: `services.devtools.pytriton_llm` in a subprocess.
 
 One per test session (the ``real_triton`` fixture in tests/conftest.py): it takes seconds to
-start on this CPU. Tests must leave it as they found it (reload what they unload).
+start on this CPU. Tests must leave it as they found it; a test that unloads models starts
+its own (`own_backend` in tests/realtriton/conftest.py): PyTriton's unload can hang for good.
 """
 
 from __future__ import annotations

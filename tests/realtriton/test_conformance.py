@@ -8,6 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pbg
 
 from services.pool.control import TritonControl
 from services.pool.scrape import parse_triton_metrics
@@ -139,23 +140,26 @@ async def test_request_counters_are_typed_counters_the_pool_can_read(backend, st
     assert after[key].successes == old + 1 and after[key].requests >= old + 1
 
 
-async def test_unload_answers_before_the_model_is_gone_and_the_pool_waits(backend, stub):
+async def test_unload_answers_before_the_model_is_gone_and_the_pool_waits(own_backend):
     """Unknown models unload OK and fail to load with INTERNAL; an unloaded model has no
-    available versions; TritonControl.unload returns only once the model left UNLOADING."""
-    await stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="nope"))
-    err = await rpc_error(stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="nope")))
-    assert err.code() == grpc.StatusCode.INTERNAL and "failed to load 'nope'" in err.details()
-    control = TritonControl(unload_timeout_s=60)
-    try:
-        await control.unload(backend.address, backend.spare)
-        assert (await index_states(stub))[backend.spare] == "UNAVAILABLE"
-        err = await rpc_error(stub.ModelInfer(infer_request(backend.spare)))
-        assert err.code() == grpc.StatusCode.NOT_FOUND
-        assert err.details() == f"Request for unknown model: '{backend.spare}' has no available versions"
-        await control.load(backend.address, backend.spare)
-        assert (await index_states(stub))[backend.spare] == "READY"
-    finally:
-        await control.close()
+    available versions; TritonControl.unload returns only once the model left UNLOADING.
+    On a server of its own: an unload that hangs must not leave the session's one not ready."""
+    backend, control = own_backend, TritonControl(unload_timeout_s=60)
+    async with grpc.aio.insecure_channel(backend.address) as channel:
+        stub = pbg.GRPCInferenceServiceStub(channel)
+        await stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="nope"))
+        err = await rpc_error(stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="nope")))
+        assert err.code() == grpc.StatusCode.INTERNAL and "failed to load 'nope'" in err.details()
+        try:
+            await control.unload(backend.address, backend.spare)
+            assert (await index_states(stub))[backend.spare] == "UNAVAILABLE"
+            err = await rpc_error(stub.ModelInfer(infer_request(backend.spare)))
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            assert err.details() == f"Request for unknown model: '{backend.spare}' has no available versions"
+            await control.load(backend.address, backend.spare)
+            assert (await index_states(stub))[backend.spare] == "READY"
+        finally:
+            await control.close()
 
 
 async def test_a_cancelled_stream_leaves_the_server_serving(backend, stub):
