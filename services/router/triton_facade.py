@@ -106,10 +106,17 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
     async def _model(self, name: str, version: str = "") -> registry_pb2.Model:
         """The calling agent's model by catalog or Triton name, else Triton's NOT_FOUND wording."""
         _check_version(name, version)
+        model = await self._find(name)
+        if model is None:
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
+        return model
+
+    async def _find(self, name: str) -> registry_pb2.Model | None:
+        """The calling agent's model by catalog or Triton name, None when it has none of that name."""
         for model in await self._router.allowed_models():
             if name and name in (model.name, model.triton_model):
                 return model
-        raise NotFound(f"Request for unknown model: '{name}' is not found")
+        return None
 
     async def _decoupled(self, model: registry_pb2.Model) -> bool:
         """As the engines serving the model say (the first that can tell); False when none can."""
@@ -167,7 +174,6 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
 
     # --- inference -------------------------------------------------------------------------
     async def _prepare(self, request: pb.ModelInferRequest) -> tuple[GenerationInput, set[str], bool, bool]:
-        _check_version(request.model_name, request.model_version)  # a stream's requests too
         values = tensors.decode_inputs(request, FacadeModel(request.model_name))
         inp = generation_input(request.model_name, values)
         if not inp.prompt:
@@ -198,9 +204,7 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         _check_version(request.model_name, request.model_version)
         if not request.model_name:
             raise NotFound("Request for unknown model: '' is not found")
-        known = {m.name: m for m in await self._router.allowed_models()}
-        known.update({m.triton_model: m for m in known.values()})
-        model = known.get(request.model_name)  # others: Generate's own refusal (permission...)
+        model = await self._find(request.model_name)  # None: Generate's own refusal (permission...)
         if model is not None and model.kind == registry_pb2.MODEL_KIND_EMBEDDING:
             return await self._embed(request, model, context.time_remaining())
         if model is not None and await self._decoupled(model):
@@ -213,12 +217,6 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         async for _ in self._router.run(call):
             pass
         return self._response(request, outputs, call.text, call, None)
-
-    async def _embedding_model(self, name: str) -> registry_pb2.Model | None:
-        for model in await self._router.allowed_models():
-            if name in (model.name, model.triton_model) and model.kind == registry_pb2.MODEL_KIND_EMBEDDING:
-                return model
-        return None
 
     async def _embed(
         self, request: pb.ModelInferRequest, model: registry_pb2.Model, timeout_s: float | None
@@ -248,13 +246,14 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
         # (the task runs in a copy of the stream's context, so this stays local to it).
         reqctx.set_current(dataclasses.replace(reqctx.current(), request_id=str(uuid.uuid4())))
         try:
+            _check_version(request.model_name, request.model_version)  # as ModelInfer checks it
             try:
                 inp, outputs, stream, empty_final = await self._prepare(request)
             except tensors.TensorError:
                 # An embedding model's request has the embedding tensors, not these (looked up
                 # only now: the streamed generations, the hot path, pay no lookup for it).
-                model = await self._embedding_model(request.model_name)
-                if model is None:
+                model = await self._find(request.model_name)
+                if model is None or model.kind != registry_pb2.MODEL_KIND_EMBEDDING:
                     raise
                 answer = await self._embed(request, model, None)
                 answer.parameters["triton_final_response"].bool_param = True

@@ -36,7 +36,7 @@ def render_prompt(inp: GenerationInput, template: ChatTemplate | None = None) ->
         if inp.tools:
             raise InvalidArgument("tools need `messages`: a raw prompt has no place for them")
         if "\x00" in inp.prompt:
-            raise _holds_nul("prompt")
+            raise holds_nul("prompt")
         return inp.prompt
     messages = [as_message(m) for m in inp.messages]
     for i, m in enumerate(messages):
@@ -46,7 +46,7 @@ def render_prompt(inp: GenerationInput, template: ChatTemplate | None = None) ->
     template = template or template_for("")
     prompt = template.render(messages, inp.tools, inp.tool_choice)
     if "\x00" in prompt:  # one scan of the text the model would read; where, only when found
-        raise _holds_nul(_nul_field(messages, inp.tools))
+        raise holds_nul(_nul_field(messages, inp.tools))
     return prompt
 
 
@@ -65,7 +65,7 @@ def _nul_field(messages: list[ChatMessage], tools: tuple[ToolSpec, ...]) -> str:
     return "the prompt"
 
 
-def _holds_nul(field: str) -> InvalidArgument:
+def holds_nul(field: str) -> InvalidArgument:
     return InvalidArgument(f"{field} holds a NUL character (\\u0000), which is refused")
 
 
@@ -128,7 +128,7 @@ def check_sampling_bounds(inp: GenerationInput) -> None:
         if not stop:  # an engine would stop before the first token, or ignore it: neither asked for
             raise InvalidArgument(f"sampling.stop[{i}] is empty: a stop string needs at least one character")
         if "\x00" in stop:
-            raise _holds_nul(f"sampling.stop[{i}]")
+            raise holds_nul(f"sampling.stop[{i}]")
     check_count("messages", inp.messages, MAX_MESSAGES)
 
 

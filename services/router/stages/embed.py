@@ -17,7 +17,7 @@ from services.router.dispatch import Dispatcher
 from services.router.engine import CHARS_PER_TOKEN, estimate_tokens
 from services.router.pipeline import Stage
 from services.router.privacy import AgentRedactors
-from services.router.stages.admit import MAX_PROMPT_CHARS
+from services.router.stages.admit import MAX_PROMPT_CHARS, holds_nul
 from services.router.views import EndpointView
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
@@ -66,7 +66,7 @@ class ValidateInputs(Stage):
             if not text.strip():
                 raise InvalidArgument(f"input[{i}] is empty; every input must have text to embed")
             if "\x00" in text:  # as gRPC callers are refused it in every string (the interceptor)
-                raise InvalidArgument(f"input[{i}] holds a NUL character (\\u0000), which is refused")
+                raise holds_nul(f"input[{i}]")
         check_dimensions(call, inp.dimensions)
         check_input_context(call, inp.inputs)
         call.texts = inp.inputs
