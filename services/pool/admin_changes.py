@@ -57,6 +57,7 @@ class ChangeLog:
         # worker threads, and two transactions on it at once fail ("cannot start a transaction
         # within a transaction": concurrent agent warm-ups did).
         self._write = threading.Lock()
+        self._closed = False  # the engine is being disposed: no more use of it
         self.listeners: list[Callable[[], None]] = []  # told after each new row (the shipper)
 
     async def record(
@@ -69,17 +70,33 @@ class ChangeLog:
         for wake in self.listeners:
             wake()
 
+    def close(self) -> None:
+        """Waits for the write or read in flight, then lets no other start: disposing the engine
+        under a worker thread's statement crashes SQLite's C code (seen at a pool's stop)."""
+        with self._write:
+            self._closed = True
+
     def _insert(self, obj: str, action: str, details: dict[str, Any], a: ChangeActor) -> None:
-        with self._write, self.engine.begin() as conn:
-            insert_change(conn, T, SOURCE, time.time_ns() // 1000, obj, action, details, a)
+        with self._write:
+            if self._closed:
+                log.warning("pool stopping: change not recorded: %s %s", action, obj)
+                return
+            with self.engine.begin() as conn:
+                insert_change(conn, T, SOURCE, time.time_ns() // 1000, obj, action, details, a)
 
     def pending(self, limit: int) -> list:
-        with self._write, self.engine.connect() as conn:
-            return pending_changes(conn, T, limit)
+        with self._write:
+            if self._closed:
+                return []
+            with self.engine.connect() as conn:
+                return pending_changes(conn, T, limit)
 
     def mark_shipped(self, ids: Sequence[int]) -> None:
-        with self._write, self.engine.begin() as conn:
-            mark_changes_shipped(conn, T, ids, time.time_ns() // 1000)
+        with self._write:
+            if self._closed:
+                return
+            with self.engine.begin() as conn:
+                mark_changes_shipped(conn, T, ids, time.time_ns() // 1000)
 
 
 def audit_event(row) -> common_pb2.AuditEvent:

@@ -147,6 +147,7 @@ class PoolApp:
                 await self._nvml_task
             self._nvml_task = None
         self.nvml.close()
+        await asyncio.to_thread(self.changes.close)  # before its engine goes
         if self.deployments.store is not None:
             self.deployments.store.close()
         else:
