@@ -13,6 +13,9 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from services.common.errors import InvalidArgument
+from services.common.limits import check_length
+
 REQUEST_ID_KEY = "x-request-id"
 TRACEPARENT_KEY = "traceparent"
 SESSION_KEY = "x-harness-session-id"
@@ -20,6 +23,7 @@ STEP_KEY = "x-harness-step-id"
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 MAX_REQUEST_ID_CHARS = 128  # a caller's longer id is cut to this
+MAX_LINEAGE_ID_CHARS = 256  # a longer session or step id is refused
 
 
 BOUND_AGENT = "bound_agent"  # Identity.claims: the agent an API key is bound to ("" = none)
@@ -79,7 +83,9 @@ def context_from_metadata(
     """Builds the context from incoming metadata (or HTTP headers, lower-case names); missing or
     malformed ids are generated. A request id is echoed in response headers and written in logs
     and records: one holding anything but visible ASCII (a tab, a space, Latin-1 an HTTP header
-    may carry) is replaced, as a missing one is."""
+    may carry) is replaced, as a missing one is. Session and step ids are the caller's own
+    lineage: every door refuses a bad one (refuse_bad_lineage), and one that reached here anyway
+    is left out, never written."""
     md = {k: v for k, v in metadata if isinstance(v, str)}
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
     match = _TRACEPARENT.match(md.get(TRACEPARENT_KEY, ""))
@@ -92,10 +98,38 @@ def context_from_metadata(
         request_id=request_id,
         trace_id=trace_id,
         span_id=span_id,
-        session_id=md.get(SESSION_KEY, "")[:256],
-        step_id=md.get(STEP_KEY, "")[:256],
+        session_id=_lineage_id(md.get(SESSION_KEY, "")),
+        step_id=_lineage_id(md.get(STEP_KEY, "")),
         frontdoor=frontdoor,
     )
+
+
+def refuse_bad_lineage(metadata: Iterable[tuple[str, str | bytes]]) -> None:
+    """InvalidArgument when an x-harness-session-id or x-harness-step-id header (lower-case
+    names) is not a lineage id check_lineage_id accepts. Refused, not replaced as a bad request id
+    is: these ids tie a caller's calls together in audit and usage records, and dropping one
+    silently would hide the caller's bug until someone looks for the lineage."""
+    for name, value in metadata:
+        if name in (SESSION_KEY, STEP_KEY) and isinstance(value, str):
+            check_lineage_id(f"the {name} header", value)
+
+
+def check_lineage_id(what: str, value: str) -> str:
+    """A session or step id: empty (none), or 1 to MAX_LINEAGE_ID_CHARS visible ASCII characters
+    ('!' to '~'); InvalidArgument naming `what` otherwise."""
+    check_length(what, value, MAX_LINEAGE_ID_CHARS)
+    if value and not _is_visible_ascii(value):
+        bad = next(i for i, c in enumerate(value) if not _is_visible_ascii(c))
+        raise InvalidArgument(
+            f"{what} holds {value[bad]!r} at position {bad}: a session or step id is visible ASCII "
+            "only (letters, digits, punctuation; no spaces, tabs or control characters)"
+        )
+    return value
+
+
+def _lineage_id(value: str) -> str:
+    ok = len(value) <= MAX_LINEAGE_ID_CHARS and (not value or _is_visible_ascii(value))
+    return value if ok else ""
 
 
 def _is_visible_ascii(value: str) -> bool:

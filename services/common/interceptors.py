@@ -150,6 +150,7 @@ async def _enter(
     # any error; the contracts say so.
     await context.send_initial_metadata(((reqctx.REQUEST_ID_KEY, ctx.request_id),))
     refuse_repeated_credentials(details.invocation_metadata or ())
+    reqctx.refuse_bad_lineage(details.invocation_metadata or ())
     identity = await auth.authenticate(context, md)
     reqctx.set_current(dataclasses.replace(ctx, identity=identity))
     return token

@@ -106,6 +106,7 @@ class McpFrontDoor:
         ctx = reqctx.context_from_metadata(request.headers.items(), FRONTDOOR)
         try:
             refuse_repeated_credentials(request.headers.items())
+            reqctx.refuse_bad_lineage(request.headers.items())
             identity = await self.auth.authenticate_peer(
                 scope.get(PEER_IDS_KEY, ()), scope.get(TLS_KEY, False), request.headers
             )

@@ -11,7 +11,7 @@ from harness.common.v1 import common_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
 from services.common import context as reqctx
-from services.common.limits import check_length, check_struct, duration_seconds
+from services.common.limits import check_struct, duration_seconds
 from services.router import chunk_interval
 from services.router.core import Call, EmbeddingInput, GenerationInput, Router
 from services.router.tools import MAX_APPROVAL_WAIT_S, MAX_TOOL_ARGUMENTS_BYTES, ToolCall, ToolInvoker
@@ -33,15 +33,12 @@ def to_input(req: router_pb2.GenerateRequest | router_pb2.CompleteRequest) -> Ge
     )
 
 
-MAX_LINEAGE_ID_CHARS = 256  # as much of x-harness-session-id / x-harness-step-id as is kept
-
-
 def adopt_lineage(session_id: str, step_id: str) -> None:
     """The request's session and step ids, where set, replace the x-harness-session-id /
     x-harness-step-id headers' for this call (audit and usage lineage, session affinity): the
     contract offers both, and a client that fills the fields must not lose them."""
-    check_length("session_id", session_id, MAX_LINEAGE_ID_CHARS)
-    check_length("step_id", step_id, MAX_LINEAGE_ID_CHARS)
+    reqctx.check_lineage_id("session_id", session_id)  # the headers' rule
+    reqctx.check_lineage_id("step_id", step_id)
     if session_id or step_id:
         ctx = reqctx.current()
         lineage = {"session_id": session_id or ctx.session_id, "step_id": step_id or ctx.step_id}

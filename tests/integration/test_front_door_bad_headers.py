@@ -1,7 +1,7 @@
 """Credentials a caller sends twice are refused at every front door, never resolved by whichever
 copy a layer happens to read (an HTTP server keeps the first, a gRPC metadata dict the last,
 Envoy joins the two with a comma). A request id holding other than visible ASCII is replaced,
-never echoed."""
+never echoed; a session or step id holding other than visible ASCII is refused."""
 
 from __future__ import annotations
 
@@ -62,3 +62,40 @@ async def test_a_request_id_with_a_tab_or_latin_1_is_replaced_not_echoed(front):
             assert echoed == "req-fine"
         else:
             assert echoed != sent.decode("latin-1") and str(uuid.UUID(echoed)) == echoed
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_session_or_step_id_with_a_tab_latin_1_or_past_256_is_400_naming_the_header(front):  # noqa: F811
+    """Lineage ids are refused, not replaced as a request id is: dropping them silently would
+    hide the caller's bug from the caller until someone looks for the lineage."""
+    direct = f"https://localhost:{front.http.port}/v1/models"
+    auth = {"authorization": f"Bearer {front.token}", "x-request-id": "req-lineage"}
+    sent = [
+        ("x-harness-session-id", b"case\t1"),
+        ("x-harness-step-id", b"caf\xe9"),
+        ("x-harness-session-id", b"s" * 257),
+    ]
+    async with httpx2.AsyncClient(verify=front.tls()) as http:
+        answers = [(name, await http.get(direct, headers={**auth, name: value})) for name, value in sent]
+        fine = await http.get(direct, headers={**auth, "x-harness-session-id": "case-1"})
+    assert fine.status_code == 200
+    for name, answer in answers:
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["message"].startswith(f"the {name} header "), error
+        assert error["type"] == "invalid_request_error"
+        assert answer.headers["x-request-id"] == "req-lineage"
+    assert "is 257 characters; the limit is 256" in answers[2][1].json()["error"]["message"]
+
+
+async def test_a_session_id_with_a_space_in_grpc_metadata_is_invalid_argument(front_door):  # noqa: F811
+    stub, _, md = front_door
+    for bad in ("case 1", "s" * 257):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.RepositoryIndex(
+                pb.RepositoryIndexRequest(), metadata=(*md, ("x-harness-session-id", bad))
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (refused.value.details() or "").startswith("the x-harness-session-id header ")
+    fine = (*md, ("x-harness-session-id", "case-1"), ("x-harness-step-id", "2"))
+    assert (await stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=fine)).models

@@ -10,6 +10,7 @@ import json
 import httpx2
 import pytest
 
+from services.router.mcp_front import REFUSED
 from tests.integration.test_mcp_frontdoor import front  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -103,4 +104,31 @@ async def test_a_nul_in_the_tool_name_or_arguments_is_refused_before_any_record(
     assert "the tool's name holds a string with a NUL character" in in_name.content[0].text
     for refused in (in_value, in_key):
         assert refused.is_error and "arguments holds a string with a NUL character" in refused.content[0].text
+    assert front.events.audit == [] and front.tool.calls == []
+
+
+async def test_a_bad_session_or_step_header_is_a_400_json_rpc_error_naming_it(front):  # noqa: F811
+    """The rule of every door: a lineage id other than visible ASCII, or past 256 characters, is
+    refused before the SDK or the tool path sees the request, so no record carries it."""
+    headers = {
+        "authorization": f"Bearer {front.tokens['alice']}",
+        "accept": "application/json, text/event-stream",
+    }
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    sent = [
+        ("x-harness-session-id", b"case\t1"),
+        ("x-harness-step-id", b"caf\xe9"),
+        ("x-harness-step-id", b"step 2"),
+        ("x-harness-session-id", b"s" * 257),
+    ]
+    front.tool.calls.clear(), front.events.audit.clear()
+    async with httpx2.AsyncClient(verify=front.tls("rpa"), timeout=10, headers=headers) as http:
+        answers = [
+            (name, await http.post(front.url, json=listing, headers={name: value})) for name, value in sent
+        ]
+    for name, answer in answers:
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == REFUSED  # as a credential header sent twice is
+        assert answer.json()["error"]["message"].startswith(f"the {name} header "), answer.text
+    assert "is 257 characters; the limit is 256" in answers[3][1].json()["error"]["message"]
     assert front.events.audit == [] and front.tool.calls == []

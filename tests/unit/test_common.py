@@ -9,7 +9,7 @@ import pytest
 from harness.pool.v1 import pool_pb2, pool_pb2_grpc
 
 from services.common import context as reqctx
-from services.common.errors import ResourceExhausted, Unauthenticated, Unimplemented
+from services.common.errors import InvalidArgument, ResourceExhausted, Unauthenticated, Unimplemented
 from services.common.identity import JwtVerifier, mint_jwt
 from services.common.planned import planned
 
@@ -100,3 +100,34 @@ def test_a_visible_ascii_request_id_is_kept_and_cut_to_128():
     sent = "".join(chr(c) for c in range(0x21, 0x7F))  # all 94, then cut
     assert reqctx.context_from_metadata([("x-request-id", sent)]).request_id == sent
     assert reqctx.context_from_metadata([("x-request-id", "r" * 200)]).request_id == "r" * 128
+
+
+@pytest.mark.parametrize("header", ["x-harness-session-id", "x-harness-step-id"])
+@pytest.mark.parametrize(
+    ("sent", "why"),
+    [
+        ("case\t1", r"holds '\\t' at position 4"),
+        ("caf\u00e9", r"holds '\u00e9' at position 3"),
+        ("case 1", r"holds ' ' at position 4"),
+        ("s\x00", r"holds '\\x00' at position 1"),
+        ("s\x1b[31m", r"holds '\\x1b' at position 1"),
+        ("s" * 257, "is 257 characters; the limit is 256"),
+    ],
+)
+def test_a_bad_session_or_step_header_is_refused_naming_the_header(header, sent, why):
+    """These ids tie a caller's calls together in audit and usage records: a bad one is refused,
+    not silently dropped or cut (which would hide the caller's bug), and never written."""
+    metadata = [(header, sent)]
+    with pytest.raises(InvalidArgument, match=f"^the {header} header {why}"):
+        reqctx.refuse_bad_lineage(metadata)
+    ctx = reqctx.context_from_metadata(metadata)
+    assert (ctx.session_id, ctx.step_id) == ("", "")
+
+
+def test_a_visible_ascii_session_and_step_id_up_to_256_are_kept_whole():
+    every = "".join(chr(c) for c in range(0x21, 0x7F))
+    metadata = [("x-harness-session-id", every), ("x-harness-step-id", "7" * 256), ("x-other", "a\tb")]
+    reqctx.refuse_bad_lineage(metadata)
+    ctx = reqctx.context_from_metadata(metadata)
+    assert (ctx.session_id, ctx.step_id) == (every, "7" * 256)
+    reqctx.refuse_bad_lineage([("x-harness-session-id", "")])  # empty: no session, as when absent

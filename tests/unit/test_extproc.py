@@ -112,6 +112,14 @@ async def test_an_output_policy_is_refused_where_the_response_does_not_pass_the_
         redactors.close()
 
 
+async def test_a_bad_session_header_is_refused_before_anything_else_runs():
+    """The lineage rule of every front door: refused naming the header, never written."""
+    exchange = _Exchange(router=None, auth=None, peer_ids=())  # type: ignore[arg-type]
+    exchange.headers = {":path": STREAM_INFER_PATH, "x-harness-session-id": "case 1"}
+    with pytest.raises(InvalidArgument, match=r"^the x-harness-session-id header holds ' '"):
+        await exchange._start(pb.ModelInferRequest(model_name="m"))
+
+
 def test_the_envoy_config_routes_streams_through_the_picker_and_nothing_else():
     spec = EnvoySpec("127.0.0.1", 0, 0, EnvoyCerts("ca", "cert", "key"), {n: [("127.0.0.1", 1)] for n in
                      ("router", "registry", "pool", "audit", "cost")})  # fmt: skip

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from services.common import context as reqctx
+from services.common.context import MAX_LINEAGE_ID_CHARS
 from services.common.errors import InvalidArgument
-from services.router.servicer import MAX_LINEAGE_ID_CHARS, adopt_lineage
+from services.router.servicer import adopt_lineage
 
 
 def in_context(session_header: str, step_header: str, session_field: str, step_field: str) -> tuple[str, str]:
@@ -44,3 +45,12 @@ def test_an_id_over_the_limit_is_refused_with_its_field_name():
         adopt_lineage("x" * (MAX_LINEAGE_ID_CHARS + 1), "")
     with pytest.raises(InvalidArgument, match="step_id"):
         adopt_lineage("", "y" * (MAX_LINEAGE_ID_CHARS + 1))
+
+
+@pytest.mark.parametrize("sent", ["case\t1", "caf\u00e9", "case 1", "s\x00"])
+def test_a_field_of_other_than_visible_ascii_is_refused_as_the_header_is(sent):
+    """One rule for the fields and the x-harness-session-id/-step-id headers they replace."""
+    with pytest.raises(InvalidArgument, match=r"^session_id holds .* visible ASCII only"):
+        in_context("hdr-session", "hdr-step", sent, "")
+    with pytest.raises(InvalidArgument, match=r"^step_id holds"):
+        in_context("hdr-session", "hdr-step", "", sent)

@@ -149,6 +149,7 @@ class _Exchange:
             raise InvalidArgument(f"the ext_proc path serves {STREAM_INFER_PATH} only")
         ctx = reqctx.context_from_metadata(self.headers.items(), FRONTDOOR)
         reqctx.set_current(ctx)
+        reqctx.refuse_bad_lineage(self.headers.items())
         identity = await self.auth.authenticate_peer(self.peer_ids, bool(self.peer_ids), self.headers)
         reqctx.set_current(dataclasses.replace(ctx, identity=identity))
         try:

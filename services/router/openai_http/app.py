@@ -129,6 +129,7 @@ class OpenAIFrontDoor:
             try:
                 scope = request.scope
                 refuse_repeated_credentials(request.headers.items())
+                reqctx.refuse_bad_lineage(request.headers.items())
                 identity = await self.auth.authenticate_peer(
                     scope.get(PEER_IDS_KEY, ()), scope.get(TLS_KEY, False), request.headers
                 )
