@@ -11,6 +11,7 @@ from harness.common.v1 import common_pb2
 from harness.router.v1 import router_pb2, router_pb2_grpc
 
 from services.common import context as reqctx
+from services.common.errors import Unimplemented
 from services.common.limits import check_struct, duration_seconds
 from services.router import chunk_interval
 from services.router.core import Call, EmbeddingInput, GenerationInput, Router
@@ -66,14 +67,16 @@ def to_summary(r: Call) -> router_pb2.GenerationSummary:
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, router: Router, tools: ToolInvoker) -> None:
+    def __init__(self, router: Router, tools: ToolInvoker | None) -> None:
         self._router = router
-        self._tools = tools
+        self._tools = tools  # None: a router that serves models only
 
     async def InvokeTool(
         self, request: router_pb2.InvokeToolRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.InvokeToolResponse:
         """Calls a catalog tool's action for the calling agent: policy, approval, cache, audit."""
+        if self._tools is None:
+            raise Unimplemented("this router serves no tools: InvokeTool is not available here")
         check_struct("arguments", request.arguments, max_bytes=MAX_TOOL_ARGUMENTS_BYTES)
         adopt_lineage(request.session_id, request.step_id)
         call = ToolCall(
