@@ -7,7 +7,7 @@ change. The limits themselves live with each service's contract (and in its prot
 from __future__ import annotations
 
 import math
-from collections.abc import Sized
+from collections.abc import Sequence, Sized
 from datetime import UTC, datetime
 
 from google.protobuf.duration_pb2 import Duration
@@ -26,6 +26,22 @@ def check_length(field: str, value: str, limit: int) -> str:
     if len(value) > limit:
         raise InvalidArgument(f"{field} is {len(value)} characters; the limit is {limit}")
     return value
+
+
+def holds_nul(field: str) -> InvalidArgument:
+    return InvalidArgument(f"{field} holds a NUL character (\\u0000), which is refused")
+
+
+def check_stop_strings(field: str, stops: Sequence[str], max_count: int, max_chars: int) -> None:
+    """Stop strings as the router takes them on a request and the registry stores them as an
+    agent version's defaults: at most `max_count`, each 1 to `max_chars` characters, no NUL."""
+    check_count(field, stops, max_count)
+    for i, stop in enumerate(stops):
+        check_length(f"{field}[{i}]", stop, max_chars)
+        if not stop:  # an engine would stop before the first token, or ignore it: neither asked for
+            raise InvalidArgument(f"{field}[{i}] is empty: a stop string needs at least one character")
+        if "\x00" in stop:
+            raise holds_nul(f"{field}[{i}]")
 
 
 def check_count(field: str, items: Sized, limit: int) -> None:

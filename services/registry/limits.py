@@ -16,7 +16,7 @@ import jsonschema
 from harness.common.v1 import common_pb2
 
 from services.common.errors import InvalidArgument
-from services.common.limits import check_count, check_length, check_range, check_struct
+from services.common.limits import check_count, check_length, check_range, check_stop_strings, check_struct
 from services.registry import domain as d
 
 DISPLAY_NAME_CHARS = 255
@@ -108,9 +108,8 @@ def check_version(version: d.AgentVersion) -> None:
 def check_version_message(metadata, sampling: common_pb2.SamplingParams) -> None:
     """What must be checked on the messages themselves, before they become JSON."""
     check_struct("version metadata", metadata, max_bytes=METADATA_BYTES)
-    check_count("default_sampling.stop", sampling.stop, MAX_STOP_SEQUENCES)
-    for stop in sampling.stop:
-        check_length("default_sampling.stop entry", stop, STOP_SEQUENCE_CHARS)
+    # The router refuses such stop strings on a request; defaults it would refuse are refused here.
+    check_stop_strings("default_sampling.stop", sampling.stop, MAX_STOP_SEQUENCES, STOP_SEQUENCE_CHARS)
     for field in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
         value = getattr(sampling, field)
         if not math.isfinite(value):

@@ -61,6 +61,7 @@ CASES = [
     ("CreateAgentVersion", _nan_metadata(), "finite"),
     ("CreateAgentVersion", _version(metadata=_nested(20)), "deeper"),
     ("CreateAgentVersion", _version(default_sampling=common_pb2.SamplingParams(temperature=float("nan"))), "temperature"),
+    ("CreateAgentVersion", _version(default_sampling=common_pb2.SamplingParams(stop=["</s>", ""])), "default_sampling.stop[1] is empty"),
     ("RegisterModel", pb.RegisterModelRequest(model=pb.Model(name="m", memory_gib=float("inf"))), "memory_gib"),
     ("RegisterModel", pb.RegisterModelRequest(model=pb.Model(name="m", memory_gib=float("nan"))), "memory_gib"),
     ("RegisterModel", pb.RegisterModelRequest(model=pb.Model(name="m", family=BIG)), "family"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from harness.registry.v1 import registry_pb2
 
 from services.common.errors import InvalidArgument
-from services.common.limits import check_count, check_length, check_range
+from services.common.limits import check_count, check_range, check_stop_strings, holds_nul
 from services.common.registry_mirror import RegistryMirror
 from services.router.budgets import BudgetEnforcer, Subjects
 from services.router.call import Call, GenerationInput
@@ -65,10 +65,6 @@ def _nul_field(messages: list[ChatMessage], tools: tuple[ToolSpec, ...]) -> str:
     return "the prompt"
 
 
-def holds_nul(field: str) -> InvalidArgument:
-    return InvalidArgument(f"{field} holds a NUL character (\\u0000), which is refused")
-
-
 def choose_template(call: Call) -> ChatTemplate:
     """The catalog model's family's template; tools only where the family has a tool format."""
     family = call.catalog.family if call.catalog is not None else ""
@@ -122,13 +118,7 @@ def check_sampling_bounds(inp: GenerationInput) -> None:
     check_range("sampling.temperature", inp.temperature, 0, MAX_TEMPERATURE)
     check_range("sampling.max_tokens", inp.max_tokens, 0, MAX_OUTPUT_TOKENS)
     check_range("sampling.top_k", inp.top_k, 0, MAX_OUTPUT_TOKENS)
-    check_count("sampling.stop", inp.stop, MAX_STOP_SEQUENCES)
-    for i, stop in enumerate(inp.stop):
-        check_length(f"sampling.stop[{i}]", stop, MAX_STOP_CHARS)
-        if not stop:  # an engine would stop before the first token, or ignore it: neither asked for
-            raise InvalidArgument(f"sampling.stop[{i}] is empty: a stop string needs at least one character")
-        if "\x00" in stop:
-            raise holds_nul(f"sampling.stop[{i}]")
+    check_stop_strings("sampling.stop", inp.stop, MAX_STOP_SEQUENCES, MAX_STOP_CHARS)
     check_count("messages", inp.messages, MAX_MESSAGES)
 
 

@@ -12,12 +12,13 @@ from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.limits import holds_nul
 from services.router.call import Call, Chunk, EmbeddingInput
 from services.router.dispatch import Dispatcher
 from services.router.engine import CHARS_PER_TOKEN, estimate_tokens
 from services.router.pipeline import Stage
 from services.router.privacy import AgentRedactors
-from services.router.stages.admit import MAX_PROMPT_CHARS, holds_nul
+from services.router.stages.admit import MAX_PROMPT_CHARS
 from services.router.views import EndpointView
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
