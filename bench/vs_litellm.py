@@ -3,8 +3,10 @@ streaming the same chat completions (same messages, max_tokens 8) through
   (d) nothing: straight to the local stack's OpenAI-protocol engine simulator (sim-2, the
       vLLM-flavoured HTTP API; time scale 1000: 8 tokens cost it ~0.05 ms),
   (l) the LiteLLM proxy (no database, no callbacks, 2 workers) in front of that same simulator,
-  (h) the Harness (Envoy + router, mTLS, policy, audit, cost) in front of the stack's simulators
-      (the same simulator code and time scale; the router picks one of them per request),
+  (h) the Harness (Envoy + router, mTLS, policy, audit, cost) in front of that same simulator: the
+      stack also serves the model on sim-0 (Triton's gRPC protocol), which the bench deregisters
+      from the pool first, so every path reaches the same engine (`--stack-engines` keeps both,
+      and the routers pick one per request, as runs before 2026-12-03 did),
   (e) Envoy alone: a second Envoy with the front door's own mTLS listener (same TLS, codec,
       timeouts and HTTP filters, built from the stack's bootstrap by bench/_envoy_floor.py) that
       proxies /v1/* straight to sim-2, no router. Agents must come through that listener, so
@@ -74,6 +76,7 @@ MAX_TOKENS = 8
 OPENAI_SIM_LOG = "enginesim-2.log"  # sim-2, the stack's simulator that speaks the OpenAI HTTP API
 ENGINE_MODEL = "llama-3-8b-instruct"  # its model name (the Harness's catalog calls it llama-3-8b)
 Gateway = tuple[int, str]  # a gateway process's pid and its OpenAI base URL
+OPENAI_SIM = "sim-2"  # that simulator's pool endpoint name
 PATHS = ("(d) direct", "(l) LiteLLM", "(h) Harness", "(e) Envoy only", "(p) Envoy+relay")
 
 
@@ -95,6 +98,35 @@ def simulator_openai_url(root: Path) -> str:
         if " openai=http" in line:
             return line.split(" openai=", 1)[1].split()[0] + "/v1"
     raise SystemExit(f"no OpenAI URL in {log}")
+
+
+def hold_to_engine(root: Path, tls: ssl.SSLContext) -> None:
+    """Deregisters the stack's other endpoints (sim-0, sim-1) from the pool with the operator's CLI,
+    then waits until the routers serve the model from OPENAI_SIM alone (the answer's
+    x-harness-deployment header), so the Harness is measured in front of the engine LiteLLM has."""
+    env = {**os.environ, **env_of(root)}
+    harness = Path(sys.executable).parent / "harness"
+    for name in ("sim-0", "sim-1"):
+        subprocess.run(
+            [str(harness), "endpoints", "deregister", name], env=env, check=True, capture_output=True
+        )
+    url = env["HARNESS_OPENAI_BASE_URL"] + "/chat/completions"
+    body = {
+        "model": "llama-3-8b",
+        "messages": [{"role": "user", "content": "which engine?"}],
+        "max_tokens": 1,
+    }
+    headers = {"authorization": f"Bearer {env['HARNESS_TOKEN']}"}
+    in_a_row, deadline = 0, time.monotonic() + 30
+    with httpx2.Client(verify=tls, timeout=10) as http:
+        while in_a_row < 10:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"the routers still serve llama-3-8b from another endpoint than {OPENAI_SIM}"
+                )
+            served = http.post(url, json=body, headers=headers).headers.get("x-harness-deployment", "")
+            in_a_row = in_a_row + 1 if served.endswith("@" + OPENAI_SIM) else 0
+            time.sleep(0.05 if in_a_row else 0.5)
 
 
 def start_litellm(
@@ -171,8 +203,7 @@ async def measure(
     """Every path at every concurrency; `litellm_at` and `floor_at` are (pid, base URL), `relay_at`
     the relay's pid and its floor Envoy's (pid, base URL)."""
     env = env_of(root)
-    tls = ssl.create_default_context(cafile=env["HARNESS_CA"])
-    tls.load_cert_chain(env["HARNESS_CERT"], env["HARNESS_KEY"])
+    tls = client_tls(env)
     limits = httpx2.Limits(max_connections=256, max_keepalive_connections=256)
 
     def client(base: str, key: str, verify: ssl.SSLContext | bool = True) -> openai.AsyncOpenAI:
@@ -204,6 +235,13 @@ async def measure(
     for api, _, _ in clients.values():
         await api.close()
     return rows
+
+
+def client_tls(env: dict[str, str]) -> ssl.SSLContext:
+    """The demo agent's client certificate, as the Harness and the floor Envoys require."""
+    tls = ssl.create_default_context(cafile=env["HARNESS_CA"])
+    tls.load_cert_chain(env["HARNESS_CERT"], env["HARNESS_KEY"])
+    return tls
 
 
 def added_p50(rows: dict, label: str, c: int) -> float:
@@ -272,6 +310,8 @@ async def main_async(args: argparse.Namespace) -> None:
             print("starting the local stack (harness up --free-ports, time scale 1000)...", flush=True)
             started.append(start_stack(tmp / ".harness", 1000.0))
             engine_url = simulator_openai_url(tmp / ".harness")
+            if not args.stack_engines:
+                hold_to_engine(tmp / ".harness", client_tls(env_of(tmp / ".harness")))
             print("starting LiteLLM...", flush=True)
             lite, lite_url = start_litellm(litellm, engine_url, tmp, started)
             door_url = env_of(tmp / ".harness")["HARNESS_OPENAI_BASE_URL"]
@@ -305,6 +345,11 @@ async def main_async(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = closed_loop_parser(__doc__.splitlines()[0], (200, 100), "fewer requests per level")
     p.add_argument("--venv", default="", help="keep LiteLLM's virtualenv here and reuse it on later runs")
+    p.add_argument(
+        "--stack-engines", action="store_true",
+        help=f"leave the stack's endpoints registered: the Harness serves the model from sim-0 (Triton gRPC) "
+        f"or {OPENAI_SIM}, not only from the engine LiteLLM has",
+    )  # fmt: skip
     run_closed_loop(p, argv, main_async)
 
 
