@@ -204,25 +204,26 @@ async def measure(root: Path, args: argparse.Namespace) -> dict[tuple[str, int],
             }
             for c in args.concurrency:
                 n = max(args.requests, 4 * c)
-                rows.update(await interleaved(paths, pids, c, n, args.rounds))
+                rows.update(await interleaved({k: (v, pids) for k, v in paths.items()}, c, n, args.rounds))
     return rows
 
 
 async def interleaved(
-    paths: dict[str, Call], pids: dict[int, str], concurrency: int, requests: int, rounds: int
+    paths: dict[str, tuple[Call, dict[int, str]]], concurrency: int, requests: int, rounds: int
 ) -> dict[tuple[str, int], Level]:
-    """Each path's level in `rounds` turns taken in rotation, so neither the stack's warm-up
-    nor a busy spell on the machine falls on one path only."""
+    """Each path's level (its call, and the pids whose CPU it reads) in `rounds` turns taken in
+    rotation, so neither the stack's warm-up nor a busy spell on the machine falls on one path
+    only."""
     parts: dict[str, list[Level]] = {label: [] for label in paths}
     per_round = -(-requests // rounds)
     for r in range(rounds):
-        for label, call in paths.items():
+        for label, (call, pids) in paths.items():
             parts[label].append(await run_level(call, pids, concurrency, per_round, f"{label[1]}{r}"))
     rows = {}
     for label, levels in parts.items():
         rows[(label, concurrency)] = level = merged(levels)
         print(
-            f"  {label:<11} c={concurrency:<3} {len(level.latencies)} requests in {level.seconds:.1f}s",
+            f"  {label:<15} c={concurrency:<3} {len(level.latencies)} requests in {level.seconds:.1f}s",
             flush=True,
         )
     return rows

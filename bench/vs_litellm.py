@@ -16,7 +16,8 @@ streaming the same chat completions (same messages, max_tokens 8) through
       served as the router serves its OpenAI front door (bench/_http_relay.py: the router's
       uvicorn/httptools server, certificate and mTLS, so Envoy's cluster to it is the router's
       own): the floor of "Envoy mTLS + any Python ASGI front door + the router's engine client",
-at several concurrencies. "Added" is a path's p50 minus (d)'s: what the gateway costs on top
+at several concurrencies. At each concurrency the paths take turns (--rounds, 5), so a busy spell on
+the shared machine falls on every path, not on one. "Added" is a path's p50 minus (d)'s: what the gateway costs on top
 of calling an engine directly with the same client. CPU per request is the gateway's
 processes (LiteLLM's; both routers and Envoy; the floor Envoy; the floor Envoy and the relay),
 read from /proc; a table below
@@ -31,7 +32,8 @@ Targets: the Harness adds at most 1/10 of LiteLLM's latency at every level and u
 (h)'s: the least the mandated topology can score against that target; the relay line gives (p)'s,
 the least any Python front door behind it can score.
 
-Usage: python bench/vs_litellm.py [--quick] [--requests 200] [--concurrency 1,16,64] [--venv DIR]
+Usage: python bench/vs_litellm.py [--quick] [--requests 200] [--concurrency 1,16,64] [--rounds 5]
+       [--venv DIR] [--stack-engines]
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import openai
 from _cli import closed_loop_parser, run_closed_loop
 from _common import pct
 from _envoy_floor import start_floor_envoy
-from openai_frontdoor import Level, cpu_split, gateway_pids, openai_call, run_level
+from openai_frontdoor import Level, cpu_split, gateway_pids, interleaved, openai_call
 from router_overhead import cmdline, env_of, stack_pids, start_stack, tls_flags_of
 
 LITELLM = "litellm==1.110.2"
@@ -226,12 +228,11 @@ async def measure(
         ),
     }
     rows: dict[tuple[str, int], Level] = {}
+    paths = {
+        label: (openai_call(api, MAX_TOKENS, model), pids) for label, (api, pids, model) in clients.items()
+    }
     for c in args.concurrency:
-        n = max(args.requests, 4 * c)
-        for label, (api, pids, model) in clients.items():
-            call = openai_call(api, MAX_TOKENS, model)
-            rows[(label, c)] = level = await run_level(call, pids, c, n, label[1])
-            print(f"  {label:<15} c={c:<3} {n} requests in {level.seconds:.1f}s", flush=True)
+        rows.update(await interleaved(paths, c, max(args.requests, 4 * c), args.rounds))
     for api, _, _ in clients.values():
         await api.close()
     return rows
@@ -345,6 +346,10 @@ async def main_async(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = closed_loop_parser(__doc__.splitlines()[0], (200, 100), "fewer requests per level")
     p.add_argument("--venv", default="", help="keep LiteLLM's virtualenv here and reuse it on later runs")
+    p.add_argument(
+        "--rounds", type=int, default=5,
+        help="turns each path takes per level, in rotation, so a busy spell on the machine falls on every path",
+    )  # fmt: skip
     p.add_argument(
         "--stack-engines", action="store_true",
         help=f"leave the stack's endpoints registered: the Harness serves the model from sim-0 (Triton gRPC) "

@@ -16,7 +16,7 @@ import functools
 import hashlib
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import grpc
 import jwt
 from cryptography import x509
 
-from services.common.context import AGENT_BY_KEY, BOUND_AGENT, Identity
+from services.common.context import AGENT_BY_KEY, BOUND_AGENT, Identity, refuse_bad_lineage
 from services.common.errors import Unauthenticated
 from services.common.jwks import JwksKeys, KeySource, SigningKey, StaticKey
 from services.common.xfcc import XfccError, agent_from_xfcc, is_valid_name
@@ -46,6 +46,13 @@ def refuse_repeated_credentials(headers: Iterable[tuple[str, object]]) -> None:
             if name in seen:
                 raise Unauthenticated(f"the {name} header is sent more than once: send it once")
             seen.add(name)
+
+
+def refuse_bad_headers(headers: Sequence[tuple[str, object]]) -> None:
+    """What every door checks in a request's headers before anything else: a credential header
+    sent twice (Unauthenticated), a session or step id that is not a lineage id (InvalidArgument)."""
+    refuse_repeated_credentials(headers)
+    refuse_bad_lineage(headers)
 
 
 @dataclass(frozen=True)

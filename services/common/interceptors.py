@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.common import context as reqctx
 from services.common.errors import HarnessError, InvalidArgument
-from services.common.identity import Authenticator, refuse_repeated_credentials
+from services.common.identity import Authenticator, refuse_bad_headers
 from services.common.metric_children import Children
 
 log = logging.getLogger("harness.rpc")
@@ -149,8 +149,7 @@ async def _enter(
     # A response header (initial metadata), so a caller has it before the first message and on
     # any error; the contracts say so.
     await context.send_initial_metadata(((reqctx.REQUEST_ID_KEY, ctx.request_id),))
-    refuse_repeated_credentials(details.invocation_metadata or ())
-    reqctx.refuse_bad_lineage(details.invocation_metadata or ())
+    refuse_bad_headers(details.invocation_metadata or ())
     identity = await auth.authenticate(context, md)
     reqctx.set_current(dataclasses.replace(ctx, identity=identity))
     return token

@@ -30,7 +30,7 @@ from starlette.responses import Response
 from services.common import context as reqctx
 from services.common.errors import HarnessError, InvalidArgument
 from services.common.http_server import PEER_IDS_KEY, TLS_KEY
-from services.common.identity import Authenticator, refuse_repeated_credentials
+from services.common.identity import Authenticator, refuse_bad_headers
 from services.common.limits import check_json
 from services.router.mcp_requests import BadMcpRequest, check_content_type, check_request, read_body
 from services.router.openai_http import errors as http_errors
@@ -105,8 +105,7 @@ class McpFrontDoor:
         request = Request(scope)
         ctx = reqctx.context_from_metadata(request.headers.items(), FRONTDOOR)
         try:
-            refuse_repeated_credentials(request.headers.items())
-            reqctx.refuse_bad_lineage(request.headers.items())
+            refuse_bad_headers(request.headers.items())
             identity = await self.auth.authenticate_peer(
                 scope.get(PEER_IDS_KEY, ()), scope.get(TLS_KEY, False), request.headers
             )

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 from services.common import context as reqctx
 from services.common.errors import HarnessError, NotFound
 from services.common.http_server import PEER_IDS_KEY, TLS_KEY, BodyTimedOut
-from services.common.identity import Authenticator, refuse_repeated_credentials
+from services.common.identity import Authenticator, refuse_bad_headers
 from services.router import chunk_interval
 from services.router.call import AfterAnswer
 from services.router.chat import Piece, ToolCallStream, ToolSpec, assemble
@@ -128,8 +128,7 @@ class OpenAIFrontDoor:
             reqctx.set_current(ctx)
             try:
                 scope = request.scope
-                refuse_repeated_credentials(request.headers.items())
-                reqctx.refuse_bad_lineage(request.headers.items())
+                refuse_bad_headers(request.headers.items())
                 identity = await self.auth.authenticate_peer(
                     scope.get(PEER_IDS_KEY, ()), scope.get(TLS_KEY, False), request.headers
                 )
