@@ -11,7 +11,7 @@ its command counts are this bench's alone), then:
   (utime+stime from /proc), the figure to divide a fleet's request rate by;
 - Redis: commands processed per request during that loop (INFO commandstats);
 - audit and cost: --events synthetic events sent the way routers ship them (batches of 256 over
-  4 concurrent Ingest / Record streams); events/s and events per CPU-second of each service.
+  4 concurrent senders, one unary Ingest / Record call per batch); events/s and events per CPU-second of each service.
 Prints the machine's load average next to the figures: on a shared machine they are lower
 bounds, and the per-CPU-second ones are the steadier.
 
@@ -47,7 +47,7 @@ from services.common.server import open_channel  # noqa: E402
 from tests.helpers.scaleout import AGENT, MODEL, agent_channel, build_mesh, migrate, seed, start_all, token  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-BATCH, STREAMS = 256, 4
+BATCH, SENDERS = 256, 4
 
 
 def cpu_seconds(pid: int) -> float:
@@ -193,21 +193,21 @@ async def ingest(mesh, service: str, events: int) -> tuple[float, float]:
     channel = open_channel(mesh.addr(f"{service}-0"), mesh.tls("router"))  # only services may append
     if service == "audit":
         stub, make = audit_pb2_grpc.AuditStub(channel), audit_event
-        send = lambda batch: stub.Ingest(iter([audit_pb2.IngestRequest(events=batch)]), timeout=120)  # noqa: E731
+        send = lambda batch: stub.Ingest(audit_pb2.IngestRequest(events=batch), timeout=120)  # noqa: E731
     else:
         stub, make = cost_pb2_grpc.CostStub(channel), usage_event
-        send = lambda batch: stub.Record(iter([cost_pb2.RecordRequest(events=batch)]), timeout=120)  # noqa: E731
-    per_stream = events // STREAMS
+        send = lambda batch: stub.Record(cost_pb2.RecordRequest(events=batch), timeout=120)  # noqa: E731
+    per_sender = events // SENDERS
 
-    async def stream(s: int) -> None:
-        for start in range(0, per_stream, BATCH):
-            await send([make(s * per_stream + start + j) for j in range(min(BATCH, per_stream - start))])
+    async def sender(s: int) -> None:
+        for start in range(0, per_sender, BATCH):
+            await send([make(s * per_sender + start + j) for j in range(min(BATCH, per_sender - start))])
 
     cpu0, t0 = cpu_seconds(proc.popen.pid), time.monotonic()
-    await asyncio.gather(*(stream(s) for s in range(STREAMS)))
+    await asyncio.gather(*(sender(s) for s in range(SENDERS)))
     wall, cpu = time.monotonic() - t0, cpu_seconds(proc.popen.pid) - cpu0
     await channel.close()
-    return per_stream * STREAMS / wall, per_stream * STREAMS / max(cpu, 1e-9)
+    return per_sender * SENDERS / wall, per_sender * SENDERS / max(cpu, 1e-9)
 
 
 def make_databases(admin: str, names: list[str]) -> dict[str, str]:

@@ -86,26 +86,21 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         self._writers = frozenset(ingest_services)
         self._approvals = Approvals(store)
 
-    async def Ingest(self, request_iterator, context) -> audit_pb2.IngestResponse:
-        """Appends batches as they arrive, each batch in one transaction.
+    async def Ingest(self, request: audit_pb2.IngestRequest, context) -> audit_pb2.IngestResponse:
+        """Appends one batch in one transaction.
 
-        A bad event fails the call with INVALID_ARGUMENT naming its index in the stream; batches
-        before it stay stored, and a resend of the stream counts them as duplicates.
+        A bad event fails the call with INVALID_ARGUMENT naming its index in the batch, and
+        nothing of the batch is stored; events already stored count as duplicates.
         """
         require_writer(current_identity(), self._writers)
-        accepted = duplicates = index = 0
-        async for batch in request_iterator:
-            try:
-                result = await self._store.ingest(batch.events, first_index=index)
-            except InvalidArgument:
-                self._metrics.ingest_rejected.inc()
-                raise
-            index += len(batch.events)
-            accepted += result.accepted
-            duplicates += result.duplicates
-            self._metrics.records.inc(result.accepted)
-            self._metrics.duplicates.inc(result.duplicates)
-        return audit_pb2.IngestResponse(accepted=accepted, duplicates=duplicates)
+        try:
+            result = await self._store.ingest(request.events)
+        except InvalidArgument:
+            self._metrics.ingest_rejected.inc()
+            raise
+        self._metrics.records.inc(result.accepted)
+        self._metrics.duplicates.inc(result.duplicates)
+        return audit_pb2.IngestResponse(accepted=result.accepted, duplicates=result.duplicates)
 
     async def Query(self, request: audit_pb2.QueryRequest, context) -> audit_pb2.QueryResponse:
         """Records matching every set filter field, oldest first; page token = last sequence."""

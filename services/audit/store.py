@@ -80,9 +80,9 @@ class VerifyResult:
     checkpoint: SignedCheckpoint | None = None  # the latest checkpoint checked against
 
 
-def validate_events(events: Sequence[common_pb2.AuditEvent], first_index: int = 0) -> None:
-    """Raises InvalidArgument naming the first bad event by its index in the stream."""
-    for i, event in enumerate(events, start=first_index):
+def validate_events(events: Sequence[common_pb2.AuditEvent]) -> None:
+    """Raises InvalidArgument naming the first bad event by its index in the batch."""
+    for i, event in enumerate(events):
         if not event.event_id:
             raise InvalidArgument(f"event {i}: event_id is required")
         if len(event.event_id) > MAX_EVENT_ID:
@@ -164,9 +164,9 @@ class AuditStore:
 
     # ---- append ----
 
-    async def ingest(self, events: Sequence[common_pb2.AuditEvent], first_index: int = 0) -> IngestResult:
+    async def ingest(self, events: Sequence[common_pb2.AuditEvent]) -> IngestResult:
         """Appends one batch in one transaction; events already stored count as duplicates."""
-        validate_events(events, first_index)
+        validate_events(events)
         if not events:
             return IngestResult(0, 0)
         return await asyncio.to_thread(self._ingest_sync, list(events))

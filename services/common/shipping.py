@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
@@ -113,9 +113,5 @@ class ShippingLoop:
 async def ingest_batch(
     stub: audit_pb2_grpc.AuditStub, events: Sequence[common_pb2.AuditEvent], timeout_s: float
 ) -> audit_pb2.IngestResponse:
-    """Sends one batch to Audit.Ingest (a client stream) as its only message."""
-
-    async def requests() -> AsyncIterator[audit_pb2.IngestRequest]:
-        yield audit_pb2.IngestRequest(events=events)
-
-    return await stub.Ingest(requests(), timeout=timeout_s)
+    """Sends one batch to Audit.Ingest (one call, stored in one transaction)."""
+    return await stub.Ingest(audit_pb2.IngestRequest(events=events), timeout=timeout_s)

@@ -1,4 +1,4 @@
-"""gRPC face of the cost service: access checks, stream handling, metrics. Logic is in store."""
+"""gRPC face of the cost service: access checks, request handling, metrics. Logic is in store."""
 
 from __future__ import annotations
 
@@ -68,20 +68,15 @@ class CostServicer(cost_pb2_grpc.CostServicer):
         self._fleet = fleet
         self._webhooks = webhooks or WebhookPolicy()
 
-    async def Record(self, request_iterator, context) -> cost_pb2.RecordResponse:
-        """Prices and stores batches as they arrive, each batch in one transaction.
+    async def Record(self, request: cost_pb2.RecordRequest, context) -> cost_pb2.RecordResponse:
+        """Prices and stores one batch in one transaction.
 
-        A bad event fails the call with INVALID_ARGUMENT naming its index in the stream; earlier
-        batches stay recorded and count as duplicates when the stream is resent.
+        A bad event fails the call with INVALID_ARGUMENT naming its index in the batch, and
+        nothing of the batch is recorded; events already recorded count as duplicates.
         """
         require_recorder(current_identity())
-        accepted = duplicates = index = 0
-        async for batch in request_iterator:
-            result = await self._store.record(batch.events, first_index=index)
-            index += len(batch.events)
-            accepted += result.accepted
-            duplicates += result.duplicates
-        return cost_pb2.RecordResponse(accepted=accepted, duplicates=duplicates)
+        result = await self._store.record(request.events)
+        return cost_pb2.RecordResponse(accepted=result.accepted, duplicates=result.duplicates)
 
     async def SetPrice(self, request: cost_pb2.SetPriceRequest, context) -> cost_pb2.SetPriceResponse:
         """Adds a price version (effective now when unset); older versions stay for past events."""

@@ -168,9 +168,9 @@ class CostStore:
 
     # ---- ledger ----
 
-    async def record(self, events: Sequence[common_pb2.UsageEvent], first_index: int = 0) -> RecordResult:
+    async def record(self, events: Sequence[common_pb2.UsageEvent]) -> RecordResult:
         """Prices and stores one batch in one transaction; resent events count as duplicates."""
-        validate_usage(events, first_index)
+        validate_usage(events)
         if not events:
             return RecordResult(0, 0)
         return await asyncio.to_thread(self._record_sync, list(events))

@@ -37,8 +37,9 @@ def us_to_ts(us: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
-def validate_usage(events: Sequence[common_pb2.UsageEvent], first_index: int = 0) -> None:
-    for i, ev in enumerate(events, start=first_index):
+def validate_usage(events: Sequence[common_pb2.UsageEvent]) -> None:
+    """Raises InvalidArgument naming the first bad event by its index in the batch."""
+    for i, ev in enumerate(events):
         if not ev.event_id:
             raise InvalidArgument(f"event {i}: event_id is required")
         if len(ev.event_id) > MAX_EVENT_ID:

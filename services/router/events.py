@@ -3,7 +3,7 @@
 `emit_*` writes the event into the outbox (outbox.py) on the caller's path, so it is durable
 before the request's answer completes (serialized there, once: the lanes send the stored bytes
 as they are, packed into the request without parsing them again); a lane per destination sends the oldest events in
-batches over the `Audit.Ingest` / `Cost.Record` client streams, deletes them once the
+batches (one unary `Audit.Ingest` / `Cost.Record` call each), deletes them once the
 receiver acknowledged, and retries with backoff while the receiver is down. Receivers
 deduplicate by event id, so a resend after a crash is harmless.
 
@@ -184,16 +184,16 @@ def packed_events(payloads: list[bytes], request_type=audit_pb2.IngestRequest) -
 
 
 def _packed_sender(channel: grpc.aio.Channel, module, service: str, method: str) -> Callable:
-    """`method`'s client stream, sending one already-serialized request (packed_events)."""
+    """`method` (unary), sending an already-serialized request (packed_events)."""
     desc = module.DESCRIPTOR.services_by_name[service].methods_by_name[method]
     request_type = getattr(module, desc.input_type.name)
     response_type = getattr(module, desc.output_type.name)
     path = f"/{desc.containing_service.full_name}/{method}"
     # No request serializer: the request is the bytes themselves.
-    call = channel.stream_unary(path, request_serializer=None, response_deserializer=response_type.FromString)
+    call = channel.unary_unary(path, request_serializer=None, response_deserializer=response_type.FromString)
 
     async def send(payloads: list[bytes]) -> None:
-        await call(iter([packed_events(payloads, request_type)]), timeout=10.0)
+        await call(packed_events(payloads, request_type), timeout=10.0)
 
     return send
 

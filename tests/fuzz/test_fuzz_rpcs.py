@@ -45,7 +45,7 @@ SERVICES = {
     "audit": audit_pb2.DESCRIPTOR.services_by_name["Audit"],
     "cost": cost_pb2.DESCRIPTOR.services_by_name["Cost"],
 }
-# Producers' streams: the service certificate alone (a user token would make it a person's call).
+# Producers' batches: the service certificate alone (a user token would make it a person's call).
 SERVICE_ONLY = {"Audit/Ingest", "Cost/Record"}
 
 
@@ -194,13 +194,10 @@ def bases() -> dict[str, object]:
 async def _call(
     channel: grpc.aio.Channel, path: str, method: MethodDescriptor, body: bytes, metadata
 ) -> tuple[grpc.StatusCode, str]:
-    """The status of one call with `body` as its request (the only request of a stream)."""
+    """The status of one call with `body` as its request."""
     identity = lambda b: b  # noqa: E731
     try:
-        if method.client_streaming:
-            call = channel.stream_unary(path, request_serializer=identity, response_deserializer=identity)
-            await call(iter([body]), metadata=metadata, timeout=DEADLINE_S)
-        elif method.server_streaming:
+        if method.server_streaming:
             call = channel.unary_stream(path, request_serializer=identity, response_deserializer=identity)
             stream = call(body, metadata=metadata, timeout=DEADLINE_S)
             try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from harness.audit.v1 import audit_pb2, audit_pb2_grpc
+from harness.audit.v1 import audit_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from services.audit.config import AuditConfig
@@ -65,11 +65,3 @@ async def start_tls_audit(
     cfg = AuditConfig(server=server, db_url=db_url, **config)
     metrics = CollectorRegistry()
     return AuditMesh(await start_audit(cfg, metrics_registry=metrics), certs, cfg, metrics)
-
-
-def ingest_requests(*groups):
-    async def gen():
-        for group in groups:
-            yield audit_pb2.IngestRequest(events=group)
-
-    return gen()

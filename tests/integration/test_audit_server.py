@@ -44,12 +44,8 @@ async def code(coro) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def batches(*groups):
-    async def gen():
-        for group in groups:
-            yield audit_pb2.IngestRequest(events=group)
-
-    return gen()
+def batch(events) -> audit_pb2.IngestRequest:
+    return audit_pb2.IngestRequest(events=events)
 
 
 @pytest.fixture
@@ -65,14 +61,12 @@ def admin(mint_token):
     return user_metadata(mint_token("svc", "admin"))
 
 
-async def test_ingest_stream_dedups_resends_and_counts_metrics(audit, admin, mint_token):
+async def test_ingest_dedups_resends_and_counts_metrics(audit, admin, mint_token):
     stub, registry, writer = audit
-    first = await writer.Ingest(
-        batches([event("e1"), event("e2", 1)], [event("e3", 2, tool="ledger", action="delete")])
-    )
+    first = await writer.Ingest(batch([event("e1"), event("e2", 1), event("e3", 2, tool="ledger", action="delete")]))
     assert (first.accepted, first.duplicates) == (3, 0)
     # The outbox resends after a lost ack: already-stored events are acknowledged, not stored.
-    again = await writer.Ingest(batches([event("e2", 1), event("e3", 2)], [event("e4", 3)]))
+    again = await writer.Ingest(batch([event("e2", 1), event("e3", 2), event("e4", 3)]))
     assert (again.accepted, again.duplicates) == (1, 2)
     assert registry.get_sample_value("harness_audit_records_total") == 4
     assert registry.get_sample_value("harness_audit_duplicates_total") == 2
@@ -91,7 +85,7 @@ async def test_ingest_stream_dedups_resends_and_counts_metrics(audit, admin, min
 async def test_query_filters_and_pages(audit, admin):
     stub, _, writer = audit
     events = [event(f"e{i}", i, user="alice" if i % 2 else "bob") for i in range(7)]
-    await writer.Ingest(batches(events))
+    await writer.Ingest(batch(events))
     flt = audit_pb2.AuditFilter(user="alice", start_time=timestamp_pb2.Timestamp(seconds=T0 + 2))
     page = common_pb2.PageRequest(page_size=1)
     resp = await stub.Query(audit_pb2.QueryRequest(filter=flt, page=page), metadata=admin)
@@ -106,16 +100,32 @@ async def test_query_filters_and_pages(audit, admin):
 async def test_bad_events_are_refused_naming_the_index(audit, admin):
     stub, _, writer = audit
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await writer.Ingest(batches([event("e1")], [event("e2"), event("")]))
+        await writer.Ingest(batch([event("e1"), event("e2"), event("")]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "event 2" in err.value.details() and "event_id" in err.value.details()
+    # One transaction per batch: the good events before the bad one are not stored either.
+    assert not (await stub.Query(audit_pb2.QueryRequest(), metadata=admin)).records
     with pytest.raises(grpc.aio.AioRpcError) as err:
         no_kind = event("e9", kind=common_pb2.AUDIT_EVENT_KIND_UNSPECIFIED)
-        await writer.Ingest(batches([no_kind]))
+        await writer.Ingest(batch([no_kind]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "event 0 (e9)" in err.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Query(audit_pb2.QueryRequest(page=common_pb2.PageRequest(page_token="x")), metadata=admin)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_full_batch_is_one_call_and_the_message_bound_is_named(audit, admin):
+    """The router ships up to 256 events per Ingest; a request over the 16 MiB message bound is
+    refused as a whole with RESOURCE_EXHAUSTED."""
+    stub, _, writer = audit
+    full = [event(f"e{i}", i, rule="r" * 3000) for i in range(256)]  # ~3 KB each, as the router's
+    got = await writer.Ingest(batch(full))
+    assert (got.accepted, got.duplicates) == (256, 0)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await writer.Ingest(batch([event("huge", rule="x" * (17 << 20))]))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    page = common_pb2.PageRequest(page_size=1000)
+    assert len((await stub.Query(audit_pb2.QueryRequest(page=page), metadata=admin)).records) == 256
 
 
 async def test_access_rules(audit, admin, mint_token, tmp_path, test_auth):
@@ -128,10 +138,10 @@ async def test_access_rules(audit, admin, mint_token, tmp_path, test_auth):
     # included, over any channel), the CLI's certificate, another service or an agent.
     for who, md in (("user", user), ("auditor", auditor), ("admin", admin), ("nobody", None)):
         assert (
-            await code(stub.Ingest(batches([event("x")]), metadata=md)) == grpc.StatusCode.PERMISSION_DENIED
+            await code(stub.Ingest(batch([event("x")]), metadata=md)) == grpc.StatusCode.PERMISSION_DENIED
         ), who
     assert (
-        await code(writer.Ingest(batches([event("x")]), metadata=admin)) == grpc.StatusCode.PERMISSION_DENIED
+        await code(writer.Ingest(batch([event("x")]), metadata=admin)) == grpc.StatusCode.PERMISSION_DENIED
     )
     plain = await start_audit(
         AuditConfig(
@@ -142,11 +152,11 @@ async def test_access_rules(audit, admin, mint_token, tmp_path, test_auth):
     )
     async with grpc.aio.insecure_channel(plain.address) as ch:
         plain_stub = audit_pb2_grpc.AuditStub(ch)
-        assert await code(plain_stub.Ingest(batches([event("x")]))) == grpc.StatusCode.UNAUTHENTICATED
+        assert await code(plain_stub.Ingest(batch([event("x")]))) == grpc.StatusCode.UNAUTHENTICATED
         # An agent (certificate via Envoy) is not a Harness service: it may not forge audit events.
         agent_md = agent_metadata("ledger-bot")
         assert (
-            await code(plain_stub.Ingest(batches([event("x")]), metadata=agent_md))
+            await code(plain_stub.Ingest(batch([event("x")]), metadata=agent_md))
             == grpc.StatusCode.PERMISSION_DENIED
         )
     await plain.stop(0)
@@ -194,7 +204,7 @@ def ledger_story() -> list[common_pb2.AuditEvent]:
 
 async def test_lineage_tree_of_a_trace_and_a_session(audit, admin, mint_token):
     stub, _, writer = audit
-    await writer.Ingest(batches(ledger_story()))
+    await writer.Ingest(batch(ledger_story()))
     auditor = user_metadata(mint_token("carol", "auditor"))
     resp = await stub.Lineage(audit_pb2.LineageRequest(trace_id="t-ledger"), metadata=auditor)
     assert resp.record_count == 3 and not resp.truncated
@@ -232,7 +242,7 @@ async def _export(stub, md, **kw) -> tuple[bytes, int]:
 
 async def test_export_streams_jsonl_and_csv_with_filters(audit, admin, mint_token):
     stub, _, writer = audit
-    await writer.Ingest(batches(ledger_story()))
+    await writer.Ingest(batch(ledger_story()))
     data, _ = await _export(stub, admin)
     rows = [json.loads(line) for line in data.decode().splitlines()]
     assert [r["id"] for r in rows] == ["m1", "tc1", "az1", "other"]
@@ -255,7 +265,8 @@ async def test_export_streams_jsonl_and_csv_with_filters(audit, admin, mint_toke
 async def test_export_of_many_records_comes_in_several_chunks(audit, admin):
     stub, _, writer = audit
     big = [event(f"e{i}", i, rule="x" * 400) for i in range(1500)]
-    await writer.Ingest(batches(big[:700], big[700:]))
+    for part in (big[:700], big[700:]):
+        await writer.Ingest(batch(part))
     data, n = await _export(stub, admin)
     assert n > 1 and len(data.splitlines()) == 1500
 
@@ -270,7 +281,7 @@ async def audit_on(db_url, tmp_path, test_auth):
 
 async def test_verify_names_a_record_changed_in_the_database(audit_on, admin):
     stub, db_url, writer = audit_on
-    await writer.Ingest(batches(ledger_story()))
+    await writer.Ingest(batch(ledger_story()))
     ok = await stub.Verify(audit_pb2.VerifyRequest(), metadata=admin)
     assert ok.ok and ok.checked == 4 and ok.failure == audit_pb2.VERIFY_FAILURE_UNSPECIFIED
     # Someone with database access turns the refused delete into an allowed one.
@@ -300,9 +311,9 @@ async def test_metrics_count_refused_ingests_verifications_and_pending_approvals
     assert registry.get_sample_value("harness_audit_ingest_rejected_total") == 0
     assert registry.get_sample_value("harness_audit_approvals_pending") == 0
     with pytest.raises(grpc.aio.AioRpcError):
-        await writer.Ingest(batches([event("")]))
+        await writer.Ingest(batch([event("")]))
     assert registry.get_sample_value("harness_audit_ingest_rejected_total") == 1
-    await writer.Ingest(batches([event("e1")]))
+    await writer.Ingest(batch([event("e1")]))
     assert registry.get_sample_value("harness_audit_ingest_rejected_total") == 1  # a good one is not
     await stub.Verify(audit_pb2.VerifyRequest(), metadata=admin)
     assert registry.get_sample_value("harness_audit_chain_verifications_total", {"result": "ok"}) == 1

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, delete, func, insert, select, update
 from services.audit.models import audit_records
 from services.common import audit_chain as chain
 from services.common.checkpoints import CHECKPOINT_FILE
-from tests.helpers.audit import ingest_requests, start_tls_audit
+from tests.helpers.audit import start_tls_audit
 from tests.helpers.grpc import user_metadata
 
 T = audit_records.c
@@ -42,10 +42,9 @@ def event(i: int) -> common_pb2.AuditEvent:
 
 
 async def ingest(writer, first: int, count: int, batch: int = 10) -> None:
-    ids = list(range(first, first + count))
-    await writer.Ingest(
-        ingest_requests(*[[event(i) for i in ids[k : k + batch]] for k in range(0, count, batch)])
-    )
+    """Appends events first.. in `batch`-sized Ingest calls (one transaction, one checkpoint each)."""
+    for k in range(first, first + count, batch):
+        await writer.Ingest(F.IngestRequest(events=[event(i) for i in range(k, min(k + batch, first + count))]))
 
 
 # ---- what an attacker with database access does ----

@@ -21,7 +21,7 @@ from services.audit.models import audit_records
 from services.cli.main import main
 from services.common import audit_chain as chain
 from services.common.checkpoints import CHECKPOINT_FILE, CheckpointSigner
-from tests.helpers.audit import ingest_requests, start_tls_audit
+from tests.helpers.audit import start_tls_audit
 
 T0 = 1_714_564_800
 REQUIRED = {"seq", "id", "time", "kind", "user", "agent", "agent_version", "session_id", "step_id", "trace_id",
@@ -70,7 +70,7 @@ def story() -> list[common_pb2.AuditEvent]:
 async def audit(tmp_path, test_auth):
     """The service with mTLS; the stack's certificates under <root>/certs, as `harness up` makes them."""
     mesh = await start_tls_audit(tmp_path, test_auth, certs_dir=tmp_path / "harness" / "certs")
-    await mesh.stub("router").Ingest(ingest_requests(story()))
+    await mesh.stub("router").Ingest(audit_pb2.IngestRequest(events=story()))
     yield mesh, mesh.config.db_url
     await mesh.close()
 

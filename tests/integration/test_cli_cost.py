@@ -67,10 +67,7 @@ async def cost(tmp_path, test_auth, mint_token):
         stub = cost_pb2_grpc.CostStub(ch)
         await seed_cost(stub, PRICES, admin)
 
-        async def gen():
-            yield cost_pb2.RecordRequest(events=events())
-
-        assert (await stub.Record(gen(), metadata=admin)).accepted == 4
+        assert (await stub.Record(cost_pb2.RecordRequest(events=events()), metadata=admin)).accepted == 4
     yield running
     await running.stop(0)
 

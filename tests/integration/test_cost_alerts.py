@@ -150,10 +150,7 @@ async def set_budget(m, webhook: str = "", limit_usd: int = 10, name: str = "led
 
 
 async def record(m, *events: common_pb2.UsageEvent) -> cost_pb2.RecordResponse:
-    async def gen():
-        yield K.RecordRequest(events=events)
-
-    return await m["ops"].Record(gen())
+    return await m["ops"].Record(K.RecordRequest(events=events))
 
 
 async def list_alerts(m, budget: str = "") -> list[cost_pb2.Alert]:

@@ -33,10 +33,8 @@ async def cost(tmp_path, test_auth, mint_token):
                          period=K.BUDGET_PERIOD_MONTHLY, limit_micro_usd=10 * USD, webhook_url=webhook)  # fmt: skip
             await stub.SetBudget(K.SetBudgetRequest(budget=b), metadata=admin)
 
-        async def gen():
-            yield K.RecordRequest(events=[usage(f"e{i}") for i in range(9)])
-
-        assert (await stub.Record(gen(), metadata=admin)).accepted == 9
+        batch = K.RecordRequest(events=[usage(f"e{i}") for i in range(9)])
+        assert (await stub.Record(batch, metadata=admin)).accepted == 9
     yield running
     await running.stop(0)
 

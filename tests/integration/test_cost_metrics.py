@@ -93,11 +93,9 @@ async def test_scrape_reports_ledger_cost_and_budget_remaining(db_url, test_auth
             stub = cost_pb2_grpc.CostStub(ch)
             await seed_cost(stub, SEED, admin)
 
-            async def gen():
-                yield cost_pb2.RecordRequest(events=events())
-                yield cost_pb2.RecordRequest(events=events()[:2])  # resent: counted once
-
-            assert (await stub.Record(gen(), metadata=admin)).accepted == 6
+            assert (await stub.Record(cost_pb2.RecordRequest(events=events()), metadata=admin)).accepted == 6
+            resent = await stub.Record(cost_pb2.RecordRequest(events=events()[:2]), metadata=admin)
+            assert (resent.accepted, resent.duplicates) == (0, 2)  # counted once
 
         got = await asyncio.to_thread(scrape, running.metrics_port)
         assert got["harness_cost_usd_total"] == pytest.approx(

@@ -1,4 +1,4 @@
-"""Cost service over a real gRPC channel: client-stream record, prices, budgets, report, access."""
+"""Cost service over a real gRPC channel: batched record, prices, budgets, report, access."""
 
 from __future__ import annotations
 
@@ -44,12 +44,8 @@ def usage(event_id: str, *, inp=0, out=0, gpu=0.0, tool="", model="llama-3-8b", 
     )  # fmt: skip
 
 
-def batches(*groups):
-    async def gen():
-        for group in groups:
-            yield cost_pb2.RecordRequest(events=group)
-
-    return gen()
+def batch(events) -> cost_pb2.RecordRequest:
+    return cost_pb2.RecordRequest(events=events)
 
 
 @pytest.fixture
@@ -86,14 +82,12 @@ async def test_seed_then_record_report_and_budget(cost, admin, mint_token):
     assert len(prices) == 4
 
     first = await stub.Record(
-        batches(
-            [usage("u1", inp=1_000_000, out=500_000), usage("u2", gpu=3600)],
-            [usage("u3", model="", tool="ledger"), usage("u4", inp=1_000_000, project="payroll")],
-        ),
+        batch([usage("u1", inp=1_000_000, out=500_000), usage("u2", gpu=3600),
+               usage("u3", model="", tool="ledger"), usage("u4", inp=1_000_000, project="payroll")]),
         metadata=admin,
-    )
+    )  # fmt: skip
     assert (first.accepted, first.duplicates) == (4, 0)
-    resend = await stub.Record(batches([usage("u3", model="", tool="ledger"), usage("u5", out=1_000_000)]),
+    resend = await stub.Record(batch([usage("u3", model="", tool="ledger"), usage("u5", out=1_000_000)]),
                                metadata=admin)  # fmt: skip
     assert (resend.accepted, resend.duplicates) == (1, 1)
 
@@ -128,8 +122,10 @@ async def test_seed_then_record_report_and_budget(cost, admin, mint_token):
 async def test_bad_inputs(cost, admin):
     stub, _ = cost
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Record(batches([usage("ok")], [usage("ok2"), usage("")]), metadata=admin)
+        await stub.Record(batch([usage("ok"), usage("ok2"), usage("")]), metadata=admin)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "event 2" in err.value.details()
+    # One transaction per batch: the good events before the bad one are not recorded either.
+    assert (await stub.Record(batch([usage("ok"), usage("ok2")]), metadata=admin)).accepted == 2
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Report(cost_pb2.ReportRequest(group_by=["project", "colour"]), metadata=admin)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -162,14 +158,14 @@ async def test_access_rules(cost, admin, mint_token):
     price = cost_pb2.SetPriceRequest(
         price=cost_pb2.Price(kind=cost_pb2.PRICE_KIND_TOOL_CALL, subject="ledger", micro_usd=1000)
     )
-    assert await code(stub.Record(batches([usage("x")]))) == grpc.StatusCode.UNAUTHENTICATED
+    assert await code(stub.Record(batch([usage("x")]))) == grpc.StatusCode.UNAUTHENTICATED
     assert await code(stub.Report(cost_pb2.ReportRequest())) == grpc.StatusCode.UNAUTHENTICATED
-    assert await code(stub.Record(batches([usage("x")]), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
+    assert await code(stub.Record(batch([usage("x")]), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
     assert (
-        await code(stub.Record(batches([usage("x")]), metadata=finance)) == grpc.StatusCode.PERMISSION_DENIED
+        await code(stub.Record(batch([usage("x")]), metadata=finance)) == grpc.StatusCode.PERMISSION_DENIED
     )
     agent = agent_metadata("ledger-bot")
-    assert await code(stub.Record(batches([usage("x")]), metadata=agent)) == grpc.StatusCode.PERMISSION_DENIED
+    assert await code(stub.Record(batch([usage("x")]), metadata=agent)) == grpc.StatusCode.PERMISSION_DENIED
     assert (
         await code(stub.Report(cost_pb2.ReportRequest(), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
     )
@@ -217,7 +213,7 @@ async def test_router_starts_its_gpu_bound_from_the_rates_the_ledger_charged(cos
     cached = usage("c1", inp=500, out=500)  # a cache answer: no deployment, no GPU time
     cached.deployment, cached.cached = "", True
     got = await stub.Record(
-        batches([usage("u1", inp=100, out=300, gpu=0.4), usage("u2", inp=50, out=50, gpu=0.1), cached,
+        batch([usage("u1", inp=100, out=300, gpu=0.4), usage("u2", inp=50, out=50, gpu=0.1), cached,
                  usage("u3", inp=10, out=10, gpu=5.0, model="other-model"), usage("t1", tool="ledger")]),
         metadata=admin,
     )  # fmt: skip
@@ -274,7 +270,7 @@ async def test_huge_usage_and_times_are_invalid_argument_not_internal(cost, admi
     far.time.seconds = 2**62
     for events, needle in (([huge], "gpu_seconds"), ([far], "time")):
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.Record(batches(events), metadata=admin)
+            await stub.Record(batch(events), metadata=admin)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.details()
     future = timestamp_pb2.Timestamp(seconds=2**62)
     calls = [

@@ -15,15 +15,15 @@ from services.router.outbox import Outbox
 
 
 class RecordingChannel:
-    """A channel that keeps the bytes each client stream would put on the wire."""
+    """A channel that keeps the bytes each unary call would put on the wire."""
 
     def __init__(self) -> None:
         self.sent: dict[str, list[bytes]] = {}
 
-    def stream_unary(self, path: str, request_serializer=None, response_deserializer=None, **_):
-        async def call(requests, timeout=None):
-            wire = [r if request_serializer is None else request_serializer(r) for r in requests]
-            self.sent.setdefault(path, []).extend(wire)
+    def unary_unary(self, path: str, request_serializer=None, response_deserializer=None, **_):
+        async def call(request, timeout=None):
+            wire = request if request_serializer is None else request_serializer(request)
+            self.sent.setdefault(path, []).append(wire)
             return response_deserializer(b"")
 
         return call
