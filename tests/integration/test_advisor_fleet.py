@@ -120,7 +120,8 @@ async def live(tmp_path, test_auth, mint_token):
         price.effective_time.FromSeconds(int(time.time()) - 60 * 86_400)
         await stub.SetPrice(cost_pb2.SetPriceRequest(price=price), metadata=admin)
 
-    assert (await stub.Record(cost_pb2.RecordRequest(events=month_of_usage()), metadata=admin)).accepted == 600
+    month = cost_pb2.RecordRequest(events=month_of_usage())
+    assert (await stub.Record(month, metadata=admin)).accepted == 600
     yield Live(stub, cost.address, registry, pool, fleet, user_metadata(mint_token("fin", "finance")))
     await channel.close()
     await cost.stop(grace=0)

@@ -68,7 +68,8 @@ async def seeded(tmp_path, test_auth, mint_token):
         price.effective_time.FromSeconds(int(time.time()) - 60 * DAY)
         await stub.SetPrice(cost_pb2.SetPriceRequest(price=price), metadata=admin)
 
-    assert (await stub.Record(cost_pb2.RecordRequest(events=month_of_usage()), metadata=admin)).accepted == 600
+    month = cost_pb2.RecordRequest(events=month_of_usage())
+    assert (await stub.Record(month, metadata=admin)).accepted == 600
     yield stub, admin
     await channel.close()
     await running.stop(grace=0)

@@ -63,7 +63,9 @@ def admin(mint_token):
 
 async def test_ingest_dedups_resends_and_counts_metrics(audit, admin, mint_token):
     stub, registry, writer = audit
-    first = await writer.Ingest(batch([event("e1"), event("e2", 1), event("e3", 2, tool="ledger", action="delete")]))
+    first = await writer.Ingest(
+        batch([event("e1"), event("e2", 1), event("e3", 2, tool="ledger", action="delete")])
+    )
     assert (first.accepted, first.duplicates) == (3, 0)
     # The outbox resends after a lost ack: already-stored events are acknowledged, not stored.
     again = await writer.Ingest(batch([event("e2", 1), event("e3", 2), event("e4", 3)]))
@@ -140,9 +142,7 @@ async def test_access_rules(audit, admin, mint_token, tmp_path, test_auth):
         assert (
             await code(stub.Ingest(batch([event("x")]), metadata=md)) == grpc.StatusCode.PERMISSION_DENIED
         ), who
-    assert (
-        await code(writer.Ingest(batch([event("x")]), metadata=admin)) == grpc.StatusCode.PERMISSION_DENIED
-    )
+    assert await code(writer.Ingest(batch([event("x")]), metadata=admin)) == grpc.StatusCode.PERMISSION_DENIED
     plain = await start_audit(
         AuditConfig(
             server=ServerConfig(name="audit", port=0, metrics_port=None, auth=test_auth),

@@ -44,7 +44,9 @@ def event(i: int) -> common_pb2.AuditEvent:
 async def ingest(writer, first: int, count: int, batch: int = 10) -> None:
     """Appends events first.. in `batch`-sized Ingest calls (one transaction, one checkpoint each)."""
     for k in range(first, first + count, batch):
-        await writer.Ingest(F.IngestRequest(events=[event(i) for i in range(k, min(k + batch, first + count))]))
+        await writer.Ingest(
+            F.IngestRequest(events=[event(i) for i in range(k, min(k + batch, first + count))])
+        )
 
 
 # ---- what an attacker with database access does ----

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import timestamp_pb2
+from harness.audit.v1 import audit_pb2
 from harness.common.v1 import common_pb2
 from sqlalchemy import create_engine, delete, insert, select, update
 

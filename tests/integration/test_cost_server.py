@@ -161,9 +161,7 @@ async def test_access_rules(cost, admin, mint_token):
     assert await code(stub.Record(batch([usage("x")]))) == grpc.StatusCode.UNAUTHENTICATED
     assert await code(stub.Report(cost_pb2.ReportRequest())) == grpc.StatusCode.UNAUTHENTICATED
     assert await code(stub.Record(batch([usage("x")]), metadata=user)) == grpc.StatusCode.PERMISSION_DENIED
-    assert (
-        await code(stub.Record(batch([usage("x")]), metadata=finance)) == grpc.StatusCode.PERMISSION_DENIED
-    )
+    assert await code(stub.Record(batch([usage("x")]), metadata=finance)) == grpc.StatusCode.PERMISSION_DENIED
     agent = agent_metadata("ledger-bot")
     assert await code(stub.Record(batch([usage("x")]), metadata=agent)) == grpc.StatusCode.PERMISSION_DENIED
     assert (

@@ -196,7 +196,9 @@ async def test_missing_event_id_or_kind_names_the_index(store):
     with pytest.raises(InvalidArgument, match="event 1"):
         await store.ingest([event("ok"), event("")])
     with pytest.raises(InvalidArgument, match=r"event 2 \(bad\): kind is required"):
-        await store.ingest([event("a"), event("b"), event("bad", kind=common_pb2.AUDIT_EVENT_KIND_UNSPECIFIED)])
+        await store.ingest(
+            [event("a"), event("b"), event("bad", kind=common_pb2.AUDIT_EVENT_KIND_UNSPECIFIED)]
+        )
     assert await all_records(store) == []  # a bad batch stores nothing
 
 
