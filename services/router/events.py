@@ -32,6 +32,23 @@ from services.router.outbox import Outbox, OutboxError
 log = logging.getLogger("harness.router.events")
 
 
+# A batch's bytes at most: the receivers refuse a request over 16 MiB, and a batch of 256
+# events with large details (each up to 64 KiB) could pass that, then be refused on every retry
+# and stop its lane for good.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def within_bytes(rows: list[tuple[int, bytes]], limit: int) -> list[tuple[int, bytes]]:
+    """The oldest of `rows` (seq, payload) whose payloads together stay within `limit` bytes;
+    always the first, so an event is never left behind for its size alone."""
+    total = 0
+    for i, (_, payload) in enumerate(rows):
+        total += len(payload)
+        if total > limit and i:
+            return rows[:i]
+    return rows
+
+
 class _Lane:
     """One destination: the outbox rows of one lane and a task that sends them in batches."""
 
@@ -119,7 +136,8 @@ class _Lane:
                 self._held.clear()
             except OutboxError:
                 pass
-        rows = self._outbox.peek(self.name, self._batch)
+        peeked = self._outbox.peek(self.name, self._batch)
+        rows = within_bytes(peeked, MAX_BATCH_BYTES)
         self._oldest = self._outbox.oldest(self.name) if rows else None
         if self._oldest is None and self._held:
             self._oldest = time.time()
@@ -142,7 +160,7 @@ class _Lane:
         self._oldest = self._outbox.oldest(self.name)
         self._pending.dec(len(rows))
         self._shipped.inc(len(rows))
-        return len(rows) == self._batch
+        return len(peeked) == self._batch or len(rows) < len(peeked)
 
     async def drain(self, timeout: float) -> None:
         """Ships what it can within `timeout`; the rest stays in the outbox for the next start."""

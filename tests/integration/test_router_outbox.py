@@ -255,3 +255,35 @@ def test_events_written_before_the_created_column_count_from_the_open(tmp_path):
     assert box.oldest("usage") is None
     box.append("usage", b"u")
     assert box.oldest("usage") >= before
+
+
+async def test_a_lane_splits_a_backlog_too_large_for_one_request_by_bytes(tmp_path):
+    """Receivers refuse a request over 16 MiB: 256 events of 64 KiB of details each would be,
+    and be refused on every retry, stopping the lane. Batches are cut by bytes as well as count."""
+    from prometheus_client import Counter, Gauge
+
+    from services.router.events import MAX_BATCH_BYTES, _Lane
+
+    registry = CollectorRegistry()
+    pending = Gauge("p", "p", ["lane"], registry=registry)
+    shipped = Counter("s", "s", ["lane"], registry=registry)
+    sent: list[list[bytes]] = []
+
+    async def send(batch: list[bytes]) -> None:
+        sent.append(batch)
+
+    outbox = Outbox(str(tmp_path / "o.db"))
+    event = b"x" * (MAX_BATCH_BYTES // 3 + 1)  # three of them are over the bound
+    for _ in range(7):
+        outbox.append("audit", event)
+    lane = _Lane("audit", outbox, send, 256, pending, shipped, 0.0)
+    lane.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        while sum(map(len, sent)) < 7 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert [len(batch) for batch in sent] == [2, 2, 2, 1]
+        assert all(sum(map(len, batch)) <= MAX_BATCH_BYTES for batch in sent)
+        assert outbox.pending("audit") == 0
+    finally:
+        await lane.drain(1.0)
