@@ -11,7 +11,7 @@ from harness.registry.v1 import registry_pb2
 from tritonclient.grpc import service_pb2 as pb
 
 from services.common import triton_tensors as tensors
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from services.envoy.extproc import ENGINES_CLUSTER, EXTPROC_FILTER, STREAM_INFER_PATH, with_extproc
 from services.envoy.render import EnvoyCerts, EnvoySpec, render_envoy_config
 from services.router.call import Call, GenerationInput
@@ -115,8 +115,22 @@ async def test_an_output_policy_is_refused_where_the_response_does_not_pass_the_
 async def test_a_bad_session_header_is_refused_before_anything_else_runs():
     """The lineage rule of every front door: refused naming the header, never written."""
     exchange = _Exchange(router=None, auth=None, peer_ids=())  # type: ignore[arg-type]
-    exchange.headers = {":path": STREAM_INFER_PATH, "x-harness-session-id": "case 1"}
+    exchange.header_list = [(":path", STREAM_INFER_PATH), ("x-harness-session-id", "case 1")]
+    exchange.headers = dict(exchange.header_list)
     with pytest.raises(InvalidArgument, match=r"^the x-harness-session-id header holds ' '"):
+        await exchange._start(pb.ModelInferRequest(model_name="m"))
+
+
+async def test_a_credential_header_sent_twice_is_refused_as_at_every_door():
+    """Envoy hands a repeated header over as two entries; keeping one of them silently (the
+    last, in a dict) would let a caller's second token stand in for the first."""
+    from envoy.config.core.v3 import base_pb2
+
+    exchange = _Exchange(router=None, auth=None, peer_ids=())  # type: ignore[arg-type]
+    sent = [(":path", STREAM_INFER_PATH), ("authorization", "Bearer a"), ("authorization", "Bearer b")]
+    headers = base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in sent])
+    await exchange.handle(ep.ProcessingRequest(request_headers=ep.HttpHeaders(headers=headers)))
+    with pytest.raises(Unauthenticated, match="the authorization header is sent more than once"):
         await exchange._start(pb.ModelInferRequest(model_name="m"))
 
 

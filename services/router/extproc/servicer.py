@@ -31,7 +31,7 @@ from tritonclient.grpc import service_pb2 as pb
 from services.common import context as reqctx
 from services.common import triton_tensors as tensors
 from services.common.errors import HarnessError, InvalidArgument, PermissionDenied, ResourceExhausted
-from services.common.identity import XFCC_KEY, Authenticator, peer_spiffe_ids
+from services.common.identity import XFCC_KEY, Authenticator, peer_spiffe_ids, refuse_bad_headers
 from services.router.core import Call, Router
 from services.router.engine import EngineChunk
 from services.router.extproc.wire import Frames, frame, replace_text
@@ -80,6 +80,7 @@ class _Exchange:
 
     def __init__(self, router: Router, auth: Authenticator, peer_ids: tuple[str, ...]) -> None:
         self.router, self.auth, self.peer_ids = router, auth, peer_ids
+        self.header_list: list[tuple[str, str]] = []  # as sent: a header may come twice
         self.headers: dict[str, str] = {}
         self.request_bytes = bytearray()
         self.responses = Frames(pb.ModelStreamInferResponse)
@@ -95,7 +96,8 @@ class _Exchange:
             if kind == "request_headers":
                 mode = message.protocol_config.response_body_mode
                 self.sees_output = mode == processing_mode_pb2.ProcessingMode.STREAMED
-                self.headers = _header_map(message.request_headers.headers)
+                self.header_list = _header_pairs(message.request_headers.headers)
+                self.headers = dict(self.header_list)
                 return []  # answered with the body: the endpoint depends on it
             if kind == "request_body":
                 return await self._request_body(message.request_body)
@@ -104,7 +106,7 @@ class _Exchange:
             if kind == "response_body":
                 return await self._response_body(message.response_body)
             if kind == "response_trailers":
-                self._response_end(_header_map(message.response_trailers.trailers))
+                self._response_end(dict(_header_pairs(message.response_trailers.trailers)))
                 return [ep.ProcessingResponse(response_trailers=ep.TrailersResponse())]
             if kind == "response_headers":
                 return [ep.ProcessingResponse(response_headers=ep.HeadersResponse())]
@@ -149,7 +151,7 @@ class _Exchange:
             raise InvalidArgument(f"the ext_proc path serves {STREAM_INFER_PATH} only")
         ctx = reqctx.context_from_metadata(self.headers.items(), FRONTDOOR)
         reqctx.set_current(ctx)
-        reqctx.refuse_bad_lineage(self.headers.items())
+        refuse_bad_headers(self.header_list)
         identity = await self.auth.authenticate_peer(self.peer_ids, bool(self.peer_ids), self.headers)
         reqctx.set_current(dataclasses.replace(ctx, identity=identity))
         try:
@@ -219,11 +221,11 @@ class _Exchange:
         return self.task
 
 
-def _header_map(headers: base_pb2.HeaderMap) -> dict[str, str]:
-    return {
-        h.key.lower(): h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+def _header_pairs(headers: base_pb2.HeaderMap) -> list[tuple[str, str]]:
+    return [
+        (h.key.lower(), h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
         for h in headers.headers
-    }
+    ]
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
