@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
+from services.common import prom_text
 
 MAX_METRICS_BYTES = 16 * 1024 * 1024
 Key = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
@@ -18,7 +18,6 @@ def scrape(url: str, timeout_s: float = 2.0) -> dict[Key, float]:
     if len(body) > MAX_METRICS_BYTES:
         raise ValueError(f"{url}: metrics page over {MAX_METRICS_BYTES} bytes")
     out: dict[Key, float] = {}
-    for family in text_string_to_metric_families(body.decode("utf-8", "replace")):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    for name, labels, value in prom_text.samples(body.decode("utf-8", "replace")):
+        out[(name, tuple(sorted(labels.items())))] = value
     return out

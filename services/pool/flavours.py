@@ -29,8 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from services.common import prom_text
 from services.pool.scrape import parse_triton_metrics
 from services.pool.state import MetricsSample, ModelLoad
 
@@ -88,15 +87,11 @@ def parse_flavour_metrics(
         return parse_triton_metrics(text, gpu_name=gpu_name)
     served = tuple(served)
     values: dict[str, dict[str, float]] = defaultdict(dict)  # model -> sample name -> value
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if flavour.model_label:
-                models: Iterable[str] = (s.labels.get(flavour.model_label, ""),)
-            else:
-                models = served
-            for model in models:
-                # Summed over other labels (engine index, tp rank...): one figure per model.
-                values[model][s.name] = values[model].get(s.name, 0.0) + s.value
+    for name, labels, value in prom_text.samples(text):
+        models: Iterable[str] = (labels.get(flavour.model_label, ""),) if flavour.model_label else served
+        for model in models:
+            # Summed over other labels (engine index, tp rank...): one figure per model.
+            values[model][name] = values[model].get(name, 0.0) + value
     loads: dict[tuple[str, str], ModelLoad] = {}
     for model, v in values.items():
         running, waiting = _first(v, flavour.running), _first(v, flavour.waiting)

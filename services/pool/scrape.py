@@ -11,8 +11,7 @@ from __future__ import annotations
 import urllib.request
 from collections import defaultdict
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from services.common import prom_text
 from services.pool.state import GpuSample, MetricsSample, ModelLoad
 
 MAX_METRICS_BYTES = 8 * 1024 * 1024  # a runaway exporter must not eat the pool's memory
@@ -29,14 +28,6 @@ _COUNTERS = {
 }
 
 
-def triton_sample_name(family_type: str, sample_name: str) -> str:
-    """The name Triton wrote. Triton types its request counters `counter` without the `_total`
-    suffix, and prometheus_client's parser then reports their samples as `..._total`."""
-    if family_type == "counter" and sample_name.endswith("_total"):
-        return sample_name[: -len("_total")]
-    return sample_name
-
-
 def _clamp01(value: float) -> float:
     return min(1.0, max(0.0, value))
 
@@ -48,22 +39,19 @@ def parse_triton_metrics(text: str, gpu_name: str = "") -> MetricsSample:
     pending: dict[tuple[str, str], float] = {}
     counters: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     gpu: dict[str, dict[str, float]] = {}  # insertion order = Triton's device order
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = s.labels
-            key = (labels.get("model", ""), labels.get("version", ""))
-            name = triton_sample_name(family.type, s.name)
-            if name == "nv_trt_llm_request_metrics" and "request_type" in labels:
-                requests[key][labels["request_type"]] = s.value
-            elif name == "nv_trt_llm_kv_cache_block_metrics" and "kv_cache_block_type" in labels:
-                kv[key][labels["kv_cache_block_type"]] = s.value
-            elif name == "nv_inference_pending_request_count":
-                pending[key] = s.value
-            elif name in _COUNTERS:
-                # Summed over the other labels (failure has one series per `reason`).
-                counters[key][_COUNTERS[name]] += s.value
-            elif name in ("nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"):
-                gpu.setdefault(labels.get("gpu_uuid", ""), {})[name] = s.value
+    for name, labels, value in prom_text.samples(text):  # names as Triton writes them
+        key = (labels.get("model", ""), labels.get("version", ""))
+        if name == "nv_trt_llm_request_metrics" and "request_type" in labels:
+            requests[key][labels["request_type"]] = value
+        elif name == "nv_trt_llm_kv_cache_block_metrics" and "kv_cache_block_type" in labels:
+            kv[key][labels["kv_cache_block_type"]] = value
+        elif name == "nv_inference_pending_request_count":
+            pending[key] = value
+        elif name in _COUNTERS:
+            # Summed over the other labels (failure has one series per `reason`).
+            counters[key][_COUNTERS[name]] += value
+        elif name in ("nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"):
+            gpu.setdefault(labels.get("gpu_uuid", ""), {})[name] = value
 
     loads: dict[tuple[str, str], ModelLoad] = {}
     for key in set(requests) | set(kv) | set(pending) | set(counters):

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.enginesim.testing import EngineSimHandle
-from services.pool.scrape import triton_sample_name
 from tests.helpers.polling import wait_for
+from tests.helpers.prometheus import triton_sample_name
 from tests.integration import test_enginesim_server as server_tests
 
 INFER_MODEL, SLOW_MODEL = server_tests.INFER_MODEL, server_tests.SLOW_MODEL

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from services.enginesim.testing import write_catalog
-from services.pool.scrape import triton_sample_name
+from tests.helpers.prometheus import triton_sample_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STREAM = "tc-stream"  # decoupled; prefill is the dominant cost, so prefix reuse is visible
