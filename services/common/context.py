@@ -117,19 +117,22 @@ def refuse_bad_lineage(metadata: Iterable[tuple[str, str | bytes]]) -> None:
 def check_lineage_id(what: str, value: str) -> str:
     """A session or step id: empty (none), or 1 to MAX_LINEAGE_ID_CHARS visible ASCII characters
     ('!' to '~'); InvalidArgument naming `what` otherwise."""
-    check_length(what, value, MAX_LINEAGE_ID_CHARS)
-    if value and not _is_visible_ascii(value):
-        bad = next(i for i, c in enumerate(value) if not _is_visible_ascii(c))
-        raise InvalidArgument(
-            f"{what} holds {value[bad]!r} at position {bad}: a session or step id is visible ASCII "
-            "only (letters, digits, punctuation; no spaces, tabs or control characters)"
-        )
-    return value
+    if _is_lineage_id(value):
+        return value
+    check_length(what, value, MAX_LINEAGE_ID_CHARS)  # too long: says so
+    bad = next(i for i, c in enumerate(value) if not _is_visible_ascii(c))
+    raise InvalidArgument(
+        f"{what} holds {value[bad]!r} at position {bad}: a session or step id is visible ASCII "
+        "only (letters, digits, punctuation; no spaces, tabs or control characters)"
+    )
+
+
+def _is_lineage_id(value: str) -> bool:
+    return not value or (len(value) <= MAX_LINEAGE_ID_CHARS and _is_visible_ascii(value))
 
 
 def _lineage_id(value: str) -> str:
-    ok = len(value) <= MAX_LINEAGE_ID_CHARS and (not value or _is_visible_ascii(value))
-    return value if ok else ""
+    return value if _is_lineage_id(value) else ""
 
 
 def _is_visible_ascii(value: str) -> bool:

@@ -15,8 +15,10 @@ from collections.abc import Iterator
 Sample = tuple[str, dict[str, str], float]  # name, labels, value
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-# One label: name="value" (the value's escapes are \\, \" and \n), then a comma or the end.
-_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|\})')
+# One label: name="value" (the value's escapes are \\, \" and \n), then a comma, the end, or
+# both (a trailing comma).
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,\s*\}|,|\})')
+_NO_LABELS = re.compile(r"\s*\}")
 _ESCAPE = re.compile(r"\\(.)")
 _UNESCAPED = {"\\": "\\", '"': '"', "n": "\n"}
 
@@ -55,19 +57,18 @@ def _sample(line: str) -> Sample:
 def _labels(line: str, at: int) -> tuple[dict[str, str], int]:
     """The labels from just after `{`, and where the line goes on after the `}`."""
     labels: dict[str, str] = {}
-    if line[at : at + 1] == "}" or line[at:].lstrip().startswith("}"):
-        return labels, line.index("}", at) + 1
+    empty = _NO_LABELS.match(line, at)
+    if empty is not None:
+        return labels, empty.end()
     while True:
         match = _LABEL.match(line, at)
         if match is None:
             raise ValueError("malformed labels")
         name, value, sep = match.groups()
         labels[name] = _ESCAPE.sub(_unescape, value) if "\\" in value else value
+        if sep.endswith("}"):
+            return labels, match.end()
         at = match.end()
-        if sep == "}":
-            return labels, at
-        if line[at:].lstrip().startswith("}"):  # a trailing comma
-            return labels, line.index("}", at) + 1
 
 
 def _unescape(match: re.Match[str]) -> str:
