@@ -107,12 +107,20 @@ class AgentStore:
         with self._sessions() as s:  # type: ignore[attr-defined]
             return rows.agent(self._agent_row(s, name))
 
+    def agent_project(self, name: str) -> str:
+        """The agent's project ("" for an unknown agent)."""
+        with self._sessions() as s:  # type: ignore[attr-defined]
+            return s.scalar(select(AgentRow.project).where(AgentRow.name == name)) or ""
+
     def list_agents(
-        self, project: str, type_: str, state: str, page: d.Page
+        self, project: str, type_: str, state: str, page: d.Page, projects: frozenset[str] | None = None
     ) -> tuple[list[d.Agent], int | None]:
+        """Agents matching the filters; with `projects`, only agents of one of them."""
         stmt = select(AgentRow).order_by(AgentRow.name)
         if project:
             stmt = stmt.where(AgentRow.project == project)
+        if projects is not None:
+            stmt = stmt.where(AgentRow.project.in_(sorted(projects)))
         if type_:
             stmt = stmt.where(AgentRow.type == type_)
         if state:

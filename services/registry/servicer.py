@@ -2,8 +2,10 @@
 
 Store and policy calls are synchronous (SQLAlchemy, casbin) and run in worker threads so the
 event loop keeps serving. Access: mutations need an admin user (JWT role "admin") or a
-Harness service identity (mTLS cert, e.g. the stack's seeder); reads need any authenticated
-caller (user, agent or service); Watch, which streams everything, needs admin or service.
+Harness service identity (mTLS cert, e.g. the stack's seeder); reads need an authenticated
+caller, and one that is neither reads only the projects it acts in (scope.py), while the model
+and tool catalogs and the JWT settings are shared; Watch, which streams everything, needs
+admin or service.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ from harness.registry.v1 import registry_pb2 as pb
 from harness.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from services.common.context import BOUND_AGENT, Identity, current_identity
-from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.errors import NotFound, PermissionDenied, Unauthenticated
 from services.registry import convert as c
 from services.registry import domain as d
 from services.registry import limits
 from services.registry.policy import Policy
+from services.registry.scope import Scope, scope_of
 from services.registry.store import Store
 from services.registry.watch import WatchHub
 
 T = TypeVar("T")
 SERVICE = pb.DESCRIPTOR.services_by_name["Registry"]
 ROUTER_SERVICE = "router"  # the only caller that may read a secret's value
+AGENTS_HINT = "`harness agents list` lists the agents you can read"
 
 
 def _caller() -> Identity:
@@ -80,6 +84,22 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             user=user.name, auth_method="api_key", project=key.project, claims={BOUND_AGENT: key.agent}
         )
 
+    async def _scope(self) -> Scope:
+        """The projects the authenticated caller reads (every one for admins and services)."""
+        return await _run(scope_of, self.store, _caller())
+
+    def _visible_agent(self, name: str, scope: Scope) -> d.Agent:
+        """The agent, or for a scoped caller NotFound alike for a missing and a hidden one."""
+        if scope.projects is None:
+            return self.store.get_agent(name)
+        try:
+            agent = self.store.get_agent(name)
+        except NotFound:
+            raise scope.missing("agent", name, AGENTS_HINT) from None
+        if not scope.sees(agent.project):
+            raise scope.missing("agent", name, AGENTS_HINT)
+        return agent
+
     # --- tenancy -------------------------------------------------------------------------
 
     async def CreateTeam(self, request, context):
@@ -89,9 +109,9 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         return pb.CreateTeamResponse(team=c.team_pb(team))
 
     async def ListTeams(self, request, context):
-        """Lists teams by name, paged."""
-        _caller()
-        teams, nxt = await _run(self.store.list_teams, c.page_in(request.page))
+        """Lists teams by name, paged; a scoped caller sees the teams owning its projects."""
+        scope = await self._scope()
+        teams, nxt = await _run(self.store.list_teams, c.page_in(request.page), scope.projects)
         return pb.ListTeamsResponse(teams=[c.team_pb(t) for t in teams], page=c.page_out(nxt))
 
     async def CreateProject(self, request, context):
@@ -101,9 +121,11 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         return pb.CreateProjectResponse(project=c.project_pb(project))
 
     async def ListProjects(self, request, context):
-        """Lists projects, optionally of one team."""
-        _caller()
-        projects, nxt = await _run(self.store.list_projects, request.team, c.page_in(request.page))
+        """Lists projects, optionally of one team; a scoped caller sees its own projects."""
+        scope = await self._scope()
+        projects, nxt = await _run(
+            self.store.list_projects, request.team, c.page_in(request.page), scope.projects
+        )
         return pb.ListProjectsResponse(projects=[c.project_pb(p) for p in projects], page=c.page_out(nxt))
 
     async def CreateUser(self, request, context):
@@ -150,7 +172,8 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         return pb.CreateApiKeyResponse(key=c.api_key_pb(key), secret=secret)
 
     async def ListApiKeys(self, request, context):
-        """Lists key metadata (never secrets); a non-admin user sees only their own keys."""
+        """Lists key metadata (never secrets); a non-admin user sees only their own keys, in the
+        projects they act in."""
         ident = _caller()
         user = request.user
         if not (ident.is_admin or ident.service):
@@ -160,7 +183,8 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                     "only admins list other users' API keys; ask for your own (user empty)"
                 )
             user = ident.user
-        keys, nxt = await _run(self.store.list_api_keys, user, c.page_in(request.page))
+        scope = await _run(scope_of, self.store, ident)
+        keys, nxt = await _run(self.store.list_api_keys, user, c.page_in(request.page), scope.projects)
         return pb.ListApiKeysResponse(keys=[c.api_key_pb(k) for k in keys], page=c.page_out(nxt))
 
     async def RevokeApiKey(self, request, context):
@@ -183,19 +207,21 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         return pb.CreateAgentResponse(agent=c.agent_pb(agent))
 
     async def GetAgent(self, request, context):
-        """Gets an agent with versions and traffic; NOT_FOUND names it."""
-        _caller()
-        return pb.GetAgentResponse(agent=c.agent_pb(await _run(self.store.get_agent, request.name)))
+        """Gets an agent with versions and traffic; NOT_FOUND names it (for a scoped caller, also
+        when the agent is another project's)."""
+        scope = await self._scope()
+        return pb.GetAgentResponse(agent=c.agent_pb(await _run(self._visible_agent, request.name, scope)))
 
     async def ListAgents(self, request, context):
-        """Lists agents filtered by project, type and state."""
-        _caller()
+        """Lists agents filtered by project, type and state, within the caller's projects."""
+        scope = await self._scope()
         agents, nxt = await _run(
             self.store.list_agents,
             request.project,
             c.enum_to_short(common_pb2.AgentType, request.type),
             c.enum_to_short(common_pb2.AgentState, request.state),
             c.page_in(request.page),
+            scope.only(request.project, "ListAgentsRequest.project"),
         )
         return pb.ListAgentsResponse(agents=[c.agent_pb(a) for a in agents], page=c.page_out(nxt))
 
@@ -240,7 +266,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         return pb.RegisterModelResponse(model=c.model_pb(model))
 
     async def ListModels(self, request, context):
-        """Lists catalog models."""
+        """Lists catalog models (shared by every project: any authenticated caller)."""
         _caller()
         models, nxt = await _run(self.store.list_models, c.page_in(request.page))
         return pb.ListModelsResponse(models=[c.model_pb(m) for m in models], page=c.page_out(nxt))
@@ -252,7 +278,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         return pb.RegisterToolResponse(tool=c.tool_pb(tool))
 
     async def ListTools(self, request, context):
-        """Lists catalog tools."""
+        """Lists catalog tools (shared by every project: any authenticated caller)."""
         _caller()
         tools, nxt = await _run(self.store.list_tools, c.page_in(request.page))
         return pb.ListToolsResponse(tools=[c.tool_pb(t) for t in tools], page=c.page_out(nxt))
@@ -270,17 +296,22 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         return pb.RemovePolicyResponse(removed=await _run(self.policy.remove, c.rule_in(request.rule)))
 
     async def ListPolicies(self, request, context):
-        """Lists rules then role assignments, optionally of one domain."""
-        _caller()
-        rules = await _run(self.policy.list, request.domain)
+        """Lists rules then role assignments, optionally of one domain; a scoped caller gets
+        those of its projects only ('*' rules are no project's)."""
+        scope = await self._scope()
+        scope.only(request.domain, "ListPoliciesRequest.domain")
+        rules = scope.rules(await _run(self.policy.list, request.domain))
         return pb.ListPoliciesResponse(rules=[c.rule_pb(r) for r in rules])
 
     async def CheckAccess(self, request, context):
-        """Decides subject/domain/object/action and names the rule that decided."""
-        _caller()
+        """Decides subject/domain/object/action and names the rule that decided; a scoped
+        caller asks only in its own projects."""
+        scope = await self._scope()
         limits.check_query(
             subject=request.subject, domain=request.domain, object=request.object, action=request.action
         )
+        if request.domain:  # an empty one is refused by the check, naming the field
+            scope.need_project(request.domain, "CheckAccessRequest.domain")
         allowed, rule = await _run(
             self.policy.check, request.subject, request.domain, request.object, request.action
         )
@@ -339,7 +370,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         return pb.SetJwtSettingsResponse(settings=c.jwt_pb(settings))
 
     async def GetJwtSettings(self, request, context):
-        """The JWT verification settings; NOT_FOUND until set."""
+        """The JWT verification settings (public: issuer, audience, keys); NOT_FOUND until set."""
         _caller()
         return pb.GetJwtSettingsResponse(settings=c.jwt_pb(await _run(self.store.get_jwt_settings)))
 

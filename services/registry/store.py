@@ -121,9 +121,16 @@ class Store(AgentStore, RemovalStore, SecretStore, ChangeLog):
             self._record(s, "team", team.name)
             return rows.team(row)
 
-    def list_teams(self, page: d.Page) -> tuple[list[d.Team], int | None]:
+    def list_teams(
+        self, page: d.Page, projects: frozenset[str] | None = None
+    ) -> tuple[list[d.Team], int | None]:
+        """Teams; with `projects`, only the teams owning one of them."""
+        stmt = select(TeamRow).order_by(TeamRow.name)
+        if projects is not None:
+            owners = select(ProjectRow.team).where(ProjectRow.name.in_(sorted(projects)))
+            stmt = stmt.where(TeamRow.name.in_(owners))
         with self._sessions() as s:
-            return self._page(s, select(TeamRow).order_by(TeamRow.name), page, rows.team)
+            return self._page(s, stmt, page, rows.team)
 
     def create_project(self, project: d.Project) -> d.Project:
         d.check_label("project", project.name)
@@ -139,12 +146,25 @@ class Store(AgentStore, RemovalStore, SecretStore, ChangeLog):
             self._record(s, "project", project.name)
             return rows.project(row)
 
-    def list_projects(self, team: str, page: d.Page) -> tuple[list[d.Project], int | None]:
+    def list_projects(
+        self, team: str, page: d.Page, projects: frozenset[str] | None = None
+    ) -> tuple[list[d.Project], int | None]:
+        """Projects (of `team` when given); with `projects`, only those."""
         with self._sessions() as s:
             stmt = select(ProjectRow).order_by(ProjectRow.name)
             if team:
                 stmt = stmt.where(ProjectRow.team == team)
+            if projects is not None:
+                stmt = stmt.where(ProjectRow.name.in_(sorted(projects)))
             return self._page(s, stmt, page, rows.project)
+
+    def user_team_projects(self, name: str) -> tuple[str, frozenset[str]]:
+        """A user's team and its projects ("" and none for an unknown or teamless user)."""
+        with self._sessions() as s:
+            team = s.scalar(select(UserRow.team).where(UserRow.name == name)) or ""
+            if not team:
+                return "", frozenset()
+            return team, frozenset(s.scalars(select(ProjectRow.name).where(ProjectRow.team == team)))
 
     def create_user(self, user: d.User) -> d.User:
         d.check_user_name(user.name)
@@ -248,11 +268,16 @@ class Store(AgentStore, RemovalStore, SecretStore, ChangeLog):
             self._record(s, "api_key", key_id)
             return rows.api_key(row), secret
 
-    def list_api_keys(self, user: str, page: d.Page) -> tuple[list[d.ApiKey], int | None]:
+    def list_api_keys(
+        self, user: str, page: d.Page, projects: frozenset[str] | None = None
+    ) -> tuple[list[d.ApiKey], int | None]:
+        """Keys (of `user` when given); with `projects`, only keys scoped to one of them."""
         with self._sessions() as s:
             stmt = select(ApiKeyRow).order_by(ApiKeyRow.create_time, ApiKeyRow.id)
             if user:
                 stmt = stmt.where(ApiKeyRow.user == user)
+            if projects is not None:
+                stmt = stmt.where(ApiKeyRow.project.in_(sorted(projects)))
             return self._page(s, stmt, page, rows.api_key)
 
     def revoke_api_key(self, key_id: str) -> d.ApiKey:

@@ -89,6 +89,7 @@ async def test_cli_through_envoy_with_the_up_env_file(front_door, capsys):
         ("models", "register", "m1"),
         ("agents", "create", "demo-agent", "--project", "ledger"),
         ("versions", "create", "demo-agent", "v1", "--model", "m1"),
+        ("users", "create", "bob", "--team", "finance"),
     ):
         rc, _, err = await cli(*argv)
         assert rc == 0, (argv, err)
@@ -98,7 +99,7 @@ async def test_cli_through_envoy_with_the_up_env_file(front_door, capsys):
     # The registry's own status comes back through Envoy unchanged.
     rc, out, err = await cli("agents", "state", "demo-agent", "draining")
     assert rc == 1 and "FAILED_PRECONDITION" in err and "registered" in err
-    # --user swaps the demo admin for bob: he may read, not write.
+    # --user swaps the demo admin for bob: he may read (his team's projects), not write.
     rc, out, _ = await cli("teams", "list", "--user", "bob")
     assert rc == 0 and "finance" in out
     rc, _, err = await cli("teams", "create", "ops", "--user", "bob")

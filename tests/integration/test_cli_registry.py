@@ -297,16 +297,25 @@ async def test_ops_cert_over_mtls_acts_as_admin(test_auth, tmp_path, capsys, mon
             HARNESS_CERT=str(certs.agents["demo-agent"].cert),
             HARNESS_KEY=str(certs.agents["demo-agent"].key),
         )
-        rc = await asyncio.to_thread(main, ["teams", "create", "ops", "--root", str(root)])
-        assert rc == 0, capsys.readouterr().err
+        for argv in (
+            ["teams", "create", "ops"],
+            ["teams", "create", "other"],
+            ["projects", "create", "tools", "--team", "ops"],
+            ["agents", "create", "demo-agent", "--project", "tools"],
+        ):
+            rc = await asyncio.to_thread(main, [*argv, "--root", str(root)])
+            assert rc == 0, capsys.readouterr().err
         capsys.readouterr()
         rc = await asyncio.to_thread(main, ["teams", "list", "--json", "--root", str(root)])
-        assert rc == 0 and [t["name"] for t in json.loads(capsys.readouterr().out)["teams"]] == ["ops"]
-        # The agent cert alone (no user token) may read but not administer.
+        teams = [t["name"] for t in json.loads(capsys.readouterr().out)["teams"]]
+        assert rc == 0 and teams == ["ops", "other"]
+        # The agent cert alone (no user token) may read its own project's records (its team's,
+        # not the other), but not administer.
         demo = certs.agents["demo-agent"]
         agent = ["--cert", str(demo.cert), "--key", str(demo.key), "--root", str(root)]
         rc = await asyncio.to_thread(main, ["teams", "list", *agent])
-        assert rc == 0 and "ops" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert rc == 0 and "ops" in out and "other" not in out
         rc = await asyncio.to_thread(main, ["teams", "create", "x", *agent])
         assert rc == 1 and "PERMISSION_DENIED" in capsys.readouterr().err
     finally:
