@@ -13,7 +13,10 @@ decides *when* to look at it:
 - `wake()` may be called from any thread (a store's commit listener runs in a worker thread).
 
 `ingest_batch` is the send of such a round when it goes to the audit service (the registry's
-feed, the pool's admin changes, the cost service's alerts and admin changes).
+feed, the pool's admin changes, the cost service's alerts and admin changes). A round's events
+go in calls of at most MAX_BATCH_BYTES each (`bounded_prefix`, the rule the router's event lanes
+follow too): the receivers refuse a request over 16 MiB, and a batch refused for its size alone
+would be retried, and refused, for ever.
 """
 
 from __future__ import annotations
@@ -24,6 +27,20 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from harness.audit.v1 import audit_pb2, audit_pb2_grpc
 from harness.common.v1 import common_pb2
+
+# Bytes of events in one call at most: a quarter of the receivers' 16 MiB request limit.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def bounded_prefix(sizes: Sequence[int], limit: int = MAX_BATCH_BYTES) -> int:
+    """How many of the first items (of these byte sizes) fit within `limit` together; at least
+    one (when there is one), so an item is never left behind for its size alone."""
+    total = 0
+    for i, size in enumerate(sizes):
+        total += size
+        if total > limit and i:
+            return i
+    return len(sizes)
 
 
 class ShippingLoop:
@@ -113,5 +130,18 @@ class ShippingLoop:
 async def ingest_batch(
     stub: audit_pb2_grpc.AuditStub, events: Sequence[common_pb2.AuditEvent], timeout_s: float
 ) -> audit_pb2.IngestResponse:
-    """Sends one batch to Audit.Ingest (one call, stored in one transaction)."""
-    return await stub.Ingest(audit_pb2.IngestRequest(events=events), timeout=timeout_s)
+    """Sends a round's events to Audit.Ingest: one call (stored in one transaction) per
+    MAX_BATCH_BYTES of them, oldest first; the counts are the calls' sums. A failed call raises
+    and the round is retried whole: the receiver stores each event id once."""
+    total = audit_pb2.IngestResponse()
+    sizes = [event.ByteSize() for event in events]
+    start = 0
+    while start < len(events):
+        count = bounded_prefix(sizes[start:])
+        resp = await stub.Ingest(
+            audit_pb2.IngestRequest(events=events[start : start + count]), timeout=timeout_s
+        )
+        total.accepted += resp.accepted
+        total.duplicates += resp.duplicates
+        start += count
+    return total

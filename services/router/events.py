@@ -26,27 +26,18 @@ from harness.cost.v1 import cost_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.errors import Unavailable
+from services.common.shipping import MAX_BATCH_BYTES, bounded_prefix
 from services.router.call_journal import CallJournal
 from services.router.outbox import Outbox, OutboxError
 
 log = logging.getLogger("harness.router.events")
 
 
-# A batch's bytes at most: the receivers refuse a request over 16 MiB, and a batch of 256
-# events with large details (each up to 64 KiB) could pass that, then be refused on every retry
-# and stop its lane for good.
-MAX_BATCH_BYTES = 4 * 1024 * 1024
-
-
-def within_bytes(rows: list[tuple[int, bytes]], limit: int) -> list[tuple[int, bytes]]:
-    """The oldest of `rows` (seq, payload) whose payloads together stay within `limit` bytes;
-    always the first, so an event is never left behind for its size alone."""
-    total = 0
-    for i, (_, payload) in enumerate(rows):
-        total += len(payload)
-        if total > limit and i:
-            return rows[:i]
-    return rows
+def within_bytes(rows: list[tuple[int, bytes]], limit: int = MAX_BATCH_BYTES) -> list[tuple[int, bytes]]:
+    """The oldest of `rows` (seq, payload) whose payloads together stay within `limit` bytes
+    (the receivers refuse a request over 16 MiB, and a batch of 256 events with large details
+    could pass that, then be refused on every retry and stop its lane for good)."""
+    return rows[: bounded_prefix([len(payload) for _, payload in rows], limit)]
 
 
 class _Lane:
@@ -137,7 +128,7 @@ class _Lane:
             except OutboxError:
                 pass
         peeked = self._outbox.peek(self.name, self._batch)
-        rows = within_bytes(peeked, MAX_BATCH_BYTES)
+        rows = within_bytes(peeked)
         self._oldest = self._outbox.oldest(self.name) if rows else None
         if self._oldest is None and self._held:
             self._oldest = time.time()
