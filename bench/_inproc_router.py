@@ -75,6 +75,9 @@ class NullEvents:
 
     progress = finish = start
 
+    def open_id(self) -> str:
+        return ""  # no durable entry: the call's records are not deferred past its answer
+
     def emit_audit(self, event) -> None:
         pass
 

@@ -210,6 +210,11 @@ class Call:
         return self.ctx.request_id if self.ctx else ""
 
     @property
+    def journaled(self) -> bool:
+        """Whether the call's start is durably in the journal (it was placed on an endpoint)."""
+        return self.journal is not None and bool(self.journal.open_id())
+
+    @property
     def engine_request_id(self) -> str:
         """The id engines get: the request id (so their logs still say which call) and this
         call's own nonce."""

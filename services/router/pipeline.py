@@ -12,6 +12,11 @@ Each stage has three hooks:
 - `release(call, error)`: after every `complete`, in the same order: what the caller need not
   wait for (budget and rate-limit holds settled, metrics counted). A front door may run these
   once it has sent the answer's last byte (`Call.after_answer`); otherwise they run at once.
+  The completions go there too when the call has a durable journal entry (it was dispatched):
+  that entry already stands for the call in the audit and usage records (shipped as an aborted
+  call should the process die first), so nothing is served unrecorded while the caller gets its
+  last bytes before the records are written. A call without one (refused, served from the cache)
+  completes before its answer ends, as every call does where no front door defers.
 Each completion and release runs even when an earlier one raised: a failed budget settle must
 not skip the others. Their errors are logged and counted, never silently swallowed, and never
 replace the call's own outcome.
@@ -110,10 +115,20 @@ class Director:
         finally:
             call.ended_at = time.perf_counter()
             call.status = outcome_of(error)
-            await self._complete(entered, call, error, "complete")
-            release = functools.partial(self._complete, entered, call, error, "release")
-            if call.after_answer is None or not call.after_answer.defer(release):
-                await release()
+            if call.after_answer is None or not call.journaled:
+                await self._complete(entered, call, error, "complete")
+                hooks: tuple[str, ...] = ("release",)
+            else:
+                hooks = ("complete", "release")
+            finish = functools.partial(self._finish, entered, call, error, hooks)
+            if call.after_answer is None or not call.after_answer.defer(finish):
+                await finish()
+
+    async def _finish(
+        self, entered: list[Stage], call: Call, error: BaseException | None, hooks: tuple[str, ...]
+    ) -> None:
+        for hook in hooks:
+            await self._complete(entered, call, error, hook)
 
     async def _complete(
         self, entered: list[Stage], call: Call, error: BaseException | None, hook: str

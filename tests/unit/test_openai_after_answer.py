@@ -1,6 +1,8 @@
-"""The OpenAI front door's answer ends as soon as the call's records are in the outbox: settling
-the rate-limit hold (a stage's release hook) waits until the response's last byte was sent, and
-still happens then. Driven as uvicorn drives the ASGI app, over the real Router and stages."""
+"""The OpenAI front door's answer ends before the work the caller need not wait for: settling the
+rate-limit hold (a stage's release hook) waits until the response's last byte was sent, and still
+happens then; so do a dispatched call's records, whose durable journal entry stands for the call
+until then. A call without one (here: a source that never dispatches) is recorded before its
+answer ends. Driven as uvicorn drives the ASGI app, over the real Router and stages."""
 
 from __future__ import annotations
 
@@ -36,6 +38,29 @@ class TwoWords:
         yield TritonChunk("Hello", False, 3, 1)
         yield TritonChunk(" world", False, 3, 2)
         yield TritonChunk("", True, 3, 2)
+
+
+class Dispatched(TwoWords):
+    """Writes the call's journal entry before its first token, as the dispatcher does."""
+
+    async def stream(self, call: Call):
+        call.endpoint = Candidate(name="sim-0", address="127.0.0.1:1", model="m")
+        call.journal.placed()
+        async for chunk in super().stream(call):
+            yield chunk
+
+
+class AtLastByte(list):
+    """The messages sent; notes, when the last one goes, what was recorded by then."""
+
+    def __init__(self, events: Events) -> None:
+        super().__init__()
+        self.events, self.then = events, None
+
+    def append(self, message: dict) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            self.then = (len(self.events.audit), self.events.outbox.calls_under_way())
+        super().append(message)
 
 
 class Witness(MemoryRateLimiter):
@@ -143,3 +168,27 @@ async def test_release_hooks_run_after_every_completion_or_when_the_caller_says(
     log.clear()
     [_ async for _ in director.run(Call(GenerationInput(prompt="p"), after_answer=later))]
     assert log == ["complete b", "complete a", "release b", "release a"]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_dispatched_call_is_recorded_after_its_last_byte_its_journal_entry_standing_until_then(
+    stream,
+):
+    events = Events()
+    sent = AtLastByte(events)
+    router = Router(
+        FakeRegistry(agent()), Endpoints(), Dispatched(), events, MemoryRateLimiter(), MemoryResultCache(),
+        RouterMetrics(CollectorRegistry()), RouterPolicy(cache_ttl_s=0.0),
+    )  # fmt: skip
+    auth = Authenticator(AuthConfig(trust_xfcc_without_tls=True), api_key_resolver=resolve_key)
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "stream": stream,
+    }
+    await post(OpenAIFrontDoor(router, auth).app(), body, sent)
+    assert sent[0]["status"] == 200
+    assert sent.then == (0, 1)  # at the last byte: no record yet, the journal entry in its place
+    assert len(events.audit) == 1 and len(events.usage) == 1  # then the records, once
+    assert events.outbox.calls_under_way() == 0
