@@ -9,6 +9,7 @@ Feedback flows back into the scheduler: in-flight counts, where a prefix/session
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -30,6 +31,31 @@ from services.router.views import EndpointView
 
 if TYPE_CHECKING:
     from services.router.call import Call
+
+
+class Placement:
+    """The call's journal entry for one try (`CallJournal.placed`), written when the engine says
+    the request went out (`EngineRequest.on_sent`), so the write overlaps the engine's work, or at
+    the latest before its first chunk goes on: the entry stands for the call before any of its
+    answer is served. A failure to write it (fail-closed) ends the call without a retry: the next
+    endpoint's entry could not be written either."""
+
+    __slots__ = ("_journal", "done", "failed")
+
+    def __init__(self, call: Call) -> None:
+        self._journal = call.journal
+        self.done = self._journal is None
+        self.failed = False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self._journal.placed()  # type: ignore[union-attr]
+        except Unavailable:
+            self.failed = True
+            raise
 
 
 class Dispatcher:
@@ -78,8 +104,15 @@ class Dispatcher:
         return self.activator is not None and self.activator.holds(triton_model)
 
     async def choose(
-        self, request: SchedulingRequest, call: Call, exclude: frozenset[str] = frozenset()
+        self,
+        request: SchedulingRequest,
+        call: Call,
+        exclude: frozenset[str] = frozenset(),
+        *,
+        place: bool = True,
     ) -> Candidate:
+        """The endpoint for the call (queueing while every candidate is saturated). With `place`,
+        the call's journal entry is written now; `stream` leaves it to the engine (`Placement`)."""
         decision = self._pick(request, exclude)
         if decision.outcome == Outcome.NO_READY and not exclude and self._held(request.model):
             # Scaled to zero: wait for the wake instead of failing, within the call's deadline.
@@ -108,7 +141,7 @@ class Dispatcher:
                 "deploy it in the pool or wait for it to load"
             )
         call.endpoint = decision.endpoint
-        if call.journal is not None:  # where it will run is known: its start is made durable now
+        if place and call.journal is not None:  # where it will run is known: made durable now
             call.journal.placed()
         return decision.endpoint
 
@@ -118,14 +151,18 @@ class Dispatcher:
         tried: frozenset[str] = frozenset()
         first_failure: Unavailable | None = None
         while True:
-            target = await self._choose_again(request, call, tried, first_failure)
+            target = await self._choose_again(request, call, tried, first_failure, place=False)
             call.endpoint = target
             self.scheduler.acquire(target)
             sharing = max(1, self.scheduler.memory.load(target))
             started, sent = time.perf_counter(), False
+            placement = Placement(call)
             try:
                 engine = self.engine(target)
-                async for chunk in engine.stream(target.address, engine_request, self.backend_timeout_s):
+                req = dataclasses.replace(engine_request, on_sent=placement)
+                async for chunk in engine.stream(target.address, req, self.backend_timeout_s):
+                    if not placement.done:  # an engine that does not say when the request went out
+                        placement()
                     if chunk.text and not sent:
                         sent = True
                         self.scheduler.observe_ttft(target, time.perf_counter() - started)
@@ -133,7 +170,7 @@ class Dispatcher:
                 self.scheduler.record(target, request)
                 return
             except Unavailable as exc:
-                if sent or tried:  # text already went out, or this was the retry
+                if sent or tried or placement.failed:  # text went out, the retry, or unrecordable
                     raise
                 first_failure = exc
                 tried = frozenset({target.name})
@@ -144,11 +181,16 @@ class Dispatcher:
                 self.flow.capacity_changed(1)
 
     async def _choose_again(
-        self, request: SchedulingRequest, call: Call, tried: frozenset[str], first_failure: Unavailable | None
+        self,
+        request: SchedulingRequest,
+        call: Call,
+        tried: frozenset[str],
+        first_failure: Unavailable | None,
+        place: bool = True,
     ) -> Candidate:
         """The endpoint for a first try, or for the one retry after `first_failure`."""
         try:
-            return await self.choose(request, call, tried)
+            return await self.choose(request, call, tried, place=place)
         except Unavailable as exc:
             if first_failure is None:
                 raise

@@ -10,13 +10,17 @@ are the same for both. The contract every engine keeps:
   engine refused the request itself (`InvalidArgument`: retrying would be refused again);
 - closing the iterator early (the caller went away) cancels the upstream generation;
 - token counts are the engine's when it gives them; otherwise they are counted from the text
-  and the chunk says ``estimated=True``.
+  and the chunk says ``estimated=True``;
+- ``req.on_sent``, when set, is called once the request is on its way (before waiting for the
+  engine's answer), so work that must precede the first token (the call's durable journal entry)
+  overlaps the engine's own; if it raises, the engine request is cancelled and the error raised.
+  An engine that does not call it leaves it to the dispatcher, before the first chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -44,6 +48,8 @@ class EngineRequest:
     stop: tuple[str, ...] = ()
     request_id: str = ""
     stream: bool = True  # token by token (Triton: only decoupled models can)
+    # Called once the request went out (the contract above); not part of what is asked.
+    on_sent: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

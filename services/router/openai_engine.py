@@ -237,11 +237,7 @@ class OpenAIEngine:
         deadline = time.monotonic() + timeout if timeout else None
         target = self.session(address)
         try:
-            response = await target.session.post(
-                target.completions, json=request_body(req), allow_redirects=False,
-                headers={"x-request-id": req.request_id} if req.request_id else None,
-                timeout=call_timeout(timeout),
-            )  # fmt: skip
+            response = await _post(target, req, timeout)
         except _CALL_FAILED as exc:
             raise Unavailable(f"backend {address} failed: {failure(exc)}") from exc
         whole = [False]
@@ -287,6 +283,33 @@ class OpenAIEngine:
             yield stream.final()
             return
         raise Unavailable(f"backend {address} closed the stream before the final response")
+
+
+async def _post(target: EngineSession, req: EngineRequest, timeout: float | None) -> aiohttp.ClientResponse:
+    """POSTs the request and waits for the answer's head; `req.on_sent` runs in between, once
+    the request is written (the task's first step writes it on a pooled connection), while the
+    engine works. If it raises, the request is cancelled (an answer already there is closed)."""
+    posting = target.session.post(
+        target.completions, json=request_body(req), allow_redirects=False,
+        headers={"x-request-id": req.request_id} if req.request_id else None,
+        timeout=call_timeout(timeout),
+    )  # fmt: skip
+    if req.on_sent is None:
+        return await posting
+    task = asyncio.ensure_future(posting)
+    await asyncio.sleep(0)
+    try:
+        req.on_sent()
+    except BaseException:
+        task.cancel()
+        task.add_done_callback(_close_answer)
+        raise
+    return await task
+
+
+def _close_answer(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
 
 
 async def _finish(response: aiohttp.ClientResponse) -> None:

@@ -204,11 +204,15 @@ class TritonPool:
         if req.stream and not await self._is_decoupled(address, req.model):
             req = dataclasses.replace(req, stream=False)
         stub = self.stub(address)
-        call = stub.ModelStreamInfer(
-            iter([build_request(req)]), timeout=timeout, metadata=self.metadata(address)
-        )
+        # Written with the call's own write (no request iterator, so no task consuming it), so
+        # `on_sent` runs once the request is really on its way, while the engine works.
+        call = stub.ModelStreamInfer(timeout=timeout, metadata=self.metadata(address))
         got_final = False
         try:
+            await call.write(build_request(req))
+            await call.done_writing()
+            if req.on_sent is not None:
+                req.on_sent()  # raising cancels the call (finally)
             async for resp in call:
                 if resp.error_message:
                     raise _stream_error(resp.error_message, req.model)

@@ -84,3 +84,36 @@ async def test_a_model_that_is_not_decoupled_answers_once_without_the_prompt():
         await handle.stop()
     assert len(chunks) == 1 and chunks[0].final and chunks[0].output_tokens == 6
     assert chunks[0].text and not chunks[0].text.startswith("Summarise")
+
+
+async def test_on_sent_comes_once_the_request_is_written_and_before_the_first_chunk(sim):
+    pool = TritonPool()
+    events: list[str] = []
+    req = TritonRequest(model=MODEL, prompt="Summarise", max_tokens=4, on_sent=lambda: events.append("sent"))
+    try:
+        async for chunk in pool.stream(sim.address, req, timeout=30):
+            events.append("final" if chunk.final else "chunk")
+    finally:
+        await pool.close()
+    assert events[0] == "sent" and events.count("sent") == 1 and events[-1] == "final"
+
+
+async def test_a_failing_on_sent_cancels_the_call_and_raises(sim):
+    pool = TritonPool()
+
+    def refuse() -> None:
+        raise Unavailable("the call's start could not be recorded durably")
+
+    req = TritonRequest(model=MODEL, prompt="long answer please", max_tokens=2000, on_sent=refuse)
+    try:
+        with pytest.raises(Unavailable, match="recorded durably"):
+            async for _ in pool.stream(sim.address, req, timeout=30):
+                pytest.fail("no chunk may come after a failed on_sent")
+        # the simulator is still answering (the cancelled call left it healthy)
+        chunks = [
+            c
+            async for c in pool.stream(sim.address, TritonRequest(model=MODEL, prompt="x", max_tokens=2), 30)
+        ]
+        assert chunks[-1].final
+    finally:
+        await pool.close()

@@ -7,6 +7,7 @@ picks an engine by the endpoint's kind and fails over across kinds."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import json
 import ssl
@@ -337,3 +338,88 @@ async def test_a_cookie_an_engine_sets_never_rides_on_a_later_request():
             await engine.close()
     assert len(server.seen) == 2
     assert "cookie" not in server.seen[1].headers
+
+
+# --- the call's journal entry is written while the engine works -------------------------------
+
+
+class Journal:
+    """A call's journal: notes each write and what the engine had been asked by then."""
+
+    def __init__(self, seen: list | None = None, fail: Exception | None = None) -> None:
+        self.writes: list[int] = []
+        self.seen, self.fail = seen, fail
+
+    def placed(self) -> None:
+        self.writes.append(len(self.seen) if self.seen is not None else 0)
+        if self.fail is not None:
+            raise self.fail
+
+
+async def test_on_sent_runs_once_before_the_first_chunk():
+    body = sse(text_chunk("Hel"), text_chunk("lo", "stop"))
+    async with ReplayServer(lambda _seen: Reply(pieces=[body])) as server:
+        events: list[str] = []
+        req = dataclasses.replace(REQ, on_sent=lambda: events.append("sent"))
+        engine = OpenAIEngine()
+        try:
+            async for _ in engine.stream(server.url, req, 10):
+                events.append("chunk")
+        finally:
+            await engine.close()
+    assert events == ["sent", "chunk", "chunk", "chunk"]  # two texts and the final
+    assert len(server.seen) == 1
+
+
+async def test_a_failing_on_sent_cancels_the_request_and_raises():
+    async with ReplayServer(lambda _seen: Reply(pieces=[sse(text_chunk("x", "stop"))])) as server:
+
+        def refuse() -> None:
+            raise Unavailable("the call's start could not be recorded durably")
+
+        engine = OpenAIEngine()
+        try:
+            with pytest.raises(Unavailable, match="recorded durably"):
+                async for _ in engine.stream(server.url, dataclasses.replace(REQ, on_sent=refuse), 10):
+                    pytest.fail("no chunk may come after a failed on_sent")
+        finally:
+            await engine.close()
+
+
+class SilentEngine(ScriptedEngine):
+    """Never calls on_sent, as a third-party or test engine may not."""
+
+
+class SayingEngine(ScriptedEngine):
+    async def stream(self, address: str, req: EngineRequest, timeout: float | None):
+        self.calls.append(address)
+        req.on_sent()
+        for t in self.texts:
+            yield EngineChunk(t, False)
+        yield EngineChunk("", True, 1, len(self.texts))
+
+
+@pytest.mark.parametrize("engine_type", [SilentEngine, SayingEngine])
+async def test_the_journal_entry_is_written_once_per_try_before_the_first_chunk(engine_type):
+    view = OneModelView([Candidate("trt", "10.0.0.1:8001", "m")])
+    engine = engine_type(texts=["a", "b"])
+    call = FakeCall()
+    out: list[str] = []
+    call.journal = Journal(seen=out)
+    d = Dispatcher(view, Scheduler(seed=1), FlowController(), engine)
+    async for chunk in d.stream(call):
+        out.append(chunk.text)
+    assert call.journal.writes == [0]  # once, before the caller had any chunk
+    assert "".join(out) == "ab"
+
+
+async def test_a_journal_that_cannot_be_written_ends_the_call_without_a_retry():
+    view = OneModelView([Candidate("a", "10.0.0.1:8001", "m"), Candidate("b", "10.0.0.2:8001", "m")])
+    engine = SayingEngine(texts=["x"])
+    call = FakeCall()
+    call.journal = Journal(fail=Unavailable("the call's start could not be recorded durably; refused"))
+    d = Dispatcher(view, Scheduler(seed=1), FlowController(), engine)
+    with pytest.raises(Unavailable, match="recorded durably"):
+        async for _ in d.stream(call):
+            pytest.fail("nothing may be served unrecorded")
+    assert len(engine.calls) == 1  # no second endpoint tried: its entry could not be written either
