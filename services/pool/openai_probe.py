@@ -1,57 +1,48 @@
 """Probes of OpenAI-protocol engines (vLLM, SGLang, TGI, Ollama, Triton's OpenAI frontend):
 readiness from the flavour's health route, the served models from ``GET /v1/models``. Calls
-carry the endpoint's headers (an API key) and verify TLS with its CA; answers are bounded."""
+carry the endpoint's headers (an API key) and verify TLS with its CA (http_probe.py); answers
+are bounded."""
 
 from __future__ import annotations
 
 import json
-import logging
-import ssl
-
-import httpx
 
 from services.pool.access import EngineAccess
 from services.pool.flavours import Flavour
+from services.pool.http_probe import HttpFailure, HttpSession, api_session
 from services.pool.state import IndexEntry
 
 MAX_MODELS_BYTES = 1 << 20
 MAX_MODELS = 1024
-# httpx logs every request at INFO: per engine call and per probe, that is noise, not news.
-logging.getLogger("httpx").setLevel(logging.WARNING)
+MAX_HEALTH_BYTES = 64 * 1024  # read to keep the connection; the status decides
 
 
-def http_client(base_url: str, access: EngineAccess, timeout_s: float) -> httpx.AsyncClient:
-    verify: ssl.SSLContext | bool = (
-        ssl.create_default_context(cafile=access.ca_file) if access.ca_file else True
-    )
-    return httpx.AsyncClient(
-        base_url=base_url.rstrip("/").removesuffix("/v1"),
-        headers=dict(access.headers),
-        verify=verify,
-        timeout=timeout_s,
-        limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
-    )
+def base_url(address: str) -> str:
+    """The API's base URL: a trailing `/v1` is dropped (the paths carry it)."""
+    return address.rstrip("/").removesuffix("/v1")
+
+
+def http_client(address: str, access: EngineAccess, timeout_s: float) -> HttpSession:
+    return api_session(base_url(address), access.headers, access.ca_file, timeout_s)
 
 
 async def probe_openai(
-    client: httpx.AsyncClient, flavour: Flavour
+    client: HttpSession, address: str, flavour: Flavour
 ) -> tuple[bool, tuple[IndexEntry, ...], str]:
     """(ready, models, error). Any failure is "not ready" with what went wrong."""
+    base = base_url(address)
     try:
         if flavour.health_path:
-            health = await client.get(flavour.health_path)
-            if health.status_code != 200:
-                return False, (), f"GET {flavour.health_path}: HTTP {health.status_code}"
-        async with client.stream("GET", "/v1/models") as resp:
-            if resp.status_code != 200:
-                return False, (), f"GET /v1/models: HTTP {resp.status_code}"
-            body = b""
-            async for part in resp.aiter_bytes():
-                body += part
-                if len(body) > MAX_MODELS_BYTES:
-                    return False, (), f"GET /v1/models: answer over {MAX_MODELS_BYTES} bytes"
-    except httpx.HTTPError as exc:
-        return False, (), f"{type(exc).__name__}: {exc}"
+            status, _ = await client.get(base + flavour.health_path, MAX_HEALTH_BYTES)
+            if status != 200:
+                return False, (), f"GET {flavour.health_path}: HTTP {status}"
+        status, body = await client.get(base + "/v1/models", MAX_MODELS_BYTES)
+    except HttpFailure as exc:
+        return False, (), str(exc)
+    if status != 200:
+        return False, (), f"GET /v1/models: HTTP {status}"
+    if body is None:
+        return False, (), f"GET /v1/models: answer over {MAX_MODELS_BYTES} bytes"
     try:
         data = json.loads(body)["data"]
         names = [str(m["id"]) for m in data[:MAX_MODELS] if isinstance(m, dict) and m.get("id")]

@@ -6,8 +6,8 @@ Each round runs, concurrently and with short deadlines:
   UNIMPLEMENTED, are judged by ServerReady). The models come from `RepositoryIndex`; when
   the engine refuses it (a restricted repository protocol), from `ModelReady` of each model
   the pool's catalog knows. Calls carry the endpoint's configured headers (access.py).
-- HTTP: a GET of the metrics URL (in a worker thread, so the loop never blocks). A failed
-  scrape only means "no fresh load figures": it never marks an endpoint down by itself.
+- HTTP: a GET of the metrics URL over a keep-alive session (http_probe.py). A failed scrape
+  only means "no fresh load figures": it never marks an endpoint down by itself.
 After a failed gRPC round the channel is dropped and the next round dials afresh, so a
 restarted server is seen on the next probe instead of after gRPC's reconnect backoff.
 
@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -33,8 +32,9 @@ from services.common.streams import cancel_all
 from services.pool.access import NO_ACCESS, EngineAccess
 from services.pool.endpoints import EndpointTable
 from services.pool.flavours import flavour_of, parse_flavour_metrics
+from services.pool.http_probe import HttpFailure, HttpSession, metrics_session
 from services.pool.openai_probe import http_client, probe_openai
-from services.pool.scrape import http_get_text, parse_triton_metrics
+from services.pool.scrape import MAX_METRICS_BYTES, parse_triton_metrics
 from services.pool.state import (
     HEALTHY,
     UNHEALTHY,
@@ -87,7 +87,11 @@ class Prober:
         self._gpu_override = gpu_override
         self._reach = reach or EngineReach()
         self._channel: grpc.aio.Channel | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._stubs: tuple[health_pb2_grpc.HealthStub, service_pb2_grpc.GRPCInferenceServiceStub] | None = (
+            None
+        )
+        self._http: HttpSession | None = None  # an OpenAI engine's API
+        self._metrics: HttpSession | None = None
 
     async def run(self) -> None:
         try:
@@ -100,7 +104,7 @@ class Prober:
                 elapsed = time.monotonic() - started
                 await asyncio.sleep(max(0.0, self._settings.interval_s - elapsed))
         finally:
-            await self._drop_channel()
+            await self._close()
 
     def _round(self, result: ProbeResult) -> None:
         before = self._table.get(self.spec.name)
@@ -124,15 +128,18 @@ class Prober:
         if self._http is None:
             access = self._reach.access(self.spec.address)
             self._http = http_client(self.spec.address, access, self._settings.timeout_s)
-        return await probe_openai(self._http, flavour_of(self.spec.flavour))
+        return await probe_openai(self._http, self.spec.address, flavour_of(self.spec.flavour))
 
     async def _probe_grpc(self) -> tuple[bool, tuple[IndexEntry, ...], str]:
         access = self._reach.access(self.spec.address)
-        if self._channel is None:
+        if self._channel is None or self._stubs is None:
             self._channel = access.channel(self.spec.address)
+            self._stubs = (
+                health_pb2_grpc.HealthStub(self._channel),
+                service_pb2_grpc.GRPCInferenceServiceStub(self._channel),
+            )
         timeout, md = self._settings.timeout_s, access.headers
-        health = health_pb2_grpc.HealthStub(self._channel)
-        triton = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        health, triton = self._stubs
         try:
             check, ready = await asyncio.gather(
                 self._health_check(health, timeout, md),
@@ -181,15 +188,22 @@ class Prober:
         return resp.status == health_pb2.HealthCheckResponse.SERVING
 
     async def _scrape(self) -> str | None:
-        if not self.spec.metrics_url:
+        url = self.spec.metrics_url
+        if not url:
             return None
+        if self._metrics is None:
+            self._metrics = metrics_session(url, self._settings.metrics_timeout_s)
         try:
-            return await asyncio.to_thread(
-                http_get_text, self.spec.metrics_url, self._settings.metrics_timeout_s
-            )
-        except Exception as exc:  # refused, timeout, HTTP error: all "no figures"
+            status, body = await self._metrics.get(url, MAX_METRICS_BYTES)
+        except HttpFailure as exc:  # refused, timeout, reset: all "no figures"
             log.debug("metrics scrape of %s failed: %s", self.spec.name, exc)
             return None
+        if not 200 <= status < 300 or body is None:
+            log.debug(
+                "metrics scrape of %s: HTTP %s%s", self.spec.name, status, "" if body else ", over the bound"
+            )
+            return None
+        return body.decode("utf-8", errors="replace")
 
     def _parse_metrics(self, text: str, models: tuple[IndexEntry, ...]) -> MetricsSample | None:
         """Triton's names, or the flavour's for an OpenAI endpoint (a server without a model
@@ -204,12 +218,16 @@ class Prober:
             return None
 
     async def _drop_channel(self) -> None:
-        channel, self._channel = self._channel, None
+        channel, self._channel, self._stubs = self._channel, None, None
         if channel is not None:
             await channel.close(grace=None)
-        http, self._http = self._http, None
-        if http is not None:
-            await http.aclose()
+
+    async def _close(self) -> None:
+        await self._drop_channel()
+        for session in (self._http, self._metrics):
+            if session is not None:
+                await session.close()
+        self._http = self._metrics = None
 
 
 class ProbeSupervisor:

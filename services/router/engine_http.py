@@ -23,18 +23,15 @@ What each session keeps from the httpx client it replaced:
 
 from __future__ import annotations
 
-import functools
-import os
 import ssl
-import urllib.request
 import warnings
 from dataclasses import dataclass
 
 import aiohttp
-import certifi
 from yarl import URL
 
 from services.common.errors import Unavailable
+from services.common.http_env import default_tls, env_proxy
 from services.router.engine_access import EndpointAccess
 
 CONNECT_TIMEOUT_S = 5.0
@@ -115,23 +112,3 @@ def check_identity(address: str, response: aiohttp.ClientResponse) -> None:
         raise Unavailable(
             f"backend {address} answered with Content-Encoding {encoding!r}; the router asks for identity"
         )
-
-
-@functools.cache
-def default_tls() -> ssl.SSLContext:
-    """httpx's verify=True: SSL_CERT_FILE or SSL_CERT_DIR when set, else certifi's roots."""
-    if os.environ.get("SSL_CERT_FILE"):
-        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-    if os.environ.get("SSL_CERT_DIR"):
-        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
-    return ssl.create_default_context(cafile=certifi.where())
-
-
-def env_proxy(url: URL) -> URL | None:
-    """The proxy the environment names for `url` (its scheme's, else ALL_PROXY), unless NO_PROXY
-    covers its host."""
-    if url.host and urllib.request.proxy_bypass(url.host):
-        return None
-    proxies = urllib.request.getproxies()
-    found = proxies.get(url.scheme) or proxies.get("all")
-    return URL(found) if found else None

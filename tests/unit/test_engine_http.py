@@ -10,8 +10,8 @@ import pytest
 from yarl import URL
 
 from services.common.errors import Unavailable
+from services.common.http_env import env_proxy
 from services.router.engine import EngineRequest
-from services.router.engine_http import env_proxy
 from services.router.openai_engine import OpenAIEngine
 from tests.helpers.http_replay import ReplayServer, Reply
 
