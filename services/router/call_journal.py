@@ -1,9 +1,10 @@
 """A model call's start, recorded durably right before dispatch, so a router killed mid-stream
 leaves a trace: on the next start the call is shipped as an aborted call (outbox.py).
 
-The entry is written once the call's endpoint is chosen (`placed`, by the dispatcher), so it
-names the deployment from the start, and no write stands between the engine's first token and
-the caller. It holds the audit and usage events the call would have if it ended now: status
+The entry is written once the call's endpoint is chosen and its request is on its way to the
+engine (`placed`, through the dispatcher's `Placement`, which the engine calls as it sends), so
+it names the deployment from the start, the write overlaps the engine's own work, and it always
+comes before the first token goes to the caller. It holds the audit and usage events the call would have if it ended now: status
 ABORTED, the deployment and the tokens streamed so far (refreshed every PROGRESS_EVERY chunks,
 and when a failover picks another endpoint).
 They carry the ids the call's own events will have (Call.audit_id, Call.usage_id), so if the

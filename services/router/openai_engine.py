@@ -297,6 +297,9 @@ async def _post(target: EngineSession, req: EngineRequest, timeout: float | None
     if req.on_sent is None:
         return await posting
     task = asyncio.ensure_future(posting)
+    # Two turns: the POST's first step writes the head and schedules the body's writer (a task
+    # of its own before Python 3.12), the second writes the body.
+    await asyncio.sleep(0)
     await asyncio.sleep(0)
     try:
         req.on_sent()
