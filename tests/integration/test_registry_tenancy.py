@@ -10,15 +10,14 @@ import yaml
 from harness.registry.v1 import registry_pb2 as pb
 from harness.registry.v1.registry_pb2_grpc import RegistryStub
 
-from services.common.config import ServerConfig, TlsFiles
+from services.common.config import TlsFiles
 from services.common.identity import API_KEY_KEY
-from services.common.server import open_channel, start_server
+from services.common.server import open_channel
 from services.devtools.certs import make_certs
-from services.registry.policy import Policy
 from services.registry.seed import seed_registry
-from services.registry.servicer import RegistryServicer
 from services.registry.store import Store
 from tests.helpers.grpc import agent_metadata, user_metadata
+from tests.helpers.registry_server import start_registry
 
 # Two tenants: team finance owns project ledger (agent books), team retail owns shop (agent till).
 TENANTS = yaml.safe_load(
@@ -49,16 +48,10 @@ registry:
 DENIED, NOT_FOUND = grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND
 
 
-async def _start(store: Store, auth, tls: TlsFiles | None = None):
-    servicer = RegistryServicer(store, Policy(store), auth.trust_domain)
-    cfg = ServerConfig(name="registry", port=0, metrics_port=None, auth=auth, tls=tls or TlsFiles())
-    return await start_server(cfg, servicer.register, api_key_resolver=servicer.resolve_api_key)
-
-
 @pytest.fixture
 async def stub(test_auth, db_url):
     store = Store(db_url)
-    running = await _start(store, test_auth)
+    running = await start_registry(store, test_auth)
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             yield RegistryStub(channel)
@@ -194,7 +187,7 @@ async def test_a_service_certificate_reads_every_project_an_agent_certificate_do
         return TlsFiles(str(pair.cert), str(pair.key), str(certs.ca_cert))
 
     store = Store(f"sqlite:///{tmp_path / 'registry.db'}")
-    running = await _start(store, test_auth, tls(certs.services["registry"]))
+    running = await start_registry(store, test_auth, tls(certs.services["registry"]))
     address = f"127.0.0.1:{running.port}"
     try:
         async with open_channel(address, tls(certs.services["cost"])) as channel:

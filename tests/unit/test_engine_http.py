@@ -19,14 +19,6 @@ REQ = EngineRequest(model="m", prompt="p", max_tokens=2)
 DONE = b'data: {"choices": [{"text": "ok", "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
 
 
-@pytest.fixture
-def no_env_proxy(monkeypatch):
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    return monkeypatch
-
-
 async def test_an_endpoint_is_reached_through_the_environments_proxy(no_env_proxy):
     async with ReplayServer(lambda _seen: Reply(pieces=[DONE])) as proxy:
         no_env_proxy.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://u:s3cret@"))

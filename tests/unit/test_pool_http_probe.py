@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import services.pool.probe as probe_mod
 from services.pool.access import EngineAccess
 from services.pool.endpoints import EndpointTable
@@ -37,21 +35,18 @@ def prober(url: str, headers: tuple[tuple[str, str], ...] = ()) -> Prober:
     return Prober(spec, EndpointTable(), ProbeSettings(), reach=reach)
 
 
-@pytest.fixture
-def no_env_proxy(monkeypatch):
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    return monkeypatch
+async def probe_rounds(url: str, rounds: int = 1, headers: tuple[tuple[str, str], ...] = ()) -> list:
+    """`rounds` probe rounds of one prober (its sessions kept between them), then closed."""
+    p = prober(url, headers)
+    try:
+        return [await p.probe_once() for _ in range(rounds)]
+    finally:
+        await p._close()
 
 
 async def test_rounds_reuse_their_connections_and_only_the_api_carries_the_headers(no_env_proxy):
     async with ReplayServer(engine) as server:
-        p = prober(server.url, (("authorization", "Bearer k"),))
-        try:
-            results = [await p.probe_once() for _ in range(5)]
-        finally:
-            await p._close()
+        results = await probe_rounds(server.url, 5, (("authorization", "Bearer k"),))
     assert all(r.ok for r in results) and [e.name for e in results[-1].models] == ["m"]
     load = results[-1].metrics.load_for("m", "")
     assert (load.active, load.waiting) == (2, 3)
@@ -68,11 +63,7 @@ async def test_answers_over_their_bounds_are_refused(no_env_proxy, monkeypatch):
     monkeypatch.setattr(probe_mod, "MAX_METRICS_BYTES", 16)
     monkeypatch.setattr("services.pool.openai_probe.MAX_MODELS_BYTES", 16)
     async with ReplayServer(engine) as server:
-        p = prober(server.url)
-        try:
-            result = await p.probe_once()
-        finally:
-            await p._close()
+        [result] = await probe_rounds(server.url)
     assert not result.ok and result.error == "GET /v1/models: answer over 16 bytes"
     assert result.metrics is None  # a page over the bound is "no figures"
 
@@ -84,11 +75,7 @@ async def test_a_redirect_is_not_ready_and_a_failed_scrape_is_no_figures(no_env_
         return Reply(status=500, pieces=[b""], headers=PLAIN)
 
     async with ReplayServer(moved) as server:
-        p = prober(server.url)
-        try:
-            result = await p.probe_once()
-        finally:
-            await p._close()
+        [result] = await probe_rounds(server.url)
     assert not result.ok and result.error == "GET /health: HTTP 307"
     assert result.metrics is None
     assert not any(s.url.endswith("/elsewhere") for s in server.seen)
