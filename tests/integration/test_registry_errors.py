@@ -15,7 +15,8 @@ from harness.registry.v1.registry_pb2_grpc import RegistryStub
 
 from services.registry.seed import seed_registry
 from services.registry.store import Store
-from tests.integration.test_registry_server import DEMO, _start
+from tests.helpers.registry_server import start_registry
+from tests.integration.test_registry_server import DEMO
 from tests.unit.test_registry_bad_input import dump
 
 INVALID, NOT_FOUND, EXISTS = (
@@ -31,7 +32,7 @@ DENIED = grpc.StatusCode.PERMISSION_DENIED
 async def registry(test_auth, db_url, mint_token):
     """(stub, store, admin metadata, bob metadata) over a seeded registry on port 0."""
     store = Store(db_url)
-    running = await _start(store, test_auth)
+    running = await start_registry(store, test_auth)
     admin = (("authorization", f"Bearer {mint_token('alice', 'admin')}"),)
     bob = (("authorization", f"Bearer {mint_token('bob')}"),)
     try:

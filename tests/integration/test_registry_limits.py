@@ -14,8 +14,8 @@ from sqlalchemy import update
 from services.registry import domain as d
 from services.registry.models import TeamRow
 from services.registry.store import Store
+from tests.helpers.registry_server import start_registry
 from tests.integration.test_registry_errors import _code, registry  # noqa: F401 (fixture)
-from tests.integration.test_registry_server import _start
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MB = 1024 * 1024
@@ -91,7 +91,7 @@ async def test_snapshot_parts_are_bounded_in_bytes(tmp_path, test_auth, mint_tok
         store.create_team(d.Team(f"big-{i}"))
     with store.engine.begin() as conn:
         conn.execute(update(TeamRow).values(display_name="x" * MB))
-    running = await _start(store, test_auth)
+    running = await start_registry(store, test_auth)
     admin = (("authorization", f"Bearer {mint_token('alice', 'admin')}"),)
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:  # default 4 MiB limit

@@ -21,7 +21,8 @@ from services.registry.seed import seed_registry
 from services.registry.store import Store
 from services.registry.watch import WatchHub
 from tests.helpers.grpc import user_metadata
-from tests.integration.test_registry_server import DEMO, _start
+from tests.helpers.registry_server import start_registry
+from tests.integration.test_registry_server import DEMO
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ONLINE, DRAINING, OFFLINE = (
@@ -72,7 +73,7 @@ async def served(test_auth, db_url, mint_token):
     store = Store(db_url)
     # Other replicas' writes are polled for once a minute here: a change that arrives sooner
     # was pushed by the write itself.
-    running = await _start(store, test_auth, hub=WatchHub(store, poll_s=60.0))
+    running = await start_registry(store, test_auth, hub=WatchHub(store, poll_s=60.0))
     admin = user_metadata(mint_token("alice", "admin"))
     async with grpc.aio.insecure_channel(running.address) as channel:
         stub = RegistryStub(channel)
