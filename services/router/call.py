@@ -105,8 +105,9 @@ class Chunk:
 
 
 class AfterAnswer:
-    """Work a front door runs once the caller has the whole answer (the stages' releases).
-    Work deferred after that (a stream closed only later) is run at once by whoever defers it."""
+    """Work a front door runs once the caller has the whole answer: the stages' releases, and
+    for a call with a durable journal entry their completions too (pipeline.py). Work deferred
+    after that (a stream closed only later) is run at once by whoever defers it."""
 
     def __init__(self) -> None:
         self._jobs: list[Callable[[], Awaitable[None]]] = []
@@ -142,8 +143,9 @@ class Call:
     # "already running", and aborts by id), so another caller could name a call in flight.
     engine_nonce: str = field(default_factory=lambda: secrets.token_hex(8))
     started: float = field(default_factory=time.perf_counter)
-    # A front door that runs the stages' `release` hooks itself once the caller has the whole
-    # answer puts one here; the director defers the work to it (None: it runs at the end).
+    # A front door that runs the stages' `release` hooks (and a journaled call's completions)
+    # once the caller has the whole answer puts one here; the director defers the work to it
+    # (None: it runs at the end).
     after_answer: AfterAnswer | None = None
     # ResolveAgent
     agent: registry_pb2.Agent | None = None
