@@ -58,6 +58,10 @@ class RouterConfig:
     # How long events wait in the outbox before a batch ships: one Audit.Ingest / Cost.Record
     # call (and one signed audit checkpoint) carries every event of that window.
     event_linger_s: float = 0.25
+    # Allocations between young-generation garbage collections (Python's default: 700; 0 keeps
+    # it). A call allocates thousands of short-lived objects, so at 700 the collector runs
+    # several times per call and, every hundred runs, walks the whole heap.
+    gc_young_threshold: int = 20_000
     redaction_key: str = ""  # HMAC key for HASH-mode PII redaction; the same on every router
     budget_timezone: str = "UTC"  # the cost service's timezone (calendar budget periods)
     budget_refresh_s: float = 5.0  # how often budgets and prices are read from the cost service
@@ -171,6 +175,13 @@ def _add_state_args(p: argparse.ArgumentParser) -> None:
         "(default 0.25): longer means fewer, larger batches (less CPU there per request), later records",
     )
     p.add_argument(
+        "--gc-young-threshold",
+        type=int,
+        default=int(env("ROUTER_GC_YOUNG_THRESHOLD", "20000")),
+        help="allocations between young-generation garbage collections (default 20000; Python's "
+        "own is 700; 0 keeps Python's)",
+    )
+    p.add_argument(
         "--redaction-key-file",
         default=env("REDACTION_KEY_FILE", ""),
         help="file holding the HMAC key for hash-mode PII redaction (the same on every router replica)",
@@ -218,6 +229,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     a = p.parse_args(argv)
     if not 0 <= a.event_linger <= 60:
         p.error(f"--event-linger {a.event_linger:g}: use 0 to 60 seconds")
+    if a.gc_young_threshold != 0 and not 100 <= a.gc_young_threshold <= 1_000_000:
+        p.error(f"--gc-young-threshold {a.gc_young_threshold}: use 0 (Python's default) or 100 to 1000000")
     if not 0 <= a.activation_wait_s <= 3600:
         p.error(f"--activation-wait-s {a.activation_wait_s:g}: use 0 to 3600 seconds")
     try:
@@ -249,6 +262,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         outbox_path=a.outbox,
         outbox_fail_closed=a.outbox_fail_closed,
         event_linger_s=a.event_linger,
+        gc_young_threshold=a.gc_young_threshold,
         redaction_key=Path(a.redaction_key_file).read_text().strip() if a.redaction_key_file else "",
         budget_timezone=a.budget_timezone,
         http_port=a.http_port if a.http_port >= 0 else None,
