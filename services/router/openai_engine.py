@@ -287,8 +287,8 @@ class OpenAIEngine:
 
 async def _post(target: EngineSession, req: EngineRequest, timeout: float | None) -> aiohttp.ClientResponse:
     """POSTs the request and waits for the answer's head; `req.on_sent` runs in between, once
-    the request is written (the task's first step writes it on a pooled connection), while the
-    engine works. If it raises, the request is cancelled (an answer already there is closed)."""
+    the request is written (two loop turns on a pooled connection: see below), while the engine
+    works. If it raises, the request is cancelled (an answer already there is closed)."""
     posting = target.session.post(
         target.completions, json=request_body(req), allow_redirects=False,
         headers={"x-request-id": req.request_id} if req.request_id else None,
