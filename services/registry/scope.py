@@ -65,6 +65,20 @@ class Scope:
 
 
 EVERY_PROJECT = Scope()
+AGENTS_HINT = "`harness agents list` lists the agents you can read"
+
+
+def visible_agent(store: Store, name: str, scope: Scope) -> d.Agent:
+    """The agent, or for a scoped caller NotFound alike for a missing and a hidden one."""
+    if scope.projects is None:
+        return store.get_agent(name)
+    try:
+        agent = store.get_agent(name)
+    except NotFound:
+        raise scope.missing("agent", name, AGENTS_HINT) from None
+    if not scope.sees(agent.project):
+        raise scope.missing("agent", name, AGENTS_HINT)
+    return agent
 
 
 def rule_domain(rule: d.PolicyRule) -> str:

@@ -20,19 +20,18 @@ from harness.registry.v1 import registry_pb2 as pb
 from harness.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from services.common.context import BOUND_AGENT, Identity, current_identity
-from services.common.errors import NotFound, PermissionDenied, Unauthenticated
+from services.common.errors import PermissionDenied, Unauthenticated
 from services.registry import convert as c
 from services.registry import domain as d
 from services.registry import limits
 from services.registry.policy import Policy
-from services.registry.scope import Scope, scope_of
+from services.registry.scope import Scope, scope_of, visible_agent
 from services.registry.store import Store
 from services.registry.watch import WatchHub
 
 T = TypeVar("T")
 SERVICE = pb.DESCRIPTOR.services_by_name["Registry"]
 ROUTER_SERVICE = "router"  # the only caller that may read a secret's value
-AGENTS_HINT = "`harness agents list` lists the agents you can read"
 
 
 def _caller() -> Identity:
@@ -87,18 +86,6 @@ class RegistryServicer(pb_grpc.RegistryServicer):
     async def _scope(self) -> Scope:
         """The projects the authenticated caller reads (every one for admins and services)."""
         return await _run(scope_of, self.store, _caller())
-
-    def _visible_agent(self, name: str, scope: Scope) -> d.Agent:
-        """The agent, or for a scoped caller NotFound alike for a missing and a hidden one."""
-        if scope.projects is None:
-            return self.store.get_agent(name)
-        try:
-            agent = self.store.get_agent(name)
-        except NotFound:
-            raise scope.missing("agent", name, AGENTS_HINT) from None
-        if not scope.sees(agent.project):
-            raise scope.missing("agent", name, AGENTS_HINT)
-        return agent
 
     # --- tenancy -------------------------------------------------------------------------
 
@@ -210,7 +197,9 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         """Gets an agent with versions and traffic; NOT_FOUND names it (for a scoped caller, also
         when the agent is another project's)."""
         scope = await self._scope()
-        return pb.GetAgentResponse(agent=c.agent_pb(await _run(self._visible_agent, request.name, scope)))
+        return pb.GetAgentResponse(
+            agent=c.agent_pb(await _run(visible_agent, self.store, request.name, scope))
+        )
 
     async def ListAgents(self, request, context):
         """Lists agents filtered by project, type and state, within the caller's projects."""
