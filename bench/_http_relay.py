@@ -29,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 from yarl import URL
 
 from services.common.config import TlsFiles
+from services.common.http_env import base_url
 from services.common.http_server import start_http_server
 from services.router.engine_access import NO_ACCESS
-from services.router.engine_http import EngineSession, base_url, call_timeout, open_session
+from services.router.engine_http import EngineSession, call_timeout, open_session
 
 HEALTH_PATH = "/healthz"  # what Envoy's router_http cluster checks
 MAX_CONNECTIONS = 256  # the router's OpenAI engine's pool limit per endpoint (OpenAIEngine's default)

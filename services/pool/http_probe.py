@@ -17,13 +17,11 @@ What the sessions keep from the clients they replaced (httpx for the API, urllib
 from __future__ import annotations
 
 import ssl
-import warnings
 from collections.abc import Iterable
 
 import aiohttp
-from yarl import URL
 
-from services.common.http_env import default_tls, env_proxy
+from services.common.http_env import default_tls, plain_session
 
 KEEPALIVE_S = 30.0
 _CHUNK = 64 * 1024
@@ -45,23 +43,12 @@ class HttpSession:
         headers: Iterable[tuple[str, str]] = (),
         follow_redirects: bool = False,
     ) -> None:
-        proxy = env_proxy(URL(url))
-        with warnings.catch_warnings():
-            # proxy_auth is deprecated for aiohttp 4; in 3.14 its replacement, proxy_headers,
-            # reaches only an https endpoint's CONNECT (as in the router's engine_http.py).
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=2, keepalive_timeout=KEEPALIVE_S, ssl=tls),
-                headers={**dict(headers), "Accept-Encoding": "identity"},
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
-                ),
-                auto_decompress=False,
-                trust_env=False,
-                proxy=proxy.with_user(None) if proxy else None,
-                proxy_auth=aiohttp.BasicAuth.from_url(proxy) if proxy else None,
-            )
+        self._session = plain_session(
+            url,
+            aiohttp.TCPConnector(limit=2, keepalive_timeout=KEEPALIVE_S, ssl=tls),
+            headers,
+            aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s),
+        )
         self._redirects = follow_redirects
 
     async def get(self, url: str, limit: int) -> tuple[int, bytes | None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from services.common.http_env import base_url
 from services.pool.access import EngineAccess
 from services.pool.flavours import Flavour
 from services.pool.http_probe import HttpFailure, HttpSession, api_session
@@ -15,11 +16,6 @@ from services.pool.state import IndexEntry
 MAX_MODELS_BYTES = 1 << 20
 MAX_MODELS = 1024
 MAX_HEALTH_BYTES = 64 * 1024  # read to keep the connection; the status decides
-
-
-def base_url(address: str) -> str:
-    """The API's base URL: a trailing `/v1` is dropped (the paths carry it)."""
-    return address.rstrip("/").removesuffix("/v1")
 
 
 def http_client(address: str, access: EngineAccess, timeout_s: float) -> HttpSession:

@@ -24,14 +24,13 @@ What each session keeps from the httpx client it replaced:
 from __future__ import annotations
 
 import ssl
-import warnings
 from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
 
 from services.common.errors import Unavailable
-from services.common.http_env import default_tls, env_proxy
+from services.common.http_env import base_url, default_tls, plain_session
 from services.router.engine_access import EndpointAccess
 
 CONNECT_TIMEOUT_S = 5.0
@@ -54,38 +53,16 @@ class EngineSession:
     embeddings: URL
 
 
-def base_url(address: str) -> str:
-    """An endpoint's address as the API's base URL: a scheme is added when missing (http), a
-    trailing `/v1` is dropped (the paths carry it)."""
-    url = address if "://" in address else f"http://{address}"
-    url = url.rstrip("/")
-    return url.removesuffix("/v1")
-
-
 def open_session(address: str, access: EndpointAccess, max_connections: int) -> EngineSession:
     """A session for one endpoint; call it on the event loop that will use it."""
     base = base_url(address)
-    proxy = env_proxy(URL(base))
     connector = aiohttp.TCPConnector(
         limit=max_connections,
         limit_per_host=0,
         keepalive_timeout=KEEPALIVE_S,
         ssl=ssl.create_default_context(cafile=access.ca_file) if access.ca_file else default_tls(),
     )
-    with warnings.catch_warnings():
-        # proxy_auth is deprecated for aiohttp 4; in 3.14 its replacement, proxy_headers, reaches
-        # only an https endpoint's CONNECT, not a plain request through the proxy.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            headers={**dict(access.headers), "Accept-Encoding": "identity"},
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=NO_CALL_LIMIT,
-            auto_decompress=False,
-            trust_env=False,
-            proxy=proxy.with_user(None) if proxy else None,
-            proxy_auth=aiohttp.BasicAuth.from_url(proxy) if proxy else None,
-        )
+    session = plain_session(base, connector, access.headers, NO_CALL_LIMIT)
     return EngineSession(session, URL(f"{base}/v1/completions"), URL(f"{base}/v1/embeddings"))
 
 
