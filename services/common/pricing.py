@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
@@ -33,6 +34,15 @@ SECONDS_PER_HOUR = 3600
 
 def round_half_up(value: Fraction) -> int:
     return math.floor(value + Fraction(1, 2))
+
+
+def gpu_time_cost(gpu_seconds: float, hour_price: int) -> int:
+    """`gpu_seconds` (exactly as its shortest decimal form reads) at `hour_price` micro-USD per
+    GPU-hour, rounded half-up: round_half_up(Fraction(str(s)) * price / 3600) in integers, since
+    this runs for every model call (the router's charge and the cost service's ledger)."""
+    num, den = Decimal(repr(gpu_seconds)).as_integer_ratio()
+    den *= SECONDS_PER_HOUR
+    return (2 * num * hour_price + den) // (2 * den)
 
 
 def usd_to_micro(usd: float | int | str) -> int:
@@ -94,7 +104,7 @@ def price_event(event: common_pb2.UsageEvent, time_us: int, book: PriceBook) -> 
         )
     if u.gpu_seconds > 0 and event.gpu_type:
         gpu_price = price(cost_pb2.PRICE_KIND_GPU_HOUR, event.gpu_type)
-        gpu = round_half_up(Fraction(str(u.gpu_seconds)) * gpu_price / SECONDS_PER_HOUR)
+        gpu = gpu_time_cost(u.gpu_seconds, gpu_price)
     if event.tool:
         tool = price(cost_pb2.PRICE_KIND_TOOL_CALL, event.tool)
     return Priced(token, gpu, tool, tuple(missing))

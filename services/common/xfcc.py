@@ -12,6 +12,7 @@ such names are never issued (services/devtools/certs.py) nor admitted (Envoy's S
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Agent (and service) names: DNS-label style, the registry's name rule for agents.
@@ -106,6 +107,10 @@ def values(element: list[tuple[str, str]], key: str) -> list[str]:
     return [v for k, v in element if k.lower() == want]
 
 
+# A pure function of its inputs, and an agent's connection sends the same header on every
+# request: parsing it once per distinct header saves the grammar walk on the hot path. Headers
+# that raise are not cached (each is refused again). 256 x 16 KiB bounds the memory.
+@functools.lru_cache(maxsize=256)
 def agent_from_xfcc(header: str, agent_prefix: str) -> str:
     """The one agent SPIFFE id the header names, or "" when it names no agent URI at all.
 

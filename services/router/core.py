@@ -167,21 +167,30 @@ class Router:
         async for _ in self.embed_director.run(call):
             pass
 
-    async def allowed_models(self) -> list[registry_pb2.Model]:
-        """Catalog models the calling agent's current versions pin and its policy allows."""
+    async def allowed_models(self, named: str = "") -> list[registry_pb2.Model]:
+        """Catalog models the calling agent's current versions pin and its policy allows, in pin
+        order; with `named`, only those whose catalog or Triton name it is (the policy is then
+        asked about those alone: a front door resolving a request's model asks on every call)."""
         ident = reqctx.current().identity
         if not ident.agent:
             raise Unauthenticated("no agent identity: call with an agent client certificate")
         agent = await self.registry.agent(ident.agent)
-        names = dict.fromkeys(m for v in agent.versions for m in v.models)
         out = []
-        for name in names:
+        for name in dict.fromkeys(m for v in agent.versions for m in v.models):
+            try:
+                model = await self.registry.model(name)
+            except NotFound:
+                continue
+            if named and named not in (model.name, model.triton_model):
+                continue
             decision = await self.registry.check(
                 f"agent:{agent.name}", agent.project, f"model:{name}", "invoke"
             )
             if decision.allowed:
-                try:
-                    out.append(await self.registry.model(name))
-                except NotFound:
-                    continue
+                out.append(model)
         return out
+
+    async def allowed_model(self, name: str) -> registry_pb2.Model | None:
+        """The first of allowed_models() whose catalog or Triton name is `name`; None if none is."""
+        found = await self.allowed_models(name) if name else []
+        return found[0] if found else None

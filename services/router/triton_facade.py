@@ -113,10 +113,7 @@ class TritonFacadeServicer(UnsupportedTritonRpcs, pb_grpc.GRPCInferenceServiceSe
 
     async def _find(self, name: str) -> registry_pb2.Model | None:
         """The calling agent's model by catalog or Triton name, None when it has none of that name."""
-        for model in await self._router.allowed_models():
-            if name and name in (model.name, model.triton_model):
-                return model
-        return None
+        return await self._router.allowed_model(name)
 
     async def _decoupled(self, model: registry_pb2.Model) -> bool:
         """As the engines serving the model say (the first that can tell); False when none can."""

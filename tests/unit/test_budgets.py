@@ -244,6 +244,20 @@ async def test_period_rollover_and_timezone(make, clock):
     await enf.reserve_cost([r], 1000)  # a new day, a new counter
 
 
+def test_charges_name_the_period_in_force_as_the_clock_moves(make):
+    """The period's bounds are kept until its end: a charge after midnight, or with the clock
+    stepped back before the period's start, names the period of its own time."""
+    enf = make()
+    r = rule(limit=10)
+    day = 86_400_000
+    first = enf.charge(r, 10 * day + 5, 1)
+    assert enf.charge(r, 10 * day + 6, 1).key == first.key
+    assert first.reset_ms == 11 * day
+    later = enf.charge(r, 11 * day, 1)
+    assert later.key != first.key and later.reset_ms == 12 * day
+    assert enf.charge(r, 10 * day + 7, 1).key == first.key  # stepped back: yesterday's again
+
+
 async def test_monthly_and_lifetime(make, clock):
     enf = make()
     m, life = rule("m", period=MONTHLY, limit=10), rule("l", period=LIFETIME, limit=10)

@@ -75,6 +75,18 @@ def test_forged_structure_never_names_another_agent(san: str):
         agent_from_xfcc(header, PREFIX)
 
 
+def test_a_parsed_header_is_answered_again_the_same_and_a_refused_one_refused_again():
+    """agent_from_xfcc memoizes answers by (header, prefix); refusals are never remembered."""
+    good = ENVOY.format(cn="demo-agent", uri=PREFIX + "demo-agent")
+    bad = ENVOY.format(cn="demo-agent", uri=PREFIX + "demo-agent;URI=" + PREFIX + "ledger-rpa")
+    for _ in range(3):
+        assert agent_from_xfcc(good, PREFIX) == PREFIX + "demo-agent"
+        assert agent_from_xfcc(good, "spiffe://other.local/agent/") == ""  # the prefix is in the key
+        with pytest.raises(XfccError):
+            agent_from_xfcc(bad, PREFIX)
+    assert agent_from_xfcc.cache_info().currsize <= 256
+
+
 def test_two_agent_uri_sans_are_refused():
     header = ENVOY.format(cn="x", uri=PREFIX + "demo-agent") + ";URI=" + PREFIX + "ledger-rpa"
     with pytest.raises(XfccError, match="2 agent URI SANs"):

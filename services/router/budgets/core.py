@@ -137,6 +137,9 @@ class BudgetEnforcer(ABC):
         self.budgets_as_of = 0.0
         self._live: dict[str, BudgetReservation] = {}  # admitted here, not settled yet
         self._renewing: asyncio.Task | None = None
+        # The calendar period in force, by period kind: (start us, end ms), reused until its
+        # end (working out a period's bounds in the time zone costs more than the rest of a charge).
+        self._periods: dict[int, tuple[int, int]] = {}
 
     def update(self, rules: Iterable[BudgetRule] | None = None, prices: PriceTable | None = None) -> None:
         if rules is not None:
@@ -148,13 +151,23 @@ class BudgetEnforcer(ABC):
         self._ledger = ledger
 
     def charge(self, rule: BudgetRule, now_ms: float, cost: int) -> Charge:
-        start, end = period_bounds(rule.period, datetime.fromtimestamp(now_ms / 1000, tz=UTC), self.tz)
-        if start is None or end is None:
+        bounds = self._period(rule.period, now_ms)
+        if bounds is None:
             return Charge(f"{self._prefix}bud:{rule.name}:life", rule, cost, None, None, 0)
-        end_ms = to_us(end) // 1000
-        start_us = to_us(start)
+        start_us, end_ms = bounds
         key = f"{self._prefix}bud:{rule.name}:{start_us // 1000}"
         return Charge(key, rule, cost, start_us, end_ms, max(1, int(end_ms - now_ms)) + KEY_GRACE_MS)
+
+    def _period(self, period: int, now_ms: float) -> tuple[int, int] | None:
+        """(start us, end ms) of the calendar period of this kind holding `now_ms`; None: lifetime."""
+        held = self._periods.get(period)
+        if held is not None and held[0] <= now_ms * 1000 and now_ms < held[1]:
+            return held
+        start, end = period_bounds(period, datetime.fromtimestamp(now_ms / 1000, tz=UTC), self.tz)
+        if start is None or end is None:
+            return None
+        held = self._periods[period] = (to_us(start), to_us(end) // 1000)
+        return held
 
     def gpu_bound_s(self, model: str, tokens: int) -> float:
         """GPU seconds a request of `tokens` (prompt + max_tokens) may be charged at most."""

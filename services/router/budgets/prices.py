@@ -4,11 +4,10 @@ GPU share learned from settled requests."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from fractions import Fraction
 
 from harness.cost.v1 import cost_pb2
 
-from services.common.pricing import SECONDS_PER_HOUR, TOKENS_PER_UNIT, round_half_up
+from services.common.pricing import TOKENS_PER_UNIT, gpu_time_cost
 
 
 class PriceTable:
@@ -57,7 +56,7 @@ class PriceTable:
         price = self._gpu.get(gpu_type, 0)
         if gpu_seconds <= 0 or not price:
             return 0
-        return round_half_up(Fraction(str(gpu_seconds)) * price / SECONDS_PER_HOUR)
+        return gpu_time_cost(gpu_seconds, price)
 
     def max_gpu_hour(self) -> int:
         return max(self._gpu.values(), default=0)

@@ -124,11 +124,12 @@ class OpenAIFrontDoor:
         async def entry(request: Request) -> Response:
             # No reset afterwards: each request runs in its own task, and a stream's events
             # are produced after this returns, still under this request's context.
-            ctx = reqctx.context_from_metadata(request.headers.items(), FRONTDOOR)
+            headers = request.headers.items()  # decoded once: Starlette decodes on each call
+            ctx = reqctx.context_from_metadata(headers, FRONTDOOR)
             reqctx.set_current(ctx)
             try:
                 scope = request.scope
-                refuse_bad_headers(request.headers.items())
+                refuse_bad_headers(headers)
                 identity = await self.auth.authenticate_peer(
                     scope.get(PEER_IDS_KEY, ()), scope.get(TLS_KEY, False), request.headers
                 )
@@ -173,9 +174,9 @@ class OpenAIFrontDoor:
 
     async def _model(self, name: str) -> str:
         """The catalog name of a model the calling agent may use (by catalog or Triton name)."""
-        for model in await self.router.allowed_models():
-            if name in (model.name, model.triton_model):
-                return model.name
+        model = await self.router.allowed_model(name)
+        if model is not None:
+            return model.name
         agent = reqctx.current().identity.agent
         raise NotFound(
             f"The model {name!r} does not exist or agent {agent!r} may not use it; "

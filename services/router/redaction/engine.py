@@ -19,7 +19,7 @@ from typing import Any
 
 from .builtin import create, registered
 from .glued import glued_spans
-from .normalize import normalize
+from .normalize import Normalized, normalize
 from .policy import Mode, RedactionPolicy
 from .recognizers import Recognizer, Span
 
@@ -124,9 +124,10 @@ class Redactor:
     def enabled(self) -> bool:
         return bool(self._recognizers)
 
-    def find(self, text: str) -> list[Span]:
-        """The spans that would be redacted, sorted by start (values included: do not log)."""
-        folded = normalize(text)
+    def find(self, text: str, folded: Normalized | None = None) -> list[Span]:
+        """The spans that would be redacted, sorted by start (values included: do not log);
+        `folded` is normalize(text) where the caller has it already."""
+        folded = normalize(text) if folded is None else folded
         seen = folded.text
         spans = [s for r in self._recognizers for s in r.find(seen)]
         spans += glued_spans(seen, self._by_kind)

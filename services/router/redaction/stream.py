@@ -42,7 +42,7 @@ class StreamRedactor:
         if cut <= 0:
             return ""
         cut = folded.start(cut) if cut < len(folded.text) else len(self._buf)
-        spans = self.redactor.find(self._buf)
+        spans = self.redactor.find(self._buf, folded)
         for s in spans:  # never release part of a value
             if s.start < cut < s.end:
                 cut = s.start
