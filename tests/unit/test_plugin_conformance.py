@@ -5,6 +5,7 @@ plugin added to a list is tested here without writing a test for it)."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -106,6 +107,9 @@ def test_recognizers_find_their_kind_and_report_exact_spans(name):
     assert spans, f"{name} found nothing in {text!r}"
     for span in spans:
         assert text[span.start : span.end] == span.value and span.kind == name
+        # The engine skips a recognizer on text without its `needs`: every value must have one.
+        assert recognizer.needs is not None, f"{name}: say what its values always contain (needs)"
+        assert re.search(recognizer.needs, span.value), f"{name}: {span.value!r} lacks {recognizer.needs!r}"
     assert list(recognizer.find("nothing to see here, 12 apples")) == []
 
 

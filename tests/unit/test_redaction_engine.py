@@ -7,6 +7,7 @@ from stdnum import luhn
 from stdnum.cn import ric
 
 from services.router.redaction import Redactor, Span, UnknownKindError, policy_from_dict, resolve_overlaps
+from services.router.redaction.policy import RedactionPolicy
 
 ID = "11010119900307123" + ric.calc_check_digit("110101199003071230")
 CARD = "622202123456789012" + luhn.calc_check_digit("622202123456789012")
@@ -101,3 +102,19 @@ def test_counts_never_carry_values() -> None:
     r = Redactor(policy_from_dict({"cn_resident_id": "hash"}), key="k")
     res = r.redact(f"ID {ID}")
     assert ID not in repr(res.counts) and ID not in res.text
+
+
+def test_text_without_any_recognizers_needs_is_not_searched_but_a_pattern_is_always_run() -> None:
+    """The engine skips text that matches none of the recognizers' `needs` (no digit for a
+    phone or card, no '@' for an email); a configured pattern promises nothing, so with one in
+    the policy every text is searched. Folded text counts: a full-width digit is a digit."""
+    digits = Redactor(policy_from_dict({"phone": "mask", "bank_card": "mask"}))
+    assert digits.find("no numbers in this sentence at all") == []
+    assert digits.redact("call １３８１２３４５６７８ now").text == "call [PHONE] now"
+    email = Redactor(policy_from_dict({"email": "mask"}))
+    assert email.redact("write to alice@example.com").text == "write to [EMAIL]"
+    assert email.redact("write to alice at example dot com").counts == {}
+    with_pattern = Redactor(
+        RedactionPolicy.build([("phone", "mask"), ("codename", "mask")], {"codename": r"Project [A-Z][a-z]+"})
+    )
+    assert with_pattern.redact("see Project Falcon").text == "see [CODENAME]"

@@ -28,6 +28,7 @@ class CnResidentId(Recognizer):
 
     kind = "cn_resident_id"
     partial = r"[1-9][0-9]*[Xx]?"
+    needs = r"[0-9]"
     priority = 30  # more structure checked than a Luhn card of the same length
 
     def find(self, text: str) -> Iterator[Span]:
@@ -75,6 +76,7 @@ class BankCard(Recognizer):
 
     kind = "bank_card"
     partial = r"[2-6][0-9 \-]*"
+    needs = r"[0-9]"
     priority = 20
 
     def find(self, text: str) -> Iterator[Span]:

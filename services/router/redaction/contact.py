@@ -40,6 +40,7 @@ class Phone(Recognizer):
 
     kind = "phone"
     partial = r"[(+]{1,2}|[(+]{0,2}[0-9][0-9 ()\-.]*"
+    needs = r"[0-9]"
     priority = 10
 
     def __init__(self, default_region: str = "CN") -> None:
@@ -110,6 +111,7 @@ class Email(Recognizer):
 
     kind = "email"
     partial = r"[A-Za-z0-9][A-Za-z0-9._%+\-]*(?:@[A-Za-z0-9.\-]*)?"
+    needs = "@"
     priority = 10
 
     def find(self, text: str) -> Iterator[Span]:

@@ -98,6 +98,15 @@ class Redactor:
             self._recognizers.append(rec)
         self._priority = {r.kind: r.priority for r in self._recognizers}
         self._by_kind = {r.kind: r for r in self._recognizers}
+        # Text matching none of the recognizers' `needs` holds no value (most streamed chunks:
+        # words without digits): one search instead of every recognizer's. Glued runs are
+        # digits, which their recognizers need. None when any recognizer promises nothing.
+        needs = [r.needs for r in self._recognizers]
+        self._prefilter: re.Pattern[str] | None = (
+            re.compile("|".join(f"(?:{n})" for n in sorted(set(needs))))  # type: ignore[arg-type]
+            if needs and None not in needs
+            else None
+        )
         partials = [r.partial for r in self._recognizers]
         # Matches (searching from the left) the earliest suffix that could be an unfinished value.
         self.unfinished: re.Pattern[str] | None = (
@@ -129,6 +138,8 @@ class Redactor:
         `folded` is normalize(text) where the caller has it already."""
         folded = normalize(text) if folded is None else folded
         seen = folded.text
+        if self._prefilter is not None and self._prefilter.search(seen) is None:
+            return []
         spans = [s for r in self._recognizers for s in r.find(seen)]
         spans += glued_spans(seen, self._by_kind)
         spans = resolve_overlaps(spans, self._priority) if len(spans) > 1 else spans

@@ -16,6 +16,7 @@ _IPV4 = re.compile(rf"(?<![0-9A-Za-z.])(?:{_OCTET}\.){{3}}{_OCTET}(?![0-9A-Za-z]
 class IPv4(Recognizer):
     kind = "ipv4"
     partial = r"[0-9][0-9.]*"
+    needs = r"[0-9]"
     priority = 15  # a dotted quad beats a phone reading of the same digits
 
     def find(self, text: str) -> Iterator[Span]:
@@ -41,6 +42,7 @@ class IPv6(Recognizer):
 
     kind = "ipv6"
     partial = r"[0-9A-Fa-f:][0-9A-Fa-f:.]*"
+    needs = ":"
     priority = 10
 
     def find(self, text: str) -> Iterator[Span]:

@@ -55,6 +55,10 @@ class Recognizer(ABC):
     # match more). Streaming holds back only text that could be such a beginning; None (e.g. a
     # configured pattern) holds back a fixed window instead.
     partial: ClassVar[str | None] = None
+    # A regex that every value this recognizer finds contains a match of (in the folded text the
+    # engine searches); text without one holds no such value, so the engine skips the search.
+    # None (e.g. a configured pattern): no such promise, the recognizer always runs.
+    needs: ClassVar[str | None] = None
 
     @abstractmethod
     def find(self, text: str) -> Iterator[Span]:
