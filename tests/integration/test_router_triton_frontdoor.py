@@ -54,8 +54,12 @@ class StandInRouter:
         self.generated: list[str] = []
         self.intervals: list[int] = []  # each generation's min_chunk_interval_ms
 
-    async def allowed_models(self) -> list[registry_pb2.Model]:
-        return MODELS
+    async def allowed_models(self, named: str = "") -> list[registry_pb2.Model]:
+        return [m for m in MODELS if not named or named in (m.name, m.triton_model)]
+
+    async def allowed_model(self, name: str) -> registry_pb2.Model | None:
+        found = await self.allowed_models(name) if name else []
+        return found[0] if found else None
 
     async def embed(self, call: Call) -> None:
         self.generated.append(f"embed:{call.inp.model}:{'|'.join(call.inp.inputs)}")

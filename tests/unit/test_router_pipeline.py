@@ -9,6 +9,7 @@ import grpc
 import pytest
 from harness.common.v1 import common_pb2
 from harness.cost.v1 import cost_pb2
+from harness.registry.v1 import registry_pb2
 from prometheus_client import CollectorRegistry
 
 from services.common import context as reqctx
@@ -357,3 +358,25 @@ async def test_a_dispatch_failure_refunds_the_rate_limit_and_is_recorded():
         await run(r)
     assert r.events.audit[-1].status == "UNAVAILABLE"
     assert r.events.usage[0].usage.output_tokens == 0  # dispatched: usage says what it cost (nothing)
+
+
+async def test_a_requests_model_is_resolved_by_either_name_in_pin_order_and_only_if_allowed():
+    """What both front doors ask (Router.allowed_model): the first pinned, allowed model whose
+    catalog or engine name it is; a pinned model the policy denies is not found."""
+    record = agent()
+    record.versions[0].models[:] = ["old", "new", "denied"]
+    r = rig(record)
+    r.registry.models.update({
+        "old": registry_pb2.Model(name="old", triton_model="shared-engine"),
+        "new": registry_pb2.Model(name="new", triton_model="shared-engine"),
+        "denied": registry_pb2.Model(name="denied", triton_model="denied-engine"),
+    })  # fmt: skip
+    r.registry.denied.add("model:denied")
+    assert [m.name for m in await r.router.allowed_models()] == ["old", "new"]
+    assert (await r.router.allowed_model("shared-engine")).name == "old"  # pin order
+    assert (await r.router.allowed_model("new")).name == "new"
+    assert await r.router.allowed_model("denied") is None
+    assert await r.router.allowed_model("denied-engine") is None
+    assert await r.router.allowed_model("") is None
+    r.registry.denied.add("model:old")
+    assert (await r.router.allowed_model("shared-engine")).name == "new"  # the next allowed one
