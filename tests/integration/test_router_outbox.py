@@ -5,6 +5,8 @@ sends what is left), each stored exactly once; fail-closed refuses what cannot b
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import grpc
@@ -25,6 +27,7 @@ from services.cost.servicer import start_cost
 from services.devtools.certs import make_certs
 from services.router.events import EventShipper
 from services.router.outbox import Outbox, OutboxError
+from tests.helpers.cmdline import REPO
 from tests.helpers.grpc import user_metadata
 from tests.helpers.polling import eventually
 
@@ -65,6 +68,29 @@ def test_outbox_keeps_events_until_acknowledged_and_across_reopen(tmp_path):
     again.close()
     with pytest.raises(OutboxError):
         again.append("audit", b"late")  # closed: what a failing disk looks like to the caller
+
+
+def test_a_second_process_on_an_open_outbox_is_refused_with_a_reason(tmp_path):
+    """Two routers on one file would each ship the other's calls under way as aborted on a
+    restart: the file belongs to one process until it closes it."""
+    path = str(tmp_path / "outbox.db")
+    first = Outbox(path)
+    first.append("audit", b"a0")
+    script = (
+        "import sys\n"
+        "from services.router.outbox import Outbox, OutboxError\n"
+        "try:\n"
+        "    Outbox(sys.argv[1])\n"
+        "except OutboxError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    held = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, cwd=REPO)
+    assert held.returncode == 3, held.stderr
+    assert "held by another process" in held.stdout and "--outbox" in held.stdout
+    first.close()
+    free = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, cwd=REPO)
+    assert free.returncode == 0, free.stdout + free.stderr
 
 
 @pytest.fixture
