@@ -75,6 +75,7 @@ bench: proto
 	$(PY) bench/router_overhead.py --quick
 	$(PY) bench/openai_frontdoor.py --quick
 	$(PY) bench/openai_asgi.py
+	$(PY) bench/openai_asgi.py --with all
 	$(PY) bench/scheduling_decision.py --quick
 	$(PY) bench/prefix_affinity.py --quick
 	$(PY) bench/overload.py --quick
