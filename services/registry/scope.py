@@ -81,6 +81,17 @@ def visible_agent(store: Store, name: str, scope: Scope) -> d.Agent:
     return agent
 
 
+def key_holder(ident: Identity, user: str) -> str:
+    """Whose API keys `ident` may list when asking for `user`'s ("" = everyone's): admins and
+    Harness services any user's; a user only their own (who holds keys for which project is not
+    every caller's business)."""
+    if ident.is_admin or ident.service:
+        return user
+    if not ident.user or (user and user != ident.user):
+        raise PermissionDenied("only admins list other users' API keys; ask for your own (user empty)")
+    return ident.user
+
+
 def rule_domain(rule: d.PolicyRule) -> str:
     return rule.values[1] if rule.ptype == "p" else rule.values[2]
 

@@ -25,7 +25,7 @@ from services.registry import convert as c
 from services.registry import domain as d
 from services.registry import limits
 from services.registry.policy import Policy
-from services.registry.scope import Scope, scope_of, visible_agent
+from services.registry.scope import Scope, key_holder, scope_of, visible_agent
 from services.registry.store import Store
 from services.registry.watch import WatchHub
 
@@ -162,14 +162,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         """Lists key metadata (never secrets); a non-admin user sees only their own keys, in the
         projects they act in."""
         ident = _caller()
-        user = request.user
-        if not (ident.is_admin or ident.service):
-            # Who holds keys for which project is not every caller's business.
-            if not ident.user or (user and user != ident.user):
-                raise PermissionDenied(
-                    "only admins list other users' API keys; ask for your own (user empty)"
-                )
-            user = ident.user
+        user = key_holder(ident, request.user)
         scope = await _run(scope_of, self.store, ident)
         keys, nxt = await _run(self.store.list_api_keys, user, c.page_in(request.page), scope.projects)
         return pb.ListApiKeysResponse(keys=[c.api_key_pb(k) for k in keys], page=c.page_out(nxt))
